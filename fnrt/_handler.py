@@ -1,0 +1,72 @@
+"""The ``@fnrt.handler`` decorator and handler references (``"module:function"``).
+
+The decorator only attaches a validated config to the function and returns the function
+unchanged, so handlers stay plain, directly testable Python. Discovery reads these marks
+inside the sandbox that imported the module; the host never imports handler modules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from ._config import FunctionConfig, check_function_name
+from .errors import InvalidConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+MARK = "__fnrt__"
+_REFERENCE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)[:.]([A-Za-z_]\w*)$")
+
+
+@attrs.frozen
+class HandlerSpec:
+    """What the decorator records: the function's name and config."""
+
+    name: str
+    config: FunctionConfig
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+@overload
+def handler(fn: F, /) -> F: ...
+@overload
+def handler(fn: None = None, /, *, name: str | None = None, **config: Any) -> Callable[[F], F]: ...
+
+
+def handler(fn: Any = None, /, *, name: str | None = None, **config: Any) -> Any:
+    """Mark a function as a Lambda-style handler.
+
+    ``@fnrt.handler`` or ``@fnrt.handler(timeout=3, memory_mb=256, reserved_concurrency=10)``.
+    The function's own name is the function name unless ``name=`` says otherwise. Config
+    is validated here, at import, so a bad value fails the init phase with a clear message.
+    Keys not in :class:`FunctionConfig` (for example ``async_config``, read by the async
+    queue) are kept as ``extra``.
+    """
+    function_keys = {a.name for a in attrs.fields(FunctionConfig)}
+    function_config = FunctionConfig.from_kwargs({k: v for k, v in config.items() if k in function_keys})
+    extra = {k: v for k, v in config.items() if k not in function_keys}
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise InvalidConfig(f"@fnrt.handler needs a callable, got {f!r}")
+        fname = check_function_name(name or f.__name__)
+        setattr(f, MARK, HandlerSpec(fname, function_config, extra))
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """Split Lambda's handler string ``"package.module.function"`` or ``"module:function"``."""
+    if not isinstance(reference, str):
+        raise InvalidConfig(f"handler reference must be a string like 'module:function', got {reference!r}")
+    match = _REFERENCE.match(reference)
+    if not match:
+        raise InvalidConfig(
+            f"handler reference {reference!r} is not valid: write 'module:function' "
+            "(or Lambda's 'module.function')"
+        )
+    return match.group(1), match.group(2)

@@ -1,0 +1,596 @@
+"""The runtime: Lambda's front end (validate, route, count) and the lifecycle of it all.
+
+An invoke flows: resolve the function -> encode and size-check the payload -> take a
+concurrency slot (or throttle at once) -> take a warm sandbox (or cold-start one) -> one
+request/reply with the function's timeout -> give the sandbox back (or destroy it) ->
+log START/END/REPORT and count metrics. Sources (the async queue, stream pollers) use the
+same path through :meth:`Runtime.invoke_detailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import tempfile
+import uuid
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+import attrs
+
+from . import _observe
+from ._clock import Clock, SystemClock
+from ._concurrency import ConcurrencyLimiter
+from ._config import FunctionConfig, RuntimeConfig, check_function_name
+from ._handler import parse_reference
+from ._pool import Environment, FunctionPool, FunctionRecord, init_error, start_sandbox
+from .errors import (
+    FnrtError,
+    FunctionError,
+    FunctionNotFound,
+    FunctionTimeout,
+    InvalidConfig,
+    InvalidPayload,
+    PayloadTooLarge,
+    RuntimeClosed,
+    TooManyRequests,
+)
+from .sandbox import SandboxDied, SandboxFactory, SandboxTimeout, make_factory
+from .store import Database
+
+SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+EVENT_PAYLOAD_LIMIT = 1024 * 1024
+InvocationType = Literal["RequestResponse", "Event", "DryRun"]
+_ARN = re.compile(
+    r"^(?:arn:aws[\w-]*:lambda:[\w-]+:)?(?:\d{12}:)?(?:function:)?([a-zA-Z0-9_-]+)(?::(\$LATEST|[\w-]+))?$"
+)
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
+    """The event as JSON bytes. ``bytes`` are taken as a JSON document already."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        body = bytes(payload)
+        if len(body) > limit:
+            raise PayloadTooLarge(len(body), limit)
+        if not body.strip():
+            return b"{}"
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
+        return body
+    try:
+        body = _dumps(payload).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"payload is not JSON: {exc}") from None
+    if len(body) > limit:
+        raise PayloadTooLarge(len(body), limit)
+    return body
+
+
+@attrs.frozen
+class InvocationResult:
+    """Everything Lambda's Invoke API returns, plus what the REPORT line says."""
+
+    request_id: str
+    function_name: str
+    status_code: int
+    raw: bytes = b""
+    error: FunctionError | None = None
+    log: str = ""
+    cold_start: bool = False
+    duration_ms: float = 0.0
+    init_duration_ms: float | None = None
+    max_memory_mb: int = 0
+    executed_version: str = "$LATEST"
+
+    @property
+    def payload(self) -> Any:
+        """The handler's result (or Lambda's error body on a function error)."""
+        if self.error is not None:
+            return self.error.to_lambda()
+        return json.loads(self.raw) if self.raw else None
+
+    @property
+    def function_error(self) -> str | None:
+        return "Unhandled" if self.error is not None else None
+
+    @property
+    def log_result(self) -> str:
+        return _observe.log_result(self.log)
+
+
+class Runtime:
+    """Hosts functions in sandboxes and invokes them with Lambda's semantics.
+
+    Use it as ``async with Runtime() as rt:``; leaving the block stops every sandbox and
+    the template process, also when the block is cancelled.
+    """
+
+    def __init__(
+        self,
+        concurrency_limit: int = 1000,
+        *,
+        unreserved_minimum: int | None = None,
+        idle_ttl: float = 300.0,
+        sandbox: str = "subprocess",
+        region: str = "us-east-1",
+        account_id: str = "000000000000",
+        state_dir: str | Path | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = RuntimeConfig(
+            concurrency_limit=concurrency_limit,
+            unreserved_minimum=unreserved_minimum,
+            idle_ttl=idle_ttl,
+            sandbox=sandbox,
+            region=region,
+            account_id=account_id,
+        )
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = _observe.Metrics()
+        self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
+        self._functions: dict[str, FunctionRecord] = {}
+        self._pools: dict[str, FunctionPool] = {}
+        self._factories: dict[str, SandboxFactory] = {}
+        self._log = _observe.logger().bind()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._db: Database | None = None
+        self._temp_state: tempfile.TemporaryDirectory[str] | None = None
+        # Sources (async queue, streams) register here; each has ``async aclose()`` and is
+        # closed before the sandboxes, so nothing is mid-invoke when pools drain.
+        self._sources: list[Any] = []
+        self._running = False
+        self._provisioning: set[str] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._log = _observe.logger().bind()
+        self._running = True
+        self._spawn(self._maintain())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task owned by the runtime (cancelled and awaited at close)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop everything. Safe to call twice; runs to the end even when the caller is
+        cancelled (the cancellation is re-raised afterwards)."""
+        if not self._running:
+            return
+        self._running = False
+        shutdown = asyncio.ensure_future(self._shutdown())
+        cancelled = False
+        while not shutdown.done():
+            try:
+                await asyncio.shield(shutdown)
+            except asyncio.CancelledError:
+                cancelled = True
+        shutdown.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def state(self) -> Database:
+        """The runtime's SQLite state (opened on first use). Without ``state_dir`` it lives
+        in a temporary directory removed at close: durable across crashes of handlers and
+        sandboxes, not across restarts of the host. Set ``state_dir`` for that."""
+        self._check_running()
+        if self._db is None:
+            if self.state_dir is None:
+                self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
+                self.state_dir = Path(self._temp_state.name)
+            self._db = await Database.open(self.state_dir / "fnrt.sqlite3")
+        return self._db
+
+    async def _shutdown(self) -> None:
+        for source in reversed(self._sources):
+            await source.aclose()
+        self._sources.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pool in self._pools.values():
+            for env in pool.drain():
+                env.sandbox.kill()
+        for factory in self._factories.values():
+            await factory.aclose()
+        self._factories.clear()
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+        if self._temp_state is not None:
+            self._temp_state.cleanup()
+            self._temp_state = None
+            self.state_dir = None
+
+    def _factory(self, kind: str) -> SandboxFactory:
+        factory = self._factories.get(kind)
+        if factory is None:
+            factory = self._factories[kind] = make_factory(kind, self.clock)
+        return factory
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
+
+    # -- registration -----------------------------------------------------------------
+
+    async def deploy(self, module: str) -> list[str]:
+        """Import ``module`` in a fresh sandbox, register every ``@fnrt.handler`` in it.
+
+        The discovery sandbox stays warm for the first function. Deploying a module
+        again replaces its functions: their warm sandboxes retire, new code loads.
+        """
+        self._check_running()
+        if not isinstance(module, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", module):
+            raise InvalidConfig(f"module must be a dotted module name like 'handlers.echo', got {module!r}")
+        factory = self._factory(self.config.sandbox)
+        sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
+        try:
+            found = reply.get("handlers", [])
+            if not found:
+                raise InvalidConfig(
+                    f"module {module!r} has no @fnrt.handler functions; decorate one, "
+                    "or register it with add_function(name, 'module:function')"
+                )
+            records = []
+            for item in found:
+                config = FunctionConfig.from_kwargs(item["config"])
+                records.append(
+                    self._record(item["name"], module, item["attr"], config, item.get("extra", {}))
+                )
+            self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
+            for record in records:
+                self._register(record)
+            first = records[0]
+            if first.sandbox_kind == factory.kind:
+                bound, _ = await sandbox.request({"op": "bind", "bind": first.bind_info(sandbox.id)})
+                if not bound.get("ok"):
+                    raise init_error(bound.get("error", {}))
+                self._pools[first.name].adopt(sandbox, reply.get("init_ms"), reply.get("log", ""))
+            else:
+                await sandbox.close()
+        except BaseException:
+            sandbox.kill()
+            raise
+        await self._provision_all([r.name for r in records])
+        self._log.info("deployed", module=module, functions=[r.name for r in records])
+        return [r.name for r in records]
+
+    async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:
+        """Register ``handler`` (``"module:function"``) as function ``name`` with ``config``.
+
+        The module is not imported here: its init phase runs at the first cold start
+        (or now, for provisioned concurrency).
+        """
+        self._check_running()
+        check_function_name(name)
+        module, attr = parse_reference(handler)
+        keys = {a.name for a in attrs.fields(FunctionConfig)}
+        extra = {k: v for k, v in config.items() if k not in keys}
+        function_config = FunctionConfig.from_kwargs({k: v for k, v in config.items() if k in keys})
+        record = self._record(name, module, attr, function_config, extra)
+        self._register(record)
+        await self._provision_all([name])
+        return record
+
+    async def remove_function(self, name: str) -> None:
+        record = self.get_function(name)
+        pool = self._pools.pop(record.name)
+        del self._functions[record.name]
+        self._limiter.unregister(record.name)
+        for env in pool.drain():
+            await env.sandbox.close()
+
+    def _record(
+        self, name: str, module: str, attr: str, config: FunctionConfig, extra: Mapping[str, Any]
+    ) -> FunctionRecord:
+        check_function_name(name)
+        return FunctionRecord(
+            name=name,
+            module=module,
+            attr=attr,
+            config=config,
+            arn=self.config.function_arn(name),
+            sandbox_kind=config.sandbox or self.config.sandbox,
+            region=self.config.region,
+            extra=dict(extra),
+        )
+
+    def _register(self, record: FunctionRecord) -> None:
+        self._limiter.register(record.name, record.config.reserved_concurrency)
+        old = self._pools.get(record.name)
+        if old is not None:
+            for env in old.drain():
+                env.sandbox.kill()
+        self._functions[record.name] = record
+        self._pools[record.name] = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
+
+    async def _provision_all(self, names: list[str]) -> None:
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(self._pools[name].provision)
+
+    def get_function(self, name: str) -> FunctionRecord:
+        """Look a function up by name, partial ARN or full ARN."""
+        record = self._functions.get(name)
+        if record is not None:
+            return record
+        match = _ARN.match(name) if isinstance(name, str) else None
+        record = self._functions.get(match.group(1)) if match else None
+        if record is None:
+            raise FunctionNotFound(str(name))
+        return record
+
+    def functions(self) -> dict[str, FunctionRecord]:
+        return dict(self._functions)
+
+    # -- invoke -----------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        name: str,
+        payload: Any = None,
+        invocation_type: InvocationType = "RequestResponse",
+        *,
+        client_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Invoke ``name`` and return the handler's result (``RequestResponse``).
+
+        ``DryRun`` validates the request and returns ``None``; ``Event`` queues the event
+        durably and returns its request id. A function error raises
+        :class:`~fnrt.errors.FunctionError` with Lambda's error shape and the log tail.
+        """
+        result = await self.invoke_detailed(name, payload, invocation_type, client_context=client_context)
+        if result.error is not None:
+            raise result.error
+        if invocation_type == "Event":
+            return result.request_id
+        if invocation_type == "DryRun":
+            return None
+        return json.loads(result.raw) if result.raw else None
+
+    async def invoke_detailed(
+        self,
+        name: str,
+        payload: Any = None,
+        invocation_type: InvocationType = "RequestResponse",
+        *,
+        client_context: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> InvocationResult:
+        """Invoke and return Lambda's whole response; a function error is in ``.error``."""
+        self._check_running()
+        record = self.get_function(name)
+        if invocation_type == "RequestResponse":
+            body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
+            return await self._execute(record, body, request_id or str(uuid.uuid4()), client_context)
+        if invocation_type == "DryRun":
+            encode_payload(payload, SYNC_PAYLOAD_LIMIT)
+            return InvocationResult(request_id or str(uuid.uuid4()), record.name, 204)
+        if invocation_type == "Event":
+            body = encode_payload(payload, EVENT_PAYLOAD_LIMIT)
+            return await self._enqueue_event(record, body, request_id or str(uuid.uuid4()))
+        raise InvalidConfig(
+            f"invocation_type must be RequestResponse, Event or DryRun; got {invocation_type!r}"
+        )
+
+    async def _enqueue_event(self, record: FunctionRecord, body: bytes, request_id: str) -> InvocationResult:
+        raise FnrtError("Event invocations need the async queue, which this build does not have")
+
+    async def _execute(
+        self,
+        record: FunctionRecord,
+        body: bytes,
+        request_id: str,
+        client_context: Mapping[str, Any] | None = None,
+    ) -> InvocationResult:
+        """The one path every invocation takes, whatever its source."""
+        name = record.name
+        pool = self._pools[name]
+        metrics = self.metrics
+        try:
+            self._limiter.acquire(name)
+        except TooManyRequests:
+            metrics.incr("Throttles", name)
+            raise
+        try:
+            env = pool.take_warm()
+            cold = env is None
+            if env is None:
+                try:
+                    env = await pool.cold_start()
+                except FunctionError as exc:
+                    metrics.incr("Invocations", name)
+                    metrics.incr("Errors", name)
+                    exc.request_id = request_id
+                    self._log.warning(
+                        "init failed",
+                        function=name,
+                        request_id=request_id,
+                        error_type=exc.error_type,
+                        error=exc.error_message,
+                    )
+                    raise
+            return await self._run(record, pool, env, cold, body, request_id, client_context)
+        finally:
+            self._limiter.release(name)
+
+    async def _run(
+        self,
+        record: FunctionRecord,
+        pool: FunctionPool,
+        env: Environment,
+        cold: bool,
+        body: bytes,
+        request_id: str,
+        client_context: Mapping[str, Any] | None,
+    ) -> InvocationResult:
+        timeout = record.config.timeout
+        header: dict[str, Any] = {
+            "op": "invoke",
+            "rid": request_id,
+            "deadline_ms": int((self.clock.time() + timeout) * 1000),
+        }
+        if client_context is not None:
+            header["client_context"] = dict(client_context)
+        init_ms, env.init_ms = env.init_ms, None
+        init_log, env.init_log = env.init_log, ""
+        started = self.clock.monotonic()
+        error: FunctionError | None = None
+        try:
+            reply, out = await env.sandbox.request(header, body, timeout)
+        except SandboxTimeout:
+            pool.discard(env)
+            reply, out = {"dur": timeout * 1000, "mem": 0, "log": ""}, b""
+            error = FunctionTimeout(
+                "Sandbox.Timedout",
+                f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds",
+            )
+        except SandboxDied as exc:
+            pool.discard(env)
+            elapsed = (self.clock.monotonic() - started) * 1000
+            reply, out = {"dur": elapsed, "mem": 0, "log": ""}, b""
+            error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
+        except BaseException:
+            pool.discard(env)
+            raise
+        else:
+            if reply.get("fatal"):
+                pool.discard(env)
+            else:
+                pool.give_back(env)
+            env.invocations += 1
+            if not reply["ok"]:
+                e = reply["error"]
+                error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
+        duration = reply["dur"]
+        memory = record.config.memory_mb
+        max_memory = min(reply.get("mem", 0), memory) if reply.get("fatal") is None else memory
+        report = _observe.report_line(request_id, duration, memory, max_memory, init_ms)
+        output = reply.get("log", "")
+        log = (
+            f"{init_log}{_observe.start_line(request_id)}\n{output}"
+            f"{_observe.end_line(request_id)}\n{report}\n"
+        )
+        if error is not None:
+            error.request_id = request_id
+            error.log_tail = _observe.log_tail(log)
+        self._record_invocation(record, env, cold, request_id, output, report, duration, init_ms, error)
+        return InvocationResult(
+            request_id=request_id,
+            function_name=record.name,
+            status_code=200,
+            raw=out,
+            error=error,
+            log=log,
+            cold_start=cold,
+            duration_ms=duration,
+            init_duration_ms=init_ms,
+            max_memory_mb=max_memory,
+        )
+
+    def _record_invocation(
+        self,
+        record: FunctionRecord,
+        env: Environment,
+        cold: bool,
+        request_id: str,
+        output: str,
+        report: str,
+        duration: float,
+        init_ms: float | None,
+        error: FunctionError | None,
+    ) -> None:
+        name = record.name
+        metrics = self.metrics
+        metrics.incr("Invocations", name)
+        metrics.observe("Duration", name, duration)
+        if cold:
+            metrics.incr("ColdStarts", name)
+        if init_ms is not None:
+            metrics.observe("InitDuration", name, init_ms)
+        if error is not None:
+            metrics.incr("Errors", name)
+            if isinstance(error, FunctionTimeout):
+                metrics.incr("Timeouts", name)
+        log = self._log
+        if not log.is_enabled_for(logging.INFO):
+            return
+        fields = {
+            "function": name,
+            "request_id": request_id,
+            "sandbox_id": env.sandbox.id,
+            "cold_start": cold,
+        }
+        log.info(_observe.start_line(request_id), **fields)
+        if output:
+            log.info(output.rstrip("\n"), **fields, source="function")
+        if error is not None:
+            log.warning("function error", **fields, error_type=error.error_type, error=error.error_message)
+        log.info(_observe.end_line(request_id), **fields)
+        log.info(report, **fields, duration_ms=round(duration, 2), init_duration_ms=init_ms)
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Retire idle sandboxes past their TTL; refill provisioned concurrency."""
+        ttl = self.config.idle_ttl
+        interval = min(max(ttl / 4, 0.01), 5.0)
+        while True:
+            await self.clock.sleep(interval)
+            for pool in list(self._pools.values()):
+                for env in pool.retire_idle(ttl):
+                    self._log.debug("sandbox retired", function=pool.function.name, sandbox_id=env.sandbox.id)
+                    await env.sandbox.close()
+                name = pool.function.name
+                if (
+                    pool.size < pool.function.config.provisioned_concurrency
+                    and name not in self._provisioning
+                ):
+                    self._provisioning.add(name)
+                    self._spawn(self._replenish(pool))
+
+    async def _replenish(self, pool: FunctionPool) -> None:
+        try:
+            await pool.provision()
+        except FnrtError as exc:
+            self._log.warning("provisioning failed", function=pool.function.name, error=str(exc))
+        finally:
+            self._provisioning.discard(pool.function.name)
+
+    # -- statistics -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Live concurrency, sandboxes and counters, per function and overall."""
+        functions = {}
+        for name, pool in self._pools.items():
+            functions[name] = {
+                **self._limiter.function_stats(name),
+                **pool.stats(),
+                "invocations": int(self.metrics.counter("Invocations", name)),
+                "errors": int(self.metrics.counter("Errors", name)),
+            }
+        return {"concurrency": self._limiter.stats(), "functions": functions}
