@@ -407,7 +407,12 @@ class Runtime:
         request_id: str,
         client_context: Mapping[str, Any] | None = None,
     ) -> InvocationResult:
-        """The one path every invocation takes, whatever its source."""
+        """The one path every invocation takes, whatever its source.
+
+        Returns the result, with any function error (handler exception, timeout, crash,
+        init failure) in ``.error``; raises only what never reached a handler
+        (:class:`TooManyRequests`, :class:`RuntimeClosed`, :class:`InvalidConfig`).
+        """
         name = record.name
         pool = self._pools[name]
         metrics = self.metrics
@@ -433,7 +438,7 @@ class Runtime:
                         error_type=exc.error_type,
                         error=exc.error_message,
                     )
-                    raise
+                    return InvocationResult(request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True)
             return await self._run(record, pool, env, cold, body, request_id, client_context)
         finally:
             self._limiter.release(name)
