@@ -145,3 +145,188 @@ class RuntimeConfig:
 
     def function_arn(self, name: str) -> str:
         return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{name}"
+
+
+_DESTINATION = re.compile(
+    r"^(?:(function|sink):([a-zA-Z0-9_-]{1,64})"
+    r"|arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:([a-zA-Z0-9_-]{1,64})(?::\$LATEST)?"
+    r"|arn:aws[\w-]*:sqs:[\w-]+:\d{12}:([a-zA-Z0-9_-]{1,80}))$"
+)
+
+
+def parse_destination(target: str) -> tuple[str, str]:
+    """``("function", name)`` or ``("sink", name)`` for a destination string.
+
+    A destination is another function (``"function:audit"`` or a Lambda function ARN,
+    which gets the record as an Event) or a durable sink read back with
+    ``Runtime.destination_records`` (``"sink:failed-payments"``, or an SQS queue ARN).
+    """
+    match = _DESTINATION.match(target) if isinstance(target, str) else None
+    if match is None:
+        raise InvalidConfig(
+            f"destination {target!r} is not valid: write 'function:<name>' for another "
+            "function or 'sink:<name>' for a durable sink (or a Lambda function / SQS queue ARN)"
+        )
+    kind, name, fn_arn, sqs_arn = match.groups()
+    if fn_arn:
+        return "function", fn_arn
+    if sqs_arn:
+        return "sink", sqs_arn
+    return kind, name
+
+
+def _destination(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        parse_destination(value)
+
+
+def _sink(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and parse_destination(value)[0] != "sink":
+        raise InvalidConfig(f"dead_letter must be a sink ('sink:<name>' or an SQS queue ARN), got {value!r}")
+
+
+def _delays(instance: object, attribute: attrs.Attribute[Any], value: tuple[float, ...]) -> None:
+    if not value:
+        raise InvalidConfig("retry_delays needs at least one delay in seconds (Lambda: about 60 then 120)")
+    check = _number(0, 21_600)
+    for delay in value:
+        check(instance, attribute, delay)
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, (int, float)):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise InvalidConfig(f"retry_delays must be a list of seconds, got {value!r}") from None
+
+
+@attrs.frozen(kw_only=True)
+class AsyncConfig:
+    """How a function's asynchronous (``Event``) invocations are retried and where they end.
+
+    Lambda's event-invoke config: ``max_retry_attempts`` 0-2 (default 2) after a function
+    error; ``retry_delays`` before the first and second retry (Lambda: about 1 then 2
+    minutes; the last delay repeats; shorten them for tests and demos);
+    ``max_event_age`` 60-21,600 s (default 6 h) after which a queued event is given up.
+    Throttles and system errors never use a retry attempt: they are retried with backoff
+    until the event's age runs out. ``on_success`` / ``on_failure`` are destinations
+    (``"function:<name>"`` or ``"sink:<name>"``) that get Lambda's invocation record;
+    ``dead_letter`` is a sink that gets the failed event itself (Lambda's DLQ).
+    """
+
+    max_retry_attempts: int = attrs.field(default=2, validator=_number(0, 2, integer=True))
+    retry_delays: tuple[float, ...] = attrs.field(default=(60.0, 120.0), converter=_tuple, validator=_delays)
+    max_event_age: float = attrs.field(default=21_600, validator=_number(60, 21_600))
+    on_success: str | None = attrs.field(default=None, validator=_destination)
+    on_failure: str | None = attrs.field(default=None, validator=_destination)
+    dead_letter: str | None = attrs.field(default=None, validator=_sink)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return float(self.retry_delays[min(attempt, len(self.retry_delays)) - 1])
+
+    @classmethod
+    def from_kwargs(cls, config: Mapping[str, Any]) -> AsyncConfig:
+        if not isinstance(config, Mapping):
+            raise InvalidConfig(f"async_config must be a dict of async settings, got {config!r}")
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InvalidConfig(
+                f"unknown async config {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
+
+
+def _minus_one_or(low: float, high: float) -> Any:
+    """Lambda's "-1 means unlimited, else within [low, high]" settings."""
+    inner = _number(low, high, integer=True)
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value == -1 and not isinstance(value, bool):
+            return
+        try:
+            inner(instance, attribute, value)
+        except InvalidConfig:
+            raise InvalidConfig(
+                f"{attribute.name} must be -1 (unlimited) or between {low:g} and {high:g}, got {value!r}"
+            ) from None
+
+    return check
+
+
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidConfig(f"{attribute.name} must be True or False, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class StreamMappingConfig:
+    """An event source mapping from a stream to a function, with Lambda's ranges.
+
+    ``batch_size`` 1-10,000 (default 100); ``max_batching_window`` 0-300 s to gather a
+    fuller batch; ``starting_position`` for a new mapping (``TRIM_HORIZON`` here by default,
+    ``LATEST``, or ``AT_TIMESTAMP`` with ``starting_position_timestamp``);
+    ``parallelization_factor`` 1-10 concurrent batches per shard, order kept per partition
+    key; ``bisect_on_error`` splits a failing batch in two (a split is not a retry);
+    ``max_retry_attempts`` -1 (until the records expire) or 0-10,000; ``max_record_age`` -1
+    (the stream's retention) or 60-604,800 s; ``on_failure`` names the destination that
+    receives Lambda's record of what was skipped; ``report_batch_item_failures`` lets the
+    handler return ``{"batchItemFailures": [{"itemIdentifier": seq}]}``.
+
+    fnrt's own: ``lease_seconds`` is how long a shard's lease lasts without a heartbeat
+    before another poller may take it over; ``poll_interval`` is how often an idle shard is
+    polled for records written by other hosts (writes on this host wake the pollers at once).
+    """
+
+    batch_size: int = attrs.field(default=100, validator=_number(1, 10_000, integer=True))
+    max_batching_window: float = attrs.field(default=0, validator=_number(0, 300))
+    starting_position: str = attrs.field(default="TRIM_HORIZON")
+    starting_position_timestamp: float | None = attrs.field(
+        default=None, validator=_number(0, 1e11, optional=True)
+    )
+    parallelization_factor: int = attrs.field(default=1, validator=_number(1, 10, integer=True))
+    bisect_on_error: bool = attrs.field(default=False, validator=_bool)
+    max_retry_attempts: int = attrs.field(default=-1, validator=_minus_one_or(0, 10_000))
+    max_record_age: int = attrs.field(default=-1, validator=_minus_one_or(60, 604_800))
+    on_failure: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
+    report_batch_item_failures: bool = attrs.field(default=False, validator=_bool)
+    lease_seconds: float = attrs.field(default=10.0, validator=_number(0.01, 3600))
+    poll_interval: float = attrs.field(default=1.0, validator=_number(0.001, 300))
+
+    @starting_position.validator
+    def _check_position(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in STARTING_POSITIONS:
+            raise InvalidConfig(
+                f"starting_position must be one of {', '.join(STARTING_POSITIONS)}; got {value!r}"
+            )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.starting_position == "AT_TIMESTAMP") != (self.starting_position_timestamp is not None):
+            raise InvalidConfig(
+                "starting_position_timestamp is required with starting_position='AT_TIMESTAMP' "
+                "and only allowed with it"
+            )
+
+    @classmethod
+    def from_kwargs(cls, config: Mapping[str, Any]) -> StreamMappingConfig:
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InvalidConfig(
+                f"unknown stream mapping config {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)

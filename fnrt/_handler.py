@@ -13,11 +13,16 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._config import FunctionConfig, check_function_name
+from ._config import AsyncConfig, FunctionConfig, check_function_name
 from .errors import InvalidConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__fnrt__"
+# Config keys that are not FunctionConfig fields but are read by a source, each with the
+# validator that checks it where it is written. Anything else is a typo and rejected.
+EXTRA_KEYS: dict[str, Callable[[Any], object]] = {
+    "async_config": lambda value: AsyncConfig.from_kwargs(value or {}),  # the async queue
+}
 _REFERENCE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)[:.]([A-Za-z_]\w*)$")
 
 
@@ -45,9 +50,7 @@ def handler(fn: Any = None, /, *, name: str | None = None, **config: Any) -> Any
     Keys not in :class:`FunctionConfig` (for example ``async_config``, read by the async
     queue) are kept as ``extra``.
     """
-    function_keys = {a.name for a in attrs.fields(FunctionConfig)}
-    function_config = FunctionConfig.from_kwargs({k: v for k, v in config.items() if k in function_keys})
-    extra = {k: v for k, v in config.items() if k not in function_keys}
+    function_config, extra = split_config(config)
 
     def mark(f: F) -> F:
         if not callable(f):
@@ -57,6 +60,20 @@ def handler(fn: Any = None, /, *, name: str | None = None, **config: Any) -> Any
         return f
 
     return mark(fn) if fn is not None else mark
+
+
+def split_config(config: dict[str, Any]) -> tuple[FunctionConfig, dict[str, Any]]:
+    """Validate keyword config: FunctionConfig fields, plus keys a source reads."""
+    function_keys = {a.name for a in attrs.fields(FunctionConfig)}
+    unknown = sorted(set(config) - function_keys - set(EXTRA_KEYS))
+    if unknown:
+        known = ", ".join(sorted(function_keys | set(EXTRA_KEYS)))
+        raise InvalidConfig(f"unknown function config {', '.join(unknown)}; known: {known}")
+    function_config = FunctionConfig.from_kwargs({k: v for k, v in config.items() if k in function_keys})
+    extra = {k: v for k, v in config.items() if k not in function_keys}
+    for key, value in extra.items():
+        EXTRA_KEYS[key](value)
+    return function_config, extra
 
 
 def parse_reference(reference: str) -> tuple[str, str]:

@@ -121,21 +121,25 @@ class FunctionPool:
         self.factory = factory
         self.clock = clock
         self.idle: list[Environment] = []
-        self.busy = 0
+        self.active: set[Environment] = set()  # each serving one invocation
         self.starting = 0
         self.closed = False
         self.cold_starts = 0
 
     @property
+    def busy(self) -> int:
+        return len(self.active)
+
+    @property
     def size(self) -> int:
-        return len(self.idle) + self.busy + self.starting
+        return len(self.idle) + len(self.active) + self.starting
 
     def take_warm(self) -> Environment | None:
         idle = self.idle
         while idle:
             env = idle.pop()
             if env.sandbox.alive:
-                self.busy += 1
+                self.active.add(env)
                 return env
         return None
 
@@ -148,8 +152,9 @@ class FunctionPool:
         finally:
             self.starting -= 1
         self.cold_starts += 1
-        self.busy += 1
-        return Environment(sandbox, self.clock.monotonic(), reply.get("init_ms"), reply.get("log", ""))
+        env = Environment(sandbox, self.clock.monotonic(), reply.get("init_ms"), reply.get("log", ""))
+        self.active.add(env)
+        return env
 
     def adopt(self, sandbox: Sandbox, init_ms: float | None, init_log: str) -> None:
         """Take a sandbox initialized elsewhere (deploy's discovery sandbox) as warm."""
@@ -157,7 +162,7 @@ class FunctionPool:
         self.idle.append(Environment(sandbox, self.clock.monotonic(), init_ms, init_log))
 
     def give_back(self, env: Environment) -> None:
-        self.busy -= 1
+        self.active.discard(env)
         if self.closed or not env.sandbox.alive:
             env.sandbox.kill()
             return
@@ -165,7 +170,7 @@ class FunctionPool:
         self.idle.append(env)
 
     def discard(self, env: Environment) -> None:
-        self.busy -= 1
+        self.active.discard(env)
         env.sandbox.kill()
 
     def retire_idle(self, ttl: float) -> list[Environment]:
@@ -196,6 +201,12 @@ class FunctionPool:
         self.closed = True
         idle, self.idle = self.idle, []
         return idle
+
+    def kill_all(self) -> None:
+        """Runtime close: destroy every sandbox, the busy ones too (their callers get
+        :class:`~fnrt.errors.RuntimeClosed`)."""
+        for env in [*self.drain(), *self.active]:
+            env.sandbox.kill()
 
     def stats(self) -> dict[str, int]:
         return {

@@ -21,13 +21,19 @@ from types import TracebackType
 from typing import Any, Literal
 
 import anyio
-import attrs
 
 from . import _observe
 from ._clock import Clock, SystemClock
 from ._concurrency import ConcurrencyLimiter
-from ._config import FunctionConfig, RuntimeConfig, check_function_name
-from ._handler import parse_reference
+from ._config import (
+    AsyncConfig,
+    FunctionConfig,
+    RuntimeConfig,
+    StreamMappingConfig,
+    check_function_name,
+    parse_destination,
+)
+from ._handler import parse_reference, split_config
 from ._pool import Environment, FunctionPool, FunctionRecord, init_error, start_sandbox
 from .errors import (
     FnrtError,
@@ -41,7 +47,10 @@ from .errors import (
     TooManyRequests,
 )
 from .sandbox import SandboxDied, SandboxFactory, SandboxTimeout, make_factory
+from .sources._async import AsyncInvoker
+from .sources._streams import Stream, StreamMapping, StreamSource
 from .store import Database
+from .store._queue import EventQueue
 
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 EVENT_PAYLOAD_LIMIT = 1024 * 1024
@@ -74,21 +83,61 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
     return body
 
 
-@attrs.frozen
 class InvocationResult:
-    """Everything Lambda's Invoke API returns, plus what the REPORT line says."""
+    """Everything Lambda's Invoke API returns, plus what the REPORT line says.
 
-    request_id: str
-    function_name: str
-    status_code: int
-    raw: bytes = b""
-    error: FunctionError | None = None
-    log: str = ""
-    cold_start: bool = False
-    duration_ms: float = 0.0
-    init_duration_ms: float | None = None
-    max_memory_mb: int = 0
-    executed_version: str = "$LATEST"
+    The log text (START, the handler's output, END, REPORT) is composed on first access:
+    most callers never read it, and the warm path should not pay for it.
+    """
+
+    __slots__ = (
+        "_init_log",
+        "_log",
+        "cold_start",
+        "duration_ms",
+        "error",
+        "executed_version",
+        "function_name",
+        "init_duration_ms",
+        "max_memory_mb",
+        "memory_size_mb",
+        "output",
+        "raw",
+        "request_id",
+        "status_code",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        function_name: str,
+        status_code: int,
+        raw: bytes = b"",
+        error: FunctionError | None = None,
+        *,
+        log: str | None = None,
+        output: str = "",
+        init_log: str = "",
+        cold_start: bool = False,
+        duration_ms: float = 0.0,
+        init_duration_ms: float | None = None,
+        max_memory_mb: int = 0,
+        memory_size_mb: int = 128,
+    ) -> None:
+        self.request_id = request_id
+        self.function_name = function_name
+        self.status_code = status_code
+        self.raw = raw
+        self.error = error
+        self.output = output
+        self.cold_start = cold_start
+        self.duration_ms = duration_ms
+        self.init_duration_ms = init_duration_ms
+        self.max_memory_mb = max_memory_mb
+        self.memory_size_mb = memory_size_mb
+        self.executed_version = "$LATEST"
+        self._init_log = init_log
+        self._log = log
 
     @property
     def payload(self) -> Any:
@@ -102,8 +151,31 @@ class InvocationResult:
         return "Unhandled" if self.error is not None else None
 
     @property
+    def report(self) -> str:
+        """Lambda's ``REPORT`` line for this invocation."""
+        return _observe.report_line(
+            self.request_id, self.duration_ms, self.memory_size_mb, self.max_memory_mb, self.init_duration_ms
+        )
+
+    @property
+    def log(self) -> str:
+        """The invocation's log as Lambda writes it: START, output, END, REPORT."""
+        if self._log is None:
+            rid = self.request_id
+            self._log = (
+                f"{self._init_log}{_observe.start_line(rid)}\n{self.output}"
+                f"{_observe.end_line(rid)}\n{self.report}\n"
+            )
+        return self._log
+
+    @property
     def log_result(self) -> str:
+        """``X-Amz-Log-Result``: base64 of the log's last 4 KB."""
         return _observe.log_result(self.log)
+
+    def __repr__(self) -> str:
+        state = f"error={self.error.error_type}" if self.error else f"{len(self.raw)} bytes"
+        return f"<InvocationResult {self.function_name} {self.request_id} {self.status_code} {state}>"
 
 
 class Runtime:
@@ -149,6 +221,10 @@ class Runtime:
         self._sources: list[Any] = []
         self._running = False
         self._provisioning: set[str] = set()
+        self._async: AsyncInvoker | None = None
+        self._async_starting = asyncio.Lock()
+        self._state_opening = asyncio.Lock()
+        self._async_configs: dict[str, AsyncConfig] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -167,6 +243,8 @@ class Runtime:
         self._log = _observe.logger().bind()
         self._running = True
         self._spawn(self._maintain())
+        if self.state_dir is not None:  # events queued by an earlier host resume at once
+            self._spawn(self._start_async_quietly())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task owned by the runtime (cancelled and awaited at close)."""
@@ -197,10 +275,12 @@ class Runtime:
         sandboxes, not across restarts of the host. Set ``state_dir`` for that."""
         self._check_running()
         if self._db is None:
-            if self.state_dir is None:
-                self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
-                self.state_dir = Path(self._temp_state.name)
-            self._db = await Database.open(self.state_dir / "fnrt.sqlite3")
+            async with self._state_opening:  # concurrent first callers share one connection
+                if self._db is None:
+                    if self.state_dir is None:
+                        self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
+                        self.state_dir = Path(self._temp_state.name)
+                    self._db = await Database.open(self.state_dir / "fnrt.sqlite3")
         return self._db
 
     async def _shutdown(self) -> None:
@@ -212,8 +292,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for pool in self._pools.values():
-            for env in pool.drain():
-                env.sandbox.kill()
+            pool.kill_all()
         for factory in self._factories.values():
             await factory.aclose()
         self._factories.clear()
@@ -288,9 +367,7 @@ class Runtime:
         self._check_running()
         check_function_name(name)
         module, attr = parse_reference(handler)
-        keys = {a.name for a in attrs.fields(FunctionConfig)}
-        extra = {k: v for k, v in config.items() if k not in keys}
-        function_config = FunctionConfig.from_kwargs({k: v for k, v in config.items() if k in keys})
+        function_config, extra = split_config(config)
         record = self._record(name, module, attr, function_config, extra)
         self._register(record)
         await self._provision_all([name])
@@ -308,6 +385,8 @@ class Runtime:
         self, name: str, module: str, attr: str, config: FunctionConfig, extra: Mapping[str, Any]
     ) -> FunctionRecord:
         check_function_name(name)
+        if extra.get("async_config") is not None:  # invalid async config fails the deploy
+            AsyncConfig.from_kwargs(extra["async_config"])
         return FunctionRecord(
             name=name,
             module=module,
@@ -398,7 +477,11 @@ class Runtime:
         )
 
     async def _enqueue_event(self, record: FunctionRecord, body: bytes, request_id: str) -> InvocationResult:
-        raise FnrtError("Event invocations need the async queue, which this build does not have")
+        invoker = self._async or await self._async_source()
+        await invoker.queue.enqueue(request_id, record.name, body, self.clock.time())
+        self.metrics.incr("AsyncEventsReceived", record.name)
+        invoker.wake()
+        return InvocationResult(request_id, record.name, 202)
 
     async def _execute(
         self,
@@ -421,6 +504,7 @@ class Runtime:
         except TooManyRequests:
             metrics.incr("Throttles", name)
             raise
+        env: Environment | None = None
         try:
             env = pool.take_warm()
             cold = env is None
@@ -438,8 +522,26 @@ class Runtime:
                         error_type=exc.error_type,
                         error=exc.error_message,
                     )
-                    return InvocationResult(request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True)
+                    return InvocationResult(
+                        request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True
+                    )
             return await self._run(record, pool, env, cold, body, request_id, client_context)
+        finally:
+            self._release(name, env)
+
+    def _release(self, name: str, env: Environment | None) -> None:
+        """Give the concurrency slot back; but while a killed subinterpreter sandbox is still
+        running its timed-out handler (a thread cannot be stopped), keep it counted until
+        the sandbox has ``stopped``."""
+        stopped = getattr(env.sandbox, "stopped", None) if env is not None else None
+        if env is None or stopped is None or stopped.done() or env.sandbox.alive or not self._running:
+            self._limiter.release(name)
+        else:
+            self._spawn(self._release_when(stopped, name))
+
+    async def _release_when(self, stopped: asyncio.Future[None], name: str) -> None:
+        try:
+            await asyncio.shield(stopped)
         finally:
             self._limiter.release(name)
 
@@ -469,15 +571,17 @@ class Runtime:
             reply, out = await env.sandbox.request(header, body, timeout)
         except SandboxTimeout:
             pool.discard(env)
-            reply, out = {"dur": timeout * 1000, "mem": 0, "log": ""}, b""
+            reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""
             error = FunctionTimeout(
                 "Sandbox.Timedout",
                 f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds",
             )
         except SandboxDied as exc:
             pool.discard(env)
+            if not self._running:
+                raise RuntimeClosed("the runtime closed during the invocation") from None
             elapsed = (self.clock.monotonic() - started) * 1000
-            reply, out = {"dur": elapsed, "mem": 0, "log": ""}, b""
+            reply, out = {"ok": False, "dur": elapsed, "mem": 0, "log": ""}, b""
             error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
         except BaseException:
             pool.discard(env)
@@ -491,52 +595,37 @@ class Runtime:
             if not reply["ok"]:
                 e = reply["error"]
                 error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
-        duration = reply["dur"]
         memory = record.config.memory_mb
-        max_memory = min(reply.get("mem", 0), memory) if reply.get("fatal") is None else memory
-        report = _observe.report_line(request_id, duration, memory, max_memory, init_ms)
-        output = reply.get("log", "")
-        log = (
-            f"{init_log}{_observe.start_line(request_id)}\n{output}"
-            f"{_observe.end_line(request_id)}\n{report}\n"
+        result = InvocationResult(
+            request_id,
+            record.name,
+            200,
+            out,
+            error,
+            output=reply["log"],
+            init_log=init_log,
+            cold_start=cold,
+            duration_ms=reply["dur"],
+            init_duration_ms=init_ms,
+            max_memory_mb=memory if reply.get("fatal") else min(reply["mem"], memory),
+            memory_size_mb=memory,
         )
         if error is not None:
             error.request_id = request_id
-            error.log_tail = _observe.log_tail(log)
-        self._record_invocation(record, env, cold, request_id, output, report, duration, init_ms, error)
-        return InvocationResult(
-            request_id=request_id,
-            function_name=record.name,
-            status_code=200,
-            raw=out,
-            error=error,
-            log=log,
-            cold_start=cold,
-            duration_ms=duration,
-            init_duration_ms=init_ms,
-            max_memory_mb=max_memory,
-        )
+            error.log_tail = _observe.log_tail(result.log)
+        self._record_invocation(result, env.sandbox.id)
+        return result
 
-    def _record_invocation(
-        self,
-        record: FunctionRecord,
-        env: Environment,
-        cold: bool,
-        request_id: str,
-        output: str,
-        report: str,
-        duration: float,
-        init_ms: float | None,
-        error: FunctionError | None,
-    ) -> None:
-        name = record.name
+    def _record_invocation(self, result: InvocationResult, sandbox_id: str) -> None:
+        name = result.function_name
         metrics = self.metrics
         metrics.incr("Invocations", name)
-        metrics.observe("Duration", name, duration)
-        if cold:
+        metrics.observe("Duration", name, result.duration_ms)
+        if result.cold_start:
             metrics.incr("ColdStarts", name)
-        if init_ms is not None:
-            metrics.observe("InitDuration", name, init_ms)
+        if result.init_duration_ms is not None:
+            metrics.observe("InitDuration", name, result.init_duration_ms)
+        error = result.error
         if error is not None:
             metrics.incr("Errors", name)
             if isinstance(error, FunctionTimeout):
@@ -544,19 +633,81 @@ class Runtime:
         log = self._log
         if not log.is_enabled_for(logging.INFO):
             return
+        rid = result.request_id
         fields = {
             "function": name,
-            "request_id": request_id,
-            "sandbox_id": env.sandbox.id,
-            "cold_start": cold,
+            "request_id": rid,
+            "sandbox_id": sandbox_id,
+            "cold_start": result.cold_start,
         }
-        log.info(_observe.start_line(request_id), **fields)
-        if output:
-            log.info(output.rstrip("\n"), **fields, source="function")
+        log.info(_observe.start_line(rid), **fields)
+        if result.output:
+            log.info(result.output.rstrip("\n"), **fields, source="function")
         if error is not None:
             log.warning("function error", **fields, error_type=error.error_type, error=error.error_message)
-        log.info(_observe.end_line(request_id), **fields)
-        log.info(report, **fields, duration_ms=round(duration, 2), init_duration_ms=init_ms)
+        log.info(_observe.end_line(rid), **fields)
+        log.info(result.report, **fields, duration_ms=round(result.duration_ms, 2))
+
+    # -- async invoke -----------------------------------------------------------------
+
+    def configure_async(self, name: str, **config: Any) -> AsyncConfig:
+        """Set how ``name``'s Event invocations retry and where they end (Lambda's
+        event-invoke config): ``max_retry_attempts``, ``retry_delays``, ``max_event_age``,
+        ``on_success``, ``on_failure``, ``dead_letter``. Validated here; replaces any
+        ``async_config`` given to ``@fnrt.handler`` and applies to queued events too."""
+        record = self.get_function(name)
+        async_config = AsyncConfig.from_kwargs(config)
+        self._async_configs[record.name] = async_config
+        return async_config
+
+    def async_config(self, name: str) -> AsyncConfig:
+        """The async config in force for ``name`` (the defaults if none was set)."""
+        config = self._async_configs.get(name)
+        if config is not None:
+            return config
+        record = self._functions.get(name)
+        raw = record.extra.get("async_config") if record is not None else None
+        return AsyncConfig() if raw is None else AsyncConfig.from_kwargs(raw)
+
+    async def destination_records(self, sink: str) -> list[Any]:
+        """The records delivered to a durable sink (``"failed-payments"`` or
+        ``"sink:failed-payments"``), oldest first."""
+        name = sink if ":" in sink else f"sink:{sink}"
+        invoker = self._async or await self._async_source()
+        return await invoker.queue.sink_records(parse_destination(name)[1])
+
+    async def async_event(self, request_id: str) -> dict[str, Any] | None:
+        """Where an Event invocation is: its ``state`` (``queued``, ``leased``, ``done``,
+        ``failed``), attempts, ``condition`` and, for a failure, the destination record."""
+        invoker = self._async or await self._async_source()
+        return await invoker.queue.event(request_id)
+
+    async def async_queue_counts(self, name: str | None = None) -> dict[str, int]:
+        """Event counts by state, for one function or all."""
+        invoker = self._async or await self._async_source()
+        return await invoker.queue.counts(name)
+
+    async def _async_source(self) -> AsyncInvoker:
+        """Open the queue and start its poller (once; on first use, or at start with a
+        ``state_dir`` so that events an earlier host left behind resume)."""
+        async with self._async_starting:
+            if self._async is None:
+                queue = EventQueue(await self.state())
+                await queue.setup()
+                self._check_running()
+                invoker = AsyncInvoker(self, queue, self.async_config)
+                invoker.start()
+                self._sources.append(invoker)
+                self._async = invoker
+            return self._async
+
+    async def _start_async_quietly(self) -> None:
+        try:
+            await self._async_source()
+        except RuntimeClosed:
+            pass
+        except Exception as exc:  # the next Event invoke tries again and raises it
+            self._log.error("async queue failed to start", error=repr(exc))
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -590,7 +741,7 @@ class Runtime:
 
     def stats(self) -> dict[str, Any]:
         """Live concurrency, sandboxes and counters, per function and overall."""
-        functions = {}
+        functions: dict[str, dict[str, Any]] = {}
         for name, pool in self._pools.items():
             functions[name] = {
                 **self._limiter.function_stats(name),
@@ -599,3 +750,37 @@ class Runtime:
                 "errors": int(self.metrics.counter("Errors", name)),
             }
         return {"concurrency": self._limiter.stats(), "functions": functions}
+
+    # -- streams ----------------------------------------------------------------------
+
+    def _stream_source(self) -> StreamSource:
+        self._check_running()
+        for source in self._sources:
+            if isinstance(source, StreamSource):
+                return source
+        source = StreamSource(self)
+        self._sources.append(source)
+        return source
+
+    async def create_stream(self, name: str, shard_count: int = 1, *, retention_hours: float = 24) -> Stream:
+        """Create a sharded stream in the runtime's state (or open it, if it exists: a
+        restarted host gets its stream back with every record and shard)."""
+        return await self._stream_source().create_stream(name, shard_count, retention_hours)
+
+    async def get_stream(self, name: str) -> Stream:
+        """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""
+        return await self._stream_source().get_stream(name)
+
+    async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
+        """Start an event source mapping from ``stream`` to ``function`` with
+        :class:`~fnrt.StreamMappingConfig` settings. The same pair added again after a
+        restart resumes from its durable checkpoints."""
+        mapping_config = StreamMappingConfig.from_kwargs(config)
+        return await self._stream_source().add_mapping(stream, function, mapping_config)
+
+    async def remove_stream_mapping(self, mapping: StreamMapping | str) -> None:
+        """Stop a mapping and delete it with its checkpoints and leases."""
+        await self._stream_source().remove_mapping(mapping)
+
+    def stream_mappings(self) -> list[StreamMapping]:
+        return list(self._stream_source().mappings.values())

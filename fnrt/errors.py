@@ -132,3 +132,14 @@ __all__ = [
     "RuntimeClosed",
     "TooManyRequests",
 ]
+
+
+class StreamNotFound(FnrtError, LookupError):
+    """No stream of that name (Lambda/Kinesis: ``ResourceNotFoundException``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"Stream not found: {name!r}. Create it with create_stream() first.")
+        self.name = name
+
+
+__all__ += ["StreamNotFound"]

@@ -62,7 +62,12 @@ class InlineSandbox:
         work.add_done_callback(finished)
         timer: TimerHandle | None = None
         if timeout is not None:
-            timer = self._clock.call_later(timeout, lambda: fut.done() or fut.set_exception(SandboxTimeout()))
+
+            def expire() -> None:
+                if not fut.done():
+                    fut.set_exception(SandboxTimeout())
+
+            timer = self._clock.call_later(timeout, expire)
         try:
             reply = await fut
         except SandboxTimeout:

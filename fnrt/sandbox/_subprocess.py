@@ -21,6 +21,7 @@ from . import _wire
 from ._base import SandboxDied, SandboxSpec, SandboxTimeout
 
 _PREFIX = _wire.PREFIX
+_decode_header = _wire.decode_header
 
 
 def describe_exit(status: int | None) -> str:
@@ -220,7 +221,7 @@ class _Channel(asyncio.Protocol):
             end = 8 + head_len + body_len
             if len(buf) < end:
                 return
-            header = json.loads(buf[8 : 8 + head_len])
+            header = _decode_header(buf[8 : 8 + head_len])
             body = bytes(buf[8 + head_len : end])
             del buf[:end]
             waiter, self.waiter = self.waiter, None
@@ -277,7 +278,7 @@ class SubprocessSandbox:
         channel.transport.write(_wire.encode(header, body))
         try:
             return await fut
-        except SandboxTimeout:
+        except (SandboxTimeout, SandboxDied):
             self.kill()
             raise
         except ConnectionResetError:
@@ -296,6 +297,9 @@ class SubprocessSandbox:
         if self._dead:
             return
         self._dead = True
+        waiter, self._channel.waiter = self._channel.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(SandboxDied("Runtime exited with error: signal: killed"))
         self._template.kill(self._pid)
         if self._channel.transport is not None:
             self._channel.transport.abort()

@@ -99,7 +99,7 @@ def main(ctrl_fd: int) -> None:
     running = True
     while running:
         try:
-            readable, _, _ = select.select([ctrl, wake_r], [], [])
+            readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
         except InterruptedError:
             continue
         if wake_r in readable:
@@ -109,7 +109,7 @@ def main(ctrl_fd: int) -> None:
             except BlockingIOError:
                 pass
             reap()
-        if ctrl not in readable:
+        if ctrl.fileno() not in readable:
             continue
         try:
             data, fds, _flags, _addr = socket.recv_fds(ctrl, 65536, 4)

@@ -1,22 +1,25 @@
-"""Frames between the host and a sandbox: ``!II`` lengths, a JSON header, a raw body.
+"""Frames between the host and a sandbox: ``!II`` lengths, a header, a raw body.
 
-The body is the event or result as JSON bytes, passed through untouched so a 6 MB payload
-is never escaped into a string inside another JSON document.
+The header is a small dict in ``marshal`` format: both ends are the same interpreter (the
+template is started with the host's ``sys.executable``) and trust each other, and marshal
+costs a fifth of JSON on the hot path. The body is the event or result as JSON bytes,
+passed through untouched so a 6 MB payload is never escaped inside another document.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import socket
 import struct
 from typing import Any
 
 PREFIX = struct.Struct("!II")
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_dumps = marshal.dumps
+decode_header = marshal.loads
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = _dumps(header).encode()
+    head = _dumps(header)
     return PREFIX.pack(len(head), len(body)) + head + body
 
 
@@ -39,7 +42,7 @@ def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
     data = _recv_exactly(sock, head_len + body_len)
     if data is None:
         return None
-    return json.loads(data[:head_len]), data[head_len:]
+    return decode_header(data[:head_len]), data[head_len:]
 
 
 def write_frame(sock: socket.socket, header: dict[str, Any], body: bytes = b"") -> None:

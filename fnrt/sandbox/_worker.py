@@ -22,9 +22,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .._context import ClientContext, CognitoIdentity, Context
 from . import _wire
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
 _local = threading.local()
 
 
@@ -49,7 +51,7 @@ class _Router(io.TextIOBase):
         if buf is not None:
             buf.append(s)
             return len(s)
-        return self._original.write(s)
+        return int(self._original.write(s))
 
     def flush(self) -> None:
         try:
@@ -220,7 +222,8 @@ class Worker:
             "log": "".join(buf),
         }
         if bind:
-            bound = self.bind(bind)
+            enforce = bool(bind.get("enforce_memory", True) and header.get("enforce_memory", True))
+            bound = self.bind({**bind, "enforce_memory": enforce})  # never rlimit the host
             if not bound["ok"]:
                 bound["log"] = reply["log"]
                 return bound
@@ -279,8 +282,6 @@ class Worker:
     # -- invoke phase -----------------------------------------------------------------
 
     def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        from fnrt._context import ClientContext, CognitoIdentity, Context
-
         assert self.fn is not None, "sandbox is not bound to a handler"
         rid = header["rid"]
         fn = self.function
@@ -311,7 +312,7 @@ class Worker:
         self, fn: Callable[..., Any], body: bytes, context: Any, buf: list[str]
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            result = fn(json.loads(body), context)
+            result = fn(_decode(body.decode()), context)
             if self.is_async or inspect.isawaitable(result):
                 result = self._run_async(result)
         except MemoryError as exc:

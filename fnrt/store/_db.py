@@ -3,17 +3,22 @@
 aiosqlite runs the connection on its own thread, so nothing here blocks the event loop.
 Writers take ``transaction()``, which holds a lock so that transactions from concurrent
 tasks never interleave on the one connection; reads go through ``fetchall``/``fetchone``.
+Many small independent writes use ``group_write()``: concurrent callers share one
+transaction, so a burst costs a few commits (fsyncs) instead of one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+Statement = tuple[str, Sequence[Any]]
 
 
 class Database:
@@ -22,6 +27,9 @@ class Database:
         self.conn = conn
         self._lock = asyncio.Lock()
         self._schemas: set[str] = set()
+        # group_write(): callers waiting for the next commit, and the task that commits.
+        self._pending: list[tuple[Sequence[Statement], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> Database:
@@ -37,6 +45,8 @@ class Database:
         return cls(path, conn)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)  # commit what callers already wait for
         await self.conn.close()
 
     async def ensure_schema(self, name: str, statements: Iterable[str]) -> None:
@@ -52,7 +62,16 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error), one at a time."""
         async with self._lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
+            # The connection's thread runs BEGIN even when the caller is cancelled while it
+            # waits: then roll back, or the next caller finds a transaction left open.
+            begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await begin
+                    await self.conn.execute("ROLLBACK")
+                raise
             try:
                 yield self.conn
             except BaseException:
@@ -61,9 +80,68 @@ class Database:
             await self.conn.execute("COMMIT")
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.conn.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One thread hop for execute + fetch: a write from another task on this connection
+        # cannot land between them and change the rows under an open cursor.
+        return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.conn.execute(sql, params) as cursor:
-            return await cursor.fetchone()
+        rows = await self.conn.execute_fetchall(sql, params)
+        return next(iter(rows), None)
+
+    # -- group commit -----------------------------------------------------------------
+
+    async def group_write(self, statements: Sequence[Statement]) -> None:
+        """Run ``statements`` (``(sql, params)`` pairs) atomically, sharing the commit.
+
+        Returns once they are committed. Every caller waiting at the same time joins one
+        transaction (consecutive statements with the same SQL go in one ``executemany``,
+        one thread hop), so the cost of the commit and its fsync is shared by the batch.
+        If the batch fails, each caller's statements are retried in a transaction of
+        their own, so one bad write fails only its caller. Statements must not depend on
+        results (no ``RETURNING``, no rowcount): use :meth:`transaction` for that.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((statements, future))
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        batch: list[tuple[Sequence[Statement], asyncio.Future[None]]] = []
+        try:
+            await asyncio.sleep(0)  # let callers of this same loop turn join the first batch
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.transaction() as conn:
+                        flat = [stmt for statements, _ in batch for stmt in statements]
+                        for sql, run in itertools.groupby(flat, key=lambda stmt: stmt[0]):
+                            await conn.executemany(sql, [params for _, params in run])
+                except Exception:
+                    await self._write_one_by_one(batch)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                await asyncio.sleep(0)  # the callers just released write again: one batch
+        except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
+            for _, future in batch + self._pending:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("closed"))
+            self._pending = []
+            raise
+        finally:
+            self._flusher = None
+
+    async def _write_one_by_one(self, batch: list[tuple[Sequence[Statement], asyncio.Future[None]]]) -> None:
+        for statements, future in batch:
+            try:
+                async with self.transaction() as conn:
+                    for sql, params in statements:
+                        await conn.execute(sql, params)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(None)

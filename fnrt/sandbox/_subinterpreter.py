@@ -1,0 +1,309 @@
+"""Subinterpreter sandboxes (Python 3.13+): each sandbox is an isolated interpreter with
+its own GIL inside the host process, so CPU-bound handlers in different sandboxes run in
+parallel without a process per sandbox.
+
+Each sandbox owns one host thread, which creates the interpreter (the ``isolated`` config:
+``gil='own'``, no fork, no exec, only extension modules that support subinterpreters)
+and runs :func:`serve` in it for the sandbox's whole life: the same :class:`Worker` as in
+a subprocess, reading and writing the same frames over a Unix socketpair. The host side
+is the subprocess sandbox's asyncio protocol, so a warm call is one socket round trip and
+never blocks the event loop.
+
+What differs from a subprocess, and what fnrt does about it:
+
+- **Timeouts cannot kill.** A thread stuck in a CPU loop cannot be stopped from outside.
+  On a timeout the caller gets ``Task timed out`` at once and the sandbox is
+  *quarantined*: it takes no more events, and when the handler finally returns its reply
+  is dropped and its interpreter destroyed. Until then ``stopped`` is not done and the
+  runtime keeps the function's concurrency slot counted, because the handler still uses
+  a core. At runtime close, fnrt waits a few seconds for quarantined handlers, then leaves
+  their (daemon) threads behind; the process can still exit.
+- **No memory limit** (``enforces_memory = False``): interpreters share the process heap.
+  ``Max Memory Used`` reports the host process's peak.
+- **No per-sandbox environment variables**: ``os.environ`` is process-wide, so a
+  function's ``environment`` is not applied; read configuration another way.
+- ``os.fork()`` and ``os.exec*()`` raise ``RuntimeError`` in an isolated interpreter
+  (``subprocess`` itself works on 3.13); ``os._exit()`` ends the whole host process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import sys
+import threading
+from typing import Any
+
+from .._clock import Clock, TimerHandle
+from . import _wire
+from ._base import SandboxDied, SandboxSpec, SandboxTimeout
+from ._subprocess import _Channel
+
+SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
+_CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
+_BOOT = """\
+import sys
+sys.path[:] = __import__("json").loads(fnrt_path)
+from fnrt.sandbox._subinterpreter import serve
+serve(fnrt_fd)
+"""
+
+
+# -- the interpreter API: 3.14's public module where present, else 3.13's private one ----
+
+
+def _run_interpreter(fd: int, path: str) -> str | None:
+    """Create an isolated interpreter, run :func:`serve` in it until it returns, destroy it.
+
+    Blocks the calling (sandbox) thread. Returns how it ended when that was not a clean
+    return (an exception that escaped the interpreter), else ``None``.
+    """
+    try:
+        from concurrent import interpreters  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        import _interpreters  # type: ignore[import-not-found,unused-ignore]
+
+        interp = _interpreters.create(_interpreters.new_config("isolated"))
+        try:
+            failure = _interpreters.exec(interp, _BOOT, {"fnrt_fd": fd, "fnrt_path": path})
+        finally:
+            _interpreters.destroy(interp)
+        return None if failure is None else str(failure.formatted)
+    interp = interpreters.create()
+    try:
+        interp.prepare_main(fnrt_fd=fd, fnrt_path=path)
+        interp.exec(_BOOT)
+    except interpreters.ExecutionFailed as exc:
+        return str(exc.excinfo.formatted)
+    finally:
+        interp.close()
+    return None
+
+
+def _describe(reason: str | None) -> str:
+    """Lambda's wording for how a sandbox's interpreter ended."""
+    if reason is None:
+        return "Runtime exited without providing a reason"
+    if reason.startswith("SystemExit"):
+        code = reason.partition(":")[2].strip() or "0"
+        if code in ("0", "None"):
+            return "Runtime exited without providing a reason"
+        return f"Runtime exited with error: exit status {code}"
+    return f"Runtime exited with error: {reason}"
+
+
+# -- inside the interpreter ----------------------------------------------------------------
+
+
+def _explain(error: dict[str, Any] | None) -> None:
+    """Say why an error happened when the cause is the subinterpreter itself."""
+    if not error:
+        return
+    message = str(error.get("errorMessage", ""))
+    if "does not support loading in subinterpreters" in message:
+        error["errorMessage"] = (
+            f"{message}. A C extension this module imports cannot load in a subinterpreter; "
+            f"{SUBPROCESS_HINT}"
+        )
+    elif "not supported for isolated subinterpreters" in message:
+        error["errorMessage"] = (
+            f"{message}. Handlers in subinterpreter sandboxes cannot call os.fork() or os.exec*(); "
+            f"{SUBPROCESS_HINT}"
+        )
+
+
+def serve(fd: int) -> None:
+    """The sandbox's main loop, run inside its interpreter: one frame in, one frame out.
+
+    Like the subprocess worker's loop, except that nothing here may end the process: a
+    fatal reply (out of memory) or a lost host ends only this loop, and ``SystemExit``
+    leaves the interpreter so the host thread can report it.
+    """
+    from ._worker import Worker
+
+    sock = socket.socket(fileno=os.dup(fd))
+    worker = Worker(process_wide=True, apply_environment=False)
+    try:
+        while True:
+            frame = _wire.read_frame(sock)
+            if frame is None:
+                return
+            header, body = frame
+            op = header["op"]
+            out = b""
+            if op == "invoke":
+                reply, out = worker.invoke(header, body)
+            elif op == "init":
+                header = {**header, "enforce_memory": False}
+                if header.get("bind"):
+                    header["bind"] = {**header["bind"], "enforce_memory": False}
+                reply = worker.init(header)
+            elif op == "bind":
+                reply = worker.bind({**header["bind"], "enforce_memory": False})
+            else:
+                message = f"unknown op {op}"
+                reply = {"ok": False, "error": {"errorType": "Runtime.Unknown", "errorMessage": message}}
+            _explain(reply.get("error"))
+            _wire.write_frame(sock, reply, out)
+            if reply.get("fatal"):
+                return
+    except OSError:
+        return  # the host closed its end: quarantined, killed or retired
+    finally:
+        worker.close()
+        sock.close()
+
+
+# -- the host side ---------------------------------------------------------------------------
+
+
+class SubinterpreterSandbox:
+    kind = "subinterpreter"
+    pid = None
+
+    def __init__(self, sandbox_id: str, channel: _Channel, clock: Clock) -> None:
+        self.id = sandbox_id
+        self._channel = channel
+        self._clock = clock
+        self._dead = False
+        self._reason: str | None = None
+        #: Done when the interpreter has been destroyed (its thread has ended). After a
+        #: timeout this can be much later than ``kill()``: the runtime holds the function's
+        #: concurrency slot until then.
+        self.stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and not self._channel.lost and not self.stopped.done()
+
+    @property
+    def quarantined(self) -> bool:
+        """Killed, but its handler is still running (a thread cannot be stopped)."""
+        return self._dead and not self.stopped.done()
+
+    def _on_stopped(self, reason: str | None) -> None:
+        self._reason = reason
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    async def request(
+        self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None
+    ) -> tuple[dict[str, Any], bytes]:
+        channel = self._channel
+        if not self.alive or channel.transport is None:
+            raise SandboxDied("Runtime exited without providing a reason")
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+        channel.waiter = fut
+        timer: TimerHandle | None = None
+        if timeout is not None:
+
+            def expire() -> None:
+                if not fut.done():
+                    fut.set_exception(SandboxTimeout())
+
+            timer = self._clock.call_later(timeout, expire)
+        channel.transport.write(_wire.encode(header, body))
+        try:
+            return await fut
+        except ConnectionResetError:
+            self._dead = True
+            try:  # the interpreter ended; its thread says how in a moment
+                await asyncio.wait_for(asyncio.shield(self.stopped), 2.0)
+            except TimeoutError:
+                pass
+            raise SandboxDied(_describe(self._reason)) from None
+        except BaseException:
+            # Timed out or cancelled mid-request: the sandbox cannot be reused.
+            self.kill()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def kill(self) -> None:
+        """Take the sandbox out of service now. Its interpreter is destroyed as soon as the
+        current handler (if any) returns; ``stopped`` says when."""
+        if self._dead:
+            return
+        self._dead = True
+        if self._channel.transport is not None:
+            self._channel.transport.abort()
+
+    async def close(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        if self._channel.transport is not None:
+            self._channel.transport.close()  # EOF: serve() returns, the interpreter goes
+
+
+class SubinterpreterFactory:
+    """Creates subinterpreter sandboxes; each runs in its own daemon thread.
+
+    Booting an interpreter (creating it, importing fnrt and the worker) costs most of a
+    cold start, so, as the subprocess kind forks from a pre-imported template, the factory
+    keeps one *spare* sandbox booted ahead from its first use on: a cold start takes the
+    spare (paying only the handler module's init) and boots the next one in the background,
+    on its own thread and GIL.
+    """
+
+    kind = "subinterpreter"
+    enforces_memory = False
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._sandboxes: set[SubinterpreterSandbox] = set()
+        self._spare: SubinterpreterSandbox | None = None
+
+    async def create(self, spec: SandboxSpec) -> SubinterpreterSandbox:
+        sandbox, self._spare = self._spare, None
+        if sandbox is None or not sandbox.alive:
+            sandbox = await self._boot()
+        self._spare = await self._boot()
+        return sandbox
+
+    async def _boot(self) -> SubinterpreterSandbox:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _, channel = await loop.create_unix_connection(_Channel, sock=ours)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        sandbox_id = f"si{os.getpid():x}{next(self._ids):04x}"
+        sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock)
+        path = json.dumps([p or os.getcwd() for p in sys.path])
+
+        def run() -> None:
+            reason: str | None
+            try:
+                reason = _run_interpreter(theirs.fileno(), path)
+            except BaseException as exc:  # creating the interpreter failed
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                theirs.close()
+            try:
+                loop.call_soon_threadsafe(sandbox._on_stopped, reason)
+            except RuntimeError:
+                pass  # the host's loop is closed
+
+        thread = threading.Thread(target=run, name=f"fnrt-{sandbox_id}", daemon=True)
+        thread.start()
+        self._sandboxes.add(sandbox)
+        sandbox.stopped.add_done_callback(lambda _: self._sandboxes.discard(sandbox))
+        return sandbox
+
+    async def aclose(self) -> None:
+        """Stop every sandbox; wait a little for quarantined handlers, then leave them."""
+        self._spare = None
+        sandboxes = list(self._sandboxes)
+        for sandbox in sandboxes:
+            sandbox.kill()
+        pending = [s.stopped for s in sandboxes if not s.stopped.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_CLOSE_GRACE)

@@ -1,0 +1,700 @@
+"""Sharded streams and their event source mappings (the Kinesis model).
+
+A :class:`Stream` appends records to shards chosen by the MD5 of the partition key. A
+:class:`StreamMapping` reads every shard of its stream in order and invokes its function
+with batches, through three small layers:
+
+- the *coordinator* (one task per mapping) takes the lease of each shard that is ready
+  (its parents read to their end), heartbeats the leases it holds, and starts a
+  :class:`ShardPoller` per leased shard; a lease lost to another poller stops that poller;
+- the *shard poller* reads a round of records after the checkpoint, splits it into lanes
+  by partition key (``parallelization_factor``), and delivers each lane's batches in order;
+- *delivery* of one batch is a short loop over explicit state: a queue of pending parts,
+  the attempt count, and what to do with an error (bisect, retry with backoff, or send to
+  the on-failure destination).
+
+The checkpoint moves only past records that succeeded or were sent to the on-failure
+destination, and only while the lease is held; the on-failure record is written in the same
+transaction as the checkpoint that skips its records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._clock import Clock
+from .._config import StreamMappingConfig
+from .._observe import logger
+from ..errors import FunctionNotFound, InvalidConfig, InvalidPayload, StreamNotFound, TooManyRequests
+from ..store._streams import (
+    MAX_HASH_KEY,
+    Shard,
+    StoredRecord,
+    StreamStore,
+    hash_key,
+    seq_int,
+    seq_str,
+)
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' record size limit
+MAX_BATCH_BYTES = 6 * 1024 * 1024  # Lambda's invoke payload limit
+RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
+THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _iso(ts: float) -> str:
+    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _backoff(attempt: int, limits: tuple[float, float]) -> float:
+    first, longest = limits
+    return float(min(longest, first * 2 ** max(0, attempt - 1)))
+
+
+class _Waker:
+    """An event that also fires after a timeout on the injected clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        handle = self._clock.call_later(timeout, self._event.set)
+        try:
+            await self._event.wait()
+        finally:
+            handle.cancel()
+            self._event.clear()
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+# -- the stream -----------------------------------------------------------------------
+
+
+class Stream:
+    """A sharded, durable, ordered log (Kinesis' data stream)."""
+
+    def __init__(self, source: StreamSource, name: str) -> None:
+        self._source = source
+        self.name = name
+        self.arn = f"arn:aws:kinesis:{source.region}:{source.account_id}:stream/{name}"
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.name!r}>"
+
+    async def put_record(
+        self, data: bytes | str, partition_key: str, *, explicit_hash_key: int | None = None
+    ) -> tuple[str, str]:
+        """Append one record durably; returns ``(shard_id, sequence_number)``."""
+        [out] = await self.put_records([(data, partition_key, explicit_hash_key)])
+        return out
+
+    async def put_records(
+        self, records: Iterable[tuple[bytes | str, str] | tuple[bytes | str, str, int | None]]
+    ) -> list[tuple[str, str]]:
+        """Append ``(data, partition_key)`` records in one transaction (all or none);
+        returns ``(shard_id, sequence_number)`` for each, in order."""
+        entries = []
+        for item in records:
+            data, key = item[0], item[1]
+            explicit = item[2] if len(item) > 2 else None
+            entries.append(_entry(data, key, explicit))
+        if not entries:
+            return []
+        store = await self._source.store()
+        placed = await store.put_records(self.name, entries, self._source.clock.time())
+        self._source.wake(self.name)
+        return [(shard_id, seq_str(seq)) for shard_id, seq in placed]
+
+    async def shards(self) -> list[dict[str, Any]]:
+        """Kinesis' ``ListShards``: every shard with its hash-key and sequence ranges."""
+        store = await self._source.store()
+        return [s.to_dict() for s in await store.shards(self.name)]
+
+    async def split_shard(self, shard_id: str, new_starting_hash_key: int | str) -> list[str]:
+        """Close ``shard_id`` and create two children that split its hash-key range at
+        ``new_starting_hash_key``. Returns the children's ids."""
+        store = await self._source.store()
+        shard = await self._open_shard(store, shard_id)
+        new_start = int(new_starting_hash_key)
+        if not shard.start_hash < new_start <= shard.end_hash:
+            raise InvalidConfig(
+                f"new_starting_hash_key must be inside {shard_id}'s range "
+                f"({shard.start_hash + 1}..{shard.end_hash}), got {new_start}"
+            )
+        children = await store.split_shard(self.name, shard, new_start)
+        self._source.wake(self.name)
+        return children
+
+    async def merge_shards(self, shard_id: str, adjacent_shard_id: str) -> str:
+        """Close two adjacent shards and create one child covering both ranges."""
+        store = await self._source.store()
+        shard = await self._open_shard(store, shard_id)
+        adjacent = await self._open_shard(store, adjacent_shard_id)
+        if shard.end_hash + 1 != adjacent.start_hash and adjacent.end_hash + 1 != shard.start_hash:
+            raise InvalidConfig(f"{shard_id} and {adjacent_shard_id} are not adjacent")
+        child = await store.merge_shards(self.name, shard, adjacent)
+        self._source.wake(self.name)
+        return child
+
+    async def _open_shard(self, store: StreamStore, shard_id: str) -> Shard:
+        for shard in await store.shards(self.name):
+            if shard.shard_id == shard_id:
+                if not shard.open:
+                    raise InvalidConfig(f"{shard_id} is closed; only open shards can be split or merged")
+                return shard
+        raise InvalidConfig(f"stream {self.name!r} has no shard {shard_id!r}")
+
+
+def _entry(data: bytes | str, partition_key: str, explicit_hash_key: int | None) -> tuple[str, str, int]:
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidPayload(f"record data must be bytes or str, got {type(data).__name__}")
+    if len(data) > MAX_RECORD_BYTES:
+        raise InvalidPayload(f"record data must be at most {MAX_RECORD_BYTES} bytes, got {len(data)}")
+    if not isinstance(partition_key, str) or not 1 <= len(partition_key) <= 256:
+        raise InvalidPayload(f"partition_key must be a string of 1-256 characters, got {partition_key!r}")
+    hashed = hash_key(partition_key) if explicit_hash_key is None else int(explicit_hash_key)
+    if not 0 <= hashed <= MAX_HASH_KEY:
+        raise InvalidPayload(f"explicit_hash_key must be within 0..2**128-1, got {hashed}")
+    return partition_key, base64.b64encode(data).decode(), hashed
+
+
+# -- the mapping ----------------------------------------------------------------------
+
+
+class StreamMapping:
+    """An event source mapping: reads every shard of ``stream`` and invokes ``function``.
+
+    Its identity (``uuid``) and checkpoints are rows in the runtime's state, so a mapping
+    added again for the same stream and function after a restart resumes where it was.
+    ``owner`` names this poller in leases; two runtimes sharing a state file each run one.
+    """
+
+    def __init__(
+        self, source: StreamSource, uuid_: str, stream: Stream, function: str, config: StreamMappingConfig
+    ) -> None:
+        self._source = source
+        self.uuid = uuid_
+        self.stream = stream
+        self.function = function
+        self.config = config
+        self.owner = f"{uuid.uuid4()}"
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._poller_objects: dict[str, ShardPoller] = {}
+        self._lease_until: dict[str, float] = {}  # when our lease of each shard runs out
+        self._coordinator: asyncio.Task[None] | None = None
+        self._wake_coordinator = _Waker(source.clock)
+        self._log = logger().bind(mapping=uuid_, stream=stream.name, function=function)
+
+    def __repr__(self) -> str:
+        return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
+
+    @property
+    def metric_dimension(self) -> str:
+        return self.uuid
+
+    def iterator_age(self) -> dict[str, float]:
+        """The ``IteratorAge`` metric (ms): how old the last record of each batch was when
+        the batch was read."""
+        return self._source.runtime.metrics.summary("IteratorAge", self.uuid)
+
+    async def failure_records(self) -> list[dict[str, Any]]:
+        """The on-failure records this mapping wrote (Lambda's record, no record data)."""
+        store = await self._source.store()
+        return await store.failure_records(mapping=self.uuid)
+
+    async def checkpoints(self) -> dict[str, str | None]:
+        """The durable checkpoint per shard: the last sequence number done (``None``: none yet)."""
+        store = await self._source.store()
+        return {
+            k: (seq_str(v.seq) if v.seq >= 0 else None)
+            for k, v in (await store.checkpoints(self.uuid)).items()
+        }
+
+    @property
+    def shards_owned(self) -> list[str]:
+        return sorted(self._pollers)
+
+    def wake(self) -> None:
+        self._wake_coordinator.set()
+        for poller in self._poller_objects.values():
+            poller.waker.set()
+
+    # -- coordinator: leases and pollers ---------------------------------------------
+
+    def start(self) -> None:
+        self._coordinator = asyncio.ensure_future(self._coordinate())
+
+    async def _coordinate(self) -> None:
+        clock = self._source.clock
+        ttl = self.config.lease_seconds
+        while True:
+            store = await self._source.store()
+            now = clock.time()
+            held = await store.heartbeat(self.uuid, self.owner, list(self._pollers), now, ttl)
+            self._lease_until.update(dict.fromkeys(held, now + ttl))
+            for shard_id in list(self._pollers):
+                if shard_id not in held:
+                    self._log.warning("lease lost", shard_id=shard_id)
+                    self._stop_poller(shard_id)
+            checkpoints = await store.checkpoints(self.uuid)
+            for shard in await store.shards(self.stream.name):
+                done = checkpoints.get(shard.shard_id)
+                if shard.shard_id in self._pollers or (done and done.finished):
+                    continue
+                parents = [checkpoints.get(p) for p in shard.parents]
+                if not all(p is not None and p.finished for p in parents):
+                    continue  # a child shard waits until its parents are read to the end
+                now = clock.time()
+                if await store.acquire_lease(self.uuid, shard.shard_id, self.owner, now, ttl):
+                    self._lease_until[shard.shard_id] = now + ttl
+                    self._log.info("lease taken", shard_id=shard.shard_id)
+                    self._start_poller(shard)
+            await self._wake_coordinator.wait(min(ttl / 3, self.config.poll_interval))
+
+    def lease_valid(self, shard_id: str) -> bool:
+        """Whether our lease of ``shard_id`` is still live by our own clock. A poller
+        checks before each invoke, so a host that stalled past its lease stops at once
+        instead of re-delivering what the new owner already did."""
+        return self._source.clock.time() < self._lease_until.get(shard_id, 0.0)
+
+    def _start_poller(self, shard: Shard) -> None:
+        poller = ShardPoller(self, shard)
+        task = asyncio.ensure_future(poller.run())
+        self._pollers[shard.shard_id] = task
+        self._poller_objects[shard.shard_id] = poller
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._pollers.get(shard.shard_id) is done:
+                del self._pollers[shard.shard_id]
+                del self._poller_objects[shard.shard_id]
+            if not done.cancelled() and done.exception() is not None:
+                self._log.error("shard poller failed", shard_id=shard.shard_id, error=repr(done.exception()))
+            self._wake_coordinator.set()
+
+        task.add_done_callback(forget)
+
+    def _stop_poller(self, shard_id: str) -> None:
+        task = self._pollers.pop(shard_id)
+        self._poller_objects.pop(shard_id)
+        task.cancel()
+
+    async def stop(self) -> None:
+        """Stop polling and hand the leases back, so another poller may go on at once."""
+        tasks = [t for t in (self._coordinator, *self._pollers.values()) if t is not None]
+        shard_ids = list(self._pollers)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pollers.clear()
+        self._poller_objects.clear()
+        store = await self._source.store()
+        for shard_id in shard_ids:
+            await store.release_lease(self.uuid, shard_id, self.owner)
+
+
+# -- one shard ------------------------------------------------------------------------
+
+
+class ShardPoller:
+    """Reads one leased shard in order and delivers its records."""
+
+    def __init__(self, mapping: StreamMapping, shard: Shard) -> None:
+        self.mapping = mapping
+        self.shard = shard
+        self.config = mapping.config
+        self.source = mapping._source
+        self.clock = self.source.clock
+        self.waker = _Waker(self.clock)
+        self.runtime = self.source.runtime
+        self.log = mapping._log.bind(shard_id=shard.shard_id)
+        self._order: deque[int] = deque()  # sequence numbers of the round, in order
+        self._done: set[int] = set()
+        self._position = -1  # the checkpoint: last sequence number done
+
+    async def run(self) -> None:
+        store = await self.source.store()
+        start = (await store.checkpoints(self.mapping.uuid)).get(self.shard.shard_id)
+        if start is not None and start.finished:
+            await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
+            return
+        self._position = start.seq if start is not None else -1
+        try:
+            await self._poll(store)
+        except* _LeaseLost:
+            self.log.warning("lease lost at checkpoint; another poller goes on from there")
+
+    async def _poll(self, store: StreamStore) -> None:
+        config = self.config
+        round_size = config.batch_size * config.parallelization_factor
+        while True:
+            records = await self._gather(store, round_size)
+            if records:
+                await self._deliver_round(store, records)
+                continue
+            if await self._read_to_end(store):
+                await self._checkpoint(store, self._position, finished=True)
+                await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
+                self.log.info("shard finished")
+                return
+            await self.waker.wait(config.poll_interval)
+
+    async def _gather(self, store: StreamStore, limit: int) -> list[StoredRecord]:
+        """Read up to ``limit`` records after the checkpoint, waiting up to
+        ``max_batching_window`` for a fuller batch."""
+        records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+        window = self.config.max_batching_window
+        if not records or len(records) >= self.config.batch_size or window <= 0:
+            return records
+        deadline = self.clock.monotonic() + window
+        while len(records) < self.config.batch_size and (left := deadline - self.clock.monotonic()) > 0:
+            await self.waker.wait(left)
+            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+        return records
+
+    async def _read_to_end(self, store: StreamStore) -> bool:
+        """Whether the shard is closed and every record in it was read: the shard is
+        seen closed first, then read empty, so no record can slip in between."""
+        if self.shard.open:
+            shards = {s.shard_id: s for s in await store.shards(self.mapping.stream.name)}
+            self.shard = shards[self.shard.shard_id]
+            if self.shard.open:
+                return False
+        more = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, 1)
+        return not more
+
+    async def _deliver_round(self, store: StreamStore, records: list[StoredRecord]) -> None:
+        """Deliver a round: one lane per partition-key group, each lane in order."""
+        factor = self.config.parallelization_factor
+        lanes: dict[int, list[StoredRecord]] = {}
+        for record in records:
+            lane = zlib.crc32(record.partition_key.encode()) % factor if factor > 1 else 0
+            lanes.setdefault(lane, []).append(record)
+        self._order = deque(r.seq for r in records)
+        self._done.clear()
+        if len(lanes) == 1:
+            for batch in _batches(records, self.config.batch_size):
+                await self._deliver(store, batch)
+            return
+        async with asyncio.TaskGroup() as group:
+            for lane_records in lanes.values():
+                group.create_task(self._deliver_lane(store, lane_records))
+
+    async def _deliver_lane(self, store: StreamStore, records: list[StoredRecord]) -> None:
+        for batch in _batches(records, self.config.batch_size):
+            await self._deliver(store, batch)
+
+    async def _deliver(self, store: StreamStore, batch: list[StoredRecord]) -> None:
+        """Deliver one batch until all of it succeeded or was sent to on-failure."""
+        config = self.config
+        pending = deque([batch])
+        attempts = 0  # failed invokes of the current records; bisect splits do not count
+        throttles = 0
+        while pending:
+            part = pending.popleft()
+            expired, part = self._split_expired(part)
+            if expired:
+                await self._complete(store, expired, failure=("RecordAgeExceeded", attempts))
+            if not part:
+                continue
+            if not self.mapping.lease_valid(self.shard.shard_id):
+                raise _LeaseLost(self.shard.shard_id)
+            try:
+                failed = await self._invoke(part)
+            except (TooManyRequests, FunctionNotFound) as exc:
+                throttles += 1  # the shard waits, in order; no attempt is used
+                self.log.info("throttled", error=str(exc), retry=throttles)
+                pending.appendleft(part)
+                await self.clock.sleep(_backoff(throttles, THROTTLE_BACKOFF))
+                continue
+            throttles = 0
+            succeeded = part[: len(part) - len(failed)]
+            if succeeded:
+                await self._complete(store, succeeded)
+                attempts = 0
+            if not failed:
+                continue
+            if succeeded:
+                pending.appendleft(failed)  # progress: the rest is a new batch, not a retry
+            elif config.bisect_on_error and len(failed) > 1:
+                half = len(failed) // 2
+                pending.extendleft([failed[half:], failed[:half]])
+            else:
+                attempts += 1
+                if 0 <= config.max_retry_attempts < attempts:
+                    await self._complete(store, failed, failure=("RetryAttemptsExhausted", attempts))
+                    attempts = 0
+                    continue
+                pending.appendleft(failed)
+                await self.clock.sleep(_backoff(attempts, RETRY_BACKOFF))
+
+    def _split_expired(self, part: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
+        max_age: float = self.config.max_record_age
+        if max_age < 0:
+            max_age = self.source.retention(self.mapping.stream.name)
+        cutoff = self.clock.time() - max_age
+        count = 0
+        while count < len(part) and part[count].arrival < cutoff:
+            count += 1
+        return part[:count], part[count:]
+
+    async def _invoke(self, part: list[StoredRecord]) -> list[StoredRecord]:
+        """Invoke the function with ``part``; returns the records that failed (a suffix)."""
+        runtime = self.runtime
+        record = runtime.get_function(self.mapping.function)
+        age_ms = max(0.0, (self.clock.time() - part[-1].arrival) * 1000)
+        runtime.metrics.observe("IteratorAge", self.mapping.uuid, age_ms)
+        body = self._event(part)
+        result = await runtime._execute(record, body, str(uuid.uuid4()))
+        if result.error is not None:
+            return part
+        if not self.config.report_batch_item_failures:
+            return []
+        return _failed_suffix(part, result.payload)
+
+    def _event(self, part: list[StoredRecord]) -> bytes:
+        stream = self.mapping.stream
+        source = self.source
+        shard_id = self.shard.shard_id
+        head = (
+            '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
+            f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
+            f'"awsRegion":{_dumps(source.region)},"eventSourceARN":{_dumps(stream.arn)},'
+        )
+        items = []
+        for r in part:
+            seq = seq_str(r.seq)
+            items.append(
+                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{_dumps(r.partition_key)},'
+                f'"sequenceNumber":"{seq}","data":"{r.data}","approximateArrivalTimestamp":{r.arrival!r}}},'
+                f'{head}"eventID":"{shard_id}:{seq}"}}'
+            )
+        return ('{"Records":[' + ",".join(items) + "]}").encode()
+
+    async def _complete(
+        self, store: StreamStore, records: Sequence[StoredRecord], failure: tuple[str, int] | None = None
+    ) -> None:
+        """Mark ``records`` done and move the checkpoint over the done prefix of the round."""
+        self._done.update(r.seq for r in records)
+        position = self._position
+        while self._order and self._order[0] in self._done:
+            position = self._order.popleft()
+            self._done.discard(position)
+        failure_record = self._failure_record(records, *failure) if failure is not None else None
+        if position != self._position or failure_record is not None:
+            await self._checkpoint(store, position, failure=failure_record)
+            self._position = position
+        if failure is not None:
+            self.log.warning(
+                "records skipped",
+                condition=failure[0],
+                count=len(records),
+                first=seq_str(records[0].seq),
+                last=seq_str(records[-1].seq),
+            )
+            self.runtime.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
+
+    async def _checkpoint(
+        self,
+        store: StreamStore,
+        position: int,
+        *,
+        finished: bool = False,
+        failure: dict[str, Any] | None = None,
+    ) -> None:
+        destination = self.config.on_failure
+        ok = await store.checkpoint(
+            self.mapping.uuid,
+            self.shard.shard_id,
+            self.mapping.owner,
+            position,
+            finished=finished,
+            failure=(destination, failure, self.clock.time()) if failure is not None else None,
+        )
+        if not ok:
+            raise _LeaseLost(self.shard.shard_id)
+
+    def _failure_record(
+        self, records: Sequence[StoredRecord], condition: str, attempts: int
+    ) -> dict[str, Any]:
+        """Lambda's on-failure record for a stream: where the skipped records are, not them."""
+        function = self.runtime.get_function(self.mapping.function)
+        return {
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": function.arn,
+                "condition": condition,
+                "approximateInvokeCount": attempts,
+            },
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "version": "1.0",
+            "timestamp": _iso(self.clock.time()),
+            "KinesisBatchInfo": {
+                "shardId": self.shard.shard_id,
+                "startSequenceNumber": seq_str(records[0].seq),
+                "endSequenceNumber": seq_str(records[-1].seq),
+                "approximateArrivalOfFirstRecord": _iso(records[0].arrival),
+                "approximateArrivalOfLastRecord": _iso(records[-1].arrival),
+                "batchSize": len(records),
+                "streamArn": self.mapping.stream.arn,
+            },
+        }
+
+
+def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
+    """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
+    batch: list[StoredRecord] = []
+    total = 0
+    for record in records:
+        weight = len(record.data) + len(record.partition_key) + 400
+        if batch and (len(batch) >= size or total + weight > MAX_BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(record)
+        total += weight
+    if batch:
+        yield batch
+
+
+def _failed_suffix(part: list[StoredRecord], payload: Any) -> list[StoredRecord]:
+    """Lambda's partial batch response: an empty or missing list is success; an empty or
+    unknown ``itemIdentifier`` fails the whole batch; otherwise everything from the lowest
+    reported sequence number on is retried."""
+    failures = payload.get("batchItemFailures") if isinstance(payload, dict) else None
+    if not failures:
+        return []
+    if not isinstance(failures, list):
+        return part
+    seqs = {r.seq for r in part}
+    lowest: int | None = None
+    for item in failures:
+        ident = item.get("itemIdentifier") if isinstance(item, dict) else None
+        try:
+            seq = seq_int(ident) if isinstance(ident, str) else None
+        except ValueError:
+            seq = None
+        if seq is None or seq not in seqs:
+            return part
+        lowest = seq if lowest is None else min(lowest, seq)
+    return [r for r in part if lowest is not None and r.seq >= lowest]
+
+
+# -- the runtime's stream source ------------------------------------------------------
+
+
+class StreamSource:
+    """The runtime's streams and mappings (registered in ``Runtime._sources``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.clock: Clock = runtime.clock
+        self.region = runtime.config.region
+        self.account_id = runtime.config.account_id
+        self._store: StreamStore | None = None
+        self._streams: dict[str, Stream] = {}
+        self._retention: dict[str, float] = {}
+        self.mappings: dict[str, StreamMapping] = {}
+
+    async def store(self) -> StreamStore:
+        if self._store is None:
+            self._store = await StreamStore.open(await self.runtime.state())
+        return self._store
+
+    def retention(self, stream: str) -> float:
+        return self._retention.get(stream, 86_400.0)
+
+    def wake(self, stream: str) -> None:
+        for mapping in self.mappings.values():
+            if mapping.stream.name == stream:
+                mapping.wake()
+
+    async def create_stream(self, name: str, shard_count: int, retention_hours: float) -> Stream:
+        if not isinstance(name, str) or not name or len(name) > 128:
+            raise InvalidConfig(f"stream name must be 1-128 characters, got {name!r}")
+        if (
+            isinstance(shard_count, bool)
+            or not isinstance(shard_count, int)
+            or not 1 <= shard_count <= 10_000
+        ):
+            raise InvalidConfig(f"shard_count must be a whole number 1-10,000, got {shard_count!r}")
+        if not 24 <= retention_hours <= 8760:
+            raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {retention_hours!r}")
+        store = await self.store()
+        await store.create_stream(name, shard_count, retention_hours * 3600, self.clock.time())
+        return await self.get_stream(name)
+
+    async def get_stream(self, name: str) -> Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            store = await self.store()
+            if not await store.stream_exists(name):
+                raise StreamNotFound(name)
+            self._retention[name] = await store.stream_retention(name)
+            stream = self._streams[name] = Stream(self, name)
+        return stream
+
+    async def add_mapping(
+        self, stream_name: str, function: str, config: StreamMappingConfig
+    ) -> StreamMapping:
+        stream = await self.get_stream(stream_name)
+        name = self.runtime.get_function(function).name
+        for mapping in self.mappings.values():
+            if mapping.stream.name == stream.name and mapping.function == name:
+                raise InvalidConfig(
+                    f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
+                )
+        store = await self.store()
+        row = await store.create_mapping(
+            str(uuid.uuid4()),
+            stream.name,
+            name,
+            config.to_dict(),
+            config.starting_position,
+            config.starting_position_timestamp,
+            self.clock.time(),
+        )
+        mapping = StreamMapping(self, row.uuid, stream, name, config)
+        self.mappings[row.uuid] = mapping
+        mapping.start()
+        return mapping
+
+    async def remove_mapping(self, mapping: StreamMapping | str) -> None:
+        key = mapping.uuid if isinstance(mapping, StreamMapping) else mapping
+        found = self.mappings.pop(key, None)
+        if found is None:
+            raise InvalidConfig(f"no stream mapping {key!r}")
+        await found.stop()
+        await (await self.store()).delete_mapping(found.uuid)
+
+    async def aclose(self) -> None:
+        for mapping in list(self.mappings.values()):
+            await mapping.stop()
+        self.mappings.clear()
+
+
+__all__ = ["Stream", "StreamMapping", "StreamSource"]

@@ -1,0 +1,479 @@
+"""Streams in SQLite: shards, records, mappings, checkpoints, leases, on-failure records.
+
+Every statement about streams lives here. The rows are the whole truth: a shard's hash-key
+range and parents, a mapping's checkpoint per shard (the last sequence number that
+succeeded or was sent to the on-failure destination), and a lease per shard with an owner
+and an expiry time. Pollers on any host that shares the database coordinate through these
+rows only (DESIGN.md section 9).
+
+Sequence numbers are integers here, one counter per stream, so they increase within a
+shard and also from a parent shard to its children. Users see them as zero-padded
+decimal strings (:func:`seq_str`) that sort correctly as strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ._db import Database
+
+MAX_HASH_KEY = 2**128 - 1
+_SEQ_PREFIX = "49"
+_SEQ_DIGITS = 54
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS streams (
+        name TEXT PRIMARY KEY,
+        next_seq INTEGER NOT NULL,
+        next_shard INTEGER NOT NULL,
+        retention REAL NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS shards (
+        stream TEXT NOT NULL,
+        shard_id TEXT NOT NULL,
+        start_hash TEXT NOT NULL,
+        end_hash TEXT NOT NULL,
+        parent TEXT,
+        adjacent_parent TEXT,
+        start_seq INTEGER NOT NULL,
+        end_seq INTEGER,
+        PRIMARY KEY (stream, shard_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_records (
+        stream TEXT NOT NULL,
+        shard_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        partition_key TEXT NOT NULL,
+        data TEXT NOT NULL,
+        arrival REAL NOT NULL,
+        PRIMARY KEY (stream, shard_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_mappings (
+        uuid TEXT PRIMARY KEY,
+        stream TEXT NOT NULL,
+        function TEXT NOT NULL,
+        config TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (stream, function)
+    )""",
+    """CREATE TABLE IF NOT EXISTS stream_checkpoints (
+        mapping TEXT NOT NULL,
+        shard_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        finished INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (mapping, shard_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_leases (
+        mapping TEXT NOT NULL,
+        shard_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (mapping, shard_id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_failures (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        mapping TEXT NOT NULL,
+        destination TEXT,
+        record TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+)
+
+
+def seq_str(seq: int) -> str:
+    """The sequence number users see: Kinesis-like, fixed width, sorts as a string."""
+    return f"{_SEQ_PREFIX}{seq:0{_SEQ_DIGITS}d}"
+
+
+def seq_int(seq: str) -> int:
+    """The integer behind :func:`seq_str`; ``ValueError`` for anything else."""
+    if len(seq) != len(_SEQ_PREFIX) + _SEQ_DIGITS or not seq.startswith(_SEQ_PREFIX) or not seq.isdigit():
+        raise ValueError(f"not a sequence number: {seq!r}")
+    return int(seq[len(_SEQ_PREFIX) :])
+
+
+def hash_key(partition_key: str) -> int:
+    """Kinesis maps a partition key to a 128-bit integer with MD5."""
+    return int.from_bytes(hashlib.md5(partition_key.encode()).digest(), "big")
+
+
+def _hash_text(value: int) -> str:
+    return f"{value:039d}"  # fixed width so that ranges compare as text
+
+
+def shard_name(index: int) -> str:
+    return f"shardId-{index:012d}"
+
+
+@attrs.frozen
+class Shard:
+    shard_id: str
+    start_hash: int
+    end_hash: int
+    parent: str | None
+    adjacent_parent: str | None
+    start_seq: int
+    end_seq: int | None  # set when the shard is closed by a split or a merge
+
+    @property
+    def open(self) -> bool:
+        return self.end_seq is None
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return tuple(p for p in (self.parent, self.adjacent_parent) if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Kinesis' ``DescribeStream`` shape for one shard."""
+        out: dict[str, Any] = {
+            "ShardId": self.shard_id,
+            "HashKeyRange": {"StartingHashKey": str(self.start_hash), "EndingHashKey": str(self.end_hash)},
+            "SequenceNumberRange": {"StartingSequenceNumber": seq_str(self.start_seq)},
+        }
+        if self.end_seq is not None:
+            out["SequenceNumberRange"]["EndingSequenceNumber"] = seq_str(self.end_seq)
+        if self.parent:
+            out["ParentShardId"] = self.parent
+        if self.adjacent_parent:
+            out["AdjacentParentShardId"] = self.adjacent_parent
+        return out
+
+
+@attrs.frozen
+class StoredRecord:
+    seq: int
+    partition_key: str
+    data: str  # base64, as Lambda's event carries it
+    arrival: float
+
+
+@attrs.frozen
+class MappingRow:
+    uuid: str
+    stream: str
+    function: str
+    config: dict[str, Any]
+
+
+@attrs.frozen
+class Checkpoint:
+    seq: int  # last sequence number done; -1 = before the first record
+    finished: bool  # the (closed) shard was read to its end
+
+
+def _shard(row: Any) -> Shard:
+    return Shard(
+        shard_id=row["shard_id"],
+        start_hash=int(row["start_hash"]),
+        end_hash=int(row["end_hash"]),
+        parent=row["parent"],
+        adjacent_parent=row["adjacent_parent"],
+        start_seq=row["start_seq"],
+        end_seq=row["end_seq"],
+    )
+
+
+class StreamStore:
+    """The async interface the stream sources use; SQL stays behind it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, db: Database) -> StreamStore:
+        await db.ensure_schema("streams", SCHEMA)
+        return cls(db)
+
+    # -- streams and shards -----------------------------------------------------------
+
+    async def create_stream(self, name: str, shard_count: int, retention: float, now: float) -> bool:
+        """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly.
+        Returns ``False`` (and changes nothing) when the stream exists already."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT OR IGNORE INTO streams (name, next_seq, next_shard, retention, created_at) "
+                "VALUES (?, 0, ?, ?, ?)",
+                (name, shard_count, retention, now),
+            )
+            if cursor.rowcount == 0:
+                return False
+            step = (MAX_HASH_KEY + 1) // shard_count
+            for index in range(shard_count):
+                start = index * step
+                end = MAX_HASH_KEY if index == shard_count - 1 else (index + 1) * step - 1
+                await conn.execute(
+                    "INSERT INTO shards (stream, shard_id, start_hash, end_hash, start_seq) "
+                    "VALUES (?, ?, ?, ?, 0)",
+                    (name, shard_name(index), _hash_text(start), _hash_text(end)),
+                )
+        return True
+
+    async def stream_exists(self, name: str) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM streams WHERE name = ?", (name,)) is not None
+
+    async def stream_retention(self, name: str) -> float:
+        row = await self.db.fetchone("SELECT retention FROM streams WHERE name = ?", (name,))
+        return float(row["retention"]) if row else 0.0
+
+    async def shards(self, stream: str) -> list[Shard]:
+        rows = await self.db.fetchall("SELECT * FROM shards WHERE stream = ? ORDER BY shard_id", (stream,))
+        return [_shard(r) for r in rows]
+
+    async def put_records(
+        self, stream: str, entries: Sequence[tuple[str, str, int]], now: float
+    ) -> list[tuple[str, int]]:
+        """Append ``(partition_key, base64 data, hash key)`` entries in one transaction;
+        each goes to the open shard whose range holds its hash key."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT shard_id, start_hash, end_hash FROM shards WHERE stream = ? AND end_seq IS NULL",
+                (stream,),
+            ) as cursor:
+                ranges = [(int(r[1]), int(r[2]), r[0]) for r in await cursor.fetchall()]
+            async with conn.execute("SELECT next_seq FROM streams WHERE name = ?", (stream,)) as cursor:
+                row = await cursor.fetchone()
+            assert row is not None
+            seq = row[0]
+            out: list[tuple[str, int]] = []
+            rows = []
+            for key, data, hashed in entries:
+                shard_id = next(s for lo, hi, s in ranges if lo <= hashed <= hi)
+                rows.append((stream, shard_id, seq, key, data, now))
+                out.append((shard_id, seq))
+                seq += 1
+            await conn.executemany(
+                "INSERT INTO stream_records (stream, shard_id, seq, partition_key, data, arrival) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await conn.execute("UPDATE streams SET next_seq = ? WHERE name = ?", (seq, stream))
+        return out
+
+    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
+        rows = await self.db.fetchall(
+            "SELECT seq, partition_key, data, arrival FROM stream_records "
+            "WHERE stream = ? AND shard_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (stream, shard_id, after, limit),
+        )
+        return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def _close_shards(self, conn: Any, stream: str, shard_ids: Sequence[str]) -> tuple[int, int]:
+        """Close ``shard_ids`` at the stream's current sequence number; returns
+        ``(first sequence number for children, next shard index)``."""
+        async with conn.execute("SELECT next_seq, next_shard FROM streams WHERE name = ?", (stream,)) as cur:
+            row = await cur.fetchone()
+        next_seq, next_shard = row[0], row[1]
+        for shard_id in shard_ids:
+            await conn.execute(
+                "UPDATE shards SET end_seq = ? WHERE stream = ? AND shard_id = ?",
+                (next_seq - 1, stream, shard_id),
+            )
+        return next_seq, next_shard
+
+    async def split_shard(self, stream: str, shard: Shard, new_start: int) -> list[str]:
+        async with self.db.transaction() as conn:
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id])
+            children = [(shard.start_hash, new_start - 1), (new_start, shard.end_hash)]
+            names = []
+            for offset, (lo, hi) in enumerate(children):
+                names.append(shard_name(index + offset))
+                await conn.execute(
+                    "INSERT INTO shards (stream, shard_id, start_hash, end_hash, parent, start_seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (stream, names[-1], _hash_text(lo), _hash_text(hi), shard.shard_id, start_seq),
+                )
+            await conn.execute("UPDATE streams SET next_shard = ? WHERE name = ?", (index + 2, stream))
+        return names
+
+    async def merge_shards(self, stream: str, shard: Shard, adjacent: Shard) -> str:
+        async with self.db.transaction() as conn:
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id, adjacent.shard_id])
+            name = shard_name(index)
+            await conn.execute(
+                "INSERT INTO shards (stream, shard_id, start_hash, end_hash, parent, adjacent_parent, "
+                "start_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stream,
+                    name,
+                    _hash_text(min(shard.start_hash, adjacent.start_hash)),
+                    _hash_text(max(shard.end_hash, adjacent.end_hash)),
+                    shard.shard_id,
+                    adjacent.shard_id,
+                    start_seq,
+                ),
+            )
+            await conn.execute("UPDATE streams SET next_shard = ? WHERE name = ?", (index + 1, stream))
+        return name
+
+    async def trim(self, stream: str, before: float) -> int:
+        """Drop records that arrived before ``before`` (the stream's retention)."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "DELETE FROM stream_records WHERE stream = ? AND arrival < ?", (stream, before)
+            )
+            return cursor.rowcount
+
+    # -- mappings ---------------------------------------------------------------------
+
+    async def mapping(self, stream: str, function: str) -> MappingRow | None:
+        row = await self.db.fetchone(
+            "SELECT * FROM stream_mappings WHERE stream = ? AND function = ?", (stream, function)
+        )
+        if row is None:
+            return None
+        return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]))
+
+    async def create_mapping(
+        self,
+        uuid: str,
+        stream: str,
+        function: str,
+        config: dict[str, Any],
+        start: str,
+        timestamp: float | None,
+        now: float,
+    ) -> MappingRow:
+        """Insert the mapping, or return the one for (stream, function) that exists (a
+        restarted host resumes from its checkpoints). A new mapping gets a checkpoint per
+        existing shard according to ``start`` (``TRIM_HORIZON``, ``LATEST``,
+        ``AT_TIMESTAMP``); shards created later are read from their beginning."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT uuid FROM stream_mappings WHERE stream = ? AND function = ?", (stream, function)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                await conn.execute(
+                    "UPDATE stream_mappings SET config = ? WHERE uuid = ?", (json.dumps(config), row[0])
+                )
+                return MappingRow(row[0], stream, function, config)
+            await conn.execute(
+                "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (uuid, stream, function, json.dumps(config), now),
+            )
+            if start == "LATEST":
+                await conn.execute(
+                    "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
+                    "SELECT ?, s.shard_id, COALESCE((SELECT MAX(seq) FROM stream_records r "
+                    "WHERE r.stream = s.stream AND r.shard_id = s.shard_id), -1), s.end_seq IS NOT NULL "
+                    "FROM shards s WHERE s.stream = ?",
+                    (uuid, stream),
+                )
+            elif start == "AT_TIMESTAMP":
+                await conn.execute(
+                    "INSERT INTO stream_checkpoints (mapping, shard_id, seq) "
+                    "SELECT ?, s.shard_id, COALESCE((SELECT MAX(seq) FROM stream_records r "
+                    "WHERE r.stream = s.stream AND r.shard_id = s.shard_id AND r.arrival < ?), -1) "
+                    "FROM shards s WHERE s.stream = ?",
+                    (uuid, timestamp, stream),
+                )
+        return MappingRow(uuid, stream, function, config)
+
+    async def delete_mapping(self, uuid: str) -> None:
+        async with self.db.transaction() as conn:
+            for table in ("stream_checkpoints", "stream_leases"):
+                await conn.execute(f"DELETE FROM {table} WHERE mapping = ?", (uuid,))
+            await conn.execute("DELETE FROM stream_mappings WHERE uuid = ?", (uuid,))
+
+    # -- checkpoints and leases -------------------------------------------------------
+
+    async def checkpoints(self, mapping: str) -> dict[str, Checkpoint]:
+        rows = await self.db.fetchall(
+            "SELECT shard_id, seq, finished FROM stream_checkpoints WHERE mapping = ?", (mapping,)
+        )
+        return {r[0]: Checkpoint(r[1], bool(r[2])) for r in rows}
+
+    async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
+        """Take the shard's lease if it is free, expired, or ours already."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at WHERE owner = excluded.owner OR expires_at < ?",
+                (mapping, shard_id, owner, now + ttl, now),
+            )
+            return cursor.rowcount > 0
+
+    async def heartbeat(
+        self, mapping: str, owner: str, shard_ids: Sequence[str], now: float, ttl: float
+    ) -> set[str]:
+        """Extend our leases; returns the shards whose lease we still hold."""
+        held: set[str] = set()
+        async with self.db.transaction() as conn:
+            for shard_id in shard_ids:
+                cursor = await conn.execute(
+                    "UPDATE stream_leases SET expires_at = ? "
+                    "WHERE mapping = ? AND shard_id = ? AND owner = ?",
+                    (now + ttl, mapping, shard_id, owner),
+                )
+                if cursor.rowcount:
+                    held.add(shard_id)
+        return held
+
+    async def release_lease(self, mapping: str, shard_id: str, owner: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
+                (mapping, shard_id, owner),
+            )
+
+    async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
+        rows = await self.db.fetchall(
+            "SELECT shard_id, owner, expires_at FROM stream_leases WHERE mapping = ?", (mapping,)
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def checkpoint(
+        self,
+        mapping: str,
+        shard_id: str,
+        owner: str,
+        seq: int,
+        *,
+        finished: bool = False,
+        failure: tuple[str | None, dict[str, Any], float] | None = None,
+    ) -> bool:
+        """Move the checkpoint to ``seq`` while we hold the lease, with the on-failure
+        record (if any) in the same transaction. ``False``: the lease was taken over, and
+        nothing was written."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT 1 FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
+                (mapping, shard_id, owner),
+            ) as cursor:
+                if await cursor.fetchone() is None:
+                    return False
+            await conn.execute(
+                "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
+                "finished = excluded.finished",
+                (mapping, shard_id, seq, int(finished)),
+            )
+            if failure is not None:
+                destination, record, now = failure
+                await conn.execute(
+                    "INSERT INTO stream_failures (mapping, destination, record, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (mapping, destination, json.dumps(record), now),
+                )
+        return True
+
+    async def failure_records(
+        self, *, mapping: str | None = None, destination: str | None = None
+    ) -> list[dict[str, Any]]:
+        if mapping is not None:
+            rows = await self.db.fetchall(
+                "SELECT record FROM stream_failures WHERE mapping = ? ORDER BY id", (mapping,)
+            )
+        else:
+            rows = await self.db.fetchall(
+                "SELECT record FROM stream_failures WHERE destination = ? ORDER BY id", (destination,)
+            )
+        return [json.loads(r[0]) for r in rows]

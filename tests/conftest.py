@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import pytest
+
+
+async def wait_until(predicate: Callable[[], bool], what: str = "condition", limit: float = 15.0) -> None:
+    """Wait for another task or process to reach a state (synchronization, not timing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def alive(pid: int) -> bool:
+    """True while a process with this pid exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def release_file(tmp_path: object) -> str:
+    return os.path.join(str(tmp_path), "release")

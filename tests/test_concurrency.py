@@ -1,0 +1,157 @@
+"""Concurrency: scale-out, reserved and global limits, throttles, provisioned, idle retirement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import fnrt
+
+from .conftest import alive, wait_until
+
+
+def busy(rt: fnrt.Runtime, name: str) -> int:
+    return rt.stats()["functions"][name]["busy"]
+
+
+async def test_concurrent_invokes_scale_out_to_distinct_sandboxes(release_file):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold")
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(4)]
+        await wait_until(lambda: busy(rt, "hold") == 4, "4 busy sandboxes")
+        open(release_file, "w").close()
+        pids = {out["pid"] for out in await asyncio.gather(*calls)}
+        assert len(pids) == 4  # at most one event per sandbox at a time
+        stats = rt.stats()["functions"]["hold"]
+        assert stats["warm"] == 4 and stats["peak_concurrency"] == 4 and stats["cold_starts"] == 4
+
+
+async def test_warm_sandboxes_are_reused_most_recent_first(release_file):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold")
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(3)]
+        await wait_until(lambda: busy(rt, "hold") == 3)
+        open(release_file, "w").close()
+        await asyncio.gather(*calls)
+        pool = rt._pools["hold"]
+        most_recent = pool.idle[-1].sandbox.pid
+        for _ in range(5):
+            assert (await rt.invoke("hold", {"release": release_file}))["pid"] == most_recent
+        assert rt.stats()["functions"]["hold"]["cold_starts"] == 3
+
+
+async def test_reserved_concurrency_throttles_exactly_at_the_limit(release_file):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=2)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 2)
+        with pytest.raises(fnrt.TooManyRequests) as info:
+            await rt.invoke("hold", {"release": release_file})
+        assert info.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        assert info.value.to_lambda()["Reason"] == info.value.reason
+        open(release_file, "w").close()
+        await asyncio.gather(*calls)
+        await rt.invoke("hold", {"release": release_file})  # a slot is free again
+        stats = rt.stats()["functions"]["hold"]
+        assert stats["throttles"] == 1 and stats["invocations"] == 3
+        assert rt.metrics.counter("Throttles", "hold") == 1
+
+
+async def test_global_limit_throttles_and_reserved_capacity_is_set_apart(release_file):
+    async with fnrt.Runtime(concurrency_limit=4, unreserved_minimum=1) as rt:
+        await rt.add_function("shared", "handlers.chaos:hold")
+        await rt.add_function("vip", "handlers.chaos:hold", reserved_concurrency=2)
+        assert rt.stats()["concurrency"]["unreserved_pool"] == 2
+        calls = [asyncio.ensure_future(rt.invoke("shared", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 2)
+        with pytest.raises(fnrt.TooManyRequests) as info:
+            await rt.invoke("shared", {"release": release_file})
+        assert info.value.reason == "ConcurrentInvocationLimitExceeded"
+        # the reserved function still has its own capacity while the shared pool is full
+        calls += [asyncio.ensure_future(rt.invoke("vip", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 4)
+        open(release_file, "w").close()
+        assert len(await asyncio.gather(*calls)) == 4
+
+
+async def test_reserving_more_than_the_pool_allows_is_invalid():
+    async with fnrt.Runtime(concurrency_limit=1000) as rt:
+        await rt.add_function("a", "handlers.echo:echo", reserved_concurrency=800)
+        with pytest.raises(fnrt.InvalidConfig, match="at most 900"):
+            await rt.add_function("b", "handlers.echo:echo", reserved_concurrency=101)
+        await rt.add_function("b", "handlers.echo:echo", reserved_concurrency=100)
+        # re-registering a function replaces its reservation rather than adding to it
+        await rt.add_function("a", "handlers.echo:echo", reserved_concurrency=800)
+
+
+async def test_reserved_zero_throttles_every_call():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("off", "handlers.echo:echo", reserved_concurrency=0)
+        with pytest.raises(fnrt.TooManyRequests):
+            await rt.invoke("off", {})
+
+
+async def test_provisioned_concurrency_is_initialized_ahead_and_kept():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami", provisioned_concurrency=2)
+        assert rt.stats()["functions"]["whoami"]["warm"] == 2
+        first = await rt.invoke_detailed("whoami", {})
+        assert not first.cold_start
+        await clock.advance(3600)
+        assert rt.stats()["functions"]["whoami"]["warm"] == 2  # not retired below the floor
+
+
+async def test_idle_sandboxes_retire_after_the_idle_ttl():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        pid = (await rt.invoke("whoami", {}))["pid"]
+        await clock.advance(30)
+        assert rt.stats()["functions"]["whoami"]["warm"] == 1
+        await clock.advance(45)
+        assert rt.stats()["functions"]["whoami"]["warm"] == 0
+        await wait_until(lambda: not alive(pid), "the retired sandbox to exit")
+        assert (await rt.invoke_detailed("whoami", {})).cold_start
+
+
+async def test_no_process_survives_the_runtime(release_file):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.deploy("handlers.echo")
+        pids = {(await rt.invoke("echo", {}))["pid"]}
+        call = asyncio.ensure_future(rt.invoke("hold", {}))  # busy when the runtime closes
+        await wait_until(lambda: busy(rt, "hold") == 1)
+        template = rt._factories["subprocess"]._template
+        pids |= set(template._exits)
+        template_pid = template._proc.pid
+    assert call.done()
+    assert not alive(template_pid)
+    for pid in pids:
+        assert not alive(pid), f"sandbox {pid} survived"
+
+
+async def test_no_process_survives_when_the_host_is_cancelled():
+    started = asyncio.Event()
+    seen: dict[str, int] = {}
+
+    async def app() -> None:
+        async with fnrt.Runtime() as rt:
+            await rt.add_function("hold", "handlers.chaos:hold")
+            task = asyncio.ensure_future(rt.invoke("hold", {}))
+            await wait_until(lambda: busy(rt, "hold") == 1)
+            template = rt._factories["subprocess"]._template
+            seen["template"] = template._proc.pid
+            seen["sandbox"] = next(iter(template._exits))
+            started.set()
+            await task
+
+    runner = asyncio.ensure_future(app())
+    await started.wait()
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert not alive(seen["template"]) and not alive(seen["sandbox"])
+    assert os.getpid()  # and the test process is of course still here

@@ -1,0 +1,225 @@
+"""Timeouts, crashes, memory limits and bad input: typed errors, and the runtime stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+import fnrt
+
+from .conftest import alive, wait_until
+
+
+async def test_timeout_kills_the_sandbox_and_the_next_event_gets_a_fresh_one(release_file):
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=3)
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        call = asyncio.ensure_future(rt.invoke("hold", {}))  # never released
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1 and clock.pending_timers >= 2)
+        await clock.advance(2.9)
+        assert not call.done()
+        await clock.advance(0.2)
+        with pytest.raises(fnrt.FunctionTimeout) as info:
+            await call
+        err = info.value
+        assert err.error_type == "Sandbox.Timedout"
+        assert err.error_message == f"RequestId: {err.request_id} Error: Task timed out after 3.00 seconds"
+        stats = rt.stats()["functions"]["hold"]
+        assert stats["warm"] == 0 and stats["busy"] == 0 and stats["in_flight"] == 0
+        # the next event runs on a fresh sandbox
+        open(release_file, "w").close()
+        out = await rt.invoke_detailed("hold", {"release": release_file})
+        assert out.cold_start and out.error is None
+
+
+async def test_timed_out_sandbox_process_is_killed():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=1)
+        call = asyncio.ensure_future(rt.invoke("hold", {}))
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1 and clock.pending_timers >= 2)
+        template = rt._factories["subprocess"]._template
+        children = set(template._exits)
+        assert len(children) == 1
+        await clock.advance(1.0)
+        with pytest.raises(fnrt.FunctionTimeout):
+            await call
+        pid = children.pop()
+        await wait_until(lambda: not alive(pid), "the timed-out sandbox to die")
+
+
+@pytest.mark.parametrize(
+    ("handler", "payload", "message"),
+    [
+        ("exit_now", {"code": 3}, "Runtime exited with error: exit status 3"),
+        ("segfault", {}, "Runtime exited with error: signal: segmentation fault"),
+    ],
+)
+async def test_a_crashing_sandbox_is_replaced(handler, payload, message):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("crash", f"handlers.chaos:{handler}")
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("crash", payload)
+        assert info.value.error_type == "Runtime.ExitError"
+        assert info.value.error_message == f"RequestId: {info.value.request_id} Error: {message}"
+        assert rt.stats()["functions"]["crash"]["warm"] == 0
+        with pytest.raises(fnrt.FunctionError):  # a fresh sandbox, which crashes again
+            await rt.invoke("crash", payload)
+        assert (await rt.invoke("whoami", {}))["pid"] > 0  # the runtime is fine
+
+
+async def test_memory_limit_is_enforced():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hog", "handlers.chaos:hog", memory_mb=128)
+        assert await rt.invoke("hog", {"mb": 16}) == 16  # within the limit
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("hog", {"mb": 512})
+        err = info.value
+        assert err.error_type == "Runtime.OutOfMemory"
+        assert "out of memory (memory_mb=128)" in err.error_message
+        assert "Memory limit of 128 MB exceeded" in err.log_tail
+        assert "Max Memory Used: 128 MB" in err.log_tail
+        assert await rt.invoke("hog", {"mb": 16}) == 16  # replaced by a fresh sandbox
+
+
+async def test_result_that_is_not_json_is_a_function_error():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("bad", "handlers.chaos:unserializable")
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("bad", {})
+        assert info.value.error_type == "Runtime.MarshalError"
+        assert "Unable to marshal response: Object of type set is not JSON serializable" in (
+            info.value.error_message
+        )
+        await rt.invoke("bad", {}, invocation_type="DryRun")  # and the sandbox lives on
+        assert rt.stats()["functions"]["bad"]["warm"] == 1
+
+
+async def test_unknown_function():
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.FunctionNotFound, match="'ghost'"):
+            await rt.invoke("ghost", {})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"timeout": 0},
+        {"timeout": 901},
+        {"timeout": "3"},
+        {"memory_mb": 64},
+        {"memory_mb": 20_000},
+        {"memory_mb": 128.5},
+        {"reserved_concurrency": -1},
+        {"provisioned_concurrency": 3, "reserved_concurrency": 2},
+        {"environment": {"1BAD": "x"}},
+        {"environment": {"OK": 1}},
+        {"sandbox": "docker"},
+        {"tiemout": 3},
+    ],
+)
+async def test_bad_config_is_rejected_at_registration(config):
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InvalidConfig):
+            await rt.add_function("f", "handlers.echo:echo", **config)
+        with pytest.raises(fnrt.FunctionNotFound):
+            rt.get_function("f")
+
+
+async def test_bad_names_and_references_are_rejected():
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InvalidConfig):
+            await rt.add_function("has space", "handlers.echo:echo")
+        with pytest.raises(fnrt.InvalidConfig):
+            await rt.add_function("ok", "not a reference")
+        with pytest.raises(fnrt.InvalidConfig):
+            await rt.deploy("../etc/passwd")
+    with pytest.raises(fnrt.InvalidConfig):
+        fnrt.Runtime(concurrency_limit=0)
+    with pytest.raises(fnrt.InvalidConfig):
+        fnrt.FunctionConfig(timeout=math.nan)
+
+
+@pytest.mark.parametrize("payload", [object(), {"x": math.nan}, b"{not json", {1: {2, 3}}])
+async def test_payload_that_is_not_json(payload):
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        with pytest.raises(fnrt.InvalidPayload):
+            await rt.invoke("echo", payload)
+        assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
+async def test_bytes_payload_is_a_json_document():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        assert (await rt.invoke("echo", b'{"a": [1, 2]}'))["event"] == {"a": [1, 2]}
+        assert (await rt.invoke("echo", b""))["event"] == {}
+
+
+async def test_oversized_payload():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        big = "x" * (6 * 1024 * 1024)
+        with pytest.raises(fnrt.PayloadTooLarge) as info:
+            await rt.invoke("echo", {"blob": big})
+        assert info.value.limit == 6 * 1024 * 1024
+        ok = "x" * (5 * 1024 * 1024)  # a large payload under the limit goes through
+        assert len((await rt.invoke("echo", {"blob": ok}))["event"]["blob"]) == len(ok)
+
+
+async def test_module_that_fails_to_import():
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InitError) as info:
+            await rt.deploy("handlers.broken")
+        assert info.value.error_type == "Runtime.ImportModuleError"
+        assert "cannot connect to orders at import time" in info.value.error_message
+        with pytest.raises(fnrt.InitError) as info:
+            await rt.deploy("handlers.does_not_exist")
+        assert info.value.error_message.startswith("Unable to import module 'handlers.does_not_exist'")
+        # registered by reference, the import error surfaces at the first invoke
+        await rt.add_function("broken", "handlers.broken:never")
+        with pytest.raises(fnrt.InitError) as info:
+            await rt.invoke("broken", {})
+        assert info.value.error_type == "Runtime.ImportModuleError"
+        assert "RuntimeError: cannot connect" in info.value.log_tail
+
+
+async def test_missing_or_uncallable_handler():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("missing", "handlers.echo:nothing_here")
+        with pytest.raises(fnrt.InitError) as info:
+            await rt.invoke("missing", {})
+        assert info.value.error_type == "Runtime.HandlerNotFound"
+        assert info.value.error_message == "Handler 'nothing_here' missing on module 'handlers.echo'"
+        await rt.add_function("notcallable", "handlers.echo:STARTED")
+        with pytest.raises(fnrt.InitError) as info:
+            await rt.invoke("notcallable", {})
+        assert "is not callable" in info.value.error_message
+
+
+async def test_module_without_handlers_and_invalid_decorator_config():
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InvalidConfig, match=r"no @fnrt\.handler"):
+            await rt.deploy("handlers")  # the package itself defines no handlers
+        with pytest.raises(fnrt.InvalidConfig, match="timeout"):
+            await rt.deploy("handlers.misconfigured")
+
+
+async def test_init_timeout():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("slow", "handlers.slow_init:handler", init_timeout=2)
+        call = asyncio.ensure_future(rt.invoke("slow", {}))
+        await wait_until(
+            lambda: rt.stats()["functions"]["slow"]["starting"] == 1 and clock.pending_timers >= 2
+        )
+        await clock.advance(2)
+        with pytest.raises(fnrt.InitError) as info:
+            await call
+        assert info.value.error_type == "Sandbox.Timedout"
+        assert "Init phase timed out after 2.00 seconds" in info.value.error_message
+        assert rt.stats()["functions"]["slow"]["starting"] == 0
