@@ -1,0 +1,341 @@
+"""Asynchronous (``Event``) invoke: durable enqueue, retries, event age, destinations.
+
+Delays, backoff and event age run on a FakeClock; the queue is a real SQLite file and the
+handlers run in real subprocess sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+
+import pytest
+
+import fnrt
+
+from .conftest import wait_until
+
+
+async def parked(rt: fnrt.Runtime) -> None:
+    """Wait until the poller has handled everything due and sleeps (real I/O settles)."""
+    await wait_until(lambda: rt._async is not None and rt._async.idle, "the async poller to go idle")
+
+
+async def event_state(rt: fnrt.Runtime, request_id: str, state: str) -> dict:
+    """Wait until the event reaches ``state``; return its row."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        event = await rt.async_event(request_id)
+        if event is not None and event["state"] == state:
+            return event
+        if loop.time() > deadline:
+            raise AssertionError(f"event {request_id} never reached {state}: {event}")
+        await asyncio.sleep(0.005)
+
+
+async def test_event_returns_request_id_once_the_event_is_on_disk(tmp_path):
+    outbox = tmp_path / "outbox.jsonl"
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.deploy("handlers.payments")
+        request_id = await rt.invoke("send_receipt", {"order": "A-1", "outbox": str(outbox)}, "Event")
+        assert str(uuid.UUID(request_id)) == request_id
+        # Another connection (another process could do the same) sees the committed row.
+        with sqlite3.connect(tmp_path / "fnrt.sqlite3") as conn:
+            (function,) = conn.execute(
+                "SELECT function FROM async_events WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        assert function == "send_receipt"
+        event = await event_state(rt, request_id, "done")
+        assert event["condition"] == "Success" and event["invokes"] == 1 and event["attempts"] == 0
+        assert '"order": "A-1"' in outbox.read_text()
+        detailed = await rt.invoke_detailed("send_receipt", {"outbox": str(outbox)}, "Event")
+        assert detailed.status_code == 202 and detailed.raw == b""
+        assert rt.metrics.counter("AsyncEventsReceived", "send_receipt") == 2
+        await event_state(rt, detailed.request_id, "done")
+        assert rt.metrics.summary("AsyncEventAge", "send_receipt")["count"] == 2
+
+
+async def test_event_payload_limit_is_1_mb():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.payments")
+        with pytest.raises(fnrt.PayloadTooLarge):
+            await rt.invoke("audit", {"blob": "x" * (1024 * 1024)}, "Event")
+        with pytest.raises(fnrt.InvalidPayload):
+            await rt.invoke("audit", b"{not json", "Event")
+
+
+async def test_function_error_retries_after_1_then_2_minutes_then_goes_to_on_failure(tmp_path):
+    clock = fnrt.FakeClock()
+    ledger = tmp_path / "ledger"
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.payments")  # decorator: 2 retries after 60 s and 120 s
+        rt.configure_async("charge", on_failure="sink:failed-payments", dead_letter="sink:payments-dlq")
+        payload = {"order": "A-7", "amount": 30, "card": "declined", "ledger": str(ledger)}
+        request_id = await rt.invoke("charge", payload, "Event")
+
+        event = await event_state(rt, request_id, "queued")
+        await wait_until(lambda: ledger.exists(), "the first attempt")
+        await parked(rt)
+        event = await rt.async_event(request_id)
+        assert (event["state"], event["attempts"], event["invokes"]) == ("queued", 1, 1)
+
+        await clock.advance(59)
+        await parked(rt)
+        assert (await rt.async_event(request_id))["invokes"] == 1  # not yet
+        await clock.advance(1)
+        await wait_until(lambda: len(ledger.read_text().split()) == 2, "the first retry")
+        await parked(rt)
+
+        await clock.advance(119)
+        await parked(rt)
+        assert (await rt.async_event(request_id))["invokes"] == 2
+        await clock.advance(1)
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "RetriesExhausted" and event["invokes"] == 3
+
+        (record,) = await rt.destination_records("failed-payments")
+        assert record == event["record"]
+        assert record["version"] == "1.0" and record["timestamp"].endswith("Z")
+        assert record["requestContext"] == {
+            "requestId": request_id,
+            "functionArn": "arn:aws:lambda:us-east-1:000000000000:function:charge:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 3,
+        }
+        assert record["requestPayload"] == payload
+        assert record["responseContext"] == {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": "Unhandled",
+        }
+        assert record["responsePayload"]["errorType"] == "CardDeclined"
+        assert record["responsePayload"]["errorMessage"] == "card ending 0000 was declined"
+
+        (dead,) = await rt.destination_records("sink:payments-dlq")
+        assert dead["body"] == payload
+        assert dead["messageAttributes"]["RequestID"] == request_id
+        assert dead["messageAttributes"]["ErrorMessage"] == "card ending 0000 was declined"
+        assert rt.metrics.counter("AsyncEventsDropped", "charge") == 1
+        assert rt.metrics.counter("Errors", "charge") == 3
+
+
+async def test_a_retry_that_succeeds_goes_to_on_success_and_a_function_destination(tmp_path):
+    clock = fnrt.FakeClock()
+    ledger = tmp_path / "ledger"
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.payments")
+        rt.configure_async("charge", retry_delays=[5], on_success="function:audit")
+        rt.configure_async("audit", on_success="sink:audited")
+        payload = {"order": "A-8", "amount": 12, "gateway_failures": 1, "ledger": str(ledger)}
+        request_id = await rt.invoke("charge", payload, "Event")
+        await event_state(rt, request_id, "queued")
+        await parked(rt)
+        await clock.advance(5)
+        event = await event_state(rt, request_id, "done")
+        assert (event["attempts"], event["invokes"]) == (1, 2)
+        # The success record went to `audit` as an Event; audit's own success went to a sink.
+        await wait_until(lambda: rt.metrics.counter("Invocations", "audit") == 1, "audit to run")
+        await parked(rt)
+        (audited,) = await rt.destination_records("audited")
+        record = audited["requestPayload"]
+        assert record["requestContext"]["condition"] == "Success"
+        assert record["requestContext"]["approximateInvokeCount"] == 2
+        assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST"}
+        assert record["responsePayload"] == {"status": "charged", "order": "A-8", "amount": 12, "attempt": 2}
+        assert audited["responsePayload"] == {"audited": request_id, "condition": "Success"}
+
+
+async def test_throttled_events_wait_without_using_attempts_then_age_out():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function(
+            "frozen",
+            "handlers.payments:audit",
+            reserved_concurrency=0,  # every invoke throttles
+            async_config={"max_event_age": 60, "on_failure": "sink:aged"},
+        )
+        request_id = await rt.invoke("frozen", {"order": "A-9"}, "Event")
+        await parked(rt)
+        for step, delay in enumerate([1, 2, 4, 8, 16], start=1):  # doubling backoff
+            assert rt.metrics.counter("Throttles", "frozen") == step
+            await clock.advance(delay - 0.01)
+            await parked(rt)
+            assert rt.metrics.counter("Throttles", "frozen") == step  # not before its time
+            await clock.advance(0.01)
+            await parked(rt)
+        # throttled at 0, 1, 3, 7, 15 and 31 s; the next 32 s backoff is cut at the 60 s age
+        assert (await rt.async_event(request_id))["state"] == "queued"
+        await clock.advance(29)
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "EventAgeExceeded"
+        assert event["attempts"] == 0 and event["invokes"] == 0
+        assert event["system_retries"] == 6
+        assert rt.metrics.counter("Throttles", "frozen") == 6
+        (record,) = await rt.destination_records("aged")
+        assert record["requestContext"]["condition"] == "EventAgeExceeded"
+        assert record["requestContext"]["approximateInvokeCount"] == 0
+        assert record["responseContext"]["statusCode"] == 429
+        assert record["responsePayload"]["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+
+
+async def test_a_throttle_is_retried_with_backoff_and_then_runs(tmp_path):
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=1, timeout=900)
+        busy = asyncio.ensure_future(rt.invoke("hold", {"release": str(release)}))
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "the sync call")
+        request_id = await rt.invoke("hold", {"release": str(release)}, "Event")
+        await parked(rt)
+        assert rt.metrics.counter("Throttles", "hold") == 1
+        release.touch()
+        await busy
+        await clock.advance(1)  # the first backoff step
+        event = await event_state(rt, request_id, "done")
+        assert (event["attempts"], event["invokes"], event["system_retries"]) == (0, 1, 1)
+
+
+async def test_event_age_caps_the_wait_for_a_retry(tmp_path):
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.payments")
+        rt.configure_async("charge", max_event_age=90, retry_delays=[600], on_failure="sink:late")
+        request_id = await rt.invoke("charge", {"amount": 1, "card": "declined"}, "Event")
+        await event_state(rt, request_id, "queued")
+        await parked(rt)
+        await clock.advance(90)  # not 600: the event expires first
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "EventAgeExceeded" and event["invokes"] == 1
+        (record,) = await rt.destination_records("late")
+        assert record["responseContext"]["functionError"] == "Unhandled"
+        assert record["responsePayload"]["errorType"] == "CardDeclined"
+
+
+async def test_a_crashing_handler_uses_a_retry_attempt():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function(
+            "crash",
+            "handlers.chaos:exit_now",
+            async_config={"max_retry_attempts": 0, "on_failure": "sink:crashes"},
+        )
+        request_id = await rt.invoke("crash", {"code": 7}, "Event")
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "RetriesExhausted" and event["invokes"] == 1
+        (record,) = await rt.destination_records("crashes")
+        assert record["responsePayload"]["errorType"] == "Runtime.ExitError"
+
+
+async def test_without_destinations_a_failed_event_is_kept_and_counted_as_dropped():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.payments")
+        rt.configure_async("charge", max_retry_attempts=0)
+        request_id = await rt.invoke("charge", {"amount": 1, "card": "declined"}, "Event")
+        event = await event_state(rt, request_id, "failed")
+        assert event["record"]["requestContext"]["condition"] == "RetriesExhausted"
+        assert rt.metrics.counter("AsyncEventsDropped", "charge") == 1
+        assert await rt.async_queue_counts("charge") == {"failed": 1}
+
+
+async def test_a_missing_destination_function_is_a_delivery_failure_not_a_loss():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.payments")
+        rt.configure_async("charge", max_retry_attempts=0, on_failure="function:nobody")
+        request_id = await rt.invoke("charge", {"amount": 1, "card": "declined"}, "Event")
+        event = await event_state(rt, request_id, "failed")
+        assert event["record"]["requestPayload"] == {"amount": 1, "card": "declined"}
+        assert rt.metrics.counter("DestinationDeliveryFailures", "charge") == 1
+
+
+async def test_events_of_an_unregistered_function_wait_for_it(tmp_path):
+    clock = fnrt.FakeClock()
+    outbox = tmp_path / "outbox"
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("mail", "handlers.payments:send_receipt", async_config={"retry_delays": [60]})
+        request_id = await rt.invoke("mail", {"order": "A-1"}, "Event")  # no outbox: KeyError
+        await event_state(rt, request_id, "queued")
+        await parked(rt)
+        await rt.remove_function("mail")
+        await clock.advance(120)
+        await parked(rt)
+        assert (await rt.async_event(request_id))["state"] == "queued"
+        await rt.add_function("mail", "handlers.payments:send_receipt")
+        await clock.advance(1)  # the poller notices new functions within a second
+        await wait_until(lambda: rt.metrics.counter("Invocations", "mail") == 2, "the retry")
+        assert not outbox.exists()
+
+
+async def test_graceful_close_gives_leases_back_and_a_restart_runs_them(tmp_path):
+    release = tmp_path / "release"
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=900)
+        request_id = await rt.invoke("hold", {"release": str(release)}, "Event")
+        await event_state(rt, request_id, "leased")
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1, "the attempt")
+    release.touch()
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        assert (await rt.async_event(request_id))["state"] == "queued"  # not leased for 15 min
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=900)
+        event = await event_state(rt, request_id, "done")
+        assert event["leases"] == 2
+
+
+async def test_concurrent_enqueues_share_commits(tmp_path):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("noop", "handlers.echo:noop", reserved_concurrency=0)
+        await rt.invoke("noop", {}, "Event")
+        db = await rt.state()
+        commits = 0
+        execute = db.conn.execute
+
+        def counting(sql, *args):
+            nonlocal commits
+            commits += sql == "COMMIT"
+            return execute(sql, *args)
+
+        db.conn.execute = counting  # type: ignore[method-assign]
+        ids = await asyncio.gather(*[rt.invoke("noop", {"n": n}, "Event") for n in range(500)])
+        db.conn.execute = execute  # type: ignore[method-assign]
+        assert len(set(ids)) == 500
+        assert commits < 25, commits  # a handful of group commits, not 500
+        counts = await rt.async_queue_counts("noop")
+        assert sum(counts.values()) == 501
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"max_retry_attempts": 3}, "max_retry_attempts must be between 0 and 2"),
+        ({"max_event_age": 59}, "max_event_age must be between 60 and 21600"),
+        ({"max_event_age": 21_601}, "max_event_age must be between 60 and 21600"),
+        ({"retry_delays": []}, "retry_delays needs at least one delay"),
+        ({"retry_delays": [-1]}, "retry_delays must be between 0"),
+        ({"on_failure": "failed-payments"}, "write 'function:<name>'"),
+        ({"dead_letter": "function:audit"}, "dead_letter must be a sink"),
+        ({"max_retries": 1}, "unknown async config max_retries"),
+    ],
+)
+async def test_bad_async_config_is_rejected_where_it_is_given(config, message):
+    with pytest.raises(fnrt.InvalidConfig, match=message):
+        fnrt.AsyncConfig.from_kwargs(config)
+    async with fnrt.Runtime(sandbox="inline") as rt:
+        await rt.add_function("audit", "handlers.payments:audit")
+        with pytest.raises(fnrt.InvalidConfig, match=message):
+            rt.configure_async("audit", **config)
+        with pytest.raises(fnrt.InvalidConfig, match=message):
+            await rt.add_function("other", "handlers.payments:audit", async_config=config)
+        with pytest.raises(fnrt.FunctionNotFound):
+            rt.configure_async("nope", max_retry_attempts=1)
+
+
+async def test_async_config_from_the_decorator_and_defaults():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.payments")
+        charge = rt.async_config("charge")
+        assert charge.max_retry_attempts == 2 and charge.retry_delays == (60, 120)
+        assert charge.on_failure == "sink:failed-payments"
+        assert rt.async_config("audit") == fnrt.AsyncConfig()
+        assert fnrt.AsyncConfig().max_event_age == 21_600
+        rt.configure_async("charge", max_retry_attempts=0)
+        assert rt.async_config("charge").on_failure is None  # replaced, not merged
