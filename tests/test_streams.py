@@ -1,0 +1,472 @@
+"""Sharded streams and event source mappings, as a Lambda user would use them.
+
+Real SQLite files and real subprocess sandboxes; time-driven behaviour (retry backoff,
+lease expiry, record age) runs on a FakeClock moved by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+import fnrt
+from fnrt import FakeClock, InvalidConfig, Runtime, StreamMappingConfig, StreamNotFound
+from fnrt.sources._streams import _failed_suffix
+from fnrt.store import Database
+from fnrt.store._streams import StoredRecord, StreamStore, seq_int, seq_str
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Any:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    yield
+    structlog.reset_defaults()
+
+
+async def until(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    clock: FakeClock | tuple[FakeClock, ...] | None = None,
+    *,
+    step: float = 0.25,
+    limit: float = 15.0,
+    what: str = "condition",
+) -> Any:
+    """Wait (really) for a state, moving the fake clock by ``step`` between looks."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        for each in (clock,) if isinstance(clock, FakeClock) else clock or ():
+            await each.advance(step)
+        await asyncio.sleep(0.003)
+
+
+def ledger(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def key_for_shard(index: int, shard_count: int, prefix: str = "k") -> str:
+    """A partition key whose MD5 falls in shard ``index`` of an evenly split stream."""
+    step = 2**128 // shard_count
+    n = 0
+    while True:
+        key = f"{prefix}{n}"
+        if int.from_bytes(hashlib.md5(key.encode()).digest(), "big") // step == index:
+            return key
+        n += 1
+
+
+def order(i: int, **extra: Any) -> str:
+    return json.dumps({"id": i, **extra})
+
+
+async def orders_function(
+    rt: Runtime, tmp_path: Path, name: str = "orders", attr: str = "process_orders"
+) -> Path:
+    path = tmp_path / f"{name}.jsonl"
+    attempts = tmp_path / "attempts"
+    attempts.mkdir(exist_ok=True)
+    await rt.add_function(
+        name,
+        f"handlers.orders:{attr}",
+        timeout=600,
+        environment={"ORDERS_LEDGER": str(path), "ORDERS_ATTEMPTS": str(attempts)},
+    )
+    return path
+
+
+# -- the stream itself ----------------------------------------------------------------
+
+
+async def test_put_record_picks_shard_by_md5_and_numbers_records_in_order(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("orders", shard_count=4)
+        shards = await stream.shards()
+        assert [s["ShardId"] for s in shards] == [f"shardId-00000000000{i}" for i in range(4)]
+        assert shards[-1]["HashKeyRange"]["EndingHashKey"] == str(2**128 - 1)
+
+        placed = [await stream.put_record(f"order {i}".encode(), f"customer-{i}") for i in range(20)]
+        placed += await stream.put_records([(f"order {i}", f"customer-{i}") for i in range(20, 60)])
+        for i, (shard_id, seq) in enumerate(placed):
+            hashed = int.from_bytes(hashlib.md5(f"customer-{i}".encode()).digest(), "big")
+            shard = next(s for s in shards if s["ShardId"] == shard_id)
+            rng = shard["HashKeyRange"]
+            assert int(rng["StartingHashKey"]) <= hashed <= int(rng["EndingHashKey"])
+            assert len(seq) == 56 and seq.isdigit()
+        seqs = [seq for _, seq in placed]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # increasing, as strings
+
+        with pytest.raises(StreamNotFound):
+            await rt.get_stream("nope")
+        assert (await rt.create_stream("orders", shard_count=4)).name == "orders"  # opens it
+        with pytest.raises(fnrt.InvalidPayload):
+            await stream.put_record(b"x" * (1024 * 1024 + 1), "k")
+        with pytest.raises(fnrt.InvalidPayload):
+            await stream.put_record(b"x", "")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0},
+        {"batch_size": 10_001},
+        {"max_batching_window": 301},
+        {"parallelization_factor": 11},
+        {"max_retry_attempts": -2},
+        {"max_retry_attempts": 10_001},
+        {"max_record_age": 59},
+        {"max_record_age": 604_801},
+        {"starting_position": "EARLIEST"},
+        {"starting_position": "AT_TIMESTAMP"},
+        {"bisect_on_error": "yes"},
+        {"batch_sizes": 10},
+    ],
+)
+def test_mapping_config_rejects_values_outside_lambdas_ranges(bad: dict[str, Any]) -> None:
+    with pytest.raises(InvalidConfig):
+        StreamMappingConfig.from_kwargs(bad)
+    ok = StreamMappingConfig(max_retry_attempts=-1, max_record_age=-1, batch_size=10_000)
+    assert ok.parallelization_factor == 1
+
+
+async def test_event_has_lambdas_kinesis_shape(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path, "archive", "archive_events")
+        stream = await rt.create_stream("orders", shard_count=1)
+        shard_id, seq = await stream.put_record(b'{"id": 7}', "customer-7")
+        await rt.add_stream_mapping("orders", "archive", batch_size=10)
+        [event] = await until(lambda: ledger(path), what="event")
+        [record] = event["Records"]
+        assert record["eventSource"] == "aws:kinesis"
+        assert record["eventName"] == "aws:kinesis:record"
+        assert record["eventID"] == f"{shard_id}:{seq}"
+        assert record["eventSourceARN"] == "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+        kinesis = record["kinesis"]
+        assert kinesis["kinesisSchemaVersion"] == "1.0"
+        assert kinesis["partitionKey"] == "customer-7"
+        assert kinesis["sequenceNumber"] == seq
+        assert base64.b64decode(kinesis["data"]) == b'{"id": 7}'
+        assert isinstance(kinesis["approximateArrivalTimestamp"], float)
+
+
+# -- ordering, blocking, retries, bisect, on-failure ----------------------------------
+
+
+async def test_failing_batch_blocks_its_shard_only_then_goes_to_on_failure(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        bad_key, good_key = key_for_shard(0, 2), key_for_shard(1, 2)
+        records = [(order(i, poison=(i == 2)), bad_key) for i in range(4)]
+        records += [(order(i), good_key) for i in range(4, 8)]
+        placed = await stream.put_records(records)
+        await clock.advance(5)  # the records wait 5 s before the mapping reads them
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", batch_size=10, max_retry_attempts=2, on_failure="orders-dlq"
+        )
+        await until(lambda: len(ledger(path)) == 4, what="the good shard")
+        assert [e["id"] for e in ledger(path)] == [4, 5, 6, 7]  # in order; shard 0 is blocked
+        assert await mapping.failure_records() == []
+        await clock.advance(0.5)
+        assert len(ledger(path)) == 4  # still blocked: retries wait with backoff
+
+        [failure] = await until(mapping.failure_records, clock, what="on-failure record")
+        assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+        assert failure["requestContext"]["approximateInvokeCount"] == 3  # 1 try + 2 retries
+        info = failure["KinesisBatchInfo"]
+        assert info["shardId"] == placed[0][0]
+        assert (info["startSequenceNumber"], info["endSequenceNumber"]) == (placed[0][1], placed[3][1])
+        assert info["batchSize"] == 4 and info["streamArn"] == stream.arn
+        assert "Records" not in failure
+
+        # The checkpoint moved past the skipped batch: the shard goes on with new records.
+        await stream.put_record(order(8), bad_key)
+        await until(lambda: len(ledger(path)) == 5, clock, what="shard 0 unblocked")
+        assert ledger(path)[-1]["id"] == 8
+
+        async def moved() -> bool:
+            return (await mapping.checkpoints())[placed[0][0]] > placed[3][1]
+
+        await until(moved, clock, what="the checkpoint")
+        assert mapping.iterator_age()["max"] >= 5000  # IteratorAge, in ms, per mapping
+        assert rt.metrics.summary("IteratorAge", mapping.uuid)["count"] >= 2
+
+
+async def test_bisect_isolates_the_poison_record(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        placed = await stream.put_records([(order(i, poison=(i == 5)), "customer") for i in range(8)])
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", batch_size=8, bisect_on_error=True, max_retry_attempts=0, on_failure="dlq"
+        )
+        [failure] = await until(mapping.failure_records, what="the poison record")
+        info = failure["KinesisBatchInfo"]
+        assert info["batchSize"] == 1
+        assert info["startSequenceNumber"] == info["endSequenceNumber"] == placed[5][1]
+        await until(lambda: len(ledger(path)) == 7, what="the rest")
+        assert [e["id"] for e in ledger(path)] == [0, 1, 2, 3, 4, 6, 7]  # each once, in order
+
+
+async def test_records_older_than_max_record_age_go_to_on_failure(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_records([(order(0, poison=True), "c"), (order(1), "c")])
+        mapping = await rt.add_stream_mapping("orders", "orders", max_record_age=60, on_failure="dlq")
+        [failure] = await until(mapping.failure_records, clock, step=1.0, what="expiry")
+        assert failure["requestContext"]["condition"] == "RecordAgeExceeded"
+        assert failure["KinesisBatchInfo"]["batchSize"] == 2
+        await stream.put_record(order(2), "c")
+        await until(lambda: ledger(path), clock, what="the next record")
+        assert [e["id"] for e in ledger(path)] == [2]
+
+
+async def test_partial_batch_response_checkpoints_before_the_lowest_failure(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, attr="process_orders_partial")
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_records([(order(i, fail_times=2 if i == 3 else 0), "c") for i in range(6)])
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", batch_size=6, report_batch_item_failures=True, max_retry_attempts=5
+        )
+        await until(lambda: len(ledger(path)) == 6, clock, what="all orders")
+        assert [e["id"] for e in ledger(path)] == [0, 1, 2, 3, 4, 5]  # no duplicates
+        assert await mapping.failure_records() == []
+        assert rt.metrics.counter("Invocations", "orders") == 3  # 0-2 + fail, fail, 3-5
+
+
+def test_partial_batch_response_rules() -> None:
+    part = [StoredRecord(seq, "k", "", 0.0) for seq in (10, 11, 12)]
+    assert _failed_suffix(part, None) == []
+    assert _failed_suffix(part, {"batchItemFailures": []}) == []
+    assert _failed_suffix(part, {"batchItemFailures": [{"itemIdentifier": ""}]}) == part
+    assert _failed_suffix(part, {"batchItemFailures": [{"itemIdentifier": seq_str(99)}]}) == part
+    assert _failed_suffix(part, {"batchItemFailures": [{"itemIdentifier": "garbage"}]}) == part
+    failures = [{"itemIdentifier": seq_str(12)}, {"itemIdentifier": seq_str(11)}]
+    assert _failed_suffix(part, {"batchItemFailures": failures}) == part[1:]
+    assert seq_int(seq_str(12)) == 12
+
+
+async def test_parallelization_factor_keeps_order_per_partition_key(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        placed = await stream.put_records([(order(i), f"customer-{i % 8}") for i in range(160)])
+        await rt.add_stream_mapping("orders", "orders", batch_size=5, parallelization_factor=4)
+        await until(lambda: len(ledger(path)) == 160, what="all records")
+        entries = ledger(path)
+        assert sorted(e["id"] for e in entries) == list(range(160))
+        for key in {e["key"] for e in entries}:
+            seqs = [e["seq"] for e in entries if e["key"] == key]
+            assert seqs == sorted(seqs)
+        assert [e["seq"] for e in entries] != [seq for _, seq in placed]  # lanes interleave
+        assert rt.stats()["functions"]["orders"]["cold_starts"] > 1  # batches ran at once
+
+
+async def test_throttled_invokes_block_the_shard_and_retry_in_order(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(concurrency_limit=1, unreserved_minimum=1, state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        await rt.add_function("report", "handlers.orders:nightly_report", timeout=600)
+        stream = await rt.create_stream("orders", shard_count=1)
+        report = asyncio.ensure_future(rt.invoke("report", {"seconds": 0.5}))
+        await until(lambda: rt.stats()["concurrency"].get("in_flight", 0) >= 1, what="the report runs")
+        # max_retry_attempts=0: were a throttle counted as an attempt, the batch would be dropped.
+        mapping = await rt.add_stream_mapping("orders", "orders", max_retry_attempts=0, on_failure="dlq")
+        await stream.put_records([(order(i), "c") for i in range(5)])
+        await until(lambda: rt.metrics.counter("Throttles", "orders") >= 1, what="a throttle")
+        assert ledger(path) == []
+        await report
+        await until(lambda: len(ledger(path)) == 5, clock, what="the retry")
+        assert [e["id"] for e in ledger(path)] == [0, 1, 2, 3, 4]
+        assert await mapping.failure_records() == []
+
+
+# -- starting positions ----------------------------------------------------------------
+
+
+async def test_starting_positions(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        latest = await orders_function(rt, tmp_path, "latest")
+        at_time = await orders_function(rt, tmp_path, "at_time")
+        horizon = await orders_function(rt, tmp_path, "horizon")
+        stream = await rt.create_stream("orders", shard_count=2)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+        await clock.advance(10)
+        middle = clock.time()
+        await stream.put_records([(order(i), f"c{i}") for i in range(4, 8)])
+        await rt.add_stream_mapping("orders", "latest", starting_position="LATEST")
+        await rt.add_stream_mapping(
+            "orders", "at_time", starting_position="AT_TIMESTAMP", starting_position_timestamp=middle
+        )
+        await rt.add_stream_mapping("orders", "horizon", starting_position="TRIM_HORIZON")
+        await stream.put_records([(order(i), f"c{i}") for i in range(8, 10)])
+        await until(lambda: len(ledger(horizon)) == 10, clock, what="trim horizon")
+        await until(lambda: len(ledger(at_time)) == 6 and len(ledger(latest)) == 2, clock, what="others")
+        assert sorted(e["id"] for e in ledger(latest)) == [8, 9]
+        assert sorted(e["id"] for e in ledger(at_time)) == [4, 5, 6, 7, 8, 9]
+
+
+# -- resharding -----------------------------------------------------------------------
+
+
+async def test_child_shards_are_read_only_after_their_parents(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        # The parent's third record fails twice: its children must wait for it.
+        await stream.put_records([(order(i, fail_times=2 if i == 2 else 0), f"c{i}") for i in range(5)])
+        children = await stream.split_shard("shardId-000000000000", 2**127)
+        assert children == ["shardId-000000000001", "shardId-000000000002"]
+        await stream.put_records([(order(i), f"c{i}") for i in range(5, 15)])
+        grandchild = await stream.merge_shards(*children)
+        await stream.put_records([(order(i), f"c{i}") for i in range(15, 20)])
+        shards = {s["ShardId"]: s for s in await stream.shards()}
+        assert shards[grandchild]["ParentShardId"] == children[0]
+        assert shards[grandchild]["AdjacentParentShardId"] == children[1]
+        assert "EndingSequenceNumber" in shards["shardId-000000000000"]["SequenceNumberRange"]
+
+        await rt.add_stream_mapping("orders", "orders", batch_size=3)
+        await until(lambda: len(ledger(path)) == 20, clock, what="every generation")
+        ids = [e["id"] for e in ledger(path)]
+        assert ids[:5] == [0, 1, 2, 3, 4]  # the parent first, to its end
+        assert sorted(ids[5:15]) == list(range(5, 15))  # then its children
+        assert ids[15:] == [15, 16, 17, 18, 19]  # then theirs
+        with pytest.raises(InvalidConfig):
+            await stream.split_shard("shardId-000000000000", 5)  # closed
+
+
+# -- leases ---------------------------------------------------------------------------
+
+
+async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
+    """Two hosts share one state file; host A stalls (its clock stops: no heartbeats, no
+    polling); host B takes its shards over once the leases expire."""
+    state = tmp_path / "state"
+    clock_a, clock_b = FakeClock(), FakeClock()
+    async with Runtime(state_dir=state, clock=clock_a) as a, Runtime(state_dir=state, clock=clock_b) as b:
+        path = await orders_function(a, tmp_path)
+        await orders_function(b, tmp_path)
+        stream_a = await a.create_stream("orders", shard_count=2)
+        stream_b = await b.get_stream("orders")
+        await stream_a.put_records([(order(i), f"c{i}") for i in range(6)])
+        mapping_a = await a.add_stream_mapping("orders", "orders", lease_seconds=10)
+        await until(lambda: len(ledger(path)) == 6, clock_a, what="host A")
+        mapping_b = await b.add_stream_mapping("orders", "orders", lease_seconds=10)
+        assert mapping_b.uuid == mapping_a.uuid  # the same mapping, resumed
+        assert len(mapping_a.shards_owned) == 2
+        await clock_b.advance(5)
+        assert mapping_b.shards_owned == []  # A's leases are live
+
+        await clock_b.advance(6)  # A stalled: its leases expired on B's (shared wall) clock
+        await until(lambda: len(mapping_b.shards_owned) == 2, clock_b, what="takeover")
+        await stream_b.put_records([(order(i), f"c{i}") for i in range(6, 12)])
+        await until(lambda: len(ledger(path)) == 12, clock_b, what="host B")
+
+        clock_a._now = clock_b.monotonic() - 1  # A wakes up and finds its leases gone
+        both = (clock_a, clock_b)  # from here on, time passes for both hosts
+        await until(lambda: mapping_a.shards_owned == [], both, what="A lets go")
+        await stream_a.put_records([(order(i), f"c{i}") for i in range(12, 16)])
+        await until(lambda: {e["id"] for e in ledger(path)} == set(range(16)), both, what="B goes on")
+        assert len(mapping_b.shards_owned) == 2
+        assert sorted(e["id"] for e in ledger(path)) == list(range(16))  # nothing twice
+        assert mapping_a.shards_owned == []
+
+
+# -- crash safety ---------------------------------------------------------------------
+
+
+async def test_kill_9_mid_stream_and_restart_loses_nothing(tmp_path: Path) -> None:
+    state, path, count = tmp_path / "state", tmp_path / "ledger.jsonl", 400
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.stream_host", str(state), str(path), str(count)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert await asyncio.to_thread(child.stdout.readline) == b"ready\n"
+        await until(lambda: len(ledger(path)) >= 40, what="the child consuming")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    text = path.read_text()  # the kill may have cut the last line short
+    path.write_text(text[: text.rfind("\n") + 1])
+    done_before = len(ledger(path))
+    assert done_before < count, "the host finished before the kill; make the test stream longer"
+
+    db = await Database.open(state / "fnrt.sqlite3")
+    store = await StreamStore.open(db)
+    row = await store.mapping("orders", "orders")
+    assert row is not None
+    checkpoints = await store.checkpoints(row.uuid)
+    await db.close()
+
+    async with Runtime(state_dir=state) as rt:
+        await rt.add_function(
+            "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(path)}
+        )
+        await rt.create_stream("orders", shard_count=2)
+        await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=0.3, poll_interval=0.05)
+        await until(lambda: {e["id"] for e in ledger(path)} == set(range(count)), what="every record")
+
+    entries = ledger(path)
+    seen: dict[str, int] = {}
+    for entry in entries:
+        seen[entry["seq"]] = seen.get(entry["seq"], 0) + 1
+    shard_of = {e["seq"]: e["key"] for e in entries}
+    for seq, times in seen.items():
+        if times > 1:  # a duplicate only of what came after the last checkpoint
+            assert any(seq_int(seq) > cp.seq for cp in checkpoints.values()), seq
+    for key in set(shard_of.values()):
+        firsts = []
+        for e in entries:
+            if e["key"] == key and e["seq"] not in firsts:
+                firsts.append(e["seq"])
+        assert firsts == sorted(firsts)  # per key, first deliveries in order
+
+
+# -- the whole thing ------------------------------------------------------------------
+
+
+async def test_remove_mapping_stops_and_forgets_it(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders")
+        with pytest.raises(InvalidConfig):
+            await rt.add_stream_mapping("orders", "orders")
+        await rt.remove_stream_mapping(mapping)
+        await stream.put_record(order(1), "c")
+        await asyncio.sleep(0.1)
+        assert ledger(path) == [] and rt.stream_mappings() == []
+        assert os.path.exists(tmp_path / "fnrt.sqlite3")
