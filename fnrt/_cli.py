@@ -1,0 +1,280 @@
+"""``python -m fnrt``: serve functions over Lambda's Invoke API, and talk to a running server.
+
+``serve`` hosts a runtime; ``invoke``, ``list``, ``stats`` and ``streams`` are clients of a
+running server (``--endpoint``, default ``$FNRT_ENDPOINT`` or http://127.0.0.1:9001), using
+only the standard library. Errors print one line and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:9001"
+EXIT_FUNCTION_ERROR = 1
+EXIT_REQUEST_ERROR = 2
+
+
+class CliError(Exception):
+    """A one-line message for the user; exit code 2."""
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- serve ----------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import structlog
+
+    from . import Runtime
+    from .http import InvokeServer
+
+    level = logging.INFO if args.verbose else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Runtime(
+        concurrency_limit=args.concurrency_limit, sandbox=args.sandbox, state_dir=args.state_dir
+    ) as rt:
+        for module in args.modules:
+            _progress(f"deploying {module} ...")
+            names = await rt.deploy(module)
+            _progress(f"  {module}: {', '.join(names)}")
+        async with InvokeServer(rt, host=args.host, port=args.port) as server:
+            _progress(f"listening on {server.url}  (Ctrl-C to stop)")
+            _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
+                      f"--endpoint {server.url}")
+            await stop.wait()
+            _progress("stopping: closing sandboxes ...")
+    _progress("stopped")
+    return 0
+
+
+# -- the client commands --------------------------------------------------------------
+
+
+def _request(
+    endpoint: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    url = endpoint.rstrip("/") + path
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=930) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        hint = "is 'python -m fnrt serve' running?"
+        raise CliError(f"cannot reach fnrt at {endpoint}: {reason} ({hint})") from None
+
+
+def _api_error(status: int, headers: dict[str, str], body: bytes) -> CliError:
+    kind = next((v for k, v in headers.items() if k.lower() == "x-amzn-errortype"), f"HTTP {status}")
+    try:
+        detail = json.loads(body)
+        message = detail.get("message", "")
+        if detail.get("Reason"):
+            message += f" ({detail['Reason']})"
+    except ValueError:
+        message = body.decode(errors="replace")[:200]
+    return CliError(f"{kind}: {message}")
+
+
+def _read_payload(arg: str | None) -> bytes:
+    if arg is None:
+        return b"{}"
+    text = sys.stdin.read() if arg == "-" else arg
+    try:
+        json.loads(text or "{}")
+    except ValueError as exc:
+        raise CliError(f"the payload is not JSON: {exc}") from None
+    return text.encode()
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    payload = _read_payload(args.payload)
+    if args.module:
+        return asyncio.run(_invoke_local(args, payload))
+    headers = {"X-Amz-Invocation-Type": args.type, "Content-Type": "application/json"}
+    if args.log:
+        headers["X-Amz-Log-Type"] = "Tail"
+    name = urllib.parse.quote(args.name, safe="")
+    status, resp_headers, body = _request(
+        args.endpoint, "POST", f"/2015-03-31/functions/{name}/invocations", payload, headers
+    )
+    if status >= 400:
+        raise _api_error(status, resp_headers, body)
+    lower = {k.lower(): v for k, v in resp_headers.items()}
+    if args.log and "x-amz-log-result" in lower:
+        import base64
+
+        sys.stderr.write(base64.b64decode(lower["x-amz-log-result"]).decode(errors="replace"))
+    if status == 202:
+        print(json.dumps({"StatusCode": 202, "RequestId": lower.get("x-amzn-requestid")}))
+        return 0
+    if status == 204:
+        print(json.dumps({"StatusCode": 204}))
+        return 0
+    print(body.decode())
+    return EXIT_FUNCTION_ERROR if "x-amz-function-error" in lower else 0
+
+
+async def _invoke_local(args: argparse.Namespace, payload: bytes) -> int:
+    import logging
+
+    import structlog
+
+    from . import Runtime
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    async with Runtime(sandbox=args.sandbox) as rt:
+        for module in args.module:
+            await rt.deploy(module)
+        result = await rt.invoke_detailed(args.name, payload, args.type)
+    if args.log:
+        sys.stderr.write(result.log)
+    if result.status_code != 200:
+        print(json.dumps({"StatusCode": result.status_code, "RequestId": result.request_id}))
+        return 0
+    print(json.dumps(result.payload))
+    return EXIT_FUNCTION_ERROR if result.error is not None else 0
+
+
+def _get_json(endpoint: str, path: str) -> Any:
+    status, headers, body = _request(endpoint, "GET", path)
+    if status >= 400:
+        raise _api_error(status, headers, body)
+    return json.loads(body)
+
+
+def _list(args: argparse.Namespace) -> int:
+    functions = _get_json(args.endpoint, "/2015-03-31/functions/")["Functions"]
+    if args.json:
+        print(json.dumps(functions, indent=2))
+        return 0
+    rows = [("NAME", "HANDLER", "TIMEOUT", "MEMORY", "RESERVED", "SANDBOX")]
+    for f in functions:
+        rows.append(
+            (
+                f["FunctionName"],
+                f["Handler"],
+                f"{f['Timeout']:g}s",
+                f"{f['MemorySize']} MB",
+                str(f.get("ReservedConcurrentExecutions", "-")),
+                f.get("Sandbox", "subprocess"),
+            )
+        )
+    _table(rows)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    stats = _get_json(args.endpoint, "/fnrt/stats")
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    c = stats["concurrency"]
+    print(
+        f"concurrency: {c['in_flight']} in flight of {c['limit']} "
+        f"(reserved {c['reserved_total']}, unreserved available {c['unreserved_available']}), "
+        f"throttles {c['throttles']}"
+    )
+    rows = [("FUNCTION", "INVOCATIONS", "ERRORS", "THROTTLES", "IN FLIGHT", "WARM", "BUSY", "COLD STARTS")]
+    for name, f in stats["functions"].items():
+        rows.append(
+            (
+                name,
+                str(f["invocations"]),
+                str(f["errors"]),
+                str(f["throttles"]),
+                str(f["in_flight"]),
+                str(f["warm"]),
+                str(f["busy"]),
+                str(f["cold_starts"]),
+            )
+        )
+    _table(rows)
+    for section in ("async", "streams"):
+        if stats.get(section):
+            print(f"{section}: {json.dumps(stats[section])}")
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+# -- entry point ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    endpoint = os.environ.get("FNRT_ENDPOINT", DEFAULT_ENDPOINT)
+    parser = argparse.ArgumentParser(
+        prog="python -m fnrt", description="Run Lambda-style handlers locally, with Lambda's semantics."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="host handler modules behind Lambda's Invoke API on loopback")
+    serve.add_argument("modules", nargs="+", metavar="MODULE", help="handler modules, e.g. handlers.echo")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9001)
+    serve.add_argument("--state-dir", default=None, help="keep queues and streams here across restarts")
+    serve.add_argument("--concurrency-limit", type=int, default=1000)
+    serve.add_argument("--sandbox", default="subprocess", choices=["subprocess", "subinterpreter", "inline"])
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
+    serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))
+
+    invoke = sub.add_parser("invoke", help="invoke a function and print its result")
+    invoke.add_argument("name", help="function name or ARN")
+    invoke.add_argument("payload", nargs="?", help="JSON event, or - to read it from stdin (default {})")
+    invoke.add_argument("--type", default="RequestResponse", choices=["RequestResponse", "Event", "DryRun"])
+    invoke.add_argument("--log", action="store_true", help="print the invocation's log tail to stderr")
+    invoke.add_argument("--endpoint", default=endpoint)
+    invoke.add_argument(
+        "--module", action="append", help="run in-process instead: deploy this module first (repeatable)"
+    )
+    invoke.add_argument("--sandbox", default="subprocess", choices=["subprocess", "subinterpreter", "inline"])
+    invoke.set_defaults(run=_invoke)
+
+    list_ = sub.add_parser("list", help="functions and their config")
+    list_.add_argument("--endpoint", default=endpoint)
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(run=_list)
+
+    stats = sub.add_parser("stats", help="metrics, concurrency, warm sandboxes, queues and streams")
+    stats.add_argument("--endpoint", default=endpoint)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import FnrtError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (CliError, FnrtError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REQUEST_ERROR
+    except KeyboardInterrupt:
+        return 130
