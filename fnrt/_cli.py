@@ -56,6 +56,16 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress(f"deploying {module} ...")
             names = await rt.deploy(module)
             _progress(f"  {module}: {', '.join(names)}")
+        for spec in args.stream or []:
+            name, _, shards = spec.partition(":")
+            stream = await rt.create_stream(name, shard_count=int(shards or 1))
+            _progress(f"stream {stream.name}: {len(await stream.shards())} shard(s)")
+        for spec in args.mapping or []:
+            stream_name, sep, function = spec.partition("=")
+            if not sep:
+                raise CliError(f"--mapping takes STREAM=FUNCTION, got {spec!r}")
+            mapping = await rt.add_stream_mapping(stream_name, function)
+            _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
         async with InvokeServer(rt, host=args.host, port=args.port) as server:
             _progress(f"listening on {server.url}  (Ctrl-C to stop)")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
@@ -217,6 +227,45 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _streams(args: argparse.Namespace) -> int:
+    name = urllib.parse.quote(args.stream, safe="")
+    if args.action == "describe":
+        info = _get_json(args.endpoint, f"/fnrt/streams/{name}")
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{info['StreamName']}  {info['StreamARN']}")
+        rows = [("SHARD", "PARENTS", "STATE", "HASH KEYS FROM", "TO")]
+        for shard in info["Shards"]:
+            parent_ids = (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+            parents = ",".join(p for p in parent_ids if p)
+            state = "closed" if shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber") else "open"
+            keys = shard.get("HashKeyRange", {})
+            rows.append((shard["ShardId"], parents or "-", state,
+                         str(keys.get("StartingHashKey", "")), str(keys.get("EndingHashKey", ""))))
+        _table(rows)
+        for m in info["Mappings"]:
+            age = m["IteratorAgeMs"].get("max")
+            print(f"mapping {m['UUID']} -> {m['FunctionName']}: batch {m['BatchSize']}, "
+                  f"on-failure records {m['OnFailureRecords']}, iterator age max "
+                  f"{'-' if age is None else f'{age:.0f} ms'}")
+            for shard_id, seq in m["Checkpoints"].items():
+                print(f"  checkpoint {shard_id}: {seq or '(none yet)'}")
+        return 0
+    if args.data is None or args.partition_key is None:
+        raise CliError("streams put needs DATA and --partition-key")
+    data = sys.stdin.read() if args.data == "-" else args.data
+    body = json.dumps({"Records": [{"Data": data, "PartitionKey": args.partition_key}]}).encode()
+    status, headers, resp = _request(
+        args.endpoint, "POST", f"/fnrt/streams/{name}/records", body, {"Content-Type": "application/json"}
+    )
+    if status >= 400:
+        raise _api_error(status, headers, resp)
+    [placed] = json.loads(resp)["Records"]
+    print(json.dumps(placed))
+    return 0
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -240,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", default=None, help="keep queues and streams here across restarts")
     serve.add_argument("--concurrency-limit", type=int, default=1000)
     serve.add_argument("--sandbox", default="subprocess", choices=["subprocess", "subinterpreter", "inline"])
+    serve.add_argument("--stream", action="append", metavar="NAME[:SHARDS]", help="create a stream")
+    serve.add_argument(
+        "--mapping", action="append", metavar="STREAM=FUNCTION", help="map a stream to a function"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))
 
@@ -264,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--endpoint", default=endpoint)
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=_stats)
+
+    streams = sub.add_parser("streams", help="put records into a stream, or describe it")
+    streams.add_argument("action", choices=["put", "describe"])
+    streams.add_argument("stream", help="stream name")
+    streams.add_argument("data", nargs="?", help="put: the record's data (- reads stdin)")
+    streams.add_argument("--partition-key", help="put: the record's partition key")
+    streams.add_argument("--endpoint", default=endpoint)
+    streams.add_argument("--json", action="store_true")
+    streams.set_defaults(run=_streams)
     return parser
 
 

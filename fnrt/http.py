@@ -32,6 +32,7 @@ from .errors import (
     InvalidPayload,
     PayloadTooLarge,
     RuntimeClosed,
+    StreamNotFound,
     TooManyRequests,
 )
 
@@ -85,6 +86,8 @@ class InvokeServer:
         self.app.router.add_get(API, self._list)
         self.app.router.add_get(API + "/{name}", self._get)
         self.app.router.add_get("/fnrt/stats", self._stats)
+        self.app.router.add_get("/fnrt/streams/{name}", self._describe_stream)
+        self.app.router.add_post("/fnrt/streams/{name}/records", self._put_records)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -189,6 +192,62 @@ class InvokeServer:
         return web.json_response({"Configuration": function_configuration(record)})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        stats = self.runtime.stats()
-        stats["metrics"] = self.runtime.metrics.snapshot()
+        rt = self.runtime
+        stats = rt.stats()
+        stats["async"] = await rt.async_queue_counts()
+        stats["streams"] = {
+            f"{m.stream.name}->{m.function}": {"uuid": m.uuid, "iterator_age_ms": m.iterator_age()}
+            for m in rt.stream_mappings()
+        }
+        stats["metrics"] = rt.metrics.snapshot()
         return web.json_response(stats, dumps=lambda o: json.dumps(o, default=str))
+
+    async def _describe_stream(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            stream = await self.runtime.get_stream(name)
+        except StreamNotFound as exc:
+            return _error(404, "ResourceNotFoundException", str(exc))
+        mappings = []
+        for m in self.runtime.stream_mappings():
+            if m.stream.name != name:
+                continue
+            mappings.append(
+                {
+                    "UUID": m.uuid,
+                    "FunctionName": m.function,
+                    "BatchSize": m.config.batch_size,
+                    "Checkpoints": await m.checkpoints(),
+                    "IteratorAgeMs": m.iterator_age(),
+                    "OnFailureRecords": len(await m.failure_records()),
+                }
+            )
+        body = {
+            "StreamName": name,
+            "StreamARN": stream.arn,
+            "Shards": await stream.shards(),
+            "Mappings": mappings,
+        }
+        return web.json_response(body, dumps=lambda o: json.dumps(o, default=str))
+
+    async def _put_records(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            body = await request.json()
+            records = [(r["Data"], r["PartitionKey"]) for r in body["Records"]]
+        except (ValueError, KeyError, TypeError):
+            return _error(
+                400,
+                "InvalidArgumentException",
+                'body must be {"Records": [{"Data": "...", "PartitionKey": "..."}]}',
+            )
+        try:
+            stream = await self.runtime.get_stream(name)
+            placed = await stream.put_records(records)
+        except StreamNotFound as exc:
+            return _error(404, "ResourceNotFoundException", str(exc))
+        except (InvalidConfig, InvalidPayload) as exc:
+            return _error(400, "InvalidArgumentException", str(exc))
+        return web.json_response(
+            {"Records": [{"ShardId": shard, "SequenceNumber": seq} for shard, seq in placed]}
+        )

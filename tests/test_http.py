@@ -171,3 +171,27 @@ async def test_cli_reports_an_unreachable_server_in_one_line():
 async def test_cli_invoke_in_process():
     code, out, err = await run_cli("invoke", "echo", '{"a": 1}', "--module", "handlers.echo")
     assert code == 0 and json.loads(out)["event"] == {"a": 1}
+
+
+async def test_cli_streams_put_and_describe(served):
+    rt, server, client = served
+    await rt.deploy("handlers.orders")
+    await rt.create_stream("orders", shard_count=2)
+    mapping = await rt.add_stream_mapping("orders", "discard", batch_size=10)
+    code, out, err = await run_cli(
+        "streams", "put", "orders", '{"id": 1}', "--partition-key", "c-1", "--endpoint", server.url
+    )
+    assert code == 0, err
+    placed = json.loads(out)
+    assert placed["ShardId"].startswith("shardId-") and placed["SequenceNumber"].isdigit()
+    await wait_until(lambda: rt.stats()["functions"]["discard"]["invocations"] == 1)
+    code, out, err = await run_cli("streams", "describe", "orders", "--endpoint", server.url, "--json")
+    info = json.loads(out)
+    assert code == 0 and len(info["Shards"]) == 2
+    [described] = info["Mappings"]
+    assert described["UUID"] == mapping.uuid and described["FunctionName"] == "discard"
+    code, out, err = await run_cli("streams", "describe", "nope", "--endpoint", server.url)
+    assert code == 2 and "ResourceNotFoundException" in err
+    code, out, err = await run_cli("stats", "--endpoint", server.url, "--json")
+    stats = json.loads(out)
+    assert "orders->discard" in stats["streams"] and "async" in stats
