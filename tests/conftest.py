@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,16 @@ def alive(pid: int) -> bool:
 @pytest.fixture
 def release_file(tmp_path: object) -> str:
     return os.path.join(str(tmp_path), "release")
+
+
+def read_jsonl(path: object) -> list[Any]:
+    """The complete lines of a JSON-lines file that handlers are appending to.
+
+    A read can catch a line half written (a sandbox appends while the test reads), so a
+    last line without its newline is not counted yet.
+    """
+    p = Path(str(path))
+    if not p.exists():
+        return []
+    text = p.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]

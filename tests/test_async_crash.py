@@ -3,7 +3,6 @@ same state directory runs every event that was not finished. At least once, none
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -12,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .conftest import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 40
@@ -43,7 +44,7 @@ def wait_for_line(proc: subprocess.Popen[str], marker: str, limit: float = 20.0)
 def sent(outbox: Path) -> list[int]:
     if not outbox.exists():
         return []
-    return [json.loads(line)["order"] for line in outbox.read_text().splitlines() if line.endswith("}")]
+    return [entry["order"] for entry in read_jsonl(outbox)]
 
 
 def test_a_host_killed_mid_work_loses_no_event(tmp_path):

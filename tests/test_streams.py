@@ -29,6 +29,8 @@ from fnrt.sources._streams import _failed_suffix
 from fnrt.store import Database
 from fnrt.store._streams import StoredRecord, StreamStore, seq_int, seq_str
 
+from .conftest import read_jsonl
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,9 +65,7 @@ async def until(
 
 
 def ledger(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_jsonl(path)
 
 
 def key_for_shard(index: int, shard_count: int, prefix: str = "k") -> str:

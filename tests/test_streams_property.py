@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 from fnrt import FakeClock, Runtime
 
+from .conftest import read_jsonl
+
 record_kind = st.sampled_from(["ok"] * 6 + ["flaky1", "flaky2", "poison"])
 
 
@@ -71,7 +73,7 @@ async def run_scenario(scenario: dict[str, Any], tmp: Path) -> None:
         mapping = await rt.add_stream_mapping("orders", "orders", **config)
 
         def read() -> list[dict[str, Any]]:
-            return [json.loads(x) for x in ledger.read_text().splitlines()] if ledger.exists() else []
+            return read_jsonl(ledger)
 
         deadline = time.monotonic() + 20
         while True:
