@@ -533,7 +533,7 @@ class Runtime:
         """Give the concurrency slot back; but while a killed subinterpreter sandbox is still
         running its timed-out handler (a thread cannot be stopped), keep it counted until
         the sandbox has ``stopped``."""
-        stopped = getattr(env.sandbox, "stopped", None) if env is not None else None
+        stopped = env.sandbox.stopped if env is not None else None
         if env is None or stopped is None or stopped.done() or env.sandbox.alive or not self._running:
             self._limiter.release(name)
         else:

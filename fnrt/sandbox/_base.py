@@ -7,9 +7,12 @@ A sandbox runs one module, bound to one function, one event at a time. Backends
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import attrs
+
+from .._clock import Clock, TimerHandle
 
 
 class SandboxDied(Exception):
@@ -25,6 +28,23 @@ class SandboxTimeout(Exception):
     """The request passed its deadline; the sandbox has been destroyed."""
 
 
+def arm_deadline(fut: asyncio.Future[Any], timeout: float | None, clock: Clock) -> TimerHandle | None:
+    """Fail ``fut`` with :class:`SandboxTimeout` when ``timeout`` passes on ``clock``.
+
+    Every sandbox kind waits for its reply this way; the caller cancels the returned timer
+    once the reply is in. A timer on the runtime's clock, not ``wait_for``: no task per
+    request on the hot path, and tests move time with ``FakeClock``.
+    """
+    if timeout is None:
+        return None
+
+    def expire() -> None:
+        if not fut.done():
+            fut.set_exception(SandboxTimeout())
+
+    return clock.call_later(timeout, expire)
+
+
 @attrs.frozen
 class SandboxSpec:
     """What a factory needs to create one sandbox."""
@@ -37,6 +57,12 @@ class SandboxSpec:
 class Sandbox(Protocol):
     id: str
     kind: str
+    @property
+    def stopped(self) -> asyncio.Future[None] | None:
+        """``None``, or done once the sandbox runs no user code any more. A kind that cannot
+        stop a handler at once (a subinterpreter thread) keeps it pending after a timeout,
+        and the runtime keeps the function's concurrency slot until it is done."""
+        ...
 
     @property
     def alive(self) -> bool: ...

@@ -13,14 +13,15 @@ import functools
 import itertools
 from typing import Any
 
-from .._clock import Clock, TimerHandle
-from ._base import SandboxDied, SandboxSpec, SandboxTimeout
+from .._clock import Clock
+from ._base import SandboxDied, SandboxSpec, SandboxTimeout, arm_deadline
 from ._worker import Worker
 
 
 class InlineSandbox:
     kind = "inline"
     pid = None
+    stopped = None  # documented: a timed-out inline handler's thread is abandoned
 
     def __init__(self, sandbox_id: str, clock: Clock) -> None:
         self.id = sandbox_id
@@ -60,14 +61,7 @@ class InlineSandbox:
                 fut.set_result(done.result())
 
         work.add_done_callback(finished)
-        timer: TimerHandle | None = None
-        if timeout is not None:
-
-            def expire() -> None:
-                if not fut.done():
-                    fut.set_exception(SandboxTimeout())
-
-            timer = self._clock.call_later(timeout, expire)
+        timer = arm_deadline(fut, timeout, self._clock)
         try:
             reply = await fut
         except SandboxTimeout:

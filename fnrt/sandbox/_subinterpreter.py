@@ -37,9 +37,9 @@ import sys
 import threading
 from typing import Any
 
-from .._clock import Clock, TimerHandle
+from .._clock import Clock
 from . import _wire
-from ._base import SandboxDied, SandboxSpec, SandboxTimeout
+from ._base import SandboxDied, SandboxSpec, arm_deadline
 from ._subprocess import _Channel
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
@@ -197,14 +197,7 @@ class SubinterpreterSandbox:
             raise SandboxDied("Runtime exited without providing a reason")
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
-        timer: TimerHandle | None = None
-        if timeout is not None:
-
-            def expire() -> None:
-                if not fut.done():
-                    fut.set_exception(SandboxTimeout())
-
-            timer = self._clock.call_later(timeout, expire)
+        timer = arm_deadline(fut, timeout, self._clock)
         channel.transport.write(_wire.encode(header, body))
         try:
             return await fut

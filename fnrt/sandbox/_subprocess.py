@@ -16,9 +16,9 @@ import socket
 import sys
 from typing import Any
 
-from .._clock import Clock, TimerHandle
+from .._clock import Clock
 from . import _wire
-from ._base import SandboxDied, SandboxSpec, SandboxTimeout
+from ._base import SandboxDied, SandboxSpec, SandboxTimeout, arm_deadline
 
 _PREFIX = _wire.PREFIX
 _decode_header = _wire.decode_header
@@ -237,6 +237,7 @@ class _Channel(asyncio.Protocol):
 
 class SubprocessSandbox:
     kind = "subprocess"
+    stopped = None  # a kill ends the process at once
 
     def __init__(
         self, sandbox_id: str, pid: int, channel: _Channel, template: TemplateProcess, clock: Clock
@@ -264,17 +265,7 @@ class SubprocessSandbox:
             raise SandboxDied("Runtime exited without providing a reason")
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
-        timer: TimerHandle | None = None
-        timed_out = False
-        if timeout is not None:
-
-            def expire() -> None:
-                nonlocal timed_out
-                if not fut.done():
-                    timed_out = True
-                    fut.set_exception(SandboxTimeout())
-
-            timer = self._clock.call_later(timeout, expire)
+        timer = arm_deadline(fut, timeout, self._clock)
         channel.transport.write(_wire.encode(header, body))
         try:
             return await fut
@@ -290,7 +281,7 @@ class SubprocessSandbox:
             self.kill()
             raise
         finally:
-            if timer is not None and not timed_out:
+            if timer is not None:
                 timer.cancel()
 
     def kill(self) -> None:
