@@ -5,6 +5,14 @@ Writers take ``transaction()``, which holds a lock so that transactions from con
 tasks never interleave on the one connection; reads go through ``fetchall``/``fetchone``.
 Many small independent writes use ``group_write()``: concurrent callers share one
 transaction, so a burst costs a few commits (fsyncs) instead of one each.
+
+Durability is chosen per write. ``durable=True`` (the default) commits with
+``synchronous=FULL``: the commit is on disk before the caller goes on, as an enqueued event
+or a put record must be. ``durable=False`` commits with ``NORMAL``: in WAL mode still safe
+from a crash of the process (kill -9), lost only to an OS crash or power cut, and written
+in order: a later durable commit makes every earlier one durable too. Bookkeeping that
+at-least-once delivery redoes when it is lost (leases, results, checkpoints) uses it and
+skips the fsync.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ class Database:
         self._lock = asyncio.Lock()
         self._schemas: set[str] = set()
         # group_write(): callers waiting for the next commit, and the task that commits.
-        self._pending: list[tuple[Sequence[Statement], asyncio.Future[None]]] = []
+        self._pending: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._synchronous = "FULL"
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> Database:
@@ -59,9 +68,15 @@ class Database:
         self._schemas.add(name)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error), one at a time."""
+    async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error), one at a time.
+
+        ``durable=False``: the commit skips the fsync (see the module's docstring)."""
         async with self._lock:
+            wanted = "FULL" if durable else "NORMAL"
+            if self._synchronous != wanted:  # only between transactions; one hop per switch
+                await self.conn.execute(f"PRAGMA synchronous={wanted}")
+                self._synchronous = wanted
             # The connection's thread runs BEGIN even when the caller is cancelled while it
             # waits: then roll back, or the next caller finds a transaction left open.
             begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
@@ -90,7 +105,7 @@ class Database:
 
     # -- group commit -----------------------------------------------------------------
 
-    async def group_write(self, statements: Sequence[Statement]) -> None:
+    async def group_write(self, statements: Sequence[Statement], *, durable: bool = True) -> None:
         """Run ``statements`` (``(sql, params)`` pairs) atomically, sharing the commit.
 
         Returns once they are committed. Every caller waiting at the same time joins one
@@ -98,34 +113,36 @@ class Database:
         one thread hop), so the cost of the commit and its fsync is shared by the batch.
         If the batch fails, each caller's statements are retried in a transaction of
         their own, so one bad write fails only its caller. Statements must not depend on
-        results (no ``RETURNING``, no rowcount): use :meth:`transaction` for that.
+        results (no ``RETURNING``, no rowcount): use :meth:`transaction` for that. A batch
+        is committed durably when any of its callers asked for it.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((statements, future))
+        self._pending.append((statements, future, durable))
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
         await future
 
     async def _flush(self) -> None:
-        batch: list[tuple[Sequence[Statement], asyncio.Future[None]]] = []
+        batch: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
         try:
             await asyncio.sleep(0)  # let callers of this same loop turn join the first batch
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    async with self.transaction() as conn:
-                        flat = [stmt for statements, _ in batch for stmt in statements]
+                    durable = any(wants for _, _, wants in batch)
+                    async with self.transaction(durable=durable) as conn:
+                        flat = [stmt for statements, _, _ in batch for stmt in statements]
                         for sql, run in itertools.groupby(flat, key=lambda stmt: stmt[0]):
                             await conn.executemany(sql, [params for _, params in run])
                 except Exception:
                     await self._write_one_by_one(batch)
                     continue
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_result(None)
                 await asyncio.sleep(0)  # the callers just released write again: one batch
         except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
-            for _, future in batch + self._pending:
+            for _, future, _ in batch + self._pending:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("closed"))
             self._pending = []
@@ -133,10 +150,12 @@ class Database:
         finally:
             self._flusher = None
 
-    async def _write_one_by_one(self, batch: list[tuple[Sequence[Statement], asyncio.Future[None]]]) -> None:
-        for statements, future in batch:
+    async def _write_one_by_one(
+        self, batch: list[tuple[Sequence[Statement], asyncio.Future[None], bool]]
+    ) -> None:
+        for statements, future, durable in batch:
             try:
-                async with self.transaction() as conn:
+                async with self.transaction(durable=durable) as conn:
                     for sql, params in statements:
                         await conn.execute(sql, params)
             except Exception as exc:

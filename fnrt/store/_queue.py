@@ -141,7 +141,8 @@ class EventQueue:
         )
         if due is None:
             return []
-        async with self.db.transaction() as conn:
+        # Not durable: a lease lost to a power cut only means the event is taken again.
+        async with self.db.transaction(durable=False) as conn:
             async with conn.execute(
                 "SELECT id FROM async_events WHERE function = ? AND state = 'queued' AND run_at <= ? "
                 "ORDER BY run_at LIMIT ?",
@@ -211,7 +212,9 @@ class EventQueue:
         ]
         statements += [(_SINK, (sink, record, now)) for sink, record in outcome.sink_records]
         statements += [(_ENQUEUE, (rid, fn, body, now, now)) for rid, fn, body in outcome.events]
-        await self.db.group_write(statements)
+        # Durable only when it hands events on (a function destination's new event, a
+        # retry): a lost "done" or sink record is redone by running the event again.
+        await self.db.group_write(statements, durable=bool(outcome.events))
 
     async def release(self, events: Sequence[QueuedEvent]) -> None:
         """Give leases back unfinished (graceful close): the events are due again at once."""
@@ -223,7 +226,8 @@ class EventQueue:
                     (event.id, event.lease),
                 )
                 for event in events
-            ]
+            ],
+            durable=False,
         )
 
     async def event(self, request_id: str) -> dict[str, Any] | None:

@@ -180,7 +180,12 @@ def _shard(row: Any) -> Shard:
 
 
 class StreamStore:
-    """The async interface the stream sources use; SQL stays behind it."""
+    """The async interface the stream sources use; SQL stays behind it.
+
+    Records (put, split, merge) are written durably. Leases and checkpoints are not
+    (``durable=False``: safe from a process crash, lost only to a power cut): a lost
+    checkpoint redelivers from the one before, which at-least-once allows.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -392,7 +397,7 @@ class StreamStore:
 
     async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
         """Take the shard's lease if it is free, expired, or ours already."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             cursor = await conn.execute(
                 "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
@@ -406,7 +411,7 @@ class StreamStore:
     ) -> set[str]:
         """Extend our leases; returns the shards whose lease we still hold."""
         held: set[str] = set()
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             for shard_id in shard_ids:
                 cursor = await conn.execute(
                     "UPDATE stream_leases SET expires_at = ? "
@@ -418,7 +423,7 @@ class StreamStore:
         return held
 
     async def release_lease(self, mapping: str, shard_id: str, owner: str) -> None:
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             await conn.execute(
                 "DELETE FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
                 (mapping, shard_id, owner),
@@ -443,7 +448,7 @@ class StreamStore:
         """Move the checkpoint to ``seq`` while we hold the lease, with the on-failure
         record (if any) in the same transaction. ``False``: the lease was taken over, and
         nothing was written."""
-        async with self.db.transaction() as conn:
+        async with self.db.transaction(durable=False) as conn:
             async with conn.execute(
                 "SELECT 1 FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
                 (mapping, shard_id, owner),
