@@ -129,18 +129,20 @@ class AsyncInvoker:
         while True:
             self._wake.clear()
             now = self.clock.time()
+            filling = False
             for record in self.runtime.functions().values():
                 room = self._room(record)
                 if 0 < room < self._batch(record) and self._busy[record.name]:
                     # Take in batches: a take is a write transaction, so leasing each event
                     # alone as its predecessor finishes caps throughput at one transaction
                     # per event. While attempts run, wait until a quarter of the room is free.
+                    filling = True
                     continue
                 if room > 0:
                     lease_until = now + record.config.timeout + self.lease_margin
                     for event in await self.queue.take(record.name, now, room, self.owner, lease_until):
                         self._start(event)
-            await self._sleep()
+            await self._sleep(filling)
 
     def _batch(self, record: FunctionRecord) -> int:
         cap = self.per_function
@@ -155,11 +157,13 @@ class AsyncInvoker:
             cap = min(cap, max(reserved, 1))  # reserved 0: take one at a time, to throttle and age out
         return max(0, min(cap - self._busy[record.name], self.max_in_flight - len(self._in_flight)))
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, filling: bool = False) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
-        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys)."""
+        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys).
+        ``filling``: attempts are running and a finishing one will wake us, so do not ask
+        the database when the next event is due (a query per finished attempt)."""
         ready = [r.name for r in self.runtime.functions().values() if self._room(r) > 0]
-        due = await self.queue.next_due(ready)
+        due = None if filling else await self.queue.next_due(ready)
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return

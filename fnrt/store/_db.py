@@ -67,16 +67,21 @@ class Database:
                 await conn.execute(statement)
         self._schemas.add(name)
 
+    async def _durability(self, durable: bool) -> None:
+        """Set ``synchronous`` for the next commit (only between transactions, under the
+        lock; one thread hop, and only when it changes)."""
+        wanted = "FULL" if durable else "NORMAL"
+        if self._synchronous != wanted:
+            await self.conn.execute(f"PRAGMA synchronous={wanted}")
+            self._synchronous = wanted
+
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error), one at a time.
 
         ``durable=False``: the commit skips the fsync (see the module's docstring)."""
         async with self._lock:
-            wanted = "FULL" if durable else "NORMAL"
-            if self._synchronous != wanted:  # only between transactions; one hop per switch
-                await self.conn.execute(f"PRAGMA synchronous={wanted}")
-                self._synchronous = wanted
+            await self._durability(durable)
             # The connection's thread runs BEGIN even when the caller is cancelled while it
             # waits: then roll back, or the next caller finds a transaction left open.
             begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
@@ -93,6 +98,15 @@ class Database:
                 await self.conn.execute("ROLLBACK")
                 raise
             await self.conn.execute("COMMIT")
+
+    async def write_returning(
+        self, sql: str, params: Sequence[Any] = (), *, durable: bool = True
+    ) -> list[aiosqlite.Row]:
+        """One writing statement (``... RETURNING``) as its own transaction: one thread hop,
+        holding the write lock for the statement alone."""
+        async with self._lock:
+            await self._durability(durable)
+            return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         # One thread hop for execute + fetch: a write from another task on this connection

@@ -141,30 +141,19 @@ class EventQueue:
         )
         if due is None:
             return []
+        # One statement, so one thread hop under the write lock (enqueues wait behind it).
         # Not durable: a lease lost to a power cut only means the event is taken again.
-        async with self.db.transaction(durable=False) as conn:
-            async with conn.execute(
-                "SELECT id FROM async_events WHERE function = ? AND state = 'queued' AND run_at <= ? "
-                "ORDER BY run_at LIMIT ?",
-                (function, now, limit),
-            ) as cursor:
-                ids = [row[0] for row in await cursor.fetchall()]
-            if len(ids) < limit:
-                async with conn.execute(
-                    "SELECT id FROM async_events WHERE function = ? AND state = 'leased' "
-                    "AND lease_until <= ? ORDER BY lease_until LIMIT ?",
-                    (function, now, limit - len(ids)),
-                ) as cursor:
-                    ids += [row[0] for row in await cursor.fetchall()]
-            if not ids:
-                return []
-            marks = ",".join("?" * len(ids))
-            async with conn.execute(
-                f"UPDATE async_events SET state = 'leased', lease_owner = ?, lease_until = ?, "
-                f"leases = leases + 1 WHERE id IN ({marks}) RETURNING {_COLUMNS}",
-                (owner, lease_until, *ids),
-            ) as cursor:
-                rows = await cursor.fetchall()
+        rows = await self.db.write_returning(
+            "UPDATE async_events SET state = 'leased', lease_owner = ?, lease_until = ?, "
+            "leases = leases + 1 WHERE id IN (SELECT id FROM ("
+            "SELECT id, run_at AS due FROM async_events "
+            "WHERE function = ? AND state = 'queued' AND run_at <= ? "
+            "UNION ALL SELECT id, lease_until AS due FROM async_events "
+            "WHERE function = ? AND state = 'leased' AND lease_until <= ?"
+            f") ORDER BY due LIMIT ?) RETURNING {_COLUMNS}",
+            (owner, lease_until, function, now, function, now, limit),
+            durable=False,
+        )
         events = [QueuedEvent(*row) for row in rows]
         events.sort(key=lambda e: e.id)
         return events
