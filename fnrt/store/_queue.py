@@ -67,6 +67,14 @@ _COLUMNS = (
     "id, request_id, function, payload, enqueued_at, attempts, invokes, system_retries, leases, "
     "last_status, last_error, last_response"
 )
+# Lease up to LIMIT due events, oldest first; {state}/{due}: queued by run_at, or leased
+# by lease_until (expired leases, taken over).
+_TAKE = (
+    "UPDATE async_events SET state = 'leased', lease_owner = ?, lease_until = ?, "
+    "leases = leases + 1 WHERE id IN (SELECT id FROM async_events WHERE function = ? "
+    "AND state = '{state}' AND {due} <= ? ORDER BY {due} LIMIT ?) RETURNING "
+    + _COLUMNS
+)
 
 
 @attrs.frozen
@@ -135,25 +143,29 @@ class EventQueue:
         # A read first: an idle poller must not take the write lock (other hosts and
         # areas share the file), only one that has something to take.
         due = await self.db.fetchone(
-            "SELECT 1 FROM async_events WHERE function = ? AND ((state = 'queued' AND run_at <= ?) "
-            "OR (state = 'leased' AND lease_until <= ?)) LIMIT 1",
-            (function, now, now),
+            "SELECT EXISTS (SELECT 1 FROM async_events WHERE function = ? AND state = 'queued' "
+            "AND run_at <= ?), EXISTS (SELECT 1 FROM async_events WHERE function = ? "
+            "AND state = 'leased' AND lease_until <= ?)",
+            (function, now, function, now),
         )
-        if due is None:
-            return []
-        # One statement, so one thread hop under the write lock (enqueues wait behind it).
-        # Not durable: a lease lost to a power cut only means the event is taken again.
-        rows = await self.db.write_returning(
-            "UPDATE async_events SET state = 'leased', lease_owner = ?, lease_until = ?, "
-            "leases = leases + 1 WHERE id IN (SELECT id FROM ("
-            "SELECT id, run_at AS due FROM async_events "
-            "WHERE function = ? AND state = 'queued' AND run_at <= ? "
-            "UNION ALL SELECT id, lease_until AS due FROM async_events "
-            "WHERE function = ? AND state = 'leased' AND lease_until <= ?"
-            f") ORDER BY due LIMIT ?) RETURNING {_COLUMNS}",
-            (owner, lease_until, function, now, function, now, limit),
-            durable=False,
-        )
+        queued, expired = (bool(due[0]), bool(due[1])) if due is not None else (False, False)
+        # Each take is one autocommit statement (one thread hop under the write lock that
+        # enqueues wait on) whose inner SELECT walks the (function, state, run_at) index in
+        # order: O(limit), whatever the queue's length. Not durable: a lease lost to a
+        # power cut only means the event is taken again.
+        rows = []
+        if queued:
+            rows += await self.db.write_returning(
+                _TAKE.format(state="queued", due="run_at"),
+                (owner, lease_until, function, now, limit),
+                durable=False,
+            )
+        if expired and len(rows) < limit:  # their holder died: take them over
+            rows += await self.db.write_returning(
+                _TAKE.format(state="leased", due="lease_until"),
+                (owner, lease_until, function, now, limit - len(rows)),
+                durable=False,
+            )
         events = [QueuedEvent(*row) for row in rows]
         events.sort(key=lambda e: e.id)
         return events
