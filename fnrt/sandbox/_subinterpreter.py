@@ -39,8 +39,8 @@ from typing import Any
 
 from .._clock import Clock
 from . import _wire
-from ._base import SandboxDied, SandboxSpec, arm_deadline
-from ._subprocess import _Channel
+from ._base import SandboxSpec
+from ._channel import Channel, ChannelSandbox
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -160,15 +160,11 @@ def serve(fd: int) -> None:
 # -- the host side ---------------------------------------------------------------------------
 
 
-class SubinterpreterSandbox:
+class SubinterpreterSandbox(ChannelSandbox):
     kind = "subinterpreter"
-    pid = None
 
-    def __init__(self, sandbox_id: str, channel: _Channel, clock: Clock) -> None:
-        self.id = sandbox_id
-        self._channel = channel
-        self._clock = clock
-        self._dead = False
+    def __init__(self, sandbox_id: str, channel: Channel, clock: Clock) -> None:
+        super().__init__(sandbox_id, channel, clock)
         self._reason: str | None = None
         #: Done when the interpreter has been destroyed (its thread has ended). After a
         #: timeout this can be much later than ``kill()``: the runtime holds the function's
@@ -177,7 +173,7 @@ class SubinterpreterSandbox:
 
     @property
     def alive(self) -> bool:
-        return not self._dead and not self._channel.lost and not self.stopped.done()
+        return super().alive and not self.stopped.done()
 
     @property
     def quarantined(self) -> bool:
@@ -189,48 +185,15 @@ class SubinterpreterSandbox:
         if not self.stopped.done():
             self.stopped.set_result(None)
 
-    async def request(
-        self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None
-    ) -> tuple[dict[str, Any], bytes]:
-        channel = self._channel
-        if not self.alive or channel.transport is None:
-            raise SandboxDied("Runtime exited without providing a reason")
-        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
-        channel.waiter = fut
-        timer = arm_deadline(fut, timeout, self._clock)
-        channel.transport.write(_wire.encode(header, body))
-        try:
-            return await fut
-        except ConnectionResetError:
-            self._dead = True
-            try:  # the interpreter ended; its thread says how in a moment
-                await asyncio.wait_for(asyncio.shield(self.stopped), 2.0)
-            except TimeoutError:
-                pass
-            raise SandboxDied(_describe(self._reason)) from None
-        except BaseException:
-            # Timed out or cancelled mid-request: the sandbox cannot be reused.
-            self.kill()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+    async def _exit_reason(self) -> str:
+        try:  # the interpreter ended; its thread says how in a moment
+            await asyncio.wait_for(asyncio.shield(self.stopped), 2.0)
+        except TimeoutError:
+            pass
+        return _describe(self._reason)
 
-    def kill(self) -> None:
-        """Take the sandbox out of service now. Its interpreter is destroyed as soon as the
-        current handler (if any) returns; ``stopped`` says when."""
-        if self._dead:
-            return
-        self._dead = True
-        if self._channel.transport is not None:
-            self._channel.transport.abort()
-
-    async def close(self) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        if self._channel.transport is not None:
-            self._channel.transport.close()  # EOF: serve() returns, the interpreter goes
+    # kill(): the socket is aborted; the interpreter is destroyed as soon as the current
+    # handler (if any) returns, and ``stopped`` says when. close(): EOF, serve() returns.
 
 
 class SubinterpreterFactory:
@@ -263,7 +226,7 @@ class SubinterpreterFactory:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _, channel = await loop.create_unix_connection(_Channel, sock=ours)
+            _, channel = await loop.create_unix_connection(Channel, sock=ours)
         except BaseException:
             ours.close()
             theirs.close()

@@ -1,8 +1,7 @@
 """Subprocess sandboxes, forked by a template process (see ``_template``).
 
-The host side of each sandbox is an asyncio protocol on a Unix socketpair: a request is one
-``transport.write`` and one future, with the timeout as a timer on the runtime's clock, so
-the warm path costs one round trip and no task creation.
+The host side of each sandbox is a :class:`~fnrt.sandbox._channel.ChannelSandbox` on a
+Unix socketpair: one frame out, one frame back.
 """
 
 from __future__ import annotations
@@ -17,11 +16,8 @@ import sys
 from typing import Any
 
 from .._clock import Clock
-from . import _wire
-from ._base import SandboxDied, SandboxSpec, SandboxTimeout, arm_deadline
-
-_PREFIX = _wire.PREFIX
-_decode_header = _wire.decode_header
+from ._base import SandboxDied, SandboxSpec
+from ._channel import Channel, ChannelSandbox
 
 
 def describe_exit(status: int | None) -> str:
@@ -201,107 +197,29 @@ class TemplateProcess:
                 await proc.wait()
 
 
-class _Channel(asyncio.Protocol):
-    """Frames in from one sandbox; at most one request outstanding."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        while len(buf) >= 8:
-            head_len, body_len = _PREFIX.unpack_from(buf)
-            end = 8 + head_len + body_len
-            if len(buf) < end:
-                return
-            header = _decode_header(buf[8 : 8 + head_len])
-            body = bytes(buf[8 + head_len : end])
-            del buf[:end]
-            waiter, self.waiter = self.waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result((header, body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionResetError("sandbox closed its socket"))
-
-
-class SubprocessSandbox:
+class SubprocessSandbox(ChannelSandbox):
     kind = "subprocess"
     stopped = None  # a kill ends the process at once
 
     def __init__(
-        self, sandbox_id: str, pid: int, channel: _Channel, template: TemplateProcess, clock: Clock
+        self, sandbox_id: str, pid: int, channel: Channel, template: TemplateProcess, clock: Clock
     ) -> None:
-        self.id = sandbox_id
+        super().__init__(sandbox_id, channel, clock)
         self._pid = pid
-        self._channel = channel
         self._template = template
-        self._clock = clock
-        self._dead = False
 
     @property
     def pid(self) -> int | None:
         return self._pid
 
-    @property
-    def alive(self) -> bool:
-        return not self._dead and not self._channel.lost
+    async def _exit_reason(self) -> str:
+        return describe_exit(await self._template.exit_status(self._pid))
 
-    async def request(
-        self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None
-    ) -> tuple[dict[str, Any], bytes]:
-        channel = self._channel
-        if not self.alive or channel.transport is None:
-            raise SandboxDied("Runtime exited without providing a reason")
-        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
-        channel.waiter = fut
-        timer = arm_deadline(fut, timeout, self._clock)
-        channel.transport.write(_wire.encode(header, body))
-        try:
-            return await fut
-        except (SandboxTimeout, SandboxDied):
-            self.kill()
-            raise
-        except ConnectionResetError:
-            self._dead = True
-            status = await self._template.exit_status(self._pid)
-            raise SandboxDied(describe_exit(status)) from None
-        except BaseException:
-            # Cancelled mid-request: the sandbox's state is unknown, so it cannot be reused.
-            self.kill()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def kill(self) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        waiter, self._channel.waiter = self._channel.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(SandboxDied("Runtime exited with error: signal: killed"))
+    def _destroy(self) -> None:
         self._template.kill(self._pid)
-        if self._channel.transport is not None:
-            self._channel.transport.abort()
         self._template.forget(self._pid)
 
-    async def close(self) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        if self._channel.transport is not None:
-            self._channel.transport.close()  # EOF: the worker returns and the process exits
+    def _retired(self) -> None:
         self._template.forget(self._pid)
 
 
@@ -334,7 +252,7 @@ class SubprocessFactory:
         pid, sock = await template.spawn()
         loop = asyncio.get_running_loop()
         try:
-            _, channel = await loop.create_unix_connection(_Channel, sock=sock)
+            _, channel = await loop.create_unix_connection(Channel, sock=sock)
         except BaseException:
             template.kill(pid)
             sock.close()
