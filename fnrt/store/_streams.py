@@ -448,6 +448,17 @@ class StreamStore:
         """Move the checkpoint to ``seq`` while we hold the lease, with the on-failure
         record (if any) in the same transaction. ``False``: the lease was taken over, and
         nothing was written."""
+        if failure is None:  # the common case: one statement, one thread hop
+            rows = await self.db.write_returning(
+                "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
+                "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM stream_leases "
+                "WHERE mapping = ? AND shard_id = ? AND owner = ?) "
+                "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
+                "finished = excluded.finished RETURNING 1",
+                (mapping, shard_id, seq, int(finished), mapping, shard_id, owner),
+                durable=False,
+            )
+            return bool(rows)
         async with self.db.transaction(durable=False) as conn:
             async with conn.execute(
                 "SELECT 1 FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
