@@ -307,7 +307,7 @@ class Runtime:
             await self._db.close()
             self._db = None
         if self._temp_state is not None:
-            self._temp_state.cleanup()
+            await asyncio.to_thread(self._temp_state.cleanup)  # rmtree: off the event loop
             self._temp_state = None
             self.state_dir = None
 
