@@ -11,7 +11,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -56,6 +56,24 @@ def _sandbox(instance: object, attribute: attrs.Attribute[Any], value: str | Non
         )
 
 
+C = TypeVar("C")
+
+
+def build(cls: type[C], config: Mapping[str, Any], what: str) -> C:
+    """A config class from keyword settings; unknown keys and wrong types are
+    :class:`InvalidConfig` naming what to fix."""
+    if not isinstance(config, Mapping):
+        raise InvalidConfig(f"{what} must be a dict of settings, got {config!r}")
+    known = {a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise InvalidConfig(f"unknown {what} {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**config)
+    except TypeError as exc:  # e.g. environment=5 fails dict()
+        raise InvalidConfig(f"{what}: {exc}") from None
+
+
 def check_function_name(name: object) -> str:
     if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
         raise InvalidConfig(
@@ -96,16 +114,7 @@ class FunctionConfig:
     @classmethod
     def from_kwargs(cls, config: Mapping[str, Any]) -> FunctionConfig:
         """Build from keyword arguments, naming any unknown key in the error."""
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise InvalidConfig(
-                f"unknown function config {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        try:
-            return cls(**config)
-        except TypeError as exc:  # e.g. environment=5 fails dict()
-            raise InvalidConfig(str(exc)) from None
+        return build(cls, config, "function config")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -229,15 +238,7 @@ class AsyncConfig:
 
     @classmethod
     def from_kwargs(cls, config: Mapping[str, Any]) -> AsyncConfig:
-        if not isinstance(config, Mapping):
-            raise InvalidConfig(f"async_config must be a dict of async settings, got {config!r}")
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise InvalidConfig(
-                f"unknown async config {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        return build(cls, config, "async config")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -320,13 +321,7 @@ class StreamMappingConfig:
 
     @classmethod
     def from_kwargs(cls, config: Mapping[str, Any]) -> StreamMappingConfig:
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise InvalidConfig(
-                f"unknown stream mapping config {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**config)
+        return build(cls, config, "stream mapping config")
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
