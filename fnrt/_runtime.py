@@ -605,6 +605,13 @@ class Runtime:
             if not reply["ok"]:
                 e = reply["error"]
                 error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
+            elif len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+                error = FunctionError(
+                    "Function.ResponseSizeTooLarge",
+                    "Response payload size exceeded maximum allowed payload size "
+                    f"({SYNC_PAYLOAD_LIMIT} bytes).",
+                )
+                out = b""
         memory = record.config.memory_mb
         result = InvocationResult(
             request_id,

@@ -75,5 +75,10 @@ def hog(event, context):
 
 
 @fnrt.handler
+def big_result(event, context):
+    return "x" * event["bytes"]
+
+
+@fnrt.handler
 def unserializable(event, context):
     return {"when": {1, 2, 3}}

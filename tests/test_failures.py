@@ -99,6 +99,17 @@ async def test_result_that_is_not_json_is_a_function_error():
         assert rt.stats()["functions"]["bad"]["warm"] == 1
 
 
+async def test_result_over_6_mb_is_a_function_error():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("big", "handlers.chaos:big_result")
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("big", {"bytes": 6 * 1024 * 1024 + 1})
+        assert info.value.error_type == "Function.ResponseSizeTooLarge"
+        assert "6291456 bytes" in info.value.error_message
+        assert len(await rt.invoke("big", {"bytes": 5 * 1024 * 1024})) == 5 * 1024 * 1024
+        assert rt.stats()["functions"]["big"]["cold_starts"] == 1  # the sandbox lived on
+
+
 async def test_unknown_function():
     async with fnrt.Runtime() as rt:
         with pytest.raises(fnrt.FunctionNotFound, match="'ghost'"):
