@@ -21,7 +21,9 @@ async def main(state_dir: str, ledger: str, count: int) -> None:
         )
         stream = await rt.create_stream("orders", shard_count=2)
         await stream.put_records([(json.dumps({"id": i}), f"customer-{i % 5}") for i in range(count)])
-        await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=0.3, poll_interval=0.05)
+        # A lease longer than a loaded machine's heartbeat lag: a lease lost *before* the kill
+        # would redeliver legitimately, but this test is about what the kill loses.
+        await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=1.5, poll_interval=0.05)
         print("ready", flush=True)
         await asyncio.Event().wait()
 

@@ -436,7 +436,9 @@ async def test_kill_9_mid_stream_and_restart_loses_nothing(tmp_path: Path) -> No
             "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(path)}
         )
         await rt.create_stream("orders", shard_count=2)
-        await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=0.3, poll_interval=0.05)
+        await rt.add_stream_mapping(
+            "orders", "orders", batch_size=5, lease_seconds=1.5, poll_interval=0.05
+        )
         await until(lambda: {e["id"] for e in ledger(path)} == set(range(count)), what="every record")
 
     entries = ledger(path)
