@@ -16,7 +16,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
-from ._config import FunctionConfig
+from ._config import AsyncConfig, FunctionConfig
 from .errors import InitError, InvalidConfig
 from .sandbox import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
 
@@ -33,6 +33,8 @@ class FunctionRecord:
     sandbox_kind: str
     region: str = "us-east-1"
     extra: dict[str, Any] = attrs.field(factory=dict)
+    #: ``@fnrt.handler(async_config=...)``, parsed once at registration.
+    async_config: AsyncConfig | None = None
 
     @property
     def handler(self) -> str:

@@ -54,6 +54,7 @@ from .store import Database
 from .store._queue import EventQueue
 
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
+_DEFAULT_ASYNC = AsyncConfig()
 EVENT_PAYLOAD_LIMIT = 1024 * 1024
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 _ARN = re.compile(
@@ -395,8 +396,7 @@ class Runtime:
         self, name: str, module: str, attr: str, config: FunctionConfig, extra: Mapping[str, Any]
     ) -> FunctionRecord:
         check_function_name(name)
-        if extra.get("async_config") is not None:  # invalid async config fails the deploy
-            AsyncConfig.from_kwargs(extra["async_config"])
+        raw_async = extra.get("async_config")  # invalid async config fails the deploy
         return FunctionRecord(
             name=name,
             module=module,
@@ -406,6 +406,7 @@ class Runtime:
             sandbox_kind=config.sandbox or self.config.sandbox,
             region=self.config.region,
             extra=dict(extra),
+            async_config=None if raw_async is None else AsyncConfig.from_kwargs(raw_async),
         )
 
     def _register(self, record: FunctionRecord) -> None:
@@ -683,8 +684,9 @@ class Runtime:
         if config is not None:
             return config
         record = self._functions.get(name)
-        raw = record.extra.get("async_config") if record is not None else None
-        return AsyncConfig() if raw is None else AsyncConfig.from_kwargs(raw)
+        if record is not None and record.async_config is not None:
+            return record.async_config
+        return _DEFAULT_ASYNC
 
     async def destination_records(self, sink: str) -> list[Any]:
         """The records delivered to a durable sink (``"failed-payments"`` or
