@@ -45,9 +45,7 @@ class _Router(io.TextIOBase):
         self._original = original
 
     def write(self, s: str) -> int:
-        buf = getattr(_local, "buffer", None)
-        if buf is None and _Router.process_wide:
-            buf = _Router.process_buffer
+        buf = _current_buffer()
         if buf is not None:
             buf.append(s)
             return len(s)
@@ -80,9 +78,7 @@ class _LambdaLogHandler(logging.Handler):
     """Lambda's Python log format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        buf = getattr(_local, "buffer", None)
-        if buf is None and _Router.process_wide:
-            buf = _Router.process_buffer
+        buf = _current_buffer()
         if buf is None:
             return
         try:
@@ -95,6 +91,14 @@ class _LambdaLogHandler(logging.Handler):
                 buf.append("".join(traceback.format_exception(*record.exc_info)))
         except Exception:
             self.handleError(record)
+
+
+def _current_buffer() -> list[str] | None:
+    """The capture buffer of the invocation this write belongs to, if any."""
+    buf: list[str] | None = getattr(_local, "buffer", None)
+    if buf is None and _Router.process_wide:
+        buf = _Router.process_buffer
+    return buf
 
 
 _installed = False
