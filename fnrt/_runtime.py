@@ -16,7 +16,7 @@ import logging
 import re
 import tempfile
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -284,6 +284,7 @@ class Runtime:
         self._check_running()
         if self._db is None:
             async with self._state_opening:  # concurrent first callers share one connection
+                self._check_running()  # not after shutdown has closed the state
                 if self._db is None:
                     if self.state_dir is None:
                         self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
@@ -292,8 +293,18 @@ class Runtime:
         return self._db
 
     async def _shutdown(self) -> None:
+        """Every step runs even when one fails (a source that cannot release its leases
+        must not leave sandboxes or the database open); the first error is raised last."""
+        errors: list[Exception] = []
+
+        async def step(action: Awaitable[object]) -> None:
+            try:
+                await action
+            except Exception as exc:
+                errors.append(exc)
+
         for source in reversed(self._sources):
-            await source.aclose()
+            await step(source.aclose())
         self._sources.clear()
         tasks = list(self._tasks)
         for task in tasks:
@@ -302,15 +313,18 @@ class Runtime:
         for pool in self._pools.values():
             pool.kill_all()
         for factory in self._factories.values():
-            await factory.aclose()
+            await step(factory.aclose())
         self._factories.clear()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        async with self._state_opening:  # an open in flight finishes first and is closed here
+            if self._db is not None:
+                await step(self._db.close())
+                self._db = None
         if self._temp_state is not None:
             await asyncio.to_thread(self._temp_state.cleanup)  # rmtree: off the event loop
             self._temp_state = None
             self.state_dir = None
+        if errors:
+            raise errors[0]
 
     def _factory(self, kind: str) -> SandboxFactory:
         factory = self._factories.get(kind)

@@ -45,3 +45,18 @@ def read_jsonl(path: object) -> list[Any]:
         return []
     text = p.read_text()
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def no_database_thread_left() -> Any:
+    """A test must not leave an aiosqlite connection open: its (non-daemon) thread would
+    keep the test process from exiting. Fail the test that leaked it instead of hanging."""
+    import threading
+    import time
+
+    yield
+    deadline = time.monotonic() + 2
+    while any("connection_worker" in t.name for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            raise AssertionError("an aiosqlite connection was left open (its thread is alive)")
+        time.sleep(0.01)

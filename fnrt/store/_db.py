@@ -46,17 +46,32 @@ class Database:
         power cut, not only a crash of the process; group commits keep that affordable."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={synchronous}")
-        await conn.execute("PRAGMA busy_timeout=5000")
+        # aiosqlite starts the connection's (non-daemon) thread inside connect(): if we are
+        # cancelled or fail from here on, close it, or the process cannot exit.
+        connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None))
+        try:
+            conn = await asyncio.shield(connecting)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await (await connecting).close()
+            raise
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
+            await conn.execute("PRAGMA busy_timeout=5000")
+        except BaseException:
+            await asyncio.shield(conn.close())
+            raise
         return cls(path, conn)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)  # commit what callers already wait for
-        await self.conn.close()
+        try:
+            if self._flusher is not None:
+                # Commit what callers already wait for; a failure is theirs (they got it).
+                await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+        finally:
+            await self.conn.close()
 
     async def ensure_schema(self, name: str, statements: Iterable[str]) -> None:
         """Run an area's ``CREATE ... IF NOT EXISTS`` statements once per connection."""
