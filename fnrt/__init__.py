@@ -22,6 +22,8 @@ from .errors import (
     InvalidPayload,
     PayloadTooLarge,
     RuntimeClosed,
+    ServiceError,
+    StoreUnavailable,
     StreamNotFound,
     TooManyRequests,
 )
@@ -68,6 +70,8 @@ __all__ = [
     "Runtime",
     "RuntimeClosed",
     "RuntimeConfig",
+    "ServiceError",
+    "StoreUnavailable",
     "Stream",
     "StreamMapping",
     "StreamMappingConfig",

@@ -75,6 +75,35 @@ class RuntimeClosed(FnrtError, RuntimeError):
     """The runtime is not running (used outside ``async with Runtime()``, or closed)."""
 
 
+# -- service errors: fnrt's own machinery failed, not the caller nor the handler ------
+
+
+class ServiceError(FnrtError):
+    """fnrt's infrastructure failed before a handler could run: a sandbox could not be
+    created (the template process died or hung), a sandbox broke outside a request
+    (Lambda: 500 ``ServiceException``). Retrying later may succeed; the async queue and
+    stream pollers back off and retry it without using a retry attempt."""
+
+    error_type = "ServiceException"
+
+    def to_lambda(self) -> dict[str, Any]:
+        return {"Type": "Service", "message": str(self)}
+
+
+class StoreUnavailable(ServiceError):
+    """The durable store (SQLite file or PostgreSQL server) cannot be used right now: the
+    database is locked, the disk is full or read-only, the server is unreachable.
+    ``path`` names the store and ``cause`` the error underneath. Nothing was acknowledged
+    that was not stored; background work retries with backoff until the store is back."""
+
+    error_type = "ServiceException"
+
+    def __init__(self, message: str, *, path: str = "", cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.cause = cause
+
+
 # -- function errors: the handler or its sandbox failed -------------------------------
 
 
@@ -130,6 +159,8 @@ __all__ = [
     "InvalidPayload",
     "PayloadTooLarge",
     "RuntimeClosed",
+    "ServiceError",
+    "StoreUnavailable",
     "TooManyRequests",
 ]
 
