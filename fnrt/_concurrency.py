@@ -5,31 +5,64 @@ on the shared pool; every other function shares what the reservations leave
 (``limit - sum(reserved)``). Reservations can never take the last ``unreserved_floor`` of
 the pool (Lambda keeps 100 of 1,000). Decisions are synchronous and O(1): a throttle costs
 a dictionary lookup, never a wait.
+
+A taken slot is a :class:`Slot` object that belongs to one function *generation* (its
+:class:`FunctionCounter`). It releases exactly once, to the counter it came from: a
+function removed and added again while a call is in flight gets a fresh counter, and the
+old call's release can never free the new generation's slot. The calls of a removed
+function keep counting against the shared pool until they end.
 """
 
 from __future__ import annotations
 
 import attrs
 
+from ._lambda import GLOBAL_REASON, RESERVED_REASON, THROTTLE_MESSAGE
 from .errors import InvalidConfig, TooManyRequests
 
-GLOBAL_REASON = "ConcurrentInvocationLimitExceeded"
-RESERVED_REASON = "ReservedFunctionConcurrentInvocationLimitExceeded"
+__all__ = ["GLOBAL_REASON", "RESERVED_REASON", "ConcurrencyLimiter", "FunctionCounter", "Slot"]
 
 
-@attrs.define
-class _Slot:
+@attrs.define(eq=False)
+class FunctionCounter:
+    """One function generation's concurrency: its reservation and what it has in flight."""
+
+    name: str
     reserved: int | None = None
     in_flight: int = 0
     throttles: int = 0
     peak: int = 0
+    registered: bool = True
+
+
+class Slot:
+    """One admitted call. ``release()`` gives it back (once; later calls do nothing)."""
+
+    __slots__ = ("_counter", "_limiter")
+
+    def __init__(self, limiter: ConcurrencyLimiter, counter: FunctionCounter) -> None:
+        self._limiter: ConcurrencyLimiter | None = limiter
+        self._counter = counter
+
+    @property
+    def held(self) -> bool:
+        return self._limiter is not None
+
+    def release(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is None:
+            return
+        counter = self._counter
+        counter.in_flight -= 1
+        if counter.reserved is None:
+            limiter._unreserved_in_flight -= 1
 
 
 class ConcurrencyLimiter:
     def __init__(self, limit: int, unreserved_floor: int) -> None:
         self.limit = limit
         self.unreserved_floor = unreserved_floor
-        self._slots: dict[str, _Slot] = {}
+        self._counters: dict[str, FunctionCounter] = {}
         self._reserved_total = 0
         self._unreserved_in_flight = 0
         self.throttles = 0
@@ -41,7 +74,7 @@ class ConcurrencyLimiter:
         ones for the same names) fit in the pool."""
         total = self._reserved_total
         for name, reserved in wanted.items():
-            current = self._slots.get(name)
+            current = self._counters.get(name)
             if current is not None and current.reserved is not None:
                 total -= current.reserved
             total += reserved or 0
@@ -53,77 +86,75 @@ class ConcurrencyLimiter:
                 "always stays unreserved)"
             )
 
-    def register(self, name: str, reserved: int | None) -> None:
+    def register(self, name: str, reserved: int | None) -> FunctionCounter:
+        """A new generation of ``name``: a fresh counter (any earlier one is retired)."""
         self.check_reservations({name: reserved})
-        slot = self._slots.get(name)
-        if slot is None:
-            slot = self._slots[name] = _Slot()
-        self._set_reserved(slot, reserved)
+        self.unregister(name)
+        counter = self._counters[name] = FunctionCounter(name)
+        self.set_reserved(counter, reserved)
+        return counter
 
-    def _set_reserved(self, slot: _Slot, reserved: int | None) -> None:
-        # Move the function's in-flight count between the shared and the reserved pool.
-        if slot.reserved is None:
-            self._unreserved_in_flight -= slot.in_flight
-        else:
-            self._reserved_total -= slot.reserved
-        slot.reserved = reserved
+    def set_reserved(self, counter: FunctionCounter, reserved: int | None) -> None:
+        """Change a function's reservation; its calls in flight move between the pools."""
+        if counter.registered and counter.reserved is not None:
+            self._reserved_total -= counter.reserved
+        if counter.reserved is None:
+            self._unreserved_in_flight -= counter.in_flight
+        counter.reserved = reserved
         if reserved is None:
-            self._unreserved_in_flight += slot.in_flight
-        else:
+            self._unreserved_in_flight += counter.in_flight
+        elif counter.registered:
             self._reserved_total += reserved
 
     def unregister(self, name: str) -> None:
-        slot = self._slots.pop(name, None)
-        if slot is None:
+        """Retire ``name``'s counter. Its calls still in flight count against the shared
+        pool until they end: they still run, so the global limit must see them."""
+        counter = self._counters.pop(name, None)
+        if counter is None:
             return
-        if slot.reserved is None:
-            self._unreserved_in_flight -= slot.in_flight
-        else:
-            self._reserved_total -= slot.reserved
+        self.set_reserved(counter, None)
+        counter.registered = False
+
+    def counter(self, name: str) -> FunctionCounter | None:
+        return self._counters.get(name)
 
     # -- the hot path -----------------------------------------------------------------
 
-    def acquire(self, name: str) -> None:
-        """Take one slot for ``name`` or raise :class:`TooManyRequests` at once."""
-        slot = self._slots[name]
-        if slot.reserved is not None:
-            if slot.in_flight >= slot.reserved:
-                slot.throttles += 1
+    def acquire(self, counter: FunctionCounter) -> Slot:
+        """Take one slot for ``counter``'s function or raise :class:`TooManyRequests` at once."""
+        if counter.reserved is not None:
+            if counter.in_flight >= counter.reserved:
+                counter.throttles += 1
                 self.throttles += 1
-                raise TooManyRequests(RESERVED_REASON, "Rate Exceeded.")
-        elif self._unreserved_in_flight >= self.limit - self._reserved_total:
-            slot.throttles += 1
+                raise TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE)
+        elif self._unreserved_in_flight >= self.limit - self._reserved_total or not counter.registered:
+            counter.throttles += 1
             self.throttles += 1
-            raise TooManyRequests(GLOBAL_REASON, "Rate Exceeded.")
+            raise TooManyRequests(GLOBAL_REASON, THROTTLE_MESSAGE)
         else:
             self._unreserved_in_flight += 1
-        slot.in_flight += 1
-        if slot.in_flight > slot.peak:
-            slot.peak = slot.in_flight
-
-    def release(self, name: str) -> None:
-        slot = self._slots.get(name)
-        if slot is None:
-            return
-        slot.in_flight -= 1
-        if slot.reserved is None:
-            self._unreserved_in_flight -= 1
+        counter.in_flight += 1
+        if counter.in_flight > counter.peak:
+            counter.peak = counter.in_flight
+        return Slot(self, counter)
 
     # -- statistics -------------------------------------------------------------------
 
     def in_flight(self, name: str | None = None) -> int:
         if name is not None:
-            slot = self._slots.get(name)
-            return slot.in_flight if slot else 0
-        return sum(s.in_flight for s in self._slots.values())
+            counter = self._counters.get(name)
+            return counter.in_flight if counter else 0
+        return self._unreserved_in_flight + sum(
+            c.in_flight for c in self._counters.values() if c.reserved is not None
+        )
 
     def function_stats(self, name: str) -> dict[str, int | None]:
-        slot = self._slots.get(name) or _Slot()
+        counter = self._counters.get(name) or FunctionCounter(name)
         return {
-            "in_flight": slot.in_flight,
-            "reserved_concurrency": slot.reserved,
-            "throttles": slot.throttles,
-            "peak_concurrency": slot.peak,
+            "in_flight": counter.in_flight,
+            "reserved_concurrency": counter.reserved,
+            "throttles": counter.throttles,
+            "peak_concurrency": counter.peak,
         }
 
     def stats(self) -> dict[str, int]:

@@ -189,6 +189,14 @@ def _destination(instance: object, attribute: attrs.Attribute[Any], value: str |
         parse_destination(value)
 
 
+def _bare_sink(value: Any) -> Any:
+    """A bare name is a durable sink (``"orders-dlq"`` is ``"sink:orders-dlq"``), as
+    ``Runtime.destination_records`` reads it."""
+    if isinstance(value, str) and value and ":" not in value:
+        return f"sink:{value}"
+    return value
+
+
 def _sink(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and parse_destination(value)[0] != "sink":
         raise InvalidConfig(f"dead_letter must be a sink ('sink:<name>' or an SQS queue ARN), got {value!r}")
@@ -298,9 +306,7 @@ class StreamMappingConfig:
     bisect_on_error: bool = attrs.field(default=False, validator=_bool)
     max_retry_attempts: int = attrs.field(default=-1, validator=_minus_one_or(0, 10_000))
     max_record_age: int = attrs.field(default=-1, validator=_minus_one_or(60, 604_800))
-    on_failure: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
+    on_failure: str | None = attrs.field(default=None, converter=_bare_sink, validator=_destination)
     report_batch_item_failures: bool = attrs.field(default=False, validator=_bool)
     lease_seconds: float = attrs.field(default=10.0, validator=_number(0.01, 3600))
     poll_interval: float = attrs.field(default=1.0, validator=_number(0.001, 300))

@@ -8,65 +8,15 @@ it is either in ``idle`` or held by exactly one invocation.
 
 from __future__ import annotations
 
-import datetime
-import os
 from typing import Any
 
 import anyio
 import attrs
 
 from ._clock import Clock
-from ._config import AsyncConfig, FunctionConfig
-from .errors import InitError, InvalidConfig
+from ._registry import FunctionRecord
+from .errors import FnrtError, InitError, InvalidConfig, ServiceError
 from .sandbox import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
-
-
-@attrs.frozen
-class FunctionRecord:
-    """A deployed function: where its handler lives and how it runs."""
-
-    name: str
-    module: str
-    attr: str
-    config: FunctionConfig
-    arn: str
-    sandbox_kind: str
-    region: str = "us-east-1"
-    extra: dict[str, Any] = attrs.field(factory=dict)
-    #: ``@fnrt.handler(async_config=...)``, parsed once at registration.
-    async_config: AsyncConfig | None = None
-
-    @property
-    def handler(self) -> str:
-        return f"{self.module}.{self.attr}"
-
-    def environment(self, log_stream: str) -> dict[str, str]:
-        """Lambda's reserved environment variables, then the function's own."""
-        env = {
-            "AWS_LAMBDA_FUNCTION_NAME": self.name,
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.config.memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_EXECUTION_ENV": "AWS_Lambda_python_fnrt",
-            "LAMBDA_TASK_ROOT": os.getcwd(),
-            "_HANDLER": self.handler,
-        }
-        env.update(self.config.environment)
-        return env
-
-    def bind_info(self, sandbox_id: str) -> dict[str, Any]:
-        stream = f"{datetime.date.today():%Y/%m/%d}/[$LATEST]{sandbox_id}"
-        return {
-            "attr": self.attr,
-            "function_name": self.name,
-            "arn": self.arn,
-            "memory_mb": self.config.memory_mb,
-            "log_stream": stream,
-            "environment": self.environment(stream),
-        }
 
 
 @attrs.define(eq=False)
@@ -96,7 +46,14 @@ async def start_sandbox(
 ) -> tuple[Sandbox, dict[str, Any]]:
     """Create a sandbox and run its init phase; on any failure the sandbox is destroyed."""
     memory = bind.config.memory_mb if bind is not None else None
-    sandbox = await factory.create(SandboxSpec(module, memory))
+    try:
+        sandbox = await factory.create(SandboxSpec(module, memory))
+    except FnrtError:
+        raise
+    except (SandboxDied, SandboxTimeout, OSError) as exc:
+        # The machinery failed, not the function: the template died or hung, fork failed.
+        reason = exc.message if isinstance(exc, SandboxDied) else (str(exc) or type(exc).__name__)
+        raise ServiceError(f"could not create a {factory.kind} sandbox for {module!r}: {reason}") from exc
     header: dict[str, Any] = {"op": "init", "module": module}
     if bind is not None:
         header["bind"] = bind.bind_info(sandbox.id)
@@ -218,3 +175,4 @@ class FunctionPool:
             "cold_starts": self.cold_starts,
             "provisioned_concurrency": self.function.config.provisioned_concurrency,
         }
+__all__ = ["Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]

@@ -1,22 +1,20 @@
-"""The runtime: Lambda's front end (validate, route, count) and the lifecycle of it all.
+"""The runtime: the composition root and the public face.
 
-An invoke flows: resolve the function -> encode and size-check the payload -> take a
-concurrency slot (or throttle at once) -> take a warm sandbox (or cold-start one) -> one
-request/reply with the function's timeout -> give the sandbox back (or destroy it) ->
-log START/END/REPORT and count metrics. Sources (the async queue, stream pollers) use the
-same path through :meth:`Runtime.invoke_detailed`.
+It builds the parts and wires them, one way down: the :class:`~fnrt._registry.FunctionRegistry`
+(what is deployed), the :class:`~fnrt._concurrency.ConcurrencyLimiter` (the counting
+service), the :class:`~fnrt._invoke.Invoker` (the one invoke path), the sources (the
+async queue and the streams, which receive the invoker, the registry and the store and
+never see this class), and the :class:`~fnrt._supervise.Supervisor` whose task group holds
+every background task. ``async with Runtime()`` owns all of it: leaving the block stops
+every sandbox, source and task, and raises what a background task failed with.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import logging
 import re
 import tempfile
-import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -35,156 +33,82 @@ from ._config import (
     parse_destination,
 )
 from ._handler import parse_reference, split_config
-from ._pool import Environment, FunctionPool, FunctionRecord, init_error, start_sandbox
-from .errors import (
-    FnrtError,
-    FunctionError,
-    FunctionNotFound,
-    FunctionTimeout,
-    InvalidConfig,
-    InvalidPayload,
-    PayloadTooLarge,
-    RuntimeClosed,
-    TooManyRequests,
-)
-from .sandbox import SandboxDied, SandboxFactory, SandboxTimeout, make_factory
-from .sources._async import AsyncInvoker
+from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
+from ._lambda import EVENT_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT, function_arn
+from ._pool import FunctionPool, start_sandbox
+from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
+from ._supervise import Supervisor
+from .errors import FnrtError, InvalidConfig, RuntimeClosed
+from .sandbox import SandboxFactory, make_factory
+from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
 from .store import Database
 from .store._queue import EventQueue
+from .store._streams import StreamStore
 
-SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
-_DEFAULT_ASYNC = AsyncConfig()
-EVENT_PAYLOAD_LIMIT = 1024 * 1024
+__all__ = [
+    "EVENT_PAYLOAD_LIMIT",
+    "SYNC_PAYLOAD_LIMIT",
+    "InvocationResult",
+    "InvocationType",
+    "Runtime",
+    "encode_payload",
+]
+
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
-_ARN = re.compile(
-    r"^(?:arn:aws[\w-]*:lambda:[\w-]+:)?(?:\d{12}:)?(?:function:)?([a-zA-Z0-9_-]+)(?::(\$LATEST|[\w-]+))?$"
-)
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
-def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
-    """The event as JSON bytes. ``bytes`` are taken as a JSON document already."""
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        body = bytes(payload)
-        if len(body) > limit:
-            raise PayloadTooLarge(len(body), limit)
-        if not body.strip():
-            return b"{}"
-        try:
-            json.loads(body)
-        except ValueError as exc:
-            raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
-        return body
-    try:
-        body = _dumps(payload).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"payload is not JSON: {exc}") from None
-    if len(body) > limit:
-        raise PayloadTooLarge(len(body), limit)
-    return body
+class _State:
+    """The runtime's SQLite state, opened on first use. Without a directory it lives in a
+    temporary one removed at close: durable across crashes of handlers and sandboxes, not
+    across restarts of the host."""
 
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._temp: tempfile.TemporaryDirectory[str] | None = None
+        self._db: Database | None = None
+        self._lock = asyncio.Lock()
+        self.closed = False
 
-class InvocationResult:
-    """Everything Lambda's Invoke API returns, plus what the REPORT line says.
+    async def database(self) -> Database:
+        if self._db is None:
+            async with self._lock:  # concurrent first callers share one connection
+                if self.closed:
+                    raise RuntimeClosed("the runtime is closed")
+                if self._db is None:
+                    if self.directory is None:
+                        self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
+                        self.directory = Path(self._temp.name)
+                    self._db = await Database.open(self.directory / "fnrt.sqlite3")
+        return self._db
 
-    The log text (START, the handler's output, END, REPORT) is composed on first access:
-    most callers never read it, and the warm path should not pay for it.
-    """
+    async def queue(self) -> EventQueue:
+        return EventQueue(await self.database())
 
-    __slots__ = (
-        "_init_log",
-        "_log",
-        "cold_start",
-        "duration_ms",
-        "error",
-        "executed_version",
-        "function_name",
-        "init_duration_ms",
-        "max_memory_mb",
-        "memory_size_mb",
-        "output",
-        "raw",
-        "request_id",
-        "status_code",
-    )
+    async def streams(self) -> StreamStore:
+        return await StreamStore.open(await self.database())
 
-    def __init__(
-        self,
-        request_id: str,
-        function_name: str,
-        status_code: int,
-        raw: bytes = b"",
-        error: FunctionError | None = None,
-        *,
-        log: str | None = None,
-        output: str = "",
-        init_log: str = "",
-        cold_start: bool = False,
-        duration_ms: float = 0.0,
-        init_duration_ms: float | None = None,
-        max_memory_mb: int = 0,
-        memory_size_mb: int = 128,
-    ) -> None:
-        self.request_id = request_id
-        self.function_name = function_name
-        self.status_code = status_code
-        self.raw = raw
-        self.error = error
-        self.output = output
-        self.cold_start = cold_start
-        self.duration_ms = duration_ms
-        self.init_duration_ms = init_duration_ms
-        self.max_memory_mb = max_memory_mb
-        self.memory_size_mb = memory_size_mb
-        self.executed_version = "$LATEST"
-        self._init_log = init_log
-        self._log = log
-
-    @property
-    def payload(self) -> Any:
-        """The handler's result (or Lambda's error body on a function error)."""
-        if self.error is not None:
-            return self.error.to_lambda()
-        return json.loads(self.raw) if self.raw else None
-
-    @property
-    def function_error(self) -> str | None:
-        return "Unhandled" if self.error is not None else None
-
-    @property
-    def report(self) -> str:
-        """Lambda's ``REPORT`` line for this invocation."""
-        return _observe.report_line(
-            self.request_id, self.duration_ms, self.memory_size_mb, self.max_memory_mb, self.init_duration_ms
-        )
-
-    @property
-    def log(self) -> str:
-        """The invocation's log as Lambda writes it: START, output, END, REPORT."""
-        if self._log is None:
-            rid = self.request_id
-            self._log = (
-                f"{self._init_log}{_observe.start_line(rid)}\n{self.output}"
-                f"{_observe.end_line(rid)}\n{self.report}\n"
-            )
-        return self._log
-
-    @property
-    def log_result(self) -> str:
-        """``X-Amz-Log-Result``: base64 of the log's last 4 KB."""
-        return _observe.log_result(self.log)
-
-    def __repr__(self) -> str:
-        state = f"error={self.error.error_type}" if self.error else f"{len(self.raw)} bytes"
-        return f"<InvocationResult {self.function_name} {self.request_id} {self.status_code} {state}>"
+    async def close(self) -> None:
+        async with self._lock:  # an open in flight finishes first and is closed here
+            self.closed = True
+            db, self._db = self._db, None
+            try:
+                if db is not None:
+                    await db.close()
+            finally:
+                if self._temp is not None:
+                    await asyncio.to_thread(self._temp.cleanup)  # rmtree: off the event loop
+                    self._temp = None
+                    self.directory = None
 
 
 class Runtime:
     """Hosts functions in sandboxes and invokes them with Lambda's semantics.
 
     Use it as ``async with Runtime() as rt:``; leaving the block stops every sandbox and
-    the template process, also when the block is cancelled.
+    the template process, also when the block is cancelled. ``start()`` and ``aclose()``
+    do the same by hand (call both from the same task).
     """
 
     def __init__(
@@ -210,29 +134,37 @@ class Runtime:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
-        self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
-        self._functions: dict[str, FunctionRecord] = {}
-        self._pools: dict[str, FunctionPool] = {}
-        self._factories: dict[str, SandboxFactory] = {}
         self._log = _observe.logger().bind()
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Request ids in UUID form: a random prefix per runtime and a counter. Unique like
-        # uuid4() (76 random bits per runtime) at a tenth of its cost on the warm path.
-        prefix = uuid.uuid4().hex
-        variant = "89ab"[int(prefix[16], 16) % 4]
-        self._rid_prefix = f"{prefix[:8]}-{prefix[8:12]}-4{prefix[13:16]}-{variant}{prefix[17:20]}-"
-        self._rid_counter = itertools.count(int(prefix[20:32], 16) >> 8)
-        self._db: Database | None = None
-        self._temp_state: tempfile.TemporaryDirectory[str] | None = None
-        # Sources (async queue, streams) register here; each has ``async aclose()`` and is
-        # closed before the sandboxes, so nothing is mid-invoke when pools drain.
-        self._sources: list[Any] = []
+        self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
+        self._registry = FunctionRegistry()
+        self._invoker = Invoker(self._limiter, self.clock, self.metrics, self._log)
+        self._supervisor = Supervisor(self.clock, self._log)
+        self._factories: dict[str, SandboxFactory] = {}
+        self._state = _State(self.state_dir)
         self._running = False
-        self._provisioning: set[str] = set()
-        self._async: AsyncInvoker | None = None
-        self._async_starting = asyncio.Lock()
-        self._state_opening = asyncio.Lock()
-        self._async_configs: dict[str, AsyncConfig] = {}
+        self._async = AsyncSource(
+            invoker=self._invoker,
+            registry=self._registry,
+            open_queue=self._state.queue,
+            clock=self.clock,
+            metrics=self.metrics,
+            log=self._log,
+            supervisor=self._supervisor,
+            region=region,
+            account_id=account_id,
+        )
+        self._streams = StreamSource(
+            invoker=self._invoker,
+            registry=self._registry,
+            open_store=self._state.streams,
+            deliver=self._async.deliver,
+            clock=self.clock,
+            metrics=self.metrics,
+            log=self._log,
+            supervisor=self._supervisor,
+            region=region,
+            account_id=account_id,
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -243,26 +175,25 @@ class Runtime:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.aclose()
+        await self._close(exc_type, exc)
 
     async def start(self) -> None:
         if self._running:
             return
-        self._log = _observe.logger().bind()
+        if self._state.closed:
+            raise RuntimeClosed("a Runtime runs once; create a new one")
+        await self._supervisor.open()
         self._running = True
-        self._spawn(self._maintain())
+        self._supervisor.loop("maintenance", self._maintain_once)
         if self.state_dir is not None:  # events queued by an earlier host resume at once
-            self._spawn(self._start_async_quietly())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a background task owned by the runtime (cancelled and awaited at close)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
 
     async def aclose(self) -> None:
         """Stop everything. Safe to call twice; runs to the end even when the caller is
         cancelled (the cancellation is re-raised afterwards)."""
+        await self._close(None, None)
+
+    async def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if not self._running:
             return
         self._running = False
@@ -273,24 +204,12 @@ class Runtime:
                 await asyncio.shield(shutdown)
             except asyncio.CancelledError:
                 cancelled = True
+        if cancelled and exc is None:
+            exc_type, exc = asyncio.CancelledError, asyncio.CancelledError()
+        await self._supervisor.close(exc_type, exc)  # raises what a background task failed with
         shutdown.result()
         if cancelled:
             raise asyncio.CancelledError
-
-    async def state(self) -> Database:
-        """The runtime's SQLite state (opened on first use). Without ``state_dir`` it lives
-        in a temporary directory removed at close: durable across crashes of handlers and
-        sandboxes, not across restarts of the host. Set ``state_dir`` for that."""
-        self._check_running()
-        if self._db is None:
-            async with self._state_opening:  # concurrent first callers share one connection
-                self._check_running()  # not after shutdown has closed the state
-                if self._db is None:
-                    if self.state_dir is None:
-                        self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
-                        self.state_dir = Path(self._temp_state.name)
-                    self._db = await Database.open(self.state_dir / "fnrt.sqlite3")
-        return self._db
 
     async def _shutdown(self) -> None:
         """Every step runs even when one fails (a source that cannot release its leases
@@ -303,26 +222,16 @@ class Runtime:
             except Exception as exc:
                 errors.append(exc)
 
-        for source in reversed(self._sources):
-            await step(source.aclose())
-        self._sources.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for pool in self._pools.values():
-            pool.kill_all()
+        self._invoker.closing = True
+        await step(self._streams.aclose())
+        await step(self._async.aclose())
+        await step(self._supervisor.cancel_all())
+        for entry in self._registry:
+            entry.pool.kill_all()
         for factory in self._factories.values():
             await step(factory.aclose())
         self._factories.clear()
-        async with self._state_opening:  # an open in flight finishes first and is closed here
-            if self._db is not None:
-                await step(self._db.close())
-                self._db = None
-        if self._temp_state is not None:
-            await asyncio.to_thread(self._temp_state.cleanup)  # rmtree: off the event loop
-            self._temp_state = None
-            self.state_dir = None
+        await step(self._state.close())
         if errors:
             raise errors[0]
 
@@ -332,23 +241,41 @@ class Runtime:
             factory = self._factories[kind] = make_factory(kind, self.clock)
         return factory
 
-    def _request_id(self) -> str:
-        return f"{self._rid_prefix}{next(self._rid_counter) & 0xFFFFFFFFFFFF:012x}"
-
     def _check_running(self) -> None:
         if not self._running:
             raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
 
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until nothing is left to do without new input or the clock moving: every
+        due async event handled, every stream mapping caught up or waiting for a retry
+        delay, no provisioning under way. For tests and examples (with a ``FakeClock``:
+        advance it, then wait again)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._idle():
+            if loop.time() > deadline:
+                raise TimeoutError(f"the runtime was still busy after {timeout} s")
+            await asyncio.sleep(0.002)
+
+    def _idle(self) -> bool:
+        return (
+            self._async.idle
+            and self._streams.idle
+            and not any(e.provisioning or e.pool.starting for e in self._registry)
+        )
+
     # -- registration -----------------------------------------------------------------
 
     async def deploy(self, module: str) -> list[str]:
-        """Import ``module`` in a fresh sandbox, register every ``@fnrt.handler`` in it.
+        """Import ``module`` in a discovery sandbox and register every ``@fnrt.handler``.
 
-        The discovery sandbox stays warm for the first function. Deploying a module
-        again replaces its functions: their warm sandboxes retire, new code loads.
+        The discovery sandbox only finds the handlers and their configuration: it is
+        thrown away, so every environment that serves events is initialized under its
+        function's configuration (environment, memory limit), and the first invocation
+        is a cold start. Deploying a module again replaces its functions.
         """
         self._check_running()
-        if not isinstance(module, str) or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", module):
+        if not isinstance(module, str) or not _MODULE.match(module):
             raise InvalidConfig(f"module must be a dotted module name like 'handlers.echo', got {module!r}")
         factory = self._factory(self.config.sandbox)
         sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
@@ -359,26 +286,21 @@ class Runtime:
                     f"module {module!r} has no @fnrt.handler functions; decorate one, "
                     "or register it with add_function(name, 'module:function')"
                 )
-            records = []
-            for item in found:
-                config = FunctionConfig.from_kwargs(item["config"])
-                records.append(
-                    self._record(item["name"], module, item["attr"], config, item.get("extra", {}))
+            records = [
+                self._record(
+                    item["name"],
+                    module,
+                    item["attr"],
+                    FunctionConfig.from_kwargs(item["config"]),
+                    item.get("extra", {}),
                 )
-            self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
-            for record in records:
-                self._register(record)
-            first = records[0]
-            if first.sandbox_kind == factory.kind:
-                bound, _ = await sandbox.request({"op": "bind", "bind": first.bind_info(sandbox.id)})
-                if not bound.get("ok"):
-                    raise init_error(bound.get("error", {}))
-                self._pools[first.name].adopt(sandbox, reply.get("init_ms"), reply.get("log", ""))
-            else:
-                await sandbox.close()
-        except BaseException:
-            sandbox.kill()
-            raise
+                for item in found
+            ]
+        finally:
+            await sandbox.close()
+        self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
+        for record in records:
+            self._register(record)
         await self._provision_all([r.name for r in records])
         self._log.info("deployed", module=module, functions=[r.name for r in records])
         return [r.name for r in records]
@@ -399,11 +321,11 @@ class Runtime:
         return record
 
     async def remove_function(self, name: str) -> None:
-        record = self.get_function(name)
-        pool = self._pools.pop(record.name)
-        del self._functions[record.name]
-        self._limiter.unregister(record.name)
-        for env in pool.drain():
+        """Unregister ``name``: idle sandboxes close now, busy ones when their call ends.
+        Its concurrency, pool and event-invoke config go with it."""
+        entry = self._registry.pop(name)
+        self._limiter.unregister(entry.name)
+        for env in entry.pool.drain():
             await env.sandbox.close()
 
     def _record(
@@ -416,40 +338,33 @@ class Runtime:
             module=module,
             attr=attr,
             config=config,
-            arn=self.config.function_arn(name),
+            arn=function_arn(self.config.region, self.config.account_id, name),
             sandbox_kind=config.sandbox or self.config.sandbox,
             region=self.config.region,
             extra=dict(extra),
             async_config=None if raw_async is None else AsyncConfig.from_kwargs(raw_async),
+            generation=self._registry.next_generation(),
         )
 
     def _register(self, record: FunctionRecord) -> None:
-        self._limiter.register(record.name, record.config.reserved_concurrency)
-        old = self._pools.get(record.name)
+        counter = self._limiter.register(record.name, record.config.reserved_concurrency)
+        pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
+        old = self._registry.put(FunctionEntry(record, pool, counter))
         if old is not None:
-            for env in old.drain():
+            for env in old.pool.drain():
                 env.sandbox.kill()
-        self._functions[record.name] = record
-        self._pools[record.name] = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
 
     async def _provision_all(self, names: list[str]) -> None:
         async with anyio.create_task_group() as tg:
             for name in names:
-                tg.start_soon(self._pools[name].provision)
+                tg.start_soon(self._registry.get(name).pool.provision)
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""
-        record = self._functions.get(name)
-        if record is not None:
-            return record
-        match = _ARN.match(name) if isinstance(name, str) else None
-        record = self._functions.get(match.group(1)) if match else None
-        if record is None:
-            raise FunctionNotFound(str(name))
-        return record
+        return self._registry.get(name).record
 
     def functions(self) -> dict[str, FunctionRecord]:
-        return dict(self._functions)
+        return self._registry.records()
 
     # -- invoke -----------------------------------------------------------------------
 
@@ -474,7 +389,7 @@ class Runtime:
             return result.request_id
         if invocation_type == "DryRun":
             return None
-        return json.loads(result.raw) if result.raw else None
+        return await decode_result(result.raw)
 
     async def invoke_detailed(
         self,
@@ -487,198 +402,21 @@ class Runtime:
     ) -> InvocationResult:
         """Invoke and return Lambda's whole response; a function error is in ``.error``."""
         self._check_running()
-        record = self.get_function(name)
+        entry = self._registry.get(name)
+        request_id = request_id or self._invoker.request_id()
         if invocation_type == "RequestResponse":
-            body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
-            return await self._execute(record, body, request_id or self._request_id(), client_context)
+            body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
+            return await self._invoker.invoke(entry, body, request_id, client_context)
         if invocation_type == "DryRun":
-            encode_payload(payload, SYNC_PAYLOAD_LIMIT)
-            return InvocationResult(request_id or self._request_id(), record.name, 204)
+            await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
+            return InvocationResult(request_id, entry.name, 204)
         if invocation_type == "Event":
-            body = encode_payload(payload, EVENT_PAYLOAD_LIMIT)
-            return await self._enqueue_event(record, body, request_id or self._request_id())
+            body = await encode_payload_async(payload, EVENT_PAYLOAD_LIMIT)
+            await self._async.enqueue(entry, body, request_id)
+            return InvocationResult(request_id, entry.name, 202)
         raise InvalidConfig(
             f"invocation_type must be RequestResponse, Event or DryRun; got {invocation_type!r}"
         )
-
-    async def _enqueue_event(self, record: FunctionRecord, body: bytes, request_id: str) -> InvocationResult:
-        invoker = self._async or await self._async_source()
-        await invoker.queue.enqueue(request_id, record.name, body, self.clock.time())
-        self.metrics.incr("AsyncEventsReceived", record.name)
-        invoker.wake()
-        return InvocationResult(request_id, record.name, 202)
-
-    async def _execute(
-        self,
-        record: FunctionRecord,
-        body: bytes,
-        request_id: str,
-        client_context: Mapping[str, Any] | None = None,
-    ) -> InvocationResult:
-        """The one path every invocation takes, whatever its source.
-
-        Returns the result, with any function error (handler exception, timeout, crash,
-        init failure) in ``.error``; raises only what never reached a handler
-        (:class:`TooManyRequests`, :class:`RuntimeClosed`, :class:`InvalidConfig`).
-        """
-        name = record.name
-        pool = self._pools[name]
-        metrics = self.metrics
-        try:
-            self._limiter.acquire(name)
-        except TooManyRequests:
-            metrics.incr("Throttles", name)
-            raise
-        env: Environment | None = None
-        try:
-            env = pool.take_warm()
-            cold = env is None
-            if env is None:
-                try:
-                    env = await pool.cold_start()
-                except FunctionError as exc:
-                    metrics.incr("Invocations", name)
-                    metrics.incr("Errors", name)
-                    exc.request_id = request_id
-                    self._log.warning(
-                        "init failed",
-                        function=name,
-                        request_id=request_id,
-                        error_type=exc.error_type,
-                        error=exc.error_message,
-                    )
-                    return InvocationResult(
-                        request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True
-                    )
-            return await self._run(record, pool, env, cold, body, request_id, client_context)
-        finally:
-            self._release(name, env)
-
-    def _release(self, name: str, env: Environment | None) -> None:
-        """Give the concurrency slot back; but while a killed subinterpreter sandbox is still
-        running its timed-out handler (a thread cannot be stopped), keep it counted until
-        the sandbox has ``stopped``."""
-        stopped = env.sandbox.stopped if env is not None else None
-        if env is None or stopped is None or stopped.done() or env.sandbox.alive or not self._running:
-            self._limiter.release(name)
-        else:
-            self._spawn(self._release_when(stopped, name))
-
-    async def _release_when(self, stopped: asyncio.Future[None], name: str) -> None:
-        try:
-            await asyncio.shield(stopped)
-        finally:
-            self._limiter.release(name)
-
-    async def _run(
-        self,
-        record: FunctionRecord,
-        pool: FunctionPool,
-        env: Environment,
-        cold: bool,
-        body: bytes,
-        request_id: str,
-        client_context: Mapping[str, Any] | None,
-    ) -> InvocationResult:
-        timeout = record.config.timeout
-        header: dict[str, Any] = {
-            "op": "invoke",
-            "rid": request_id,
-            "deadline_ms": int((self.clock.time() + timeout) * 1000),
-        }
-        if client_context is not None:
-            header["client_context"] = dict(client_context)
-        init_ms, env.init_ms = env.init_ms, None
-        init_log, env.init_log = env.init_log, ""
-        started = self.clock.monotonic()
-        error: FunctionError | None = None
-        try:
-            reply, out = await env.sandbox.request(header, body, timeout)
-        except SandboxTimeout:
-            pool.discard(env)
-            reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""
-            error = FunctionTimeout(
-                "Sandbox.Timedout",
-                f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds",
-            )
-        except SandboxDied as exc:
-            pool.discard(env)
-            if not self._running:
-                raise RuntimeClosed("the runtime closed during the invocation") from None
-            elapsed = (self.clock.monotonic() - started) * 1000
-            reply, out = {"ok": False, "dur": elapsed, "mem": 0, "log": ""}, b""
-            error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
-        except BaseException:
-            pool.discard(env)
-            raise
-        else:
-            if reply.get("fatal"):
-                pool.discard(env)
-            else:
-                pool.give_back(env)
-            env.invocations += 1
-            if not reply["ok"]:
-                e = reply["error"]
-                error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
-            elif len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
-                error = FunctionError(
-                    "Function.ResponseSizeTooLarge",
-                    "Response payload size exceeded maximum allowed payload size "
-                    f"({SYNC_PAYLOAD_LIMIT} bytes).",
-                )
-                out = b""
-        memory = record.config.memory_mb
-        result = InvocationResult(
-            request_id,
-            record.name,
-            200,
-            out,
-            error,
-            output=reply["log"],
-            init_log=init_log,
-            cold_start=cold,
-            duration_ms=reply["dur"],
-            init_duration_ms=init_ms,
-            max_memory_mb=memory if reply.get("fatal") else min(reply["mem"], memory),
-            memory_size_mb=memory,
-        )
-        if error is not None:
-            error.request_id = request_id
-            error.log_tail = _observe.log_tail(result.log)
-        self._record_invocation(result, env.sandbox.id)
-        return result
-
-    def _record_invocation(self, result: InvocationResult, sandbox_id: str) -> None:
-        name = result.function_name
-        metrics = self.metrics
-        metrics.incr("Invocations", name)
-        metrics.observe("Duration", name, result.duration_ms)
-        if result.cold_start:
-            metrics.incr("ColdStarts", name)
-        if result.init_duration_ms is not None:
-            metrics.observe("InitDuration", name, result.init_duration_ms)
-        error = result.error
-        if error is not None:
-            metrics.incr("Errors", name)
-            if isinstance(error, FunctionTimeout):
-                metrics.incr("Timeouts", name)
-        log = self._log
-        if not log.is_enabled_for(logging.INFO):
-            return
-        rid = result.request_id
-        fields = {
-            "function": name,
-            "request_id": rid,
-            "sandbox_id": sandbox_id,
-            "cold_start": result.cold_start,
-        }
-        log.info(_observe.start_line(rid), **fields)
-        if result.output:
-            log.info(result.output.rstrip("\n"), **fields, source="function")
-        if error is not None:
-            log.warning("function error", **fields, error_type=error.error_type, error=error.error_message)
-        log.info(_observe.end_line(rid), **fields)
-        log.info(result.report, **fields, duration_ms=round(result.duration_ms, 2))
 
     # -- async invoke -----------------------------------------------------------------
 
@@ -686,134 +424,109 @@ class Runtime:
         """Set how ``name``'s Event invocations retry and where they end (Lambda's
         event-invoke config): ``max_retry_attempts``, ``retry_delays``, ``max_event_age``,
         ``on_success``, ``on_failure``, ``dead_letter``. Validated here; replaces any
-        ``async_config`` given to ``@fnrt.handler`` and applies to queued events too."""
-        record = self.get_function(name)
-        async_config = AsyncConfig.from_kwargs(config)
-        self._async_configs[record.name] = async_config
-        return async_config
+        ``async_config`` given to ``@fnrt.handler`` and applies to queued events too.
+        It lives with the function: removing the function removes it."""
+        entry = self._registry.get(name)
+        return self._async.configure(entry.name, AsyncConfig.from_kwargs(config))
 
     def async_config(self, name: str) -> AsyncConfig:
         """The async config in force for ``name`` (the defaults if none was set)."""
-        config = self._async_configs.get(name)
-        if config is not None:
-            return config
-        record = self._functions.get(name)
-        if record is not None and record.async_config is not None:
-            return record.async_config
-        return _DEFAULT_ASYNC
+        return self._async.config_for(name)
 
     async def destination_records(self, sink: str) -> list[Any]:
         """The records delivered to a durable sink (``"failed-payments"`` or
         ``"sink:failed-payments"``), oldest first."""
+        self._check_running()
         name = sink if ":" in sink else f"sink:{sink}"
-        invoker = self._async or await self._async_source()
-        return await invoker.queue.sink_records(parse_destination(name)[1])
+        parse_destination(name)
+        return await self._async.destination_records(name)
 
     async def async_event(self, request_id: str) -> dict[str, Any] | None:
         """Where an Event invocation is: its ``state`` (``queued``, ``leased``, ``done``,
         ``failed``), attempts, ``condition`` and, for a failure, the destination record."""
-        invoker = self._async or await self._async_source()
-        return await invoker.queue.event(request_id)
+        self._check_running()
+        return await self._async.event(request_id)
 
     async def async_queue_counts(self, name: str | None = None) -> dict[str, int]:
         """Event counts by state, for one function or all."""
-        invoker = self._async or await self._async_source()
-        return await invoker.queue.counts(name)
+        self._check_running()
+        return await self._async.counts(name)
 
-    async def _async_source(self) -> AsyncInvoker:
-        """Open the queue and start its poller (once; on first use, or at start with a
-        ``state_dir`` so that events an earlier host left behind resume)."""
-        async with self._async_starting:
-            if self._async is None:
-                queue = EventQueue(await self.state())
-                await queue.setup()
-                self._check_running()
-                invoker = AsyncInvoker(self, queue, self.async_config)
-                invoker.start()
-                self._sources.append(invoker)
-                self._async = invoker
-            return self._async
-
-    async def _start_async_quietly(self) -> None:
+    async def _open_async_queue(self) -> None:
         try:
-            await self._async_source()
+            await self._async.queue()
         except RuntimeClosed:
             pass
-        except Exception as exc:  # the next Event invoke tries again and raises it
-            self._log.error("async queue failed to start", error=repr(exc))
+        except FnrtError as exc:  # the next Event invoke tries again and raises it
+            self._log.error("async queue failed to start", exc_info=exc)
 
     # -- maintenance ------------------------------------------------------------------
 
-    async def _maintain(self) -> None:
+    async def _maintain_once(self) -> None:
         """Retire idle sandboxes past their TTL; refill provisioned concurrency."""
         ttl = self.config.idle_ttl
-        interval = min(max(ttl / 4, 0.01), 5.0)
-        while True:
-            await self.clock.sleep(interval)
-            for pool in list(self._pools.values()):
-                for env in pool.retire_idle(ttl):
-                    self._log.debug("sandbox retired", function=pool.function.name, sandbox_id=env.sandbox.id)
-                    await env.sandbox.close()
-                name = pool.function.name
-                if (
-                    pool.size < pool.function.config.provisioned_concurrency
-                    and name not in self._provisioning
-                ):
-                    self._provisioning.add(name)
-                    self._spawn(self._replenish(pool))
+        await self.clock.sleep(min(max(ttl / 4, 0.01), 5.0))
+        for entry in self._registry:
+            pool = entry.pool
+            for env in pool.retire_idle(ttl):
+                self._log.debug("sandbox retired", function=entry.name, sandbox_id=env.sandbox.id)
+                await env.sandbox.close()
+            if pool.size < entry.record.config.provisioned_concurrency and not entry.provisioning:
+                entry.provisioning = True
+                self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
 
-    async def _replenish(self, pool: FunctionPool) -> None:
+    async def _replenish(self, entry: FunctionEntry) -> None:
         try:
-            await pool.provision()
+            await entry.pool.provision()
         except FnrtError as exc:
-            self._log.warning("provisioning failed", function=pool.function.name, error=str(exc))
+            self._log.warning("provisioning failed", function=entry.name, error=str(exc))
         finally:
-            self._provisioning.discard(pool.function.name)
+            entry.provisioning = False
 
     # -- statistics -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Live concurrency, sandboxes and counters, per function and overall."""
         functions: dict[str, dict[str, Any]] = {}
-        for name, pool in self._pools.items():
+        for entry in self._registry:
+            name = entry.name
             functions[name] = {
                 **self._limiter.function_stats(name),
-                **pool.stats(),
+                **entry.pool.stats(),
                 "invocations": int(self.metrics.counter("Invocations", name)),
                 "errors": int(self.metrics.counter("Errors", name)),
             }
-        return {"concurrency": self._limiter.stats(), "functions": functions}
+        return {
+            "concurrency": self._limiter.stats(),
+            "functions": functions,
+            "background_failures": self._supervisor.failures,
+        }
 
     # -- streams ----------------------------------------------------------------------
-
-    def _stream_source(self) -> StreamSource:
-        self._check_running()
-        for source in self._sources:
-            if isinstance(source, StreamSource):
-                return source
-        source = StreamSource(self)
-        self._sources.append(source)
-        return source
 
     async def create_stream(self, name: str, shard_count: int = 1, *, retention_hours: float = 24) -> Stream:
         """Create a sharded stream in the runtime's state (or open it, if it exists: a
         restarted host gets its stream back with every record and shard)."""
-        return await self._stream_source().create_stream(name, shard_count, retention_hours)
+        self._check_running()
+        return await self._streams.create_stream(name, shard_count, retention_hours)
 
     async def get_stream(self, name: str) -> Stream:
         """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""
-        return await self._stream_source().get_stream(name)
+        self._check_running()
+        return await self._streams.get_stream(name)
 
     async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
         """Start an event source mapping from ``stream`` to ``function`` with
         :class:`~fnrt.StreamMappingConfig` settings. The same pair added again after a
         restart resumes from its durable checkpoints."""
+        self._check_running()
         mapping_config = StreamMappingConfig.from_kwargs(config)
-        return await self._stream_source().add_mapping(stream, function, mapping_config)
+        return await self._streams.add_mapping(stream, function, mapping_config)
 
     async def remove_stream_mapping(self, mapping: StreamMapping | str) -> None:
         """Stop a mapping and delete it with its checkpoints and leases."""
-        await self._stream_source().remove_mapping(mapping)
+        self._check_running()
+        await self._streams.remove_mapping(mapping)
 
     def stream_mappings(self) -> list[StreamMapping]:
-        return list(self._stream_source().mappings.values())
+        return list(self._streams.mappings.values())

@@ -20,7 +20,7 @@ import fnrt
 async def main(state_dir: str, outbox: str, enqueue: int, expect: int) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     async with fnrt.Runtime(state_dir=state_dir) as rt:
-        invoker = await rt._async_source()
+        invoker = rt._async
         invoker.lease_margin = 0.3  # leases of a dead host expire 0.3 s after its timeout
         await rt.add_function("send", "handlers.payments:send_receipt", timeout=1, reserved_concurrency=4)
         await asyncio.gather(

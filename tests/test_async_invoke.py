@@ -19,7 +19,7 @@ from .conftest import wait_until
 
 async def parked(rt: fnrt.Runtime) -> None:
     """Wait until the poller has handled everything due and sleeps (real I/O settles)."""
-    await wait_until(lambda: rt._async is not None and rt._async.idle, "the async poller to go idle")
+    await rt.wait_idle()
 
 
 async def event_state(rt: fnrt.Runtime, request_id: str, state: str) -> dict:
@@ -147,16 +147,19 @@ async def test_a_retry_that_succeeds_goes_to_on_success_and_a_function_destinati
         assert audited["responsePayload"] == {"audited": request_id, "condition": "Success"}
 
 
-async def test_throttled_events_wait_without_using_attempts_then_age_out():
+async def test_throttled_events_wait_without_using_attempts_then_age_out(release_file):
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:
         await rt.add_function(
             "frozen",
-            "handlers.payments:audit",
-            reserved_concurrency=0,  # every invoke throttles
+            "handlers.chaos:hold",
+            timeout=900,
+            reserved_concurrency=1,  # held by the sync call below: every Event throttles
             async_config={"max_event_age": 60, "on_failure": "sink:aged"},
         )
-        request_id = await rt.invoke("frozen", {"order": "A-9"}, "Event")
+        held = asyncio.ensure_future(rt.invoke("frozen", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["functions"]["frozen"]["busy"] == 1)
+        request_id = await rt.invoke("frozen", {"release": release_file}, "Event")
         await parked(rt)
         for step, delay in enumerate([1, 2, 4, 8, 16], start=1):  # doubling backoff
             assert rt.metrics.counter("Throttles", "frozen") == step
@@ -178,6 +181,32 @@ async def test_throttled_events_wait_without_using_attempts_then_age_out():
         assert record["requestContext"]["approximateInvokeCount"] == 0
         assert record["responseContext"]["statusCode"] == 429
         assert record["responsePayload"]["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        open(release_file, "w").close()
+        await held
+
+
+async def test_reserved_concurrency_zero_sends_events_to_failure_without_retries():
+    # AWS: "When you set reserved concurrency to zero for an asynchronously invoked
+    # function, Lambda begins sending new events to the configured dead-letter queue or
+    # the on-failure event destination, without any retries."
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function(
+            "off",
+            "handlers.payments:audit",
+            reserved_concurrency=0,
+            async_config={"on_failure": "sink:off-failed", "dead_letter": "sink:off-dlq"},
+        )
+        request_id = await rt.invoke("off", {"order": "A-9"}, "Event")
+        event = await event_state(rt, request_id, "failed")  # no clock advance: no backoff
+        assert event["invokes"] == 0 and event["system_retries"] == 0
+        (record,) = await rt.destination_records("off-failed")
+        assert record["requestContext"]["requestId"] == request_id
+        assert record["requestContext"]["approximateInvokeCount"] == 0
+        assert record["responseContext"]["statusCode"] == 429
+        (dead,) = await rt.destination_records("off-dlq")
+        assert dead["body"] == {"order": "A-9"}
+        assert rt.stats()["functions"]["off"]["invocations"] == 0
 
 
 async def test_a_throttle_is_retried_with_backoff_and_then_runs(tmp_path):
@@ -285,7 +314,7 @@ async def test_concurrent_enqueues_share_commits(tmp_path):
     async with fnrt.Runtime() as rt:
         await rt.add_function("noop", "handlers.echo:noop", reserved_concurrency=0)
         await rt.invoke("noop", {}, "Event")
-        db = await rt.state()
+        db = await rt._state.database()
         commits = 0
         execute = db.conn.execute
 

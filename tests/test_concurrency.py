@@ -35,7 +35,7 @@ async def test_warm_sandboxes_are_reused_most_recent_first(release_file):
         await wait_until(lambda: busy(rt, "hold") == 3)
         open(release_file, "w").close()
         await asyncio.gather(*calls)
-        pool = rt._pools["hold"]
+        pool = rt._registry.get("hold").pool
         most_recent = pool.idle[-1].sandbox.pid
         for _ in range(5):
             assert (await rt.invoke("hold", {"release": release_file}))["pid"] == most_recent

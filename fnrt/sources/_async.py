@@ -25,61 +25,70 @@ the record and the event counts as dropped (Lambda's AsyncEventsDropped) and is 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import json
 import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
+from .._clock import Clock
 from .._config import AsyncConfig, parse_destination
-from ..errors import FunctionNotFound, RuntimeClosed, TooManyRequests
-from ..sandbox import SandboxDied
+from .._invoke import InvocationResult, Invoker
+from .._lambda import (
+    EVENT_PAYLOAD_LIMIT,
+    RESERVED_REASON,
+    THROTTLE_MESSAGE,
+    async_record,
+    dead_letter_message,
+    dumps,
+    function_arn,
+    loads_or_none,
+)
+from .._observe import Metrics
+from .._registry import FunctionEntry, FunctionRegistry
+from .._supervise import INFRASTRUCTURE, Supervisor
+from ..errors import FunctionNotFound, RuntimeClosed, ServiceError, TooManyRequests
 from ..store._queue import EventQueue, Outcome, QueuedEvent
 
-if TYPE_CHECKING:
-    from .._pool import FunctionRecord
-    from .._runtime import InvocationResult, Runtime
-
-# ``@fnrt.handler(async_config={...})`` is read here (validated at deploy by the runtime).
-
-EVENT_PAYLOAD_LIMIT = 1024 * 1024
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+__all__ = ["AsyncInvoker", "AsyncSource"]
 
 
-def _timestamp(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _json(data: bytes | None) -> Any:
-    return json.loads(data) if data else None
-
-
-class AsyncInvoker:
-    """The async queue's poller and retry policy. Registered in ``Runtime._sources``."""
+class AsyncSource:
+    """The async invoke source, whole: enqueue, per-function config, queries, the poller
+    and its retry policy, destinations. It sees the invoker, the registry and the store,
+    never the runtime."""
 
     def __init__(
         self,
-        runtime: Runtime,
-        queue: EventQueue,
-        config_for: Callable[[str], AsyncConfig],
         *,
+        invoker: Invoker,
+        registry: FunctionRegistry,
+        open_queue: Callable[[], Awaitable[EventQueue]],
+        clock: Clock,
+        metrics: Metrics,
+        log: Any,
+        supervisor: Supervisor,
+        region: str = "us-east-1",
+        account_id: str = "000000000000",
         max_in_flight: int = 256,
         per_function: int = 64,
         lease_margin: float = 30.0,
         idle_poll: float = 1.0,
         backoff: tuple[float, float] = (1.0, 300.0),
     ) -> None:
-        self.runtime = runtime
-        self.queue = queue
-        self.clock = runtime.clock
-        self.metrics = runtime.metrics
-        self.config_for = config_for
+        self.invoker = invoker
+        self.registry = registry
+        self._open_queue = open_queue
+        self._queue: EventQueue | None = None
+        self._opening = asyncio.Lock()
+        self.clock = clock
+        self.metrics = metrics
+        self.supervisor = supervisor
+        self.region = region
+        self.account_id = account_id
         self.max_in_flight = max_in_flight
         self.per_function = per_function
         # A lease lasts the function's timeout plus this margin: long enough for an attempt
@@ -88,26 +97,90 @@ class AsyncInvoker:
         self.idle_poll = idle_poll
         self.backoff = backoff
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._log = runtime._log.bind(source="async")
+        self._log = log.bind(source="async")
         self._wake = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], QueuedEvent] = {}
         self._busy: Counter[str] = Counter()
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
 
+    # -- the store --------------------------------------------------------------------
+
+    async def queue(self) -> EventQueue:
+        """The queue store, opened (and its poller started) on first use."""
+        if self._queue is None:
+            async with self._opening:
+                if self._queue is None:
+                    queue = await self._open_queue()
+                    await queue.setup()
+                    self._queue = queue
+                    self.start()
+        return self._queue
+
+    # -- what callers do --------------------------------------------------------------
+
+    async def enqueue(self, entry: FunctionEntry, body: bytes, request_id: str) -> None:
+        """Store one Event durably; returns once it is committed."""
+        queue = self._queue or await self.queue()
+        await queue.enqueue(request_id, entry.name, body, self.clock.time())
+        self.metrics.incr("AsyncEventsReceived", entry.name)
+        self._wake.set()
+
+    def configure(self, name: str, config: AsyncConfig) -> AsyncConfig:
+        """Lambda's event-invoke config for ``name``; applies to queued events too."""
+        self.registry.get(name).async_override = config
+        return config
+
+    def config_for(self, name: str) -> AsyncConfig:
+        entry = self.registry.lookup(name)
+        return entry.async_config if entry is not None else AsyncConfig()
+
+    async def deliver(self, source: str, destination: str, record: str) -> None:
+        """Hand a record to a destination on behalf of another source (a stream mapping's
+        on-failure): a durable sink row, or an ``Event`` for a function. Returns once it is
+        stored; raises what the store raises (the caller then does not move on)."""
+        queue = self._queue or await self.queue()
+        kind, target = parse_destination(destination)
+        now = self.clock.time()
+        if kind == "sink":
+            await queue.append_sink(target, record, now)
+            return
+        body = record.encode()
+        if target not in self.registry or len(body) > EVENT_PAYLOAD_LIMIT:
+            problem = (
+                "not registered" if target not in self.registry else f"{len(body)} bytes, over the limit"
+            )
+            self.metrics.incr("DestinationDeliveryFailures", source)
+            self._log.warning("destination delivery failed", destination=destination, error=problem)
+            return
+        await queue.enqueue(str(uuid.uuid4()), target, body, now)
+        self.metrics.incr("AsyncEventsReceived", target)
+        self._wake.set()
+
+    async def destination_records(self, sink: str) -> list[Any]:
+        return await (await self.queue()).sink_records(parse_destination(sink)[1])
+
+    async def event(self, request_id: str) -> dict[str, Any] | None:
+        return await (await self.queue()).event(request_id)
+
+    async def counts(self, name: str | None = None) -> dict[str, int]:
+        return await (await self.queue()).counts(name)
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
         if self._poller is None:
-            self._poller = asyncio.ensure_future(self._poll())
+            self._poller = self.supervisor.loop("async-poller", self._poll_once)
 
     def wake(self) -> None:
         self._wake.set()
 
     @property
     def idle(self) -> bool:
-        """Nothing in flight and the poller asleep until the next due time (for tests and
-        shutdown decisions: every due event has been handled)."""
+        """Nothing in flight and the poller asleep until the next due time (every due
+        event has been handled). True too when the queue was never opened."""
+        if self._poller is None:
+            return True
         return self._parked and not self._wake.is_set() and not self._in_flight
 
     async def aclose(self) -> None:
@@ -120,50 +193,53 @@ class AsyncInvoker:
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-        if held:
-            await self.queue.release(list(held.values()))
+        if held and self._queue is not None:
+            await self._queue.release(list(held.values()))
 
     # -- the poller -------------------------------------------------------------------
 
-    async def _poll(self) -> None:
-        while True:
-            self._wake.clear()
-            now = self.clock.time()
-            filling = False
-            for record in self.runtime.functions().values():
-                room = self._room(record)
-                if 0 < room < self._batch(record) and self._busy[record.name]:
-                    # Take in batches: a take is a write transaction, so leasing each event
-                    # alone as its predecessor finishes caps throughput at one transaction
-                    # per event. While attempts run, wait until a quarter of the room is free.
-                    filling = True
-                    continue
-                if room > 0:
-                    lease_until = now + record.config.timeout + self.lease_margin
-                    for event in await self.queue.take(record.name, now, room, self.owner, lease_until):
-                        self._start(event)
-            await self._sleep(filling)
+    async def _poll_once(self) -> None:
+        """One turn: take what is due for every function that has room, then sleep."""
+        queue = self._queue or await self.queue()
+        self._wake.clear()
+        now = self.clock.time()
+        filling = False
+        for entry in self.registry:
+            room = self._room(entry)
+            if 0 < room < self._batch(entry) and self._busy[entry.name]:
+                # Take in batches: a take is a write transaction, so leasing each event
+                # alone as its predecessor finishes caps throughput at one transaction
+                # per event. While attempts run, wait until a quarter of the room is free.
+                filling = True
+                continue
+            if room > 0:
+                lease_until = now + entry.record.config.timeout + self.lease_margin
+                for event in await queue.take(entry.name, now, room, self.owner, lease_until):
+                    self._start(event)
+        await self._sleep(queue, filling)
 
-    def _batch(self, record: FunctionRecord) -> int:
+    def _cap(self, entry: FunctionEntry) -> int:
         cap = self.per_function
-        if record.config.reserved_concurrency is not None:
-            cap = min(cap, max(record.config.reserved_concurrency, 1))
-        return max(1, cap // 4)
-
-    def _room(self, record: FunctionRecord) -> int:
-        cap = self.per_function
-        reserved = record.config.reserved_concurrency
+        reserved = entry.counter.reserved
         if reserved is not None:
-            cap = min(cap, max(reserved, 1))  # reserved 0: take one at a time, to throttle and age out
-        return max(0, min(cap - self._busy[record.name], self.max_in_flight - len(self._in_flight)))
+            cap = min(cap, max(reserved, 1))  # reserved 0: one at a time, straight to failure
+        return cap
 
-    async def _sleep(self, filling: bool = False) -> None:
+    def _batch(self, entry: FunctionEntry) -> int:
+        return max(1, self._cap(entry) // 4)
+
+    def _room(self, entry: FunctionEntry) -> int:
+        return max(
+            0, min(self._cap(entry) - self._busy[entry.name], self.max_in_flight - len(self._in_flight))
+        )
+
+    async def _sleep(self, queue: EventQueue, filling: bool = False) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
         enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys).
         ``filling``: attempts are running and a finishing one will wake us, so do not ask
         the database when the next event is due (a query per finished attempt)."""
-        ready = [r.name for r in self.runtime.functions().values() if self._room(r) > 0]
-        due = None if filling else await self.queue.next_due(ready)
+        ready = [e.name for e in self.registry if self._room(e) > 0]
+        due = None if filling else await queue.next_due(ready)
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return
@@ -176,7 +252,7 @@ class AsyncInvoker:
             timer.cancel()
 
     def _start(self, event: QueuedEvent) -> None:
-        task = asyncio.ensure_future(self._attempt(event))
+        task = self.supervisor.spawn(self._attempt_logged(event))
         self._in_flight[task] = event
         self._busy[event.function] += 1
         task.add_done_callback(self._finished)
@@ -184,14 +260,16 @@ class AsyncInvoker:
     def _finished(self, task: asyncio.Task[None]) -> None:
         event = self._in_flight.pop(task)
         self._busy[event.function] -= 1
-        if not task.cancelled() and task.exception() is not None:
-            # The write-back failed (the database): the lease expires and the event runs again.
-            self._log.error(
-                "async attempt not recorded", request_id=event.request_id, error=repr(task.exception())
-            )
         self._wake.set()
 
     # -- one attempt ------------------------------------------------------------------
+
+    async def _attempt_logged(self, event: QueuedEvent) -> None:
+        try:
+            await self._attempt(event)
+        except INFRASTRUCTURE as exc:
+            # The write-back failed (the store): the lease expires and the event runs again.
+            self._log.error("async attempt not recorded", request_id=event.request_id, exc_info=exc)
 
     async def _attempt(self, event: QueuedEvent) -> None:
         name = event.function
@@ -203,24 +281,32 @@ class AsyncInvoker:
             await self._fail(event, config, "EventAgeExceeded", event.invokes, event.attempts)
             return
         try:
-            record = self.runtime.get_function(name)
+            entry = self.registry.get(name)
+            if entry.counter.reserved == 0:
+                # Lambda: with reserved concurrency 0, new events go to the dead-letter
+                # queue or on-failure destination without any retries.
+                refused = dumps(TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE).to_lambda()).encode()
+                await self._fail(
+                    event, config, "RetriesExhausted", event.invokes, event.attempts, 429, None, refused
+                )
+                return
             self.metrics.observe("AsyncEventAge", name, age * 1000)
-            result = await self.runtime._execute(record, event.payload, event.request_id)
+            result = await self.invoker.invoke(entry, event.payload, event.request_id)
         except RuntimeClosed:
             return  # closing: aclose() gives the lease back
         except TooManyRequests as exc:
-            await self._back_off(event, config, expires, 429, None, _dumps(exc.to_lambda()).encode())
+            await self._back_off(event, config, expires, 429, None, dumps(exc.to_lambda()).encode())
             return
-        except (SandboxDied, FunctionNotFound, OSError) as exc:
+        except (ServiceError, FunctionNotFound) as exc:
             body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-            await self._back_off(event, config, expires, 500, None, _dumps(body).encode())
+            await self._back_off(event, config, expires, 500, None, dumps(body).encode())
             return
         invokes = event.invokes + 1
         if result.error is None:
             await self._succeed(event, config, result, invokes)
             return
         attempts = event.attempts + 1
-        response = _dumps(result.error.to_lambda()).encode()
+        response = dumps(result.error.to_lambda()).encode()
         if attempts > config.max_retry_attempts:
             await self._fail(event, config, "RetriesExhausted", invokes, attempts, 200, "Unhandled", response)
             return
@@ -233,7 +319,7 @@ class AsyncInvoker:
             error_type=result.error.error_type,
             run_at=run_at,
         )
-        await self.queue.settle(
+        await self._settle(
             event,
             Outcome(
                 "queued",
@@ -267,7 +353,7 @@ class AsyncInvoker:
                 event, config, "EventAgeExceeded", event.invokes, event.attempts, status, None, response
             )
             return
-        await self.queue.settle(
+        await self._settle(
             event,
             Outcome(
                 "queued",
@@ -297,7 +383,7 @@ class AsyncInvoker:
         if config.on_success is not None:
             record = self._record(event, "Success", invokes, 200, None, result.raw or b"null", now)
             outcome = self._deliver(outcome, event.function, config.on_success, record)
-        await self.queue.settle(event, outcome, now)
+        await self._settle(event, outcome, now)
 
     async def _fail(
         self,
@@ -345,7 +431,7 @@ class AsyncInvoker:
             dead_letter=config.dead_letter,
         )
         try:
-            await self.queue.settle(event, outcome, now)
+            await self._settle(event, outcome, now)
         except Exception:
             if config.dead_letter is not None:
                 self.metrics.incr("DeadLetterErrors", name)
@@ -355,6 +441,10 @@ class AsyncInvoker:
 
     # -- records ----------------------------------------------------------------------
 
+    async def _settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
+        queue = self._queue or await self.queue()
+        await queue.settle(event, outcome, now)
+
     def _deliver(self, outcome: Outcome, function: str, destination: str, record: str) -> Outcome:
         """Add a destination's record to the outcome's transaction: a sink row, or an
         Event for another function."""
@@ -362,14 +452,12 @@ class AsyncInvoker:
         if kind == "sink":
             return attrs.evolve(outcome, sink_records=[*outcome.sink_records, (target, record)])
         body = record.encode()
-        try:
-            self.runtime.get_function(target)
-        except FunctionNotFound:
+        if target not in self.registry:
             problem = f"destination function {target!r} is not registered"
+        elif len(body) <= EVENT_PAYLOAD_LIMIT:
+            self.metrics.incr("AsyncEventsReceived", target)
+            return attrs.evolve(outcome, events=[*outcome.events, (str(uuid.uuid4()), target, body)])
         else:
-            if len(body) <= EVENT_PAYLOAD_LIMIT:
-                self.metrics.incr("AsyncEventsReceived", target)
-                return attrs.evolve(outcome, events=[*outcome.events, (str(uuid.uuid4()), target, body)])
             problem = f"the record is {len(body)} bytes, over the {EVENT_PAYLOAD_LIMIT} byte Event limit"
         # Not delivered: the record stays on the event's row (Runtime.async_event shows it).
         self.metrics.incr("DestinationDeliveryFailures", function)
@@ -387,36 +475,27 @@ class AsyncInvoker:
         now: float,
     ) -> str:
         """The record Lambda sends to a destination."""
-        response_context: dict[str, Any] = {"statusCode": status, "executedVersion": "$LATEST"}
-        if function_error is not None:
-            response_context["functionError"] = function_error
-        return _dumps(
-            {
-                "version": "1.0",
-                "timestamp": _timestamp(now),
-                "requestContext": {
-                    "requestId": event.request_id,
-                    "functionArn": f"{self.runtime.config.function_arn(event.function)}:$LATEST",
-                    "condition": condition,
-                    "approximateInvokeCount": invokes,
-                },
-                "requestPayload": _json(event.payload),
-                "responseContext": response_context,
-                "responsePayload": _json(response),
-            }
+        return dumps(
+            async_record(
+                request_id=event.request_id,
+                function_arn=function_arn(self.region, self.account_id, event.function),
+                condition=condition,
+                invokes=invokes,
+                status=status,
+                function_error=function_error,
+                request_payload=loads_or_none(event.payload),
+                response_payload=loads_or_none(response),
+                now=now,
+            )
         )
 
     def _dead_letter_message(self, event: QueuedEvent, status: int | None, response: bytes | None) -> str:
-        """Lambda's dead-letter message: the event itself, with the failure as attributes."""
-        error = _json(response) or {}
-        message = error.get("errorMessage") or error.get("message") or ""
-        return _dumps(
-            {
-                "body": _json(event.payload),
-                "messageAttributes": {
-                    "RequestID": event.request_id,
-                    "ErrorCode": str(status or 200),
-                    "ErrorMessage": str(message)[:1024],
-                },
-            }
+        return dumps(
+            dead_letter_message(
+                event.request_id, loads_or_none(event.payload), status, loads_or_none(response)
+            )
         )
+
+
+#: The name this class had before 0.2 (it is the whole source now, not only the poller).
+AsyncInvoker = AsyncSource

@@ -22,18 +22,35 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import json
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .._clock import Clock
 from .._config import StreamMappingConfig
-from .._observe import logger
-from ..errors import FunctionNotFound, InvalidConfig, InvalidPayload, StreamNotFound, TooManyRequests
+from .._invoke import Invoker, decode_result
+from .._lambda import (
+    MAX_BATCH_BYTES,
+    MAX_RECORD_BYTES,
+    backoff,
+    dumps,
+    function_arn,
+    stream_arn,
+    stream_failure_record,
+)
+from .._observe import Metrics
+from .._registry import FunctionRegistry
+from .._supervise import INFRASTRUCTURE, Supervisor
+from ..errors import (
+    FunctionNotFound,
+    InvalidConfig,
+    InvalidPayload,
+    ServiceError,
+    StreamNotFound,
+    TooManyRequests,
+)
 from ..store._streams import (
     MAX_HASH_KEY,
     Shard,
@@ -44,24 +61,13 @@ from ..store._streams import (
     seq_str,
 )
 
-if TYPE_CHECKING:
-    from .._runtime import Runtime
-
-MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' record size limit
-MAX_BATCH_BYTES = 6 * 1024 * 1024  # Lambda's invoke payload limit
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _iso(ts: float) -> str:
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+Deliver = Callable[[str, str, str], Awaitable[None]]
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
-    first, longest = limits
-    return float(min(longest, first * 2 ** max(0, attempt - 1)))
+    return backoff(attempt, *limits)
 
 
 class _Waker:
@@ -73,6 +79,9 @@ class _Waker:
 
     def set(self) -> None:
         self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
     async def wait(self, timeout: float) -> None:
         handle = self._clock.call_later(timeout, self._event.set)
@@ -96,7 +105,7 @@ class Stream:
     def __init__(self, source: StreamSource, name: str) -> None:
         self._source = source
         self.name = name
-        self.arn = f"arn:aws:kinesis:{source.region}:{source.account_id}:stream/{name}"
+        self.arn = stream_arn(source.region, source.account_id, name)
 
     def __repr__(self) -> str:
         return f"<Stream {self.name!r}>"
@@ -205,7 +214,8 @@ class StreamMapping:
         self._lease_until: dict[str, float] = {}  # when our lease of each shard runs out
         self._coordinator: asyncio.Task[None] | None = None
         self._wake_coordinator = _Waker(source.clock)
-        self._log = logger().bind(mapping=uuid_, stream=stream.name, function=function)
+        self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
+        self._parked = False
 
     def __repr__(self) -> str:
         return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
@@ -217,7 +227,7 @@ class StreamMapping:
     def iterator_age(self) -> dict[str, float]:
         """The ``IteratorAge`` metric (ms): how old the last record of each batch was when
         the batch was read."""
-        return self._source.runtime.metrics.summary("IteratorAge", self.uuid)
+        return self._source.metrics.summary("IteratorAge", self.uuid)
 
     async def failure_records(self) -> list[dict[str, Any]]:
         """The on-failure records this mapping wrote (Lambda's record, no record data)."""
@@ -243,35 +253,51 @@ class StreamMapping:
 
     # -- coordinator: leases and pollers ---------------------------------------------
 
-    def start(self) -> None:
-        self._coordinator = asyncio.ensure_future(self._coordinate())
+    @property
+    def idle(self) -> bool:
+        """The coordinator and every shard poller wait for new records or for time to
+        pass (a retry delay, the next poll): nothing can happen without either."""
+        if self._coordinator is None or self._coordinator.done():
+            return True
+        return (
+            self._parked
+            and not self._wake_coordinator.is_set()
+            and all(p.idle for p in self._poller_objects.values())
+        )
 
-    async def _coordinate(self) -> None:
+    def start(self) -> None:
+        self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
+
+    async def _coordinate_once(self) -> None:
+        """One turn: heartbeat what we hold, take the shards that are ready, then sleep."""
         clock = self._source.clock
         ttl = self.config.lease_seconds
-        while True:
-            store = await self._source.store()
+        store = await self._source.store()
+        now = clock.time()
+        held = await store.heartbeat(self.uuid, self.owner, list(self._pollers), now, ttl)
+        self._lease_until.update(dict.fromkeys(held, now + ttl))
+        for shard_id in list(self._pollers):
+            if shard_id not in held:
+                self._log.warning("lease lost", shard_id=shard_id)
+                self._stop_poller(shard_id)
+        checkpoints = await store.checkpoints(self.uuid)
+        for shard in await store.shards(self.stream.name):
+            done = checkpoints.get(shard.shard_id)
+            if shard.shard_id in self._pollers or (done and done.finished):
+                continue
+            parents = [checkpoints.get(p) for p in shard.parents]
+            if not all(p is not None and p.finished for p in parents):
+                continue  # a child shard waits until its parents are read to the end
             now = clock.time()
-            held = await store.heartbeat(self.uuid, self.owner, list(self._pollers), now, ttl)
-            self._lease_until.update(dict.fromkeys(held, now + ttl))
-            for shard_id in list(self._pollers):
-                if shard_id not in held:
-                    self._log.warning("lease lost", shard_id=shard_id)
-                    self._stop_poller(shard_id)
-            checkpoints = await store.checkpoints(self.uuid)
-            for shard in await store.shards(self.stream.name):
-                done = checkpoints.get(shard.shard_id)
-                if shard.shard_id in self._pollers or (done and done.finished):
-                    continue
-                parents = [checkpoints.get(p) for p in shard.parents]
-                if not all(p is not None and p.finished for p in parents):
-                    continue  # a child shard waits until its parents are read to the end
-                now = clock.time()
-                if await store.acquire_lease(self.uuid, shard.shard_id, self.owner, now, ttl):
-                    self._lease_until[shard.shard_id] = now + ttl
-                    self._log.info("lease taken", shard_id=shard.shard_id)
-                    self._start_poller(shard)
+            if await store.acquire_lease(self.uuid, shard.shard_id, self.owner, now, ttl):
+                self._lease_until[shard.shard_id] = now + ttl
+                self._log.info("lease taken", shard_id=shard.shard_id)
+                self._start_poller(shard)
+        self._parked = True
+        try:
             await self._wake_coordinator.wait(min(ttl / 3, self.config.poll_interval))
+        finally:
+            self._parked = False
 
     def lease_valid(self, shard_id: str) -> bool:
         """Whether our lease of ``shard_id`` is still live by our own clock. A poller
@@ -281,7 +307,7 @@ class StreamMapping:
 
     def _start_poller(self, shard: Shard) -> None:
         poller = ShardPoller(self, shard)
-        task = asyncio.ensure_future(poller.run())
+        task = self._source.supervisor.spawn(poller.run(), name=f"shard-poller:{self.uuid}:{shard.shard_id}")
         self._pollers[shard.shard_id] = task
         self._poller_objects[shard.shard_id] = poller
 
@@ -289,8 +315,6 @@ class StreamMapping:
             if self._pollers.get(shard.shard_id) is done:
                 del self._pollers[shard.shard_id]
                 del self._poller_objects[shard.shard_id]
-            if not done.cancelled() and done.exception() is not None:
-                self._log.error("shard poller failed", shard_id=shard.shard_id, error=repr(done.exception()))
             self._wake_coordinator.set()
 
         task.add_done_callback(forget)
@@ -327,13 +351,36 @@ class ShardPoller:
         self.source = mapping._source
         self.clock = self.source.clock
         self.waker = _Waker(self.clock)
-        self.runtime = self.source.runtime
         self.log = mapping._log.bind(shard_id=shard.shard_id)
+        self.parked = False
         self._order: deque[int] = deque()  # sequence numbers of the round, in order
         self._done: set[int] = set()
         self._position = -1  # the checkpoint: last sequence number done
 
+    @property
+    def idle(self) -> bool:
+        return self.parked and not self.waker.is_set()
+
+    async def _park(self, wait: Awaitable[None]) -> None:
+        self.parked = True
+        try:
+            await wait
+        finally:
+            self.parked = False
+
     async def run(self) -> None:
+        """Poll until the shard is finished or the lease is lost. A store or sandbox
+        failure ends this poller with the error logged; the coordinator starts a new one
+        from the durable checkpoint on its next turn (while the lease holds)."""
+        try:
+            await self._run()
+        except* INFRASTRUCTURE as group:
+            for exc in group.exceptions:
+                self.log.error("shard poller failed; restarting from the checkpoint", exc_info=exc)
+            self.source.supervisor.failures += 1
+            await self._park(self.clock.sleep(min(self.config.lease_seconds / 3, 1.0)))
+
+    async def _run(self) -> None:
         store = await self.source.store()
         start = (await store.checkpoints(self.mapping.uuid)).get(self.shard.shard_id)
         if start is not None and start.finished:
@@ -358,7 +405,7 @@ class ShardPoller:
                 await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
                 self.log.info("shard finished")
                 return
-            await self.waker.wait(config.poll_interval)
+            await self._park(self.waker.wait(config.poll_interval))
 
     async def _gather(self, store: StreamStore, limit: int) -> list[StoredRecord]:
         """Read up to ``limit`` records after the checkpoint, waiting up to
@@ -369,7 +416,7 @@ class ShardPoller:
             return records
         deadline = self.clock.monotonic() + window
         while len(records) < self.config.batch_size and (left := deadline - self.clock.monotonic()) > 0:
-            await self.waker.wait(left)
+            await self._park(self.waker.wait(left))
             records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
         return records
 
@@ -422,11 +469,11 @@ class ShardPoller:
                 raise _LeaseLost(self.shard.shard_id)
             try:
                 failed = await self._invoke(part)
-            except (TooManyRequests, FunctionNotFound) as exc:
+            except (TooManyRequests, FunctionNotFound, ServiceError) as exc:
                 throttles += 1  # the shard waits, in order; no attempt is used
                 self.log.info("throttled", error=str(exc), retry=throttles)
                 pending.appendleft(part)
-                await self.clock.sleep(_backoff(throttles, THROTTLE_BACKOFF))
+                await self._park(self.clock.sleep(_backoff(throttles, THROTTLE_BACKOFF)))
                 continue
             throttles = 0
             succeeded = part[: len(part) - len(failed)]
@@ -447,7 +494,7 @@ class ShardPoller:
                     attempts = 0
                     continue
                 pending.appendleft(failed)
-                await self.clock.sleep(_backoff(attempts, RETRY_BACKOFF))
+                await self._park(self.clock.sleep(_backoff(attempts, RETRY_BACKOFF)))
 
     def _split_expired(self, part: list[StoredRecord]) -> tuple[list[StoredRecord], list[StoredRecord]]:
         max_age: float = self.config.max_record_age
@@ -461,17 +508,17 @@ class ShardPoller:
 
     async def _invoke(self, part: list[StoredRecord]) -> list[StoredRecord]:
         """Invoke the function with ``part``; returns the records that failed (a suffix)."""
-        runtime = self.runtime
-        record = runtime.get_function(self.mapping.function)
+        source = self.source
+        entry = source.registry.get(self.mapping.function)
         age_ms = max(0.0, (self.clock.time() - part[-1].arrival) * 1000)
-        runtime.metrics.observe("IteratorAge", self.mapping.uuid, age_ms)
+        source.metrics.observe("IteratorAge", self.mapping.uuid, age_ms)
         body = self._event(part)
-        result = await runtime._execute(record, body, str(uuid.uuid4()))
+        result = await source.invoker.invoke(entry, body, source.invoker.request_id())
         if result.error is not None:
             return part
         if not self.config.report_batch_item_failures:
             return []
-        return _failed_suffix(part, result.payload)
+        return _failed_suffix(part, await decode_result(result.raw))
 
     def _event(self, part: list[StoredRecord]) -> bytes:
         stream = self.mapping.stream
@@ -480,13 +527,13 @@ class ShardPoller:
         head = (
             '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
             f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
-            f'"awsRegion":{_dumps(source.region)},"eventSourceARN":{_dumps(stream.arn)},'
+            f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(stream.arn)},'
         )
         items = []
         for r in part:
             seq = seq_str(r.seq)
             items.append(
-                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{_dumps(r.partition_key)},'
+                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{dumps(r.partition_key)},'
                 f'"sequenceNumber":"{seq}","data":"{r.data}","approximateArrivalTimestamp":{r.arrival!r}}},'
                 f'{head}"eventID":"{shard_id}:{seq}"}}'
             )
@@ -495,16 +542,23 @@ class ShardPoller:
     async def _complete(
         self, store: StreamStore, records: Sequence[StoredRecord], failure: tuple[str, int] | None = None
     ) -> None:
-        """Mark ``records`` done and move the checkpoint over the done prefix of the round."""
+        """Mark ``records`` done and move the checkpoint over the done prefix of the round.
+
+        Skipped records go to the on-failure destination first (at least once: a crash
+        before the checkpoint fails them again and delivers the record again). Lanes
+        complete concurrently, so the position only ever moves forward."""
+        failure_record = self._failure_record(records, *failure) if failure is not None else None
+        destination = self.config.on_failure
+        if failure_record is not None and destination is not None:
+            await self.source.deliver(self.mapping.function, destination, dumps(failure_record))
         self._done.update(r.seq for r in records)
         position = self._position
         while self._order and self._order[0] in self._done:
             position = self._order.popleft()
             self._done.discard(position)
-        failure_record = self._failure_record(records, *failure) if failure is not None else None
         if position != self._position or failure_record is not None:
             await self._checkpoint(store, position, failure=failure_record)
-            self._position = position
+            self._position = max(self._position, position)
         if failure is not None:
             self.log.warning(
                 "records skipped",
@@ -513,7 +567,7 @@ class ShardPoller:
                 first=seq_str(records[0].seq),
                 last=seq_str(records[-1].seq),
             )
-            self.runtime.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
+            self.source.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
 
     async def _checkpoint(
         self,
@@ -539,31 +593,21 @@ class ShardPoller:
         self, records: Sequence[StoredRecord], condition: str, attempts: int
     ) -> dict[str, Any]:
         """Lambda's on-failure record for a stream: where the skipped records are, not them."""
-        function = self.runtime.get_function(self.mapping.function)
-        return {
-            "requestContext": {
-                "requestId": str(uuid.uuid4()),
-                "functionArn": function.arn,
-                "condition": condition,
-                "approximateInvokeCount": attempts,
-            },
-            "responseContext": {
-                "statusCode": 200,
-                "executedVersion": "$LATEST",
-                "functionError": "Unhandled",
-            },
-            "version": "1.0",
-            "timestamp": _iso(self.clock.time()),
-            "KinesisBatchInfo": {
-                "shardId": self.shard.shard_id,
-                "startSequenceNumber": seq_str(records[0].seq),
-                "endSequenceNumber": seq_str(records[-1].seq),
-                "approximateArrivalOfFirstRecord": _iso(records[0].arrival),
-                "approximateArrivalOfLastRecord": _iso(records[-1].arrival),
-                "batchSize": len(records),
-                "streamArn": self.mapping.stream.arn,
-            },
-        }
+        source = self.source
+        return stream_failure_record(
+            request_id=str(uuid.uuid4()),
+            function_arn=function_arn(source.region, source.account_id, self.mapping.function),
+            condition=condition,
+            attempts=attempts,
+            shard_id=self.shard.shard_id,
+            first_seq=seq_str(records[0].seq),
+            last_seq=seq_str(records[-1].seq),
+            first_arrival=records[0].arrival,
+            last_arrival=records[-1].arrival,
+            batch_size=len(records),
+            stream_arn=self.mapping.stream.arn,
+            now=self.clock.time(),
+        )
 
 
 def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
@@ -608,13 +652,34 @@ def _failed_suffix(part: list[StoredRecord], payload: Any) -> list[StoredRecord]
 
 
 class StreamSource:
-    """The runtime's streams and mappings (registered in ``Runtime._sources``)."""
+    """Streams and their mappings. Sees the invoker, the registry and the stream store,
+    never the runtime; on-failure records go out through ``deliver`` (the async source)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.clock: Clock = runtime.clock
-        self.region = runtime.config.region
-        self.account_id = runtime.config.account_id
+    def __init__(
+        self,
+        *,
+        invoker: Invoker,
+        registry: FunctionRegistry,
+        open_store: Callable[[], Awaitable[StreamStore]],
+        deliver: Deliver,
+        clock: Clock,
+        metrics: Metrics,
+        log: Any,
+        supervisor: Supervisor,
+        region: str = "us-east-1",
+        account_id: str = "000000000000",
+    ) -> None:
+        self.invoker = invoker
+        self.registry = registry
+        self._open_store = open_store
+        self.deliver = deliver
+        self.clock = clock
+        self.metrics = metrics
+        self.log = log.bind(source="streams")
+        self.supervisor = supervisor
+        self.region = region
+        self.account_id = account_id
+        self._opening = asyncio.Lock()
         self._store: StreamStore | None = None
         self._streams: dict[str, Stream] = {}
         self._retention: dict[str, float] = {}
@@ -622,8 +687,14 @@ class StreamSource:
 
     async def store(self) -> StreamStore:
         if self._store is None:
-            self._store = await StreamStore.open(await self.runtime.state())
+            async with self._opening:
+                if self._store is None:
+                    self._store = await self._open_store()
         return self._store
+
+    @property
+    def idle(self) -> bool:
+        return all(m.idle for m in self.mappings.values())
 
     def retention(self, stream: str) -> float:
         return self._retention.get(stream, 86_400.0)
@@ -662,7 +733,7 @@ class StreamSource:
         self, stream_name: str, function: str, config: StreamMappingConfig
     ) -> StreamMapping:
         stream = await self.get_stream(stream_name)
-        name = self.runtime.get_function(function).name
+        name = self.registry.get(function).name
         for mapping in self.mappings.values():
             if mapping.stream.name == stream.name and mapping.function == name:
                 raise InvalidConfig(

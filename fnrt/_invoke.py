@@ -1,0 +1,415 @@
+"""The invoker: the one path every invocation takes, whatever its source.
+
+An invoke flows: take a concurrency slot (or throttle at once) -> take a warm sandbox (or
+cold-start one) -> one request/reply with the function's timeout -> give the sandbox back
+(or destroy it) -> log START/END/REPORT and count metrics -> release the slot. Sync
+invoke, the async queue and the stream pollers all call :meth:`Invoker.invoke`; none of
+them knows the runtime.
+
+What can come out of it: an :class:`InvocationResult` (with any function error, handler
+exception, timeout, crash or init failure in ``.error``), or one of the public errors
+that mean no handler ran: :class:`~fnrt.errors.TooManyRequests`,
+:class:`~fnrt.errors.RuntimeClosed`, :class:`~fnrt.errors.InvalidConfig`,
+:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import _observe
+from ._clock import Clock
+from ._concurrency import ConcurrencyLimiter, Slot
+from ._lambda import (
+    LARGE_PAYLOAD,
+    LATEST,
+    SYNC_PAYLOAD_LIMIT,
+    dumps,
+    loads,
+    response_too_large,
+    timeout_message,
+)
+from ._pool import Environment, FunctionPool
+from ._registry import FunctionEntry, FunctionRecord
+from .errors import (
+    FnrtError,
+    FunctionError,
+    FunctionTimeout,
+    InvalidPayload,
+    PayloadTooLarge,
+    RuntimeClosed,
+    ServiceError,
+    TooManyRequests,
+)
+from .sandbox import SandboxDied, SandboxTimeout
+
+__all__ = ["InvocationResult", "Invoker", "decode_result", "encode_payload", "encode_payload_async"]
+
+Observer = Callable[["InvocationResult", str, bytes], None]
+
+
+# -- payloads -------------------------------------------------------------------------
+
+
+def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
+    """The event as JSON bytes. ``bytes`` are taken as a JSON document already."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        body = bytes(payload)
+        if len(body) > limit:
+            raise PayloadTooLarge(len(body), limit)
+        if not body.strip():
+            return b"{}"
+        try:
+            loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
+        return body
+    try:
+        body = dumps(payload).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"payload is not JSON: {exc}") from None
+    if len(body) > limit:
+        raise PayloadTooLarge(len(body), limit)
+    return body
+
+
+def _looks_large(payload: Any, budget: int = 64) -> bool:
+    """A cheap guess whether ``payload`` encodes to more than ``LARGE_PAYLOAD`` bytes: the
+    sizes of strings found in a bounded walk, and any big container, say so."""
+    stack = [payload]
+    size = 0
+    while stack and budget > 0:
+        budget -= 1
+        item = stack.pop()
+        if isinstance(item, (str, bytes, bytearray, memoryview)):
+            size += len(item)
+        elif isinstance(item, dict):
+            if len(item) > 1024:
+                return True
+            stack.extend(item.values())
+            size += 8 * len(item)
+        elif isinstance(item, (list, tuple)):
+            if len(item) > 1024:
+                return True
+            stack.extend(item)
+        if size > LARGE_PAYLOAD:
+            return True
+    return bool(stack)  # ran out of budget: deep or wide, encode off the loop
+
+
+async def encode_payload_async(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
+    """:func:`encode_payload`, on a worker thread when the payload is large (a 6 MB
+    document takes tens of milliseconds to encode or validate: not on the event loop)."""
+    if _looks_large(payload):
+        return await asyncio.to_thread(encode_payload, payload, limit)
+    return encode_payload(payload, limit)
+
+
+async def decode_result(raw: bytes) -> Any:
+    """A result's JSON, decoded on a worker thread when it is large."""
+    if not raw:
+        return None
+    if len(raw) >= LARGE_PAYLOAD:
+        return await asyncio.to_thread(json.loads, raw)
+    return json.loads(raw)
+
+
+# -- results --------------------------------------------------------------------------
+
+
+class InvocationResult:
+    """Everything Lambda's Invoke API returns, plus what the REPORT line says.
+
+    The log text (START, the handler's output, END, REPORT) is composed on first access:
+    most callers never read it, and the warm path should not pay for it.
+    """
+
+    __slots__ = (
+        "_init_log",
+        "_log",
+        "cold_start",
+        "duration_ms",
+        "error",
+        "executed_version",
+        "function_name",
+        "init_duration_ms",
+        "max_memory_mb",
+        "memory_size_mb",
+        "output",
+        "raw",
+        "request_id",
+        "status_code",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        function_name: str,
+        status_code: int,
+        raw: bytes = b"",
+        error: FunctionError | None = None,
+        *,
+        log: str | None = None,
+        output: str = "",
+        init_log: str = "",
+        cold_start: bool = False,
+        duration_ms: float = 0.0,
+        init_duration_ms: float | None = None,
+        max_memory_mb: int = 0,
+        memory_size_mb: int = 128,
+    ) -> None:
+        self.request_id = request_id
+        self.function_name = function_name
+        self.status_code = status_code
+        self.raw = raw
+        self.error = error
+        self.output = output
+        self.cold_start = cold_start
+        self.duration_ms = duration_ms
+        self.init_duration_ms = init_duration_ms
+        self.max_memory_mb = max_memory_mb
+        self.memory_size_mb = memory_size_mb
+        self.executed_version = LATEST
+        self._init_log = init_log
+        self._log = log
+
+    @property
+    def payload(self) -> Any:
+        """The handler's result (or Lambda's error body on a function error)."""
+        if self.error is not None:
+            return self.error.to_lambda()
+        return json.loads(self.raw) if self.raw else None
+
+    @property
+    def function_error(self) -> str | None:
+        return "Unhandled" if self.error is not None else None
+
+    @property
+    def report(self) -> str:
+        """Lambda's ``REPORT`` line for this invocation."""
+        return _observe.report_line(
+            self.request_id, self.duration_ms, self.memory_size_mb, self.max_memory_mb, self.init_duration_ms
+        )
+
+    @property
+    def log(self) -> str:
+        """The invocation's log as Lambda writes it: START, output, END, REPORT."""
+        if self._log is None:
+            rid = self.request_id
+            self._log = (
+                f"{self._init_log}{_observe.start_line(rid)}\n{self.output}"
+                f"{_observe.end_line(rid)}\n{self.report}\n"
+            )
+        return self._log
+
+    @property
+    def log_result(self) -> str:
+        """``X-Amz-Log-Result``: base64 of the log's last 4 KB."""
+        return _observe.log_result(self.log)
+
+    def __repr__(self) -> str:
+        state = f"error={self.error.error_type}" if self.error else f"{len(self.raw)} bytes"
+        return f"<InvocationResult {self.function_name} {self.request_id} {self.status_code} {state}>"
+
+
+# -- the invoker ----------------------------------------------------------------------
+
+
+class Invoker:
+    """Encodes nothing and knows no source: admits, runs and reports one invocation."""
+
+    def __init__(
+        self,
+        limiter: ConcurrencyLimiter,
+        clock: Clock,
+        metrics: _observe.Metrics,
+        log: Any,
+    ) -> None:
+        self.limiter = limiter
+        self.clock = clock
+        self.metrics = metrics
+        self.log = log
+        #: Called with ``(result, sandbox_id, request_body)`` after every invocation that
+        #: reached a sandbox (the console's recent-invocations ring, for one).
+        self.observers: list[Observer] = []
+        #: Set by the runtime when it starts closing: a sandbox killed under a call then
+        #: means :class:`RuntimeClosed`, not a crash of the function.
+        self.closing = False
+        # Request ids in UUID form: a random prefix per runtime and a counter. Unique like
+        # uuid4() (76 random bits per runtime) at a tenth of its cost on the warm path.
+        prefix = uuid.uuid4().hex
+        variant = "89ab"[int(prefix[16], 16) % 4]
+        self._rid_prefix = f"{prefix[:8]}-{prefix[8:12]}-4{prefix[13:16]}-{variant}{prefix[17:20]}-"
+        self._rid_counter = itertools.count(int(prefix[20:32], 16) >> 8)
+
+    def request_id(self) -> str:
+        return f"{self._rid_prefix}{next(self._rid_counter) & 0xFFFFFFFFFFFF:012x}"
+
+    async def invoke(
+        self,
+        entry: FunctionEntry,
+        body: bytes,
+        request_id: str,
+        client_context: Mapping[str, Any] | None = None,
+    ) -> InvocationResult:
+        """Run one invocation of ``entry``'s function with the JSON ``body``."""
+        name = entry.record.name
+        try:
+            slot = self.limiter.acquire(entry.counter)
+        except TooManyRequests:
+            self.metrics.incr("Throttles", name)
+            raise
+        env: Environment | None = None
+        try:
+            pool = entry.pool
+            env = pool.take_warm()
+            cold = env is None
+            if env is None:
+                try:
+                    env = await pool.cold_start()
+                except FunctionError as exc:
+                    return self._init_failed(name, request_id, exc)
+            return await self._run(entry.record, pool, env, cold, body, request_id, client_context)
+        except FnrtError:
+            raise
+        except Exception as exc:  # never a private error to the caller
+            self.log.error("invocation failed in fnrt", function=name, request_id=request_id, exc_info=exc)
+            raise ServiceError(f"fnrt could not run the invocation: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._release(slot, env)
+
+    def _init_failed(self, name: str, request_id: str, exc: FunctionError) -> InvocationResult:
+        self.metrics.incr("Invocations", name)
+        self.metrics.incr("Errors", name)
+        self.metrics.incr("ColdStarts", name)
+        exc.request_id = request_id
+        self.log.warning(
+            "init failed",
+            function=name,
+            request_id=request_id,
+            error_type=exc.error_type,
+            error=exc.error_message,
+        )
+        return InvocationResult(request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True)
+
+    @staticmethod
+    def _release(slot: Slot, env: Environment | None) -> None:
+        """Give the slot back; but while a killed subinterpreter sandbox still runs its
+        timed-out handler (a thread cannot be stopped), keep it counted until the sandbox
+        has ``stopped``."""
+        stopped = env.sandbox.stopped if env is not None else None
+        if env is None or stopped is None or stopped.done() or env.sandbox.alive:
+            slot.release()
+        else:
+            stopped.add_done_callback(lambda _: slot.release())
+
+    async def _run(
+        self,
+        record: FunctionRecord,
+        pool: FunctionPool,
+        env: Environment,
+        cold: bool,
+        body: bytes,
+        request_id: str,
+        client_context: Mapping[str, Any] | None,
+    ) -> InvocationResult:
+        timeout = record.config.timeout
+        header: dict[str, Any] = {
+            "op": "invoke",
+            "rid": request_id,
+            "deadline_ms": int((self.clock.time() + timeout) * 1000),
+        }
+        if client_context is not None:
+            header["client_context"] = dict(client_context)
+        init_ms, env.init_ms = env.init_ms, None
+        init_log, env.init_log = env.init_log, ""
+        started = self.clock.monotonic()
+        error: FunctionError | None = None
+        try:
+            reply, out = await env.sandbox.request(header, body, timeout)
+        except SandboxTimeout:
+            pool.discard(env)
+            reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""
+            error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+        except SandboxDied as exc:
+            pool.discard(env)
+            if self.closing:
+                raise RuntimeClosed("the runtime closed during the invocation") from None
+            elapsed = (self.clock.monotonic() - started) * 1000
+            reply, out = {"ok": False, "dur": elapsed, "mem": 0, "log": ""}, b""
+            error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
+        except BaseException:
+            pool.discard(env)
+            raise
+        else:
+            if reply.get("fatal"):
+                pool.discard(env)
+            else:
+                pool.give_back(env)
+            env.invocations += 1
+            if not reply["ok"]:
+                e = reply["error"]
+                error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
+            elif len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+                error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
+                out = b""
+        memory = record.config.memory_mb
+        result = InvocationResult(
+            request_id,
+            record.name,
+            200,
+            out,
+            error,
+            output=reply["log"],
+            init_log=init_log,
+            cold_start=cold,
+            duration_ms=reply["dur"],
+            init_duration_ms=init_ms,
+            max_memory_mb=memory if reply.get("fatal") else min(reply["mem"], memory),
+            memory_size_mb=memory,
+        )
+        if error is not None:
+            error.request_id = request_id
+            error.log_tail = _observe.log_tail(result.log)
+        self._record(result, env.sandbox.id, body)
+        return result
+
+    def _record(self, result: InvocationResult, sandbox_id: str, body: bytes) -> None:
+        name = result.function_name
+        metrics = self.metrics
+        metrics.incr("Invocations", name)
+        metrics.observe("Duration", name, result.duration_ms)
+        if result.cold_start:
+            metrics.incr("ColdStarts", name)
+        if result.init_duration_ms is not None:
+            metrics.observe("InitDuration", name, result.init_duration_ms)
+        error = result.error
+        if error is not None:
+            metrics.incr("Errors", name)
+            if isinstance(error, FunctionTimeout):
+                metrics.incr("Timeouts", name)
+        for observer in self.observers:
+            observer(result, sandbox_id, body)
+        log = self.log
+        if not log.is_enabled_for(logging.INFO):
+            return
+        rid = result.request_id
+        fields = {
+            "function": name,
+            "request_id": rid,
+            "sandbox_id": sandbox_id,
+            "cold_start": result.cold_start,
+        }
+        log.info(_observe.start_line(rid), **fields)
+        if result.output:
+            log.info(result.output.rstrip("\n"), **fields, source="function")
+        if error is not None:
+            log.warning("function error", **fields, error_type=error.error_type, error=error.error_message)
+        log.info(_observe.end_line(rid), **fields)
+        log.info(result.report, **fields, duration_ms=round(result.duration_ms, 2))

@@ -1,0 +1,153 @@
+"""The function registry: what is deployed, under which generation, with all its state.
+
+A :class:`FunctionRecord` is the immutable description of a deployed function (handler,
+configuration, ARN, generation). A :class:`FunctionEntry` holds everything that lives and
+changes with that one generation: its warm-sandbox pool, its concurrency counter, its
+event-invoke config. Removing a function retires its entry whole; adding it again makes a
+new entry with the next generation, so nothing of the old one (a release of a slot, a
+stale async config) can reach the new one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._config import AsyncConfig, FunctionConfig
+from ._lambda import LATEST, parse_function_ref
+from .errors import FunctionNotFound
+
+if TYPE_CHECKING:
+    from ._concurrency import FunctionCounter
+    from ._pool import FunctionPool
+
+__all__ = ["FunctionEntry", "FunctionRecord", "FunctionRegistry"]
+
+_DEFAULT_ASYNC = AsyncConfig()
+
+
+@attrs.frozen
+class FunctionRecord:
+    """A deployed function: where its handler lives and how it runs."""
+
+    name: str
+    module: str
+    attr: str
+    config: FunctionConfig
+    arn: str
+    sandbox_kind: str
+    region: str = "us-east-1"
+    extra: dict[str, Any] = attrs.field(factory=dict)
+    #: ``@fnrt.handler(async_config=...)``, parsed once at registration.
+    async_config: AsyncConfig | None = None
+    #: Bumped each time a function of this name is registered.
+    generation: int = 0
+
+    @property
+    def handler(self) -> str:
+        return f"{self.module}.{self.attr}"
+
+    def environment(self, log_stream: str) -> dict[str, str]:
+        """Lambda's reserved environment variables, then the function's own."""
+        env = {
+            "AWS_LAMBDA_FUNCTION_NAME": self.name,
+            "AWS_LAMBDA_FUNCTION_VERSION": LATEST,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.config.memory_mb),
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python_fnrt",
+            "LAMBDA_TASK_ROOT": os.getcwd(),
+            "_HANDLER": self.handler,
+        }
+        env.update(self.config.environment)
+        return env
+
+    def bind_info(self, sandbox_id: str) -> dict[str, Any]:
+        stream = f"{datetime.date.today():%Y/%m/%d}/[{LATEST}]{sandbox_id}"
+        return {
+            "attr": self.attr,
+            "function_name": self.name,
+            "arn": self.arn,
+            "memory_mb": self.config.memory_mb,
+            "log_stream": stream,
+            "environment": self.environment(stream),
+        }
+
+
+@attrs.define(eq=False)
+class FunctionEntry:
+    """One generation of a function and the state that lives and dies with it."""
+
+    record: FunctionRecord
+    pool: FunctionPool
+    counter: FunctionCounter
+    #: ``configure_async()``: replaces the decorator's ``async_config``.
+    async_override: AsyncConfig | None = None
+    provisioning: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def async_config(self) -> AsyncConfig:
+        """The event-invoke config in force (the defaults if none was set)."""
+        if self.async_override is not None:
+            return self.async_override
+        return self.record.async_config or _DEFAULT_ASYNC
+
+
+class FunctionRegistry:
+    """Functions by name; looked up by name, partial ARN or full ARN."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, FunctionEntry] = {}
+        self._generations = itertools.count(1)
+
+    def next_generation(self) -> int:
+        return next(self._generations)
+
+    def put(self, entry: FunctionEntry) -> FunctionEntry | None:
+        """Register ``entry``; returns the entry it replaces, if any."""
+        old = self._entries.get(entry.name)
+        self._entries[entry.name] = entry
+        return old
+
+    def pop(self, name: str) -> FunctionEntry:
+        entry = self.get(name)
+        del self._entries[entry.name]
+        return entry
+
+    def lookup(self, name: str) -> FunctionEntry | None:
+        """The entry for an exact function name, or ``None``."""
+        return self._entries.get(name)
+
+    def get(self, ref: str) -> FunctionEntry:
+        """By name, partial ARN or full ARN; raises :class:`FunctionNotFound`."""
+        entry = self._entries.get(ref)
+        if entry is not None:
+            return entry
+        parsed = parse_function_ref(ref)
+        entry = self._entries.get(parsed[0]) if parsed else None
+        if entry is None:
+            raise FunctionNotFound(str(ref))
+        return entry
+
+    def records(self) -> dict[str, FunctionRecord]:
+        return {name: entry.record for name, entry in self._entries.items()}
+
+    def __iter__(self) -> Iterator[FunctionEntry]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

@@ -1,0 +1,112 @@
+"""Supervised background work: one task group, and a policy for every loop iteration.
+
+Every background task of a runtime (the async poller and its attempts, each stream
+mapping's coordinator and shard pollers, maintenance, provisioning) runs in the one
+:class:`asyncio.TaskGroup` that ``async with Runtime()`` opens. A loop does not die
+silently:
+
+- an *infrastructure* error (the store is unavailable, a sandbox could not be created, an
+  ``OSError``) is logged with its traceback and the iteration is retried with backoff, so
+  the queue keeps draining once the store is back;
+- anything else is a programming error: it propagates, the task group cancels the block
+  that opened the runtime, and ``async with Runtime()`` raises it. Loud, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from ._clock import Clock
+from ._lambda import backoff
+from .errors import RuntimeClosed, ServiceError
+
+__all__ = ["INFRASTRUCTURE", "Supervisor"]
+
+#: Errors that mean "the world is broken right now", not "the code is wrong".
+INFRASTRUCTURE: tuple[type[BaseException], ...] = (ServiceError, OSError, sqlite3.Error)
+
+
+class Supervisor:
+    """Owns the runtime's task group; spawns tasks and supervised loops in it."""
+
+    def __init__(self, clock: Clock, log: Any, *, retry: tuple[float, float] = (0.05, 30.0)) -> None:
+        self.clock = clock
+        self.log = log
+        self.retry = retry
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Infrastructure failures seen by supervised loops (for stats and tests).
+        self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self._group is not None
+
+    async def open(self) -> None:
+        group = asyncio.TaskGroup()
+        await group.__aenter__()
+        self._group = group
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Start ``coro`` in the group: its unexpected error fails the runtime."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
+        task = self._group.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def loop(self, name: str, iteration: Callable[[], Awaitable[object]]) -> asyncio.Task[Any]:
+        """Run ``iteration`` forever under the policy in the module's docstring."""
+        return self.spawn(self._forever(name, iteration), name=name)
+
+    async def _forever(self, name: str, iteration: Callable[[], Awaitable[object]]) -> None:
+        failures = 0
+        while True:
+            try:
+                await iteration()
+            except INFRASTRUCTURE as exc:
+                failures += 1
+                self.failures += 1
+                delay = backoff(failures, *self.retry)
+                self.log.error(
+                    "background work failed; retrying", loop=name, retry_in=round(delay, 3), exc_info=exc
+                )
+                await self.clock.sleep(delay)
+            else:
+                if failures:
+                    self.log.info("background work recovered", loop=name, after_failures=failures)
+                failures = 0
+
+    async def cancel_all(self) -> None:
+        """Cancel every task still running and wait for them to end."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(
+        self, exc_type: type[BaseException] | None = None, exc: BaseException | None = None
+    ) -> None:
+        """Cancel what is left and leave the task group; raises what a task failed with.
+
+        An exception of the block itself (``exc``) wins: it propagates as it is, not
+        wrapped in a group, and what a task failed with is logged beside it.
+        """
+        await self.cancel_all()
+        group, self._group = self._group, None
+        if group is None:
+            return
+        if exc is None or isinstance(exc, asyncio.CancelledError):
+            await group.__aexit__(exc_type, exc, exc.__traceback__ if exc is not None else None)
+            return
+        try:
+            await group.__aexit__(None, None, None)
+        except BaseExceptionGroup as failed:
+            for error in failed.exceptions:
+                self.log.error("background task failed", exc_info=error)
