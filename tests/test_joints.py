@@ -1,0 +1,175 @@
+"""Where the parts meet: supervision of background work, public errors, and counts that
+stay exact across remove/add. Real sandboxes and real SQLite files; the store failures are
+real ``database is locked`` errors from a second connection holding the write lock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import fnrt
+from fnrt.testing import wait_until
+
+
+@contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Hold SQLite's write lock on ``path`` from another connection (another process
+    could do the same): every write of the runtime fails with ``database is locked``."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        yield
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+
+
+async def short_busy_timeout(rt: fnrt.Runtime) -> None:
+    """Fail locked writes after 20 ms instead of waiting 5 s for the lock."""
+    db = await rt._state.database()
+    await db.conn.execute("PRAGMA busy_timeout=20")
+
+
+async def test_the_async_queue_keeps_draining_after_the_store_recovers(tmp_path: Path) -> None:
+    clock = fnrt.FakeClock()
+    ledger = str(tmp_path / "ledger")
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("charge", "handlers.payments:charge")
+        rt.configure_async("charge", retry_delays=[60])
+        await short_busy_timeout(rt)
+        # Fails once (a function error), so its retry is due 60 s later.
+        payload = {"order": "J-1", "amount": 5, "gateway_failures": 1, "ledger": ledger}
+        request_id = await rt.invoke("charge", payload, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(request_id))["attempts"] == 1
+        with write_locked(tmp_path / "fnrt.sqlite3"):
+            await clock.advance(60)  # the retry is due, but the poller cannot take it
+            await wait_until(lambda: rt.stats()["background_failures"] >= 1, "the poller to hit the lock")
+        # The poller was not lost: its backoff passes and the event runs.
+        for _ in range(40):
+            await clock.advance(1)
+            await asyncio.sleep(0.01)
+            event = await rt.async_event(request_id)
+            if event["state"] == "done":
+                break
+        assert event["state"] == "done" and event["invokes"] == 2
+        # ... and later events flow as usual.
+        later = await rt.invoke("charge", {"order": "J-2", "amount": 1}, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(later))["state"] == "done"
+
+
+async def test_a_stream_mapping_recovers_from_a_store_failure(tmp_path: Path) -> None:
+    clock = fnrt.FakeClock()
+    ledger, attempts = tmp_path / "ledger.jsonl", tmp_path / "attempts"
+    attempts.mkdir()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function(
+            "orders",
+            "handlers.orders:process_orders",
+            timeout=600,
+            environment={"ORDERS_LEDGER": str(ledger), "ORDERS_ATTEMPTS": str(attempts)},
+        )
+        await short_busy_timeout(rt)
+        stream = await rt.create_stream("orders")
+        await stream.put_records([(json.dumps({"id": 0, "fail_times": 1}), "k"), (json.dumps({"id": 1}), "k")])
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=3600)
+        await rt.wait_idle()  # the first delivery failed; the retry waits 1 s on the clock
+        assert not ledger.exists()
+        with write_locked(tmp_path / "fnrt.sqlite3"):
+            await clock.advance(1)  # the retry succeeds, its checkpoint cannot be written
+            await wait_until(lambda: rt.stats()["background_failures"] >= 1, "the poller to hit the lock")
+        for _ in range(40):
+            await clock.advance(1)
+            await asyncio.sleep(0.01)
+            if (await mapping.checkpoints()).get("shardId-000000000000"):
+                break
+        checkpoint = (await mapping.checkpoints())["shardId-000000000000"]
+        lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+        assert {line["id"] for line in lines} == {0, 1}  # at least once, nothing skipped
+        assert checkpoint == lines[-1]["seq"]
+
+
+async def test_remove_then_add_in_flight_keeps_the_counts_exact(release_file: str) -> None:
+    async with fnrt.Runtime(concurrency_limit=2, unreserved_minimum=0) as rt:
+        await rt.add_function("f", "handlers.chaos:hold")
+        old_call = asyncio.ensure_future(rt.invoke("f", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["functions"]["f"]["busy"] == 1, "the call to start")
+        await rt.remove_function("f")
+        await rt.add_function("f", "handlers.chaos:hold")
+        # The old call still runs, so it still counts against the global limit of 2.
+        assert rt.stats()["concurrency"]["in_flight"] == 1
+        assert rt.stats()["functions"]["f"]["in_flight"] == 0
+        new_call = asyncio.ensure_future(rt.invoke("f", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["functions"]["f"]["busy"] == 1, "the new call to start")
+        with pytest.raises(fnrt.TooManyRequests):
+            await rt.invoke("f", {"release": release_file})
+        open(release_file, "w").close()
+        await asyncio.gather(old_call, new_call)
+        stats = rt.stats()
+        assert stats["concurrency"]["in_flight"] == 0  # not -1: the old release hit the old slot
+        assert stats["functions"]["f"]["in_flight"] == 0
+        # Exactly the limit again: two calls at once, a third throttled.
+        os_release = release_file + ".2"
+        calls = [asyncio.ensure_future(rt.invoke("f", {"release": os_release})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 2, "two calls")
+        with pytest.raises(fnrt.TooManyRequests):
+            await rt.invoke("f", {"release": os_release})
+        open(os_release, "w").close()
+        await asyncio.gather(*calls)
+
+
+async def test_removing_a_function_removes_its_async_config() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        rt.configure_async("f", max_retry_attempts=0, on_failure="sink:x")
+        await rt.remove_function("f")
+        with pytest.raises(fnrt.FunctionNotFound):
+            rt.configure_async("f", max_retry_attempts=1)
+        await rt.add_function("f", "handlers.echo:echo")
+        assert rt.async_config("f") == fnrt.AsyncConfig()
+
+
+async def test_a_dead_template_is_a_public_service_error_never_a_private_one() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        assert (await rt.invoke("f", {"a": 1}))["event"] == {"a": 1}
+        template = rt._factories["subprocess"]._template
+        assert template._proc is not None
+        template._proc.kill()
+        await template._proc.wait()
+        await rt.remove_function("f")  # its warm sandbox goes: the next call is a cold start
+        await rt.add_function("f", "handlers.echo:echo")
+        try:
+            result = await rt.invoke("f", {"a": 2})
+        except fnrt.FnrtError as exc:
+            assert isinstance(exc, fnrt.ServiceError), repr(exc)
+        else:  # a runtime that replaces its template may serve it
+            assert result["event"] == {"a": 2}
+
+
+async def test_a_programming_error_in_background_work_fails_the_runtime_loudly() -> None:
+    class Boom(Exception):
+        pass
+
+    async def broken() -> None:
+        raise Boom("a bug")
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with fnrt.Runtime() as rt:
+            rt._supervisor.loop("broken", broken)
+            await asyncio.sleep(5)  # cancelled by the failure: the block does not go on
+    assert caught.group_contains(Boom)
+
+
+async def test_an_error_of_the_block_itself_propagates_unwrapped() -> None:
+    with pytest.raises(KeyError):
+        async with fnrt.Runtime() as rt:
+            await rt.add_function("f", "handlers.echo:echo")
+            raise KeyError("mine")
