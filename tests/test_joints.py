@@ -78,7 +78,8 @@ async def test_a_stream_mapping_recovers_from_a_store_failure(tmp_path: Path) ->
         )
         await short_busy_timeout(rt)
         stream = await rt.create_stream("orders")
-        await stream.put_records([(json.dumps({"id": 0, "fail_times": 1}), "k"), (json.dumps({"id": 1}), "k")])
+        flaky, fine = json.dumps({"id": 0, "fail_times": 1}), json.dumps({"id": 1})
+        await stream.put_records([(flaky, "k"), (fine, "k")])
         mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=3600)
         await rt.wait_idle()  # the first delivery failed; the retry waits 1 s on the clock
         assert not ledger.exists()
