@@ -45,7 +45,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         from .http import InvokeServer
     except ImportError as exc:  # the core install has no aiohttp: say what to install
-        raise CliError("'serve' needs aiohttp, which the core install leaves out: pip install 'fnrt[http]'") from exc
+        raise CliError("'serve' needs aiohttp, not in the core install: pip install 'fnrt[http]'") from exc
 
     level = logging.INFO if args.verbose else logging.WARNING
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
