@@ -2,9 +2,10 @@
 
 One poller loop per runtime. Each turn it leases the due events of every registered
 function (at most ``per_function`` in flight per function, ``max_in_flight`` in all, so
-task creation is bounded), runs each through the runtime's one invoke path (the same
-concurrency limits as sync calls), writes the outcome back to its row, and sleeps on the
-runtime clock until the next event is due or an enqueue wakes it.
+task creation is bounded), runs each through the invoker (the same path and concurrency
+limits as sync calls), writes the outcome back to its row, and sleeps on the clock until
+the next event is due or an enqueue wakes it. The poller is a supervised loop: a store
+failure is logged and retried with backoff, and draining resumes when the store is back.
 
 What an attempt's result means, as Lambda does it:
 
@@ -16,6 +17,8 @@ What an attempt's result means, as Lambda does it:
   the function is not registered right now): no attempt is used; the event is queued
   again with exponential backoff (1 s doubling to 5 min) until its age runs out.
 - the event is older than ``max_event_age`` when taken: ``failed`` with ``EventAgeExceeded``.
+- the function's reserved concurrency is 0: ``failed`` at once, without retries (Lambda
+  sends such events straight to the dead-letter queue or on-failure destination).
 
 A failed event goes to the ``on_failure`` destination and the dead-letter sink (both, when
 both are set) in the same transaction that marks it failed; with neither, its row keeps
@@ -36,7 +39,7 @@ import attrs
 
 from .._clock import Clock
 from .._config import AsyncConfig, parse_destination
-from .._invoke import InvocationResult, Invoker
+from .._invoke import InvocationResult, Invoker, decode_result
 from .._lambda import (
     EVENT_PAYLOAD_LIMIT,
     RESERVED_REASON,
@@ -45,7 +48,6 @@ from .._lambda import (
     dead_letter_message,
     dumps,
     function_arn,
-    loads_or_none,
 )
 from .._observe import Metrics
 from .._registry import FunctionEntry, FunctionRegistry
@@ -381,7 +383,7 @@ class AsyncSource:
             condition="Success",
         )
         if config.on_success is not None:
-            record = self._record(event, "Success", invokes, 200, None, result.raw or b"null", now)
+            record = await self._record(event, "Success", invokes, 200, None, result.raw or b"null", now)
             outcome = self._deliver(outcome, event.function, config.on_success, record)
         await self._settle(event, outcome, now)
 
@@ -402,7 +404,7 @@ class AsyncSource:
         now = self.clock.time()
         if status is None:  # given up at take time: report the last attempt's response
             status, function_error, response = event.last_status, event.last_error, event.last_response
-        record = self._record(event, condition, invokes, status, function_error, response, now)
+        record = await self._record(event, condition, invokes, status, function_error, response, now)
         outcome = Outcome(
             "failed",
             attempts=attempts,
@@ -417,7 +419,7 @@ class AsyncSource:
         if config.on_failure is not None:
             outcome = self._deliver(outcome, name, config.on_failure, record)
         if config.dead_letter is not None:
-            message = self._dead_letter_message(event, status, response)
+            message = await self._dead_letter_message(event, status, response)
             sink = parse_destination(config.dead_letter)[1]
             outcome = attrs.evolve(outcome, sink_records=[*outcome.sink_records, (sink, message)])
         self.metrics.incr("AsyncEventsDropped", name)
@@ -464,7 +466,7 @@ class AsyncSource:
         self._log.warning("destination delivery failed", destination=destination, error=problem)
         return outcome
 
-    def _record(
+    async def _record(
         self,
         event: QueuedEvent,
         condition: str,
@@ -483,16 +485,21 @@ class AsyncSource:
                 invokes=invokes,
                 status=status,
                 function_error=function_error,
-                request_payload=loads_or_none(event.payload),
-                response_payload=loads_or_none(response),
+                request_payload=await decode_result(event.payload),
+                response_payload=await decode_result(response or b""),
                 now=now,
             )
         )
 
-    def _dead_letter_message(self, event: QueuedEvent, status: int | None, response: bytes | None) -> str:
+    async def _dead_letter_message(
+        self, event: QueuedEvent, status: int | None, response: bytes | None
+    ) -> str:
         return dumps(
             dead_letter_message(
-                event.request_id, loads_or_none(event.payload), status, loads_or_none(response)
+                event.request_id,
+                await decode_result(event.payload),
+                status,
+                await decode_result(response or b""),
             )
         )
 
