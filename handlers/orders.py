@@ -61,6 +61,16 @@ def process_orders(event, context):
     return {"processed": len(done)}
 
 
+@fnrt.handler(timeout=600)
+def process_when_released(event, context):
+    """``process_orders``, but only once the file named by ``ORDERS_RELEASE`` exists (lets
+    a test hold a batch in flight)."""
+    release = os.environ["ORDERS_RELEASE"]
+    while not os.path.exists(release):
+        time.sleep(0.002)
+    return process_orders(event, context)
+
+
 @fnrt.handler(timeout=30)
 def process_orders_partial(event, context):
     """Reports the first bad order as a batch item failure (Lambda's partial batch

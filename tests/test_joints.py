@@ -174,3 +174,40 @@ async def test_an_error_of_the_block_itself_propagates_unwrapped() -> None:
         async with fnrt.Runtime() as rt:
             await rt.add_function("f", "handlers.echo:echo")
             raise KeyError("mine")
+
+
+async def test_a_lease_lost_during_a_batch_never_moves_the_checkpoint(tmp_path: Path) -> None:
+    clock = fnrt.FakeClock()
+    ledger, release = tmp_path / "ledger.jsonl", tmp_path / "release"
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function(
+            "orders",
+            "handlers.orders:process_when_released",
+            environment={"ORDERS_LEDGER": str(ledger), "ORDERS_RELEASE": str(release)},
+        )
+        stream = await rt.create_stream("orders")
+        await stream.put_record(json.dumps({"id": 7}), "k")
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=5)
+        await wait_until(lambda: rt.stats()["functions"]["orders"]["busy"] == 1, "the batch in flight")
+        # Another host takes the shard over (our lease looks expired to it).
+        store = await rt._streams.store()
+        shard = "shardId-000000000000"
+        assert await store.acquire_lease(mapping.uuid, shard, "another-host", clock.time() + 6, 3600)
+        release.touch()
+        await wait_until(lambda: ledger.exists(), "the handler to finish")
+        await wait_until(lambda: shard not in mapping.shards_owned, "the poller to stop")
+        assert (await mapping.checkpoints()).get(shard) is None  # the new owner redoes it
+        assert (await store.leases(mapping.uuid))[shard][0] == "another-host"
+
+
+async def test_provisioned_concurrency_is_refilled_after_a_sandbox_dies() -> None:
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:
+        await rt.add_function("crash", "handlers.chaos:exit_now", provisioned_concurrency=2)
+        assert rt.stats()["functions"]["crash"]["warm"] == 2
+        result = await rt.invoke_detailed("crash", {"code": 3})
+        assert result.error is not None and result.error.error_type == "Runtime.ExitError"
+        assert rt.stats()["functions"]["crash"]["warm"] == 1
+        await clock.advance(15)  # the maintenance loop runs every idle_ttl / 4
+        await rt.wait_idle()
+        assert rt.stats()["functions"]["crash"]["warm"] == 2
