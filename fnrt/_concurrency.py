@@ -17,10 +17,23 @@ from __future__ import annotations
 
 import attrs
 
-from ._lambda import GLOBAL_REASON, RESERVED_REASON, THROTTLE_MESSAGE
+from ._lambda import (
+    GLOBAL_REASON,
+    RATE_REASON,
+    RESERVED_RATE_REASON,
+    RESERVED_REASON,
+    THROTTLE_MESSAGE,
+)
 from .errors import InvalidConfig, TooManyRequests
 
-__all__ = ["GLOBAL_REASON", "RESERVED_REASON", "ConcurrencyLimiter", "FunctionCounter", "Slot"]
+__all__ = [
+    "GLOBAL_REASON",
+    "RESERVED_REASON",
+    "ConcurrencyLimiter",
+    "FunctionCounter",
+    "ScalingAllowance",
+    "Slot",
+]
 
 
 @attrs.define(eq=False)
@@ -33,6 +46,29 @@ class FunctionCounter:
     throttles: int = 0
     peak: int = 0
     registered: bool = True
+
+
+class ScalingAllowance:
+    """Lambda's scaling rate: at most ``limit`` new execution environments per ``window``
+    seconds for one function, refilling continuously (a token bucket on the clock).
+    Warm invocations cost nothing; each cold start takes one token."""
+
+    __slots__ = ("_at", "_tokens", "limit", "window")
+
+    def __init__(self, limit: int, window: float, now: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._tokens = float(limit)
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.limit, self._tokens + (now - self._at) * self.limit / self.window)
+        self._at = now
+        if tokens < 1:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1
+        return True
 
 
 class Slot:
@@ -137,6 +173,13 @@ class ConcurrencyLimiter:
         if counter.in_flight > counter.peak:
             counter.peak = counter.in_flight
         return Slot(self, counter)
+
+    def scaling_throttle(self, counter: FunctionCounter) -> TooManyRequests:
+        """The error for a cold start over the function's scaling rate (counted as a throttle)."""
+        counter.throttles += 1
+        self.throttles += 1
+        reason = RESERVED_RATE_REASON if counter.reserved is not None else RATE_REASON
+        return TooManyRequests(reason, THROTTLE_MESSAGE)
 
     # -- statistics -------------------------------------------------------------------
 

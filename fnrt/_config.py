@@ -7,6 +7,7 @@ Lambda's documented limits.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -36,12 +37,53 @@ def _number(low: float, high: float, *, integer: bool = False, optional: bool = 
     return check
 
 
+#: Lambda sets these itself; a function's configuration cannot (the "defined runtime
+#: environment variables" that Lambda reserves).
+RESERVED_ENVIRONMENT = frozenset(
+    {
+        "_HANDLER",
+        "_X_AMZN_TRACE_ID",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_INITIALIZATION_TYPE",
+        "AWS_LAMBDA_LOG_GROUP_NAME",
+        "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_LAMBDA_RUNTIME_API",
+        "LAMBDA_TASK_ROOT",
+        "LAMBDA_RUNTIME_DIR",
+    }
+)
+ENVIRONMENT_LIMIT = 4096  # bytes, measured as Lambda does: the variables as one JSON string
+
+
 def _environment(instance: object, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+    reserved = sorted(RESERVED_ENVIRONMENT.intersection(value))
+    if reserved:
+        raise InvalidConfig(
+            "Lambda was unable to configure your environment variables because the environment "
+            "variables you have provided contains reserved keys that are currently not supported "
+            f"for modification. Reserved keys used in this request: {', '.join(reserved)}"
+        )
     for key, val in value.items():
         if not isinstance(key, str) or not _ENV_NAME.match(key):
             raise InvalidConfig(f"environment variable name {key!r} is not valid (letters, digits, _)")
         if not isinstance(val, str):
             raise InvalidConfig(f"environment variable {key} must be a string, got {type(val).__name__}")
+    measured = json.dumps(dict(value), separators=(",", ":"))
+    if len(measured.encode()) > ENVIRONMENT_LIMIT:
+        raise InvalidConfig(
+            "Lambda was unable to configure your environment variables because the environment "
+            f"variables you have provided exceeded the 4KB limit. String measured: {measured[:200]}"
+            f"{'...' if len(measured) > 200 else ''}"
+        )
 
 
 def _sandbox(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -138,6 +180,8 @@ class RuntimeConfig:
     sandbox: str = attrs.field(default="subprocess", validator=_sandbox)
     region: str = attrs.field(default="us-east-1", validator=attrs.validators.instance_of(str))
     account_id: str = attrs.field(default="000000000000", validator=attrs.validators.instance_of(str))
+    scaling_limit: int = attrs.field(default=1000, validator=_number(1, 1_000_000, integer=True))
+    scaling_window: float = attrs.field(default=10.0, validator=_number(0.001, 86_400))
 
     def __attrs_post_init__(self) -> None:
         if self.unreserved_minimum is not None and self.unreserved_minimum > self.concurrency_limit:

@@ -271,8 +271,16 @@ class Invoker:
             env = pool.take_warm()
             cold = env is None
             if env is None:
+                if not entry.scaling.take(self.clock.monotonic()):
+                    self.metrics.incr("Throttles", name)
+                    raise self.limiter.scaling_throttle(entry.counter)
                 try:
-                    env = await pool.cold_start()
+                    env = await pool.cold_start(entry.record.config.timeout)
+                except FunctionTimeout:  # the retried init phase used up the timeout
+                    timeout = entry.record.config.timeout
+                    error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+                    self.metrics.incr("Timeouts", name)
+                    return self._init_failed(name, request_id, error)
                 except FunctionError as exc:
                     return self._init_failed(name, request_id, exc)
             return await self._run(entry.record, pool, env, cold, body, request_id, client_context)
@@ -320,10 +328,12 @@ class Invoker:
         client_context: Mapping[str, Any] | None,
     ) -> InvocationResult:
         timeout = record.config.timeout
+        budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
+        env.budget_used = 0.0
         header: dict[str, Any] = {
             "op": "invoke",
             "rid": request_id,
-            "deadline_ms": int((self.clock.time() + timeout) * 1000),
+            "deadline_ms": int((self.clock.time() + budget) * 1000),
         }
         if client_context is not None:
             header["client_context"] = dict(client_context)
@@ -332,7 +342,7 @@ class Invoker:
         started = self.clock.monotonic()
         error: FunctionError | None = None
         try:
-            reply, out = await env.sandbox.request(header, body, timeout)
+            reply, out = await env.sandbox.request(header, body, max(budget, 0.001))
         except SandboxTimeout:
             pool.discard(env)
             reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""

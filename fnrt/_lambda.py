@@ -27,7 +27,13 @@ LARGE_PAYLOAD = 256 * 1024
 
 GLOBAL_REASON = "ConcurrentInvocationLimitExceeded"
 RESERVED_REASON = "ReservedFunctionConcurrentInvocationLimitExceeded"
+RATE_REASON = "FunctionInvocationRateLimitExceeded"
+RESERVED_RATE_REASON = "ReservedFunctionInvocationRateLimitExceeded"
 THROTTLE_MESSAGE = "Rate Exceeded."
+#: Lambda's scaling rate: each function adds at most this many execution environments ...
+SCALING_LIMIT = 1000
+#: ... per this many seconds, as a continuously refilling allowance.
+SCALING_WINDOW = 10.0
 
 # -- JSON -----------------------------------------------------------------------------
 

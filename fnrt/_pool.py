@@ -15,7 +15,7 @@ import attrs
 
 from ._clock import Clock
 from ._registry import FunctionRecord
-from .errors import FnrtError, InitError, InvalidConfig, ServiceError
+from .errors import FnrtError, FunctionTimeout, InitError, InvalidConfig, ServiceError
 from .sandbox import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
 
 
@@ -28,6 +28,8 @@ class Environment:
     init_ms: float | None = None  # reported (then cleared) on the first invocation
     init_log: str = ""
     invocations: int = 0
+    #: Seconds of the first invocation's timeout that a retried init phase used.
+    budget_used: float = 0.0
 
 
 def init_error(error: dict[str, Any], log: str = "") -> InitError | InvalidConfig:
@@ -102,23 +104,44 @@ class FunctionPool:
                 return env
         return None
 
-    async def cold_start(self) -> Environment:
+    async def cold_start(self, invoke_timeout: float | None = None) -> Environment:
+        """A new environment, its init phase run (bounded by ``init_timeout``, Lambda's
+        10 s). For an invocation (``invoke_timeout`` given), an init phase that runs out of
+        time is retried once within the function's timeout, as Lambda does: "If all three
+        tasks do not complete within 10 seconds, Lambda retries the Init phase at the time
+        of the first function invocation with the configured function timeout". The time
+        the retry took comes off that first invocation's timeout (``budget_used``); a retry
+        that runs out of time too is :class:`~fnrt.errors.FunctionTimeout`."""
+        function = self.function
         self.starting += 1
+        used = 0.0
         try:
-            sandbox, reply = await start_sandbox(
-                self.factory, self.function.module, self.function, self.function.config.init_timeout
-            )
+            try:
+                sandbox, reply = await start_sandbox(
+                    self.factory, function.module, function, function.config.init_timeout
+                )
+            except InitError as exc:
+                if exc.error_type != "Sandbox.Timedout" or invoke_timeout is None:
+                    raise
+                started = self.clock.monotonic()
+                try:
+                    sandbox, reply = await start_sandbox(
+                        self.factory, function.module, function, invoke_timeout
+                    )
+                except InitError as again:
+                    if again.error_type == "Sandbox.Timedout":
+                        raise FunctionTimeout(
+                            "Sandbox.Timedout", f"Task timed out after {invoke_timeout:.2f} seconds"
+                        ) from None
+                    raise
+                used = self.clock.monotonic() - started
         finally:
             self.starting -= 1
         self.cold_starts += 1
         env = Environment(sandbox, self.clock.monotonic(), reply.get("init_ms"), reply.get("log", ""))
+        env.budget_used = used
         self.active.add(env)
         return env
-
-    def adopt(self, sandbox: Sandbox, init_ms: float | None, init_log: str) -> None:
-        """Take a sandbox initialized elsewhere (deploy's discovery sandbox) as warm."""
-        self.cold_starts += 1
-        self.idle.append(Environment(sandbox, self.clock.monotonic(), init_ms, init_log))
 
     def give_back(self, env: Environment) -> None:
         self.active.discard(env)
@@ -175,4 +198,6 @@ class FunctionPool:
             "cold_starts": self.cold_starts,
             "provisioned_concurrency": self.function.config.provisioned_concurrency,
         }
+
+
 __all__ = ["Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]

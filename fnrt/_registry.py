@@ -23,7 +23,7 @@ from ._lambda import LATEST, parse_function_ref
 from .errors import FunctionNotFound
 
 if TYPE_CHECKING:
-    from ._concurrency import FunctionCounter
+    from ._concurrency import FunctionCounter, ScalingAllowance
     from ._pool import FunctionPool
 
 __all__ = ["FunctionEntry", "FunctionRecord", "FunctionRegistry"]
@@ -88,6 +88,8 @@ class FunctionEntry:
     record: FunctionRecord
     pool: FunctionPool
     counter: FunctionCounter
+    #: New execution environments allowed (Lambda's scaling rate).
+    scaling: ScalingAllowance
     #: ``configure_async()``: replaces the decorator's ``async_config``.
     async_override: AsyncConfig | None = None
     provisioning: bool = False

@@ -23,7 +23,7 @@ import anyio
 
 from . import _observe
 from ._clock import Clock, SystemClock
-from ._concurrency import ConcurrencyLimiter
+from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
     AsyncConfig,
     FunctionConfig,
@@ -34,7 +34,7 @@ from ._config import (
 )
 from ._handler import parse_reference, split_config
 from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
-from ._lambda import EVENT_PAYLOAD_LIMIT, SYNC_PAYLOAD_LIMIT, function_arn
+from ._lambda import EVENT_PAYLOAD_LIMIT, SCALING_LIMIT, SCALING_WINDOW, SYNC_PAYLOAD_LIMIT, function_arn
 from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._supervise import Supervisor
@@ -109,6 +109,10 @@ class Runtime:
     Use it as ``async with Runtime() as rt:``; leaving the block stops every sandbox and
     the template process, also when the block is cancelled. ``start()`` and ``aclose()``
     do the same by hand (call both from the same task).
+
+    ``scaling_limit`` new execution environments per ``scaling_window`` seconds is each
+    function's scaling rate (Lambda's: 1,000 per 10 s, refilling continuously); a cold
+    start over it is throttled with ``FunctionInvocationRateLimitExceeded``.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class Runtime:
         account_id: str = "000000000000",
         state_dir: str | Path | None = None,
         clock: Clock | None = None,
+        scaling_limit: int = SCALING_LIMIT,
+        scaling_window: float = SCALING_WINDOW,
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -130,6 +136,8 @@ class Runtime:
             sandbox=sandbox,
             region=region,
             account_id=account_id,
+            scaling_limit=scaling_limit,
+            scaling_window=scaling_window,
         )
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock: Clock = clock or SystemClock()
@@ -349,7 +357,10 @@ class Runtime:
     def _register(self, record: FunctionRecord) -> None:
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
         pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
-        old = self._registry.put(FunctionEntry(record, pool, counter))
+        scaling = ScalingAllowance(
+            self.config.scaling_limit, self.config.scaling_window, self.clock.monotonic()
+        )
+        old = self._registry.put(FunctionEntry(record, pool, counter, scaling))
         if old is not None:
             for env in old.pool.drain():
                 env.sandbox.kill()

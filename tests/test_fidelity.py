@@ -1,0 +1,67 @@
+"""Lambda's documented rules, each cited, against real sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import fnrt
+from fnrt.testing import wait_until
+
+
+# "The following environment variables are reserved and can't be set in your function
+# configuration" (Lambda: defined runtime environment variables).
+@pytest.mark.parametrize(
+    "key", ["AWS_REGION", "AWS_LAMBDA_FUNCTION_NAME", "_HANDLER", "AWS_SECRET_ACCESS_KEY"]
+)
+async def test_reserved_environment_keys_are_rejected(key: str) -> None:
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InvalidConfig, match=f"reserved keys.*{key}"):
+            await rt.add_function("f", "handlers.echo:echo", environment={key: "x"})
+        # Not reserved, so allowed: TZ, PATH, PYTHONPATH, LANG.
+        await rt.add_function("g", "handlers.echo:echo", environment={"TZ": "UTC", "LANG": "C"})
+
+
+# "The total size of the set can be no more than 4 KB."
+async def test_environment_over_4_kb_is_rejected() -> None:
+    with pytest.raises(fnrt.InvalidConfig, match="4KB limit"):
+        fnrt.FunctionConfig(environment={"BIG": "x" * 4096})
+    fnrt.FunctionConfig(environment={"BIG": "x" * 4000})  # with its key and quotes, under 4 KB
+
+
+# "Each function can scale up by 1,000 execution environments every 10 seconds."
+async def test_scaling_rate_throttles_new_environments_not_warm_calls(release_file: str) -> None:
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, scaling_limit=2, scaling_window=10) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=900)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 2, "two environments")
+        with pytest.raises(fnrt.TooManyRequests) as throttled:
+            await rt.invoke("hold", {"release": release_file})
+        assert throttled.value.reason == "FunctionInvocationRateLimitExceeded"
+        assert rt.stats()["functions"]["hold"]["throttles"] == 1
+        await clock.advance(5)  # half the window: one new environment allowed again
+        third = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 3, "a third environment")
+        with pytest.raises(fnrt.TooManyRequests):
+            await rt.invoke("hold", {"release": release_file})
+        Path(release_file).touch()
+        await asyncio.gather(*calls, third)
+        for _ in range(10):  # warm environments are reused at no cost to the allowance
+            await rt.invoke("hold", {"release": release_file})
+        assert rt.stats()["functions"]["hold"]["cold_starts"] == 3
+
+
+# deploy(): every environment that serves events is initialized with the function's
+# configuration; the first call after deploy is a cold start with an Init Duration.
+async def test_the_first_call_after_deploy_is_a_cold_start_under_the_functions_config() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        first = await rt.invoke_detailed("echo", {})
+        assert first.cold_start and first.init_duration_ms is not None
+        assert "Init Duration" in first.report
+        second = await rt.invoke_detailed("echo", {})
+        assert not second.cold_start and second.init_duration_ms is None
+        assert rt.metrics.counter("ColdStarts", "echo") == 1
