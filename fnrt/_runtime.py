@@ -59,6 +59,11 @@ InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class _State:
     """The runtime's SQLite state, opened on first use. Without a directory it lives in a
     temporary one removed at close: durable across crashes of handlers and sandboxes, not
@@ -366,9 +371,14 @@ class Runtime:
                 env.sandbox.kill()
 
     async def _provision_all(self, names: list[str]) -> None:
-        async with anyio.create_task_group() as tg:
-            for name in names:
-                tg.start_soon(self._registry.get(name).pool.provision)
+        """Initialize the provisioned environments of ``names``; the first failure (an
+        :class:`~fnrt.errors.InitError`, say) is raised as it is, not in a group."""
+        try:
+            async with anyio.create_task_group() as tg:
+                for name in names:
+                    tg.start_soon(self._registry.get(name).pool.provision)
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""
