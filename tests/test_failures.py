@@ -273,5 +273,5 @@ async def test_provisioned_init_is_bounded_by_the_init_timeout():
         )
         await wait_until(lambda: clock.pending_timers >= 2)
         await clock.advance(2)
-        with pytest.raises(fnrt.InitError, match="Init phase timed out after 2.00 seconds"):
+        with pytest.raises(fnrt.InitError, match=r"Init phase timed out after 2\.00 seconds"):
             await adding
