@@ -50,8 +50,7 @@ from .errors import (
 from .sandbox import SandboxDied, SandboxFactory, SandboxTimeout, make_factory
 from .sources._async import AsyncInvoker
 from .sources._streams import Stream, StreamMapping, StreamSource
-from .store import Database
-from .store._queue import EventQueue
+from .store import SQLiteStore
 
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 _DEFAULT_ASYNC = AsyncConfig()
@@ -222,7 +221,7 @@ class Runtime:
         variant = "89ab"[int(prefix[16], 16) % 4]
         self._rid_prefix = f"{prefix[:8]}-{prefix[8:12]}-4{prefix[13:16]}-{variant}{prefix[17:20]}-"
         self._rid_counter = itertools.count(int(prefix[20:32], 16) >> 8)
-        self._db: Database | None = None
+        self._db: SQLiteStore | None = None
         self._temp_state: tempfile.TemporaryDirectory[str] | None = None
         # Sources (async queue, streams) register here; each has ``async aclose()`` and is
         # closed before the sandboxes, so nothing is mid-invoke when pools drain.
@@ -250,6 +249,12 @@ class Runtime:
             return
         self._log = _observe.logger().bind()
         self._running = True
+        if self.state_dir is not None:  # refuse to start on a state file that is not usable
+            try:
+                await self.state()
+            except BaseException:
+                self._running = False
+                raise
         self._spawn(self._maintain())
         if self.state_dir is not None:  # events queued by an earlier host resume at once
             self._spawn(self._start_async_quietly())
@@ -277,7 +282,7 @@ class Runtime:
         if cancelled:
             raise asyncio.CancelledError
 
-    async def state(self) -> Database:
+    async def state(self) -> SQLiteStore:
         """The runtime's SQLite state (opened on first use). Without ``state_dir`` it lives
         in a temporary directory removed at close: durable across crashes of handlers and
         sandboxes, not across restarts of the host. Set ``state_dir`` for that."""
@@ -289,7 +294,7 @@ class Runtime:
                     if self.state_dir is None:
                         self._temp_state = tempfile.TemporaryDirectory(prefix="fnrt-")
                         self.state_dir = Path(self._temp_state.name)
-                    self._db = await Database.open(self.state_dir / "fnrt.sqlite3")
+                    self._db = await SQLiteStore.open(self.state_dir / "fnrt.sqlite3")
         return self._db
 
     async def _shutdown(self) -> None:
@@ -725,7 +730,7 @@ class Runtime:
         ``state_dir`` so that events an earlier host left behind resume)."""
         async with self._async_starting:
             if self._async is None:
-                queue = EventQueue(await self.state())
+                queue = (await self.state()).queue
                 await queue.setup()
                 self._check_running()
                 invoker = AsyncInvoker(self, queue, self.async_config)

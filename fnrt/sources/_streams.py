@@ -622,7 +622,7 @@ class StreamSource:
 
     async def store(self) -> StreamStore:
         if self._store is None:
-            self._store = await StreamStore.open(await self.runtime.state())
+            self._store = (await self.runtime.state()).streams
         return self._store
 
     def retention(self, stream: str) -> float:
