@@ -127,7 +127,6 @@ def _prepare(file: Path, path: Path, *, read_only: bool, busy_timeout: float) ->
                 ).fetchone() is None:
                     raise _refuse(path, "has no fnrt schema")
                 return
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")  # two hosts starting at once: one at a time
             try:
                 _check_schema(conn, path)
@@ -147,6 +146,7 @@ def _prepare(file: Path, path: Path, *, read_only: bool, busy_timeout: float) ->
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            conn.execute("PRAGMA journal_mode=WAL")  # only now: it rewrites the file's header
         finally:
             conn.close()
 
