@@ -283,9 +283,11 @@ class Runtime:
             raise asyncio.CancelledError
 
     async def state(self) -> SQLiteStore:
-        """The runtime's SQLite state (opened on first use). Without ``state_dir`` it lives
-        in a temporary directory removed at close: durable across crashes of handlers and
-        sandboxes, not across restarts of the host. Set ``state_dir`` for that."""
+        """The runtime's store (SQLite; opened at start with ``state_dir``, else on first
+        use). Without ``state_dir`` it lives in a temporary directory removed at close:
+        durable across crashes of handlers and sandboxes, not across restarts of the host.
+        Set ``state_dir`` for that. A state file that is not a usable fnrt store is
+        refused (``StoreUnavailable``) and the runtime does not start."""
         self._check_running()
         if self._db is None:
             async with self._state_opening:  # concurrent first callers share one connection

@@ -301,10 +301,10 @@ class Database:
                             await conn.executemany(sql, [params for _, params in run])
                 except Exception as exc:
                     if store_wide(exc):  # one by one would fail (or wait) once per caller
-                        error = store_error(exc, self.path)
+                        cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
                         for _, future, _ in batch:
-                            if not future.done():
-                                future.set_exception(error)
+                            if not future.done():  # an error of its own each: its own traceback
+                                future.set_exception(store_error(cause, self.path))
                     else:
                         await self._write_one_by_one(batch)
                     continue
@@ -313,18 +313,17 @@ class Database:
                         future.set_result(None)
                 await asyncio.sleep(0)  # the callers just released write again: one batch
         except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
-            error = (
-                store_error(exc, self.path)
-                if mappable(exc)
-                else StoreUnavailable(
-                    f"state store {self.path}: closed before the write was committed",
-                    path=str(self.path),
-                    cause=exc,
-                )
-            )
             for _, future, _ in batch + self._pending:
                 if not future.done():
-                    future.set_exception(error)
+                    future.set_exception(
+                        store_error(exc, self.path)
+                        if mappable(exc)
+                        else StoreUnavailable(
+                            f"state store {self.path}: closed before the write was committed",
+                            path=str(self.path),
+                            cause=exc,
+                        )
+                    )
             self._pending = []
             raise
         finally:
