@@ -14,9 +14,10 @@ Shared rules:
 
 - Times (``now``, ``lease_until``, ``ttl``, ``before``) are seconds on the runtime's
   clock (wall-clock ``time()`` in production, a ``FakeClock`` in tests), so that they
-  mean the same to the next process that opens the store. A backend with a server clock
-  may judge lease expiry by it instead, as long as a lease taken for ``ttl`` seconds
-  lasts ``ttl`` seconds.
+  mean the same to the next process that opens the store. Expiry is judged in the
+  writing statement by comparing stored expiries with the ``now`` given; the contract
+  suite moves time only through these arguments. (A backend that prefers its server's
+  clock for production must still honour them, e.g. as an offset.)
 - A lease is data: an owner, an expiry and (for events) a token. Every write that only a
   lease holder may make checks the lease **inside the statement that writes**, so a
   holder that lost its lease (it stalled, another host took over) writes nothing.
@@ -58,8 +59,9 @@ class QueueStore(Protocol):
         self, function: str, now: float, limit: int, owner: str, lease_until: float
     ) -> list[QueuedEvent]:
         """Lease up to ``limit`` due events of ``function`` to ``owner`` until
-        ``lease_until``, oldest first, sorted by ``id``: queued ones whose ``run_at`` has
-        come, then leased ones whose lease expired (their holder died or stalled).
+        ``lease_until``: queued ones whose ``run_at`` has come (earliest ``run_at`` first,
+        then lowest ``id``), then leased ones whose lease expired (their holder died or
+        stalled). Returned sorted by ``id``.
 
         Atomic against other writers: an event is leased to one taker at a time; two
         concurrent takes (any connections, any hosts) never return the same event. Each
