@@ -75,6 +75,20 @@ async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
     await check_refused(path, "not an SQLite database")
 
 
+async def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        other = sqlite3.connect(path)  # keeps the log from being folded back at close
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+        wal = Path(f"{path}-wal").read_bytes()
+    other.close()
+    path.unlink()
+    Path(f"{path}-wal").write_bytes(wal)  # the database was deleted, its log was not
+    with pytest.raises(StoreUnavailable, match=r"write-ahead log of a missing fnrt\.sqlite3"):
+        await open_store(path)
+    assert not path.exists()
+
+
 async def test_an_sqlite_database_of_another_program_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fnrt.sqlite3"
     with sqlite3.connect(path) as conn:

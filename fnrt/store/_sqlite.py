@@ -70,6 +70,9 @@ def _inspect(path: Path) -> bool:
         with path.open("rb") as f:
             header = f.read(len(_HEADER))
     except FileNotFoundError:
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:  # SQLite would replay it into a new file
+            raise _refuse(wal, f"is the write-ahead log of a missing {path.name}") from None
         return False
     except IsADirectoryError:
         raise _refuse(path, "is a directory, not a state file") from None
