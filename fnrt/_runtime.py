@@ -42,9 +42,7 @@ from .errors import FnrtError, InvalidConfig, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
-from .store import Database
-from .store._queue import EventQueue
-from .store._streams import StreamStore
+from .store import QueueStore, Store, StreamStore, open_store
 
 __all__ = [
     "EVENT_PAYLOAD_LIMIT",
@@ -65,47 +63,48 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 
 
 class _State:
-    """The runtime's SQLite state, opened on first use. Without a directory it lives in a
-    temporary one removed at close: durable across crashes of handlers and sandboxes, not
-    across restarts of the host."""
+    """The runtime's store, opened once. ``spec`` is a path or URL the runtime opens and
+    closes, a :class:`~fnrt.store.Store` the caller owns, or ``None``: then an SQLite file
+    in a temporary directory removed at close (durable across crashes of handlers and
+    sandboxes, not across restarts of the host)."""
 
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
+    def __init__(self, spec: str | Path | Store | None) -> None:
+        self.spec = spec
         self._temp: tempfile.TemporaryDirectory[str] | None = None
-        self._db: Database | None = None
+        self._store: Store | None = None
         self._lock = asyncio.Lock()
         self.closed = False
 
-    async def database(self) -> Database:
-        if self._db is None:
-            async with self._lock:  # concurrent first callers share one connection
+    async def store(self) -> Store:
+        if self._store is None:
+            async with self._lock:  # concurrent first callers share one store
                 if self.closed:
                     raise RuntimeClosed("the runtime is closed")
-                if self._db is None:
-                    if self.directory is None:
+                if self._store is None:
+                    spec = self.spec
+                    if spec is None:
                         self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
-                        self.directory = Path(self._temp.name)
-                    self._db = await Database.open(self.directory / "fnrt.sqlite3")
-        return self._db
+                        spec = Path(self._temp.name) / "fnrt.sqlite3"
+                    self._store = await open_store(spec)
+        return self._store
 
-    async def queue(self) -> EventQueue:
-        return EventQueue(await self.database())
+    async def queue(self) -> QueueStore:
+        return (await self.store()).queue
 
     async def streams(self) -> StreamStore:
-        return await StreamStore.open(await self.database())
+        return (await self.store()).streams
 
     async def close(self) -> None:
         async with self._lock:  # an open in flight finishes first and is closed here
             self.closed = True
-            db, self._db = self._db, None
+            store, self._store = self._store, None
             try:
-                if db is not None:
-                    await db.close()
+                if store is not None and store is not self.spec:  # a given Store is the caller's
+                    await store.close()
             finally:
                 if self._temp is not None:
                     await asyncio.to_thread(self._temp.cleanup)  # rmtree: off the event loop
                     self._temp = None
-                    self.directory = None
 
 
 class Runtime:
@@ -130,6 +129,7 @@ class Runtime:
         region: str = "us-east-1",
         account_id: str = "000000000000",
         state_dir: str | Path | None = None,
+        store: str | Path | Store | None = None,
         clock: Clock | None = None,
         scaling_limit: int = SCALING_LIMIT,
         scaling_window: float = SCALING_WINDOW,
@@ -144,6 +144,8 @@ class Runtime:
             scaling_limit=scaling_limit,
             scaling_window=scaling_window,
         )
+        if state_dir is not None and store is not None:
+            raise InvalidConfig("give state_dir (a folder for the SQLite file) or store, not both")
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
@@ -153,7 +155,13 @@ class Runtime:
         self._invoker = Invoker(self._limiter, self.clock, self.metrics, self._log)
         self._supervisor = Supervisor(self.clock, self._log)
         self._factories: dict[str, SandboxFactory] = {}
-        self._state = _State(self.state_dir)
+        spec: str | Path | Store | None = store
+        if self.state_dir is not None:
+            spec = self.state_dir / "fnrt.sqlite3"
+        elif isinstance(spec, str) and "://" not in spec:
+            spec = Path(spec)
+        self._durable = spec is not None  # a store that outlives this host: resume at start
+        self._state = _State(spec)
         self._running = False
         self._async = AsyncSource(
             invoker=self._invoker,
@@ -195,10 +203,12 @@ class Runtime:
             return
         if self._state.closed:
             raise RuntimeClosed("a Runtime runs once; create a new one")
+        if self._durable:  # refuse to start on a store that is not usable: say so now
+            await self._state.store()
         await self._supervisor.open()
         self._running = True
         self._supervisor.loop("maintenance", self._maintain_once)
-        if self.state_dir is not None:  # events queued by an earlier host resume at once
+        if self._durable:  # events queued by an earlier host resume at once
             self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
 
     async def aclose(self) -> None:

@@ -3,14 +3,18 @@ same state directory runs every event that was not finished. At least once, none
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
+
+from fnrt.store import QueueStore, open_store
 
 from .conftest import read_jsonl
 
@@ -25,6 +29,14 @@ def start_host(state_dir: Path, outbox: Path, enqueue: int) -> subprocess.Popen[
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+async def queue_view(
+    state_dir: Path, read: Callable[[QueueStore], tuple[Coroutine[Any, Any, Any], ...]]
+) -> list[Any]:
+    """Read the queue in ``state_dir`` through a store of our own, as another host would."""
+    async with await open_store(state_dir) as store:
+        return list(await asyncio.gather(*read(store.queue)))
 
 
 def wait_for_line(proc: subprocess.Popen[str], marker: str, limit: float = 20.0) -> None:
@@ -63,9 +75,10 @@ def test_a_host_killed_mid_work_loses_no_event(tmp_path):
         assert first.stdout is not None
         first.stdout.close()
 
-    with sqlite3.connect(state_dir / "fnrt.sqlite3") as conn:
-        states = dict(conn.execute("SELECT state, COUNT(*) FROM async_events GROUP BY state").fetchall())
-        leased = [row[0] for row in conn.execute("SELECT id FROM async_events WHERE state = 'leased'")]
+    states, leased_events = asyncio.run(
+        queue_view(state_dir, lambda q: (q.counts(), q.events(state="leased")))
+    )
+    leased = {event["request_id"] for event in leased_events}
     assert sum(states.values()) == EVENTS
     assert states.get("done", 0) < EVENTS  # it really died mid-work
     before = sent(outbox)
@@ -82,8 +95,7 @@ def test_a_host_killed_mid_work_loses_no_event(tmp_path):
     assert set(after) == set(range(EVENTS))  # every event handled at least once
     assert set(before) <= set(after)
     assert len(after) >= EVENTS
-    with sqlite3.connect(state_dir / "fnrt.sqlite3") as conn:
-        rows = conn.execute("SELECT id, state, leases FROM async_events").fetchall()
-    assert all(state == "done" for _, state, _ in rows)
+    (events,) = asyncio.run(queue_view(state_dir, lambda q: (q.events(),)))
+    assert len(events) == EVENTS and all(event["state"] == "done" for event in events)
     # what the dead host held was taken again once its lease expired
-    assert all(leases >= 2 for id_, _, leases in rows if id_ in leased)
+    assert all(event["leases"] >= 2 for event in events if event["request_id"] in leased)

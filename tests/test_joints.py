@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import fnrt
+from fnrt.store import Store, open_store
 from fnrt.testing import wait_until
 
 
@@ -30,19 +31,17 @@ def write_locked(path: Path) -> Iterator[None]:
         blocker.close()
 
 
-async def short_busy_timeout(rt: fnrt.Runtime) -> None:
-    """Fail locked writes after 20 ms instead of waiting 5 s for the lock."""
-    db = await rt._state.database()
-    await db.conn.execute("PRAGMA busy_timeout=20")
+async def store_failing_fast(path: Path) -> Store:
+    """The state file, opened to give up on a held lock after 20 ms instead of 5 s."""
+    return await open_store(path / "fnrt.sqlite3", busy_timeout=0.02)
 
 
 async def test_the_async_queue_keeps_draining_after_the_store_recovers(tmp_path: Path) -> None:
     clock = fnrt.FakeClock()
     ledger = str(tmp_path / "ledger")
-    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+    async with await store_failing_fast(tmp_path) as store, fnrt.Runtime(store=store, clock=clock) as rt:
         await rt.add_function("charge", "handlers.payments:charge")
         rt.configure_async("charge", retry_delays=[60])
-        await short_busy_timeout(rt)
         # Fails once (a function error), so its retry is due 60 s later.
         payload = {"order": "J-1", "amount": 5, "gateway_failures": 1, "ledger": ledger}
         request_id = await rt.invoke("charge", payload, "Event")
@@ -69,14 +68,13 @@ async def test_a_stream_mapping_recovers_from_a_store_failure(tmp_path: Path) ->
     clock = fnrt.FakeClock()
     ledger, attempts = tmp_path / "ledger.jsonl", tmp_path / "attempts"
     attempts.mkdir()
-    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+    async with await store_failing_fast(tmp_path) as store, fnrt.Runtime(store=store, clock=clock) as rt:
         await rt.add_function(
             "orders",
             "handlers.orders:process_orders",
             timeout=600,
             environment={"ORDERS_LEDGER": str(ledger), "ORDERS_ATTEMPTS": str(attempts)},
         )
-        await short_busy_timeout(rt)
         stream = await rt.create_stream("orders")
         flaky, fine = json.dumps({"id": 0, "fail_times": 1}), json.dumps({"id": 1})
         await stream.put_records([(flaky, "k"), (fine, "k")])

@@ -26,8 +26,8 @@ import structlog
 import fnrt
 from fnrt import FakeClock, InvalidConfig, Runtime, StreamMappingConfig, StreamNotFound
 from fnrt.sources._streams import _failed_suffix
-from fnrt.store import Database
-from fnrt.store._streams import StoredRecord, StreamStore, hash_key, seq_int, seq_str
+from fnrt.store import open_store
+from fnrt.store._streams import StoredRecord, hash_key, seq_int, seq_str
 
 from .conftest import read_jsonl
 
@@ -426,13 +426,11 @@ async def test_kill_9_mid_stream_and_restart_loses_nothing(tmp_path: Path) -> No
     done_before = len(ledger(path))
     assert done_before < count, "the host finished before the kill; make the test stream longer"
 
-    db = await Database.open(state / "fnrt.sqlite3")
-    store = await StreamStore.open(db)
-    row = await store.mapping("orders", "orders")
-    assert row is not None
-    checkpoints = await store.checkpoints(row.uuid)
-    shards = await store.shards("orders")
-    await db.close()
+    async with await open_store(state) as store:
+        row = await store.streams.mapping("orders", "orders")
+        assert row is not None
+        checkpoints = await store.streams.checkpoints(row.uuid)
+        shards = await store.streams.shards("orders")
 
     def shard_of_key(key: str) -> str:
         hashed = hash_key(key)

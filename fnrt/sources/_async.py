@@ -53,7 +53,8 @@ from .._observe import Metrics
 from .._registry import FunctionEntry, FunctionRegistry
 from .._supervise import INFRASTRUCTURE, Supervisor
 from ..errors import FunctionNotFound, RuntimeClosed, ServiceError, TooManyRequests
-from ..store._queue import EventQueue, Outcome, QueuedEvent
+from ..store import Outcome, QueuedEvent
+from ..store import QueueStore as EventQueue
 
 __all__ = ["AsyncInvoker", "AsyncSource"]
 

@@ -51,15 +51,8 @@ from ..errors import (
     StreamNotFound,
     TooManyRequests,
 )
-from ..store._streams import (
-    MAX_HASH_KEY,
-    Shard,
-    StoredRecord,
-    StreamStore,
-    hash_key,
-    seq_int,
-    seq_str,
-)
+from ..store import Shard, StoredRecord, StreamStore
+from ..store._types import MAX_HASH_KEY, hash_key, seq_int, seq_str
 
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)

@@ -13,20 +13,100 @@ from a crash of the process (kill -9), lost only to an OS crash or power cut, an
 in order: a later durable commit makes every earlier one durable too. Bookkeeping that
 at-least-once delivery redoes when it is lost (leases, results, checkpoints) uses it and
 skips the fsync.
+
+Every failure underneath (``sqlite3.Error``, ``OSError``, a closed connection) leaves this
+module as :class:`~fnrt.errors.StoreUnavailable` naming the file and the cause
+(:func:`store_error`), so callers only ever see fnrt's errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 
+from ..errors import StoreUnavailable
+
 Statement = tuple[str, Sequence[Any]]
+
+# SQLite's primary result codes that mean the store itself is unusable (not one bad
+# statement): a group commit that fails with one of them fails every caller at once.
+_STORE_WIDE = {
+    sqlite3.SQLITE_BUSY: "locked by another connection",
+    sqlite3.SQLITE_LOCKED: "locked by another connection",
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "not an SQLite database",
+    sqlite3.SQLITE_CANTOPEN: "cannot be opened",
+    sqlite3.SQLITE_NOMEM: "out of memory",
+    sqlite3.SQLITE_PERM: "permission denied",
+}
+_OS_ERRORS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk full (quota)",
+    errno.EROFS: "read-only (read-only file system)",
+    errno.EACCES: "read-only or not accessible (permission denied)",
+    errno.EPERM: "read-only or not accessible (operation not permitted)",
+}
+_CLOSED = ("Connection closed", "no active connection", "Cannot operate on a closed database.")
+
+
+def _closed_error(exc: BaseException) -> bool:
+    return isinstance(exc, (ValueError, sqlite3.ProgrammingError)) and str(exc) in _CLOSED
+
+
+def store_wide(exc: BaseException) -> bool:
+    """True when ``exc`` means the store is unusable, not that one statement was bad."""
+    if isinstance(exc, StoreUnavailable):
+        exc = exc.cause or exc
+    if isinstance(exc, OSError) or _closed_error(exc):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _STORE_WIDE
+
+
+def store_error(exc: BaseException, path: Path | str) -> StoreUnavailable:
+    """``exc`` (from sqlite3, aiosqlite or the OS) as the error callers see."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    if _closed_error(exc):
+        what = "closed"
+    elif isinstance(code, int) and (code & 0xFF) in _STORE_WIDE:
+        what = f"{_STORE_WIDE[code & 0xFF]} ({exc})"
+    elif isinstance(exc, OSError):
+        what = f"{_OS_ERRORS.get(exc.errno or 0, 'not accessible')} ({exc})"
+    else:
+        what = f"write failed ({exc})"
+    return StoreUnavailable(f"state store {path}: {what}", path=str(path), cause=exc)
+
+
+def mappable(exc: BaseException) -> bool:
+    return isinstance(exc, (sqlite3.Error, OSError)) or _closed_error(exc)
+
+
+@contextlib.contextmanager
+def mapped_errors(path: Path | str) -> Iterator[None]:
+    """Raise what escapes the block as :class:`StoreUnavailable` (cancellation and
+    fnrt's own errors pass through)."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if mappable(exc):
+            raise store_error(exc, path) from exc
+        raise
 
 
 class Database:
@@ -34,53 +114,82 @@ class Database:
         self.path = path
         self.conn = conn
         self._lock = asyncio.Lock()
-        self._schemas: set[str] = set()
+        self.schemas: set[str] = set()
         # group_write(): callers waiting for the next commit, and the task that commits.
         self._pending: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._synchronous = "FULL"
+        self._closed = False
+        self.commits = 0  # transactions committed through this handle (stats, tests)
 
     @classmethod
-    async def open(cls, path: str | Path, *, synchronous: str = "FULL") -> Database:
-        """Open (creating) the state file. ``synchronous=FULL`` makes a commit survive a
-        power cut, not only a crash of the process; group commits keep that affordable."""
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        read_only: bool = False,
+        busy_timeout: float = 5.0,
+    ) -> Database:
+        """Open an SQLite file (creating it, unless ``read_only``). ``synchronous=FULL``
+        makes a commit survive a power cut, not only a crash of the process; group
+        commits keep that affordable. This is the bare handle: ``SQLiteStore.open``
+        checks that the file is an fnrt store first."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # aiosqlite starts the connection's (non-daemon) thread inside connect(): if we are
-        # cancelled or fail from here on, close it, or the process cannot exit.
-        connecting = asyncio.ensure_future(aiosqlite.connect(path, isolation_level=None))
-        try:
-            conn = await asyncio.shield(connecting)
-        except BaseException:
-            with contextlib.suppress(BaseException):
-                await (await connecting).close()
-            raise
-        try:
-            conn.row_factory = aiosqlite.Row
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute(f"PRAGMA synchronous={synchronous}")
-            await conn.execute("PRAGMA busy_timeout=5000")
-        except BaseException:
-            await asyncio.shield(conn.close())
-            raise
-        return cls(path, conn)
+        target: str | Path = f"file:{quote(str(path.absolute()))}?mode=ro" if read_only else path
+        with mapped_errors(path):
+            # aiosqlite starts the connection's (non-daemon) thread inside connect(): if we
+            # are cancelled or fail from here on, close it, or the process cannot exit.
+            connecting = asyncio.ensure_future(
+                aiosqlite.connect(target, isolation_level=None, uri=read_only)
+            )
+            try:
+                conn = await asyncio.shield(connecting)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    await (await connecting).close()
+                raise
+            try:
+                conn.row_factory = aiosqlite.Row
+                await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+                if not read_only:
+                    await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute(f"PRAGMA synchronous={synchronous}")
+            except BaseException:
+                await asyncio.shield(conn.close())
+                raise
+        db = cls(path, conn)
+        db._synchronous = synchronous.upper()
+        return db
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"state store {self.path}: closed", path=str(self.path))
 
     async def close(self) -> None:
-        try:
-            if self._flusher is not None:
-                # Commit what callers already wait for; a failure is theirs (they got it).
-                await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
-        finally:
-            await self.conn.close()
+        if self._closed:
+            return
+        with mapped_errors(self.path):
+            try:
+                while self._flusher is not None:
+                    # Commit what callers already wait for; a failure is theirs (they got it).
+                    await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+            finally:
+                self._closed = True
+                await self.conn.close()
 
     async def ensure_schema(self, name: str, statements: Iterable[str]) -> None:
         """Run an area's ``CREATE ... IF NOT EXISTS`` statements once per connection."""
-        if name in self._schemas:
+        if name in self.schemas:
             return
         async with self.transaction() as conn:
             for statement in statements:
                 await conn.execute(statement)
-        self._schemas.add(name)
+        self.schemas.add(name)
 
     async def _durability(self, durable: bool) -> None:
         """Set ``synchronous`` for the next commit (only between transactions, under the
@@ -94,43 +203,65 @@ class Database:
     async def transaction(self, *, durable: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error), one at a time.
 
-        ``durable=False``: the commit skips the fsync (see the module's docstring)."""
-        async with self._lock:
-            await self._durability(durable)
-            # The connection's thread runs BEGIN even when the caller is cancelled while it
-            # waits: then roll back, or the next caller finds a transaction left open.
-            begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
-            try:
-                await asyncio.shield(begin)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await begin
-                    await self.conn.execute("ROLLBACK")
-                raise
-            try:
-                yield self.conn
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            await self.conn.execute("COMMIT")
+        ``BEGIN IMMEDIATE`` takes the file's write lock first, so what the block reads it
+        decides on alone, against every other connection and process. ``durable=False``:
+        the commit skips the fsync (see the module's docstring). Errors of the block and
+        of the commit leave as :class:`StoreUnavailable`; nothing of a failed block stays."""
+        with mapped_errors(self.path):
+            async with self._lock:
+                self._check_open()
+                await self._durability(durable)
+                # The connection's thread runs BEGIN even when the caller is cancelled while
+                # it waits: then roll back, or the next caller finds a transaction left open.
+                begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
+                try:
+                    await asyncio.shield(begin)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await begin
+                        await self.conn.execute("ROLLBACK")
+                    raise
+                try:
+                    yield self.conn
+                    await self.conn.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+                self.commits += 1
+
+    async def _rollback(self) -> None:
+        """Roll back if a transaction is still open (SQLite ends one itself on some
+        errors, e.g. a full disk); a failure here must not hide the error that led here."""
+        with contextlib.suppress(Exception):
+            if self.conn.in_transaction:
+                await asyncio.shield(self.conn.execute("ROLLBACK"))
 
     async def write_returning(
         self, sql: str, params: Sequence[Any] = (), *, durable: bool = True
     ) -> list[aiosqlite.Row]:
         """One writing statement (``... RETURNING``) as its own transaction: one thread hop,
-        holding the write lock for the statement alone."""
-        async with self._lock:
-            await self._durability(durable)
-            return list(await self.conn.execute_fetchall(sql, params))
+        holding the write lock for the statement alone (SQLite takes it before the
+        statement reads, so its ``WHERE`` decides against every other writer)."""
+        with mapped_errors(self.path):
+            async with self._lock:
+                self._check_open()
+                await self._durability(durable)
+                rows = list(await self.conn.execute_fetchall(sql, params))
+                self.commits += 1
+                return rows
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         # One thread hop for execute + fetch: a write from another task on this connection
         # cannot land between them and change the rows under an open cursor.
-        return list(await self.conn.execute_fetchall(sql, params))
+        with mapped_errors(self.path):
+            self._check_open()
+            return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        rows = await self.conn.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+        with mapped_errors(self.path):
+            self._check_open()
+            rows = await self.conn.execute_fetchall(sql, params)
+            return next(iter(rows), None)
 
     # -- group commit -----------------------------------------------------------------
 
@@ -140,11 +271,16 @@ class Database:
         Returns once they are committed. Every caller waiting at the same time joins one
         transaction (consecutive statements with the same SQL go in one ``executemany``,
         one thread hop), so the cost of the commit and its fsync is shared by the batch.
-        If the batch fails, each caller's statements are retried in a transaction of
-        their own, so one bad write fails only its caller. Statements must not depend on
-        results (no ``RETURNING``, no rowcount): use :meth:`transaction` for that. A batch
-        is committed durably when any of its callers asked for it.
+        If the batch fails because of one statement, each caller's statements are retried
+        in a transaction of their own, so one bad write fails only its caller; if it fails
+        because the store is unusable (locked, full, read-only, ...), every caller gets
+        that :class:`StoreUnavailable` at once. Statements must not depend on results (no
+        ``RETURNING``, no rowcount): use :meth:`transaction` for that, or chain a statement
+        on the one before with ``WHERE changes() > 0`` (it writes only if the statement
+        before it in the same caller's list wrote). A batch is committed durably when any
+        of its callers asked for it.
         """
+        self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((statements, future, durable))
         if self._flusher is None:
@@ -163,8 +299,14 @@ class Database:
                         flat = [stmt for statements, _, _ in batch for stmt in statements]
                         for sql, run in itertools.groupby(flat, key=lambda stmt: stmt[0]):
                             await conn.executemany(sql, [params for _, params in run])
-                except Exception:
-                    await self._write_one_by_one(batch)
+                except Exception as exc:
+                    if store_wide(exc):  # one by one would fail (or wait) once per caller
+                        cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
+                        for _, future, _ in batch:
+                            if not future.done():  # an error of its own each: its own traceback
+                                future.set_exception(store_error(cause, self.path))
+                    else:
+                        await self._write_one_by_one(batch)
                     continue
                 for _, future, _ in batch:
                     if not future.done():
@@ -173,7 +315,15 @@ class Database:
         except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
             for _, future, _ in batch + self._pending:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("closed"))
+                    future.set_exception(
+                        store_error(exc, self.path)
+                        if mappable(exc)
+                        else StoreUnavailable(
+                            f"state store {self.path}: closed before the write was committed",
+                            path=str(self.path),
+                            cause=exc,
+                        )
+                    )
             self._pending = []
             raise
         finally:
@@ -189,7 +339,7 @@ class Database:
                         await conn.execute(sql, params)
             except Exception as exc:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(store_error(exc, self.path) if mappable(exc) else exc)
             else:
                 if not future.done():
                     future.set_result(None)

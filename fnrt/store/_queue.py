@@ -15,6 +15,12 @@ must still hold, so a poller that lost its lease cannot overwrite a newer attemp
 
 Times are wall-clock seconds (the runtime clock's ``time()``) because they must mean the
 same thing to the next process that opens the file.
+
+Nothing here relies on being the only writer (:class:`fnrt.store.QueueStore` states the
+contract): a take is one ``UPDATE ... RETURNING`` whose ``WHERE`` picks and checks the
+rows under SQLite's write lock, and every fenced write checks the lease token in the
+statement that writes. ``done`` and ``failed`` rows are deleted by :meth:`purge_finished`
+once they are old (indexed by ``finished_at``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
 from ._db import Database, Statement
+from ._types import Outcome, QueuedEvent
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS async_events (
@@ -50,6 +55,10 @@ SCHEMA = (
         finished_at REAL
     )""",
     "CREATE INDEX IF NOT EXISTS async_events_due ON async_events (function, state, run_at)",
+    "CREATE INDEX IF NOT EXISTS async_events_request ON async_events (request_id)",
+    # Only finished rows have finished_at: the index is what purge_finished walks.
+    "CREATE INDEX IF NOT EXISTS async_events_finished ON async_events (finished_at) "
+    "WHERE finished_at IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS destination_records (
         id INTEGER PRIMARY KEY,
         sink TEXT NOT NULL,
@@ -63,64 +72,53 @@ _ENQUEUE = (
     "INSERT INTO async_events (request_id, function, payload, enqueued_at, run_at) VALUES (?, ?, ?, ?, ?)"
 )
 _SINK = "INSERT INTO destination_records (sink, record, created_at) VALUES (?, ?, ?)"
+# A settle's side effects: written only if the statement before them (the fenced UPDATE
+# of the event, then each insert in turn) wrote a row, in the same transaction.
+_ENQUEUE_FENCED = (
+    "INSERT INTO async_events (request_id, function, payload, enqueued_at, run_at) "
+    "SELECT ?, ?, ?, ?, ? WHERE changes() > 0"
+)
+_SINK_FENCED = (
+    "INSERT INTO destination_records (sink, record, created_at) SELECT ?, ?, ? WHERE changes() > 0"
+)
 _COLUMNS = (
     "id, request_id, function, payload, enqueued_at, attempts, invokes, system_retries, leases, "
     "last_status, last_error, last_response"
 )
 # Lease up to LIMIT due events, oldest first; {state}/{due}: queued by run_at, or leased
-# by lease_until (expired leases, taken over).
+# by lease_until (expired leases, taken over). One statement: SQLite takes the write lock
+# before it reads, so the rows it picks are checked and leased with no other writer in
+# between; the outer WHERE repeats the check so the statement says what it relies on.
 _TAKE = (
     "UPDATE async_events SET state = 'leased', lease_owner = ?, lease_until = ?, "
     "leases = leases + 1 WHERE id IN (SELECT id FROM async_events WHERE function = ? "
-    "AND state = '{state}' AND {due} <= ? ORDER BY {due} LIMIT ?) RETURNING "
+    "AND state = '{state}' AND {due} <= ? ORDER BY {due} LIMIT ?) "
+    "AND state = '{state}' AND {due} <= ? RETURNING "
     + _COLUMNS
+)
+_SETTLE = (
+    "UPDATE async_events SET state = ?, run_at = COALESCE(?, run_at), attempts = ?, "
+    "invokes = ?, system_retries = ?, last_status = COALESCE(?, last_status), "
+    "last_error = ?, last_response = COALESCE(?, last_response), condition = ?, "
+    "record = ?, finished_at = ?, lease_owner = NULL, lease_until = NULL "
+    "WHERE id = ? AND leases = ? AND state = 'leased'"
+)
+_EVENT_COLUMNS = (
+    "request_id, function, state, enqueued_at, run_at, attempts, invokes, "
+    "system_retries, leases, condition, record, last_error"
 )
 
 
-@attrs.frozen
-class QueuedEvent:
-    """One taken (leased) event, as a poller sees it."""
-
-    id: int
-    request_id: str
-    function: str
-    payload: bytes
-    enqueued_at: float
-    attempts: int  # invocations that ended in a function error (use retry attempts)
-    invokes: int  # invocations that reached the function (approximateInvokeCount)
-    system_retries: int  # throttles and system errors so far (drive the backoff)
-    lease: int  # the lease token this poller holds
-    last_status: int | None = None
-    last_error: str | None = None
-    last_response: bytes | None = None
+def _event(row: Any) -> dict[str, Any]:
+    event = dict(row)
+    event["record"] = json.loads(event["record"]) if event["record"] else None
+    return event
 
 
-@attrs.frozen
-class Outcome:
-    """What happened to one attempt, to write back in one transaction.
+class SQLiteQueue:
+    """The durable queue behind ``invoke(..., "Event")`` in SQLite; all its SQL is here.
 
-    ``state`` is ``queued`` (try again at ``run_at``), ``done`` or ``failed``. The
-    destination side effects go in the same transaction: ``sink_records`` as
-    ``(sink, record)`` and ``events`` (records for function destinations) as
-    ``(request_id, function, payload)``.
-    """
-
-    state: str
-    run_at: float | None = None
-    attempts: int = 0
-    invokes: int = 0
-    system_retries: int = 0
-    status: int | None = None
-    function_error: str | None = None
-    response: bytes | None = None
-    condition: str | None = None
-    record: str | None = None
-    sink_records: Sequence[tuple[str, str]] = ()
-    events: Sequence[tuple[str, str, bytes]] = ()
-
-
-class EventQueue:
-    """The durable queue behind ``invoke(..., "Event")``; all its SQL is here."""
+    Implements :class:`fnrt.store.QueueStore` (its docstrings give the contract)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -157,13 +155,13 @@ class EventQueue:
         if queued:
             rows += await self.db.write_returning(
                 _TAKE.format(state="queued", due="run_at"),
-                (owner, lease_until, function, now, limit),
+                (owner, lease_until, function, now, limit, now),
                 durable=False,
             )
         if expired and len(rows) < limit:  # their holder died: take them over
             rows += await self.db.write_returning(
                 _TAKE.format(state="leased", due="lease_until"),
-                (owner, lease_until, function, now, limit - len(rows)),
+                (owner, lease_until, function, now, limit - len(rows), now),
                 durable=False,
             )
         events = [QueuedEvent(*row) for row in rows]
@@ -185,15 +183,13 @@ class EventQueue:
     async def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
         """Write an attempt's outcome and its destination records atomically.
 
-        The row changes only while ``event.lease`` is still the current lease.
+        The row changes only while ``event.lease`` is still the current lease, and the
+        side effects are chained on that change (``WHERE changes() > 0``): a stale
+        holder writes nothing at all.
         """
         statements: list[Statement] = [
             (
-                "UPDATE async_events SET state = ?, run_at = COALESCE(?, run_at), attempts = ?, "
-                "invokes = ?, system_retries = ?, last_status = COALESCE(?, last_status), "
-                "last_error = ?, last_response = COALESCE(?, last_response), condition = ?, "
-                "record = ?, finished_at = ?, lease_owner = NULL, lease_until = NULL "
-                "WHERE id = ? AND leases = ? AND state = 'leased'",
+                _SETTLE,
                 (
                     outcome.state,
                     outcome.run_at,
@@ -211,8 +207,8 @@ class EventQueue:
                 ),
             )
         ]
-        statements += [(_SINK, (sink, record, now)) for sink, record in outcome.sink_records]
-        statements += [(_ENQUEUE, (rid, fn, body, now, now)) for rid, fn, body in outcome.events]
+        statements += [(_SINK_FENCED, (sink, record, now)) for sink, record in outcome.sink_records]
+        statements += [(_ENQUEUE_FENCED, (rid, fn, body, now, now)) for rid, fn, body in outcome.events]
         # Durable only when it hands events on (a function destination's new event, a
         # retry): a lost "done" or sink record is redone by running the event again.
         await self.db.group_write(statements, durable=bool(outcome.events))
@@ -234,16 +230,28 @@ class EventQueue:
     async def event(self, request_id: str) -> dict[str, Any] | None:
         """The latest row for ``request_id``, for users and tests (``Runtime.async_event``)."""
         row = await self.db.fetchone(
-            "SELECT request_id, function, state, enqueued_at, run_at, attempts, invokes, "
-            "system_retries, leases, condition, record, last_error FROM async_events "
-            "WHERE request_id = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {_EVENT_COLUMNS} FROM async_events WHERE request_id = ? ORDER BY id DESC LIMIT 1",
             (request_id,),
         )
-        if row is None:
-            return None
-        event = dict(row)
-        event["record"] = json.loads(event["record"]) if event["record"] else None
-        return event
+        return None if row is None else _event(row)
+
+    async def events(
+        self, function: str | None = None, *, state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events shaped as :meth:`event`, oldest first, optionally filtered."""
+        where, params = [], []
+        if function is not None:
+            where.append("function = ?")
+            params.append(function)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        rows = await self.db.fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM async_events "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id LIMIT ?",
+            (*params, -1 if limit is None else limit),
+        )
+        return [_event(row) for row in rows]
 
     async def counts(self, function: str | None = None) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``)."""
@@ -261,3 +269,20 @@ class EventQueue:
             "SELECT record FROM destination_records WHERE sink = ? ORDER BY id", (sink,)
         )
         return [json.loads(row[0]) for row in rows]
+
+    async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` done/failed events finished before ``before``."""
+        if limit <= 0:
+            return 0
+        async with self.db.transaction(durable=False) as conn:  # lost: purged next time
+            cursor = await conn.execute(
+                "DELETE FROM async_events WHERE id IN (SELECT id FROM async_events "
+                "WHERE finished_at < ? AND state IN ('done', 'failed') ORDER BY finished_at LIMIT ?)",
+                (before, limit),
+            )
+            return cursor.rowcount
+
+
+EventQueue = SQLiteQueue  # the name the sources know it by
+
+__all__ = ["EventQueue", "Outcome", "QueuedEvent", "SQLiteQueue"]

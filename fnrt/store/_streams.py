@@ -4,27 +4,36 @@ Every statement about streams lives here. The rows are the whole truth: a shard'
 range and parents, a mapping's checkpoint per shard (the last sequence number that
 succeeded or was sent to the on-failure destination), and a lease per shard with an owner
 and an expiry time. Pollers on any host that shares the database coordinate through these
-rows only (DESIGN.md section 9).
+rows only (DESIGN.md section 9); :class:`fnrt.store.StreamStore` states the contract.
 
 Sequence numbers are integers here, one counter per stream, so they increase within a
 shard and also from a parent shard to its children. Users see them as zero-padded
-decimal strings (:func:`seq_str`) that sort correctly as strings.
+decimal strings (:func:`seq_str`) that sort correctly as strings. A put allocates its
+numbers with ``UPDATE streams SET next_seq = next_seq + n ... RETURNING`` in the
+transaction that writes the records, so numbers are unique and, per shard, increase in
+commit order whatever the number of writers. Lease-holder writes (checkpoint, heartbeat,
+release) check the lease in the statement that writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
+from ..errors import InvalidConfig, StreamNotFound
 from ._db import Database
-
-MAX_HASH_KEY = 2**128 - 1
-_SEQ_PREFIX = "49"
-_SEQ_DIGITS = 54
+from ._types import (
+    MAX_HASH_KEY,
+    Checkpoint,
+    MappingRow,
+    Shard,
+    StoredRecord,
+    hash_key,
+    seq_int,
+    seq_str,
+    shard_name,
+)
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS streams (
@@ -86,85 +95,19 @@ SCHEMA = (
 )
 
 
-def seq_str(seq: int) -> str:
-    """The sequence number users see: Kinesis-like, fixed width, sorts as a string."""
-    return f"{_SEQ_PREFIX}{seq:0{_SEQ_DIGITS}d}"
-
-
-def seq_int(seq: str) -> int:
-    """The integer behind :func:`seq_str`; ``ValueError`` for anything else."""
-    if len(seq) != len(_SEQ_PREFIX) + _SEQ_DIGITS or not seq.startswith(_SEQ_PREFIX) or not seq.isdigit():
-        raise ValueError(f"not a sequence number: {seq!r}")
-    return int(seq[len(_SEQ_PREFIX) :])
-
-
-def hash_key(partition_key: str) -> int:
-    """Kinesis maps a partition key to a 128-bit integer with MD5."""
-    return int.from_bytes(hashlib.md5(partition_key.encode()).digest(), "big")
-
-
 def _hash_text(value: int) -> str:
     return f"{value:039d}"  # fixed width so that ranges compare as text
 
 
-def shard_name(index: int) -> str:
-    return f"shardId-{index:012d}"
-
-
-@attrs.frozen
-class Shard:
-    shard_id: str
-    start_hash: int
-    end_hash: int
-    parent: str | None
-    adjacent_parent: str | None
-    start_seq: int
-    end_seq: int | None  # set when the shard is closed by a split or a merge
-
-    @property
-    def open(self) -> bool:
-        return self.end_seq is None
-
-    @property
-    def parents(self) -> tuple[str, ...]:
-        return tuple(p for p in (self.parent, self.adjacent_parent) if p)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Kinesis' ``DescribeStream`` shape for one shard."""
-        out: dict[str, Any] = {
-            "ShardId": self.shard_id,
-            "HashKeyRange": {"StartingHashKey": str(self.start_hash), "EndingHashKey": str(self.end_hash)},
-            "SequenceNumberRange": {"StartingSequenceNumber": seq_str(self.start_seq)},
-        }
-        if self.end_seq is not None:
-            out["SequenceNumberRange"]["EndingSequenceNumber"] = seq_str(self.end_seq)
-        if self.parent:
-            out["ParentShardId"] = self.parent
-        if self.adjacent_parent:
-            out["AdjacentParentShardId"] = self.adjacent_parent
-        return out
-
-
-@attrs.frozen
-class StoredRecord:
-    seq: int
-    partition_key: str
-    data: str  # base64, as Lambda's event carries it
-    arrival: float
-
-
-@attrs.frozen
-class MappingRow:
-    uuid: str
-    stream: str
-    function: str
-    config: dict[str, Any]
-
-
-@attrs.frozen
-class Checkpoint:
-    seq: int  # last sequence number done; -1 = before the first record
-    finished: bool  # the (closed) shard was read to its end
+# Moves the checkpoint (never backwards) only while OWNER holds the shard's lease: the
+# check is in the writing statement, so a poller that lost its lease writes nothing.
+_CHECKPOINT = (
+    "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
+    "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM stream_leases "
+    "WHERE mapping = ? AND shard_id = ? AND owner = ?) "
+    "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
+    "finished = excluded.finished RETURNING 1"
+)
 
 
 def _shard(row: Any) -> Shard:
@@ -179,7 +122,7 @@ def _shard(row: Any) -> Shard:
     )
 
 
-class StreamStore:
+class SQLiteStreams:
     """The async interface the stream sources use; SQL stays behind it.
 
     Records (put, split, merge) are written durably. Leases and checkpoints are not
@@ -191,7 +134,7 @@ class StreamStore:
         self.db = db
 
     @classmethod
-    async def open(cls, db: Database) -> StreamStore:
+    async def open(cls, db: Database) -> SQLiteStreams:
         await db.ensure_schema("streams", SCHEMA)
         return cls(db)
 
@@ -236,15 +179,22 @@ class StreamStore:
         """Append ``(partition_key, base64 data, hash key)`` entries in one transaction;
         each goes to the open shard whose range holds its hash key."""
         async with self.db.transaction() as conn:
+            # Allocate the numbers first, in the writing statement: it also takes the
+            # stream's row for the rest of the transaction (the shard ranges below cannot
+            # change under us, and a concurrent put numbers after us).
+            async with conn.execute(
+                "UPDATE streams SET next_seq = next_seq + ? WHERE name = ? RETURNING next_seq - ?",
+                (len(entries), stream, len(entries)),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise StreamNotFound(stream)
+            seq = row[0]
             async with conn.execute(
                 "SELECT shard_id, start_hash, end_hash FROM shards WHERE stream = ? AND end_seq IS NULL",
                 (stream,),
             ) as cursor:
                 ranges = [(int(r[1]), int(r[2]), r[0]) for r in await cursor.fetchall()]
-            async with conn.execute("SELECT next_seq FROM streams WHERE name = ?", (stream,)) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None
-            seq = row[0]
             out: list[tuple[str, int]] = []
             rows = []
             for key, data, hashed in entries:
@@ -257,7 +207,6 @@ class StreamStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            await conn.execute("UPDATE streams SET next_seq = ? WHERE name = ?", (seq, stream))
         return out
 
     async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
@@ -268,22 +217,34 @@ class StreamStore:
         )
         return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
 
-    async def _close_shards(self, conn: Any, stream: str, shard_ids: Sequence[str]) -> tuple[int, int]:
-        """Close ``shard_ids`` at the stream's current sequence number; returns
-        ``(first sequence number for children, next shard index)``."""
-        async with conn.execute("SELECT next_seq, next_shard FROM streams WHERE name = ?", (stream,)) as cur:
+    async def _close_shards(
+        self, conn: Any, stream: str, shard_ids: Sequence[str], children: int
+    ) -> tuple[int, int]:
+        """Close ``shard_ids`` at the stream's current sequence number and reserve
+        ``children`` shard indexes; returns ``(first sequence number for children, first
+        reserved index)``. :class:`InvalidConfig` when a shard is closed already (another
+        writer split or merged it first): the caller's transaction then rolls back."""
+        async with conn.execute(
+            "UPDATE streams SET next_shard = next_shard + ? WHERE name = ? "
+            "RETURNING next_seq, next_shard - ?",
+            (children, stream, children),
+        ) as cur:
             row = await cur.fetchone()
+        if row is None:
+            raise StreamNotFound(stream)
         next_seq, next_shard = row[0], row[1]
         for shard_id in shard_ids:
-            await conn.execute(
-                "UPDATE shards SET end_seq = ? WHERE stream = ? AND shard_id = ?",
+            cursor = await conn.execute(
+                "UPDATE shards SET end_seq = ? WHERE stream = ? AND shard_id = ? AND end_seq IS NULL",
                 (next_seq - 1, stream, shard_id),
             )
+            if cursor.rowcount != 1:
+                raise InvalidConfig(f"{shard_id} is closed; only open shards can be split or merged")
         return next_seq, next_shard
 
     async def split_shard(self, stream: str, shard: Shard, new_start: int) -> list[str]:
         async with self.db.transaction() as conn:
-            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id])
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id], 2)
             children = [(shard.start_hash, new_start - 1), (new_start, shard.end_hash)]
             names = []
             for offset, (lo, hi) in enumerate(children):
@@ -293,12 +254,11 @@ class StreamStore:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (stream, names[-1], _hash_text(lo), _hash_text(hi), shard.shard_id, start_seq),
                 )
-            await conn.execute("UPDATE streams SET next_shard = ? WHERE name = ?", (index + 2, stream))
         return names
 
     async def merge_shards(self, stream: str, shard: Shard, adjacent: Shard) -> str:
         async with self.db.transaction() as conn:
-            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id, adjacent.shard_id])
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id, adjacent.shard_id], 1)
             name = shard_name(index)
             await conn.execute(
                 "INSERT INTO shards (stream, shard_id, start_hash, end_hash, parent, adjacent_parent, "
@@ -313,16 +273,48 @@ class StreamStore:
                     start_seq,
                 ),
             )
-            await conn.execute("UPDATE streams SET next_shard = ? WHERE name = ?", (index + 1, stream))
         return name
 
-    async def trim(self, stream: str, before: float) -> int:
-        """Drop records that arrived before ``before`` (the stream's retention)."""
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "DELETE FROM stream_records WHERE stream = ? AND arrival < ?", (stream, before)
-            )
-            return cursor.rowcount
+    async def trim(self, stream: str, before: float, *, limit: int | None = None) -> int:
+        """Drop records that arrived before ``before`` (the stream's retention), oldest
+        first, at most ``limit`` per shard. Each shard is walked in sequence order from
+        its oldest record to the first one to keep (the primary key's order, no index
+        to maintain on every put); a record out of arrival order behind a newer one
+        waits for the next trim."""
+        deleted = 0
+        async with self.db.transaction(durable=False) as conn:  # lost: trimmed next time
+            async with conn.execute("SELECT shard_id FROM shards WHERE stream = ?", (stream,)) as cursor:
+                shard_ids = [r[0] for r in await cursor.fetchall()]
+            for shard_id in shard_ids:
+                async with conn.execute(
+                    "SELECT seq FROM stream_records WHERE stream = ? AND shard_id = ? AND arrival >= ? "
+                    "ORDER BY seq LIMIT 1",
+                    (stream, shard_id, before),
+                ) as cursor:
+                    keep = await cursor.fetchone()
+                cursor = await conn.execute(
+                    "DELETE FROM stream_records WHERE stream = ? AND shard_id = ? AND seq IN "
+                    "(SELECT seq FROM stream_records WHERE stream = ? AND shard_id = ? AND seq < ? "
+                    "ORDER BY seq LIMIT ?)",
+                    (
+                        stream,
+                        shard_id,
+                        stream,
+                        shard_id,
+                        2**62 if keep is None else keep[0],
+                        -1 if limit is None else limit,
+                    ),
+                )
+                deleted += cursor.rowcount
+        return deleted
+
+    async def trim_expired(self, now: float, *, limit: int | None = None) -> int:
+        """Trim every stream by its own retention."""
+        rows = await self.db.fetchall("SELECT name, retention FROM streams ORDER BY name")
+        deleted = 0
+        for name, retention in rows:
+            deleted += await self.trim(name, now - retention, limit=limit)
+        return deleted
 
     # -- mappings ---------------------------------------------------------------------
 
@@ -349,20 +341,18 @@ class StreamStore:
         existing shard according to ``start`` (``TRIM_HORIZON``, ``LATEST``,
         ``AT_TIMESTAMP``); shards created later are read from their beginning."""
         async with self.db.transaction() as conn:
+            # One statement decides between "new" and "exists" (UNIQUE (stream, function)):
+            # of hosts adding the same mapping at once, one inserts and all get its uuid.
             async with conn.execute(
-                "SELECT uuid FROM stream_mappings WHERE stream = ? AND function = ?", (stream, function)
+                "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, function) DO UPDATE SET "
+                "config = excluded.config RETURNING uuid",
+                (uuid, stream, function, json.dumps(config), now),
             ) as cursor:
                 row = await cursor.fetchone()
-            if row is not None:
-                await conn.execute(
-                    "UPDATE stream_mappings SET config = ? WHERE uuid = ?", (json.dumps(config), row[0])
-                )
+            assert row is not None  # an upsert with RETURNING returns its row
+            if row[0] != uuid:
                 return MappingRow(row[0], stream, function, config)
-            await conn.execute(
-                "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (uuid, stream, function, json.dumps(config), now),
-            )
             if start == "LATEST":
                 await conn.execute(
                     "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
@@ -396,31 +386,33 @@ class StreamStore:
         return {r[0]: Checkpoint(r[1], bool(r[2])) for r in rows}
 
     async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
-        """Take the shard's lease if it is free, expired, or ours already."""
-        async with self.db.transaction(durable=False) as conn:
-            cursor = await conn.execute(
-                "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at WHERE owner = excluded.owner OR expires_at < ?",
-                (mapping, shard_id, owner, now + ttl, now),
-            )
-            return cursor.rowcount > 0
+        """Take the shard's lease if it is free, expired, or ours already: one upsert
+        whose ``WHERE`` judges ownership and expiry as it writes."""
+        rows = await self.db.write_returning(
+            "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at WHERE owner = excluded.owner OR expires_at < ? "
+            "RETURNING 1",
+            (mapping, shard_id, owner, now + ttl, now),
+            durable=False,
+        )
+        return bool(rows)
 
     async def heartbeat(
         self, mapping: str, owner: str, shard_ids: Sequence[str], now: float, ttl: float
     ) -> set[str]:
-        """Extend our leases; returns the shards whose lease we still hold."""
-        held: set[str] = set()
-        async with self.db.transaction(durable=False) as conn:
-            for shard_id in shard_ids:
-                cursor = await conn.execute(
-                    "UPDATE stream_leases SET expires_at = ? "
-                    "WHERE mapping = ? AND shard_id = ? AND owner = ?",
-                    (now + ttl, mapping, shard_id, owner),
-                )
-                if cursor.rowcount:
-                    held.add(shard_id)
-        return held
+        """Extend our leases; returns the shards whose lease we still hold (one
+        statement: a lease another owner took is neither extended nor returned)."""
+        if not shard_ids:
+            return set()
+        marks = ",".join("?" * len(shard_ids))
+        rows = await self.db.write_returning(
+            f"UPDATE stream_leases SET expires_at = ? WHERE mapping = ? AND owner = ? "
+            f"AND shard_id IN ({marks}) RETURNING shard_id",
+            (now + ttl, mapping, owner, *shard_ids),
+            durable=False,
+        )
+        return {r[0] for r in rows}
 
     async def release_lease(self, mapping: str, shard_id: str, owner: str) -> None:
         async with self.db.transaction(durable=False) as conn:
@@ -448,37 +440,19 @@ class StreamStore:
         """Move the checkpoint to ``seq`` while we hold the lease, with the on-failure
         record (if any) in the same transaction. ``False``: the lease was taken over, and
         nothing was written."""
+        params = (mapping, shard_id, seq, int(finished), mapping, shard_id, owner)
         if failure is None:  # the common case: one statement, one thread hop
-            rows = await self.db.write_returning(
-                "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
-                "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM stream_leases "
-                "WHERE mapping = ? AND shard_id = ? AND owner = ?) "
-                "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
-                "finished = excluded.finished RETURNING 1",
-                (mapping, shard_id, seq, int(finished), mapping, shard_id, owner),
-                durable=False,
-            )
-            return bool(rows)
+            return bool(await self.db.write_returning(_CHECKPOINT, params, durable=False))
         async with self.db.transaction(durable=False) as conn:
-            async with conn.execute(
-                "SELECT 1 FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
-                (mapping, shard_id, owner),
-            ) as cursor:
+            async with conn.execute(_CHECKPOINT, params) as cursor:
                 if await cursor.fetchone() is None:
-                    return False
+                    return False  # the lease was taken over: the failure record neither
+            destination, record, now = failure
             await conn.execute(
-                "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
-                "finished = excluded.finished",
-                (mapping, shard_id, seq, int(finished)),
+                "INSERT INTO stream_failures (mapping, destination, record, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (mapping, destination, json.dumps(record), now),
             )
-            if failure is not None:
-                destination, record, now = failure
-                await conn.execute(
-                    "INSERT INTO stream_failures (mapping, destination, record, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (mapping, destination, json.dumps(record), now),
-                )
         return True
 
     async def failure_records(
@@ -493,3 +467,20 @@ class StreamStore:
                 "SELECT record FROM stream_failures WHERE destination = ? ORDER BY id", (destination,)
             )
         return [json.loads(r[0]) for r in rows]
+
+
+StreamStore = SQLiteStreams  # the name the sources know it by
+
+__all__ = [
+    "MAX_HASH_KEY",
+    "Checkpoint",
+    "MappingRow",
+    "SQLiteStreams",
+    "Shard",
+    "StoredRecord",
+    "StreamStore",
+    "hash_key",
+    "seq_int",
+    "seq_str",
+    "shard_name",
+]

@@ -1,0 +1,314 @@
+"""The SQLite state file fails safely: what is not an fnrt store is refused and left as it
+was, a full or read-only store is ``StoreUnavailable`` with its path and cause, and nothing
+is acknowledged that was not committed. Real files throughout; the faults are real SQLite
+errors (a size cap gives SQLite's own "database or disk is full")."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import fnrt
+from fnrt.errors import InvalidConfig, StoreUnavailable
+from fnrt.store import SCHEMA_VERSION, SQLiteStore, _queue, _streams, open_store
+
+from .conftest import wait_until
+
+T0 = 1_700_000_000.0
+
+
+async def check_refused(path: Path, match: str) -> None:
+    """Opening ``path`` (as a store and as a runtime's state) is refused; the file stays."""
+    before = path.read_bytes()
+    with pytest.raises(StoreUnavailable, match=match) as caught:
+        await open_store(path)
+    assert caught.value.path == str(path)
+    with pytest.raises(StoreUnavailable, match=match):
+        async with fnrt.Runtime(state_dir=path.parent):
+            raise AssertionError("the runtime started on a bad state file")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing left beside it
+
+
+async def test_a_new_store_is_created_whole_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "state" / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        assert store.location == str(path)
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+    assert path.read_bytes()[:16] == b"SQLite format 3\x00"
+    assert [p.name for p in path.parent.iterdir()] == ["fnrt.sqlite3"]  # no temporary left
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM fnrt_schema").fetchone() == (SCHEMA_VERSION,)
+    async with await open_store(path.parent) as store:  # a directory means its fnrt.sqlite3
+        assert await store.queue.counts() == {"queued": 1}
+
+
+async def test_two_stores_creating_one_file_at_once_share_it(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    stores = await asyncio.gather(*[open_store(path) for _ in range(4)])
+    try:
+        await asyncio.gather(*[s.queue.enqueue(f"r-{n}", "f", b"{}", T0) for n, s in enumerate(stores)])
+        for store in stores:
+            assert await store.queue.counts() == {"queued": 4}
+    finally:
+        for store in stores:
+            await store.close()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("fnrt.sqlite3")] == []
+
+
+async def test_a_zero_length_state_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    path.touch()
+    await check_refused(path, "empty")
+    assert path.stat().st_size == 0
+
+
+async def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    path.write_bytes(b"these are not the bytes you are looking for\n" * 200)
+    await check_refused(path, "not an SQLite database")
+
+
+async def test_a_write_ahead_log_without_its_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        other = sqlite3.connect(path)  # keeps the log from being folded back at close
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+        wal = Path(f"{path}-wal").read_bytes()
+    other.close()
+    path.unlink()
+    Path(f"{path}-wal").write_bytes(wal)  # the database was deleted, its log was not
+    with pytest.raises(StoreUnavailable, match=r"write-ahead log of a missing fnrt\.sqlite3"):
+        await open_store(path)
+    assert not path.exists()
+
+
+async def test_an_sqlite_database_of_another_program_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (9.5)")
+    conn.close()
+    await check_refused(path, "another program.*invoices")
+
+
+async def test_a_table_of_the_same_name_that_is_not_fnrts_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE streams (id INTEGER PRIMARY KEY)")
+    conn.close()
+    await check_refused(path, "'streams' that is not fnrt's")
+
+
+async def test_a_schema_from_a_newer_fnrt_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+    with sqlite3.connect(path) as conn:  # what a later fnrt would have written
+        conn.execute("UPDATE fnrt_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    await check_refused(path, f"newer fnrt \\(schema version {SCHEMA_VERSION + 1}.*upgrade fnrt")
+
+
+async def test_a_store_from_before_the_schema_version_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    with sqlite3.connect(path) as conn:  # fnrt 0.1 wrote these tables and no version
+        for statement in _queue.SCHEMA[:2] + _streams.SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO async_events (request_id, function, payload, enqueued_at, run_at) "
+            "VALUES ('old-1', 'f', x'7b7d', ?, ?)",
+            (T0, T0),
+        )
+    conn.close()
+    async with await open_store(path) as store:
+        event = await store.queue.event("old-1")
+        assert event is not None and event["state"] == "queued"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM fnrt_schema").fetchone() == (SCHEMA_VERSION,)
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert {"async_events_request", "async_events_finished"} <= indexes
+
+
+async def test_a_state_dir_that_cannot_be_created_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "state" / "fnrt.sqlite3"
+    with pytest.raises(StoreUnavailable) as caught:
+        await open_store(path)
+    assert caught.value.path == str(path) and isinstance(caught.value.cause, OSError)
+    with pytest.raises(StoreUnavailable, match="a-file"):
+        async with fnrt.Runtime(state_dir=blocker / "state"):
+            pass
+
+
+async def test_a_store_spec_it_does_not_know_is_invalid_config(tmp_path: Path) -> None:
+    with pytest.raises(InvalidConfig, match="unknown store redis://"):
+        await open_store("redis://localhost/0")
+    with pytest.raises(InvalidConfig, match="path or a postgresql:// URL"):
+        await open_store("")
+
+
+async def test_a_postgres_url_without_the_backend_says_what_to_install(tmp_path: Path) -> None:
+    try:
+        import fnrt.store.postgres  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidConfig, match=r"pip install 'fnrt\[postgres\]'"):
+            await open_store("postgresql://fnrt@localhost/fnrt")
+    else:
+        pytest.skip("the PostgreSQL backend is installed")
+
+
+# -- full disk, read-only, locked -----------------------------------------------------
+
+
+async def test_a_full_disk_is_store_unavailable_and_nothing_unstored_is_acknowledged(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    await (await open_store(path)).close()
+    acknowledged: list[str] = []
+    failures: list[StoreUnavailable] = []
+    async with await SQLiteStore.open(path, max_bytes=200_000) as store:  # SQLite's own SQLITE_FULL
+        body = b"x" * 3000
+
+        async def enqueue(n: int) -> None:
+            try:
+                await store.queue.enqueue(f"r-{n}", "f", body, T0)
+            except StoreUnavailable as exc:
+                failures.append(exc)
+            else:
+                acknowledged.append(f"r-{n}")
+
+        for wave in range(20):  # group commits of 10 until the disk is "full"
+            await asyncio.gather(*[enqueue(wave * 10 + k) for k in range(10)])
+            if failures:
+                break
+        assert failures and acknowledged
+        error = failures[0]
+        assert "disk full" in str(error) and error.path == str(path)
+        assert isinstance(error.cause, sqlite3.OperationalError)
+        with pytest.raises(StoreUnavailable, match="disk full"):
+            await store.streams.create_stream("s", 1000, 86_400.0, T0)
+        assert await store.queue.counts() == {"queued": len(acknowledged)}  # reads still work
+    async with await open_store(path) as store:  # room again: exactly the acknowledged ones
+        events = await store.queue.events()
+        assert sorted(e["request_id"] for e in events) == sorted(acknowledged)
+        await store.queue.enqueue("after", "f", b"{}", T0)
+        assert (await store.queue.event("after")) is not None
+
+
+async def test_a_read_only_store_is_store_unavailable_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+    async with await open_store(path, read_only=True) as store:
+        assert await store.queue.counts() == {"queued": 1}
+        with pytest.raises(StoreUnavailable, match="read-only") as caught:
+            await store.queue.enqueue("r-2", "f", b"{}", T0)
+        assert caught.value.path == str(path)
+        assert isinstance(caught.value.cause, sqlite3.OperationalError)
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            await store.queue.take("f", T0, 1, "a", T0 + 30)
+    with pytest.raises(StoreUnavailable, match="no such file"):
+        await open_store(tmp_path / "missing.sqlite3", read_only=True)
+
+
+def make_read_only(path: Path) -> bool:
+    """Make ``path`` truly read-only for this process; ``False`` where that cannot be done.
+
+    Permissions do not stop root; an immutable file (``chattr +i``) does, where the file
+    system and the container allow it."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return True
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        return False
+    return subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode == 0
+
+
+def make_writable(path: Path) -> None:
+    if os.geteuid() != 0:
+        path.chmod(0o644)
+    else:
+        subprocess.run([shutil.which("chattr") or "chattr", "-i", str(path)], capture_output=True)
+
+
+async def test_a_read_only_state_file_is_refused_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+    if not make_read_only(path):
+        pytest.skip("cannot make a file read-only for this user here")
+    try:
+        before = path.read_bytes()
+        with pytest.raises(StoreUnavailable, match="read-only") as caught:
+            await open_store(path)
+        assert caught.value.path == str(path)
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            async with fnrt.Runtime(state_dir=tmp_path):
+                pass
+        assert path.read_bytes() == before
+        async with await open_store(path, read_only=True) as store:  # still readable
+            assert await store.queue.counts() == {"queued": 1}
+    finally:
+        make_writable(path)
+
+
+async def test_a_write_lock_held_too_long_is_store_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await SQLiteStore.open(path, busy_timeout=0.05) as store:
+        other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="locked") as caught:
+                await store.queue.enqueue("r-1", "f", b"{}", T0)
+            assert caught.value.path == str(path)
+            results = await asyncio.gather(
+                *[store.queue.enqueue(f"g-{n}", "f", b"{}", T0) for n in range(5)], return_exceptions=True
+            )  # a group commit that cannot lock fails every caller at once
+            assert all(isinstance(r, StoreUnavailable) for r in results)
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.streams.acquire_lease("m", "s", "a", T0, 10)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await store.queue.enqueue("r-2", "f", b"{}", T0)  # the lock is gone: works again
+        assert [e["request_id"] for e in await store.queue.events()] == ["r-2"]
+
+
+async def test_cancelled_while_waiting_for_the_write_lock_leaves_no_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await SQLiteStore.open(path, busy_timeout=2.0) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            waiting = asyncio.ensure_future(store.streams.create_stream("s", 1, 86_400.0, T0))
+            await wait_until(store.db._lock.locked, "the transaction to start")
+            await asyncio.sleep(0.02)  # on the connection's thread, BEGIN waits for the lock
+            waiting.cancel()
+            other.execute("ROLLBACK")
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            other.close()
+        assert await store.streams.create_stream("s", 1, 86_400.0, T0) is True
+        assert await store.streams.create_stream("s", 1, 86_400.0, T0) is False
+
+
+async def test_one_bad_write_in_a_group_commit_fails_only_its_caller(tmp_path: Path) -> None:
+    async with await open_store(tmp_path) as store:
+        good = [store.queue.enqueue(f"ok-{n}", "f", b"{}", T0) for n in range(20)]
+        bad = store.queue.enqueue("bad", None, b"{}", T0)  # type: ignore[arg-type]  # NOT NULL
+        results = await asyncio.gather(*good[:10], bad, *good[10:], return_exceptions=True)
+        assert [r for r in results if r is not None] == [results[10]]
+        error = results[10]
+        assert isinstance(error, StoreUnavailable) and isinstance(error.cause, sqlite3.IntegrityError)
+        assert await store.queue.counts() == {"queued": 20}
+        assert await store.queue.event("bad") is None
