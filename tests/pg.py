@@ -8,8 +8,9 @@ Use it from a test module with ``pytest_plugins = ["tests.pg"]`` (or import the 
   (``/usr/lib/postgresql/<version>/bin``, or on ``PATH``), listening on a unix socket only,
   and stops and deletes at the end of the session. As root the server runs as the
   ``postgres`` user (``runuser``), as PostgreSQL refuses to run as root.
-- ``postgres_url`` (function): the URL of a fresh, empty database (``t_<uuid>``) on that
-  server, dropped after the test, so tests never see each other's rows.
+- ``postgres_url`` (function): a store URL for ``open_postgres`` naming a fresh PostgreSQL
+  schema (``...&fnrt_schema=t_<uuid>``) on that server, dropped after the test, so tests
+  never see each other's rows.
 
 Without the binaries the tests are skipped with a message saying what to install, except
 under CI (the ``CI`` environment variable set), where that is a failure: a broken install
@@ -156,22 +157,41 @@ def postgres_server() -> Iterator[str]:
         cluster.stop()
 
 
-@pytest.fixture
-async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
-    """A fresh database on the server, dropped after the test."""
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: str) -> str:
+    """The URL of the database the tests' schemas live in: ``FNRT_POSTGRES``'s own, or a
+    ``fnrt_tests`` database made once on the throwaway cluster."""
+    if os.environ.get("FNRT_POSTGRES"):
+        return postgres_server
+    import asyncio
+
     import asyncpg
 
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(postgres_server, name)
-    finally:
+    async def create() -> None:
         admin = await asyncpg.connect(postgres_server)
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute("CREATE DATABASE fnrt_tests")
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    return with_database(postgres_server, "fnrt_tests")
+
+
+@pytest.fixture
+async def postgres_url(postgres_database: str) -> AsyncIterator[str]:
+    """A store URL of one's own: a fresh PostgreSQL schema (``fnrt_schema=t_<uuid>``, which
+    ``open_postgres`` creates), dropped after the test. Schemas, not databases, because
+    ``CREATE DATABASE`` costs a checkpoint each time."""
+    import asyncpg
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    separator = "&" if "?" in postgres_database else "?"
+    try:
+        yield f"{postgres_database}{separator}fnrt_schema={schema}"
+    finally:
+        admin = await asyncpg.connect(postgres_database)
+        try:
+            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             await admin.close()

@@ -21,10 +21,11 @@ import pytest
 
 pytest.importorskip("asyncpg")
 
-from fnrt.errors import StoreUnavailable
+from fnrt.errors import InvalidConfig, StoreUnavailable
 from fnrt.store._queue import Outcome, QueuedEvent
 from fnrt.store._streams import MAX_HASH_KEY, Checkpoint, hash_key
 from fnrt.store.postgres import PostgresStore, open_postgres
+from tests.conftest import wait_until
 
 pytest_plugins = ["tests.pg"]
 
@@ -75,6 +76,23 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(hosts: Opener, postg
     await store.pg.durable.execute("INSERT INTO fnrt_schema (version) VALUES (999)")
     with pytest.raises(StoreUnavailable, match="schema version 999"):
         await open_postgres(postgres_url)
+
+
+async def test_deployments_in_separate_schemas_share_nothing(hosts: Opener, postgres_url: str) -> None:
+    other_url = postgres_url + "_b"  # fnrt_schema=... is the URL's last parameter
+    a = await one(hosts)
+    b = await one(hosts, url=other_url)
+    heard: list[tuple[str, str]] = []
+    await b.add_wake_listener(lambda kind, name: heard.append((kind, name)))
+    await a.queue.enqueue("r", "f", b"{}", 0.0)
+    await b.queue.enqueue("r", "g", b"{}", 0.0)
+    assert await a.queue.counts() == {"queued": 1} and await b.queue.counts() == {"queued": 1}
+    await wait_until(lambda: bool(heard), "b's own wake-up")
+    assert heard == [("event", "g")]  # not a's
+    async with b.pg.durable.acquire() as conn:
+        await conn.execute(f'DROP SCHEMA "{b.schema}" CASCADE')
+    with pytest.raises(InvalidConfig, match="schema must be"):
+        await open_postgres(postgres_url, schema="Robert'); DROP TABLE x")
 
 
 async def test_an_unreachable_server_is_store_unavailable() -> None:
@@ -433,6 +451,16 @@ async def test_an_enqueue_or_put_on_one_host_wakes_a_listener_on_another(hosts: 
     await a.streams.put_records("orders", entries(3), 1.0)
     await asyncio.wait_for(arrived.wait(), 10)
     assert heard[-1] == ("stream", "orders")
+    # A settle that hands an event on (a function destination) and a release wake too.
+    arrived.clear()
+    [event] = await a.queue.take("orders-fn", 0.0, 1, "a", 30.0)
+    await a.queue.settle(event, done(events=[("next", "destination-fn", b"{}")]), 1.0)
+    await asyncio.wait_for(arrived.wait(), 10)
+    assert heard[-1] == ("event", "destination-fn")
+    arrived.clear()
+    await a.queue.release(await a.queue.take("destination-fn", 1.0, 1, "a", 30.0))
+    await asyncio.wait_for(arrived.wait(), 10)
+    assert heard[-1] == ("event", "destination-fn")
     b.remove_wake_listener(listener)
     b.remove_wake_listener(listener)  # twice: harmless
 
@@ -561,12 +589,12 @@ async def test_every_method_is_store_unavailable_while_the_server_is_unreachable
     from urllib.parse import parse_qs, urlsplit
 
     parts = urlsplit(postgres_url)
-    socket_dir = parse_qs(parts.query).get("host", [""])[0]
-    if not socket_dir:
+    query = parse_qs(parts.query)
+    if "host" not in query:
         pytest.skip("needs the session's own unix-socket server")
-    proxy = Proxy(socket_dir)
+    proxy = Proxy(query["host"][0])
     await proxy.start()
-    url = f"postgresql://postgres@127.0.0.1:{proxy.port}{parts.path}"
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}{parts.path}?fnrt_schema={query['fnrt_schema'][0]}"
     store = await one(hosts, url=url)
     await store.streams.create_stream("s", 1, 86400.0, 0.0)
     await store.queue.enqueue("r", "f", b"{}", 0.0)

@@ -24,8 +24,11 @@ scheduling host's promise, not a lease.
 
 from __future__ import annotations
 
+import re
 from types import TracebackType
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ...errors import InvalidConfig
 from ._pool import Connections, WakeListener, redact
 from ._queue import PgEventQueue
 from ._slots import PgSlots
@@ -34,12 +37,27 @@ from ._streams import PgStreamStore
 __all__ = ["PgEventQueue", "PgSlots", "PgStreamStore", "PostgresStore", "WakeListener", "open_postgres"]
 
 
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``fnrt_schema`` query parameter, and that parameter."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "fnrt_schema"), None)
+    if schema is None:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "fnrt_schema"], safe="/")
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
 class PostgresStore:
     """One PostgreSQL database as fnrt's store: ``queue``, ``streams``, ``slots``."""
 
     def __init__(self, pg: Connections, *, db_clock: bool) -> None:
         self.pg = pg
         self.url = pg.name  # without the password
+        self.schema = pg.schema
         self.db_clock = db_clock
         self.queue = PgEventQueue(pg, db_clock=db_clock)
         self.streams = PgStreamStore(pg, db_clock=db_clock)
@@ -78,14 +96,26 @@ async def open_postgres(
     idle_in_transaction_timeout: float = 30.0,
     command_timeout: float = 30.0,
     connect_timeout: float = 10.0,
+    schema: str | None = None,
 ) -> PostgresStore:
     """Connect to ``url`` (``postgresql://user:password@host:port/db``, or a unix socket:
     ``postgresql://user@/db?host=/run/postgresql``), create or check fnrt's schema, and
     return the store. ``max_connections`` bounds each of the two pools (durable and
-    relaxed commits). Raises :class:`fnrt.errors.StoreUnavailable` when the server cannot
-    be reached or its schema is newer than this fnrt."""
+    relaxed commits). ``schema`` (or the URL's ``fnrt_schema=`` query parameter) puts
+    fnrt's tables in that PostgreSQL schema, created if missing, so independent
+    deployments can share a database. Raises :class:`fnrt.errors.StoreUnavailable` when
+    the server cannot be reached or its schema is newer than this fnrt, and
+    :class:`fnrt.errors.InvalidConfig` for a bad schema name."""
+    url, in_url = _split_schema(url)
+    schema = schema or in_url
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise InvalidConfig(
+            f"schema must be 1-40 lowercase letters, digits and underscores, not starting with "
+            f"a digit; got {schema!r}"
+        )
     pg = await Connections.open(
         url,
+        schema=schema,
         max_size=max_connections,
         idle_in_transaction_timeout=idle_in_transaction_timeout,
         command_timeout=command_timeout,

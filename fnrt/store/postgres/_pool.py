@@ -53,7 +53,8 @@ _log = structlog.get_logger("fnrt.store.postgres")
 
 def redact(url: str) -> str:
     """``url`` without its password, to name the store in errors and logs."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    url = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 def guarded(
@@ -91,9 +92,12 @@ class Connections:
         relaxed: asyncpg.Pool,
         *,
         connect_kwargs: dict[str, Any],
+        schema: str | None = None,
     ) -> None:
         self.url = url
-        self.name = redact(url)
+        self.name = redact(url) if schema is None else f"{redact(url)} (schema {schema})"
+        self.schema = schema
+        self.channel = _schema.channel(schema)
         self.durable = durable
         self.relaxed = relaxed
         self._connect_kwargs = connect_kwargs
@@ -119,11 +123,15 @@ class Connections:
         idle_in_transaction_timeout: float = 30.0,
         command_timeout: float = 30.0,
         connect_timeout: float = 10.0,
+        schema: str | None = None,
     ) -> Connections:
         settings = {
             "application_name": "fnrt",
             "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout * 1000)),
         }
+        if schema is not None:
+            settings["search_path"] = f'"{schema}"'
+
         kwargs: dict[str, Any] = {"command_timeout": command_timeout, "timeout": connect_timeout}
         name = redact(url)
         pools: list[asyncpg.Pool] = []
@@ -138,7 +146,13 @@ class Connections:
                         **kwargs,
                     )
                 )
-            self = cls(url, pools[0], pools[1], connect_kwargs={**kwargs, "server_settings": settings})
+            self = cls(
+                url,
+                pools[0],
+                pools[1],
+                connect_kwargs={**kwargs, "server_settings": settings},
+                schema=schema,
+            )
             await self.setup_schema()
         except BaseException as exc:
             for pool in pools:
@@ -156,7 +170,11 @@ class Connections:
     async def setup_schema(self) -> None:
         """Create (or check) the schema under an advisory lock, once per database."""
         async with self.durable.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _schema.LOCK_KEY)
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _schema.LOCK_KEY, self.schema or ""
+            )
+            if self.schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             await conn.execute(_schema.TABLES[0])
             version = await conn.fetchval("SELECT max(version) FROM fnrt_schema")
             if version is not None and version > _schema.VERSION:
@@ -168,7 +186,7 @@ class Connections:
             if version == _schema.VERSION:
                 return
             for statement in (*_schema.TABLES[1:], *_schema.FUNCTIONS):
-                await conn.execute(statement)
+                await conn.execute(statement.replace("@CHANNEL@", self.channel))
             await conn.execute("INSERT INTO fnrt_schema (version) VALUES ($1)", _schema.VERSION)
 
     async def close(self) -> None:
@@ -238,7 +256,7 @@ class Connections:
                 conn = await asyncpg.connect(self.url, **self._connect_kwargs)
                 self._listen_conn = conn
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(_schema.CHANNEL, self._on_notify)
+                await conn.add_listener(self.channel, self._on_notify)
             except UNAVAILABLE:
                 await self._close_listen_conn()
                 if first:

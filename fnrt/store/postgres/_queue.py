@@ -9,7 +9,7 @@ a poller that lost its lease writes nothing, its destination records and follow-
 events included. Lease expiry is judged by ``lease_judge`` (see ``_schema``).
 
 Concurrent enqueues share a commit: callers waiting at the same time go in one
-``INSERT ... SELECT FROM unnest(...)``, which also notifies ``fnrt_wake`` once per function.
+``INSERT ... SELECT FROM unnest(...)``, which also notifies once per function (``fnrt_wake``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _ENQUEUE = (
     "WITH ins AS (INSERT INTO fnrt_async_events (request_id, function, payload, enqueued_at, run_at) "
     "SELECT r, f, p, t, t FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[]) AS u (r, f, p, t) "
     "RETURNING function) "
-    "SELECT pg_notify('fnrt_wake', 'event:' || d.function) FROM (SELECT DISTINCT function FROM ins) d"
+    "SELECT fnrt_wake('event:' || d.function) FROM (SELECT DISTINCT function FROM ins) d"
 )
 
 # $1 function, $2 now (for run_at), $3 limit, $4 owner, $5 lease_until, $6 ttl,
@@ -64,14 +64,14 @@ _SETTLE = (
     "SELECT r, f, p, $14, $14 FROM unnest($17::text[], $18::text[], $19::bytea[]) WITH ORDINALITY "
     "AS t (r, f, p, o) WHERE EXISTS (SELECT 1 FROM u) ORDER BY o RETURNING function) "
     "SELECT (SELECT count(*) FROM u) AS settled, "
-    "(SELECT count(pg_notify('fnrt_wake', 'event:' || d.function)) FROM (SELECT DISTINCT function FROM e) d)"
+    "(SELECT count(fnrt_wake('event:' || d.function)) FROM (SELECT DISTINCT function FROM e) d)"
 )
 
 _RELEASE = (
     "WITH r AS (UPDATE fnrt_async_events e SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
     "lease_judge = NULL FROM unnest($1::bigint[], $2::int[]) AS t (id, lease) "
     "WHERE e.id = t.id AND e.leases = t.lease AND e.state = 'leased' RETURNING e.function) "
-    "SELECT pg_notify('fnrt_wake', 'event:' || d.function) FROM (SELECT DISTINCT function FROM r) d"
+    "SELECT fnrt_wake('event:' || d.function) FROM (SELECT DISTINCT function FROM r) d"
 )
 
 
@@ -116,7 +116,7 @@ class PgEventQueue:
 
     async def enqueue(self, request_id: str, function: str, payload: bytes, now: float) -> None:
         """Store one event; returns once it is committed durably (sharing the commit with
-        every concurrent enqueue of this host). Notifies ``fnrt_wake`` with
+        every concurrent enqueue of this host). Wakes listeners with
         ``event:<function>``."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(((request_id, function, bytes(payload), now), future))

@@ -9,15 +9,21 @@ time when the store runs with ``db_clock=True``, or the caller's own value when 
 it needs "now" for judging, and the Python side passes ``None`` for ``$n`` in db-clock mode.
 
 Everything is created under one transaction-scoped advisory lock, so hosts starting
-together do not race, and stamped with :data:`VERSION` in ``fnrt_schema``.
+together do not race, and stamped with :data:`VERSION` in ``fnrt_schema``. With a
+``schema`` the tables live in that PostgreSQL schema (``search_path``), so several
+independent deployments (or tests) can share one database.
 """
 
 from __future__ import annotations
 
 VERSION = 1
 LOCK_KEY = 0x666E7274  # "fnrt": pg_advisory_xact_lock(key) around schema set-up
-CHANNEL = "fnrt_wake"
+CHANNEL = "fnrt_wake"  # with a schema: fnrt_wake_<schema>, so deployments do not wake each other
 DB_NOW = "extract(epoch from now())::float8"
+
+
+def channel(schema: str | None) -> str:
+    return CHANNEL if schema is None else f"{CHANNEL}_{schema}"
 
 
 def judge(param: str) -> str:
@@ -151,6 +157,12 @@ TABLES = (
 )
 
 FUNCTIONS = (
+    # The one place that names the notification channel (fixed when the schema is made).
+    """CREATE OR REPLACE FUNCTION fnrt_wake(p_payload text) RETURNS integer LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('@CHANNEL@', p_payload);
+        RETURN 1;
+    END $$""",
     # put_records: lock the stream's counter row first (it serializes writers, so sequence
     # numbers commit in the order they were allocated: a reader never sees seq n+1 before
     # n), then route by the open shards as they are after any split that held the lock
@@ -181,7 +193,7 @@ FUNCTIONS = (
             RAISE EXCEPTION 'stream %: % of % records had no open shard', p_stream, n - placed, n
                 USING ERRCODE = 'P0003';
         END IF;
-        PERFORM pg_notify('fnrt_wake', 'stream:' || p_stream);
+        PERFORM fnrt_wake('stream:' || p_stream);
     END $$""",
     # try_acquire: one round trip. The limit row's lock serializes acquires, and each
     # statement after it reads a fresh snapshot, so the sums include every committed grant.

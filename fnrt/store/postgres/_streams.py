@@ -118,7 +118,7 @@ class PgStreamStore:
     ) -> list[tuple[str, int]]:
         """Append ``(partition_key, base64 data, hash key)`` entries in one transaction,
         each to the open shard whose range holds its hash key; returns ``(shard_id,
-        seq)`` in order. Notifies ``fnrt_wake`` with ``stream:<name>``."""
+        seq)`` in order. Wakes listeners with ``stream:<name>``."""
         if not entries:
             return []
         rows = await self.pg.durable.fetch(
