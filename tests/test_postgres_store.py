@@ -218,6 +218,15 @@ async def test_a_bad_row_fails_only_its_own_enqueue(hosts: Opener) -> None:
     assert await q.counts() == {"queued": 2}
 
 
+async def test_close_commits_the_enqueues_in_flight(hosts: Opener, postgres_url: str) -> None:
+    store = await open_postgres(postgres_url, db_clock=False)
+    pending = [asyncio.ensure_future(store.queue.enqueue(f"r{i}", "f", b"{}", 0.0)) for i in range(50)]
+    await asyncio.sleep(0)  # the enqueues are waiting for their commit
+    await store.close()
+    assert all(task.done() and task.exception() is None for task in pending)
+    assert await (await one(hosts)).queue.counts() == {"queued": 50}
+
+
 async def test_purge_finished_deletes_only_old_finished_events(hosts: Opener) -> None:
     q = (await one(hosts)).queue
     for i in range(4):
@@ -597,16 +606,48 @@ async def test_every_method_is_store_unavailable_while_the_server_is_unreachable
     url = f"postgresql://postgres@127.0.0.1:{proxy.port}{parts.path}?fnrt_schema={query['fnrt_schema'][0]}"
     store = await one(hosts, url=url)
     await store.streams.create_stream("s", 1, 86400.0, 0.0)
+    await store.streams.put_records("s", entries(1), 0.0)
     await store.queue.enqueue("r", "f", b"{}", 0.0)
     await proxy.cut()
+    event = QueuedEvent(1, "r", "f", b"{}", 0.0, 0, 0, 0, 1)
+    shard = (await one(hosts)).streams  # a healthy store, to build arguments
+    [first_shard] = await shard.shards("s")
+    q, st, sl = store.queue, store.streams, store.slots
     calls = [
-        store.queue.enqueue("r2", "f", b"{}", 0.0),
-        store.queue.take("f", 0.0, 1, "a", 30.0),
-        store.queue.counts(),
-        store.streams.put_records("s", entries(1), 0.0),
-        store.streams.acquire_lease("m", "shardId-000000000000", "a", 0.0, 30.0),
-        store.slots.try_acquire("a", "f", 1, 10, None, 30.0),
-        store.slots.renew("a", 30.0),
+        q.enqueue("r2", "f", b"{}", 0.0),
+        q.take("f", 0.0, 1, "a", 30.0),
+        q.next_due(["f"]),
+        q.settle(event, done(), 1.0),
+        q.release([event]),
+        q.event("r"),
+        q.counts(),
+        q.purge_finished(1.0),
+        q.append_sink("sink", "{}", 0.0),
+        q.sink_records("sink"),
+        st.create_stream("t", 1, 1.0, 0.0),
+        st.stream_exists("s"),
+        st.stream_retention("s"),
+        st.shards("s"),
+        st.put_records("s", entries(1), 0.0),
+        st.read("s", first_shard.shard_id, -1, 10),
+        st.split_shard("s", first_shard, 2**127),
+        st.merge_shards("s", first_shard, first_shard),
+        st.trim("s", 1.0),
+        st.mapping("s", "f"),
+        st.create_mapping("m", "s", "f", {}, "LATEST", None, 0.0),
+        st.delete_mapping("m"),
+        st.checkpoints("m"),
+        st.acquire_lease("m", first_shard.shard_id, "a", 0.0, 30.0),
+        st.heartbeat("m", "a", [first_shard.shard_id], 0.0, 30.0),
+        st.release_lease("m", first_shard.shard_id, "a"),
+        st.leases("m"),
+        st.checkpoint("m", first_shard.shard_id, "a", 1),
+        st.failure_records(mapping="m"),
+        sl.try_acquire("a", "f", 1, 10, None, 30.0),
+        sl.release("a", "f", 1),
+        sl.renew("a", 30.0),
+        sl.forget("f"),
+        sl.in_use(),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable) as caught:
@@ -615,7 +656,7 @@ async def test_every_method_is_store_unavailable_while_the_server_is_unreachable
     with pytest.raises(StoreUnavailable):
         await store.add_wake_listener(lambda kind, name: None)
     await proxy.start()  # back: the store recovers by itself
-    assert await store.queue.counts() in ({"queued": 1}, {"queued": 1})
+    assert (await store.queue.counts())["queued"] == 1
     for _ in range(3):  # connections broken while it was down are replaced as they fail
         with contextlib.suppress(StoreUnavailable):
             await store.queue.enqueue("r3", "f", b"{}", 0.0)

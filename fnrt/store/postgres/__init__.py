@@ -74,7 +74,11 @@ class PostgresStore:
         self.pg.remove_wake_listener(callback)
 
     async def close(self) -> None:
-        await self.pg.close()
+        """Finish the enqueues in flight, stop listening, close the pools."""
+        try:
+            await self.queue.aclose()
+        finally:
+            await self.pg.close()
 
     async def __aenter__(self) -> PostgresStore:
         return self

@@ -159,13 +159,19 @@ class PgEventQueue:
                     if not future.done():
                         future.set_result(None)
         except BaseException as exc:  # cancelled: nobody waits forever
+            error = self.pg.unavailable("enqueue", exc)
             for _, future in self._pending:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("closed"))
+                    future.set_exception(error)
             self._pending = []
             raise
         finally:
             self._flushers -= 1
+
+    async def aclose(self) -> None:
+        """Commit what enqueue callers already wait for (their failure is theirs)."""
+        if self._tasks:
+            await asyncio.gather(*(asyncio.shield(t) for t in list(self._tasks)), return_exceptions=True)
 
     async def _insert(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
         request_ids, functions, payloads, times = (list(c) for c in zip(*rows, strict=True))
