@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("asyncpg")
 
-from fnrt.errors import InvalidConfig, StoreUnavailable
+from fnrt.errors import InvalidConfig, StoreUnavailable, StreamNotFound
 from fnrt.store._queue import Outcome, QueuedEvent
 from fnrt.store._streams import MAX_HASH_KEY, Checkpoint, hash_key
 from fnrt.store.postgres import PostgresStore, open_postgres
@@ -276,6 +276,10 @@ async def test_create_stream_once_and_route_records(hosts: Opener) -> None:
         [record] = [r for r in await s.read("orders", shard_id, seq - 1, 1)]
         assert (record.seq, record.partition_key, record.data, record.arrival) == (seq, key, data, 5.0)
     assert await s.put_records("orders", [], 5.0) == []
+    with pytest.raises(StreamNotFound):
+        await s.put_records("nope", entries(1), 5.0)
+    with pytest.raises(StreamNotFound):
+        await s.split_shard("nope", shards[0], 5)
 
 
 async def test_sequence_numbers_stay_unique_and_in_order_with_many_writers(hosts: Opener) -> None:
@@ -312,7 +316,7 @@ async def test_split_and_merge_keep_sequence_ranges_and_parents(hosts: Opener) -
     shards = {sh.shard_id: sh for sh in await s.shards("s")}
     assert shards[first.shard_id].end_seq == 9 and not shards[first.shard_id].open
     assert all(shards[c].parent == first.shard_id and shards[c].start_seq == 10 for c in children)
-    with pytest.raises(ValueError, match="not all open"):
+    with pytest.raises(InvalidConfig, match="not all open"):
         await s.split_shard("s", first, first.start_hash + 1)  # closed by the split above
     placed = await s.put_records("s", entries(10, "after"), 2.0)
     assert {shard_id for shard_id, _ in placed} <= {*children, second.shard_id}

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from ...errors import InvalidConfig, StreamNotFound
 from .._streams import MAX_HASH_KEY, Checkpoint, MappingRow, Shard, StoredRecord, shard_name
 from ._pool import Connections, guarded
 from ._schema import judge
@@ -121,14 +122,17 @@ class PgStreamStore:
         seq)`` in order. Wakes listeners with ``stream:<name>``."""
         if not entries:
             return []
-        rows = await self.pg.durable.fetch(
-            "SELECT shard_id, seq FROM fnrt_put_records($1, $2::text[], $3::text[], $4::numeric[], $5)",
-            stream,
-            [key for key, _, _ in entries],
-            [data for _, data, _ in entries],
-            [Decimal(hashed) for _, _, hashed in entries],
-            now,
-        )
+        try:
+            rows = await self.pg.durable.fetch(
+                "SELECT shard_id, seq FROM fnrt_put_records($1, $2::text[], $3::text[], $4::numeric[], $5)",
+                stream,
+                [key for key, _, _ in entries],
+                [data for _, data, _ in entries],
+                [Decimal(hashed) for _, _, hashed in entries],
+                now,
+            )
+        except asyncpg.exceptions.NoDataFoundError as exc:  # P0002, raised by fnrt_put_records
+            raise StreamNotFound(stream) from exc
         return [(r["shard_id"], r["seq"]) for r in rows]
 
     @guarded
@@ -149,7 +153,7 @@ class PgStreamStore:
         """Lock the stream's counter row, close ``shard_ids`` at its current sequence
         number and reserve ``new`` shard indexes; returns ``(first sequence number for
         the children, first new shard index)``. A shard closed meanwhile by another host
-        is an error (``ValueError``), and nothing is written."""
+        is :class:`InvalidConfig`, and nothing is written."""
         row = await conn.fetchrow(
             "UPDATE fnrt_streams SET next_shard = next_shard + $2 WHERE name = $1 "
             "RETURNING next_seq, next_shard - $2 AS first",
@@ -157,7 +161,7 @@ class PgStreamStore:
             new,
         )
         if row is None:
-            raise ValueError(f"no stream {stream!r}")
+            raise StreamNotFound(stream)
         closed = await conn.fetchval(
             "WITH c AS (UPDATE fnrt_shards SET end_seq = $3 WHERE stream = $1 AND shard_id = ANY($2::text[]) "
             "AND end_seq IS NULL RETURNING 1) SELECT count(*) FROM c",
@@ -166,7 +170,10 @@ class PgStreamStore:
             row["next_seq"] - 1,
         )
         if closed != len(shard_ids):
-            raise ValueError(f"stream {stream!r}: {', '.join(shard_ids)} not all open (closed meanwhile?)")
+            raise InvalidConfig(
+                f"stream {stream!r}: {' and '.join(shard_ids)} not all open (closed meanwhile by "
+                "another host?); only open shards can be split or merged"
+            )
         return row["next_seq"], row["first"]
 
     @guarded
