@@ -171,6 +171,24 @@ async def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced(hosts
     assert [r["n"] for r in await q.sink_records("sink")] == [1, 2, 3]
 
 
+async def test_settles_sharing_a_statement_are_fenced_one_by_one(hosts: Opener) -> None:
+    q = (await one(hosts)).queue
+    for i in range(20):
+        await q.enqueue(f"r{i}", "f", b"{}", 0.0)
+    [old] = await q.take("f", 0.0, 1, "dead-host", 30.0)
+    [new] = await q.take("f", 30.0, 1, "b", 60.0)  # r0, taken over
+    rest = await q.take("f", 30.0, 19, "b", 60.0)
+    await asyncio.gather(
+        q.settle(old, done(sink_records=[("sink", '{"from": "old"}')], events=[("x", "g", b"{}")]), 31.0),
+        q.settle(new, done(sink_records=[("sink", '{"from": "new"}')]), 31.0),
+        *(q.settle(e, done(sink_records=[("sink", '{"from": "rest"}')]), 31.0) for e in rest),
+    )
+    records = await q.sink_records("sink")
+    assert {"from": "old"} not in records and records.count({"from": "new"}) == 1
+    assert records.count({"from": "rest"}) == 19
+    assert await q.counts() == {"done": 20}
+
+
 async def test_release_makes_events_due_at_once(hosts: Opener) -> None:
     q = (await one(hosts)).queue
     for i in range(3):

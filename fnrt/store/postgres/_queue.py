@@ -10,19 +10,21 @@ events included. Lease expiry is judged by ``lease_judge`` (see ``_schema``).
 
 Concurrent enqueues share a commit: callers waiting at the same time go in one
 ``INSERT ... SELECT FROM unnest(...)``, which also notifies once per function (``fnrt_wake``).
+Concurrent settles share one ``UPDATE ... FROM unnest(...)`` the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+from ...errors import StoreUnavailable
 from .._queue import Outcome, QueuedEvent
-from ._pool import UNAVAILABLE, Connections, guarded
+from ._pool import RETRIES, UNAVAILABLE, Connections, guarded
 from ._schema import judge
 
 _COLUMNS = (
@@ -51,20 +53,29 @@ _TAKE = (
     "RETURNING " + ", ".join(f"e.{c.strip()}" for c in _COLUMNS.split(","))
 )
 
+# Many settles in one statement: each row changes only while its lease token is current,
+# and its sink records and follow-up events are written only if its row changed.
 _SETTLE = (
-    "WITH u AS (UPDATE fnrt_async_events SET state = $3, run_at = COALESCE($4, run_at), attempts = $5, "
-    "invokes = $6, system_retries = $7, last_status = COALESCE($8, last_status), last_error = $9, "
-    "last_response = COALESCE($10, last_response), condition = $11, record = $12, finished_at = $13, "
-    "lease_owner = NULL, lease_until = NULL, lease_judge = NULL "
-    "WHERE id = $1 AND leases = $2 AND state = 'leased' RETURNING 1), "
+    "WITH v AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[], $5::int[], "
+    "$6::int[], $7::int[], $8::int[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::float8[]) "
+    "AS v (id, lease, state, run_at, attempts, invokes, system_retries, status, error, response, "
+    "condition, record, finished_at)), "
+    "u AS (UPDATE fnrt_async_events e SET state = v.state, run_at = COALESCE(v.run_at, e.run_at), "
+    "attempts = v.attempts, invokes = v.invokes, system_retries = v.system_retries, "
+    "last_status = COALESCE(v.status, e.last_status), last_error = v.error, "
+    "last_response = COALESCE(v.response, e.last_response), condition = v.condition, record = v.record, "
+    "finished_at = v.finished_at, lease_owner = NULL, lease_until = NULL, lease_judge = NULL "
+    "FROM v WHERE e.id = v.id AND e.leases = v.lease AND e.state = 'leased' RETURNING e.id, v.lease), "
     "s AS (INSERT INTO fnrt_destination_records (sink, record, created_at) "
-    "SELECT k, r, $14 FROM unnest($15::text[], $16::text[]) WITH ORDINALITY AS t (k, r, o) "
-    "WHERE EXISTS (SELECT 1 FROM u) ORDER BY o), "
-    "e AS (INSERT INTO fnrt_async_events (request_id, function, payload, enqueued_at, run_at) "
-    "SELECT r, f, p, $14, $14 FROM unnest($17::text[], $18::text[], $19::bytea[]) WITH ORDINALITY "
-    "AS t (r, f, p, o) WHERE EXISTS (SELECT 1 FROM u) ORDER BY o RETURNING function) "
-    "SELECT (SELECT count(*) FROM u) AS settled, "
-    "(SELECT count(fnrt_wake('event:' || d.function)) FROM (SELECT DISTINCT function FROM e) d)"
+    "SELECT t.k, t.r, t.c FROM unnest($14::bigint[], $15::text[], $16::text[], $17::float8[], $23::int[]) "
+    "WITH ORDINALITY AS t (eid, k, r, c, lease, o) WHERE (t.eid, t.lease) IN (SELECT id, lease FROM u) "
+    "ORDER BY t.o), "
+    "n AS (INSERT INTO fnrt_async_events (request_id, function, payload, enqueued_at, run_at) "
+    "SELECT t.r, t.f, t.p, t.c, t.c FROM unnest($18::bigint[], $19::text[], $20::text[], $21::bytea[], "
+    "$22::float8[], $24::int[]) WITH ORDINALITY AS t (eid, r, f, p, c, lease, o) "
+    "WHERE (t.eid, t.lease) IN (SELECT id, lease FROM u) "
+    "ORDER BY t.o RETURNING function) "
+    "SELECT count(fnrt_wake('event:' || d.function)) FROM (SELECT DISTINCT function FROM n) d"
 )
 
 _RELEASE = (
@@ -92,7 +103,101 @@ def _event(row: asyncpg.Record) -> QueuedEvent:
     )
 
 
-_Pending = tuple[tuple[str, str, bytes, float], "asyncio.Future[None]"]
+Item = TypeVar("Item")
+
+
+class GroupWriter(Generic[Item]):
+    """Concurrent callers share one statement (and one commit): ``await submit(item)``
+    returns once ``write(batch)`` committed a batch holding ``item``. Up to ``parallel``
+    batches are in flight at once, so a lone caller never waits for a timer and a burst
+    becomes a few large statements. If a batch fails for a reason other than the server,
+    each of its items is written alone, so one bad item fails only its own caller."""
+
+    def __init__(
+        self,
+        pg: Connections,
+        what: str,
+        write: Callable[[Sequence[Item]], Awaitable[None]],
+        *,
+        parallel: int = 4,
+        max_batch: int = 1000,
+    ) -> None:
+        self.pg = pg
+        self.what = what
+        self._write = write
+        self._parallel = max(1, parallel)
+        self._max_batch = max_batch
+        self._pending: list[tuple[Item, asyncio.Future[None]]] = []
+        self._flushers = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: Item) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._flushers < self._parallel:
+            self._flushers += 1
+            task = asyncio.ensure_future(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await future
+
+    async def aclose(self) -> None:
+        """Wait for the batches callers already wait for (their failure is theirs)."""
+        if self._tasks:
+            await asyncio.gather(*(asyncio.shield(t) for t in list(self._tasks)), return_exceptions=True)
+
+    async def _write_mapped(self, items: Sequence[Item]) -> None:
+        for attempt in range(RETRIES + 1):
+            try:
+                await self._write(items)
+                return
+            except asyncpg.exceptions.TransactionRollbackError as exc:  # a deadlock: redo
+                if attempt == RETRIES:
+                    raise self.pg.unavailable(self.what, exc) from exc
+                await asyncio.sleep(0.005 * 2**attempt)
+            except UNAVAILABLE as exc:
+                raise self.pg.unavailable(self.what, exc) from exc
+
+    async def _flush(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let callers of this same loop turn join the batch
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    await self._write_mapped([item for item, _ in batch])
+                except StoreUnavailable as exc:
+                    outcomes: list[BaseException | None] = [exc] * len(batch)
+                except Exception:
+                    outcomes = []
+                    for item, _ in batch:
+                        try:
+                            await self._write_mapped([item])
+                        except Exception as exc:
+                            outcomes.append(exc)
+                        else:
+                            outcomes.append(None)
+                else:
+                    outcomes = [None] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if outcome is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(outcome)
+        except BaseException as exc:  # cancelled: nobody waits forever
+            error = self.pg.unavailable(self.what, exc)
+            for _, future in self._pending:
+                if not future.done():
+                    future.set_exception(error)
+            self._pending.clear()
+            raise
+        finally:
+            self._flushers -= 1
+
+
+_Settle = tuple[QueuedEvent, Outcome, float]
 
 
 class PgEventQueue:
@@ -101,10 +206,12 @@ class PgEventQueue:
     def __init__(self, pg: Connections, *, db_clock: bool = True, max_parallel_commits: int = 4) -> None:
         self.pg = pg
         self.db_clock = db_clock
-        self._pending: list[_Pending] = []
-        self._flushers = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._max_flushers = max(1, max_parallel_commits)
+        self._enqueues: GroupWriter[tuple[str, str, bytes, float]] = GroupWriter(
+            pg, "enqueue", self._insert, parallel=max_parallel_commits
+        )
+        self._settles: GroupWriter[_Settle] = GroupWriter(
+            pg, "settle", self._settle_batch, parallel=max_parallel_commits
+        )
 
     def _judge(self, now: float) -> float | None:
         return None if self.db_clock else now
@@ -118,60 +225,12 @@ class PgEventQueue:
         """Store one event; returns once it is committed durably (sharing the commit with
         every concurrent enqueue of this host). Wakes listeners with
         ``event:<function>``."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((request_id, function, bytes(payload), now), future))
-        if self._flushers < self._max_flushers:
-            self._flushers += 1
-            task = asyncio.ensure_future(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        await future
-
-    async def _flush(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let callers of this same loop turn join the batch
-            while self._pending:
-                batch, self._pending = self._pending[:1000], self._pending[1000:]
-                try:
-                    await self._insert([row for row, _ in batch])
-                except UNAVAILABLE as exc:
-                    error = self.pg.unavailable("enqueue", exc)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                except Exception:
-                    # One bad row (say, text the server rejects) fails only its caller.
-                    for row, future in batch:
-                        try:
-                            await self._insert([row])
-                        except UNAVAILABLE as exc:
-                            if not future.done():
-                                future.set_exception(self.pg.unavailable("enqueue", exc))
-                        except Exception as exc:
-                            if not future.done():
-                                future.set_exception(exc)
-                        else:
-                            if not future.done():
-                                future.set_result(None)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        except BaseException as exc:  # cancelled: nobody waits forever
-            error = self.pg.unavailable("enqueue", exc)
-            for _, future in self._pending:
-                if not future.done():
-                    future.set_exception(error)
-            self._pending = []
-            raise
-        finally:
-            self._flushers -= 1
+        await self._enqueues.submit((request_id, function, bytes(payload), now))
 
     async def aclose(self) -> None:
-        """Commit what enqueue callers already wait for (their failure is theirs)."""
-        if self._tasks:
-            await asyncio.gather(*(asyncio.shield(t) for t in list(self._tasks)), return_exceptions=True)
+        """Commit what enqueue and settle callers already wait for."""
+        await self._enqueues.aclose()
+        await self._settles.aclose()
 
     async def _insert(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
         request_ids, functions, payloads, times = (list(c) for c in zip(*rows, strict=True))
@@ -207,32 +266,46 @@ class PgEventQueue:
         )
         return None if value is None else float(value)
 
-    @guarded
     async def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
-        """Write an attempt's outcome, its destination records and follow-up events in one
-        statement, only while ``event.lease`` is still the current lease."""
-        pool = self.pg.durable if outcome.events else self.pg.relaxed
+        """Write an attempt's outcome, its destination records and follow-up events
+        atomically, only while ``event.lease`` is still the current lease (a poller that
+        lost its lease writes nothing). Concurrent settles share one statement."""
+        await self._settles.submit((event, outcome, now))
+
+    async def _settle_batch(self, batch: Sequence[_Settle]) -> None:
+        # Durable only when it hands events on (a function destination's new event): a
+        # lost "done" or sink record is redone by running the event again.
+        pool = self.pg.durable if any(o.events for _, o, _ in batch) else self.pg.relaxed
+        sinks = [(e.id, sink, record, now, e.lease) for e, o, now in batch for sink, record in o.sink_records]
+        events = [
+            (e.id, rid, fn, bytes(body), now, e.lease) for e, o, now in batch for rid, fn, body in o.events
+        ]
         await pool.execute(
             _SETTLE,
-            event.id,
-            event.lease,
-            outcome.state,
-            outcome.run_at,
-            outcome.attempts,
-            outcome.invokes,
-            outcome.system_retries,
-            outcome.status,
-            outcome.function_error,
-            None if outcome.response is None else bytes(outcome.response),
-            outcome.condition,
-            outcome.record,
-            None if outcome.state == "queued" else now,
-            now,
-            [sink for sink, _ in outcome.sink_records],
-            [record for _, record in outcome.sink_records],
-            [rid for rid, _, _ in outcome.events],
-            [fn for _, fn, _ in outcome.events],
-            [bytes(body) for _, _, body in outcome.events],
+            [e.id for e, _, _ in batch],
+            [e.lease for e, _, _ in batch],
+            [o.state for _, o, _ in batch],
+            [o.run_at for _, o, _ in batch],
+            [o.attempts for _, o, _ in batch],
+            [o.invokes for _, o, _ in batch],
+            [o.system_retries for _, o, _ in batch],
+            [o.status for _, o, _ in batch],
+            [o.function_error for _, o, _ in batch],
+            [None if o.response is None else bytes(o.response) for _, o, _ in batch],
+            [o.condition for _, o, _ in batch],
+            [o.record for _, o, _ in batch],
+            [None if o.state == "queued" else now for _, o, now in batch],
+            [s[0] for s in sinks],
+            [s[1] for s in sinks],
+            [s[2] for s in sinks],
+            [s[3] for s in sinks],
+            [e[0] for e in events],
+            [e[1] for e in events],
+            [e[2] for e in events],
+            [e[3] for e in events],
+            [e[4] for e in events],
+            [s[4] for s in sinks],
+            [e[5] for e in events],
         )
 
     @guarded
