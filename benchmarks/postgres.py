@@ -21,7 +21,7 @@ from typing import Any
 from fnrt.store._db import Database
 from fnrt.store._queue import EventQueue, Outcome
 
-from ._common import Report
+from ._common import Report, median, us
 
 PAYLOAD = b'{"order":"A-7","amount":30,"card":"ok"}'
 CALLERS = 8
@@ -70,12 +70,29 @@ async def _sqlite(tmp: Path, events: int) -> tuple[float, float]:
         await db.close()
 
 
-async def _postgres(url: str, events: int) -> tuple[float, float]:
+async def _slot_cost(slots: Any, rounds: int) -> tuple[float, float]:
+    """Median seconds of one try_acquire(1) and of one release(1), a caller at a time:
+    what a cross-host limit adds to an invoke that does not draw on a leased block."""
+    acquire: list[float] = []
+    release: list[float] = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await slots.try_acquire("bench-host", "noop", 1, 1000, None, 30.0)
+        acquire.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await slots.release("bench-host", "noop", 1)
+        release.append(time.perf_counter() - started)
+    return median(acquire), median(release)
+
+
+async def _postgres(url: str, events: int) -> tuple[float, float, tuple[float, float]]:
     from fnrt.store.postgres import open_postgres
 
     store = await open_postgres(url, schema=f"bench_{uuid.uuid4().hex[:12]}")
     try:
-        return await _enqueue_rate(store.queue, events), await _drain_rate(store.queue, events)
+        enqueue = await _enqueue_rate(store.queue, events)
+        drain = await _drain_rate(store.queue, events)
+        return enqueue, drain, await _slot_cost(store.slots, max(200, events // 20))
     finally:
         async with store.pg.durable.acquire() as conn:
             await conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
@@ -102,7 +119,7 @@ async def run(report: Report, quick: bool = False) -> None:
             url = await asyncio.to_thread(cluster.start)
         with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
             sqlite_enqueue, sqlite_drain = await _sqlite(Path(tmp), events)
-        pg_enqueue, pg_drain = await _postgres(url, events)
+        pg_enqueue, pg_drain, (acquire, release) = await _postgres(url, events)
         where = "FNRT_POSTGRES" if cluster is None else "local cluster, unix socket, fsync on"
         report.add(
             section,
@@ -119,6 +136,12 @@ async def run(report: Report, quick: bool = False) -> None:
             baseline=f"SQLite store {sqlite_drain:,.0f}/s",
             ratio=f"{pg_drain / sqlite_drain:.2f}x",
             notes="store only, no handler",
+        )
+        report.add(
+            section,
+            "cross-host slot: try_acquire(1) / release(1), median",
+            f"{us(acquire)} / {us(release)}",
+            notes="one round trip each; acquire commits durably",
         )
     finally:
         if cluster is not None:

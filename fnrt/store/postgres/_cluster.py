@@ -69,7 +69,9 @@ class ThrowawayCluster:
         self.bindir = found
         self.durable = durable
         self.max_connections = max_connections
-        self.root = Path(tempfile.mkdtemp(prefix="fnrt-pg-"))
+        # The socket lives in this directory: its path must stay under the OS limit (~107).
+        parent = None if len(tempfile.gettempdir()) < 60 else "/tmp"
+        self.root = Path(tempfile.mkdtemp(prefix="fnrt-pg-", dir=parent))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.as_postgres = os.geteuid() == 0

@@ -76,7 +76,9 @@ class PgSlots:
         """Give ``n`` of ``host``'s slots of ``function`` back (never below zero)."""
         if n <= 0:
             return
-        await self.pg.durable.execute(
+        # Not waiting for the disk: a release lost to a server crash only keeps slots
+        # unused until the lease expires (under-admit, never over-admit). Grants are durable.
+        await self.pg.relaxed.execute(
             "UPDATE fnrt_slot_leases SET count = GREATEST(count - $3, 0) WHERE host = $1 AND function = $2",
             host,
             function,
