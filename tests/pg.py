@@ -9,9 +9,11 @@ Use it from a test module with ``pytest_plugins = ["tests.pg"]`` (or import the 
   and stops and deletes at the end of the session
   (:class:`fnrt.store.postgres._cluster.ThrowawayCluster`; as root the server runs as the
   ``postgres`` user via ``runuser``, as PostgreSQL refuses to run as root).
+- ``postgres_database`` (session): the database the tests' schemas live in
+  (``FNRT_POSTGRES``'s own, or ``fnrt_tests`` made once on the throwaway cluster).
 - ``postgres_url`` (function): a store URL for ``open_postgres`` naming a fresh PostgreSQL
   schema (``...&fnrt_schema=t_<uuid>``) on that server, dropped after the test, so tests
-  never see each other's rows.
+  never see each other's rows. A plain string: pass it to host subprocesses as it is.
 
 Without the binaries the tests are skipped with a message saying what to install, except
 under CI (the ``CI`` environment variable set), where that is a failure: a broken install
