@@ -1,0 +1,155 @@
+"""The event queue on PostgreSQL beside SQLite, at the store level: durable enqueues/s from
+8 concurrent callers, and take -> settle drain events/s.
+
+PostgreSQL is the server named by ``FNRT_POSTGRES``, or a throwaway local cluster started
+for the run with ``fsync`` on (a commit waits for the disk, as SQLite's
+``synchronous=FULL`` does). Both stores share their commits between concurrent callers
+(group commit). Skipped, with a row saying why, when there is neither a server nor the
+``postgresql`` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fnrt.store._db import Database
+from fnrt.store._queue import EventQueue, Outcome
+
+from ._common import Report, median, us
+
+PAYLOAD = b'{"order":"A-7","amount":30,"card":"ok"}'
+CALLERS = 8
+
+
+async def _enqueue_rate(queue: Any, events: int) -> float:
+    per_caller = events // CALLERS
+
+    async def caller(c: int) -> None:
+        for i in range(per_caller):
+            await queue.enqueue(f"{c}-{i}", "noop", PAYLOAD, 0.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(CALLERS)))
+    return per_caller * CALLERS / (time.perf_counter() - started)
+
+
+async def _drain_rate(queue: Any, events: int, batch: int = 32) -> float:
+    """Take in batches and settle each event as done, with 4 concurrent pollers."""
+    done = 0
+
+    async def poller(p: int) -> None:
+        nonlocal done
+        while done < events:
+            taken = await queue.take("noop", 1.0, batch, f"p{p}", 1000.0)
+            if not taken:
+                await asyncio.sleep(0)
+                continue
+            await asyncio.gather(
+                *(queue.settle(e, Outcome(state="done", invokes=1, status=200), 2.0) for e in taken)
+            )
+            done += len(taken)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(poller(p) for p in range(4)))
+    return done / (time.perf_counter() - started)
+
+
+async def _sqlite(tmp: Path, events: int) -> tuple[float, float]:
+    db = await Database.open(tmp / "bench.db")
+    try:
+        queue = EventQueue(db)
+        await queue.setup()
+        return await _enqueue_rate(queue, events), await _drain_rate(queue, events)
+    finally:
+        await db.close()
+
+
+async def _slot_cost(slots: Any, rounds: int) -> tuple[float, float]:
+    """Median seconds of one try_acquire(1) and of one release(1), a caller at a time:
+    what a cross-host limit adds to an invoke that does not draw on a leased block."""
+    acquire: list[float] = []
+    release: list[float] = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await slots.try_acquire("bench-host", "noop", 1, 1000, None, 30.0)
+        acquire.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await slots.release("bench-host", "noop", 1)
+        release.append(time.perf_counter() - started)
+    return median(acquire), median(release)
+
+
+async def _postgres(url: str, events: int) -> tuple[float, float, tuple[float, float]]:
+    from fnrt.store.postgres import open_postgres
+
+    store = await open_postgres(url, schema=f"bench_{uuid.uuid4().hex[:12]}")
+    try:
+        enqueue = await _enqueue_rate(store.queue, events)
+        drain = await _drain_rate(store.queue, events)
+        return enqueue, drain, await _slot_cost(store.slots, max(200, events // 20))
+    finally:
+        async with store.pg.durable.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
+        await store.close()
+
+
+async def run(report: Report, quick: bool = False) -> None:
+    section = "PostgreSQL store"
+    events = 2000 if quick else 20000
+    cluster = None
+    url = os.environ.get("FNRT_POSTGRES")
+    try:
+        if not url:
+            try:
+                from fnrt.store.postgres._cluster import ThrowawayCluster, missing_reason
+            except ImportError:
+                report.add(section, "skipped", "-", notes="pip install 'fnrt[postgres]'")
+                return
+            reason = missing_reason()
+            if reason is not None:
+                report.add(section, "skipped", "-", notes=reason)
+                return
+            cluster = ThrowawayCluster(durable=True)
+            url = await asyncio.to_thread(cluster.start)
+        with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
+            sqlite_enqueue, sqlite_drain = await _sqlite(Path(tmp), events)
+        pg_enqueue, pg_drain, (acquire, release) = await _postgres(url, events)
+        where = "FNRT_POSTGRES" if cluster is None else "local cluster, unix socket, fsync on"
+        report.add(
+            section,
+            f"durable Event enqueues/s, {CALLERS} concurrent callers",
+            f"{pg_enqueue:,.0f}/s",
+            baseline=f"SQLite store {sqlite_enqueue:,.0f}/s",
+            ratio=f"{pg_enqueue / sqlite_enqueue:.2f}x",
+            notes=where,
+        )
+        report.add(
+            section,
+            "  take (batches of 32) -> settle done, 4 pollers",
+            f"{pg_drain:,.0f} events/s",
+            baseline=f"SQLite store {sqlite_drain:,.0f}/s",
+            ratio=f"{pg_drain / sqlite_drain:.2f}x",
+            notes="store only, no handler",
+        )
+        report.add(
+            section,
+            "cross-host slot: try_acquire(1) / release(1), median",
+            f"{us(acquire)} / {us(release)}",
+            notes="one round trip each; acquire commits durably",
+        )
+    finally:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+
+
+if __name__ == "__main__":
+    from ._common import quiet
+
+    quiet()
+    asyncio.run(run(Report(), quick=True))

@@ -1,0 +1,410 @@
+"""Streams on PostgreSQL: :class:`fnrt.store._streams.StreamStore`'s methods, atomic
+against every other host sharing the database.
+
+Sequence numbers are one counter per stream (as in SQLite: they increase within a shard
+and from a parent to its children), allocated with ``UPDATE fnrt_streams SET next_seq =
+next_seq + n ... RETURNING`` in the transaction that inserts the records. The counter row
+stays locked until that commit, so writers to one stream commit in allocation order and a
+reader never sees sequence number ``n+1`` before ``n`` (which it could checkpoint past).
+Split and merge lock the same row, so a put lands wholly before or wholly after them.
+
+A shard lease is a row with an owner, two expiries (the caller's and the judged one, see
+``_schema``) and a token bumped at each change of hands. A checkpoint moves only while its
+writer holds the lease, and locks the lease row (``FOR SHARE``) so a takeover waits for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from ...errors import InvalidConfig, StreamNotFound
+from .._streams import MAX_HASH_KEY, Checkpoint, MappingRow, Shard, StoredRecord, shard_name
+from ._pool import Connections, guarded
+from ._schema import judge
+
+
+def _shard(row: asyncpg.Record) -> Shard:
+    return Shard(
+        shard_id=row["shard_id"],
+        start_hash=int(row["start_hash"]),
+        end_hash=int(row["end_hash"]),
+        parent=row["parent"],
+        adjacent_parent=row["adjacent_parent"],
+        start_seq=row["start_seq"],
+        end_seq=row["end_seq"],
+    )
+
+
+_CHECKPOINT = (
+    "WITH l AS (SELECT 1 FROM fnrt_stream_leases WHERE mapping = $1 AND shard_id = $2 AND owner = $3 "
+    "FOR SHARE), "
+    "c AS (INSERT INTO fnrt_stream_checkpoints AS cp (mapping, shard_id, seq, finished) "
+    "SELECT $1, $2, $4, $5 WHERE EXISTS (SELECT 1 FROM l) "
+    "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = GREATEST(cp.seq, excluded.seq), "
+    "finished = excluded.finished RETURNING 1), "
+    "f AS (INSERT INTO fnrt_stream_failures (mapping, destination, record, created_at) "
+    "SELECT $1, $6, $7, $8 WHERE $7::text IS NOT NULL AND EXISTS (SELECT 1 FROM c)) "
+    "SELECT count(*) FROM c"
+)
+
+
+class PgStreamStore:
+    """The stream sources' store on PostgreSQL. Records, streams and shards are written
+    durably; leases and checkpoints with ``synchronous_commit=off`` (see ``_pool``)."""
+
+    def __init__(self, pg: Connections, *, db_clock: bool = True) -> None:
+        self.pg = pg
+        self.db_clock = db_clock
+
+    def _judge(self, now: float) -> float | None:
+        return None if self.db_clock else now
+
+    # -- streams and shards -----------------------------------------------------------
+
+    @guarded
+    async def create_stream(self, name: str, shard_count: int, retention: float, now: float) -> bool:
+        """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly.
+        ``False`` (nothing changed) when it exists already, whoever created it."""
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                "INSERT INTO fnrt_streams (name, next_seq, next_shard, retention, created_at) "
+                "VALUES ($1, 0, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING 1",
+                name,
+                shard_count,
+                retention,
+                now,
+            )
+            if created is None:
+                return False
+            step = (MAX_HASH_KEY + 1) // shard_count
+            ranges = [
+                (index * step, MAX_HASH_KEY if index == shard_count - 1 else (index + 1) * step - 1)
+                for index in range(shard_count)
+            ]
+            await conn.execute(
+                "INSERT INTO fnrt_shards (stream, shard_id, start_hash, end_hash, start_seq) "
+                "SELECT $1, s, lo, hi, 0 FROM unnest($2::text[], $3::numeric[], $4::numeric[]) "
+                "AS u (s, lo, hi)",
+                name,
+                [shard_name(i) for i in range(shard_count)],
+                [Decimal(lo) for lo, _ in ranges],
+                [Decimal(hi) for _, hi in ranges],
+            )
+        return True
+
+    @guarded
+    async def stream_exists(self, name: str) -> bool:
+        return await self.pg.relaxed.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1", name) is not None
+
+    @guarded
+    async def stream_retention(self, name: str) -> float:
+        value = await self.pg.relaxed.fetchval("SELECT retention FROM fnrt_streams WHERE name = $1", name)
+        return float(value) if value is not None else 0.0
+
+    @guarded
+    async def shards(self, stream: str) -> list[Shard]:
+        rows = await self.pg.relaxed.fetch(
+            "SELECT * FROM fnrt_shards WHERE stream = $1 ORDER BY shard_id", stream
+        )
+        return [_shard(r) for r in rows]
+
+    @guarded
+    async def put_records(
+        self, stream: str, entries: Sequence[tuple[str, str, int]], now: float
+    ) -> list[tuple[str, int]]:
+        """Append ``(partition_key, base64 data, hash key)`` entries in one transaction,
+        each to the open shard whose range holds its hash key; returns ``(shard_id,
+        seq)`` in order. Wakes listeners with ``stream:<name>``."""
+        if not entries:
+            return []
+        try:
+            rows = await self.pg.durable.fetch(
+                "SELECT shard_id, seq FROM fnrt_put_records($1, $2::text[], $3::text[], $4::numeric[], $5)",
+                stream,
+                [key for key, _, _ in entries],
+                [data for _, data, _ in entries],
+                [Decimal(hashed) for _, _, hashed in entries],
+                now,
+            )
+        except asyncpg.exceptions.NoDataFoundError as exc:  # P0002, raised by fnrt_put_records
+            raise StreamNotFound(stream) from exc
+        return [(r["shard_id"], r["seq"]) for r in rows]
+
+    @guarded
+    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
+        rows = await self.pg.relaxed.fetch(
+            "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
+            "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            stream,
+            shard_id,
+            after,
+            limit,
+        )
+        return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def _close_shards(
+        self, conn: Any, stream: str, shard_ids: Sequence[str], new: int
+    ) -> tuple[int, int]:
+        """Lock the stream's counter row, close ``shard_ids`` at its current sequence
+        number and reserve ``new`` shard indexes; returns ``(first sequence number for
+        the children, first new shard index)``. A shard closed meanwhile by another host
+        is :class:`InvalidConfig`, and nothing is written."""
+        row = await conn.fetchrow(
+            "UPDATE fnrt_streams SET next_shard = next_shard + $2 WHERE name = $1 "
+            "RETURNING next_seq, next_shard - $2 AS first",
+            stream,
+            new,
+        )
+        if row is None:
+            raise StreamNotFound(stream)
+        closed = await conn.fetchval(
+            "WITH c AS (UPDATE fnrt_shards SET end_seq = $3 WHERE stream = $1 AND shard_id = ANY($2::text[]) "
+            "AND end_seq IS NULL RETURNING 1) SELECT count(*) FROM c",
+            stream,
+            list(shard_ids),
+            row["next_seq"] - 1,
+        )
+        if closed != len(shard_ids):
+            raise InvalidConfig(
+                f"stream {stream!r}: {' and '.join(shard_ids)} not all open (closed meanwhile by "
+                "another host?); only open shards can be split or merged"
+            )
+        return row["next_seq"], row["first"]
+
+    @guarded
+    async def split_shard(self, stream: str, shard: Shard, new_start: int) -> list[str]:
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id], 2)
+            names = [shard_name(index), shard_name(index + 1)]
+            await conn.execute(
+                "INSERT INTO fnrt_shards (stream, shard_id, start_hash, end_hash, parent, start_seq) "
+                "SELECT $1, s, lo, hi, $5, $6 FROM unnest($2::text[], $3::numeric[], $4::numeric[]) "
+                "AS u (s, lo, hi)",
+                stream,
+                names,
+                [Decimal(shard.start_hash), Decimal(new_start)],
+                [Decimal(new_start - 1), Decimal(shard.end_hash)],
+                shard.shard_id,
+                start_seq,
+            )
+        return names
+
+    @guarded
+    async def merge_shards(self, stream: str, shard: Shard, adjacent: Shard) -> str:
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            start_seq, index = await self._close_shards(conn, stream, [shard.shard_id, adjacent.shard_id], 1)
+            name = shard_name(index)
+            await conn.execute(
+                "INSERT INTO fnrt_shards (stream, shard_id, start_hash, end_hash, parent, adjacent_parent, "
+                "start_seq) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                stream,
+                name,
+                Decimal(min(shard.start_hash, adjacent.start_hash)),
+                Decimal(max(shard.end_hash, adjacent.end_hash)),
+                shard.shard_id,
+                adjacent.shard_id,
+                start_seq,
+            )
+        return name
+
+    @guarded
+    async def trim(self, stream: str, before: float) -> int:
+        """Drop records that arrived before ``before`` (the stream's retention); returns
+        how many."""
+        value = await self.pg.relaxed.fetchval(
+            "WITH d AS (DELETE FROM fnrt_stream_records WHERE stream = $1 AND arrival < $2 RETURNING 1) "
+            "SELECT count(*) FROM d",
+            stream,
+            before,
+        )
+        return int(value)
+
+    # -- mappings ---------------------------------------------------------------------
+
+    @guarded
+    async def mapping(self, stream: str, function: str) -> MappingRow | None:
+        row = await self.pg.relaxed.fetchrow(
+            "SELECT uuid, stream, function, config FROM fnrt_stream_mappings "
+            "WHERE stream = $1 AND function = $2",
+            stream,
+            function,
+        )
+        if row is None:
+            return None
+        return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]))
+
+    @guarded
+    async def create_mapping(
+        self,
+        uuid: str,
+        stream: str,
+        function: str,
+        config: dict[str, Any],
+        start: str,
+        timestamp: float | None,
+        now: float,
+    ) -> MappingRow:
+        """Insert the mapping, or return the one for (stream, function) that exists (with
+        ``config`` written to it). Of hosts creating it at once one wins and the others
+        get its row. A new mapping gets a checkpoint per existing shard according to
+        ``start`` (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP``)."""
+        encoded = json.dumps(config)
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO fnrt_stream_mappings (uuid, stream, function, config, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
+                uuid,
+                stream,
+                function,
+                encoded,
+                now,
+            )
+            if inserted is None:
+                existing = await conn.fetchval(
+                    "UPDATE fnrt_stream_mappings SET config = $3 WHERE stream = $1 AND function = $2 "
+                    "RETURNING uuid",
+                    stream,
+                    function,
+                    encoded,
+                )
+                return MappingRow(existing, stream, function, config)
+            if start == "LATEST":
+                await conn.execute(
+                    "INSERT INTO fnrt_stream_checkpoints (mapping, shard_id, seq, finished) "
+                    "SELECT $1, s.shard_id, COALESCE((SELECT max(seq) FROM fnrt_stream_records r "
+                    "WHERE r.stream = s.stream AND r.shard_id = s.shard_id), -1), s.end_seq IS NOT NULL "
+                    "FROM fnrt_shards s WHERE s.stream = $2",
+                    uuid,
+                    stream,
+                )
+            elif start == "AT_TIMESTAMP":
+                await conn.execute(
+                    "INSERT INTO fnrt_stream_checkpoints (mapping, shard_id, seq) "
+                    "SELECT $1, s.shard_id, COALESCE((SELECT max(seq) FROM fnrt_stream_records r "
+                    "WHERE r.stream = s.stream AND r.shard_id = s.shard_id AND r.arrival < $3), -1) "
+                    "FROM fnrt_shards s WHERE s.stream = $2",
+                    uuid,
+                    stream,
+                    timestamp,
+                )
+        return MappingRow(uuid, stream, function, config)
+
+    @guarded
+    async def delete_mapping(self, uuid: str) -> None:
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM fnrt_stream_checkpoints WHERE mapping = $1", uuid)
+            await conn.execute("DELETE FROM fnrt_stream_leases WHERE mapping = $1", uuid)
+            await conn.execute("DELETE FROM fnrt_stream_mappings WHERE uuid = $1", uuid)
+
+    # -- checkpoints and leases -------------------------------------------------------
+
+    @guarded
+    async def checkpoints(self, mapping: str) -> dict[str, Checkpoint]:
+        rows = await self.pg.relaxed.fetch(
+            "SELECT shard_id, seq, finished FROM fnrt_stream_checkpoints WHERE mapping = $1", mapping
+        )
+        return {r[0]: Checkpoint(r[1], bool(r[2])) for r in rows}
+
+    @guarded
+    async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
+        """Take the shard's lease if it is free, expired (judged by the database's clock
+        in db-clock mode), or ours already. Atomic: of hosts racing for it one wins."""
+        value = await self.pg.relaxed.fetchval(
+            "INSERT INTO fnrt_stream_leases AS l (mapping, shard_id, owner, expires_at, expires_judge) "
+            f"VALUES ($1, $2, $3, $4::float8 + $5::float8, {judge('$6')} + $5::float8) "
+            "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at, expires_judge = excluded.expires_judge, "
+            "token = l.token + (l.owner <> excluded.owner)::int "
+            f"WHERE l.owner = excluded.owner OR l.expires_judge < {judge('$6')} RETURNING 1",
+            mapping,
+            shard_id,
+            owner,
+            now,
+            ttl,
+            self._judge(now),
+        )
+        return value is not None
+
+    @guarded
+    async def heartbeat(
+        self, mapping: str, owner: str, shard_ids: Sequence[str], now: float, ttl: float
+    ) -> set[str]:
+        """Extend our leases; returns the shards whose lease we still hold."""
+        if not shard_ids:
+            return set()
+        rows = await self.pg.relaxed.fetch(
+            f"UPDATE fnrt_stream_leases SET expires_at = $4::float8 + $5::float8, "
+            f"expires_judge = {judge('$6')} + $5::float8 "
+            "WHERE mapping = $1 AND owner = $2 AND shard_id = ANY($3::text[]) RETURNING shard_id",
+            mapping,
+            owner,
+            list(shard_ids),
+            now,
+            ttl,
+            self._judge(now),
+        )
+        return {r[0] for r in rows}
+
+    @guarded
+    async def release_lease(self, mapping: str, shard_id: str, owner: str) -> None:
+        await self.pg.relaxed.execute(
+            "DELETE FROM fnrt_stream_leases WHERE mapping = $1 AND shard_id = $2 AND owner = $3",
+            mapping,
+            shard_id,
+            owner,
+        )
+
+    @guarded
+    async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
+        """Shard -> ``(owner, expires_at)``, the expiry in the holder's clock frame."""
+        rows = await self.pg.relaxed.fetch(
+            "SELECT shard_id, owner, expires_at FROM fnrt_stream_leases WHERE mapping = $1", mapping
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    @guarded
+    async def checkpoint(
+        self,
+        mapping: str,
+        shard_id: str,
+        owner: str,
+        seq: int,
+        *,
+        finished: bool = False,
+        failure: tuple[str | None, dict[str, Any], float] | None = None,
+    ) -> bool:
+        """Move the checkpoint to ``seq`` (never backwards) while we hold the lease, with
+        the on-failure record (if any) in the same statement. ``False``: the lease was
+        taken over, and nothing was written."""
+        destination, record, created = (None, None, 0.0) if failure is None else failure
+        value = await self.pg.relaxed.fetchval(
+            _CHECKPOINT,
+            mapping,
+            shard_id,
+            owner,
+            seq,
+            finished,
+            destination,
+            None if record is None else json.dumps(record),
+            created,
+        )
+        return bool(value)
+
+    @guarded
+    async def failure_records(
+        self, *, mapping: str | None = None, destination: str | None = None
+    ) -> list[dict[str, Any]]:
+        if mapping is not None:
+            rows = await self.pg.relaxed.fetch(
+                "SELECT record FROM fnrt_stream_failures WHERE mapping = $1 ORDER BY id", mapping
+            )
+        else:
+            rows = await self.pg.relaxed.fetch(
+                "SELECT record FROM fnrt_stream_failures WHERE destination = $1 ORDER BY id", destination
+            )
+        return [json.loads(r[0]) for r in rows]
