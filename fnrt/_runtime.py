@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import anyio
 
-from . import _observe
+from . import _observe, _recent
 from ._clock import Clock, SystemClock
 from ._concurrency import ConcurrencyLimiter
 from ._config import (
@@ -210,6 +210,7 @@ class Runtime:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
+        self.recent = _recent.RecentInvocations(self.clock)  # the console's ring
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
         self._functions: dict[str, FunctionRecord] = {}
         self._pools: dict[str, FunctionPool] = {}
@@ -526,8 +527,9 @@ class Runtime:
         metrics = self.metrics
         try:
             self._limiter.acquire(name)
-        except TooManyRequests:
+        except TooManyRequests as exc:
             metrics.incr("Throttles", name)
+            self.recent.throttled(name, exc.reason)
             raise
         env: Environment | None = None
         try:
@@ -547,9 +549,11 @@ class Runtime:
                         error_type=exc.error_type,
                         error=exc.error_message,
                     )
-                    return InvocationResult(
+                    failed = InvocationResult(
                         request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True
                     )
+                    self.recent.add(failed, None, body)
+                    return failed
             return await self._run(record, pool, env, cold, body, request_id, client_context)
         finally:
             self._release(name, env)
@@ -646,6 +650,7 @@ class Runtime:
             error.request_id = request_id
             error.log_tail = _observe.log_tail(result.log)
         self._record_invocation(result, env.sandbox.id)
+        self.recent.add(result, env.sandbox.id, body)
         return result
 
     def _record_invocation(self, result: InvocationResult, sandbox_id: str) -> None:
