@@ -57,7 +57,12 @@ async def test_the_page_is_server_rendered_and_needs_no_network(served):
     assert "Recent invocations" in page and "handlers.echo.echo" in page
     assert '<label for="invoke-payload">' in page and '<label for="filter-function">' in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page)  # no CDN: every asset is ours
-    for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "console.js", "console.css"):
+    for asset in (
+        "vendor/uplot/uPlot.iife.min.js",
+        "vendor/uplot/uPlot.min.css",
+        "console.js",
+        "console.css",
+    ):
         async with http.get(f"/console/static/{asset}") as resp:
             assert resp.status == 200, asset
             assert len(await resp.read()) > 100
@@ -111,7 +116,9 @@ async def test_invoke_api_rejects_bad_requests_clearly(served):
     assert "invocation_type" in bad_type["error"]
     async with http.post("/console/api/invoke", data=b"function=echo") as resp:  # a cross-site form
         assert resp.status == 415
-    async with http.post("/console/api/invoke", data=b"[1]", headers={"Content-Type": "application/json"}) as r:
+    async with http.post(
+        "/console/api/invoke", data=b"[1]", headers={"Content-Type": "application/json"}
+    ) as r:
         assert r.status == 400
     assert rt.recent.seq == 0  # nothing was invoked
 

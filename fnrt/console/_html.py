@@ -214,7 +214,7 @@ def queues(data: dict[str, Any]) -> str:
             [
                 _e(f["function"]),
                 f'<span data-metric="queued" data-function="{_e(f["function"])}">{f["queued"]}</span>',
-                _e(f["leased"]),
+                f'<span data-metric="leased" data-function="{_e(f["function"])}">{f["leased"]}</span>',
                 _e(f["done"]),
                 _e(f["failed"]),
                 _e(f["dropped"]),
@@ -248,7 +248,7 @@ def queues(data: dict[str, Any]) -> str:
         records = "".join(f"<li>{_json(r)}</li>" for r in s["records"])
         sinks.append(
             f'<section aria-label="Sink {_e(s["sink"])}">'
-            f'<h3>Sink {_e(s["sink"])}: {s["count"]} record(s)</h3>'
+            f"<h3>Sink {_e(s['sink'])}: {s['count']} record(s)</h3>"
             f"<ol reversed>{records}</ol></section>"
         )
     return table + "".join(sinks)
@@ -283,7 +283,10 @@ def streams(data: dict[str, Any]) -> str:
         mappings = []
         for m in s["mappings"]:
             age = m["iterator_age_ms"]
-            checkpoints = ", ".join(f"{k}: {v or 'none'}" for k, v in sorted(m["checkpoints"].items()))
+            checkpoints = "<br>".join(
+                f"{_e(k)}: " + (f'<span title="{_e(v)}">&hellip;{_e(v[-8:])}</span>' if v else "none")
+                for k, v in sorted(m["checkpoints"].items())
+            )
             failures = "".join(f"<li>{_json(r)}</li>" for r in m["failure_records"])
             mappings.append(
                 f'<section aria-label="Mapping {_e(m["uuid"])}"><h4>Mapping to {_e(m["function"])} '
@@ -303,8 +306,8 @@ def streams(data: dict[str, Any]) -> str:
                     [
                         [
                             _e(m["batch_size"]),
-                            _e(", ".join(m["shards_owned"])) or "&ndash;",
-                            _e(checkpoints) or "&ndash;",
+                            "<br>".join(_e(x) for x in m["shards_owned"]) or "&ndash;",
+                            checkpoints or "&ndash;",
                             f'<span data-metric="iterator-age" data-mapping="{_e(m["uuid"])}">'
                             f"{_ms(age['p50'])}</span>",
                             _ms(age["max"]),

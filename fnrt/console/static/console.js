@@ -13,13 +13,14 @@
 
   function status(text) { var el = $("live-status"); if (el) { el.textContent = text; } }
 
-  function chartWidth(el) { return Math.max(260, Math.min(460, (el.clientWidth || 460))); }
+  function chartWidth(key) { return key === "concurrency" ? 460 : 300; }
 
   // A chart with a heading, a text summary (for screen readers and tests) and a uPlot canvas.
-  function ensurePlot(key, title, labels) {
+  function ensurePlot(key, title, labels, dots) {
     if (plots[key]) { return plots[key]; }
     var box = document.createElement("figure");
     box.className = "chart";
+    box.style.width = (chartWidth(key) + 8) + "px";
     box.setAttribute("data-chart", key);
     var cap = document.createElement("figcaption");
     cap.textContent = title;
@@ -32,11 +33,14 @@
     $("charts").appendChild(box);
     var series = [{}];
     labels.forEach(function (label, i) {
-      series.push({ label: label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false });
+      series.push({
+        label: label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
+        points: { show: !!dots, size: 4 },  // sparse series (durations, ages) read better as dots
+      });
     });
     var empty = [[]].concat(labels.map(function () { return []; }));
     plots[key] = new uPlot({
-      width: chartWidth(box), height: 150, series: series,
+      width: chartWidth(key), height: 140, series: series,
       scales: { x: { time: true } }, legend: { live: false },
       axes: [{}, { size: 50 }],
     }, empty, canvas);
@@ -76,7 +80,7 @@
       summaries[counts].setAttribute("data-throttles", String(total(thr)));
       var p50 = f("p50_ms"), p99 = f("p99_ms");
       var dur = "duration:" + name;
-      ensurePlot(dur, name + ": duration ms", ["p50", "p99"]).setData([ts, p50, p99]);
+      ensurePlot(dur, name + ": duration ms", ["p50", "p99"], true).setData([ts, p50, p99]);
       var l50 = last(p50), l99 = last(p99);
       summaries[dur].textContent = l50 === null ? "no invocations in the window" :
         "latest p50 " + l50.toFixed(1) + " ms, p99 " + l99.toFixed(1) + " ms";
@@ -84,7 +88,7 @@
     Object.keys(latest.iterator_age_ms || {}).sort().forEach(function (uuid) {
       var age = column(function (p) { var a = p.iterator_age_ms || {}; return uuid in a ? a[uuid] : null; });
       var key = "age:" + uuid;
-      ensurePlot(key, "Iterator age ms, mapping " + uuid.slice(0, 8), ["iterator age"]).setData([ts, age]);
+      ensurePlot(key, "Iterator age ms, mapping " + uuid.slice(0, 8), ["iterator age"], true).setData([ts, age]);
       var l = last(age);
       summaries[key].textContent = l === null ? "no batches read in the window" : "latest " + l.toFixed(1) + " ms";
       summaries[key].setAttribute("data-age", l === null ? "" : String(l));
