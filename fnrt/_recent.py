@@ -6,15 +6,14 @@ and log text in all (the oldest entries go first). Each of those three is cut to
 ``field_limit`` bytes on the way in (the payload and result keep their head, the log its
 tail), so no payload is kept beyond the limit.
 
-The warm path pays for a few attribute reads and an append: text is decoded and the log
-composed only when an entry is read.
+The warm path pays for an entry of a few references and two appends: a small warm result
+is kept as it is, and text is decoded and the log composed only when an entry is read.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import random
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,12 +25,13 @@ from .errors import FunctionTimeout
 if TYPE_CHECKING:
     from ._runtime import InvocationResult
 
+
 FIELD_LIMIT = 4096
 MAX_ENTRIES = 500
 MAX_BYTES = 4 * 1024 * 1024
-DURATION_SAMPLE = 2048  # durations kept per function between two drains (a uniform sample)
+DURATION_SAMPLE = 8192  # durations kept between two drains of the time series (the newest)
 OUTCOMES = ("success", "error", "timeout")
-_ENTRY_OVERHEAD = 256  # the entry's own fields, roughly
+_ENTRY_OVERHEAD = 512  # the entry's own fields and a log composed on read, roughly
 
 
 def _head(data: bytes, limit: int) -> bytes:
@@ -50,30 +50,14 @@ def _iso(ts: float) -> str:
 
 
 class InvocationEntry:
-    """One finished invocation as the ring keeps it."""
+    """One finished invocation as the ring keeps it.
 
-    __slots__ = (
-        "_log",
-        "at",
-        "cold_start",
-        "duration_ms",
-        "error_message",
-        "error_type",
-        "function",
-        "init_duration_ms",
-        "max_memory_mb",
-        "memory_size_mb",
-        "outcome",
-        "output",
-        "payload",
-        "payload_size",
-        "request_id",
-        "result",
-        "result_size",
-        "sandbox_id",
-        "seq",
-        "size",
-    )
+    A small warm result is kept by reference (nothing is copied or composed on the warm
+    path); a large one, a cold start (its log has the init phase) or an error is kept as a
+    cut copy: payload and result at most ``limit`` bytes (their head), the log its tail.
+    """
+
+    __slots__ = ("at", "payload", "payload_size", "result", "result_size", "sandbox_id", "seq", "size")
 
     def __init__(
         self,
@@ -84,87 +68,94 @@ class InvocationEntry:
         payload: bytes,
         limit: int,
     ) -> None:
-        error = result.error
         self.seq = seq
         self.at = at
-        self.request_id = result.request_id
-        self.function = result.function_name
         self.sandbox_id = sandbox_id
-        self.cold_start = result.cold_start
-        self.duration_ms = result.duration_ms
-        self.init_duration_ms = result.init_duration_ms
-        self.max_memory_mb = result.max_memory_mb
-        self.memory_size_mb = result.memory_size_mb
-        if error is None:
-            self.outcome = "success"
-            self.error_type = self.error_message = None
-            raw = result.raw
-        else:
-            self.outcome = "timeout" if isinstance(error, FunctionTimeout) else "error"
-            self.error_type = error.error_type
-            self.error_message = error.error_message
-            raw = result.raw or json.dumps(error.to_lambda()).encode()
         self.payload_size = len(payload)
-        self.payload = _head(payload, limit)
+        self.payload = payload if len(payload) <= limit else payload[:limit]
+        raw, output = result.raw, result.output
+        if result.error is None and not result.cold_start and len(raw) <= limit and len(output) * 4 <= limit:
+            self.result = result
+            self.result_size = len(raw)
+            self.size = len(self.payload) + len(raw) + 2 * len(output) + _ENTRY_OVERHEAD
+            return
+        if result.error is not None and not raw:
+            raw = json.dumps(result.error.to_lambda()).encode()
         self.result_size = len(raw)
-        self.result = _head(raw, limit)
-        # A cold start's log has the init phase in it: compose it now (rare). A warm one is
-        # composed on read from the handler's output.
-        if self.cold_start or error is not None:
-            self._log: str | None = _tail(result.log, limit)
-            self.output = ""
-        else:
-            self._log = None
-            self.output = _tail(result.output, limit)
-        self.size = len(self.payload) + len(self.result) + len(self._log or self.output) + _ENTRY_OVERHEAD
+        log = _tail(result.log, limit)
+        self.result = type(result)(
+            result.request_id,
+            result.function_name,
+            result.status_code,
+            raw[:limit],
+            result.error,
+            log=log,
+            cold_start=result.cold_start,
+            duration_ms=result.duration_ms,
+            init_duration_ms=result.init_duration_ms,
+            max_memory_mb=result.max_memory_mb,
+            memory_size_mb=result.memory_size_mb,
+        )
+        self.size = len(self.payload) + min(len(raw), limit) + len(log) + _ENTRY_OVERHEAD
 
     @property
-    def report(self) -> str:
-        return _observe.report_line(
-            self.request_id, self.duration_ms, self.memory_size_mb, self.max_memory_mb, self.init_duration_ms
-        )
+    def request_id(self) -> str:
+        return self.result.request_id
+
+    @property
+    def function(self) -> str:
+        return self.result.function_name
+
+    @property
+    def outcome(self) -> str:
+        error = self.result.error
+        if error is None:
+            return "success"
+        return "timeout" if isinstance(error, FunctionTimeout) else "error"
+
+    @property
+    def cold_start(self) -> bool:
+        return self.result.cold_start
 
     @property
     def log(self) -> str:
         """START, the handler's output (its tail), END, REPORT."""
-        if self._log is None:
-            rid = self.request_id
-            return f"{_observe.start_line(rid)}\n{self.output}{_observe.end_line(rid)}\n{self.report}\n"
-        return self._log
+        return self.result.log
 
     def summary(self) -> dict[str, Any]:
+        r = self.result
         return {
-            "request_id": self.request_id,
-            "function": self.function,
+            "request_id": r.request_id,
+            "function": r.function_name,
             "time": _iso(self.at),
             "timestamp": self.at,
             "outcome": self.outcome,
-            "cold_start": self.cold_start,
-            "duration_ms": round(self.duration_ms, 3),
-            "error_type": self.error_type,
+            "cold_start": r.cold_start,
+            "duration_ms": round(r.duration_ms, 3),
+            "error_type": None if r.error is None else r.error.error_type,
         }
 
     def detail(self) -> dict[str, Any]:
+        r = self.result
+        init_ms = r.init_duration_ms
         return {
             **self.summary(),
             "sandbox_id": self.sandbox_id,
-            "error_message": self.error_message,
+            "error_message": None if r.error is None else r.error.error_message,
             "report": {
-                "duration_ms": round(self.duration_ms, 3),
-                "billed_duration_ms": _observe.billed_ms(self.duration_ms),
-                "memory_size_mb": self.memory_size_mb,
-                "max_memory_used_mb": self.max_memory_mb,
-                "init_duration_ms": (
-                    None if self.init_duration_ms is None else round(self.init_duration_ms, 3)
-                ),
-                "line": self.report,
+                "duration_ms": round(r.duration_ms, 3),
+                "billed_duration_ms": _observe.billed_ms(r.duration_ms),
+                "memory_size_mb": r.memory_size_mb,
+                "max_memory_used_mb": r.max_memory_mb,
+                "init_duration_ms": None if init_ms is None else round(init_ms, 3),
+                "line": r.report,
             },
             "payload": self.payload.decode(errors="replace"),
             "payload_bytes": self.payload_size,
             "payload_truncated": self.payload_size > len(self.payload),
-            "result": self.result.decode(errors="replace"),
+            "result": r.raw.decode(errors="replace"),
             "result_bytes": self.result_size,
-            "result_truncated": self.result_size > len(self.result),
+            "result_truncated": self.result_size > len(r.raw),
             "log": self.log,
         }
 
@@ -189,9 +180,7 @@ class RecentInvocations:
         self.bytes = 0
         self.seq = 0  # how many entries were ever added: a cheap "anything new?" for readers
         self._entries: deque[InvocationEntry] = deque()
-        self._by_id: dict[str, InvocationEntry] = {}
-        self._durations: dict[str, list[float]] = {}
-        self._seen: dict[str, int] = {}
+        self._durations: deque[tuple[str, float]] = deque(maxlen=DURATION_SAMPLE)
         self.throttles: dict[str, dict[str, int]] = {}  # function -> reason -> count
 
     def __len__(self) -> int:
@@ -203,34 +192,21 @@ class RecentInvocations:
     def add(self, result: InvocationResult, sandbox_id: str | None, payload: bytes = b"") -> None:
         self.seq += 1
         entry = InvocationEntry(self.seq, self.clock.time(), result, sandbox_id, payload, self.field_limit)
-        self._entries.append(entry)
-        self._by_id[entry.request_id] = entry
+        entries = self._entries
+        entries.append(entry)
         self.bytes += entry.size
-        while len(self._entries) > self.max_entries or (
-            self.bytes > self.max_bytes and len(self._entries) > 1
-        ):
-            old = self._entries.popleft()
-            self.bytes -= old.size
-            if self._by_id.get(old.request_id) is old:
-                del self._by_id[old.request_id]
-        self._sample_duration(entry.function, entry.duration_ms)
-
-    def _sample_duration(self, function: str, duration_ms: float) -> None:
-        sample = self._durations.get(function)
-        if sample is None:
-            sample = self._durations[function] = []
-        seen = self._seen[function] = self._seen.get(function, 0) + 1
-        if len(sample) < DURATION_SAMPLE:
-            sample.append(duration_ms)
-        else:  # reservoir sampling keeps a uniform sample of everything since the drain
-            slot = random.randrange(seen)
-            if slot < DURATION_SAMPLE:
-                sample[slot] = duration_ms
+        while len(entries) > self.max_entries or (self.bytes > self.max_bytes and len(entries) > 1):
+            self.bytes -= entries.popleft().size
+        self._durations.append((result.function_name, result.duration_ms))
 
     def drain_durations(self) -> dict[str, list[float]]:
-        """Durations (ms) by function since the last drain (a uniform sample of at most
-        ``DURATION_SAMPLE`` each): what a time series needs for its percentiles."""
-        out, self._durations, self._seen = self._durations, {}, {}
+        """Durations (ms) by function since the last drain (the newest ``DURATION_SAMPLE``
+        in all): what a time series needs for its percentiles."""
+        out: dict[str, list[float]] = {}
+        durations = self._durations
+        while durations:
+            function, duration = durations.popleft()
+            out.setdefault(function, []).append(duration)
         return out
 
     def throttled(self, function: str, reason: str) -> None:
@@ -240,7 +216,11 @@ class RecentInvocations:
         by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def get(self, request_id: str) -> InvocationEntry | None:
-        return self._by_id.get(request_id)
+        """The newest entry for ``request_id`` (a scan: reads are rare, adds are not)."""
+        for entry in reversed(self._entries):
+            if entry.result.request_id == request_id:
+                return entry
+        return None
 
     def select(
         self, function: str | None = None, outcome: str | None = None, limit: int = 100

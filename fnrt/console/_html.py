@@ -166,7 +166,7 @@ def recent(entries: list[InvocationEntry]) -> str:
                 f'<span class="outcome-{e.outcome}">{_e(e.outcome)}</span>',
                 "cold" if e.cold_start else "warm",
                 _ms(s["duration_ms"]),
-                _dash(e.error_type),
+                _dash(s["error_type"]),
             ]
         )
     return _table(
