@@ -103,7 +103,8 @@ async def test_recent_invocations_filter_by_function_and_outcome(served):
     assert "order has no items" in detail["result"] and "InvalidOrder" in detail["log"]
     async with http.get("/console/?function=validate&outcome=error") as resp:
         page = await resp.text()
-    assert failed.request_id in page and ">echo</td>" not in page
+    recent = page.split('id="sec-recent"')[1].split("</section>")[0]
+    assert failed.request_id in recent and ">echo</td>" not in recent
     await get_json(http, "/console/api/invocations?outcome=bogus", status=400)
     await get_json(http, "/console/api/invocations?limit=0", status=400)
 
@@ -141,7 +142,10 @@ async def test_throttles_are_counted_per_reason_and_in_the_series(served, releas
     console = server.app[CONSOLE]
     console.series.sample(rt, 1000.0)
     held = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
-    await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "hold in flight")
+    await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1, "hold busy")
+    overview = await get_json(http, "/console/api/overview")
+    (sandbox,) = next(f for f in overview["functions"] if f["name"] == "hold")["sandboxes"]
+    assert sandbox["state"] == "busy" and sandbox["age_s"] >= 0 and sandbox["idle_s"] is None
     throttled = await api_invoke(http, "hold", {"release": release_file}, status=429)
     assert RESERVED in throttled["error"]
     point = console.series.sample(rt, 1001.0)
@@ -154,6 +158,9 @@ async def test_throttles_are_counted_per_reason_and_in_the_series(served, releas
     assert hold["throttles_by_reason"] == {RESERVED: 1}
     open(release_file, "w").close()
     await held
+    overview = await get_json(http, "/console/api/overview")
+    (sandbox,) = next(f for f in overview["functions"] if f["name"] == "hold")["sandboxes"]
+    assert sandbox["state"] == "warm" and sandbox["invocations"] == 1 and sandbox["idle_s"] >= 0
     point = console.series.sample(rt, 1002.0)
     assert point["functions"]["hold"]["throttles"] == 0 and point["functions"]["hold"]["invocations"] == 1
     assert point["functions"]["hold"]["p50_ms"] is not None
@@ -293,3 +300,26 @@ async def test_an_init_failure_is_a_recent_invocation_with_its_log(served):
     assert detail["sandbox_id"] is None and detail["error_type"] == result.error.error_type
     assert json.loads(detail["payload"]) == {"n": 1}
     assert detail["log"] == result.log
+
+
+async def test_bisect_and_on_failure_records_show_for_a_mapping(served):
+    rt, server, http = served
+    await rt.add_function("orders", "handlers.orders:process_orders")
+    stream = await rt.create_stream("payments", shard_count=1)
+    orders = [(json.dumps({"id": i, "poison": i == 2}), "customer") for i in range(4)]
+    await stream.put_records(orders)
+    mapping = await rt.add_stream_mapping(
+        "payments", "orders", batch_size=4, bisect_on_error=True, max_retry_attempts=0, on_failure="dlq"
+    )
+    for _ in range(1500):
+        if await mapping.failure_records():
+            break
+        await asyncio.sleep(0.01)
+    (m,) = (await get_json(http, "/console/api/streams"))["streams"][0]["mappings"]
+    assert m["bisects"] >= 1 and m["failure_count"] == 1
+    assert m["failure_records"][0]["KinesisBatchInfo"]["batchSize"] == 1
+    errors = (await get_json(http, "/console/api/invocations?function=orders&outcome=error"))["invocations"]
+    assert errors and errors[0]["error_type"] == "BadOrder"
+    async with http.get("/console/") as resp:
+        page = await resp.text()
+    assert "KinesisBatchInfo" in page and "Bisects" in page

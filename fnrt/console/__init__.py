@@ -15,7 +15,8 @@ JSON API (every response is JSON; times are seconds since the epoch unless named
     ``host``, ``concurrency`` (limit, in flight, reserved, unreserved pool, throttles,
     ``throttles_by_reason``), ``functions`` (config, warm/busy/starting sandboxes, cold
     starts, in flight, invocations, errors, throttles, timeouts, p50/p99 duration ms,
-    ``throttles_by_reason``) and ``recent_seq`` (grows with every finished invocation).
+    ``throttles_by_reason``, ``sandboxes``: each busy or warm one with its ``age_s``,
+    ``idle_s`` and invocations) and ``recent_seq`` (grows with every finished invocation).
 ``GET /console/api/series``
     ``interval`` and ``points``: the last minutes, one point a sample with ``t``,
     ``in_flight``, ``throttles``, ``functions.{name}.{invocations, errors, throttles,
@@ -34,7 +35,8 @@ JSON API (every response is JSON; times are seconds since the epoch unless named
     p50/max ms, the async config) and ``sinks`` (each durable sink's count and newest records).
 ``GET /console/api/streams``
     ``streams``: each stream with a mapping, its ``shards`` (Kinesis' shape: hash-key range,
-    parents) and ``mappings`` (checkpoints, shards owned, iterator age, on-failure records).
+    parents) and ``mappings`` (checkpoints, shards owned, iterator age, bisects, records
+    skipped, on-failure records).
 ``GET /console/api/events``
     Server-sent events: one ``tick`` event a sample with ``overview``, ``queues``,
     ``streams``, ``point`` (the newest series point) and ``html`` (the page's sections).

@@ -21,12 +21,26 @@ if TYPE_CHECKING:
 
 SINK_RECORDS_SHOWN = 20
 FAILURE_RECORDS_SHOWN = 20
+SANDBOXES_SHOWN = 50  # per function
 THROTTLE_REASONS = (GLOBAL_REASON, RESERVED_REASON)
 
 
 def async_open(rt: Runtime) -> bool:
     """Whether the runtime has opened its async queue (asking would otherwise open it)."""
     return getattr(rt, "_async", None) is not None
+
+
+def sandboxes(rt: Runtime, name: str) -> list[dict[str, Any]]:
+    """The function's live sandboxes with their ages (``FunctionPool.sandboxes``)."""
+    pools = getattr(rt, "_pools", None)
+    pool = pools.get(name) if isinstance(pools, dict) else None
+    listing = getattr(pool, "sandboxes", None)
+    if listing is None:
+        return []
+    return [
+        {**s, "age_s": round(s["age_s"], 3), "idle_s": None if s["idle_s"] is None else round(s["idle_s"], 3)}
+        for s in listing()[:SANDBOXES_SHOWN]
+    ]
 
 
 def _round(summary: dict[str, float], key: str) -> float | None:
@@ -86,6 +100,7 @@ def overview(rt: Runtime, started: float) -> dict[str, Any]:
                 "throttles_by_reason": dict(reasons),
                 "duration_p50_ms": _round(duration, "p50"),
                 "duration_p99_ms": _round(duration, "p99"),
+                "sandboxes": sandboxes(rt, name),
             }
         )
     return {
@@ -176,6 +191,7 @@ async def streams(rt: Runtime) -> dict[str, Any]:
                         "max": _round(age, "max"),
                     },
                     "records_skipped": int(rt.metrics.counter("StreamRecordsSkipped", m.uuid)),
+                    "bisects": int(rt.metrics.counter("StreamBisects", m.uuid)),
                     "failure_count": len(failures),
                     "failure_records": failures[-FAILURE_RECORDS_SHOWN:][::-1],
                 }

@@ -108,7 +108,27 @@ def functions(data: dict[str, Any]) -> str:
         "p50 ms",
         "p99 ms",
     ]
-    return _table("Functions: configuration, sandboxes and totals", headers, rows, "No functions deployed.")
+    table = _table("Functions: configuration, sandboxes and totals", headers, rows, "No functions deployed.")
+    boxes = [
+        [
+            _e(f["name"]),
+            _e(sb["id"]),
+            _dash(sb["pid"]),
+            _e(sb["state"]),
+            f"{sb['age_s']:,.1f}",
+            "&ndash;" if sb["idle_s"] is None else f"{sb['idle_s']:,.1f}",
+            _e(sb["invocations"]),
+        ]
+        for f in data["functions"]
+        for sb in f["sandboxes"]
+    ]
+    sandboxes = _table(
+        "Sandboxes: busy and warm",
+        ["Function", "Sandbox", "Process", "State", "Age s", "Idle for s", "Invocations"],
+        boxes,
+        "No sandboxes are running.",
+    )
+    return table + sandboxes
 
 
 def concurrency(data: dict[str, Any]) -> str:
@@ -300,6 +320,7 @@ def streams(data: dict[str, Any]) -> str:
                         "Iterator age p50 ms",
                         "Iterator age max ms",
                         "Batches",
+                        "Bisects",
                         "Records skipped",
                         "On-failure records",
                     ],
@@ -312,6 +333,7 @@ def streams(data: dict[str, Any]) -> str:
                             f"{_ms(age['p50'])}</span>",
                             _ms(age["max"]),
                             _e(age["count"]),
+                            _e(m["bisects"]),
                             _e(m["records_skipped"]),
                             _e(m["failure_count"]),
                         ]
