@@ -137,6 +137,15 @@ async def test_the_form_works_without_javascript_but_not_from_another_site(serve
     assert rt.recent.seq == 1
 
 
+async def test_on_loopback_the_console_answers_loopback_names_only(served):
+    rt, server, http = served
+    async with http.get("/console/api/overview", headers={"Host": "attacker.example"}) as resp:
+        assert resp.status == 403  # a page that rebound its DNS name to 127.0.0.1
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}"):
+        async with http.get("/console/api/overview", headers={"Host": host}) as resp:
+            assert resp.status == 200, host
+
+
 async def test_throttles_are_counted_per_reason_and_in_the_series(served, release_file):
     rt, server, http = served
     console = server.app[CONSOLE]

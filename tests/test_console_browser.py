@@ -95,6 +95,20 @@ async def test_the_console_in_a_browser(release_file):
                 await expect(recent.get_by_role("link", name=rid)).to_be_visible(timeout=WAIT_MS)
                 await page.screenshot(path=ARTIFACTS / "console-invoked.png")
 
+                # A live update does not take the keyboard focus away: the list holding it
+                # waits, and catches up once the focus leaves.
+                link = recent.get_by_role("link", name=rid)
+                await link.focus()
+                newer = (await rt.invoke_detailed("noop")).request_id
+                ticks = await page.evaluate("() => window.fnrtConsole.ticks")
+                await page.wait_for_function(
+                    f"() => window.fnrtConsole.ticks >= {ticks + 2}", timeout=WAIT_MS
+                )
+                await expect(link).to_be_focused()
+                await expect(recent.get_by_role("link", name=newer)).to_have_count(0)
+                await page.get_by_label("Payload (JSON)").focus()
+                await expect(recent.get_by_role("link", name=newer)).to_be_visible(timeout=WAIT_MS)
+
                 # Hold the one reserved slot, then cause a throttle from the form.
                 held = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
                 await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "hold busy")

@@ -5,6 +5,10 @@
 ``fnrt.console.mount(app, runtime)``. It rides on the server's bind (loopback by default)
 and is read-only except for its invoke form. Needs the ``http`` extra (aiohttp).
 
+On a loopback socket it answers only requests addressed to a loopback name (a DNS-rebinding
+page cannot read it), its invoke API takes only ``application/json`` (which a cross-site
+form cannot send) and its plain form refuses cross-origin posts.
+
 The page is server-rendered HTML (it works without JavaScript); a small script keeps it
 live over server-sent events and draws the charts with uPlot (vendored under ``static/``:
 nothing is fetched from the network).
@@ -54,9 +58,10 @@ bounded by count and by bytes, no payload kept beyond 4 KB.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -84,6 +89,7 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).parent / "static"
 SECTIONS = ("host", "functions", "concurrency", "queues", "streams")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUBSCRIBER_BACKLOG = 4  # ticks a slow event-stream client may fall behind before it skips
 
 
@@ -407,6 +413,31 @@ class Console:
         return response
 
 
+def _loopback_name(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(handler: Handler) -> Handler:
+    """On a loopback socket, serve only requests addressed to a loopback name: a web page
+    that rebinds its own DNS name to 127.0.0.1 must not read the console under that name."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        if sockname and _loopback_name(str(sockname[0])) and not _loopback_name(request.url.host):
+            raise web.HTTPForbidden(text="the console answers loopback names only (localhost, 127.0.0.1)")
+        return await handler(request)
+
+    return guarded
+
+
 def _check_same_origin(request: web.Request) -> None:
     """A form POST from another site (which a browser would send) is refused."""
     if request.headers.get("Sec-Fetch-Site") == "cross-site":
@@ -427,21 +458,24 @@ def mount(app: web.Application, runtime: Runtime, *, interval: float = 1.0) -> C
     """Serve the console of ``runtime`` from ``app`` under ``/console/``."""
     console = Console(runtime, interval=interval)
     app[CONSOLE] = console
-    r = app.router
     base = _html.BASE
-    r.add_get(base, _redirect)
-    r.add_get(base + "/", console._index)
-    r.add_post(base + "/invoke", console._invoke_form)
-    r.add_get(base + "/invocations/{request_id}", console._detail_page)
-    r.add_static(base + "/static/", STATIC)
-    r.add_get(base + "/api/overview", console._api_overview)
-    r.add_get(base + "/api/series", console._api_series)
-    r.add_get(base + "/api/invocations", console._api_invocations)
-    r.add_get(base + "/api/invocations/{request_id}", console._api_invocation)
-    r.add_get(base + "/api/queues", console._api_queues)
-    r.add_get(base + "/api/streams", console._api_streams)
-    r.add_get(base + "/api/events", console._api_events)
-    r.add_post(base + "/api/invoke", console._api_invoke)
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "", _redirect),
+        ("GET", "/", console._index),
+        ("POST", "/invoke", console._invoke_form),
+        ("GET", "/invocations/{request_id}", console._detail_page),
+        ("GET", "/api/overview", console._api_overview),
+        ("GET", "/api/series", console._api_series),
+        ("GET", "/api/invocations", console._api_invocations),
+        ("GET", "/api/invocations/{request_id}", console._api_invocation),
+        ("GET", "/api/queues", console._api_queues),
+        ("GET", "/api/streams", console._api_streams),
+        ("GET", "/api/events", console._api_events),
+        ("POST", "/api/invoke", console._api_invoke),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, base + path, _guard(handler))
+    app.router.add_static(base + "/static/", STATIC)  # the page's script, styles and uPlot
     app.on_startup.append(console._on_startup)
     app.on_shutdown.append(console._on_shutdown)
     app.on_cleanup.append(console._on_cleanup)

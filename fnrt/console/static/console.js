@@ -102,10 +102,32 @@
     if (history.length > MAX_POINTS) { history.shift(); }
   }
 
+  // A section holding the keyboard focus is not swapped (that would lose the focus): its
+  // newest rendering waits until the focus leaves it.
+  var pending = {};
+  var waiting = {};
+
   function swap(html) {
     Object.keys(html).forEach(function (key) {
       var el = $("sec-" + key);
-      if (el && el.innerHTML !== html[key]) { el.innerHTML = html[key]; }
+      if (!el) { return; }
+      if (el.contains(document.activeElement)) {
+        pending[key] = html[key];
+        if (!waiting[key]) {
+          waiting[key] = true;
+          el.addEventListener("focusout", function later() {
+            setTimeout(function () {
+              if (el.contains(document.activeElement)) { return; }
+              el.removeEventListener("focusout", later);
+              waiting[key] = false;
+              if (key in pending) { el.innerHTML = pending[key]; delete pending[key]; }
+            }, 0);
+          });
+        }
+        return;
+      }
+      delete pending[key];
+      if (el.innerHTML !== html[key]) { el.innerHTML = html[key]; }
     });
   }
 
@@ -116,6 +138,7 @@
     var source = new EventSource(BASE + "/api/events" + (query.toString() ? "?" + query : ""));
     source.addEventListener("tick", function (event) {
       var message = JSON.parse(event.data);
+      window.fnrtConsole.ticks += 1;
       swap(message.html);
       addPoint(message.point);
       draw();
@@ -196,7 +219,7 @@
     });
   }
 
-  window.fnrtConsole = { plots: plots, history: history };
+  window.fnrtConsole = { plots: plots, history: history, ticks: 0 };
   wireInvoke();
   wireFilter();
   loadHistory().finally(connect);
