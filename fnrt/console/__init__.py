@@ -127,7 +127,7 @@ class Console:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for queue in list(self._subscribers):  # event streams end, so the server can stop
-            queue.put_nowait(None)
+            self._offer(queue, None)
 
     async def _on_cleanup(self, app: web.Application) -> None:
         if self._task is not None:
@@ -153,10 +153,14 @@ class Console:
         state = await self.state()
         state["point"] = point
         for queue in list(self._subscribers):
-            if queue.full():
-                queue.get_nowait()  # a slow client skips a tick rather than grow a backlog
-            queue.put_nowait(state)
+            self._offer(queue, state)
         return state
+
+    @staticmethod
+    def _offer(queue: asyncio.Queue[dict[str, Any] | None], item: dict[str, Any] | None) -> None:
+        if queue.full():
+            queue.get_nowait()  # a slow client skips a tick rather than grow a backlog
+        queue.put_nowait(item)
 
     async def state(self) -> dict[str, Any]:
         rt = self.runtime

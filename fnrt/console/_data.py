@@ -1,8 +1,9 @@
 """What the console shows, as JSON-ready dicts, read from the runtime's public face.
 
-Reading never changes the runtime: the async queue and the streams are asked only once
-the runtime has opened them (a console left open must not create a state database or
-start a poller in a runtime that uses neither).
+Reading does not change what the runtime does: the async queue is asked only once the
+runtime has opened it, and streams only through their mappings (a console left open must
+not create a state database or start a poller in a runtime that uses neither; listing the
+mappings may create the runtime's stream source object, which opens nothing).
 """
 
 from __future__ import annotations
