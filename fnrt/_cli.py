@@ -72,6 +72,7 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
         async with InvokeServer(rt, host=args.host, port=args.port) as server:
             _progress(f"listening on {server.url}  (Ctrl-C to stop)")
+            _progress(f"  console: {server.url}/console/")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
             await stop.wait()

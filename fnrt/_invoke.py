@@ -51,7 +51,8 @@ from .sandbox import SandboxDied, SandboxTimeout
 
 __all__ = ["InvocationResult", "Invoker", "decode_result", "encode_payload", "encode_payload_async"]
 
-Observer = Callable[["InvocationResult", str, bytes], None]
+Observer = Callable[["InvocationResult", "str | None", bytes], None]
+ThrottleObserver = Callable[[str, str], None]
 
 
 # -- payloads -------------------------------------------------------------------------
@@ -238,6 +239,8 @@ class Invoker:
         #: Called with ``(result, sandbox_id, request_body)`` after every invocation that
         #: reached a sandbox (the console's recent-invocations ring, for one).
         self.observers: list[Observer] = []
+        #: Called with ``(function, reason)`` for every throttle.
+        self.throttle_observers: list[ThrottleObserver] = []
         #: Set by the runtime when it starts closing: a sandbox killed under a call then
         #: means :class:`RuntimeClosed`, not a crash of the function.
         self.closing = False
@@ -262,8 +265,8 @@ class Invoker:
         name = entry.record.name
         try:
             slot = self.limiter.acquire(entry.counter)
-        except TooManyRequests:
-            self.metrics.incr("Throttles", name)
+        except TooManyRequests as exc:
+            self._throttled(name, exc)
             raise
         env: Environment | None = None
         try:
@@ -272,17 +275,18 @@ class Invoker:
             cold = env is None
             if env is None:
                 if not entry.scaling.take(self.clock.monotonic()):
-                    self.metrics.incr("Throttles", name)
-                    raise self.limiter.scaling_throttle(entry.counter)
+                    throttle = self.limiter.scaling_throttle(entry.counter)
+                    self._throttled(name, throttle)
+                    raise throttle
                 try:
                     env = await pool.cold_start(entry.record.config.timeout)
                 except FunctionTimeout:  # the retried init phase used up the timeout
                     timeout = entry.record.config.timeout
                     error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
                     self.metrics.incr("Timeouts", name)
-                    return self._init_failed(name, request_id, error)
+                    return self._init_failed(name, request_id, error, body)
                 except FunctionError as exc:
-                    return self._init_failed(name, request_id, exc)
+                    return self._init_failed(name, request_id, exc, body)
             return await self._run(entry.record, pool, env, cold, body, request_id, client_context)
         except FnrtError:
             raise
@@ -292,7 +296,12 @@ class Invoker:
         finally:
             self._release(slot, env)
 
-    def _init_failed(self, name: str, request_id: str, exc: FunctionError) -> InvocationResult:
+    def _throttled(self, name: str, exc: TooManyRequests) -> None:
+        self.metrics.incr("Throttles", name)
+        for observer in self.throttle_observers:
+            observer(name, exc.reason)
+
+    def _init_failed(self, name: str, request_id: str, exc: FunctionError, body: bytes) -> InvocationResult:
         self.metrics.incr("Invocations", name)
         self.metrics.incr("Errors", name)
         self.metrics.incr("ColdStarts", name)
@@ -304,7 +313,10 @@ class Invoker:
             error_type=exc.error_type,
             error=exc.error_message,
         )
-        return InvocationResult(request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True)
+        result = InvocationResult(request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True)
+        for observer in self.observers:
+            observer(result, None, body)
+        return result
 
     @staticmethod
     def _release(slot: Slot, env: Environment | None) -> None:

@@ -30,6 +30,7 @@ class Environment:
     invocations: int = 0
     #: Seconds of the first invocation's timeout that a retried init phase used.
     budget_used: float = 0.0
+    created: float = attrs.field(default=attrs.Factory(lambda self: self.last_used, takes_self=True))
 
 
 def init_error(error: dict[str, Any], log: str = "") -> InitError | InvalidConfig:
@@ -189,6 +190,23 @@ class FunctionPool:
         :class:`~fnrt.errors.RuntimeClosed`)."""
         for env in [*self.drain(), *self.active]:
             env.sandbox.kill()
+
+    def sandboxes(self) -> list[dict[str, Any]]:
+        """Each live sandbox, busy ones first: its age and idle time (s), invocations served."""
+        now = self.clock.monotonic()
+        busy = [(e, "busy", None) for e in self.active]
+        warm = [(e, "warm", now - e.last_used) for e in reversed(self.idle)]
+        return [
+            {
+                "id": e.sandbox.id,
+                "pid": e.sandbox.pid,
+                "state": state,
+                "age_s": now - e.created,
+                "idle_s": idle,
+                "invocations": e.invocations,
+            }
+            for e, state, idle in busy + warm
+        ]
 
     def stats(self) -> dict[str, int]:
         return {

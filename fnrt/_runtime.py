@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import anyio
 
-from . import _observe
+from . import _observe, _recent
 from ._clock import Clock, SystemClock
 from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
@@ -153,6 +153,10 @@ class Runtime:
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
         self._registry = FunctionRegistry()
         self._invoker = Invoker(self._limiter, self.clock, self.metrics, self._log)
+        #: The recent invocations and throttles, bounded (the console reads them).
+        self.recent = _recent.RecentInvocations(self.clock)
+        self._invoker.observers.append(self.recent.add)
+        self._invoker.throttle_observers.append(self.recent.throttled)
         self._supervisor = Supervisor(self.clock, self._log)
         self._factories: dict[str, SandboxFactory] = {}
         spec: str | Path | Store | None = store
@@ -397,6 +401,11 @@ class Runtime:
     def functions(self) -> dict[str, FunctionRecord]:
         return self._registry.records()
 
+    def sandboxes(self, name: str) -> list[dict[str, Any]]:
+        """The function's live sandboxes (busy, then warm) with their ids, pids, ages and
+        invocation counts."""
+        return self._registry.get(name).pool.sandboxes()
+
     # -- invoke -----------------------------------------------------------------------
 
     async def invoke(
@@ -477,6 +486,11 @@ class Runtime:
         ``failed``), attempts, ``condition`` and, for a failure, the destination record."""
         self._check_running()
         return await self._async.event(request_id)
+
+    @property
+    def async_queue_open(self) -> bool:
+        """Whether the async queue's store is open (asking for counts would open it)."""
+        return self._async.opened
 
     async def async_queue_counts(self, name: str | None = None) -> dict[str, int]:
         """Event counts by state, for one function or all."""

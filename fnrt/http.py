@@ -23,6 +23,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fnrt.http needs aiohttp: pip install 'fnrt[http]'") from exc
 
+from . import console
 from ._pool import FunctionRecord
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
 from .errors import (
@@ -88,6 +89,7 @@ class InvokeServer:
         self.app.router.add_get("/fnrt/stats", self._stats)
         self.app.router.add_get("/fnrt/streams/{name}", self._describe_stream)
         self.app.router.add_post("/fnrt/streams/{name}/records", self._put_records)
+        self.console = console.mount(self.app, runtime)  # the live console at /console/
         self._runner: web.AppRunner | None = None
 
     @property

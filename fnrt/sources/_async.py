@@ -120,6 +120,10 @@ class AsyncSource:
                     self.start()
         return self._queue
 
+    @property
+    def opened(self) -> bool:
+        return self._queue is not None
+
     # -- what callers do --------------------------------------------------------------
 
     async def enqueue(self, entry: FunctionEntry, body: bytes, request_id: str) -> None:

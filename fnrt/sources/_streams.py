@@ -478,6 +478,7 @@ class ShardPoller:
             if succeeded:
                 pending.appendleft(failed)  # progress: the rest is a new batch, not a retry
             elif config.bisect_on_error and len(failed) > 1:
+                self.source.metrics.incr("StreamBisects", self.mapping.uuid)
                 half = len(failed) // 2
                 pending.extendleft([failed[half:], failed[:half]])
             else:

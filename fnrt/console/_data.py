@@ -1,0 +1,200 @@
+"""What the console shows, as JSON-ready dicts, read from the runtime's public face.
+
+Reading does not change what the runtime does: the async queue is asked only once the
+runtime has opened it, and streams only through their mappings (a console left open must
+not create a state database or start a poller in a runtime that uses neither; listing the
+mappings may create the runtime's stream source object, which opens nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .._lambda import GLOBAL_REASON, RATE_REASON, RESERVED_RATE_REASON, RESERVED_REASON
+from ..errors import FnrtError, FunctionNotFound
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
+
+SINK_RECORDS_SHOWN = 20
+FAILURE_RECORDS_SHOWN = 20
+SANDBOXES_SHOWN = 50  # per function
+THROTTLE_REASONS = (GLOBAL_REASON, RESERVED_REASON, RATE_REASON, RESERVED_RATE_REASON)
+
+
+def async_open(rt: Runtime) -> bool:
+    """Whether the runtime has opened its async queue (asking would otherwise open it)."""
+    return rt.async_queue_open
+
+
+def sandboxes(rt: Runtime, name: str) -> list[dict[str, Any]]:
+    """The function's live sandboxes with their ages (``FunctionPool.sandboxes``)."""
+    try:
+        listing = rt.sandboxes(name)
+    except FunctionNotFound:  # removed since the list of functions was read
+        return []
+    return [
+        {**s, "age_s": round(s["age_s"], 3), "idle_s": None if s["idle_s"] is None else round(s["idle_s"], 3)}
+        for s in listing[:SANDBOXES_SHOWN]
+    ]
+
+
+def _round(summary: dict[str, float], key: str) -> float | None:
+    value = summary.get(key)
+    return None if value is None else round(value, 3)
+
+
+def host(rt: Runtime, started: float) -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+        "platform": sys.platform,
+        "sandbox": rt.config.sandbox,
+        "region": rt.config.region,
+        "account_id": rt.config.account_id,
+        "state_dir": None if rt.state_dir is None else str(rt.state_dir),
+        "console_started": started,
+    }
+
+
+def overview(rt: Runtime, started: float) -> dict[str, Any]:
+    """Functions with config and live counts, concurrency, throttles per reason."""
+    stats = rt.stats()
+    live = stats["functions"]
+    metrics = rt.metrics
+    throttles = rt.recent.throttles
+    by_reason = dict.fromkeys(THROTTLE_REASONS, 0)
+    functions = []
+    for name, record in sorted(rt.functions().items()):
+        config = record.config
+        s = live.get(name, {})
+        duration = metrics.summary("Duration", name)
+        reasons = throttles.get(name, {})
+        for reason, n in reasons.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        functions.append(
+            {
+                "name": name,
+                "arn": record.arn,
+                "handler": record.handler,
+                "sandbox_kind": record.sandbox_kind,
+                "timeout": config.timeout,
+                "memory_mb": config.memory_mb,
+                "reserved_concurrency": config.reserved_concurrency,
+                "provisioned_concurrency": config.provisioned_concurrency,
+                "warm": s.get("warm", 0),
+                "busy": s.get("busy", 0),
+                "starting": s.get("starting", 0),
+                "cold_starts": s.get("cold_starts", 0),
+                "in_flight": s.get("in_flight", 0),
+                "peak_concurrency": s.get("peak_concurrency", 0),
+                "invocations": int(metrics.counter("Invocations", name)),
+                "errors": int(metrics.counter("Errors", name)),
+                "throttles": int(metrics.counter("Throttles", name)),
+                "timeouts": int(metrics.counter("Timeouts", name)),
+                "throttles_by_reason": dict(reasons),
+                "duration_p50_ms": _round(duration, "p50"),
+                "duration_p99_ms": _round(duration, "p99"),
+                "sandboxes": sandboxes(rt, name),
+            }
+        )
+    return {
+        "host": host(rt, started),
+        "concurrency": {**stats["concurrency"], "throttles_by_reason": by_reason},
+        "functions": functions,
+        "recent_seq": rt.recent.seq,
+    }
+
+
+def _sinks(names: list[str | None]) -> list[str]:
+    return [n.split(":", 1)[1] for n in names if n and n.startswith("sink:")]
+
+
+async def queues(rt: Runtime) -> dict[str, Any]:
+    """Async queue depth per function, event age, the async config and its sinks' records."""
+    if not async_open(rt):
+        return {"open": False, "functions": [], "sinks": []}
+    functions = []
+    sinks: dict[str, None] = {}
+    for name in sorted(rt.functions()):
+        config = rt.async_config(name)
+        age = rt.metrics.summary("AsyncEventAge", name)
+        counts = await rt.async_queue_counts(name)
+        for sink in _sinks([config.on_success, config.on_failure, config.dead_letter]):
+            sinks[sink] = None
+        functions.append(
+            {
+                "function": name,
+                "counts": counts,
+                "queued": counts.get("queued", 0),
+                "leased": counts.get("leased", 0),
+                "done": counts.get("done", 0),
+                "failed": counts.get("failed", 0),
+                "received": int(rt.metrics.counter("AsyncEventsReceived", name)),
+                "dropped": int(rt.metrics.counter("AsyncEventsDropped", name)),
+                "event_age_p50_ms": _round(age, "p50"),
+                "event_age_max_ms": _round(age, "max"),
+                "config": {
+                    "max_retry_attempts": config.max_retry_attempts,
+                    "retry_delays": list(config.retry_delays),
+                    "max_event_age": config.max_event_age,
+                    "on_success": config.on_success,
+                    "on_failure": config.on_failure,
+                    "dead_letter": config.dead_letter,
+                },
+            }
+        )
+    out_sinks = []
+    for sink in sinks:
+        records = await rt.destination_records(sink)
+        out_sinks.append(
+            {"sink": sink, "count": len(records), "records": records[-SINK_RECORDS_SHOWN:][::-1]}
+        )
+    return {"open": True, "functions": functions, "sinks": out_sinks}
+
+
+async def streams(rt: Runtime) -> dict[str, Any]:
+    """Each stream with a mapping: shards (hash ranges, parents), mappings with checkpoints,
+    iterator age and on-failure records."""
+    try:
+        mappings = rt.stream_mappings()
+    except FnrtError:  # the runtime is closing
+        return {"streams": []}
+    by_stream: dict[str, list[Any]] = {}
+    streams_: dict[str, Any] = {}
+    for m in mappings:
+        by_stream.setdefault(m.stream.name, []).append(m)
+        streams_[m.stream.name] = m.stream
+    out = []
+    for name in sorted(streams_):
+        stream = streams_[name]
+        shards = await stream.shards()
+        rows = []
+        for m in by_stream[name]:
+            age = m.iterator_age()
+            failures = await m.failure_records()
+            rows.append(
+                {
+                    "uuid": m.uuid,
+                    "function": m.function,
+                    "batch_size": m.config.batch_size,
+                    "checkpoints": await m.checkpoints(),
+                    "shards_owned": m.shards_owned,
+                    "iterator_age_ms": {
+                        "count": int(age.get("count", 0)),
+                        "p50": _round(age, "p50"),
+                        "max": _round(age, "max"),
+                    },
+                    "records_skipped": int(rt.metrics.counter("StreamRecordsSkipped", m.uuid)),
+                    "bisects": int(rt.metrics.counter("StreamBisects", m.uuid)),
+                    "failure_count": len(failures),
+                    "failure_records": failures[-FAILURE_RECORDS_SHOWN:][::-1],
+                }
+            )
+        out.append({"name": name, "arn": stream.arn, "shards": shards, "mappings": rows})
+    return {"streams": out}
