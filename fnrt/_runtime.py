@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import anyio
+import attrs
 
 from . import _observe, _recent
 from ._clock import Clock, SystemClock
@@ -373,16 +374,135 @@ class Runtime:
             generation=self._registry.next_generation(),
         )
 
-    def _register(self, record: FunctionRecord) -> None:
+    def _register(self, record: FunctionRecord) -> FunctionEntry:
+        """Register a new generation of ``record.name``. What it replaces stops taking
+        events: idle sandboxes go now, busy ones when their call ends; its event-invoke
+        config carries over (in Lambda it is the function's, not the code's)."""
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
         pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
         scaling = ScalingAllowance(
             self.config.scaling_limit, self.config.scaling_window, self.clock.monotonic()
         )
-        old = self._registry.put(FunctionEntry(record, pool, counter, scaling))
+        entry = FunctionEntry(record, pool, counter, scaling)
+        old = self._registry.put(entry)
         if old is not None:
+            entry.async_override = old.async_override
             for env in old.pool.drain():
                 env.sandbox.kill()
+        return entry
+
+    def _amend(self, entry: FunctionEntry, **changes: Any) -> FunctionRecord:
+        """Change settings that do not touch the code or its environment (concurrency) in
+        place: same generation, same sandboxes."""
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(entry.record, config=config)
+        entry.record = record
+        entry.pool.function = record
+        return record
+
+    # -- the control plane (Lambda's function configuration APIs) -----------------------
+
+    async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
+        """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
+        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        get environments initialized with the new configuration; environments of the old
+        one finish what they run and retire."""
+        self._check_running()
+        entry = self._registry.get(name)
+        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise InvalidConfig(
+                f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
+                "(concurrency has its own calls)"
+            )
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(
+            entry.record,
+            config=config,
+            sandbox_kind=config.sandbox or self.config.sandbox,
+            generation=self._registry.next_generation(),
+        )
+        self._register(record)
+        await self._provision_all([record.name])
+        self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
+        return record
+
+    def put_function_concurrency(self, name: str, reserved: int) -> FunctionRecord:
+        """Lambda's ``PutFunctionConcurrency``: reserve ``reserved`` of the account's
+        concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
+        self._check_running()
+        entry = self._registry.get(name)
+        FunctionConfig(reserved_concurrency=reserved)  # validates the value
+        if entry.record.config.provisioned_concurrency > reserved:
+            raise InvalidConfig(
+                f"reserved concurrency {reserved} is below the provisioned concurrency "
+                f"{entry.record.config.provisioned_concurrency}"
+            )
+        self._limiter.check_reservations({entry.name: reserved})
+        record = self._amend(entry, reserved_concurrency=reserved)
+        self._limiter.set_reserved(entry.counter, reserved)
+        return record
+
+    def delete_function_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteFunctionConcurrency``: back to the shared pool."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, reserved_concurrency=None)
+        self._limiter.set_reserved(entry.counter, None)
+        return record
+
+    def put_provisioned_concurrency(self, name: str, count: int) -> FunctionRecord:
+        """Lambda's ``PutProvisionedConcurrencyConfig``: keep ``count`` environments
+        initialized. Returns at once; :meth:`provisioned_concurrency` tells the status."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, provisioned_concurrency=count)
+        if not entry.provisioning:
+            entry.provisioning = True
+            self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+        return record
+
+    def delete_provisioned_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteProvisionedConcurrencyConfig``: extra environments retire as
+        idle ones do."""
+        self._check_running()
+        return self._amend(self._registry.get(name), provisioned_concurrency=0)
+
+    def provisioned_concurrency(self, name: str) -> dict[str, Any]:
+        """Lambda's ``GetProvisionedConcurrencyConfig``: requested, allocated, available
+        and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
+        entry = self._registry.get(name)
+        requested = entry.record.config.provisioned_concurrency
+        stats = entry.pool.stats()
+        allocated = min(requested, stats["warm"] + stats["busy"])
+        return {
+            "RequestedProvisionedConcurrentExecutions": requested,
+            "AllocatedProvisionedConcurrentExecutions": allocated,
+            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
+            "Status": "READY"
+            if allocated >= requested
+            else ("IN_PROGRESS" if entry.provisioning else "FAILED"),
+        }
+
+    def delete_async_config(self, name: str) -> None:
+        """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
+        defaults."""
+        self._registry.get(name).async_override = None
+
+    def account_settings(self) -> dict[str, Any]:
+        """Lambda's ``GetAccountSettings``: the limits and what is in use."""
+        stats = self._limiter.stats()
+        return {
+            "AccountLimit": {
+                "ConcurrentExecutions": stats["limit"],
+                "UnreservedConcurrentExecutions": stats["unreserved_pool"],
+                "CodeSizeUnzipped": 262_144_000,
+                "CodeSizeZipped": 52_428_800,
+                "TotalCodeSize": 80_530_636_800,
+            },
+            "AccountUsage": {"FunctionCount": len(self._registry), "TotalCodeSize": 0},
+        }
 
     async def _provision_all(self, names: list[str]) -> None:
         """Initialize the provisioned environments of ``names``; the first failure (an
@@ -567,6 +687,17 @@ class Runtime:
         self._check_running()
         mapping_config = StreamMappingConfig.from_kwargs(config)
         return await self._streams.add_mapping(stream, function, mapping_config)
+
+    async def update_stream_mapping(self, mapping: StreamMapping | str, **config: Any) -> StreamMapping:
+        """Change a mapping's settings (Lambda's ``UpdateEventSourceMapping``); polling goes
+        on from the durable checkpoints with the new ones."""
+        self._check_running()
+        key = mapping.uuid if isinstance(mapping, StreamMapping) else mapping
+        current = self._streams.mappings.get(key)
+        if current is None:
+            raise InvalidConfig(f"no stream mapping {key!r}")
+        merged = StreamMappingConfig.from_kwargs({**current.config.to_dict(), **config})
+        return await self._streams.update_mapping(key, merged)
 
     async def remove_stream_mapping(self, mapping: StreamMapping | str) -> None:
         """Stop a mapping and delete it with its checkpoints and leases."""

@@ -748,6 +748,28 @@ class StreamSource:
         mapping.start()
         return mapping
 
+    async def update_mapping(self, key: str, config: StreamMappingConfig) -> StreamMapping:
+        """Restart mapping ``key`` with ``config``: its pollers stop and give their leases
+        back, the durable config is replaced, and polling goes on from the checkpoints."""
+        found = self.mappings.get(key)
+        if found is None:
+            raise InvalidConfig(f"no stream mapping {key!r}")
+        await found.stop()
+        store = await self.store()
+        row = await store.create_mapping(
+            found.uuid,
+            found.stream.name,
+            found.function,
+            config.to_dict(),
+            config.starting_position,
+            config.starting_position_timestamp,
+            self.clock.time(),
+        )
+        mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
+        self.mappings[key] = mapping
+        mapping.start()
+        return mapping
+
     async def remove_mapping(self, mapping: StreamMapping | str) -> None:
         key = mapping.uuid if isinstance(mapping, StreamMapping) else mapping
         found = self.mappings.pop(key, None)
