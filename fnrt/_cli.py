@@ -187,8 +187,8 @@ def _list(args: argparse.Namespace) -> int:
                 f["Handler"],
                 f"{f['Timeout']:g}s",
                 f"{f['MemorySize']} MB",
-                str(f.get("ReservedConcurrentExecutions", "-")),
-                f.get("Sandbox", "subprocess"),
+                str(f.get("Fnrt", {}).get("ReservedConcurrentExecutions", "-")),
+                f.get("Fnrt", {}).get("Sandbox", "subprocess"),
             )
         )
     _table(rows)

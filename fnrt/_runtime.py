@@ -484,13 +484,22 @@ class Runtime:
         *,
         client_context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        qualifier: str | None = None,
     ) -> InvocationResult:
-        """Invoke and return Lambda's whole response; a function error is in ``.error``."""
+        """Invoke and return Lambda's whole response; a function error is in ``.error``.
+
+        ``qualifier`` (only ``"$LATEST"`` exists) makes the context's
+        ``invoked_function_arn`` the qualified ARN, as Lambda does."""
         self._check_running()
         record = self.get_function(name)
+        if qualifier is not None and qualifier != "$LATEST":
+            raise FunctionNotFound(f"{record.name}:{qualifier}")
         if invocation_type == "RequestResponse":
             body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
-            return await self._execute(record, body, request_id or self._request_id(), client_context)
+            invoked_arn = f"{record.arn}:{qualifier}" if qualifier else None
+            return await self._execute(
+                record, body, request_id or self._request_id(), client_context, invoked_arn
+            )
         if invocation_type == "DryRun":
             encode_payload(payload, SYNC_PAYLOAD_LIMIT)
             return InvocationResult(request_id or self._request_id(), record.name, 204)
@@ -514,6 +523,7 @@ class Runtime:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None = None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
         """The one path every invocation takes, whatever its source.
 
@@ -550,7 +560,7 @@ class Runtime:
                     return InvocationResult(
                         request_id, name, 200, error=exc, log=exc.log_tail, cold_start=True
                     )
-            return await self._run(record, pool, env, cold, body, request_id, client_context)
+            return await self._run(record, pool, env, cold, body, request_id, client_context, invoked_arn)
         finally:
             self._release(name, env)
 
@@ -579,6 +589,7 @@ class Runtime:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
         timeout = record.config.timeout
         header: dict[str, Any] = {
@@ -588,6 +599,8 @@ class Runtime:
         }
         if client_context is not None:
             header["client_context"] = dict(client_context)
+        if invoked_arn is not None:
+            header["invoked_arn"] = invoked_arn
         init_ms, env.init_ms = env.init_ms, None
         init_log, env.init_log = env.init_log, ""
         started = self.clock.monotonic()

@@ -11,66 +11,18 @@ out of the core: ``pip install 'fnrt[http]'``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import uuid
 from types import TracebackType
-from typing import Any
 
 try:
     from aiohttp import web
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fnrt.http needs aiohttp: pip install 'fnrt[http]'") from exc
 
-from ._pool import FunctionRecord
+from ._http_errors import AwsError, errors_middleware, lambda_error
+from ._http_lambda import API, LambdaApi, function_configuration
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
-from .errors import (
-    FnrtError,
-    FunctionNotFound,
-    InvalidConfig,
-    InvalidPayload,
-    PayloadTooLarge,
-    RuntimeClosed,
-    StreamNotFound,
-    TooManyRequests,
-)
-
-API = "/2015-03-31/functions"
-_INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
-
-
-def _error(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
-    body = {"Type": "User" if status < 500 else "Service", "message": message, **extra}
-    return web.json_response(
-        body,
-        status=status,
-        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": str(uuid.uuid4())},
-    )
-
-
-def function_configuration(record: FunctionRecord) -> dict[str, Any]:
-    """Lambda's ``FunctionConfiguration`` for a registered function."""
-    config = record.config
-    out: dict[str, Any] = {
-        "FunctionName": record.name,
-        "FunctionArn": record.arn,
-        "Runtime": "python3",
-        "Handler": record.handler,
-        "Timeout": config.timeout,
-        "MemorySize": config.memory_mb,
-        "Version": "$LATEST",
-        "Description": config.description,
-        "PackageType": "Zip",
-        "State": "Active",
-        "Environment": {"Variables": dict(config.environment)},
-    }
-    if config.reserved_concurrency is not None:
-        out["ReservedConcurrentExecutions"] = config.reserved_concurrency
-    if config.provisioned_concurrency:
-        out["ProvisionedConcurrentExecutions"] = config.provisioned_concurrency
-    out["Sandbox"] = record.sandbox_kind
-    return out
+from .errors import InvalidConfig, InvalidPayload, StreamNotFound
 
 
 class InvokeServer:
@@ -80,11 +32,10 @@ class InvokeServer:
         self.runtime = runtime
         self.host = host
         self.port = port
-        self.app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT * 2)
-        self.app.router.add_post(API + "/{name}/invocations", self._invoke)
-        self.app.router.add_get(API + "/", self._list)
-        self.app.router.add_get(API, self._list)
-        self.app.router.add_get(API + "/{name}", self._get)
+        self.app = web.Application(
+            client_max_size=SYNC_PAYLOAD_LIMIT * 2, middlewares=[errors_middleware]
+        )
+        LambdaApi(runtime).register(self.app)
         self.app.router.add_get("/fnrt/stats", self._stats)
         self.app.router.add_get("/fnrt/streams/{name}", self._describe_stream)
         self.app.router.add_post("/fnrt/streams/{name}/records", self._put_records)
@@ -118,78 +69,7 @@ class InvokeServer:
     ) -> None:
         await self.aclose()
 
-    # -- handlers ---------------------------------------------------------------------
-
-    async def _invoke(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        invocation_type: Any = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
-        if invocation_type not in _INVOCATION_TYPES:
-            return _error(
-                400,
-                "InvalidParameterValueException",
-                f"X-Amz-Invocation-Type must be one of {', '.join(_INVOCATION_TYPES)}",
-            )
-        client_context = None
-        if "X-Amz-Client-Context" in request.headers:
-            try:
-                client_context = json.loads(base64.b64decode(request.headers["X-Amz-Client-Context"]))
-            except (ValueError, binascii.Error):
-                return _error(
-                    400, "InvalidRequestContentException", "X-Amz-Client-Context must be base64 JSON"
-                )
-        body = await request.read()
-        try:
-            result = await self.runtime.invoke_detailed(
-                name, body, invocation_type, client_context=client_context
-            )
-        except FunctionNotFound:
-            arn = self.runtime.config.function_arn(name.split(":")[-1])
-            return _error(404, "ResourceNotFoundException", f"Function not found: {arn}")
-        except TooManyRequests as exc:
-            return _error(
-                429,
-                "TooManyRequestsException",
-                exc.message,
-                Reason=exc.reason,
-                retryAfterSeconds=str(int(exc.retry_after_seconds)),
-            )
-        except PayloadTooLarge as exc:
-            return _error(
-                413,
-                "RequestTooLargeException",
-                f"Request must be smaller than {exc.limit} bytes for the InvokeFunction operation",
-            )
-        except InvalidPayload as exc:
-            return _error(400, "InvalidRequestContentException", str(exc))
-        except InvalidConfig as exc:
-            return _error(400, "InvalidParameterValueException", str(exc))
-        except RuntimeClosed as exc:
-            return _error(503, "ServiceException", str(exc))
-        except FnrtError as exc:
-            return _error(500, "ServiceException", str(exc))
-        headers = {"X-Amz-Executed-Version": "$LATEST", "x-amzn-RequestId": result.request_id}
-        if result.status_code != 200:  # Event: 202, DryRun: 204, empty body
-            return web.Response(status=result.status_code, headers=headers)
-        if request.headers.get("X-Amz-Log-Type") == "Tail":
-            headers["X-Amz-Log-Result"] = result.log_result
-        if result.error is not None:
-            headers["X-Amz-Function-Error"] = "Unhandled"
-            payload = json.dumps(result.error.to_lambda()).encode()
-        else:
-            payload = result.raw or b"null"
-        return web.Response(status=200, body=payload, headers=headers, content_type="application/json")
-
-    async def _list(self, request: web.Request) -> web.Response:
-        functions = [function_configuration(r) for r in self.runtime.functions().values()]
-        return web.json_response({"Functions": functions})
-
-    async def _get(self, request: web.Request) -> web.Response:
-        try:
-            record = self.runtime.get_function(request.match_info["name"])
-        except FunctionNotFound:
-            arn = self.runtime.config.function_arn(request.match_info["name"])
-            return _error(404, "ResourceNotFoundException", f"Function not found: {arn}")
-        return web.json_response({"Configuration": function_configuration(record)})
+    # -- fnrt's own routes (the command line's) ----------------------------------------
 
     async def _stats(self, request: web.Request) -> web.Response:
         rt = self.runtime
@@ -207,7 +87,7 @@ class InvokeServer:
         try:
             stream = await self.runtime.get_stream(name)
         except StreamNotFound as exc:
-            return _error(404, "ResourceNotFoundException", str(exc))
+            raise AwsError(404, "ResourceNotFoundException", str(exc)) from None
         mappings = []
         for m in self.runtime.stream_mappings():
             if m.stream.name != name:
@@ -236,18 +116,21 @@ class InvokeServer:
             body = await request.json()
             records = [(r["Data"], r["PartitionKey"]) for r in body["Records"]]
         except (ValueError, KeyError, TypeError):
-            return _error(
+            raise AwsError(
                 400,
                 "InvalidArgumentException",
                 'body must be {"Records": [{"Data": "...", "PartitionKey": "..."}]}',
-            )
+            ) from None
         try:
             stream = await self.runtime.get_stream(name)
             placed = await stream.put_records(records)
         except StreamNotFound as exc:
-            return _error(404, "ResourceNotFoundException", str(exc))
+            raise AwsError(404, "ResourceNotFoundException", str(exc)) from None
         except (InvalidConfig, InvalidPayload) as exc:
-            return _error(400, "InvalidArgumentException", str(exc))
+            raise AwsError(400, "InvalidArgumentException", str(exc)) from None
         return web.json_response(
             {"Records": [{"ShardId": shard, "SequenceNumber": seq} for shard, seq in placed]}
         )
+
+
+__all__ = ["API", "InvokeServer", "function_configuration", "lambda_error"]
