@@ -67,6 +67,11 @@ async def _serve(args: argparse.Namespace) -> int:
             mapping = await rt.add_stream_mapping(stream_name, function)
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
         async with InvokeServer(rt, host=args.host, port=args.port) as server:
+            for spec in args.url or []:
+                function, prefix, payload_format = _url_spec(spec)
+                route = server.add_url(function, path_prefix=prefix, payload_format=payload_format)
+                _progress(f"url {function}: {server.url}{route.path_prefix}/  "
+                          f"(payload format {payload_format})")
             _progress(f"listening on {server.url}  (Ctrl-C to stop)")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
@@ -74,6 +79,15 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress("stopping: closing sandboxes ...")
     _progress("stopped")
     return 0
+
+
+def _url_spec(spec: str) -> tuple[str, str | None, str]:
+    """``--url FUNCTION[=PREFIX][@FORMAT]``: ``api``, ``api=/``, ``rest@1.0``, ``rest=/v1@1.0``."""
+    rest, _, payload_format = spec.partition("@")
+    function, sep, prefix = rest.partition("=")
+    if not function or (sep and not prefix.startswith("/")) or payload_format not in ("", "1.0", "2.0"):
+        raise CliError(f"--url takes FUNCTION[=/PREFIX][@1.0|@2.0], got {spec!r}")
+    return function, prefix or None, payload_format or "2.0"
 
 
 # -- the client commands --------------------------------------------------------------
@@ -292,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream", action="append", metavar="NAME[:SHARDS]", help="create a stream")
     serve.add_argument(
         "--mapping", action="append", metavar="STREAM=FUNCTION", help="map a stream to a function"
+    )
+    serve.add_argument(
+        "--url",
+        action="append",
+        metavar="FUNCTION[=/PREFIX][@FORMAT]",
+        help="serve FUNCTION behind a URL (default prefix /FUNCTION, payload format 2.0; "
+        "@1.0 for API Gateway REST events)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))

@@ -19,10 +19,86 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fnrt.http needs aiohttp: pip install 'fnrt[http]'") from exc
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from ._http_errors import AwsError, errors_middleware, lambda_error
 from ._http_lambda import API, LambdaApi, function_configuration
+from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
 from .errors import InvalidConfig, InvalidPayload, StreamNotFound
+
+_ROUTER = web.AppKey("fnrt.urls", UrlRouter)
+
+
+def add_url(
+    server_or_app: InvokeServer | web.Application,
+    function: str,
+    *,
+    path_prefix: str | None = None,
+    payload_format: str = "2.0",
+    route: str | None = None,
+    methods: Iterable[str] | None = None,
+    cors: Cors | Mapping[str, Any] | None = None,
+    auth_type: str = "NONE",
+    stage: str | None = None,
+    runtime: Runtime | None = None,
+) -> UrlRoute:
+    """Serve ``function`` behind a URL: each request is an HTTP event, its result the response.
+
+    ``path_prefix`` (default ``/<function>``) is where the URL lives on the server; the
+    event's ``rawPath``/``path`` is the path under it, as a Function URL's is under its host.
+    ``payload_format`` ``"2.0"`` (Function URLs, HTTP APIs) or ``"1.0"`` (REST APIs).
+    ``route`` is an API Gateway route under the prefix: ``"$default"`` (2.0's default,
+    everything), a template such as ``"/orders/{id}"`` or ``"/{proxy+}"`` (1.0's default),
+    optionally with a method (``"GET /orders/{id}"``); several routes may share a prefix,
+    the most specific one serves. ``cors`` takes a Function URL's CORS keys
+    (``{"AllowOrigins": ["https://app.example"], "AllowMethods": ["GET"], ...}``) and
+    answers preflight requests itself. ``auth_type`` ``"AWS_IAM"`` requires SigV4
+    signatures (see ``InvokeServer(auth=...)``); ``"NONE"`` is open, as in AWS.
+
+    ``server_or_app`` is an :class:`InvokeServer` (at any time) or your own
+    ``aiohttp.web.Application`` (before it starts; pass ``runtime=``).
+    """
+    if isinstance(server_or_app, InvokeServer):
+        router = server_or_app.urls
+    else:
+        app = server_or_app
+        if _ROUTER not in app:
+            if runtime is None:
+                raise InvalidConfig("add_url() on an aiohttp Application needs runtime=")
+            app[_ROUTER] = UrlRouter(runtime)
+        router = app[_ROUTER]
+        prefix = (path_prefix or f"/{function}").rstrip("/")
+        app.router.add_route("*", prefix + "/{tail:.*}", _app_handler)
+        if prefix:
+            app.router.add_route("*", prefix, _app_handler)
+    router.runtime.get_function(function)  # FunctionNotFound now, not at the first request
+    spec = make_route(
+        function,
+        path_prefix=path_prefix if path_prefix is not None else f"/{function}",
+        payload_format=payload_format,
+        route=route,
+        methods=methods,
+        auth_type=auth_type,
+        cors=cors,
+        stage=stage,
+    )
+    return router.add(spec)
+
+
+async def _app_handler(request: web.Request) -> web.StreamResponse:
+    router = request.app[_ROUTER]
+    found = router.find(request)
+    if not found:
+        return _not_found_url()
+    return await router.serve(request, found)
+
+
+def _not_found_url() -> web.Response:
+    from ._http_urls import gateway_error
+
+    return gateway_error(404, "Not Found", "NotFoundException")
 
 
 class InvokeServer:
@@ -39,13 +115,47 @@ class InvokeServer:
         self.app.router.add_get("/fnrt/stats", self._stats)
         self.app.router.add_get("/fnrt/streams/{name}", self._describe_stream)
         self.app.router.add_post("/fnrt/streams/{name}/records", self._put_records)
+        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.urls = UrlRouter(runtime)
+        self._auto_mounted: set[str] = set()
         self._runner: web.AppRunner | None = None
+
+    def add_url(self, function: str, **options: Any) -> UrlRoute:
+        """:func:`add_url` on this server."""
+        return add_url(self, function, **options)
+
+    def _mount_declared_urls(self) -> None:
+        """Mount the functions that ask for a URL (``@fnrt.handler(url=True)`` or
+        ``url={...}`` options); checked as functions come and go."""
+        functions = self.runtime.functions()
+        if set(functions) == self._auto_mounted:
+            return
+        for name in self._auto_mounted - set(functions):
+            self.urls.remove_function(name)
+        for name, record in functions.items():
+            if name in self._auto_mounted:
+                continue
+            declared = record.extra.get("url")
+            if declared:
+                self.add_url(name, **(declared if isinstance(declared, Mapping) else {}))
+        self._auto_mounted = set(functions)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Everything the fixed routes do not take: a function URL, or nothing."""
+        self._mount_declared_urls()
+        found = self.urls.find(request)
+        if found is None:
+            raise web.HTTPNotFound()
+        if found is False:
+            return _not_found_url()
+        return await self.urls.serve(request, found)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        self._mount_declared_urls()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -133,4 +243,4 @@ class InvokeServer:
         )
 
 
-__all__ = ["API", "InvokeServer", "function_configuration", "lambda_error"]
+__all__ = ["API", "Cors", "InvokeServer", "UrlRoute", "add_url", "function_configuration", "lambda_error"]
