@@ -30,8 +30,6 @@ from .errors import (
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = logger()
-#: The request key telling the middleware which protocol's error shape to answer in.
-PROTOCOL_KEY = "fnrt.protocol"
 
 
 class AwsError(Exception):
@@ -72,7 +70,7 @@ def json11_error(status: int, error_type: str, message: str, **extra: Any) -> we
 
 
 def error_response(request: web.Request, error: AwsError) -> web.Response:
-    if request.get(PROTOCOL_KEY) == "json1.1":
+    if "X-Amz-Target" in request.headers:  # AWS's JSON 1.1 protocol (Kinesis)
         return json11_error(error.status, error.error_type, error.message, **error.extra)
     return lambda_error(error.status, error.error_type, error.message, **error.extra)
 
@@ -124,8 +122,6 @@ def _from_http(exc: web.HTTPException) -> AwsError:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as AWS's JSON shape, never aiohttp's text nor a traceback."""
-    if "X-Amz-Target" in request.headers:
-        request[PROTOCOL_KEY] = "json1.1"
     try:
         return await handler(request)
     except AwsError as exc:

@@ -817,6 +817,10 @@ class Runtime:
         """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""
         return await self._stream_source().get_stream(name)
 
+    async def list_streams(self) -> list[str]:
+        """The names of every stream in the runtime's state, sorted."""
+        return await self._stream_source().stream_names()
+
     async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
         """Start an event source mapping from ``stream`` to ``function`` with
         :class:`~fnrt.StreamMappingConfig` settings. The same pair added again after a

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._http_errors import AwsError, errors_middleware, lambda_error
+from ._http_kinesis import KinesisApi
 from ._http_lambda import API, LambdaApi, function_configuration
 from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
@@ -104,7 +105,14 @@ def _not_found_url() -> web.Response:
 class InvokeServer:
     """An aiohttp server for a runtime, bound to loopback by default."""
 
-    def __init__(self, runtime: Runtime, *, host: str = "127.0.0.1", port: int = 9001) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9001,
+        kinesis_write_limits: bool = True,
+    ) -> None:
         self.runtime = runtime
         self.host = host
         self.port = port
@@ -115,8 +123,9 @@ class InvokeServer:
         self.app.router.add_get("/fnrt/stats", self._stats)
         self.app.router.add_get("/fnrt/streams/{name}", self._describe_stream)
         self.app.router.add_post("/fnrt/streams/{name}/records", self._put_records)
-        self.app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._catch_all = self.app.router.add_route("*", "/{tail:.*}", self._dispatch).resource
         self.urls = UrlRouter(runtime)
+        self.kinesis = KinesisApi(runtime, write_limits=kinesis_write_limits)
         self._auto_mounted: set[str] = set()
         self._runner: web.AppRunner | None = None
 
@@ -141,10 +150,18 @@ class InvokeServer:
         self._auto_mounted = set(functions)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        """Everything the fixed routes do not take: a function URL, or nothing."""
+        """Everything the fixed routes do not take: Kinesis (routed by ``X-Amz-Target``
+        as AWS's JSON protocol is), a function URL, or nothing."""
+        if "X-Amz-Target" in request.headers and request.path == "/":
+            return await self.kinesis.handle(request)
         self._mount_declared_urls()
         found = self.urls.find(request)
         if found is None:
+            for resource in self.app.router.resources():
+                if resource is not self._catch_all:
+                    match, allowed = await resource.resolve(request)
+                    if match is None and allowed:  # the path exists, with other methods
+                        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
             raise web.HTTPNotFound()
         if found is False:
             return _not_found_url()
