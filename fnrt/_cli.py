@@ -66,7 +66,12 @@ async def _serve(args: argparse.Namespace) -> int:
                 raise CliError(f"--mapping takes STREAM=FUNCTION, got {spec!r}")
             mapping = await rt.add_stream_mapping(stream_name, function)
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
-        async with InvokeServer(rt, host=args.host, port=args.port) as server:
+        async with InvokeServer(
+            rt, host=args.host, port=args.port, auth=args.auth, auth_file=args.auth_file,
+            max_connections=args.max_connections,
+        ) as server:
+            if server.verifier is not None:
+                _progress(f"SigV4 authentication on: {len(server.verifier.credentials)} access key(s)")
             for spec in args.url or []:
                 function, prefix, payload_format = _url_spec(spec)
                 route = server.add_url(function, path_prefix=prefix, payload_format=payload_format)
@@ -97,7 +102,13 @@ def _request(
     endpoint: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     url = endpoint.rstrip("/") + path
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = dict(headers or {})
+    credentials = _client_credentials()
+    if credentials is not None:  # sign as boto3 does: a server started with --auth checks it
+        from ._http_sigv4 import sign_headers
+
+        headers.update(sign_headers(method, url, headers, body or b"", *credentials))
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=930) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -107,6 +118,18 @@ def _request(
         reason = getattr(exc, "reason", exc)
         hint = "is 'python -m fnrt serve' running?"
         raise CliError(f"cannot reach fnrt at {endpoint}: {reason} ({hint})") from None
+
+
+def _client_credentials() -> tuple[str, str] | None:
+    """``$FNRT_AUTH`` (``KEY:SECRET``), else ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY``."""
+    spec = os.environ.get("FNRT_AUTH")
+    if spec:
+        key, sep, secret = spec.partition(":")
+        if not sep or not key or not secret:
+            raise CliError("FNRT_AUTH must be ACCESS_KEY:SECRET")
+        return key, secret
+    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return (env_key, env_secret) if env_key and env_secret else None
 
 
 def _api_error(status: int, headers: dict[str, str], body: bytes) -> CliError:
@@ -313,6 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FUNCTION[=/PREFIX][@FORMAT]",
         help="serve FUNCTION behind a URL (default prefix /FUNCTION, payload format 2.0; "
         "@1.0 for API Gateway REST events)",
+    )
+    serve.add_argument(
+        "--auth",
+        action="append",
+        metavar="KEY:SECRET",
+        help="require AWS SigV4 signatures made with this access key and secret (repeatable); "
+        "required to bind beyond loopback",
+    )
+    serve.add_argument(
+        "--auth-file",
+        metavar="PATH",
+        help="credentials to accept: KEY:SECRET lines, or an AWS shared-credentials file",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=256, help="open HTTP connections at most (default 256)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))

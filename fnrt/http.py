@@ -1,12 +1,22 @@
-"""Lambda's Invoke API over HTTP on loopback, so the AWS SDK and CLI work against fnrt.
+"""fnrt's HTTP face, on loopback: Lambda's APIs for the AWS SDK and CLI, Kinesis' data
+plane, and functions behind URLs.
 
     async with fnrt.Runtime() as rt, InvokeServer(rt, port=9001) as server:
+        server.add_url("api")   # http://127.0.0.1:9001/api/... -> payload format 2.0 events
         ...   # boto3.client("lambda", endpoint_url=server.url).invoke(FunctionName="echo")
 
-Implements ``Invoke`` (``POST /2015-03-31/functions/{name}/invocations``), ``ListFunctions``
-and ``GetFunction``, with Lambda's status codes, headers and JSON error bodies, plus
-``GET /fnrt/stats`` for the command line. Needs the ``http`` extra (aiohttp), which is kept
-out of the core: ``pip install 'fnrt[http]'``.
+- Lambda (REST-JSON, ``/2015-03-31/functions``): ``Invoke`` (qualifier ``$LATEST``, client
+  context checks), ``ListFunctions`` (``MaxItems``/``Marker``), ``GetFunction``,
+  ``GetFunctionConfiguration``; ``GET /fnrt/stats`` and ``/fnrt/streams`` for the CLI.
+- Kinesis (JSON 1.1, ``POST /`` routed by ``X-Amz-Target``): see ``fnrt._http_kinesis``.
+- Function URLs and API Gateway events: :func:`add_url` (payload formats 2.0 and 1.0,
+  route templates, CORS, auth type ``NONE``/``AWS_IAM``).
+- Every error is AWS's JSON error shape with ``x-amzn-ErrorType``.
+- Security: SigV4 verified when ``auth`` credentials are given (required to bind beyond
+  loopback); unsigned cross-origin browser requests refused; connections bounded
+  (``max_connections``, ``header_timeout``, ``keepalive_timeout``).
+
+Needs the ``http`` extra (aiohttp), kept out of the core: ``pip install 'fnrt[http]'``.
 """
 
 from __future__ import annotations
@@ -19,12 +29,16 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fnrt.http needs aiohttp: pip install 'fnrt[http]'") from exc
 
+import asyncio
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._http_errors import AwsError, errors_middleware, lambda_error
+from ._http_guard import IDENTITY_KEY, ConnectionGuard, security_middleware
 from ._http_kinesis import KinesisApi
 from ._http_lambda import API, LambdaApi, function_configuration
+from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
 from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
 from .errors import InvalidConfig, InvalidPayload, StreamNotFound
@@ -96,6 +110,15 @@ async def _app_handler(request: web.Request) -> web.StreamResponse:
     return await router.serve(request, found)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _not_found_url() -> web.Response:
     from ._http_urls import gateway_error
 
@@ -111,13 +134,41 @@ class InvokeServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9001,
+        auth: Iterable[tuple[str, str] | str] | None = None,
+        auth_file: str | None = None,
+        max_connections: int = 256,
+        header_timeout: float = 10.0,
+        keepalive_timeout: float = 15.0,
         kinesis_write_limits: bool = True,
     ) -> None:
         self.runtime = runtime
         self.host = host
         self.port = port
+        credentials = parse_credentials(auth or [])
+        if auth_file is not None:
+            credentials.update(load_credentials_file(auth_file))
+        if not credentials and not _is_loopback(host):
+            raise InvalidConfig(
+                f"refusing to serve on {host} without authentication: anyone who can reach it could "
+                "run your functions. Pass auth=[(access_key, secret)] (--auth KEY:SECRET or "
+                "--auth-file PATH), or bind 127.0.0.1"
+            )
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise InvalidConfig(f"max_connections must be a positive integer, got {max_connections!r}")
+        for label, value in (("header_timeout", header_timeout), ("keepalive_timeout", keepalive_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise InvalidConfig(f"{label} must be a positive number of seconds, got {value!r}")
+        self.verifier = Verifier(credentials) if credentials else None
+        self.max_connections = max_connections
+        self.header_timeout = float(header_timeout)
+        self.keepalive_timeout = float(keepalive_timeout)
+        self.connections: ConnectionGuard | None = None
+        self._server: asyncio.Server | None = None
+        security = security_middleware(
+            self.verifier, self._url_auth, runtime.config.account_id, lambda: self.connections
+        )
         self.app = web.Application(
-            client_max_size=SYNC_PAYLOAD_LIMIT * 2, middlewares=[errors_middleware]
+            client_max_size=SYNC_PAYLOAD_LIMIT * 2, middlewares=[errors_middleware, security]
         )
         LambdaApi(runtime).register(self.app)
         self.app.router.add_get("/fnrt/stats", self._stats)
@@ -132,6 +183,17 @@ class InvokeServer:
     def add_url(self, function: str, **options: Any) -> UrlRoute:
         """:func:`add_url` on this server."""
         return add_url(self, function, **options)
+
+    def _url_auth(self, request: web.Request) -> str | None:
+        """The auth type of the function URL serving ``request``; ``None`` for the APIs."""
+        path = request.path
+        if path.startswith(("/2015-03-31/", "/fnrt/")) or path == API:
+            return None
+        if "X-Amz-Target" in request.headers and path == "/":
+            return None
+        self._mount_declared_urls()
+        found = self.urls.find(request)
+        return found[0].auth_type if found else None
 
     def _mount_declared_urls(self) -> None:
         """Mount the functions that ask for a URL (``@fnrt.handler(url=True)`` or
@@ -165,7 +227,7 @@ class InvokeServer:
             raise web.HTTPNotFound()
         if found is False:
             return _not_found_url()
-        return await self.urls.serve(request, found)
+        return await self.urls.serve(request, found, request.get(IDENTITY_KEY))
 
     @property
     def url(self) -> str:
@@ -173,19 +235,42 @@ class InvokeServer:
 
     async def start(self) -> None:
         self._mount_declared_urls()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        assert self._runner.server is not None
+        self.connections = ConnectionGuard(
+            self._runner.server,
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout,
+            clock=self.runtime.clock,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                self.connections, self.host, self.port, backlog=128, reuse_address=True
+            )
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise InvalidConfig(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         if self.port == 0:  # an ephemeral port: report the one the OS chose
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1]
+            self.port = self._server.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if server is not None:
+            for conn in list(self.connections.open if self.connections else ()):
+                if conn.transport is not None:
+                    conn.transport.abort()
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except TimeoutError:
+                pass
 
     async def __aenter__(self) -> InvokeServer:
         await self.start()
