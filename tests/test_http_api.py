@@ -216,3 +216,35 @@ async def test_get_function_configuration(served):
     assert conf["Timeout"] == 3 and conf["MemorySize"] == 128 and conf["Version"] == "$LATEST"
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         await call(client.get_function_configuration, FunctionName="ghost")
+
+
+async def test_deeply_nested_payloads_are_clean_400s(served):
+    rt, server, client, session = served
+    url = server.url + "/2015-03-31/functions/echo/invocations"
+    async with session.post(url, data=b"[" * 200_000 + b"]" * 200_000) as resp:
+        body = await resp.json()
+    assert resp.status == 400 and resp.headers["x-amzn-ErrorType"] == "InvalidRequestContentException"
+    assert "Traceback" not in body["message"]
+
+
+async def test_a_storm_of_bad_requests_leaves_no_sandbox_behind(served):
+    rt, server, client, session = served
+    url = server.url + "/2015-03-31/functions/echo/invocations"
+    bad = [
+        {"headers": {"X-Amz-Client-Context": "NQ=="}, "data": b"{}"},
+        {"headers": {"X-Amz-Client-Context": "!!"}, "data": b"{}"},
+        {"headers": {"X-Amz-Invocation-Type": "Nope"}, "data": b"{}"},
+        {"headers": {}, "data": b"{bad"},
+    ]
+    async def post(kwargs: dict) -> int:
+        async with session.post(url, **kwargs) as resp:
+            await resp.read()
+            return resp.status
+
+    for _ in range(50):
+        assert set(await asyncio.gather(*(post(kwargs) for kwargs in bad))) == {400}
+    stats = rt.stats()["functions"]["echo"]
+    assert stats["in_flight"] == 0 and stats["invocations"] == 0
+    assert stats["warm"] + stats["busy"] <= 1
+    resp = await call(client.invoke, FunctionName="echo", Payload=b"{}")
+    assert resp["StatusCode"] == 200
