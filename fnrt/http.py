@@ -70,7 +70,9 @@ def add_url(
     the most specific one serves. ``cors`` takes a Function URL's CORS keys
     (``{"AllowOrigins": ["https://app.example"], "AllowMethods": ["GET"], ...}``) and
     answers preflight requests itself. ``auth_type`` ``"AWS_IAM"`` requires SigV4
-    signatures (see ``InvokeServer(auth=...)``); ``"NONE"`` is open, as in AWS.
+    signatures, verified against ``InvokeServer(auth=...)`` (a server without credentials
+    checks only that the request is signed, as its APIs accept any SDK's dummy keys) and
+    the caller shows in ``requestContext.authorizer.iam``; ``"NONE"`` is open, as in AWS.
 
     ``server_or_app`` is an :class:`InvokeServer` (at any time) or your own
     ``aiohttp.web.Application`` (before it starts; pass ``runtime=``).

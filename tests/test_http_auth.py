@@ -221,3 +221,40 @@ async def test_cli_serve_refuses_open_wildcard_bind_and_signs_with_fnrt_auth():
         assert unsigned.returncode == 2 and b"MissingAuthenticationTokenException" in err
     finally:
         await stop_serve(proc)
+
+
+async def aws_cli(url: str, *args: str, secret: str = SECRET) -> tuple[int, str, str]:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": secret,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_MAX_ATTEMPTS": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "awscli", *args, "--endpoint-url", url, "--output", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_aws_cli_signs_and_is_verified(secured, tmp_path):
+    pytest.importorskip("awscli")
+    rt, server = secured
+    out_file = str(tmp_path / "out.json")
+    code, out, err = await aws_cli(
+        server.url, "lambda", "invoke", "--function-name", "echo", "--payload", '{"cli": true}', out_file,
+    )
+    assert code == 0, err
+    assert json.loads(out)["StatusCode"] == 200
+    with open(out_file) as f:
+        assert json.load(f)["event"] == {"cli": True}
+    code, out, err = await aws_cli(server.url, "lambda", "get-function-configuration",
+                                   "--function-name", "echo")
+    assert code == 0 and json.loads(out)["Handler"] == "handlers.echo.echo"
+    code, out, err = await aws_cli(server.url, "kinesis", "create-stream", "--stream-name", "c",
+                                   "--shard-count", "1")
+    assert code == 0, err
+    code, out, err = await aws_cli(server.url, "kinesis", "put-record", "--stream-name", "c",
+                                   "--partition-key", "k", "--data", "aGk=")
+    assert code == 0 and json.loads(out)["ShardId"] == "shardId-000000000000"
+    code, out, err = await aws_cli(server.url, "lambda", "list-functions", secret="wrong")
+    assert code != 0 and "InvalidSignatureException" in err
