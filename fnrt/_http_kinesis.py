@@ -455,6 +455,9 @@ class KinesisApi:
             name, shard_id, after, issued = state["s"], state["h"], state["a"], float(state["t"])
         except (KeyError, TypeError, ValueError):
             raise _bad("ShardIterator is not valid", "InvalidArgumentException") from None
+        valid_after = after is None or _is_seq(after)
+        if not isinstance(name, str) or not isinstance(shard_id, str) or not valid_after:
+            raise _bad("ShardIterator is not valid", "InvalidArgumentException")
         if self.runtime.clock.time() - issued > ITERATOR_TTL:
             raise AwsError(
                 400, "ExpiredIteratorException", f"Iterator expired. The iterator was created at time "
@@ -497,6 +500,13 @@ class KinesisApi:
             )
         return out
 
+
+def _is_seq(value: Any) -> bool:
+    try:
+        seq_int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 __all__ = ["TARGET_PREFIX", "KinesisApi"]

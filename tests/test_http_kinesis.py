@@ -190,3 +190,16 @@ async def test_records_put_with_boto3_reach_a_mapped_function(served):
     await call(kinesis.put_records, StreamName="orders",
                Records=[{"Data": b'{"id": 1}', "PartitionKey": "c"}])
     await wait_until(lambda: rt.stats()["functions"]["discard"]["invocations"] == 1)
+
+
+async def test_a_forged_iterator_is_invalid_argument(served):
+    import base64 as b64
+    import json as js
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    forged = b64.urlsafe_b64encode(js.dumps(
+        {"s": "s", "h": "shardId-000000000000", "a": "12", "t": clock.time()}
+    ).encode()).decode()
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException):
+        await call(kinesis.get_records, ShardIterator=forged)

@@ -22,8 +22,6 @@ from .conftest import wait_until
 async def served():
     async with fnrt.Runtime(concurrency_limit=10, unreserved_minimum=0) as rt:
         await rt.deploy("handlers.web")
-        await rt.deploy("handlers.api")
-        await rt.deploy("handlers.rest_api")
         async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
             yield rt, server, session
 
@@ -174,6 +172,7 @@ async def test_v1_multi_value_headers_in_the_result(served):
 
 async def test_powertools_rest_resolver_works_unchanged(served):
     rt, server, session = served
+    await rt.deploy("handlers.rest_api")
     server.add_url("rest_api", path_prefix="/rest", payload_format="1.0")
     async with session.get(server.url + "/rest/orders/42?verbose=yes&tag=a&tag=b") as resp:
         assert resp.status == 200, await resp.text()
@@ -191,6 +190,7 @@ async def test_powertools_rest_resolver_works_unchanged(served):
 @pytest.mark.parametrize("function", ["api", "http_api"])
 async def test_powertools_v2_resolvers_work_unchanged(served, function):
     rt, server, session = served
+    await rt.deploy("handlers.api")
     server.add_url(function, path_prefix="/app")
     async with session.get(server.url + "/app/orders/42") as resp:
         assert resp.status == 200 and await resp.json() == {"id": "42", "item": "apple", "qty": 3}
