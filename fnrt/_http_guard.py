@@ -4,8 +4,11 @@
   ``max_connections`` are open; a connection must deliver its first request's headers
   within ``header_timeout`` seconds; and when the limit is reached, the oldest connection
   that has not delivered a request yet (a slow-header client) makes room for the new one,
-  so slow-header floods cannot lock everyone else out. Idle keep-alive connections are
-  closed by aiohttp's ``keepalive_timeout``.
+  so slow-header floods cannot lock everyone else out. A client that stops reading a
+  response for ``send_timeout`` seconds is cut off, so unread responses do not pile up in
+  memory (each connection holds at most one: aiohttp waits for the socket to drain
+  before it reads the next pipelined request). Idle keep-alive connections are closed by
+  aiohttp's ``keepalive_timeout``.
 - :func:`security_middleware` verifies SigV4 when credentials are configured, and rejects
   unsigned browser requests from another origin (a web page can reach loopback).
 """
@@ -33,6 +36,7 @@ class _Guarded(asyncio.Protocol):
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.timer: TimerHandle | None = None
+        self.stalled: TimerHandle | None = None  # the client stopped reading our response
         self.live = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,16 +69,22 @@ class _Guarded(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.live:
+            if self.stalled is None:
+                self.stalled = self.guard.clock.call_later(self.guard.send_timeout, self.expire)
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self.live:
+            if self.stalled is not None:
+                self.stalled.cancel()
+                self.stalled = None
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.stalled):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.stalled = None
         if not self.live:
             return
         self.live = False
@@ -86,10 +96,17 @@ class ConnectionGuard:
     """A protocol factory for ``loop.create_server`` around aiohttp's ``web.Server``."""
 
     def __init__(
-        self, factory: Callable[[], Any], *, max_connections: int, header_timeout: float, clock: Clock
+        self,
+        factory: Callable[[], Any],
+        *,
+        max_connections: int,
+        header_timeout: float,
+        clock: Clock,
+        send_timeout: float = 30.0,
     ) -> None:
         self.factory = factory
         self.clock = clock
+        self.send_timeout = send_timeout
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.open: set[_Guarded] = set()

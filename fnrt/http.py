@@ -14,7 +14,7 @@ plane, and functions behind URLs.
 - Every error is AWS's JSON error shape with ``x-amzn-ErrorType``.
 - Security: SigV4 verified when ``auth`` credentials are given (required to bind beyond
   loopback); unsigned cross-origin browser requests refused; connections bounded
-  (``max_connections``, ``header_timeout``, ``keepalive_timeout``).
+  (``max_connections``, ``header_timeout``, ``keepalive_timeout``, ``send_timeout``).
 
 Needs the ``http`` extra (aiohttp), kept out of the core: ``pip install 'fnrt[http]'``.
 """
@@ -141,6 +141,7 @@ class InvokeServer:
         max_connections: int = 256,
         header_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
+        send_timeout: float = 30.0,
         kinesis_write_limits: bool = True,
     ) -> None:
         self.runtime = runtime
@@ -157,13 +158,19 @@ class InvokeServer:
             )
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidConfig(f"max_connections must be a positive integer, got {max_connections!r}")
-        for label, value in (("header_timeout", header_timeout), ("keepalive_timeout", keepalive_timeout)):
+        timeouts = (
+            ("header_timeout", header_timeout),
+            ("keepalive_timeout", keepalive_timeout),
+            ("send_timeout", send_timeout),
+        )
+        for label, value in timeouts:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise InvalidConfig(f"{label} must be a positive number of seconds, got {value!r}")
         self.verifier = Verifier(credentials) if credentials else None
         self.max_connections = max_connections
         self.header_timeout = float(header_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
+        self.send_timeout = float(send_timeout)
         self.connections: ConnectionGuard | None = None
         self._server: asyncio.Server | None = None
         security = security_middleware(
@@ -244,6 +251,7 @@ class InvokeServer:
             self._runner.server,
             max_connections=self.max_connections,
             header_timeout=self.header_timeout,
+            send_timeout=self.send_timeout,
             clock=self.runtime.clock,
         )
         loop = asyncio.get_running_loop()

@@ -258,3 +258,27 @@ async def test_the_aws_cli_signs_and_is_verified(secured, tmp_path):
     assert code == 0 and json.loads(out)["ShardId"] == "shardId-000000000000"
     code, out, err = await aws_cli(server.url, "lambda", "list-functions", secret="wrong")
     assert code != 0 and "InvalidSignatureException" in err
+
+
+async def test_a_client_that_stops_reading_is_cut_off():
+    import socket
+
+    from .conftest import wait_until
+
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, send_timeout=30) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+            body = json.dumps({"blob": "x" * (4 * 1024 * 1024)}).encode()
+            head = (f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            await asyncio.get_running_loop().sock_sendall(sock, head + body)
+            guard = server.connections
+            await wait_until(lambda: any(c.stalled for c in guard.open), "the response to stall")
+            await clock.advance(30)
+            await wait_until(lambda: guard.stats()["open"] == 0, "the stalled connection to close")
+            sock.close()
