@@ -129,8 +129,11 @@ class Stream:
         """Up to ``limit`` records of ``shard_id`` after sequence number ``after_seq``
         (``None``: from the oldest retained), oldest first, in Kinesis' ``GetRecords``
         shape (``SequenceNumber``, ``ApproximateArrivalTimestamp``, ``Data`` as base64,
-        ``PartitionKey``)."""
-        after = -1 if after_seq is None else seq_int(after_seq)
+        ``PartitionKey``). A malformed ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
+        try:
+            after = -1 if after_seq is None else seq_int(after_seq)
+        except (TypeError, ValueError):
+            raise InvalidConfig(f"not a sequence number of stream {self.name!r}: {after_seq!r}") from None
         store = await self._source.store()
         records = await store.read(self.name, shard_id, after, limit)
         return [
