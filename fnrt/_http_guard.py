@@ -10,12 +10,14 @@
   before it reads the next pipelined request). Idle keep-alive connections are closed by
   aiohttp's ``keepalive_timeout``.
 - :func:`security_middleware` verifies SigV4 when credentials are configured, and rejects
-  unsigned browser requests from another origin (a web page can reach loopback).
+  unsigned browser requests from another origin (a web page can reach loopback); without
+  credentials it answers only requests whose ``Host`` is this machine (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -173,6 +175,23 @@ def cross_origin(request: web.Request) -> bool:
     return origin.rstrip("/").lower() not in (f"http://{request.host}".lower(), f"https://{request.host}".lower())
 
 
+def local_host(request: web.Request, bound: str) -> bool:
+    """The ``Host`` header names this machine (a loopback address, ``localhost``, or the
+    address the server is bound to): a DNS-rebinding page names its own domain instead."""
+    host = request.host
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower().rstrip(".")
+    if name in ("localhost", bound.lower()) or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def identity(access_key: str, account_id: str) -> dict[str, str]:
     """``requestContext.authorizer.iam`` of a signed function URL request."""
     return {
@@ -195,6 +214,7 @@ def security_middleware(
     url_auth: Callable[[web.Request], str | None],
     account_id: str,
     guard: Callable[[], ConnectionGuard | None],
+    bound_host: str = "127.0.0.1",
 ) -> Middleware:
     """``url_auth(request)`` is the function URL's auth type serving the request, or
     ``None`` for the APIs. Verified identities go to ``request[IDENTITY_KEY]``."""
@@ -204,6 +224,15 @@ def security_middleware(
         connections = guard()
         if connections is not None:
             connections.head_received(request)
+        if verifier is None and not local_host(request, bound_host):
+            # without credentials fnrt serves loopback only; a page that rebinds its own
+            # domain to 127.0.0.1 sends that domain as the Host
+            raise AwsError(
+                403,
+                "AccessDeniedException",
+                f"Host {request.host!r} is not this machine; unauthenticated fnrt answers "
+                "requests to localhost / 127.0.0.1 only",
+            )
         auth_type = url_auth(request)
         if auth_type == "NONE":  # an open function URL, as in AWS; CORS is its guard
             return await handler(request)

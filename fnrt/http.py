@@ -174,7 +174,7 @@ class InvokeServer:
         self.connections: ConnectionGuard | None = None
         self._server: asyncio.Server | None = None
         security = security_middleware(
-            self.verifier, self._url_auth, runtime.config.account_id, lambda: self.connections
+            self.verifier, self._url_auth, runtime.config.account_id, lambda: self.connections, host
         )
         self.app = web.Application(
             client_max_size=SYNC_PAYLOAD_LIMIT * 2, middlewares=[errors_middleware, security]

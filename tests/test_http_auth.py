@@ -130,7 +130,7 @@ async def test_function_urls_none_open_and_aws_iam_signed(secured):
         assert iam["accessKey"] == KEY and iam["accountId"] == "000000000000"
 
 
-async def test_unsigned_cross_origin_browser_requests_are_refused():
+async def test_unsigned_cross_origin_and_rebound_requests_are_refused():
     async with fnrt.Runtime() as rt:
         await rt.deploy("handlers.echo")
         async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
@@ -147,6 +147,12 @@ async def test_unsigned_cross_origin_browser_requests_are_refused():
                 assert resp.status == 200  # the server's own origin
             async with session.post(url, data=b"{}") as resp:
                 assert resp.status == 200  # not a browser (curl, scripts)
+            # DNS rebinding: the attacker's own domain, resolved to 127.0.0.1
+            rebound = {"Host": f"evil.example:{server.port}", "Origin": f"http://evil.example:{server.port}"}
+            async with session.post(url, data=b"{}", headers=rebound) as resp:
+                assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+            async with session.post(url, data=b"{}", headers={"Host": f"localhost:{server.port}"}) as resp:
+                assert resp.status == 200
 
 
 async def test_binding_beyond_loopback_requires_credentials(tmp_path):
@@ -274,7 +280,7 @@ async def test_a_client_that_stops_reading_is_cut_off():
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
             body = json.dumps({"blob": "x" * (4 * 1024 * 1024)}).encode()
-            head = (f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: x\r\n"
+            head = (f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n").encode()
             await asyncio.get_running_loop().sock_sendall(sock, head + body)
             guard = server.connections
