@@ -350,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="credentials to accept: KEY:SECRET lines, or an AWS shared-credentials file",
     )
     serve.add_argument(
-        "--max-connections", type=int, default=256, help="open HTTP connections at most (default 256)"
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open HTTP connections at most (default: a quarter of the open-file limit, 64-4096)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))

@@ -29,6 +29,29 @@ from ._clock import Clock, TimerHandle
 from ._http_errors import AwsError, Handler
 from ._http_sigv4 import Verifier
 
+_BUSY_BODY = (
+    b'{"Type":"Service","message":"fnrt is at its connection limit; retry shortly '
+    b'(InvokeServer(max_connections=...) / --max-connections)"}'
+)
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"x-amzn-ErrorType: ServiceException\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+def default_max_connections() -> int:
+    """A quarter of the open-file limit (sandboxes and the store need the rest), 64-4,096."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(64, min(4096, soft // 4))
+
 
 class _Guarded(asyncio.Protocol):
     """Delegates to aiohttp's protocol; counts the connection and times its first head."""
@@ -44,8 +67,9 @@ class _Guarded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        if not self.guard.admit(self):
-            transport.abort()
+        if not self.guard.admit(self):  # every slot serves a request: say so, and close
+            transport.write(BUSY_RESPONSE)
+            transport.close()
             return
         self.live = True
         self.timer = self.guard.clock.call_later(self.guard.header_timeout, self.expire)
@@ -261,4 +285,10 @@ def security_middleware(
     return security
 
 
-__all__ = ["IDENTITY_KEY", "ConnectionGuard", "cross_origin", "security_middleware"]
+__all__ = [
+    "IDENTITY_KEY",
+    "ConnectionGuard",
+    "cross_origin",
+    "default_max_connections",
+    "security_middleware",
+]

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._http_errors import AwsError, errors_middleware, lambda_error
-from ._http_guard import IDENTITY_KEY, ConnectionGuard, security_middleware
+from ._http_guard import IDENTITY_KEY, ConnectionGuard, default_max_connections, security_middleware
 from ._http_kinesis import KinesisApi
 from ._http_lambda import API, LambdaApi, function_configuration
 from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
@@ -138,7 +138,7 @@ class InvokeServer:
         port: int = 9001,
         auth: Iterable[tuple[str, str] | str] | None = None,
         auth_file: str | None = None,
-        max_connections: int = 256,
+        max_connections: int | None = None,
         header_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
         send_timeout: float = 30.0,
@@ -156,6 +156,8 @@ class InvokeServer:
                 "run your functions. Pass auth=[(access_key, secret)] (--auth KEY:SECRET or "
                 "--auth-file PATH), or bind 127.0.0.1"
             )
+        if max_connections is None:
+            max_connections = default_max_connections()
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidConfig(f"max_connections must be a positive integer, got {max_connections!r}")
         timeouts = (

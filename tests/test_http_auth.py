@@ -288,3 +288,27 @@ async def test_a_client_that_stops_reading_is_cut_off():
             await clock.advance(30)
             await wait_until(lambda: guard.stats()["open"] == 0, "the stalled connection to close")
             sock.close()
+
+
+async def test_when_every_connection_serves_a_request_new_ones_get_a_503(release_file):
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
+        async with InvokeServer(rt, port=0, max_connections=2) as server:
+            url = server.url + "/2015-03-31/functions/hold/invocations"
+            payload = json.dumps({"release": release_file}).encode()
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async def post() -> int:
+                    async with session.post(url, data=payload) as resp:
+                        await resp.read()
+                        return resp.status
+
+                held = [asyncio.ensure_future(post()) for _ in range(2)]
+                await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 2)
+                async with session.post(url, data=payload) as resp:
+                    assert resp.status == 503 and resp.headers["x-amzn-ErrorType"] == "ServiceException"
+                    assert "connection limit" in (await resp.json())["message"]
+                open(release_file, "w").close()
+                assert await asyncio.gather(*held) == [200, 200]
