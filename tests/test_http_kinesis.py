@@ -203,3 +203,21 @@ async def test_a_forged_iterator_is_invalid_argument(served):
     ).encode()).decode()
     with pytest.raises(kinesis.exceptions.InvalidArgumentException):
         await call(kinesis.get_records, ShardIterator=forged)
+
+
+async def test_at_timestamp_iterator(served):
+    import datetime
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k")
+    await clock.advance(10)
+    middle = clock.time() - 5
+    await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    it = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId="shardId-000000000000",
+                     ShardIteratorType="AT_TIMESTAMP",
+                     Timestamp=datetime.datetime.fromtimestamp(middle, datetime.UTC)))["ShardIterator"]
+    got = await call(kinesis.get_records, ShardIterator=it)
+    assert [r["Data"] for r in got["Records"]] == [b"new"]
+    arrival = got["Records"][0]["ApproximateArrivalTimestamp"].timestamp()
+    assert arrival == pytest.approx(clock.time(), abs=1)
