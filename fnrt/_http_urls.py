@@ -516,6 +516,8 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
             raise MalformedResult("body is not valid base64") from None
     else:
         data = body.encode()
+    for framing in ("Content-Length", "Transfer-Encoding", "Connection"):  # the server frames it
+        headers.popall(framing, None)
     if "Content-Type" not in headers:
         headers["Content-Type"] = "application/json"
     return web.Response(status=status, body=data, headers=headers)

@@ -39,6 +39,8 @@ def respond(event, context):
         time.sleep(5)
     if kind == "string":
         return "just a string"
+    if kind == "framing":
+        return {"statusCode": 200, "headers": {"Content-Length": "999", "Connection": "close"}, "body": "ok"}
     return {
         "statusCode": 203,
         "headers": {"Content-Type": "text/plain", "Access-Control-Allow-Origin": "https://evil.example"},

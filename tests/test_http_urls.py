@@ -92,6 +92,8 @@ async def test_v2_result_mapping(served):
         assert resp.headers.getall("Set-Cookie") == ["a=1", "b=2; HttpOnly"]
     async with session.get(server.url + "/r?kind=binary") as resp:
         assert resp.headers["Content-Type"] == "image/png" and await resp.read() == b"\x89PNG\x00\x01"
+    async with session.get(server.url + "/r?kind=framing") as resp:  # the server frames bodies
+        assert resp.status == 200 and await resp.text() == "ok"
     async with session.get(server.url + "/r?kind=string") as resp:
         assert resp.status == 200 and resp.content_type == "application/json"
         assert await resp.json() == "just a string"
