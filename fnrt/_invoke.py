@@ -260,8 +260,10 @@ class Invoker:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None = None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
-        """Run one invocation of ``entry``'s function with the JSON ``body``."""
+        """Run one invocation of ``entry``'s function with the JSON ``body``.
+        ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
         name = entry.record.name
         try:
             slot = self.limiter.acquire(entry.counter)
@@ -287,7 +289,9 @@ class Invoker:
                     return self._init_failed(name, request_id, error, body)
                 except FunctionError as exc:
                     return self._init_failed(name, request_id, exc, body)
-            return await self._run(entry.record, pool, env, cold, body, request_id, client_context)
+            return await self._run(
+                entry.record, pool, env, cold, body, request_id, client_context, invoked_arn
+            )
         except FnrtError:
             raise
         except Exception as exc:  # never a private error to the caller
@@ -338,6 +342,7 @@ class Invoker:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
         timeout = record.config.timeout
         budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
@@ -349,6 +354,8 @@ class Invoker:
         }
         if client_context is not None:
             header["client_context"] = dict(client_context)
+        if invoked_arn is not None:
+            header["invoked_arn"] = invoked_arn
         init_ms, env.init_ms = env.init_ms, None
         init_log, env.init_log = env.init_log, ""
         started = self.clock.monotonic()

@@ -35,11 +35,19 @@ from ._config import (
 )
 from ._handler import parse_reference, split_config
 from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
-from ._lambda import EVENT_PAYLOAD_LIMIT, SCALING_LIMIT, SCALING_WINDOW, SYNC_PAYLOAD_LIMIT, function_arn
+from ._lambda import (
+    EVENT_PAYLOAD_LIMIT,
+    LATEST,
+    SCALING_LIMIT,
+    SCALING_WINDOW,
+    SYNC_PAYLOAD_LIMIT,
+    function_arn,
+    parse_function_ref,
+)
 from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._supervise import Supervisor
-from .errors import FnrtError, InvalidConfig, RuntimeClosed
+from .errors import FnrtError, FunctionNotFound, InvalidConfig, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
@@ -559,14 +567,25 @@ class Runtime:
         *,
         client_context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        qualifier: str | None = None,
     ) -> InvocationResult:
-        """Invoke and return Lambda's whole response; a function error is in ``.error``."""
+        """Invoke and return Lambda's whole response; a function error is in ``.error``.
+
+        ``qualifier`` (or a qualified ARN as ``name``; only ``$LATEST`` exists) makes the
+        context's ``invoked_function_arn`` the qualified ARN, as Lambda does; any other
+        qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         self._check_running()
         entry = self._registry.get(name)
+        if qualifier is None:
+            parsed = parse_function_ref(name)
+            qualifier = parsed[1] if parsed else None
+        if qualifier is not None and qualifier != LATEST:
+            raise FunctionNotFound(f"{entry.name}:{qualifier}")
         request_id = request_id or self._invoker.request_id()
         if invocation_type == "RequestResponse":
             body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
-            return await self._invoker.invoke(entry, body, request_id, client_context)
+            invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
+            return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":
             await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
             return InvocationResult(request_id, entry.name, 204)
@@ -679,6 +698,11 @@ class Runtime:
         """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""
         self._check_running()
         return await self._streams.get_stream(name)
+
+    async def list_streams(self) -> list[str]:
+        """The names of every stream in the runtime's state, sorted."""
+        self._check_running()
+        return await self._streams.stream_names()
 
     async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
         """Start an event source mapping from ``stream`` to ``function`` with

@@ -1,0 +1,204 @@
+"""Lambda's Invoke API and read-only control plane (REST-JSON, ``/2015-03-31/functions``).
+
+``Invoke``, ``ListFunctions`` (``MaxItems``/``Marker``/``NextMarker``), ``GetFunction``
+and ``GetFunctionConfiguration``, with Lambda's status codes, headers and error bodies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from ._http_errors import AwsError
+from ._registry import FunctionRecord
+from ._runtime import Runtime
+from .errors import FunctionNotFound
+
+API = "/2015-03-31/functions"
+INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+CLIENT_CONTEXT_LIMIT = 3583  # bytes of base64, Lambda's documented limit
+LIST_DEFAULT, LIST_MAX = 50, 10_000
+LATEST = "$LATEST"
+# name, partial ARN or full ARN, with an optional ":qualifier"
+_NAME = re.compile(
+    r"^(?:arn:aws[\w-]*:lambda:[\w-]+:)?(?:\d{12}:)?(?:function:)?([a-zA-Z0-9_-]{1,64})(?::([\w$-]{1,128}))?$"
+)
+
+
+def function_configuration(record: FunctionRecord) -> dict[str, Any]:
+    """Lambda's ``FunctionConfiguration`` for a registered function."""
+    config = record.config
+    return {
+        "FunctionName": record.name,
+        "FunctionArn": record.arn,
+        "Runtime": "python3",
+        "Handler": record.handler,
+        "Timeout": config.timeout,
+        "MemorySize": config.memory_mb,
+        "Version": LATEST,
+        "Description": config.description,
+        "PackageType": "Zip",
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "Environment": {"Variables": dict(config.environment)},
+    }
+
+
+def _fnrt_extras(record: FunctionRecord) -> dict[str, Any]:
+    """What fnrt adds outside Lambda's shapes (read by ``python -m fnrt list``)."""
+    config = record.config
+    out: dict[str, Any] = {"Sandbox": record.sandbox_kind}
+    if config.reserved_concurrency is not None:
+        out["ReservedConcurrentExecutions"] = config.reserved_concurrency
+    if config.provisioned_concurrency:
+        out["ProvisionedConcurrentExecutions"] = config.provisioned_concurrency
+    return out
+
+
+def _not_found(runtime: Runtime, name: str, qualifier: str | None = None) -> AwsError:
+    arn = runtime.config.function_arn(name)
+    if qualifier:
+        arn += f":{qualifier}"
+    return AwsError(404, "ResourceNotFoundException", f"Function not found: {arn}")
+
+
+def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[FunctionRecord, str | None]:
+    """The function a ``FunctionName`` (+ ``Qualifier``) names, and the qualifier used.
+
+    Only ``$LATEST`` exists in fnrt (no published versions or aliases): any other
+    qualifier is ``ResourceNotFoundException``, as in Lambda for an unknown alias."""
+    match = _NAME.match(raw_name)
+    if match is None:
+        raise AwsError(
+            400,
+            "ValidationException",
+            f"1 validation error detected: Value '{raw_name}' at 'functionName' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern",
+        )
+    name, derived = match.group(1), match.group(2)
+    if derived and qualifier and derived != qualifier:
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            "The derived qualifier from the function name does not match the specified qualifier.",
+        )
+    qualifier = qualifier or derived
+    try:
+        record = runtime.get_function(name)
+    except FunctionNotFound:
+        raise _not_found(runtime, name) from None
+    if qualifier is not None and qualifier != LATEST:
+        raise _not_found(runtime, name, qualifier)
+    return record, qualifier
+
+
+def parse_client_context(value: str) -> dict[str, Any]:
+    """``X-Amz-Client-Context``: base64 of a JSON object, at most 3,583 bytes."""
+    if len(value.encode()) > CLIENT_CONTEXT_LIMIT:
+        raise AwsError(
+            400,
+            "InvalidRequestContentException",
+            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes of base64, "
+            f"got {len(value.encode())}",
+        )
+    try:
+        decoded = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, binascii.Error, RecursionError):
+        decoded = None
+    if not isinstance(decoded, dict):
+        raise AwsError(
+            400, "InvalidRequestContentException", "Client context must be a valid Base64-encoded JSON object"
+        )
+    return decoded
+
+
+class LambdaApi:
+    """The routes under ``/2015-03-31/functions``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_post(API + "/{name}/invocations", self.invoke)
+        app.router.add_get(API + "/", self.list_functions)
+        app.router.add_get(API, self.list_functions)
+        app.router.add_get(API + "/{name}", self.get_function)
+        app.router.add_get(API + "/{name}/configuration", self.get_function_configuration)
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        invocation_type: Any = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if invocation_type not in INVOCATION_TYPES:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}",
+            )
+        record, qualifier = resolve(rt, request.match_info["name"], request.query.get("Qualifier"))
+        client_context = None
+        if "X-Amz-Client-Context" in request.headers:
+            client_context = parse_client_context(request.headers["X-Amz-Client-Context"])
+        body = await request.read()
+        kwargs: dict[str, Any] = {"client_context": client_context}
+        if qualifier is not None:
+            kwargs["qualifier"] = qualifier
+        result = await rt.invoke_detailed(record.name, body, invocation_type, **kwargs)
+        headers = {"X-Amz-Executed-Version": LATEST, "x-amzn-RequestId": result.request_id}
+        if result.status_code != 200:  # Event: 202, DryRun: 204, empty body
+            return web.Response(status=result.status_code, headers=headers)
+        if request.headers.get("X-Amz-Log-Type") == "Tail":
+            headers["X-Amz-Log-Result"] = result.log_result
+        if result.error is not None:
+            headers["X-Amz-Function-Error"] = "Unhandled"
+            payload = json.dumps(result.error.to_lambda()).encode()
+        else:
+            payload = result.raw or b"null"
+        return web.Response(status=200, body=payload, headers=headers, content_type="application/json")
+
+    async def list_functions(self, request: web.Request) -> web.Response:
+        raw_max = request.query.get("MaxItems", str(LIST_DEFAULT))
+        try:
+            max_items = int(raw_max)
+        except ValueError:
+            max_items = 0
+        if not 1 <= max_items <= LIST_MAX:
+            raise AwsError(
+                400, "InvalidParameterValueException", f"MaxItems must be 1-{LIST_MAX}, got {raw_max!r}"
+            )
+        records = sorted(self.runtime.functions().values(), key=lambda r: r.name)
+        marker = request.query.get("Marker")
+        if marker:
+            try:
+                start_name = base64.urlsafe_b64decode(marker.encode()).decode()
+            except (ValueError, binascii.Error):
+                raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+            records = [r for r in records if r.name >= start_name]
+        page, rest = records[:max_items], records[max_items:]
+        body: dict[str, Any] = {
+            "Functions": [{**function_configuration(r), "Fnrt": _fnrt_extras(r)} for r in page]
+        }
+        if rest:
+            body["NextMarker"] = base64.urlsafe_b64encode(rest[0].name.encode()).decode()
+        return web.json_response(body)
+
+    async def get_function(self, request: web.Request) -> web.Response:
+        record, _ = resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
+        body: dict[str, Any] = {
+            "Configuration": function_configuration(record),
+            "Code": {"RepositoryType": "Local", "Location": record.module},
+        }
+        if record.config.reserved_concurrency is not None:
+            body["Concurrency"] = {"ReservedConcurrentExecutions": record.config.reserved_concurrency}
+        return web.json_response(body)
+
+    async def get_function_configuration(self, request: web.Request) -> web.Response:
+        record, _ = resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
+        return web.json_response(function_configuration(record))
+
+
+__all__ = ["API", "LambdaApi", "function_configuration", "parse_client_context", "resolve"]
