@@ -53,3 +53,9 @@ def respond(event, context):
 def wrap_event(event, context):
     """Return the event as the JSON body of a 200 (a valid result for both payload formats)."""
     return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": json.dumps(event)}
+
+
+@fnrt.handler(url={"path_prefix": "/hello"})
+def hello_url(event, context):
+    """Declares its own function URL: served at /hello by ``python -m fnrt serve``."""
+    return {"statusCode": 200, "body": f"hello from {event['rawPath']}"}

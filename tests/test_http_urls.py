@@ -333,3 +333,14 @@ async def test_cli_serve_url():
                 assert resp.status == 200 and (await resp.json())["path"] == "/orders/5"
     finally:
         await stop_serve(proc)
+
+
+async def test_a_handler_that_declares_its_url_is_mounted_by_the_server():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.web")
+        async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/hello/there") as resp:
+                assert resp.status == 200
+                assert await resp.text() == "hello from /there"
+    with pytest.raises(fnrt.InvalidConfig, match="unknown url options"):
+        fnrt.handler(url={"prefix": "/x"})(lambda event, context: None)
