@@ -54,7 +54,10 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Runtime(
-        concurrency_limit=args.concurrency_limit, sandbox=args.sandbox, state_dir=args.state_dir
+        concurrency_limit=args.concurrency_limit,
+        sandbox=args.sandbox,
+        state_dir=args.state_dir,
+        reload=args.reload,
     ) as rt:
         for module in args.modules:
             _progress(f"deploying {module} ...")
@@ -359,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="open HTTP connections at most (default: a quarter of the open-file limit, 64-4096)",
+    )
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="load changed handler code into new sandboxes without a restart (pip install 'fnrt[reload]')",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -46,6 +46,7 @@ from ._lambda import (
 )
 from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
+from ._reload import Reloader, check_available
 from ._supervise import Supervisor
 from .errors import FnrtError, FunctionNotFound, InvalidConfig, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
@@ -123,6 +124,10 @@ class Runtime:
     the template process, also when the block is cancelled. ``start()`` and ``aclose()``
     do the same by hand (call both from the same task).
 
+    ``reload=True`` watches ``reload_paths`` (the current directory) and loads changed
+    code into new environments without cutting off what runs (see :mod:`fnrt._reload`;
+    needs ``fnrt[reload]``).
+
     ``scaling_limit`` new execution environments per ``scaling_window`` seconds is each
     function's scaling rate (Lambda's: 1,000 per 10 s, refilling continuously); a cold
     start over it is throttled with ``FunctionInvocationRateLimitExceeded``.
@@ -142,6 +147,8 @@ class Runtime:
         clock: Clock | None = None,
         scaling_limit: int = SCALING_LIMIT,
         scaling_window: float = SCALING_WINDOW,
+        reload: bool = False,
+        reload_paths: Sequence[str | Path] | None = None,
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -176,6 +183,11 @@ class Runtime:
         self._durable = spec is not None  # a store that outlives this host: resume at start
         self._state = _State(spec)
         self._running = False
+        self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
+        self._reloader: Reloader | None = None
+        if reload:
+            check_available()
+            self._reloader = Reloader(self, list(reload_paths or [Path.cwd()]))
         self._async = AsyncSource(
             invoker=self._invoker,
             registry=self._registry,
@@ -221,6 +233,8 @@ class Runtime:
         await self._supervisor.open()
         self._running = True
         self._supervisor.loop("maintenance", self._maintain_once)
+        if self._reloader is not None:
+            self._supervisor.spawn(self._reloader.run(), name="reload")
         if self._durable:  # events queued by an earlier host resume at once
             self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
 
@@ -313,16 +327,24 @@ class Runtime:
         self._check_running()
         if not isinstance(module, str) or not _MODULE.match(module):
             raise InvalidConfig(f"module must be a dotted module name like 'handlers.echo', got {module!r}")
+        records = await self._discover(module)
+        if not records:
+            raise InvalidConfig(
+                f"module {module!r} has no @fnrt.handler functions; decorate one, "
+                "or register it with add_function(name, 'module:function')"
+            )
+        await self._register_all(records)
+        self._deployed[module] = [r.name for r in records]
+        self._log.info("deployed", module=module, functions=[r.name for r in records])
+        return [r.name for r in records]
+
+    async def _discover(self, module: str) -> list[FunctionRecord]:
+        """The ``@fnrt.handler`` functions of ``module``, found in a sandbox thrown away
+        after (raises the module's init error)."""
         factory = self._factory(self.config.sandbox)
         sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
         try:
-            found = reply.get("handlers", [])
-            if not found:
-                raise InvalidConfig(
-                    f"module {module!r} has no @fnrt.handler functions; decorate one, "
-                    "or register it with add_function(name, 'module:function')"
-                )
-            records = [
+            return [
                 self._record(
                     item["name"],
                     module,
@@ -330,16 +352,33 @@ class Runtime:
                     FunctionConfig.from_kwargs(item["config"]),
                     item.get("extra", {}),
                 )
-                for item in found
+                for item in reply.get("handlers", [])
             ]
         finally:
             await sandbox.close()
+
+    async def _register_all(self, records: list[FunctionRecord]) -> None:
         self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
         for record in records:
             self._register(record)
         await self._provision_all([r.name for r in records])
-        self._log.info("deployed", module=module, functions=[r.name for r in records])
-        return [r.name for r in records]
+
+    def _modules_in_use(self) -> list[str]:
+        return sorted({entry.record.module for entry in self._registry})
+
+    async def _reload_module(self, module: str) -> list[str]:
+        """Register ``module``'s functions again from its current source (hot reload).
+        Deployed functions take their config from the decorators again; functions added by
+        reference keep theirs. Raises the module's init error, and then changes nothing."""
+        self._check_running()
+        discovered = await self._discover(module)
+        deployed = set(self._deployed.get(module, ()))
+        records = [r for r in discovered if r.name in deployed]
+        for entry in self._registry:  # added by reference: same config, new code
+            if entry.record.module == module and entry.name not in deployed:
+                records.append(attrs.evolve(entry.record, generation=self._registry.next_generation()))
+        await self._register_all(records)
+        return sorted(r.name for r in records)
 
     async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:
         """Register ``handler`` (``"module:function"``) as function ``name`` with ``config``.
@@ -361,6 +400,9 @@ class Runtime:
         Its concurrency, pool and event-invoke config go with it."""
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
+        for names in self._deployed.values():
+            if entry.name in names:
+                names.remove(entry.name)
         for env in entry.pool.drain():
             await env.sandbox.close()
 
