@@ -89,9 +89,35 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
             await stop.wait()
+            await _drain(rt, stop, args.grace)
             _progress("stopping: closing sandboxes ...")
+            await rt.aclose()  # what still runs ends now; the server then closes at once
     _progress("stopped")
     return 0
+
+
+async def _drain(rt: Any, stop: asyncio.Event, grace: float) -> None:
+    """After the first Ctrl-C/SIGTERM: let invocations in flight finish, for at most
+    ``grace`` seconds, saying what is waited for; a second signal stops at once."""
+    in_flight = rt.stats()["concurrency"]["in_flight"]
+    if not in_flight or grace <= 0:
+        return
+    _progress(
+        f"stopping: waiting up to {grace:g} s for {in_flight} invocation(s) in flight "
+        "(Ctrl-C again to stop now) ..."
+    )
+    stop.clear()  # the signal handlers set it again on the next signal
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while rt.stats()["concurrency"]["in_flight"] and not stop.is_set() and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+    if stop.is_set():
+        _progress("stopping now")
+    elif rt.stats()["concurrency"]["in_flight"]:
+        _progress(f"grace period over: {rt.stats()['concurrency']['in_flight']} invocation(s) cut off")
 
 
 def _url_spec(spec: str) -> tuple[str, str | None, str]:
@@ -362,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="open HTTP connections at most (default: a quarter of the open-file limit, 64-4096)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on Ctrl-C/SIGTERM, let invocations in flight finish for this long (a second signal stops now)",
     )
     serve.add_argument(
         "--reload",

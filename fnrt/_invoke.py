@@ -298,6 +298,10 @@ class Invoker:
             self.log.error("invocation failed in fnrt", function=name, request_id=request_id, exc_info=exc)
             raise ServiceError(f"fnrt could not run the invocation: {type(exc).__name__}: {exc}") from exc
         finally:
+            if env is not None and env in entry.pool.active:
+                # Taken but neither given back nor destroyed: an error between taking it
+                # and the call. Its state is unknown, so it goes; it must never leak.
+                entry.pool.discard(env)
             self._release(slot, env)
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:

@@ -36,11 +36,13 @@ from ._config import (
 from ._handler import parse_reference, split_config
 from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
 from ._lambda import (
+    CLIENT_CONTEXT_LIMIT,
     EVENT_PAYLOAD_LIMIT,
     LATEST,
     SCALING_LIMIT,
     SCALING_WINDOW,
     SYNC_PAYLOAD_LIMIT,
+    dumps,
     function_arn,
     parse_function_ref,
 )
@@ -48,7 +50,7 @@ from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._reload import Reloader, check_available
 from ._supervise import Supervisor
-from .errors import FnrtError, FunctionNotFound, InvalidConfig, RuntimeClosed
+from .errors import FnrtError, FunctionNotFound, InvalidConfig, InvalidPayload, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
@@ -65,6 +67,22 @@ __all__ = [
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _check_client_context(client_context: object) -> None:
+    """Lambda's ``ClientContext``: a JSON object of at most 3,583 bytes base64-encoded."""
+    if not isinstance(client_context, Mapping):
+        kind = type(client_context).__name__
+        raise InvalidPayload(f"client_context must be a JSON object (client, custom, env), got {kind}")
+    try:
+        size = len(dumps(dict(client_context)).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"client_context is not JSON: {exc}") from None
+    encoded = (size + 2) // 3 * 4
+    if encoded > CLIENT_CONTEXT_LIMIT:
+        raise InvalidPayload(
+            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes base64-encoded; got {encoded}"
+        )
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -618,6 +636,8 @@ class Runtime:
         qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         self._check_running()
         entry = self._registry.get(name)
+        if client_context is not None:
+            _check_client_context(client_context)
         if qualifier is None:
             parsed = parse_function_ref(name)
             qualifier = parsed[1] if parsed else None

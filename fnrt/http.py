@@ -248,7 +248,11 @@ class InvokeServer:
 
     async def start(self) -> None:
         self._mount_declared_urls()
-        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.keepalive_timeout)
+        # Stopping does not wait for handlers: the CLI's grace period does that, and a
+        # closing runtime ends what is left at once (their callers get an error response).
+        self._runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.keepalive_timeout, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         assert self._runner.server is not None
         self.connections = ConnectionGuard(

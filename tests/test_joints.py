@@ -17,6 +17,8 @@ import fnrt
 from fnrt.store import Store, open_store
 from fnrt.testing import wait_until
 
+from .conftest import alive
+
 
 @contextmanager
 def write_locked(path: Path) -> Iterator[None]:
@@ -209,3 +211,35 @@ async def test_provisioned_concurrency_is_refilled_after_a_sandbox_dies() -> Non
         await clock.advance(15)  # the maintenance loop runs every idle_ttl / 4
         await rt.wait_idle()
         assert rt.stats()["functions"]["crash"]["warm"] == 2
+
+
+async def test_hundreds_of_bad_requests_leak_no_sandbox_and_no_slot() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        await rt.invoke("f", {})
+        template = rt._factories["subprocess"]._template
+        before = {pid for pid in template._exits if alive(pid)}
+        bad: list[dict] = [
+            {"client_context": 5},  # not an object
+            {"client_context": "NQ=="},
+            {"client_context": [1, 2]},
+            {"client_context": {"custom": {"x": object()}}},
+            {"client_context": {"custom": {"x": "y" * 4000}}},
+            {"payload": b"{not json"},
+            {"payload": {"x": float("nan")}},
+            {"payload": b"x" * (6 * 1024 * 1024 + 1)},
+            {"payload": object()},
+        ]
+        for _ in range(60):
+            for kwargs in bad:
+                payload = kwargs.get("payload", {})
+                context = kwargs.get("client_context")
+                with pytest.raises((fnrt.InvalidPayload, fnrt.PayloadTooLarge)):
+                    await rt.invoke("f", payload, client_context=context)  # type: ignore[arg-type]
+        stats = rt.stats()
+        assert stats["concurrency"]["in_flight"] == 0
+        assert stats["functions"]["f"]["busy"] == 0 and stats["functions"]["f"]["warm"] <= 1
+        await asyncio.sleep(0.2)
+        after = {pid for pid in template._exits if alive(pid)}
+        assert len(after) <= len(before)  # no process per bad request
+        assert (await rt.invoke("f", {"ok": 1}))["event"] == {"ok": 1}
