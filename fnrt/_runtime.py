@@ -96,8 +96,9 @@ class _State:
     in a temporary directory removed at close (durable across crashes of handlers and
     sandboxes, not across restarts of the host)."""
 
-    def __init__(self, spec: str | Path | Store | None) -> None:
+    def __init__(self, spec: str | Path | Store | None, *, durability: str = "fsync") -> None:
         self.spec = spec
+        self.durability = durability
         self._temp: tempfile.TemporaryDirectory[str] | None = None
         self._store: Store | None = None
         self._lock = asyncio.Lock()
@@ -113,7 +114,8 @@ class _State:
                     if spec is None:
                         self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
                         spec = Path(self._temp.name) / "fnrt.sqlite3"
-                    self._store = await open_store(spec)
+                    options = {} if isinstance(spec, str) else {"durability": self.durability}
+                    self._store = await open_store(spec, **options)
         return self._store
 
     async def queue(self) -> QueueStore:
@@ -142,6 +144,10 @@ class Runtime:
     the template process, also when the block is cancelled. ``start()`` and ``aclose()``
     do the same by hand (call both from the same task).
 
+    ``durability`` of the SQLite store: ``"fsync"`` (default: an acknowledged ``Event``
+    or stream record survives a power cut) or ``"process"`` (WAL without an fsync per
+    commit: it survives a crash or ``kill -9`` of the host, not a power cut; faster).
+
     ``reload=True`` watches ``reload_paths`` (the current directory) and loads changed
     code into new environments without cutting off what runs (see :mod:`fnrt._reload`;
     needs ``fnrt[reload]``).
@@ -167,6 +173,7 @@ class Runtime:
         scaling_window: float = SCALING_WINDOW,
         reload: bool = False,
         reload_paths: Sequence[str | Path] | None = None,
+        durability: Literal["fsync", "process"] = "fsync",
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -199,7 +206,9 @@ class Runtime:
         elif isinstance(spec, str) and "://" not in spec:
             spec = Path(spec)
         self._durable = spec is not None  # a store that outlives this host: resume at start
-        self._state = _State(spec)
+        if durability not in ("fsync", "process"):
+            raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
+        self._state = _State(spec, durability=durability)
         self._running = False
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         self._reloader: Reloader | None = None
