@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
+RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the store
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -118,6 +119,11 @@ class _State:
                     self._store = await open_store(spec, **options)
         return self._store
 
+    @property
+    def opened(self) -> Store | None:
+        """The store if it is open (maintenance must not open one just to clean it)."""
+        return self._store
+
     async def queue(self) -> QueueStore:
         return (await self.store()).queue
 
@@ -148,6 +154,10 @@ class Runtime:
     or stream record survives a power cut) or ``"process"`` (WAL without an fsync per
     commit: it survives a crash or ``kill -9`` of the host, not a power cut; faster).
 
+    ``finished_event_retention``: how long (s) a ``done`` or ``failed`` async event stays
+    readable with :meth:`async_event` before it is garbage-collected; stream records go
+    when their stream's retention passes. Both run in the maintenance loop.
+
     ``reload=True`` watches ``reload_paths`` (the current directory) and loads changed
     code into new environments without cutting off what runs (see :mod:`fnrt._reload`;
     needs ``fnrt[reload]``).
@@ -174,6 +184,7 @@ class Runtime:
         reload: bool = False,
         reload_paths: Sequence[str | Path] | None = None,
         durability: Literal["fsync", "process"] = "fsync",
+        finished_event_retention: float = 86_400.0,
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -206,6 +217,12 @@ class Runtime:
         elif isinstance(spec, str) and "://" not in spec:
             spec = Path(spec)
         self._durable = spec is not None  # a store that outlives this host: resume at start
+        if not isinstance(finished_event_retention, (int, float)) or finished_event_retention < 0:
+            raise InvalidConfig(
+                f"finished_event_retention must be seconds >= 0, got {finished_event_retention!r}"
+            )
+        self.finished_event_retention = float(finished_event_retention)
+        self._retention_due = 0.0  # clock.monotonic() of the next retention pass
         if durability not in ("fsync", "process"):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
         self._state = _State(spec, durability=durability)
@@ -718,9 +735,11 @@ class Runtime:
     # -- maintenance ------------------------------------------------------------------
 
     async def _maintain_once(self) -> None:
-        """Retire idle sandboxes past their TTL; refill provisioned concurrency."""
+        """Retire idle sandboxes past their TTL; refill provisioned concurrency; apply
+        retention to the store."""
         ttl = self.config.idle_ttl
         await self.clock.sleep(min(max(ttl / 4, 0.01), 5.0))
+        await self._retention()
         for entry in self._registry:
             pool = entry.pool
             for env in pool.retire_idle(ttl):
@@ -729,6 +748,19 @@ class Runtime:
             if pool.size < entry.record.config.provisioned_concurrency and not entry.provisioning:
                 entry.provisioning = True
                 self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+
+    async def _retention(self) -> None:
+        """Garbage-collect finished async events and expired stream records, once a
+        minute, in bounded batches, and only on a store this runtime has opened."""
+        store = self._state.opened
+        now = self.clock.monotonic()
+        if store is None or now < self._retention_due:
+            return
+        self._retention_due = now + RETENTION_INTERVAL
+        wall = self.clock.time()
+        while await store.queue.purge_finished(wall - self.finished_event_retention) >= 10_000:
+            pass
+        await store.streams.trim_expired(wall)
 
     async def _replenish(self, entry: FunctionEntry) -> None:
         try:

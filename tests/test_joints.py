@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,3 +244,38 @@ async def test_hundreds_of_bad_requests_leak_no_sandbox_and_no_slot() -> None:
         after = {pid for pid in template._exits if alive(pid)}
         assert len(after) <= len(before)  # no process per bad request
         assert (await rt.invoke("f", {"ok": 1}))["event"] == {"ok": 1}
+
+
+async def test_finished_events_and_expired_records_are_garbage_collected(tmp_path: Path) -> None:
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock, finished_event_retention=3600) as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        request_id = await rt.invoke("f", {}, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(request_id))["state"] == "done"
+        stream = await rt.create_stream("s", retention_hours=24)
+        await stream.put_record("x", "k")
+        shard = (await stream.shards())[0]["ShardId"]
+        await clock.advance(1800)
+        await rt.wait_idle()
+        assert await rt.async_event(request_id) is not None  # within its retention
+
+        async def advance_until(check: Any, limit: int = 400) -> None:
+            for _ in range(limit):
+                if await check():
+                    return
+                await clock.advance(5)
+                await asyncio.sleep(0.005)
+            raise AssertionError("retention never ran")
+
+        async def event_gone() -> bool:
+            return await rt.async_event(request_id) is None
+
+        await advance_until(event_gone)
+        assert len(await stream.read(shard, None, 10)) == 1  # 24 h retention not passed yet
+        await clock.advance(86_400 - 1800)
+
+        async def records_gone() -> bool:
+            return await stream.read(shard, None, 10) == []
+
+        await advance_until(records_gone)
