@@ -32,9 +32,16 @@ from typing import Any
 
 from aiohttp import web
 
-from ._config import parse_destination
+from ._config import AsyncConfig, parse_destination
 from ._http_errors import AwsError
-from ._http_lambda import Stamps, function_configuration, lambda_time, resolve
+from ._http_lambda import (
+    Stamps,
+    destination_arn,
+    function_configuration,
+    lambda_time,
+    resolve,
+    revision_id,
+)
 from ._lambda import LATEST
 from ._registry import FunctionRecord
 from ._runtime import Runtime
@@ -52,7 +59,7 @@ _MAPPINGS = "/2015-03-31/event-source-mappings"
 _ACCOUNT = "/2016-08-19/account-settings"
 
 _KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
-_UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description")
+_UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
 _NOT_FOUND = "The resource you requested does not exist."
 
 
@@ -150,7 +157,7 @@ def _destination(config: Any, key: str) -> str | None:
     return target
 
 
-def _qualifier(request: web.Request, runtime: Runtime, record: FunctionRecord, *, required: bool) -> None:
+def _qualifier(request: web.Request, record: FunctionRecord, *, required: bool) -> None:
     qualifier = request.query.get("Qualifier")
     if qualifier is None:
         if required:
@@ -249,8 +256,28 @@ class ControlApi:
             if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
                 raise _invalid("Variables", variables, "Member must be a map of strings to strings")
             changes["environment"] = variables
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record):
+            raise AwsError(
+                412,
+                "PreconditionFailedException",
+                "The Revision Id provided does not match the latest Revision Id. Call the "
+                "GetFunction/GetAlias API to retrieve the latest Revision Id",
+            )
+        async_config = None
+        if "DeadLetterConfig" in body:  # Lambda's DLQ: fnrt's async dead_letter sink
+            dead_letter = body["DeadLetterConfig"]
+            if not isinstance(dead_letter, dict) or set(dead_letter) - {"TargetArn"}:
+                raise _invalid("DeadLetterConfig", dead_letter, 'Member must be {"TargetArn": "..."}')
+            target = dead_letter.get("TargetArn") or None
+            if target is not None and not isinstance(target, str):
+                raise _invalid("TargetArn", target, "Member must be a string")
+            current = self.runtime.async_config(record.name)
+            if target != current.dead_letter:
+                async_config = AsyncConfig.from_kwargs({**current.to_dict(), "dead_letter": target})
         if changes:
             record = await self.runtime.update_function_configuration(record.name, **changes)
+        if async_config is not None:
+            self.runtime.configure_async(record.name, **async_config.to_dict())
         return web.json_response(self.function_configuration(record))
 
     # -- reserved concurrency -----------------------------------------------------------
@@ -284,7 +311,7 @@ class ControlApi:
 
     async def put_provisioned_concurrency(self, request: web.Request) -> web.Response:
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=True)
+        _qualifier(request, record, required=True)
         body = await _body(request)
         if "ProvisionedConcurrentExecutions" not in body:
             raise AwsError(
@@ -302,7 +329,7 @@ class ControlApi:
             if record.config.provisioned_concurrency:
                 configs.append({"FunctionArn": f"{record.arn}:{LATEST}", **self._provisioned(record)})
             return web.json_response({"ProvisionedConcurrencyConfigs": configs})
-        _qualifier(request, self.runtime, record, required=True)
+        _qualifier(request, record, required=True)
         if not record.config.provisioned_concurrency:
             raise AwsError(
                 404,
@@ -313,7 +340,7 @@ class ControlApi:
 
     async def delete_provisioned_concurrency(self, request: web.Request) -> web.Response:
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=True)
+        _qualifier(request, record, required=True)
         self.runtime.delete_provisioned_concurrency(record.name)
         self.stamps.forget("provisioned", record.name)
         return web.Response(status=204)
@@ -321,13 +348,7 @@ class ControlApi:
     # -- event-invoke config ------------------------------------------------------------
 
     def _destination_arn(self, target: str) -> str:
-        if target.startswith("arn:"):
-            return target
-        kind, name = parse_destination(target)
-        config = self.runtime.config
-        if kind == "function":
-            return config.function_arn(name)
-        return f"arn:aws:sqs:{config.region}:{config.account_id}:{name}"
+        return destination_arn(self.runtime.config, target)
 
     def _event_invoke(self, record: FunctionRecord) -> dict[str, Any]:
         config = self.runtime.async_config(record.name)
@@ -374,7 +395,7 @@ class ControlApi:
         """Replace: what the request leaves out goes back to Lambda's defaults (fnrt's own
         ``retry_delays`` and ``dead_letter`` are kept: this API cannot set them)."""
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=False)
+        _qualifier(request, record, required=False)
         changes = self._event_invoke_changes(await _body(request))
         current = self.runtime.async_config(record.name)
         config = {
@@ -393,7 +414,7 @@ class ControlApi:
     async def update_event_invoke_config(self, request: web.Request) -> web.Response:
         """Merge: only what the request names changes."""
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=False)
+        _qualifier(request, record, required=False)
         if not self.runtime.has_async_config(record.name):
             raise self._no_event_invoke(record)
         changes = self._event_invoke_changes(await _body(request))
@@ -404,14 +425,14 @@ class ControlApi:
 
     async def get_event_invoke_config(self, request: web.Request) -> web.Response:
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=False)
+        _qualifier(request, record, required=False)
         if not self.runtime.has_async_config(record.name):
             raise self._no_event_invoke(record)
         return web.json_response(self._event_invoke(record))
 
     async def delete_event_invoke_config(self, request: web.Request) -> web.Response:
         record = self._function(request)
-        _qualifier(request, self.runtime, record, required=False)
+        _qualifier(request, record, required=False)
         if not self.runtime.has_async_config(record.name):
             raise self._no_event_invoke(record)
         self.runtime.delete_async_config(record.name)

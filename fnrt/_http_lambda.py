@@ -12,10 +12,12 @@ import binascii
 import datetime
 import json
 import re
+import uuid
 from typing import Any
 
 from aiohttp import web
 
+from ._config import RuntimeConfig, parse_destination
 from ._http_errors import AwsError
 from ._registry import FunctionRecord
 from ._runtime import Runtime
@@ -81,9 +83,28 @@ class Stamps:
         return lambda_time(seen[1])
 
 
+_REVISIONS = uuid.UUID("6f1c2a3e-5b4d-4e8f-9a7b-0c1d2e3f4a5b")
+
+
+def revision_id(record: FunctionRecord) -> str:
+    """``RevisionId``: changes whenever the function's configuration does."""
+    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}"))
+
+
+def destination_arn(config: RuntimeConfig, target: str) -> str:
+    """A destination as Lambda shows it: ``function:x`` is a function ARN, ``sink:x`` an
+    SQS queue ARN (an ARN stays as it was given)."""
+    if target.startswith("arn:"):
+        return target
+    kind, name = parse_destination(target)
+    if kind == "function":
+        return config.function_arn(name)
+    return f"arn:aws:sqs:{config.region}:{config.account_id}:{name}"
+
+
 def function_configuration(record: FunctionRecord, stamps: Stamps | None = None) -> dict[str, Any]:
     """Lambda's ``FunctionConfiguration`` for a registered function (with ``LastModified``
-    when the API's ``stamps`` are given)."""
+    and the dead-letter queue when the API's ``stamps`` are given)."""
     config = record.config
     out: dict[str, Any] = {
         "FunctionName": record.name,
@@ -98,9 +119,13 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
         "State": "Active",
         "LastUpdateStatus": "Successful",
         "Environment": {"Variables": dict(config.environment)},
+        "RevisionId": revision_id(record),
     }
     if stamps is not None:
         out["LastModified"] = stamps.function(record)
+        dead_letter = stamps.runtime.async_config(record.name).dead_letter
+        if dead_letter:
+            out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
     return out
 
 
@@ -266,8 +291,10 @@ __all__ = [
     "API_PREFIXES",
     "LambdaApi",
     "Stamps",
+    "destination_arn",
     "function_configuration",
     "lambda_time",
     "parse_client_context",
     "resolve",
+    "revision_id",
 ]

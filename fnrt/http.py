@@ -200,7 +200,7 @@ class InvokeServer:
     def _url_auth(self, request: web.Request) -> str | None:
         """The auth type of the function URL serving ``request``; ``None`` for the APIs."""
         path = request.path
-        if path.startswith(API_PREFIXES) or path in (API, "/2015-03-31/event-source-mappings"):
+        if path.startswith(API_PREFIXES):
             return None
         if "X-Amz-Target" in request.headers and path == "/":
             return None

@@ -158,6 +158,43 @@ async def test_update_function_configuration_errors_are_lambdas(served) -> None:
     assert rt.get_function("ctx").config.environment == {}
 
 
+async def test_revision_id_and_dead_letter_config(served) -> None:
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    revision = (await call(lam.get_function_configuration, FunctionName="talk"))["RevisionId"]
+    stale = await error_of(
+        lam.update_function_configuration, FunctionName="talk", RevisionId="0" * 36, Timeout=4
+    )
+    assert stale["Code"] == "PreconditionFailedException" and stale["Status"] == 412
+    assert rt.get_function("talk").config.timeout == 3
+    dlq = "arn:aws:sqs:us-east-1:000000000000:talk-dlq"
+    updated = await call(
+        lam.update_function_configuration,
+        FunctionName="talk",
+        RevisionId=revision,
+        Timeout=4,
+        DeadLetterConfig={"TargetArn": dlq},
+    )
+    assert updated["DeadLetterConfig"] == {"TargetArn": dlq} and updated["RevisionId"] != revision
+    assert rt.async_config("talk").dead_letter == dlq
+    sns = await error_of(
+        lam.update_function_configuration,
+        FunctionName="talk",
+        DeadLetterConfig={"TargetArn": "arn:aws:sns:us-east-1:000000000000:topic"},
+    )
+    assert sns["Code"] == "InvalidParameterValueException"
+    await call(lam.put_function_event_invoke_config, FunctionName="talk", MaximumRetryAttempts=0)
+    assert rt.async_config("talk").dead_letter == dlq  # not part of the event-invoke config
+    await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": true}')
+    await rt.wait_idle()
+    [dead] = await rt.destination_records(dlq)
+    assert dead["body"] == {"fail": True}  # the event itself, as Lambda's DLQ gets it
+    assert dead["messageAttributes"]["ErrorMessage"] == "asked to fail"
+    cleared = await call(lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={})
+    assert "DeadLetterConfig" not in cleared and rt.async_config("talk").dead_letter is None
+
+
 async def test_function_concurrency_throttles_with_the_reserved_reason(served) -> None:
     rt, server = served
     await rt.add_function("echo", "handlers.echo:echo")
