@@ -4,6 +4,7 @@ drive AWS: each change takes effect on what runs next."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import sys
@@ -468,6 +469,25 @@ async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
         assert (error["Code"], error["Status"] < 500) == (code, True), request
         assert words in error["Message"], (request, error["Message"])
     assert rt.stream_mappings() == []  # nothing half created
+
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    at = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=arn,
+        FunctionName="orders",
+        StartingPosition="AT_TIMESTAMP",
+        StartingPositionTimestamp=moment,
+        MaximumBatchingWindowInSeconds=2,
+        ParallelizationFactor=3,
+        MaximumRecordAgeInSeconds=3600,
+    )
+    assert at["StartingPosition"] == "AT_TIMESTAMP" and at["StartingPositionTimestamp"] == moment
+    assert (at["MaximumBatchingWindowInSeconds"], at["ParallelizationFactor"]) == (2, 3)
+    [mapping] = rt.stream_mappings()
+    assert mapping.config.starting_position_timestamp == moment.timestamp()
+    assert (mapping.config.max_batching_window, mapping.config.max_record_age) == (2, 3600)
+    moved = await error_of(lam.update_event_source_mapping, UUID=at["UUID"], FunctionName="other")
+    assert moved["Code"] == "ResourceNotFoundException"
 
 
 async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> None:
