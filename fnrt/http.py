@@ -7,7 +7,10 @@ plane, and functions behind URLs.
 
 - Lambda (REST-JSON, ``/2015-03-31/functions``): ``Invoke`` (qualifier ``$LATEST``, client
   context checks), ``ListFunctions`` (``MaxItems``/``Marker``), ``GetFunction``,
-  ``GetFunctionConfiguration``; ``GET /fnrt/stats`` and ``/fnrt/streams`` for the CLI.
+  ``GetFunctionConfiguration``, and the control plane (``UpdateFunctionConfiguration``,
+  function and provisioned concurrency, event-invoke configs, event source mappings for
+  streams, ``GetAccountSettings``: see ``fnrt._http_control``); ``GET /fnrt/stats`` and
+  ``/fnrt/streams`` for the CLI.
 - Kinesis (JSON 1.1, ``POST /`` routed by ``X-Amz-Target``): see ``fnrt._http_kinesis``.
 - Function URLs and API Gateway events: :func:`add_url` (payload formats 2.0 and 1.0,
   route templates, CORS, auth type ``NONE``/``AWS_IAM``).
