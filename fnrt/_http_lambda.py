@@ -1,19 +1,23 @@
-"""Lambda's Invoke API and read-only control plane (REST-JSON, ``/2015-03-31/functions``).
+"""Lambda's Invoke API and read-only calls (REST-JSON, ``/2015-03-31/functions``).
 
 ``Invoke``, ``ListFunctions`` (``MaxItems``/``Marker``/``NextMarker``), ``GetFunction``
-and ``GetFunctionConfiguration``, with Lambda's status codes, headers and error bodies.
+and ``GetFunctionConfiguration``, with Lambda's status codes, headers and error bodies;
+:meth:`LambdaApi.register` also adds the control plane of :mod:`fnrt._http_control`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import re
+import uuid
 from typing import Any
 
 from aiohttp import web
 
+from ._config import RuntimeConfig, parse_destination
 from ._http_errors import AwsError
 from ._registry import FunctionRecord
 from ._runtime import Runtime
@@ -30,10 +34,79 @@ _NAME = re.compile(
 )
 
 
-def function_configuration(record: FunctionRecord) -> dict[str, Any]:
-    """Lambda's ``FunctionConfiguration`` for a registered function."""
+#: The paths of Lambda's APIs (each operation is versioned by its own date).
+API_PREFIXES = (
+    "/2015-03-31/",
+    "/2016-08-19/",
+    "/2017-10-31/",
+    "/2019-09-25/",
+    "/2019-09-30/",
+    "/fnrt/",
+)
+
+
+def lambda_time(seconds: float, *, millis: bool = True) -> str:
+    """Lambda's ``Timestamp`` strings: ``2019-09-24T18:50:03.113+0000`` (function
+    configuration) or ``2019-12-31T20:28:49+0000`` (provisioned concurrency)."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if millis:
+        text += f".{moment.microsecond // 1000:03d}"
+    return text + "+0000"
+
+
+class Stamps:
+    """When each thing was last modified through any face: fnrt's records keep no times,
+    so the first time a thing is seen (or changed) here is its ``LastModified``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._at: dict[tuple[str, str], float] = {}
+        self._functions: dict[str, tuple[int, float]] = {}
+
+    def touch(self, kind: str, key: str) -> float:
+        now = self._at[(kind, key)] = self.runtime.clock.time()
+        return now
+
+    def get(self, kind: str, key: str) -> float:
+        found = self._at.get((kind, key))
+        return found if found is not None else self.touch(kind, key)
+
+    def forget(self, kind: str, key: str) -> None:
+        self._at.pop((kind, key), None)
+
+    def function(self, record: FunctionRecord) -> str:
+        """A function's ``LastModified``: a new generation (an update) is a new time."""
+        seen = self._functions.get(record.name)
+        if seen is None or seen[0] != record.generation:
+            seen = self._functions[record.name] = (record.generation, self.runtime.clock.time())
+        return lambda_time(seen[1])
+
+
+_REVISIONS = uuid.UUID("6f1c2a3e-5b4d-4e8f-9a7b-0c1d2e3f4a5b")
+
+
+def revision_id(record: FunctionRecord) -> str:
+    """``RevisionId``: changes whenever the function's configuration does."""
+    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}"))
+
+
+def destination_arn(config: RuntimeConfig, target: str) -> str:
+    """A destination as Lambda shows it: ``function:x`` is a function ARN, ``sink:x`` an
+    SQS queue ARN (an ARN stays as it was given)."""
+    if target.startswith("arn:"):
+        return target
+    kind, name = parse_destination(target)
+    if kind == "function":
+        return config.function_arn(name)
+    return f"arn:aws:sqs:{config.region}:{config.account_id}:{name}"
+
+
+def function_configuration(record: FunctionRecord, stamps: Stamps | None = None) -> dict[str, Any]:
+    """Lambda's ``FunctionConfiguration`` for a registered function (with ``LastModified``
+    and the dead-letter queue when the API's ``stamps`` are given)."""
     config = record.config
-    return {
+    out: dict[str, Any] = {
         "FunctionName": record.name,
         "FunctionArn": record.arn,
         "Runtime": "python3",
@@ -46,7 +119,14 @@ def function_configuration(record: FunctionRecord) -> dict[str, Any]:
         "State": "Active",
         "LastUpdateStatus": "Successful",
         "Environment": {"Variables": dict(config.environment)},
+        "RevisionId": revision_id(record),
     }
+    if stamps is not None:
+        out["LastModified"] = stamps.function(record)
+        dead_letter = stamps.runtime.async_config(record.name).dead_letter
+        if dead_letter:
+            out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
+    return out
 
 
 def _fnrt_extras(record: FunctionRecord) -> dict[str, Any]:
@@ -122,13 +202,18 @@ class LambdaApi:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.stamps = Stamps(runtime)
 
     def register(self, app: web.Application) -> None:
+        """Invoke and the read-only calls, then the control plane (``_http_control``)."""
+        from ._http_control import ControlApi
+
         app.router.add_post(API + "/{name}/invocations", self.invoke)
         app.router.add_get(API + "/", self.list_functions)
         app.router.add_get(API, self.list_functions)
         app.router.add_get(API + "/{name}", self.get_function)
         app.router.add_get(API + "/{name}/configuration", self.get_function_configuration)
+        ControlApi(self.runtime, self.stamps).register(app)
 
     async def invoke(self, request: web.Request) -> web.Response:
         rt = self.runtime
@@ -180,7 +265,7 @@ class LambdaApi:
             records = [r for r in records if r.name >= start_name]
         page, rest = records[:max_items], records[max_items:]
         body: dict[str, Any] = {
-            "Functions": [{**function_configuration(r), "Fnrt": _fnrt_extras(r)} for r in page]
+            "Functions": [{**function_configuration(r, self.stamps), "Fnrt": _fnrt_extras(r)} for r in page]
         }
         if rest:
             body["NextMarker"] = base64.urlsafe_b64encode(rest[0].name.encode()).decode()
@@ -189,7 +274,7 @@ class LambdaApi:
     async def get_function(self, request: web.Request) -> web.Response:
         record, _ = resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
         body: dict[str, Any] = {
-            "Configuration": function_configuration(record),
+            "Configuration": function_configuration(record, self.stamps),
             "Code": {"RepositoryType": "Local", "Location": record.module},
         }
         if record.config.reserved_concurrency is not None:
@@ -198,7 +283,18 @@ class LambdaApi:
 
     async def get_function_configuration(self, request: web.Request) -> web.Response:
         record, _ = resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
-        return web.json_response(function_configuration(record))
+        return web.json_response(function_configuration(record, self.stamps))
 
 
-__all__ = ["API", "LambdaApi", "function_configuration", "parse_client_context", "resolve"]
+__all__ = [
+    "API",
+    "API_PREFIXES",
+    "LambdaApi",
+    "Stamps",
+    "destination_arn",
+    "function_configuration",
+    "lambda_time",
+    "parse_client_context",
+    "resolve",
+    "revision_id",
+]

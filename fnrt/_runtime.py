@@ -579,6 +579,12 @@ class Runtime:
             else ("IN_PROGRESS" if entry.provisioning else "FAILED"),
         }
 
+    def has_async_config(self, name: str) -> bool:
+        """Whether ``name`` has an event-invoke config of its own (set by
+        :meth:`configure_async` or ``@fnrt.handler(async_config=...)``), not the defaults."""
+        entry = self._registry.get(name)
+        return entry.async_override is not None or entry.record.async_config is not None
+
     def delete_async_config(self, name: str) -> None:
         """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
         defaults."""

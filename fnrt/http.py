@@ -7,7 +7,10 @@ plane, and functions behind URLs.
 
 - Lambda (REST-JSON, ``/2015-03-31/functions``): ``Invoke`` (qualifier ``$LATEST``, client
   context checks), ``ListFunctions`` (``MaxItems``/``Marker``), ``GetFunction``,
-  ``GetFunctionConfiguration``; ``GET /fnrt/stats`` and ``/fnrt/streams`` for the CLI.
+  ``GetFunctionConfiguration``, and the control plane (``UpdateFunctionConfiguration``,
+  function and provisioned concurrency, event-invoke configs, event source mappings for
+  streams, ``GetAccountSettings``: see ``fnrt._http_control``); ``GET /fnrt/stats`` and
+  ``/fnrt/streams`` for the CLI.
 - Kinesis (JSON 1.1, ``POST /`` routed by ``X-Amz-Target``): see ``fnrt._http_kinesis``.
 - Function URLs and API Gateway events: :func:`add_url` (payload formats 2.0 and 1.0,
   route templates, CORS, auth type ``NONE``/``AWS_IAM``).
@@ -38,7 +41,7 @@ from . import console
 from ._http_errors import AwsError, errors_middleware, lambda_error
 from ._http_guard import IDENTITY_KEY, ConnectionGuard, default_max_connections, security_middleware
 from ._http_kinesis import KinesisApi
-from ._http_lambda import API, LambdaApi, function_configuration
+from ._http_lambda import API, API_PREFIXES, LambdaApi, function_configuration
 from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
 from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
@@ -200,7 +203,7 @@ class InvokeServer:
     def _url_auth(self, request: web.Request) -> str | None:
         """The auth type of the function URL serving ``request``; ``None`` for the APIs."""
         path = request.path
-        if path.startswith(("/2015-03-31/", "/fnrt/")) or path == API:
+        if path.startswith(API_PREFIXES):
             return None
         if "X-Amz-Target" in request.headers and path == "/":
             return None

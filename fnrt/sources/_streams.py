@@ -294,6 +294,8 @@ class StreamMapping:
         )
 
     def start(self) -> None:
+        if not self.config.enabled:  # kept with its checkpoints, not polled
+            return
         self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
 
     async def _coordinate_once(self) -> None:
