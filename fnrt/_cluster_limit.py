@@ -64,7 +64,7 @@ import attrs
 from ._clock import Clock
 from ._concurrency import ConcurrencyLimiter, FunctionCounter, Slot
 from ._lambda import GLOBAL_REASON, RESERVED_REASON, THROTTLE_MESSAGE
-from .errors import InvalidConfig, StoreUnavailable, TooManyRequests
+from .errors import InvalidConfig, RuntimeClosed, StoreUnavailable, TooManyRequests
 
 if TYPE_CHECKING:
     from ._supervise import Supervisor
@@ -238,7 +238,7 @@ class ClusterLimiter(ConcurrencyLimiter):
         :class:`~fnrt.errors.StoreUnavailable` when the counting service cannot be
         reached: nothing is admitted that the cluster did not grant."""
         if self._closed:
-            raise StoreUnavailable("the counting service is closed", path=self.host)
+            raise RuntimeClosed("the runtime is closed: its slots went back to the cluster")
         lease = self._leases.get(counter.name)
         if lease is None:
             lease = self._leases[counter.name] = _Lease(counter.name)
