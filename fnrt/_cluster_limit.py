@@ -18,11 +18,21 @@ How a call is admitted
   of the function's pool, so one host cannot hog a small limit) while full grants keep
   being used up, back to 1 as soon as a grant comes back short (the cluster is nearly
   full) and halved when the surplus is given back idle.
-- A request the cluster cannot satisfy is retried **once** after ``hold`` seconds, the
-  time in which other hosts give back idle surplus; then the call is throttled with
-  Lambda's reason (``ReservedFunctionConcurrentInvocationLimitExceeded`` for a function
-  with reserved concurrency, ``ConcurrentInvocationLimitExceeded`` otherwise). A
-  throttle on a cluster host therefore costs up to two round trips and ``hold`` seconds.
+- A request the cluster cannot satisfy leaves a marker (``slots.want``) and is retried
+  **once** after ``hold`` seconds; then the call is throttled with Lambda's reason
+  (``ReservedFunctionConcurrentInvocationLimitExceeded`` for a function with reserved
+  concurrency, ``ConcurrentInvocationLimitExceeded`` otherwise). A throttle on a cluster
+  host therefore costs about three round trips and ``hold`` seconds.
+
+Fairness
+--------
+A host that holds a function's slots would otherwise keep them for ever while its own
+callers reuse each freed slot at once. So every ``hold`` seconds a host holding slots asks
+whether another host was refused that function lately (``slots.wanted``); if so, for the
+next second its freed slots go straight back to the cluster (one release round trip
+each) and it keeps no surplus, so every host competes for them on equal terms, one round
+trip each, until the demand is gone. Blocks never exceed a sixteenth of the pool, which
+bounds what idle surplus can withhold before it is given back.
 
 What comes back
 ---------------
@@ -96,6 +106,10 @@ class SlotService(Protocol):
 
     async def in_use(self, *, now: float | None = None) -> dict[str, dict[str, int]]: ...
 
+    async def want(self, host: str, function: str, seconds: float, *, now: float | None = None) -> None: ...
+
+    async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]: ...
+
 
 def _default_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -144,6 +158,8 @@ class _Lease:
         "held",
         "last_need",
         "name",
+        "owed",
+        "paying",
         "pending",
         "used",
         "valid_until",
@@ -162,6 +178,8 @@ class _Lease:
         self.version = 0  # bumped by every grant and give-back: a stale renewal is ignored
         self.last_need = float("-inf")
         self.contended_at = float("-inf")
+        self.owed = 0  # slots dropped locally, to be given back (a give-back is in flight)
+        self.paying = False
 
 
 class LeasedSlot(Slot):
@@ -175,10 +193,15 @@ class LeasedSlot(Slot):
         self._lease = lease
 
     def release(self) -> None:
-        if self._limiter is None:
+        limiter = self._limiter
+        if limiter is None:
             return
         super().release()
-        self._lease.used -= 1
+        lease = self._lease
+        lease.used -= 1
+        assert isinstance(limiter, ClusterLimiter)
+        if limiter.clock.monotonic() - lease.contended_at < _CONTENDED_FOR:
+            limiter._yield_slot(lease)  # another host waits: the freed slot goes back
 
 
 class ClusterLimiter(ConcurrencyLimiter):
@@ -328,7 +351,40 @@ class ClusterLimiter(ConcurrencyLimiter):
             lease.block = 1
         else:
             lease.block = min(lease.block * 2, self._block_cap(counter))
+        if granted < need:  # tell the hosts holding this function's slots to give freed ones back
+            try:
+                await self.slots.want(self.host, lease.name, _CONTENDED_FOR, now=self.clock.time())
+            except StoreUnavailable as exc:  # a hint only: the grant above stands
+                self.log.warning("could not mark the demand for slots", function=lease.name, error=str(exc))
         return granted >= need
+
+    def _yield_slot(self, lease: _Lease) -> None:
+        """Drop one free slot of ``lease`` and give it back to the cluster at once."""
+        if lease.held <= lease.used or self._closed:
+            return
+        lease.held -= 1
+        lease.owed += 1
+        lease.version += 1
+        if not lease.paying:
+            lease.paying = True
+            task = asyncio.ensure_future(self._pay_back(lease))
+            self._requests.add(task)
+            task.add_done_callback(self._request_done)
+
+    async def _pay_back(self, lease: _Lease) -> bool:
+        try:
+            while lease.owed:
+                n, lease.owed = lease.owed, 0
+                try:
+                    await self.slots.release(self.host, lease.name, n)
+                except StoreUnavailable as exc:  # they stay counted until the lease expires
+                    self.log.warning("could not give slots back", function=lease.name, error=str(exc))
+                    lease.owed = 0
+                    return False
+            return True
+        finally:
+            lease.paying = False
+            lease.version += 1
 
     # -- background: give back, renew ---------------------------------------------------
 
@@ -337,6 +393,7 @@ class ClusterLimiter(ConcurrencyLimiter):
 
     async def _maintain_once(self) -> None:
         await self.clock.sleep(self.hold)
+        await self.heed_demand()
         await self.return_surplus()
         if self.clock.monotonic() >= self._renew_at:
             await self.renew()
@@ -365,8 +422,23 @@ class ClusterLimiter(ConcurrencyLimiter):
             lease.held -= n  # first: a give-back that fails only under-admits
             lease.version += 1
             returned += n
-            await self.slots.release(self.host, lease.name, n)
+            try:
+                await self.slots.release(self.host, lease.name, n)
+            finally:
+                lease.version += 1  # a renewal that crossed it must not restore the old count
         return returned
+
+    async def heed_demand(self) -> None:
+        """Learn which held functions another host was refused lately: those give freed
+        slots back instead of reusing them, and keep no surplus."""
+        busy = [name for name, lease in self._leases.items() if lease.held > 0]
+        if not busy:
+            return
+        now = self.clock.monotonic()
+        for name in await self.slots.wanted(self.host, busy, now=self.clock.time()):
+            lease = self._leases[name]
+            lease.contended_at = now
+            lease.block = 1
 
     async def renew(self) -> None:
         """Extend this host's leases (and learn what it still holds: a lease that lapsed
@@ -377,7 +449,7 @@ class ClusterLimiter(ConcurrencyLimiter):
             sent = self.clock.monotonic()
             held = await self.slots.renew(self.host, self.ttl, now=self.clock.time())
             for name, lease in self._leases.items():
-                if lease.pending is not None or versions.get(name) != lease.version:
+                if lease.pending is not None or lease.paying or versions.get(name) != lease.version:
                     continue  # a grant or give-back crossed the renewal: keep what we know
                 lease.held = held.get(name, 0)
                 if name in held:

@@ -10,7 +10,9 @@ What can come out of it: an :class:`InvocationResult` (with any function error, 
 exception, timeout, crash or init failure in ``.error``), or one of the public errors
 that mean no handler ran: :class:`~fnrt.errors.TooManyRequests`,
 :class:`~fnrt.errors.RuntimeClosed`, :class:`~fnrt.errors.InvalidConfig`,
-:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed).
+:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed; its subclass
+:class:`~fnrt.errors.StoreUnavailable` when a cluster host cannot reach the counting
+service to lease a slot: never an admit beyond what the cluster granted).
 """
 
 from __future__ import annotations

@@ -243,3 +243,104 @@ def test_lease_settings_are_checked() -> None:
         ClusterLimit(max_block=0)
     with pytest.raises(InvalidConfig):
         ClusterLimit(ttl=1.0, hold=0.5)
+
+
+# -- real host processes ----------------------------------------------------------------
+
+PROBE = '''
+import json, os, time
+
+def handler(event, context):
+    started = time.time()
+    time.sleep(event["sleep"])
+    with open(os.path.join(event["dir"], context.aws_request_id), "w") as f:
+        json.dump([started, time.time()], f)
+'''
+
+HOST = '''
+import asyncio, json, logging, os, sys
+import structlog
+import fnrt
+from fnrt._cluster_limit import ClusterLimit
+from fnrt.store.postgres import open_postgres
+
+async def main(url, host, limit, callers, attempts, out, go):
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    store = await open_postgres(url, max_connections=2)
+    counts = {"ran": 0, "throttled": 0}
+    async with fnrt.Runtime(limit, cluster_limit=ClusterLimit(slots=store.slots, host=host, hold=0.02)) as rt:
+        await rt.add_function("probe", "cc_probe:handler")
+        print("ready", flush=True)
+        while not os.path.exists(go):
+            await asyncio.sleep(0.005)
+
+        async def caller():
+            for _ in range(attempts):
+                try:
+                    await rt.invoke("probe", {"sleep": 0.01, "dir": out})
+                    counts["ran"] += 1
+                except fnrt.TooManyRequests:
+                    counts["throttled"] += 1
+                    await asyncio.sleep(0.005)
+
+        await asyncio.gather(*(caller() for _ in range(callers)))
+    await store.close()
+    print(json.dumps(counts), flush=True)
+
+asyncio.run(main(*sys.argv[1:3], *map(int, sys.argv[3:6]), *sys.argv[6:8]))
+'''
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in edges:  # an end sorts before a start at the same instant
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+async def test_three_host_processes_never_run_more_than_the_global_limit(
+    postgres_url: str, tmp_path: Any
+) -> None:
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "cc_probe.py").write_text(PROBE)
+    out = tmp_path / "calls"
+    out.mkdir()
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    limit, callers, attempts = 4, 6, 12
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOST, postgres_url, f"p{i}", str(limit), str(callers), str(attempts),
+            str(out), str(go), cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
+        )
+        for i in range(3)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
+        go.touch()
+        results = []
+        for proc in procs:
+            stdout, _ = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0
+            results.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    intervals = [tuple(json.loads(p.read_text())) for p in out.iterdir()]
+    ran = sum(r["ran"] for r in results)
+    assert len(intervals) == ran > 0
+    assert sum(r["ran"] + r["throttled"] for r in results) == 3 * callers * attempts
+    assert sum(r["throttled"] for r in results) > 0  # 18 callers for 4 slots
+    peak = max_overlap(intervals)
+    print(f"peak {peak} of {limit}; ran {ran}; per host {results}")
+    assert peak <= limit  # measured inside the handlers, over all hosts

@@ -5,6 +5,8 @@ cluster granted it until the expiry. A host asks for a block (:meth:`PgSlots.try
 runs invocations against it locally, gives back what it does not use
 (:meth:`PgSlots.release`) and extends its rows while it lives (:meth:`PgSlots.renew`). A
 host that dies stops renewing, and its slots count for nothing once its rows expire.
+A host refused slots leaves a marker (:meth:`PgSlots.want`) that tells the hosts holding
+them to give freed slots back rather than reuse them (:meth:`PgSlots.wanted`).
 
 Lambda's rules hold cluster-wide: a function with reserved concurrency ``R`` holds at most
 ``R`` slots over all hosts, and the reservations are carved out of the global limit;
@@ -33,6 +35,9 @@ import asyncpg
 
 from ._pool import Connections, guarded
 from ._schema import judge
+
+#: The suffix of a host's "refused lately" marker rows (see PgSlots.want).
+WANTS = "#wants"
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -124,6 +129,39 @@ class PgSlots:
             "SELECT function, count FROM fnrt_slot_renew($1, $2, $3)", host, ttl, self._judge(now)
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    @_closed_is_unavailable
+    @guarded
+    async def want(self, host: str, function: str, seconds: float, *, now: float | None = None) -> None:
+        """Say that ``host`` was refused slots of ``function``: for ``seconds``, hosts that
+        hold its slots give freed ones back instead of reusing them (:meth:`wanted`), so
+        one busy host cannot keep the whole pool from the others. A marker row of no
+        slots (``host#wants``, count 0): it counts for nothing and expires by itself."""
+        await self.pg.relaxed.execute(
+            "INSERT INTO fnrt_slot_leases AS l (host, function, count, expires_judge) "
+            f"VALUES ($1 || '{WANTS}', $2, 0, {judge('$4')} + $3) "
+            "ON CONFLICT (host, function) DO UPDATE SET expires_judge = excluded.expires_judge",
+            host,
+            function,
+            seconds,
+            self._judge(now),
+        )
+
+    @_closed_is_unavailable
+    @guarded
+    async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]:
+        """Which of ``functions`` another host was refused slots of lately (:meth:`want`)."""
+        if not functions:
+            return set()
+        rows = await self.pg.relaxed.fetch(
+            "SELECT DISTINCT function FROM fnrt_slot_leases WHERE count = 0 "
+            f"AND host LIKE '%{WANTS}' AND host <> $1 || '{WANTS}' AND function = ANY($2::text[]) "
+            f"AND expires_judge > {judge('$3')}",
+            host,
+            functions,
+            self._judge(now),
+        )
+        return {r[0] for r in rows}
 
     @_closed_is_unavailable
     @guarded
