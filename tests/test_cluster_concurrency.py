@@ -344,3 +344,15 @@ async def test_three_host_processes_never_run_more_than_the_global_limit(
     peak = max_overlap(intervals)
     print(f"peak {peak} of {limit}; ran {ran}; per host {results}")
     assert peak <= limit  # measured inside the handlers, over all hosts
+
+
+async def test_a_single_host_keeps_its_own_limiter(release_file: str) -> None:
+    async with fnrt.Runtime(4) as rt:
+        assert not isinstance(rt._limiter, ClusterLimiter)  # no counting service: no round trips
+        await rt.add_function("hold", "handlers.chaos:hold")
+        call = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 1)
+        assert await rt._limiter.cluster_in_flight() == {"hold": 1}
+        assert "cluster" not in rt.stats()["concurrency"]
+        open(release_file, "w").close()
+        await call
