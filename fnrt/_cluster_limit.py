@@ -27,12 +27,12 @@ How a call is admitted
 Fairness
 --------
 A host that holds a function's slots would otherwise keep them for ever while its own
-callers reuse each freed slot at once. So every ``hold`` seconds a host holding slots asks
-whether another host was refused that function lately (``slots.wanted``); if so, for the
-next second its freed slots go straight back to the cluster (one release round trip
-each) and it keeps no surplus, so every host competes for them on equal terms, one round
-trip each, until the demand is gone. Blocks never exceed a sixteenth of the pool, which
-bounds what idle surplus can withhold before it is given back.
+callers reuse each freed slot at once. So every ``hold`` seconds a host whose block of a
+function ran empty lately asks whether another host was refused that function lately
+(``slots.wanted``); if so, for the next second its freed slots go straight back to the
+cluster (one release round trip each) and it keeps no surplus, so every host competes for
+them on equal terms, one round trip each, until the demand is gone. Blocks never exceed a
+sixteenth of the pool, which bounds what idle surplus can withhold before it is given back.
 
 What comes back
 ---------------
@@ -155,6 +155,7 @@ class _Lease:
     __slots__ = (
         "block",
         "contended_at",
+        "exhausted_at",
         "held",
         "last_need",
         "name",
@@ -178,6 +179,7 @@ class _Lease:
         self.version = 0  # bumped by every grant and give-back: a stale renewal is ignored
         self.last_need = float("-inf")
         self.contended_at = float("-inf")
+        self.exhausted_at = float("-inf")  # last time a caller found the block empty
         self.owed = 0  # slots dropped locally, to be given back (a give-back is in flight)
         self.paying = False
 
@@ -271,7 +273,7 @@ class ClusterLimiter(ConcurrencyLimiter):
             slot = self.acquire(counter)
             if slot is not None:
                 return slot
-            lease.last_need = self.clock.monotonic()
+            lease.last_need = lease.exhausted_at = self.clock.monotonic()
             if await self._request(lease, counter):
                 continue  # granted: take it on the next pass (unless a caller got there first)
             slot = self.acquire(counter)
@@ -430,11 +432,17 @@ class ClusterLimiter(ConcurrencyLimiter):
 
     async def heed_demand(self) -> None:
         """Learn which held functions another host was refused lately: those give freed
-        slots back instead of reusing them, and keep no surplus."""
-        busy = [name for name, lease in self._leases.items() if lease.held > 0]
+        slots back instead of reusing them, and keep no surplus. Asked only for functions
+        whose block ran empty lately (one with surplus gives it back anyway), so a host
+        drawing on a roomy block makes no round trip for it."""
+        now = self.clock.monotonic()
+        busy = [
+            name
+            for name, lease in self._leases.items()
+            if lease.held > 0 and now - lease.exhausted_at < _CONTENDED_FOR
+        ]
         if not busy:
             return
-        now = self.clock.monotonic()
         for name in await self.slots.wanted(self.host, busy, now=self.clock.time()):
             lease = self._leases[name]
             lease.contended_at = now
