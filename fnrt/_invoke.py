@@ -10,7 +10,9 @@ What can come out of it: an :class:`InvocationResult` (with any function error, 
 exception, timeout, crash or init failure in ``.error``), or one of the public errors
 that mean no handler ran: :class:`~fnrt.errors.TooManyRequests`,
 :class:`~fnrt.errors.RuntimeClosed`, :class:`~fnrt.errors.InvalidConfig`,
-:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed).
+:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed; its subclass
+:class:`~fnrt.errors.StoreUnavailable` when a cluster host cannot reach the counting
+service to lease a slot: never an admit beyond what the cluster granted).
 """
 
 from __future__ import annotations
@@ -267,6 +269,8 @@ class Invoker:
         name = entry.record.name
         try:
             slot = self.limiter.acquire(entry.counter)
+            if slot is None:  # a cluster host whose leased block is empty: one round trip
+                slot = await self.limiter.acquire_async(entry.counter)
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise

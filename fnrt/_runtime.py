@@ -24,6 +24,7 @@ import attrs
 
 from . import _observe, _recent
 from ._clock import Clock, SystemClock
+from ._cluster_limit import ClusterLimit, cluster_limiter
 from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
     AsyncConfig,
@@ -165,6 +166,10 @@ class Runtime:
     ``scaling_limit`` new execution environments per ``scaling_window`` seconds is each
     function's scaling rate (Lambda's: 1,000 per 10 s, refilling continuously); a cold
     start over it is throttled with ``FunctionInvocationRateLimitExceeded``.
+
+    ``cluster_limit`` (:class:`~fnrt._cluster_limit.ClusterLimit`) makes the concurrency
+    limits hold across every host sharing a counting service: the one given, or the
+    store's when it has one (PostgreSQL), with the lease settings given (defaults otherwise).
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class Runtime:
         reload_paths: Sequence[str | Path] | None = None,
         durability: Literal["fsync", "process"] = "fsync",
         finished_event_retention: float = 86_400.0,
+        cluster_limit: ClusterLimit | None = None,
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -203,6 +209,7 @@ class Runtime:
         self.metrics = _observe.Metrics()
         self._log = _observe.logger().bind()
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
+        self._cluster_limit = cluster_limit
         self._registry = FunctionRegistry()
         self._invoker = Invoker(self._limiter, self.clock, self.metrics, self._log)
         #: The recent invocations and throttles, bounded (the console reads them).
@@ -272,10 +279,14 @@ class Runtime:
             return
         if self._state.closed:
             raise RuntimeClosed("a Runtime runs once; create a new one")
+        store = None
         if self._durable:  # refuse to start on a store that is not usable: say so now
-            await self._state.store()
+            store = await self._state.store()
         await self._supervisor.open()
         self._running = True
+        limiter = cluster_limiter(self._limiter, store, self._cluster_limit, self.clock, self._log)
+        self._limiter = self._invoker.limiter = limiter
+        limiter.start(self._supervisor)
         self._supervisor.loop("maintenance", self._maintain_once)
         if self._reloader is not None:
             self._supervisor.spawn(self._reloader.run(), name="reload")
@@ -325,6 +336,7 @@ class Runtime:
         for factory in self._factories.values():
             await step(factory.aclose())
         self._factories.clear()
+        await step(self._limiter.aclose())
         await step(self._state.close())
         if errors:
             raise errors[0]
