@@ -9,7 +9,6 @@ it is either in ``idle`` or held by exactly one invocation.
 from __future__ import annotations
 
 import datetime
-import os
 from typing import Any
 
 import anyio
@@ -18,7 +17,17 @@ import attrs
 from ._clock import Clock
 from ._config import AsyncConfig, FunctionConfig
 from .errors import InitError, InvalidConfig
-from .sandbox import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
+from .sandbox import (
+    Binding,
+    InitReply,
+    InitRequest,
+    Resources,
+    Sandbox,
+    SandboxDied,
+    SandboxFactory,
+    SandboxTimeout,
+    lambda_environment,
+)
 
 
 @attrs.frozen
@@ -40,33 +49,35 @@ class FunctionRecord:
     def handler(self) -> str:
         return f"{self.module}.{self.attr}"
 
-    def environment(self, log_stream: str) -> dict[str, str]:
-        """Lambda's reserved environment variables, then the function's own."""
-        env = {
-            "AWS_LAMBDA_FUNCTION_NAME": self.name,
-            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.config.memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_EXECUTION_ENV": "AWS_Lambda_python_fnrt",
-            "LAMBDA_TASK_ROOT": os.getcwd(),
-            "_HANDLER": self.handler,
-        }
-        env.update(self.config.environment)
-        return env
+    def environment(self, log_stream: str = "", initialization_type: str = "on-demand") -> dict[str, str]:
+        """Lambda's defined runtime environment variables, then the function's own."""
+        return lambda_environment(
+            function_name=self.name,
+            memory_mb=self.config.memory_mb,
+            region=self.region,
+            handler=self.handler,
+            log_stream=log_stream,
+            initialization_type=initialization_type,
+            user=self.config.environment,
+        )
 
-    def bind_info(self, sandbox_id: str) -> dict[str, Any]:
+    def resources(self, initialization_type: str = "on-demand") -> Resources:
+        """What each of this function's sandboxes is created with."""
+        return Resources(
+            memory_mb=self.config.memory_mb,
+            environment=self.environment(initialization_type=initialization_type),
+        )
+
+    def bind_info(self, sandbox_id: str) -> Binding:
         stream = f"{datetime.date.today():%Y/%m/%d}/[$LATEST]{sandbox_id}"
-        return {
-            "attr": self.attr,
-            "function_name": self.name,
-            "arn": self.arn,
-            "memory_mb": self.config.memory_mb,
-            "log_stream": stream,
-            "environment": self.environment(stream),
-        }
+        return Binding(
+            attr=self.attr,
+            function_name=self.name,
+            arn=self.arn,
+            memory_mb=self.config.memory_mb,
+            log_stream=stream,
+            environment=self.environment(stream),
+        )
 
 
 @attrs.define(eq=False)
@@ -92,16 +103,20 @@ def init_error(error: dict[str, Any], log: str = "") -> InitError | InvalidConfi
 
 
 async def start_sandbox(
-    factory: SandboxFactory, module: str, bind: FunctionRecord | None, init_timeout: float
-) -> tuple[Sandbox, dict[str, Any]]:
-    """Create a sandbox and run its init phase; on any failure the sandbox is destroyed."""
-    memory = bind.config.memory_mb if bind is not None else None
-    sandbox = await factory.create(SandboxSpec(module, memory))
-    header: dict[str, Any] = {"op": "init", "module": module}
-    if bind is not None:
-        header["bind"] = bind.bind_info(sandbox.id)
+    factory: SandboxFactory,
+    module: str,
+    bind: FunctionRecord | None,
+    init_timeout: float,
+    initialization_type: str = "on-demand",
+) -> tuple[Sandbox, InitReply]:
+    """Create a sandbox and run its init phase; on any failure the sandbox is destroyed.
+
+    ``factory.create`` raises :class:`~fnrt.errors.ServiceError` when no sandbox can be had."""
+    resources = bind.resources(initialization_type) if bind is not None else Resources()
+    sandbox = await factory.create(resources)
+    request = InitRequest(module, bind.bind_info(sandbox.id) if bind is not None else None)
     try:
-        reply, _ = await sandbox.request(header, timeout=init_timeout)
+        reply = await sandbox.init(request, timeout=init_timeout)
     except SandboxTimeout:
         raise InitError(
             "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds"
@@ -111,9 +126,9 @@ async def start_sandbox(
     except BaseException:
         sandbox.kill()
         raise
-    if not reply.get("ok"):
+    if not reply.ok:
         sandbox.kill()
-        raise init_error(reply.get("error", {}), reply.get("log", ""))
+        raise init_error(dict(reply.error or {}), reply.log)
     return sandbox, reply
 
 
@@ -145,16 +160,20 @@ class FunctionPool:
                 return env
         return None
 
-    async def cold_start(self) -> Environment:
+    async def cold_start(self, initialization_type: str = "on-demand") -> Environment:
         self.starting += 1
         try:
             sandbox, reply = await start_sandbox(
-                self.factory, self.function.module, self.function, self.function.config.init_timeout
+                self.factory,
+                self.function.module,
+                self.function,
+                self.function.config.init_timeout,
+                initialization_type,
             )
         finally:
             self.starting -= 1
         self.cold_starts += 1
-        env = Environment(sandbox, self.clock.monotonic(), reply.get("init_ms"), reply.get("log", ""))
+        env = Environment(sandbox, self.clock.monotonic(), reply.init_ms, reply.log)
         self.active.add(env)
         return env
 
@@ -195,7 +214,7 @@ class FunctionPool:
                 tg.start_soon(self._provision_one)
 
     async def _provision_one(self) -> None:
-        env = await self.cold_start()
+        env = await self.cold_start("provisioned-concurrency")
         self.give_back(env)
 
     def drain(self) -> list[Environment]:

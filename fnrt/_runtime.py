@@ -47,7 +47,15 @@ from .errors import (
     RuntimeClosed,
     TooManyRequests,
 )
-from .sandbox import SandboxDied, SandboxFactory, SandboxTimeout, make_factory
+from .sandbox import (
+    InitRequest,
+    InvokeReply,
+    InvokeRequest,
+    SandboxDied,
+    SandboxFactory,
+    SandboxTimeout,
+    make_factory,
+)
 from .sources._async import AsyncInvoker
 from .sources._streams import Stream, StreamMapping, StreamSource
 from .store import Database
@@ -353,7 +361,7 @@ class Runtime:
         factory = self._factory(self.config.sandbox)
         sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
         try:
-            found = reply.get("handlers", [])
+            found = reply.handlers
             if not found:
                 raise InvalidConfig(
                     f"module {module!r} has no @fnrt.handler functions; decorate one, "
@@ -361,19 +369,17 @@ class Runtime:
                 )
             records = []
             for item in found:
-                config = FunctionConfig.from_kwargs(item["config"])
-                records.append(
-                    self._record(item["name"], module, item["attr"], config, item.get("extra", {}))
-                )
+                config = FunctionConfig.from_kwargs(dict(item.config))
+                records.append(self._record(item.name, module, item.attr, config, item.extra))
             self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
             for record in records:
                 self._register(record)
             first = records[0]
             if first.sandbox_kind == factory.kind:
-                bound, _ = await sandbox.request({"op": "bind", "bind": first.bind_info(sandbox.id)})
-                if not bound.get("ok"):
-                    raise init_error(bound.get("error", {}))
-                self._pools[first.name].adopt(sandbox, reply.get("init_ms"), reply.get("log", ""))
+                bound = await sandbox.init(InitRequest(module, first.bind_info(sandbox.id)), timeout=10.0)
+                if not bound.ok:
+                    raise init_error(dict(bound.error or {}))
+                self._pools[first.name].adopt(sandbox, reply.init_ms, reply.log)
             else:
                 await sandbox.close()
         except BaseException:
@@ -581,22 +587,21 @@ class Runtime:
         client_context: Mapping[str, Any] | None,
     ) -> InvocationResult:
         timeout = record.config.timeout
-        header: dict[str, Any] = {
-            "op": "invoke",
-            "rid": request_id,
-            "deadline_ms": int((self.clock.time() + timeout) * 1000),
-        }
-        if client_context is not None:
-            header["client_context"] = dict(client_context)
+        request = InvokeRequest(
+            request_id,
+            int((self.clock.time() + timeout) * 1000),
+            body,
+            None if client_context is None else dict(client_context),
+        )
         init_ms, env.init_ms = env.init_ms, None
         init_log, env.init_log = env.init_log, ""
         started = self.clock.monotonic()
         error: FunctionError | None = None
         try:
-            reply, out = await env.sandbox.request(header, body, timeout)
+            reply = await env.sandbox.invoke(request, timeout)
         except SandboxTimeout:
             pool.discard(env)
-            reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""
+            reply = InvokeReply(request_id, False, timeout * 1000)
             error = FunctionTimeout(
                 "Sandbox.Timedout",
                 f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds",
@@ -606,27 +611,30 @@ class Runtime:
             if not self._running:
                 raise RuntimeClosed("the runtime closed during the invocation") from None
             elapsed = (self.clock.monotonic() - started) * 1000
-            reply, out = {"ok": False, "dur": elapsed, "mem": 0, "log": ""}, b""
+            reply = InvokeReply(request_id, False, elapsed)
             error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
         except BaseException:
             pool.discard(env)
             raise
         else:
-            if reply.get("fatal"):
+            if reply.fatal:
                 pool.discard(env)
             else:
                 pool.give_back(env)
             env.invocations += 1
-            if not reply["ok"]:
-                e = reply["error"]
-                error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
-            elif len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+            if not reply.ok:
+                e = reply.error or {}
                 error = FunctionError(
-                    "Function.ResponseSizeTooLarge",
-                    "Response payload size exceeded maximum allowed payload size "
-                    f"({SYNC_PAYLOAD_LIMIT} bytes).",
+                    e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
                 )
-                out = b""
+        out = reply.body
+        if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+            error = FunctionError(
+                "Function.ResponseSizeTooLarge",
+                "Response payload size exceeded maximum allowed payload size "
+                f"({SYNC_PAYLOAD_LIMIT} bytes).",
+            )
+            out = b""
         memory = record.config.memory_mb
         result = InvocationResult(
             request_id,
@@ -634,12 +642,12 @@ class Runtime:
             200,
             out,
             error,
-            output=reply["log"],
+            output=reply.log,
             init_log=init_log,
             cold_start=cold,
-            duration_ms=reply["dur"],
+            duration_ms=reply.duration_ms,
             init_duration_ms=init_ms,
-            max_memory_mb=memory if reply.get("fatal") else min(reply["mem"], memory),
+            max_memory_mb=memory if reply.fatal else min(reply.max_memory_mb, memory),
             memory_size_mb=memory,
         )
         if error is not None:

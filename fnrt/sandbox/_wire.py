@@ -1,32 +1,115 @@
-"""Frames between the host and a sandbox: ``!II`` lengths, a header, a raw body.
+"""Frames between the host and a sandbox. Portable: any language can speak it.
 
-The header is a small dict in ``marshal`` format: both ends are the same interpreter (the
-template is started with the host's ``sys.executable``) and trust each other, and marshal
-costs a fifth of JSON on the hot path. The body is the event or result as JSON bytes,
-passed through untouched so a 6 MB payload is never escaped inside another document.
+One frame, all integers big-endian::
+
+    offset  size  field
+    0       2     magic  b"FN"
+    2       1     version (1)
+    3       1     header encoding (1 = UTF-8 JSON object)
+    4       4     header length H (unsigned)
+    8       4     body length B (unsigned)
+    12      H     header: a JSON object (op names and keys: ``_protocol``)
+    12+H    B     body: raw bytes (the event or the result, JSON), passed through untouched
+
+The body is never embedded in the header, so a 6 MB payload is not escaped inside another
+document. The magic and the limits below let a reader tell a frame from stray bytes at
+once (a handler writing to its socket): the host destroys a sandbox that sends anything
+else. JSON, not ``marshal``: host and sandbox need not be the same interpreter build, so a
+remote or foreign-language sandbox can answer.
 """
 
 from __future__ import annotations
 
-import marshal
+import json
 import socket
 import struct
+from json import encoder as _json_encoder
+from json import scanner as _json_scanner
 from typing import Any
 
-PREFIX = struct.Struct("!II")
-_dumps = marshal.dumps
-decode_header = marshal.loads
+MAGIC = b"FN"
+VERSION = 1
+JSON_HEADER = 1
+PREFIX = struct.Struct("!2sBBII")
+_HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
+MAX_HEADER = 64 * 1024 * 1024  # a header carries at most a capped log and an error
+MAX_BODY = 1024 * 1024 * 1024
+
+_pack_lengths = struct.Struct("!II").pack
+
+
+def _not_serializable(value: object) -> None:
+    raise TypeError(f"a frame header cannot carry {type(value).__name__}")
+
+
+# Headers are small and built by fnrt: the C encoder and scanner called directly (no
+# circular-reference markers, no whitespace handling) cost half of ``json.dumps/loads``.
+_c_encoder = getattr(_json_encoder, "c_make_encoder", None)
+_c_scanner = getattr(_json_scanner, "c_make_scanner", None)
+_full_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_full_loads = json.JSONDecoder().decode
+_c_escape = getattr(_json_encoder, "c_encode_basestring_ascii", None)
+_iterencode = (
+    _c_encoder(None, _not_serializable, _c_escape, None, ":", ",", False, False, True)
+    if _c_encoder is not None and _c_escape is not None
+    else None
+)
+
+
+def dumps(header: dict[str, Any]) -> str:
+    if _iterencode is not None:
+        return "".join(_iterencode(header, 0))
+    return _full_dumps(header)  # an interpreter without the C accelerator
+
+
+_scan_once = _c_scanner(json.JSONDecoder()) if _c_scanner is not None else None
+
+
+def loads(text: str) -> Any:
+    if _scan_once is not None:
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:
+            pass
+        else:
+            if end == len(text):
+                return value
+    return _full_loads(text)  # whitespace, or an error with its position
+
+
+class FrameError(ValueError):
+    """Bytes that are not a frame of this protocol."""
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = _dumps(header)
-    return PREFIX.pack(len(head), len(body)) + head + body
+    head = dumps(header).encode()
+    return b"".join((_HEAD, _pack_lengths(len(head), len(body)), head, body))
+
+
+def parse_prefix(buf: bytes | bytearray) -> tuple[int, int]:
+    """The header and body lengths of the frame at the start of ``buf`` (12 bytes)."""
+    magic, version, encoding, head_len, body_len = PREFIX.unpack_from(buf)
+    if magic != MAGIC or version != VERSION or encoding != JSON_HEADER:
+        raise FrameError(f"not a frame: prefix {bytes(buf[:4])!r}")
+    if head_len > MAX_HEADER or body_len > MAX_BODY:
+        raise FrameError(f"frame too large: header {head_len} bytes, body {body_len} bytes")
+    return head_len, body_len
+
+
+def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    try:
+        header = loads(str(data, "utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError("frame header is not a JSON object")
+    return header
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     chunks = bytearray()
     while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
+        chunk = sock.recv(min(n - len(chunks), 1 << 20))
         if not chunk:
             return None
         chunks += chunk
@@ -34,11 +117,13 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
 
 
 def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """Blocking read of one frame (the sandbox side); ``None`` at end of stream."""
+    """Blocking read of one frame (the sandbox side); ``None`` at end of stream.
+
+    Raises :class:`FrameError` on bytes that are not a frame."""
     prefix = _recv_exactly(sock, PREFIX.size)
     if prefix is None:
         return None
-    head_len, body_len = PREFIX.unpack(prefix)
+    head_len, body_len = parse_prefix(prefix)
     data = _recv_exactly(sock, head_len + body_len)
     if data is None:
         return None
