@@ -114,7 +114,9 @@ async def start_sandbox(
     ``factory.create`` raises :class:`~fnrt.errors.ServiceError` when no sandbox can be had."""
     resources = bind.resources(initialization_type) if bind is not None else Resources()
     sandbox = await factory.create(resources)
-    request = InitRequest(module, bind.bind_info(sandbox.id) if bind is not None else None)
+    # Created with the function's Resources: the binding need not carry the environment again.
+    binding = attrs.evolve(bind.bind_info(sandbox.id), environment={}) if bind is not None else None
+    request = InitRequest(module, binding)
     try:
         reply = await sandbox.init(request, timeout=init_timeout)
     except SandboxTimeout:
