@@ -32,7 +32,7 @@ from ._protocol import (
 _PREFIX_SIZE = _wire.PREFIX.size
 _parse_prefix = _wire.parse_prefix
 _decode_header = _wire.decode_header
-_encode = _wire.encode
+_frame = _wire.frame
 _NO_REPLY = object()
 
 
@@ -55,31 +55,54 @@ class Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
+        if not buf:
+            # The usual case: one whole reply in one read, parsed without copying it around.
+            size = len(data)
+            if size >= _PREFIX_SIZE:
+                try:
+                    head_len, body_len = _parse_prefix(data)
+                except _wire.FrameError as exc:
+                    self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+                    return
+                end = _PREFIX_SIZE + head_len + body_len
+                if size == end:
+                    head_end = _PREFIX_SIZE + head_len
+                    self._frame(data[_PREFIX_SIZE:head_end], data[head_end:])
+                    return
         buf += data
         while len(buf) >= _PREFIX_SIZE and self.broken is None:
             try:
                 head_len, body_len = _parse_prefix(buf)
-                end = _PREFIX_SIZE + head_len + body_len
-                if len(buf) < end:
-                    return
-                header = _decode_header(memoryview(buf)[_PREFIX_SIZE : _PREFIX_SIZE + head_len])
             except _wire.FrameError as exc:
                 self._break(f"the runtime wrote bytes that are not a reply ({exc})")
                 return
-            body = bytes(buf[_PREFIX_SIZE + head_len : end])
+            end = _PREFIX_SIZE + head_len + body_len
+            if len(buf) < end:
+                return
+            head_end = _PREFIX_SIZE + head_len
+            head, body = buf[_PREFIX_SIZE:head_end], bytes(buf[head_end:end])
             del buf[:end]
-            waiter, self.waiter = self.waiter, None
-            expect, self.expect = self.expect, _NO_REPLY
-            if waiter is None or waiter.done():
-                self._break("the runtime sent a reply while no request was outstanding")
-                return
-            if expect is not None and header.get(_p.K_ID) != expect:
-                self.waiter = waiter
-                self._break(
-                    f"the runtime answered request {header.get(_p.K_ID)!r} while {expect!r} was outstanding"
-                )
-                return
-            waiter.set_result((header, body))
+            self._frame(head, body)
+
+    def _frame(self, head: bytes | bytearray, body: bytes) -> None:
+        """One whole frame: hand it to the request waiting for it, or break."""
+        try:
+            header = _decode_header(head)
+        except _wire.FrameError as exc:
+            self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+            return
+        waiter, self.waiter = self.waiter, None
+        expect, self.expect = self.expect, _NO_REPLY
+        if waiter is None or waiter.done():
+            self._break("the runtime sent a reply while no request was outstanding")
+            return
+        if expect is not None and header.get(_p.K_ID) != expect:
+            self.waiter = waiter
+            self._break(
+                f"the runtime answered request {header.get(_p.K_ID)!r} while {expect!r} was outstanding"
+            )
+            return
+        waiter.set_result((header, body))
 
     def _break(self, reason: str) -> None:
         self.broken = reason
@@ -119,12 +142,12 @@ class ChannelSandbox:
         return None
 
     async def init(self, request: InitRequest, timeout: float | None = None) -> InitReply:
-        header, _ = await self._request(request.to_wire(), b"", timeout, None)
+        header, _ = await self._request(_wire.dumps(request.to_wire()).encode(), b"", timeout, None)
         return InitReply.from_wire(header)
 
     async def invoke(self, request: InvokeRequest, timeout: float | None = None) -> InvokeReply:
         rid = request.request_id
-        header, body = await self._request(request.to_wire(), request.body, timeout, rid)
+        header, body = await self._request(request.header_bytes(), request.body, timeout, rid)
         return InvokeReply(
             rid,
             bool(header.get(_p.K_OK)),
@@ -137,7 +160,7 @@ class ChannelSandbox:
         )
 
     async def _request(
-        self, header: dict[str, Any], body: bytes, timeout: float | None, expect: str | None
+        self, head: bytes, body: bytes, timeout: float | None, expect: str | None
     ) -> tuple[dict[str, Any], bytes]:
         channel = self._channel
         if not self.alive or channel.transport is None:
@@ -146,7 +169,7 @@ class ChannelSandbox:
         channel.waiter = fut
         channel.expect = expect
         timer = arm_deadline(fut, timeout, self._clock)
-        channel.transport.write(_encode(header, body))
+        channel.transport.write(_frame(head, body))
         try:
             return await fut
         except (SandboxTimeout, SandboxDied):

@@ -127,8 +127,9 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=os.dup(fd))
     worker = Worker(process_wide=True, apply_environment=False, enforce_memory=False)
     try:
+        read = _wire.FrameReader(sock).read
         while True:
-            frame = _wire.read_frame(sock)
+            frame = read()
             if frame is None:
                 return
             answer = dispatch(worker, *frame)

@@ -82,7 +82,11 @@ class FrameError(ValueError):
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = dumps(header).encode()
+    return frame(dumps(header).encode(), body)
+
+
+def frame(head: bytes, body: bytes = b"") -> bytes:
+    """A frame from an already encoded header (a UTF-8 JSON object)."""
     return b"".join((_HEAD, _pack_lengths(len(head), len(body)), head, body))
 
 
@@ -106,20 +110,44 @@ def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return header
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < n:
-        chunk = sock.recv(min(n - len(chunks), 1 << 20))
-        if not chunk:
+class FrameReader:
+    """Blocking reads of whole frames from a socket (the sandbox side), buffered: a request
+    usually arrives in one ``recv``, not one for the prefix and one for the rest."""
+
+    __slots__ = ("_buf", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def _fill(self, n: int) -> bool:
+        buf = self._buf
+        while len(buf) < n:
+            chunk = self._sock.recv(max(n - len(buf), 65536))
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    def read(self) -> tuple[dict[str, Any], bytes] | None:
+        """The next frame; ``None`` at end of stream. Raises :class:`FrameError` on bytes
+        that are not a frame."""
+        size = PREFIX.size
+        if not self._fill(size):
             return None
-        chunks += chunk
-    return bytes(chunks)
+        head_len, body_len = parse_prefix(self._buf)
+        end = size + head_len + body_len
+        if not self._fill(end):
+            return None
+        buf = self._buf
+        header = decode_header(buf[size : size + head_len])
+        body = bytes(buf[size + head_len : end])
+        del buf[:end]
+        return header, body
 
 
 def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """Blocking read of one frame (the sandbox side); ``None`` at end of stream.
-
-    Raises :class:`FrameError` on bytes that are not a frame."""
+    """Blocking read of one frame, unbuffered; ``None`` at end of stream."""
     prefix = _recv_exactly(sock, PREFIX.size)
     if prefix is None:
         return None
@@ -128,6 +156,16 @@ def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
     if data is None:
         return None
     return decode_header(data[:head_len]), data[head_len:]
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(min(n - len(chunks), 1 << 20))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
 
 
 def write_frame(sock: socket.socket, header: dict[str, Any], body: bytes = b"") -> None:

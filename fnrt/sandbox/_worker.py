@@ -509,9 +509,9 @@ def serve(sock: Any, worker: Worker | None = None) -> None:
     """The subprocess sandbox's main loop: one frame in, one frame out, until EOF."""
     if worker is None:
         worker = Worker(process_wide=True)
-    read, write = _wire.read_frame, _wire.write_frame
+    read, write = _wire.FrameReader(sock).read, _wire.write_frame
     while True:
-        frame = read(sock)
+        frame = read()
         if frame is None:
             return
         answer = dispatch(worker, *frame)
