@@ -84,10 +84,10 @@ def fork_and_answer_later(event: Any, context: Any) -> str:
         if pid == 0:
             try:
                 time.sleep(event.get("delay", 0.2))
-                os.write(fd, _forged_frame(rid))
-                if event.get("flag"):
+                if event.get("flag"):  # before: the host kills this child once it reads the frame
                     with open(event["flag"], "w") as f:
-                        f.write("sent")
+                        f.write("sending")
+                os.write(fd, _forged_frame(rid))
             finally:
                 os._exit(0)
     time.sleep(event.get("sleep", 0))

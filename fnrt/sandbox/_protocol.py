@@ -18,6 +18,24 @@ says which of those it *enforces* (:data:`ENFORCEMENTS`); the rest are best effo
 ignored, and :data:`KINDS` is the one registry of sandbox kinds that config validation and
 the CLI read.
 
+What each kind isolates (``factory.enforces``):
+
+==================  ==========  ==============  ===========
+                    subprocess  subinterpreter  inline
+==================  ==========  ==============  ===========
+memory limit        yes         no              no
+timeout kills       yes         no (quarantine) no (abandon)
+own process/group   yes         no              no
+clean environment   yes         no              no
+private TMPDIR, TZ  yes         no              no
+another user id     yes (root)  no              no
+==================  ==========  ==============  ===========
+
+None of them is a security boundary against hostile code: a subprocess sandbox shares the
+host's file system, network and PID namespace and runs as the host's user unless
+``run_as_user`` is set (and a same-user process can read the host's ``/proc/<pid>/environ``).
+Use a container or another user id for code you do not trust.
+
 Errors: a sandbox's ``init``/``invoke`` raise the private :class:`SandboxDied` and
 :class:`SandboxTimeout`, which only the pool and the invoker see and translate into
 Lambda's function errors (``Runtime.ExitError``, ``Sandbox.Timedout``). Anything that is

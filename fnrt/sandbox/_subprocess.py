@@ -363,26 +363,30 @@ class SubprocessFactory:
         """Fork a sandbox. Raises :class:`ServiceError` when no sandbox can be had within
         ``spawn_timeout`` (plus a template start, when one is needed)."""
         resources = resources or Resources()
-        tmp = tempfile.mkdtemp(prefix="fnrt-sandbox-", dir=resources.tmp_dir)
+        try:
+            tmp = tempfile.mkdtemp(prefix="fnrt-sandbox-", dir=resources.tmp_dir)
+        except OSError as exc:
+            raise ServiceError(f"could not start a sandbox: no temporary directory ({exc})") from None
+        self._tmp_dirs.add(tmp)
         try:
             setup = self._setup(resources, tmp)
-            pid, sock = await self._spawn(setup, tmp)
+            template, pid, sock = await self._spawn(setup, tmp)
         except BaseException:
+            self._tmp_dirs.discard(tmp)
             _remove_tree(tmp)
             raise
-        self._tmp_dirs.add(tmp)
         loop = asyncio.get_running_loop()
-        template = self._template
-        assert template is not None
         try:
             _, channel = await loop.create_unix_connection(Channel, sock=sock)
-        except BaseException:
+        except BaseException as exc:
             template.kill(pid)
             sock.close()
+            if isinstance(exc, OSError):
+                raise ServiceError(f"could not start a sandbox: {exc}") from None
             raise
         return SubprocessSandbox(f"{pid:x}{next(self._ids):04x}", pid, channel, template, self._clock)
 
-    async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[int, socket.socket]:
+    async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
         loop = asyncio.get_running_loop()
 
         def removed() -> None:
@@ -393,7 +397,8 @@ class SubprocessFactory:
         for attempt in (1, 2):  # a template found dead is replaced once
             template = await self._ensure_template()
             try:
-                return await asyncio.wait_for(template.spawn(setup, removed), self.spawn_timeout)
+                pid, sock = await asyncio.wait_for(template.spawn(setup, removed), self.spawn_timeout)
+                return template, pid, sock
             except TimeoutError:
                 template.kill_template()
                 await template.aclose()

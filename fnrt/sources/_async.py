@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .._config import AsyncConfig, parse_destination
-from ..errors import FunctionNotFound, RuntimeClosed, TooManyRequests
+from ..errors import FunctionNotFound, RuntimeClosed, ServiceError, TooManyRequests
 from ..sandbox import SandboxDied
 from ..store._queue import EventQueue, Outcome, QueuedEvent
 
@@ -211,7 +211,7 @@ class AsyncInvoker:
         except TooManyRequests as exc:
             await self._back_off(event, config, expires, 429, None, _dumps(exc.to_lambda()).encode())
             return
-        except (SandboxDied, FunctionNotFound, OSError) as exc:
+        except (ServiceError, SandboxDied, FunctionNotFound, OSError) as exc:
             body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
             await self._back_off(event, config, expires, 500, None, _dumps(body).encode())
             return
