@@ -195,12 +195,17 @@ def _stop_capture() -> None:
         _local.request_id = None
 
 
+_MAX_ERROR_MESSAGE = 256 * 1024
+
+
 def _error(exc: BaseException, error_type: str | None = None, message: str | None = None) -> dict[str, Any]:
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     try:
         text = message if message is not None else str(exc)
     except Exception:  # a hostile __str__
         text = f"<unprintable {type(exc).__name__}>"
+    if len(text) > _MAX_ERROR_MESSAGE:  # a reply header stays small whatever a handler raises
+        text = f"{text[:_MAX_ERROR_MESSAGE]}[... {len(text) - _MAX_ERROR_MESSAGE} characters truncated]"
     return {
         "errorMessage": text,
         "errorType": error_type or type(exc).__name__,
