@@ -102,6 +102,18 @@ def test_frames_are_json_headers_and_raw_bodies_any_language_can_read():
         _wire.decode_header(b"[1, 2]")
 
 
+def test_invoke_replies_may_use_the_fixed_layout_and_decode_to_the_same_header():
+    reply = {"ok": False, "id": "r-9", "dur": 1.5, "mem": 42, "log": "héllo\n", "fatal": True}
+    reply["error"] = {"errorType": "E", "errorMessage": "m", "stackTrace": []}
+    frame = _wire.encode_invoke_reply(reply, b"null")
+    assert frame[:4] == b"FN\x01\x02"
+    head_len, body_len = _wire.parse_prefix(frame)
+    assert _wire.decode_header(frame[12 : 12 + head_len], frame[3]) == reply
+    assert frame[12 + head_len :] == b"null" and body_len == 4
+    with pytest.raises(_wire.FrameError):
+        _wire.decode_header(frame[12 : 12 + head_len - 1], frame[3])
+
+
 # -- typed requests and replies, every kind ---------------------------------------------------
 
 

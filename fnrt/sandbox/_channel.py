@@ -67,7 +67,7 @@ class Channel(asyncio.Protocol):
                 end = _PREFIX_SIZE + head_len + body_len
                 if size == end:
                     head_end = _PREFIX_SIZE + head_len
-                    self._frame(data[_PREFIX_SIZE:head_end], data[head_end:])
+                    self._frame(data[_PREFIX_SIZE:head_end], data[head_end:], data[3])
                     return
         buf += data
         while len(buf) >= _PREFIX_SIZE and self.broken is None:
@@ -80,14 +80,14 @@ class Channel(asyncio.Protocol):
             if len(buf) < end:
                 return
             head_end = _PREFIX_SIZE + head_len
-            head, body = buf[_PREFIX_SIZE:head_end], bytes(buf[head_end:end])
+            head, body, encoding = buf[_PREFIX_SIZE:head_end], bytes(buf[head_end:end]), buf[3]
             del buf[:end]
-            self._frame(head, body)
+            self._frame(head, body, encoding)
 
-    def _frame(self, head: bytes | bytearray, body: bytes) -> None:
+    def _frame(self, head: bytes | bytearray, body: bytes, encoding: int) -> None:
         """One whole frame: hand it to the request waiting for it, or break."""
         try:
-            header = _decode_header(head)
+            header = _decode_header(head, encoding)
         except _wire.FrameError as exc:
             self._break(f"the runtime wrote bytes that are not a reply ({exc})")
             return

@@ -122,7 +122,7 @@ def serve(fd: int) -> None:
     here may end the process: a fatal reply (out of memory) or a lost host ends only this
     loop, and ``SystemExit`` leaves the interpreter so the host thread can report it.
     """
-    from ._worker import Worker, dispatch
+    from ._worker import Worker, dispatch, encode_reply
 
     sock = socket.socket(fileno=os.dup(fd))
     worker = Worker(process_wide=True, apply_environment=False, enforce_memory=False)
@@ -137,7 +137,7 @@ def serve(fd: int) -> None:
                 return
             reply, out = answer
             _explain(reply.get(K_ERROR))
-            _wire.write_frame(sock, reply, out)
+            sock.sendall(encode_reply(frame[0], reply, out))
             if reply.get(K_FATAL):
                 return
     except (OSError, _wire.FrameError):

@@ -5,17 +5,33 @@ One frame, all integers big-endian::
     offset  size  field
     0       2     magic  b"FN"
     2       1     version (1)
-    3       1     header encoding (1 = UTF-8 JSON object)
+    3       1     header encoding: 1 = UTF-8 JSON object, 2 = invoke reply (below)
     4       4     header length H (unsigned)
     8       4     body length B (unsigned)
-    12      H     header: a JSON object (op names and keys: ``_protocol``)
+    12      H     header
     12+H    B     body: raw bytes (the event or the result, JSON), passed through untouched
+
+Every request, and every reply but one, has a JSON header (op names and keys:
+``_protocol``). The reply to ``invoke``, the one on the warm path, may instead use the
+fixed layout of encoding 2 (a sandbox may always answer with JSON instead)::
+
+    offset  size  field
+    0       1     ok (0/1)
+    1       1     fatal (0/1)
+    2       8     duration_ms (IEEE 754 double)
+    10      4     max_memory_mb (unsigned)
+    14      2     length I of the request id
+    16      4     length L of the log
+    20      4     length E of the error
+    24      I     the request id this answers (UTF-8)
+    24+I    L     the captured log (UTF-8)
+    24+I+L  E     the error, a JSON object in Lambda's shape, or nothing
 
 The body is never embedded in the header, so a 6 MB payload is not escaped inside another
 document. The magic and the limits below let a reader tell a frame from stray bytes at
 once (a handler writing to its socket): the host destroys a sandbox that sends anything
-else. JSON, not ``marshal``: host and sandbox need not be the same interpreter build, so a
-remote or foreign-language sandbox can answer.
+else. JSON and fixed layouts, not ``marshal``: host and sandbox need not be the same
+interpreter build, so a remote or foreign-language sandbox can answer.
 """
 
 from __future__ import annotations
@@ -27,11 +43,16 @@ from json import encoder as _json_encoder
 from json import scanner as _json_scanner
 from typing import Any
 
+from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK
+
 MAGIC = b"FN"
 VERSION = 1
 JSON_HEADER = 1
+INVOKE_REPLY = 2
+_REPLY = struct.Struct("!BBdIHII")
 PREFIX = struct.Struct("!2sBBII")
 _HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
+_HEAD_REPLY = PREFIX.pack(MAGIC, VERSION, INVOKE_REPLY, 0, 0)[:4]
 MAX_HEADER = 64 * 1024 * 1024  # a header carries at most a capped log and an error
 MAX_BODY = 1024 * 1024 * 1024
 
@@ -93,20 +114,75 @@ def frame(head: bytes, body: bytes = b"") -> bytes:
 def parse_prefix(buf: bytes | bytearray) -> tuple[int, int]:
     """The header and body lengths of the frame at the start of ``buf`` (12 bytes)."""
     magic, version, encoding, head_len, body_len = PREFIX.unpack_from(buf)
-    if magic != MAGIC or version != VERSION or encoding != JSON_HEADER:
+    if magic != MAGIC or version != VERSION or encoding not in (JSON_HEADER, INVOKE_REPLY):
         raise FrameError(f"not a frame: prefix {bytes(buf[:4])!r}")
     if head_len > MAX_HEADER or body_len > MAX_BODY:
         raise FrameError(f"frame too large: header {head_len} bytes, body {body_len} bytes")
     return head_len, body_len
 
 
-def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+def decode_header(data: bytes | bytearray | memoryview, encoding: int = JSON_HEADER) -> dict[str, Any]:
+    if encoding == INVOKE_REPLY:
+        return _decode_invoke_reply(data)
     try:
         header = loads(str(data, "utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FrameError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("frame header is not a JSON object")
+    return header
+
+
+def encode_invoke_reply(reply: dict[str, Any], body: bytes) -> bytes:
+    """An invoke reply (the keys of ``_protocol``) in the fixed layout of encoding 2."""
+    rid = str(reply[K_ID]).encode("utf-8", "replace")
+    log = str(reply.get(K_LOG) or "").encode("utf-8", "replace")
+    error = reply.get(K_ERROR)
+    err = dumps(error).encode() if error else b""
+    head = b"".join(
+        (
+            _REPLY.pack(
+                bool(reply.get(K_OK)),
+                bool(reply.get(K_FATAL)),
+                float(reply.get(K_DURATION) or 0.0),
+                int(reply.get(K_MEMORY) or 0),
+                len(rid),
+                len(log),
+                len(err),
+            ),
+            rid,
+            log,
+            err,
+        )
+    )
+    return b"".join((_HEAD_REPLY, _pack_lengths(len(head), len(body)), head, body))
+
+
+def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    try:
+        ok, fatal, duration, memory, id_len, log_len, err_len = _REPLY.unpack_from(data)
+    except struct.error:
+        raise FrameError("invoke reply header too short") from None
+    start = _REPLY.size
+    if start + id_len + log_len + err_len != len(data):
+        raise FrameError("invoke reply header lengths do not add up")
+    log_at = start + id_len
+    err_at = log_at + log_len
+    try:
+        header: dict[str, Any] = {
+            K_OK: bool(ok),
+            K_ID: str(data[start:log_at], "utf-8"),
+            K_DURATION: duration,
+            K_MEMORY: memory,
+            K_LOG: str(data[log_at:err_at], "utf-8"),
+        }
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"invoke reply is not UTF-8: {exc}") from None
+    if fatal:
+        header[K_FATAL] = True
+    if err_len:
+        error = decode_header(data[err_at:])
+        header[K_ERROR] = error
     return header
 
 
@@ -140,7 +216,7 @@ class FrameReader:
         if not self._fill(end):
             return None
         buf = self._buf
-        header = decode_header(buf[size : size + head_len])
+        header = decode_header(buf[size : size + head_len], buf[3])
         body = bytes(buf[size + head_len : end])
         del buf[:end]
         return header, body
@@ -155,7 +231,7 @@ def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
     data = _recv_exactly(sock, head_len + body_len)
     if data is None:
         return None
-    return decode_header(data[:head_len]), data[head_len:]
+    return decode_header(data[:head_len], prefix[3]), data[head_len:]
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:

@@ -514,7 +514,7 @@ def serve(sock: Any, worker: Worker | None = None) -> None:
     """The subprocess sandbox's main loop: one frame in, one frame out, until EOF."""
     if worker is None:
         worker = Worker(process_wide=True)
-    read, write = _wire.FrameReader(sock).read, _wire.write_frame
+    read, send = _wire.FrameReader(sock).read, sock.sendall
     while True:
         frame = read()
         if frame is None:
@@ -522,6 +522,13 @@ def serve(sock: Any, worker: Worker | None = None) -> None:
         answer = dispatch(worker, *frame)
         if answer is None:
             return
-        write(sock, *answer)
+        send(encode_reply(frame[0], *answer))
         if answer[0].get(_p.K_FATAL):
             os._exit(137)
+
+
+def encode_reply(request: dict[str, Any], reply: dict[str, Any], body: bytes) -> bytes:
+    """The frame answering ``request``: invoke replies in the fixed layout, others JSON."""
+    if request.get(_p.OP) == _p.OP_INVOKE and _p.K_ID in reply:
+        return _wire.encode_invoke_reply(reply, body)
+    return _wire.encode(reply, body)
