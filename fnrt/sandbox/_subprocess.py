@@ -74,6 +74,7 @@ class TemplateProcess:
         self._spawning: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._on_exit: dict[int, Any] = {}
+        self._reaped: set[int] = set()
         self._ready: asyncio.Future[int] | None = None
         self.closed = False
 
@@ -137,6 +138,8 @@ class TemplateProcess:
                     fut.set_result(message["pid"])
             elif op == "exit":
                 pid = message["pid"]
+                self._reaped.add(pid)
+                asyncio.get_running_loop().call_later(_KEEP_EXIT_STATUS, self._reaped.discard, pid)
                 fut = self._exit_future(pid)
                 if not fut.done():
                     fut.set_result(message["status"])
@@ -217,11 +220,19 @@ class TemplateProcess:
     def kill(self, pid: int) -> None:
         """Kill the sandbox ``pid`` and its whole process group."""
         if self.closed or self._ctrl is None:
-            return
+            return  # its sandboxes die with the template (their parent-death signal)
         try:
             socket.send_fds(self._ctrl, [json.dumps({"op": "kill", "pid": pid}).encode()], [])
+            return
         except OSError:
             pass
+        # The template is not reading (stopped, wedged): signal the group from here. The pid
+        # cannot have been reused: the (live) template has not reaped it.
+        if pid not in self._reaped:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     async def exit_status(self, pid: int, timeout: float = 2.0) -> int | None:
         fut = self._exit_future(pid)
