@@ -252,6 +252,7 @@ class TemplateProcess:
 
     async def aclose(self) -> None:
         """Stop the template; it kills and reaps every sandbox before exiting."""
+        was_open, self.closed = not self.closed, True
         if self._ctrl is not None:
             try:
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
@@ -259,8 +260,6 @@ class TemplateProcess:
                 pass
             self._ctrl.close()
             self._ctrl = None
-        if not self.closed:
-            self._on_lost()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
@@ -268,6 +267,8 @@ class TemplateProcess:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if was_open:  # after the template exited: its sandboxes are gone, their files may go
+            self._on_lost()
 
 
 class SubprocessSandbox(ChannelSandbox):
@@ -324,6 +325,7 @@ class SubprocessFactory:
         self._starting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
         self._tmp_dirs: set[str] = set()
+        self._removals: set[asyncio.Future[None]] = set()
 
     @property
     def template_pid(self) -> int | None:
@@ -403,7 +405,9 @@ class SubprocessFactory:
         def removed() -> None:
             if tmp in self._tmp_dirs:
                 self._tmp_dirs.discard(tmp)
-                loop.run_in_executor(None, _remove_tree, tmp)
+                removal = loop.run_in_executor(None, _remove_tree, tmp)
+                self._removals.add(removal)
+                removal.add_done_callback(self._removals.discard)
 
         for attempt in (1, 2):  # a template found dead is replaced once
             template = await self._ensure_template()
@@ -430,3 +434,5 @@ class SubprocessFactory:
         dirs, self._tmp_dirs = list(self._tmp_dirs), set()
         for path in dirs:
             await asyncio.to_thread(_remove_tree, path)
+        if self._removals:  # sandboxes that ended just before: their directories go too
+            await asyncio.gather(*self._removals)

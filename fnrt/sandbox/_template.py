@@ -127,6 +127,14 @@ def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any]) -> None:
             sys.__stdout__.flush()  # type: ignore[union-attr]
         except (OSError, ValueError, AttributeError):
             pass
+    # Whatever the handler started ends with the sandbox, however the sandbox ends (the
+    # host closed the socket or went away). SIGTERM, so this process keeps its exit code;
+    # the template SIGKILLs the group when it reaps this process.
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+    except OSError:
+        pass
     os._exit(code)
 
 
@@ -212,6 +220,7 @@ def main(ctrl_fd: int) -> None:
                 os.close(fd)
     except _HostGone:
         pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late parent-death signal must not cut this short
     for pid in list(children):
         kill_group(pid)
     for pid in list(children):
