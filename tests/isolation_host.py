@@ -1,7 +1,7 @@
 """A host for the kill -9 test: ``python -m tests.isolation_host``.
 
-Starts a runtime, has a handler start a long-running child process, prints the child's pid
-and waits to be killed.
+Starts a runtime, has a handler start a long-running child process, prints the child's pid and
+another sandbox's TMPDIR, and waits to be killed.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ async def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     async with fnrt.Runtime() as rt:
         await rt.add_function("child", "handlers.hostile:start_child")
+        await rt.add_function("env", "handlers.hostile:environment")
         pid = await rt.invoke("child", {})
-        print(pid, flush=True)
+        tmp = (await rt.invoke("env", {}))["tempdir"]
+        print(pid, tmp, flush=True)
         await asyncio.sleep(3600)
 
 

@@ -152,11 +152,12 @@ async def test_processes_a_handler_starts_die_when_the_host_is_killed():
     try:
         assert host.stdout is not None
         line = await asyncio.wait_for(host.stdout.readline(), 60)
-        pid = int(line)
-        assert alive(pid)
+        pid, tmp = int(line.split()[0]), line.split()[1].decode()
+        assert alive(pid) and os.path.isdir(tmp)
         host.kill()
         await host.wait()
         await wait_until(lambda: not alive(pid), "the child of a killed host's sandbox to die")
+        await wait_until(lambda: not os.path.exists(tmp), "the killed host's sandbox TMPDIR to go")
     finally:
         if host.returncode is None:
             host.kill()

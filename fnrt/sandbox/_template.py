@@ -31,6 +31,7 @@ import json
 import logging  # noqa: F401
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -138,16 +139,11 @@ def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any]) -> None:
     os._exit(code)
 
 
-class _HostGone(Exception):
-    pass
-
-
-def _host_gone(*_: object) -> None:
-    raise _HostGone
-
-
 def main(ctrl_fd: int) -> None:
-    signal.signal(signal.SIGTERM, _host_gone)
+    # The parent-death signal only sets a flag (and wakes the loop through the wakeup fd):
+    # nothing may interrupt the cleanup below, which the host's death also starts (EOF).
+    host_gone: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: host_gone.append(signum))
     die_with_parent(signal.SIGTERM)
     ctrl = socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
@@ -157,6 +153,7 @@ def main(ctrl_fd: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: set[int] = set()
+    tmp_dirs: dict[int, str] = {}  # the host removes them, unless it is gone
     me = os.getpid()
     _send(ctrl, {"op": "ready", "pid": me})
 
@@ -169,58 +166,59 @@ def main(ctrl_fd: int) -> None:
             if pid == 0:
                 return
             children.discard(pid)
+            tmp_dirs.pop(pid, None)
             kill_group(pid)  # what the sandbox started dies with it
             _send(ctrl, {"op": "exit", "pid": pid, "status": status})
 
-    try:
-        running = True
-        while running:
+    running = True
+    while running and not host_gone:
+        try:
+            readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
             try:
-                readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
-            except InterruptedError:
-                continue
-            if wake_r in readable:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
+                while os.read(wake_r, 512):
                     pass
-                reap()
-            if ctrl.fileno() not in readable:
-                continue
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(ctrl, 1 << 20, 4)
-            except OSError:
-                break
-            if not data:
-                break
-            message = json.loads(data)
-            op = message["op"]
-            if op == "spawn":
-                sock = socket.socket(fileno=fds[0])
-                pid = os.fork()
-                if pid == 0:
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    ctrl.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    _run_child(sock, me, message.get("setup") or {})
-                sock.close()
-                children.add(pid)
-                _send(ctrl, {"op": "spawned", "id": message["id"], "pid": pid})
-            elif op == "kill":
-                pid = int(message["pid"])
-                if pid in children:
-                    kill_group(pid)
-            elif op == "stop":
-                running = False
-            for fd in fds[1:] if op == "spawn" else fds:
-                os.close(fd)
-    except _HostGone:
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late parent-death signal must not cut this short
+            except BlockingIOError:
+                pass
+            reap()
+        if ctrl.fileno() not in readable:
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(ctrl, 1 << 20, 4)
+        except OSError:
+            break
+        if not data:
+            break
+        message = json.loads(data)
+        op = message["op"]
+        if op == "spawn":
+            sock = socket.socket(fileno=fds[0])
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                ctrl.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                _run_child(sock, me, message.get("setup") or {})
+            sock.close()
+            children.add(pid)
+            tmp = (message.get("setup") or {}).get("tmp")
+            if tmp:
+                tmp_dirs[pid] = tmp
+            _send(ctrl, {"op": "spawned", "id": message["id"], "pid": pid})
+        elif op == "kill":
+            pid = int(message["pid"])
+            if pid in children:
+                kill_group(pid)
+        elif op == "stop":
+            running = False
+        for fd in fds[1:] if op == "spawn" else fds:
+            os.close(fd)
     for pid in list(children):
         kill_group(pid)
     for pid in list(children):
@@ -228,6 +226,8 @@ def main(ctrl_fd: int) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+    for tmp in tmp_dirs.values():
+        shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)
 
 
