@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from .sandbox import KINDS
+
 DEFAULT_ENDPOINT = "http://127.0.0.1:9001"
 EXIT_FUNCTION_ERROR = 1
 EXIT_REQUEST_ERROR = 2
@@ -359,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=9001)
     serve.add_argument("--state-dir", default=None, help="keep queues and streams here across restarts")
     serve.add_argument("--concurrency-limit", type=int, default=1000)
-    serve.add_argument("--sandbox", default="subprocess", choices=["subprocess", "subinterpreter", "inline"])
+    serve.add_argument("--sandbox", default="subprocess", choices=list(KINDS))
     serve.add_argument("--stream", action="append", metavar="NAME[:SHARDS]", help="create a stream")
     serve.add_argument(
         "--mapping", action="append", metavar="STREAM=FUNCTION", help="map a stream to a function"
@@ -413,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument(
         "--module", action="append", help="run in-process instead: deploy this module first (repeatable)"
     )
-    invoke.add_argument("--sandbox", default="subprocess", choices=["subprocess", "subinterpreter", "inline"])
+    invoke.add_argument("--sandbox", default="subprocess", choices=list(KINDS))
     invoke.set_defaults(run=_invoke)
 
     list_ = sub.add_parser("list", help="functions and their config")

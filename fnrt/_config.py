@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
 
 from .errors import InvalidConfig
+from .sandbox._protocol import KINDS
 
-SANDBOX_KINDS = ("subprocess", "subinterpreter", "inline")
+SANDBOX_KINDS = tuple(KINDS)  # the registry of kinds is fnrt.sandbox.KINDS
 _ENV_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -91,11 +91,9 @@ def _sandbox(instance: object, attribute: attrs.Attribute[Any], value: str | Non
         return  # the function uses the runtime's default kind
     if value not in SANDBOX_KINDS:
         raise InvalidConfig(f"sandbox must be one of {', '.join(SANDBOX_KINDS)}; got {value!r}")
-    if value == "subinterpreter" and sys.version_info < (3, 13):
-        raise InvalidConfig(
-            "sandbox='subinterpreter' needs Python 3.13 or newer (this is "
-            f"{sys.version_info.major}.{sys.version_info.minor}); use sandbox='subprocess'"
-        )
+    reason = KINDS[value].unavailable()
+    if reason is not None:
+        raise InvalidConfig(reason)
 
 
 C = TypeVar("C")

@@ -9,18 +9,77 @@ from typing import Any
 class CognitoIdentity:
     __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
 
+    @classmethod
+    def from_dict(cls, data: object) -> CognitoIdentity | None:
+        if not isinstance(data, dict):
+            return None
+        identity_id = data.get("cognito_identity_id", data.get("identity_id"))
+        pool_id = data.get("cognito_identity_pool_id", data.get("pool_id"))
+        return cls(
+            identity_id if isinstance(identity_id, str) else None,
+            pool_id if isinstance(pool_id, str) else None,
+        )
+
     def __init__(self, identity_id: str | None = None, pool_id: str | None = None) -> None:
         self.cognito_identity_id = identity_id
         self.cognito_identity_pool_id = pool_id
 
 
+class Client:
+    """``context.client_context.client``: the mobile app that called (Lambda's fields)."""
+
+    __slots__ = ("app_package_name", "app_title", "app_version_code", "app_version_name", "installation_id")
+
+    def __init__(
+        self,
+        installation_id: str | None = None,
+        app_title: str | None = None,
+        app_version_name: str | None = None,
+        app_version_code: str | None = None,
+        app_package_name: str | None = None,
+    ) -> None:
+        self.installation_id = installation_id
+        self.app_title = app_title
+        self.app_version_name = app_version_name
+        self.app_version_code = app_version_code
+        self.app_package_name = app_package_name
+
+    def __repr__(self) -> str:
+        return f"<Client installation_id={self.installation_id!r} app_title={self.app_title!r}>"
+
+
 class ClientContext:
+    """``context.client_context``: what the caller sent in ``X-Amz-Client-Context``.
+
+    As in Lambda's Python runtime, ``client`` is a :class:`Client` (or ``None``),
+    ``custom`` and ``env`` are the dicts sent, and other members (the mobile SDKs send
+    ``services``) are ignored.
+    """
+
     __slots__ = ("client", "custom", "env")
 
-    def __init__(self, client: Any = None, custom: Any = None, env: Any = None) -> None:
+    def __init__(self, client: Client | None = None, custom: Any = None, env: Any = None) -> None:
         self.client = client
         self.custom = custom
         self.env = env
+
+    @classmethod
+    def from_dict(cls, data: object) -> ClientContext | None:
+        """Lenient, like Lambda: anything that is not an object gives ``None``; members of
+        the wrong type are ``None``; nothing a caller sends can raise here."""
+        if not isinstance(data, dict):
+            return None
+        raw_client = data.get("client")
+        client = None
+        if isinstance(raw_client, dict):
+            client = Client(**{k: raw_client.get(k) for k in Client.__slots__})
+        custom = data.get("custom")
+        env = data.get("env")
+        return cls(
+            client,
+            custom if isinstance(custom, dict) else None,
+            env if isinstance(env, dict) else None,
+        )
 
 
 class Context:

@@ -49,7 +49,7 @@ from .errors import (
     ServiceError,
     TooManyRequests,
 )
-from .sandbox import SandboxDied, SandboxTimeout
+from .sandbox import InvokeReply, InvokeRequest, SandboxDied, SandboxTimeout
 
 __all__ = ["InvocationResult", "Invoker", "decode_result", "encode_payload", "encode_payload_async"]
 
@@ -355,47 +355,47 @@ class Invoker:
         timeout = record.config.timeout
         budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
         env.budget_used = 0.0
-        header: dict[str, Any] = {
-            "op": "invoke",
-            "rid": request_id,
-            "deadline_ms": int((self.clock.time() + budget) * 1000),
-        }
-        if client_context is not None:
-            header["client_context"] = dict(client_context)
-        if invoked_arn is not None:
-            header["invoked_arn"] = invoked_arn
         init_ms, env.init_ms = env.init_ms, None
         init_log, env.init_log = env.init_log, ""
         started = self.clock.monotonic()
         error: FunctionError | None = None
         try:
-            reply, out = await env.sandbox.request(header, body, max(budget, 0.001))
+            request = InvokeRequest(
+                request_id,
+                int((self.clock.time() + budget) * 1000),
+                body,
+                None if client_context is None else dict(client_context),
+                invoked_arn=invoked_arn,
+            )
+            reply = await env.sandbox.invoke(request, max(budget, 0.001))
         except SandboxTimeout:
             pool.discard(env)
-            reply, out = {"ok": False, "dur": timeout * 1000, "mem": 0, "log": ""}, b""
+            reply = InvokeReply(request_id, False, timeout * 1000)
             error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
         except SandboxDied as exc:
             pool.discard(env)
             if self.closing:
                 raise RuntimeClosed("the runtime closed during the invocation") from None
-            elapsed = (self.clock.monotonic() - started) * 1000
-            reply, out = {"ok": False, "dur": elapsed, "mem": 0, "log": ""}, b""
+            reply = InvokeReply(request_id, False, (self.clock.monotonic() - started) * 1000)
             error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
         except BaseException:
             pool.discard(env)
             raise
         else:
-            if reply.get("fatal"):
+            if reply.fatal:
                 pool.discard(env)
             else:
                 pool.give_back(env)
             env.invocations += 1
-            if not reply["ok"]:
-                e = reply["error"]
-                error = FunctionError(e["errorType"], e["errorMessage"], e.get("stackTrace"))
-            elif len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
-                error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
-                out = b""
+            if not reply.ok:
+                e = reply.error or {}
+                error = FunctionError(
+                    e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
+                )
+        out = reply.body
+        if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+            error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
+            out = b""
         memory = record.config.memory_mb
         result = InvocationResult(
             request_id,
@@ -403,12 +403,13 @@ class Invoker:
             200,
             out,
             error,
-            output=reply["log"],
+            output=reply.log,
             init_log=init_log,
             cold_start=cold,
-            duration_ms=reply["dur"],
+            duration_ms=reply.duration_ms,
             init_duration_ms=init_ms,
-            max_memory_mb=memory if reply.get("fatal") else min(reply["mem"], memory),
+            # The sandbox's true peak (ru_maxrss); an environment that ran out of memory used it all.
+            max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
             memory_size_mb=memory,
         )
         if error is not None:

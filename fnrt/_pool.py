@@ -16,7 +16,7 @@ import attrs
 from ._clock import Clock
 from ._registry import FunctionRecord
 from .errors import FnrtError, FunctionTimeout, InitError, InvalidConfig, ServiceError
-from .sandbox import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
+from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, SandboxFactory, SandboxTimeout
 
 
 @attrs.define(eq=False)
@@ -45,23 +45,31 @@ def init_error(error: dict[str, Any], log: str = "") -> InitError | InvalidConfi
 
 
 async def start_sandbox(
-    factory: SandboxFactory, module: str, bind: FunctionRecord | None, init_timeout: float
-) -> tuple[Sandbox, dict[str, Any]]:
-    """Create a sandbox and run its init phase; on any failure the sandbox is destroyed."""
-    memory = bind.config.memory_mb if bind is not None else None
+    factory: SandboxFactory,
+    module: str,
+    bind: FunctionRecord | None,
+    init_timeout: float,
+    initialization_type: str = "on-demand",
+) -> tuple[Sandbox, InitReply]:
+    """Create a sandbox and run its init phase; on any failure the sandbox is destroyed.
+
+    A sandbox for a function is created with its :class:`~fnrt.sandbox.Resources`
+    (memory, environment), so its init phase runs under the function's configuration;
+    without ``bind`` (discovery) it gets a bare one. Raises
+    :class:`~fnrt.errors.ServiceError` when no sandbox can be had."""
+    resources = bind.resources(initialization_type) if bind is not None else Resources()
     try:
-        sandbox = await factory.create(SandboxSpec(module, memory))
+        sandbox = await factory.create(resources)
     except FnrtError:
         raise
     except (SandboxDied, SandboxTimeout, OSError) as exc:
         # The machinery failed, not the function: the template died or hung, fork failed.
         reason = exc.message if isinstance(exc, SandboxDied) else (str(exc) or type(exc).__name__)
         raise ServiceError(f"could not create a {factory.kind} sandbox for {module!r}: {reason}") from exc
-    header: dict[str, Any] = {"op": "init", "module": module}
-    if bind is not None:
-        header["bind"] = bind.bind_info(sandbox.id)
+    # Created with the function's Resources: the binding need not carry the environment again.
+    binding = attrs.evolve(bind.bind_info(sandbox.id), environment={}) if bind is not None else None
     try:
-        reply, _ = await sandbox.request(header, timeout=init_timeout)
+        reply = await sandbox.init(InitRequest(module, binding), timeout=init_timeout)
     except SandboxTimeout:
         raise InitError(
             "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds"
@@ -71,9 +79,9 @@ async def start_sandbox(
     except BaseException:
         sandbox.kill()
         raise
-    if not reply.get("ok"):
+    if not reply.ok:
         sandbox.kill()
-        raise init_error(reply.get("error", {}), reply.get("log", ""))
+        raise init_error(dict(reply.error or {}), reply.log)
     return sandbox, reply
 
 
@@ -105,7 +113,9 @@ class FunctionPool:
                 return env
         return None
 
-    async def cold_start(self, invoke_timeout: float | None = None) -> Environment:
+    async def cold_start(
+        self, invoke_timeout: float | None = None, initialization_type: str = "on-demand"
+    ) -> Environment:
         """A new environment, its init phase run (bounded by ``init_timeout``, Lambda's
         10 s). For an invocation (``invoke_timeout`` given), an init phase that runs out of
         time is retried once within the function's timeout, as Lambda does: "If all three
@@ -119,7 +129,7 @@ class FunctionPool:
         try:
             try:
                 sandbox, reply = await start_sandbox(
-                    self.factory, function.module, function, function.config.init_timeout
+                    self.factory, function.module, function, function.config.init_timeout, initialization_type
                 )
             except InitError as exc:
                 if exc.error_type != "Sandbox.Timedout" or invoke_timeout is None:
@@ -127,7 +137,7 @@ class FunctionPool:
                 started = self.clock.monotonic()
                 try:
                     sandbox, reply = await start_sandbox(
-                        self.factory, function.module, function, invoke_timeout
+                        self.factory, function.module, function, invoke_timeout, initialization_type
                     )
                 except InitError as again:
                     if again.error_type == "Sandbox.Timedout":
@@ -139,7 +149,7 @@ class FunctionPool:
         finally:
             self.starting -= 1
         self.cold_starts += 1
-        env = Environment(sandbox, self.clock.monotonic(), reply.get("init_ms"), reply.get("log", ""))
+        env = Environment(sandbox, self.clock.monotonic(), reply.init_ms, reply.log)
         env.budget_used = used
         self.active.add(env)
         return env
@@ -176,7 +186,7 @@ class FunctionPool:
                 tg.start_soon(self._provision_one)
 
     async def _provision_one(self) -> None:
-        env = await self.cold_start()
+        env = await self.cold_start(initialization_type="provisioned-concurrency")
         self.give_back(env)
 
     def drain(self) -> list[Environment]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import attrs
 from ._config import AsyncConfig, FunctionConfig
 from ._lambda import LATEST, parse_function_ref
 from .errors import FunctionNotFound
+from .sandbox import Binding, Resources, lambda_environment
 
 if TYPE_CHECKING:
     from ._concurrency import FunctionCounter, ScalingAllowance
@@ -52,33 +52,35 @@ class FunctionRecord:
     def handler(self) -> str:
         return f"{self.module}.{self.attr}"
 
-    def environment(self, log_stream: str) -> dict[str, str]:
-        """Lambda's reserved environment variables, then the function's own."""
-        env = {
-            "AWS_LAMBDA_FUNCTION_NAME": self.name,
-            "AWS_LAMBDA_FUNCTION_VERSION": LATEST,
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.config.memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_EXECUTION_ENV": "AWS_Lambda_python_fnrt",
-            "LAMBDA_TASK_ROOT": os.getcwd(),
-            "_HANDLER": self.handler,
-        }
-        env.update(self.config.environment)
-        return env
+    def environment(self, log_stream: str = "", initialization_type: str = "on-demand") -> dict[str, str]:
+        """Lambda's defined runtime environment variables, then the function's own."""
+        return lambda_environment(
+            function_name=self.name,
+            memory_mb=self.config.memory_mb,
+            region=self.region,
+            handler=self.handler,
+            log_stream=log_stream,
+            initialization_type=initialization_type,
+            user=self.config.environment,
+        )
 
-    def bind_info(self, sandbox_id: str) -> dict[str, Any]:
+    def resources(self, initialization_type: str = "on-demand") -> Resources:
+        """What each of this function's sandboxes is created with."""
+        return Resources(
+            memory_mb=self.config.memory_mb,
+            environment=self.environment(initialization_type=initialization_type),
+        )
+
+    def bind_info(self, sandbox_id: str) -> Binding:
         stream = f"{datetime.date.today():%Y/%m/%d}/[{LATEST}]{sandbox_id}"
-        return {
-            "attr": self.attr,
-            "function_name": self.name,
-            "arn": self.arn,
-            "memory_mb": self.config.memory_mb,
-            "log_stream": stream,
-            "environment": self.environment(stream),
-        }
+        return Binding(
+            attr=self.attr,
+            function_name=self.name,
+            arn=self.arn,
+            memory_mb=self.config.memory_mb,
+            log_stream=stream,
+            environment=self.environment(stream),
+        )
 
 
 @attrs.define(eq=False)

@@ -402,13 +402,9 @@ class Runtime:
         try:
             return [
                 self._record(
-                    item["name"],
-                    module,
-                    item["attr"],
-                    FunctionConfig.from_kwargs(item["config"]),
-                    item.get("extra", {}),
+                    item.name, module, item.attr, FunctionConfig.from_kwargs(item.config), item.extra
                 )
-                for item in reply.get("handlers", [])
+                for item in reply.handlers
             ]
         finally:
             await sandbox.close()

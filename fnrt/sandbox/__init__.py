@@ -1,30 +1,43 @@
-"""Execution environments behind one protocol, chosen by name."""
+"""Execution environments behind one protocol, chosen by name (see :data:`KINDS`)."""
 
 from __future__ import annotations
 
-from .._clock import Clock
-from ._base import Sandbox, SandboxDied, SandboxFactory, SandboxSpec, SandboxTimeout
-from ._inline import InlineFactory
-from ._subprocess import SubprocessFactory
-
-
-def make_factory(kind: str, clock: Clock) -> SandboxFactory:
-    if kind == "subprocess":
-        return SubprocessFactory(clock)
-    if kind == "inline":
-        return InlineFactory(clock)
-    if kind == "subinterpreter":
-        from ._subinterpreter import SubinterpreterFactory  # Python >= 3.13
-
-        return SubinterpreterFactory(clock)
-    raise ValueError(f"unknown sandbox kind {kind!r}")
-
+from ._protocol import (
+    DEFAULT_PASSTHROUGH,
+    ENFORCEMENTS,
+    KINDS,
+    Binding,
+    HandlerInfo,
+    InitReply,
+    InitRequest,
+    InvokeReply,
+    InvokeRequest,
+    Kind,
+    Resources,
+    Sandbox,
+    SandboxDied,
+    SandboxFactory,
+    SandboxTimeout,
+    lambda_environment,
+    make_factory,
+)
 
 __all__ = [
+    "DEFAULT_PASSTHROUGH",
+    "ENFORCEMENTS",
+    "KINDS",
+    "Binding",
+    "HandlerInfo",
+    "InitReply",
+    "InitRequest",
+    "InvokeReply",
+    "InvokeRequest",
+    "Kind",
+    "Resources",
     "Sandbox",
     "SandboxDied",
     "SandboxFactory",
-    "SandboxSpec",
     "SandboxTimeout",
+    "lambda_environment",
     "make_factory",
 ]

@@ -3,7 +3,12 @@
 Subprocess and subinterpreter sandboxes both run the same worker behind a Unix socketpair.
 A request is one ``transport.write`` and one future, with the timeout as a timer on the
 runtime's clock, so the warm path costs one round trip and no task creation. What differs
-between kinds (how a sandbox is destroyed, how its death is described) are two hooks.
+between kinds (how a sandbox is destroyed, how its death is described) are hooks.
+
+The channel trusts nothing it reads: bytes that are not a frame, a frame while no request
+is outstanding, or a reply naming another request (a handler that forked, or wrote to its
+socket) break the sandbox: it is destroyed and the request in flight fails with
+``Runtime.ExitError``, so no caller can ever receive another invocation's result.
 """
 
 from __future__ import annotations
@@ -12,11 +17,23 @@ import asyncio
 from typing import Any
 
 from .._clock import Clock
+from . import _protocol as _p
 from . import _wire
-from ._base import SandboxDied, SandboxTimeout, arm_deadline
+from ._protocol import (
+    InitReply,
+    InitRequest,
+    InvokeReply,
+    InvokeRequest,
+    SandboxDied,
+    SandboxTimeout,
+    arm_deadline,
+)
 
-_PREFIX = _wire.PREFIX
+_PREFIX_SIZE = _wire.PREFIX.size
+_parse_prefix = _wire.parse_prefix
 _decode_header = _wire.decode_header
+_frame = _wire.frame
+_NO_REPLY = object()
 
 
 class Channel(asyncio.Protocol):
@@ -26,25 +43,75 @@ class Channel(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        #: The request id the outstanding request expects in its reply (``None``: any).
+        self.expect: object = _NO_REPLY
         self.lost = False
+        #: Why the channel broke (a protocol violation), else ``None``.
+        self.broken: str | None = None
+        self.on_broken: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
+        if not buf:
+            # The usual case: one whole reply in one read, parsed without copying it around.
+            size = len(data)
+            if size >= _PREFIX_SIZE:
+                try:
+                    head_len, body_len = _parse_prefix(data)
+                except _wire.FrameError as exc:
+                    self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+                    return
+                end = _PREFIX_SIZE + head_len + body_len
+                if size == end:
+                    head_end = _PREFIX_SIZE + head_len
+                    self._frame(data[_PREFIX_SIZE:head_end], data[head_end:], data[3])
+                    return
         buf += data
-        while len(buf) >= 8:
-            head_len, body_len = _PREFIX.unpack_from(buf)
-            end = 8 + head_len + body_len
+        while len(buf) >= _PREFIX_SIZE and self.broken is None:
+            try:
+                head_len, body_len = _parse_prefix(buf)
+            except _wire.FrameError as exc:
+                self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+                return
+            end = _PREFIX_SIZE + head_len + body_len
             if len(buf) < end:
                 return
-            header = _decode_header(buf[8 : 8 + head_len])
-            body = bytes(buf[8 + head_len : end])
+            head_end = _PREFIX_SIZE + head_len
+            head, body, encoding = buf[_PREFIX_SIZE:head_end], bytes(buf[head_end:end]), buf[3]
             del buf[:end]
-            waiter, self.waiter = self.waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result((header, body))
+            self._frame(head, body, encoding)
+
+    def _frame(self, head: bytes | bytearray, body: bytes, encoding: int) -> None:
+        """One whole frame: hand it to the request waiting for it, or break."""
+        try:
+            header = _decode_header(head, encoding)
+        except _wire.FrameError as exc:
+            self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+            return
+        waiter, self.waiter = self.waiter, None
+        expect, self.expect = self.expect, _NO_REPLY
+        if waiter is None or waiter.done():
+            self._break("the runtime sent a reply while no request was outstanding")
+            return
+        if expect is not None and header.get(_p.K_ID) != expect:
+            self.waiter = waiter
+            self._break(
+                f"the runtime answered request {header.get(_p.K_ID)!r} while {expect!r} was outstanding"
+            )
+            return
+        waiter.set_result((header, body))
+
+    def _break(self, reason: str) -> None:
+        self.broken = reason
+        self.buffer.clear()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(SandboxDied(f"Runtime exited with error: {reason}"))
+        if self.on_broken is not None:
+            self.on_broken()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -63,25 +130,46 @@ class ChannelSandbox:
         self._channel = channel
         self._clock = clock
         self._dead = False
+        channel.on_broken = self.kill
 
     @property
     def alive(self) -> bool:
-        return not self._dead and not self._channel.lost
+        channel = self._channel
+        return not self._dead and not channel.lost and channel.broken is None
 
     @property
     def pid(self) -> int | None:
         return None
 
-    async def request(
-        self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None
+    async def init(self, request: InitRequest, timeout: float | None = None) -> InitReply:
+        header, _ = await self._request(_wire.dumps(request.to_wire()).encode(), b"", timeout, None)
+        return InitReply.from_wire(header)
+
+    async def invoke(self, request: InvokeRequest, timeout: float | None = None) -> InvokeReply:
+        rid = request.request_id
+        header, body = await self._request(request.header_bytes(), request.body, timeout, rid)
+        return InvokeReply(
+            rid,
+            bool(header.get(_p.K_OK)),
+            header.get(_p.K_DURATION, 0.0),
+            header.get(_p.K_MEMORY, 0),
+            header.get(_p.K_LOG, ""),
+            bool(header.get(_p.K_FATAL)),
+            header.get(_p.K_ERROR),
+            body,
+        )
+
+    async def _request(
+        self, head: bytes, body: bytes, timeout: float | None, expect: str | None
     ) -> tuple[dict[str, Any], bytes]:
         channel = self._channel
         if not self.alive or channel.transport is None:
             raise SandboxDied("Runtime exited without providing a reason")
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
+        channel.expect = expect
         timer = arm_deadline(fut, timeout, self._clock)
-        channel.transport.write(_wire.encode(header, body))
+        channel.transport.write(_frame(head, body))
         try:
             return await fut
         except (SandboxTimeout, SandboxDied):
@@ -89,6 +177,7 @@ class ChannelSandbox:
             raise
         except ConnectionResetError:
             self._dead = True
+            self._destroy()  # the process may be gone, not what it started
             raise SandboxDied(await self._exit_reason()) from None
         except BaseException:
             # Cancelled mid-request: the sandbox's state is unknown, so it cannot be reused.
@@ -103,11 +192,13 @@ class ChannelSandbox:
         if self._dead:
             return
         self._dead = True
-        waiter, self._channel.waiter = self._channel.waiter, None
+        channel = self._channel
+        waiter, channel.waiter = channel.waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(SandboxDied("Runtime exited with error: signal: killed"))
-        if self._channel.transport is not None:
-            self._channel.transport.abort()
+            reason = channel.broken or "signal: killed"
+            waiter.set_exception(SandboxDied(f"Runtime exited with error: {reason}"))
+        if channel.transport is not None:
+            channel.transport.abort()
         self._destroy()
 
     async def close(self) -> None:
@@ -126,7 +217,7 @@ class ChannelSandbox:
         raise NotImplementedError
 
     def _destroy(self) -> None:
-        """After ``kill``: make sure it is gone."""
+        """After ``kill``: make sure it is gone, with everything it started."""
 
     def _retired(self) -> None:
         """After ``close``."""

@@ -1,21 +1,34 @@
 """Inline sandboxes: the handler runs in a host thread. For debugging and unit tests.
 
-Not isolated: the module is imported into the host process (imported once, shared by every
-inline sandbox of that module), memory limits are not enforced, environment variables are
-not applied, and a timed-out handler cannot be killed: the caller gets the timeout at once
-and the thread is abandoned to finish on its own.
+Not isolated (``enforces`` is empty): the module is imported into the host process
+(imported once, shared by every inline sandbox of that module) and sees the host's whole
+environment, memory limits are not enforced, environment variables are not applied, and a
+timed-out handler cannot be killed: the caller gets the timeout at once and the thread is
+abandoned to finish on its own. Handlers run on the factory's own threads, so an abandoned
+one never starves the host's ``to_thread`` work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import itertools
 from typing import Any
 
 from .._clock import Clock
-from ._base import SandboxDied, SandboxSpec, SandboxTimeout, arm_deadline
-from ._worker import Worker
+from . import _protocol as _p
+from ._protocol import (
+    InitReply,
+    InitRequest,
+    InvokeReply,
+    InvokeRequest,
+    Resources,
+    SandboxDied,
+    SandboxTimeout,
+    arm_deadline,
+)
+from ._worker import Worker, dispatch
 
 
 class InlineSandbox:
@@ -23,40 +36,47 @@ class InlineSandbox:
     pid = None
     stopped = None  # documented: a timed-out inline handler's thread is abandoned
 
-    def __init__(self, sandbox_id: str, clock: Clock) -> None:
+    def __init__(self, sandbox_id: str, clock: Clock, executor: concurrent.futures.Executor) -> None:
         self.id = sandbox_id
         self._clock = clock
-        self._worker = Worker(process_wide=False, apply_environment=False)
+        self._executor = executor
+        self._worker = Worker(process_wide=False, apply_environment=False, enforce_memory=False)
         self._dead = False
 
     @property
     def alive(self) -> bool:
         return not self._dead
 
-    def _handle(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        op = header["op"]
-        if op == "invoke":
-            return self._worker.invoke(header, body)
-        if op == "init":
-            return self._worker.init({**header, "enforce_memory": False}), b""
-        if op == "bind":
-            return self._worker.bind({**header["bind"], "enforce_memory": False}), b""
-        raise ValueError(f"unknown op {op}")
+    async def init(self, request: InitRequest, timeout: float | None = None) -> InitReply:
+        header, _ = await self._request(request.to_wire(), b"", timeout)
+        return InitReply.from_wire(header)
 
-    async def request(
-        self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None
+    async def invoke(self, request: InvokeRequest, timeout: float | None = None) -> InvokeReply:
+        header, body = await self._request(request.to_wire(), request.body, timeout)
+        return InvokeReply.from_wire(header, body)
+
+    def _handle(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        answer = dispatch(self._worker, header, body)
+        return answer if answer is not None else ({_p.K_OK: True}, b"")
+
+    async def _request(
+        self, header: dict[str, Any], body: bytes, timeout: float | None
     ) -> tuple[dict[str, Any], bytes]:
         if self._dead:
             raise SandboxDied("Runtime exited without providing a reason")
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(None, functools.partial(self._handle, header, body))
+        work = loop.run_in_executor(self._executor, functools.partial(self._handle, header, body))
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = loop.create_future()
 
         def finished(done: asyncio.Future[tuple[dict[str, Any], bytes]]) -> None:
             if fut.done():
                 return
-            if done.exception() is not None:
-                fut.set_exception(done.exception())  # type: ignore[arg-type]
+            if done.cancelled():
+                fut.cancel()
+            elif (exc := done.exception()) is not None:
+                if not isinstance(exc, Exception):  # SystemExit from the handler: this sandbox ends
+                    exc = SandboxDied(f"Runtime exited with error: {type(exc).__name__}: {exc}")
+                fut.set_exception(exc)
             else:
                 fut.set_result(done.result())
 
@@ -67,10 +87,13 @@ class InlineSandbox:
         except SandboxTimeout:
             self._dead = True
             raise
+        except BaseException:
+            self._dead = True
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-        if reply[0].get("fatal"):
+        if reply[0].get(_p.K_FATAL):
             self._dead = True
         return reply
 
@@ -84,14 +107,15 @@ class InlineSandbox:
 
 class InlineFactory:
     kind = "inline"
-    enforces_memory = False
+    enforces: frozenset[str] = frozenset()
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, max_workers: int = 64, **_options: Any) -> None:
         self._clock = clock
         self._ids = itertools.count(1)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fnrt-inline")
 
-    async def create(self, spec: SandboxSpec) -> InlineSandbox:
-        return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock)
+    async def create(self, resources: Resources | None = None) -> InlineSandbox:
+        return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor)
 
     async def aclose(self) -> None:
-        return None
+        self._executor.shutdown(wait=False)

@@ -18,10 +18,11 @@ What differs from a subprocess, and what fnrt does about it:
   runtime keeps the function's concurrency slot counted, because the handler still uses
   a core. At runtime close, fnrt waits a few seconds for quarantined handlers, then leaves
   their (daemon) threads behind; the process can still exit.
-- **No memory limit** (``enforces_memory = False``): interpreters share the process heap.
+- **No memory limit** (``"memory"`` is not in ``enforces``): interpreters share the process heap.
   ``Max Memory Used`` reports the host process's peak.
-- **No per-sandbox environment variables**: ``os.environ`` is process-wide, so a
-  function's ``environment`` is not applied; read configuration another way.
+- **No per-sandbox environment variables, no private TMPDIR, same user**: ``os.environ``
+  is process-wide and shared with the host (its secrets included), so a function's
+  ``environment`` is not applied; read configuration another way. Not for untrusted code.
 - ``os.fork()`` and ``os.exec*()`` raise ``RuntimeError`` in an isolated interpreter
   (``subprocess`` itself works on 3.13); ``os._exit()`` ends the whole host process.
 """
@@ -39,8 +40,8 @@ from typing import Any
 
 from .._clock import Clock
 from . import _wire
-from ._base import SandboxSpec
 from ._channel import Channel, ChannelSandbox
+from ._protocol import K_ERROR, K_FATAL, Resources
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -105,8 +106,7 @@ def _explain(error: dict[str, Any] | None) -> None:
     message = str(error.get("errorMessage", ""))
     if "does not support loading in subinterpreters" in message:
         error["errorMessage"] = (
-            f"{message}. A C extension this module imports cannot load in a subinterpreter; "
-            f"{SUBPROCESS_HINT}"
+            f"{message}. A C extension this module imports cannot load in a subinterpreter; {SUBPROCESS_HINT}"
         )
     elif "not supported for isolated subinterpreters" in message:
         error["errorMessage"] = (
@@ -118,39 +118,29 @@ def _explain(error: dict[str, Any] | None) -> None:
 def serve(fd: int) -> None:
     """The sandbox's main loop, run inside its interpreter: one frame in, one frame out.
 
-    Like the subprocess worker's loop, except that nothing here may end the process: a
-    fatal reply (out of memory) or a lost host ends only this loop, and ``SystemExit``
-    leaves the interpreter so the host thread can report it.
+    The subprocess worker's :func:`~fnrt.sandbox._worker.dispatch`, except that nothing
+    here may end the process: a fatal reply (out of memory) or a lost host ends only this
+    loop, and ``SystemExit`` leaves the interpreter so the host thread can report it.
     """
-    from ._worker import Worker
+    from ._worker import Worker, dispatch, encode_reply
 
     sock = socket.socket(fileno=os.dup(fd))
-    worker = Worker(process_wide=True, apply_environment=False)
+    worker = Worker(process_wide=True, apply_environment=False, enforce_memory=False)
     try:
+        read = _wire.FrameReader(sock).read
         while True:
-            frame = _wire.read_frame(sock)
+            frame = read()
             if frame is None:
                 return
-            header, body = frame
-            op = header["op"]
-            out = b""
-            if op == "invoke":
-                reply, out = worker.invoke(header, body)
-            elif op == "init":
-                header = {**header, "enforce_memory": False}
-                if header.get("bind"):
-                    header["bind"] = {**header["bind"], "enforce_memory": False}
-                reply = worker.init(header)
-            elif op == "bind":
-                reply = worker.bind({**header["bind"], "enforce_memory": False})
-            else:
-                message = f"unknown op {op}"
-                reply = {"ok": False, "error": {"errorType": "Runtime.Unknown", "errorMessage": message}}
-            _explain(reply.get("error"))
-            _wire.write_frame(sock, reply, out)
-            if reply.get("fatal"):
+            answer = dispatch(worker, *frame)
+            if answer is None:
                 return
-    except OSError:
+            reply, out = answer
+            _explain(reply.get(K_ERROR))
+            sock.sendall(encode_reply(frame[0], reply, out))
+            if reply.get(K_FATAL):
+                return
+    except (OSError, _wire.FrameError):
         return  # the host closed its end: quarantined, killed or retired
     finally:
         worker.close()
@@ -207,15 +197,15 @@ class SubinterpreterFactory:
     """
 
     kind = "subinterpreter"
-    enforces_memory = False
+    enforces: frozenset[str] = frozenset()
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, **_options: Any) -> None:
         self._clock = clock
         self._ids = itertools.count(1)
         self._sandboxes: set[SubinterpreterSandbox] = set()
         self._spare: SubinterpreterSandbox | None = None
 
-    async def create(self, spec: SandboxSpec) -> SubinterpreterSandbox:
+    async def create(self, resources: Resources | None = None) -> SubinterpreterSandbox:
         sandbox, self._spare = self._spare, None
         if sandbox is None or not sandbox.alive:
             sandbox = await self._boot()

@@ -2,6 +2,19 @@
 
 The host side of each sandbox is a :class:`~fnrt.sandbox._channel.ChannelSandbox` on a
 Unix socketpair: one frame out, one frame back.
+
+Isolation this kind gives: its own process, session and process group (destroying a
+sandbox kills the group, so what a handler started dies with it); an environment built
+from :class:`~fnrt.sandbox.Resources` alone (the host's variables, its credentials among
+them, are not inherited; ``TZ=:UTC`` applies); a private ``TMPDIR`` removed with the
+sandbox; ``memory_mb`` as RLIMIT_DATA and RLIMIT_AS; optionally another user id
+(``run_as_user``, host running as root). What it does not give: a private file system,
+network or PID namespace (it sees the host's files with the user's rights: run it as
+another user, or in a container, for code you do not trust); a handler's child that
+starts its own session escapes the group kill.
+
+Every spawn is bounded (``spawn_timeout``): a template that is dead, stopped or wedged is
+killed and replaced, and the caller gets :class:`~fnrt.errors.ServiceError` saying so.
 """
 
 from __future__ import annotations
@@ -10,14 +23,24 @@ import asyncio
 import itertools
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from .._clock import Clock
-from ._base import SandboxDied, SandboxSpec
+from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
+from ._protocol import Resources, sandbox_environment
+
+#: Seconds a spawn may take before the template counts as wedged (and is replaced).
+DEFAULT_SPAWN_TIMEOUT = 5.0
+#: Seconds a new template may take to start (it imports the worker).
+DEFAULT_START_TIMEOUT = 20.0
+_KEEP_EXIT_STATUS = 10.0  # seconds an exit status waits for someone to ask for it
 
 
 def describe_exit(status: int | None) -> str:
@@ -33,6 +56,14 @@ def describe_exit(status: int | None) -> str:
     return f"Runtime exited with error: exit status {code}"
 
 
+class TemplateGone(Exception):
+    """The template process exited or stopped answering (private to this module)."""
+
+
+def _import_path() -> str:
+    return os.pathsep.join(p or os.getcwd() for p in sys.path)
+
+
 class TemplateProcess:
     """The host's handle on the template process: spawn, kill, and exit notifications."""
 
@@ -42,17 +73,26 @@ class TemplateProcess:
         self._ids = itertools.count(1)
         self._spawning: dict[int, asyncio.Future[int]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
+        self._on_exit: dict[int, Any] = {}
+        self._reaped: set[int] = set()
         self._ready: asyncio.Future[int] | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
+        self.closed = False
 
-    async def start(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
-        env = dict(os.environ)
-        # The template (and so every sandbox) imports modules the way the host does.
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        # The template holds none of the host's secrets: only what sandboxes pass through.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHOME")
+        }
+        env["PYTHONPATH"] = _import_path()  # it imports modules the way the host does
         self._ready = loop.create_future()
         self._ctrl = parent
         loop.add_reader(parent.fileno(), self._on_readable)
@@ -66,11 +106,15 @@ class TemplateProcess:
                 start_new_session=True,
                 env=env,
             )
+        except BaseException:
+            await self.aclose()
+            raise
         finally:
             child.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), 60)
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except BaseException:
+            self.kill_template()
             await self.aclose()
             raise
 
@@ -93,9 +137,16 @@ class TemplateProcess:
                 if fut is not None and not fut.done():
                     fut.set_result(message["pid"])
             elif op == "exit":
-                fut = self._exit_future(message["pid"])
+                pid = message["pid"]
+                self._reaped.add(pid)
+                asyncio.get_running_loop().call_later(_KEEP_EXIT_STATUS, self._reaped.discard, pid)
+                fut = self._exit_future(pid)
                 if not fut.done():
                     fut.set_result(message["status"])
+                asyncio.get_running_loop().call_later(_KEEP_EXIT_STATUS, self._exits.pop, pid, None)
+                callback = self._on_exit.pop(pid, None)
+                if callback is not None:
+                    callback()
             elif op == "ready" and self._ready is not None and not self._ready.done():
                 self._ready.set_result(message["pid"])
 
@@ -105,12 +156,16 @@ class TemplateProcess:
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
             except (RuntimeError, ValueError):
                 pass
-        lost = SandboxDied("the template process exited")
+        lost = TemplateGone("the template process exited")
         for fut in [*self._spawning.values(), *([self._ready] if self._ready else [])]:
             if not fut.done():
                 fut.set_exception(lost)
         self._spawning.clear()
-        self._closed = True
+        self.closed = True
+        # Its sandboxes die with it (their parent-death signal): nobody will report them.
+        for callback in self._on_exit.values():
+            callback()
+        self._on_exit.clear()
 
     def _exit_future(self, pid: int) -> asyncio.Future[int]:
         fut = self._exits.get(pid)
@@ -119,8 +174,8 @@ class TemplateProcess:
         return fut
 
     async def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
-        if self._closed or self._ctrl is None:
-            raise SandboxDied("the template process is not running")
+        if self.closed or self._ctrl is None:
+            raise TemplateGone("the template process is not running")
         data = json.dumps(message).encode()
         loop = asyncio.get_running_loop()
         while True:
@@ -134,15 +189,17 @@ class TemplateProcess:
                     await writable
                 finally:
                     loop.remove_writer(self._ctrl.fileno())
+            except OSError as exc:
+                raise TemplateGone(f"the template process is not running ({exc})") from None
 
-    async def spawn(self) -> tuple[int, socket.socket]:
+    async def spawn(self, setup: dict[str, Any], on_exit: Any = None) -> tuple[int, socket.socket]:
         """Fork a sandbox; returns its pid and the host's end of its socket."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spawn_id = next(self._ids)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawning[spawn_id] = fut
         try:
-            await self._send({"op": "spawn", "id": spawn_id}, [theirs.fileno()])
+            await self._send({"op": "spawn", "id": spawn_id, "setup": setup}, [theirs.fileno()])
         except BaseException:
             self._spawning.pop(spawn_id, None)
             ours.close()
@@ -152,34 +209,50 @@ class TemplateProcess:
         try:
             pid = await fut
         except BaseException:
+            self._spawning.pop(spawn_id, None)
             ours.close()
             raise
         self._exit_future(pid)
+        if on_exit is not None:
+            self._on_exit[pid] = on_exit
         return pid, ours
 
     def kill(self, pid: int) -> None:
-        if self._closed or self._ctrl is None:
-            return
+        """Kill the sandbox ``pid`` and its whole process group."""
+        if self.closed or self._ctrl is None:
+            return  # its sandboxes die with the template (their parent-death signal)
         try:
             socket.send_fds(self._ctrl, [json.dumps({"op": "kill", "pid": pid}).encode()], [])
+            return
         except OSError:
             pass
+        # The template is not reading (stopped, wedged): signal the group from here. The pid
+        # cannot have been reused: the (live) template has not reaped it.
+        if pid not in self._reaped:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     async def exit_status(self, pid: int, timeout: float = 2.0) -> int | None:
         fut = self._exit_future(pid)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except (TimeoutError, SandboxDied):
+        except (TimeoutError, TemplateGone):
             return None
-        finally:
-            if fut.done():
-                self._exits.pop(pid, None)
 
-    def forget(self, pid: int) -> None:
-        self._exits.pop(pid, None)
+    def kill_template(self) -> None:
+        """SIGKILL the template (wedged or stopped); its sandboxes die with it."""
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
 
     async def aclose(self) -> None:
         """Stop the template; it kills and reaps every sandbox before exiting."""
+        was_open, self.closed = not self.closed, True
         if self._ctrl is not None:
             try:
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
@@ -187,7 +260,6 @@ class TemplateProcess:
                 pass
             self._ctrl.close()
             self._ctrl = None
-        self._closed = True
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
@@ -195,6 +267,8 @@ class TemplateProcess:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        if was_open:  # after the template exited: its sandboxes are gone, their files may go
+            self._on_lost()
 
 
 class SubprocessSandbox(ChannelSandbox):
@@ -217,49 +291,148 @@ class SubprocessSandbox(ChannelSandbox):
 
     def _destroy(self) -> None:
         self._template.kill(self._pid)
-        self._template.forget(self._pid)
 
-    def _retired(self) -> None:
-        self._template.forget(self._pid)
+
+def _resolve_user(user: str | int) -> tuple[int, int]:
+    try:
+        entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        raise InvalidConfig(f"run_as_user {user!r} is not a user on this host") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class SubprocessFactory:
     """Creates subprocess sandboxes through one lazily started template process."""
 
     kind = "subprocess"
-    enforces_memory = True
+    enforces = frozenset({"memory", "timeout-kill", "process-isolation", "env-isolation", "run-as-user"})
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
         self._clock = clock
+        self.spawn_timeout = spawn_timeout
+        self.start_timeout = start_timeout
         self._template: TemplateProcess | None = None
         self._starting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
+        self._tmp_dirs: set[str] = set()
+        self._removals: set[asyncio.Future[None]] = set()
+
+    @property
+    def template_pid(self) -> int | None:
+        """The template process's pid (``None`` before the first sandbox)."""
+        return self._template.pid if self._template is not None and not self._template.closed else None
 
     async def _ensure_template(self) -> TemplateProcess:
-        if self._template is not None and not self._template._closed:
+        if self._template is not None and not self._template.closed:
             return self._template
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self._template is None or self._template._closed:
+            if self._template is None or self._template.closed:
                 template = TemplateProcess()
-                await template.start()
+                try:
+                    await template.start(self.start_timeout)
+                except TimeoutError:
+                    raise ServiceError(
+                        f"could not start a sandbox: the template process did not start within "
+                        f"{self.start_timeout:.1f} s"
+                    ) from None
+                except (OSError, TemplateGone) as exc:
+                    raise ServiceError(
+                        f"could not start a sandbox: the template process failed ({exc})"
+                    ) from None
                 self._template = template
         return self._template
 
-    async def create(self, spec: SandboxSpec) -> SubprocessSandbox:
-        template = await self._ensure_template()
-        pid, sock = await template.spawn()
+    def _setup(self, resources: Resources, tmp: str) -> dict[str, Any]:
+        setup: dict[str, Any] = {
+            "env": sandbox_environment(resources, os.environ, _import_path()),
+            "tmp": tmp,
+            "memory_mb": resources.memory_mb,
+            "log_bytes": resources.log_capture_bytes,
+        }
+        if resources.run_as_user is not None:
+            uid, gid = _resolve_user(resources.run_as_user)
+            if uid != os.geteuid():
+                if os.geteuid() != 0:
+                    raise InvalidConfig(
+                        f"run_as_user={resources.run_as_user!r} needs the host to run as root"
+                    )
+                os.chown(tmp, uid, gid)
+                setup["uid"], setup["gid"] = uid, gid
+        return setup
+
+    async def create(self, resources: Resources | None = None) -> SubprocessSandbox:
+        """Fork a sandbox. Raises :class:`ServiceError` when no sandbox can be had within
+        ``spawn_timeout`` (plus a template start, when one is needed)."""
+        resources = resources or Resources()
+        try:
+            tmp = tempfile.mkdtemp(prefix="fnrt-sandbox-", dir=resources.tmp_dir)
+        except OSError as exc:
+            raise ServiceError(f"could not start a sandbox: no temporary directory ({exc})") from None
+        self._tmp_dirs.add(tmp)
+        try:
+            setup = self._setup(resources, tmp)
+            template, pid, sock = await self._spawn(setup, tmp)
+        except BaseException:
+            self._tmp_dirs.discard(tmp)
+            _remove_tree(tmp)
+            raise
         loop = asyncio.get_running_loop()
         try:
             _, channel = await loop.create_unix_connection(Channel, sock=sock)
-        except BaseException:
+        except BaseException as exc:
             template.kill(pid)
             sock.close()
+            if isinstance(exc, OSError):
+                raise ServiceError(f"could not start a sandbox: {exc}") from None
             raise
         return SubprocessSandbox(f"{pid:x}{next(self._ids):04x}", pid, channel, template, self._clock)
+
+    async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
+        loop = asyncio.get_running_loop()
+
+        def removed() -> None:
+            if tmp in self._tmp_dirs:
+                self._tmp_dirs.discard(tmp)
+                removal = loop.run_in_executor(None, _remove_tree, tmp)
+                self._removals.add(removal)
+                removal.add_done_callback(self._removals.discard)
+
+        for attempt in (1, 2):  # a template found dead is replaced once
+            template = await self._ensure_template()
+            try:
+                pid, sock = await asyncio.wait_for(template.spawn(setup, removed), self.spawn_timeout)
+                return template, pid, sock
+            except TimeoutError:
+                template.kill_template()
+                await template.aclose()
+                raise ServiceError(
+                    f"could not start a sandbox: the template process did not answer within "
+                    f"{self.spawn_timeout:.1f} s (it is stopped or wedged; it has been replaced)"
+                ) from None
+            except TemplateGone as exc:
+                await template.aclose()
+                if attempt == 2:
+                    raise ServiceError(f"could not start a sandbox: {exc}") from None
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         if self._template is not None:
             await self._template.aclose()
             self._template = None
+        dirs, self._tmp_dirs = list(self._tmp_dirs), set()
+        for path in dirs:
+            await asyncio.to_thread(_remove_tree, path)
+        if self._removals:  # sandboxes that ended just before: their directories go too
+            await asyncio.gather(*self._removals)

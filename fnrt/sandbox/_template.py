@@ -1,16 +1,24 @@
 """The template process: imports the sandbox worker once, then forks sandboxes on request.
 
 Forking the host is unsafe once it has threads (aiosqlite runs one), so the host starts
-this small single-threaded process and asks it over a ``SOCK_SEQPACKET`` control socket:
+this small single-threaded process and asks it over a ``SOCK_SEQPACKET`` control socket
+(JSON messages):
 
-    host -> template   {"op": "spawn", "id": n}  + the sandbox's socket (SCM_RIGHTS)
+    host -> template   {"op": "spawn", "id": n, "setup": {...}}  + the sandbox's socket (SCM_RIGHTS)
     template -> host   {"op": "spawned", "id": n, "pid": pid}
     host -> template   {"op": "kill", "pid": pid}
     template -> host   {"op": "exit", "pid": pid, "status": wait_status}
 
-The template reaps its children and reports how each one ended, so the host can tell the
-caller "Runtime exited with error: signal: segmentation fault". When the host goes away
-(the control socket closes, or the host dies), the template kills every sandbox and exits.
+``setup`` says how the child is prepared before it serves: its environment (it starts from
+that alone), its private ``TMPDIR``, its memory limit, the uid/gid it runs as.
+
+Each sandbox leads its own session and process group, and "kill" kills the whole group, so
+processes a handler started die with its sandbox. The template reaps its children, kills
+what is left of a reaped child's group, and reports how each one ended, so the host can
+tell the caller "Runtime exited with error: signal: segmentation fault". When the host goes
+away (the control socket closes, or the host dies: the template gets SIGTERM as its
+parent-death signal), the template kills every sandbox's group and exits. A sandbox whose
+template dies gets SIGTERM too and kills its own group.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ import json
 import logging  # noqa: F401
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+import time
 import traceback
+from typing import Any
 
 from fnrt import _context  # noqa: F401
 from fnrt.sandbox import _worker
@@ -34,14 +46,28 @@ from fnrt.sandbox import _worker
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent exits (no orphans)."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits (no orphans)."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):
+        pass
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (or, before it has one, the process)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
         pass
 
 
@@ -52,13 +78,46 @@ def _send(ctrl: socket.socket, message: dict[str, object]) -> None:
         pass  # the host is gone; we exit on the next read
 
 
-def _run_child(sock: socket.socket, parent: int) -> None:
-    die_with_parent()
-    if os.getppid() != parent:  # the template died between fork and prctl
-        os._exit(1)
+def _kill_own_group(*_: object) -> None:
+    os.killpg(0, signal.SIGKILL)
+
+
+def _prepare_child(setup: dict[str, Any]) -> _worker.Worker:
+    """Turn the freshly forked child into a sandbox: own group, clean environment, limits."""
+    os.setsid()
+    os.dup2(2, 1)  # nothing a sandbox writes at the fd level reaches the host's stdout
+    env = setup.get("env")
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    tmp = setup.get("tmp")
+    if tmp:
+        os.environ["TMPDIR"] = tmp
+        tempfile.tempdir = tmp
+    if env is not None and hasattr(time, "tzset"):
+        time.tzset()
+    worker = _worker.Worker(process_wide=True, log_capture_bytes=int(setup.get("log_bytes") or 0) or 65536)
+    uid, gid = setup.get("uid"), setup.get("gid")
+    if gid is not None:
+        os.setgroups([])
+        os.setgid(int(gid))
+    if uid is not None:
+        os.setuid(int(uid))
+    worker.limit_memory(setup.get("memory_mb"))
+    return worker
+
+
+def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any]) -> None:
     code = 0
     try:
-        _worker.serve(sock)
+        worker = _prepare_child(setup)
+        # After setuid (a change of credentials clears the parent-death signal): when the
+        # template dies, this sandbox kills its whole group.
+        signal.signal(signal.SIGTERM, _kill_own_group)
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent:  # the template died before prctl
+            _kill_own_group()
+        _worker.serve(sock, worker)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -69,11 +128,23 @@ def _run_child(sock: socket.socket, parent: int) -> None:
             sys.__stdout__.flush()  # type: ignore[union-attr]
         except (OSError, ValueError, AttributeError):
             pass
+    # Whatever the handler started ends with the sandbox, however the sandbox ends (the
+    # host closed the socket or went away). SIGTERM, so this process keeps its exit code;
+    # the template SIGKILLs the group when it reaps this process.
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+    except OSError:
+        pass
     os._exit(code)
 
 
 def main(ctrl_fd: int) -> None:
-    die_with_parent()
+    # The parent-death signal only sets a flag (and wakes the loop through the wakeup fd):
+    # nothing may interrupt the cleanup below, which the host's death also starts (EOF).
+    host_gone: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: host_gone.append(signum))
+    die_with_parent(signal.SIGTERM)
     ctrl = socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -82,6 +153,7 @@ def main(ctrl_fd: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: set[int] = set()
+    tmp_dirs: dict[int, str] = {}  # the host removes them, unless it is gone
     me = os.getpid()
     _send(ctrl, {"op": "ready", "pid": me})
 
@@ -94,10 +166,12 @@ def main(ctrl_fd: int) -> None:
             if pid == 0:
                 return
             children.discard(pid)
+            tmp_dirs.pop(pid, None)
+            kill_group(pid)  # what the sandbox started dies with it
             _send(ctrl, {"op": "exit", "pid": pid, "status": status})
 
     running = True
-    while running:
+    while running and not host_gone:
         try:
             readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
         except InterruptedError:
@@ -112,7 +186,7 @@ def main(ctrl_fd: int) -> None:
         if ctrl.fileno() not in readable:
             continue
         try:
-            data, fds, _flags, _addr = socket.recv_fds(ctrl, 65536, 4)
+            data, fds, _flags, _addr = socket.recv_fds(ctrl, 1 << 20, 4)
         except OSError:
             break
         if not data:
@@ -125,35 +199,35 @@ def main(ctrl_fd: int) -> None:
             if pid == 0:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 ctrl.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _run_child(sock, me)
+                _run_child(sock, me, message.get("setup") or {})
             sock.close()
             children.add(pid)
+            tmp = (message.get("setup") or {}).get("tmp")
+            if tmp:
+                tmp_dirs[pid] = tmp
             _send(ctrl, {"op": "spawned", "id": message["id"], "pid": pid})
         elif op == "kill":
             pid = int(message["pid"])
             if pid in children:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError as exc:
-                    if exc.errno != errno.ESRCH:
-                        raise
+                kill_group(pid)
         elif op == "stop":
             running = False
         for fd in fds[1:] if op == "spawn" else fds:
             os.close(fd)
     for pid in list(children):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+        kill_group(pid)
     for pid in list(children):
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+    for tmp in tmp_dirs.values():
+        shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)
 
 

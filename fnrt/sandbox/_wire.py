@@ -1,48 +1,247 @@
-"""Frames between the host and a sandbox: ``!II`` lengths, a header, a raw body.
+"""Frames between the host and a sandbox. Portable: any language can speak it.
 
-The header is a small dict in ``marshal`` format: both ends are the same interpreter (the
-template is started with the host's ``sys.executable``) and trust each other, and marshal
-costs a fifth of JSON on the hot path. The body is the event or result as JSON bytes,
-passed through untouched so a 6 MB payload is never escaped inside another document.
+One frame, all integers big-endian::
+
+    offset  size  field
+    0       2     magic  b"FN"
+    2       1     version (1)
+    3       1     header encoding: 1 = UTF-8 JSON object, 2 = invoke reply (below)
+    4       4     header length H (unsigned)
+    8       4     body length B (unsigned)
+    12      H     header
+    12+H    B     body: raw bytes (the event or the result, JSON), passed through untouched
+
+Every request, and every reply but one, has a JSON header (op names and keys:
+``_protocol``). The reply to ``invoke``, the one on the warm path, may instead use the
+fixed layout of encoding 2 (a sandbox may always answer with JSON instead)::
+
+    offset  size  field
+    0       1     ok (0/1)
+    1       1     fatal (0/1)
+    2       8     duration_ms (IEEE 754 double)
+    10      4     max_memory_mb (unsigned)
+    14      2     length I of the request id
+    16      4     length L of the log
+    20      4     length E of the error
+    24      I     the request id this answers (UTF-8)
+    24+I    L     the captured log (UTF-8)
+    24+I+L  E     the error, a JSON object in Lambda's shape, or nothing
+
+The body is never embedded in the header, so a 6 MB payload is not escaped inside another
+document. The magic and the limits below let a reader tell a frame from stray bytes at
+once (a handler writing to its socket): the host destroys a sandbox that sends anything
+else. JSON and fixed layouts, not ``marshal``: host and sandbox need not be the same
+interpreter build, so a remote or foreign-language sandbox can answer.
 """
 
 from __future__ import annotations
 
-import marshal
+import json
 import socket
 import struct
+from json import encoder as _json_encoder
+from json import scanner as _json_scanner
 from typing import Any
 
-PREFIX = struct.Struct("!II")
-_dumps = marshal.dumps
-decode_header = marshal.loads
+from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK
+
+MAGIC = b"FN"
+VERSION = 1
+JSON_HEADER = 1
+INVOKE_REPLY = 2
+_REPLY = struct.Struct("!BBdIHII")
+PREFIX = struct.Struct("!2sBBII")
+_HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
+_HEAD_REPLY = PREFIX.pack(MAGIC, VERSION, INVOKE_REPLY, 0, 0)[:4]
+MAX_HEADER = 64 * 1024 * 1024  # a header carries at most a capped log and an error
+MAX_BODY = 1024 * 1024 * 1024
+
+_pack_lengths = struct.Struct("!II").pack
+
+
+def _not_serializable(value: object) -> None:
+    raise TypeError(f"a frame header cannot carry {type(value).__name__}")
+
+
+# Headers are small and built by fnrt: the C encoder and scanner called directly (no
+# circular-reference markers, no whitespace handling) cost half of ``json.dumps/loads``.
+_c_encoder = getattr(_json_encoder, "c_make_encoder", None)
+_c_scanner = getattr(_json_scanner, "c_make_scanner", None)
+_full_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_full_loads = json.JSONDecoder().decode
+_c_escape = getattr(_json_encoder, "c_encode_basestring_ascii", None)
+_iterencode = (
+    _c_encoder(None, _not_serializable, _c_escape, None, ":", ",", False, False, True)
+    if _c_encoder is not None and _c_escape is not None
+    else None
+)
+
+
+def dumps(header: dict[str, Any]) -> str:
+    if _iterencode is not None:
+        return "".join(_iterencode(header, 0))
+    return _full_dumps(header)  # an interpreter without the C accelerator
+
+
+_scan_once = _c_scanner(json.JSONDecoder()) if _c_scanner is not None else None
+
+
+def loads(text: str) -> Any:
+    if _scan_once is not None:
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:
+            pass
+        else:
+            if end == len(text):
+                return value
+    return _full_loads(text)  # whitespace, or an error with its position
+
+
+class FrameError(ValueError):
+    """Bytes that are not a frame of this protocol."""
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = _dumps(header)
-    return PREFIX.pack(len(head), len(body)) + head + body
+    return frame(dumps(header).encode(), body)
+
+
+def frame(head: bytes, body: bytes = b"") -> bytes:
+    """A frame from an already encoded header (a UTF-8 JSON object)."""
+    return b"".join((_HEAD, _pack_lengths(len(head), len(body)), head, body))
+
+
+def parse_prefix(buf: bytes | bytearray) -> tuple[int, int]:
+    """The header and body lengths of the frame at the start of ``buf`` (12 bytes)."""
+    magic, version, encoding, head_len, body_len = PREFIX.unpack_from(buf)
+    if magic != MAGIC or version != VERSION or encoding not in (JSON_HEADER, INVOKE_REPLY):
+        raise FrameError(f"not a frame: prefix {bytes(buf[:4])!r}")
+    if head_len > MAX_HEADER or body_len > MAX_BODY:
+        raise FrameError(f"frame too large: header {head_len} bytes, body {body_len} bytes")
+    return head_len, body_len
+
+
+def decode_header(data: bytes | bytearray | memoryview, encoding: int = JSON_HEADER) -> dict[str, Any]:
+    if encoding == INVOKE_REPLY:
+        return _decode_invoke_reply(data)
+    try:
+        header = loads(str(data, "utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FrameError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError("frame header is not a JSON object")
+    return header
+
+
+def encode_invoke_reply(reply: dict[str, Any], body: bytes) -> bytes:
+    """An invoke reply (the keys of ``_protocol``) in the fixed layout of encoding 2."""
+    rid = str(reply[K_ID]).encode("utf-8", "replace")
+    log = str(reply.get(K_LOG) or "").encode("utf-8", "replace")
+    error = reply.get(K_ERROR)
+    err = dumps(error).encode() if error else b""
+    head = b"".join(
+        (
+            _REPLY.pack(
+                bool(reply.get(K_OK)),
+                bool(reply.get(K_FATAL)),
+                float(reply.get(K_DURATION) or 0.0),
+                int(reply.get(K_MEMORY) or 0),
+                len(rid),
+                len(log),
+                len(err),
+            ),
+            rid,
+            log,
+            err,
+        )
+    )
+    return b"".join((_HEAD_REPLY, _pack_lengths(len(head), len(body)), head, body))
+
+
+def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    try:
+        ok, fatal, duration, memory, id_len, log_len, err_len = _REPLY.unpack_from(data)
+    except struct.error:
+        raise FrameError("invoke reply header too short") from None
+    start = _REPLY.size
+    if start + id_len + log_len + err_len != len(data):
+        raise FrameError("invoke reply header lengths do not add up")
+    log_at = start + id_len
+    err_at = log_at + log_len
+    try:
+        header: dict[str, Any] = {
+            K_OK: bool(ok),
+            K_ID: str(data[start:log_at], "utf-8"),
+            K_DURATION: duration,
+            K_MEMORY: memory,
+            K_LOG: str(data[log_at:err_at], "utf-8"),
+        }
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"invoke reply is not UTF-8: {exc}") from None
+    if fatal:
+        header[K_FATAL] = True
+    if err_len:
+        error = decode_header(data[err_at:])
+        header[K_ERROR] = error
+    return header
+
+
+class FrameReader:
+    """Blocking reads of whole frames from a socket (the sandbox side), buffered: a request
+    usually arrives in one ``recv``, not one for the prefix and one for the rest."""
+
+    __slots__ = ("_buf", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def _fill(self, n: int) -> bool:
+        buf = self._buf
+        while len(buf) < n:
+            chunk = self._sock.recv(max(n - len(buf), 65536))
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    def read(self) -> tuple[dict[str, Any], bytes] | None:
+        """The next frame; ``None`` at end of stream. Raises :class:`FrameError` on bytes
+        that are not a frame."""
+        size = PREFIX.size
+        if not self._fill(size):
+            return None
+        head_len, body_len = parse_prefix(self._buf)
+        end = size + head_len + body_len
+        if not self._fill(end):
+            return None
+        buf = self._buf
+        header = decode_header(buf[size : size + head_len], buf[3])
+        body = bytes(buf[size + head_len : end])
+        del buf[:end]
+        return header, body
+
+
+def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
+    """Blocking read of one frame, unbuffered; ``None`` at end of stream."""
+    prefix = _recv_exactly(sock, PREFIX.size)
+    if prefix is None:
+        return None
+    head_len, body_len = parse_prefix(prefix)
+    data = _recv_exactly(sock, head_len + body_len)
+    if data is None:
+        return None
+    return decode_header(data[:head_len], prefix[3]), data[head_len:]
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     chunks = bytearray()
     while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
+        chunk = sock.recv(min(n - len(chunks), 1 << 20))
         if not chunk:
             return None
         chunks += chunk
     return bytes(chunks)
-
-
-def read_frame(sock: socket.socket) -> tuple[dict[str, Any], bytes] | None:
-    """Blocking read of one frame (the sandbox side); ``None`` at end of stream."""
-    prefix = _recv_exactly(sock, PREFIX.size)
-    if prefix is None:
-        return None
-    head_len, body_len = PREFIX.unpack(prefix)
-    data = _recv_exactly(sock, head_len + body_len)
-    if data is None:
-        return None
-    return decode_header(data[:head_len]), data[head_len:]
 
 
 def write_frame(sock: socket.socket, header: dict[str, Any], body: bytes = b"") -> None:

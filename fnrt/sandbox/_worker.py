@@ -1,13 +1,16 @@
 """What runs inside a sandbox: the init phase, the invoke loop, log capture.
 
-The same :class:`Worker` serves every sandbox kind. In a subprocess it owns the process
-(``serve``); the inline kind calls it from a host thread. It imports nothing of the host
-runtime, so a forked sandbox starts small.
+The same :class:`Worker` and the same :func:`dispatch` serve every sandbox kind: the
+subprocess and subinterpreter loops read a frame, ``dispatch`` it and write the reply; the
+inline kind calls ``dispatch`` from a host thread. It imports nothing of the host runtime,
+so a forked sandbox starts small. The sandbox must never die of a caller's input: every
+failure of a request becomes a reply in Lambda's error shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import inspect
 import io
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._context import ClientContext, CognitoIdentity, Context
+from . import _protocol as _p
 from . import _wire
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -30,15 +34,63 @@ _decode = json.JSONDecoder().decode
 _local = threading.local()
 
 
-class _Router(io.TextIOBase):
-    """Stands in for ``sys.stdout``/``sys.stderr``: writes go to the invocation's buffer.
+class Capture:
+    """One invocation's captured output: the last ``limit`` characters are kept, what falls
+    off the front streams to ``overflow`` (the host's stderr) instead of being buffered."""
 
-    In a subprocess sandbox the whole process belongs to one invocation at a time
-    (``process_wide``); inline, only the invoking thread's writes are captured and the
-    host's own output passes through.
+    __slots__ = ("dropped", "limit", "overflow", "parts", "size")
+
+    def __init__(self, limit: int, overflow: Callable[[str], Any] | None) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+        self.limit = limit
+        self.overflow = overflow
+        self.dropped = 0
+
+    def append(self, s: str) -> None:
+        self.parts.append(s)
+        self.size += len(s)
+        if self.size > 2 * self.limit:
+            self._spill()
+
+    def extend(self, items: list[str]) -> None:
+        for s in items:
+            self.append(s)
+
+    def _spill(self) -> None:
+        text = "".join(self.parts)
+        cut = len(text) - self.limit
+        if cut <= 0:
+            return
+        head = text[:cut]
+        self.parts = [text[cut:]]
+        self.size = len(self.parts[0])
+        self.dropped += len(head.encode("utf-8", "replace"))
+        if self.overflow is not None:
+            try:
+                self.overflow(head)
+            except (OSError, ValueError):
+                pass
+
+    def text(self) -> str:
+        if self.size > self.limit:
+            self._spill()
+        text = "".join(self.parts)
+        if self.dropped:
+            return f"[... {self.dropped} bytes truncated]\n{text}"
+        return text
+
+
+class _Router(io.TextIOBase):
+    """Stands in for ``sys.stdout``/``sys.stderr``: writes go to the invocation's capture.
+
+    In a subprocess or subinterpreter sandbox the whole process belongs to one invocation
+    at a time (``process_wide``); output while no invocation runs (a thread the handler
+    left running) is dropped, never written to the host's streams. Inline, only the
+    invoking thread's writes are captured and the host's own output passes through.
     """
 
-    process_buffer: list[str] | None = None
+    process_buffer: Capture | None = None
     process_wide = False
 
     def __init__(self, original: Any) -> None:
@@ -49,12 +101,14 @@ class _Router(io.TextIOBase):
         if buf is not None:
             buf.append(s)
             return len(s)
+        if _Router.process_wide:
+            return len(s)
         return int(self._original.write(s))
 
     def flush(self) -> None:
         try:
             self._original.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
 
     def writable(self) -> bool:
@@ -93,9 +147,9 @@ class _LambdaLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _current_buffer() -> list[str] | None:
-    """The capture buffer of the invocation this write belongs to, if any."""
-    buf: list[str] | None = getattr(_local, "buffer", None)
+def _current_buffer() -> Capture | None:
+    """The capture of the invocation this write belongs to, if any."""
+    buf: Capture | None = getattr(_local, "buffer", None)
     if buf is None and _Router.process_wide:
         buf = _Router.process_buffer
     return buf
@@ -115,8 +169,14 @@ def install_capture(process_wide: bool) -> None:
     logging.getLogger().addHandler(_LambdaLogHandler())
 
 
-def _start_capture(request_id: str) -> list[str]:
-    buf: list[str] = []
+def _overflow_to_stderr(text: str) -> None:
+    stream = sys.__stderr__
+    if stream is not None:
+        stream.write(text)
+
+
+def _start_capture(request_id: str, limit: int) -> Capture:
+    buf = Capture(limit, _overflow_to_stderr)
     if _Router.process_wide:
         _Router.process_buffer = buf
         _process_request_id[0] = request_id
@@ -135,19 +195,37 @@ def _stop_capture() -> None:
         _local.request_id = None
 
 
+_MAX_ERROR_MESSAGE = 256 * 1024
+
+
 def _error(exc: BaseException, error_type: str | None = None, message: str | None = None) -> dict[str, Any]:
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    try:
+        text = message if message is not None else str(exc)
+    except Exception:  # a hostile __str__
+        text = f"<unprintable {type(exc).__name__}>"
+    if len(text) > _MAX_ERROR_MESSAGE:  # a reply header stays small whatever a handler raises
+        text = f"{text[:_MAX_ERROR_MESSAGE]}[... {len(text) - _MAX_ERROR_MESSAGE} characters truncated]"
     return {
-        "errorMessage": message if message is not None else str(exc),
+        "errorMessage": text,
         "errorType": error_type or type(exc).__name__,
         "stackTrace": traceback.format_list(traceback.extract_tb(tb)),
     }
 
 
-def _log_error(buf: list[str], exc: BaseException, error: dict[str, Any]) -> None:
+def _simple_error(error_type: str, message: str) -> dict[str, Any]:
+    return {"errorMessage": message, "errorType": error_type, "stackTrace": []}
+
+
+def _log_error(buf: Capture, exc: BaseException, error: dict[str, Any]) -> None:
     buf.append(f"[ERROR] {error['errorType']}: {error['errorMessage']}\n")
     buf.append("Traceback (most recent call last):\n")
     buf.extend(error["stackTrace"])
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError``, or an ``mmap``/``ftruncate`` refused by the address-space limit."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
 
 
 def _max_rss_mb() -> int:
@@ -155,55 +233,92 @@ def _max_rss_mb() -> int:
     return int(rss / 1024) if sys.platform != "darwin" else int(rss / 1024 / 1024)
 
 
+def _address_space_bytes() -> int:
+    """This process's mapped address space now (``VmSize``), 0 where unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def set_memory_limit(memory_mb: int) -> None:
-    """Cap the process's data segment (heap and private mappings) at ``memory_mb``."""
+    """Cap the process at ``memory_mb``: its data (heap and private mappings, RLIMIT_DATA)
+    and its address space (RLIMIT_AS, so shared mappings count too) beyond what the
+    interpreter has already mapped (its code and libraries are not the function's)."""
     limit = memory_mb * 1024 * 1024
-    for name in ("RLIMIT_DATA", "RLIMIT_AS"):
-        rlimit = getattr(resource, name, None)
-        if rlimit is None:
-            continue
+    rlimit_data = getattr(resource, "RLIMIT_DATA", None)
+    if rlimit_data is not None:
         try:
-            resource.setrlimit(rlimit, (limit, limit))
-            return
+            resource.setrlimit(rlimit_data, (limit, limit))
         except (ValueError, OSError):
-            continue
+            pass
+    rlimit_as = getattr(resource, "RLIMIT_AS", None)
+    mapped = _address_space_bytes()
+    if rlimit_as is not None and mapped:
+        try:
+            resource.setrlimit(rlimit_as, (mapped + limit, mapped + limit))
+        except (ValueError, OSError):
+            pass
 
 
 class Worker:
-    """One execution environment: a module, one bound handler, one event at a time."""
+    """One execution environment: a module, one bound handler, one event at a time.
 
-    def __init__(self, *, process_wide: bool, apply_environment: bool = True) -> None:
+    ``apply_environment``: the environment belongs to this sandbox alone (a process), so
+    bind variables are applied to ``os.environ``. ``enforce_memory``: ``memory_mb`` may be
+    applied as an rlimit (never in the host process).
+    """
+
+    def __init__(
+        self,
+        *,
+        process_wide: bool,
+        apply_environment: bool = True,
+        enforce_memory: bool = True,
+        log_capture_bytes: int = _p.DEFAULT_LOG_CAPTURE_BYTES,
+    ) -> None:
         install_capture(process_wide)
         self.module: Any = None
+        self.module_name: str | None = None
         self.fn: Callable[..., Any] | None = None
         self.is_async = False
         self.function: dict[str, Any] = {}
         self.apply_environment = apply_environment
+        self.enforce_memory = enforce_memory
         self.memory_limited = False
+        self.log_capture_bytes = log_capture_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def limit_memory(self, memory_mb: int | None) -> None:
+        if memory_mb and self.enforce_memory and not self.memory_limited:
+            set_memory_limit(int(memory_mb))
+            self.memory_limited = True
 
     # -- init phase -------------------------------------------------------------------
 
     def init(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Import the module (the init phase) and discover its handlers."""
-        module_name: str = header["module"]
-        bind = header.get("bind")
-        if self.apply_environment:
-            os.environ.update(header.get("environment") or {})
-            if bind:
+        """Import the module (the init phase) and discover its handlers; bind if asked.
+
+        A second ``init`` of the module already imported only binds."""
+        module_name: str = header[_p.K_MODULE]
+        bind = header.get(_p.K_BIND)
+        if self.module is not None and module_name == self.module_name:
+            if not bind:
+                return {_p.K_OK: True, _p.K_HANDLERS: self._discover(module_name)}
+            return self.bind(bind)
+        if bind:
+            if self.apply_environment:
                 os.environ.update(bind.get("environment") or {})
-        if bind and bind.get("memory_mb") and header.get("enforce_memory", True):
-            set_memory_limit(int(bind["memory_mb"]))
-            self.memory_limited = True
-        buf = _start_capture("")
+            self.limit_memory(bind.get("memory_mb"))
+        buf = _start_capture("", self.log_capture_bytes)
         started = time.perf_counter()
         try:
             self.module = importlib.import_module(module_name)
+            self.module_name = module_name
             run_init = getattr(self.module, "fnrt_init", None)
             if callable(run_init):
                 run_init()
-        except MemoryError as exc:
-            return self._init_failed(exc, buf, "Runtime.OutOfMemory", "Out of memory during init")
         except ModuleNotFoundError as exc:
             message = f"Unable to import module '{module_name}': {exc}"
             return self._init_failed(exc, buf, "Runtime.ImportModuleError", message)
@@ -211,6 +326,8 @@ class Worker:
             message = f"Syntax error in module '{module_name}': {exc}"
             return self._init_failed(exc, buf, "Runtime.UserCodeSyntaxError", message)
         except Exception as exc:
+            if _is_out_of_memory(exc):
+                return self._init_failed(exc, buf, "Runtime.OutOfMemory", "Out of memory during init")
             error_type = type(exc).__name__
             if error_type != "InvalidConfig":
                 message = f"Unable to import module '{module_name}': {type(exc).__name__}: {exc}"
@@ -220,25 +337,23 @@ class Worker:
             _stop_capture()
         init_ms = (time.perf_counter() - started) * 1000
         reply: dict[str, Any] = {
-            "ok": True,
-            "handlers": self._discover(module_name),
-            "init_ms": init_ms,
-            "log": "".join(buf),
+            _p.K_OK: True,
+            _p.K_HANDLERS: self._discover(module_name),
+            _p.K_INIT_MS: init_ms,
+            _p.K_LOG: buf.text(),
         }
         if bind:
-            enforce = bool(bind.get("enforce_memory", True) and header.get("enforce_memory", True))
-            bound = self.bind({**bind, "enforce_memory": enforce})  # never rlimit the host
-            if not bound["ok"]:
-                bound["log"] = reply["log"]
+            bound = self.bind(bind)
+            if not bound[_p.K_OK]:
+                bound[_p.K_LOG] = reply[_p.K_LOG]
                 return bound
         return reply
 
-    def _init_failed(
-        self, exc: BaseException, buf: list[str], error_type: str, message: str
-    ) -> dict[str, Any]:
+    def _init_failed(self, exc: BaseException, buf: Capture, error_type: str, message: str) -> dict[str, Any]:
+        self.module = None
         error = _error(exc, error_type, message)
         _log_error(buf, exc, error)
-        return {"ok": False, "error": error, "log": "".join(buf)}
+        return {_p.K_OK: False, _p.K_ERROR: error, _p.K_LOG: buf.text()}
 
     def _discover(self, module_name: str) -> list[dict[str, Any]]:
         found = []
@@ -262,79 +377,86 @@ class Worker:
         target = getattr(self.module, attr, None)
         if target is None:
             message = f"Handler '{attr}' missing on module '{self.module.__name__}'"
-            return {
-                "ok": False,
-                "error": {"errorMessage": message, "errorType": "Runtime.HandlerNotFound", "stackTrace": []},
-            }
+            return {_p.K_OK: False, _p.K_ERROR: _simple_error("Runtime.HandlerNotFound", message)}
         if not callable(target):
             kind = type(target).__name__
             message = f"Handler '{attr}' on module '{self.module.__name__}' is not callable (it is a {kind})"
-            return {
-                "ok": False,
-                "error": {"errorMessage": message, "errorType": "Runtime.HandlerNotFound", "stackTrace": []},
-            }
+            return {_p.K_OK: False, _p.K_ERROR: _simple_error("Runtime.HandlerNotFound", message)}
         self.fn = target
         self.is_async = inspect.iscoroutinefunction(target)
         self.function = bind
         if self.apply_environment:
             os.environ.update(bind.get("environment") or {})
-        if bind.get("memory_mb") and not self.memory_limited and bind.get("enforce_memory", True):
-            set_memory_limit(int(bind["memory_mb"]))
-            self.memory_limited = True
-        return {"ok": True}
+            if bind.get("log_stream"):
+                os.environ["AWS_LAMBDA_LOG_STREAM_NAME"] = bind["log_stream"]
+        self.limit_memory(bind.get("memory_mb"))
+        return {_p.K_OK: True}
 
     # -- invoke phase -----------------------------------------------------------------
 
     def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
-        assert self.fn is not None, "sandbox is not bound to a handler"
-        rid = header["rid"]
+        rid = header[_p.K_ID]
+        if self.fn is None:
+            reply = {
+                _p.K_OK: False,
+                _p.K_ERROR: _simple_error("Runtime.Unknown", "sandbox is not bound to a handler"),
+            }
+            reply.update({_p.K_ID: rid, _p.K_DURATION: 0.0, _p.K_MEMORY: _max_rss_mb(), _p.K_LOG: ""})
+            return reply, b""
         fn = self.function
-        identity = header.get("identity")
-        client_context = header.get("client_context")
+        identity = header.get(_p.K_IDENTITY)
+        client_context = header.get(_p.K_CLIENT_CONTEXT)
         context = Context(
             function_name=fn["function_name"],
-            invoked_function_arn=header.get("invoked_arn") or fn["arn"],
+            invoked_function_arn=header.get(_p.K_INVOKED_ARN) or fn["arn"],
             memory_limit_in_mb=fn["memory_mb"],
             aws_request_id=rid,
-            deadline_ms=header["deadline_ms"],
+            deadline_ms=header[_p.K_DEADLINE],
             log_stream_name=fn.get("log_stream", ""),
-            identity=CognitoIdentity(**identity) if identity else None,
-            client_context=ClientContext(**client_context) if client_context else None,
+            identity=None if identity is None else CognitoIdentity.from_dict(identity),
+            client_context=None if client_context is None else ClientContext.from_dict(client_context),
         )
-        buf = _start_capture(rid)
+        buf = _start_capture(rid, self.log_capture_bytes)
         started = time.perf_counter()
         try:
             reply, out = self._call(self.fn, body, context, buf)
         finally:
             _stop_capture()
-        reply["dur"] = (time.perf_counter() - started) * 1000
-        reply["mem"] = _max_rss_mb()
-        reply["log"] = "".join(buf)
+        reply[_p.K_ID] = rid
+        reply[_p.K_DURATION] = (time.perf_counter() - started) * 1000
+        reply[_p.K_MEMORY] = _max_rss_mb()
+        reply[_p.K_LOG] = buf.text()
         return reply, out
 
     def _call(
-        self, fn: Callable[..., Any], body: bytes, context: Any, buf: list[str]
+        self, fn: Callable[..., Any], body: bytes, context: Any, buf: Capture
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            result = fn(_decode(body.decode()), context)
+            event = _decode(body.decode())
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            error = _error(exc, "Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}")
+            _log_error(buf, exc, error)
+            return {_p.K_OK: False, _p.K_ERROR: error}, b""
+        try:
+            result = fn(event, context)
             if self.is_async or inspect.isawaitable(result):
                 result = self._run_async(result)
-        except MemoryError as exc:
-            return self._out_of_memory(exc, context, buf), b""
         except Exception as exc:
+            if _is_out_of_memory(exc):
+                return self._out_of_memory(exc, context, buf), b""
             error = _error(exc)
             _log_error(buf, exc, error)
-            return {"ok": False, "error": error}, b""
+            return {_p.K_OK: False, _p.K_ERROR: error}, b""
         try:
-            return {"ok": True}, _dumps(result).encode()
+            return {_p.K_OK: True}, _dumps(result).encode()
         except MemoryError as exc:
             return self._out_of_memory(exc, context, buf), b""
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:
             error = _error(exc, "Runtime.MarshalError", f"Unable to marshal response: {exc}")
             _log_error(buf, exc, error)
-            return {"ok": False, "error": error}, b""
+            return {_p.K_OK: False, _p.K_ERROR: error}, b""
 
-    def _out_of_memory(self, exc: MemoryError, context: Any, buf: list[str]) -> dict[str, Any]:
+    def _out_of_memory(self, exc: BaseException, context: Any, buf: Capture) -> dict[str, Any]:
         """The handler passed its memory limit: report it and let the sandbox die."""
         limit = context.memory_limit_in_mb
         message = (
@@ -342,7 +464,7 @@ class Worker:
             f"out of memory (memory_mb={limit})"
         )
         buf.append(f"Memory limit of {limit} MB exceeded\n")
-        return {"ok": False, "error": _error(exc, "Runtime.OutOfMemory", message), "fatal": True}
+        return {_p.K_OK: False, _p.K_ERROR: _error(exc, "Runtime.OutOfMemory", message), _p.K_FATAL: True}
 
     def _run_async(self, awaitable: Any) -> Any:
         if self._loop is None:
@@ -359,41 +481,54 @@ def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
         return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return {}
 
 
-def serve(sock: Any) -> None:
+def dispatch(worker: Worker, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """Serve one request; ``None`` for ``shutdown``. Shared by every in-sandbox loop.
+
+    Never raises for a request it cannot serve (a malformed header, an op it does not know,
+    a bug): that becomes an error reply, so the sandbox never dies of its input. A handler's
+    ``SystemExit`` and friends do propagate: the sandbox ends as Lambda's would.
+    """
+    op = header.get(_p.OP)
+    try:
+        if op == _p.OP_INVOKE:
+            return worker.invoke(header, body)
+        if op == _p.OP_INIT:
+            return worker.init(header), b""
+        if op == _p.OP_SHUTDOWN:
+            worker.close()
+            return None
+        error = _simple_error("Runtime.Unknown", f"unknown op {op!r}")
+    except Exception as exc:  # a malformed request: answer, do not die
+        error = _error(exc, "Runtime.Unknown", f"cannot serve {op!r}: {type(exc).__name__}: {exc}")
+    reply: dict[str, Any] = {_p.K_OK: False, _p.K_ERROR: error}
+    if _p.K_ID in header:
+        reply[_p.K_ID] = header[_p.K_ID]
+    return reply, b""
+
+
+def serve(sock: Any, worker: Worker | None = None) -> None:
     """The subprocess sandbox's main loop: one frame in, one frame out, until EOF."""
-    worker = Worker(process_wide=True)
-    read, write = _wire.read_frame, _wire.write_frame
+    if worker is None:
+        worker = Worker(process_wide=True)
+    read, send = _wire.FrameReader(sock).read, sock.sendall
     while True:
-        frame = read(sock)
+        frame = read()
         if frame is None:
             return
-        header, body = frame
-        op = header["op"]
-        if op == "invoke":
-            reply, out = worker.invoke(header, body)
-            write(sock, reply, out)
-            if reply.get("fatal"):
-                os._exit(137)
-        elif op == "init":
-            write(sock, worker.init(header))
-        elif op == "bind":
-            write(sock, worker.bind(header["bind"]))
-        elif op == "shutdown":
-            worker.close()
+        answer = dispatch(worker, *frame)
+        if answer is None:
             return
-        else:
-            write(
-                sock,
-                {
-                    "ok": False,
-                    "error": {
-                        "errorType": "Runtime.Unknown",
-                        "errorMessage": f"unknown op {op}",
-                        "stackTrace": [],
-                    },
-                },
-            )
+        send(encode_reply(frame[0], *answer))
+        if answer[0].get(_p.K_FATAL):
+            os._exit(137)
+
+
+def encode_reply(request: dict[str, Any], reply: dict[str, Any], body: bytes) -> bytes:
+    """The frame answering ``request``: invoke replies in the fixed layout, others JSON."""
+    if request.get(_p.OP) == _p.OP_INVOKE and _p.K_ID in reply:
+        return _wire.encode_invoke_reply(reply, body)
+    return _wire.encode(reply, body)

@@ -1,0 +1,229 @@
+"""What a subprocess sandbox isolates: its environment (Lambda's, not the host's), its
+temporary directory, its time zone, its process group (nothing it starts outlives it, the
+runtime or the host), its memory (shared mappings too) and, as root, its user."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import sys
+import time
+from typing import Any
+
+import pytest
+
+import fnrt
+from fnrt._clock import SystemClock
+from fnrt.sandbox import Binding, InitRequest, InvokeRequest, Resources
+from fnrt.sandbox._subprocess import SubprocessFactory
+
+from .conftest import alive, wait_until
+
+MODULE = "handlers.hostile"
+
+#: Lambda's "defined runtime environment variables" (the ones a function always sees).
+DEFINED = {
+    "_HANDLER",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_RUNTIME_API",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "LANG",
+    "PATH",
+    "PYTHONPATH",
+    "TZ",
+}
+
+
+@pytest.fixture
+def hostile_host_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAHOST")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "host-token")
+    monkeypatch.setenv("FNRT_HOST_ONLY", "1")
+    monkeypatch.setenv("TZ", "JST-9")
+
+
+async def test_a_sandbox_sees_lambdas_environment_not_the_hosts(hostile_host_env: None):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment", memory_mb=256, environment={"MINE": "yes"})
+        out = await rt.invoke("env", {})
+    env = out["environ"]
+    assert DEFINED <= set(env), DEFINED - set(env)
+    for leaked in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FNRT_HOST_ONLY"):
+        assert leaked not in env
+    assert env["MINE"] == "yes"
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "env" and env["_HANDLER"] == f"{MODULE}.environment"
+    assert env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"
+    assert env["AWS_LAMBDA_FUNCTION_VERSION"] == "$LATEST"
+    assert env["AWS_LAMBDA_INITIALIZATION_TYPE"] == "on-demand"
+    assert env["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/env"
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3.")
+    assert env["LANG"] == "en_US.UTF-8"
+    # TZ takes effect (Lambda runs in UTC) even though the host is on JST.
+    assert env["TZ"] == ":UTC" and out["utc_offset"] == "+0000"
+
+
+async def test_provisioned_environments_say_so():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment", provisioned_concurrency=1)
+        out = await rt.invoke("env", {})
+    assert out["environ"]["AWS_LAMBDA_INITIALIZATION_TYPE"] == "provisioned-concurrency"
+
+
+async def test_each_sandbox_has_a_private_tmpdir_removed_with_it():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment", reserved_concurrency=2)
+        a, b = await asyncio.gather(rt.invoke("env", {}), rt.invoke("env", {}))
+        assert a["tempdir"] == a["environ"]["TMPDIR"] and a["tmp_writable"]
+        assert a["pid"] != b["pid"] and a["tempdir"] != b["tempdir"]
+        assert os.path.isdir(a["tempdir"])
+    assert not os.path.exists(a["tempdir"]) and not os.path.exists(b["tempdir"])
+
+
+async def test_credentials_and_pass_through_are_explicit(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FNRT_PASS_ME", "passed")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    factory = SubprocessFactory(SystemClock())
+    try:
+        resources = Resources(
+            passthrough=("PATH", "FNRT_PASS_ME"),
+            credentials={"AWS_ACCESS_KEY_ID": "AKIAFUNC", "AWS_SECRET_ACCESS_KEY": "func-secret"},
+        )
+        env = (await _call(factory, "environment", {}, resources))["environ"]
+    finally:
+        await factory.aclose()
+    assert env["FNRT_PASS_ME"] == "passed"
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIAFUNC" and env["AWS_SECRET_ACCESS_KEY"] == "func-secret"
+    assert "AWS_SESSION_TOKEN" not in env
+
+
+async def test_each_sandbox_leads_its_own_process_group():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment")
+        out = await rt.invoke("env", {})
+    assert out["pgid"] == out["sid"] == out["pid"]
+
+
+# -- nothing a handler starts outlives its sandbox, the runtime or the host ---------------------
+
+
+async def test_processes_a_handler_starts_die_when_the_runtime_closes():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("child", f"{MODULE}:start_child")
+        pid = await rt.invoke("child", {})
+        assert alive(pid)
+    await wait_until(lambda: not alive(pid), "the handler's child to die with the runtime")
+
+
+async def test_processes_a_handler_starts_die_when_it_times_out(tmp_path):
+    pid_file = tmp_path / "pid"
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("child", f"{MODULE}:start_child", timeout=1)
+        result = await rt.invoke_detailed("child", {"then_sleep": 60, "pid_file": str(pid_file)})
+        assert result.error is not None and result.error.error_type == "Sandbox.Timedout"
+        pid = int(pid_file.read_text())
+        await wait_until(lambda: not alive(pid), "the timed-out handler's child to be killed")
+
+
+async def test_processes_a_handler_starts_die_when_its_sandbox_retires():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("child", f"{MODULE}:start_child")
+        pid = await rt.invoke("child", {})
+        await rt.remove_function("child")  # retires the warm sandbox
+        await wait_until(lambda: not alive(pid), "the retired sandbox's child to die")
+
+
+async def test_processes_a_handler_starts_die_when_the_host_is_killed():
+    host = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.isolation_host", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert host.stdout is not None
+        line = await asyncio.wait_for(host.stdout.readline(), 60)
+        pid, tmp = int(line.split()[0]), line.split()[1].decode()
+        assert alive(pid) and os.path.isdir(tmp)
+        host.kill()
+        await host.wait()
+        await wait_until(lambda: not alive(pid), "the child of a killed host's sandbox to die")
+        await wait_until(lambda: not os.path.exists(tmp), "the killed host's sandbox TMPDIR to go")
+    finally:
+        if host.returncode is None:
+            host.kill()
+            await host.wait()
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+async def test_shared_memory_counts_against_memory_mb():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("shm", f"{MODULE}:shared_memory", memory_mb=128, timeout=30)
+        small = await rt.invoke_detailed("shm", {"mb": 40})
+        assert small.error is None
+        assert small.max_memory_mb >= 40  # true usage: the shared pages count
+        big = await rt.invoke_detailed("shm", {"mb": 400})
+    assert big.error is not None and big.error.error_type == "Runtime.OutOfMemory"
+
+
+async def test_a_plain_handler_starts_under_the_smallest_memory_size():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment", memory_mb=128)
+        assert (await rt.invoke_detailed("env", {})).error is None
+
+
+# -- another user --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running sandboxes as another user needs root")
+async def test_as_root_a_sandbox_can_run_as_another_user(tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    secret = tmp_path / "state.db"
+    secret.write_text("host state")
+    secret.chmod(0o600)
+    factory = SubprocessFactory(SystemClock())
+    try:
+        resources = Resources(run_as_user="nobody")
+        out = await _call(factory, "environment", {}, resources)
+        assert out["uid"] == nobody.pw_uid and out["tmp_writable"]
+        denied = await _call(factory, "read_file", {"path": str(secret)}, resources, raw=True)
+    finally:
+        await factory.aclose()
+    assert not denied.ok and denied.error is not None
+    assert denied.error["errorType"] == "PermissionError"
+
+
+async def test_run_as_user_that_does_not_exist_is_invalid_config():
+    factory = SubprocessFactory(SystemClock())
+    try:
+        with pytest.raises(fnrt.InvalidConfig, match="not a user"):
+            await factory.create(Resources(run_as_user="no-such-user-fnrt"))
+    finally:
+        await factory.aclose()
+
+
+async def _call(
+    factory: SubprocessFactory, attr: str, event: Any, resources: Resources, raw: bool = False
+) -> Any:
+    sandbox = await factory.create(resources)
+    binding = Binding(attr, "f", "arn:aws:lambda:us-east-1:123456789012:function:f", 128, "s")
+    init = await sandbox.init(InitRequest(MODULE, binding), timeout=30)
+    assert init.ok, init.error
+    deadline = int((time.time() + 30) * 1000)
+    reply = await sandbox.invoke(InvokeRequest("r", deadline, json.dumps(event).encode()), timeout=30)
+    await sandbox.close()
+    if raw:
+        return reply
+    assert reply.ok, reply.error
+    return json.loads(reply.body)
