@@ -25,6 +25,7 @@ from __future__ import annotations
 
 # Pre-import what every sandbox needs, so a fork starts with it loaded.
 import asyncio  # noqa: F401
+import collections
 import ctypes
 import errno
 import json
@@ -154,6 +155,10 @@ def main(ctrl_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: set[int] = set()
     tmp_dirs: dict[int, str] = {}  # the host removes them, unless it is gone
+    # Dirs of sandboxes reaped lately: a sandbox that ends because the host died can be
+    # reaped before the template sees the host is gone, and then nobody else removes its
+    # TMPDIR. Bounded: only the host's death needs them, and only the last few.
+    reaped_dirs: collections.deque[str] = collections.deque(maxlen=256)
     me = os.getpid()
     _send(ctrl, {"op": "ready", "pid": me})
 
@@ -166,7 +171,9 @@ def main(ctrl_fd: int) -> None:
             if pid == 0:
                 return
             children.discard(pid)
-            tmp_dirs.pop(pid, None)
+            gone = tmp_dirs.pop(pid, None)
+            if gone is not None:
+                reaped_dirs.append(gone)
             kill_group(pid)  # what the sandbox started dies with it
             _send(ctrl, {"op": "exit", "pid": pid, "status": status})
 
@@ -226,7 +233,8 @@ def main(ctrl_fd: int) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    for tmp in tmp_dirs.values():
+    reap()
+    for tmp in [*tmp_dirs.values(), *reaped_dirs]:  # removing one twice does no harm
         shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)
 
