@@ -239,29 +239,19 @@ class Runtime:
         if reload:
             check_available()
             self._reloader = Reloader(self, list(reload_paths or [Path.cwd()]))
-        self._async = AsyncSource(
-            invoker=self._invoker,
-            registry=self._registry,
-            open_queue=self._state.queue,
-            clock=self.clock,
-            metrics=self.metrics,
-            log=self._log,
-            supervisor=self._supervisor,
-            region=region,
-            account_id=account_id,
-        )
-        self._streams = StreamSource(
-            invoker=self._invoker,
-            registry=self._registry,
-            open_store=self._state.streams,
-            deliver=self._async.deliver,
-            clock=self.clock,
-            metrics=self.metrics,
-            log=self._log,
-            supervisor=self._supervisor,
-            region=region,
-            account_id=account_id,
-        )
+        # What every source receives: never the runtime itself.
+        wiring: dict[str, Any] = {
+            "invoker": self._invoker,
+            "registry": self._registry,
+            "clock": self.clock,
+            "metrics": self.metrics,
+            "log": self._log,
+            "supervisor": self._supervisor,
+            "region": region,
+            "account_id": account_id,
+        }
+        self._async = AsyncSource(open_queue=self._state.queue, **wiring)
+        self._streams = StreamSource(open_store=self._state.streams, deliver=self._async.deliver, **wiring)
 
     # -- lifecycle --------------------------------------------------------------------
 

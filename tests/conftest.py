@@ -1,23 +1,15 @@
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fnrt.testing import wait_until
 
-async def wait_until(predicate: Callable[[], bool], what: str = "condition", limit: float = 15.0) -> None:
-    """Wait for another task or process to reach a state (synchronization, not timing)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+__all__ = ["alive", "read_jsonl", "wait_until"]
 
 
 def alive(pid: int) -> bool:
