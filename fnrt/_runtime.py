@@ -12,9 +12,11 @@ every sandbox, source and task, and raises what a background task failed with.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import tempfile
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -68,8 +70,11 @@ class _State:
     in a temporary directory removed at close (durable across crashes of handlers and
     sandboxes, not across restarts of the host)."""
 
-    def __init__(self, spec: str | Path | Store | None) -> None:
+    def __init__(
+        self, spec: str | Path | Store | None, on_open: Callable[[Store], Awaitable[None]] | None = None
+    ) -> None:
         self.spec = spec
+        self._on_open = on_open
         self._temp: tempfile.TemporaryDirectory[str] | None = None
         self._store: Store | None = None
         self._lock = asyncio.Lock()
@@ -85,7 +90,20 @@ class _State:
                     if spec is None:
                         self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
                         spec = Path(self._temp.name) / "fnrt.sqlite3"
-                    self._store = await open_store(spec)
+                    store = await open_store(spec)
+                    if self._on_open is not None:
+                        try:
+                            await self._on_open(store)
+                        except BaseException:
+                            if store is not self.spec:
+                                await store.close()
+                            raise
+                    self._store = store
+        return self._store
+
+    @property
+    def opened(self) -> Store | None:
+        """The store, if it is open."""
         return self._store
 
     async def queue(self) -> QueueStore:
@@ -165,7 +183,7 @@ class Runtime:
         elif isinstance(spec, str) and "://" not in spec:
             spec = Path(spec)
         self._durable = spec is not None  # a store that outlives this host: resume at start
-        self._state = _State(spec)
+        self._state = _State(spec, self._store_opened)
         self._running = False
         self._async = AsyncSource(
             invoker=self._invoker,
@@ -178,6 +196,12 @@ class Runtime:
             region=region,
             account_id=account_id,
         )
+        #: This host's id in the store: event and shard leases, ``fnrt stats``' host list.
+        self.host_id = self._async.owner
+        #: What this host tells the others (``cluster_stats``); the HTTP server adds its port.
+        self.host_info: dict[str, Any] = {"hostname": socket.gethostname(), "pid": os.getpid()}
+        #: Cluster-wide in-flight per function, from the counting service (set by it).
+        self.cluster_in_flight: Callable[[], Awaitable[dict[str, int]]] | None = None
         self._streams = StreamSource(
             invoker=self._invoker,
             registry=self._registry,
@@ -190,6 +214,7 @@ class Runtime:
             region=region,
             account_id=account_id,
         )
+        self._streams.host_id = self.host_id
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -214,6 +239,7 @@ class Runtime:
         self._supervisor.loop("maintenance", self._maintain_once)
         if self._durable:  # events queued by an earlier host resume at once
             self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
+            self._supervisor.loop("host-heartbeat", self._heartbeat_once)
 
     async def aclose(self) -> None:
         """Stop everything. Safe to call twice; runs to the end even when the caller is
@@ -253,6 +279,7 @@ class Runtime:
         await step(self._streams.aclose())
         await step(self._async.aclose())
         await step(self._supervisor.cancel_all())
+        await step(self._leave_cluster())
         for entry in self._registry:
             entry.pool.kill_all()
         for factory in self._factories.values():
@@ -527,6 +554,90 @@ class Runtime:
             self._log.warning("provisioning failed", function=entry.name, error=str(exc))
         finally:
             entry.provisioning = False
+
+    # -- many hosts on one store ---------------------------------------------------------
+
+    #: How often this host says it is alive, and how long that holds without a renewal.
+    HOST_HEARTBEAT = 5.0
+    HOST_TTL = 15.0
+
+    async def _store_opened(self, store: Store) -> None:
+        """Subscribe to the store's wake-ups (PostgreSQL's LISTEN/NOTIFY), so an enqueue
+        or a put on another host wakes this host's pollers at once. Polling stays the
+        fallback: a store without wake-ups, or a lost notification, costs a poll
+        interval, never an event."""
+        add = getattr(store, "add_wake_listener", None)
+        if add is not None:
+            await add(self._on_wake)
+
+    def _on_wake(self, kind: str, name: str) -> None:
+        if kind in ("event", "*"):
+            self._async.wake()
+        if kind == "stream":
+            self._streams.wake(name)
+        elif kind == "*":
+            self._streams.wake("*")
+
+    async def _heartbeat_once(self) -> None:
+        """Say this host is alive (``cluster_stats``' host list), then wait."""
+        store = await self._state.store()
+        await store.streams.register_host(
+            self.host_id,
+            {**self.host_info, "functions": sorted(self.functions())},
+            self.clock.time(),
+            self.HOST_TTL,
+        )
+        await self.clock.sleep(self.HOST_HEARTBEAT)
+
+    async def _leave_cluster(self) -> None:
+        store = self._state.opened
+        if store is None:
+            return
+        remove = getattr(store, "remove_wake_listener", None)
+        if remove is not None:
+            remove(self._on_wake)
+        if self._durable:
+            await store.streams.unregister_host(self.host_id)
+
+    async def cluster_stats(self) -> dict[str, Any]:
+        """The cluster as the store sees it (any host gives the same answer): the live
+        ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all
+        functions, and per function this host knows), each stream mapping's shard leases
+        per host (``streams``), and ``in_flight`` per function cluster-wide (from the
+        counting service; ``None`` while there is none)."""
+        self._check_running()
+        store = await self._state.store()
+        now = self.clock.time()
+        hosts = await store.streams.live_hosts(now)
+        queue: dict[str, Any] = {"total": await store.queue.counts(), "functions": {}}
+        for name in sorted(self.functions()):
+            queue["functions"][name] = await store.queue.counts(name)
+        streams: dict[str, Any] = {}
+        for row in await store.streams.mappings():
+            leases = await store.streams.leases(row.uuid)
+            per_host: dict[str, int] = {}
+            shards: dict[str, Any] = {}
+            for shard_id, (owner, expires) in sorted(leases.items()):
+                host = owner.rsplit("/", 1)[0]
+                live = expires > now
+                shards[shard_id] = {"host": host, "expires_in": round(expires - now, 3), "live": live}
+                if live:
+                    per_host[host] = per_host.get(host, 0) + 1
+            streams[row.uuid] = {
+                "stream": row.stream,
+                "function": row.function,
+                "leases_per_host": per_host,
+                "shards": shards,
+            }
+        in_flight = await self.cluster_in_flight() if self.cluster_in_flight is not None else None
+        return {
+            "host": self.host_id,
+            "store": store.stats(),
+            "hosts": hosts,
+            "queue": queue,
+            "streams": streams,
+            "in_flight": in_flight,
+        }
 
     # -- statistics -------------------------------------------------------------------
 

@@ -487,6 +487,11 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     assert again.uuid == "m-trim" and again.config == {"batch_size": 5}  # the one that exists
     row = await streams.mapping("s", "f")
     assert row is not None and row.uuid == "m-trim" and row.config == {"batch_size": 5}
+    assert [(m.uuid, m.function) for m in await streams.mappings()] == [
+        ("m-trim", "f"),
+        ("m-latest", "g"),
+        ("m-ts", "h"),
+    ]
     assert await streams.checkpoints("m-trim") == {}
 
     assert await streams.acquire_lease("m-latest", shard.shard_id, "a", T0, LEASE)

@@ -198,6 +198,10 @@ class StreamStore(Protocol):
 
     async def mapping(self, stream: str, function: str) -> MappingRow | None: ...
 
+    async def mappings(self) -> list[MappingRow]:
+        """Every mapping (any host's), by stream then function."""
+        ...
+
     async def create_mapping(
         self,
         uuid: str,

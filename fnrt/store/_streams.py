@@ -326,6 +326,10 @@ class SQLiteStreams:
 
     # -- mappings ---------------------------------------------------------------------
 
+    async def mappings(self) -> list[MappingRow]:
+        rows = await self.db.fetchall("SELECT * FROM stream_mappings ORDER BY stream, function")
+        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
+
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
         row = await self.db.fetchone(
             "SELECT * FROM stream_mappings WHERE stream = ? AND function = ?", (stream, function)

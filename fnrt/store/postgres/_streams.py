@@ -249,6 +249,13 @@ class PgStreamStore:
     # -- mappings ---------------------------------------------------------------------
 
     @guarded
+    async def mappings(self) -> list[MappingRow]:
+        rows = await self.pg.relaxed.fetch(
+            "SELECT uuid, stream, function, config FROM fnrt_stream_mappings ORDER BY stream, function"
+        )
+        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
+
+    @guarded
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
         row = await self.pg.relaxed.fetchrow(
             "SELECT uuid, stream, function, config FROM fnrt_stream_mappings "
