@@ -251,12 +251,12 @@ def _print_cluster(cluster: Any) -> None:
         for host, n in mapping.get("leases_per_host", {}).items():
             leases[host] = leases.get(host, 0) + n
     in_flight = cluster.get("in_flight")
-    rows = [("HOST", "URL", "SHARD LEASES", "LAST SEEN")]
+    rows = [("HOST", "URL", "SHARD LEASES", "LAST SEEN")]  # a dead host stays for its TTL
     for host in hosts:
         info = host.get("info", {})
         me = " (this host)" if host["host"] == cluster.get("host") else ""
         rows.append((host["host"] + me, str(info.get("url", "-")), str(leases.get(host["host"], 0)),
-                     f"{host['seen_at']:.1f}"))
+                     f"{host.get('seen_ago', 0):.1f} s ago"))
     _table(rows)
     for uuid, mapping in cluster.get("streams", {}).items():
         per_host = sorted(mapping.get("leases_per_host", {}).items())

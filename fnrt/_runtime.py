@@ -608,7 +608,7 @@ class Runtime:
         self._check_running()
         store = await self._state.store()
         now = self.clock.time()
-        hosts = await store.streams.live_hosts(now)
+        hosts = [{**h, "seen_ago": round(now - h["seen_at"], 3)} for h in await store.streams.live_hosts(now)]
         queue: dict[str, Any] = {"total": await store.queue.counts(), "functions": {}}
         for name in sorted(self.functions()):
             queue["functions"][name] = await store.queue.counts(name)

@@ -35,6 +35,7 @@ async def main(url: str, workdir: str, name: str) -> None:
     os.makedirs(os.path.join(workdir, "running"), exist_ok=True)
     async with fnrt.Runtime(store=url, concurrency_limit=limit) as rt:
         rt._async.lease_margin = 0.5  # a dead host's events run again 0.5 s after their timeout
+        rt._async.per_function = limit  # take no more than can run
         environment = {"CLUSTER_DIR": workdir, "CLUSTER_HOST": name}
         await rt.add_function("work", "handlers.cluster:work", timeout=3, environment=environment)
         await rt.add_function("consume", "handlers.cluster:consume", timeout=3, environment=environment)

@@ -304,8 +304,8 @@ def test_fnrt_stats_prints_the_cluster() -> None:
         "host": "h1",
         "store": {"backend": "postgres", "location": "postgresql://x@/db"},
         "hosts": [
-            {"host": "h1", "info": {"url": "http://127.0.0.1:9001"}, "seen_at": 1.0},
-            {"host": "h2", "info": {}, "seen_at": 2.0},
+            {"host": "h1", "info": {"url": "http://127.0.0.1:9001"}, "seen_at": 1.0, "seen_ago": 0.5},
+            {"host": "h2", "info": {}, "seen_at": 2.0, "seen_ago": 4.0},
         ],
         "streams": {"u": {"stream": "s", "function": "f", "leases_per_host": {"h1": 3, "h2": 5}}},
         "queue": {"total": {"queued": 4, "done": 10}},
@@ -318,4 +318,5 @@ def test_fnrt_stats_prints_the_cluster() -> None:
     assert "h1 (this host)" in text and "http://127.0.0.1:9001" in text
     assert "shard leases h1: 3, h2: 5" in text
     assert "queue: done 10, queued 4" in text
+    assert "4.0 s ago" in text
 
