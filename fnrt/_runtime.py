@@ -132,6 +132,13 @@ class Runtime:
     the template process, also when the block is cancelled. ``start()`` and ``aclose()``
     do the same by hand (call both from the same task).
 
+    ``store`` is where queues and streams live: a directory or file (SQLite), a
+    ``postgresql://`` URL (any number of hosts sharing one database; ``fnrt[postgres]``),
+    or a :class:`~fnrt.store.Store` the caller opened and closes (e.g. ``await
+    open_store(url, db_clock=False)`` for a runtime on a :class:`~fnrt.FakeClock`). Hosts
+    sharing a store wake each other's pollers, balance stream shards between them and
+    appear in :meth:`cluster_stats`.
+
     ``scaling_limit`` new execution environments per ``scaling_window`` seconds is each
     function's scaling rate (Lambda's: 1,000 per 10 s, refilling continuously); a cold
     start over it is throttled with ``FunctionInvocationRateLimitExceeded``.

@@ -320,3 +320,63 @@ def test_fnrt_stats_prints_the_cluster() -> None:
     assert "queue: done 10, queued 4" in text
     assert "4.0 s ago" in text
 
+
+async def test_fnrt_serve_on_a_postgresql_url_and_fnrt_stats_show_the_cluster(postgres_url: str) -> None:
+    """``python -m fnrt serve --state postgresql://...`` twice: ``fnrt stats`` against
+    either host lists both, and the shard leases per host of the mapping they share."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    servers = []
+    try:
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fnrt",
+                "serve",
+                "handlers.orders",
+                "--state",
+                postgres_url,
+                "--port",
+                "0",
+                "--stream",
+                "orders:4",
+                "--mapping",
+                "orders=process_orders",
+                cwd=root,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            servers.append(proc)
+            assert proc.stderr is not None
+            while True:
+                line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+                assert line, "serve exited"
+                if line.startswith("listening on "):
+                    url = line.split()[2]
+                    break
+
+        async def stats() -> str:
+            done = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fnrt",
+                "stats",
+                "--endpoint",
+                url,
+                cwd=root,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await done.communicate()
+            text = out.decode()
+            wanted = ("2 host(s) alive on postgres", "shard leases", url)  # the URL: next heartbeat
+            return text if all(w in text for w in wanted) else ""
+
+        text = await until(stats, limit=40)
+        assert "(this host)" in text
+        assert "mapping orders -> process_orders" in text
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            await proc.wait()

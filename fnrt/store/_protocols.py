@@ -306,6 +306,12 @@ class Store(Protocol):
     refuses anything that is not a usable fnrt store (a file that is not one, a schema
     written by a newer fnrt, a store it cannot write) with ``StoreUnavailable`` or
     ``InvalidConfig``, overwriting nothing, and creates the schema when it is new.
+
+    Optional: a store shared by several hosts may offer wake-ups,
+    ``await add_wake_listener(callback)`` / ``remove_wake_listener(callback)``, calling
+    ``callback(kind, name)`` when any host enqueues (``"event"``, function) or puts
+    (``"stream"``, stream), and ``("*", "")`` when it may have missed some. The runtime
+    subscribes when they exist; polling stays the fallback.
     """
 
     @property
