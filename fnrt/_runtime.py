@@ -578,7 +578,7 @@ class Runtime:
             await add(self._on_wake)
 
     def _on_wake(self, kind: str, name: str) -> None:
-        if kind in ("event", "*"):
+        if kind == "*" or (kind == "event" and name in self._registry):  # ours to run
             self._async.wake()
         if kind == "stream":
             self._streams.wake(name)
