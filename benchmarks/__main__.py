@@ -23,6 +23,7 @@ SECTIONS = {
     "async": ("async_queue", {}, {"quick": True}),
     "streams": ("streams", {}, {"quick": True}),
     "postgres": ("postgres", {}, {"quick": True}),
+    "cluster-limit": ("cluster_limit", {}, {"quick": True}),
 }
 
 

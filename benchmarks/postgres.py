@@ -1,7 +1,7 @@
 """The event queue on PostgreSQL beside SQLite, at the store level: durable enqueues/s from
 8 concurrent callers, and take -> settle drain events/s; and end to end, enqueue -> handler
 events/s with 1 and 3 fnrt host processes on one PostgreSQL beside 1 host on SQLite (the
-hosts of ``examples.cluster``, each with a concurrency limit of 8).
+hosts of ``examples.cluster``, concurrency limit 16: on PostgreSQL one for the cluster).
 
 PostgreSQL is the server named by ``FNRT_POSTGRES``, or a throwaway local cluster started
 for the run with ``fsync`` on (a commit waits for the disk, as SQLite's
@@ -104,6 +104,7 @@ async def _postgres(url: str, events: int) -> tuple[float, float, tuple[float, f
 
 
 ROOT = Path(__file__).resolve().parent.parent
+LIMIT = 16  # the concurrency limit: on PostgreSQL one for all hosts (the counting service)
 
 
 def _handled(workdir: Path) -> int:
@@ -194,7 +195,7 @@ async def _end_to_end_rows(report: Report, section: str, url: str, events: int) 
             f"{rate:,.0f} events/s",
             baseline=f"1 host on SQLite {sqlite:,.0f}/s",
             ratio=f"{rate / sqlite:.2f}x",
-            notes=f"{events} Events, subprocess sandboxes, limit 8 per host, {cores} cores",
+            notes=f"{events} Events, subprocess sandboxes, concurrency limit {LIMIT}, {cores} cores",
         )
 
 

@@ -50,7 +50,8 @@ async def host(url: str, workdir: str, name: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     os.makedirs(os.path.join(workdir, "running"), exist_ok=True)
-    async with fnrt.Runtime(store=url, concurrency_limit=8) as rt:
+    limit = int(os.environ.get("CLUSTER_LIMIT", "8"))  # on PostgreSQL: one limit for all hosts
+    async with fnrt.Runtime(store=url, concurrency_limit=limit) as rt:
         rt._async.lease_margin = 0.5  # a dead host's events run again 0.5 s after their timeout
         rt._async.per_function = rt.config.concurrency_limit  # take no more than can run
         environment = {"CLUSTER_DIR": workdir, "CLUSTER_HOST": name}

@@ -56,7 +56,10 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.state and args.state_dir:
         raise CliError("give --state or --state-dir (the same thing), not both")
     async with Runtime(
-        concurrency_limit=args.concurrency_limit, sandbox=args.sandbox, store=args.state or args.state_dir
+        concurrency_limit=args.concurrency_limit,
+        sandbox=args.sandbox,
+        store=args.state or args.state_dir,
+        reload=args.reload,
     ) as rt:
         for module in args.modules:
             _progress(f"deploying {module} ...")
@@ -72,16 +75,61 @@ async def _serve(args: argparse.Namespace) -> int:
                 raise CliError(f"--mapping takes STREAM=FUNCTION, got {spec!r}")
             mapping = await rt.add_stream_mapping(stream_name, function)
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
-        async with InvokeServer(rt, host=args.host, port=args.port) as server:
+        async with InvokeServer(
+            rt, host=args.host, port=args.port, auth=args.auth, auth_file=args.auth_file,
+            max_connections=args.max_connections,
+        ) as server:
             rt.host_info["url"] = server.url
+            if server.verifier is not None:
+                _progress(f"SigV4 authentication on: {len(server.verifier.credentials)} access key(s)")
+            for spec in args.url or []:
+                function, prefix, payload_format = _url_spec(spec)
+                route = server.add_url(function, path_prefix=prefix, payload_format=payload_format)
+                _progress(f"url {function}: {server.url}{route.path_prefix}/  "
+                          f"(payload format {payload_format})")
             _progress(f"listening on {server.url}  (Ctrl-C to stop)")
             _progress(f"  console: {server.url}/console/")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
             await stop.wait()
+            await _drain(rt, stop, args.grace)
             _progress("stopping: closing sandboxes ...")
+            await rt.aclose()  # what still runs ends now; the server then closes at once
     _progress("stopped")
     return 0
+
+
+async def _drain(rt: Any, stop: asyncio.Event, grace: float) -> None:
+    """After the first Ctrl-C/SIGTERM: let invocations in flight finish, for at most
+    ``grace`` seconds, saying what is waited for; a second signal stops at once."""
+    in_flight = rt.stats()["concurrency"]["in_flight"]
+    if not in_flight or grace <= 0:
+        return
+    _progress(
+        f"stopping: waiting up to {grace:g} s for {in_flight} invocation(s) in flight "
+        "(Ctrl-C again to stop now) ..."
+    )
+    stop.clear()  # the signal handlers set it again on the next signal
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while rt.stats()["concurrency"]["in_flight"] and not stop.is_set() and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(stop.wait(), 0.05)
+        except TimeoutError:
+            pass
+    if stop.is_set():
+        _progress("stopping now")
+    elif rt.stats()["concurrency"]["in_flight"]:
+        _progress(f"grace period over: {rt.stats()['concurrency']['in_flight']} invocation(s) cut off")
+
+
+def _url_spec(spec: str) -> tuple[str, str | None, str]:
+    """``--url FUNCTION[=PREFIX][@FORMAT]``: ``api``, ``api=/``, ``rest@1.0``, ``rest=/v1@1.0``."""
+    rest, _, payload_format = spec.partition("@")
+    function, sep, prefix = rest.partition("=")
+    if not function or (sep and not prefix.startswith("/")) or payload_format not in ("", "1.0", "2.0"):
+        raise CliError(f"--url takes FUNCTION[=/PREFIX][@1.0|@2.0], got {spec!r}")
+    return function, prefix or None, payload_format or "2.0"
 
 
 # -- the client commands --------------------------------------------------------------
@@ -91,7 +139,13 @@ def _request(
     endpoint: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     url = endpoint.rstrip("/") + path
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    headers = dict(headers or {})
+    credentials = _client_credentials()
+    if credentials is not None:  # sign as boto3 does: a server started with --auth checks it
+        from ._http_sigv4 import sign_headers
+
+        headers.update(sign_headers(method, url, headers, body or b"", *credentials))
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=930) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -101,6 +155,18 @@ def _request(
         reason = getattr(exc, "reason", exc)
         hint = "is 'python -m fnrt serve' running?"
         raise CliError(f"cannot reach fnrt at {endpoint}: {reason} ({hint})") from None
+
+
+def _client_credentials() -> tuple[str, str] | None:
+    """``$FNRT_AUTH`` (``KEY:SECRET``), else ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY``."""
+    spec = os.environ.get("FNRT_AUTH")
+    if spec:
+        key, sep, secret = spec.partition(":")
+        if not sep or not key or not secret:
+            raise CliError("FNRT_AUTH must be ACCESS_KEY:SECRET")
+        return key, secret
+    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return (env_key, env_secret) if env_key and env_secret else None
 
 
 def _api_error(status: int, headers: dict[str, str], body: bytes) -> CliError:
@@ -195,8 +261,8 @@ def _list(args: argparse.Namespace) -> int:
                 f["Handler"],
                 f"{f['Timeout']:g}s",
                 f"{f['MemorySize']} MB",
-                str(f.get("ReservedConcurrentExecutions", "-")),
-                f.get("Sandbox", "subprocess"),
+                str(f.get("Fnrt", {}).get("ReservedConcurrentExecutions", "-")),
+                f.get("Fnrt", {}).get("Sandbox", "subprocess"),
             )
         )
     _table(rows)
@@ -340,6 +406,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--stream", action="append", metavar="NAME[:SHARDS]", help="create a stream")
     serve.add_argument(
         "--mapping", action="append", metavar="STREAM=FUNCTION", help="map a stream to a function"
+    )
+    serve.add_argument(
+        "--url",
+        action="append",
+        metavar="FUNCTION[=/PREFIX][@FORMAT]",
+        help="serve FUNCTION behind a URL (default prefix /FUNCTION, payload format 2.0; "
+        "@1.0 for API Gateway REST events)",
+    )
+    serve.add_argument(
+        "--auth",
+        action="append",
+        metavar="KEY:SECRET",
+        help="require AWS SigV4 signatures made with this access key and secret (repeatable); "
+        "required to bind beyond loopback",
+    )
+    serve.add_argument(
+        "--auth-file",
+        metavar="PATH",
+        help="credentials to accept: KEY:SECRET lines, or an AWS shared-credentials file",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open HTTP connections at most (default: a quarter of the open-file limit, 64-4096)",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on Ctrl-C/SIGTERM, let invocations in flight finish for this long (a second signal stops now)",
+    )
+    serve.add_argument(
+        "--reload",
+        action="store_true",
+        help="load changed handler code into new sandboxes without a restart (pip install 'fnrt[reload]')",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
     serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))

@@ -11,9 +11,17 @@ A taken slot is a :class:`Slot` object that belongs to one function *generation*
 function removed and added again while a call is in flight gets a fresh counter, and the
 old call's release can never free the new generation's slot. The calls of a removed
 function keep counting against the shared pool until they end.
+
+This limiter counts one host. :class:`fnrt._cluster_limit.ClusterLimiter` extends it so the
+same limits hold across hosts sharing a counting service (PostgreSQL): its
+:meth:`~ConcurrencyLimiter.acquire` returns ``None`` when the host's leased block is empty,
+and the caller then awaits :meth:`~ConcurrencyLimiter.acquire_async`. Here ``acquire``
+never returns ``None``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -25,6 +33,9 @@ from ._lambda import (
     THROTTLE_MESSAGE,
 )
 from .errors import InvalidConfig, TooManyRequests
+
+if TYPE_CHECKING:
+    from ._supervise import Supervisor
 
 __all__ = [
     "GLOBAL_REASON",
@@ -156,8 +167,9 @@ class ConcurrencyLimiter:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def acquire(self, counter: FunctionCounter) -> Slot:
-        """Take one slot for ``counter``'s function or raise :class:`TooManyRequests` at once."""
+    def acquire(self, counter: FunctionCounter) -> Slot | None:
+        """Take one slot for ``counter``'s function or raise :class:`TooManyRequests` at once.
+        (``None`` only from a cluster limiter: then await :meth:`acquire_async`.)"""
         if counter.reserved is not None:
             if counter.in_flight >= counter.reserved:
                 counter.throttles += 1
@@ -173,6 +185,12 @@ class ConcurrencyLimiter:
         if counter.in_flight > counter.peak:
             counter.peak = counter.in_flight
         return Slot(self, counter)
+
+    async def acquire_async(self, counter: FunctionCounter) -> Slot:
+        """:meth:`acquire` for a caller that may wait (a cluster limiter leases slots)."""
+        slot = self.acquire(counter)
+        assert slot is not None  # a single host always decides at once
+        return slot
 
     def scaling_throttle(self, counter: FunctionCounter) -> TooManyRequests:
         """The error for a cold start over the function's scaling rate (counted as a throttle)."""
@@ -200,7 +218,20 @@ class ConcurrencyLimiter:
             "peak_concurrency": counter.peak,
         }
 
-    def stats(self) -> dict[str, int]:
+    async def cluster_in_flight(self) -> dict[str, int]:
+        """Calls in flight per function over every host sharing the limit: on one host,
+        this host's (a cluster limiter asks the counting service)."""
+        return {name: c.in_flight for name, c in self._counters.items() if c.in_flight}
+
+    # -- lifecycle (a cluster limiter has background work; one host has none) -------------
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Start any background work under ``supervisor``."""
+
+    async def aclose(self) -> None:
+        """Give back whatever this host holds (nothing, on one host)."""
+
+    def stats(self) -> dict[str, Any]:
         unreserved = self.limit - self._reserved_total
         return {
             "limit": self.limit,

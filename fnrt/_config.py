@@ -333,7 +333,8 @@ class StreamMappingConfig:
     ``max_retry_attempts`` -1 (until the records expire) or 0-10,000; ``max_record_age`` -1
     (the stream's retention) or 60-604,800 s; ``on_failure`` names the destination that
     receives Lambda's record of what was skipped; ``report_batch_item_failures`` lets the
-    handler return ``{"batchItemFailures": [{"itemIdentifier": seq}]}``.
+    handler return ``{"batchItemFailures": [{"itemIdentifier": seq}]}``; ``enabled=False``
+    keeps the mapping and its checkpoints but stops polling (Lambda's ``Enabled``).
 
     fnrt's own: ``lease_seconds`` is how long a shard's lease lasts without a heartbeat
     before another poller may take it over; ``poll_interval`` is how often an idle shard is
@@ -352,6 +353,7 @@ class StreamMappingConfig:
     max_record_age: int = attrs.field(default=-1, validator=_minus_one_or(60, 604_800))
     on_failure: str | None = attrs.field(default=None, converter=_bare_sink, validator=_destination)
     report_batch_item_failures: bool = attrs.field(default=False, validator=_bool)
+    enabled: bool = attrs.field(default=True, validator=_bool)
     lease_seconds: float = attrs.field(default=10.0, validator=_number(0.01, 3600))
     poll_interval: float = attrs.field(default=1.0, validator=_number(0.001, 300))
 

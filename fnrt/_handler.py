@@ -20,8 +20,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__fnrt__"
 # Config keys that are not FunctionConfig fields but are read by a source, each with the
 # validator that checks it where it is written. Anything else is a typo and rejected.
+_URL_OPTIONS = {"path_prefix", "payload_format", "route", "methods", "cors", "auth_type", "stage"}
+
+
+def _check_url(value: Any) -> object:
+    """``url=True`` or ``url={...}`` with ``fnrt.http.add_url`` options (read by the HTTP
+    server, which mounts the function's URL; checked here without importing aiohttp)."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        raise InvalidConfig(f"url must be True or a dict of add_url options, got {value!r}")
+    unknown = sorted(set(value) - _URL_OPTIONS)
+    if unknown:
+        raise InvalidConfig(f"unknown url options {unknown}; known: {', '.join(sorted(_URL_OPTIONS))}")
+    if value.get("payload_format", "2.0") not in ("1.0", "2.0"):
+        raise InvalidConfig(f"url payload_format must be '1.0' or '2.0', got {value['payload_format']!r}")
+    if value.get("auth_type", "NONE") not in ("NONE", "AWS_IAM"):
+        raise InvalidConfig(f"url auth_type must be 'NONE' or 'AWS_IAM', got {value['auth_type']!r}")
+    return value
+
+
 EXTRA_KEYS: dict[str, Callable[[Any], object]] = {
     "async_config": lambda value: AsyncConfig.from_kwargs(value or {}),  # the async queue
+    "url": _check_url,  # the HTTP server's function URLs
 }
 _REFERENCE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)[:.]([A-Za-z_]\w*)$")
 

@@ -10,7 +10,9 @@ What can come out of it: an :class:`InvocationResult` (with any function error, 
 exception, timeout, crash or init failure in ``.error``), or one of the public errors
 that mean no handler ran: :class:`~fnrt.errors.TooManyRequests`,
 :class:`~fnrt.errors.RuntimeClosed`, :class:`~fnrt.errors.InvalidConfig`,
-:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed).
+:class:`~fnrt.errors.ServiceError` (the sandbox machinery failed; its subclass
+:class:`~fnrt.errors.StoreUnavailable` when a cluster host cannot reach the counting
+service to lease a slot: never an admit beyond what the cluster granted).
 """
 
 from __future__ import annotations
@@ -260,11 +262,15 @@ class Invoker:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None = None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
-        """Run one invocation of ``entry``'s function with the JSON ``body``."""
+        """Run one invocation of ``entry``'s function with the JSON ``body``.
+        ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
         name = entry.record.name
         try:
             slot = self.limiter.acquire(entry.counter)
+            if slot is None:  # a cluster host whose leased block is empty: one round trip
+                slot = await self.limiter.acquire_async(entry.counter)
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise
@@ -287,13 +293,19 @@ class Invoker:
                     return self._init_failed(name, request_id, error, body)
                 except FunctionError as exc:
                     return self._init_failed(name, request_id, exc, body)
-            return await self._run(entry.record, pool, env, cold, body, request_id, client_context)
+            return await self._run(
+                entry.record, pool, env, cold, body, request_id, client_context, invoked_arn
+            )
         except FnrtError:
             raise
         except Exception as exc:  # never a private error to the caller
             self.log.error("invocation failed in fnrt", function=name, request_id=request_id, exc_info=exc)
             raise ServiceError(f"fnrt could not run the invocation: {type(exc).__name__}: {exc}") from exc
         finally:
+            if env is not None and env in entry.pool.active:
+                # Taken but neither given back nor destroyed: an error between taking it
+                # and the call. Its state is unknown, so it goes; it must never leak.
+                entry.pool.discard(env)
             self._release(slot, env)
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
@@ -338,6 +350,7 @@ class Invoker:
         body: bytes,
         request_id: str,
         client_context: Mapping[str, Any] | None,
+        invoked_arn: str | None = None,
     ) -> InvocationResult:
         timeout = record.config.timeout
         budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
@@ -349,6 +362,8 @@ class Invoker:
         }
         if client_context is not None:
             header["client_context"] = dict(client_context)
+        if invoked_arn is not None:
+            header["invoked_arn"] = invoked_arn
         init_ms, env.init_ms = env.init_ms, None
         init_log, env.init_log = env.init_log, ""
         started = self.clock.monotonic()

@@ -19,6 +19,7 @@ EVENT_PAYLOAD_LIMIT = 1024 * 1024  # Event invocations
 MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' record size limit
 MAX_BATCH_BYTES = 6 * 1024 * 1024  # a stream batch is one invoke payload
 LATEST = "$LATEST"
+CLIENT_CONTEXT_LIMIT = 3583  # bytes of base64 (Invoke's X-Amz-Client-Context)
 
 # Payloads at least this big are encoded and decoded on a worker thread, not the loop.
 LARGE_PAYLOAD = 256 * 1024

@@ -16,15 +16,17 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import anyio
+import attrs
 
 from . import _observe, _recent
 from ._clock import Clock, SystemClock
+from ._cluster_limit import ClusterLimit, cluster_limiter
 from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
     AsyncConfig,
@@ -36,11 +38,22 @@ from ._config import (
 )
 from ._handler import parse_reference, split_config
 from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
-from ._lambda import EVENT_PAYLOAD_LIMIT, SCALING_LIMIT, SCALING_WINDOW, SYNC_PAYLOAD_LIMIT, function_arn
+from ._lambda import (
+    CLIENT_CONTEXT_LIMIT,
+    EVENT_PAYLOAD_LIMIT,
+    LATEST,
+    SCALING_LIMIT,
+    SCALING_WINDOW,
+    SYNC_PAYLOAD_LIMIT,
+    dumps,
+    function_arn,
+    parse_function_ref,
+)
 from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
+from ._reload import Reloader, check_available
 from ._supervise import Supervisor
-from .errors import FnrtError, InvalidConfig, RuntimeClosed
+from .errors import FnrtError, FunctionNotFound, InvalidConfig, InvalidPayload, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
@@ -56,7 +69,24 @@ __all__ = [
 ]
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
+RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the store
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def _check_client_context(client_context: object) -> None:
+    """Lambda's ``ClientContext``: a JSON object of at most 3,583 bytes base64-encoded."""
+    if not isinstance(client_context, Mapping):
+        kind = type(client_context).__name__
+        raise InvalidPayload(f"client_context must be a JSON object (client, custom, env), got {kind}")
+    try:
+        size = len(dumps(dict(client_context)).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"client_context is not JSON: {exc}") from None
+    encoded = (size + 2) // 3 * 4
+    if encoded > CLIENT_CONTEXT_LIMIT:
+        raise InvalidPayload(
+            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes base64-encoded; got {encoded}"
+        )
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -71,9 +101,14 @@ class _State:
     sandboxes, not across restarts of the host)."""
 
     def __init__(
-        self, spec: str | Path | Store | None, on_open: Callable[[Store], Awaitable[None]] | None = None
+        self,
+        spec: str | Path | Store | None,
+        *,
+        durability: str = "fsync",
+        on_open: Callable[[Store], Awaitable[None]] | None = None,
     ) -> None:
         self.spec = spec
+        self.durability = durability
         self._on_open = on_open
         self._temp: tempfile.TemporaryDirectory[str] | None = None
         self._store: Store | None = None
@@ -90,7 +125,8 @@ class _State:
                     if spec is None:
                         self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
                         spec = Path(self._temp.name) / "fnrt.sqlite3"
-                    store = await open_store(spec)
+                    options = {} if isinstance(spec, str) else {"durability": self.durability}
+                    store = await open_store(spec, **options)
                     if self._on_open is not None:
                         try:
                             await self._on_open(store)
@@ -103,7 +139,7 @@ class _State:
 
     @property
     def opened(self) -> Store | None:
-        """The store, if it is open."""
+        """The store if it is open (maintenance must not open one just to clean it)."""
         return self._store
 
     async def queue(self) -> QueueStore:
@@ -139,9 +175,25 @@ class Runtime:
     sharing a store wake each other's pollers, balance stream shards between them and
     appear in :meth:`cluster_stats`.
 
+    ``durability`` of the SQLite store: ``"fsync"`` (default: an acknowledged ``Event``
+    or stream record survives a power cut) or ``"process"`` (WAL without an fsync per
+    commit: it survives a crash or ``kill -9`` of the host, not a power cut; faster).
+
+    ``finished_event_retention``: how long (s) a ``done`` or ``failed`` async event stays
+    readable with :meth:`async_event` before it is garbage-collected; stream records go
+    when their stream's retention passes. Both run in the maintenance loop.
+
+    ``reload=True`` watches ``reload_paths`` (the current directory) and loads changed
+    code into new environments without cutting off what runs (see :mod:`fnrt._reload`;
+    needs ``fnrt[reload]``).
+
     ``scaling_limit`` new execution environments per ``scaling_window`` seconds is each
     function's scaling rate (Lambda's: 1,000 per 10 s, refilling continuously); a cold
     start over it is throttled with ``FunctionInvocationRateLimitExceeded``.
+
+    ``cluster_limit`` (:class:`~fnrt._cluster_limit.ClusterLimit`) makes the concurrency
+    limits hold across every host sharing a counting service: the one given, or the
+    store's when it has one (PostgreSQL), with the lease settings given (defaults otherwise).
     """
 
     def __init__(
@@ -158,6 +210,11 @@ class Runtime:
         clock: Clock | None = None,
         scaling_limit: int = SCALING_LIMIT,
         scaling_window: float = SCALING_WINDOW,
+        reload: bool = False,
+        reload_paths: Sequence[str | Path] | None = None,
+        durability: Literal["fsync", "process"] = "fsync",
+        finished_event_retention: float = 86_400.0,
+        cluster_limit: ClusterLimit | None = None,
     ) -> None:
         self.config = RuntimeConfig(
             concurrency_limit=concurrency_limit,
@@ -176,6 +233,7 @@ class Runtime:
         self.metrics = _observe.Metrics()
         self._log = _observe.logger().bind()
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
+        self._cluster_limit = cluster_limit
         self._registry = FunctionRegistry()
         self._invoker = Invoker(self._limiter, self.clock, self.metrics, self._log)
         #: The recent invocations and throttles, bounded (the console reads them).
@@ -190,8 +248,21 @@ class Runtime:
         elif isinstance(spec, str) and "://" not in spec:
             spec = Path(spec)
         self._durable = spec is not None  # a store that outlives this host: resume at start
-        self._state = _State(spec, self._store_opened)
+        if not isinstance(finished_event_retention, (int, float)) or finished_event_retention < 0:
+            raise InvalidConfig(
+                f"finished_event_retention must be seconds >= 0, got {finished_event_retention!r}"
+            )
+        self.finished_event_retention = float(finished_event_retention)
+        self._retention_due = 0.0  # clock.monotonic() of the next retention pass
+        if durability not in ("fsync", "process"):
+            raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
+        self._state = _State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
+        self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
+        self._reloader: Reloader | None = None
+        if reload:
+            check_available()
+            self._reloader = Reloader(self, list(reload_paths or [Path.cwd()]))
         self._async = AsyncSource(
             invoker=self._invoker,
             registry=self._registry,
@@ -207,8 +278,6 @@ class Runtime:
         self.host_id = self._async.owner
         #: What this host tells the others (``cluster_stats``); the HTTP server adds its port.
         self.host_info: dict[str, Any] = {"hostname": socket.gethostname(), "pid": os.getpid()}
-        #: Cluster-wide in-flight per function, from the counting service (set by it).
-        self.cluster_in_flight: Callable[[], Awaitable[dict[str, int]]] | None = None
         self._streams = StreamSource(
             invoker=self._invoker,
             registry=self._registry,
@@ -239,11 +308,17 @@ class Runtime:
             return
         if self._state.closed:
             raise RuntimeClosed("a Runtime runs once; create a new one")
+        store = None
         if self._durable:  # refuse to start on a store that is not usable: say so now
-            await self._state.store()
+            store = await self._state.store()
         await self._supervisor.open()
         self._running = True
+        limiter = cluster_limiter(self._limiter, store, self._cluster_limit, self.clock, self._log)
+        self._limiter = self._invoker.limiter = limiter
+        limiter.start(self._supervisor)
         self._supervisor.loop("maintenance", self._maintain_once)
+        if self._reloader is not None:
+            self._supervisor.spawn(self._reloader.run(), name="reload")
         if self._durable:  # events queued by an earlier host resume at once
             self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
             self._supervisor.loop("host-heartbeat", self._heartbeat_once)
@@ -292,6 +367,7 @@ class Runtime:
         for factory in self._factories.values():
             await step(factory.aclose())
         self._factories.clear()
+        await step(self._limiter.aclose())
         await step(self._state.close())
         if errors:
             raise errors[0]
@@ -338,16 +414,24 @@ class Runtime:
         self._check_running()
         if not isinstance(module, str) or not _MODULE.match(module):
             raise InvalidConfig(f"module must be a dotted module name like 'handlers.echo', got {module!r}")
+        records = await self._discover(module)
+        if not records:
+            raise InvalidConfig(
+                f"module {module!r} has no @fnrt.handler functions; decorate one, "
+                "or register it with add_function(name, 'module:function')"
+            )
+        await self._register_all(records)
+        self._deployed[module] = [r.name for r in records]
+        self._log.info("deployed", module=module, functions=[r.name for r in records])
+        return [r.name for r in records]
+
+    async def _discover(self, module: str) -> list[FunctionRecord]:
+        """The ``@fnrt.handler`` functions of ``module``, found in a sandbox thrown away
+        after (raises the module's init error)."""
         factory = self._factory(self.config.sandbox)
         sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
         try:
-            found = reply.get("handlers", [])
-            if not found:
-                raise InvalidConfig(
-                    f"module {module!r} has no @fnrt.handler functions; decorate one, "
-                    "or register it with add_function(name, 'module:function')"
-                )
-            records = [
+            return [
                 self._record(
                     item["name"],
                     module,
@@ -355,16 +439,33 @@ class Runtime:
                     FunctionConfig.from_kwargs(item["config"]),
                     item.get("extra", {}),
                 )
-                for item in found
+                for item in reply.get("handlers", [])
             ]
         finally:
             await sandbox.close()
+
+    async def _register_all(self, records: list[FunctionRecord]) -> None:
         self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
         for record in records:
             self._register(record)
         await self._provision_all([r.name for r in records])
-        self._log.info("deployed", module=module, functions=[r.name for r in records])
-        return [r.name for r in records]
+
+    def _modules_in_use(self) -> list[str]:
+        return sorted({entry.record.module for entry in self._registry})
+
+    async def _reload_module(self, module: str) -> list[str]:
+        """Register ``module``'s functions again from its current source (hot reload).
+        Deployed functions take their config from the decorators again; functions added by
+        reference keep theirs. Raises the module's init error, and then changes nothing."""
+        self._check_running()
+        discovered = await self._discover(module)
+        deployed = set(self._deployed.get(module, ()))
+        records = [r for r in discovered if r.name in deployed]
+        for entry in self._registry:  # added by reference: same config, new code
+            if entry.record.module == module and entry.name not in deployed:
+                records.append(attrs.evolve(entry.record, generation=self._registry.next_generation()))
+        await self._register_all(records)
+        return sorted(r.name for r in records)
 
     async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:
         """Register ``handler`` (``"module:function"``) as function ``name`` with ``config``.
@@ -386,6 +487,9 @@ class Runtime:
         Its concurrency, pool and event-invoke config go with it."""
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
+        for names in self._deployed.values():
+            if entry.name in names:
+                names.remove(entry.name)
         for env in entry.pool.drain():
             await env.sandbox.close()
 
@@ -407,16 +511,141 @@ class Runtime:
             generation=self._registry.next_generation(),
         )
 
-    def _register(self, record: FunctionRecord) -> None:
+    def _register(self, record: FunctionRecord) -> FunctionEntry:
+        """Register a new generation of ``record.name``. What it replaces stops taking
+        events: idle sandboxes go now, busy ones when their call ends; its event-invoke
+        config carries over (in Lambda it is the function's, not the code's)."""
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
         pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
         scaling = ScalingAllowance(
             self.config.scaling_limit, self.config.scaling_window, self.clock.monotonic()
         )
-        old = self._registry.put(FunctionEntry(record, pool, counter, scaling))
+        entry = FunctionEntry(record, pool, counter, scaling)
+        old = self._registry.put(entry)
         if old is not None:
+            entry.async_override = old.async_override
             for env in old.pool.drain():
                 env.sandbox.kill()
+        return entry
+
+    def _amend(self, entry: FunctionEntry, **changes: Any) -> FunctionRecord:
+        """Change settings that do not touch the code or its environment (concurrency) in
+        place: same generation, same sandboxes."""
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(entry.record, config=config)
+        entry.record = record
+        entry.pool.function = record
+        return record
+
+    # -- the control plane (Lambda's function configuration APIs) -----------------------
+
+    async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
+        """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
+        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        get environments initialized with the new configuration; environments of the old
+        one finish what they run and retire."""
+        self._check_running()
+        entry = self._registry.get(name)
+        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise InvalidConfig(
+                f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
+                "(concurrency has its own calls)"
+            )
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(
+            entry.record,
+            config=config,
+            sandbox_kind=config.sandbox or self.config.sandbox,
+            generation=self._registry.next_generation(),
+        )
+        self._register(record)
+        await self._provision_all([record.name])
+        self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
+        return record
+
+    def put_function_concurrency(self, name: str, reserved: int) -> FunctionRecord:
+        """Lambda's ``PutFunctionConcurrency``: reserve ``reserved`` of the account's
+        concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
+        self._check_running()
+        entry = self._registry.get(name)
+        FunctionConfig(reserved_concurrency=reserved)  # validates the value
+        if entry.record.config.provisioned_concurrency > reserved:
+            raise InvalidConfig(
+                f"reserved concurrency {reserved} is below the provisioned concurrency "
+                f"{entry.record.config.provisioned_concurrency}"
+            )
+        self._limiter.check_reservations({entry.name: reserved})
+        record = self._amend(entry, reserved_concurrency=reserved)
+        self._limiter.set_reserved(entry.counter, reserved)
+        return record
+
+    def delete_function_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteFunctionConcurrency``: back to the shared pool."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, reserved_concurrency=None)
+        self._limiter.set_reserved(entry.counter, None)
+        return record
+
+    def put_provisioned_concurrency(self, name: str, count: int) -> FunctionRecord:
+        """Lambda's ``PutProvisionedConcurrencyConfig``: keep ``count`` environments
+        initialized. Returns at once; :meth:`provisioned_concurrency` tells the status."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, provisioned_concurrency=count)
+        if not entry.provisioning:
+            entry.provisioning = True
+            self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+        return record
+
+    def delete_provisioned_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteProvisionedConcurrencyConfig``: extra environments retire as
+        idle ones do."""
+        self._check_running()
+        return self._amend(self._registry.get(name), provisioned_concurrency=0)
+
+    def provisioned_concurrency(self, name: str) -> dict[str, Any]:
+        """Lambda's ``GetProvisionedConcurrencyConfig``: requested, allocated, available
+        and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
+        entry = self._registry.get(name)
+        requested = entry.record.config.provisioned_concurrency
+        stats = entry.pool.stats()
+        allocated = min(requested, stats["warm"] + stats["busy"])
+        return {
+            "RequestedProvisionedConcurrentExecutions": requested,
+            "AllocatedProvisionedConcurrentExecutions": allocated,
+            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
+            "Status": "READY"
+            if allocated >= requested
+            else ("IN_PROGRESS" if entry.provisioning else "FAILED"),
+        }
+
+    def has_async_config(self, name: str) -> bool:
+        """Whether ``name`` has an event-invoke config of its own (set by
+        :meth:`configure_async` or ``@fnrt.handler(async_config=...)``), not the defaults."""
+        entry = self._registry.get(name)
+        return entry.async_override is not None or entry.record.async_config is not None
+
+    def delete_async_config(self, name: str) -> None:
+        """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
+        defaults."""
+        self._registry.get(name).async_override = None
+
+    def account_settings(self) -> dict[str, Any]:
+        """Lambda's ``GetAccountSettings``: the limits and what is in use."""
+        stats = self._limiter.stats()
+        return {
+            "AccountLimit": {
+                "ConcurrentExecutions": stats["limit"],
+                "UnreservedConcurrentExecutions": stats["unreserved_pool"],
+                "CodeSizeUnzipped": 262_144_000,
+                "CodeSizeZipped": 52_428_800,
+                "TotalCodeSize": 80_530_636_800,
+            },
+            "AccountUsage": {"FunctionCount": len(self._registry), "TotalCodeSize": 0},
+        }
 
     async def _provision_all(self, names: list[str]) -> None:
         """Initialize the provisioned environments of ``names``; the first failure (an
@@ -473,14 +702,27 @@ class Runtime:
         *,
         client_context: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        qualifier: str | None = None,
     ) -> InvocationResult:
-        """Invoke and return Lambda's whole response; a function error is in ``.error``."""
+        """Invoke and return Lambda's whole response; a function error is in ``.error``.
+
+        ``qualifier`` (or a qualified ARN as ``name``; only ``$LATEST`` exists) makes the
+        context's ``invoked_function_arn`` the qualified ARN, as Lambda does; any other
+        qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         self._check_running()
         entry = self._registry.get(name)
+        if client_context is not None:
+            _check_client_context(client_context)
+        if qualifier is None:
+            parsed = parse_function_ref(name)
+            qualifier = parsed[1] if parsed else None
+        if qualifier is not None and qualifier != LATEST:
+            raise FunctionNotFound(f"{entry.name}:{qualifier}")
         request_id = request_id or self._invoker.request_id()
         if invocation_type == "RequestResponse":
             body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
-            return await self._invoker.invoke(entry, body, request_id, client_context)
+            invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
+            return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":
             await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
             return InvocationResult(request_id, entry.name, 204)
@@ -542,9 +784,11 @@ class Runtime:
     # -- maintenance ------------------------------------------------------------------
 
     async def _maintain_once(self) -> None:
-        """Retire idle sandboxes past their TTL; refill provisioned concurrency."""
+        """Retire idle sandboxes past their TTL; refill provisioned concurrency; apply
+        retention to the store."""
         ttl = self.config.idle_ttl
         await self.clock.sleep(min(max(ttl / 4, 0.01), 5.0))
+        await self._retention()
         for entry in self._registry:
             pool = entry.pool
             for env in pool.retire_idle(ttl):
@@ -553,6 +797,19 @@ class Runtime:
             if pool.size < entry.record.config.provisioned_concurrency and not entry.provisioning:
                 entry.provisioning = True
                 self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+
+    async def _retention(self) -> None:
+        """Garbage-collect finished async events and expired stream records, once a
+        minute, in bounded batches, and only on a store this runtime has opened."""
+        store = self._state.opened
+        now = self.clock.monotonic()
+        if store is None or now < self._retention_due:
+            return
+        self._retention_due = now + RETENTION_INTERVAL
+        wall = self.clock.time()
+        while await store.queue.purge_finished(wall - self.finished_event_retention) >= 10_000:
+            pass
+        await store.streams.trim_expired(wall)
 
     async def _replenish(self, entry: FunctionEntry) -> None:
         try:
@@ -610,8 +867,8 @@ class Runtime:
         """The cluster as the store sees it (any host gives the same answer): the live
         ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all
         functions, and per function this host knows), each stream mapping's shard leases
-        per host (``streams``), and ``in_flight`` per function cluster-wide (from the
-        counting service; ``None`` while there is none)."""
+        per host (``streams``), and ``in_flight`` per function cluster-wide (slots leased
+        from the counting service; on a store without one, this host's calls)."""
         self._check_running()
         store = await self._state.store()
         now = self.clock.time()
@@ -636,7 +893,7 @@ class Runtime:
                 "leases_per_host": per_host,
                 "shards": shards,
             }
-        in_flight = await self.cluster_in_flight() if self.cluster_in_flight is not None else None
+        in_flight = await self._limiter.cluster_in_flight()
         return {
             "host": self.host_id,
             "store": store.stats(),
@@ -678,6 +935,11 @@ class Runtime:
         self._check_running()
         return await self._streams.get_stream(name)
 
+    async def list_streams(self) -> list[str]:
+        """The names of every stream in the runtime's state, sorted."""
+        self._check_running()
+        return await self._streams.stream_names()
+
     async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
         """Start an event source mapping from ``stream`` to ``function`` with
         :class:`~fnrt.StreamMappingConfig` settings. The same pair added again after a
@@ -685,6 +947,17 @@ class Runtime:
         self._check_running()
         mapping_config = StreamMappingConfig.from_kwargs(config)
         return await self._streams.add_mapping(stream, function, mapping_config)
+
+    async def update_stream_mapping(self, mapping: StreamMapping | str, **config: Any) -> StreamMapping:
+        """Change a mapping's settings (Lambda's ``UpdateEventSourceMapping``); polling goes
+        on from the durable checkpoints with the new ones."""
+        self._check_running()
+        key = mapping.uuid if isinstance(mapping, StreamMapping) else mapping
+        current = self._streams.mappings.get(key)
+        if current is None:
+            raise InvalidConfig(f"no stream mapping {key!r}")
+        merged = StreamMappingConfig.from_kwargs({**current.config.to_dict(), **config})
+        return await self._streams.update_mapping(key, merged)
 
     async def remove_stream_mapping(self, mapping: StreamMapping | str) -> None:
         """Stop a mapping and delete it with its checkpoints and leases."""

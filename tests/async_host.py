@@ -17,9 +17,9 @@ import structlog
 import fnrt
 
 
-async def main(state_dir: str, outbox: str, enqueue: int, expect: int) -> None:
+async def main(state_dir: str, outbox: str, enqueue: int, expect: int, durability: str) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    async with fnrt.Runtime(state_dir=state_dir) as rt:
+    async with fnrt.Runtime(state_dir=state_dir, durability=durability) as rt:  # type: ignore[arg-type]
         invoker = rt._async
         invoker.lease_margin = 0.3  # leases of a dead host expire 0.3 s after its timeout
         await rt.add_function("send", "handlers.payments:send_receipt", timeout=1, reserved_concurrency=4)
@@ -39,4 +39,5 @@ async def main(state_dir: str, outbox: str, enqueue: int, expect: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    durability = sys.argv[5] if len(sys.argv) > 5 else "fsync"
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), durability))

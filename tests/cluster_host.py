@@ -5,8 +5,8 @@ Registers ``work`` (Event invokes) and ``consume`` (a mapping from the 8-shard s
 line ``{"name", "host", "url"}`` when ready, and runs until SIGTERM (or ``kill -9``).
 ``tests/test_cluster.py`` and ``examples/cluster.py`` start three of these.
 
-Environment: ``CLUSTER_LEASE`` (shard lease seconds, default 2), ``CLUSTER_LIMIT`` (this
-host's concurrency limit, default 8).
+Environment: ``CLUSTER_LEASE`` (shard lease seconds, default 2), ``CLUSTER_LIMIT`` (the
+concurrency limit, default 8: on PostgreSQL one limit for all hosts together).
 """
 
 from __future__ import annotations

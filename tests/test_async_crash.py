@@ -14,6 +14,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fnrt.store import QueueStore, open_store
 
 from .conftest import read_jsonl
@@ -22,9 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 40
 
 
-def start_host(state_dir: Path, outbox: Path, enqueue: int) -> subprocess.Popen[str]:
+def start_host(
+    state_dir: Path, outbox: Path, enqueue: int, durability: str = "fsync"
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.async_host", str(state_dir), str(outbox), str(enqueue), str(EVENTS)],
+        [
+            sys.executable,
+            "-m",
+            "tests.async_host",
+            str(state_dir),
+            str(outbox),
+            str(enqueue),
+            str(EVENTS),
+            durability,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -59,9 +72,11 @@ def sent(outbox: Path) -> list[int]:
     return [entry["order"] for entry in read_jsonl(outbox)]
 
 
-def test_a_host_killed_mid_work_loses_no_event(tmp_path):
+# "process" durability skips the fsync per commit: it must still survive kill -9.
+@pytest.mark.parametrize("durability", ["fsync", "process"])
+def test_a_host_killed_mid_work_loses_no_event(tmp_path, durability):
     state_dir, outbox = tmp_path / "state", tmp_path / "outbox.jsonl"
-    first = start_host(state_dir, outbox, EVENTS)
+    first = start_host(state_dir, outbox, EVENTS, durability)
     try:
         wait_for_line(first, "enqueued")  # every invoke returned: all 40 are on disk
         deadline = time.monotonic() + 20

@@ -10,12 +10,15 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import fnrt
 from fnrt.store import Store, open_store
 from fnrt.testing import wait_until
+
+from .conftest import alive
 
 
 @contextmanager
@@ -209,3 +212,70 @@ async def test_provisioned_concurrency_is_refilled_after_a_sandbox_dies() -> Non
         await clock.advance(15)  # the maintenance loop runs every idle_ttl / 4
         await rt.wait_idle()
         assert rt.stats()["functions"]["crash"]["warm"] == 2
+
+
+async def test_hundreds_of_bad_requests_leak_no_sandbox_and_no_slot() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        await rt.invoke("f", {})
+        template = rt._factories["subprocess"]._template
+        before = {pid for pid in template._exits if alive(pid)}
+        bad: list[dict] = [
+            {"client_context": 5},  # not an object
+            {"client_context": "NQ=="},
+            {"client_context": [1, 2]},
+            {"client_context": {"custom": {"x": object()}}},
+            {"client_context": {"custom": {"x": "y" * 4000}}},
+            {"payload": b"{not json"},
+            {"payload": {"x": float("nan")}},
+            {"payload": b"x" * (6 * 1024 * 1024 + 1)},
+            {"payload": object()},
+        ]
+        for _ in range(60):
+            for kwargs in bad:
+                payload = kwargs.get("payload", {})
+                context = kwargs.get("client_context")
+                with pytest.raises((fnrt.InvalidPayload, fnrt.PayloadTooLarge)):
+                    await rt.invoke("f", payload, client_context=context)  # type: ignore[arg-type]
+        stats = rt.stats()
+        assert stats["concurrency"]["in_flight"] == 0
+        assert stats["functions"]["f"]["busy"] == 0 and stats["functions"]["f"]["warm"] <= 1
+        await asyncio.sleep(0.2)
+        after = {pid for pid in template._exits if alive(pid)}
+        assert len(after) <= len(before)  # no process per bad request
+        assert (await rt.invoke("f", {"ok": 1}))["event"] == {"ok": 1}
+
+
+async def test_finished_events_and_expired_records_are_garbage_collected(tmp_path: Path) -> None:
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock, finished_event_retention=3600) as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        request_id = await rt.invoke("f", {}, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(request_id))["state"] == "done"
+        stream = await rt.create_stream("s", retention_hours=24)
+        await stream.put_record("x", "k")
+        shard = (await stream.shards())[0]["ShardId"]
+        await clock.advance(1800)
+        await rt.wait_idle()
+        assert await rt.async_event(request_id) is not None  # within its retention
+
+        async def advance_until(check: Any, limit: int = 400) -> None:
+            for _ in range(limit):
+                if await check():
+                    return
+                await clock.advance(5)
+                await asyncio.sleep(0.005)
+            raise AssertionError("retention never ran")
+
+        async def event_gone() -> bool:
+            return await rt.async_event(request_id) is None
+
+        await advance_until(event_gone)
+        assert len(await stream.read(shard, None, 10)) == 1  # 24 h retention not passed yet
+        await clock.advance(86_400 - 1800)
+
+        async def records_gone() -> bool:
+            return await stream.read(shard, None, 10) == []
+
+        await advance_until(records_gone)

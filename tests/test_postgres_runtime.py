@@ -98,7 +98,8 @@ async def test_runtime_opens_a_postgresql_url_and_reports_it(postgres_url: str) 
         cluster = await rt.cluster_stats()
         assert cluster["store"]["backend"] == "postgres"
         assert cluster["queue"]["total"] == {"done": 1}
-        assert cluster["in_flight"] is None  # the counting service fills it
+        # slots leased from the counting service (an idle surplus until it is given back)
+        assert set(cluster["in_flight"]) <= {"echo"}
 
 
 async def _hosts(rt: Runtime) -> list[dict[str, Any]]:

@@ -293,7 +293,7 @@ class Worker:
         client_context = header.get("client_context")
         context = Context(
             function_name=fn["function_name"],
-            invoked_function_arn=fn["arn"],
+            invoked_function_arn=header.get("invoked_arn") or fn["arn"],
             memory_limit_in_mb=fn["memory_mb"],
             aws_request_id=rid,
             deadline_ms=header["deadline_ms"],

@@ -129,6 +129,41 @@ class Stream:
         self._source.wake(self.name)
         return [(shard_id, seq_str(seq)) for shard_id, seq in placed]
 
+    async def read(self, shard_id: str, after_seq: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records of ``shard_id`` after sequence number ``after_seq``
+        (``None``: from the oldest retained), oldest first, in Kinesis' ``GetRecords``
+        shape (``SequenceNumber``, ``ApproximateArrivalTimestamp``, ``Data`` as base64,
+        ``PartitionKey``). A malformed ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
+        try:
+            after = -1 if after_seq is None else seq_int(after_seq)
+        except (TypeError, ValueError):
+            raise InvalidConfig(f"not a sequence number of stream {self.name!r}: {after_seq!r}") from None
+        store = await self._source.store()
+        records = await store.read(self.name, shard_id, after, limit)
+        return [
+            {
+                "SequenceNumber": seq_str(r.seq),
+                "ApproximateArrivalTimestamp": r.arrival,
+                "Data": r.data,
+                "PartitionKey": r.partition_key,
+            }
+            for r in records
+        ]
+
+    async def info(self) -> dict[str, Any]:
+        """``created_at`` (epoch s), ``retention_hours``, and ``last_sequence_number``
+        (the stream's newest record, ``None`` before the first)."""
+        store = await self._source.store()
+        info = await store.stream_info(self.name)
+        if info is None:
+            raise StreamNotFound(self.name)
+        last = int(info["last_seq"])
+        return {
+            "created_at": info["created_at"],
+            "retention_hours": info["retention"] / 3600,
+            "last_sequence_number": seq_str(last) if last >= 0 else None,
+        }
+
     async def shards(self) -> list[dict[str, Any]]:
         """Kinesis' ``ListShards``: every shard with its hash-key and sequence ranges."""
         store = await self._source.store()
@@ -263,6 +298,8 @@ class StreamMapping:
         )
 
     def start(self) -> None:
+        if not self.config.enabled:  # kept with its checkpoints, not polled
+            return
         self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
 
     async def _coordinate_once(self) -> None:
@@ -785,6 +822,9 @@ class StreamSource:
         await store.create_stream(name, shard_count, retention_hours * 3600, self.clock.time())
         return await self.get_stream(name)
 
+    async def stream_names(self) -> list[str]:
+        return await (await self.store()).stream_names()
+
     async def get_stream(self, name: str) -> Stream:
         stream = self._streams.get(name)
         if stream is None:
@@ -817,6 +857,28 @@ class StreamSource:
         )
         mapping = StreamMapping(self, row.uuid, stream, name, config)
         self.mappings[row.uuid] = mapping
+        mapping.start()
+        return mapping
+
+    async def update_mapping(self, key: str, config: StreamMappingConfig) -> StreamMapping:
+        """Restart mapping ``key`` with ``config``: its pollers stop and give their leases
+        back, the durable config is replaced, and polling goes on from the checkpoints."""
+        found = self.mappings.get(key)
+        if found is None:
+            raise InvalidConfig(f"no stream mapping {key!r}")
+        await found.stop()
+        store = await self.store()
+        row = await store.create_mapping(
+            found.uuid,
+            found.stream.name,
+            found.function,
+            config.to_dict(),
+            config.starting_position,
+            config.starting_position_timestamp,
+            self.clock.time(),
+        )
+        mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
+        self.mappings[key] = mapping
         mapping.start()
         return mapping
 

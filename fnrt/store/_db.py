@@ -119,6 +119,9 @@ class Database:
         self._pending: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._synchronous = "FULL"
+        #: What a durable commit uses: FULL (fsync: survives a power cut) or NORMAL (the
+        #: "process" durability: survives a crash of the host, not of the machine).
+        self.durable_level = "FULL"
         self._closed = False
         self.commits = 0  # transactions committed through this handle (stats, tests)
 
@@ -194,7 +197,7 @@ class Database:
     async def _durability(self, durable: bool) -> None:
         """Set ``synchronous`` for the next commit (only between transactions, under the
         lock; one thread hop, and only when it changes)."""
-        wanted = "FULL" if durable else "NORMAL"
+        wanted = self.durable_level if durable else "NORMAL"
         if self._synchronous != wanted:
             await self.conn.execute(f"PRAGMA synchronous={wanted}")
             self._synchronous = wanted

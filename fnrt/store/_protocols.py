@@ -146,6 +146,15 @@ class StreamStore(Protocol):
 
     async def stream_exists(self, name: str) -> bool: ...
 
+    async def stream_names(self) -> list[str]:
+        """Every stream's name, sorted."""
+        ...
+
+    async def stream_info(self, name: str) -> dict[str, float] | None:
+        """``created_at``, ``retention`` (s) and ``last_seq`` (-1 before the first record),
+        or ``None`` for an unknown stream."""
+        ...
+
     async def stream_retention(self, name: str) -> float:
         """The stream's retention in seconds (0.0 for an unknown stream)."""
         ...

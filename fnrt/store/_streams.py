@@ -170,6 +170,19 @@ class SQLiteStreams:
                 )
         return True
 
+    async def stream_names(self) -> list[str]:
+        rows = await self.db.fetchall("SELECT name FROM streams ORDER BY name", ())
+        return [r[0] for r in rows]
+
+    async def stream_info(self, name: str) -> dict[str, float] | None:
+        """``created_at``, ``retention`` (s) and ``last_seq`` (-1 before the first record)."""
+        row = await self.db.fetchone(
+            "SELECT created_at, retention, next_seq FROM streams WHERE name = ?", (name,)
+        )
+        if row is None:
+            return None
+        return {"created_at": row[0], "retention": row[1], "last_seq": row[2] - 1}
+
     async def stream_exists(self, name: str) -> bool:
         return await self.db.fetchone("SELECT 1 FROM streams WHERE name = ?", (name,)) is not None
 

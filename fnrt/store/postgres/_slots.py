@@ -5,6 +5,8 @@ cluster granted it until the expiry. A host asks for a block (:meth:`PgSlots.try
 runs invocations against it locally, gives back what it does not use
 (:meth:`PgSlots.release`) and extends its rows while it lives (:meth:`PgSlots.renew`). A
 host that dies stops renewing, and its slots count for nothing once its rows expire.
+A host refused slots leaves a marker (:meth:`PgSlots.want`) that tells the hosts holding
+them to give freed slots back rather than reuse them (:meth:`PgSlots.wanted`).
 
 Lambda's rules hold cluster-wide: a function with reserved concurrency ``R`` holds at most
 ``R`` slots over all hosts, and the reservations are carved out of the global limit;
@@ -24,10 +26,39 @@ call passes none, this host's ``time.time()``.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import asyncpg
 
 from ._pool import Connections, guarded
 from ._schema import judge
+
+#: The suffix of a host's "refused lately" marker rows (see PgSlots.want).
+WANTS = "#wants"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _closed_is_unavailable(
+    method: Callable[Concatenate[PgSlots, P], Awaitable[T]],
+) -> Callable[Concatenate[PgSlots, P], Coroutine[Any, Any, T]]:
+    """A closed pool (this host's store was closed under a caller), or a connection the
+    server killed under a query (asyncpg may then say InternalClientError), is the store being
+    unavailable too, not a programming error: admission must fail cleanly, and the
+    renewal loop retry, never crash the runtime."""
+
+    @functools.wraps(method)
+    async def run(self: PgSlots, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except (asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+            raise self.pg.unavailable(method.__name__, exc) from exc
+
+    return run
 
 
 class PgSlots:
@@ -40,6 +71,7 @@ class PgSlots:
             return None
         return time.time() if now is None else now
 
+    @_closed_is_unavailable
     @guarded
     async def try_acquire(
         self,
@@ -71,6 +103,7 @@ class PgSlots:
         )
         return int(granted)
 
+    @_closed_is_unavailable
     @guarded
     async def release(self, host: str, function: str, n: int) -> None:
         """Give ``n`` of ``host``'s slots of ``function`` back (never below zero)."""
@@ -85,6 +118,7 @@ class PgSlots:
             n,
         )
 
+    @_closed_is_unavailable
     @guarded
     async def renew(self, host: str, ttl: float, *, now: float | None = None) -> dict[str, int]:
         """Extend every unexpired lease of ``host`` to ``ttl`` seconds from now; returns
@@ -96,12 +130,47 @@ class PgSlots:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    @_closed_is_unavailable
+    @guarded
+    async def want(self, host: str, function: str, seconds: float, *, now: float | None = None) -> None:
+        """Say that ``host`` was refused slots of ``function``: for ``seconds``, hosts that
+        hold its slots give freed ones back instead of reusing them (:meth:`wanted`), so
+        one busy host cannot keep the whole pool from the others. A marker row of no
+        slots (``host#wants``, count 0): it counts for nothing and expires by itself."""
+        await self.pg.relaxed.execute(
+            "INSERT INTO fnrt_slot_leases AS l (host, function, count, expires_judge) "
+            f"VALUES ($1 || '{WANTS}', $2, 0, {judge('$4')} + $3) "
+            "ON CONFLICT (host, function) DO UPDATE SET expires_judge = excluded.expires_judge",
+            host,
+            function,
+            seconds,
+            self._judge(now),
+        )
+
+    @_closed_is_unavailable
+    @guarded
+    async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]:
+        """Which of ``functions`` another host was refused slots of lately (:meth:`want`)."""
+        if not functions:
+            return set()
+        rows = await self.pg.relaxed.fetch(
+            "SELECT DISTINCT function FROM fnrt_slot_leases WHERE count = 0 "
+            f"AND host LIKE '%{WANTS}' AND host <> $1 || '{WANTS}' AND function = ANY($2::text[]) "
+            f"AND expires_judge > {judge('$3')}",
+            host,
+            functions,
+            self._judge(now),
+        )
+        return {r[0] for r in rows}
+
+    @_closed_is_unavailable
     @guarded
     async def forget(self, function: str) -> None:
         """Drop ``function``'s reservation (it was removed everywhere): its reserved
         concurrency goes back to the shared pool."""
         await self.pg.durable.execute("DELETE FROM fnrt_slot_functions WHERE function = $1", function)
 
+    @_closed_is_unavailable
     @guarded
     async def in_use(self, *, now: float | None = None) -> dict[str, dict[str, int]]:
         """Unexpired slots by function, then host: ``{function: {host: count}}`` (for

@@ -102,6 +102,24 @@ class PgStreamStore:
         return await self.pg.relaxed.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1", name) is not None
 
     @guarded
+    async def stream_names(self) -> list[str]:
+        rows = await self.pg.relaxed.fetch("SELECT name FROM fnrt_streams ORDER BY name")
+        return [str(r["name"]) for r in rows]
+
+    @guarded
+    async def stream_info(self, name: str) -> dict[str, float] | None:
+        row = await self.pg.relaxed.fetchrow(
+            "SELECT created_at, retention, next_seq FROM fnrt_streams WHERE name = $1", name
+        )
+        if row is None:
+            return None
+        return {
+            "created_at": float(row["created_at"]),
+            "retention": float(row["retention"]),
+            "last_seq": int(row["next_seq"]) - 1,
+        }
+
+    @guarded
     async def stream_retention(self, name: str) -> float:
         value = await self.pg.relaxed.fetchval("SELECT retention FROM fnrt_streams WHERE name = $1", name)
         return float(value) if value is not None else 0.0

@@ -1,0 +1,681 @@
+"""Lambda's control plane over REST-JSON, as boto3 and the AWS CLI call it.
+
+The operations, with the paths, methods, shapes and error codes of Lambda's service model
+(``botocore/data/lambda/2015-03-31/service-2.json``):
+
+- ``UpdateFunctionConfiguration`` (``Timeout``, ``MemorySize``, ``Environment``,
+  ``Description``): new execution environments get the new configuration.
+- ``Put/Get/DeleteFunctionConcurrency``.
+- ``Put/Get/Delete/ListProvisionedConcurrencyConfig(s)``. fnrt has no published versions,
+  so the qualifier is ``$LATEST`` (which Lambda itself refuses for provisioned concurrency).
+- ``Put/Get/Update/Delete/ListFunctionEventInvokeConfig(s)``: destinations are Lambda
+  function ARNs (an ``Event`` to that function) or SQS queue ARNs (a durable sink read with
+  ``Runtime.destination_records``).
+- ``Create/Get/List/Update/DeleteEventSourceMapping`` for fnrt's streams, named by their
+  Kinesis ARN (``arn:aws:kinesis:<region>:<account>:stream/<name>``).
+- ``GetAccountSettings``.
+
+A value out of Lambda's range is a ``ValidationException`` worded as Lambda words it; what
+fnrt's own validation refuses is an ``InvalidParameterValueException`` with its message; a
+setting fnrt cannot honour is refused by name rather than ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from ._config import AsyncConfig, parse_destination
+from ._http_errors import AwsError
+from ._http_lambda import (
+    Stamps,
+    destination_arn,
+    function_configuration,
+    lambda_time,
+    resolve,
+    revision_id,
+)
+from ._lambda import LATEST
+from ._registry import FunctionRecord
+from ._runtime import Runtime
+from .errors import InvalidConfig
+from .sources._streams import StreamMapping
+
+__all__ = ["ControlApi"]
+
+_FUNCTIONS = "/2015-03-31/functions/{name}"
+_CONCURRENCY_PUT = "/2017-10-31/functions/{name}/concurrency"
+_CONCURRENCY_GET = "/2019-09-30/functions/{name}/concurrency"
+_PROVISIONED = "/2019-09-30/functions/{name}/provisioned-concurrency"
+_EVENT_INVOKE = "/2019-09-25/functions/{name}/event-invoke-config"
+_MAPPINGS = "/2015-03-31/event-source-mappings"
+_ACCOUNT = "/2016-08-19/account-settings"
+
+_KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
+_UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
+_NOT_FOUND = "The resource you requested does not exist."
+
+
+# -- request bodies and values --------------------------------------------------------
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise AwsError(
+            400, "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
+        ) from None
+    if not isinstance(body, dict):
+        raise AwsError(
+            400, "InvalidRequestContentException", "Could not parse request body into json: not an object"
+        )
+    return body
+
+
+def _camel(key: str) -> str:
+    return key[0].lower() + key[1:]
+
+
+def _invalid(key: str, value: Any, constraint: str) -> AwsError:
+    return AwsError(
+        400,
+        "ValidationException",
+        f"1 validation error detected: Value '{value}' at '{_camel(key)}' failed to satisfy "
+        f"constraint: {constraint}",
+    )
+
+
+def _integer(body: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        raise _invalid(key, value, "Member must be an integer")
+    if value < low:
+        raise _invalid(key, value, f"Member must have value greater than or equal to {low}")
+    if high is not None and value > high:
+        raise _invalid(key, value, f"Member must have value less than or equal to {high}")
+    return int(value)
+
+
+def _boolean(body: Mapping[str, Any], key: str) -> bool:
+    value = body[key]
+    if not isinstance(value, bool):
+        raise _invalid(key, value, "Member must be a boolean")
+    return value
+
+
+def _string(body: Mapping[str, Any], key: str, limit: int) -> str:
+    value = body[key]
+    if not isinstance(value, str):
+        raise _invalid(key, value, "Member must be a string")
+    if len(value) > limit:
+        raise _invalid(key, value, f"Member must have length less than or equal to {limit}")
+    return value
+
+
+def _unsupported(names: list[str], what: str, supported: tuple[str, ...]) -> AwsError:
+    return AwsError(
+        400,
+        "InvalidParameterValueException",
+        f"fnrt does not support {', '.join(names)} in {what}; it supports {', '.join(supported)}",
+    )
+
+
+def _destination(config: Any, key: str) -> str | None:
+    """``DestinationConfig.<key>.Destination``: an ARN, or empty for none."""
+    if not isinstance(config, dict):
+        raise _invalid("DestinationConfig", config, "Member must be a structure")
+    part = config.get(key)
+    if part is None:
+        return None
+    if not isinstance(part, dict):
+        raise _invalid(key, part, "Member must be a structure")
+    target = part.get("Destination")
+    if target in (None, ""):
+        return None
+    if not isinstance(target, str):
+        raise _invalid("Destination", target, "Member must be a string")
+    try:
+        parse_destination(target)
+    except InvalidConfig:
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"The destination ARN {target} is invalid: fnrt delivers to a Lambda function ARN "
+            "or an SQS queue ARN (a durable sink read with Runtime.destination_records)",
+        ) from None
+    return target
+
+
+def _qualifier(request: web.Request, record: FunctionRecord, *, required: bool) -> None:
+    qualifier = request.query.get("Qualifier")
+    if qualifier is None:
+        if required:
+            raise AwsError(400, "InvalidParameterValueException", "Qualifier is required")
+        return
+    if qualifier != LATEST:
+        raise AwsError(404, "ResourceNotFoundException", f"Function not found: {record.arn}:{qualifier}")
+
+
+def _page(request: web.Request, keys: list[str], default: int, limit: int) -> tuple[int, int]:
+    """``Marker``/``MaxItems``: the slice of ``keys`` (sorted) to answer."""
+    raw = request.query.get("MaxItems", str(default))
+    try:
+        max_items = int(raw)
+    except ValueError:
+        max_items = 0
+    if not 1 <= max_items <= limit:
+        raise AwsError(400, "InvalidParameterValueException", f"MaxItems must be 1-{limit}, got {raw!r}")
+    start = 0
+    marker = request.query.get("Marker")
+    if marker:
+        try:
+            after = base64.urlsafe_b64decode(marker.encode()).decode()
+        except (ValueError, binascii.Error):
+            raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+        start = sum(1 for k in keys if k < after)
+    return start, max_items
+
+
+def _marker(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+class ControlApi:
+    """The control-plane routes; :meth:`register` adds them to an application."""
+
+    def __init__(self, runtime: Runtime, stamps: Stamps | None = None) -> None:
+        self.runtime = runtime
+        self.stamps = stamps or Stamps(runtime)
+
+    def register(self, app: web.Application) -> None:
+        add = app.router.add_route
+        add("PUT", _FUNCTIONS + "/configuration", self.update_function_configuration)
+        add("PUT", _CONCURRENCY_PUT, self.put_function_concurrency)
+        add("DELETE", _CONCURRENCY_PUT, self.delete_function_concurrency)
+        add("GET", _CONCURRENCY_GET, self.get_function_concurrency)
+        add("PUT", _PROVISIONED, self.put_provisioned_concurrency)
+        add("GET", _PROVISIONED, self.get_provisioned_concurrency)
+        add("DELETE", _PROVISIONED, self.delete_provisioned_concurrency)
+        add("PUT", _EVENT_INVOKE, self.put_event_invoke_config)
+        add("POST", _EVENT_INVOKE, self.update_event_invoke_config)
+        add("GET", _EVENT_INVOKE, self.get_event_invoke_config)
+        add("DELETE", _EVENT_INVOKE, self.delete_event_invoke_config)
+        add("GET", _EVENT_INVOKE + "/list", self.list_event_invoke_configs)
+        for path in (_MAPPINGS, _MAPPINGS + "/"):
+            add("POST", path, self.create_event_source_mapping)
+            add("GET", path, self.list_event_source_mappings)
+        add("GET", _MAPPINGS + "/{uuid}", self.get_event_source_mapping)
+        add("PUT", _MAPPINGS + "/{uuid}", self.update_event_source_mapping)
+        add("DELETE", _MAPPINGS + "/{uuid}", self.delete_event_source_mapping)
+        for path in (_ACCOUNT, _ACCOUNT + "/"):
+            add("GET", path, self.get_account_settings)
+
+    def _function(self, request: web.Request) -> FunctionRecord:
+        """The function the path names (a name or ARN; a qualifier in it must be ``$LATEST``)."""
+        record, _ = resolve(self.runtime, request.match_info["name"], None)
+        return record
+
+    # -- function configuration ---------------------------------------------------------
+
+    def function_configuration(self, record: FunctionRecord) -> dict[str, Any]:
+        return function_configuration(record, self.stamps)
+
+    async def update_function_configuration(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        body = await _body(request)
+        unknown = sorted(set(body) - set(_UPDATABLE) - {"FunctionName"})
+        if unknown:
+            raise _unsupported(unknown, "UpdateFunctionConfiguration", _UPDATABLE)
+        changes: dict[str, Any] = {}
+        if "Timeout" in body:
+            changes["timeout"] = _integer(body, "Timeout", 1, 900)
+        if "MemorySize" in body:
+            changes["memory_mb"] = _integer(body, "MemorySize", 128, 10_240)
+        if "Description" in body:
+            changes["description"] = _string(body, "Description", 256)
+        if "Environment" in body:
+            environment = body["Environment"]
+            if not isinstance(environment, dict) or set(environment) - {"Variables"}:
+                raise _invalid("Environment", environment, 'Member must be {"Variables": {...}}')
+            variables = environment.get("Variables") or {}
+            if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+                raise _invalid("Variables", variables, "Member must be a map of strings to strings")
+            changes["environment"] = variables
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record):
+            raise AwsError(
+                412,
+                "PreconditionFailedException",
+                "The Revision Id provided does not match the latest Revision Id. Call the "
+                "GetFunction/GetAlias API to retrieve the latest Revision Id",
+            )
+        async_config = None
+        if "DeadLetterConfig" in body:  # Lambda's DLQ: fnrt's async dead_letter sink
+            dead_letter = body["DeadLetterConfig"]
+            if not isinstance(dead_letter, dict) or set(dead_letter) - {"TargetArn"}:
+                raise _invalid("DeadLetterConfig", dead_letter, 'Member must be {"TargetArn": "..."}')
+            target = dead_letter.get("TargetArn") or None
+            if target is not None and not isinstance(target, str):
+                raise _invalid("TargetArn", target, "Member must be a string")
+            current = self.runtime.async_config(record.name)
+            if target != current.dead_letter:
+                async_config = AsyncConfig.from_kwargs({**current.to_dict(), "dead_letter": target})
+        if changes:
+            record = await self.runtime.update_function_configuration(record.name, **changes)
+        if async_config is not None:
+            self.runtime.configure_async(record.name, **async_config.to_dict())
+        return web.json_response(self.function_configuration(record))
+
+    # -- reserved concurrency -----------------------------------------------------------
+
+    async def put_function_concurrency(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        body = await _body(request)
+        if "ReservedConcurrentExecutions" not in body:
+            raise AwsError(400, "InvalidParameterValueException", "ReservedConcurrentExecutions is required")
+        reserved = _integer(body, "ReservedConcurrentExecutions", 0)
+        record = self.runtime.put_function_concurrency(record.name, reserved)
+        return web.json_response({"ReservedConcurrentExecutions": record.config.reserved_concurrency})
+
+    async def get_function_concurrency(self, request: web.Request) -> web.Response:
+        reserved = self._function(request).config.reserved_concurrency
+        return web.json_response({} if reserved is None else {"ReservedConcurrentExecutions": reserved})
+
+    async def delete_function_concurrency(self, request: web.Request) -> web.Response:
+        self.runtime.delete_function_concurrency(self._function(request).name)
+        return web.Response(status=204)
+
+    # -- provisioned concurrency --------------------------------------------------------
+
+    def _provisioned(self, record: FunctionRecord) -> dict[str, Any]:
+        status = self.runtime.provisioned_concurrency(record.name)
+        modified = self.stamps.get("provisioned", record.name)
+        out = {**status, "LastModified": lambda_time(modified, millis=False)}
+        if status["Status"] == "FAILED":
+            out["StatusReason"] = "The function's execution environments failed to initialize (see the logs)"
+        return out
+
+    async def put_provisioned_concurrency(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        _qualifier(request, record, required=True)
+        body = await _body(request)
+        if "ProvisionedConcurrentExecutions" not in body:
+            raise AwsError(
+                400, "InvalidParameterValueException", "ProvisionedConcurrentExecutions is required"
+            )
+        count = _integer(body, "ProvisionedConcurrentExecutions", 1)
+        self.runtime.put_provisioned_concurrency(record.name, count)
+        self.stamps.touch("provisioned", record.name)
+        return web.json_response(self._provisioned(record), status=202)
+
+    async def get_provisioned_concurrency(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        if request.query.get("List") == "ALL":  # ListProvisionedConcurrencyConfigs
+            configs = []
+            if record.config.provisioned_concurrency:
+                configs.append({"FunctionArn": f"{record.arn}:{LATEST}", **self._provisioned(record)})
+            return web.json_response({"ProvisionedConcurrencyConfigs": configs})
+        _qualifier(request, record, required=True)
+        if not record.config.provisioned_concurrency:
+            raise AwsError(
+                404,
+                "ProvisionedConcurrencyConfigNotFoundException",
+                "No Provisioned Concurrency Config found for this function",
+            )
+        return web.json_response(self._provisioned(record))
+
+    async def delete_provisioned_concurrency(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        _qualifier(request, record, required=True)
+        self.runtime.delete_provisioned_concurrency(record.name)
+        self.stamps.forget("provisioned", record.name)
+        return web.Response(status=204)
+
+    # -- event-invoke config ------------------------------------------------------------
+
+    def _destination_arn(self, target: str) -> str:
+        return destination_arn(self.runtime.config, target)
+
+    def _event_invoke(self, record: FunctionRecord) -> dict[str, Any]:
+        config = self.runtime.async_config(record.name)
+        destinations: dict[str, dict[str, str]] = {"OnSuccess": {}, "OnFailure": {}}
+        if config.on_success:
+            destinations["OnSuccess"]["Destination"] = self._destination_arn(config.on_success)
+        if config.on_failure:
+            destinations["OnFailure"]["Destination"] = self._destination_arn(config.on_failure)
+        return {
+            "LastModified": self.stamps.get("event-invoke", record.name),
+            "FunctionArn": f"{record.arn}:{LATEST}",
+            "MaximumRetryAttempts": config.max_retry_attempts,
+            "MaximumEventAgeInSeconds": _number(config.max_event_age),
+            "DestinationConfig": destinations,
+        }
+
+    def _event_invoke_changes(self, body: dict[str, Any]) -> dict[str, Any]:
+        fields = ("MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig")
+        unknown = sorted(set(body) - set(fields) - {"FunctionName", "Qualifier"})
+        if unknown:
+            raise _unsupported(unknown, "FunctionEventInvokeConfig", fields)
+        changes: dict[str, Any] = {}
+        if "MaximumRetryAttempts" in body:
+            changes["max_retry_attempts"] = _integer(body, "MaximumRetryAttempts", 0, 2)
+        if "MaximumEventAgeInSeconds" in body:
+            changes["max_event_age"] = _integer(body, "MaximumEventAgeInSeconds", 60, 21_600)
+        destinations = body.get("DestinationConfig")
+        if destinations is not None:
+            if not isinstance(destinations, dict):
+                raise _invalid("DestinationConfig", destinations, "Member must be a structure")
+            for key, setting in (("OnSuccess", "on_success"), ("OnFailure", "on_failure")):
+                if key in destinations:
+                    changes[setting] = _destination(destinations, key)
+        return changes
+
+    def _no_event_invoke(self, record: FunctionRecord) -> AwsError:
+        return AwsError(
+            404,
+            "ResourceNotFoundException",
+            f"The function {record.arn}:{LATEST} doesn't have an EventInvokeConfig",
+        )
+
+    async def put_event_invoke_config(self, request: web.Request) -> web.Response:
+        """Replace: what the request leaves out goes back to Lambda's defaults (fnrt's own
+        ``retry_delays`` and ``dead_letter`` are kept: this API cannot set them)."""
+        record = self._function(request)
+        _qualifier(request, record, required=False)
+        changes = self._event_invoke_changes(await _body(request))
+        current = self.runtime.async_config(record.name)
+        config = {
+            "retry_delays": current.retry_delays,
+            "dead_letter": current.dead_letter,
+            "max_retry_attempts": 2,
+            "max_event_age": 21_600,
+            "on_success": None,
+            "on_failure": None,
+            **changes,
+        }
+        self.runtime.configure_async(record.name, **config)
+        self.stamps.touch("event-invoke", record.name)
+        return web.json_response(self._event_invoke(record))
+
+    async def update_event_invoke_config(self, request: web.Request) -> web.Response:
+        """Merge: only what the request names changes."""
+        record = self._function(request)
+        _qualifier(request, record, required=False)
+        if not self.runtime.has_async_config(record.name):
+            raise self._no_event_invoke(record)
+        changes = self._event_invoke_changes(await _body(request))
+        current = self.runtime.async_config(record.name).to_dict()
+        self.runtime.configure_async(record.name, **{**current, **changes})
+        self.stamps.touch("event-invoke", record.name)
+        return web.json_response(self._event_invoke(record))
+
+    async def get_event_invoke_config(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        _qualifier(request, record, required=False)
+        if not self.runtime.has_async_config(record.name):
+            raise self._no_event_invoke(record)
+        return web.json_response(self._event_invoke(record))
+
+    async def delete_event_invoke_config(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        _qualifier(request, record, required=False)
+        if not self.runtime.has_async_config(record.name):
+            raise self._no_event_invoke(record)
+        self.runtime.delete_async_config(record.name)
+        self.stamps.forget("event-invoke", record.name)
+        return web.Response(status=204)
+
+    async def list_event_invoke_configs(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        _page(request, [], 50, 50)  # validates MaxItems/Marker; one config at most
+        configs = [self._event_invoke(record)] if self.runtime.has_async_config(record.name) else []
+        return web.json_response({"FunctionEventInvokeConfigs": configs})
+
+    # -- event source mappings ----------------------------------------------------------
+
+    def _mapping(self, request: web.Request) -> StreamMapping:
+        key = request.match_info["uuid"]
+        for mapping in self.runtime.stream_mappings():
+            if mapping.uuid == key:
+                return mapping
+        raise AwsError(404, "ResourceNotFoundException", _NOT_FOUND)
+
+    def _mapping_shape(self, mapping: StreamMapping, state: str | None = None) -> dict[str, Any]:
+        config = mapping.config
+        config_region = self.runtime.config
+        out: dict[str, Any] = {
+            "UUID": mapping.uuid,
+            "StartingPosition": config.starting_position,
+            "BatchSize": config.batch_size,
+            "MaximumBatchingWindowInSeconds": _number(config.max_batching_window),
+            "ParallelizationFactor": config.parallelization_factor,
+            "EventSourceArn": mapping.stream.arn,
+            "FunctionArn": config_region.function_arn(mapping.function),
+            "LastModified": self.stamps.get("mapping", mapping.uuid),
+            "State": state or ("Enabled" if config.enabled else "Disabled"),
+            "StateTransitionReason": "USER_INITIATED",
+            "DestinationConfig": {"OnFailure": {}},
+            "MaximumRecordAgeInSeconds": config.max_record_age,
+            "BisectBatchOnFunctionError": config.bisect_on_error,
+            "MaximumRetryAttempts": config.max_retry_attempts,
+            "TumblingWindowInSeconds": 0,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"] if config.report_batch_item_failures else [],
+            "EventSourceMappingArn": (
+                f"arn:aws:lambda:{config_region.region}:{config_region.account_id}:"
+                f"event-source-mapping:{mapping.uuid}"
+            ),
+        }
+        if config.starting_position_timestamp is not None:
+            out["StartingPositionTimestamp"] = config.starting_position_timestamp
+        if config.on_failure:
+            out["DestinationConfig"]["OnFailure"]["Destination"] = self._destination_arn(config.on_failure)
+        return out
+
+    _MAPPING_FIELDS: tuple[str, ...] = (
+        "BatchSize",
+        "MaximumBatchingWindowInSeconds",
+        "ParallelizationFactor",
+        "BisectBatchOnFunctionError",
+        "MaximumRetryAttempts",
+        "MaximumRecordAgeInSeconds",
+        "DestinationConfig",
+        "FunctionResponseTypes",
+        "Enabled",
+        "TumblingWindowInSeconds",
+        "FilterCriteria",
+        "FunctionName",
+    )
+
+    def _mapping_changes(self, body: dict[str, Any], *, create: bool) -> dict[str, Any]:
+        """fnrt's :class:`~fnrt.StreamMappingConfig` settings for a request's fields."""
+        fields: tuple[str, ...] = self._MAPPING_FIELDS
+        if create:
+            fields = (*fields, "EventSourceArn", "StartingPosition", "StartingPositionTimestamp")
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise _unsupported(unknown, "event source mappings for Kinesis streams", fields)
+        changes: dict[str, Any] = {}
+        ranges = {
+            "BatchSize": ("batch_size", 1, 10_000),
+            "MaximumBatchingWindowInSeconds": ("max_batching_window", 0, 300),
+            "ParallelizationFactor": ("parallelization_factor", 1, 10),
+            "MaximumRetryAttempts": ("max_retry_attempts", -1, 10_000),
+            "MaximumRecordAgeInSeconds": ("max_record_age", -1, 604_800),
+        }
+        for key, (setting, low, high) in ranges.items():
+            if key in body:
+                changes[setting] = _integer(body, key, low, high)
+        age = changes.get("max_record_age")
+        if age is not None and age != -1 and age < 60:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                "MaximumRecordAgeInSeconds must be -1 (infinite) or between 60 and 604800",
+            )
+        if "BisectBatchOnFunctionError" in body:
+            changes["bisect_on_error"] = _boolean(body, "BisectBatchOnFunctionError")
+        if "Enabled" in body:
+            changes["enabled"] = _boolean(body, "Enabled")
+        if "FunctionResponseTypes" in body:
+            types = body["FunctionResponseTypes"]
+            if not isinstance(types, list) or any(t != "ReportBatchItemFailures" for t in types):
+                raise _invalid(
+                    "FunctionResponseTypes",
+                    types,
+                    "Member must satisfy enum value set: [ReportBatchItemFailures]",
+                )
+            changes["report_batch_item_failures"] = bool(types)
+        if "DestinationConfig" in body:
+            destinations = body["DestinationConfig"]
+            if isinstance(destinations, dict) and _destination(destinations, "OnSuccess"):
+                raise AwsError(
+                    400,
+                    "InvalidParameterValueException",
+                    "Unsupported DestinationConfig parameter for given event source mapping type: "
+                    "OnSuccess (Kinesis streams take OnFailure only)",
+                )
+            changes["on_failure"] = _destination(destinations, "OnFailure")
+        if body.get("TumblingWindowInSeconds") not in (None, 0):
+            raise _unsupported(["TumblingWindowInSeconds"], "event source mappings", ("0",))
+        criteria = body.get("FilterCriteria")
+        if criteria not in (None, {}) and not (isinstance(criteria, dict) and not criteria.get("Filters")):
+            raise _unsupported(["FilterCriteria"], "event source mappings", ("no filters",))
+        if "StartingPosition" in body:
+            position = body["StartingPosition"]
+            if position not in ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"):
+                raise _invalid(
+                    "StartingPosition",
+                    position,
+                    "Member must satisfy enum value set: [TRIM_HORIZON, LATEST, AT_TIMESTAMP]",
+                )
+            changes["starting_position"] = position
+        if body.get("StartingPositionTimestamp") is not None:
+            changes["starting_position_timestamp"] = _timestamp(body["StartingPositionTimestamp"])
+        return changes
+
+    def _mapped_function(self, body: dict[str, Any]) -> FunctionRecord:
+        raw = body.get("FunctionName")
+        if not isinstance(raw, str) or not raw:
+            raise AwsError(400, "InvalidParameterValueException", "FunctionName is required")
+        record, _ = resolve(self.runtime, raw, None)
+        return record
+
+    async def create_event_source_mapping(self, request: web.Request) -> web.Response:
+        rt = self.runtime
+        body = await _body(request)
+        changes = self._mapping_changes(body, create=True)
+        arn = body.get("EventSourceArn")
+        match = _KINESIS_ARN.match(arn) if isinstance(arn, str) else None
+        if match is None:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"Unrecognized event source {arn!r}: fnrt maps Kinesis streams "
+                "(arn:aws:kinesis:<region>:<account>:stream/<name>)",
+            )
+        record = self._mapped_function(body)
+        name = match.group(1)
+        if name not in await rt.list_streams():
+            raise AwsError(400, "InvalidParameterValueException", f"Stream not found: {arn}")
+        stream = await rt.get_stream(name)
+        if stream.arn != arn:
+            raise AwsError(400, "InvalidParameterValueException", f"Stream not found: {arn}")
+        if "starting_position" not in changes:
+            raise AwsError(
+                400, "InvalidParameterValueException", "StartingPosition is required for Kinesis streams"
+            )
+        for mapping in rt.stream_mappings():
+            if mapping.stream.name == name and mapping.function == record.name:
+                raise AwsError(
+                    409,
+                    "ResourceConflictException",
+                    f'An event source mapping with Kinesis arn " {arn} " and function " {record.name} " '
+                    f"already exists. Please update or delete the existing mapping with UUID {mapping.uuid}",
+                )
+        mapping = await rt.add_stream_mapping(name, record.name, **changes)
+        self.stamps.touch("mapping", mapping.uuid)
+        return web.json_response(self._mapping_shape(mapping, "Creating"), status=202)
+
+    async def get_event_source_mapping(self, request: web.Request) -> web.Response:
+        return web.json_response(self._mapping_shape(self._mapping(request)))
+
+    async def list_event_source_mappings(self, request: web.Request) -> web.Response:
+        mappings = sorted(self.runtime.stream_mappings(), key=lambda m: m.uuid)
+        arn = request.query.get("EventSourceArn")
+        if arn:
+            mappings = [m for m in mappings if m.stream.arn == arn]
+        function = request.query.get("FunctionName")
+        if function:
+            record, _ = resolve(self.runtime, function, None)
+            mappings = [m for m in mappings if m.function == record.name]
+        start, max_items = _page(request, [m.uuid for m in mappings], 100, 10_000)
+        page = mappings[start : start + max_items]
+        body: dict[str, Any] = {"EventSourceMappings": [self._mapping_shape(m) for m in page]}
+        if start + max_items < len(mappings):
+            body["NextMarker"] = _marker(mappings[start + max_items].uuid)
+        return web.json_response(body)
+
+    async def update_event_source_mapping(self, request: web.Request) -> web.Response:
+        mapping = self._mapping(request)
+        body = await _body(request)
+        changes = self._mapping_changes(body, create=False)
+        if "FunctionName" in body and self._mapped_function(body).name != mapping.function:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                "fnrt cannot move an event source mapping to another function: delete it and "
+                "create a new one",
+            )
+        was_enabled = mapping.config.enabled
+        updated = await self.runtime.update_stream_mapping(mapping.uuid, **changes)
+        self.stamps.touch("mapping", updated.uuid)
+        state = "Updating"
+        if updated.config.enabled != was_enabled:
+            state = "Enabling" if updated.config.enabled else "Disabling"
+        return web.json_response(self._mapping_shape(updated, state), status=202)
+
+    async def delete_event_source_mapping(self, request: web.Request) -> web.Response:
+        mapping = self._mapping(request)
+        shape = self._mapping_shape(mapping, "Deleting")
+        await self.runtime.remove_stream_mapping(mapping.uuid)
+        self.stamps.forget("mapping", mapping.uuid)
+        return web.json_response(shape, status=202)
+
+    # -- account ------------------------------------------------------------------------
+
+    async def get_account_settings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.runtime.account_settings())
+
+
+def _timestamp(value: Any) -> float:
+    """``StartingPositionTimestamp``: epoch seconds (as the SDKs send it) or ISO 8601."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.UTC)
+            return moment.timestamp()
+    raise _invalid("StartingPositionTimestamp", value, "Member must be a timestamp")

@@ -1,0 +1,147 @@
+"""AWS-shaped errors for every HTTP answer fnrt gives, whatever went wrong.
+
+Lambda's REST-JSON APIs answer ``{"Type": "User"|"Service", "message": ...}`` with the error
+code in ``x-amzn-ErrorType``; Kinesis' JSON 1.1 protocol answers ``{"__type": ...,
+"message": ...}``. A middleware turns aiohttp's own errors (unknown route, wrong method,
+body too large) and any unexpected exception into those shapes, so a client never sees
+aiohttp's plain text or a traceback.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ._observe import logger
+from .errors import (
+    FnrtError,
+    FunctionNotFound,
+    InvalidConfig,
+    InvalidPayload,
+    PayloadTooLarge,
+    RuntimeClosed,
+    ServiceError,
+    StreamNotFound,
+    TooManyRequests,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_log = logger()
+
+
+class AwsError(Exception):
+    """Raised by a route handler: answered in the request's protocol shape."""
+
+    def __init__(self, status: int, error_type: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.extra = extra
+
+
+def lambda_error(
+    status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """Lambda's REST-JSON error: ``{"Type", "message", ...}`` and ``x-amzn-ErrorType``."""
+    body = {"Type": "User" if status < 500 else "Service", "message": message, **extra}
+    return web.json_response(
+        body,
+        status=status,
+        headers={
+            "x-amzn-ErrorType": error_type,
+            "x-amzn-RequestId": str(uuid.uuid4()),
+            **(headers or {}),
+        },
+    )
+
+
+def json11_error(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
+    """The AWS JSON 1.1 protocol's error (Kinesis): ``{"__type", "message"}``."""
+    return web.json_response(
+        {"__type": error_type, "message": message, **extra},
+        status=status,
+        content_type="application/x-amz-json-1.1",
+        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+def error_response(request: web.Request, error: AwsError) -> web.Response:
+    if "X-Amz-Target" in request.headers:  # AWS's JSON 1.1 protocol (Kinesis)
+        return json11_error(error.status, error.error_type, error.message, **error.extra)
+    return lambda_error(error.status, error.error_type, error.message, **error.extra)
+
+
+def from_fnrt(exc: FnrtError) -> AwsError:
+    """Lambda's status and error code for an fnrt error that reached the HTTP face."""
+    if isinstance(exc, FunctionNotFound):
+        return AwsError(404, "ResourceNotFoundException", str(exc))
+    if isinstance(exc, StreamNotFound):
+        return AwsError(404, "ResourceNotFoundException", str(exc))
+    if isinstance(exc, TooManyRequests):
+        return AwsError(
+            429,
+            "TooManyRequestsException",
+            exc.message,
+            Reason=exc.reason,
+            retryAfterSeconds=str(int(exc.retry_after_seconds)),
+        )
+    if isinstance(exc, PayloadTooLarge):
+        return AwsError(
+            413,
+            "RequestTooLargeException",
+            f"Request must be smaller than {exc.limit} bytes for the InvokeFunction operation",
+        )
+    if isinstance(exc, InvalidPayload):
+        return AwsError(400, "InvalidRequestContentException", str(exc))
+    if isinstance(exc, InvalidConfig):
+        return AwsError(400, "InvalidParameterValueException", str(exc))
+    if isinstance(exc, RuntimeClosed):
+        return AwsError(503, "ServiceException", str(exc))
+    if isinstance(exc, ServiceError):
+        return AwsError(500, exc.error_type, str(exc))
+    return AwsError(500, "ServiceException", str(exc))
+
+
+def _from_http(exc: web.HTTPException) -> AwsError:
+    status = exc.status
+    if status == 404:
+        return AwsError(404, "UnknownOperationException", "Unknown operation: no such route")
+    if status == 405:
+        return AwsError(405, "UnknownOperationException", "Unknown operation: method not allowed")
+    if status == 413:
+        return AwsError(413, "RequestTooLargeException", "Request body is too large")
+    if status < 500:
+        return AwsError(status, "InvalidRequestContentException", exc.reason or "bad request")
+    return AwsError(status, "ServiceException", exc.reason or "internal error")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as AWS's JSON shape, never aiohttp's text nor a traceback."""
+    try:
+        return await handler(request)
+    except AwsError as exc:
+        return error_response(request, exc)
+    except FnrtError as exc:
+        return error_response(request, from_fnrt(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:  # a redirect or a success raised as an exception
+            raise
+        return error_response(request, _from_http(exc))
+    except RecursionError:
+        return error_response(
+            request, AwsError(400, "InvalidRequestContentException", "the request is nested too deeply")
+        )
+    except Exception as exc:
+        _log.exception("http handler failed", path=request.path, error=repr(exc))
+        return error_response(
+            request,
+            AwsError(500, "ServiceException", f"internal error: {type(exc).__name__}"),
+        )
+
+
+__all__ = ["AwsError", "errors_middleware", "from_fnrt", "json11_error", "lambda_error"]

@@ -1,0 +1,294 @@
+"""Who may talk to the HTTP face, and how many at once.
+
+- :class:`ConnectionGuard` wraps the server's protocol factory: at most
+  ``max_connections`` are open; a connection must deliver its first request's headers
+  within ``header_timeout`` seconds; and when the limit is reached, the oldest connection
+  that has not delivered a request yet (a slow-header client) makes room for the new one,
+  so slow-header floods cannot lock everyone else out. A client that stops reading a
+  response for ``send_timeout`` seconds is cut off, so unread responses do not pile up in
+  memory (each connection holds at most one: aiohttp waits for the socket to drain
+  before it reads the next pipelined request). Idle keep-alive connections are closed by
+  aiohttp's ``keepalive_timeout``.
+- :func:`security_middleware` verifies SigV4 when credentials are configured, and rejects
+  unsigned browser requests from another origin (a web page can reach loopback); without
+  credentials it answers only requests whose ``Host`` is this machine (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from ._clock import Clock, TimerHandle
+from ._http_errors import AwsError, Handler
+from ._http_sigv4 import Verifier
+
+_BUSY_BODY = (
+    b'{"Type":"Service","message":"fnrt is at its connection limit; retry shortly '
+    b'(InvokeServer(max_connections=...) / --max-connections)"}'
+)
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"x-amzn-ErrorType: ServiceException\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+def default_max_connections() -> int:
+    """A quarter of the open-file limit (sandboxes and the store need the rest), 64-4,096."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(64, min(4096, soft // 4))
+
+
+class _Guarded(asyncio.Protocol):
+    """Delegates to aiohttp's protocol; counts the connection and times its first head."""
+
+    def __init__(self, guard: ConnectionGuard, inner: Any) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.timer: TimerHandle | None = None
+        self.stalled: TimerHandle | None = None  # the client stopped reading our response
+        self.live = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.guard.admit(self):  # every slot serves a request: say so, and close
+            transport.write(BUSY_RESPONSE)
+            transport.close()
+            return
+        self.live = True
+        self.timer = self.guard.clock.call_later(self.guard.header_timeout, self.expire)
+        self.inner.connection_made(transport)
+
+    def expire(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def head_received(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.guard.pending.pop(self, None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.live:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.live else None
+
+    def pause_writing(self) -> None:
+        if self.live:
+            if self.stalled is None:
+                self.stalled = self.guard.clock.call_later(self.guard.send_timeout, self.expire)
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.live:
+            if self.stalled is not None:
+                self.stalled.cancel()
+                self.stalled = None
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self.timer, self.stalled):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.stalled = None
+        if not self.live:
+            return
+        self.live = False
+        self.guard.release(self)
+        self.inner.connection_lost(exc)
+
+
+class ConnectionGuard:
+    """A protocol factory for ``loop.create_server`` around aiohttp's ``web.Server``."""
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        max_connections: int,
+        header_timeout: float,
+        clock: Clock,
+        send_timeout: float = 30.0,
+    ) -> None:
+        self.factory = factory
+        self.clock = clock
+        self.send_timeout = send_timeout
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.open: set[_Guarded] = set()
+        self.pending: OrderedDict[_Guarded, None] = OrderedDict()  # no request head yet, oldest first
+        self.by_transport: dict[asyncio.BaseTransport, _Guarded] = {}
+        self.refused = 0
+        self.evicted = 0
+
+    def __call__(self) -> _Guarded:
+        return _Guarded(self, self.factory())
+
+    def admit(self, conn: _Guarded) -> bool:
+        if len(self.open) >= self.max_connections:
+            if not self.pending:
+                self.refused += 1
+                return False
+            oldest, _ = self.pending.popitem(last=False)
+            self.evicted += 1
+            if oldest.transport is not None:
+                oldest.transport.abort()
+            self.release(oldest)
+        self.open.add(conn)
+        self.pending[conn] = None
+        assert conn.transport is not None
+        self.by_transport[conn.transport] = conn
+        return True
+
+    def release(self, conn: _Guarded) -> None:
+        self.open.discard(conn)
+        self.pending.pop(conn, None)
+        if conn.transport is not None:
+            self.by_transport.pop(conn.transport, None)
+
+    def head_received(self, request: web.Request) -> None:
+        conn = self.by_transport.get(request.transport) if request.transport is not None else None
+        if conn is not None:
+            conn.head_received()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "open": len(self.open),
+            "pending": len(self.pending),
+            "refused": self.refused,
+            "evicted": self.evicted,
+            "limit": self.max_connections,
+        }
+
+
+def headers_of(request: web.Request) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in request.headers.items():
+        out.setdefault(key.lower(), []).append(value)
+    return out
+
+
+def cross_origin(request: web.Request) -> bool:
+    """A browser request from another origin (an ``Origin`` that is not this server, or
+    ``Sec-Fetch-Site: cross-site``)."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    return origin.rstrip("/").lower() not in (f"http://{request.host}".lower(), f"https://{request.host}".lower())
+
+
+def local_host(request: web.Request, bound: str) -> bool:
+    """The ``Host`` header names this machine (a loopback address, ``localhost``, or the
+    address the server is bound to): a DNS-rebinding page names its own domain instead."""
+    host = request.host
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.lower().rstrip(".")
+    if name in ("localhost", bound.lower()) or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def identity(access_key: str, account_id: str) -> dict[str, str]:
+    """``requestContext.authorizer.iam`` of a signed function URL request."""
+    return {
+        "accessKey": access_key,
+        "accountId": account_id,
+        "callerId": f"AIDA{access_key[-12:].upper()}",
+        "cognitoIdentity": None,  # type: ignore[dict-item]
+        "principalOrgId": None,  # type: ignore[dict-item]
+        "userArn": f"arn:aws:iam::{account_id}:user/{access_key}",
+        "userId": f"AIDA{access_key[-12:].upper()}",
+    }
+
+
+#: Where the middleware leaves a verified caller's identity for the URL events.
+IDENTITY_KEY: Any = web.RequestKey("fnrt.identity", dict) if hasattr(web, "RequestKey") else "fnrt.identity"
+
+
+def security_middleware(
+    verifier: Verifier | None,
+    url_auth: Callable[[web.Request], str | None],
+    account_id: str,
+    guard: Callable[[], ConnectionGuard | None],
+    bound_host: str = "127.0.0.1",
+) -> Middleware:
+    """``url_auth(request)`` is the function URL's auth type serving the request, or
+    ``None`` for the APIs. Verified identities go to ``request[IDENTITY_KEY]``."""
+
+    @web.middleware
+    async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
+        connections = guard()
+        if connections is not None:
+            connections.head_received(request)
+        if verifier is None and not local_host(request, bound_host):
+            # without credentials fnrt serves loopback only; a page that rebinds its own
+            # domain to 127.0.0.1 sends that domain as the Host
+            raise AwsError(
+                403,
+                "AccessDeniedException",
+                f"Host {request.host!r} is not this machine; unauthenticated fnrt answers "
+                "requests to localhost / 127.0.0.1 only",
+            )
+        auth_type = url_auth(request)
+        if auth_type == "NONE":  # an open function URL, as in AWS; CORS is its guard
+            return await handler(request)
+        signed = "Authorization" in request.headers
+        if verifier is None:
+            if auth_type is None and not signed and cross_origin(request):
+                raise AwsError(
+                    403,
+                    "AccessDeniedException",
+                    "cross-origin browser requests to fnrt's APIs must be signed (SigV4)",
+                )
+            if auth_type == "AWS_IAM" and not signed:
+                raise AwsError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+            return await handler(request)
+        body = await request.read()
+        access_key = verifier.verify(
+            request.method,
+            request.raw_path.partition("?")[0],
+            request.raw_path.partition("?")[2],
+            headers_of(request),
+            body,
+        )
+        request[IDENTITY_KEY] = identity(access_key, account_id)
+        return await handler(request)
+
+    return security
+
+
+__all__ = [
+    "IDENTITY_KEY",
+    "ConnectionGuard",
+    "cross_origin",
+    "default_max_connections",
+    "security_middleware",
+]

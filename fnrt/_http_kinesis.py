@@ -1,0 +1,512 @@
+"""Kinesis' data plane over AWS's JSON 1.1 protocol, so boto3 ``kinesis`` producers work.
+
+Requests are ``POST /`` with ``X-Amz-Target: Kinesis_20131202.<Operation>`` and a JSON
+body (``application/x-amz-json-1.1``); answers and errors (``{"__type", "message"}``,
+status 400) are Kinesis'. botocore speaks JSON to Kinesis; a client sending CBOR (the
+Java SDK's default) gets a clear error telling it to disable CBOR.
+
+Shard iterators are opaque tokens (base64 JSON of stream, shard, position and issue time)
+that expire after 5 minutes, as Kinesis' do. Writes are limited per shard as Kinesis
+limits them (1,000 records and 1 MiB per second, refilling continuously on the runtime's
+clock); over the limit a ``PutRecords`` entry fails with
+``ProvisionedThroughputExceededException`` in its slot and the others are written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ._http_errors import AwsError
+from ._runtime import Runtime
+from .errors import FnrtError, InvalidConfig, InvalidPayload, ServiceError, StreamNotFound
+from .store._streams import seq_int, seq_str  # fnrt-internal: the sequence-number format
+
+if TYPE_CHECKING:
+    from .sources._streams import Stream
+
+TARGET_PREFIX = "Kinesis_20131202."
+MAX_HASH_KEY = 2**128 - 1
+MAX_RECORD = 1024 * 1024  # data + partition key
+MAX_PUT_RECORDS = 500
+MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
+MAX_GET_RECORDS = 10_000
+ITERATOR_TTL = 300.0
+SHARD_RECORDS_PER_SECOND = 1000
+SHARD_BYTES_PER_SECOND = 1024 * 1024
+_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
+
+
+def _bad(message: str, error_type: str = "ValidationException") -> AwsError:
+    return AwsError(400, error_type, message)
+
+
+def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise _bad(f"1 validation error detected: Value null at '{key}' failed to satisfy constraint: "
+                       "Member must not be null")
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"{key} must be a string")
+    return value
+
+
+def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"{key} must be an integer {low}-{high}, got {value!r}")
+    return value
+
+
+def _token(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _untoken(token: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        value = None
+    if not isinstance(value, dict):
+        raise _bad(f"{what} is not valid", "InvalidArgumentException")
+    return value
+
+
+class _Bucket:
+    """A continuously refilling allowance (records and bytes per second) for one shard."""
+
+    __slots__ = ("bytes", "records", "updated")
+
+    def __init__(self, now: float) -> None:
+        self.records = float(SHARD_RECORDS_PER_SECOND)
+        self.bytes = float(SHARD_BYTES_PER_SECOND)
+        self.updated = now
+
+    def take(self, size: int, now: float) -> bool:
+        elapsed = max(0.0, now - self.updated)
+        self.updated = now
+        self.records = min(SHARD_RECORDS_PER_SECOND, self.records + elapsed * SHARD_RECORDS_PER_SECOND)
+        self.bytes = min(SHARD_BYTES_PER_SECOND, self.bytes + elapsed * SHARD_BYTES_PER_SECOND)
+        if self.records < 1 - 1e-6 or self.bytes < size - 1e-6:  # (float refills)
+            return False
+        self.records -= 1
+        self.bytes -= size
+        return True
+
+
+class KinesisApi:
+    """``POST /`` with ``X-Amz-Target: Kinesis_20131202.*``."""
+
+    def __init__(self, runtime: Runtime, *, write_limits: bool = True) -> None:
+        self.runtime = runtime
+        self.write_limits = write_limits
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        target = request.headers.get("X-Amz-Target", "")
+        if request.method != "POST" or not target.startswith(TARGET_PREFIX):
+            raise AwsError(400, "UnknownOperationException", f"Unknown operation {target!r}")
+        content_type = request.headers.get("Content-Type", "")
+        if "cbor" in content_type:
+            raise AwsError(
+                400,
+                "SerializationException",
+                "fnrt speaks Kinesis' JSON protocol only: disable CBOR in the client "
+                "(AWS_CBOR_DISABLE=1 for the Java SDK and KCL)",
+            )
+        operation = getattr(self, "_op_" + target[len(TARGET_PREFIX) :], None)
+        if operation is None:
+            raise AwsError(400, "UnknownOperationException", f"Unknown operation {target!r}")
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except (ValueError, RecursionError):
+            raise _bad("the request body is not JSON", "SerializationException") from None
+        if not isinstance(body, dict):
+            raise _bad("the request body must be a JSON object", "SerializationException")
+        try:
+            result = await operation(body)
+        except StreamNotFound as exc:
+            raise AwsError(
+                400, "ResourceNotFoundException", f"Stream {exc.name} under account "
+                f"{self.runtime.config.account_id} not found."
+            ) from None
+        except (InvalidConfig, InvalidPayload) as exc:
+            raise _bad(str(exc), "InvalidArgumentException") from None
+        except ServiceError as exc:
+            raise AwsError(500, "InternalFailure", str(exc)) from None
+        except FnrtError as exc:
+            raise AwsError(500, "InternalFailure", str(exc)) from None
+        return web.Response(
+            body=json.dumps(result).encode(),
+            content_type="application/x-amz-json-1.1",
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _stream(self, body: dict[str, Any]) -> Stream:
+        name = body.get("StreamName")
+        arn = body.get("StreamARN")
+        if name is None and isinstance(arn, str):
+            match = _ARN.match(arn)
+            if match is None:
+                raise _bad(f"StreamARN {arn!r} is not a Kinesis stream ARN")
+            name = match.group(1)
+        if not isinstance(name, str) or not name:
+            raise _bad("StreamName or StreamARN is required")
+        return await self.runtime.get_stream(name)
+
+    async def _shard_list(self, stream: Stream) -> list[dict[str, Any]]:
+        return await stream.shards()
+
+    async def _description(self, stream: Stream) -> dict[str, Any]:
+        info = await stream.info()
+        return {
+            "StreamName": stream.name,
+            "StreamARN": stream.arn,
+            "StreamStatus": "ACTIVE",
+            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "RetentionPeriodHours": int(info["retention_hours"]),
+            "StreamCreationTimestamp": info["created_at"],
+            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EncryptionType": "NONE",
+        }
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def _op_CreateStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        name = _str(body, "StreamName")
+        assert name is not None
+        shard_count = _int(body, "ShardCount", 1, 1, 10_000)
+        try:
+            await self.runtime.get_stream(name)
+        except StreamNotFound:
+            pass
+        else:
+            raise AwsError(
+                400,
+                "ResourceInUseException",
+                f"Stream {name} under account {self.runtime.config.account_id} already exists.",
+            )
+        await self.runtime.create_stream(name, shard_count)
+        return {}
+
+    async def _op_ListStreams(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        limit = _int(body, "Limit", 100, 1, 10_000)
+        names = await self.runtime.list_streams()
+        start = body.get("ExclusiveStartStreamName")
+        token = body.get("NextToken")
+        if isinstance(token, str):
+            start = _untoken(token, "NextToken").get("after")
+        if isinstance(start, str):
+            names = [n for n in names if n > start]
+        page, more = names[:limit], len(names) > limit
+        summaries = []
+        for name in page:
+            stream = await self.runtime.get_stream(name)
+            info = await stream.info()
+            summaries.append(
+                {
+                    "StreamName": name,
+                    "StreamARN": stream.arn,
+                    "StreamStatus": "ACTIVE",
+                    "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                    "StreamCreationTimestamp": info["created_at"],
+                }
+            )
+        out: dict[str, Any] = {"StreamNames": page, "HasMoreStreams": more, "StreamSummaries": summaries}
+        if more:
+            out["NextToken"] = _token({"after": page[-1]})
+        return out
+
+    async def _op_DescribeStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        limit = _int(body, "Limit", 100, 1, 10_000)
+        shards = await self._shard_list(stream)
+        start = body.get("ExclusiveStartShardId")
+        if isinstance(start, str):
+            shards = [s for s in shards if s["ShardId"] > start]
+        description = await self._description(stream)
+        description["Shards"] = shards[:limit]
+        description["HasMoreShards"] = len(shards) > limit
+        return {"StreamDescription": description}
+
+    async def _op_DescribeStreamSummary(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        summary = await self._description(stream)
+        shards = await self._shard_list(stream)
+        summary["OpenShardCount"] = sum(
+            1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+        )
+        summary["ConsumerCount"] = 0
+        return {"StreamDescriptionSummary": summary}
+
+    async def _op_ListShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        token = body.get("NextToken")
+        if isinstance(token, str):
+            if body.get("StreamName") is not None:
+                raise _bad("NextToken and StreamName cannot be provided together", "InvalidArgumentException")
+            state = _untoken(token, "NextToken")
+            body = {"StreamName": state.get("stream"), "ExclusiveStartShardId": state.get("after")}
+            limit = int(state.get("limit", 1000))
+        else:
+            limit = _int(body, "MaxResults", 1000, 1, 10_000)
+        stream = await self._stream(body)
+        shards = await self._shard_list(stream)
+        start = body.get("ExclusiveStartShardId")
+        if isinstance(start, str):
+            shards = [s for s in shards if s["ShardId"] > start]
+        out: dict[str, Any] = {"Shards": shards[:limit]}
+        if len(shards) > limit:
+            out["NextToken"] = _token({"stream": stream.name, "after": shards[limit - 1]["ShardId"],
+                                       "limit": limit})
+        return out
+
+    async def _op_SplitShard(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        shard = _str(body, "ShardToSplit")
+        new_start = _str(body, "NewStartingHashKey")
+        assert shard is not None and new_start is not None
+        if not new_start.isdigit():
+            raise _bad("NewStartingHashKey must be a decimal hash key", "InvalidArgumentException")
+        await stream.split_shard(shard, int(new_start))
+        return {}
+
+    async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        shard = _str(body, "ShardToMerge")
+        adjacent = _str(body, "AdjacentShardToMerge")
+        assert shard is not None and adjacent is not None
+        await stream.merge_shards(shard, adjacent)
+        return {}
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _entry(self, record: Any) -> tuple[bytes, str, int | None]:
+        if not isinstance(record, dict):
+            raise _bad("each record must be an object")
+        data, key, explicit = record.get("Data"), record.get("PartitionKey"), record.get("ExplicitHashKey")
+        if not isinstance(data, str):
+            raise _bad("1 validation error detected: Value null at 'data' failed to satisfy constraint: "
+                       "Member must not be null")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error):
+            raise _bad("Data must be base64-encoded", "SerializationException") from None
+        if not isinstance(key, str) or not 1 <= len(key) <= 256:
+            raise _bad(
+                f"1 validation error detected: Value '{key}' at 'partitionKey' failed to satisfy "
+                "constraint: Member must have length between 1 and 256"
+            )
+        if len(raw) + len(key.encode()) > MAX_RECORD:
+            raise _bad(
+                f"1 validation error detected: Value at 'data' failed to satisfy constraint: Member must "
+                f"have length less than or equal to {MAX_RECORD}"
+            )
+        hashed: int | None = None
+        if explicit is not None:
+            if not isinstance(explicit, str) or not explicit.isdigit() or int(explicit) > MAX_HASH_KEY:
+                raise _bad(
+                    f"Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, {MAX_HASH_KEY}]. "
+                    f"Specified value was {explicit}",
+                    "InvalidArgumentException",
+                )
+            hashed = int(explicit)
+        return raw, key, hashed
+
+    async def _admit(self, stream: Stream, entries: list[tuple[bytes, str, int | None]]) -> list[bool]:
+        """Which entries the shards' write limits let through now."""
+        if not self.write_limits:
+            return [True] * len(entries)
+        ranges = [
+            (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]), s["ShardId"])
+            for s in await stream.shards()
+            if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+        ]
+        now = self.runtime.clock.monotonic()
+        out = []
+        for raw, key, explicit in entries:
+            hashed = explicit if explicit is not None else int.from_bytes(hashlib.md5(key.encode()).digest())
+            shard = next((s for lo, hi, s in ranges if lo <= hashed <= hi), "")
+            bucket = self._buckets.get((stream.name, shard))
+            if bucket is None:
+                bucket = self._buckets[(stream.name, shard)] = _Bucket(now)
+            out.append(bucket.take(len(raw) + len(key.encode()), now))
+        return out
+
+    def _throughput_message(self, stream: Stream) -> str:
+        return f"Rate exceeded for stream {stream.name} under account {self.runtime.config.account_id}."
+
+    async def _op_PutRecord(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        entry = self._entry(body)
+        [admitted] = await self._admit(stream, [entry])
+        if not admitted:
+            raise AwsError(400, "ProvisionedThroughputExceededException", self._throughput_message(stream))
+        shard_id, seq = await stream.put_record(entry[0], entry[1], explicit_hash_key=entry[2])
+        return {"ShardId": shard_id, "SequenceNumber": seq, "EncryptionType": "NONE"}
+
+    async def _op_PutRecords(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        records = body.get("Records")
+        if not isinstance(records, list) or not 1 <= len(records) <= MAX_PUT_RECORDS:
+            raise _bad(
+                "1 validation error detected: Value at 'records' failed to satisfy constraint: Member "
+                f"must have length between 1 and {MAX_PUT_RECORDS}"
+            )
+        entries = [self._entry(r) for r in records]
+        total = sum(len(raw) + len(key.encode()) for raw, key, _ in entries)
+        if total > MAX_PUT_RECORDS_BYTES:
+            raise _bad(
+                f"Records size exceeds {MAX_PUT_RECORDS_BYTES} bytes limit", "InvalidArgumentException"
+            )
+        admitted = await self._admit(stream, entries)
+        accepted = [e for e, ok in zip(entries, admitted, strict=True) if ok]
+        try:
+            placed = iter(await stream.put_records(accepted))
+        except ServiceError as exc:  # the store failed: every entry failed, retryable
+            failed = {"ErrorCode": "InternalFailure", "ErrorMessage": f"Internal service failure: {exc}"}
+            return {"FailedRecordCount": len(entries), "Records": [dict(failed) for _ in entries],
+                    "EncryptionType": "NONE"}
+        out = []
+        for ok in admitted:
+            if ok:
+                shard_id, seq = next(placed)
+                out.append({"ShardId": shard_id, "SequenceNumber": seq})
+            else:
+                out.append(
+                    {
+                        "ErrorCode": "ProvisionedThroughputExceededException",
+                        "ErrorMessage": self._throughput_message(stream),
+                    }
+                )
+        return {
+            "FailedRecordCount": sum(1 for ok in admitted if not ok),
+            "Records": out,
+            "EncryptionType": "NONE",
+        }
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def _op_GetShardIterator(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        shard_id = _str(body, "ShardId")
+        kind = _str(body, "ShardIteratorType")
+        shards = {s["ShardId"]: s for s in await stream.shards()}
+        if shard_id not in shards:
+            raise AwsError(
+                400,
+                "ResourceNotFoundException",
+                f"Shard {shard_id} in stream {stream.name} under account "
+                f"{self.runtime.config.account_id} does not exist",
+            )
+        after: str | None = None
+        not_before: float | None = None
+        if kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
+            seq = _str(body, "StartingSequenceNumber")
+            assert seq is not None
+            try:
+                number = seq_int(seq)
+            except ValueError:
+                raise _bad(f"StartingSequenceNumber {seq} is not a sequence number of this stream",
+                           "InvalidArgumentException") from None
+            if kind == "AT_SEQUENCE_NUMBER":
+                after = seq_str(number - 1) if number > 0 else None
+            else:
+                after = seq
+        elif kind == "TRIM_HORIZON":
+            after = None
+        elif kind == "LATEST":
+            after = (await stream.info())["last_sequence_number"]
+        elif kind == "AT_TIMESTAMP":
+            stamp = body.get("Timestamp")
+            if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+                raise _bad("AT_TIMESTAMP needs a Timestamp", "InvalidArgumentException")
+            not_before = float(stamp)
+        else:
+            raise _bad(
+                f"1 validation error detected: Value '{kind}' at 'shardIteratorType' failed to satisfy "
+                "constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, "
+                "AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
+            )
+        return {"ShardIterator": self._iterator(stream.name, shard_id or "", after, not_before)}
+
+    def _iterator(self, stream: str, shard: str, after: str | None, not_before: float | None) -> str:
+        state: dict[str, Any] = {"s": stream, "h": shard, "a": after, "t": self.runtime.clock.time()}
+        if not_before is not None:
+            state["n"] = not_before
+        return _token(state)
+
+    async def _op_GetRecords(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        token = _str(body, "ShardIterator")
+        assert token is not None
+        limit = _int(body, "Limit", MAX_GET_RECORDS, 1, MAX_GET_RECORDS)
+        state = _untoken(token, "ShardIterator")
+        try:
+            name, shard_id, after, issued = state["s"], state["h"], state["a"], float(state["t"])
+        except (KeyError, TypeError, ValueError):
+            raise _bad("ShardIterator is not valid", "InvalidArgumentException") from None
+        valid_after = after is None or _is_seq(after)
+        if not isinstance(name, str) or not isinstance(shard_id, str) or not valid_after:
+            raise _bad("ShardIterator is not valid", "InvalidArgumentException")
+        if self.runtime.clock.time() - issued > ITERATOR_TTL:
+            raise AwsError(
+                400, "ExpiredIteratorException", f"Iterator expired. The iterator was created at time "
+                f"{issued} while right now it is {self.runtime.clock.time()} which is further in the "
+                "future than the tolerated delay of 300000 milliseconds."
+            )
+        stream = await self.runtime.get_stream(name)
+        shard = next((s for s in await stream.shards() if s["ShardId"] == shard_id), None)
+        if shard is None:
+            raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
+        read = await stream.read(shard_id, after, limit)
+        if read:
+            after = read[-1]["SequenceNumber"]
+        not_before = state.get("n")
+        records = read
+        if isinstance(not_before, int | float):
+            records = [r for r in read if r["ApproximateArrivalTimestamp"] >= not_before]
+        for record in records:
+            record["EncryptionType"] = "NONE"
+        out: dict[str, Any] = {"Records": records, "MillisBehindLatest": 0}
+        if len(read) == limit:  # more may follow: how far behind the newest this page is
+            newest_arrival = read[-1]["ApproximateArrivalTimestamp"]
+            out["MillisBehindLatest"] = max(0, int((self.runtime.clock.time() - newest_arrival) * 1000))
+        closed = "EndingSequenceNumber" in shard["SequenceNumberRange"]
+        if closed and not read:  # a closed shard read to its end: no next iterator, and its children
+            out["ChildShards"] = [
+                {
+                    "ShardId": s["ShardId"],
+                    "ParentShards": [
+                        p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p
+                    ],
+                    "HashKeyRange": s["HashKeyRange"],
+                }
+                for s in await stream.shards()
+                if shard_id in (s.get("ParentShardId"), s.get("AdjacentParentShardId"))
+            ]
+        else:
+            out["NextShardIterator"] = self._iterator(
+                name, shard_id, after, not_before if isinstance(not_before, int | float) else None
+            )
+        return out
+
+
+def _is_seq(value: Any) -> bool:
+    try:
+        seq_int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+__all__ = ["TARGET_PREFIX", "KinesisApi"]

@@ -1,0 +1,640 @@
+"""HTTP events: a function behind a URL, as Lambda Function URLs and API Gateway call it.
+
+Each request becomes Lambda's payload format **2.0** event (Function URLs, HTTP APIs) or
+**1.0** (REST APIs), the function runs through the runtime's one invoke path (limits,
+timeouts, logs, metrics), and its result becomes the HTTP response. Errors answer as the
+AWS front doors do: a throttle is 429, a timeout 504, a function error or a malformed
+result 502, each with a JSON ``{"message": ...}`` body and ``x-amzn-ErrorType``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ._runtime import Runtime
+from .errors import (
+    FnrtError,
+    FunctionNotFound,
+    FunctionTimeout,
+    InvalidConfig,
+    PayloadTooLarge,
+    RuntimeClosed,
+    TooManyRequests,
+)
+
+PayloadFormat = Literal["1.0", "2.0"]
+AuthType = Literal["NONE", "AWS_IAM"]
+_TEXT_TYPES = re.compile(
+    r"^(text/.*|application/(json|xml|javascript|x-www-form-urlencoded|graphql|[\w.+-]*\+(json|xml)))$"
+)
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_PARAM = re.compile(r"^\{([A-Za-z_][\w-]*)(\+?)\}$")
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise InvalidConfig(f"cors {what} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+@attrs.frozen
+class Cors:
+    """A Function URL's CORS configuration (the keys ``CreateFunctionUrlConfig`` takes)."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int = 0
+    allow_credentials: bool = False
+
+    _KEYS = {
+        "AllowOrigins": "allow_origins",
+        "AllowMethods": "allow_methods",
+        "AllowHeaders": "allow_headers",
+        "ExposeHeaders": "expose_headers",
+        "MaxAge": "max_age",
+        "AllowCredentials": "allow_credentials",
+    }
+
+    @classmethod
+    def build(cls, value: Cors | Mapping[str, Any] | None) -> Cors | None:
+        """From AWS's keys (``AllowOrigins``...) or their snake_case names."""
+        if value is None or isinstance(value, Cors):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidConfig(f"cors must be a mapping like {{'AllowOrigins': ['*']}}, got {value!r}")
+        known = set(cls._KEYS) | set(cls._KEYS.values())
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise InvalidConfig(f"unknown cors keys {', '.join(unknown)}; known: {', '.join(cls._KEYS)}")
+        args = {cls._KEYS.get(k, k): v for k, v in value.items()}
+        max_age = args.get("max_age", 0)
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= 86400:
+            raise InvalidConfig(f"cors MaxAge must be 0-86400 seconds, got {max_age!r}")
+        methods = tuple(m.upper() for m in _strings(args.get("allow_methods"), "AllowMethods"))
+        bad = [m for m in methods if m != "*" and m not in _METHODS]
+        if bad:
+            raise InvalidConfig(f"cors AllowMethods has unknown methods {bad}")
+        return cls(
+            allow_origins=_strings(args.get("allow_origins"), "AllowOrigins"),
+            allow_methods=methods,
+            allow_headers=tuple(h.lower() for h in _strings(args.get("allow_headers"), "AllowHeaders")),
+            expose_headers=_strings(args.get("expose_headers"), "ExposeHeaders"),
+            max_age=max_age,
+            allow_credentials=bool(args.get("allow_credentials", False)),
+        )
+
+    def origin_allowed(self, origin: str) -> bool:
+        return "*" in self.allow_origins or origin in self.allow_origins
+
+    def _allow_origin(self, origin: str) -> str:
+        if "*" in self.allow_origins and not self.allow_credentials:
+            return "*"
+        return origin
+
+    def preflight(self, origin: str, method: str, headers: str) -> dict[str, str]:
+        """The headers answering a preflight; empty when the request is not allowed."""
+        if not self.origin_allowed(origin):
+            return {}
+        if "*" not in self.allow_methods and method.upper() not in self.allow_methods:
+            return {}
+        asked = [h.strip().lower() for h in headers.split(",") if h.strip()]
+        if "*" not in self.allow_headers and any(h not in self.allow_headers for h in asked):
+            return {}
+        out = {
+            "Access-Control-Allow-Origin": self._allow_origin(origin),
+            "Access-Control-Allow-Methods": ",".join(self.allow_methods),
+            "Vary": "Origin",
+        }
+        if self.allow_headers:
+            out["Access-Control-Allow-Headers"] = ",".join(self.allow_headers)
+        if self.max_age:
+            out["Access-Control-Max-Age"] = str(self.max_age)
+        if self.allow_credentials:
+            out["Access-Control-Allow-Credentials"] = "true"
+        return out
+
+    def response_headers(self, origin: str) -> dict[str, str]:
+        if not self.origin_allowed(origin):
+            return {}
+        out = {"Access-Control-Allow-Origin": self._allow_origin(origin), "Vary": "Origin"}
+        if self.expose_headers:
+            out["Access-Control-Expose-Headers"] = ",".join(self.expose_headers)
+        if self.allow_credentials:
+            out["Access-Control-Allow-Credentials"] = "true"
+        return out
+
+
+def _normalize_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        raise InvalidConfig(f"path_prefix must start with '/', got {prefix!r}")
+    return prefix.rstrip("/")
+
+
+@attrs.frozen
+class UrlRoute:
+    """One function mounted on a URL path (see :func:`fnrt.http.add_url`)."""
+
+    function: str
+    path_prefix: str  # "" for the root
+    payload_format: PayloadFormat
+    route: str  # "$default", or a template like "/orders/{id}" or "/{proxy+}"
+    methods: tuple[str, ...]  # empty: any method
+    auth_type: AuthType
+    cors: Cors | None
+    stage: str
+    _pattern: re.Pattern[str] | None = attrs.field(eq=False, repr=False)
+    _params: tuple[str, ...] = attrs.field(eq=False, repr=False)
+
+    @property
+    def url_id(self) -> str:
+        """A stable id in the shape of a Function URL's ``<url-id>``."""
+        digest = hashlib.sha256(f"{self.function}{self.path_prefix}".encode()).digest()
+        return base64.b32encode(digest).decode().lower()[:32]
+
+    @property
+    def route_key(self) -> str:
+        if self.route == "$default":
+            return "$default"
+        method = self.methods[0] if len(self.methods) == 1 else "ANY"
+        return f"{method} {self.route}"
+
+    @property
+    def specificity(self) -> tuple[int, int, int, int]:
+        """Higher sorts first: longer prefix, literal before template before greedy."""
+        greedy = self.route == "$default" or self.route.endswith("+}")
+        literal = len(re.sub(r"\{[^}]*\}", "", self.route)) if self.route != "$default" else 0
+        return (len(self.path_prefix), 0 if greedy else 1, -len(self._params), literal)
+
+    def match(self, rel_path: str) -> dict[str, str] | None:
+        if self._pattern is None:
+            return {}
+        found = self._pattern.match(rel_path)
+        if found is None:
+            # the default REST mount ``/{proxy+}`` serves the root too (API Gateway's
+            # console pairs it with ``ANY /``)
+            return {} if rel_path == "/" and self.route == "/{proxy+}" else None
+        return found.groupdict()
+
+
+def make_route(
+    function: str,
+    *,
+    path_prefix: str,
+    payload_format: str,
+    route: str | None,
+    methods: Iterable[str] | None,
+    auth_type: str,
+    cors: Cors | Mapping[str, Any] | None,
+    stage: str | None,
+) -> UrlRoute:
+    if payload_format not in ("1.0", "2.0"):
+        raise InvalidConfig(f"payload_format must be '1.0' or '2.0', got {payload_format!r}")
+    if auth_type not in ("NONE", "AWS_IAM"):
+        raise InvalidConfig(f"auth_type must be 'NONE' or 'AWS_IAM', got {auth_type!r}")
+    method_list = tuple(m.upper() for m in (methods or ()))
+    if route is not None and " " in route:  # "GET /orders/{id}", as HTTP API route keys are written
+        method, _, route = route.partition(" ")
+        method_list = () if method.upper() == "ANY" else (method.upper(),)
+    bad = [m for m in method_list if m not in _METHODS]
+    if bad:
+        raise InvalidConfig(f"unknown HTTP methods {bad}")
+    if route is None:
+        route = "$default" if payload_format == "2.0" else "/{proxy+}"
+    pattern, params = _compile(route)
+    return UrlRoute(
+        function=function,
+        path_prefix=_normalize_prefix(path_prefix),
+        payload_format=payload_format,  # type: ignore[arg-type]
+        route=route,
+        methods=method_list,
+        auth_type=auth_type,  # type: ignore[arg-type]
+        cors=Cors.build(cors),
+        stage=stage or "$default",
+        pattern=pattern,
+        params=params,
+    )
+
+
+def _compile(route: str) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    if route == "$default":
+        return None, ()
+    if not route.startswith("/"):
+        raise InvalidConfig(f"route must be '$default' or start with '/', got {route!r}")
+    parts, params = [], []
+    segments = route.strip("/").split("/") if route != "/" else []
+    for index, segment in enumerate(segments):
+        found = _PARAM.match(segment)
+        if found is None:
+            if "{" in segment or "}" in segment:
+                raise InvalidConfig(f"route segment {segment!r} must be literal or a whole {{name}}")
+            parts.append(re.escape(segment))
+            continue
+        name, greedy = found.group(1), found.group(2)
+        if name in params:
+            raise InvalidConfig(f"route {route!r} names {name!r} twice")
+        params.append(name)
+        if greedy:
+            if index != len(segments) - 1:
+                raise InvalidConfig(f"{{{name}+}} must be the last segment of {route!r}")
+            parts.append(f"(?P<{name}>.+)")
+        else:
+            parts.append(f"(?P<{name}>[^/]+)")
+    body = "/" + "/".join(parts)
+    return re.compile(f"^{body}/?$" if parts else "^/?$"), tuple(params)
+
+
+# -- the event ----------------------------------------------------------------------------
+
+
+def _is_text(content_type: str) -> bool:
+    return bool(_TEXT_TYPES.match(content_type.split(";")[0].strip().lower()))
+
+
+def _body(request: web.Request, raw: bytes) -> tuple[str | None, bool]:
+    if not raw:
+        return None, False
+    if _is_text(request.headers.get("Content-Type", "")):
+        try:
+            return raw.decode(), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(raw).decode(), True
+
+
+def _time_fields(now: float) -> tuple[str, int]:
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    return moment.strftime("%d/%b/%Y:%H:%M:%S +0000"), int(now * 1000)
+
+
+def _source_ip(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else "127.0.0.1"
+
+
+def _host(request: web.Request) -> str:
+    return request.headers.get("Host", request.host)
+
+
+def event_v2(
+    route: UrlRoute,
+    request: web.Request,
+    rel_path: str,
+    params: dict[str, str],
+    raw: bytes,
+    now: float,
+    identity: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """Payload format 2.0 (Function URLs and HTTP APIs)."""
+    headers: dict[str, str] = {}
+    for key in request.headers:
+        lower = key.lower()
+        if lower == "cookie" or lower in headers:
+            continue
+        headers[lower] = ",".join(request.headers.getall(key))
+    query: dict[str, str] = {}
+    for key in request.query:
+        if key not in query:
+            query[key] = ",".join(request.query.getall(key))
+    cookies = [
+        c.strip() for value in request.headers.getall("Cookie", []) for c in value.split(";") if c.strip()
+    ]
+    raw_path = request.raw_path.partition("?")[0][len(route.path_prefix) :] or "/"
+    body, is_b64 = _body(request, raw)
+    host = _host(request)
+    time_text, epoch = _time_fields(now)
+    context: dict[str, Any] = {
+        "accountId": "anonymous" if identity is None else identity["accountId"],
+        "apiId": route.url_id,
+        "domainName": host,
+        "domainPrefix": host.split(".")[0].split(":")[0],
+        "http": {
+            "method": request.method,
+            "path": rel_path,
+            "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+            "sourceIp": _source_ip(request),
+            "userAgent": request.headers.get("User-Agent", ""),
+        },
+        "requestId": str(uuid.uuid4()),
+        "routeKey": route.route_key,
+        "stage": route.stage,
+        "time": time_text,
+        "timeEpoch": epoch,
+    }
+    if identity is not None:
+        context["authorizer"] = {"iam": dict(identity)}
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": route.route_key,
+        "rawPath": raw_path,
+        "rawQueryString": request.query_string,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    event["headers"] = headers
+    if query:
+        event["queryStringParameters"] = query
+    if params:
+        event["pathParameters"] = params
+    event["requestContext"] = context
+    if body is not None:
+        event["body"] = body
+    event["isBase64Encoded"] = is_b64
+    return event
+
+
+def event_v1(
+    route: UrlRoute,
+    request: web.Request,
+    rel_path: str,
+    params: dict[str, str],
+    raw: bytes,
+    now: float,
+    identity: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """Payload format 1.0 (REST APIs, and HTTP APIs configured for 1.0)."""
+    headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for key in request.headers:
+        if key in multi_headers:
+            continue
+        values = request.headers.getall(key)
+        multi_headers[key] = list(values)
+        headers[key] = values[-1]
+    query: dict[str, str] = {}
+    multi_query: dict[str, list[str]] = {}
+    for key in request.query:
+        if key not in multi_query:
+            values = request.query.getall(key)
+            multi_query[key] = list(values)
+            query[key] = values[-1]
+    body, is_b64 = _body(request, raw)
+    host = _host(request)
+    time_text, epoch = _time_fields(now)
+    resource = "/{proxy+}" if route.route == "$default" else route.route
+    if route.route == "$default":
+        params = {"proxy": rel_path.lstrip("/")}
+    stage_path = rel_path if route.stage == "$default" else f"/{route.stage}{rel_path}"
+    identity_block: dict[str, Any] = {
+        "sourceIp": _source_ip(request),
+        "userAgent": request.headers.get("User-Agent", ""),
+        "accountId": None,
+        "accessKey": None,
+        "caller": None,
+        "user": None,
+        "userArn": None,
+        "cognitoIdentityId": None,
+        "cognitoIdentityPoolId": None,
+        "cognitoAuthenticationType": None,
+        "cognitoAuthenticationProvider": None,
+    }
+    if identity is not None:
+        identity_block.update(
+            accountId=identity["accountId"], accessKey=identity["accessKey"], caller=identity["callerId"],
+            user=identity["userId"], userArn=identity["userArn"],
+        )
+    request_id = str(uuid.uuid4())
+    return {
+        "version": "1.0",
+        "resource": resource,
+        "path": rel_path,
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": params or None,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": identity["accountId"] if identity else "000000000000",
+            "apiId": route.url_id[:10],
+            "domainName": host,
+            "domainPrefix": host.split(".")[0].split(":")[0],
+            "extendedRequestId": request_id,
+            "httpMethod": request.method,
+            "identity": identity_block,
+            "path": stage_path,
+            "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+            "requestId": request_id,
+            "requestTime": time_text,
+            "requestTimeEpoch": epoch,
+            "resourceId": route.url_id[:6],
+            "resourcePath": resource,
+            "stage": route.stage,
+        },
+        "body": body,
+        "isBase64Encoded": is_b64,
+    }
+
+
+# -- the response -------------------------------------------------------------------------
+
+
+class MalformedResult(Exception):
+    pass
+
+
+def gateway_error(status: int, message: str, error_type: str) -> web.Response:
+    """The front door's own error: ``{"message": ...}``, as API Gateway and Function URLs."""
+    return web.json_response(
+        {"message": message},
+        status=status,
+        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise MalformedResult(f"header value {value!r} is not a string")
+
+
+def build_response(route: UrlRoute, raw: bytes) -> web.Response:
+    """The HTTP response for the handler's result (``raw`` is its JSON)."""
+    try:
+        result = json.loads(raw) if raw else None
+    except ValueError:
+        raise MalformedResult("the result is not JSON") from None
+    if not (isinstance(result, dict) and "statusCode" in result):
+        if route.payload_format == "1.0":
+            raise MalformedResult("a payload format 1.0 result needs a statusCode")
+        # Function URLs and HTTP APIs infer the format: the whole result is a 200 JSON body
+        return web.Response(status=200, body=raw or b"null", content_type="application/json")
+    status = result["statusCode"]
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise MalformedResult(f"statusCode {status!r} is not an HTTP status")
+    headers: CIMultiDict[str] = CIMultiDict()
+    given = result.get("headers") or {}
+    multi = result.get("multiValueHeaders") or {}
+    if not isinstance(given, dict) or not isinstance(multi, dict):
+        raise MalformedResult("headers must be an object")
+    for key, value in given.items():
+        headers[str(key)] = _header_text(value)
+    for key, values in multi.items():
+        if not isinstance(values, list):
+            raise MalformedResult("multiValueHeaders values must be lists")
+        headers.popall(str(key), None)
+        for value in values:
+            headers.add(str(key), _header_text(value))
+    cookies = result.get("cookies") or []
+    if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
+        raise MalformedResult("cookies must be a list of strings")
+    for cookie in cookies:
+        headers.add("Set-Cookie", cookie)
+    body = result.get("body")
+    if body is None:
+        data = b""
+    elif not isinstance(body, str):
+        if route.payload_format == "1.0":
+            raise MalformedResult("body must be a string")
+        data = json.dumps(body).encode()
+    elif result.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(body, validate=True)
+        except (ValueError, binascii.Error):
+            raise MalformedResult("body is not valid base64") from None
+    else:
+        data = body.encode()
+    for framing in ("Content-Length", "Transfer-Encoding", "Connection"):  # the server frames it
+        headers.popall(framing, None)
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=status, body=data, headers=headers)
+
+
+# -- the router ---------------------------------------------------------------------------
+
+
+class UrlRouter:
+    """The URL routes of one aiohttp application, and the handler that serves them."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.routes: list[UrlRoute] = []
+
+    def add(self, route: UrlRoute) -> UrlRoute:
+        for existing in self.routes:
+            if (existing.path_prefix, existing.route, existing.methods) == (
+                route.path_prefix,
+                route.route,
+                route.methods,
+            ):
+                raise InvalidConfig(
+                    f"{route.path_prefix or '/'} {route.route_key} is mounted already "
+                    f"(function {existing.function!r})"
+                )
+        self.routes.append(route)
+        self.routes.sort(key=lambda r: r.specificity, reverse=True)
+        return route
+
+    def remove_function(self, function: str) -> None:
+        self.routes = [r for r in self.routes if r.function != function]
+
+    def prefix_of(self, path: str) -> list[UrlRoute]:
+        """The routes whose prefix holds ``path``, best first."""
+        out = []
+        for route in self.routes:
+            prefix = route.path_prefix
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                out.append(route)
+        return out
+
+    def find(self, request: web.Request) -> tuple[UrlRoute, str, dict[str, str]] | Literal[False] | None:
+        """The route serving ``request``: ``None`` when no prefix holds its path (not a
+        URL request at all), ``False`` when a prefix does but no route matches."""
+        candidates = self.prefix_of(request.path)
+        if not candidates:
+            return None
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        for route in candidates:
+            rel = request.path[len(route.path_prefix) :] or "/"
+            params = route.match(rel)
+            if params is None:
+                continue
+            if route.methods and request.method not in route.methods and not preflight:
+                continue
+            return route, rel, params
+        return False
+
+    async def serve(
+        self,
+        request: web.Request,
+        found: tuple[UrlRoute, str, dict[str, str]],
+        identity: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        route, rel, params = found
+        origin = request.headers.get("Origin")
+        if route.cors is not None and request.method == "OPTIONS" and origin:
+            asked = request.headers.get("Access-Control-Request-Method")
+            if asked is not None:  # a preflight: answered by the URL, never the function
+                headers = route.cors.preflight(
+                    origin, asked, request.headers.get("Access-Control-Request-Headers", "")
+                )
+                return web.Response(status=200, headers=headers)
+        response = await self._invoke(request, route, rel, params, identity)
+        if route.cors is not None and origin:
+            for key in list(response.headers):
+                if key.lower().startswith("access-control-"):
+                    del response.headers[key]
+            response.headers.update(route.cors.response_headers(origin))
+        return response
+
+    async def _invoke(
+        self,
+        request: web.Request,
+        route: UrlRoute,
+        rel: str,
+        params: dict[str, str],
+        identity: Mapping[str, str] | None,
+    ) -> web.Response:
+        raw = await request.read()
+        build = event_v2 if route.payload_format == "2.0" else event_v1
+        event = build(route, request, rel, params, raw, self.runtime.clock.time(), identity)
+        try:
+            result = await self.runtime.invoke_detailed(route.function, event)
+        except TooManyRequests:
+            return gateway_error(429, "Too Many Requests", "TooManyRequestsException")
+        except PayloadTooLarge:
+            return gateway_error(413, "Request Entity Too Large", "RequestEntityTooLarge")
+        except FunctionNotFound:
+            return gateway_error(500, "Internal Server Error", "InternalServerErrorException")
+        except RuntimeClosed:
+            return gateway_error(503, "Service Unavailable", "ServiceUnavailableException")
+        except FnrtError:
+            return gateway_error(500, "Internal Server Error", "InternalServerErrorException")
+        headers = {"x-amzn-RequestId": result.request_id}
+        if isinstance(result.error, FunctionTimeout):
+            response = gateway_error(504, "Endpoint request timed out", "IntegrationTimeout")
+        elif result.error is not None:
+            response = gateway_error(502, "Internal Server Error", "InternalServerErrorException")
+        else:
+            try:
+                response = build_response(route, result.raw)
+            except MalformedResult:
+                response = gateway_error(502, "Internal Server Error", "InternalServerErrorException")
+        response.headers.update(headers)
+        return response
+
+
+__all__ = ["Cors", "UrlRoute", "UrlRouter", "build_response", "event_v1", "event_v2", "make_route"]

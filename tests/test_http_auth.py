@@ -1,0 +1,314 @@
+"""The authenticated endpoint: SigV4 as boto3 signs it, cross-origin requests, connection floods."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+
+import pytest
+
+import fnrt
+
+aiohttp = pytest.importorskip("aiohttp")
+boto3 = pytest.importorskip("boto3")
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from fnrt.errors import InvalidConfig
+from fnrt.http import InvokeServer
+
+KEY, SECRET = "AKIDFNRTTEST", "s3cr3t/with+chars"
+
+
+def client(service: str, url: str, key: str = KEY, secret: str = SECRET):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+async def call(fn, **kwargs):
+    return await asyncio.to_thread(fn, **kwargs)
+
+
+def botocore_signed(method: str, url: str, body: bytes = b"", headers: dict | None = None,
+                    key: str = KEY, secret: str = SECRET) -> dict[str, str]:
+    """Headers signed by botocore itself (the reference signer)."""
+    request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
+    SigV4Auth(Credentials(key, secret), "lambda", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
+
+
+@pytest.fixture
+async def secured():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        await rt.deploy("handlers.web")
+        async with InvokeServer(rt, port=0, auth=[(KEY, SECRET)]) as server:
+            yield rt, server
+
+
+async def test_boto3_signed_requests_pass(secured):
+    rt, server = secured
+    lam = client("lambda", server.url)
+    arn = rt.get_function("echo").arn
+    resp = await call(lam.invoke, FunctionName=arn + ":$LATEST", Payload=b'{"a": 1}')
+    assert json.loads(resp["Payload"].read())["event"] == {"a": 1}
+    page = await call(lam.list_functions, MaxItems=1)  # a signed query string
+    assert len(page["Functions"]) == 1
+    ctx = base64.b64encode(json.dumps({"custom": {"k": "v w"}}).encode()).decode()
+    await call(lam.invoke, FunctionName="echo", Payload=b"{}", ClientContext=ctx)
+    kinesis = client("kinesis", server.url)
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    await call(kinesis.put_record, StreamName="s", Data=b"x", PartitionKey="k")
+
+
+async def test_bad_signatures_are_aws_403s(secured):
+    rt, server = secured
+    cases = [
+        (client("lambda", server.url, secret="wrong"), "InvalidSignatureException"),
+        (client("lambda", server.url, key="AKIDUNKNOWN"), "UnrecognizedClientException"),
+    ]
+    for lam, error in cases:
+        with pytest.raises(lam.exceptions.ClientError) as info:
+            await call(lam.invoke, FunctionName="echo", Payload=b"{}")
+        assert info.value.response["Error"]["Code"] == error
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    url = server.url + "/2015-03-31/functions/echo/invocations"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=b"{}") as resp:
+            assert resp.status == 403
+            assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        incomplete = {"Authorization": "AWS4-HMAC-SHA256 Credential=x"}
+        async with session.post(url, data=b"{}", headers=incomplete) as resp:
+            assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "IncompleteSignatureException"
+        # a body changed after signing
+        headers = botocore_signed("POST", url, b'{"n": 1}')
+        async with session.post(url, data=b'{"n": 2}', headers=headers) as resp:
+            assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
+        # signed 20 minutes ago: past the 15-minute skew
+        request = AWSRequest(method="POST", url=url, data=b"{}")
+        request.context["timestamp"] = "20200101T000000Z"
+        signer = SigV4Auth(Credentials(KEY, SECRET), "lambda", "us-east-1")
+        request.headers["X-Amz-Date"] = "20200101T000000Z"
+        canonical = signer.canonical_request(request)
+        sts = signer.string_to_sign(request, canonical)
+        signer._inject_signature_to_request(request, signer.signature(sts, request))
+        async with session.post(url, data=b"{}", headers=dict(request.headers.items())) as resp:
+            body = await resp.json()
+            assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
+            assert "Signature expired" in body["message"]
+        # the correctly signed request passes (signature over path, query and body)
+        headers = botocore_signed("POST", url + "?Qualifier=%24LATEST", b"{}")
+        async with session.post(url + "?Qualifier=%24LATEST", data=b"{}", headers=headers) as resp:
+            assert resp.status == 200
+    assert rt.stats()["functions"]["echo"]["invocations"] == 1
+
+
+async def test_function_urls_none_open_and_aws_iam_signed(secured):
+    rt, server = secured
+    server.add_url("show_event", path_prefix="/open")
+    server.add_url("show_event", path_prefix="/iam", auth_type="AWS_IAM")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(server.url + "/open/x") as resp:
+            assert resp.status == 200 and (await resp.json())["requestContext"]["accountId"] == "anonymous"
+        async with session.get(server.url + "/iam/x") as resp:
+            assert resp.status == 403
+        headers = botocore_signed("GET", server.url + "/iam/x?q=1")
+        async with session.get(server.url + "/iam/x?q=1", headers=headers) as resp:
+            assert resp.status == 200
+            iam = (await resp.json())["requestContext"]["authorizer"]["iam"]
+        assert iam["accessKey"] == KEY and iam["accountId"] == "000000000000"
+
+
+async def test_unsigned_cross_origin_and_rebound_requests_are_refused():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
+            url = server.url + "/2015-03-31/functions/echo/invocations"
+            for headers in (
+                {"Origin": "http://evil.example", "Content-Type": "text/plain"},
+                {"Origin": "http://localhost:3000"},
+                {"Sec-Fetch-Site": "cross-site"},
+            ):
+                async with session.post(url, data=b"{}", headers=headers) as resp:
+                    assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+            assert rt.stats()["functions"]["echo"]["invocations"] == 0
+            async with session.post(url, data=b"{}", headers={"Origin": server.url}) as resp:
+                assert resp.status == 200  # the server's own origin
+            async with session.post(url, data=b"{}") as resp:
+                assert resp.status == 200  # not a browser (curl, scripts)
+            # DNS rebinding: the attacker's own domain, resolved to 127.0.0.1
+            rebound = {"Host": f"evil.example:{server.port}", "Origin": f"http://evil.example:{server.port}"}
+            async with session.post(url, data=b"{}", headers=rebound) as resp:
+                assert resp.status == 403 and resp.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+            async with session.post(url, data=b"{}", headers={"Host": f"localhost:{server.port}"}) as resp:
+                assert resp.status == 200
+
+
+async def test_binding_beyond_loopback_requires_credentials(tmp_path):
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(InvalidConfig, match="without authentication"):
+            InvokeServer(rt, host="0.0.0.0")
+        InvokeServer(rt, host="0.0.0.0", auth=[(KEY, SECRET)])  # constructed, not started
+        creds = tmp_path / "credentials"
+        creds.write_text(f"[default]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n")
+        assert InvokeServer(rt, host="0.0.0.0", auth_file=str(creds)).verifier is not None
+        (tmp_path / "plain").write_text(f"# fnrt keys\n{KEY}:{SECRET}\n")
+        assert InvokeServer(rt, auth_file=str(tmp_path / "plain")).verifier.credentials == {KEY: SECRET}
+        with pytest.raises(InvalidConfig):
+            InvokeServer(rt, auth=["no-colon"])
+        with pytest.raises(InvalidConfig):
+            InvokeServer(rt, auth_file=str(tmp_path / "missing"))
+
+
+async def test_slow_header_flood_does_not_lock_out_a_real_client():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, max_connections=16, header_timeout=10) as server:
+            writers = []
+            for _ in range(120):  # far more than the limit, each sending half a request head
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: x\r\n")
+                writers.append((reader, writer))
+            await asyncio.sleep(0)
+            async with aiohttp.ClientSession() as session:
+                async with session.post(
+                    server.url + "/2015-03-31/functions/echo/invocations", data=b'{"ok": 1}'
+                ) as resp:
+                    assert resp.status == 200 and (await resp.json())["event"] == {"ok": 1}
+            stats = server.connections.stats()
+            assert stats["open"] <= 16 and stats["evicted"] > 0
+            # the slow ones that are left are cut off at the header timeout (the fake clock)
+            await clock.advance(10)
+            reader, writer = writers[-1]
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            for _, writer in writers:
+                writer.close()
+
+
+async def test_cli_serve_refuses_open_wildcard_bind_and_signs_with_fnrt_auth():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fnrt", "serve", "handlers.echo", "--host", "0.0.0.0", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and b"without authentication" in err and b"Traceback" not in err
+
+    from .test_http_urls import start_serve, stop_serve
+
+    proc, url, _ = await start_serve("handlers.echo", "--auth", f"{KEY}:{SECRET}")
+    try:
+        env = {**os.environ, "FNRT_AUTH": f"{KEY}:{SECRET}"}
+        signed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fnrt", "invoke", "echo", '{"z": 1}', "--endpoint", url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        out, err = await asyncio.wait_for(signed.communicate(), 60)
+        assert signed.returncode == 0, err
+        assert json.loads(out)["event"] == {"z": 1}
+        env.pop("FNRT_AUTH")
+        env.pop("AWS_ACCESS_KEY_ID", None)
+        unsigned = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fnrt", "list", "--endpoint", url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        out, err = await asyncio.wait_for(unsigned.communicate(), 60)
+        assert unsigned.returncode == 2 and b"MissingAuthenticationTokenException" in err
+    finally:
+        await stop_serve(proc)
+
+
+async def aws_cli(url: str, *args: str, secret: str = SECRET) -> tuple[int, str, str]:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": secret,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_MAX_ATTEMPTS": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "awscli", *args, "--endpoint-url", url, "--output", "json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_aws_cli_signs_and_is_verified(secured, tmp_path):
+    pytest.importorskip("awscli")
+    rt, server = secured
+    out_file = str(tmp_path / "out.json")
+    code, out, err = await aws_cli(
+        server.url, "lambda", "invoke", "--function-name", "echo", "--payload", '{"cli": true}', out_file,
+    )
+    assert code == 0, err
+    assert json.loads(out)["StatusCode"] == 200
+    with open(out_file) as f:
+        assert json.load(f)["event"] == {"cli": True}
+    code, out, err = await aws_cli(server.url, "lambda", "get-function-configuration",
+                                   "--function-name", "echo")
+    assert code == 0 and json.loads(out)["Handler"] == "handlers.echo.echo"
+    code, out, err = await aws_cli(server.url, "kinesis", "create-stream", "--stream-name", "c",
+                                   "--shard-count", "1")
+    assert code == 0, err
+    code, out, err = await aws_cli(server.url, "kinesis", "put-record", "--stream-name", "c",
+                                   "--partition-key", "k", "--data", "aGk=")
+    assert code == 0 and json.loads(out)["ShardId"] == "shardId-000000000000"
+    code, out, err = await aws_cli(server.url, "lambda", "list-functions", secret="wrong")
+    assert code != 0 and "InvalidSignatureException" in err
+
+
+async def test_a_client_that_stops_reading_is_cut_off():
+    import socket
+
+    from .conftest import wait_until
+
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, send_timeout=30) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny window
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+            body = json.dumps({"blob": "x" * (4 * 1024 * 1024)}).encode()
+            head = (f"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            await asyncio.get_running_loop().sock_sendall(sock, head + body)
+            guard = server.connections
+            await wait_until(lambda: any(c.stalled for c in guard.open), "the response to stall")
+            await clock.advance(30)
+            await wait_until(lambda: guard.stats()["open"] == 0, "the stalled connection to close")
+            sock.close()
+
+
+async def test_when_every_connection_serves_a_request_new_ones_get_a_503(release_file):
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
+        async with InvokeServer(rt, port=0, max_connections=2) as server:
+            url = server.url + "/2015-03-31/functions/hold/invocations"
+            payload = json.dumps({"release": release_file}).encode()
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async def post() -> int:
+                    async with session.post(url, data=payload) as resp:
+                        await resp.read()
+                        return resp.status
+
+                held = [asyncio.ensure_future(post()) for _ in range(2)]
+                await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 2)
+                async with session.post(url, data=payload) as resp:
+                    assert resp.status == 503 and resp.headers["x-amzn-ErrorType"] == "ServiceException"
+                    assert "connection limit" in (await resp.json())["message"]
+                open(release_file, "w").close()
+                assert await asyncio.gather(*held) == [200, 200]

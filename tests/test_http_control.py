@@ -1,0 +1,588 @@
+"""Lambda's control plane over HTTP, driven by boto3 and the AWS CLI as a user's scripts
+drive AWS: each change takes effect on what runs next."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fnrt
+from fnrt.testing import wait_until
+
+aiohttp = pytest.importorskip("aiohttp")
+boto3 = pytest.importorskip("boto3")
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from fnrt.http import InvokeServer
+
+from .conftest import read_jsonl
+
+SINK_ARN = "arn:aws:sqs:us-east-1:000000000000:failed-talks"
+
+
+def client(service: str, url: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDLOCAL",
+        aws_secret_access_key="local",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+async def call(fn: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, **kwargs)
+
+
+async def error_of(fn: Any, **kwargs: Any) -> dict[str, Any]:
+    """The AWS error a call ends in: code, message, status and the body's extra members."""
+    with pytest.raises(ClientError) as raised:
+        await call(fn, **kwargs)
+    response = raised.value.response
+    return {
+        **response,
+        "Code": response["Error"]["Code"],
+        "Message": response["Error"]["Message"],
+        "Status": response["ResponseMetadata"]["HTTPStatusCode"],
+    }
+
+
+async def aws_cli(url: str, *args: str) -> Any:
+    """``aws <args> --endpoint-url url``; the JSON it prints (or None)."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "AKIDLOCAL",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "awscli",
+        *args,
+        "--endpoint-url",
+        url,
+        "--region",
+        "us-east-1",
+        "--output",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out) if out.strip() else None
+
+
+@pytest.fixture
+async def served():
+    async with fnrt.Runtime() as rt, InvokeServer(rt, port=0) as server:
+        yield rt, server
+
+
+async def test_update_function_configuration_reaches_the_next_invocation(served) -> None:
+    rt, server = served
+    await rt.add_function("ctx", "handlers.chaos:context_info", environment={"GREETING": "one"})
+    lam = client("lambda", server.url)
+    first = json.loads((await call(lam.invoke, FunctionName="ctx"))["Payload"].read())
+    assert first["env_custom"] == "one" and first["memory_limit_in_mb"] == "128"
+    before = await call(lam.get_function_configuration, FunctionName="ctx")
+
+    updated = await call(
+        lam.update_function_configuration,
+        FunctionName="ctx",
+        Timeout=10,
+        MemorySize=256,
+        Environment={"Variables": {"GREETING": "two"}},
+        Description="updated over HTTP",
+    )
+    assert updated["Timeout"] == 10 and updated["MemorySize"] == 256
+    assert updated["Environment"] == {"Variables": {"GREETING": "two"}}
+    assert updated["Description"] == "updated over HTTP"
+    assert updated["LastUpdateStatus"] == "Successful" and updated["State"] == "Active"
+    assert updated["LastModified"] >= before["LastModified"]
+    assert (await call(lam.get_function_configuration, FunctionName="ctx"))["MemorySize"] == 256
+
+    # the next invocation runs in a new environment initialized with the new configuration
+    detailed = await rt.invoke_detailed("ctx", {})
+    assert detailed.cold_start
+    second = json.loads((await call(lam.invoke, FunctionName="ctx"))["Payload"].read())
+    assert second["env_custom"] == "two" and second["memory_limit_in_mb"] == "256"
+
+    # only what is named changes
+    await call(lam.update_function_configuration, FunctionName="ctx", Description="again")
+    assert rt.get_function("ctx").config.environment == {"GREETING": "two"}
+    assert rt.get_function("ctx").config.timeout == 10
+
+
+async def test_update_function_configuration_errors_are_lambdas(served) -> None:
+    rt, server = served
+    await rt.add_function("ctx", "handlers.chaos:context_info")
+    lam = client("lambda", server.url)
+    too_long = await error_of(lam.update_function_configuration, FunctionName="ctx", Timeout=1000)
+    assert too_long["Code"] == "ValidationException" and too_long["Status"] == 400
+    assert "Value '1000' at 'timeout' failed to satisfy constraint" in too_long["Message"]
+    big = await error_of(lam.update_function_configuration, FunctionName="ctx", MemorySize=20_000)
+    assert big["Code"] == "ValidationException" and "'memorySize'" in big["Message"]
+    reserved = await error_of(
+        lam.update_function_configuration,
+        FunctionName="ctx",
+        Environment={"Variables": {"AWS_REGION": "eu-west-1"}},
+    )
+    assert reserved["Code"] == "InvalidParameterValueException"
+    assert "reserved keys" in reserved["Message"] and "AWS_REGION" in reserved["Message"]
+    huge = await error_of(
+        lam.update_function_configuration,
+        FunctionName="ctx",
+        Environment={"Variables": {"BIG": "x" * 5000}},
+    )
+    assert huge["Code"] == "InvalidParameterValueException" and "4KB" in huge["Message"]
+    handler = await error_of(lam.update_function_configuration, FunctionName="ctx", Handler="other.fn")
+    assert handler["Code"] == "InvalidParameterValueException" and "Handler" in handler["Message"]
+    missing = await error_of(lam.update_function_configuration, FunctionName="nope", Timeout=5)
+    assert missing["Code"] == "ResourceNotFoundException" and missing["Status"] == 404
+    # nothing was lost or half applied
+    assert rt.get_function("ctx").config.timeout == 3
+    assert rt.get_function("ctx").config.environment == {}
+
+
+async def test_revision_id_and_dead_letter_config(served) -> None:
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    revision = (await call(lam.get_function_configuration, FunctionName="talk"))["RevisionId"]
+    stale = await error_of(
+        lam.update_function_configuration, FunctionName="talk", RevisionId="0" * 36, Timeout=4
+    )
+    assert stale["Code"] == "PreconditionFailedException" and stale["Status"] == 412
+    assert rt.get_function("talk").config.timeout == 3
+    dlq = "arn:aws:sqs:us-east-1:000000000000:talk-dlq"
+    updated = await call(
+        lam.update_function_configuration,
+        FunctionName="talk",
+        RevisionId=revision,
+        Timeout=4,
+        DeadLetterConfig={"TargetArn": dlq},
+    )
+    assert updated["DeadLetterConfig"] == {"TargetArn": dlq} and updated["RevisionId"] != revision
+    assert rt.async_config("talk").dead_letter == dlq
+    sns = await error_of(
+        lam.update_function_configuration,
+        FunctionName="talk",
+        DeadLetterConfig={"TargetArn": "arn:aws:sns:us-east-1:000000000000:topic"},
+    )
+    assert sns["Code"] == "InvalidParameterValueException"
+    await call(lam.put_function_event_invoke_config, FunctionName="talk", MaximumRetryAttempts=0)
+    assert rt.async_config("talk").dead_letter == dlq  # not part of the event-invoke config
+    await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": true}')
+    await rt.wait_idle()
+    [dead] = await rt.destination_records(dlq)
+    assert dead["body"] == {"fail": True}  # the event itself, as Lambda's DLQ gets it
+    assert dead["messageAttributes"]["ErrorMessage"] == "asked to fail"
+    cleared = await call(lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={})
+    assert "DeadLetterConfig" not in cleared and rt.async_config("talk").dead_letter is None
+
+
+async def test_function_concurrency_throttles_with_the_reserved_reason(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    assert "ReservedConcurrentExecutions" not in await call(lam.get_function_concurrency, FunctionName="echo")
+    put = await call(lam.put_function_concurrency, FunctionName="echo", ReservedConcurrentExecutions=0)
+    assert put["ReservedConcurrentExecutions"] == 0
+    got = await call(lam.get_function_concurrency, FunctionName="echo")
+    assert got["ReservedConcurrentExecutions"] == 0
+    assert (await call(lam.get_function, FunctionName="echo"))["Concurrency"] == {
+        "ReservedConcurrentExecutions": 0
+    }
+    throttled = await error_of(lam.invoke, FunctionName="echo", Payload=b"{}")
+    assert throttled["Code"] == "TooManyRequestsException" and throttled["Status"] == 429
+    assert throttled["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+
+    deleted = await call(lam.delete_function_concurrency, FunctionName="echo")
+    assert deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert "ReservedConcurrentExecutions" not in await call(lam.get_function_concurrency, FunctionName="echo")
+    assert (await call(lam.invoke, FunctionName="echo", Payload=b"{}"))["StatusCode"] == 200
+
+    over = await error_of(
+        lam.put_function_concurrency, FunctionName="echo", ReservedConcurrentExecutions=5000
+    )
+    assert over["Code"] == "InvalidParameterValueException"
+    assert rt.get_function("echo").config.reserved_concurrency is None
+
+
+async def test_provisioned_concurrency_config_reaches_ready(served) -> None:
+    rt, server = served
+    await rt.add_function("whoami", "handlers.chaos:whoami")
+    lam = client("lambda", server.url)
+    missing = await error_of(
+        lam.get_provisioned_concurrency_config, FunctionName="whoami", Qualifier="$LATEST"
+    )
+    assert missing["Code"] == "ProvisionedConcurrencyConfigNotFoundException" and missing["Status"] == 404
+
+    put = await call(
+        lam.put_provisioned_concurrency_config,
+        FunctionName="whoami",
+        Qualifier="$LATEST",
+        ProvisionedConcurrentExecutions=2,
+    )
+    assert put["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert put["RequestedProvisionedConcurrentExecutions"] == 2 and put["Status"] in ("IN_PROGRESS", "READY")
+    await rt.wait_idle()
+    ready = await call(lam.get_provisioned_concurrency_config, FunctionName="whoami", Qualifier="$LATEST")
+    assert ready["Status"] == "READY"
+    assert ready["AllocatedProvisionedConcurrentExecutions"] == 2
+    assert ready["AvailableProvisionedConcurrentExecutions"] == 2
+    assert ready["LastModified"].endswith("+0000")
+    assert not (await rt.invoke_detailed("whoami", {})).cold_start  # served by a provisioned one
+    listed = await call(lam.list_provisioned_concurrency_configs, FunctionName="whoami")
+    [config] = listed["ProvisionedConcurrencyConfigs"]
+    assert config["FunctionArn"].endswith(":function:whoami:$LATEST") and config["Status"] == "READY"
+
+    alias = await error_of(
+        lam.put_provisioned_concurrency_config,
+        FunctionName="whoami",
+        Qualifier="prod",
+        ProvisionedConcurrentExecutions=1,
+    )
+    assert alias["Code"] == "ResourceNotFoundException"
+
+    await call(lam.delete_provisioned_concurrency_config, FunctionName="whoami", Qualifier="$LATEST")
+    gone = await error_of(lam.get_provisioned_concurrency_config, FunctionName="whoami", Qualifier="$LATEST")
+    assert gone["Code"] == "ProvisionedConcurrencyConfigNotFoundException"
+    assert rt.get_function("whoami").config.provisioned_concurrency == 0
+
+
+async def test_event_invoke_config_routes_a_failure_to_the_sqs_arn_sink(served) -> None:
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    none = await error_of(lam.get_function_event_invoke_config, FunctionName="talk")
+    assert (
+        none["Code"] == "ResourceNotFoundException" and "doesn't have an EventInvokeConfig" in none["Message"]
+    )
+    no_update = await error_of(
+        lam.update_function_event_invoke_config, FunctionName="talk", MaximumRetryAttempts=1
+    )
+    assert no_update["Code"] == "ResourceNotFoundException"
+
+    put = await call(
+        lam.put_function_event_invoke_config,
+        FunctionName="talk",
+        MaximumRetryAttempts=0,
+        DestinationConfig={"OnFailure": {"Destination": SINK_ARN}},
+    )
+    assert put["FunctionArn"].endswith(":function:talk:$LATEST")
+    assert put["MaximumRetryAttempts"] == 0 and put["MaximumEventAgeInSeconds"] == 21600
+    assert put["DestinationConfig"] == {"OnSuccess": {}, "OnFailure": {"Destination": SINK_ARN}}
+    assert put["LastModified"].year >= 2024  # a timestamp boto3 parsed
+
+    # Update merges: the destination stays
+    merged = await call(
+        lam.update_function_event_invoke_config, FunctionName="talk", MaximumEventAgeInSeconds=120
+    )
+    assert merged["MaximumEventAgeInSeconds"] == 120 and merged["MaximumRetryAttempts"] == 0
+    assert merged["DestinationConfig"]["OnFailure"]["Destination"] == SINK_ARN
+    assert (await call(lam.get_function_event_invoke_config, FunctionName="talk")) | {
+        "ResponseMetadata": None
+    } == merged | {"ResponseMetadata": None}
+    [listed] = (await call(lam.list_function_event_invoke_configs, FunctionName="talk"))[
+        "FunctionEventInvokeConfigs"
+    ]
+    assert listed["MaximumEventAgeInSeconds"] == 120
+
+    sent = await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": true}')
+    assert sent["StatusCode"] == 202
+    await rt.wait_idle()
+    [record] = await rt.destination_records(SINK_ARN)
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["responsePayload"]["errorMessage"] == "asked to fail"
+    assert await rt.destination_records("failed-talks") == [record]  # the queue's name, too
+
+    bad = await error_of(
+        lam.put_function_event_invoke_config,
+        FunctionName="talk",
+        DestinationConfig={"OnFailure": {"Destination": "arn:aws:sns:us-east-1:000000000000:topic"}},
+    )
+    assert bad["Code"] == "InvalidParameterValueException"
+    await call(lam.delete_function_event_invoke_config, FunctionName="talk")
+    assert rt.async_config("talk") == fnrt.AsyncConfig()
+    gone = await error_of(lam.get_function_event_invoke_config, FunctionName="talk")
+    assert gone["Code"] == "ResourceNotFoundException"
+
+
+async def test_an_event_source_mapping_created_over_http_delivers_records(served, tmp_path: Path) -> None:
+    rt, server = served
+    ledger = tmp_path / "ledger.jsonl"
+    env = {"ORDERS_LEDGER": str(ledger)}
+    await rt.add_function("orders", "handlers.orders:process_orders", environment=env)
+    await rt.add_function("audit", "handlers.orders:process_orders_partial")
+    lam, kinesis = client("lambda", server.url), client("kinesis", server.url)
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=2)
+    arn = (await call(kinesis.describe_stream_summary, StreamName="orders"))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+
+    created = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=arn,
+        FunctionName="orders",
+        StartingPosition="TRIM_HORIZON",
+        BatchSize=10,
+        MaximumRetryAttempts=2,
+        BisectBatchOnFunctionError=True,
+        DestinationConfig={"OnFailure": {"Destination": SINK_ARN}},
+    )
+    assert created["ResponseMetadata"]["HTTPStatusCode"] == 202 and created["State"] == "Creating"
+    uuid = created["UUID"]
+    assert created["EventSourceArn"] == arn and created["FunctionArn"].endswith(":function:orders")
+    assert created["BatchSize"] == 10 and created["MaximumRetryAttempts"] == 2
+    assert created["BisectBatchOnFunctionError"] is True
+    assert created["DestinationConfig"] == {"OnFailure": {"Destination": SINK_ARN}}
+    assert created["EventSourceMappingArn"].endswith(f":event-source-mapping:{uuid}")
+    got = await call(lam.get_event_source_mapping, UUID=uuid)
+    assert got["State"] == "Enabled" and got["StartingPosition"] == "TRIM_HORIZON"
+
+    # records put through the Kinesis API and through the Python API are delivered
+    await call(kinesis.put_record, StreamName="orders", Data=json.dumps({"id": 1}).encode(), PartitionKey="a")
+    await (await rt.get_stream("orders")).put_record(json.dumps({"id": 2}), "b")
+    await wait_until(lambda: len(read_jsonl(ledger)) == 2, "two orders delivered")
+    assert sorted(line["id"] for line in read_jsonl(ledger)) == [1, 2]
+
+    # disabled: kept with its checkpoints, not polled; enabled again: goes on from them
+    disabling = await call(lam.update_event_source_mapping, UUID=uuid, Enabled=False, BatchSize=5)
+    assert disabling["State"] == "Disabling" and disabling["BatchSize"] == 5
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["State"] == "Disabled"
+    await call(kinesis.put_record, StreamName="orders", Data=json.dumps({"id": 3}).encode(), PartitionKey="a")
+    await rt.wait_idle()
+    assert len(read_jsonl(ledger)) == 2
+    enabling = await call(lam.update_event_source_mapping, UUID=uuid, Enabled=True)
+    assert enabling["State"] == "Enabling" and enabling["UUID"] == uuid and enabling["BatchSize"] == 5
+    await wait_until(lambda: len(read_jsonl(ledger)) == 3, "the order put while disabled")
+    assert sorted(line["id"] for line in read_jsonl(ledger)) == [1, 2, 3]
+
+    # a second mapping on the stream; list with filters and pages
+    other = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=arn,
+        FunctionName=rt.get_function("audit").arn,
+        StartingPosition="LATEST",
+        FunctionResponseTypes=["ReportBatchItemFailures"],
+    )
+    assert other["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    listed = await call(lam.list_event_source_mappings, EventSourceArn=arn)
+    assert {m["UUID"] for m in listed["EventSourceMappings"]} == {uuid, other["UUID"]}
+    only = await call(lam.list_event_source_mappings, FunctionName="audit")
+    assert [m["UUID"] for m in only["EventSourceMappings"]] == [other["UUID"]]
+    pages = lam.get_paginator("list_event_source_mappings").paginate(PaginationConfig={"PageSize": 1})
+    found = await asyncio.to_thread(lambda: [m["UUID"] for p in pages for m in p["EventSourceMappings"]])
+    assert sorted(found) == sorted([uuid, other["UUID"]])
+
+    duplicate = await error_of(
+        lam.create_event_source_mapping, EventSourceArn=arn, FunctionName="orders", StartingPosition="LATEST"
+    )
+    assert duplicate["Code"] == "ResourceConflictException" and uuid in duplicate["Message"]
+    deleted = await call(lam.delete_event_source_mapping, UUID=uuid)
+    assert deleted["State"] == "Deleting" and deleted["ResponseMetadata"]["HTTPStatusCode"] == 202
+    gone = await error_of(lam.get_event_source_mapping, UUID=uuid)
+    assert gone["Code"] == "ResourceNotFoundException" and gone["Status"] == 404
+    assert [m.uuid for m in rt.stream_mappings()] == [other["UUID"]]
+
+
+async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
+    rt, server = served
+    await rt.add_function("orders", "handlers.orders:process_orders")
+    await rt.create_stream("orders")
+    arn = (await rt.get_stream("orders")).arn
+    lam = client("lambda", server.url)
+    cases = [
+        (
+            {"EventSourceArn": "arn:aws:sqs:us-east-1:000000000000:q", "FunctionName": "orders"},
+            "InvalidParameterValueException",
+            "Kinesis",
+        ),
+        (
+            {
+                "EventSourceArn": arn.replace("/orders", "/nope"),
+                "FunctionName": "orders",
+                "StartingPosition": "LATEST",
+            },
+            "InvalidParameterValueException",
+            "Stream not found",
+        ),
+        (
+            {"EventSourceArn": arn, "FunctionName": "orders"},
+            "InvalidParameterValueException",
+            "StartingPosition",
+        ),
+        (
+            {"EventSourceArn": arn, "FunctionName": "nope", "StartingPosition": "LATEST"},
+            "ResourceNotFoundException",
+            "nope",
+        ),
+        (
+            {
+                "EventSourceArn": arn,
+                "FunctionName": "orders",
+                "StartingPosition": "LATEST",
+                "BatchSize": 20_000,
+            },
+            "ValidationException",
+            "'batchSize'",
+        ),
+        (
+            {
+                "EventSourceArn": arn,
+                "FunctionName": "orders",
+                "StartingPosition": "LATEST",
+                "MaximumRecordAgeInSeconds": 10,
+            },
+            "InvalidParameterValueException",
+            "MaximumRecordAgeInSeconds",
+        ),
+        (
+            {
+                "EventSourceArn": arn,
+                "FunctionName": "orders",
+                "StartingPosition": "LATEST",
+                "FilterCriteria": {"Filters": [{"Pattern": "{}"}]},
+            },
+            "InvalidParameterValueException",
+            "FilterCriteria",
+        ),
+    ]
+    for request, code, words in cases:
+        error = await error_of(lam.create_event_source_mapping, **request)
+        assert (error["Code"], error["Status"] < 500) == (code, True), request
+        assert words in error["Message"], (request, error["Message"])
+    assert rt.stream_mappings() == []  # nothing half created
+
+    moment = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    at = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=arn,
+        FunctionName="orders",
+        StartingPosition="AT_TIMESTAMP",
+        StartingPositionTimestamp=moment,
+        MaximumBatchingWindowInSeconds=2,
+        ParallelizationFactor=3,
+        MaximumRecordAgeInSeconds=3600,
+    )
+    assert at["StartingPosition"] == "AT_TIMESTAMP" and at["StartingPositionTimestamp"] == moment
+    assert (at["MaximumBatchingWindowInSeconds"], at["ParallelizationFactor"]) == (2, 3)
+    [mapping] = rt.stream_mappings()
+    assert mapping.config.starting_position_timestamp == moment.timestamp()
+    assert (mapping.config.max_batching_window, mapping.config.max_record_age) == (2, 3600)
+    moved = await error_of(lam.update_event_source_mapping, UUID=at["UUID"], FunctionName="other")
+    assert moved["Code"] == "ResourceNotFoundException"
+
+
+async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo", reserved_concurrency=100)
+    lam = client("lambda", server.url)
+    settings = await call(lam.get_account_settings)
+    assert settings["AccountLimit"]["ConcurrentExecutions"] == 1000
+    assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == 900
+    assert settings["AccountUsage"]["FunctionCount"] == 1
+    async with aiohttp.ClientSession() as http:
+        checks = [
+            ("POST", "/2017-10-31/functions/echo/concurrency", b"{}", 405, "UnknownOperationException"),
+            ("GET", "/2019-09-30/functions/echo/nothing-here", b"", 404, "UnknownOperationException"),
+            (
+                "PUT",
+                "/2017-10-31/functions/echo/concurrency",
+                b"{not json",
+                400,
+                "InvalidRequestContentException",
+            ),
+            (
+                "PUT",
+                "/2017-10-31/functions/echo/concurrency",
+                b'{"ReservedConcurrentExecutions": "x"}',
+                400,
+                "ValidationException",
+            ),
+            ("GET", "/2015-03-31/event-source-mappings/not-a-uuid", b"", 404, "ResourceNotFoundException"),
+        ]
+        for method, path, body, status, code in checks:
+            async with http.request(method, server.url + path, data=body) as resp:
+                assert (resp.status, resp.headers.get("x-amzn-ErrorType")) == (status, code), path
+                payload = await resp.json()
+                assert payload["Type"] == "User" and payload["message"]
+
+
+async def test_the_aws_cli_configures_a_running_runtime(served, tmp_path: Path) -> None:
+    pytest.importorskip("awscli")
+    rt, server = served
+    ledger = tmp_path / "ledger.jsonl"
+    await rt.add_function("ctx", "handlers.chaos:context_info")
+    await rt.add_function(
+        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+    )
+    stream = await rt.create_stream("orders")
+    url = server.url
+
+    updated = await aws_cli(
+        url,
+        "lambda",
+        "update-function-configuration",
+        "--function-name",
+        "ctx",
+        "--timeout",
+        "7",
+        "--environment",
+        "Variables={GREETING=from-cli}",
+    )
+    assert updated["Timeout"] == 7 and updated["Environment"]["Variables"] == {"GREETING": "from-cli"}
+    assert (await rt.invoke("ctx", {}))["env_custom"] == "from-cli"
+
+    put = await aws_cli(
+        url,
+        "lambda",
+        "put-function-concurrency",
+        "--function-name",
+        "ctx",
+        "--reserved-concurrent-executions",
+        "0",
+    )
+    assert put == {"ReservedConcurrentExecutions": 0}
+    with pytest.raises(fnrt.TooManyRequests) as throttled:
+        await rt.invoke("ctx", {})
+    assert throttled.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
+
+    settings = await aws_cli(url, "lambda", "get-account-settings")
+    assert settings["AccountUsage"]["FunctionCount"] == 2
+    assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == 1000
+
+    mapping = await aws_cli(
+        url,
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "orders",
+        "--event-source-arn",
+        stream.arn,
+        "--starting-position",
+        "TRIM_HORIZON",
+        "--batch-size",
+        "5",
+    )
+    assert mapping["State"] == "Creating" and mapping["BatchSize"] == 5
+    await stream.put_record(json.dumps({"id": 7}), "k")
+    await wait_until(lambda: len(read_jsonl(ledger)) == 1, "the order delivered")
+    listed = await aws_cli(url, "lambda", "list-event-source-mappings", "--event-source-arn", stream.arn)
+    assert [m["UUID"] for m in listed["EventSourceMappings"]] == [mapping["UUID"]]

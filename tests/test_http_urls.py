@@ -1,0 +1,346 @@
+"""Function URLs and API Gateway events: real HTTP requests in, HTTP responses out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+import fnrt
+
+aiohttp = pytest.importorskip("aiohttp")
+pytest.importorskip("aws_lambda_powertools")
+
+from fnrt.errors import FunctionNotFound, InvalidConfig
+from fnrt.http import InvokeServer, add_url
+
+from .conftest import wait_until
+
+
+@pytest.fixture
+async def served():
+    async with fnrt.Runtime(concurrency_limit=10, unreserved_minimum=0) as rt:
+        await rt.deploy("handlers.web")
+        async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
+            yield rt, server, session
+
+
+# -- payload format 2.0 ---------------------------------------------------------------------
+
+
+async def test_v2_event_has_the_function_url_shape(served):
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    async with session.post(
+        server.url + "/show/a%20b/c?x=1&x=2&y=&z=3",
+        data=b'{"k": "v"}',
+        headers=[
+            ("Content-Type", "application/json"),
+            ("X-Multi", "one"),
+            ("X-Multi", "two"),
+            ("Cookie", "c1=v1; c2=v2"),
+            ("User-Agent", "tester/1.0"),
+        ],
+    ) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        event = await resp.json()
+    assert event["version"] == "2.0" and event["routeKey"] == "$default"
+    assert event["rawPath"] == "/a%20b/c"
+    assert event["rawQueryString"] == "x=1&x=2&y=&z=3"
+    assert event["queryStringParameters"] == {"x": "1,2", "y": "", "z": "3"}
+    assert event["cookies"] == ["c1=v1", "c2=v2"]
+    headers = event["headers"]
+    assert headers["x-multi"] == "one,two" and "cookie" not in headers
+    assert all(k == k.lower() for k in headers)
+    assert event["body"] == '{"k": "v"}' and event["isBase64Encoded"] is False
+    ctx = event["requestContext"]
+    assert ctx["http"] == {
+        "method": "POST",
+        "path": "/a b/c",
+        "protocol": "HTTP/1.1",
+        "sourceIp": "127.0.0.1",
+        "userAgent": "tester/1.0",
+    }
+    assert ctx["accountId"] == "anonymous" and ctx["routeKey"] == "$default" and ctx["stage"] == "$default"
+    assert ctx["domainName"] == f"127.0.0.1:{server.port}" and ctx["domainPrefix"] == "127"
+    assert len(ctx["apiId"]) == 32 and ctx["requestId"]
+    assert isinstance(ctx["timeEpoch"], int) and ctx["time"].endswith("+0000")
+
+
+async def test_v2_binary_body_is_base64(served):
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    blob = bytes(range(256))
+    async with session.put(
+        server.url + "/show", data=blob, headers={"Content-Type": "application/octet-stream"}
+    ) as resp:
+        event = await resp.json()
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == blob
+    assert event["rawPath"] == "/" and "body" in event
+    async with session.get(server.url + "/show") as resp:
+        event = await resp.json()
+    assert "body" not in event and event["isBase64Encoded"] is False and "cookies" not in event
+
+
+async def test_v2_result_mapping(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/r")
+    async with session.get(server.url + "/r") as resp:
+        assert resp.status == 203 and await resp.text() == "made it"
+        assert resp.headers["Content-Type"] == "text/plain"
+        assert resp.headers.getall("Set-Cookie") == ["a=1", "b=2; HttpOnly"]
+    async with session.get(server.url + "/r?kind=binary") as resp:
+        assert resp.headers["Content-Type"] == "image/png" and await resp.read() == b"\x89PNG\x00\x01"
+    async with session.get(server.url + "/r?kind=framing") as resp:  # the server frames bodies
+        assert resp.status == 200 and await resp.text() == "ok"
+    async with session.get(server.url + "/r?kind=string") as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert await resp.json() == "just a string"
+
+
+async def test_errors_are_what_aws_front_doors_answer(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/r")
+    await rt.add_function("slow", "handlers.web:respond", timeout=0.3)
+    server.add_url("slow")
+    async with session.get(server.url + "/r?kind=malformed") as resp:
+        assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
+    async with session.get(server.url + "/r?kind=fail") as resp:
+        assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
+        assert resp.headers["x-amzn-ErrorType"]
+    async with session.get(server.url + "/slow?kind=slow") as resp:
+        assert resp.status == 504 and await resp.json() == {"message": "Endpoint request timed out"}
+    # a prefix that is mounted, but no route under it matches: API Gateway's 404
+    server.add_url("respond", path_prefix="/only", route="GET /exact")
+    async with session.get(server.url + "/only/other") as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+
+
+async def test_throttle_is_429(served, release_file):
+    rt, server, session = served
+    await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=1)
+    server.add_url("hold")
+    first = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+    await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1)
+    async with session.get(server.url + "/hold") as resp:
+        assert resp.status == 429 and await resp.json() == {"message": "Too Many Requests"}
+        assert resp.headers["x-amzn-ErrorType"] == "TooManyRequestsException"
+    open(release_file, "w").close()
+    await first
+
+
+# -- payload format 1.0 and route templates ---------------------------------------------------
+
+
+async def test_v1_event_with_route_templates(served):
+    rt, server, session = served
+    server.add_url("wrap_event", path_prefix="/v1", payload_format="1.0", route="GET /orders/{id}")
+    server.add_url("wrap_event", path_prefix="/v1", payload_format="1.0", route="/files/{proxy+}")
+    server.add_url("show_event", path_prefix="/v1", payload_format="1.0", route="/bare")
+    async with session.get(
+        server.url + "/v1/orders/17?a=1&a=2&b=3", headers=[("X-Multi", "one"), ("X-Multi", "two")]
+    ) as resp:
+        assert resp.status == 200
+        event = await resp.json()
+    assert event["resource"] == "/orders/{id}" and event["path"] == "/orders/17"
+    assert event["httpMethod"] == "GET" and event["pathParameters"] == {"id": "17"}
+    assert event["headers"]["X-Multi"] == "two"
+    assert event["multiValueHeaders"]["X-Multi"] == ["one", "two"]
+    assert event["queryStringParameters"] == {"a": "2", "b": "3"}
+    assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": ["3"]}
+    assert event["stageVariables"] is None and event["body"] is None and event["isBase64Encoded"] is False
+    ctx = event["requestContext"]
+    assert ctx["resourcePath"] == "/orders/{id}" and ctx["httpMethod"] == "GET"
+    assert ctx["identity"]["sourceIp"] == "127.0.0.1" and ctx["requestId"]
+    async with session.post(server.url + "/v1/files/a/b/c.txt", data=b"hello",
+                            headers={"Content-Type": "text/plain"}) as resp:
+        event = await resp.json()
+    assert event["resource"] == "/files/{proxy+}" and event["pathParameters"] == {"proxy": "a/b/c.txt"}
+    assert event["body"] == "hello" and event["queryStringParameters"] is None
+    async with session.post(server.url + "/v1/orders/17") as resp:  # the route is GET only
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+    async with session.get(server.url + "/v1/bare") as resp:  # 1.0 needs a statusCode
+        assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
+
+
+async def test_v1_multi_value_headers_in_the_result(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/m", payload_format="1.0")
+    async with session.get(server.url + "/m?kind=multi") as resp:
+        assert resp.status == 200 and await resp.text() == "multi"
+        assert resp.headers["X-One"] == "1" and resp.headers.getall("X-Many") == ["a", "b"]
+
+
+async def test_powertools_rest_resolver_works_unchanged(served):
+    rt, server, session = served
+    await rt.deploy("handlers.rest_api")
+    server.add_url("rest_api", path_prefix="/rest", payload_format="1.0")
+    async with session.get(server.url + "/rest/orders/42?verbose=yes&tag=a&tag=b") as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert body == {
+        "id": "42", "path": "/orders/42", "method": "GET", "verbose": "yes", "all_tags": ["a", "b"]
+    }
+    async with session.put(server.url + "/rest/orders/9", json={"qty": 2}) as resp:
+        assert resp.status == 200 and await resp.json() == {"id": "9", "set": {"qty": 2}}
+
+
+# -- Powertools apps, unchanged -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("function", ["api", "http_api"])
+async def test_powertools_v2_resolvers_work_unchanged(served, function):
+    rt, server, session = served
+    await rt.deploy("handlers.api")
+    server.add_url(function, path_prefix="/app")
+    async with session.get(server.url + "/app/orders/42") as resp:
+        assert resp.status == 200 and await resp.json() == {"id": "42", "item": "apple", "qty": 3}
+    async with session.get(server.url + "/app/orders/7") as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "no order 7"}
+    async with session.post(
+        server.url + "/app/orders", json={"item": "pear"}, headers={"User-Agent": "pt/1"}
+    ) as resp:
+        assert resp.status == 201 and resp.headers["Location"] == "/orders/new"
+        assert await resp.json() == {"created": {"item": "pear"}, "user_agent": "pt/1"}
+        assert resp.headers.getall("Set-Cookie") == ["session=abc; Path=/", "theme=dark"]
+    async with session.get(
+        server.url + "/app/search?q=x&tag=a&tag=b",
+        headers={"Cookie": "k=v", "X-Custom": "c"},
+    ) as resp:
+        assert await resp.json() == {"q": "x", "tags": "a,b", "cookies": ["k=v"], "header": "c"}
+    async with session.get(server.url + "/app/nope") as resp:
+        assert resp.status == 404  # Powertools' own not-found
+    async with session.get(server.url + "/app/boom") as resp:
+        assert resp.status == 502
+
+
+# -- CORS ----------------------------------------------------------------------------------------
+
+
+async def test_cors_preflight_and_responses(served):
+    rt, server, session = served
+    server.add_url(
+        "respond",
+        path_prefix="/c",
+        cors={
+            "AllowOrigins": ["https://app.example"],
+            "AllowMethods": ["GET", "POST"],
+            "AllowHeaders": ["x-token", "content-type"],
+            "ExposeHeaders": ["x-request"],
+            "MaxAge": 300,
+            "AllowCredentials": True,
+        },
+    )
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "X-Token"}
+    async with session.options(server.url + "/c/x", headers=pre) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert resp.headers["Access-Control-Allow-Methods"] == "GET,POST"
+        assert resp.headers["Access-Control-Allow-Headers"] == "x-token,content-type"
+        assert resp.headers["Access-Control-Max-Age"] == "300"
+        assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    assert rt.stats()["functions"]["respond"]["invocations"] == 0  # answered by the URL
+    bad_origin = {**pre, "Origin": "https://evil.example"}
+    for bad in (bad_origin, {**pre, "Access-Control-Request-Method": "DELETE"}):
+        async with session.options(server.url + "/c/x", headers=bad) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+    async with session.get(server.url + "/c", headers={"Origin": "https://app.example"}) as resp:
+        # the URL's CORS headers replace the function's own
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert resp.headers["Access-Control-Expose-Headers"] == "x-request"
+    async with session.get(server.url + "/c", headers={"Origin": "https://evil.example"}) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+# -- the embedding API ---------------------------------------------------------------------------
+
+
+async def test_add_url_validates_eagerly(served):
+    rt, server, session = served
+    with pytest.raises(FunctionNotFound):
+        server.add_url("ghost")
+    for bad in (
+        {"payload_format": "3.0"},
+        {"route": "/a/{x+}/b"},
+        {"path_prefix": "no-slash"},
+        {"cors": {"AllowOrigin": ["*"]}},
+        {"cors": {"MaxAge": -1}},
+        {"auth_type": "OPEN"},
+    ):
+        with pytest.raises(InvalidConfig):
+            server.add_url("respond", **bad)
+    server.add_url("respond")
+    with pytest.raises(InvalidConfig, match="mounted already"):
+        server.add_url("respond")
+
+
+async def test_add_url_on_your_own_aiohttp_app():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.api")
+        app = aiohttp.web.Application()
+        add_url(app, "api", path_prefix="/shop", runtime=rt)
+        runner = aiohttp.web.AppRunner(app)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/shop/orders/42") as resp:
+                    assert resp.status == 200 and (await resp.json())["item"] == "apple"
+        finally:
+            await runner.cleanup()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, str, list[str]]:
+    """``python -m fnrt serve ...`` on an ephemeral port; returns it once it listens."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fnrt", "serve", *args, "--port", "0",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+        if not line:
+            raise AssertionError("serve exited: " + "".join(lines))
+        lines.append(line)
+        if line.startswith("listening on "):
+            return proc, line.split()[2], lines
+
+
+async def stop_serve(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_cli_serve_url():
+    proc, url, lines = await start_serve("handlers.api", "handlers.rest_api", "--url", "api",
+                                         "--url", "rest_api=/v1@1.0")
+    try:
+        assert any(line.startswith("url api: ") for line in lines)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/api/orders/42") as resp:
+                assert resp.status == 200 and (await resp.json())["qty"] == 3
+            async with session.get(url + "/v1/orders/5") as resp:
+                assert resp.status == 200 and (await resp.json())["path"] == "/orders/5"
+    finally:
+        await stop_serve(proc)
+
+
+async def test_a_handler_that_declares_its_url_is_mounted_by_the_server():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.web")
+        async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/hello/there") as resp:
+                assert resp.status == 200
+                assert await resp.text() == "hello from /there"
+    with pytest.raises(fnrt.InvalidConfig, match="unknown url options"):
+        fnrt.handler(url={"prefix": "/x"})(lambda event, context: None)

@@ -1,0 +1,118 @@
+"""Hot reload: changed code reaches new invocations; nothing in flight is cut off; a module
+that stops importing leaves the old version serving. Real files, a real watcher, real
+sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fnrt
+from fnrt.testing import wait_until
+
+pytest.importorskip("watchfiles")
+
+SOURCE = '''
+import os, time
+import fnrt
+
+@fnrt.handler(timeout=30)
+def version(event, context):
+    release = event.get("release")
+    while release and not os.path.exists(release):
+        time.sleep(0.002)
+    return {{"version": {version}{padding}}}
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A project folder on sys.path (the template and its sandboxes import from it)."""
+    name = f"hot_{uuid.uuid4().hex[:8]}"
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield tmp_path, name
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def write(path: Path, version: int) -> None:
+    path.write_text(SOURCE.format(version=version, padding=" " * version))  # size differs too
+
+
+async def serving(rt: fnrt.Runtime, version: int, limit: float = 20.0) -> float:
+    """Invoke until ``version`` answers; returns the seconds it took."""
+    started = time.monotonic()
+    while (await rt.invoke("version", {}))["version"] != version:
+        if time.monotonic() - started > limit:
+            raise AssertionError(f"version {version} never served")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
+async def test_changed_code_reaches_new_invocations_without_cutting_any_off(project, tmp_path) -> None:
+    folder, name = project
+    source = folder / f"{name}.py"
+    write(source, 1)
+    release = tmp_path / "release"
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(name)
+        rt.configure_async("version", max_retry_attempts=0)
+        assert (await rt.invoke("version", {}))["version"] == 1
+        in_flight = asyncio.ensure_future(rt.invoke("version", {"release": str(release)}))
+        await wait_until(lambda: rt.stats()["functions"]["version"]["busy"] == 1, "a call in flight")
+
+        started = time.monotonic()
+        write(source, 2)
+        await wait_until(lambda: any("reloaded" in r and name in r for r in reports), "the reload")
+        # The warm environment of version 1 is retired: the very next call runs version 2.
+        assert (await rt.invoke("version", {}))["version"] == 2
+        print(f"reload-to-first-new-result: {(time.monotonic() - started) * 1000:.0f} ms")
+        assert not in_flight.done()  # the old code's call goes on ...
+        release.touch()
+        assert (await in_flight)["version"] == 1  # ... and finishes on the old code
+        assert rt.async_config("version").max_retry_attempts == 0  # settings stay
+
+        source.write_text("def broken(:\n")  # half-way through an edit
+        await wait_until(lambda: any("failed" in r for r in reports), "the failed reload reported")
+        assert (await rt.invoke("version", {}))["version"] == 2  # the old version serves
+        failures = [r for r in reports if "failed" in r]
+        assert len(failures) == 1 and "SyntaxError" in failures[0]
+
+        write(source, 3)
+        await serving(rt, 3)
+
+
+async def test_functions_added_by_reference_reload_with_their_config(project) -> None:
+    folder, name = project
+    source = folder / f"{name}.py"
+    write(source, 1)
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        await rt.add_function("version", f"{name}:version", memory_mb=256, reserved_concurrency=5)
+        assert (await rt.invoke("version", {}))["version"] == 1
+        assert rt._reloader is not None
+        reports: list[str] = []
+        rt._reloader.report = reports.append
+        write(source, 2)
+        await wait_until(lambda: bool(reports), "the reload")
+        assert (await rt.invoke("version", {}))["version"] == 2
+        record = rt.get_function("version")
+        assert record.config.memory_mb == 256 and record.config.reserved_concurrency == 5
+
+
+def test_reload_without_watchfiles_says_what_to_install(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "watchfiles" else real(n, *a))
+    with pytest.raises(fnrt.InvalidConfig, match=r"pip install 'fnrt\[reload\]'"):
+        fnrt.Runtime(reload=True)
