@@ -161,6 +161,14 @@ async def demo(url: str) -> None:
                 )
                 await send(http, urls[:2], range(EVENTS // 2, EVENTS), range(RECORDS // 2, RECORDS))
                 await wait_for(lambda: done(workdir, EVENTS, RECORDS), "everything")
+                # the events host-3 had leased (and maybe run) are run again once its
+                # leases expire: wait until every event is settled
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    async with http.get(f"{urls[0]}/fnrt/stats") as reply:
+                        if (await reply.json())["async"] == {"done": EVENTS}:
+                            break
+                    await asyncio.sleep(0.2)
             report(ledger(workdir))
             print(f"\n$ python -m fnrt stats --endpoint {urls[0]}", flush=True)
             await asyncio.to_thread(
