@@ -10,6 +10,7 @@ time with short leases and bounded waits (no wall-clock assertions).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -381,3 +382,51 @@ async def test_fnrt_serve_on_a_postgresql_url_and_fnrt_stats_show_the_cluster(po
             proc.terminate()
         for proc in servers:
             await proc.wait()
+
+
+async def test_a_database_that_goes_away_is_store_unavailable_and_work_resumes(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """While the server cannot be reached an Event invoke fails with StoreUnavailable
+    (nothing acknowledged that was not stored) and the background loops retry; when it is
+    back, the runtime goes on by itself: new Events run, and so do queued ones."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from fnrt.errors import StoreUnavailable
+
+    from .test_postgres_store import Proxy
+
+    parts = urlsplit(postgres_url)
+    query = parse_qs(parts.query)
+    if "host" not in query:
+        pytest.skip("needs the session's own unix-socket server")
+    proxy = Proxy(query["host"][0])
+    await proxy.start()
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}{parts.path}?fnrt_schema={query['fnrt_schema'][0]}"
+    outbox = tmp_path / "outbox.jsonl"
+    try:
+        async with Runtime(store=url) as rt:
+            await rt.deploy("handlers.payments")
+            await rt.invoke("send_receipt", {"order": "before", "outbox": str(outbox)}, "Event")
+            await wait_until(lambda: len(read_jsonl(outbox)) == 1, "the first event")
+            await proxy.cut()
+            with pytest.raises(StoreUnavailable):
+                await rt.invoke("send_receipt", {"order": "lost", "outbox": str(outbox)}, "Event")
+            failures = rt.stats()["background_failures"]
+            await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+            await proxy.start()  # back
+            async with await open_store(postgres_url) as other:  # another host queued one meanwhile
+                body = json.dumps({"order": "queued", "outbox": str(outbox)}).encode()
+                await other.queue.enqueue("queued", "send_receipt", body, time.time())
+
+            async def send_after() -> bool:
+                with contextlib.suppress(StoreUnavailable):  # a connection broken while down
+                    await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+                    return True
+                return False
+
+            await until(send_after)
+            await wait_until(lambda: len(read_jsonl(outbox)) == 3, "the events after the outage")
+            assert sorted(e["order"] for e in read_jsonl(outbox)) == ["after", "before", "queued"]
+    finally:
+        await proxy.cut()
