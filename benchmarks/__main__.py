@@ -22,6 +22,7 @@ SECTIONS = {
     "cold": ("cold_start", {"rounds": 30}, {"rounds": 8}),
     "async": ("async_queue", {}, {"quick": True}),
     "streams": ("streams", {}, {"quick": True}),
+    "postgres": ("postgres", {}, {"quick": True}),
     "cluster-limit": ("cluster_limit", {}, {"quick": True}),
 }
 

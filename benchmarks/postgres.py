@@ -1,5 +1,7 @@
 """The event queue on PostgreSQL beside SQLite, at the store level: durable enqueues/s from
-8 concurrent callers, and take -> settle drain events/s.
+8 concurrent callers, and take -> settle drain events/s; and end to end, enqueue -> handler
+events/s with 1 and 3 fnrt host processes on one PostgreSQL beside 1 host on SQLite (the
+hosts of ``examples.cluster``, concurrency limit 16: on PostgreSQL one for the cluster).
 
 PostgreSQL is the server named by ``FNRT_POSTGRES``, or a throwaway local cluster started
 for the run with ``fsync`` on (a commit waits for the disk, as SQLite's
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -99,6 +103,102 @@ async def _postgres(url: str, events: int) -> tuple[float, float, tuple[float, f
         await store.close()
 
 
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT = 16  # the concurrency limit: on PostgreSQL one for all hosts (the counting service)
+
+
+def _handled(workdir: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in workdir.glob("ledger-*.jsonl"))
+
+
+async def _end_to_end(spec: str, hosts: int, events: int) -> float:
+    """Events/s from the first enqueue until ``events`` handlers ran, on ``hosts`` host
+    processes sharing the store ``spec`` (enqueued by this process: another host)."""
+    from fnrt.store import open_store
+
+    with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
+        workdir = Path(tmp)
+        procs = []
+        try:
+            for n in range(hosts):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "examples.cluster",
+                    "host",
+                    spec,
+                    tmp,
+                    f"h{n}",
+                    cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                procs.append(proc)
+                assert proc.stdout is not None
+                if not await asyncio.wait_for(proc.stdout.readline(), 60):
+                    raise RuntimeError("a benchmark host did not start")
+            store = await open_store(spec)
+            try:
+                started = time.perf_counter()
+                per_caller = events // CALLERS
+
+                async def caller(c: int) -> None:
+                    for i in range(per_caller):
+                        body = f'{{"id": {c * per_caller + i}}}'.encode()
+                        await store.queue.enqueue(f"{c}-{i}", "work", body, time.time())
+
+                await asyncio.gather(*(caller(c) for c in range(CALLERS)))
+                while await asyncio.to_thread(_handled, workdir) < per_caller * CALLERS:
+                    await asyncio.sleep(0.02)
+                return per_caller * CALLERS / (time.perf_counter() - started)
+            finally:
+                await store.close()
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                await proc.wait()
+
+
+def _schema_url(url: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}fnrt_schema=bench_{uuid.uuid4().hex[:12]}"
+
+
+async def _drop(spec: str) -> None:
+    from fnrt.store.postgres import open_postgres
+
+    store = await open_postgres(spec)
+    try:
+        async with store.pg.durable.acquire() as conn:
+            await conn.execute(f'DROP SCHEMA "{store.schema}" CASCADE')
+    finally:
+        await store.close()
+
+
+async def _end_to_end_rows(report: Report, section: str, url: str, events: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
+        sqlite = await _end_to_end(str(Path(tmp) / "fnrt.sqlite3"), 1, events)
+    rates = {}
+    for hosts in (1, 3):
+        spec = _schema_url(url)
+        try:
+            rates[hosts] = await _end_to_end(spec, hosts, events)
+        finally:
+            await _drop(spec)
+    cores = os.cpu_count() or 1
+    for hosts, rate in rates.items():
+        report.add(
+            section,
+            f"enqueue -> handler, {hosts} host process{'es' if hosts > 1 else ''} on PostgreSQL",
+            f"{rate:,.0f} events/s",
+            baseline=f"1 host on SQLite {sqlite:,.0f}/s",
+            ratio=f"{rate / sqlite:.2f}x",
+            notes=f"{events} Events, subprocess sandboxes, concurrency limit {LIMIT}, {cores} cores",
+        )
+
+
 async def run(report: Report, quick: bool = False) -> None:
     section = "PostgreSQL store"
     events = 2000 if quick else 20000
@@ -143,6 +243,7 @@ async def run(report: Report, quick: bool = False) -> None:
             f"{us(acquire)} / {us(release)}",
             notes="one round trip each; acquire commits durably",
         )
+        await _end_to_end_rows(report, section, url, 400 if quick else 3000)
     finally:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)

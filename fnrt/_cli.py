@@ -55,10 +55,12 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.state and args.state_dir:
+        raise CliError("give --state or --state-dir (the same thing), not both")
     async with Runtime(
         concurrency_limit=args.concurrency_limit,
         sandbox=args.sandbox,
-        state_dir=args.state_dir,
+        store=args.state or args.state_dir,
         reload=args.reload,
     ) as rt:
         for module in args.modules:
@@ -79,6 +81,7 @@ async def _serve(args: argparse.Namespace) -> int:
             rt, host=args.host, port=args.port, auth=args.auth, auth_file=args.auth_file,
             max_connections=args.max_connections,
         ) as server:
+            rt.host_info["url"] = server.url
             if server.verifier is not None:
                 _progress(f"SigV4 authentication on: {len(server.verifier.credentials)} access key(s)")
             for spec in args.url or []:
@@ -297,7 +300,40 @@ def _stats(args: argparse.Namespace) -> int:
     for section in ("async", "streams"):
         if stats.get(section):
             print(f"{section}: {json.dumps(stats[section])}")
+    _print_cluster(stats.get("cluster"))
     return 0
+
+
+def _print_cluster(cluster: Any) -> None:
+    """The hosts sharing the store, the shard leases per host, the queue depth."""
+    if not isinstance(cluster, dict):
+        return
+    if "error" in cluster:
+        print(f"cluster: {cluster['error']}")
+        return
+    hosts = cluster.get("hosts", [])
+    store = cluster.get("store", {})
+    print(f"cluster: {len(hosts)} host(s) alive on {store.get('backend', '?')} {store.get('location', '')}")
+    leases: dict[str, int] = {}
+    for mapping in cluster.get("streams", {}).values():
+        for host, n in mapping.get("leases_per_host", {}).items():
+            leases[host] = leases.get(host, 0) + n
+    in_flight = cluster.get("in_flight")
+    rows = [("HOST", "URL", "SHARD LEASES", "LAST SEEN")]  # a dead host stays for its TTL
+    for host in hosts:
+        info = host.get("info", {})
+        me = " (this host)" if host["host"] == cluster.get("host") else ""
+        rows.append((host["host"] + me, str(info.get("url", "-")), str(leases.get(host["host"], 0)),
+                     f"{host.get('seen_ago', 0):.1f} s ago"))
+    _table(rows)
+    for uuid, mapping in cluster.get("streams", {}).items():
+        per_host = sorted(mapping.get("leases_per_host", {}).items())
+        spread = ", ".join(f"{h}: {n}" for h, n in per_host) or "none"
+        print(f"mapping {mapping['stream']} -> {mapping['function']} ({uuid}): shard leases {spread}")
+    total = cluster.get("queue", {}).get("total", {})
+    print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(total.items())) or "empty"))
+    if in_flight is not None:
+        print("in flight (cluster): " + ", ".join(f"{k} {v}" for k, v in sorted(in_flight.items())))
 
 
 def _streams(args: argparse.Namespace) -> int:
@@ -359,7 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("modules", nargs="+", metavar="MODULE", help="handler modules, e.g. handlers.echo")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9001)
-    serve.add_argument("--state-dir", default=None, help="keep queues and streams here across restarts")
+    serve.add_argument(
+        "--state",
+        default=None,
+        metavar="DIR|URL",
+        help="keep queues and streams here across restarts: a directory (SQLite) or a "
+        "postgresql:// URL (many hosts, one database; pip install 'fnrt[postgres]')",
+    )
+    serve.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)  # the older name of --state
     serve.add_argument("--concurrency-limit", type=int, default=1000)
     serve.add_argument("--sandbox", default="subprocess", choices=list(KINDS))
     serve.add_argument("--stream", action="append", metavar="NAME[:SHARDS]", help="create a stream")

@@ -12,9 +12,11 @@ every sandbox, source and task, and raises what a background task failed with.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import tempfile
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -98,9 +100,16 @@ class _State:
     in a temporary directory removed at close (durable across crashes of handlers and
     sandboxes, not across restarts of the host)."""
 
-    def __init__(self, spec: str | Path | Store | None, *, durability: str = "fsync") -> None:
+    def __init__(
+        self,
+        spec: str | Path | Store | None,
+        *,
+        durability: str = "fsync",
+        on_open: Callable[[Store], Awaitable[None]] | None = None,
+    ) -> None:
         self.spec = spec
         self.durability = durability
+        self._on_open = on_open
         self._temp: tempfile.TemporaryDirectory[str] | None = None
         self._store: Store | None = None
         self._lock = asyncio.Lock()
@@ -117,7 +126,15 @@ class _State:
                         self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
                         spec = Path(self._temp.name) / "fnrt.sqlite3"
                     options = {} if isinstance(spec, str) else {"durability": self.durability}
-                    self._store = await open_store(spec, **options)
+                    store = await open_store(spec, **options)
+                    if self._on_open is not None:
+                        try:
+                            await self._on_open(store)
+                        except BaseException:
+                            if store is not self.spec:
+                                await store.close()
+                            raise
+                    self._store = store
         return self._store
 
     @property
@@ -150,6 +167,13 @@ class Runtime:
     Use it as ``async with Runtime() as rt:``; leaving the block stops every sandbox and
     the template process, also when the block is cancelled. ``start()`` and ``aclose()``
     do the same by hand (call both from the same task).
+
+    ``store`` is where queues and streams live: a directory or file (SQLite), a
+    ``postgresql://`` URL (any number of hosts sharing one database; ``fnrt[postgres]``),
+    or a :class:`~fnrt.store.Store` the caller opened and closes (e.g. ``await
+    open_store(url, db_clock=False)`` for a runtime on a :class:`~fnrt.FakeClock`). Hosts
+    sharing a store wake each other's pollers, balance stream shards between them and
+    appear in :meth:`cluster_stats`.
 
     ``durability`` of the SQLite store: ``"fsync"`` (default: an acknowledged ``Event``
     or stream record survives a power cut) or ``"process"`` (WAL without an fsync per
@@ -232,7 +256,7 @@ class Runtime:
         self._retention_due = 0.0  # clock.monotonic() of the next retention pass
         if durability not in ("fsync", "process"):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
-        self._state = _State(spec, durability=durability)
+        self._state = _State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         self._reloader: Reloader | None = None
@@ -251,7 +275,12 @@ class Runtime:
             "account_id": account_id,
         }
         self._async = AsyncSource(open_queue=self._state.queue, **wiring)
+        #: This host's id in the store: event and shard leases, ``fnrt stats``' host list.
+        self.host_id = self._async.owner
+        #: What this host tells the others (``cluster_stats``); the HTTP server adds its port.
+        self.host_info: dict[str, Any] = {"hostname": socket.gethostname(), "pid": os.getpid()}
         self._streams = StreamSource(open_store=self._state.streams, deliver=self._async.deliver, **wiring)
+        self._streams.host_id = self.host_id
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -282,6 +311,7 @@ class Runtime:
             self._supervisor.spawn(self._reloader.run(), name="reload")
         if self._durable:  # events queued by an earlier host resume at once
             self._supervisor.spawn(self._open_async_queue(), name="async-queue-open")
+            self._supervisor.loop("host-heartbeat", self._heartbeat_once)
 
     async def aclose(self) -> None:
         """Stop everything. Safe to call twice; runs to the end even when the caller is
@@ -321,6 +351,7 @@ class Runtime:
         await step(self._streams.aclose())
         await step(self._async.aclose())
         await step(self._supervisor.cancel_all())
+        await step(self._leave_cluster())
         for entry in self._registry:
             entry.pool.kill_all()
         for factory in self._factories.values():
@@ -773,6 +804,90 @@ class Runtime:
             self._log.warning("provisioning failed", function=entry.name, error=str(exc))
         finally:
             entry.provisioning = False
+
+    # -- many hosts on one store ---------------------------------------------------------
+
+    #: How often this host says it is alive, and how long that holds without a renewal.
+    HOST_HEARTBEAT = 5.0
+    HOST_TTL = 15.0
+
+    async def _store_opened(self, store: Store) -> None:
+        """Subscribe to the store's wake-ups (PostgreSQL's LISTEN/NOTIFY), so an enqueue
+        or a put on another host wakes this host's pollers at once. Polling stays the
+        fallback: a store without wake-ups, or a lost notification, costs a poll
+        interval, never an event."""
+        add = getattr(store, "add_wake_listener", None)
+        if add is not None:
+            await add(self._on_wake)
+
+    def _on_wake(self, kind: str, name: str) -> None:
+        if kind == "*" or (kind == "event" and name in self._registry):  # ours to run
+            self._async.wake()
+        if kind == "stream":
+            self._streams.wake(name)
+        elif kind == "*":
+            self._streams.wake("*")
+
+    async def _heartbeat_once(self) -> None:
+        """Say this host is alive (``cluster_stats``' host list), then wait."""
+        store = await self._state.store()
+        await store.streams.register_host(
+            self.host_id,
+            {**self.host_info, "functions": sorted(self.functions())},
+            self.clock.time(),
+            self.HOST_TTL,
+        )
+        await self.clock.sleep(self.HOST_HEARTBEAT)
+
+    async def _leave_cluster(self) -> None:
+        store = self._state.opened
+        if store is None:
+            return
+        remove = getattr(store, "remove_wake_listener", None)
+        if remove is not None:
+            remove(self._on_wake)
+        if self._durable:
+            await store.streams.unregister_host(self.host_id)
+
+    async def cluster_stats(self) -> dict[str, Any]:
+        """The cluster as the store sees it (any host gives the same answer): the live
+        ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all
+        functions, and per function this host knows), each stream mapping's shard leases
+        per host (``streams``), and ``in_flight`` per function cluster-wide (slots leased
+        from the counting service; on a store without one, this host's calls)."""
+        self._check_running()
+        store = await self._state.store()
+        now = self.clock.time()
+        hosts = [{**h, "seen_ago": round(now - h["seen_at"], 3)} for h in await store.streams.live_hosts(now)]
+        queue: dict[str, Any] = {"total": await store.queue.counts(), "functions": {}}
+        for name in sorted(self.functions()):
+            queue["functions"][name] = await store.queue.counts(name)
+        streams: dict[str, Any] = {}
+        for row in await store.streams.mappings():
+            leases = await store.streams.leases(row.uuid)
+            per_host: dict[str, int] = {}
+            shards: dict[str, Any] = {}
+            for shard_id, (owner, expires) in sorted(leases.items()):
+                host = owner.rsplit("/", 1)[0]
+                live = expires > now
+                shards[shard_id] = {"host": host, "expires_in": round(expires - now, 3), "live": live}
+                if live:
+                    per_host[host] = per_host.get(host, 0) + 1
+            streams[row.uuid] = {
+                "stream": row.stream,
+                "function": row.function,
+                "leases_per_host": per_host,
+                "shards": shards,
+            }
+        in_flight = await self._limiter.cluster_in_flight()
+        return {
+            "host": self.host_id,
+            "store": store.stats(),
+            "hosts": hosts,
+            "queue": queue,
+            "streams": streams,
+            "in_flight": in_flight,
+        }
 
     # -- statistics -------------------------------------------------------------------
 

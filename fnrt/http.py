@@ -45,7 +45,7 @@ from ._http_lambda import API, API_PREFIXES, LambdaApi, function_configuration
 from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
 from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
-from .errors import InvalidConfig, InvalidPayload, StreamNotFound
+from .errors import FnrtError, InvalidConfig, InvalidPayload, StreamNotFound
 
 _ROUTER = web.AppKey("fnrt.urls", UrlRouter)
 
@@ -313,6 +313,10 @@ class InvokeServer:
             for m in rt.stream_mappings()
         }
         stats["metrics"] = rt.metrics.snapshot()
+        try:  # the hosts sharing this host's store (one, unless it is shared)
+            stats["cluster"] = await rt.cluster_stats()
+        except FnrtError as exc:
+            stats["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
         return web.json_response(stats, dumps=lambda o: json.dumps(o, default=str))
 
     async def _describe_stream(self, request: web.Request) -> web.Response:

@@ -1,20 +1,22 @@
 """The store backends the contract suite runs against, and how to open one.
 
-A backend gives a *location* shared by every store opened on it (one SQLite file; later
-one PostgreSQL database), so a test can open several stores on it, as several hosts
-would. To add a backend, add its name to ``BACKENDS`` and a branch to :func:`location`.
+A backend gives a *location* shared by every store opened on it (one SQLite file; one
+PostgreSQL schema on the server ``tests.pg`` starts), so a test can open several stores
+on it, as several hosts would. To add a backend, add its name to ``BACKENDS`` and a
+branch to :func:`location`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fnrt.store import Store, open_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 class Stores:
@@ -38,10 +40,44 @@ class Stores:
         self.opened.clear()
 
 
+def server_for(backend: str, request: Any) -> str | None:
+    """What :func:`location` needs besides a directory: for PostgreSQL the database URL
+    of ``tests.pg``'s session server (call from a synchronous fixture: the fixture that
+    starts the server runs its own event loop)."""
+    if backend == "postgres":
+        database: str = request.getfixturevalue("postgres_database")
+        return database
+    return None
+
+
 @contextlib.asynccontextmanager
-async def location(backend: str, tmp_path: Path) -> AsyncIterator[Stores]:
+async def location(backend: str, tmp_path: Path, server: str | None = None) -> AsyncIterator[Stores]:
+    """Stores on one fresh location. ``server`` (what :func:`server_for` gave) names the
+    PostgreSQL database: a fresh schema on it, dropped afterwards.
+    PostgreSQL stores judge leases by the ``now`` given (``db_clock=False``), as the
+    contract moves time only through arguments."""
     if backend == "sqlite":
         stores = Stores(backend, tmp_path / "fnrt.sqlite3")
+    elif backend == "postgres":
+        if server is None:
+            raise AssertionError("the postgres backend needs server_for(...)'s database URL")
+        database = server
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        separator = "&" if "?" in database else "?"
+        url = f"{database}{separator}fnrt_schema={schema}"
+        stores = Stores(backend, url, db_clock=False, max_connections=4)
+        try:
+            yield stores
+        finally:
+            await stores.aclose()
+            import asyncpg
+
+            admin = await asyncpg.connect(database)
+            try:
+                await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await admin.close()
+        return
     else:  # pragma: no cover - a backend named in BACKENDS without a branch here
         raise AssertionError(f"no such store backend {backend!r}")
     try:

@@ -20,15 +20,22 @@ from fnrt.errors import InvalidConfig, StoreUnavailable, StreamNotFound
 from fnrt.store import Outcome, QueuedEvent, QueueStore, Store, StreamStore
 from fnrt.store._types import MAX_HASH_KEY, hash_key
 
-from .store_backends import BACKENDS, Stores, location
+from .store_backends import BACKENDS, Stores, location, server_for
+
+pytest_plugins = ["tests.pg"]
 
 T0 = 1_700_000_000.0
 LEASE = 30.0
 
 
 @pytest.fixture(params=BACKENDS)
-async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    async with location(request.param, tmp_path) as stores:
+def backend(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    return request.param, server_for(request.param, request)
+
+
+@pytest.fixture
+async def store_factory(backend: tuple[str, str | None], tmp_path: Path) -> AsyncIterator[Stores]:
+    async with location(backend[0], tmp_path, backend[1]) as stores:
         yield stores
 
 
@@ -480,6 +487,11 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     assert again.uuid == "m-trim" and again.config == {"batch_size": 5}  # the one that exists
     row = await streams.mapping("s", "f")
     assert row is not None and row.uuid == "m-trim" and row.config == {"batch_size": 5}
+    assert [(m.uuid, m.function) for m in await streams.mappings()] == [
+        ("m-trim", "f"),
+        ("m-latest", "g"),
+        ("m-ts", "h"),
+    ]
     assert await streams.checkpoints("m-trim") == {}
 
     assert await streams.acquire_lease("m-latest", shard.shard_id, "a", T0, LEASE)
@@ -563,3 +575,37 @@ async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamSt
     assert await streams.checkpoint(m, s, "b", 12, finished=True)
     checkpoint = (await streams.checkpoints(m))[s]
     assert checkpoint.seq == 12 and checkpoint.finished
+
+
+async def test_a_live_lease_is_stolen_only_from_its_holder(store_factory: Stores) -> None:
+    one, two = await store_factory.open(), await store_factory.open()
+    m, s = "m", "shardId-000000000000"
+    assert await one.streams.acquire_lease(m, s, "a", T0, 10)
+    assert not await two.streams.steal_lease(m, s, "b", "c", T0 + 1, 10)  # c does not hold it
+    assert not await two.streams.steal_lease(m, "shardId-000000000009", "b", "a", T0 + 1, 10)  # no lease
+    won = await asyncio.gather(
+        one.streams.steal_lease(m, s, "b", "a", T0 + 1, 10),
+        two.streams.steal_lease(m, s, "c", "a", T0 + 1, 10),
+    )
+    assert sum(won) == 1  # of two stealers one wins
+    thief = "b" if won[0] else "c"
+    assert await one.streams.leases(m) == {s: (thief, T0 + 11)}
+    assert await one.streams.heartbeat(m, "a", [s], T0 + 2, 10) == set()  # a sees it lost
+    assert not await one.streams.checkpoint(m, s, "a", 5)  # and writes nothing
+    assert await two.streams.checkpoint(m, s, thief, 5)
+    assert not await one.streams.steal_lease(m, s, thief, thief, T0 + 2, 10)  # not from oneself
+
+
+async def test_hosts_register_expire_and_unregister(store_factory: Stores) -> None:
+    one, two = await store_factory.open(), await store_factory.open()
+    await one.streams.register_host("h1", {"pid": 1}, T0, 10)
+    await two.streams.register_host("h2", {"pid": 2}, T0 + 1, 10)
+    live = await one.streams.live_hosts(T0 + 5)
+    assert [(h["host"], h["info"]) for h in live] == [("h1", {"pid": 1}), ("h2", {"pid": 2})]
+    assert live[0]["started_at"] == T0 and live[0]["expires_at"] == T0 + 10
+    await one.streams.register_host("h1", {"pid": 1, "port": 9}, T0 + 8, 10)  # a heartbeat
+    assert [h["host"] for h in await two.streams.live_hosts(T0 + 11)] == ["h1"]  # h2 expired
+    (h1,) = await two.streams.live_hosts(T0 + 11)
+    assert h1["started_at"] == T0 and h1["seen_at"] == T0 + 8 and h1["info"] == {"pid": 1, "port": 9}
+    await one.streams.unregister_host("h1")
+    assert await two.streams.live_hosts(T0 + 11) == []

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import socket
 import uuid
 import zlib
 from collections import deque
@@ -236,7 +238,9 @@ class StreamMapping:
         self.stream = stream
         self.function = function
         self.config = config
-        self.owner = f"{uuid.uuid4()}"
+        # host/instance: leases name the host, so ``fnrt stats`` can count them per host
+        self.owner = f"{source.host_id}/{uuid.uuid4().hex[:8]}"
+        self._stolen: dict[str, tuple[Shard, float]] = {}  # stolen shards, and when to start
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._poller_objects: dict[str, ShardPoller] = {}
         self._lease_until: dict[str, float] = {}  # when our lease of each shard runs out
@@ -299,35 +303,96 @@ class StreamMapping:
         self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
 
     async def _coordinate_once(self) -> None:
-        """One turn: heartbeat what we hold, take the shards that are ready, then sleep."""
+        """One turn: heartbeat what we hold, take the shards that are ready up to our fair
+        share, steal one from the busiest host when the spread is uneven, then sleep."""
         clock = self._source.clock
         ttl = self.config.lease_seconds
+        interval = min(ttl / 3, self.config.poll_interval)
         store = await self._source.store()
         now = clock.time()
-        held = await store.heartbeat(self.uuid, self.owner, list(self._pollers), now, ttl)
+        mine = [*self._pollers, *self._stolen]
+        held = await store.heartbeat(self.uuid, self.owner, mine, now, ttl)
         self._lease_until.update(dict.fromkeys(held, now + ttl))
         for shard_id in list(self._pollers):
             if shard_id not in held:
                 self._log.warning("lease lost", shard_id=shard_id)
                 self._stop_poller(shard_id)
+        for shard_id in [s for s in self._stolen if s not in held]:
+            del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
+        ready: list[Shard] = []
         for shard in await store.shards(self.stream.name):
             done = checkpoints.get(shard.shard_id)
-            if shard.shard_id in self._pollers or (done and done.finished):
+            if done and done.finished:
                 continue
             parents = [checkpoints.get(p) for p in shard.parents]
-            if not all(p is not None and p.finished for p in parents):
-                continue  # a child shard waits until its parents are read to the end
+            if all(p is not None and p.finished for p in parents):
+                ready.append(shard)  # a child shard waits until its parents are read to the end
+        leases = await store.leases(self.uuid) if ready else {}
+        now = clock.time()
+        alive = {owner: 0 for owner, expires in leases.values() if expires > now}
+        alive[self.owner] = 0
+        for shard in ready:
+            lease = leases.get(shard.shard_id)
+            if lease is not None and lease[0] in alive and lease[1] > now:
+                alive[lease[0]] += 1
+        # KCL's balance: each live owner's fair share is ceil(ready / owners). Take free or
+        # expired shards up to it; beyond it, leave them to the others.
+        share = -(-len(ready) // len(alive)) if ready else 0
+        count = sum(1 for s in ready if s.shard_id in self._pollers or s.shard_id in self._stolen)
+        for shard in ready:
+            if count >= share:
+                break
+            if shard.shard_id in self._pollers or shard.shard_id in self._stolen:
+                continue
+            lease = leases.get(shard.shard_id)
+            if lease is not None and lease[0] != self.owner and lease[1] > now:
+                continue  # alive elsewhere (the store judges again as it writes)
             now = clock.time()
             if await store.acquire_lease(self.uuid, shard.shard_id, self.owner, now, ttl):
                 self._lease_until[shard.shard_id] = now + ttl
                 self._log.info("lease taken", shard_id=shard.shard_id)
                 self._start_poller(shard)
+                count += 1
+        if count < share and self._source.balance:
+            await self._steal_one(store, ready, leases, alive, share, now, ttl, interval)
+        for shard_id, (shard, start_at) in list(self._stolen.items()):
+            if clock.time() >= start_at:
+                del self._stolen[shard_id]
+                self._start_poller(shard)
         self._parked = True
         try:
-            await self._wake_coordinator.wait(min(ttl / 3, self.config.poll_interval))
+            await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
+
+    async def _steal_one(
+        self,
+        store: StreamStore,
+        ready: list[Shard],
+        leases: dict[str, tuple[str, float]],
+        alive: dict[str, int],
+        share: int,
+        now: float,
+        ttl: float,
+        interval: float,
+    ) -> None:
+        """Take one shard from the busiest owner when it holds more than its fair share.
+        Its poller starts one coordinator turn later: by then the owner's heartbeat has
+        seen the lease gone and stopped its poller (whose checkpoints are fenced anyway),
+        so the two rarely deliver the same batch at once."""
+        others = [(n, owner) for owner, n in alive.items() if owner != self.owner]
+        if not others:
+            return
+        most, victim = max(others)
+        if most <= share:
+            return
+        theirs = [s for s in ready if leases.get(s.shard_id, ("", 0.0))[0] == victim]
+        shard = theirs[-1]
+        if await store.steal_lease(self.uuid, shard.shard_id, self.owner, victim, now, ttl):
+            self._lease_until[shard.shard_id] = now + ttl
+            self._stolen[shard.shard_id] = (shard, self._source.clock.time() + interval)
+            self._log.info("lease stolen to balance", shard_id=shard.shard_id, victim=victim, share=share)
 
     def lease_valid(self, shard_id: str) -> bool:
         """Whether our lease of ``shard_id`` is still live by our own clock. A poller
@@ -357,7 +422,8 @@ class StreamMapping:
     async def stop(self) -> None:
         """Stop polling and hand the leases back, so another poller may go on at once."""
         tasks = [t for t in (self._coordinator, *self._pollers.values()) if t is not None]
-        shard_ids = list(self._pollers)
+        shard_ids = [*self._pollers, *self._stolen]
+        self._stolen.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -712,6 +778,10 @@ class StreamSource:
         self.account_id = account_id
         self._opening = asyncio.Lock()
         self._store: StreamStore | None = None
+        #: Names this host in shard leases (the runtime sets its host id).
+        self.host_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: Steal shards from busier hosts (KCL's balancing); off: take only free or expired.
+        self.balance = True
         self._streams: dict[str, Stream] = {}
         self._retention: dict[str, float] = {}
         self.mappings: dict[str, StreamMapping] = {}
@@ -731,8 +801,10 @@ class StreamSource:
         return self._retention.get(stream, 86_400.0)
 
     def wake(self, stream: str) -> None:
+        """Wake the mappings of ``stream`` (``"*"``: every mapping), e.g. when another
+        host put records into it."""
         for mapping in self.mappings.values():
-            if mapping.stream.name == stream:
+            if stream == "*" or mapping.stream.name == stream:
                 mapping.wake()
 
     async def create_stream(self, name: str, shard_count: int, retention_hours: float) -> Stream:

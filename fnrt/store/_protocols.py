@@ -207,6 +207,10 @@ class StreamStore(Protocol):
 
     async def mapping(self, stream: str, function: str) -> MappingRow | None: ...
 
+    async def mappings(self) -> list[MappingRow]:
+        """Every mapping (any host's), by stream then function."""
+        ...
+
     async def create_mapping(
         self,
         uuid: str,
@@ -248,6 +252,29 @@ class StreamStore(Protocol):
     async def release_lease(self, mapping: str, shard_id: str, owner: str) -> None:
         """Drop ``owner``'s lease on the shard (fenced: another owner's lease stays)."""
 
+    async def steal_lease(
+        self, mapping: str, shard_id: str, owner: str, victim: str, now: float, ttl: float
+    ) -> bool:
+        """Take the shard's lease from ``victim`` until ``now + ttl``, even while it is
+        live (balancing across hosts, KCL's lease stealing). Fenced: ``True`` only if
+        ``victim`` still held it at the write (checked in the writing statement); of two
+        stealers one wins. From then on ``victim``'s heartbeat no longer returns the
+        shard and its checkpoints write nothing. Not durable."""
+        ...
+
+    async def register_host(self, host: str, info: dict[str, Any], now: float, ttl: float) -> None:
+        """Record that ``host`` (a unique id per running host) is alive until
+        ``now + ttl`` (judged like a lease), with ``info`` (JSON: name, pid, port...).
+        Called as a heartbeat. Not durable."""
+
+    async def unregister_host(self, host: str) -> None:
+        """Forget ``host`` (a graceful stop)."""
+
+    async def live_hosts(self, now: float) -> list[dict[str, Any]]:
+        """The registered hosts whose registration has not expired, by host id: ``host``,
+        ``info``, ``started_at``, ``seen_at``, ``expires_at``. Read only."""
+        ...
+
     async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
         """``shard_id -> (owner, expires_at)`` for the mapping's leases."""
         ...
@@ -288,6 +315,12 @@ class Store(Protocol):
     refuses anything that is not a usable fnrt store (a file that is not one, a schema
     written by a newer fnrt, a store it cannot write) with ``StoreUnavailable`` or
     ``InvalidConfig``, overwriting nothing, and creates the schema when it is new.
+
+    Optional: a store shared by several hosts may offer wake-ups,
+    ``await add_wake_listener(callback)`` / ``remove_wake_listener(callback)``, calling
+    ``callback(kind, name)`` when any host enqueues (``"event"``, function) or puts
+    (``"stream"``, stream), and ``("*", "")`` when it may have missed some. The runtime
+    subscribes when they exist; polling stays the fallback.
     """
 
     @property

@@ -52,6 +52,7 @@ _KNOWN_COLUMNS = {
     "stream_checkpoints": {"mapping", "shard_id", "seq", "finished"},
     "stream_leases": {"mapping", "shard_id", "owner", "expires_at"},
     "stream_failures": {"id", "mapping", "destination", "record"},
+    "hosts": {"host", "info", "expires_at"},
 }
 
 

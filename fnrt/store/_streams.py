@@ -85,6 +85,14 @@ SCHEMA = (
         expires_at REAL NOT NULL,
         PRIMARY KEY (mapping, shard_id)
     ) WITHOUT ROWID""",
+    # membership: each host's heartbeat (balancing and ``fnrt stats``)
+    """CREATE TABLE IF NOT EXISTS hosts (
+        host TEXT PRIMARY KEY,
+        info TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        seen_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS stream_failures (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         mapping TEXT NOT NULL,
@@ -331,6 +339,10 @@ class SQLiteStreams:
 
     # -- mappings ---------------------------------------------------------------------
 
+    async def mappings(self) -> list[MappingRow]:
+        rows = await self.db.fetchall("SELECT * FROM stream_mappings ORDER BY stream, function")
+        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
+
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
         row = await self.db.fetchone(
             "SELECT * FROM stream_mappings WHERE stream = ? AND function = ?", (stream, function)
@@ -433,6 +445,49 @@ class SQLiteStreams:
                 "DELETE FROM stream_leases WHERE mapping = ? AND shard_id = ? AND owner = ?",
                 (mapping, shard_id, owner),
             )
+
+    async def steal_lease(
+        self, mapping: str, shard_id: str, owner: str, victim: str, now: float, ttl: float
+    ) -> bool:
+        """Take the shard's lease from ``victim``, live or not (balancing); fenced: only
+        while ``victim`` still holds it."""
+        rows = await self.db.write_returning(
+            "UPDATE stream_leases SET owner = ?, expires_at = ? WHERE mapping = ? AND shard_id = ? "
+            "AND owner = ? AND owner <> ? RETURNING 1",
+            (owner, now + ttl, mapping, shard_id, victim, owner),
+            durable=False,
+        )
+        return bool(rows)
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def register_host(self, host: str, info: dict[str, Any], now: float, ttl: float) -> None:
+        """Say ``host`` is alive until ``now + ttl`` with ``info``; rows of hosts dead
+        for an hour are dropped."""
+        async with self.db.transaction(durable=False) as conn:
+            await conn.execute("DELETE FROM hosts WHERE expires_at < ? AND host <> ?", (now - 3600, host))
+            await conn.execute(
+                "INSERT INTO hosts (host, info, started_at, seen_at, expires_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (host) DO UPDATE SET info = excluded.info, seen_at = excluded.seen_at, "
+                "expires_at = excluded.expires_at",
+                (host, json.dumps(info), now, now, now + ttl),
+            )
+
+    async def unregister_host(self, host: str) -> None:
+        async with self.db.transaction(durable=False) as conn:
+            await conn.execute("DELETE FROM hosts WHERE host = ?", (host,))
+
+    async def live_hosts(self, now: float) -> list[dict[str, Any]]:
+        """The hosts whose registration has not expired, by host id."""
+        rows = await self.db.fetchall(
+            "SELECT host, info, started_at, seen_at, expires_at FROM hosts WHERE expires_at > ? "
+            "ORDER BY host",
+            (now,),
+        )
+        return [
+            {"host": r[0], "info": json.loads(r[1]), "started_at": r[2], "seen_at": r[3], "expires_at": r[4]}
+            for r in rows
+        ]
 
     async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
         rows = await self.db.fetchall(

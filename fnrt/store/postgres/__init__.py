@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from types import TracebackType
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...errors import InvalidConfig
@@ -34,7 +35,15 @@ from ._queue import PgEventQueue
 from ._slots import PgSlots
 from ._streams import PgStreamStore
 
-__all__ = ["PgEventQueue", "PgSlots", "PgStreamStore", "PostgresStore", "WakeListener", "open_postgres"]
+__all__ = [
+    "PgEventQueue",
+    "PgSlots",
+    "PgStreamStore",
+    "PostgresStore",
+    "WakeListener",
+    "open_postgres",
+    "open_store",
+]
 
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -52,7 +61,16 @@ def _split_schema(url: str) -> tuple[str, str | None]:
 
 
 class PostgresStore:
-    """One PostgreSQL database as fnrt's store: ``queue``, ``streams``, ``slots``."""
+    """One PostgreSQL database as fnrt's store (:class:`fnrt.store.Store`): ``queue``,
+    ``streams``, ``slots``. Open it with :func:`open_postgres` (or ``await
+    PostgresStore.open(url, ...)``, or ``fnrt.store.open_store(url)``)."""
+
+    backend = "postgres"
+
+    @classmethod
+    async def open(cls, url: str, **options: Any) -> PostgresStore:
+        """:func:`open_postgres` (the same options)."""
+        return await open_postgres(url, **options)
 
     def __init__(self, pg: Connections, *, db_clock: bool) -> None:
         self.pg = pg
@@ -62,6 +80,29 @@ class PostgresStore:
         self.queue = PgEventQueue(pg, db_clock=db_clock)
         self.streams = PgStreamStore(pg, db_clock=db_clock)
         self.slots = PgSlots(pg, db_clock=db_clock)
+
+    @property
+    def location(self) -> str:
+        """The URL without its password (and the schema, if one was given)."""
+        return self.pg.name
+
+    @property
+    def closed(self) -> bool:
+        return self.pg.closed
+
+    def stats(self) -> dict[str, Any]:
+        """``backend``, ``location``, ``commits`` (statements this instance ran: each is
+        its own transaction), the pools' sizes and whether ``db_clock`` judges leases."""
+        return {
+            "backend": self.backend,
+            "location": self.location,
+            "commits": self.pg.commits,
+            "db_clock": self.db_clock,
+            "connections": {
+                "durable": self.pg.durable.get_size(),
+                "relaxed": self.pg.relaxed.get_size(),
+            },
+        }
 
     async def add_wake_listener(self, callback: WakeListener) -> None:
         """Call ``callback(kind, name)`` (``"event"``/function or ``"stream"``/stream name)
@@ -80,7 +121,7 @@ class PostgresStore:
         finally:
             await self.pg.close()
 
-    async def __aenter__(self) -> PostgresStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -126,3 +167,9 @@ async def open_postgres(
         connect_timeout=connect_timeout,
     )
     return PostgresStore(pg, db_clock=db_clock)
+
+
+async def open_store(url: str, **options: Any) -> PostgresStore:
+    """What :func:`fnrt.store.open_store` calls for a ``postgresql://`` URL:
+    :func:`open_postgres` with the same options."""
+    return await open_postgres(url, **options)

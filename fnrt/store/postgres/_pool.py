@@ -66,8 +66,11 @@ def guarded(
     async def run(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
         pg: Connections = getattr(self, "pg")  # noqa: B009
         for attempt in range(RETRIES + 1):
+            pg.check_open(method.__name__)
             try:
-                return await method(self, *args, **kwargs)
+                result = await method(self, *args, **kwargs)
+                pg.commits += 1
+                return result
             except asyncpg.exceptions.TransactionRollbackError as exc:
                 if attempt < RETRIES:
                     await asyncio.sleep(0.005 * 2**attempt)
@@ -106,6 +109,17 @@ class Connections:
         self._listen_task: asyncio.Task[None] | None = None
         self._listen_ready: asyncio.Event | None = None
         self._closed = False
+        #: Statements (each its own transaction) this instance ran successfully.
+        self.commits = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_open(self, what: str) -> None:
+        """Raise :class:`StoreUnavailable` once :meth:`close` was called."""
+        if self._closed:
+            raise StoreUnavailable(f"PostgreSQL store {self.name} is closed ({what})", path=self.name)
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
@@ -190,6 +204,8 @@ class Connections:
             await conn.execute("INSERT INTO fnrt_schema (version) VALUES ($1)", _schema.VERSION)
 
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         if self._listen_task is not None:
             self._listen_task.cancel()

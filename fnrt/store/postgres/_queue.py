@@ -86,6 +86,19 @@ _RELEASE = (
 )
 
 
+_EVENT_COLUMNS = (
+    "request_id, function, state, enqueued_at, run_at, attempts, invokes, "
+    "system_retries, leases, condition, record, last_error"
+)
+
+
+def _shaped(row: asyncpg.Record) -> dict[str, Any]:
+    """A row as :meth:`QueueStore.event` shapes it."""
+    out = dict(row)
+    out["record"] = json.loads(out["record"]) if out["record"] else None
+    return out
+
+
 def _event(row: asyncpg.Record) -> QueuedEvent:
     return QueuedEvent(
         id=row["id"],
@@ -132,6 +145,7 @@ class GroupWriter(Generic[Item]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> None:
+        self.pg.check_open(self.what)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._flushers < self._parallel:
@@ -150,6 +164,7 @@ class GroupWriter(Generic[Item]):
         for attempt in range(RETRIES + 1):
             try:
                 await self._write(items)
+                self.pg.commits += 1
                 return
             except asyncpg.exceptions.TransactionRollbackError as exc:  # a deadlock: redo
                 if attempt == RETRIES:
@@ -322,16 +337,24 @@ class PgEventQueue:
     async def event(self, request_id: str) -> dict[str, Any] | None:
         """The latest row for ``request_id`` (``Runtime.async_event``)."""
         row = await self.pg.relaxed.fetchrow(
-            "SELECT request_id, function, state, enqueued_at, run_at, attempts, invokes, "
-            "system_retries, leases, condition, record, last_error FROM fnrt_async_events "
-            "WHERE request_id = $1 ORDER BY id DESC LIMIT 1",
+            f"SELECT {_EVENT_COLUMNS} FROM fnrt_async_events WHERE request_id = $1 ORDER BY id DESC LIMIT 1",
             request_id,
         )
-        if row is None:
-            return None
-        out = dict(row)
-        out["record"] = json.loads(out["record"]) if out["record"] else None
-        return out
+        return None if row is None else _shaped(row)
+
+    @guarded
+    async def events(
+        self, function: str | None = None, *, state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events shaped as :meth:`event`, oldest first, optionally filtered."""
+        rows = await self.pg.relaxed.fetch(
+            f"SELECT {_EVENT_COLUMNS} FROM fnrt_async_events WHERE ($1::text IS NULL OR function = $1) "
+            "AND ($2::text IS NULL OR state = $2) ORDER BY id LIMIT $3",
+            function,
+            state,
+            limit,
+        )
+        return [_shaped(r) for r in rows]
 
     @guarded
     async def counts(self, function: str | None = None) -> dict[str, int]:
@@ -344,20 +367,19 @@ class PgEventQueue:
         return {str(r[0]): int(r[1]) for r in rows}
 
     @guarded
-    async def purge_finished(self, before: float) -> int:
-        """Delete ``done`` and ``failed`` events that finished before ``before``; returns
-        how many. In batches, so no statement holds many row locks for long."""
-        total = 0
-        while True:
-            deleted = await self.pg.relaxed.fetchval(
-                "WITH d AS (DELETE FROM fnrt_async_events WHERE id IN (SELECT id FROM fnrt_async_events "
-                "WHERE state IN ('done', 'failed') AND finished_at < $1 LIMIT 5000) RETURNING 1) "
-                "SELECT count(*) FROM d",
-                before,
-            )
-            total += int(deleted)
-            if deleted < 5000:
-                return total
+    async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` ``done`` and ``failed`` events that finished before
+        ``before``, oldest first (by the index on ``finished_at``); returns how many."""
+        if limit <= 0:
+            return 0
+        deleted = await self.pg.relaxed.fetchval(
+            "WITH d AS (DELETE FROM fnrt_async_events WHERE id IN (SELECT id FROM fnrt_async_events "
+            "WHERE state IN ('done', 'failed') AND finished_at < $1 ORDER BY finished_at LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED) RETURNING 1) SELECT count(*) FROM d",
+            before,
+            limit,
+        )
+        return int(deleted)
 
     @guarded
     async def append_sink(self, sink: str, record: str, now: float) -> None:

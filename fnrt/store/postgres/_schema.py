@@ -16,7 +16,7 @@ independent deployments (or tests) can share one database.
 
 from __future__ import annotations
 
-VERSION = 1
+VERSION = 2  # 2: fnrt_hosts (cluster membership)
 LOCK_KEY = 0x666E7274  # "fnrt": pg_advisory_xact_lock(key) around schema set-up
 CHANNEL = "fnrt_wake"  # with a schema: fnrt_wake_<schema>, so deployments do not wake each other
 DB_NOW = "extract(epoch from now())::float8"
@@ -136,6 +136,15 @@ TABLES = (
     )""",
     "CREATE INDEX IF NOT EXISTS fnrt_stream_failures_mapping ON fnrt_stream_failures (mapping, id)",
     "CREATE INDEX IF NOT EXISTS fnrt_stream_failures_destination ON fnrt_stream_failures (destination, id)",
+    # -- membership: each host's heartbeat (for balancing and ``fnrt stats``) ------------
+    """CREATE TABLE IF NOT EXISTS fnrt_hosts (
+        host text PRIMARY KEY,
+        info text NOT NULL,
+        started_at double precision NOT NULL,
+        seen_at double precision NOT NULL,
+        expires_at double precision NOT NULL,
+        expires_judge double precision NOT NULL
+    )""",
     # -- the counting service ---------------------------------------------------------
     # One row serializes every acquire (the "per-limit row"); reservations are data so
     # every host carves the same amount out of the shared pool.

@@ -231,18 +231,47 @@ class PgStreamStore:
         return name
 
     @guarded
-    async def trim(self, stream: str, before: float) -> int:
-        """Drop records that arrived before ``before`` (the stream's retention); returns
-        how many."""
+    async def trim(self, stream: str, before: float, *, limit: int | None = None) -> int:
+        """Drop records that arrived before ``before`` (the stream's retention), oldest
+        first in each shard, at most ``limit`` per shard; returns how many. Each shard is
+        cut at its first record to keep (a record out of arrival order behind a newer
+        one waits for the next trim), in one statement."""
         value = await self.pg.relaxed.fetchval(
-            "WITH d AS (DELETE FROM fnrt_stream_records WHERE stream = $1 AND arrival < $2 RETURNING 1) "
-            "SELECT count(*) FROM d",
+            "WITH k AS (SELECT s.shard_id, (SELECT min(r.seq) FROM fnrt_stream_records r "
+            "WHERE r.stream = $1 AND r.shard_id = s.shard_id AND r.arrival >= $2) AS keep "
+            "FROM fnrt_shards s WHERE s.stream = $1), "
+            "v AS (SELECT k.shard_id, x.seq FROM k CROSS JOIN LATERAL (SELECT r.seq "
+            "FROM fnrt_stream_records r WHERE r.stream = $1 AND r.shard_id = k.shard_id "
+            "AND r.seq < COALESCE(k.keep, 9223372036854775807) ORDER BY r.seq LIMIT $3) x), "
+            "d AS (DELETE FROM fnrt_stream_records r USING v WHERE r.stream = $1 AND r.shard_id = v.shard_id "
+            "AND r.seq = v.seq RETURNING 1) SELECT count(*) FROM d",
             stream,
             before,
+            limit,
         )
         return int(value)
 
+    async def trim_expired(self, now: float, *, limit: int | None = None) -> int:
+        """:meth:`trim` every stream by its own retention; returns how many were deleted."""
+        rows = await self._stream_retentions()
+        deleted = 0
+        for name, retention in rows:
+            deleted += await self.trim(name, now - retention, limit=limit)
+        return deleted
+
+    @guarded
+    async def _stream_retentions(self) -> list[tuple[str, float]]:
+        rows = await self.pg.relaxed.fetch("SELECT name, retention FROM fnrt_streams ORDER BY name")
+        return [(r[0], float(r[1])) for r in rows]
+
     # -- mappings ---------------------------------------------------------------------
+
+    @guarded
+    async def mappings(self) -> list[MappingRow]:
+        rows = await self.pg.relaxed.fetch(
+            "SELECT uuid, stream, function, config FROM fnrt_stream_mappings ORDER BY stream, function"
+        )
+        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
 
     @guarded
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
@@ -376,6 +405,62 @@ class PgStreamStore:
             shard_id,
             owner,
         )
+
+    @guarded
+    async def steal_lease(
+        self, mapping: str, shard_id: str, owner: str, victim: str, now: float, ttl: float
+    ) -> bool:
+        """Take the shard's lease from ``victim``, live or not (balancing). Fenced: only
+        while ``victim`` still holds it; a checkpoint in flight (it holds the lease row
+        ``FOR SHARE``) finishes first."""
+        value = await self.pg.relaxed.fetchval(
+            "UPDATE fnrt_stream_leases SET owner = $3, expires_at = $5::float8 + $6::float8, "
+            f"expires_judge = {judge('$7')} + $6::float8, token = token + 1 "
+            "WHERE mapping = $1 AND shard_id = $2 AND owner = $4 AND owner <> $3 RETURNING 1",
+            mapping,
+            shard_id,
+            owner,
+            victim,
+            now,
+            ttl,
+            self._judge(now),
+        )
+        return value is not None
+
+    # -- membership ---------------------------------------------------------------------
+
+    @guarded
+    async def register_host(self, host: str, info: dict[str, Any], now: float, ttl: float) -> None:
+        """Say ``host`` is alive until ``now + ttl`` (judged like a lease), with ``info``;
+        rows of hosts dead for an hour are dropped."""
+        await self.pg.relaxed.execute(
+            "WITH gone AS (DELETE FROM fnrt_hosts WHERE expires_judge < "
+            f"{judge('$5')} - 3600 AND host <> $1) "
+            "INSERT INTO fnrt_hosts AS h (host, info, started_at, seen_at, expires_at, expires_judge) "
+            f"VALUES ($1, $2, $3, $3, $3::float8 + $4::float8, {judge('$5')} + $4::float8) "
+            "ON CONFLICT (host) DO UPDATE SET info = excluded.info, seen_at = excluded.seen_at, "
+            "expires_at = excluded.expires_at, expires_judge = excluded.expires_judge",
+            host,
+            json.dumps(info),
+            now,
+            ttl,
+            self._judge(now),
+        )
+
+    @guarded
+    async def unregister_host(self, host: str) -> None:
+        await self.pg.relaxed.execute("DELETE FROM fnrt_hosts WHERE host = $1", host)
+
+    @guarded
+    async def live_hosts(self, now: float) -> list[dict[str, Any]]:
+        """The hosts whose registration has not expired, by host id: ``host``, ``info``,
+        ``started_at``, ``seen_at``, ``expires_at`` (the host's own clock)."""
+        rows = await self.pg.relaxed.fetch(
+            "SELECT host, info, started_at, seen_at, expires_at FROM fnrt_hosts "
+            f"WHERE expires_judge > {judge('$1')} ORDER BY host",
+            self._judge(now),
+        )
+        return [{**dict(r), "info": json.loads(r["info"])} for r in rows]
 
     @guarded
     async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:

@@ -1,0 +1,432 @@
+"""The runtime on PostgreSQL: the behaviours of one host, and several hosts sharing one
+database (wake-ups across hosts, shards balanced over the live hosts).
+
+Every test runs against the real server ``tests.pg`` starts, each on a fresh schema.
+Retry delays and event ages run on a :class:`fnrt.FakeClock` with a store that judges
+leases by the ``now`` it is given (``db_clock=False``); the multi-host tests run on real
+time with short leases and bounded waits (no wall-clock assertions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("asyncpg", reason="pip install 'fnrt[postgres]'")
+
+from fnrt import FakeClock, Runtime
+from fnrt.store import Store, open_store
+
+from .conftest import read_jsonl, wait_until
+
+pytest_plugins = ["tests.pg"]
+
+
+@pytest.fixture
+async def fake_store(postgres_url: str) -> AsyncIterator[Store]:
+    """A store for FakeClock-driven runtimes: leases judged by the runtime's clock."""
+    store = await open_store(postgres_url, db_clock=False)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def order(i: int, **extra: Any) -> bytes:
+    return json.dumps({"id": i, **extra}).encode()
+
+
+async def orders_function(rt: Runtime, tmp_path: Path, name: str = "orders") -> Path:
+    path = tmp_path / f"{name}.jsonl"
+    attempts = tmp_path / "attempts"
+    attempts.mkdir(exist_ok=True)
+    await rt.add_function(
+        name,
+        "handlers.orders:process_orders",
+        timeout=60,
+        environment={"ORDERS_LEDGER": str(path), "ORDERS_ATTEMPTS": str(attempts)},
+    )
+    return path
+
+
+async def event_state(rt: Runtime, request_id: str, state: str) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        event = await rt.async_event(request_id)
+        if event is not None and event["state"] == state:
+            return event
+        if loop.time() > deadline:
+            raise AssertionError(f"event {request_id} never reached {state}: {event}")
+        await asyncio.sleep(0.01)
+
+
+async def until(check: Callable[[], Any], clock: FakeClock | None = None, *, limit: float = 20.0) -> Any:
+    """Wait (really) for ``check()`` (sync or async) to be truthy, moving ``clock``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("timed out")
+        if clock is not None:
+            await clock.advance(0.25)
+        await asyncio.sleep(0.01)
+
+
+# -- one host on PostgreSQL -----------------------------------------------------------
+
+
+async def test_runtime_opens_a_postgresql_url_and_reports_it(postgres_url: str) -> None:
+    async with Runtime(store=postgres_url) as rt:
+        await rt.deploy("handlers.echo")
+        request_id = await rt.invoke("echo", {"hello": 1}, "Event")
+        event = await event_state(rt, request_id, "done")
+        assert event["condition"] == "Success"
+        hosts = await until(lambda: _hosts(rt))
+        assert [h["host"] for h in hosts] == [rt.host_id]
+        cluster = await rt.cluster_stats()
+        assert cluster["store"]["backend"] == "postgres"
+        assert cluster["queue"]["total"] == {"done": 1}
+        # slots leased from the counting service (an idle surplus until it is given back)
+        assert set(cluster["in_flight"]) <= {"echo"}
+
+
+async def _hosts(rt: Runtime) -> list[dict[str, Any]]:
+    return list((await rt.cluster_stats())["hosts"])
+
+
+async def test_event_retries_then_on_failure_and_dead_letter(fake_store: Store, tmp_path: Path) -> None:
+    clock = FakeClock()
+    ledger = tmp_path / "ledger"
+    async with Runtime(store=fake_store, clock=clock) as rt:
+        await rt.deploy("handlers.payments")  # 2 retries, after 60 s and 120 s
+        rt.configure_async("charge", on_failure="sink:failed-payments", dead_letter="sink:payments-dlq")
+        payload = {"order": "A-7", "amount": 30, "card": "declined", "ledger": str(ledger)}
+        request_id = await rt.invoke("charge", payload, "Event")
+        await wait_until(lambda: ledger.exists(), "the first attempt")
+        await rt.wait_idle()
+        event = await rt.async_event(request_id)
+        assert event is not None and (event["state"], event["attempts"], event["invokes"]) == ("queued", 1, 1)
+        await clock.advance(59)
+        await rt.wait_idle()
+        assert (await rt.async_event(request_id))["invokes"] == 1  # type: ignore[index]
+        await clock.advance(1)
+        await wait_until(lambda: len(ledger.read_text().split()) == 2, "the first retry")
+        await rt.wait_idle()
+        await clock.advance(120)
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "RetriesExhausted" and event["invokes"] == 3
+        (record,) = await rt.destination_records("failed-payments")
+        assert record == event["record"]
+        assert record["requestContext"]["condition"] == "RetriesExhausted"
+        assert record["responsePayload"]["errorType"] == "CardDeclined"
+        (dead,) = await rt.destination_records("payments-dlq")
+        assert dead["body"] == payload
+
+
+async def test_a_success_goes_to_a_function_destination(fake_store: Store, tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(store=fake_store, clock=clock) as rt:
+        await rt.deploy("handlers.payments")
+        rt.configure_async("charge", retry_delays=[5], on_success="function:audit")
+        rt.configure_async("audit", on_success="sink:audited")
+        ledger = tmp_path / "ledger"
+        payload = {"order": "A-8", "amount": 12, "gateway_failures": 1, "ledger": str(ledger)}
+        request_id = await rt.invoke("charge", payload, "Event")
+        await event_state(rt, request_id, "queued")
+        await rt.wait_idle()
+        await clock.advance(5)
+        event = await event_state(rt, request_id, "done")
+        assert (event["attempts"], event["invokes"]) == (1, 2)
+        (audited,) = await until(lambda: rt.destination_records("audited"))
+        assert audited["requestPayload"]["requestContext"]["requestId"] == request_id
+
+
+async def test_stream_mapping_bisects_a_poisoned_batch_and_sends_it_on(
+    fake_store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    async with Runtime(store=fake_store, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_records([(order(i, poison=(i == 5)), "customer-1") for i in range(8)])
+        mapping = await rt.add_stream_mapping(
+            "orders",
+            "orders",
+            batch_size=8,
+            bisect_on_error=True,
+            max_retry_attempts=0,
+            on_failure="sink:orders-dlq",
+        )
+        [failure] = await until(mapping.failure_records, clock)
+        assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+        assert failure["KinesisBatchInfo"]["batchSize"] == 1  # bisected down to the poisoned record
+        await until(lambda: len(read_jsonl(path)) == 7, clock)
+        assert [e["id"] for e in read_jsonl(path)] == [0, 1, 2, 3, 4, 6, 7]  # in order, 5 skipped
+        assert await rt.destination_records("orders-dlq") == [failure]
+        assert rt.metrics.counter("StreamBisects", mapping.uuid) >= 1
+
+
+async def test_a_restarted_host_resumes_queued_events_and_checkpoints(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    outbox = tmp_path / "outbox.jsonl"
+    # Another host (here: a bare store) queued events while no fnrt host was running.
+    async with await open_store(postgres_url) as other:
+        for n in range(3):
+            body = json.dumps({"order": f"early-{n}", "outbox": str(outbox)}).encode()
+            await other.queue.enqueue(f"early-{n}", "send_receipt", body, time.time())
+    async with Runtime(store=postgres_url) as rt:
+        await rt.deploy("handlers.payments")
+        await wait_until(lambda: len(read_jsonl(outbox)) == 3, "the queued events")
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        await stream.put_records([(order(i), f"c{i}") for i in range(10)])
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=2)
+        await until(lambda: len(read_jsonl(path)) == 10)
+        await rt.wait_idle()
+        uuid = mapping.uuid
+    async with Runtime(store=postgres_url) as rt:  # the same host, restarted
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.get_stream("orders")
+        await stream.put_records([(order(i), f"c{i}") for i in range(10, 15)])
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=2)
+        assert mapping.uuid == uuid  # resumed from its checkpoints
+        await until(lambda: len(read_jsonl(path)) == 15)
+        await rt.wait_idle()
+        assert sorted(e["id"] for e in read_jsonl(path)) == list(range(15))  # nothing twice
+    assert sorted(json.loads(line)["order"] for line in outbox.read_text().splitlines()) == [
+        "early-0",
+        "early-1",
+        "early-2",
+    ]
+
+
+# -- several hosts on one database ----------------------------------------------------
+
+
+async def test_an_enqueue_elsewhere_wakes_this_hosts_poller_at_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Host B polls only once an hour; an event another host enqueues runs on B within
+    seconds, so B was woken by the notification, not by its poll."""
+    outbox = tmp_path / "outbox.jsonl"
+    async with Runtime(store=postgres_url) as b, await open_store(postgres_url) as a:
+        b._async.idle_poll = 3600.0
+        await b.deploy("handlers.payments")
+        await b.async_queue_counts()  # the queue is open and the poller parked
+        await until(lambda: b._async.idle)
+        body = json.dumps({"order": "from-a", "outbox": str(outbox)}).encode()
+        await a.queue.enqueue("from-a", "send_receipt", body, time.time())
+        await wait_until(lambda: len(read_jsonl(outbox)) == 1, "B to run A's event", limit=20)
+        assert b.metrics.counter("Invocations", "send_receipt") == 1
+
+
+async def test_a_put_elsewhere_wakes_this_hosts_stream_mapping(postgres_url: str, tmp_path: Path) -> None:
+    """B's shard poller looks for records every 300 s; records another host puts are
+    delivered on B within seconds (A has no mapping of its own)."""
+    async with Runtime(store=postgres_url) as a, Runtime(store=postgres_url) as b:
+        stream_a = await a.create_stream("orders", shard_count=1)
+        path = await orders_function(b, tmp_path)
+        mapping = await b.add_stream_mapping("orders", "orders", poll_interval=300, lease_seconds=900)
+        await until(lambda: mapping.shards_owned and mapping.idle)
+        await stream_a.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: len(read_jsonl(path)) == 3, limit=20)
+        assert b.metrics.counter("Invocations", "orders") >= 1
+        assert a.metrics.counter("Invocations", "orders") == 0
+
+
+async def test_shards_spread_over_the_hosts_and_move_when_one_stops(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Three hosts, six shards: each ends with two. One stops without handing its leases
+    back (as a crashed host would); the other two take its shards after the lease time."""
+    lease = 1.5
+    hosts = [Runtime(store=postgres_url) for _ in range(3)]
+    for rt in hosts:
+        await rt.start()
+    try:
+        paths = []
+        for n, rt in enumerate(hosts):
+            (tmp_path / f"h{n}").mkdir()
+            paths.append(await orders_function(rt, tmp_path / f"h{n}"))
+        stream = await hosts[0].create_stream("orders", shard_count=6)
+        mappings = [await rt.add_stream_mapping("orders", "orders", lease_seconds=lease) for rt in hosts]
+
+        def spread() -> list[int]:
+            return sorted(len(m.shards_owned) for m in mappings)
+
+        await until(lambda: spread() == [2, 2, 2], limit=30)
+        owned = {s for m in mappings for s in m.shards_owned}
+        assert len(owned) == 6
+        await stream.put_records([(order(i), f"c{i}") for i in range(30)])
+        await until(lambda: sum(len(read_jsonl(p)) for p in paths) >= 30, limit=30)
+
+        # host 2 stalls: its coordinator and pollers stop, its leases stay in the table
+        dead = mappings[2]
+        for task in [dead._coordinator, *dead._pollers.values()]:
+            assert task is not None
+            task.cancel()
+        dead._pollers.clear()
+        dead._poller_objects.clear()
+        survivors = mappings[:2]
+        await until(lambda: sorted(len(m.shards_owned) for m in survivors) == [3, 3], limit=30)
+        await stream.put_records([(order(i), f"c{i}") for i in range(30, 60)])
+        await until(lambda: {e["id"] for p in paths for e in read_jsonl(p)} == set(range(60)), limit=30)
+        cluster = await hosts[0].cluster_stats()
+        (view,) = cluster["streams"].values()
+        assert sorted(view["leases_per_host"].values()) == [3, 3]
+        assert set(view["leases_per_host"]) == {hosts[0].host_id, hosts[1].host_id}
+        assert {h["host"] for h in cluster["hosts"]} == {rt.host_id for rt in hosts}
+    finally:
+        for rt in reversed(hosts):
+            await rt.aclose()
+
+
+def test_fnrt_stats_prints_the_cluster() -> None:
+    import contextlib
+    import io
+
+    from fnrt._cli import _print_cluster
+
+    out = io.StringIO()
+    cluster = {
+        "host": "h1",
+        "store": {"backend": "postgres", "location": "postgresql://x@/db"},
+        "hosts": [
+            {"host": "h1", "info": {"url": "http://127.0.0.1:9001"}, "seen_at": 1.0, "seen_ago": 0.5},
+            {"host": "h2", "info": {}, "seen_at": 2.0, "seen_ago": 4.0},
+        ],
+        "streams": {"u": {"stream": "s", "function": "f", "leases_per_host": {"h1": 3, "h2": 5}}},
+        "queue": {"total": {"queued": 4, "done": 10}},
+        "in_flight": None,
+    }
+    with contextlib.redirect_stdout(out):
+        _print_cluster(cluster)
+    text = out.getvalue()
+    assert "2 host(s) alive on postgres" in text
+    assert "h1 (this host)" in text and "http://127.0.0.1:9001" in text
+    assert "shard leases h1: 3, h2: 5" in text
+    assert "queue: done 10, queued 4" in text
+    assert "4.0 s ago" in text
+
+
+async def test_fnrt_serve_on_a_postgresql_url_and_fnrt_stats_show_the_cluster(postgres_url: str) -> None:
+    """``python -m fnrt serve --state postgresql://...`` twice: ``fnrt stats`` against
+    either host lists both, and the shard leases per host of the mapping they share."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    servers = []
+    try:
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fnrt",
+                "serve",
+                "handlers.orders",
+                "--state",
+                postgres_url,
+                "--port",
+                "0",
+                "--stream",
+                "orders:4",
+                "--mapping",
+                "orders=process_orders",
+                cwd=root,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            servers.append(proc)
+            assert proc.stderr is not None
+            while True:
+                line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+                assert line, "serve exited"
+                if line.startswith("listening on "):
+                    url = line.split()[2]
+                    break
+
+        async def stats() -> str:
+            done = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fnrt",
+                "stats",
+                "--endpoint",
+                url,
+                cwd=root,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await done.communicate()
+            text = out.decode()
+            wanted = ("2 host(s) alive on postgres", "shard leases", url)  # the URL: next heartbeat
+            return text if all(w in text for w in wanted) else ""
+
+        text = await until(stats, limit=40)
+        assert "(this host)" in text
+        assert "mapping orders -> process_orders" in text
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            await proc.wait()
+
+
+async def test_a_database_that_goes_away_is_store_unavailable_and_work_resumes(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """While the server cannot be reached an Event invoke fails with StoreUnavailable
+    (nothing acknowledged that was not stored) and the background loops retry; when it is
+    back, the runtime goes on by itself: new Events run, and so do queued ones."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from fnrt.errors import StoreUnavailable
+
+    from .test_postgres_store import Proxy
+
+    parts = urlsplit(postgres_url)
+    query = parse_qs(parts.query)
+    if "host" not in query:
+        pytest.skip("needs the session's own unix-socket server")
+    proxy = Proxy(query["host"][0])
+    await proxy.start()
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}{parts.path}?fnrt_schema={query['fnrt_schema'][0]}"
+    outbox = tmp_path / "outbox.jsonl"
+    try:
+        async with Runtime(store=url) as rt:
+            await rt.deploy("handlers.payments")
+            await rt.invoke("send_receipt", {"order": "before", "outbox": str(outbox)}, "Event")
+            await wait_until(lambda: len(read_jsonl(outbox)) == 1, "the first event")
+            await proxy.cut()
+            with pytest.raises(StoreUnavailable):
+                await rt.invoke("send_receipt", {"order": "lost", "outbox": str(outbox)}, "Event")
+            failures = rt.stats()["background_failures"]
+            await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+            await proxy.start()  # back
+            async with await open_store(postgres_url) as other:  # another host queued one meanwhile
+                body = json.dumps({"order": "queued", "outbox": str(outbox)}).encode()
+                await other.queue.enqueue("queued", "send_receipt", body, time.time())
+
+            async def send_after() -> bool:
+                with contextlib.suppress(StoreUnavailable):  # a connection broken while down
+                    await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+                    return True
+                return False
+
+            await until(send_after)
+            await wait_until(lambda: len(read_jsonl(outbox)) == 3, "the events after the outage")
+            assert sorted(e["order"] for e in read_jsonl(outbox)) == ["after", "before", "queued"]
+    finally:
+        await proxy.cut()
