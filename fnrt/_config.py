@@ -61,6 +61,7 @@ RESERVED_ENVIRONMENT = frozenset(
         "LAMBDA_RUNTIME_DIR",
     }
 )
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 ENVIRONMENT_LIMIT = 4096  # bytes, measured as Lambda does: the variables as one JSON string
 
 
@@ -84,6 +85,22 @@ def _environment(instance: object, attribute: attrs.Attribute[Any], value: Mappi
             f"variables you have provided exceeded the 4KB limit. String measured: {measured[:200]}"
             f"{'...' if len(measured) > 200 else ''}"
         )
+
+
+def _credentials(instance: object, attribute: attrs.Attribute[Any], value: Mapping[str, str] | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise InvalidConfig(
+            "credentials must be a mapping of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY[, ...]"
+        )
+    unknown = sorted(set(value) - set(CREDENTIAL_KEYS))
+    if unknown:
+        raise InvalidConfig(f"unknown credentials keys {unknown}; known: {', '.join(CREDENTIAL_KEYS)}")
+    if not value.get("AWS_ACCESS_KEY_ID") or not value.get("AWS_SECRET_ACCESS_KEY"):
+        raise InvalidConfig("credentials need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if not all(isinstance(v, str) for v in value.values()):
+        raise InvalidConfig("credentials values must be strings")
 
 
 def _sandbox(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -143,6 +160,9 @@ class FunctionConfig:
     environment: Mapping[str, str] = attrs.field(factory=dict, converter=dict, validator=_environment)
     sandbox: str | None = attrs.field(default=None, validator=_sandbox)
     description: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    #: What Lambda's execution role gives: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``
+    #: and ``AWS_SESSION_TOKEN`` in the sandbox's environment (never the host's own).
+    credentials: Mapping[str, str] | None = attrs.field(default=None, repr=False, validator=_credentials)
 
     def __attrs_post_init__(self) -> None:
         if self.reserved_concurrency is not None and self.provisioned_concurrency > self.reserved_concurrency:

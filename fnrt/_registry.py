@@ -20,7 +20,7 @@ import attrs
 from ._config import AsyncConfig, FunctionConfig
 from ._lambda import LATEST, parse_function_ref
 from .errors import FunctionNotFound
-from .sandbox import Binding, Resources, lambda_environment
+from .sandbox import DEFAULT_PASSTHROUGH, Binding, Resources, lambda_environment
 
 if TYPE_CHECKING:
     from ._concurrency import FunctionCounter, ScalingAllowance
@@ -47,6 +47,10 @@ class FunctionRecord:
     async_config: AsyncConfig | None = None
     #: Bumped each time a function of this name is registered.
     generation: int = 0
+    #: The runtime's isolation settings: the user sandboxes run as (host as root), and the
+    #: host variables passed through besides the defaults.
+    run_as_user: str | int | None = None
+    passthrough: tuple[str, ...] = ()
 
     @property
     def handler(self) -> str:
@@ -69,6 +73,9 @@ class FunctionRecord:
         return Resources(
             memory_mb=self.config.memory_mb,
             environment=self.environment(initialization_type=initialization_type),
+            passthrough=(*DEFAULT_PASSTHROUGH, *self.passthrough),
+            credentials=self.config.credentials,
+            run_as_user=self.run_as_user,
         )
 
     def bind_info(self, sandbox_id: str) -> Binding:

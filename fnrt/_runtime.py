@@ -183,6 +183,11 @@ class Runtime:
     readable with :meth:`async_event` before it is garbage-collected; stream records go
     when their stream's retention passes. Both run in the maintenance loop.
 
+    ``sandbox_user`` runs subprocess sandboxes as that user (a name or uid) when the host
+    runs as root; ``env_passthrough`` names host variables sandboxes get besides ``PATH``,
+    ``LD_LIBRARY_PATH``, ``VIRTUAL_ENV`` and ``PYTHONHOME`` (nothing else of the host's
+    environment reaches them). A function's own ``credentials`` are its execution role.
+
     ``reload=True`` watches ``reload_paths`` (the current directory) and loads changed
     code into new environments without cutting off what runs (see :mod:`fnrt._reload`;
     needs ``fnrt[reload]``).
@@ -214,6 +219,8 @@ class Runtime:
         reload_paths: Sequence[str | Path] | None = None,
         durability: Literal["fsync", "process"] = "fsync",
         finished_event_retention: float = 86_400.0,
+        sandbox_user: str | int | None = None,
+        env_passthrough: Sequence[str] = (),
         cluster_limit: ClusterLimit | None = None,
     ) -> None:
         self.config = RuntimeConfig(
@@ -253,6 +260,10 @@ class Runtime:
                 f"finished_event_retention must be seconds >= 0, got {finished_event_retention!r}"
             )
         self.finished_event_retention = float(finished_event_retention)
+        if isinstance(env_passthrough, str) or not all(isinstance(n, str) for n in env_passthrough):
+            raise InvalidConfig(f"env_passthrough must be a list of variable names, got {env_passthrough!r}")
+        self._sandbox_user = sandbox_user
+        self._passthrough = tuple(env_passthrough)
         self._retention_due = 0.0  # clock.monotonic() of the next retention pass
         if durability not in ("fsync", "process"):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
@@ -495,6 +506,8 @@ class Runtime:
             extra=dict(extra),
             async_config=None if raw_async is None else AsyncConfig.from_kwargs(raw_async),
             generation=self._registry.next_generation(),
+            run_as_user=self._sandbox_user,
+            passthrough=self._passthrough,
         )
 
     def _register(self, record: FunctionRecord) -> FunctionEntry:

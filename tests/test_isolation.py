@@ -227,3 +227,25 @@ async def _call(
         return reply
     assert reply.ok, reply.error
     return json.loads(reply.body)
+
+
+async def test_the_runtime_passes_credentials_users_and_pass_through_to_its_sandboxes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
+    monkeypatch.setenv("FNRT_PASS_ME", "passed")
+    monkeypatch.setenv("FNRT_KEEP_OUT", "host-only")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "host-secret")
+    role = {"AWS_ACCESS_KEY_ID": "AKIAROLE", "AWS_SECRET_ACCESS_KEY": "role-secret", "AWS_SESSION_TOKEN": "t"}
+    kwargs = {"sandbox_user": "nobody"} if os.geteuid() == 0 else {}
+    async with fnrt.Runtime(env_passthrough=["FNRT_PASS_ME"], **kwargs) as rt:
+        await rt.add_function("env", f"{MODULE}:environment", credentials=role)
+        out = await rt.invoke("env", {})
+        record = rt.get_function("env")
+    env = out["environ"]
+    assert env["FNRT_PASS_ME"] == "passed" and "FNRT_KEEP_OUT" not in env
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIAROLE" and env["AWS_SECRET_ACCESS_KEY"] == "role-secret"
+    assert "role-secret" not in repr(record)  # never printed with the config
+    if os.geteuid() == 0:
+        assert out["uid"] == pwd.getpwnam("nobody").pw_uid
+    with pytest.raises(fnrt.InvalidConfig, match="AWS_SECRET_ACCESS_KEY"):
+        fnrt.FunctionConfig(credentials={"AWS_ACCESS_KEY_ID": "A"})
