@@ -862,6 +862,12 @@ class Runtime:
         if self._durable:
             await store.streams.unregister_host(self.host_id)
 
+    @property
+    def shares_store(self) -> bool:
+        """Whether this runtime runs on an open durable store that other hosts may share
+        (``cluster_stats()`` then reads the cluster from it without opening anything)."""
+        return self._durable and self._state.opened is not None
+
     async def cluster_stats(self) -> dict[str, Any]:
         """The cluster as the store sees it (any host gives the same answer): the live
         ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all

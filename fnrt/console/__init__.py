@@ -41,9 +41,13 @@ JSON API (every response is JSON; times are seconds since the epoch unless named
     ``streams``: each stream with a mapping, its ``shards`` (Kinesis' shape: hash-key range,
     parents) and ``mappings`` (checkpoints, shards owned, iterator age, bisects, records
     skipped, on-failure records).
+``GET /console/api/cluster``
+    ``shared`` (whether this host runs on a durable store others may share) and, if so,
+    ``hosts`` alive (id, info, last heartbeat), ``streams`` (each mapping's shard leases
+    per host), ``queue`` depth over all hosts and ``in_flight`` per function cluster-wide.
 ``GET /console/api/events``
     Server-sent events: one ``tick`` event a sample with ``overview``, ``queues``,
-    ``streams``, ``point`` (the newest series point) and ``html`` (the page's sections).
+    ``streams``, ``cluster``, ``point`` (the newest series point) and ``html`` (the page's sections).
     ``?function=&outcome=`` filter its recent-invocations section.
 ``POST /console/api/invoke``
     Body ``{"function": "echo", "payload": {...}, "invocation_type": "RequestResponse"}``
@@ -88,7 +92,7 @@ if TYPE_CHECKING:
     from .._runtime import Runtime
 
 STATIC = Path(__file__).parent / "static"
-SECTIONS = ("host", "functions", "concurrency", "queues", "streams")
+SECTIONS = ("host", "functions", "concurrency", "queues", "streams", "cluster")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SUBSCRIBER_BACKLOG = 4  # ticks a slow event-stream client may fall behind before it skips
 
@@ -165,6 +169,7 @@ class Console:
     async def state(self) -> dict[str, Any]:
         rt = self.runtime
         overview = _data.overview(rt, self.started)
+        cluster = await _data.cluster(rt)
         try:
             queues = await _data.queues(rt)
             streams = await _data.streams(rt)
@@ -180,8 +185,9 @@ class Console:
             "concurrency": _html.concurrency(overview),
             "queues": _html.queues(queues),
             "streams": _html.streams(streams),
+            "cluster": _html.cluster(cluster),
         }
-        return {"overview": overview, "queues": queues, "streams": streams, "html": html}
+        return {"overview": overview, "queues": queues, "streams": streams, "cluster": cluster, "html": html}
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BACKLOG)
@@ -238,6 +244,7 @@ class Console:
                     ("queues", "Async queue"),
                     ("streams", "Streams"),
                     ("invoke", "Invoke"),
+                    ("cluster", "Cluster"),
                     ("host", "This host"),
                 )
             )
@@ -259,6 +266,7 @@ class Console:
             + '<section id="invoke" aria-labelledby="h-invoke"><h2 id="h-invoke">Invoke</h2>'
             + _html.invoke_form(names, form.get("function"), form.get("payload", "{}"))
             + f'<div id="invoke-result" aria-live="polite">{_html.invoke_result(invoked)}</div></section>'
+            + section("cluster", "Cluster", html["cluster"])
             + section("host", "This host", html["host"])
             + "</main>"
         )
@@ -329,6 +337,9 @@ class Console:
 
     async def _api_streams(self, request: web.Request) -> web.Response:
         return _json(await _data.streams(self.runtime))
+
+    async def _api_cluster(self, request: web.Request) -> web.Response:
+        return _json(await _data.cluster(self.runtime))
 
     async def _api_invoke(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # a cross-site form cannot send this
@@ -474,6 +485,7 @@ def mount(app: web.Application, runtime: Runtime, *, interval: float = 1.0) -> C
         ("GET", "/api/invocations/{request_id}", console._api_invocation),
         ("GET", "/api/queues", console._api_queues),
         ("GET", "/api/streams", console._api_streams),
+        ("GET", "/api/cluster", console._api_cluster),
         ("GET", "/api/events", console._api_events),
         ("POST", "/api/invoke", console._api_invoke),
     ]

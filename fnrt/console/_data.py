@@ -198,3 +198,15 @@ async def streams(rt: Runtime) -> dict[str, Any]:
             )
         out.append({"name": name, "arn": stream.arn, "shards": shards, "mappings": rows})
     return {"streams": out}
+
+
+async def cluster(rt: Runtime) -> dict[str, Any]:
+    """The hosts sharing this runtime's store, their shard leases and the cluster-wide
+    in-flight counts (``Runtime.cluster_stats``); ``shared: False`` for a host alone."""
+    if not rt.shares_store:
+        return {"shared": False}
+    try:
+        stats = await rt.cluster_stats()
+    except FnrtError as exc:  # the store is unavailable: say so, keep serving
+        return {"shared": True, "error": str(exc)}
+    return {"shared": True, **stats}

@@ -440,3 +440,39 @@ def page(title: str, body: str, *, script: bool = True) -> str:
         f'<link rel="stylesheet" href="{BASE}/static/console.css">'
         f"</head><body>{body}{scripts}</body></html>"
     )
+
+
+def cluster(data: dict[str, Any]) -> str:
+    """The cluster: every host on the shared store, who holds which shards, what runs."""
+    if not data.get("shared"):
+        return (
+            '<p class="empty">This host runs alone (no shared store): start hosts with the same '
+            "<code>--state</code> (a PostgreSQL URL, or one state directory) to see the cluster here.</p>"
+        )
+    if "error" in data:
+        return f'<p class="error" role="alert">The shared store cannot be read: {_e(data["error"])}</p>'
+    me = data.get("host")
+    hosts = [
+        [
+            _e(h["host"]) + (" <strong>(this host)</strong>" if h["host"] == me else ""),
+            _e(", ".join(f"{k}={v}" for k, v in sorted((h.get("info") or {}).items()))),
+            _e(f"{h['seen_ago']:.1f} s ago"),
+        ]
+        for h in data.get("hosts", [])
+    ]
+    leases = [
+        [_e(m["stream"]), _e(m["function"]), _e(host), _e(count)]
+        for m in data.get("streams", {}).values()
+        for host, count in sorted(m["leases_per_host"].items())
+    ]
+    running = [[_e(name), _e(n)] for name, n in sorted((data.get("in_flight") or {}).items())]
+    total = (data.get("queue") or {}).get("total") or {}
+    queue = ", ".join(f"{k}: {v}" for k, v in sorted(total.items())) or "empty"
+    return (
+        _table("Hosts alive", ["Host", "Info", "Last heartbeat"], hosts, "No host has a heartbeat yet.")
+        + _table(
+            "Shard leases per host", ["Stream", "Function", "Host", "Shards"], leases, "No shard is leased."
+        )
+        + _table("In flight, cluster-wide", ["Function", "Calls"], running, "Nothing runs.")
+        + f"<p>Async queue, all hosts: {_e(queue)}</p>"
+    )
