@@ -51,7 +51,14 @@ from .errors import (
 )
 from .sandbox import InvokeReply, InvokeRequest, SandboxDied, SandboxTimeout
 
-__all__ = ["InvocationResult", "Invoker", "decode_result", "encode_payload", "encode_payload_async"]
+__all__ = [
+    "InvocationResult",
+    "Invoker",
+    "decode_result",
+    "encode_payload",
+    "encode_payload_async",
+    "looks_large",
+]
 
 Observer = Callable[["InvocationResult", "str | None", bytes], None]
 ThrottleObserver = Callable[[str, str], None]
@@ -82,9 +89,11 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
     return body
 
 
-def _looks_large(payload: Any, budget: int = 64) -> bool:
+def looks_large(payload: Any, budget: int = 64) -> bool:
     """A cheap guess whether ``payload`` encodes to more than ``LARGE_PAYLOAD`` bytes: the
     sizes of strings found in a bounded walk, and any big container, say so."""
+    if not payload or isinstance(payload, (int, float)):
+        return False
     stack = [payload]
     size = 0
     while stack and budget > 0:
@@ -109,7 +118,7 @@ def _looks_large(payload: Any, budget: int = 64) -> bool:
 async def encode_payload_async(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
     """:func:`encode_payload`, on a worker thread when the payload is large (a 6 MB
     document takes tens of milliseconds to encode or validate: not on the event loop)."""
-    if _looks_large(payload):
+    if looks_large(payload):
         return await asyncio.to_thread(encode_payload, payload, limit)
     return encode_payload(payload, limit)
 

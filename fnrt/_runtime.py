@@ -12,6 +12,7 @@ every sandbox, source and task, and raises what a background task failed with.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -37,10 +38,18 @@ from ._config import (
     parse_destination,
 )
 from ._handler import parse_reference, split_config
-from ._invoke import InvocationResult, Invoker, decode_result, encode_payload, encode_payload_async
+from ._invoke import (
+    InvocationResult,
+    Invoker,
+    decode_result,
+    encode_payload,
+    encode_payload_async,
+    looks_large,
+)
 from ._lambda import (
     CLIENT_CONTEXT_LIMIT,
     EVENT_PAYLOAD_LIMIT,
+    LARGE_PAYLOAD,
     LATEST,
     SCALING_LIMIT,
     SCALING_WINDOW,
@@ -691,7 +700,10 @@ class Runtime:
             return result.request_id
         if invocation_type == "DryRun":
             return None
-        return await decode_result(result.raw)
+        raw = result.raw
+        if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
+            return json.loads(raw) if raw else None
+        return await decode_result(raw)
 
     async def invoke_detailed(
         self,
@@ -712,14 +724,17 @@ class Runtime:
         entry = self._registry.get(name)
         if client_context is not None:
             _check_client_context(client_context)
-        if qualifier is None:
+        if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
             parsed = parse_function_ref(name)
             qualifier = parsed[1] if parsed else None
         if qualifier is not None and qualifier != LATEST:
             raise FunctionNotFound(f"{entry.name}:{qualifier}")
         request_id = request_id or self._invoker.request_id()
         if invocation_type == "RequestResponse":
-            body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
+            if looks_large(payload):
+                body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
+            else:
+                body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":
