@@ -29,6 +29,7 @@ from . import _observe
 from ._clock import Clock
 from ._concurrency import ConcurrencyLimiter, Slot
 from ._lambda import (
+    CLIENT_CONTEXT_LIMIT,
     LARGE_PAYLOAD,
     LATEST,
     SYNC_PAYLOAD_LIMIT,
@@ -54,6 +55,7 @@ from .sandbox import InvokeReply, InvokeRequest, SandboxDied, SandboxTimeout
 __all__ = [
     "InvocationResult",
     "Invoker",
+    "check_client_context",
     "decode_result",
     "encode_payload",
     "encode_payload_async",
@@ -87,6 +89,22 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
     if len(body) > limit:
         raise PayloadTooLarge(len(body), limit)
     return body
+
+
+def check_client_context(client_context: object) -> None:
+    """Lambda's ``ClientContext``: a JSON object of at most 3,583 bytes base64-encoded."""
+    if not isinstance(client_context, Mapping):
+        kind = type(client_context).__name__
+        raise InvalidPayload(f"client_context must be a JSON object (client, custom, env), got {kind}")
+    try:
+        size = len(dumps(dict(client_context)).encode())
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidPayload(f"client_context is not JSON: {exc}") from None
+    encoded = (size + 2) // 3 * 4
+    if encoded > CLIENT_CONTEXT_LIMIT:
+        raise InvalidPayload(
+            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes base64-encoded; got {encoded}"
+        )
 
 
 def looks_large(payload: Any, budget: int = 64) -> bool:

@@ -16,8 +16,7 @@ import json
 import os
 import re
 import socket
-import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -27,6 +26,7 @@ import attrs
 
 from . import _observe, _recent
 from ._clock import Clock, SystemClock
+from ._cluster import ClusterMember
 from ._cluster_limit import ClusterLimit, cluster_limiter
 from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
@@ -37,36 +37,37 @@ from ._config import (
     check_function_name,
     parse_destination,
 )
+from ._control import ControlPlane
 from ._handler import parse_reference, split_config
 from ._invoke import (
     InvocationResult,
     Invoker,
+    check_client_context,
     decode_result,
     encode_payload,
     encode_payload_async,
     looks_large,
 )
 from ._lambda import (
-    CLIENT_CONTEXT_LIMIT,
     EVENT_PAYLOAD_LIMIT,
     LARGE_PAYLOAD,
     LATEST,
     SCALING_LIMIT,
     SCALING_WINDOW,
     SYNC_PAYLOAD_LIMIT,
-    dumps,
     function_arn,
     parse_function_ref,
 )
 from ._pool import FunctionPool, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._reload import Reloader, check_available
+from ._state import State
 from ._supervise import Supervisor
-from .errors import FnrtError, FunctionNotFound, InvalidConfig, InvalidPayload, RuntimeClosed
+from .errors import FnrtError, FunctionNotFound, InvalidConfig, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
-from .store import QueueStore, Store, StreamStore, open_store
+from .store import Store
 
 __all__ = [
     "EVENT_PAYLOAD_LIMIT",
@@ -82,95 +83,12 @@ RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the st
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
-def _check_client_context(client_context: object) -> None:
-    """Lambda's ``ClientContext``: a JSON object of at most 3,583 bytes base64-encoded."""
-    if not isinstance(client_context, Mapping):
-        kind = type(client_context).__name__
-        raise InvalidPayload(f"client_context must be a JSON object (client, custom, env), got {kind}")
-    try:
-        size = len(dumps(dict(client_context)).encode())
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidPayload(f"client_context is not JSON: {exc}") from None
-    encoded = (size + 2) // 3 * 4
-    if encoded > CLIENT_CONTEXT_LIMIT:
-        raise InvalidPayload(
-            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes base64-encoded; got {encoded}"
-        )
-
-
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-class _State:
-    """The runtime's store, opened once. ``spec`` is a path or URL the runtime opens and
-    closes, a :class:`~fnrt.store.Store` the caller owns, or ``None``: then an SQLite file
-    in a temporary directory removed at close (durable across crashes of handlers and
-    sandboxes, not across restarts of the host)."""
-
-    def __init__(
-        self,
-        spec: str | Path | Store | None,
-        *,
-        durability: str = "fsync",
-        on_open: Callable[[Store], Awaitable[None]] | None = None,
-    ) -> None:
-        self.spec = spec
-        self.durability = durability
-        self._on_open = on_open
-        self._temp: tempfile.TemporaryDirectory[str] | None = None
-        self._store: Store | None = None
-        self._lock = asyncio.Lock()
-        self.closed = False
-
-    async def store(self) -> Store:
-        if self._store is None:
-            async with self._lock:  # concurrent first callers share one store
-                if self.closed:
-                    raise RuntimeClosed("the runtime is closed")
-                if self._store is None:
-                    spec = self.spec
-                    if spec is None:
-                        self._temp = tempfile.TemporaryDirectory(prefix="fnrt-")
-                        spec = Path(self._temp.name) / "fnrt.sqlite3"
-                    options = {} if isinstance(spec, str) else {"durability": self.durability}
-                    store = await open_store(spec, **options)
-                    if self._on_open is not None:
-                        try:
-                            await self._on_open(store)
-                        except BaseException:
-                            if store is not self.spec:
-                                await store.close()
-                            raise
-                    self._store = store
-        return self._store
-
-    @property
-    def opened(self) -> Store | None:
-        """The store if it is open (maintenance must not open one just to clean it)."""
-        return self._store
-
-    async def queue(self) -> QueueStore:
-        return (await self.store()).queue
-
-    async def streams(self) -> StreamStore:
-        return (await self.store()).streams
-
-    async def close(self) -> None:
-        async with self._lock:  # an open in flight finishes first and is closed here
-            self.closed = True
-            store, self._store = self._store, None
-            try:
-                if store is not None and store is not self.spec:  # a given Store is the caller's
-                    await store.close()
-            finally:
-                if self._temp is not None:
-                    await asyncio.to_thread(self._temp.cleanup)  # rmtree: off the event loop
-                    self._temp = None
-
-
-class Runtime:
+class Runtime(ControlPlane, ClusterMember):
     """Hosts functions in sandboxes and invokes them with Lambda's semantics.
 
     Use it as ``async with Runtime() as rt:``; leaving the block stops every sandbox and
@@ -276,7 +194,7 @@ class Runtime:
         self._retention_due = 0.0  # clock.monotonic() of the next retention pass
         if durability not in ("fsync", "process"):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
-        self._state = _State(spec, durability=durability, on_open=self._store_opened)
+        self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         self._reloader: Reloader | None = None
@@ -536,125 +454,6 @@ class Runtime:
                 env.sandbox.kill()
         return entry
 
-    def _amend(self, entry: FunctionEntry, **changes: Any) -> FunctionRecord:
-        """Change settings that do not touch the code or its environment (concurrency) in
-        place: same generation, same sandboxes."""
-        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
-        record = attrs.evolve(entry.record, config=config)
-        entry.record = record
-        entry.pool.function = record
-        return record
-
-    # -- the control plane (Lambda's function configuration APIs) -----------------------
-
-    async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
-        """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
-        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
-        get environments initialized with the new configuration; environments of the old
-        one finish what they run and retire."""
-        self._check_running()
-        entry = self._registry.get(name)
-        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
-        unknown = sorted(set(changes) - allowed)
-        if unknown:
-            raise InvalidConfig(
-                f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
-                "(concurrency has its own calls)"
-            )
-        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
-        record = attrs.evolve(
-            entry.record,
-            config=config,
-            sandbox_kind=config.sandbox or self.config.sandbox,
-            generation=self._registry.next_generation(),
-        )
-        self._register(record)
-        await self._provision_all([record.name])
-        self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
-        return record
-
-    def put_function_concurrency(self, name: str, reserved: int) -> FunctionRecord:
-        """Lambda's ``PutFunctionConcurrency``: reserve ``reserved`` of the account's
-        concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
-        self._check_running()
-        entry = self._registry.get(name)
-        FunctionConfig(reserved_concurrency=reserved)  # validates the value
-        if entry.record.config.provisioned_concurrency > reserved:
-            raise InvalidConfig(
-                f"reserved concurrency {reserved} is below the provisioned concurrency "
-                f"{entry.record.config.provisioned_concurrency}"
-            )
-        self._limiter.check_reservations({entry.name: reserved})
-        record = self._amend(entry, reserved_concurrency=reserved)
-        self._limiter.set_reserved(entry.counter, reserved)
-        return record
-
-    def delete_function_concurrency(self, name: str) -> FunctionRecord:
-        """Lambda's ``DeleteFunctionConcurrency``: back to the shared pool."""
-        self._check_running()
-        entry = self._registry.get(name)
-        record = self._amend(entry, reserved_concurrency=None)
-        self._limiter.set_reserved(entry.counter, None)
-        return record
-
-    def put_provisioned_concurrency(self, name: str, count: int) -> FunctionRecord:
-        """Lambda's ``PutProvisionedConcurrencyConfig``: keep ``count`` environments
-        initialized. Returns at once; :meth:`provisioned_concurrency` tells the status."""
-        self._check_running()
-        entry = self._registry.get(name)
-        record = self._amend(entry, provisioned_concurrency=count)
-        if not entry.provisioning:
-            entry.provisioning = True
-            self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
-        return record
-
-    def delete_provisioned_concurrency(self, name: str) -> FunctionRecord:
-        """Lambda's ``DeleteProvisionedConcurrencyConfig``: extra environments retire as
-        idle ones do."""
-        self._check_running()
-        return self._amend(self._registry.get(name), provisioned_concurrency=0)
-
-    def provisioned_concurrency(self, name: str) -> dict[str, Any]:
-        """Lambda's ``GetProvisionedConcurrencyConfig``: requested, allocated, available
-        and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
-        entry = self._registry.get(name)
-        requested = entry.record.config.provisioned_concurrency
-        stats = entry.pool.stats()
-        allocated = min(requested, stats["warm"] + stats["busy"])
-        return {
-            "RequestedProvisionedConcurrentExecutions": requested,
-            "AllocatedProvisionedConcurrentExecutions": allocated,
-            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
-            "Status": "READY"
-            if allocated >= requested
-            else ("IN_PROGRESS" if entry.provisioning else "FAILED"),
-        }
-
-    def has_async_config(self, name: str) -> bool:
-        """Whether ``name`` has an event-invoke config of its own (set by
-        :meth:`configure_async` or ``@fnrt.handler(async_config=...)``), not the defaults."""
-        entry = self._registry.get(name)
-        return entry.async_override is not None or entry.record.async_config is not None
-
-    def delete_async_config(self, name: str) -> None:
-        """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
-        defaults."""
-        self._registry.get(name).async_override = None
-
-    def account_settings(self) -> dict[str, Any]:
-        """Lambda's ``GetAccountSettings``: the limits and what is in use."""
-        stats = self._limiter.stats()
-        return {
-            "AccountLimit": {
-                "ConcurrentExecutions": stats["limit"],
-                "UnreservedConcurrentExecutions": stats["unreserved_pool"],
-                "CodeSizeUnzipped": 262_144_000,
-                "CodeSizeZipped": 52_428_800,
-                "TotalCodeSize": 80_530_636_800,
-            },
-            "AccountUsage": {"FunctionCount": len(self._registry), "TotalCodeSize": 0},
-        }
-
     async def _provision_all(self, names: list[str]) -> None:
         """Initialize the provisioned environments of ``names``; the first failure (an
         :class:`~fnrt.errors.InitError`, say) is raised as it is, not in a group."""
@@ -723,7 +522,7 @@ class Runtime:
         self._check_running()
         entry = self._registry.get(name)
         if client_context is not None:
-            _check_client_context(client_context)
+            check_client_context(client_context)
         if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
             parsed = parse_function_ref(name)
             qualifier = parsed[1] if parsed else None
@@ -832,96 +631,6 @@ class Runtime:
             self._log.warning("provisioning failed", function=entry.name, error=str(exc))
         finally:
             entry.provisioning = False
-
-    # -- many hosts on one store ---------------------------------------------------------
-
-    #: How often this host says it is alive, and how long that holds without a renewal.
-    HOST_HEARTBEAT = 5.0
-    HOST_TTL = 15.0
-
-    async def _store_opened(self, store: Store) -> None:
-        """Subscribe to the store's wake-ups (PostgreSQL's LISTEN/NOTIFY), so an enqueue
-        or a put on another host wakes this host's pollers at once. Polling stays the
-        fallback: a store without wake-ups, or a lost notification, costs a poll
-        interval, never an event."""
-        add = getattr(store, "add_wake_listener", None)
-        if add is not None:
-            await add(self._on_wake)
-
-    def _on_wake(self, kind: str, name: str) -> None:
-        if kind == "*" or (kind == "event" and name in self._registry):  # ours to run
-            self._async.wake()
-        if kind == "stream":
-            self._streams.wake(name)
-        elif kind == "*":
-            self._streams.wake("*")
-
-    async def _heartbeat_once(self) -> None:
-        """Say this host is alive (``cluster_stats``' host list), then wait."""
-        store = await self._state.store()
-        await store.streams.register_host(
-            self.host_id,
-            {**self.host_info, "functions": sorted(self.functions())},
-            self.clock.time(),
-            self.HOST_TTL,
-        )
-        await self.clock.sleep(self.HOST_HEARTBEAT)
-
-    async def _leave_cluster(self) -> None:
-        store = self._state.opened
-        if store is None:
-            return
-        remove = getattr(store, "remove_wake_listener", None)
-        if remove is not None:
-            remove(self._on_wake)
-        if self._durable:
-            await store.streams.unregister_host(self.host_id)
-
-    @property
-    def shares_store(self) -> bool:
-        """Whether this runtime runs on an open durable store that other hosts may share
-        (``cluster_stats()`` then reads the cluster from it without opening anything)."""
-        return self._durable and self._state.opened is not None
-
-    async def cluster_stats(self) -> dict[str, Any]:
-        """The cluster as the store sees it (any host gives the same answer): the live
-        ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all
-        functions, and per function this host knows), each stream mapping's shard leases
-        per host (``streams``), and ``in_flight`` per function cluster-wide (slots leased
-        from the counting service; on a store without one, this host's calls)."""
-        self._check_running()
-        store = await self._state.store()
-        now = self.clock.time()
-        hosts = [{**h, "seen_ago": round(now - h["seen_at"], 3)} for h in await store.streams.live_hosts(now)]
-        queue: dict[str, Any] = {"total": await store.queue.counts(), "functions": {}}
-        for name in sorted(self.functions()):
-            queue["functions"][name] = await store.queue.counts(name)
-        streams: dict[str, Any] = {}
-        for row in await store.streams.mappings():
-            leases = await store.streams.leases(row.uuid)
-            per_host: dict[str, int] = {}
-            shards: dict[str, Any] = {}
-            for shard_id, (owner, expires) in sorted(leases.items()):
-                host = owner.rsplit("/", 1)[0]
-                live = expires > now
-                shards[shard_id] = {"host": host, "expires_in": round(expires - now, 3), "live": live}
-                if live:
-                    per_host[host] = per_host.get(host, 0) + 1
-            streams[row.uuid] = {
-                "stream": row.stream,
-                "function": row.function,
-                "leases_per_host": per_host,
-                "shards": shards,
-            }
-        in_flight = await self._limiter.cluster_in_flight()
-        return {
-            "host": self.host_id,
-            "store": store.stats(),
-            "hosts": hosts,
-            "queue": queue,
-            "streams": streams,
-            "in_flight": in_flight,
-        }
 
     # -- statistics -------------------------------------------------------------------
 

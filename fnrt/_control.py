@@ -1,0 +1,161 @@
+"""Lambda's control plane on the runtime: change a function's configuration, its reserved
+and provisioned concurrency and its event-invoke config while it runs.
+
+A change of what the code runs with (timeout, memory, environment, sandbox) registers a new
+generation: new invocations get environments initialized with it, the old ones finish what
+they run and retire. A change of concurrency amends the generation in place. The HTTP face
+(``fnrt._http_control``) maps Lambda's REST API onto these methods.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._config import AsyncConfig, FunctionConfig, RuntimeConfig
+from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
+from .errors import InvalidConfig
+
+if TYPE_CHECKING:
+    from ._concurrency import ConcurrencyLimiter
+    from ._supervise import Supervisor
+
+__all__ = ["ControlPlane"]
+
+
+class ControlPlane:
+    """Mixed into :class:`~fnrt.Runtime`: what it needs of the runtime is declared here."""
+
+    config: RuntimeConfig
+    _registry: FunctionRegistry
+    _limiter: ConcurrencyLimiter
+    _supervisor: Supervisor
+    _log: Any
+
+    if TYPE_CHECKING:
+
+        def _check_running(self) -> None: ...
+        def _register(self, record: FunctionRecord) -> FunctionEntry: ...
+        async def _provision_all(self, names: list[str]) -> None: ...
+        async def _replenish(self, entry: FunctionEntry) -> None: ...
+        def async_config(self, name: str) -> AsyncConfig: ...
+
+    def _amend(self, entry: FunctionEntry, **changes: Any) -> FunctionRecord:
+        """Change settings that do not touch the code or its environment (concurrency) in
+        place: same generation, same sandboxes."""
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(entry.record, config=config)
+        entry.record = record
+        entry.pool.function = record
+        return record
+
+    # -- the control plane (Lambda's function configuration APIs) -----------------------
+
+    async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
+        """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
+        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        get environments initialized with the new configuration; environments of the old
+        one finish what they run and retire."""
+        self._check_running()
+        entry = self._registry.get(name)
+        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise InvalidConfig(
+                f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
+                "(concurrency has its own calls)"
+            )
+        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        record = attrs.evolve(
+            entry.record,
+            config=config,
+            sandbox_kind=config.sandbox or self.config.sandbox,
+            generation=self._registry.next_generation(),
+        )
+        self._register(record)
+        await self._provision_all([record.name])
+        self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
+        return record
+
+    def put_function_concurrency(self, name: str, reserved: int) -> FunctionRecord:
+        """Lambda's ``PutFunctionConcurrency``: reserve ``reserved`` of the account's
+        concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
+        self._check_running()
+        entry = self._registry.get(name)
+        FunctionConfig(reserved_concurrency=reserved)  # validates the value
+        if entry.record.config.provisioned_concurrency > reserved:
+            raise InvalidConfig(
+                f"reserved concurrency {reserved} is below the provisioned concurrency "
+                f"{entry.record.config.provisioned_concurrency}"
+            )
+        self._limiter.check_reservations({entry.name: reserved})
+        record = self._amend(entry, reserved_concurrency=reserved)
+        self._limiter.set_reserved(entry.counter, reserved)
+        return record
+
+    def delete_function_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteFunctionConcurrency``: back to the shared pool."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, reserved_concurrency=None)
+        self._limiter.set_reserved(entry.counter, None)
+        return record
+
+    def put_provisioned_concurrency(self, name: str, count: int) -> FunctionRecord:
+        """Lambda's ``PutProvisionedConcurrencyConfig``: keep ``count`` environments
+        initialized. Returns at once; :meth:`provisioned_concurrency` tells the status."""
+        self._check_running()
+        entry = self._registry.get(name)
+        record = self._amend(entry, provisioned_concurrency=count)
+        if not entry.provisioning:
+            entry.provisioning = True
+            self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+        return record
+
+    def delete_provisioned_concurrency(self, name: str) -> FunctionRecord:
+        """Lambda's ``DeleteProvisionedConcurrencyConfig``: extra environments retire as
+        idle ones do."""
+        self._check_running()
+        return self._amend(self._registry.get(name), provisioned_concurrency=0)
+
+    def provisioned_concurrency(self, name: str) -> dict[str, Any]:
+        """Lambda's ``GetProvisionedConcurrencyConfig``: requested, allocated, available
+        and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
+        entry = self._registry.get(name)
+        requested = entry.record.config.provisioned_concurrency
+        stats = entry.pool.stats()
+        allocated = min(requested, stats["warm"] + stats["busy"])
+        return {
+            "RequestedProvisionedConcurrentExecutions": requested,
+            "AllocatedProvisionedConcurrentExecutions": allocated,
+            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
+            "Status": "READY"
+            if allocated >= requested
+            else ("IN_PROGRESS" if entry.provisioning else "FAILED"),
+        }
+
+    def has_async_config(self, name: str) -> bool:
+        """Whether ``name`` has an event-invoke config of its own (set by
+        :meth:`configure_async` or ``@fnrt.handler(async_config=...)``), not the defaults."""
+        entry = self._registry.get(name)
+        return entry.async_override is not None or entry.record.async_config is not None
+
+    def delete_async_config(self, name: str) -> None:
+        """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
+        defaults."""
+        self._registry.get(name).async_override = None
+
+    def account_settings(self) -> dict[str, Any]:
+        """Lambda's ``GetAccountSettings``: the limits and what is in use."""
+        stats = self._limiter.stats()
+        return {
+            "AccountLimit": {
+                "ConcurrentExecutions": stats["limit"],
+                "UnreservedConcurrentExecutions": stats["unreserved_pool"],
+                "CodeSizeUnzipped": 262_144_000,
+                "CodeSizeZipped": 52_428_800,
+                "TotalCodeSize": 80_530_636_800,
+            },
+            "AccountUsage": {"FunctionCount": len(self._registry), "TotalCodeSize": 0},
+        }
