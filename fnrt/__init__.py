@@ -2,7 +2,7 @@
 
 Handler modules ``import fnrt`` for the decorator inside every sandbox, so this module
 imports only what a handler needs (the decorator, configs, errors, the context). The
-runtime and the sources, with anyio, structlog and aiosqlite behind them, load on first
+runtime and the sources, with structlog and aiosqlite behind them, load on first
 use of their names (PEP 562).
 """
 

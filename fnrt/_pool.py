@@ -8,9 +8,9 @@ it is either in ``idle`` or held by exactly one invocation.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import anyio
 import attrs
 
 from ._clock import Clock
@@ -42,6 +42,12 @@ def init_error(error: dict[str, Any], log: str = "") -> InitError | InvalidConfi
         error.get("stackTrace"),
         log_tail=log[-4096:],
     )
+
+
+def first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) exception group."""
+    first = group.exceptions[0]
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def start_sandbox(
@@ -181,9 +187,14 @@ class FunctionPool:
         missing = self.function.config.provisioned_concurrency - self.size
         if missing <= 0 or self.closed:
             return
-        async with anyio.create_task_group() as tg:
-            for _ in range(missing):
-                tg.start_soon(self._provision_one)
+        # asyncio's task group, like the runtime's own: cancellation is delivered once (an
+        # anyio cancel scope here would keep re-delivering it to a shielded shutdown).
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(missing):
+                    tg.create_task(self._provision_one())
+        except BaseExceptionGroup as group:  # the first failure, as it is (an InitError, say)
+            raise first_leaf(group) from None
 
     async def _provision_one(self) -> None:
         env = await self.cold_start(initialization_type="provisioned-concurrency")

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import anyio
 import attrs
 
 from . import _observe, _recent
@@ -58,7 +57,7 @@ from ._lambda import (
     function_arn,
     parse_function_ref,
 )
-from ._pool import FunctionPool, start_sandbox
+from ._pool import FunctionPool, first_leaf, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._reload import Reloader, check_available
 from ._state import State
@@ -81,11 +80,6 @@ __all__ = [
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the store
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class Runtime(ControlPlane, ClusterMember):
@@ -458,11 +452,11 @@ class Runtime(ControlPlane, ClusterMember):
         """Initialize the provisioned environments of ``names``; the first failure (an
         :class:`~fnrt.errors.InitError`, say) is raised as it is, not in a group."""
         try:
-            async with anyio.create_task_group() as tg:
+            async with asyncio.TaskGroup() as tg:
                 for name in names:
-                    tg.start_soon(self._registry.get(name).pool.provision)
+                    tg.create_task(self._registry.get(name).pool.provision())
         except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None
+            raise first_leaf(group) from None
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""

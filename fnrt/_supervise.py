@@ -89,6 +89,7 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)  # ended: whether or not their callbacks ran
 
     async def close(
         self, exc_type: type[BaseException] | None = None, exc: BaseException | None = None
