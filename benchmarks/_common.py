@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -66,3 +68,31 @@ def ms(seconds: float) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+@contextlib.asynccontextmanager
+async def postgres_url(report: Report, section: str) -> AsyncIterator[tuple[str | None, str]]:
+    """A PostgreSQL to measure against: ``$FNRT_POSTGRES``, or a throwaway local cluster
+    started (and stopped) here. Yields ``(url, where)``; ``url`` is ``None`` after a
+    "skipped" row was added when neither can be had."""
+    url = os.environ.get("FNRT_POSTGRES")
+    if url:
+        yield url, "FNRT_POSTGRES"
+        return
+    try:
+        from fnrt.store.postgres._cluster import ThrowawayCluster, missing_reason
+    except ImportError:
+        report.add(section, "skipped", "-", notes="pip install 'fnrt[postgres]'")
+        yield None, ""
+        return
+    reason = missing_reason()
+    if reason is not None:
+        report.add(section, "skipped", "-", notes=reason)
+        yield None, ""
+        return
+    cluster = ThrowawayCluster(durable=True)
+    started = await asyncio.to_thread(cluster.start)
+    try:
+        yield started, "local cluster, unix socket, fsync on"
+    finally:
+        await asyncio.to_thread(cluster.stop)

@@ -15,7 +15,6 @@ when there is neither a server nor the ``postgresql`` package.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from typing import Any
 import fnrt
 from fnrt._cluster_limit import ClusterLimit, ClusterLimiter
 
-from ._common import Report, pct, us
+from ._common import Report, pct, postgres_url, us
 
 PAYLOAD = {"order_id": "A-1001", "items": [{"sku": "apple", "qty": 3}], "note": "x" * 40}
 SECTION = "cross-host concurrency limit"
@@ -99,26 +98,10 @@ async def _measure(url: str, rounds: int, per_round: int) -> dict[str, Any]:
 
 async def run(report: Report, quick: bool = False) -> None:
     rounds, per_round = (3, 200) if quick else (8, 500)
-    cluster = None
-    url = os.environ.get("FNRT_POSTGRES")
-    try:
-        if not url:
-            try:
-                from fnrt.store.postgres._cluster import ThrowawayCluster, missing_reason
-            except ImportError:
-                report.add(SECTION, "skipped", "-", notes="pip install 'fnrt[postgres]'")
-                return
-            reason = missing_reason()
-            if reason is not None:
-                report.add(SECTION, "skipped", "-", notes=reason)
-                return
-            cluster = ThrowawayCluster(durable=True)
-            url = await asyncio.to_thread(cluster.start)
+    async with postgres_url(report, SECTION) as (url, where):
+        if url is None:
+            return
         measured = await _measure(url, rounds, per_round)
-    finally:
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
-    where = "FNRT_POSTGRES" if cluster is None else "local cluster, unix socket, fsync on"
     samples = measured["samples"]
     for callers in (1, 8):
         local = samples[("local", callers)]

@@ -25,7 +25,7 @@ from typing import Any
 from fnrt.store._db import Database
 from fnrt.store._queue import EventQueue, Outcome
 
-from ._common import Report, median, us
+from ._common import Report, median, postgres_url, us
 
 PAYLOAD = b'{"order":"A-7","amount":30,"card":"ok"}'
 CALLERS = 8
@@ -202,25 +202,12 @@ async def _end_to_end_rows(report: Report, section: str, url: str, events: int) 
 async def run(report: Report, quick: bool = False) -> None:
     section = "PostgreSQL store"
     events = 2000 if quick else 20000
-    cluster = None
-    url = os.environ.get("FNRT_POSTGRES")
-    try:
-        if not url:
-            try:
-                from fnrt.store.postgres._cluster import ThrowawayCluster, missing_reason
-            except ImportError:
-                report.add(section, "skipped", "-", notes="pip install 'fnrt[postgres]'")
-                return
-            reason = missing_reason()
-            if reason is not None:
-                report.add(section, "skipped", "-", notes=reason)
-                return
-            cluster = ThrowawayCluster(durable=True)
-            url = await asyncio.to_thread(cluster.start)
+    async with postgres_url(report, section) as (url, where):
+        if url is None:
+            return
         with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
             sqlite_enqueue, sqlite_drain = await _sqlite(Path(tmp), events)
         pg_enqueue, pg_drain, (acquire, release) = await _postgres(url, events)
-        where = "FNRT_POSTGRES" if cluster is None else "local cluster, unix socket, fsync on"
         report.add(
             section,
             f"durable Event enqueues/s, {CALLERS} concurrent callers",
@@ -244,9 +231,6 @@ async def run(report: Report, quick: bool = False) -> None:
             notes="one round trip each; acquire commits durably",
         )
         await _end_to_end_rows(report, section, url, 400 if quick else 3000)
-    finally:
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
 
 
 if __name__ == "__main__":
