@@ -13,20 +13,40 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from ._clock import FakeClock
 
 __all__ = ["FakeClock", "wait_idle", "wait_until"]
 
 
-async def wait_until(predicate: Callable[[], bool], what: str = "condition", limit: float = 15.0) -> None:
-    """Wait until ``predicate()`` is true; ``AssertionError`` naming ``what`` after ``limit`` s."""
+async def wait_until(
+    predicate: Callable[[], Any],
+    what: str = "condition",
+    limit: float = 15.0,
+    *,
+    clock: FakeClock | tuple[FakeClock, ...] | None = None,
+    step: float = 0.25,
+    poll: float = 0.005,
+) -> Any:
+    """Wait until ``predicate()`` (a function or a coroutine function) is truthy and return
+    its value; ``AssertionError`` naming ``what`` after ``limit`` real seconds. With
+    ``clock`` (one :class:`FakeClock` or several), fake time moves by ``step`` between looks,
+    for what waits on a retry delay or a lease."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    while not predicate():
+    clocks = (clock,) if isinstance(clock, FakeClock) else clock or ()
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        for each in clocks:
+            await each.advance(step)
+        await asyncio.sleep(poll)
 
 
 async def wait_idle(runtime: object, timeout: float = 30.0) -> None:

@@ -29,6 +29,7 @@ pytest.importorskip("asyncpg", reason="pip install 'fnrt[postgres]'")
 aiohttp = pytest.importorskip("aiohttp", reason="pip install 'fnrt[http]'")
 
 from fnrt.store import open_store
+from fnrt.testing import wait_until
 
 from .conftest import read_jsonl
 
@@ -69,17 +70,7 @@ def ledger(workdir: Path) -> list[dict[str, Any]]:
 
 
 async def until(check: Callable[[], Any], what: str, limit: float) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await wait_until(check, what, limit, poll=0.05)
 
 
 async def send_events(http: Any, urls: list[str], ids: range) -> None:

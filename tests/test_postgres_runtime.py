@@ -70,19 +70,7 @@ async def event_state(rt: Runtime, request_id: str, state: str) -> dict[str, Any
 
 async def until(check: Callable[[], Any], clock: FakeClock | None = None, *, limit: float = 20.0) -> Any:
     """Wait (really) for ``check()`` (sync or async) to be truthy, moving ``clock``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError("timed out")
-        if clock is not None:
-            await clock.advance(0.25)
-        await asyncio.sleep(0.01)
+    return await wait_until(check, "a condition", limit, clock=clock, poll=0.01)
 
 
 # -- one host on PostgreSQL -----------------------------------------------------------

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from fnrt.sources._streams import _failed_suffix
 from fnrt.store import open_store
 from fnrt.store._streams import StoredRecord, hash_key, seq_int, seq_str
 
-from .conftest import read_jsonl
+from .conftest import read_jsonl, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,18 +49,7 @@ async def until(
     what: str = "condition",
 ) -> Any:
     """Wait (really) for a state, moving the fake clock by ``step`` between looks."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        for each in (clock,) if isinstance(clock, FakeClock) else clock or ():
-            await each.advance(step)
-        await asyncio.sleep(0.003)
+    return await wait_until(check, what, limit, clock=clock, step=step, poll=0.003)
 
 
 def ledger(path: Path) -> list[dict[str, Any]]:
