@@ -30,7 +30,8 @@ async def wait_until(
     poll: float = 0.005,
 ) -> Any:
     """Wait until ``predicate()`` (a function or a coroutine function) is truthy and return
-    its value; ``AssertionError`` naming ``what`` after ``limit`` real seconds. With
+    its value; ``AssertionError`` naming ``what`` after ``limit`` real seconds (a coroutine
+    predicate still running then is cancelled). With
     ``clock`` (one :class:`FakeClock` or several), fake time moves by ``step`` between looks,
     for what waits on a retry delay or a lease."""
     loop = asyncio.get_running_loop()
@@ -38,8 +39,11 @@ async def wait_until(
     clocks = (clock,) if isinstance(clock, FakeClock) else clock or ()
     while True:
         value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
+        if asyncio.iscoroutine(value):  # bounded too: a predicate that hangs is a timeout
+            try:
+                value = await asyncio.wait_for(value, max(deadline - loop.time(), 0.05))
+            except TimeoutError:
+                raise AssertionError(f"timed out after {limit} s waiting for {what}") from None
         if value:
             return value
         if loop.time() > deadline:

@@ -583,7 +583,12 @@ async def test_two_hosts_together_never_exceed_the_limit(hosts: Opener) -> None:
 
 
 class Proxy:
-    """A loopback TCP proxy to the server's unix socket that the test can cut and restore."""
+    """A loopback TCP proxy to the server's unix socket that the test can cut and restore.
+
+    A cut aborts every link, including one accepted while its upstream was still being
+    opened, and waits a bounded time for the server to close (Python 3.12+'s
+    ``Server.wait_closed`` waits for every connection, so one stray link would hang it).
+    """
 
     def __init__(self, socket_dir: str) -> None:
         self.socket_path = str(Path(socket_dir) / ".s.PGSQL.5432")
@@ -599,8 +604,21 @@ class Proxy:
         writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
-        self.links |= {writer, up_writer}
+        server = self.server
+        if server is None:  # accepted just before a cut
+            writer.transport.abort()
+            return
+        self.links.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError:
+            writer.transport.abort()
+            return
+        if writer not in self.links or self.server is not server:  # cut while connecting
+            writer.transport.abort()
+            up_writer.transport.abort()
+            return
+        self.links.add(up_writer)
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
     async def start(self) -> None:
@@ -608,12 +626,16 @@ class Proxy:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.close()
+        if hasattr(server, "abort_clients"):  # Python 3.13+
+            server.abort_clients()
         for link in self.links:
             link.transport.abort()
         self.links.clear()
-        await self.server.wait_closed()
+        await asyncio.wait_for(server.wait_closed(), 10)
 
 
 async def test_every_method_is_store_unavailable_while_the_server_is_unreachable(
