@@ -103,7 +103,10 @@ class AsyncSource:
         self._log = log.bind(source="async")
         self._wake = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], QueuedEvent] = {}
+        # Attempts invoking, per function (what per_function caps), and those past their
+        # invocation that are writing their outcome (still in _in_flight: they hold a lease).
         self._busy: Counter[str] = Counter()
+        self._writing: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
 
@@ -264,9 +267,22 @@ class AsyncSource:
         self._busy[event.function] += 1
         task.add_done_callback(self._finished)
 
+    def _invoked(self) -> None:
+        """The current attempt's invocation is over: its room goes to the next event while
+        its outcome is written (a group commit shared with the other attempts'). It still
+        holds its lease, and counts against ``max_in_flight``, until the write is done."""
+        task = asyncio.current_task()
+        if task in self._in_flight and task not in self._writing:
+            self._writing.add(task)
+            self._busy[self._in_flight[task].function] -= 1
+            self._wake.set()
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         event = self._in_flight.pop(task)
-        self._busy[event.function] -= 1
+        if task in self._writing:
+            self._writing.discard(task)
+        else:
+            self._busy[event.function] -= 1
         self._wake.set()
 
     # -- one attempt ------------------------------------------------------------------
@@ -298,7 +314,10 @@ class AsyncSource:
                 )
                 return
             self.metrics.observe("AsyncEventAge", name, age * 1000)
-            result = await self.invoker.invoke(entry, event.payload, event.request_id)
+            try:
+                result = await self.invoker.invoke(entry, event.payload, event.request_id)
+            finally:
+                self._invoked()
         except RuntimeClosed:
             return  # closing: aclose() gives the lease back
         except TooManyRequests as exc:

@@ -26,6 +26,7 @@ once they are old (indexed by ``finished_at``).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,6 +97,13 @@ _TAKE = (
     "AND state = '{state}' AND {due} <= ? RETURNING "
     + _COLUMNS
 )
+_TAKE_QUEUED = _TAKE.format(state="queued", due="run_at")
+_TAKE_EXPIRED = _TAKE.format(state="leased", due="lease_until")  # their holder died
+_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM async_events WHERE function = ? AND state = 'queued' "
+    "AND run_at <= ?), EXISTS (SELECT 1 FROM async_events WHERE function = ? "
+    "AND state = 'leased' AND lease_until <= ?)"
+)
 _SETTLE = (
     "UPDATE async_events SET state = ?, run_at = COALESCE(?, run_at), attempts = ?, "
     "invokes = ?, system_retries = ?, last_status = COALESCE(?, last_status), "
@@ -139,31 +147,23 @@ class SQLiteQueue:
         if limit <= 0:
             return []
         # A read first: an idle poller must not take the write lock (other hosts and
-        # areas share the file), only one that has something to take.
-        due = await self.db.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM async_events WHERE function = ? AND state = 'queued' "
-            "AND run_at <= ?), EXISTS (SELECT 1 FROM async_events WHERE function = ? "
-            "AND state = 'leased' AND lease_until <= ?)",
-            (function, now, function, now),
-        )
-        queued, expired = (bool(due[0]), bool(due[1])) if due is not None else (False, False)
-        # Each take is one autocommit statement (one thread hop under the write lock that
-        # enqueues wait on) whose inner SELECT walks the (function, state, run_at) index in
-        # order: O(limit), whatever the queue's length. Not durable: a lease lost to a
-        # power cut only means the event is taken again.
-        rows = []
-        if queued:
-            rows += await self.db.write_returning(
-                _TAKE.format(state="queued", due="run_at"),
-                (owner, lease_until, function, now, limit, now),
-                durable=False,
-            )
-        if expired and len(rows) < limit:  # their holder died: take them over
-            rows += await self.db.write_returning(
-                _TAKE.format(state="leased", due="lease_until"),
-                (owner, lease_until, function, now, limit - len(rows), now),
-                durable=False,
-            )
+        # areas share the file), only one that has something to take. Then each take is
+        # one autocommit statement under SQLite's write lock whose inner SELECT walks the
+        # (function, state, run_at) index in order: O(limit), whatever the queue's length.
+        # The whole of it is one function on the connection's thread (one hop). Not
+        # durable: a lease lost to a power cut only means the event is taken again.
+        def take(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            queued, expired = conn.execute(_DUE, (function, now, function, now)).fetchone()
+            rows: list[sqlite3.Row] = []
+            if queued:
+                rows += conn.execute(_TAKE_QUEUED, (owner, lease_until, function, now, limit, now))
+            if expired and len(rows) < limit:  # their holder died: take them over
+                rows += conn.execute(
+                    _TAKE_EXPIRED, (owner, lease_until, function, now, limit - len(rows), now)
+                )
+            return rows
+
+        rows = await self.db.run(take, durable=False)
         events = [QueuedEvent(*row) for row in rows]
         events.sort(key=lambda e: e.id)
         return events
