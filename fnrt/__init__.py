@@ -29,10 +29,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._loop import run
     from ._runtime import InvocationResult, Runtime
     from .sources._streams import Stream, StreamMapping
 
 _LAZY = {
+    "run": "._loop",
     "InvocationResult": "._runtime",
     "Runtime": "._runtime",
     "Stream": ".sources._streams",
@@ -79,4 +81,5 @@ __all__ = [
     "SystemClock",
     "TooManyRequests",
     "handler",
+    "run",
 ]

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from ._loop import LOOPS, loop_name, run
 from .sandbox import KINDS
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9001"
@@ -89,7 +90,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 route = server.add_url(function, path_prefix=prefix, payload_format=payload_format)
                 _progress(f"url {function}: {server.url}{route.path_prefix}/  "
                           f"(payload format {payload_format})")
-            _progress(f"listening on {server.url}  (Ctrl-C to stop)")
+            _progress(f"listening on {server.url}  (event loop: {loop_name()}; Ctrl-C to stop)")
             _progress(f"  console: {server.url}/console/")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
@@ -197,7 +198,7 @@ def _read_payload(arg: str | None) -> bytes:
 def _invoke(args: argparse.Namespace) -> int:
     payload = _read_payload(args.payload)
     if args.module:
-        return asyncio.run(_invoke_local(args, payload))
+        return run(_invoke_local(args, payload), loop=args.loop)
     headers = {"X-Amz-Invocation-Type": args.type, "Content-Type": "application/json"}
     if args.log:
         headers["X-Amz-Log-Type"] = "Tail"
@@ -447,7 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="load changed handler code into new sandboxes without a restart (pip install 'fnrt[reload]')",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every invocation")
-    serve.set_defaults(run=lambda a: asyncio.run(_serve(a)))
+    serve.add_argument(
+        "--loop",
+        default="auto",
+        choices=LOOPS,
+        help="event loop: auto (uvloop when installed: pip install 'fnrt[uvloop]'), uvloop, asyncio",
+    )
+    serve.set_defaults(run=lambda a: run(_serve(a), loop=a.loop))
 
     invoke = sub.add_parser("invoke", help="invoke a function and print its result")
     invoke.add_argument("name", help="function name or ARN")
@@ -459,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--module", action="append", help="run in-process instead: deploy this module first (repeatable)"
     )
     invoke.add_argument("--sandbox", default="subprocess", choices=list(KINDS))
+    invoke.add_argument("--loop", default="auto", choices=LOOPS, help="with --module: the event loop")
     invoke.set_defaults(run=_invoke)
 
     list_ = sub.add_parser("list", help="functions and their config")

@@ -20,7 +20,7 @@ import asyncio
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -65,8 +65,10 @@ class _Guarded(asyncio.Protocol):
         self.live = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, though not always an asyncio.Transport subclass (uvloop's
+        # are not): typed as one, checked by what it can do.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         if not self.guard.admit(self):  # every slot serves a request: say so, and close
             transport.write(BUSY_RESPONSE)
             transport.close()
