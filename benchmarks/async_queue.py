@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import shutil
 import socket
 import subprocess
@@ -130,12 +131,50 @@ def _peer_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class _DoneCounter:
+    """Counts the bytes huey's workers send, one per completed task (see ``_peer_huey``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.count = path, 0
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._server, selectors.EVENT_READ)
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            for key, _ in self._selector.select(0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._server:
+                    conn, _ = sock.accept()
+                    self._selector.register(conn, selectors.EVENT_READ)
+                    continue
+                data = sock.recv(65536)
+                if not data:
+                    self._selector.unregister(sock)
+                    sock.close()
+                self.count += len(data)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join()
+        for key in list(self._selector.get_map().values()):
+            assert isinstance(key.fileobj, socket.socket)
+            key.fileobj.close()
+        self._selector.close()
+
+
 def _huey(tmp: Path, events: int) -> tuple[float, float]:
-    db = tmp / "huey.db"
+    db, done_path = tmp / "huey.db", tmp / "done.sock"
     os.environ["FNRT_BENCH_HUEY_DB"] = str(db)
     from . import _peer_huey
 
-    huey, task = _peer_huey.huey, _peer_huey.noop
+    task = _peer_huey.noop
     argv = [
         sys.executable,
         "-m",
@@ -153,17 +192,21 @@ def _huey(tmp: Path, events: int) -> tuple[float, float]:
         "0.1",
         "--quiet",
     ]
-    with _worker(argv, _peer_env(FNRT_BENCH_HUEY_DB=str(db)), tmp / "huey.log") as proc:
-        task(PAYLOAD)  # the consumer is up and its workers have run a task
-        _wait(lambda: huey.result_count() >= 1 or proc.poll() is not None, 60, "huey warm-up")
-        if proc.poll() is not None:
-            raise RuntimeError(f"huey consumer exited: {(tmp / 'huey.log').read_text()[-2000:]}")
-        huey.storage.flush_results()
-        total = events // PEER_CALLERS * PEER_CALLERS
-        started = _threads_enqueue(lambda: task(PAYLOAD), total, PEER_CALLERS)
-        enqueued = time.perf_counter() - started
-        _wait(lambda: huey.result_count() >= total, 600, "huey tasks", poll=0.01)
-        finished = time.perf_counter() - started
+    counter = _DoneCounter(done_path)
+    env = _peer_env(FNRT_BENCH_HUEY_DB=str(db), FNRT_BENCH_HUEY_DONE=str(done_path))
+    try:
+        with _worker(argv, env, tmp / "huey.log") as proc:
+            task(PAYLOAD)  # the consumer is up and one of its workers has run a task
+            _wait(lambda: counter.count >= 1 or proc.poll() is not None, 60, "huey warm-up")
+            if proc.poll() is not None:
+                raise RuntimeError(f"huey consumer exited: {(tmp / 'huey.log').read_text()[-2000:]}")
+            total = events // PEER_CALLERS * PEER_CALLERS
+            started = _threads_enqueue(lambda: task(PAYLOAD), total, PEER_CALLERS)
+            enqueued = time.perf_counter() - started
+            _wait(lambda: counter.count >= total + 1, 600, "huey tasks", poll=0.002)
+            finished = time.perf_counter() - started
+    finally:
+        counter.close()
     return total / enqueued, total / finished
 
 
