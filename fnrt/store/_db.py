@@ -384,17 +384,24 @@ class Database:
                     future.set_result(None)
 
 
-def _commit_batch(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    """Run ``statements`` in one ``BEGIN IMMEDIATE`` transaction on the connection's
-    thread (consecutive statements with the same SQL as one ``executemany``); roll back
-    and raise on any error, so nothing of a failed batch stays."""
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain connection (on its own thread): roll
+    back and re-raise on any error, so nothing of a failed block stays."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
-            conn.executemany(sql, [params for _, params in run])
+        yield conn
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         raise
+
+
+def _commit_batch(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    """Run ``statements`` in one transaction (consecutive statements with the same SQL as
+    one ``executemany``)."""
+    with immediate(conn):
+        for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
+            conn.executemany(sql, [params for _, params in run])

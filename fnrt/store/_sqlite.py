@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from ..errors import InvalidConfig, StoreUnavailable
 from . import _queue, _streams
-from ._db import Database, mapped_errors, store_error
+from ._db import Database, immediate, mapped_errors, store_error
 
 SCHEMA_VERSION = 1
 FILE_NAME = "fnrt.sqlite3"  # the state file in a state directory
@@ -131,8 +131,7 @@ def _prepare(file: Path, path: Path, *, read_only: bool, busy_timeout: float) ->
                 ).fetchone() is None:
                     raise _refuse(path, "has no fnrt schema")
                 return
-            conn.execute("BEGIN IMMEDIATE")  # two hosts starting at once: one at a time
-            try:
+            with immediate(conn):  # two hosts starting at once: one at a time
                 _check_schema(conn, path)
                 for statement in SCHEMA:
                     conn.execute(statement)
@@ -144,12 +143,6 @@ def _prepare(file: Path, path: Path, *, read_only: bool, busy_timeout: float) ->
                     "opened_at = excluded.opened_at",
                     (SCHEMA_VERSION, now, now),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
             conn.execute("PRAGMA journal_mode=WAL")  # only now: it rewrites the file's header
         finally:
             conn.close()
