@@ -10,10 +10,12 @@ installed). Install what the baselines need with ``pip install -e '.[bench]'``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import time
 from pathlib import Path
+
+import fnrt
+from fnrt._loop import loop_name
 
 from ._common import Report, quiet
 
@@ -62,7 +64,7 @@ async def main(args: argparse.Namespace) -> Report:
         except ImportError as exc:
             print(f"[{key}] skipped: {exc}")
             continue
-        print(f"[{key}]", flush=True)
+        print(f"[{key}] (event loop: {loop_name()})", flush=True)
         started = time.perf_counter()
         await module.run(report, **(quick if args.quick else full))
         print(f"  ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -76,11 +78,8 @@ if __name__ == "__main__":
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
-    if args.uvloop:
-        import uvloop
-
-        uvloop.install()
-    report = asyncio.run(main(args))
+    # The default loop unless --uvloop: the floor and every baseline run on the same loop.
+    report = fnrt.run(main(args), loop="uvloop" if args.uvloop else "asyncio")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.md").write_text(report.markdown())
