@@ -69,7 +69,9 @@ def _mb(kb: float) -> str:
 
 
 def _drift(start: float, end: float) -> str:
-    return f"{(end - start) / 1024:+,.2f} MB ({(end - start) / start * 100:+.1f}%)"
+    delta = end - start
+    size = f"{delta:+,.0f} kB" if abs(delta) < 1024 else f"{delta / 1024:+,.2f} MB"
+    return f"{size} ({delta / start * 100:+.2f}%)"
 
 
 def _has_proc() -> bool:
