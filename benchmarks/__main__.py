@@ -26,6 +26,7 @@ SECTIONS = {
     "streams": ("streams", {}, {"quick": True}),
     "postgres": ("postgres", {}, {"quick": True}),
     "cluster-limit": ("cluster_limit", {}, {"quick": True}),
+    "memory": ("memory_soak", {}, {"total": 10_000, "events": 4000, "event_warmup": 2000}),
 }
 
 
