@@ -18,6 +18,7 @@ release) check the lease in the statement that writes.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +116,12 @@ _CHECKPOINT = (
     "WHERE mapping = ? AND shard_id = ? AND owner = ?) "
     "ON CONFLICT (mapping, shard_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
     "finished = excluded.finished RETURNING 1"
+)
+
+
+_READ = (
+    "SELECT seq, partition_key, data, arrival FROM stream_records "
+    "WHERE stream = ? AND shard_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 
 
@@ -231,12 +238,19 @@ class SQLiteStreams:
         return out
 
     async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
-        rows = await self.db.fetchall(
-            "SELECT seq, partition_key, data, arrival FROM stream_records "
-            "WHERE stream = ? AND shard_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (stream, shard_id, after, limit),
-        )
-        return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
+        params = (stream, shard_id, after, limit)
+
+        def fetch(conn: sqlite3.Connection) -> list[StoredRecord]:
+            # One hop, and the records built on the connection's thread from plain tuples
+            # (no intermediate row objects): the poller's loop only gets the list.
+            cursor = conn.cursor()
+            cursor.row_factory = None
+            try:
+                return [StoredRecord(*row) for row in cursor.execute(_READ, params)]
+            finally:
+                cursor.close()
+
+        return await self.db.run(fetch)
 
     async def _close_shards(
         self, conn: Any, stream: str, shard_ids: Sequence[str], children: int
