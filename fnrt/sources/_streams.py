@@ -498,22 +498,47 @@ class ShardPoller:
     async def _poll(self, store: StreamStore) -> None:
         config = self.config
         round_size = config.batch_size * config.parallelization_factor
-        while True:
-            records = await self._gather(store, round_size)
-            if records:
-                await self._deliver_round(store, records)
-                continue
-            if await self._read_to_end(store):
-                await self._checkpoint(store, self._position, finished=True)
-                await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
-                self.log.info("shard finished")
-                return
-            await self._park(self.waker.wait(config.poll_interval))
+        stream, shard_id = self.mapping.stream.name, self.shard.shard_id
+        ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
+        try:
+            while True:
+                records = await self._gather(store, round_size, ahead)
+                ahead = None
+                if records:
+                    # Read the next round while this one is delivered: its hop overlaps the
+                    # invokes. It is used only when this round ends with the checkpoint at
+                    # its last record (always, unless the round raises).
+                    after = records[-1].seq
+                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, round_size)))
+                    await self._deliver_round(store, records)
+                    continue
+                if await self._read_to_end(store):
+                    await self._checkpoint(store, self._position, finished=True)
+                    await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
+                    self.log.info("shard finished")
+                    return
+                await self._park(self.waker.wait(config.poll_interval))
+        finally:
+            if ahead is not None:
+                _drop(ahead[1])
 
-    async def _gather(self, store: StreamStore, limit: int) -> list[StoredRecord]:
-        """Read up to ``limit`` records after the checkpoint, waiting up to
+    async def _gather(
+        self,
+        store: StreamStore,
+        limit: int,
+        ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None,
+    ) -> list[StoredRecord]:
+        """Read up to ``limit`` records after the checkpoint (or take the round read
+        ahead, when it starts there and found records), waiting up to
         ``max_batching_window`` for a fuller batch."""
-        records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+        records: list[StoredRecord] = []
+        if ahead is not None:
+            after, task = ahead
+            records = await task
+            if after != self._position:
+                records = []
+        if not records:
+            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
         window = self.config.max_batching_window
         if not records or len(records) >= self.config.batch_size or window <= 0:
             return records
@@ -709,6 +734,13 @@ class ShardPoller:
             stream_arn=self.mapping.stream.arn,
             now=self.clock.time(),
         )
+
+
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Cancel a read ahead nobody will use, and retrieve its outcome (no warning for an
+    error nobody needs)."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
