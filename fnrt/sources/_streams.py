@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import uuid
@@ -453,6 +454,8 @@ class ShardPoller:
         self._order: deque[int] = deque()  # sequence numbers of the round, in order
         self._done: set[int] = set()
         self._position = -1  # the checkpoint: last sequence number done
+        # The checkpoint of the batch before, written while the next batch is invoked.
+        self._writing: asyncio.Task[None] | None = None
         source = self.source
         self._event_head = (  # what every record of the event repeats
             '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
@@ -465,6 +468,13 @@ class ShardPoller:
         return self.parked and not self.waker.is_set()
 
     async def _park(self, wait: Awaitable[None]) -> None:
+        try:
+            await self._written()  # parked means checkpointed: nothing is in flight
+        except BaseException:
+            close = getattr(wait, "close", None)
+            if close is not None:
+                close()  # the coroutine we will not wait for
+            raise
         self.parked = True
         try:
             await wait
@@ -521,6 +531,7 @@ class ShardPoller:
         finally:
             if ahead is not None:
                 _drop(ahead[1])
+            await self._settle()
 
     async def _gather(
         self,
@@ -595,6 +606,7 @@ class ShardPoller:
                 continue
             if not self.mapping.lease_valid(self.shard.shard_id):
                 raise _LeaseLost(self.shard.shard_id)
+            self._check_written()  # the checkpoint before found the lease taken: stop here
             try:
                 failed = await self._invoke(part)
             except (TooManyRequests, FunctionNotFound, ServiceError) as exc:
@@ -682,8 +694,11 @@ class ShardPoller:
         while self._order and self._order[0] in self._done:
             position = self._order.popleft()
             self._done.discard(position)
-        if position != self._position or failure_record is not None:
+        if failure_record is not None:
             await self._checkpoint(store, position, failure=failure_record)
+            self._position = max(self._position, position)
+        elif position != self._position:
+            self._checkpoint_soon(store, position)
             self._position = max(self._position, position)
         if failure is not None:
             self.log.warning(
@@ -695,7 +710,56 @@ class ShardPoller:
             )
             self.source.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
 
+    def _checkpoint_soon(self, store: StreamStore, position: int) -> None:
+        """Write the checkpoint at ``position`` while the next batch is invoked, after
+        the one in flight (checkpoints are written in order). Its outcome is checked
+        before the next invoke (a lost lease stops the poller there), and awaited before
+        any other checkpoint, before the poller waits for anything and when it ends."""
+        previous = self._writing
+
+        async def write() -> None:
+            if previous is not None:
+                await previous
+            await self._write_checkpoint(store, position)
+
+        self._writing = asyncio.ensure_future(write())
+
+    async def _written(self) -> None:
+        """Wait for the checkpoint in flight (its error, e.g. a lost lease, is raised)."""
+        writing = self._writing
+        if writing is not None:
+            await writing
+            if self._writing is writing:
+                self._writing = None
+
+    def _check_written(self) -> None:
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            writing.result()
+
+    async def _settle(self) -> None:
+        """The poller ends: let the checkpoint in flight finish (it is fenced by the
+        lease, and a clean stop should not deliver its batch again), errors dropped."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writing)
+            if writing.done() and not writing.cancelled():
+                writing.exception()
+
     async def _checkpoint(
+        self,
+        store: StreamStore,
+        position: int,
+        *,
+        finished: bool = False,
+        failure: dict[str, Any] | None = None,
+    ) -> None:
+        await self._written()
+        await self._write_checkpoint(store, position, finished=finished, failure=failure)
+
+    async def _write_checkpoint(
         self,
         store: StreamStore,
         position: int,
