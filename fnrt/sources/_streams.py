@@ -451,8 +451,9 @@ class ShardPoller:
         self.waker = _Waker(self.clock)
         self.log = mapping._log.bind(shard_id=shard.shard_id)
         self.parked = False
-        self._order: deque[int] = deque()  # sequence numbers of the round, in order
-        self._done: set[int] = set()
+        self._order: list[int] = []  # sequence numbers of the round, in order
+        self._next = 0  # the first of them not done yet
+        self._done: set[int] = set()  # done, after one that is not (lanes finish apart)
         self._position = -1  # the checkpoint: last sequence number done
         # The checkpoint of the batch before, written while the next batch is invoked.
         self._writing: asyncio.Task[None] | None = None
@@ -577,7 +578,8 @@ class ShardPoller:
         for record in records:
             lane = zlib.crc32(record.partition_key.encode()) % factor if factor > 1 else 0
             lanes.setdefault(lane, []).append(record)
-        self._order = deque(r.seq for r in records)
+        self._order = [r.seq for r in records]
+        self._next = 0
         self._done.clear()
         if len(lanes) == 1:
             for batch in _batches(records, self.config.batch_size):
@@ -689,11 +691,28 @@ class ShardPoller:
         destination = self.config.on_failure
         if failure_record is not None and destination is not None:
             await self.source.deliver(self.mapping.function, destination, dumps(failure_record))
-        self._done.update(r.seq for r in records)
+        order, start, count = self._order, self._next, len(records)
         position = self._position
-        while self._order and self._order[0] in self._done:
-            position = self._order.popleft()
-            self._done.discard(position)
+        if (
+            not self._done
+            and start + count <= len(order)
+            and order[start] == records[0].seq
+            and order[start + count - 1] == records[-1].seq
+        ):
+            # The common case: the next records of the round, in order (``records`` are
+            # distinct, sorted and of this round, so first and last matching is enough).
+            self._next = start + count
+            position = records[-1].seq
+        else:
+            done = self._done
+            done.update(r.seq for r in records)
+            index = start
+            while index < len(order) and order[index] in done:
+                done.discard(order[index])
+                index += 1
+            if index > start:
+                position = order[index - 1]
+                self._next = index
         if failure_record is not None:
             await self._checkpoint(store, position, failure=failure_record)
             self._position = max(self._position, position)
@@ -809,6 +828,11 @@ def _drop(task: asyncio.Task[Any]) -> None:
 
 def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
     """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
+    if len(records) <= size and (
+        sum([len(r.data) + len(r.partition_key) for r in records]) + 400 * len(records) <= MAX_BATCH_BYTES
+    ):
+        yield records  # the common case: the round is one batch
+        return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
