@@ -455,7 +455,9 @@ class ShardPoller:
         self._next = 0  # the first of them not done yet
         self._done: set[int] = set()  # done, after one that is not (lanes finish apart)
         self._position = -1  # the checkpoint: last sequence number done
-        # The checkpoint of the batch before, written while the next batch is invoked.
+        # The checkpoint written while the next batch is invoked: the newest position
+        # wanted, the last one written, and the task writing (None: caught up).
+        self._wanted = self._written_at = -1
         self._writing: asyncio.Task[None] | None = None
         source = self.source
         self._event_head = (  # what every record of the event repeats
@@ -730,18 +732,22 @@ class ShardPoller:
             self.source.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
 
     def _checkpoint_soon(self, store: StreamStore, position: int) -> None:
-        """Write the checkpoint at ``position`` while the next batch is invoked, after
-        the one in flight (checkpoints are written in order). Its outcome is checked
-        before the next invoke (a lost lease stops the poller there), and awaited before
-        any other checkpoint, before the poller waits for anything and when it ends."""
-        previous = self._writing
+        """Move the checkpoint to ``position`` while the next batch is invoked: one
+        writer per poller, which writes the newest position done each time (batches done
+        while a write is in flight share the next one, so the durable checkpoint trails
+        by one write at most). Its outcome is checked before the next invoke (a lost
+        lease stops the poller there), and awaited before any other checkpoint, before
+        the poller waits for anything and when it ends."""
+        self._wanted = max(self._wanted, position)
+        self._check_written()  # a writer that ended: its error (a lost lease) is ours now
+        if self._writing is None:
+            self._writing = asyncio.ensure_future(self._write_behind(store))
 
-        async def write() -> None:
-            if previous is not None:
-                await previous
+    async def _write_behind(self, store: StreamStore) -> None:
+        while self._written_at < self._wanted:
+            position = self._wanted
             await self._write_checkpoint(store, position)
-
-        self._writing = asyncio.ensure_future(write())
+            self._written_at = position
 
     async def _written(self) -> None:
         """Wait for the checkpoint in flight (its error, e.g. a lost lease, is raised)."""
