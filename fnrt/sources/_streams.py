@@ -511,6 +511,9 @@ class ShardPoller:
     async def _poll(self, store: StreamStore) -> None:
         config = self.config
         round_size = config.batch_size * config.parallelization_factor
+        # Up to four rounds per read ahead while rounds are small (at most 500 records,
+        # or one round): a quarter of the reads' hops, and little more held in memory.
+        ahead_size = max(round_size, min(4 * round_size, 500))
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
         try:
@@ -518,12 +521,13 @@ class ShardPoller:
                 records = await self._gather(store, round_size, ahead)
                 ahead = None
                 if records:
-                    # Read the next round while this one is delivered: its hop overlaps the
-                    # invokes. It is used only when this round ends with the checkpoint at
-                    # its last record (always, unless the round raises).
+                    # Read what follows while these are delivered: the read's hop overlaps
+                    # the invokes. It is used only when these end with the checkpoint at
+                    # their last record (always, unless a round raises).
                     after = records[-1].seq
-                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, round_size)))
-                    await self._deliver_round(store, records)
+                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, ahead_size)))
+                    for start in range(0, len(records), round_size):
+                        await self._deliver_round(store, records[start : start + round_size])
                     continue
                 if await self._read_to_end(store):
                     await self._checkpoint(store, self._position, finished=True)
