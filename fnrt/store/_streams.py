@@ -246,17 +246,17 @@ class SQLiteStreams:
     async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
         params = (stream, shard_id, after, limit)
 
-        def fetch(conn: sqlite3.Connection) -> list[StoredRecord]:
-            # One hop, and the records built on the connection's thread from plain tuples
-            # (no intermediate row objects): the poller's loop only gets the list.
+        def fetch(conn: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
+            # One hop fetching plain tuples (no row objects); the records are built on the
+            # loop's thread, which has time to spare, not on the store's, which has none.
             cursor = conn.cursor()
             cursor.row_factory = None
             try:
-                return [StoredRecord(*row) for row in cursor.execute(_READ, params)]
+                return cursor.execute(_READ, params).fetchall()
             finally:
                 cursor.close()
 
-        return await self.db.run(fetch)
+        return [StoredRecord(*row) for row in await self.db.run(fetch)]
 
     async def _close_shards(
         self, conn: Any, stream: str, shard_ids: Sequence[str], children: int
