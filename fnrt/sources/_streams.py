@@ -15,7 +15,10 @@ with batches, through three small layers:
 
 The checkpoint moves only past records that succeeded or were sent to the on-failure
 destination, and only while the lease is held; the on-failure record is written in the same
-transaction as the checkpoint that skips its records.
+transaction as the checkpoint that skips its records. To keep a shard's one invoke at a time
+busy, the poller reads the next rounds while a round is delivered, and writes a batch's
+checkpoint while the next batch is invoked (it trails by one write at most, and is written
+before the poller waits for anything: a crash delivers again at most what at-least-once allows).
 """
 
 from __future__ import annotations
