@@ -577,6 +577,23 @@ async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamSt
     assert checkpoint.seq == 12 and checkpoint.finished
 
 
+async def test_concurrent_checkpoints_each_get_their_own_answer(streams: StreamStore) -> None:
+    """Pollers of several shards checkpoint at once (a store may write them together):
+    each call is judged by its own lease, and a call without one writes nothing."""
+    m = "m-many"
+    shards = [f"shardId-{i:012d}" for i in range(6)]
+    for shard in shards[:4]:
+        assert await streams.acquire_lease(m, shard, "a", T0, 10)
+    results = await asyncio.gather(
+        *(streams.checkpoint(m, shard, "a", 10 + i) for i, shard in enumerate(shards)),
+        streams.checkpoint(m, shards[0], "b", 99),  # not b's lease
+    )
+    assert results == [True, True, True, True, False, False, False]
+    assert {k: v.seq for k, v in (await streams.checkpoints(m)).items()} == {
+        shard: 10 + i for i, shard in enumerate(shards[:4])
+    }
+
+
 async def test_a_live_lease_is_stolen_only_from_its_holder(store_factory: Stores) -> None:
     one, two = await store_factory.open(), await store_factory.open()
     m, s = "m", "shardId-000000000000"

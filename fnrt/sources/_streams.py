@@ -15,19 +15,24 @@ with batches, through three small layers:
 
 The checkpoint moves only past records that succeeded or were sent to the on-failure
 destination, and only while the lease is held; the on-failure record is written in the same
-transaction as the checkpoint that skips its records.
+transaction as the checkpoint that skips its records. To keep a shard's one invoke at a time
+busy, the poller reads the next rounds while a round is delivered, and writes a batch's
+checkpoint while the next batch is invoked (it trails by one write at most, and is written
+before the poller waits for anything: a crash delivers again at most what at-least-once allows).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import uuid
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from .._clock import Clock
@@ -449,15 +454,33 @@ class ShardPoller:
         self.waker = _Waker(self.clock)
         self.log = mapping._log.bind(shard_id=shard.shard_id)
         self.parked = False
-        self._order: deque[int] = deque()  # sequence numbers of the round, in order
-        self._done: set[int] = set()
+        self._order: list[int] = []  # sequence numbers of the round, in order
+        self._next = 0  # the first of them not done yet
+        self._done: set[int] = set()  # done, after one that is not (lanes finish apart)
         self._position = -1  # the checkpoint: last sequence number done
+        # The checkpoint written while the next batch is invoked: the newest position
+        # wanted, the last one written, and the task writing (None: caught up).
+        self._wanted = self._written_at = -1
+        self._writing: asyncio.Task[None] | None = None
+        source = self.source
+        self._event_head = (  # what every record of the event repeats
+            '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
+            f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
+            f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
+        )
 
     @property
     def idle(self) -> bool:
         return self.parked and not self.waker.is_set()
 
     async def _park(self, wait: Awaitable[None]) -> None:
+        try:
+            await self._written()  # parked means checkpointed: nothing is in flight
+        except BaseException:
+            close = getattr(wait, "close", None)
+            if close is not None:
+                close()  # the coroutine we will not wait for
+            raise
         self.parked = True
         try:
             await wait
@@ -491,22 +514,52 @@ class ShardPoller:
     async def _poll(self, store: StreamStore) -> None:
         config = self.config
         round_size = config.batch_size * config.parallelization_factor
-        while True:
-            records = await self._gather(store, round_size)
-            if records:
-                await self._deliver_round(store, records)
-                continue
-            if await self._read_to_end(store):
-                await self._checkpoint(store, self._position, finished=True)
-                await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
-                self.log.info("shard finished")
-                return
-            await self._park(self.waker.wait(config.poll_interval))
+        # Up to four rounds per read ahead while rounds are small (at most 500 records,
+        # or one round): a quarter of the reads' hops, and little more held in memory.
+        ahead_size = max(round_size, min(4 * round_size, 500))
+        stream, shard_id = self.mapping.stream.name, self.shard.shard_id
+        ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
+        try:
+            while True:
+                records = await self._gather(store, round_size, ahead)
+                ahead = None
+                if records:
+                    # Read what follows while these are delivered: the read's hop overlaps
+                    # the invokes. It is used only when these end with the checkpoint at
+                    # their last record (always, unless a round raises).
+                    after = records[-1].seq
+                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, ahead_size)))
+                    for start in range(0, len(records), round_size):
+                        await self._deliver_round(store, records[start : start + round_size])
+                    continue
+                if await self._read_to_end(store):
+                    await self._checkpoint(store, self._position, finished=True)
+                    await store.release_lease(self.mapping.uuid, self.shard.shard_id, self.mapping.owner)
+                    self.log.info("shard finished")
+                    return
+                await self._park(self.waker.wait(config.poll_interval))
+        finally:
+            if ahead is not None:
+                _drop(ahead[1])
+            await self._settle()
 
-    async def _gather(self, store: StreamStore, limit: int) -> list[StoredRecord]:
-        """Read up to ``limit`` records after the checkpoint, waiting up to
+    async def _gather(
+        self,
+        store: StreamStore,
+        limit: int,
+        ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None,
+    ) -> list[StoredRecord]:
+        """Read up to ``limit`` records after the checkpoint (or take the round read
+        ahead, when it starts there and found records), waiting up to
         ``max_batching_window`` for a fuller batch."""
-        records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+        records: list[StoredRecord] = []
+        if ahead is not None:
+            after, task = ahead
+            records = await task
+            if after != self._position:
+                records = []
+        if not records:
+            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
         window = self.config.max_batching_window
         if not records or len(records) >= self.config.batch_size or window <= 0:
             return records
@@ -534,7 +587,8 @@ class ShardPoller:
         for record in records:
             lane = zlib.crc32(record.partition_key.encode()) % factor if factor > 1 else 0
             lanes.setdefault(lane, []).append(record)
-        self._order = deque(r.seq for r in records)
+        self._order = [r.seq for r in records]
+        self._next = 0
         self._done.clear()
         if len(lanes) == 1:
             for batch in _batches(records, self.config.batch_size):
@@ -563,6 +617,7 @@ class ShardPoller:
                 continue
             if not self.mapping.lease_valid(self.shard.shard_id):
                 raise _LeaseLost(self.shard.shard_id)
+            self._check_written()  # the checkpoint before found the lease taken: stop here
             try:
                 failed = await self._invoke(part)
             except (TooManyRequests, FunctionNotFound, ServiceError) as exc:
@@ -618,19 +673,16 @@ class ShardPoller:
         return _failed_suffix(part, await decode_result(result.raw))
 
     def _event(self, part: list[StoredRecord]) -> bytes:
-        stream = self.mapping.stream
-        source = self.source
+        # The hot path of a stream (a few µs per record): the constant part of each record
+        # is composed once per poller, strings are quoted with json's C quoting (exactly
+        # what ``dumps`` does for a string, without its per-call checks).
+        head = self._event_head
         shard_id = self.shard.shard_id
-        head = (
-            '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
-            f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
-            f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(stream.arn)},'
-        )
         items = []
         for r in part:
             seq = seq_str(r.seq)
             items.append(
-                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{dumps(r.partition_key)},'
+                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{_quote(r.partition_key)},'
                 f'"sequenceNumber":"{seq}","data":"{r.data}","approximateArrivalTimestamp":{r.arrival!r}}},'
                 f'{head}"eventID":"{shard_id}:{seq}"}}'
             )
@@ -648,13 +700,33 @@ class ShardPoller:
         destination = self.config.on_failure
         if failure_record is not None and destination is not None:
             await self.source.deliver(self.mapping.function, destination, dumps(failure_record))
-        self._done.update(r.seq for r in records)
+        order, start, count = self._order, self._next, len(records)
         position = self._position
-        while self._order and self._order[0] in self._done:
-            position = self._order.popleft()
-            self._done.discard(position)
-        if position != self._position or failure_record is not None:
+        if (
+            not self._done
+            and start + count <= len(order)
+            and order[start] == records[0].seq
+            and order[start + count - 1] == records[-1].seq
+        ):
+            # The common case: the next records of the round, in order (``records`` are
+            # distinct, sorted and of this round, so first and last matching is enough).
+            self._next = start + count
+            position = records[-1].seq
+        else:
+            done = self._done
+            done.update(r.seq for r in records)
+            index = start
+            while index < len(order) and order[index] in done:
+                done.discard(order[index])
+                index += 1
+            if index > start:
+                position = order[index - 1]
+                self._next = index
+        if failure_record is not None:
             await self._checkpoint(store, position, failure=failure_record)
+            self._position = max(self._position, position)
+        elif position != self._position:
+            self._checkpoint_soon(store, position)
             self._position = max(self._position, position)
         if failure is not None:
             self.log.warning(
@@ -666,7 +738,60 @@ class ShardPoller:
             )
             self.source.metrics.incr("StreamRecordsSkipped", self.mapping.uuid, len(records))
 
+    def _checkpoint_soon(self, store: StreamStore, position: int) -> None:
+        """Move the checkpoint to ``position`` while the next batch is invoked: one
+        writer per poller, which writes the newest position done each time (batches done
+        while a write is in flight share the next one, so the durable checkpoint trails
+        by one write at most). Its outcome is checked before the next invoke (a lost
+        lease stops the poller there), and awaited before any other checkpoint, before
+        the poller waits for anything and when it ends."""
+        self._wanted = max(self._wanted, position)
+        self._check_written()  # a writer that ended: its error (a lost lease) is ours now
+        if self._writing is None:
+            self._writing = asyncio.ensure_future(self._write_behind(store))
+
+    async def _write_behind(self, store: StreamStore) -> None:
+        while self._written_at < self._wanted:
+            position = self._wanted
+            await self._write_checkpoint(store, position)
+            self._written_at = position
+
+    async def _written(self) -> None:
+        """Wait for the checkpoint in flight (its error, e.g. a lost lease, is raised)."""
+        writing = self._writing
+        if writing is not None:
+            await writing
+            if self._writing is writing:
+                self._writing = None
+
+    def _check_written(self) -> None:
+        writing = self._writing
+        if writing is not None and writing.done():
+            self._writing = None
+            writing.result()
+
+    async def _settle(self) -> None:
+        """The poller ends: let the checkpoint in flight finish (it is fenced by the
+        lease, and a clean stop should not deliver its batch again), errors dropped."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writing)
+            if writing.done() and not writing.cancelled():
+                writing.exception()
+
     async def _checkpoint(
+        self,
+        store: StreamStore,
+        position: int,
+        *,
+        finished: bool = False,
+        failure: dict[str, Any] | None = None,
+    ) -> None:
+        await self._written()
+        await self._write_checkpoint(store, position, finished=finished, failure=failure)
+
+    async def _write_checkpoint(
         self,
         store: StreamStore,
         position: int,
@@ -707,8 +832,20 @@ class ShardPoller:
         )
 
 
+def _drop(task: asyncio.Task[Any]) -> None:
+    """Cancel a read ahead nobody will use, and retrieve its outcome (no warning for an
+    error nobody needs)."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
     """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
+    if len(records) <= size and (
+        sum([len(r.data) + len(r.partition_key) for r in records]) + 400 * len(records) <= MAX_BATCH_BYTES
+    ):
+        yield records  # the common case: the round is one batch
+        return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
