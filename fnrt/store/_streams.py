@@ -18,7 +18,6 @@ release) check the lease in the statement that writes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import sqlite3
@@ -26,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidConfig, StoreUnavailable, StreamNotFound
-from ._db import Database, mappable, store_error, store_wide
+from ._db import Database, immediate, mappable, store_error, store_wide
 from ._types import (
     MAX_HASH_KEY,
     Checkpoint,
@@ -619,16 +618,8 @@ def _checkpoint_batch(conn: sqlite3.Connection, params: Sequence[tuple[Any, ...]
     thread; whether each found its lease. Nothing stays of a batch that fails."""
     if len(params) == 1:
         return [bool(conn.execute(_CHECKPOINT, params[0]).fetchall())]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        results = [bool(conn.execute(_CHECKPOINT, p).fetchall()) for p in params]
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-    return results
+    with immediate(conn):
+        return [bool(conn.execute(_CHECKPOINT, p).fetchall()) for p in params]
 
 
 StreamStore = SQLiteStreams  # the name the sources know it by
