@@ -2,6 +2,11 @@
 8 concurrent callers, and take -> settle drain events/s; and end to end, enqueue -> handler
 events/s with 1 and 3 fnrt host processes on one PostgreSQL beside 1 host on SQLite (the
 hosts of ``examples.cluster``, concurrency limit 16: on PostgreSQL one for the cluster).
+Beside them, in the same run and on the same server, a Postgres-backed Python job queue,
+pgqueuer (on asyncpg, like fnrt's store), doing the same no-op work: its enqueues/s from 8
+concurrent callers and its enqueue -> all-done jobs/s, in a database of its own (created and
+dropped here) so it shares nothing with fnrt's tables. A "skipped" row says why when it is
+not installed or fails.
 
 PostgreSQL is the server named by ``FNRT_POSTGRES``, or a throwaway local cluster started
 for the run with ``fsync`` on (a commit waits for the disk, as SQLite's
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +183,7 @@ async def _drop(spec: str) -> None:
         await store.close()
 
 
-async def _end_to_end_rows(report: Report, section: str, url: str, events: int) -> None:
+async def _end_to_end_rows(report: Report, section: str, url: str, events: int) -> dict[int, float]:
     with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
         sqlite = await _end_to_end(str(Path(tmp) / "fnrt.sqlite3"), 1, events)
     rates = {}
@@ -197,6 +203,140 @@ async def _end_to_end_rows(report: Report, section: str, url: str, events: int) 
             ratio=f"{rate / sqlite:.2f}x",
             notes=f"{events} Events, subprocess sandboxes, concurrency limit {LIMIT}, {cores} cores",
         )
+    return rates
+
+
+PEER_CONCURRENCY = LIMIT  # pgqueuer's worker cap on jobs in flight: fnrt's host limit
+PEER_BATCH = 8  # jobs per dequeue; pgqueuer wants max_concurrent_tasks >= 2 * batch_size
+
+
+async def _pgqueuer_in(url: str, database: str, enqueues: int, events: int) -> tuple[float, float]:
+    """pgqueuer in ``database`` on the server of ``url``: (enqueues/s of ``enqueues`` jobs
+    from CALLERS async callers, enqueue -> all-done jobs/s of ``events`` jobs with its worker
+    in this process as an asyncio task)."""
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Job, Queries, QueueManager
+
+    pool = await asyncpg.create_pool(url, database=database, min_size=CALLERS, max_size=CALLERS)
+    try:
+        queries = Queries(AsyncpgPoolDriver(pool))
+        await queries.install()
+
+        async def enqueue_all(per_caller: int) -> float:
+            async def caller() -> None:
+                for _ in range(per_caller):
+                    await queries.enqueue("noop", PAYLOAD)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+            return started
+
+        started = await enqueue_all(enqueues // CALLERS)
+        enqueue = enqueues // CALLERS * CALLERS / (time.perf_counter() - started)
+        await queries.clear_queue()
+
+        # The worker: pgqueuer's QueueManager on a connection of its own (it LISTENs there).
+        conn = await asyncpg.connect(url, database=database)
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        total = events // CALLERS * CALLERS
+        done = 0
+        target = 1
+        reached = asyncio.Event()
+
+        @qm.entrypoint("noop")
+        async def noop(job: Job) -> None:
+            nonlocal done
+            done += 1
+            if done >= target:
+                reached.set()
+
+        worker = asyncio.create_task(
+            qm.run(
+                dequeue_timeout=timedelta(seconds=1),
+                batch_size=PEER_BATCH,
+                max_concurrent_tasks=PEER_CONCURRENCY,
+                log_aggregation_interval=timedelta(0),
+            )
+        )
+        try:
+            await queries.enqueue("noop", PAYLOAD)  # warm-up: the worker is up and has run a job
+            await asyncio.wait_for(reached.wait(), 60)
+            done, target = 0, total
+            reached.clear()
+            started = await enqueue_all(events // CALLERS)
+            waiter = asyncio.ensure_future(reached.wait())
+            await asyncio.wait({waiter, worker}, timeout=600, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                waiter.cancel()
+                if worker.done():
+                    worker.result()  # the worker's own error, if it stopped with one
+                raise RuntimeError(f"pgqueuer ran {done} of {total} jobs")
+            finished = total / (time.perf_counter() - started)
+        finally:
+            qm.shutdown.set()
+            try:
+                await asyncio.wait_for(worker, 30)
+            finally:
+                if not conn.is_closed():
+                    await conn.close()
+        return enqueue, finished
+    finally:
+        await pool.close()
+
+
+async def _pgqueuer(url: str, enqueues: int, events: int) -> tuple[float, float]:
+    import asyncpg
+
+    database = f"bench_pgq_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+        try:
+            return await _pgqueuer_in(url, database, enqueues, events)
+        finally:
+            await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _peer_rows(
+    report: Report,
+    section: str,
+    url: str,
+    enqueues: int,
+    events: int,
+    fnrt_enqueue: float,
+    fnrt_1host: float,
+) -> None:
+    """pgqueuer beside fnrt: the same no-op work on the same server, same run."""
+    try:
+        import pgqueuer  # noqa: F401
+    except ImportError:
+        notes = "pgqueuer not installed: pip install 'fnrt[bench]'"
+        report.add(section, "vs pgqueuer: skipped", "-", notes=notes)
+        return
+    try:
+        peer_enqueue, peer_done = await _pgqueuer(url, enqueues, events)
+    except Exception as exc:  # a peer that breaks never fails the whole benchmark
+        report.add(section, "vs pgqueuer: skipped", "-", notes=f"{type(exc).__name__}: {exc}"[:200])
+        return
+    setup = f"pgqueuer in its own database, worker in-process, {PEER_CONCURRENCY} jobs in flight"
+    report.add(
+        section,
+        f"Event enqueues/s, {CALLERS} callers: fnrt store vs pgqueuer",
+        f"{fnrt_enqueue:,.0f}/s",
+        baseline=f"pgqueuer {peer_enqueue:,.0f}/s",
+        ratio=f"{fnrt_enqueue / peer_enqueue:.2f}x",
+        notes=f"{enqueues // CALLERS * CALLERS} each, async callers, same server",
+    )
+    report.add(
+        section,
+        "enqueue -> done, 1 host: fnrt on PostgreSQL vs pgqueuer",
+        f"{fnrt_1host:,.0f} events/s",
+        baseline=f"pgqueuer {peer_done:,.0f} jobs/s",
+        ratio=f"{fnrt_1host / peer_done:.2f}x (target >= 1x)",
+        notes=f"{setup}; {events // CALLERS * CALLERS} no-op jobs",
+    )
 
 
 async def run(report: Report, quick: bool = False) -> None:
@@ -230,7 +370,9 @@ async def run(report: Report, quick: bool = False) -> None:
             f"{us(acquire)} / {us(release)}",
             notes="one round trip each; acquire commits durably",
         )
-        await _end_to_end_rows(report, section, url, 400 if quick else 3000)
+        e2e_events = 400 if quick else 3000
+        rates = await _end_to_end_rows(report, section, url, e2e_events)
+        await _peer_rows(report, section, url, events, e2e_events, pg_enqueue, rates[1])
 
 
 if __name__ == "__main__":
