@@ -29,12 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import aiosqlite
@@ -43,6 +42,8 @@ from ..errors import StoreUnavailable
 
 Statement = tuple[str, Sequence[Any]]
 T = TypeVar("T")
+Item = TypeVar("Item")
+R = TypeVar("R")
 
 # SQLite's primary result codes that mean the store itself is unusable (not one bad
 # statement): a group commit that fails with one of them fails every caller at once.
@@ -122,9 +123,11 @@ class Database:
         self.conn = conn
         self._lock = asyncio.Lock()
         self.schemas: set[str] = set()
-        # group_write(): callers waiting for the next commit, and the task that commits.
-        self._pending: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Operations whose concurrent calls share a hop (close() lets them finish).
+        self._batchers: list[Batcher[Any, Any]] = []
+        self._writes: Batcher[tuple[Sequence[Statement], bool], None] = Batcher(
+            self, _commit_writes, durable=lambda writes: any(durable for _, durable in writes)
+        )
         self._synchronous = "FULL"
         #: What a durable commit uses: FULL (fsync: survives a power cut) or NORMAL (the
         #: "process" durability: survives a crash of the host, not of the machine).
@@ -185,9 +188,8 @@ class Database:
             return
         with mapped_errors(self.path):
             try:
-                while self._flusher is not None:
-                    # Commit what callers already wait for; a failure is theirs (they got it).
-                    await asyncio.gather(asyncio.shield(self._flusher), return_exceptions=True)
+                for batcher in self._batchers:  # what callers already wait for
+                    await batcher.drain()
             finally:
                 self._closed = True
                 await self.conn.close()
@@ -323,65 +325,100 @@ class Database:
         before it in the same caller's list wrote). A batch is committed durably when any
         of its callers asked for it.
         """
-        self._check_open()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((statements, future, durable))
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush())
-        await future
+        await self._writes.submit((statements, durable))
+
+
+class Batcher(Generic[Item, R]):
+    """One operation whose concurrent calls share a thread hop and a transaction.
+
+    ``submit(item)`` returns the item's own result once the batch it joined ran:
+    ``run(conn, items)`` on the connection's thread (:meth:`Database.run`), returning one
+    result per item, durably when ``durable(items)``. If a batch fails because of one
+    item, each item runs again alone, so the error stays its caller's; if it fails
+    because the store is unusable (locked, full, read-only, ...), every caller gets that
+    :class:`StoreUnavailable` at once. Nobody waits forever: a cancelled or broken batch
+    fails every caller still waiting.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        run: Callable[[sqlite3.Connection, Sequence[Item]], list[R]],
+        *,
+        durable: Callable[[Sequence[Item]], bool],
+    ) -> None:
+        self.db = db
+        self._run = run
+        self._durable = durable
+        self._pending: list[tuple[Item, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+        db._batchers.append(self)
+
+    async def submit(self, item: Item) -> R:
+        self.db._check_open()
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def drain(self) -> None:
+        """Until every call submitted so far is answered (their errors are theirs)."""
+        while self._task is not None:
+            await asyncio.gather(asyncio.shield(self._task), return_exceptions=True)
+
+    async def _batch(self, items: Sequence[Item]) -> list[R]:
+        return await self.db.run(lambda conn: self._run(conn, items), durable=self._durable(items))
 
     async def _flush(self) -> None:
-        batch: list[tuple[Sequence[Statement], asyncio.Future[None], bool]] = []
+        path = self.db.path
+        batch: list[tuple[Item, asyncio.Future[R]]] = []
         try:
             await asyncio.sleep(0)  # let callers of this same loop turn join the first batch
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    durable = any(wants for _, _, wants in batch)
-                    flat = [stmt for statements, _, _ in batch for stmt in statements]
-                    await self.run(functools.partial(_commit_batch, statements=flat), durable=durable)
+                    results = await self._batch([item for item, _ in batch])
                 except Exception as exc:
-                    if store_wide(exc):  # one by one would fail (or wait) once per caller
-                        cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
-                        for _, future, _ in batch:
-                            if not future.done():  # an error of its own each: its own traceback
-                                future.set_exception(store_error(cause, self.path))
-                    else:
-                        await self._write_one_by_one(batch)
+                    if len(batch) > 1 and not store_wide(exc):
+                        await self._one_by_one(batch)
+                        continue
+                    cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
+                    for _, future in batch:
+                        if not future.done():  # an error of its own each: its own traceback
+                            future.set_exception(store_error(cause, path) if mappable(cause) else exc)
                     continue
-                for _, future, _ in batch:
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
-                        future.set_result(None)
+                        future.set_result(result)
                 await asyncio.sleep(0)  # the callers just released write again: one batch
         except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
-            for _, future, _ in batch + self._pending:
+            for _, future in batch + self._pending:
                 if not future.done():
                     future.set_exception(
-                        store_error(exc, self.path)
+                        store_error(exc, path)
                         if mappable(exc)
                         else StoreUnavailable(
-                            f"state store {self.path}: closed before the write was committed",
-                            path=str(self.path),
+                            f"state store {path}: closed before the write was committed",
+                            path=str(path),
                             cause=exc,
                         )
                     )
             self._pending = []
             raise
         finally:
-            self._flusher = None
+            self._task = None
 
-    async def _write_one_by_one(
-        self, batch: list[tuple[Sequence[Statement], asyncio.Future[None], bool]]
-    ) -> None:
-        for statements, future, durable in batch:
+    async def _one_by_one(self, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
+        for item, future in batch:
             try:
-                await self.run(functools.partial(_commit_batch, statements=statements), durable=durable)
+                [result] = await self._batch([item])
             except Exception as exc:
                 if not future.done():
-                    future.set_exception(store_error(exc, self.path) if mappable(exc) else exc)
+                    future.set_exception(store_error(exc, self.db.path) if mappable(exc) else exc)
             else:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(result)
 
 
 @contextlib.contextmanager
@@ -399,9 +436,13 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _commit_batch(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    """Run ``statements`` in one transaction (consecutive statements with the same SQL as
-    one ``executemany``)."""
+def _commit_writes(
+    conn: sqlite3.Connection, items: Sequence[tuple[Sequence[Statement], bool]]
+) -> list[None]:
+    """The group commit: every caller's statements in one transaction (consecutive
+    statements with the same SQL as one ``executemany``)."""
+    statements = [statement for each, _ in items for statement in each]
     with immediate(conn):
         for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
             conn.executemany(sql, [params for _, params in run])
+    return [None] * len(items)

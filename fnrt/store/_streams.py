@@ -17,15 +17,13 @@ release) check the lease in the statement that writes.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidConfig, StoreUnavailable, StreamNotFound
-from ._db import Database, immediate, mappable, store_error, store_wide
+from ..errors import InvalidConfig, StreamNotFound
+from ._db import Batcher, Database, immediate
 from ._types import (
     MAX_HASH_KEY,
     Checkpoint,
@@ -149,9 +147,11 @@ class SQLiteStreams:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        # checkpoint(): the calls waiting for the next hop, and the task that writes them
-        self._checkpoints: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] = []
-        self._checkpointer: asyncio.Task[None] | None = None
+        # checkpoint(): the shard pollers of a host finish their batches about together;
+        # their checkpoints share one hop and one transaction, each with its own lease check.
+        self._checkpoints: Batcher[tuple[Any, ...], bool] = Batcher(
+            db, _checkpoint_batch, durable=lambda _: False
+        )
 
     @classmethod
     async def open(cls, db: Database) -> SQLiteStreams:
@@ -529,11 +529,7 @@ class SQLiteStreams:
         nothing was written."""
         params = (mapping, shard_id, seq, int(finished), mapping, shard_id, owner)
         if failure is None:  # the common case: one statement, sharing a hop with the others
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._checkpoints.append((params, future))
-            if self._checkpointer is None:
-                self._checkpointer = asyncio.ensure_future(self._write_checkpoints())
-            return await future
+            return await self._checkpoints.submit(params)
         async with self.db.transaction(durable=False) as conn:
             async with conn.execute(_CHECKPOINT, params) as cursor:
                 if await cursor.fetchone() is None:
@@ -545,59 +541,6 @@ class SQLiteStreams:
                 (mapping, destination, json.dumps(record), now),
             )
         return True
-
-    async def _write_checkpoints(self) -> None:
-        """Write the checkpoints waiting, all of them in one hop and one transaction
-        (the shard pollers of a host finish their batches about together); each keeps
-        its own lease check and result. A batch that fails is written one by one, so
-        one caller's error stays its own."""
-        batch: list[tuple[tuple[Any, ...], asyncio.Future[bool]]] = []
-        try:
-            await asyncio.sleep(0)  # let the pollers of this same loop turn join
-            while self._checkpoints:
-                batch, self._checkpoints = self._checkpoints, []
-                try:
-                    results = await self.db.run(
-                        functools.partial(_checkpoint_batch, params=[p for p, _ in batch]), durable=False
-                    )
-                except Exception as exc:
-                    if len(batch) == 1 or store_wide(exc):
-                        cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
-                        for _, future in batch:
-                            if not future.done():  # an error of its own each
-                                future.set_exception(store_error(cause, self.db.path))
-                        continue
-                    results = None
-                if results is None:
-                    for params, future in batch:
-                        try:
-                            ok = bool(await self.db.write_returning(_CHECKPOINT, params, durable=False))
-                        except Exception as exc:
-                            if not future.done():
-                                future.set_exception(store_error(exc, self.db.path))
-                        else:
-                            if not future.done():
-                                future.set_result(ok)
-                    continue
-                for (_, future), ok in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(ok)
-        except BaseException as exc:  # cancelled or broken: nobody waits forever
-            for _, future in batch + self._checkpoints:
-                if not future.done():
-                    future.set_exception(
-                        store_error(exc, self.db.path)
-                        if mappable(exc)
-                        else StoreUnavailable(
-                            f"state store {self.db.path}: closed before the checkpoint was written",
-                            path=str(self.db.path),
-                            cause=exc,
-                        )
-                    )
-            self._checkpoints = []
-            raise
-        finally:
-            self._checkpointer = None
 
     async def failure_records(
         self, *, mapping: str | None = None, destination: str | None = None
@@ -613,13 +556,13 @@ class SQLiteStreams:
         return [json.loads(r[0]) for r in rows]
 
 
-def _checkpoint_batch(conn: sqlite3.Connection, params: Sequence[tuple[Any, ...]]) -> list[bool]:
-    """Run one checkpoint statement per ``params`` in one transaction on the connection's
-    thread; whether each found its lease. Nothing stays of a batch that fails."""
-    if len(params) == 1:
-        return [bool(conn.execute(_CHECKPOINT, params[0]).fetchall())]
+def _checkpoint_batch(conn: sqlite3.Connection, items: Sequence[tuple[Any, ...]]) -> list[bool]:
+    """One checkpoint statement per item, in one transaction (one alone autocommits);
+    whether each found its lease. Nothing stays of a batch that fails."""
+    if len(items) == 1:
+        return [bool(conn.execute(_CHECKPOINT, items[0]).fetchall())]
     with immediate(conn):
-        return [bool(conn.execute(_CHECKPOINT, p).fetchall()) for p in params]
+        return [bool(conn.execute(_CHECKPOINT, item).fetchall()) for item in items]
 
 
 StreamStore = SQLiteStreams  # the name the sources know it by
