@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -109,7 +110,7 @@ def test_serve_with_uvloop_missing_says_what_to_install(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fnrt", "serve", "handlers.echo", "--port", "0", "--loop", "uvloop"],
         cwd=root,
-        env={"PYTHONPATH": f"{tmp_path}:{root}", "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])},
         capture_output=True,
         text=True,
         timeout=60,
