@@ -312,3 +312,41 @@ async def test_one_bad_write_in_a_group_commit_fails_only_its_caller(tmp_path: P
         assert isinstance(error, StoreUnavailable) and isinstance(error.cause, sqlite3.IntegrityError)
         assert await store.queue.counts() == {"queued": 20}
         assert await store.queue.event("bad") is None
+
+
+async def test_a_take_while_events_are_committed_joins_their_commit(tmp_path: Path) -> None:
+    async with await open_store(tmp_path) as store:
+        before = store.db.commits
+        enqueues = [store.queue.enqueue(f"r-{n}", "f", b"{}", T0) for n in range(8)]
+        *acks, taken = await asyncio.gather(*enqueues, store.queue.take("f", T0, 100, "me", T0 + 60))
+        assert acks == [None] * 8
+        # One transaction stored the events and leased them: the take ran after the batch's
+        # statements, inside its BEGIN IMMEDIATE, so it saw what that commit stored.
+        assert [e.request_id for e in taken] == [f"r-{n}" for n in range(8)]
+        assert store.db.commits == before + 1
+        assert await store.queue.counts() == {"leased": 8}
+
+
+async def test_a_take_that_joined_a_commit_with_a_bad_write_still_answers(tmp_path: Path) -> None:
+    async with await open_store(tmp_path) as store:
+        good = [store.queue.enqueue(f"ok-{n}", "f", b"{}", T0) for n in range(3)]
+        bad = store.queue.enqueue("bad", None, b"{}", T0)  # type: ignore[arg-type]  # NOT NULL
+        *results, taken = await asyncio.gather(
+            *good, bad, store.queue.take("f", T0, 100, "me", T0 + 60), return_exceptions=True
+        )
+        assert results[:3] == [None] * 3 and isinstance(results[3], StoreUnavailable)
+        assert not isinstance(taken, BaseException)
+        assert sorted(e.request_id for e in taken) == ["ok-0", "ok-1", "ok-2"]
+
+
+async def test_an_idle_take_does_not_wait_for_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await SQLiteStore.open(path, busy_timeout=0.05) as store:
+        await store.queue.setup()
+        other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            assert await store.queue.take("f", T0, 10, "me", T0 + 60) == []  # nothing due: a read
+        finally:
+            other.execute("ROLLBACK")
+            other.close()

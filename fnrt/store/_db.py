@@ -125,8 +125,8 @@ class Database:
         self.schemas: set[str] = set()
         # Operations whose concurrent calls share a hop (close() lets them finish).
         self._batchers: list[Batcher[Any, Any]] = []
-        self._writes: Batcher[tuple[Sequence[Statement], bool], None] = Batcher(
-            self, _commit_writes, durable=lambda writes: any(durable for _, durable in writes)
+        self._writes: Batcher[_Write, Any] = Batcher(
+            self, _commit_writes, durable=lambda writes: any(write[1] for write in writes)
         )
         self._synchronous = "FULL"
         #: What a durable commit uses: FULL (fsync: survives a power cut) or NORMAL (the
@@ -325,7 +325,28 @@ class Database:
         before it in the same caller's list wrote). A batch is committed durably when any
         of its callers asked for it.
         """
-        await self._writes.submit((statements, durable))
+        await self._writes.submit((statements, durable, None))
+
+    async def join_or_run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` (a writer that needs its result, e.g. a take) inside the next
+        group commit when one is pending or running, else in a hop of its own
+        (:meth:`run`, not durable).
+
+        A queue under load commits its enqueues and results in a group commit and takes
+        events in between: joining saves a thread hop and a wait for the lock per round,
+        and an event can be taken in the very commit that stored it. ``fn`` runs after
+        the batch's statements, in the batch's ``BEGIN IMMEDIATE`` transaction (it must not
+        begin or commit one itself), with the batch's durability. When nothing is being
+        written, it runs alone as before, so an idle reader never takes the write lock
+        only to join."""
+        if self._writes.busy:
+            result: T = await self._writes.submit(((), False, fn))
+            return result
+
+        def alone(conn: sqlite3.Connection) -> T:
+            return fn(conn)
+
+        return await self.run(alone, durable=False)
 
 
 class Batcher(Generic[Item, R]):
@@ -353,6 +374,11 @@ class Batcher(Generic[Item, R]):
         self._pending: list[tuple[Item, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
         db._batchers.append(self)
+
+    @property
+    def busy(self) -> bool:
+        """A batch is pending or running: an item submitted now joins the next one."""
+        return self._task is not None
 
     async def submit(self, item: Item) -> R:
         self.db._check_open()
@@ -436,13 +462,18 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _commit_writes(
-    conn: sqlite3.Connection, items: Sequence[tuple[Sequence[Statement], bool]]
-) -> list[None]:
+#: One caller's part of a group commit: its statements, whether it must be durable, and
+#: an operation run after every statement of the batch (:meth:`Database.join_or_run`).
+_Write = tuple[Sequence[Statement], bool, "Callable[[sqlite3.Connection], Any] | None"]
+
+
+def _commit_writes(conn: sqlite3.Connection, items: Sequence[_Write]) -> list[Any]:
     """The group commit: every caller's statements in one transaction (consecutive
-    statements with the same SQL as one ``executemany``)."""
-    statements = [statement for each, _ in items for statement in each]
+    statements with the same SQL as one ``executemany``), then the operations that
+    joined it, each with its own result."""
+    statements = [statement for each, _, _ in items for statement in each]
     with immediate(conn):
         for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
             conn.executemany(sql, [params for _, params in run])
-    return [None] * len(items)
+        return [None if fn is None else fn(conn) for _, _, fn in items]
+

@@ -150,8 +150,10 @@ class SQLiteQueue:
         # areas share the file), only one that has something to take. Then each take is
         # one autocommit statement under SQLite's write lock whose inner SELECT walks the
         # (function, state, run_at) index in order: O(limit), whatever the queue's length.
-        # The whole of it is one function on the connection's thread (one hop). Not
-        # durable: a lease lost to a power cut only means the event is taken again.
+        # The whole of it is one function on the connection's thread (one hop), inside the
+        # group commit of the enqueues and outcomes when one is under way (no hop or wait
+        # for the lock of its own; it sees the events that commit stores). Not durable of
+        # itself: a lease lost to a power cut only means the event is taken again.
         def take(conn: sqlite3.Connection) -> list[sqlite3.Row]:
             queued, expired = conn.execute(_DUE, (function, now, function, now)).fetchone()
             rows: list[sqlite3.Row] = []
@@ -163,7 +165,7 @@ class SQLiteQueue:
                 )
             return rows
 
-        rows = await self.db.run(take, durable=False)
+        rows = await self.db.join_or_run(take)
         events = [QueuedEvent(*row) for row in rows]
         events.sort(key=lambda e: e.id)
         return events
