@@ -679,11 +679,11 @@ class ShardPoller:
         head = self._event_head
         shard_id = self.shard.shard_id
         items = []
-        for r in part:
-            seq = seq_str(r.seq)
+        for number, key, data, arrival in part:
+            seq = seq_str(number)
             items.append(
-                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{_quote(r.partition_key)},'
-                f'"sequenceNumber":"{seq}","data":"{r.data}","approximateArrivalTimestamp":{r.arrival!r}}},'
+                f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":{_quote(key)},'
+                f'"sequenceNumber":"{seq}","data":"{data}","approximateArrivalTimestamp":{arrival!r}}},'
                 f'{head}"eventID":"{shard_id}:{seq}"}}'
             )
         return ('{"Records":[' + ",".join(items) + "]}").encode()

@@ -255,7 +255,7 @@ class SQLiteStreams:
             finally:
                 cursor.close()
 
-        return [StoredRecord(*row) for row in await self.db.run(fetch)]
+        return list(map(StoredRecord._make, await self.db.run(fetch)))
 
     async def _close_shards(
         self, conn: Any, stream: str, shard_ids: Sequence[str], children: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -68,9 +68,12 @@ _SEQ_PREFIX = "49"
 _SEQ_DIGITS = 54
 
 
+_SEQ_FORMAT = f"{_SEQ_PREFIX}%0{_SEQ_DIGITS}d"  # %-formatting: a third of a nested f-string's cost
+
+
 def seq_str(seq: int) -> str:
     """The sequence number users see: Kinesis-like, fixed width, sorts as a string."""
-    return f"{_SEQ_PREFIX}{seq:0{_SEQ_DIGITS}d}"
+    return _SEQ_FORMAT % seq
 
 
 def seq_int(seq: str) -> int:
@@ -123,8 +126,10 @@ class Shard:
         return out
 
 
-@attrs.frozen
-class StoredRecord:
+class StoredRecord(NamedTuple):
+    """One stream record as a poller reads it. A named tuple, not an attrs class: a read
+    builds one per record, hundreds per batch, and a tuple costs a quarter as much."""
+
     seq: int
     partition_key: str
     data: str  # base64, as Lambda's event carries it
