@@ -4,6 +4,9 @@ Baselines, same run, same disk, same SQLite settings (WAL, synchronous=FULL): a 
 aiosqlite loop that inserts and commits one row per event (what a naive durable queue
 costs), and the same rows inserted in one transaction (the ceiling group commit aims at).
 
+The store's durable intake is also measured alone (no poller draining the queue at the same
+time), against one task committing 8 rows per commit: the fsync-bound ceiling for 8 callers.
+
 Peers, same run, same no-op work, 8 enqueuing threads, 2 worker processes, timed like
 fnrt's row (first enqueue to last task done): huey with ``SqliteHuey`` in a temp dir, and
 dramatiq on a ``redis-server`` the benchmark starts on loopback without persistence. A
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import selectors
 import shutil
@@ -29,6 +33,7 @@ from pathlib import Path
 import aiosqlite
 
 import fnrt
+from fnrt.store import SQLiteStore
 
 from ._common import Report
 
@@ -74,6 +79,28 @@ async def _fnrt(tmp: Path, events: int, callers: int, durability: str = "fsync")
         done = (await rt.async_queue_counts("noop")).get("done", 0)
         assert done == total, f"{done} of {total} events done"
         return per_caller * callers / enqueued, total / finished
+
+
+async def _intake(path: Path, events: int, callers: int) -> tuple[float, float]:
+    """The store's durable intake alone (no poller draining at the same time): enqueues/s
+    from ``callers`` concurrent tasks, and events per commit."""
+    async with await SQLiteStore.open(path) as store:
+        queue = store.queue
+        await queue.setup()
+        body = b'{"order":"A-7","amount":30,"card":"ok"}'
+        per_caller = events // callers
+        commits = store.db.commits
+
+        ids = itertools.count()  # request ids in the runtime's form: a prefix and a counter
+
+        async def caller() -> None:
+            for _ in range(per_caller):
+                await queue.enqueue(f"c87a66c0-4671-41f1-bcdf-{next(ids):012x}", "noop", body, time.time())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - started
+        return per_caller * callers / elapsed, per_caller * callers / max(1, store.db.commits - commits)
 
 
 PEER_CALLERS = 8
@@ -353,6 +380,23 @@ async def run(report: Report, quick: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="fnrt-bench-") as tmp:
         one_by_one = await _plain_inserts(Path(tmp) / "plain.db", min(events, 2000), 1)
         batched = await _plain_inserts(Path(tmp) / "batched.db", events, events)
+        # The fsync-bound ceiling for 8 callers: one task committing 8 rows at a time.
+        eight = await _plain_inserts(Path(tmp) / "eight.db", min(events, 8000), 8)
+        for callers in (8, 256):
+            rate, per_commit = await _intake(Path(tmp) / f"intake-{callers}", events, callers)
+            if callers == 8:
+                baseline, ratio = f"8 rows per commit (fsync-bound ceiling) {eight:,.0f}/s", rate / eight
+                target = ">= 0.8x"
+            else:
+                baseline, ratio, target = f"one txn {batched:,.0f}/s", rate / 50_000, ">= 1x 50,000/s"
+            report.add(
+                section,
+                f"durable Event intake, the store alone (no poller), {callers} concurrent callers",
+                f"{rate:,.0f}/s, {per_commit:.1f} events per commit",
+                baseline=baseline,
+                ratio=f"{ratio:.2f}x (target {target})",
+                notes="SQLiteStore.queue.enqueue, synchronous=FULL",
+            )
         runs = [(8, "fsync"), (64, "fsync"), (256, "fsync"), (8, "process"), (256, "process")]
         fnrt_8 = (0.0, 0.0)
         for callers, durability in runs:
