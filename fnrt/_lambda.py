@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from . import _json
+
 # -- limits (Lambda quotas) -----------------------------------------------------------
 
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # RequestResponse, each way
@@ -39,21 +41,15 @@ SCALING_WINDOW = 10.0
 # -- JSON -----------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 #: The one encoder: compact, and strict as Lambda's JSON is (no NaN or Infinity).
 dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
-
-def loads(data: bytes | str) -> Any:
-    """Strict JSON: ``NaN`` and ``Infinity`` are not JSON, as in Lambda."""
-    return json.loads(data, parse_constant=_reject_constant)
+#: Strict JSON: ``NaN`` and ``Infinity`` are not JSON, as in Lambda (orjson when installed).
+loads = _json.loads_strict
 
 
 def loads_or_none(data: bytes | None) -> Any:
-    return json.loads(data) if data else None
+    return _json.loads(data) if data else None
 
 
 # -- ARNs -----------------------------------------------------------------------------
