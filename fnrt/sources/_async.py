@@ -249,7 +249,11 @@ class AsyncSource:
         ``filling``: attempts are running and a finishing one will wake us, so do not ask
         the database when the next event is due (a query per finished attempt)."""
         ready = [e.name for e in self.registry if self._room(e) > 0]
-        due = None if filling else await queue.next_due(ready)
+        # While attempts run, each one's end wakes us, so the next due time is asked for once
+        # they are over (a read hop per turn under load, in the store's queue beside the
+        # commits). An event that falls due meanwhile (a retry, a backoff) is taken at the
+        # next wake, or after idle_poll at the latest.
+        due = None if filling or self._in_flight else await queue.next_due(ready)
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return
