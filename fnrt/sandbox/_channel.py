@@ -1,9 +1,10 @@
 """The host side of a sandbox reached over a socket: frames out, frames back.
 
 Subprocess and subinterpreter sandboxes both run the same worker behind a Unix socketpair.
-A request is one ``transport.write`` and one future, with the timeout as a timer on the
-runtime's clock, so the warm path costs one round trip and no task creation. What differs
-between kinds (how a sandbox is destroyed, how its death is described) are hooks.
+A request is one ``transport.write`` and one future, with the timeout as a deadline on the
+runtime's clock (one timer for all of a factory's requests), so the warm path costs one
+round trip and no task or timer creation. What differs between kinds (how a sandbox is
+destroyed, how its death is described) are hooks.
 
 The channel trusts nothing it reads: bytes that are not a frame, a frame while no request
 is outstanding, or a reply naming another request (a handler that forked, or wrote to its
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .._clock import Clock
+from .._clock import Clock, Deadlines
 from . import _protocol as _p
 from . import _wire
 from ._protocol import (
@@ -26,7 +27,7 @@ from ._protocol import (
     InvokeRequest,
     SandboxDied,
     SandboxTimeout,
-    arm_deadline,
+    request_deadlines,
 )
 
 _PREFIX_SIZE = _wire.PREFIX.size
@@ -125,10 +126,14 @@ class ChannelSandbox:
 
     kind = "channel"
 
-    def __init__(self, sandbox_id: str, channel: Channel, clock: Clock) -> None:
+    def __init__(
+        self, sandbox_id: str, channel: Channel, clock: Clock, deadlines: Deadlines | None = None
+    ) -> None:
         self.id = sandbox_id
         self._channel = channel
         self._clock = clock
+        #: The factory's, shared by its sandboxes (one timer for all their requests).
+        self._deadlines = deadlines if deadlines is not None else request_deadlines(clock)
         self._dead = False
         channel.on_broken = self.kill
 
@@ -168,7 +173,7 @@ class ChannelSandbox:
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
         channel.expect = expect
-        timer = arm_deadline(fut, timeout, self._clock)
+        deadline = None if timeout is None else self._deadlines.add(fut, timeout)
         channel.transport.write(_frame(head, body))
         try:
             return await fut
@@ -184,8 +189,8 @@ class ChannelSandbox:
             self.kill()
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None:
+                Deadlines.discard(deadline)
 
     def kill(self) -> None:
         """Destroy now; a request in flight fails with :class:`SandboxDied`."""

@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .._clock import Clock, TimerHandle
+from .._clock import Clock, Deadlines
 
 # -- the wire vocabulary: op names and header keys, spelled once ------------------------
 
@@ -281,21 +281,16 @@ class SandboxTimeout(Exception):
     cannot stop a thread, quarantined). Private: callers see ``Sandbox.Timedout``."""
 
 
-def arm_deadline(fut: asyncio.Future[Any], timeout: float | None, clock: Clock) -> TimerHandle | None:
-    """Fail ``fut`` with :class:`SandboxTimeout` when ``timeout`` passes on ``clock``.
+def request_deadlines(clock: Clock) -> Deadlines:
+    """The deadlines of a factory's requests: each fails with :class:`SandboxTimeout` when
+    its timeout passes on ``clock``.
 
-    Every sandbox kind waits for its reply this way; the caller cancels the returned timer
-    once the reply is in. A timer on the runtime's clock, not ``wait_for``: no task per
-    request on the hot path, and tests move time with ``FakeClock``.
+    Every sandbox kind waits for its reply this way: ``entry = deadlines.add(fut, timeout)``
+    before the request, ``deadlines.discard(entry)`` once it is over. One timer on the
+    runtime's clock for all of a factory's requests, not ``wait_for``: no task and no timer
+    per request on the hot path, and tests move time with ``FakeClock``.
     """
-    if timeout is None:
-        return None
-
-    def expire() -> None:
-        if not fut.done():
-            fut.set_exception(SandboxTimeout())
-
-    return clock.call_later(timeout, expire)
+    return Deadlines(clock, SandboxTimeout)
 
 
 # -- the protocols ------------------------------------------------------------------------
