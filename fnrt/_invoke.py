@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import json.encoder
+import json.scanner
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -59,6 +61,7 @@ __all__ = [
     "decode_result",
     "encode_payload",
     "encode_payload_async",
+    "loads_result",
     "looks_large",
 ]
 
@@ -67,6 +70,46 @@ ThrottleObserver = Callable[[str, str], None]
 
 
 # -- payloads -------------------------------------------------------------------------
+
+# ``_lambda.dumps`` (compact, no NaN) without what ``JSONEncoder.encode`` builds per call
+# (an encoder object, a closure, the circular-reference markers): the C encoder built once.
+# A payload that refers to itself recurses until ``RecursionError``; it is encoded again by
+# ``dumps`` then, so the error is the one ``dumps`` raises.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode_string = getattr(json.encoder, "c_encode_basestring_ascii", None)
+_c_iterencode = (
+    _c_make_encoder(None, json.JSONEncoder().default, _c_encode_string, None, ":", ",", False, False, False)
+    if _c_make_encoder is not None and _c_encode_string is not None
+    else None
+)
+
+
+def _dumps(payload: Any) -> str:
+    if _c_iterencode is None:  # an interpreter without the C accelerator
+        return str(dumps(payload))
+    try:
+        return "".join(_c_iterencode(payload, 0))
+    except RecursionError:
+        return str(dumps(payload))
+
+
+_c_scan = getattr(json.scanner, "c_make_scanner", None)
+_scan_once = _c_scan(json.JSONDecoder()) if _c_scan is not None else None
+
+
+def loads_result(raw: bytes) -> Any:
+    """``json.loads(raw)`` for a result, without its per-call encoding detection and
+    whitespace handling when ``raw`` is plain UTF-8 JSON (what a sandbox writes)."""
+    if _scan_once is not None:
+        try:
+            text = raw.decode()
+            value, end = _scan_once(text, 0)
+        except (ValueError, StopIteration):
+            pass
+        else:
+            if end == len(text):
+                return value
+    return json.loads(raw)  # anything else: whatever json.loads makes of it
 
 
 def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
@@ -83,7 +126,7 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
             raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
         return body
     try:
-        body = dumps(payload).encode()
+        body = _dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from None
     if len(body) > limit:
@@ -107,30 +150,50 @@ def check_client_context(client_context: object) -> None:
         )
 
 
+_SCALARS = frozenset((int, float, bool, type(None)))
+
+
 def looks_large(payload: Any, budget: int = 64) -> bool:
     """A cheap guess whether ``payload`` encodes to more than ``LARGE_PAYLOAD`` bytes: the
-    sizes of strings found in a bounded walk, and any big container, say so."""
-    if not payload or isinstance(payload, (int, float)):
+    sizes of strings found in a bounded walk (``budget`` values), and any big container,
+    say so. A walk that runs out of budget (deep or wide) says so too."""
+    if not payload or type(payload) in _SCALARS:
         return False
     stack = [payload]
     size = 0
-    while stack and budget > 0:
-        budget -= 1
+    while stack:
         item = stack.pop()
-        if isinstance(item, (str, bytes, bytearray, memoryview)):
+        kind = type(item)
+        if kind is dict:
+            values = item.values()
+            size += 8 * len(item)
+        elif kind is list or kind is tuple:
+            values = item
+        elif isinstance(item, (str, bytes, bytearray, memoryview)):
             size += len(item)
-        elif isinstance(item, dict):
-            if len(item) > 1024:
+            if size > LARGE_PAYLOAD:
                 return True
-            stack.extend(item.values())
+            continue
+        elif isinstance(item, dict):
+            values = item.values()
             size += 8 * len(item)
         elif isinstance(item, (list, tuple)):
-            if len(item) > 1024:
-                return True
-            stack.extend(item)
+            values = item
+        else:
+            continue
+        count = len(item)
+        budget -= count
+        if count > 1024 or budget < 0:
+            return True
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                size += len(value)
+            elif kind not in _SCALARS:
+                stack.append(value)
         if size > LARGE_PAYLOAD:
             return True
-    return bool(stack)  # ran out of budget: deep or wide, encode off the loop
+    return False
 
 
 async def encode_payload_async(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
@@ -214,7 +277,7 @@ class InvocationResult:
         """The handler's result (or Lambda's error body on a function error)."""
         if self.error is not None:
             return self.error.to_lambda()
-        return json.loads(self.raw) if self.raw else None
+        return loads_result(self.raw) if self.raw else None
 
     @property
     def function_error(self) -> str | None:

@@ -12,7 +12,6 @@ every sandbox, source and task, and raises what a background task failed with.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
@@ -45,6 +44,7 @@ from ._invoke import (
     decode_result,
     encode_payload,
     encode_payload_async,
+    loads_result,
     looks_large,
 )
 from ._lambda import (
@@ -495,7 +495,7 @@ class Runtime(ControlPlane, ClusterMember):
             return None
         raw = result.raw
         if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
-            return json.loads(raw) if raw else None
+            return loads_result(raw) if raw else None
         return await decode_result(raw)
 
     async def invoke_detailed(
