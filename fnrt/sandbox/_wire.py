@@ -43,13 +43,15 @@ from json import encoder as _json_encoder
 from json import scanner as _json_scanner
 from typing import Any
 
-from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK
+from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK, InvokeReply
 
 MAGIC = b"FN"
 VERSION = 1
 JSON_HEADER = 1
 INVOKE_REPLY = 2
 _REPLY = struct.Struct("!BBdIHII")
+_unpack_reply = _REPLY.unpack_from
+_REPLY_SIZE = _REPLY.size
 PREFIX = struct.Struct("!2sBBII")
 _HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
 _HEAD_REPLY = PREFIX.pack(MAGIC, VERSION, INVOKE_REPLY, 0, 0)[:4]
@@ -156,6 +158,26 @@ def encode_invoke_reply(reply: dict[str, Any], body: bytes) -> bytes:
         )
     )
     return b"".join((_HEAD_REPLY, _pack_lengths(len(head), len(body)), head, body))
+
+
+def decode_invoke_reply(head: bytes | bytearray | memoryview, body: bytes) -> InvokeReply:
+    """An invoke reply frame (encoding 2) straight into an :class:`InvokeReply`."""
+    try:
+        ok, fatal, duration, memory, id_len, log_len, err_len = _unpack_reply(head)
+    except struct.error:
+        raise FrameError("invoke reply header too short") from None
+    start = _REPLY_SIZE
+    log_at = start + id_len
+    err_at = log_at + log_len
+    if err_at + err_len != len(head):
+        raise FrameError("invoke reply header lengths do not add up")
+    try:
+        rid = str(head[start:log_at], "utf-8")
+        log = str(head[log_at:err_at], "utf-8") if log_len else ""
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"invoke reply is not UTF-8: {exc}") from None
+    error = decode_header(head[err_at:]) if err_len else None
+    return InvokeReply(rid, bool(ok), duration, memory, log, bool(fatal), error, body)
 
 
 def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]:
