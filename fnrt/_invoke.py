@@ -40,8 +40,8 @@ from ._lambda import (
     response_too_large,
     timeout_message,
 )
-from ._pool import Environment, FunctionPool
-from ._registry import FunctionEntry, FunctionRecord
+from ._pool import Environment
+from ._registry import FunctionEntry
 from .errors import (
     FnrtError,
     FunctionError,
@@ -356,7 +356,8 @@ class Invoker:
     ) -> InvocationResult:
         """Run one invocation of ``entry``'s function with the JSON ``body``.
         ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
-        name = entry.record.name
+        record = entry.record
+        name = record.name
         try:
             slot = self.limiter.acquire(entry.counter)
             if slot is None:  # a cluster host whose leased block is empty: one round trip
@@ -364,9 +365,9 @@ class Invoker:
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise
+        pool = entry.pool
         env: Environment | None = None
         try:
-            pool = entry.pool
             env = pool.take_warm()
             cold = env is None
             if env is None:
@@ -375,28 +376,104 @@ class Invoker:
                     self._throttled(name, throttle)
                     raise throttle
                 try:
-                    env = await pool.cold_start(entry.record.config.timeout)
+                    env = await pool.cold_start(record.config.timeout)
                 except FunctionTimeout:  # the retried init phase used up the timeout
-                    timeout = entry.record.config.timeout
-                    error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+                    timeout = record.config.timeout
+                    timed_out = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
                     self.metrics.incr("Timeouts", name)
-                    return self._init_failed(name, request_id, error, body)
+                    return self._init_failed(name, request_id, timed_out, body)
                 except FunctionError as exc:
                     return self._init_failed(name, request_id, exc, body)
-            return await self._run(
-                entry.record, pool, env, cold, body, request_id, client_context, invoked_arn
+            # -- the invocation proper (inline: one coroutine less on the warm path) --
+            config = record.config
+            timeout = config.timeout
+            if env.budget_used:  # the first invocation after a retried init phase
+                budget = timeout - env.budget_used
+                env.budget_used = 0.0
+            else:
+                budget = timeout
+            init_ms = env.init_ms
+            init_log = env.init_log
+            if init_ms is not None or init_log:  # reported once, with the first invocation
+                env.init_ms = None
+                env.init_log = ""
+            clock = self.clock
+            started = clock.monotonic()
+            sandbox = env.sandbox
+            error: FunctionError | None = None
+            try:
+                request = InvokeRequest(
+                    request_id,
+                    int((clock.time() + budget) * 1000),
+                    body,
+                    None if client_context is None else dict(client_context),
+                    None,
+                    invoked_arn,
+                )
+                reply = await sandbox.invoke(request, budget if budget > 0.001 else 0.001)
+            except SandboxTimeout:
+                pool.discard(env)
+                reply = InvokeReply(request_id, False, timeout * 1000)
+                error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+            except SandboxDied as exc:
+                pool.discard(env)
+                if self.closing:
+                    raise RuntimeClosed("the runtime closed during the invocation") from None
+                reply = InvokeReply(request_id, False, (clock.monotonic() - started) * 1000)
+                error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
+            except BaseException:
+                pool.discard(env)
+                raise
+            else:
+                if reply.fatal:
+                    pool.discard(env)
+                else:
+                    pool.give_back(env)
+                env.invocations += 1
+                if not reply.ok:
+                    e = reply.error or {}
+                    error = FunctionError(
+                        e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
+                    )
+            out = reply.body
+            if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+                error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
+                out = b""
+            memory = config.memory_mb
+            result = InvocationResult(
+                request_id,
+                name,
+                200,
+                out,
+                error,
+                output=reply.log,
+                init_log=init_log,
+                cold_start=cold,
+                duration_ms=reply.duration_ms,
+                init_duration_ms=init_ms,
+                # The sandbox's true peak (ru_maxrss); an environment that ran out of memory used it all.
+                max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
+                memory_size_mb=memory,
             )
+            if error is not None:
+                error.request_id = request_id
+                error.log_tail = _observe.log_tail(result.log)
+            self._record(result, sandbox.id, body)
+            return result
         except FnrtError:
             raise
         except Exception as exc:  # never a private error to the caller
             self.log.error("invocation failed in fnrt", function=name, request_id=request_id, exc_info=exc)
             raise ServiceError(f"fnrt could not run the invocation: {type(exc).__name__}: {exc}") from exc
         finally:
-            if env is not None and env in entry.pool.active:
+            if env is not None and env in pool.active:
                 # Taken but neither given back nor destroyed: an error between taking it
                 # and the call. Its state is unknown, so it goes; it must never leak.
-                entry.pool.discard(env)
-            self._release(slot, env)
+                pool.discard(env)
+            if env is None or env.sandbox.stopped is None:
+                slot.release()
+            else:
+                self._release(slot, env)
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
         self.metrics.incr("Throttles", name)
@@ -430,83 +507,6 @@ class Invoker:
             slot.release()
         else:
             stopped.add_done_callback(lambda _: slot.release())
-
-    async def _run(
-        self,
-        record: FunctionRecord,
-        pool: FunctionPool,
-        env: Environment,
-        cold: bool,
-        body: bytes,
-        request_id: str,
-        client_context: Mapping[str, Any] | None,
-        invoked_arn: str | None = None,
-    ) -> InvocationResult:
-        timeout = record.config.timeout
-        budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
-        env.budget_used = 0.0
-        init_ms, env.init_ms = env.init_ms, None
-        init_log, env.init_log = env.init_log, ""
-        started = self.clock.monotonic()
-        error: FunctionError | None = None
-        try:
-            request = InvokeRequest(
-                request_id,
-                int((self.clock.time() + budget) * 1000),
-                body,
-                None if client_context is None else dict(client_context),
-                invoked_arn=invoked_arn,
-            )
-            reply = await env.sandbox.invoke(request, max(budget, 0.001))
-        except SandboxTimeout:
-            pool.discard(env)
-            reply = InvokeReply(request_id, False, timeout * 1000)
-            error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
-        except SandboxDied as exc:
-            pool.discard(env)
-            if self.closing:
-                raise RuntimeClosed("the runtime closed during the invocation") from None
-            reply = InvokeReply(request_id, False, (self.clock.monotonic() - started) * 1000)
-            error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
-        except BaseException:
-            pool.discard(env)
-            raise
-        else:
-            if reply.fatal:
-                pool.discard(env)
-            else:
-                pool.give_back(env)
-            env.invocations += 1
-            if not reply.ok:
-                e = reply.error or {}
-                error = FunctionError(
-                    e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
-                )
-        out = reply.body
-        if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
-            error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
-            out = b""
-        memory = record.config.memory_mb
-        result = InvocationResult(
-            request_id,
-            record.name,
-            200,
-            out,
-            error,
-            output=reply.log,
-            init_log=init_log,
-            cold_start=cold,
-            duration_ms=reply.duration_ms,
-            init_duration_ms=init_ms,
-            # The sandbox's true peak (ru_maxrss); an environment that ran out of memory used it all.
-            max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
-            memory_size_mb=memory,
-        )
-        if error is not None:
-            error.request_id = request_id
-            error.log_tail = _observe.log_tail(result.log)
-        self._record(result, env.sandbox.id, body)
-        return result
 
     def _record(self, result: InvocationResult, sandbox_id: str, body: bytes) -> None:
         name = result.function_name
