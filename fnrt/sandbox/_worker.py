@@ -250,9 +250,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
 
 
+_RSS_PER_MB = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else kB
+_getrusage = resource.getrusage
+_RUSAGE_SELF = resource.RUSAGE_SELF
+
+
 def _max_rss_mb() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss / 1024) if sys.platform != "darwin" else int(rss / 1024 / 1024)
+    return int(_getrusage(_RUSAGE_SELF).ru_maxrss / _RSS_PER_MB)
 
 
 def _address_space_bytes() -> int:
