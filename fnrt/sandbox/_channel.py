@@ -192,7 +192,7 @@ class ChannelSandbox:
         request id the reply must name, ``None`` for a request without one)."""
         channel = self._channel
         transport = channel.transport
-        if self._dead or channel.lost or channel.broken is not None or transport is None:
+        if not self.alive or transport is None:
             raise SandboxDied("Runtime exited without providing a reason")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
