@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class TimerHandle(Protocol):
@@ -35,11 +37,9 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock: the event loop's monotonic time and the system wall clock."""
 
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
+    # The builtins themselves: no Python frame per reading (the warm path reads both).
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -129,3 +129,109 @@ async def _settle(rounds: int = 20) -> None:
     """Let ready tasks run: a handful of loop turns, no real time."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+class Deadlines:
+    """Many deadlines on one clock behind one timer.
+
+    ``add(fut, timeout)`` fails ``fut`` with ``error()`` once ``timeout`` seconds have
+    passed on the clock, unless ``discard(entry)`` came first or ``fut`` is done by then.
+    What a deadline costs on the warm path is a list and two deque operations, not a timer
+    armed and cancelled per request (and, on the system clock, no cancelled handle left in
+    the event loop's heap for the whole timeout).
+
+    Entries live in one deque per timeout value: deadlines of one timeout arrive in
+    increasing order, and requests mostly finish in the order they started, so a finished
+    entry is usually the head of its deque and leaves at once (one that finishes out of
+    order is marked and leaves when it reaches the head). The earliest pending deadline is
+    one of the heads; one clock timer stays armed for it, or for an earlier one whose
+    request has finished since: when that fires it expires what is due, drops what is
+    finished and re-arms for the next deadline. Expiry is exact to the clock: an entry
+    expires when the clock reaches its deadline, as a timer of its own would.
+    """
+
+    __slots__ = ("_armed", "_clock", "_error", "_now", "_queues", "_timer")
+
+    #: A deque this long is swept of finished entries (those behind a long-running head).
+    SWEEP = 1024
+
+    def __init__(self, clock: Clock, error: Callable[[], BaseException]) -> None:
+        self._clock = clock
+        self._now = clock.monotonic
+        self._error = error
+        self._queues: dict[float, deque[list[Any]]] = {}
+        self._timer: TimerHandle | None = None
+        self._armed = math.inf  # the deadline the timer is armed for
+
+    def add(self, fut: asyncio.Future[Any], timeout: float) -> list[Any]:
+        """Register ``fut``'s deadline, ``timeout`` seconds from now; the entry is for
+        :meth:`discard`."""
+        deadline = self._now() + timeout
+        queue = self._queues.get(timeout)
+        if queue is None:
+            queue = self._queues[timeout] = deque()
+        entry = [deadline, fut, queue]
+        queue.append(entry)
+        if deadline < self._armed:
+            self._arm(deadline)
+        elif len(queue) % self.SWEEP == 0:
+            self._sweep(queue)
+        return entry
+
+    @staticmethod
+    def discard(entry: list[Any]) -> None:
+        """The request is over (answered, failed or cancelled): its deadline no longer counts."""
+        entry[1] = None
+        queue = entry[2]
+        while queue and queue[0][1] is None:
+            queue.popleft()
+
+    @property
+    def pending(self) -> int:
+        """Deadlines registered and neither discarded nor expired."""
+        return sum(1 for queue in self._queues.values() for entry in queue if entry[1] is not None)
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed = deadline
+        self._timer = self._clock.call_later(deadline - self._now(), self._fire)
+
+    def _fire(self) -> None:
+        # The timer armed for ``armed`` fired: that deadline has come, whatever rounding
+        # the delay went through (the clock may read a hair earlier).
+        reached = max(self._now(), self._armed)
+        self._timer = None
+        self._armed = math.inf
+        expired: list[list[Any]] = []
+        earliest = math.inf
+        for timeout, queue in list(self._queues.items()):
+            while queue:
+                head = queue[0]
+                if head[1] is None:
+                    queue.popleft()
+                elif head[0] <= reached:
+                    expired.append(queue.popleft())
+                else:
+                    earliest = min(earliest, head[0])
+                    break
+            if not queue:
+                del self._queues[timeout]
+        if earliest < math.inf:
+            self._arm(earliest)
+        expired.sort(key=_first)  # in deadline order, as timers of their own would fire
+        for entry in expired:
+            fut, entry[1] = entry[1], None
+            if not fut.done():
+                fut.set_exception(self._error())
+
+    @staticmethod
+    def _sweep(queue: deque[list[Any]]) -> None:
+        live = [entry for entry in queue if entry[1] is not None]
+        if len(live) < len(queue):
+            queue.clear()
+            queue.extend(live)
+
+
+def _first(entry: list[Any]) -> float:
+    return float(entry[0])

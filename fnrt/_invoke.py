@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import json.encoder
+import json.scanner
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -38,8 +40,8 @@ from ._lambda import (
     response_too_large,
     timeout_message,
 )
-from ._pool import Environment, FunctionPool
-from ._registry import FunctionEntry, FunctionRecord
+from ._pool import Environment
+from ._registry import FunctionEntry
 from .errors import (
     FnrtError,
     FunctionError,
@@ -59,6 +61,7 @@ __all__ = [
     "decode_result",
     "encode_payload",
     "encode_payload_async",
+    "loads_result",
     "looks_large",
 ]
 
@@ -67,6 +70,46 @@ ThrottleObserver = Callable[[str, str], None]
 
 
 # -- payloads -------------------------------------------------------------------------
+
+# ``_lambda.dumps`` (compact, no NaN) without what ``JSONEncoder.encode`` builds per call
+# (an encoder object, a closure, the circular-reference markers): the C encoder built once.
+# A payload that refers to itself recurses until ``RecursionError``; it is encoded again by
+# ``dumps`` then, so the error is the one ``dumps`` raises.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode_string = getattr(json.encoder, "c_encode_basestring_ascii", None)
+_c_iterencode = (
+    _c_make_encoder(None, json.JSONEncoder().default, _c_encode_string, None, ":", ",", False, False, False)
+    if _c_make_encoder is not None and _c_encode_string is not None
+    else None
+)
+
+
+def _dumps(payload: Any) -> str:
+    if _c_iterencode is None:  # an interpreter without the C accelerator
+        return str(dumps(payload))
+    try:
+        return "".join(_c_iterencode(payload, 0))
+    except RecursionError:
+        return str(dumps(payload))
+
+
+_c_scan = getattr(json.scanner, "c_make_scanner", None)
+_scan_once = _c_scan(json.JSONDecoder()) if _c_scan is not None else None
+
+
+def loads_result(raw: bytes) -> Any:
+    """``json.loads(raw)`` for a result, without its per-call encoding detection and
+    whitespace handling when ``raw`` is plain UTF-8 JSON (what a sandbox writes)."""
+    if _scan_once is not None:
+        try:
+            text = raw.decode()
+            value, end = _scan_once(text, 0)
+        except (ValueError, StopIteration):
+            pass
+        else:
+            if end == len(text):
+                return value
+    return json.loads(raw)  # anything else: whatever json.loads makes of it
 
 
 def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
@@ -83,7 +126,7 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
             raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
         return body
     try:
-        body = dumps(payload).encode()
+        body = _dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from None
     if len(body) > limit:
@@ -107,30 +150,50 @@ def check_client_context(client_context: object) -> None:
         )
 
 
+_SCALARS = frozenset((int, float, bool, type(None)))
+
+
 def looks_large(payload: Any, budget: int = 64) -> bool:
     """A cheap guess whether ``payload`` encodes to more than ``LARGE_PAYLOAD`` bytes: the
-    sizes of strings found in a bounded walk, and any big container, say so."""
-    if not payload or isinstance(payload, (int, float)):
+    sizes of strings found in a bounded walk (``budget`` values), and any big container,
+    say so. A walk that runs out of budget (deep or wide) says so too."""
+    if not payload or type(payload) in _SCALARS:
         return False
     stack = [payload]
     size = 0
-    while stack and budget > 0:
-        budget -= 1
+    while stack:
         item = stack.pop()
-        if isinstance(item, (str, bytes, bytearray, memoryview)):
+        kind = type(item)
+        if kind is dict:
+            values = item.values()
+            size += 8 * len(item)
+        elif kind is list or kind is tuple:
+            values = item
+        elif isinstance(item, (str, bytes, bytearray, memoryview)):
             size += len(item)
-        elif isinstance(item, dict):
-            if len(item) > 1024:
+            if size > LARGE_PAYLOAD:
                 return True
-            stack.extend(item.values())
+            continue
+        elif isinstance(item, dict):
+            values = item.values()
             size += 8 * len(item)
         elif isinstance(item, (list, tuple)):
-            if len(item) > 1024:
-                return True
-            stack.extend(item)
+            values = item
+        else:
+            continue
+        count = len(item)
+        budget -= count
+        if count > 1024 or budget < 0:
+            return True
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                size += len(value)
+            elif kind not in _SCALARS:
+                stack.append(value)
         if size > LARGE_PAYLOAD:
             return True
-    return bool(stack)  # ran out of budget: deep or wide, encode off the loop
+    return False
 
 
 async def encode_payload_async(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
@@ -214,7 +277,7 @@ class InvocationResult:
         """The handler's result (or Lambda's error body on a function error)."""
         if self.error is not None:
             return self.error.to_lambda()
-        return json.loads(self.raw) if self.raw else None
+        return loads_result(self.raw) if self.raw else None
 
     @property
     def function_error(self) -> str | None:
@@ -293,7 +356,8 @@ class Invoker:
     ) -> InvocationResult:
         """Run one invocation of ``entry``'s function with the JSON ``body``.
         ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
-        name = entry.record.name
+        record = entry.record
+        name = record.name
         try:
             slot = self.limiter.acquire(entry.counter)
             if slot is None:  # a cluster host whose leased block is empty: one round trip
@@ -301,9 +365,9 @@ class Invoker:
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise
+        pool = entry.pool
         env: Environment | None = None
         try:
-            pool = entry.pool
             env = pool.take_warm()
             cold = env is None
             if env is None:
@@ -312,28 +376,104 @@ class Invoker:
                     self._throttled(name, throttle)
                     raise throttle
                 try:
-                    env = await pool.cold_start(entry.record.config.timeout)
+                    env = await pool.cold_start(record.config.timeout)
                 except FunctionTimeout:  # the retried init phase used up the timeout
-                    timeout = entry.record.config.timeout
-                    error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+                    timeout = record.config.timeout
+                    timed_out = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
                     self.metrics.incr("Timeouts", name)
-                    return self._init_failed(name, request_id, error, body)
+                    return self._init_failed(name, request_id, timed_out, body)
                 except FunctionError as exc:
                     return self._init_failed(name, request_id, exc, body)
-            return await self._run(
-                entry.record, pool, env, cold, body, request_id, client_context, invoked_arn
+            # -- the invocation proper (inline: one coroutine less on the warm path) --
+            config = record.config
+            timeout = config.timeout
+            if env.budget_used:  # the first invocation after a retried init phase
+                budget = timeout - env.budget_used
+                env.budget_used = 0.0
+            else:
+                budget = timeout
+            init_ms = env.init_ms
+            init_log = env.init_log
+            if init_ms is not None or init_log:  # reported once, with the first invocation
+                env.init_ms = None
+                env.init_log = ""
+            clock = self.clock
+            started = clock.monotonic()
+            sandbox = env.sandbox
+            error: FunctionError | None = None
+            try:
+                request = InvokeRequest(
+                    request_id,
+                    int((clock.time() + budget) * 1000),
+                    body,
+                    None if client_context is None else dict(client_context),
+                    None,
+                    invoked_arn,
+                )
+                reply = await sandbox.invoke(request, budget if budget > 0.001 else 0.001)
+            except SandboxTimeout:
+                pool.discard(env)
+                reply = InvokeReply(request_id, False, timeout * 1000)
+                error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+            except SandboxDied as exc:
+                pool.discard(env)
+                if self.closing:
+                    raise RuntimeClosed("the runtime closed during the invocation") from None
+                reply = InvokeReply(request_id, False, (clock.monotonic() - started) * 1000)
+                error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
+            except BaseException:
+                pool.discard(env)
+                raise
+            else:
+                if reply.fatal:
+                    pool.discard(env)
+                else:
+                    pool.give_back(env)
+                env.invocations += 1
+                if not reply.ok:
+                    e = reply.error or {}
+                    error = FunctionError(
+                        e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
+                    )
+            out = reply.body
+            if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
+                error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
+                out = b""
+            memory = config.memory_mb
+            result = InvocationResult(
+                request_id,
+                name,
+                200,
+                out,
+                error,
+                output=reply.log,
+                init_log=init_log,
+                cold_start=cold,
+                duration_ms=reply.duration_ms,
+                init_duration_ms=init_ms,
+                # The sandbox's true peak (ru_maxrss); an environment that ran out of memory used it all.
+                max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
+                memory_size_mb=memory,
             )
+            if error is not None:
+                error.request_id = request_id
+                error.log_tail = _observe.log_tail(result.log)
+            self._record(result, sandbox.id, body)
+            return result
         except FnrtError:
             raise
         except Exception as exc:  # never a private error to the caller
             self.log.error("invocation failed in fnrt", function=name, request_id=request_id, exc_info=exc)
             raise ServiceError(f"fnrt could not run the invocation: {type(exc).__name__}: {exc}") from exc
         finally:
-            if env is not None and env in entry.pool.active:
+            if env is not None and env in pool.active:
                 # Taken but neither given back nor destroyed: an error between taking it
                 # and the call. Its state is unknown, so it goes; it must never leak.
-                entry.pool.discard(env)
-            self._release(slot, env)
+                pool.discard(env)
+            if env is None or env.sandbox.stopped is None:
+                slot.release()
+            else:
+                self._release(slot, env)
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
         self.metrics.incr("Throttles", name)
@@ -367,83 +507,6 @@ class Invoker:
             slot.release()
         else:
             stopped.add_done_callback(lambda _: slot.release())
-
-    async def _run(
-        self,
-        record: FunctionRecord,
-        pool: FunctionPool,
-        env: Environment,
-        cold: bool,
-        body: bytes,
-        request_id: str,
-        client_context: Mapping[str, Any] | None,
-        invoked_arn: str | None = None,
-    ) -> InvocationResult:
-        timeout = record.config.timeout
-        budget = timeout - env.budget_used if env.budget_used else timeout  # after a retried init
-        env.budget_used = 0.0
-        init_ms, env.init_ms = env.init_ms, None
-        init_log, env.init_log = env.init_log, ""
-        started = self.clock.monotonic()
-        error: FunctionError | None = None
-        try:
-            request = InvokeRequest(
-                request_id,
-                int((self.clock.time() + budget) * 1000),
-                body,
-                None if client_context is None else dict(client_context),
-                invoked_arn=invoked_arn,
-            )
-            reply = await env.sandbox.invoke(request, max(budget, 0.001))
-        except SandboxTimeout:
-            pool.discard(env)
-            reply = InvokeReply(request_id, False, timeout * 1000)
-            error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
-        except SandboxDied as exc:
-            pool.discard(env)
-            if self.closing:
-                raise RuntimeClosed("the runtime closed during the invocation") from None
-            reply = InvokeReply(request_id, False, (self.clock.monotonic() - started) * 1000)
-            error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
-        except BaseException:
-            pool.discard(env)
-            raise
-        else:
-            if reply.fatal:
-                pool.discard(env)
-            else:
-                pool.give_back(env)
-            env.invocations += 1
-            if not reply.ok:
-                e = reply.error or {}
-                error = FunctionError(
-                    e.get("errorType", "Runtime.Unknown"), e.get("errorMessage", ""), e.get("stackTrace")
-                )
-        out = reply.body
-        if error is None and len(out) > SYNC_PAYLOAD_LIMIT:  # Lambda's limit holds for responses too
-            error = FunctionError("Function.ResponseSizeTooLarge", response_too_large())
-            out = b""
-        memory = record.config.memory_mb
-        result = InvocationResult(
-            request_id,
-            record.name,
-            200,
-            out,
-            error,
-            output=reply.log,
-            init_log=init_log,
-            cold_start=cold,
-            duration_ms=reply.duration_ms,
-            init_duration_ms=init_ms,
-            # The sandbox's true peak (ru_maxrss); an environment that ran out of memory used it all.
-            max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
-            memory_size_mb=memory,
-        )
-        if error is not None:
-            error.request_id = request_id
-            error.log_tail = _observe.log_tail(result.log)
-        self._record(result, env.sandbox.id, body)
-        return result
 
     def _record(self, result: InvocationResult, sandbox_id: str, body: bytes) -> None:
         name = result.function_name

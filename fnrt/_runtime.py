@@ -12,7 +12,6 @@ every sandbox, source and task, and raises what a background task failed with.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import socket
@@ -45,6 +44,7 @@ from ._invoke import (
     decode_result,
     encode_payload,
     encode_payload_async,
+    loads_result,
     looks_large,
 )
 from ._lambda import (
@@ -486,7 +486,16 @@ class Runtime(ControlPlane, ClusterMember):
         durably and returns its request id. A function error raises
         :class:`~fnrt.errors.FunctionError` with Lambda's error shape and the log tail.
         """
-        result = await self.invoke_detailed(name, payload, invocation_type, client_context=client_context)
+        if invocation_type == "RequestResponse":  # the warm path: invoke_detailed's, inline
+            entry, request_id, qualifier = self._target(name, client_context, None, None)
+            if looks_large(payload):
+                body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
+            else:
+                body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
+            invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
+            result = await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
+        else:
+            result = await self.invoke_detailed(name, payload, invocation_type, client_context=client_context)
         if result.error is not None:
             raise result.error
         if invocation_type == "Event":
@@ -495,7 +504,7 @@ class Runtime(ControlPlane, ClusterMember):
             return None
         raw = result.raw
         if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
-            return json.loads(raw) if raw else None
+            return loads_result(raw) if raw else None
         return await decode_result(raw)
 
     async def invoke_detailed(
@@ -513,16 +522,7 @@ class Runtime(ControlPlane, ClusterMember):
         ``qualifier`` (or a qualified ARN as ``name``; only ``$LATEST`` exists) makes the
         context's ``invoked_function_arn`` the qualified ARN, as Lambda does; any other
         qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
-        self._check_running()
-        entry = self._registry.get(name)
-        if client_context is not None:
-            check_client_context(client_context)
-        if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
-            parsed = parse_function_ref(name)
-            qualifier = parsed[1] if parsed else None
-        if qualifier is not None and qualifier != LATEST:
-            raise FunctionNotFound(f"{entry.name}:{qualifier}")
-        request_id = request_id or self._invoker.request_id()
+        entry, request_id, qualifier = self._target(name, client_context, qualifier, request_id)
         if invocation_type == "RequestResponse":
             if looks_large(payload):
                 body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
@@ -540,6 +540,25 @@ class Runtime(ControlPlane, ClusterMember):
         raise InvalidConfig(
             f"invocation_type must be RequestResponse, Event or DryRun; got {invocation_type!r}"
         )
+
+    def _target(
+        self,
+        name: str,
+        client_context: Mapping[str, Any] | None,
+        qualifier: str | None,
+        request_id: str | None,
+    ) -> tuple[FunctionEntry, str, str | None]:
+        """What an invoke names, checked: the function, the request id, the qualifier."""
+        self._check_running()
+        entry = self._registry.get(name)
+        if client_context is not None:
+            check_client_context(client_context)
+        if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
+            parsed = parse_function_ref(name)
+            qualifier = parsed[1] if parsed else None
+        if qualifier is not None and qualifier != LATEST:
+            raise FunctionNotFound(f"{entry.name}:{qualifier}")
+        return entry, request_id or self._invoker.request_id(), qualifier
 
     # -- async invoke -----------------------------------------------------------------
 

@@ -358,3 +358,57 @@ async def test_private_sandbox_errors_document_what_they_mean():
     assert SandboxTimeout.__doc__ and "Private" in SandboxTimeout.__doc__
     assert not issubclass(SandboxDied, FnrtError)  # never reaches a caller as such
     await asyncio.sleep(0)
+
+
+def test_the_frame_reader_reads_frames_however_the_bytes_arrive() -> None:
+    """A sandbox reads its requests with one buffer and ``recv_into``: frames split across
+    reads, several in one read, and one larger than the buffer all come out whole, and the
+    large one's buffer is not kept."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    try:
+        reader = _wire.FrameReader(theirs)
+        big = b"x" * (3 * _wire.FrameReader.SIZE + 5)
+        frames = [
+            _wire.encode({"op": "invoke", "id": "a"}, b"{}"),
+            _wire.encode({"op": "invoke", "id": "b"}, big),
+            _wire.encode({"op": "invoke", "id": "c"}, b"[1]"),
+            _wire.encode({"op": "shutdown"}),
+        ]
+        data = b"".join(frames)
+        ours.sendall(data[:5])  # a split prefix, then the rest in one go
+        ours.sendall(data[5:])
+        got = [reader.read() for _ in frames]
+        assert [(h.get("id"), len(b)) for h, b in got] == [("a", 2), ("b", len(big)), ("c", 3), (None, 0)]
+        assert got[1][1] == big and len(reader._buf) == _wire.FrameReader.SIZE
+        for byte in range(len(frames[0])):  # one byte at a time
+            ours.sendall(frames[0][byte : byte + 1])
+        assert reader.read() == ({"op": "invoke", "id": "a"}, b"{}")
+        ours.sendall(frames[2][:-1])  # the stream ends in the middle of a frame
+        ours.shutdown(socket.SHUT_WR)
+        assert reader.read() is None
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_frame_reader_reassembles_frames_from_reads_of_any_size() -> None:
+    class Trickle:  # a socket whose every read returns at most ``step`` bytes
+        def __init__(self, data: bytes, step: int) -> None:
+            self.data, self.step = data, step
+
+        def recv_into(self, view: memoryview) -> int:
+            n = min(self.step, len(view), len(self.data))
+            view[:n] = self.data[:n]
+            self.data = self.data[n:]
+            return n
+
+    big = b"y" * (_wire.FrameReader.SIZE + 7)
+    frames = [_wire.encode({"id": str(i)}, big if i == 2 else b"%d" % i) for i in range(5)]
+    for step in (1, 7, 12, 4096, 1 << 20):
+        reader = _wire.FrameReader(Trickle(b"".join(frames), step))  # type: ignore[arg-type]
+        got = [reader.read() for _ in frames]
+        assert [h["id"] for h, _ in got] == ["0", "1", "2", "3", "4"]
+        assert got[2][1] == big and got[4][1] == b"4"
+        assert reader.read() is None

@@ -1,9 +1,10 @@
 """The host side of a sandbox reached over a socket: frames out, frames back.
 
 Subprocess and subinterpreter sandboxes both run the same worker behind a Unix socketpair.
-A request is one ``transport.write`` and one future, with the timeout as a timer on the
-runtime's clock, so the warm path costs one round trip and no task creation. What differs
-between kinds (how a sandbox is destroyed, how its death is described) are hooks.
+A request is one ``transport.write`` and one future, with the timeout as a deadline on the
+runtime's clock (one timer for all of a factory's requests), so the warm path costs one
+round trip and no task or timer creation. What differs between kinds (how a sandbox is
+destroyed, how its death is described) are hooks.
 
 The channel trusts nothing it reads: bytes that are not a frame, a frame while no request
 is outstanding, or a reply naming another request (a handler that forked, or wrote to its
@@ -14,9 +15,10 @@ socket) break the sandbox: it is destroyed and the request in flight fails with
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
-from .._clock import Clock
+from .._clock import Clock, Deadlines
 from . import _protocol as _p
 from . import _wire
 from ._protocol import (
@@ -25,24 +27,31 @@ from ._protocol import (
     InvokeReply,
     InvokeRequest,
     SandboxDied,
-    SandboxTimeout,
-    arm_deadline,
+    request_deadlines,
 )
 
 _PREFIX_SIZE = _wire.PREFIX.size
+_PREFIX_START = _wire.PREFIX.pack(_wire.MAGIC, _wire.VERSION, 0, 0, 0)[:3]  # magic, version
+_unpack_lengths = struct.Struct("!II").unpack_from
 _parse_prefix = _wire.parse_prefix
 _decode_header = _wire.decode_header
+_decode_invoke_reply = _wire.decode_invoke_reply
+_JSON_HEADER = _wire.JSON_HEADER
+_INVOKE_REPLY = _wire.INVOKE_REPLY
 _frame = _wire.frame
 _NO_REPLY = object()
 
 
 class Channel(asyncio.Protocol):
-    """Frames in from one sandbox; at most one request outstanding."""
+    """Frames in from one sandbox; at most one request outstanding.
+
+    The waiter of an invoke (``expect`` is its request id) gets an :class:`InvokeReply`,
+    that of any other request (``expect`` is ``None``) the ``(header, body)`` pair."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
         #: The request id the outstanding request expects in its reply (``None``: any).
         self.expect: object = _NO_REPLY
         self.lost = False
@@ -55,20 +64,15 @@ class Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
-        if not buf:
-            # The usual case: one whole reply in one read, parsed without copying it around.
-            size = len(data)
-            if size >= _PREFIX_SIZE:
-                try:
-                    head_len, body_len = _parse_prefix(data)
-                except _wire.FrameError as exc:
-                    self._break(f"the runtime wrote bytes that are not a reply ({exc})")
-                    return
-                end = _PREFIX_SIZE + head_len + body_len
-                if size == end:
-                    head_end = _PREFIX_SIZE + head_len
-                    self._frame(data[_PREFIX_SIZE:head_end], data[head_end:], data[3])
-                    return
+        if not buf and data.startswith(_PREFIX_START) and len(data) >= _PREFIX_SIZE:
+            # The usual case: one whole reply in one read, parsed without copying it around
+            # (anything else, a bad prefix too, takes the general path below).
+            head_len, body_len = _unpack_lengths(data, 4)
+            encoding = data[3]
+            head_end = _PREFIX_SIZE + head_len
+            if len(data) == head_end + body_len and (encoding == _INVOKE_REPLY or encoding == _JSON_HEADER):
+                self._frame(data[_PREFIX_SIZE:head_end], data[head_end:], encoding)
+                return
         buf += data
         while len(buf) >= _PREFIX_SIZE and self.broken is None:
             try:
@@ -86,23 +90,28 @@ class Channel(asyncio.Protocol):
 
     def _frame(self, head: bytes | bytearray, body: bytes, encoding: int) -> None:
         """One whole frame: hand it to the request waiting for it, or break."""
+        expect = self.expect
         try:
-            header = _decode_header(head, encoding)
+            if encoding == _INVOKE_REPLY and expect is not None:
+                reply: Any = _decode_invoke_reply(head, body)
+                answered = reply.request_id
+            else:
+                header = _decode_header(head, encoding)
+                answered = header.get(_p.K_ID)
+                reply = (header, body) if expect is None else InvokeReply.from_wire(header, body)
         except _wire.FrameError as exc:
             self._break(f"the runtime wrote bytes that are not a reply ({exc})")
             return
         waiter, self.waiter = self.waiter, None
-        expect, self.expect = self.expect, _NO_REPLY
+        self.expect = _NO_REPLY
         if waiter is None or waiter.done():
             self._break("the runtime sent a reply while no request was outstanding")
             return
-        if expect is not None and header.get(_p.K_ID) != expect:
+        if expect is not None and answered != expect:
             self.waiter = waiter
-            self._break(
-                f"the runtime answered request {header.get(_p.K_ID)!r} while {expect!r} was outstanding"
-            )
+            self._break(f"the runtime answered request {answered!r} while {expect!r} was outstanding")
             return
-        waiter.set_result((header, body))
+        waiter.set_result(reply)
 
     def _break(self, reason: str) -> None:
         self.broken = reason
@@ -125,10 +134,14 @@ class ChannelSandbox:
 
     kind = "channel"
 
-    def __init__(self, sandbox_id: str, channel: Channel, clock: Clock) -> None:
+    def __init__(
+        self, sandbox_id: str, channel: Channel, clock: Clock, deadlines: Deadlines | None = None
+    ) -> None:
         self.id = sandbox_id
         self._channel = channel
         self._clock = clock
+        #: The factory's, shared by its sandboxes (one timer for all their requests).
+        self._deadlines = deadlines if deadlines is not None else request_deadlines(clock)
         self._dead = False
         channel.on_broken = self.kill
 
@@ -146,46 +159,57 @@ class ChannelSandbox:
         return InitReply.from_wire(header)
 
     async def invoke(self, request: InvokeRequest, timeout: float | None = None) -> InvokeReply:
-        rid = request.request_id
-        header, body = await self._request(request.header_bytes(), request.body, timeout, rid)
-        return InvokeReply(
-            rid,
-            bool(header.get(_p.K_OK)),
-            header.get(_p.K_DURATION, 0.0),
-            header.get(_p.K_MEMORY, 0),
-            header.get(_p.K_LOG, ""),
-            bool(header.get(_p.K_FATAL)),
-            header.get(_p.K_ERROR),
-            body,
-        )
+        # _request's body, inline: one coroutine less on the warm path.
+        fut, deadline = self._send(request.header_bytes(), request.body, timeout, request.request_id)
+        try:
+            reply: InvokeReply = await fut
+        except BaseException as exc:
+            await self._failed(exc)
+            raise
+        finally:
+            if deadline is not None:
+                Deadlines.discard(deadline)
+        return reply
 
     async def _request(
         self, head: bytes, body: bytes, timeout: float | None, expect: str | None
     ) -> tuple[dict[str, Any], bytes]:
+        fut, deadline = self._send(head, body, timeout, expect)
+        try:
+            reply: tuple[dict[str, Any], bytes] = await fut
+        except BaseException as exc:
+            await self._failed(exc)
+            raise
+        finally:
+            if deadline is not None:
+                Deadlines.discard(deadline)
+        return reply
+
+    def _send(
+        self, head: bytes, body: bytes, timeout: float | None, expect: str | None
+    ) -> tuple[asyncio.Future[Any], list[Any] | None]:
+        """Write one request; its reply comes to the returned future (``expect``: the
+        request id the reply must name, ``None`` for a request without one)."""
         channel = self._channel
-        if not self.alive or channel.transport is None:
+        transport = channel.transport
+        if not self.alive or transport is None:
             raise SandboxDied("Runtime exited without providing a reason")
-        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         channel.waiter = fut
         channel.expect = expect
-        timer = arm_deadline(fut, timeout, self._clock)
-        channel.transport.write(_frame(head, body))
-        try:
-            return await fut
-        except (SandboxTimeout, SandboxDied):
-            self.kill()
-            raise
-        except ConnectionResetError:
+        deadline = None if timeout is None else self._deadlines.add(fut, timeout)
+        transport.write(_frame(head, body))
+        return fut, deadline
+
+    async def _failed(self, exc: BaseException) -> None:
+        """A request failed with ``exc`` (re-raised by the caller, unless this raises)."""
+        if isinstance(exc, ConnectionResetError):
             self._dead = True
             self._destroy()  # the process may be gone, not what it started
             raise SandboxDied(await self._exit_reason()) from None
-        except BaseException:
-            # Cancelled mid-request: the sandbox's state is unknown, so it cannot be reused.
-            self.kill()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
+        # Timed out, died, broke the protocol, or cancelled mid-request: its state is
+        # unknown, so it cannot be reused.
+        self.kill()
 
     def kill(self) -> None:
         """Destroy now; a request in flight fails with :class:`SandboxDied`."""

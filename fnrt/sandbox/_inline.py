@@ -16,7 +16,7 @@ import functools
 import itertools
 from typing import Any
 
-from .._clock import Clock
+from .._clock import Clock, Deadlines
 from . import _protocol as _p
 from ._protocol import (
     InitReply,
@@ -26,7 +26,7 @@ from ._protocol import (
     Resources,
     SandboxDied,
     SandboxTimeout,
-    arm_deadline,
+    request_deadlines,
 )
 from ._worker import Worker, dispatch
 
@@ -36,9 +36,16 @@ class InlineSandbox:
     pid = None
     stopped = None  # documented: a timed-out inline handler's thread is abandoned
 
-    def __init__(self, sandbox_id: str, clock: Clock, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        sandbox_id: str,
+        clock: Clock,
+        executor: concurrent.futures.Executor,
+        deadlines: Deadlines | None = None,
+    ) -> None:
         self.id = sandbox_id
         self._clock = clock
+        self._deadlines = deadlines if deadlines is not None else request_deadlines(clock)
         self._executor = executor
         self._worker = Worker(process_wide=False, apply_environment=False, enforce_memory=False)
         self._dead = False
@@ -81,7 +88,7 @@ class InlineSandbox:
                 fut.set_result(done.result())
 
         work.add_done_callback(finished)
-        timer = arm_deadline(fut, timeout, self._clock)
+        deadline = None if timeout is None else self._deadlines.add(fut, timeout)
         try:
             reply = await fut
         except SandboxTimeout:
@@ -91,8 +98,8 @@ class InlineSandbox:
             self._dead = True
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            if deadline is not None:
+                Deadlines.discard(deadline)
         if reply[0].get(_p.K_FATAL):
             self._dead = True
         return reply
@@ -111,11 +118,12 @@ class InlineFactory:
 
     def __init__(self, clock: Clock, *, max_workers: int = 64, **_options: Any) -> None:
         self._clock = clock
+        self._deadlines = request_deadlines(clock)
         self._ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fnrt-inline")
 
     async def create(self, resources: Resources | None = None) -> InlineSandbox:
-        return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor)
+        return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor, self._deadlines)
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False)

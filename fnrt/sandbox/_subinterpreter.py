@@ -38,10 +38,10 @@ import sys
 import threading
 from typing import Any
 
-from .._clock import Clock
+from .._clock import Clock, Deadlines
 from . import _wire
 from ._channel import Channel, ChannelSandbox
-from ._protocol import K_ERROR, K_FATAL, Resources
+from ._protocol import K_ERROR, K_FATAL, Resources, request_deadlines
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -153,8 +153,10 @@ def serve(fd: int) -> None:
 class SubinterpreterSandbox(ChannelSandbox):
     kind = "subinterpreter"
 
-    def __init__(self, sandbox_id: str, channel: Channel, clock: Clock) -> None:
-        super().__init__(sandbox_id, channel, clock)
+    def __init__(
+        self, sandbox_id: str, channel: Channel, clock: Clock, deadlines: Deadlines | None = None
+    ) -> None:
+        super().__init__(sandbox_id, channel, clock, deadlines)
         self._reason: str | None = None
         #: Done when the interpreter has been destroyed (its thread has ended). After a
         #: timeout this can be much later than ``kill()``: the runtime holds the function's
@@ -201,6 +203,7 @@ class SubinterpreterFactory:
 
     def __init__(self, clock: Clock, **_options: Any) -> None:
         self._clock = clock
+        self._deadlines = request_deadlines(clock)
         self._ids = itertools.count(1)
         self._sandboxes: set[SubinterpreterSandbox] = set()
         self._spare: SubinterpreterSandbox | None = None
@@ -222,7 +225,7 @@ class SubinterpreterFactory:
             theirs.close()
             raise
         sandbox_id = f"si{os.getpid():x}{next(self._ids):04x}"
-        sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock)
+        sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock, self._deadlines)
         path = json.dumps([p or os.getcwd() for p in sys.path])
 
         def run() -> None:

@@ -31,10 +31,10 @@ import sys
 import tempfile
 from typing import Any
 
-from .._clock import Clock
+from .._clock import Clock, Deadlines
 from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
-from ._protocol import Resources, sandbox_environment
+from ._protocol import Resources, request_deadlines, sandbox_environment
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
 DEFAULT_SPAWN_TIMEOUT = 5.0
@@ -276,9 +276,15 @@ class SubprocessSandbox(ChannelSandbox):
     stopped = None  # a kill ends the process at once
 
     def __init__(
-        self, sandbox_id: str, pid: int, channel: Channel, template: TemplateProcess, clock: Clock
+        self,
+        sandbox_id: str,
+        pid: int,
+        channel: Channel,
+        template: TemplateProcess,
+        clock: Clock,
+        deadlines: Deadlines | None = None,
     ) -> None:
-        super().__init__(sandbox_id, channel, clock)
+        super().__init__(sandbox_id, channel, clock, deadlines)
         self._pid = pid
         self._template = template
 
@@ -319,6 +325,7 @@ class SubprocessFactory:
         start_timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
         self._clock = clock
+        self._deadlines = request_deadlines(clock)
         self.spawn_timeout = spawn_timeout
         self.start_timeout = start_timeout
         self._template: TemplateProcess | None = None
@@ -397,7 +404,8 @@ class SubprocessFactory:
             if isinstance(exc, OSError):
                 raise ServiceError(f"could not start a sandbox: {exc}") from None
             raise
-        return SubprocessSandbox(f"{pid:x}{next(self._ids):04x}", pid, channel, template, self._clock)
+        sandbox_id = f"{pid:x}{next(self._ids):04x}"
+        return SubprocessSandbox(sandbox_id, pid, channel, template, self._clock, self._deadlines)
 
     async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
         loop = asyncio.get_running_loop()

@@ -43,13 +43,15 @@ from json import encoder as _json_encoder
 from json import scanner as _json_scanner
 from typing import Any
 
-from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK
+from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK, InvokeReply
 
 MAGIC = b"FN"
 VERSION = 1
 JSON_HEADER = 1
 INVOKE_REPLY = 2
 _REPLY = struct.Struct("!BBdIHII")
+_unpack_reply = _REPLY.unpack_from
+_REPLY_SIZE = _REPLY.size
 PREFIX = struct.Struct("!2sBBII")
 _HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
 _HEAD_REPLY = PREFIX.pack(MAGIC, VERSION, INVOKE_REPLY, 0, 0)[:4]
@@ -57,6 +59,8 @@ MAX_HEADER = 64 * 1024 * 1024  # a header carries at most a capped log and an er
 MAX_BODY = 1024 * 1024 * 1024
 
 _pack_lengths = struct.Struct("!II").pack
+# The prefix and the fixed fields of an invoke reply, packed in one go (the sandbox's warm path).
+_pack_reply_frame = struct.Struct("!2sBBII" + _REPLY.format.lstrip("!")).pack
 
 
 def _not_serializable(value: object) -> None:
@@ -111,7 +115,7 @@ def frame(head: bytes, body: bytes = b"") -> bytes:
     return b"".join((_HEAD, _pack_lengths(len(head), len(body)), head, body))
 
 
-def parse_prefix(buf: bytes | bytearray) -> tuple[int, int]:
+def parse_prefix(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
     """The header and body lengths of the frame at the start of ``buf`` (12 bytes)."""
     magic, version, encoding, head_len, body_len = PREFIX.unpack_from(buf)
     if magic != MAGIC or version != VERSION or encoding not in (JSON_HEADER, INVOKE_REPLY):
@@ -139,23 +143,41 @@ def encode_invoke_reply(reply: dict[str, Any], body: bytes) -> bytes:
     log = str(reply.get(K_LOG) or "").encode("utf-8", "replace")
     error = reply.get(K_ERROR)
     err = dumps(error).encode() if error else b""
-    head = b"".join(
-        (
-            _REPLY.pack(
-                bool(reply.get(K_OK)),
-                bool(reply.get(K_FATAL)),
-                float(reply.get(K_DURATION) or 0.0),
-                int(reply.get(K_MEMORY) or 0),
-                len(rid),
-                len(log),
-                len(err),
-            ),
-            rid,
-            log,
-            err,
-        )
+    prefix_and_fields = _pack_reply_frame(
+        MAGIC,
+        VERSION,
+        INVOKE_REPLY,
+        _REPLY_SIZE + len(rid) + len(log) + len(err),
+        len(body),
+        bool(reply.get(K_OK)),
+        bool(reply.get(K_FATAL)),
+        float(reply.get(K_DURATION) or 0.0),
+        int(reply.get(K_MEMORY) or 0),
+        len(rid),
+        len(log),
+        len(err),
     )
-    return b"".join((_HEAD_REPLY, _pack_lengths(len(head), len(body)), head, body))
+    return b"".join((prefix_and_fields, rid, log, err, body))
+
+
+def decode_invoke_reply(head: bytes | bytearray | memoryview, body: bytes) -> InvokeReply:
+    """An invoke reply frame (encoding 2) straight into an :class:`InvokeReply`."""
+    try:
+        ok, fatal, duration, memory, id_len, log_len, err_len = _unpack_reply(head)
+    except struct.error:
+        raise FrameError("invoke reply header too short") from None
+    start = _REPLY_SIZE
+    log_at = start + id_len
+    err_at = log_at + log_len
+    if err_at + err_len != len(head):
+        raise FrameError("invoke reply header lengths do not add up")
+    try:
+        rid = str(head[start:log_at], "utf-8")
+        log = str(head[log_at:err_at], "utf-8") if log_len else ""
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"invoke reply is not UTF-8: {exc}") from None
+    error = decode_header(head[err_at:]) if err_len else None
+    return InvokeReply(rid, bool(ok), duration, memory, log, bool(fatal), error, body)
 
 
 def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]:
@@ -187,38 +209,75 @@ def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]
 
 
 class FrameReader:
-    """Blocking reads of whole frames from a socket (the sandbox side), buffered: a request
-    usually arrives in one ``recv``, not one for the prefix and one for the rest."""
+    """Blocking reads of whole frames from a socket (the sandbox side), into one buffer
+    kept between frames: ``recv_into`` its free end, no chunk objects and no concatenation.
+    A request usually arrives in one ``recv_into``, prefix and all. A frame bigger than the
+    buffer gets a buffer of its own size, dropped once it has been read (a 6 MB event
+    does not keep 6 MB of the sandbox's memory)."""
 
-    __slots__ = ("_buf", "_sock")
+    __slots__ = ("_buf", "_end", "_sock", "_start", "_view")
+
+    SIZE = 65536
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buf = bytearray()
+        self._buf = bytearray(self.SIZE)
+        self._view = memoryview(self._buf)
+        self._start = 0  # the unread bytes are _buf[_start:_end]
+        self._end = 0
 
     def _fill(self, n: int) -> bool:
-        buf = self._buf
-        while len(buf) < n:
-            chunk = self._sock.recv(max(n - len(buf), 65536))
-            if not chunk:
+        """At least ``n`` unread bytes in the buffer; ``False`` at end of stream."""
+        start, end = self._start, self._end
+        if start + n > len(self._buf):  # no room after the unread bytes: move them, or grow
+            pending = end - start
+            if n > len(self._buf):
+                self._replace(bytearray(n), pending)
+            else:
+                self._buf[:pending] = self._view[start:end]
+            self._start, self._end = start, end = 0, pending
+        recv_into, view = self._sock.recv_into, self._view
+        while end - start < n:
+            got = recv_into(view[end:])
+            if not got:
+                self._end = end
                 return False
-            buf += chunk
+            end += got
+        self._end = end
         return True
+
+    def _replace(self, buf: bytearray, pending: int) -> None:
+        buf[:pending] = self._view[self._start : self._start + pending]
+        self._view.release()
+        self._buf = buf
+        self._view = memoryview(buf)
 
     def read(self) -> tuple[dict[str, Any], bytes] | None:
         """The next frame; ``None`` at end of stream. Raises :class:`FrameError` on bytes
         that are not a frame."""
         size = PREFIX.size
-        if not self._fill(size):
+        if self._end - self._start < size and not self._fill(size):
             return None
-        head_len, body_len = parse_prefix(self._buf)
-        end = size + head_len + body_len
-        if not self._fill(end):
-            return None
-        buf = self._buf
-        header = decode_header(buf[size : size + head_len], buf[3])
-        body = bytes(buf[size + head_len : end])
-        del buf[:end]
+        start = self._start
+        view = self._view
+        head_len, body_len = parse_prefix(view[start : start + size])
+        need = size + head_len + body_len
+        if self._end - start < need:
+            if not self._fill(need):
+                return None
+            start = self._start
+            view = self._view
+        head_at = start + size
+        body_at = head_at + head_len
+        header = decode_header(view[head_at:body_at], view[start + 3])
+        body = bytes(view[body_at : start + need])
+        start += need
+        if start == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > self.SIZE:  # a big frame's buffer: not kept
+                self._replace(bytearray(self.SIZE), 0)
+        else:
+            self._start = start
         return header, body
 
 

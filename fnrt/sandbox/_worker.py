@@ -15,6 +15,7 @@ import importlib
 import inspect
 import io
 import json
+import json.encoder
 import logging
 import os
 import resource
@@ -30,7 +31,28 @@ from . import _protocol as _p
 from . import _wire
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
+_decode = _wire.loads  # the C scanner; json's own decode (same errors) for anything else
+# ``_dumps`` without what ``JSONEncoder.encode`` builds per call: the C encoder built once.
+# A result that refers to itself recurses until ``RecursionError`` and is encoded again by
+# ``_dumps``, so its error is ``_dumps``'s ("Circular reference detected").
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode_string = getattr(json.encoder, "c_encode_basestring_ascii", None)
+_c_iterencode = (
+    _c_make_encoder(None, json.JSONEncoder().default, _c_encode_string, None, ":", ",", False, False, True)
+    if _c_make_encoder is not None and _c_encode_string is not None
+    else None
+)
+#: Results that are never awaitable (no ``inspect.isawaitable`` for them).
+_PLAIN = frozenset((dict, list, str, int, float, bool, type(None)))
+
+
+def _encode_result(result: Any) -> bytes:
+    if _c_iterencode is None:
+        return _dumps(result).encode()
+    try:
+        return "".join(_c_iterencode(result, 0)).encode()
+    except RecursionError:
+        return _dumps(result).encode()
 _local = threading.local()
 
 
@@ -228,9 +250,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
 
 
+_RSS_PER_MB = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else kB
+_getrusage = resource.getrusage
+_RUSAGE_SELF = resource.RUSAGE_SELF
+
+
 def _max_rss_mb() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss / 1024) if sys.platform != "darwin" else int(rss / 1024 / 1024)
+    return int(_getrusage(_RUSAGE_SELF).ru_maxrss / _RSS_PER_MB)
 
 
 def _address_space_bytes() -> int:
@@ -439,7 +465,7 @@ class Worker:
             return {_p.K_OK: False, _p.K_ERROR: error}, b""
         try:
             result = fn(event, context)
-            if self.is_async or inspect.isawaitable(result):
+            if self.is_async or (type(result) not in _PLAIN and inspect.isawaitable(result)):
                 result = self._run_async(result)
         except Exception as exc:
             if _is_out_of_memory(exc):
@@ -448,7 +474,7 @@ class Worker:
             _log_error(buf, exc, error)
             return {_p.K_OK: False, _p.K_ERROR: error}, b""
         try:
-            return {_p.K_OK: True}, _dumps(result).encode()
+            return {_p.K_OK: True}, _encode_result(result)
         except MemoryError as exc:
             return self._out_of_memory(exc, context, buf), b""
         except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:
