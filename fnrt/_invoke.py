@@ -21,13 +21,12 @@ import asyncio
 import itertools
 import json
 import json.encoder
-import json.scanner
 import logging
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _observe
+from . import _json, _observe
 from ._clock import Clock
 from ._concurrency import ConcurrencyLimiter, Slot
 from ._lambda import (
@@ -93,23 +92,10 @@ def _dumps(payload: Any) -> str:
         return str(dumps(payload))
 
 
-_c_scan = getattr(json.scanner, "c_make_scanner", None)
-_scan_once = _c_scan(json.JSONDecoder()) if _c_scan is not None else None
-
-
 def loads_result(raw: bytes) -> Any:
-    """``json.loads(raw)`` for a result, without its per-call encoding detection and
-    whitespace handling when ``raw`` is plain UTF-8 JSON (what a sandbox writes)."""
-    if _scan_once is not None:
-        try:
-            text = raw.decode()
-            value, end = _scan_once(text, 0)
-        except (ValueError, StopIteration):
-            pass
-        else:
-            if end == len(text):
-                return value
-    return json.loads(raw)  # anything else: whatever json.loads makes of it
+    """``json.loads(raw)`` for a result, exactly (:func:`fnrt._json.loads`: msgspec when
+    installed, else json's C scanner for plain UTF-8 JSON)."""
+    return _json.loads(raw)
 
 
 def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
@@ -209,8 +195,8 @@ async def decode_result(raw: bytes) -> Any:
     if not raw:
         return None
     if len(raw) >= LARGE_PAYLOAD:
-        return await asyncio.to_thread(json.loads, raw)
-    return json.loads(raw)
+        return await asyncio.to_thread(_json.loads, raw)
+    return _json.loads(raw)
 
 
 # -- results --------------------------------------------------------------------------

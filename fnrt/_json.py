@@ -21,6 +21,7 @@ Encoding stays with json: Lambda's runtime writes a result with ``json.dumps``, 
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,29 @@ _TYPES = (bytes, bytearray, str)  # what json.loads takes (msgspec takes any buf
 #: msgspec is used when installed (tests switch it off to check the plain path).
 FAST = _decode is not None
 
+# Without msgspec: json's C scanner called directly, which skips what ``json.loads`` does per
+# call (encoding detection, whitespace handling) for a document of plain UTF-8 JSON; anything
+# else (whitespace around it, a BOM, another encoding, an error) is ``json.loads``'s.
+_c_make_scanner = getattr(json.scanner, "c_make_scanner", None)
+_scan_once = _c_make_scanner(json.JSONDecoder()) if _c_make_scanner is not None else None
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _plain(data: bytes | bytearray | str) -> Any:
+    """``json.loads(data)``, exactly, with the C scanner when it is plain UTF-8 JSON."""
+    if _scan_once is not None and isinstance(data, _TYPES):
+        try:
+            text = data if isinstance(data, str) else data.decode()
+            value, end = _scan_once(text, 0)
+        except (ValueError, StopIteration):
+            pass
+        else:
+            if end == len(text):
+                return value
+    return json.loads(data)
 
 
 def loads(data: bytes | bytearray | str) -> Any:
@@ -49,7 +70,18 @@ def loads(data: bytes | bytearray | str) -> Any:
             return _decode(data)
         except Exception:  # refused: json decides, reads it or raises its own error
             pass
-    return json.loads(data)
+    return _plain(data)
+
+
+def loads_utf8(data: bytes) -> Any:
+    """``json.loads(data.decode())``, exactly (UTF-8, nothing else: a sandbox reading its
+    event); with msgspec when installed. Raises ``UnicodeDecodeError`` as that does."""
+    if FAST and _decode is not None:
+        try:
+            return _decode(data)  # it takes valid UTF-8 only
+        except Exception:
+            pass
+    return _plain(data.decode())
 
 
 def loads_strict(data: bytes | bytearray | str) -> Any:

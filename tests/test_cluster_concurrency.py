@@ -194,7 +194,8 @@ async def test_a_dead_hosts_slots_come_back_when_its_lease_expires(
         raise AssertionError("host a's slots never came back")
     await limiter(b).cluster_in_flight()
     by_host = limiter(b).stats()["cluster"]["cluster_leased_by_host"]
-    assert by_host == {"hold": {"h1": 1}} or by_host == {"hold": {"h1": 2}}  # a's are gone
+    # a's are gone; b holds its own block, or has given it back already (idle past hold=0.05)
+    assert set(by_host.get("hold", {})) <= {"h1"} and by_host.get("hold", {}).get("h1", 0) <= 2
 
 
 async def test_an_unreachable_counting_service_is_store_unavailable_never_an_admit(

@@ -88,7 +88,7 @@ async def test_the_console_in_a_browser(release_file):
                 await page.get_by_label("Payload (JSON)").fill('{"hello": "browser"}')
                 await page.get_by_role("button", name="Invoke").focus()
                 await page.keyboard.press("Enter")
-                await expect(page.locator("#invoke-output")).to_contain_text('"hello":"browser"')
+                await expect(page.locator("#invoke-output")).to_contain_text('"hello": "browser"')
                 await expect(page.locator("#invoke-log")).to_contain_text("REPORT RequestId")
                 rid = rt.recent.select("echo")[0].request_id
                 recent = page.locator("#sec-recent")
@@ -167,7 +167,7 @@ async def test_the_console_in_a_browser(release_file):
                 await static.locator("#invoke-form").get_by_label("Function").select_option("echo")
                 await static.get_by_label("Payload (JSON)").fill('{"no": "script"}')
                 await static.get_by_role("button", name="Invoke").click()
-                await expect(static.locator("#invoke-output")).to_contain_text('"no":"script"')
+                await expect(static.locator("#invoke-output")).to_contain_text('"no": "script"')
                 await static.screenshot(path=ARTIFACTS / "console-no-javascript.png")
                 await context.close()
             finally:

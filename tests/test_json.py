@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,7 +70,12 @@ def outcome(fn: Any, data: Any) -> tuple[str, str]:
         value = fn(data)
     except (ValueError, RecursionError) as exc:
         return ("error", type(exc).__name__)
-    return ("value", typed_repr(value))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10_000))  # a value as deep as the deep document
+    try:
+        return ("value", typed_repr(value))
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def typed_repr(value: Any) -> str:
@@ -82,11 +88,16 @@ def typed_repr(value: Any) -> str:
     return f"{type(value).__name__}:{value!r}"
 
 
+def json_loads_utf8(data: bytes) -> Any:
+    return json.loads(data.decode())
+
+
 @pytest.mark.parametrize("text", EDGES + SAME_IN_BOTH + INVALID)
 def test_loads_is_json_loads_for_text_and_bytes(mode: str, text: str) -> None:
     assert outcome(_json.loads, text) == outcome(json.loads, text)
     data = text.encode("utf-8", "surrogatepass")
     assert outcome(_json.loads, data) == outcome(json.loads, data)
+    assert outcome(_json.loads_utf8, data) == outcome(json_loads_utf8, data)
 
 
 @pytest.mark.parametrize(
@@ -95,6 +106,8 @@ def test_loads_is_json_loads_for_text_and_bytes(mode: str, text: str) -> None:
 )
 def test_encodings_json_detects_are_read_as_json_reads_them(mode: str, data: bytes | str) -> None:
     assert outcome(_json.loads, data) == outcome(json.loads, data)
+    if isinstance(data, bytes):  # a sandbox's event: UTF-8 or an UnmarshalError, as before
+        assert outcome(_json.loads_utf8, data) == outcome(json_loads_utf8, data)
 
 
 def test_an_input_type_json_refuses_is_refused_alike(mode: str) -> None:
@@ -142,6 +155,7 @@ def test_random_documents_decode_as_json_decodes_them(value: Any, ensure_ascii: 
         try:
             assert outcome(_json.loads, text) == outcome(json.loads, text)
             assert outcome(_json.loads, data) == outcome(json.loads, data)
+            assert outcome(_json.loads_utf8, data) == outcome(json_loads_utf8, data)
         finally:
             _json.FAST = before
 

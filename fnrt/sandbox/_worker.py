@@ -15,7 +15,6 @@ import importlib
 import inspect
 import io
 import json
-import json.encoder
 import logging
 import os
 import resource
@@ -26,33 +25,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .. import _json
 from .._context import ClientContext, CognitoIdentity, Context
+from . import _marshal, _wire
 from . import _protocol as _p
-from . import _wire
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-_decode = _wire.loads  # the C scanner; json's own decode (same errors) for anything else
-# ``_dumps`` without what ``JSONEncoder.encode`` builds per call: the C encoder built once.
-# A result that refers to itself recurses until ``RecursionError`` and is encoded again by
-# ``_dumps``, so its error is ``_dumps``'s ("Circular reference detected").
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_string = getattr(json.encoder, "c_encode_basestring_ascii", None)
-_c_iterencode = (
-    _c_make_encoder(None, json.JSONEncoder().default, _c_encode_string, None, ":", ",", False, False, True)
-    if _c_make_encoder is not None and _c_encode_string is not None
-    else None
-)
 #: Results that are never awaitable (no ``inspect.isawaitable`` for them).
 _PLAIN = frozenset((dict, list, str, int, float, bool, type(None)))
-
-
-def _encode_result(result: Any) -> bytes:
-    if _c_iterencode is None:
-        return _dumps(result).encode()
-    try:
-        return "".join(_c_iterencode(result, 0)).encode()
-    except RecursionError:
-        return _dumps(result).encode()
 _local = threading.local()
 
 
@@ -458,7 +437,7 @@ class Worker:
         self, fn: Callable[..., Any], body: bytes, context: Any, buf: Capture
     ) -> tuple[dict[str, Any], bytes]:
         try:
-            event = _decode(body.decode())
+            event = _json.loads_utf8(body)  # msgspec when installed, json's result exactly
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             error = _error(exc, "Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}")
             _log_error(buf, exc, error)
@@ -474,7 +453,7 @@ class Worker:
             _log_error(buf, exc, error)
             return {_p.K_OK: False, _p.K_ERROR: error}, b""
         try:
-            return {_p.K_OK: True}, _encode_result(result)
+            return {_p.K_OK: True}, _marshal.to_json(result)  # as Lambda's runtime writes it
         except MemoryError as exc:
             return self._out_of_memory(exc, context, buf), b""
         except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:

@@ -1,0 +1,96 @@
+"""A handler's return value as Lambda's Python runtime writes it (awslambdaric's marshaller).
+
+Lambda encodes the result with simplejson's defaults: ``", "`` and ``": "`` between items,
+``NaN`` and ``Infinity`` allowed, non-ASCII characters escaped on Python 3.11 and earlier
+and written as they are from Python 3.12 on (Lambda's documented "Response format");
+and ``decimal.Decimal`` written as its own digits (``Decimal("1.10")`` is ``1.10``, a NaN
+``Decimal`` is ``NaN``: what a DynamoDB read returns can be returned as it is). Users
+compare these bytes (boto3's ``Payload``), so fnrt writes the same ones, with the standard
+library's encoder.
+
+The standard encoder cannot write raw text for an object, so a ``Decimal`` becomes a marker
+string the encoder quotes (``"\\u0000<nonce>:<n>\\u0000"``, a NUL-delimited random nonce no
+user string can hold by chance) and the marker is replaced by the digits afterwards: only a
+result holding a ``Decimal`` pays for it.
+
+Not reproduced: simplejson writes a named tuple as an object (``namedtuple_as_object``),
+here it is an array, as the standard library writes it; Lambda returns a ``bytes`` result
+as it is, here it is a ``Runtime.MarshalError`` (every consumer of a result, destinations
+and Function URLs included, reads it as JSON).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import json.encoder
+import math
+import re
+import secrets
+import sys
+from typing import Any
+
+#: Lambda's Python 3.12+ runtimes write non-ASCII characters as they are.
+ENSURE_ASCII = sys.version_info < (3, 12)
+
+
+class _Decimals:
+    """The ``default`` hook of one encoding: Decimals become markers, remembered in order."""
+
+    __slots__ = ("digits", "nonce")
+
+    def __init__(self) -> None:
+        self.nonce = secrets.token_hex(8)
+        self.digits: list[str] = []
+
+    def __call__(self, obj: Any) -> Any:
+        if isinstance(obj, decimal.Decimal):
+            if obj.is_nan():
+                return math.nan
+            self.digits.append(str(obj))
+            return f"\x00{self.nonce}:{len(self.digits) - 1}\x00"
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    def substitute(self, text: str) -> str:
+        marker = re.compile(rf'"\\u0000{self.nonce}:([0-9]+)\\u0000"')
+        return marker.sub(lambda m: self.digits[int(m[1])], text)
+
+
+def _no_default(obj: Any) -> Any:
+    if isinstance(obj, decimal.Decimal):
+        raise _HasDecimal
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+class _HasDecimal(Exception):
+    pass
+
+
+_encode = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, default=_no_default).encode
+# The same encoder's C part built once (``JSONEncoder.encode`` builds it, a closure and the
+# circular-reference markers per call): the warm path. Without markers a result that refers
+# to itself recurses until ``RecursionError``; ``_encode`` then gives json's own error.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_quote = getattr(json.encoder, "c_encode_basestring_ascii" if ENSURE_ASCII else "c_encode_basestring", None)
+_c_iterencode = (
+    _c_make_encoder(None, _no_default, _c_quote, None, ": ", ", ", False, False, True)
+    if _c_make_encoder is not None and _c_quote is not None
+    else None
+)
+
+
+def to_json(result: Any) -> bytes:
+    """``result`` as the bytes Lambda returns for it; raises ``TypeError``/``ValueError``
+    (Lambda's ``Runtime.MarshalError``) for what it cannot encode."""
+    try:
+        if _c_iterencode is not None and not isinstance(result, str):
+            try:
+                return "".join(_c_iterencode(result, 0)).encode()
+            except RecursionError:
+                pass
+        return _encode(result).encode()
+    except _HasDecimal:
+        pass
+    decimals = _Decimals()
+    text = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, default=decimals).encode(result)
+    return decimals.substitute(text).encode()

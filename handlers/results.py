@@ -1,0 +1,17 @@
+"""Results Lambda's Python runtime marshals its own way: a DynamoDB-style Decimal, text
+beyond ASCII, NaN."""
+
+from decimal import Decimal
+
+
+def item(event, context):
+    """What a DynamoDB read returns: numbers are Decimals."""
+    return {"sku": "apple", "price": Decimal("1.10"), "stock": Decimal("42"), "rating": Decimal("NaN")}
+
+
+def greeting(event, context):
+    return {"message": "こんにちは", "city": "Zürich"}
+
+
+def not_a_number(event, context):
+    return [float("nan"), float("inf"), 1.5]
