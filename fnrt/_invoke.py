@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import json.encoder
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -60,7 +58,6 @@ __all__ = [
     "decode_result",
     "encode_payload",
     "encode_payload_async",
-    "loads_result",
     "looks_large",
 ]
 
@@ -69,34 +66,6 @@ ThrottleObserver = Callable[[str, str], None]
 
 
 # -- payloads -------------------------------------------------------------------------
-
-# ``_lambda.dumps`` (compact, no NaN) without what ``JSONEncoder.encode`` builds per call
-# (an encoder object, a closure, the circular-reference markers): the C encoder built once.
-# A payload that refers to itself recurses until ``RecursionError``; it is encoded again by
-# ``dumps`` then, so the error is the one ``dumps`` raises.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_string = getattr(json.encoder, "c_encode_basestring_ascii", None)
-_c_iterencode = (
-    _c_make_encoder(None, json.JSONEncoder().default, _c_encode_string, None, ":", ",", False, False, False)
-    if _c_make_encoder is not None and _c_encode_string is not None
-    else None
-)
-
-
-def _dumps(payload: Any) -> str:
-    if _c_iterencode is None:  # an interpreter without the C accelerator
-        return str(dumps(payload))
-    try:
-        return "".join(_c_iterencode(payload, 0))
-    except RecursionError:
-        return str(dumps(payload))
-
-
-def loads_result(raw: bytes) -> Any:
-    """``json.loads(raw)`` for a result, exactly (:func:`fnrt._json.loads`: msgspec when
-    installed, else json's C scanner for plain UTF-8 JSON)."""
-    return _json.loads(raw)
-
 
 def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
     """The event as JSON bytes. ``bytes`` are taken as a JSON document already."""
@@ -112,7 +81,7 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
             raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
         return body
     try:
-        body = _dumps(payload).encode()
+        body = dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from None
     if len(body) > limit:
@@ -263,7 +232,7 @@ class InvocationResult:
         """The handler's result (or Lambda's error body on a function error)."""
         if self.error is not None:
             return self.error.to_lambda()
-        return loads_result(self.raw) if self.raw else None
+        return _json.loads(self.raw) if self.raw else None
 
     @property
     def function_error(self) -> str | None:

@@ -14,13 +14,14 @@ which reads it or raises its own error, as it always did:
 
 The strict variant, :func:`loads_strict`, is Lambda's: ``NaN`` and ``Infinity`` are errors.
 
-Encoding stays with json: Lambda's runtime writes a result with ``json.dumps``, whose output
-(spacing, ``NaN``, ``Decimal``) users compare byte for byte.
+Encoding stays with json (:func:`encoder`): Lambda's runtime writes a result with
+simplejson's encoder, whose output (spacing, ``NaN``, ``Decimal``) users compare byte for byte.
 """
 
 from __future__ import annotations
 
 import json
+import json.encoder
 import json.scanner
 from collections.abc import Callable
 from typing import Any
@@ -63,32 +64,67 @@ def _plain(data: bytes | bytearray | str) -> Any:
     return json.loads(data)
 
 
-def loads(data: bytes | bytearray | str) -> Any:
-    """``json.loads(data)``, exactly; with msgspec when installed."""
+_MISS = object()
+
+
+def _fast(data: Any) -> Any:
+    """msgspec's reading of ``data``, or ``_MISS`` when it is not installed, not on, or refuses."""
     if FAST and _decode is not None and isinstance(data, _TYPES):
         try:
             return _decode(data)
         except Exception:  # refused: json decides, reads it or raises its own error
             pass
-    return _plain(data)
+    return _MISS
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """``json.loads(data)``, exactly; with msgspec when installed."""
+    value = _fast(data)
+    return _plain(data) if value is _MISS else value
 
 
 def loads_utf8(data: bytes) -> Any:
     """``json.loads(data.decode())``, exactly (UTF-8, nothing else: a sandbox reading its
-    event); with msgspec when installed. Raises ``UnicodeDecodeError`` as that does."""
-    if FAST and _decode is not None:
-        try:
-            return _decode(data)  # it takes valid UTF-8 only
-        except Exception:
-            pass
-    return _plain(data.decode())
+    event); with msgspec when installed (it takes valid UTF-8 only). Raises
+    ``UnicodeDecodeError`` as that does."""
+    value = _fast(data)
+    return _plain(data.decode()) if value is _MISS else value
 
 
 def loads_strict(data: bytes | bytearray | str) -> Any:
-    """Lambda's JSON: as :func:`loads`, but ``NaN`` and ``Infinity`` are errors."""
-    if FAST and _decode is not None and isinstance(data, _TYPES):
+    """Lambda's JSON: as :func:`loads`, but ``NaN`` and ``Infinity`` are errors (msgspec
+    refuses them itself)."""
+    value = _fast(data)
+    return json.loads(data, parse_constant=_reject_constant) if value is _MISS else value
+
+
+def encoder(
+    *,
+    separators: tuple[str, str] = (",", ":"),
+    ensure_ascii: bool = True,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+) -> Callable[[Any], str]:
+    """``json.JSONEncoder(...).encode`` with its C part built once: ``encode`` builds it, a
+    closure and the circular-reference markers on every call, which is most of the cost of
+    a small document. The C part checks no cycle: a value that contains itself recurses
+    until ``RecursionError`` and is encoded again by ``JSONEncoder``, whose error is json's
+    own ("Circular reference detected"). Same output, same errors."""
+    full = json.JSONEncoder(
+        separators=separators, ensure_ascii=ensure_ascii, allow_nan=allow_nan, default=default
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    quote_name = "c_encode_basestring_ascii" if ensure_ascii else "c_encode_basestring"
+    quote = getattr(json.encoder, quote_name, None)
+    if make is None or quote is None:  # an interpreter without the C accelerator
+        return full.encode
+    item, key = separators
+    iterencode = make(None, full.default, quote, None, key, item, False, False, allow_nan)
+
+    def encode(value: Any) -> str:
         try:
-            return _decode(data)  # refuses NaN and Infinity itself
-        except Exception:
-            pass
-    return json.loads(data, parse_constant=_reject_constant)
+            return "".join(iterencode(value, 0))
+        except RecursionError:
+            return full.encode(value)
+
+    return encode

@@ -8,7 +8,6 @@ with each other and with AWS's documentation.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from typing import Any
 
@@ -42,9 +41,9 @@ SCALING_WINDOW = 10.0
 
 
 #: The one encoder: compact, and strict as Lambda's JSON is (no NaN or Infinity).
-dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+dumps = _json.encoder(allow_nan=False)
 
-#: Strict JSON: ``NaN`` and ``Infinity`` are not JSON, as in Lambda (orjson when installed).
+#: Strict JSON: ``NaN`` and ``Infinity`` are not JSON, as in Lambda (msgspec when installed).
 loads = _json.loads_strict
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import attrs
 
-from . import _observe, _recent
+from . import _json, _observe, _recent
 from ._clock import Clock, SystemClock
 from ._cluster import ClusterMember
 from ._cluster_limit import ClusterLimit, cluster_limiter
@@ -44,7 +44,6 @@ from ._invoke import (
     decode_result,
     encode_payload,
     encode_payload_async,
-    loads_result,
     looks_large,
 )
 from ._lambda import (
@@ -504,7 +503,7 @@ class Runtime(ControlPlane, ClusterMember):
             return None
         raw = result.raw
         if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
-            return loads_result(raw) if raw else None
+            return _json.loads(raw) if raw else None
         return await decode_result(raw)
 
     async def invoke_detailed(

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import decimal
 import json
-import json.encoder
 import math
 import re
 import secrets
 import sys
 from typing import Any
+
+from .. import _json
+
+_not_json = json.JSONEncoder().default  # raises json's own TypeError for what it cannot encode
 
 #: Lambda's Python 3.12+ runtimes write non-ASCII characters as they are.
 ENSURE_ASCII = sys.version_info < (3, 12)
@@ -49,7 +52,7 @@ class _Decimals:
                 return math.nan
             self.digits.append(str(obj))
             return f"\x00{self.nonce}:{len(self.digits) - 1}\x00"
-        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+        return _not_json(obj)
 
     def substitute(self, text: str) -> str:
         marker = re.compile(rf'"\\u0000{self.nonce}:([0-9]+)\\u0000"')
@@ -59,35 +62,20 @@ class _Decimals:
 def _no_default(obj: Any) -> Any:
     if isinstance(obj, decimal.Decimal):
         raise _HasDecimal
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return _not_json(obj)
 
 
 class _HasDecimal(Exception):
     pass
 
 
-_encode = json.JSONEncoder(ensure_ascii=ENSURE_ASCII, default=_no_default).encode
-# The same encoder's C part built once (``JSONEncoder.encode`` builds it, a closure and the
-# circular-reference markers per call): the warm path. Without markers a result that refers
-# to itself recurses until ``RecursionError``; ``_encode`` then gives json's own error.
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_quote = getattr(json.encoder, "c_encode_basestring_ascii" if ENSURE_ASCII else "c_encode_basestring", None)
-_c_iterencode = (
-    _c_make_encoder(None, _no_default, _c_quote, None, ": ", ", ", False, False, True)
-    if _c_make_encoder is not None and _c_quote is not None
-    else None
-)
+_encode = _json.encoder(separators=(", ", ": "), ensure_ascii=ENSURE_ASCII, default=_no_default)
 
 
 def to_json(result: Any) -> bytes:
     """``result`` as the bytes Lambda returns for it; raises ``TypeError``/``ValueError``
     (Lambda's ``Runtime.MarshalError``) for what it cannot encode."""
     try:
-        if _c_iterencode is not None and not isinstance(result, str):
-            try:
-                return "".join(_c_iterencode(result, 0)).encode()
-            except RecursionError:
-                pass
         return _encode(result).encode()
     except _HasDecimal:
         pass

@@ -36,13 +36,11 @@ interpreter build, so a remote or foreign-language sandbox can answer.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
-from json import encoder as _json_encoder
-from json import scanner as _json_scanner
 from typing import Any
 
+from .. import _json
 from ._protocol import K_DURATION, K_ERROR, K_FATAL, K_ID, K_LOG, K_MEMORY, K_OK, InvokeReply
 
 MAGIC = b"FN"
@@ -67,39 +65,10 @@ def _not_serializable(value: object) -> None:
     raise TypeError(f"a frame header cannot carry {type(value).__name__}")
 
 
-# Headers are small and built by fnrt: the C encoder and scanner called directly (no
-# circular-reference markers, no whitespace handling) cost half of ``json.dumps/loads``.
-_c_encoder = getattr(_json_encoder, "c_make_encoder", None)
-_c_scanner = getattr(_json_scanner, "c_make_scanner", None)
-_full_dumps = json.JSONEncoder(separators=(",", ":")).encode
-_full_loads = json.JSONDecoder().decode
-_c_escape = getattr(_json_encoder, "c_encode_basestring_ascii", None)
-_iterencode = (
-    _c_encoder(None, _not_serializable, _c_escape, None, ":", ",", False, False, True)
-    if _c_encoder is not None and _c_escape is not None
-    else None
-)
-
-
-def dumps(header: dict[str, Any]) -> str:
-    if _iterencode is not None:
-        return "".join(_iterencode(header, 0))
-    return _full_dumps(header)  # an interpreter without the C accelerator
-
-
-_scan_once = _c_scanner(json.JSONDecoder()) if _c_scanner is not None else None
-
-
-def loads(text: str) -> Any:
-    if _scan_once is not None:
-        try:
-            value, end = _scan_once(text, 0)
-        except StopIteration:
-            pass
-        else:
-            if end == len(text):
-                return value
-    return _full_loads(text)  # whitespace, or an error with its position
+# Headers are small and built by fnrt: json's C encoder built once, and the decoding of
+# ``fnrt._json`` (msgspec when installed, else json's C scanner), json's results exactly.
+dumps = _json.encoder(default=_not_serializable)
+loads = _json.loads
 
 
 class FrameError(ValueError):
