@@ -213,20 +213,18 @@ class AsyncSource:
         queue = self._queue or await self.queue()
         self._wake.clear()
         now = self.clock.time()
-        filling = False
         for entry in self.registry:
             room = self._room(entry)
             if 0 < room < self._batch(entry) and self._busy[entry.name]:
                 # Take in batches: a take is a write transaction, so leasing each event
                 # alone as its predecessor finishes caps throughput at one transaction
                 # per event. While attempts run, wait until a quarter of the room is free.
-                filling = True
                 continue
             if room > 0:
                 lease_until = now + entry.record.config.timeout + self.lease_margin
                 for event in await queue.take(entry.name, now, room, self.owner, lease_until):
                     self._start(event)
-        await self._sleep(queue, filling)
+        await self._sleep(queue)
 
     def _cap(self, entry: FunctionEntry) -> int:
         cap = self.per_function
@@ -243,17 +241,17 @@ class AsyncSource:
             0, min(self._cap(entry) - self._busy[entry.name], self.max_in_flight - len(self._in_flight))
         )
 
-    async def _sleep(self, queue: EventQueue, filling: bool = False) -> None:
+    async def _sleep(self, queue: EventQueue) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
         enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys).
-        ``filling``: attempts are running and a finishing one will wake us, so do not ask
-        the database when the next event is due (a query per finished attempt)."""
-        ready = [e.name for e in self.registry if self._room(e) > 0]
-        # While attempts run, each one's end wakes us, so the next due time is asked for once
-        # they are over (a read hop per turn under load, in the store's queue beside the
-        # commits). An event that falls due meanwhile (a retry, a backoff) is taken at the
-        # next wake, or after idle_poll at the latest.
-        due = None if filling or self._in_flight else await queue.next_due(ready)
+
+        While attempts run, each one's end wakes us, so the next due time is asked for once
+        they are over (not a read hop per turn under load, in the store's queue beside the
+        commits). An event that falls due meanwhile (a retry, a backoff) is taken at the
+        next wake, or after ``idle_poll`` at the latest."""
+        due = None
+        if not self._in_flight:
+            due = await queue.next_due([e.name for e in self.registry if self._room(e) > 0])
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return

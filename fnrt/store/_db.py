@@ -342,11 +342,7 @@ class Database:
         if self._writes.busy:
             result: T = await self._writes.submit(((), False, fn))
             return result
-
-        def alone(conn: sqlite3.Connection) -> T:
-            return fn(conn)
-
-        return await self.run(alone, durable=False)
+        return await self.run(fn, durable=False)
 
 
 class Batcher(Generic[Item, R]):
