@@ -240,7 +240,9 @@ async def _invoke_local(args: argparse.Namespace, payload: bytes) -> int:
     if result.status_code != 200:
         print(json.dumps({"StatusCode": result.status_code, "RequestId": result.request_id}))
         return 0
-    print(json.dumps(result.payload))
+    # The result's own bytes, as the endpoint returns them (re-encoding would lose what
+    # only the bytes hold: a Decimal's digits); a function error is Lambda's error body.
+    print(json.dumps(result.payload) if result.error is not None else result.raw.decode())
     return EXIT_FUNCTION_ERROR if result.error is not None else 0
 
 

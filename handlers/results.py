@@ -3,15 +3,20 @@ beyond ASCII, NaN."""
 
 from decimal import Decimal
 
+import fnrt
 
+
+@fnrt.handler
 def item(event, context):
     """What a DynamoDB read returns: numbers are Decimals."""
     return {"sku": "apple", "price": Decimal("1.10"), "stock": Decimal("42"), "rating": Decimal("NaN")}
 
 
+@fnrt.handler
 def greeting(event, context):
     return {"message": "こんにちは", "city": "Zürich"}
 
 
+@fnrt.handler
 def not_a_number(event, context):
     return [float("nan"), float("inf"), 1.5]

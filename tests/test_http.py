@@ -173,6 +173,18 @@ async def test_cli_invoke_in_process():
     assert code == 0 and json.loads(out)["event"] == {"a": 1}
 
 
+ITEM = '{"sku": "apple", "price": 1.10, "stock": 42, "rating": NaN}'  # Lambda's bytes for it
+
+
+async def test_cli_invoke_prints_the_results_own_bytes_in_process_and_over_http(served):
+    code, out, err = await run_cli("invoke", "item", "--module", "handlers.results")
+    assert code == 0 and out.strip() == ITEM, err  # a Decimal's digits survive: not re-encoded
+    rt, server, client = served
+    await rt.deploy("handlers.results")
+    code, out, err = await run_cli("invoke", "item", "--endpoint", server.url)
+    assert code == 0 and out.strip() == ITEM, err
+
+
 async def test_cli_streams_put_and_describe(served):
     rt, server, client = served
     await rt.deploy("handlers.orders")
