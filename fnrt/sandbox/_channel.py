@@ -50,6 +50,9 @@ class Channel(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        #: The loop the transport runs on (kept: on 3.11 each ``get_running_loop()`` is a
+        #: ``getpid`` system call, one per request on the warm path).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future[Any] | None = None
         #: The request id the outstanding request expects in its reply (``None``: any).
@@ -61,6 +64,7 @@ class Channel(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -192,9 +196,9 @@ class ChannelSandbox:
         request id the reply must name, ``None`` for a request without one)."""
         channel = self._channel
         transport = channel.transport
-        if not self.alive or transport is None:
+        if not self.alive or transport is None or channel.loop is None:
             raise SandboxDied("Runtime exited without providing a reason")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = channel.loop.create_future()
         channel.waiter = fut
         channel.expect = expect
         deadline = None if timeout is None else self._deadlines.add(fut, timeout)
