@@ -107,6 +107,7 @@ class AsyncSource:
         # invocation that are writing their outcome (still in _in_flight: they hold a lease).
         self._busy: Counter[str] = Counter()
         self._writing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
 
@@ -212,6 +213,7 @@ class AsyncSource:
         """One turn: take what is due for every function that has room, then sleep."""
         queue = self._queue or await self.queue()
         self._wake.clear()
+        self._loop = asyncio.get_running_loop()
         now = self.clock.time()
         for entry in self.registry:
             room = self._room(entry)
@@ -273,7 +275,7 @@ class AsyncSource:
         """The current attempt's invocation is over: its room goes to the next event while
         its outcome is written (a group commit shared with the other attempts'). It still
         holds its lease, and counts against ``max_in_flight``, until the write is done."""
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # the loop given: no getpid call on 3.11
         if task in self._in_flight and task not in self._writing:
             self._writing.add(task)
             self._busy[self._in_flight[task].function] -= 1

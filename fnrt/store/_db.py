@@ -369,6 +369,7 @@ class Batcher(Generic[Item, R]):
         self._durable = durable
         self._pending: list[tuple[Item, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running batch's
         db._batchers.append(self)
 
     @property
@@ -378,10 +379,13 @@ class Batcher(Generic[Item, R]):
 
     async def submit(self, item: Item) -> R:
         self.db._check_open()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if self._task is None or loop is None:
+            # The loop is asked for once a batch (on 3.11 each ask is a getpid system call).
+            self._loop = loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._flush())
+        future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._flush())
         return await future
 
     async def drain(self) -> None:
