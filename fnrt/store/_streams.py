@@ -17,6 +17,7 @@ release) check the lease in the statement that writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -123,6 +124,9 @@ _READ = (
     "SELECT seq, partition_key, data, arrival FROM stream_records "
     "WHERE stream = ? AND shard_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
+# A row of _READ (its four columns, in StoredRecord's order) as a StoredRecord, in C:
+# StoredRecord._make is a Python function (a frame and a length check per record).
+_stored_record = functools.partial(tuple.__new__, StoredRecord)
 
 
 def _shard(row: Any) -> Shard:
@@ -255,7 +259,7 @@ class SQLiteStreams:
             finally:
                 cursor.close()
 
-        return list(map(StoredRecord._make, await self.db.run(fetch)))
+        return list(map(_stored_record, await self.db.run(fetch)))
 
     async def _close_shards(
         self, conn: Any, stream: str, shard_ids: Sequence[str], children: int
