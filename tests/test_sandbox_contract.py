@@ -412,3 +412,50 @@ def test_the_frame_reader_reassembles_frames_from_reads_of_any_size() -> None:
         assert [h["id"] for h, _ in got] == ["0", "1", "2", "3", "4"]
         assert got[2][1] == big and got[4][1] == b"4"
         assert reader.read() is None
+
+
+def test_the_serve_loop_answers_malformed_invokes_and_goes_on_serving() -> None:
+    """The subprocess loop packs an invoke's reply as it is made (no reply dict): a request
+    without an id or a deadline still gets an error reply, and the next one is served, with
+    the context, the log and the result a well-formed one gets."""
+    import socket
+    import threading
+
+    from fnrt.sandbox._worker import serve
+
+    worker = Worker(process_wide=False, apply_environment=False, enforce_memory=False)
+    bind = {
+        "attr": "echo",
+        "function_name": "echo",
+        "arn": "arn:aws:lambda:us-east-1:000000000000:function:echo",
+        "memory_mb": 256,
+        "log_stream": "2026/12/01/[$LATEST]abc",
+    }
+    assert worker.init({"module": "handlers.echo", "bind": bind})["ok"]
+    ours, theirs = socket.socketpair()
+    loop = threading.Thread(target=serve, args=(theirs, worker), daemon=True)
+    loop.start()
+    try:
+        reader = _wire.FrameReader(ours)
+        ours.sendall(_wire.encode({"op": "invoke", "deadline_ms": 1}, b"{}"))  # no id
+        header, _ = reader.read() or ({}, b"")
+        assert header["ok"] is False and "id" not in header
+        assert header["error"]["errorType"] == "Runtime.Unknown"
+        ours.sendall(_wire.encode({"op": "invoke", "id": "no-deadline"}, b"{}"))
+        header, _ = reader.read() or ({}, b"")
+        assert header["ok"] is False and header["id"] == "no-deadline"
+        assert "deadline_ms" in header["error"]["errorMessage"]
+        deadline = int(time.time() * 1000) + 60_000
+        ours.sendall(_wire.encode({"op": "invoke", "id": "r-1", "deadline_ms": deadline}, b'{"a": 1}'))
+        header, body = reader.read() or ({}, b"")
+        assert header["ok"] is True and header["id"] == "r-1" and "fatal" not in header
+        assert header["dur"] >= 0 and header["mem"] > 0
+        assert json.loads(body)["event"] == {"a": 1} and json.loads(body)["request_id"] == "r-1"
+        ours.sendall(_wire.encode({"op": "invoke", "id": "r-2", "deadline_ms": deadline}, b"[1,"))
+        header, _ = reader.read() or ({}, b"")
+        assert header["ok"] is False and header["error"]["errorType"] == "Runtime.UnmarshalError"
+        assert "Unable to unmarshal input" in header["log"]
+    finally:
+        ours.close()
+        loop.join(5)
+    assert not loop.is_alive()  # EOF ends the loop

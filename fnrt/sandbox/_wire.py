@@ -108,25 +108,47 @@ def decode_header(data: bytes | bytearray | memoryview, encoding: int = JSON_HEA
 
 def encode_invoke_reply(reply: dict[str, Any], body: bytes) -> bytes:
     """An invoke reply (the keys of ``_protocol``) in the fixed layout of encoding 2."""
-    rid = str(reply[K_ID]).encode("utf-8", "replace")
-    log = str(reply.get(K_LOG) or "").encode("utf-8", "replace")
-    error = reply.get(K_ERROR)
+    return pack_invoke_reply(
+        reply[K_ID],
+        bool(reply.get(K_OK)),
+        bool(reply.get(K_FATAL)),
+        float(reply.get(K_DURATION) or 0.0),
+        int(reply.get(K_MEMORY) or 0),
+        str(reply.get(K_LOG) or ""),
+        reply.get(K_ERROR),
+        body,
+    )
+
+
+def pack_invoke_reply(
+    request_id: str,
+    ok: bool,
+    fatal: bool,
+    duration_ms: float,
+    max_memory_mb: int,
+    log: str,
+    error: dict[str, Any] | None,
+    body: bytes,
+) -> bytes:
+    """An invoke reply frame (encoding 2) from its fields."""
+    rid = str(request_id).encode("utf-8", "replace")
+    log_bytes = log.encode("utf-8", "replace")
     err = dumps(error).encode() if error else b""
     prefix_and_fields = _pack_reply_frame(
         MAGIC,
         VERSION,
         INVOKE_REPLY,
-        _REPLY_SIZE + len(rid) + len(log) + len(err),
+        _REPLY_SIZE + len(rid) + len(log_bytes) + len(err),
         len(body),
-        bool(reply.get(K_OK)),
-        bool(reply.get(K_FATAL)),
-        float(reply.get(K_DURATION) or 0.0),
-        int(reply.get(K_MEMORY) or 0),
+        ok,
+        fatal,
+        duration_ms,
+        max_memory_mb,
         len(rid),
-        len(log),
+        len(log_bytes),
         len(err),
     )
-    return b"".join((prefix_and_fields, rid, log, err, body))
+    return b"".join((prefix_and_fields, rid, log_bytes, err, body))
 
 
 def decode_invoke_reply(head: bytes | bytearray | memoryview, body: bytes) -> InvokeReply:

@@ -32,6 +32,10 @@ from . import _protocol as _p
 
 #: Results that are never awaitable (no ``inspect.isawaitable`` for them).
 _PLAIN = frozenset((dict, list, str, int, float, bool, type(None)))
+_perf_counter = time.perf_counter
+#: What :meth:`Worker.run_invoke` returns: request id, ok, fatal, duration_ms, max_memory_mb,
+#: log, error (Lambda's shape, or ``None``), result.
+Invoked = tuple[str, bool, bool, float, int, str, "dict[str, Any] | None", bytes]
 _local = threading.local()
 
 
@@ -289,6 +293,7 @@ class Worker:
         self.fn: Callable[..., Any] | None = None
         self.is_async = False
         self.function: dict[str, Any] = {}
+        self._constants: tuple[str, str, str, str, str] = ("", "$LATEST", "", "", "")  # Context.constants
         self.apply_environment = apply_environment
         self.enforce_memory = enforce_memory
         self.memory_limited = False
@@ -390,6 +395,9 @@ class Worker:
         self.fn = target
         self.is_async = inspect.iscoroutinefunction(target)
         self.function = bind
+        self._constants = Context.constants(
+            bind["function_name"], bind["memory_mb"], bind.get("log_stream", "")
+        )
         if self.apply_environment:
             os.environ.update(bind.get("environment") or {})
             if bind.get("log_stream"):
@@ -400,76 +408,86 @@ class Worker:
     # -- invoke phase -----------------------------------------------------------------
 
     def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        """One invocation; its reply as a header dict and the result (the inline and
+        subinterpreter loops, :func:`dispatch`)."""
+        rid, ok, fatal, duration_ms, memory_mb, log, error, out = self.run_invoke(header, body)
+        reply = {_p.K_OK: ok, _p.K_ID: rid, _p.K_DURATION: duration_ms, _p.K_MEMORY: memory_mb, _p.K_LOG: log}
+        if error is not None:
+            reply[_p.K_ERROR] = error
+        if fatal:
+            reply[_p.K_FATAL] = True
+        return reply, out
+
+    def invoke_frame(self, header: dict[str, Any], body: bytes) -> tuple[bytes, bool]:
+        """One invocation; its reply frame (the fixed layout) and whether the sandbox must end
+        after it. The subprocess loop's warm path: no reply dict in between."""
+        outcome = self.run_invoke(header, body)
+        return _wire.pack_invoke_reply(*outcome), outcome[2]
+
+    def run_invoke(self, header: dict[str, Any], body: bytes) -> Invoked:
+        """Run the bound handler on ``body``: ``(request id, ok, fatal, duration_ms,
+        max_memory_mb, log, error, result)``. Raises only for a malformed request (no id,
+        no deadline) and for what a handler may end its sandbox with (``SystemExit``)."""
         rid = header[_p.K_ID]
         if self.fn is None:
-            reply = {
-                _p.K_OK: False,
-                _p.K_ERROR: _simple_error("Runtime.Unknown", "sandbox is not bound to a handler"),
-            }
-            reply.update({_p.K_ID: rid, _p.K_DURATION: 0.0, _p.K_MEMORY: _max_rss_mb(), _p.K_LOG: ""})
-            return reply, b""
-        fn = self.function
+            unbound = _simple_error("Runtime.Unknown", "sandbox is not bound to a handler")
+            return rid, False, False, 0.0, _max_rss_mb(), "", unbound, b""
         identity = header.get(_p.K_IDENTITY)
         client_context = header.get(_p.K_CLIENT_CONTEXT)
-        context = Context(
-            function_name=fn["function_name"],
-            invoked_function_arn=header.get(_p.K_INVOKED_ARN) or fn["arn"],
-            memory_limit_in_mb=fn["memory_mb"],
-            aws_request_id=rid,
-            deadline_ms=header[_p.K_DEADLINE],
-            log_stream_name=fn.get("log_stream", ""),
-            identity=None if identity is None else CognitoIdentity.from_dict(identity),
-            client_context=None if client_context is None else ClientContext.from_dict(client_context),
+        context = Context._for_invoke(
+            self._constants,
+            rid,
+            header[_p.K_DEADLINE],
+            header.get(_p.K_INVOKED_ARN) or self.function["arn"],
+            None if identity is None else CognitoIdentity.from_dict(identity),
+            None if client_context is None else ClientContext.from_dict(client_context),
         )
         buf = _start_capture(rid, self.log_capture_bytes)
-        started = time.perf_counter()
+        started = _perf_counter()
         try:
-            reply, out = self._call(self.fn, body, context, buf)
+            ok, error, fatal, out = self._call(self.fn, body, context, buf)
         finally:
             _stop_capture()
-        reply[_p.K_ID] = rid
-        reply[_p.K_DURATION] = (time.perf_counter() - started) * 1000
-        reply[_p.K_MEMORY] = _max_rss_mb()
-        reply[_p.K_LOG] = buf.text()
-        return reply, out
+        return rid, ok, fatal, (_perf_counter() - started) * 1000, _max_rss_mb(), buf.text(), error, out
 
     def _call(
         self, fn: Callable[..., Any], body: bytes, context: Any, buf: Capture
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[bool, dict[str, Any] | None, bool, bytes]:
+        """``(ok, error, fatal, result)`` of one call of the handler."""
         try:
             event = _json.loads_utf8(body)  # msgspec when installed, json's result exactly
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             error = _error(exc, "Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}")
             _log_error(buf, exc, error)
-            return {_p.K_OK: False, _p.K_ERROR: error}, b""
+            return False, error, False, b""
         try:
             result = fn(event, context)
             if self.is_async or (type(result) not in _PLAIN and inspect.isawaitable(result)):
                 result = self._run_async(result)
         except Exception as exc:
             if _is_out_of_memory(exc):
-                return self._out_of_memory(exc, context, buf), b""
+                return False, self._out_of_memory(exc, context, buf), True, b""
             error = _error(exc)
             _log_error(buf, exc, error)
-            return {_p.K_OK: False, _p.K_ERROR: error}, b""
+            return False, error, False, b""
         try:
-            return {_p.K_OK: True}, _marshal.to_json(result)  # as Lambda's runtime writes it
+            return True, None, False, _marshal.to_json(result)  # as Lambda's runtime writes it
         except MemoryError as exc:
-            return self._out_of_memory(exc, context, buf), b""
+            return False, self._out_of_memory(exc, context, buf), True, b""
         except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:
             error = _error(exc, "Runtime.MarshalError", f"Unable to marshal response: {exc}")
             _log_error(buf, exc, error)
-            return {_p.K_OK: False, _p.K_ERROR: error}, b""
+            return False, error, False, b""
 
     def _out_of_memory(self, exc: BaseException, context: Any, buf: Capture) -> dict[str, Any]:
-        """The handler passed its memory limit: report it and let the sandbox die."""
+        """The handler passed its memory limit: the error to report (the sandbox then dies)."""
         limit = context.memory_limit_in_mb
         message = (
             f"RequestId: {context.aws_request_id} Error: Runtime exited with error: "
             f"out of memory (memory_mb={limit})"
         )
         buf.append(f"Memory limit of {limit} MB exceeded\n")
-        return {_p.K_OK: False, _p.K_ERROR: _error(exc, "Runtime.OutOfMemory", message), _p.K_FATAL: True}
+        return _error(exc, "Runtime.OutOfMemory", message)
 
     def _run_async(self, awaitable: Any) -> Any:
         if self._loop is None:
@@ -508,11 +526,21 @@ def dispatch(worker: Worker, header: dict[str, Any], body: bytes) -> tuple[dict[
             return None
         error = _simple_error("Runtime.Unknown", f"unknown op {op!r}")
     except Exception as exc:  # a malformed request: answer, do not die
-        error = _error(exc, "Runtime.Unknown", f"cannot serve {op!r}: {type(exc).__name__}: {exc}")
+        return _unservable(header, exc), b""
+    return _failed_reply(header, error), b""
+
+
+def _unservable(header: dict[str, Any], exc: Exception) -> dict[str, Any]:
+    """The reply to a request that could not be served (malformed, or a bug of ours)."""
+    message = f"cannot serve {header.get(_p.OP)!r}: {type(exc).__name__}: {exc}"
+    return _failed_reply(header, _error(exc, "Runtime.Unknown", message))
+
+
+def _failed_reply(header: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
     reply: dict[str, Any] = {_p.K_OK: False, _p.K_ERROR: error}
     if _p.K_ID in header:
         reply[_p.K_ID] = header[_p.K_ID]
-    return reply, b""
+    return reply
 
 
 def serve(sock: Any, worker: Worker | None = None) -> None:
@@ -520,15 +548,24 @@ def serve(sock: Any, worker: Worker | None = None) -> None:
     if worker is None:
         worker = Worker(process_wide=True)
     read, send = _wire.FrameReader(sock).read, sock.sendall
+    invoke_frame = worker.invoke_frame
     while True:
         frame = read()
         if frame is None:
             return
-        answer = dispatch(worker, *frame)
-        if answer is None:
-            return
-        send(encode_reply(frame[0], *answer))
-        if answer[0].get(_p.K_FATAL):
+        header, body = frame
+        if header.get(_p.OP) == _p.OP_INVOKE:  # the warm path: the reply packed as it is made
+            try:
+                data, fatal = invoke_frame(header, body)
+            except Exception as exc:  # a malformed request: answer, do not die
+                data, fatal = encode_reply(header, _unservable(header, exc), b""), False
+        else:
+            answer = dispatch(worker, header, body)
+            if answer is None:
+                return
+            data, fatal = encode_reply(header, *answer), bool(answer[0].get(_p.K_FATAL))
+        send(data)
+        if fatal:
             os._exit(137)
 
 
