@@ -160,6 +160,29 @@ async def test_event_has_lambdas_kinesis_shape(tmp_path: Path) -> None:
         assert isinstance(kinesis["approximateArrivalTimestamp"], float)
 
 
+async def test_each_record_carries_its_own_arrival_time(tmp_path: Path) -> None:
+    """The event formats an arrival time once per run of equal times (the records of one
+    put share theirs): records put apart still carry their own, exactly as stored."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, "archive", "archive_events")
+        stream = await rt.create_stream("orders", shard_count=1)
+        put_at = [clock.time()]
+        await stream.put_record(b"1", "k")
+        await clock.advance(1.25)
+        put_at.append(clock.time())
+        await stream.put_records([(b"2", "k"), (b"3", "k")])
+        await clock.advance(0.5)
+        put_at.append(clock.time())
+        await stream.put_record(b"4", "k")
+        await rt.add_stream_mapping("orders", "archive", batch_size=10)
+        [event] = await until(lambda: ledger(path), what="event")
+        records = event["Records"]
+        assert [base64.b64decode(r["kinesis"]["data"]) for r in records] == [b"1", b"2", b"3", b"4"]
+        times = [r["kinesis"]["approximateArrivalTimestamp"] for r in records]
+        assert times == [put_at[0], put_at[1], put_at[1], put_at[2]]
+
+
 # -- ordering, blocking, retries, bisect, on-failure ----------------------------------
 
 
