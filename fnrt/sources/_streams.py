@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import operator
 import os
 import socket
 import uuid
@@ -584,10 +585,12 @@ class ShardPoller:
         """Deliver a round: one lane per partition-key group, each lane in order."""
         factor = self.config.parallelization_factor
         lanes: dict[int, list[StoredRecord]] = {}
-        for record in records:
-            lane = zlib.crc32(record.partition_key.encode()) % factor if factor > 1 else 0
-            lanes.setdefault(lane, []).append(record)
-        self._order = [r.seq for r in records]
+        if factor > 1:
+            for record in records:
+                lanes.setdefault(zlib.crc32(record.partition_key.encode()) % factor, []).append(record)
+        else:
+            lanes[0] = records
+        self._order = list(map(_seq, records))
         self._next = 0
         self._done.clear()
         if len(lanes) == 1:
@@ -845,10 +848,15 @@ def _drop(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+# A record's fields, read in C over a whole round.
+_seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+
+
 def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
     """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
     if len(records) <= size and (
-        sum([len(r.data) + len(r.partition_key) for r in records]) + 400 * len(records) <= MAX_BATCH_BYTES
+        sum(map(len, map(_data, records))) + sum(map(len, map(_key, records))) + 400 * len(records)
+        <= MAX_BATCH_BYTES
     ):
         yield records  # the common case: the round is one batch
         return
