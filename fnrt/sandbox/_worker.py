@@ -1,8 +1,9 @@
 """What runs inside a sandbox: the init phase, the invoke loop, log capture.
 
-The same :class:`Worker` and the same :func:`dispatch` serve every sandbox kind: the
-subprocess and subinterpreter loops read a frame, ``dispatch`` it and write the reply; the
-inline kind calls ``dispatch`` from a host thread. It imports nothing of the host runtime,
+The same :class:`Worker` serves every sandbox kind: the subinterpreter loop reads a frame,
+``dispatch``-es it and writes the reply; the inline kind calls ``dispatch`` from a host
+thread; the subprocess loop does the same, except that an invoke's reply frame is packed
+as the invocation ends (:meth:`Worker.invoke_frame`, the warm path). It imports nothing of the host runtime,
 so a forked sandbox starts small. The sandbox must never die of a caller's input: every
 failure of a request becomes a reply in Lambda's error shape.
 """
