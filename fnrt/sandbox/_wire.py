@@ -52,7 +52,6 @@ _unpack_reply = _REPLY.unpack_from
 _REPLY_SIZE = _REPLY.size
 PREFIX = struct.Struct("!2sBBII")
 _HEAD = PREFIX.pack(MAGIC, VERSION, JSON_HEADER, 0, 0)[:4]  # the fixed first four bytes
-_HEAD_REPLY = PREFIX.pack(MAGIC, VERSION, INVOKE_REPLY, 0, 0)[:4]
 MAX_HEADER = 64 * 1024 * 1024  # a header carries at most a capped log and an error
 MAX_BODY = 1024 * 1024 * 1024
 
@@ -172,30 +171,19 @@ def decode_invoke_reply(head: bytes | bytearray | memoryview, body: bytes) -> In
 
 
 def _decode_invoke_reply(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    try:
-        ok, fatal, duration, memory, id_len, log_len, err_len = _REPLY.unpack_from(data)
-    except struct.error:
-        raise FrameError("invoke reply header too short") from None
-    start = _REPLY.size
-    if start + id_len + log_len + err_len != len(data):
-        raise FrameError("invoke reply header lengths do not add up")
-    log_at = start + id_len
-    err_at = log_at + log_len
-    try:
-        header: dict[str, Any] = {
-            K_OK: bool(ok),
-            K_ID: str(data[start:log_at], "utf-8"),
-            K_DURATION: duration,
-            K_MEMORY: memory,
-            K_LOG: str(data[log_at:err_at], "utf-8"),
-        }
-    except UnicodeDecodeError as exc:
-        raise FrameError(f"invoke reply is not UTF-8: {exc}") from None
-    if fatal:
+    """An invoke reply frame's header (encoding 2) as the keys of ``_protocol``."""
+    reply = decode_invoke_reply(data, b"")
+    header: dict[str, Any] = {
+        K_OK: reply.ok,
+        K_ID: reply.request_id,
+        K_DURATION: reply.duration_ms,
+        K_MEMORY: reply.max_memory_mb,
+        K_LOG: reply.log,
+    }
+    if reply.fatal:
         header[K_FATAL] = True
-    if err_len:
-        error = decode_header(data[err_at:])
-        header[K_ERROR] = error
+    if reply.error is not None:
+        header[K_ERROR] = reply.error
     return header
 
 
