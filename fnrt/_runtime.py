@@ -493,12 +493,18 @@ class Runtime(ControlPlane, ClusterMember):
                 body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             result = await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
+        elif invocation_type == "Event":  # the async path: invoke_detailed's, inline
+            entry, request_id, _ = self._target(name, client_context, None, None)
+            if looks_large(payload):
+                body = await encode_payload_async(payload, EVENT_PAYLOAD_LIMIT)
+            else:
+                body = encode_payload(payload, EVENT_PAYLOAD_LIMIT)
+            await self._async.enqueue(entry, body, request_id)
+            return request_id
         else:
             result = await self.invoke_detailed(name, payload, invocation_type, client_context=client_context)
         if result.error is not None:
             raise result.error
-        if invocation_type == "Event":
-            return result.request_id
         if invocation_type == "DryRun":
             return None
         raw = result.raw

@@ -39,7 +39,7 @@ import attrs
 
 from .._clock import Clock
 from .._config import AsyncConfig, parse_destination
-from .._invoke import InvocationResult, Invoker, decode_result
+from .._invoke import Invoker, decode_result
 from .._lambda import (
     EVENT_PAYLOAD_LIMIT,
     RESERVED_REASON,
@@ -266,7 +266,7 @@ class AsyncSource:
             timer.cancel()
 
     def _start(self, event: QueuedEvent) -> None:
-        task = self.supervisor.spawn(self._attempt_logged(event))
+        task = self.supervisor.spawn(self._attempt(event))
         self._in_flight[task] = event
         self._busy[event.function] += 1
         task.add_done_callback(self._finished)
@@ -291,78 +291,92 @@ class AsyncSource:
 
     # -- one attempt ------------------------------------------------------------------
 
-    async def _attempt_logged(self, event: QueuedEvent) -> None:
+    async def _attempt(self, event: QueuedEvent) -> None:
+        """One attempt: the task's whole coroutine (no wrapper frame: every resume of
+        the task passes through each frame it awaits in)."""
         try:
-            await self._attempt(event)
+            name = event.function
+            config = self.config_for(name)
+            now = self.clock.time()
+            age = now - event.enqueued_at
+            expires = event.enqueued_at + config.max_event_age
+            if age >= config.max_event_age:
+                await self._fail(event, config, "EventAgeExceeded", event.invokes, event.attempts)
+                return
+            try:
+                entry = self.registry.get(name)
+                if entry.counter.reserved == 0:
+                    # Lambda: with reserved concurrency 0, new events go to the dead-letter
+                    # queue or on-failure destination without any retries.
+                    refused = dumps(TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE).to_lambda()).encode()
+                    await self._fail(
+                        event, config, "RetriesExhausted", event.invokes, event.attempts, 429, None, refused
+                    )
+                    return
+                self.metrics.observe("AsyncEventAge", name, age * 1000)
+                try:
+                    result = await self.invoker.invoke(entry, event.payload, event.request_id)
+                finally:
+                    self._invoked()
+            except RuntimeClosed:
+                return  # closing: aclose() gives the lease back
+            except TooManyRequests as exc:
+                await self._back_off(event, config, expires, 429, None, dumps(exc.to_lambda()).encode())
+                return
+            except (ServiceError, FunctionNotFound) as exc:
+                body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+                await self._back_off(event, config, expires, 500, None, dumps(body).encode())
+                return
+            invokes = event.invokes + 1
+            if result.error is None:
+                now = self.clock.time()
+                outcome = Outcome(
+                    "done",
+                    attempts=event.attempts,
+                    invokes=invokes,
+                    system_retries=event.system_retries,
+                    status=200,
+                    condition="Success",
+                )
+                if config.on_success is not None:
+                    raw = result.raw or b"null"
+                    record = await self._record(event, "Success", invokes, 200, None, raw, now)
+                    outcome = self._deliver(outcome, name, config.on_success, record)
+                await self._settle(event, outcome, now)
+                return
+            attempts = event.attempts + 1
+            response = dumps(result.error.to_lambda()).encode()
+            if attempts > config.max_retry_attempts:
+                await self._fail(
+                    event, config, "RetriesExhausted", invokes, attempts, 200, "Unhandled", response
+                )
+                return
+            run_at = min(self.clock.time() + config.retry_delay(attempts), expires)
+            self._log.info(
+                "async retry scheduled",
+                function=name,
+                request_id=event.request_id,
+                attempt=attempts,
+                error_type=result.error.error_type,
+                run_at=run_at,
+            )
+            await self._settle(
+                event,
+                Outcome(
+                    "queued",
+                    run_at=run_at,
+                    attempts=attempts,
+                    invokes=invokes,
+                    system_retries=event.system_retries,
+                    status=200,
+                    function_error="Unhandled",
+                    response=response,
+                ),
+                self.clock.time(),
+            )
         except INFRASTRUCTURE as exc:
             # The write-back failed (the store): the lease expires and the event runs again.
             self._log.error("async attempt not recorded", request_id=event.request_id, exc_info=exc)
-
-    async def _attempt(self, event: QueuedEvent) -> None:
-        name = event.function
-        config = self.config_for(name)
-        now = self.clock.time()
-        age = now - event.enqueued_at
-        expires = event.enqueued_at + config.max_event_age
-        if age >= config.max_event_age:
-            await self._fail(event, config, "EventAgeExceeded", event.invokes, event.attempts)
-            return
-        try:
-            entry = self.registry.get(name)
-            if entry.counter.reserved == 0:
-                # Lambda: with reserved concurrency 0, new events go to the dead-letter
-                # queue or on-failure destination without any retries.
-                refused = dumps(TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE).to_lambda()).encode()
-                await self._fail(
-                    event, config, "RetriesExhausted", event.invokes, event.attempts, 429, None, refused
-                )
-                return
-            self.metrics.observe("AsyncEventAge", name, age * 1000)
-            try:
-                result = await self.invoker.invoke(entry, event.payload, event.request_id)
-            finally:
-                self._invoked()
-        except RuntimeClosed:
-            return  # closing: aclose() gives the lease back
-        except TooManyRequests as exc:
-            await self._back_off(event, config, expires, 429, None, dumps(exc.to_lambda()).encode())
-            return
-        except (ServiceError, FunctionNotFound) as exc:
-            body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-            await self._back_off(event, config, expires, 500, None, dumps(body).encode())
-            return
-        invokes = event.invokes + 1
-        if result.error is None:
-            await self._succeed(event, config, result, invokes)
-            return
-        attempts = event.attempts + 1
-        response = dumps(result.error.to_lambda()).encode()
-        if attempts > config.max_retry_attempts:
-            await self._fail(event, config, "RetriesExhausted", invokes, attempts, 200, "Unhandled", response)
-            return
-        run_at = min(self.clock.time() + config.retry_delay(attempts), expires)
-        self._log.info(
-            "async retry scheduled",
-            function=name,
-            request_id=event.request_id,
-            attempt=attempts,
-            error_type=result.error.error_type,
-            run_at=run_at,
-        )
-        await self._settle(
-            event,
-            Outcome(
-                "queued",
-                run_at=run_at,
-                attempts=attempts,
-                invokes=invokes,
-                system_retries=event.system_retries,
-                status=200,
-                function_error="Unhandled",
-                response=response,
-            ),
-            self.clock.time(),
-        )
 
     async def _back_off(
         self,
@@ -397,23 +411,6 @@ class AsyncSource:
             ),
             now,
         )
-
-    async def _succeed(
-        self, event: QueuedEvent, config: AsyncConfig, result: InvocationResult, invokes: int
-    ) -> None:
-        now = self.clock.time()
-        outcome = Outcome(
-            "done",
-            attempts=event.attempts,
-            invokes=invokes,
-            system_retries=event.system_retries,
-            status=200,
-            condition="Success",
-        )
-        if config.on_success is not None:
-            record = await self._record(event, "Success", invokes, 200, None, result.raw or b"null", now)
-            outcome = self._deliver(outcome, event.function, config.on_success, record)
-        await self._settle(event, outcome, now)
 
     async def _fail(
         self,
@@ -471,9 +468,12 @@ class AsyncSource:
 
     # -- records ----------------------------------------------------------------------
 
-    async def _settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
-        queue = self._queue or await self.queue()
-        await queue.settle(event, outcome, now)
+    def _settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> Awaitable[None]:
+        """The outcome's write (the store's awaitable itself: no coroutine of ours)."""
+        queue = self._queue
+        if queue is None:  # attempts start only once the queue is open (the poller opens it)
+            raise ServiceError("the async queue is not open")
+        return queue.settle(event, outcome, now)
 
     def _deliver(self, outcome: Outcome, function: str, destination: str, record: str) -> Outcome:
         """Add a destination's record to the outcome's transaction: a sink row, or an

@@ -31,7 +31,7 @@ import contextlib
 import errno
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -310,22 +310,23 @@ class Database:
 
     # -- group commit -----------------------------------------------------------------
 
-    async def group_write(self, statements: Sequence[Statement], *, durable: bool = True) -> None:
+    def group_write(self, statements: Sequence[Statement], *, durable: bool = True) -> Awaitable[None]:
         """Run ``statements`` (``(sql, params)`` pairs) atomically, sharing the commit.
 
-        Returns once they are committed. Every caller waiting at the same time joins one
-        transaction (consecutive statements with the same SQL go in one ``executemany``,
-        one thread hop), so the cost of the commit and its fsync is shared by the batch.
-        If the batch fails because of one statement, each caller's statements are retried
-        in a transaction of their own, so one bad write fails only its caller; if it fails
-        because the store is unusable (locked, full, read-only, ...), every caller gets
-        that :class:`StoreUnavailable` at once. Statements must not depend on results (no
-        ``RETURNING``, no rowcount): use :meth:`transaction` for that, or chain a statement
-        on the one before with ``WHERE changes() > 0`` (it writes only if the statement
-        before it in the same caller's list wrote). A batch is committed durably when any
-        of its callers asked for it.
+        The returned awaitable (the batch's future: no coroutine in between, as this is every
+        enqueue's and every outcome's path) is done once they are committed. Every caller waiting
+        at the same time joins one transaction (consecutive statements with the same SQL go in one
+        ``executemany``, one thread hop), so the cost of the commit and its fsync is shared by the
+        batch. If the batch fails because of one statement, each caller's statements are retried
+        in a transaction of their own, so one bad write fails only its caller; if it fails because
+        the store is unusable (locked, full, read-only, ...), every caller gets that
+        :class:`StoreUnavailable` at once. Statements must not depend on results (no
+        ``RETURNING``, no rowcount): use :meth:`transaction` for that, or chain a statement on the
+        one before with ``WHERE changes() > 0`` (it writes only if the statement before it in the
+        same caller's list wrote). A batch is committed durably when any of its callers asked for
+        it.
         """
-        await self._writes.submit((statements, durable, None))
+        return self._writes.submit((statements, durable, None))
 
     async def join_or_run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(connection)`` (a writer that needs its result, e.g. a take) inside the next
@@ -348,7 +349,7 @@ class Database:
 class Batcher(Generic[Item, R]):
     """One operation whose concurrent calls share a thread hop and a transaction.
 
-    ``submit(item)`` returns the item's own result once the batch it joined ran:
+    ``submit(item)`` is the future of the item's own result, done once the batch it joined ran:
     ``run(conn, items)`` on the connection's thread (:meth:`Database.run`), returning one
     result per item, durably when ``durable(items)``. If a batch fails because of one
     item, each item runs again alone, so the error stays its caller's; if it fails
@@ -377,7 +378,9 @@ class Batcher(Generic[Item, R]):
         """A batch is pending or running: an item submitted now joins the next one."""
         return self._task is not None
 
-    async def submit(self, item: Item) -> R:
+    def submit(self, item: Item) -> asyncio.Future[R]:
+        """Join the next batch: the future of ``item``'s own result (raises at once when
+        the store is closed)."""
         self.db._check_open()
         loop = self._loop
         if self._task is None or loop is None:
@@ -386,7 +389,7 @@ class Batcher(Generic[Item, R]):
             self._task = loop.create_task(self._flush())
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Until every call submitted so far is answered (their errors are theirs)."""

@@ -31,7 +31,7 @@ Shared rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -50,10 +50,13 @@ class QueueStore(Protocol):
     async def setup(self) -> None:
         """Make the queue ready (idempotent; opening the store already did it)."""
 
-    async def enqueue(self, request_id: str, function: str, payload: bytes, now: float) -> None:
-        """Store one ``queued`` event, due at ``now``. Returns only once it is committed
-        durably: an enqueue that raised was not stored, one that returned is never lost.
-        Concurrent enqueues may share one commit."""
+    def enqueue(self, request_id: str, function: str, payload: bytes, now: float) -> Awaitable[None]:
+        """Store one ``queued`` event, due at ``now``. The awaitable is done only once it
+        is committed durably: an enqueue that raised was not stored, one that returned is
+        never lost. Concurrent enqueues may share one commit. (An ``async def`` does; a
+        backend may instead return its batch's future directly, one coroutine less on
+        every enqueue.)"""
+        ...
 
     async def take(
         self, function: str, now: float, limit: int, owner: str, lease_until: float
@@ -76,10 +79,10 @@ class QueueStore(Protocol):
         for the poller's sleep; read only."""
         ...
 
-    async def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
-        """Write an attempt's outcome: the event's new state, counters and result, and
-        its side effects (``outcome.sink_records`` and ``outcome.events``, the latter
-        enqueued as new events), all in one transaction.
+    def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> Awaitable[None]:
+        """Write an attempt's outcome (awaitable, like :meth:`enqueue`): the event's new
+        state, counters and result, and its side effects (``outcome.sink_records`` and
+        ``outcome.events``, the latter enqueued as new events), all in one transaction.
 
         Fenced: it writes only while ``event.lease`` is still the event's current lease
         and the event is still ``leased``, checked inside the writing statement; otherwise
@@ -87,6 +90,7 @@ class QueueStore(Protocol):
         that lost its lease can neither overwrite a newer attempt nor deliver twice.
         Durable when it enqueues events; otherwise a lost settle is redone by running
         the event again."""
+        ...
 
     async def release(self, events: Sequence[QueuedEvent]) -> None:
         """Give leases back unfinished (graceful close): each event is ``queued`` and due

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from ._db import Database, Statement
@@ -134,10 +134,10 @@ class SQLiteQueue:
     async def setup(self) -> None:
         await self.db.ensure_schema("async_queue", SCHEMA)
 
-    async def enqueue(self, request_id: str, function: str, payload: bytes, now: float) -> None:
-        """Store one event; returns once it is committed (sharing the commit with every
+    def enqueue(self, request_id: str, function: str, payload: bytes, now: float) -> Awaitable[None]:
+        """Store one event; done once it is committed (sharing the commit with every
         concurrent enqueue)."""
-        await self.db.group_write([(_ENQUEUE, (request_id, function, payload, now, now))])
+        return self.db.group_write([(_ENQUEUE, (request_id, function, payload, now, now))])
 
     async def take(
         self, function: str, now: float, limit: int, owner: str, lease_until: float
@@ -182,7 +182,7 @@ class SQLiteQueue:
         )
         return None if row is None or row[0] is None else float(row[0])
 
-    async def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> None:
+    def settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> Awaitable[None]:
         """Write an attempt's outcome and its destination records atomically.
 
         The row changes only while ``event.lease`` is still the current lease, and the
@@ -213,7 +213,7 @@ class SQLiteQueue:
         statements += [(_ENQUEUE_FENCED, (rid, fn, body, now, now)) for rid, fn, body in outcome.events]
         # Durable only when it hands events on (a function destination's new event, a
         # retry): a lost "done" or sink record is redone by running the event again.
-        await self.db.group_write(statements, durable=bool(outcome.events))
+        return self.db.group_write(statements, durable=bool(outcome.events))
 
     async def release(self, events: Sequence[QueuedEvent]) -> None:
         """Give leases back unfinished (graceful close): the events are due again at once."""
