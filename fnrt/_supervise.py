@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -37,7 +38,10 @@ class Supervisor:
         self.log = log
         self.retry = retry
         self._group: asyncio.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Weak: a task leaves the set when it is gone, with no done callback (a loop
+        # callback per task, and the async source spawns a task per event); the task
+        # group holds the running ones.
+        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         #: Infrastructure failures seen by supervised loops (for stats and tests).
         self.failures = 0
 
@@ -57,7 +61,6 @@ class Supervisor:
             raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
         task = self._group.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return task
 
     def loop(self, name: str, iteration: Callable[[], Awaitable[object]]) -> asyncio.Task[Any]:
@@ -84,8 +87,7 @@ class Supervisor:
 
     async def cancel_all(self) -> None:
         """Cancel every task still running and wait for them to end."""
-        while self._tasks:
-            tasks = list(self._tasks)
+        while tasks := [task for task in self._tasks if not task.done()]:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -204,6 +204,10 @@ class AsyncSource:
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
+        # Attempts cancelled before their first step never ran their own bookkeeping.
+        self._in_flight.clear()
+        self._writing.clear()
+        self._busy.clear()
         if held and self._queue is not None:
             await self._queue.release(list(held.values()))
 
@@ -266,23 +270,28 @@ class AsyncSource:
             timer.cancel()
 
     def _start(self, event: QueuedEvent) -> None:
+        # The attempt does its own bookkeeping when it ends (_finished, from its finally:
+        # no done callback, one loop callback less per event). One cancelled before its
+        # first step never runs it; only closing cancels attempts, and aclose() clears.
         task = self.supervisor.spawn(self._attempt(event))
         self._in_flight[task] = event
         self._busy[event.function] += 1
-        task.add_done_callback(self._finished)
 
-    def _invoked(self) -> None:
-        """The current attempt's invocation is over: its room goes to the next event while
-        its outcome is written (a group commit shared with the other attempts'). It still
+    def _invoked(self, task: asyncio.Task[Any] | None) -> None:
+        """The attempt's invocation is over: its room goes to the next event while its
+        outcome is written (a group commit shared with the other attempts'). It still
         holds its lease, and counts against ``max_in_flight``, until the write is done."""
-        task = asyncio.current_task(self._loop)  # the loop given: no getpid call on 3.11
         if task in self._in_flight and task not in self._writing:
             self._writing.add(task)
             self._busy[self._in_flight[task].function] -= 1
             self._wake.set()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        event = self._in_flight.pop(task)
+    def _finished(self, task: asyncio.Task[Any] | None) -> None:
+        """The attempt is over, its outcome written or given up: its lease is no longer
+        held by this poller (as far as the room goes)."""
+        event = self._in_flight.pop(task, None)  # type: ignore[arg-type]
+        if event is None:
+            return
         if task in self._writing:
             self._writing.discard(task)
         else:
@@ -294,6 +303,7 @@ class AsyncSource:
     async def _attempt(self, event: QueuedEvent) -> None:
         """One attempt: the task's whole coroutine (no wrapper frame: every resume of
         the task passes through each frame it awaits in)."""
+        task = asyncio.current_task(self._loop)  # the loop given: no getpid call on 3.11
         try:
             name = event.function
             config = self.config_for(name)
@@ -317,7 +327,7 @@ class AsyncSource:
                 try:
                     result = await self.invoker.invoke(entry, event.payload, event.request_id)
                 finally:
-                    self._invoked()
+                    self._invoked(task)
             except RuntimeClosed:
                 return  # closing: aclose() gives the lease back
             except TooManyRequests as exc:
@@ -377,6 +387,8 @@ class AsyncSource:
         except INFRASTRUCTURE as exc:
             # The write-back failed (the store): the lease expires and the event runs again.
             self._log.error("async attempt not recorded", request_id=event.request_id, exc_info=exc)
+        finally:
+            self._finished(task)
 
     async def _back_off(
         self,
