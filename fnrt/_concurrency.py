@@ -127,10 +127,27 @@ class ConcurrencyLimiter:
             total += reserved or 0
         allowed = self.limit - self.unreserved_floor
         if total > allowed:
+            raise InvalidConfig(  # Lambda's words, then what the numbers are here
+                "Specified ReservedConcurrentExecutions for function decreases account's "
+                f"UnreservedConcurrentExecution below its minimum value of [{self.unreserved_floor}]. "
+                f"(reservations would total {total}; at most {allowed} of the concurrency limit "
+                f"{self.limit} can be reserved)"
+            )
+
+    def check_provisioned(self, name: str, count: int, reserved: int | None) -> None:
+        """Raise :class:`InvalidConfig` unless ``count`` provisioned environments fit:
+        within the function's reservation, or else within the unreserved pool less its
+        minimum (Lambda: provisioned concurrency cannot exceed reserved concurrency, or
+        unreserved account concurrency minus the unreserved minimum)."""
+        if reserved is not None:
+            available = reserved
+        else:
+            available = self.limit - self._reserved_total - self.unreserved_floor
+        if count > available:
             raise InvalidConfig(
-                f"reserved concurrency would total {total}, but at most {allowed} of the "
-                f"concurrency limit {self.limit} can be reserved ({self.unreserved_floor} "
-                "always stays unreserved)"
+                f"Requested Provisioned Concurrency ({count}) for function {name} exceeds the "
+                f"available concurrency ({max(available, 0)})"
+                + ("" if reserved is not None else f" (unreserved, less its minimum {self.unreserved_floor})")
             )
 
     def register(self, name: str, reserved: int | None) -> FunctionCounter:

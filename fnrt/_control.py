@@ -107,6 +107,8 @@ class ControlPlane:
         initialized. Returns at once; :meth:`provisioned_concurrency` tells the status."""
         self._check_running()
         entry = self._registry.get(name)
+        FunctionConfig(provisioned_concurrency=count)  # validates the value
+        self._limiter.check_provisioned(entry.name, count, entry.record.config.reserved_concurrency)
         record = self._amend(entry, provisioned_concurrency=count)
         if not entry.provisioning:
             entry.provisioning = True

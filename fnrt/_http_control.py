@@ -256,7 +256,8 @@ class ControlApi:
             if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
                 raise _invalid("Variables", variables, "Member must be a map of strings to strings")
             changes["environment"] = variables
-        if "RevisionId" in body and body["RevisionId"] != revision_id(record):
+        dead_letter_now = self.runtime.async_config(record.name).dead_letter
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now):
             raise AwsError(
                 412,
                 "PreconditionFailedException",
@@ -278,6 +279,8 @@ class ControlApi:
             record = await self.runtime.update_function_configuration(record.name, **changes)
         if async_config is not None:
             self.runtime.configure_async(record.name, **async_config.to_dict())
+            if not changes:  # no new generation: LastModified moves all the same
+                self.stamps.modified(record)
         return web.json_response(self.function_configuration(record))
 
     # -- reserved concurrency -----------------------------------------------------------

@@ -35,19 +35,42 @@ _log = logger()
 class AwsError(Exception):
     """Raised by a route handler: answered in the request's protocol shape."""
 
-    def __init__(self, status: int, error_type: str, message: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
+
+
+# The exceptions whose model spells the message member ``Message`` (Lambda's service model:
+# most say ``message``); boto3 exposes the member under the model's name in ``e.response``.
+_CAPITAL_MESSAGE = frozenset(
+    (
+        "ResourceNotFoundException",
+        "ResourceInUseException",
+        "ServiceException",
+        "ServiceQuotaExceededException",
+    )
+)
 
 
 def lambda_error(
     status: int, error_type: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
-    """Lambda's REST-JSON error: ``{"Type", "message", ...}`` and ``x-amzn-ErrorType``."""
-    body = {"Type": "User" if status < 500 else "Service", "message": message, **extra}
+    """Lambda's REST-JSON error: ``{"Type", "message" (or "Message"), ...}`` and
+    ``x-amzn-ErrorType``."""
+    key = "Message" if error_type in _CAPITAL_MESSAGE else "message"
+    body = {"Type": "User" if status < 500 else "Service", key: message, **extra}
     return web.json_response(
         body,
         status=status,
@@ -72,7 +95,7 @@ def json11_error(status: int, error_type: str, message: str, **extra: Any) -> we
 def error_response(request: web.Request, error: AwsError) -> web.Response:
     if "X-Amz-Target" in request.headers:  # AWS's JSON 1.1 protocol (Kinesis)
         return json11_error(error.status, error.error_type, error.message, **error.extra)
-    return lambda_error(error.status, error.error_type, error.message, **error.extra)
+    return lambda_error(error.status, error.error_type, error.message, headers=error.headers, **error.extra)
 
 
 def from_fnrt(exc: FnrtError) -> AwsError:
@@ -82,12 +105,16 @@ def from_fnrt(exc: FnrtError) -> AwsError:
     if isinstance(exc, StreamNotFound):
         return AwsError(404, "ResourceNotFoundException", str(exc))
     if isinstance(exc, TooManyRequests):
+        # The model carries retryAfterSeconds in the Retry-After header (boto3 reads it
+        # there); the body keeps it too, for clients that read the JSON.
+        retry_after = str(int(exc.retry_after_seconds))
         return AwsError(
             429,
             "TooManyRequestsException",
             exc.message,
+            headers={"Retry-After": retry_after},
             Reason=exc.reason,
-            retryAfterSeconds=str(int(exc.retry_after_seconds)),
+            retryAfterSeconds=retry_after,
         )
     if isinstance(exc, PayloadTooLarge):
         return AwsError(

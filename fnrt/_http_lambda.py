@@ -11,7 +11,9 @@ import base64
 import binascii
 import datetime
 import json
+import platform
 import re
+import sys
 import uuid
 from typing import Any
 
@@ -25,13 +27,19 @@ from .errors import FunctionNotFound
 
 API = "/2015-03-31/functions"
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+LOG_TYPES = ("None", "Tail")
 CLIENT_CONTEXT_LIMIT = 3583  # bytes of base64, Lambda's documented limit
 LIST_DEFAULT, LIST_MAX = 50, 10_000
 LATEST = "$LATEST"
-# name, partial ARN or full ARN, with an optional ":qualifier"
+RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
+ARCHITECTURE = "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "x86_64"
+# name, partial ARN or full ARN, with an optional ":qualifier" (Lambda's FunctionName
+# pattern admits "." in the name; \Z, not $, which would let a trailing newline through)
 _NAME = re.compile(
-    r"^(?:arn:aws[\w-]*:lambda:[\w-]+:)?(?:\d{12}:)?(?:function:)?([a-zA-Z0-9_-]{1,64})(?::([\w$-]{1,128}))?$"
+    r"(?:arn:aws[\w-]*:lambda:([\w-]+):)?(?:(\d{12}):)?(?:function:)?([a-zA-Z0-9_.-]{1,64})"
+    r"(?::([\w$-]{1,128}))?\Z"
 )
+_QUALIFIER = re.compile(r"[a-zA-Z0-9$_-]{1,128}\Z")
 
 
 #: The paths of Lambda's APIs (each operation is versioned by its own date).
@@ -75,6 +83,10 @@ class Stamps:
     def forget(self, kind: str, key: str) -> None:
         self._at.pop((kind, key), None)
 
+    def modified(self, record: FunctionRecord) -> None:
+        """The function changed without a new generation (its dead-letter queue)."""
+        self._functions[record.name] = (record.generation, self.runtime.clock.time())
+
     def function(self, record: FunctionRecord) -> str:
         """A function's ``LastModified``: a new generation (an update) is a new time."""
         seen = self._functions.get(record.name)
@@ -86,9 +98,10 @@ class Stamps:
 _REVISIONS = uuid.UUID("6f1c2a3e-5b4d-4e8f-9a7b-0c1d2e3f4a5b")
 
 
-def revision_id(record: FunctionRecord) -> str:
-    """``RevisionId``: changes whenever the function's configuration does."""
-    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}"))
+def revision_id(record: FunctionRecord, dead_letter: str | None = None) -> str:
+    """``RevisionId``: changes whenever the function's configuration does, its dead-letter
+    queue (kept with the async config) included."""
+    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}#{dead_letter}"))
 
 
 def destination_arn(config: RuntimeConfig, target: str) -> str:
@@ -109,23 +122,28 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
     out: dict[str, Any] = {
         "FunctionName": record.name,
         "FunctionArn": record.arn,
-        "Runtime": "python3",
+        "Runtime": RUNTIME,  # the sandboxes run this interpreter (AWS_EXECUTION_ENV says so too)
+        "Role": f"arn:aws:iam::{record.arn.split(':')[4]}:role/fnrt-local",
         "Handler": record.handler,
         "Timeout": config.timeout,
         "MemorySize": config.memory_mb,
         "Version": LATEST,
         "Description": config.description,
         "PackageType": "Zip",
+        "Architectures": [ARCHITECTURE],
+        "EphemeralStorage": {"Size": 512},
         "State": "Active",
         "LastUpdateStatus": "Successful",
-        "Environment": {"Variables": dict(config.environment)},
-        "RevisionId": revision_id(record),
     }
+    if config.environment:  # Lambda leaves Environment out when there are no variables
+        out["Environment"] = {"Variables": dict(config.environment)}
+    dead_letter = None
     if stamps is not None:
         out["LastModified"] = stamps.function(record)
         dead_letter = stamps.runtime.async_config(record.name).dead_letter
         if dead_letter:
             out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
+    out["RevisionId"] = revision_id(record, dead_letter)
     return out
 
 
@@ -160,7 +178,19 @@ def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[Fun
             f"1 validation error detected: Value '{raw_name}' at 'functionName' failed to satisfy "
             "constraint: Member must satisfy regular expression pattern",
         )
-    name, derived = match.group(1), match.group(2)
+    if qualifier is not None and not _QUALIFIER.match(qualifier):
+        raise AwsError(
+            400,
+            "ValidationException",
+            f"1 validation error detected: Value '{qualifier}' at 'qualifier' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern: (|[a-zA-Z0-9$_-]+)",
+        )
+    region, account, name, derived = match.groups()
+    config = runtime.config
+    foreign_region = region is not None and region != config.region
+    if foreign_region or (account is not None and account != config.account_id):
+        # Another region's or account's function: not one of this runtime's.
+        raise AwsError(404, "ResourceNotFoundException", f"Function not found: {raw_name}")
     if derived and qualifier and derived != qualifier:
         raise AwsError(
             400,
@@ -225,6 +255,14 @@ class LambdaApi:
                 f"X-Amz-Invocation-Type must be one of {', '.join(INVOCATION_TYPES)}",
             )
         record, qualifier = resolve(rt, request.match_info["name"], request.query.get("Qualifier"))
+        log_type = request.headers.get("X-Amz-Log-Type", "None")
+        if log_type not in LOG_TYPES:
+            raise AwsError(
+                400,
+                "ValidationException",
+                f"1 validation error detected: Value '{log_type}' at 'logType' failed to satisfy "
+                "constraint: Member must satisfy enum value set: [None, Tail]",
+            )
         client_context = None
         if "X-Amz-Client-Context" in request.headers:
             client_context = parse_client_context(request.headers["X-Amz-Client-Context"])
@@ -236,7 +274,7 @@ class LambdaApi:
         headers = {"X-Amz-Executed-Version": LATEST, "x-amzn-RequestId": result.request_id}
         if result.status_code != 200:  # Event: 202, DryRun: 204, empty body
             return web.Response(status=result.status_code, headers=headers)
-        if request.headers.get("X-Amz-Log-Type") == "Tail":
+        if log_type == "Tail":
             headers["X-Amz-Log-Result"] = result.log_result
         if result.error is not None:
             headers["X-Amz-Function-Error"] = "Unhandled"

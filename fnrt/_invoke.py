@@ -76,7 +76,9 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
         if not body.strip():
             return b"{}"
         try:
-            loads(body)
+            # UTF-8 only, as the sandbox reads it (json would also take UTF-16/32 and a BOM,
+            # which the handler's runtime then refuses: a function error for a bad request).
+            loads(body.decode())
         except (ValueError, RecursionError) as exc:
             raise InvalidPayload(f"Could not parse request body into json: {exc}") from None
         return body

@@ -82,3 +82,9 @@ def big_result(event, context):
 @fnrt.handler
 def unserializable(event, context):
     return {"when": {1, 2, 3}}
+
+
+@fnrt.handler
+def total(event, context):
+    """A KeyError inside an expression (Python 3.11+ marks such columns with carets)."""
+    return {"total": event["order"]["amount"] * 2}

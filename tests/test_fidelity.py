@@ -65,3 +65,25 @@ async def test_the_first_call_after_deploy_is_a_cold_start_under_the_functions_c
         second = await rt.invoke_detailed("echo", {})
         assert not second.cold_start and second.init_duration_ms is None
         assert rt.metrics.counter("ColdStarts", "echo") == 1
+
+
+async def test_error_frames_are_listed_as_lambdas_python_runtime_lists_them() -> None:
+    """awslambdaric formats plain (file, line, name, text) tuples: each frame is
+    '  File "...", line N, in name\\n    text\\n', with no column carets on 3.11+. Its own
+    faults (marshal, unmarshal) carry no frames; an import error none either."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("total", "handlers.chaos:total")
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("total", {"order": {}})
+        err = info.value
+        assert (err.error_type, err.error_message) == ("KeyError", "'amount'")
+        last = err.stack_trace[-1]
+        assert last.startswith('  File "') and ", in total\n" in last
+        assert last.endswith('    return {"total": event["order"]["amount"] * 2}\n')
+        assert not any("^" in frame or "~" in frame for frame in err.stack_trace)
+
+        await rt.add_function("unserializable", "handlers.chaos:unserializable")
+        with pytest.raises(fnrt.FunctionError) as info:
+            await rt.invoke("unserializable", {})
+        assert info.value.error_type == "Runtime.MarshalError"
+        assert info.value.stack_trace == []

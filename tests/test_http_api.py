@@ -46,7 +46,9 @@ def assert_aws_error(resp, body: dict, status: int, error_type: str) -> None:
     assert resp.status == status
     assert resp.headers["x-amzn-ErrorType"] == error_type
     assert resp.headers["Content-Type"].startswith("application/json")
-    assert isinstance(body.get("message"), str) and body["message"]
+    # The member is named as Lambda's model names it: "Message" for a few errors, else "message".
+    key = "Message" if error_type in ("ResourceNotFoundException", "ServiceException") else "message"
+    assert isinstance(body.get(key), str) and body[key]
     assert body["Type"] == ("User" if status < 500 else "Service")
 
 
@@ -108,7 +110,7 @@ async def test_service_errors_and_surprises_are_500_service_exception(failure, s
                 async with session.post(server.url + "/2015-03-31/functions/echo/invocations") as resp:
                     body = await resp.json()
             assert_aws_error(resp, body, status, error_type)
-            assert "Traceback" not in body["message"]
+            assert "Traceback" not in body["Message"]
             with pytest.raises(lambda_client(server.url).exceptions.ServiceException) as info:
                 await call(lambda_client(server.url).invoke, FunctionName="echo", Payload=b"{}")
             assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
@@ -173,6 +175,69 @@ async def test_any_other_qualifier_is_resource_not_found(served):
     assert rt.stats()["functions"]["echo"]["invocations"] == 0
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         await call(client.get_function, FunctionName="echo", Qualifier="prod")
+
+
+async def test_a_throttle_carries_reason_and_retry_after_where_boto3_reads_them(served):
+    rt, server, client, session = served
+    await call(client.put_function_concurrency, FunctionName="echo", ReservedConcurrentExecutions=0)
+    with pytest.raises(client.exceptions.TooManyRequestsException) as info:
+        await call(client.invoke, FunctionName="echo", Payload=b"{}")
+    response = info.value.response
+    assert response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+    assert response["retryAfterSeconds"] == "1"  # from the Retry-After header, as the model says
+    assert response["Error"]["Message"] == "Rate Exceeded."
+
+
+async def test_not_found_names_its_message_as_the_model_does(served):
+    rt, server, client, session = served
+    with pytest.raises(client.exceptions.ResourceNotFoundException) as info:
+        await call(client.invoke, FunctionName="ghost", Payload=b"{}")
+    assert info.value.response["Message"].startswith("Function not found: arn:aws:lambda:")
+    assert info.value.response["Type"] == "User"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "arn:aws:lambda:eu-west-9:000000000000:function:echo",  # another region
+        "arn:aws:lambda:us-east-1:999999999999:function:echo",  # another account
+        "999999999999:function:echo",
+    ],
+)
+async def test_another_regions_or_accounts_function_is_not_this_one(served, name):
+    rt, server, client, session = served
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        await call(client.invoke, FunctionName=name, Payload=b"{}")
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/2015-03-31/functions/echo%0A/invocations", {}),  # a trailing newline in the name
+        ("/2015-03-31/functions/echo/invocations?Qualifier=", {}),
+        ("/2015-03-31/functions/echo/invocations?Qualifier=bad%20q", {}),
+        ("/2015-03-31/functions/echo/invocations", {"X-Amz-Log-Type": "Everything"}),
+    ],
+)
+async def test_malformed_names_qualifiers_and_log_types_are_validation_errors(served, path, headers):
+    rt, server, client, session = served
+    async with session.post(server.url + path, data=b"{}", headers=headers) as resp:
+        body = await resp.json()
+    assert_aws_error(resp, body, 400, "ValidationException")
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ['{"a": 1}'.encode("utf-16"), b"\xef\xbb\xbf{}", b'{"a": "\xff"}'],
+    ids=["utf-16", "bom", "latin-1"],
+)
+async def test_a_payload_that_is_not_utf8_json_is_refused_before_any_sandbox(served, payload):
+    rt, server, client, session = served
+    with pytest.raises(client.exceptions.InvalidRequestContentException):
+        await call(client.invoke, FunctionName="echo", Payload=payload)
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
 
 
 # -- the control plane ------------------------------------------------------------------

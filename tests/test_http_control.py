@@ -522,7 +522,8 @@ async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> N
             async with http.request(method, server.url + path, data=body) as resp:
                 assert (resp.status, resp.headers.get("x-amzn-ErrorType")) == (status, code), path
                 payload = await resp.json()
-                assert payload["Type"] == "User" and payload["message"]
+                # "Message" where Lambda's model names it so (ResourceNotFoundException), else "message"
+                assert payload["Type"] == "User" and (payload.get("message") or payload.get("Message"))
 
 
 async def test_the_aws_cli_configures_a_running_runtime(served, tmp_path: Path) -> None:
@@ -586,3 +587,61 @@ async def test_the_aws_cli_configures_a_running_runtime(served, tmp_path: Path) 
     await wait_until(lambda: len(read_jsonl(ledger)) == 1, "the order delivered")
     listed = await aws_cli(url, "lambda", "list-event-source-mappings", "--event-source-arn", stream.arn)
     assert [m["UUID"] for m in listed["EventSourceMappings"]] == [mapping["UUID"]]
+
+
+async def test_function_configuration_has_lambdas_fields(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    conf = await call(lam.get_function_configuration, FunctionName="echo")
+    assert conf["Runtime"] == f"python{sys.version_info.major}.{sys.version_info.minor}"  # what runs it
+    assert conf["Architectures"] in (["x86_64"], ["arm64"])
+    assert conf["EphemeralStorage"] == {"Size": 512}
+    assert conf["Role"].startswith("arn:aws:iam::000000000000:role/")
+    assert "Environment" not in conf  # Lambda leaves it out when there are no variables
+    updated = await call(
+        lam.update_function_configuration, FunctionName="echo", Environment={"Variables": {"A": "1"}}
+    )
+    assert updated["Environment"] == {"Variables": {"A": "1"}}
+
+
+async def test_a_dead_letter_change_alone_is_a_new_revision(served) -> None:
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    before = await call(lam.get_function_configuration, FunctionName="talk")
+    dlq = "arn:aws:sqs:us-east-1:000000000000:talk-dlq"
+    after = await call(
+        lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={"TargetArn": dlq}
+    )
+    assert after["RevisionId"] != before["RevisionId"]
+    again = await call(lam.get_function_configuration, FunctionName="talk")
+    assert again["RevisionId"] == after["RevisionId"]
+    stale = await error_of(
+        lam.update_function_configuration, FunctionName="talk", RevisionId=before["RevisionId"], Timeout=5
+    )
+    assert stale["Code"] == "PreconditionFailedException"
+
+
+async def test_provisioned_concurrency_must_fit_the_unreserved_pool(served) -> None:
+    """Lambda: provisioned concurrency cannot exceed the function's reserved concurrency,
+    or the account's unreserved concurrency minus its minimum (100 of 1,000 here)."""
+    rt, server = served
+    await rt.add_function("whoami", "handlers.chaos:whoami")
+    await rt.add_function("other", "handlers.echo:echo", reserved_concurrency=300)
+    lam = client("lambda", server.url)
+    over = await error_of(
+        lam.put_provisioned_concurrency_config,
+        FunctionName="whoami",
+        Qualifier="$LATEST",
+        ProvisionedConcurrentExecutions=601,  # 1000 - 300 reserved - 100 minimum = 600
+    )
+    assert over["Code"] == "InvalidParameterValueException" and over["Status"] == 400
+    assert rt.get_function("whoami").config.provisioned_concurrency == 0
+    assert rt.sandboxes("whoami") == []  # nothing was started for it
+    with pytest.raises(fnrt.InvalidConfig):
+        rt.put_provisioned_concurrency("other", 301)  # above its own reservation
+    reserved = await error_of(
+        lam.put_function_concurrency, FunctionName="whoami", ReservedConcurrentExecutions=901
+    )
+    assert "below its minimum value of [100]" in reserved["Message"]

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -212,11 +213,15 @@ def _error(exc: BaseException, error_type: str | None = None, message: str | Non
         text = f"<unprintable {type(exc).__name__}>"
     if len(text) > _MAX_ERROR_MESSAGE:  # a reply header stays small whatever a handler raises
         text = f"{text[:_MAX_ERROR_MESSAGE]}[... {len(text) - _MAX_ERROR_MESSAGE} characters truncated]"
-    return {
-        "errorMessage": text,
-        "errorType": error_type or type(exc).__name__,
-        "stackTrace": traceback.format_list(traceback.extract_tb(tb)),
-    }
+    return {"errorMessage": text, "errorType": error_type or type(exc).__name__, "stackTrace": _stack(tb)}
+
+
+def _stack(tb: types.TracebackType | None) -> list[str]:
+    """The frames as Lambda's Python runtime lists them: ``format_list`` of plain
+    (file, line, name, text) tuples, so no column carets (``~~^^``) on 3.11+."""
+    return traceback.format_list(
+        [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]  # type: ignore[misc]
+    )
 
 
 def _simple_error(error_type: str, message: str) -> dict[str, Any]:
@@ -330,20 +335,25 @@ class Worker:
             run_init = getattr(self.module, "fnrt_init", None)
             if callable(run_init):
                 run_init()
-        except ModuleNotFoundError as exc:
+        # As Lambda's Python runtime (awslambdaric's _get_handler) reports a failed init: an
+        # ImportError is Runtime.ImportModuleError without frames, a SyntaxError names its
+        # line, and anything else the module raised is reported as itself (its type, its
+        # message, its frames: "[ERROR] KeyError: 'TABLE_NAME'").
+        except ImportError as exc:
             message = f"Unable to import module '{module_name}': {exc}"
-            return self._init_failed(exc, buf, "Runtime.ImportModuleError", message)
+            return self._init_failed(exc, buf, _simple_error("Runtime.ImportModuleError", message))
         except SyntaxError as exc:
             message = f"Syntax error in module '{module_name}': {exc}"
-            return self._init_failed(exc, buf, "Runtime.UserCodeSyntaxError", message)
+            error = _simple_error("Runtime.UserCodeSyntaxError", message)
+            error["stackTrace"] = [f'  File "{exc.filename}" Line {exc.lineno}\n    {exc.text}']
+            return self._init_failed(exc, buf, error)
         except Exception as exc:
             if _is_out_of_memory(exc):
-                return self._init_failed(exc, buf, "Runtime.OutOfMemory", "Out of memory during init")
-            error_type = type(exc).__name__
-            if error_type != "InvalidConfig":
-                message = f"Unable to import module '{module_name}': {type(exc).__name__}: {exc}"
-                return self._init_failed(exc, buf, "Runtime.ImportModuleError", message)
-            return self._init_failed(exc, buf, "InvalidConfig", str(exc))
+                error = _error(exc, "Runtime.OutOfMemory", "Out of memory during init")
+                return self._init_failed(exc, buf, error)
+            if type(exc).__name__ == "InvalidConfig":  # fnrt's own decorator refused its arguments
+                return self._init_failed(exc, buf, _error(exc, "InvalidConfig", str(exc)))
+            return self._init_failed(exc, buf, _error(exc))
         finally:
             _stop_capture()
         init_ms = (time.perf_counter() - started) * 1000
@@ -360,9 +370,8 @@ class Worker:
                 return bound
         return reply
 
-    def _init_failed(self, exc: BaseException, buf: Capture, error_type: str, message: str) -> dict[str, Any]:
+    def _init_failed(self, exc: BaseException, buf: Capture, error: dict[str, Any]) -> dict[str, Any]:
         self.module = None
-        error = _error(exc, error_type, message)
         _log_error(buf, exc, error)
         return {_p.K_OK: False, _p.K_ERROR: error, _p.K_LOG: buf.text()}
 
@@ -458,7 +467,8 @@ class Worker:
         try:
             event = _json.loads_utf8(body)  # msgspec when installed, json's result exactly
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            error = _error(exc, "Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}")
+            # Lambda's runtime raises these as faults of its own: no stack trace.
+            error = _simple_error("Runtime.UnmarshalError", f"Unable to unmarshal input: {exc}")
             _log_error(buf, exc, error)
             return False, error, False, b""
         try:
@@ -476,7 +486,7 @@ class Worker:
         except MemoryError as exc:
             return False, self._out_of_memory(exc, context, buf), True, b""
         except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:
-            error = _error(exc, "Runtime.MarshalError", f"Unable to marshal response: {exc}")
+            error = _simple_error("Runtime.MarshalError", f"Unable to marshal response: {exc}")
             _log_error(buf, exc, error)
             return False, error, False, b""
 
