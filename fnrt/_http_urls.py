@@ -3,8 +3,11 @@
 Each request becomes Lambda's payload format **2.0** event (Function URLs, HTTP APIs) or
 **1.0** (REST APIs), the function runs through the runtime's one invoke path (limits,
 timeouts, logs, metrics), and its result becomes the HTTP response. Errors answer as the
-AWS front doors do: a throttle is 429, a timeout 504, a function error or a malformed
-result 502, each with a JSON ``{"message": ...}`` body and ``x-amzn-ErrorType``.
+AWS front doors do: a throttle is 429; a function error, a timeout or a malformed result
+502; a path no route matches 404 (2.0) or 403 ``Missing Authentication Token`` (1.0, as
+REST APIs answer); each with a JSON ``{"message": ...}`` body and ``x-amzn-ErrorType``.
+One request id names the invocation: the event's ``requestId``, the handler's
+``context.aws_request_id`` and the response's ``x-amzn-RequestId``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from multidict import CIMultiDict
 from ._runtime import Runtime
 from .errors import (
     FnrtError,
-    FunctionNotFound,
-    FunctionTimeout,
     InvalidConfig,
     PayloadTooLarge,
     RuntimeClosed,
@@ -41,6 +42,9 @@ _TEXT_TYPES = re.compile(
 )
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _PARAM = re.compile(r"^\{([A-Za-z_][\w-]*)(\+?)\}$")
+# How each front door words its 500/502: REST APIs (1.0) and HTTP APIs / Function URLs (2.0)
+# differ in one letter's case, and clients that match the body see it.
+_INTERNAL_ERROR: dict[PayloadFormat, str] = {"1.0": "Internal server error", "2.0": "Internal Server Error"}
 
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
@@ -293,6 +297,16 @@ def _host(request: web.Request) -> str:
     return request.headers.get("Host", request.host)
 
 
+def _raw_below(raw_path: str, prefix: str) -> str:
+    """The raw (still-encoded) path below ``prefix``. The prefix matched the decoded path,
+    whose length differs from the raw one's wherever a character is encoded (``/%65cho``
+    is ``/echo``), so the cut is by path segments, not characters."""
+    if not prefix:
+        return raw_path or "/"
+    below = raw_path.split("/")[prefix.count("/") + 1 :]
+    return "/" + "/".join(below) if below else "/"
+
+
 def event_v2(
     route: UrlRoute,
     request: web.Request,
@@ -301,8 +315,9 @@ def event_v2(
     raw: bytes,
     now: float,
     identity: Mapping[str, str] | None,
+    request_id: str,
 ) -> dict[str, Any]:
-    """Payload format 2.0 (Function URLs and HTTP APIs)."""
+    """Payload format 2.0 (Function URLs and HTTP APIs); ``request_id`` is the invocation's."""
     headers: dict[str, str] = {}
     for key in request.headers:
         lower = key.lower()
@@ -316,7 +331,7 @@ def event_v2(
     cookies = [
         c.strip() for value in request.headers.getall("Cookie", []) for c in value.split(";") if c.strip()
     ]
-    raw_path = request.raw_path.partition("?")[0][len(route.path_prefix) :] or "/"
+    raw_path, _, raw_query = request.raw_path.partition("?")
     body, is_b64 = _body(request, raw)
     host = _host(request)
     time_text, epoch = _time_fields(now)
@@ -332,7 +347,7 @@ def event_v2(
             "sourceIp": _source_ip(request),
             "userAgent": request.headers.get("User-Agent", ""),
         },
-        "requestId": str(uuid.uuid4()),
+        "requestId": request_id,
         "routeKey": route.route_key,
         "stage": route.stage,
         "time": time_text,
@@ -343,8 +358,8 @@ def event_v2(
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route.route_key,
-        "rawPath": raw_path,
-        "rawQueryString": request.query_string,
+        "rawPath": _raw_below(raw_path, route.path_prefix),
+        "rawQueryString": raw_query,  # as sent: yarl's query_string is decoded
     }
     if cookies:
         event["cookies"] = cookies
@@ -368,8 +383,10 @@ def event_v1(
     raw: bytes,
     now: float,
     identity: Mapping[str, str] | None,
+    request_id: str,
 ) -> dict[str, Any]:
-    """Payload format 1.0 (REST APIs, and HTTP APIs configured for 1.0)."""
+    """Payload format 1.0 (REST APIs, and HTTP APIs configured for 1.0); ``request_id`` is
+    the invocation's (``extendedRequestId`` too: fnrt has no gateway id apart from it)."""
     headers: dict[str, str] = {}
     multi_headers: dict[str, list[str]] = {}
     for key in request.headers:
@@ -410,7 +427,6 @@ def event_v1(
             accountId=identity["accountId"], accessKey=identity["accessKey"], caller=identity["callerId"],
             user=identity["userId"], userArn=identity["userArn"],
         )
-    request_id = str(uuid.uuid4())
     return {
         "version": "1.0",
         "resource": resource,
@@ -451,13 +467,19 @@ class MalformedResult(Exception):
     pass
 
 
-def gateway_error(status: int, message: str, error_type: str) -> web.Response:
-    """The front door's own error: ``{"message": ...}``, as API Gateway and Function URLs."""
+def gateway_error(status: int, message: str, error_type: str, request_id: str | None = None) -> web.Response:
+    """The front door's own error: ``{"message": ...}``, as API Gateway and Function URLs.
+    ``request_id`` is the invocation's when there is one (a fresh id otherwise)."""
     return web.json_response(
         {"message": message},
         status=status,
-        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": str(uuid.uuid4())},
+        headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": request_id or str(uuid.uuid4())},
     )
+
+
+def internal_error(status: int, payload_format: PayloadFormat, request_id: str | None = None) -> web.Response:
+    """A 500 or 502, worded as the front door of ``payload_format`` words it."""
+    return gateway_error(status, _INTERNAL_ERROR[payload_format], "InternalServerErrorException", request_id)
 
 
 def _header_text(value: Any) -> str:
@@ -489,14 +511,17 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
     multi = result.get("multiValueHeaders") or {}
     if not isinstance(given, dict) or not isinstance(multi, dict):
         raise MalformedResult("headers must be an object")
-    for key, value in given.items():
-        headers[str(key)] = _header_text(value)
     for key, values in multi.items():
         if not isinstance(values, list):
             raise MalformedResult("multiValueHeaders values must be lists")
-        headers.popall(str(key), None)
         for value in values:
             headers.add(str(key), _header_text(value))
+    # API Gateway merges the two into one list per name; a pair given in both appears once,
+    # as multiValueHeaders has it
+    for key, value in given.items():
+        text = _header_text(value)
+        if text not in headers.getall(str(key), ()):
+            headers.add(str(key), text)
     cookies = result.get("cookies") or []
     if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
         raise MalformedResult("cookies must be a list of strings")
@@ -577,6 +602,17 @@ class UrlRouter:
             return route, rel, params
         return False
 
+    def unmatched(self, request: web.Request) -> web.Response:
+        """The answer when a prefix holds ``request``'s path but no route matches it
+        (:meth:`find` is ``False``): HTTP APIs and Function URLs say 404 ``Not Found``;
+        REST APIs answer every unknown resource or method with their
+        ``MISSING_AUTHENTICATION_TOKEN`` gateway response, 403. A path held by mounts of both
+        formats gets the 2.0 answer: no REST API alone serves it."""
+        candidates = self.prefix_of(request.path)
+        if candidates and all(route.payload_format == "1.0" for route in candidates):
+            return gateway_error(403, "Missing Authentication Token", "MissingAuthenticationTokenException")
+        return gateway_error(404, "Not Found", "NotFoundException")
+
     async def serve(
         self,
         request: web.Request,
@@ -608,33 +644,45 @@ class UrlRouter:
         params: dict[str, str],
         identity: Mapping[str, str] | None,
     ) -> web.Response:
-        raw = await request.read()
-        build = event_v2 if route.payload_format == "2.0" else event_v1
-        event = build(route, request, rel, params, raw, self.runtime.clock.time(), identity)
+        # one id for the event, the invocation (context.aws_request_id) and the response,
+        # so a request's logs can be found from its x-amzn-RequestId
+        request_id = str(uuid.uuid4())
         try:
-            result = await self.runtime.invoke_detailed(route.function, event)
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # over the server's client_max_size
+            return gateway_error(413, "Request Entity Too Large", "RequestEntityTooLarge", request_id)
+        build = event_v2 if route.payload_format == "2.0" else event_v1
+        event = build(route, request, rel, params, raw, self.runtime.clock.time(), identity, request_id)
+        try:
+            result = await self.runtime.invoke_detailed(route.function, event, request_id=request_id)
         except TooManyRequests:
-            return gateway_error(429, "Too Many Requests", "TooManyRequestsException")
+            return gateway_error(429, "Too Many Requests", "TooManyRequestsException", request_id)
         except PayloadTooLarge:
-            return gateway_error(413, "Request Entity Too Large", "RequestEntityTooLarge")
-        except FunctionNotFound:
-            return gateway_error(500, "Internal Server Error", "InternalServerErrorException")
+            return gateway_error(413, "Request Entity Too Large", "RequestEntityTooLarge", request_id)
         except RuntimeClosed:
-            return gateway_error(503, "Service Unavailable", "ServiceUnavailableException")
-        except FnrtError:
-            return gateway_error(500, "Internal Server Error", "InternalServerErrorException")
-        headers = {"x-amzn-RequestId": result.request_id}
-        if isinstance(result.error, FunctionTimeout):
-            response = gateway_error(504, "Endpoint request timed out", "IntegrationTimeout")
-        elif result.error is not None:
-            response = gateway_error(502, "Internal Server Error", "InternalServerErrorException")
-        else:
-            try:
-                response = build_response(route, result.raw)
-            except MalformedResult:
-                response = gateway_error(502, "Internal Server Error", "InternalServerErrorException")
-        response.headers.update(headers)
+            return gateway_error(503, "Service Unavailable", "ServiceUnavailableException", request_id)
+        except FnrtError:  # FunctionNotFound (removed since it was routed) among them
+            return internal_error(500, route.payload_format, request_id)
+        if result.error is not None:
+            # a timeout is the function's error too: 504 is only API Gateway's own
+            # integration timeout (29 s), which fnrt does not model
+            return internal_error(502, route.payload_format, result.request_id)
+        try:
+            response = build_response(route, result.raw)
+        except MalformedResult:
+            return internal_error(502, route.payload_format, result.request_id)
+        response.headers["x-amzn-RequestId"] = result.request_id
         return response
 
 
-__all__ = ["Cors", "UrlRoute", "UrlRouter", "build_response", "event_v1", "event_v2", "make_route"]
+__all__ = [
+    "Cors",
+    "UrlRoute",
+    "UrlRouter",
+    "build_response",
+    "event_v1",
+    "event_v2",
+    "gateway_error",
+    "internal_error",
+    "make_route",
+]

@@ -112,7 +112,7 @@ async def _app_handler(request: web.Request) -> web.StreamResponse:
     router = request.app[_ROUTER]
     found = router.find(request)
     if not found:
-        return _not_found_url()
+        return router.unmatched(request)
     return await router.serve(request, found)
 
 
@@ -123,12 +123,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _not_found_url() -> web.Response:
-    from ._http_urls import gateway_error
-
-    return gateway_error(404, "Not Found", "NotFoundException")
 
 
 class InvokeServer:
@@ -242,7 +236,7 @@ class InvokeServer:
                         raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
             raise web.HTTPNotFound()
         if found is False:
-            return _not_found_url()
+            return self.urls.unmatched(request)
         return await self.urls.serve(request, found, request.get(IDENTITY_KEY))
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
+import uuid
 
 import pytest
 
@@ -12,6 +14,9 @@ import fnrt
 aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("aws_lambda_powertools")
 
+from yarl import URL
+
+from fnrt._runtime import SYNC_PAYLOAD_LIMIT
 from fnrt.errors import FunctionNotFound, InvalidConfig
 from fnrt.http import InvokeServer, add_url
 
@@ -24,6 +29,43 @@ async def served():
         await rt.deploy("handlers.web")
         async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
             yield rt, server, session
+
+
+ANSWERING = '''
+import json
+
+
+def answer(event, context):
+    """The result the request's body spells, as JSON: any shape a test needs."""
+    return json.loads(event["body"])
+
+
+def ids(event, context):
+    """The request ids the function sees, in a result valid for both payload formats."""
+    ids = {
+        "event": event["requestContext"]["requestId"],
+        "extended": event["requestContext"].get("extendedRequestId"),
+        "context": context.aws_request_id,
+    }
+    return {"statusCode": 200, "body": json.dumps(ids)}
+'''
+
+
+@pytest.fixture
+async def answering(tmp_path):
+    """``served``, with functions ``answer`` and ``ids`` (``ANSWERING``) deployed too."""
+    module = f"answering_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(ANSWERING)
+    sys.path.insert(0, str(tmp_path))  # before the runtime starts: its sandboxes import from it
+    try:
+        async with fnrt.Runtime(concurrency_limit=10, unreserved_minimum=0) as rt:
+            await rt.deploy("handlers.web")
+            await rt.add_function("answer", f"{module}:answer")
+            await rt.add_function("ids", f"{module}:ids")
+            async with InvokeServer(rt, port=0) as server, aiohttp.ClientSession() as session:
+                yield rt, server, session
+    finally:
+        sys.path.remove(str(tmp_path))
 
 
 # -- payload format 2.0 ---------------------------------------------------------------------
@@ -68,6 +110,31 @@ async def test_v2_event_has_the_function_url_shape(served):
     assert isinstance(ctx["timeEpoch"], int) and ctx["time"].endswith("+0000")
 
 
+async def test_v2_raw_path_and_query_string_are_as_sent(served):
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    server.add_url("show_event", path_prefix="/deep/er")
+    # sent exactly so (encoded=True): the client re-quotes nothing, and the prefix itself is
+    # encoded (%73 is "s"), so raw and decoded lengths differ before the part below it
+    sent = "/%73how/a%20b/%7Ec?y=a%20b&z=a+b&q=%E2%82%AC"
+    async with session.get(URL(server.url + sent, encoded=True)) as resp:
+        event = await resp.json()
+    assert event["rawPath"] == "/a%20b/%7Ec"
+    assert event["rawQueryString"] == "y=a%20b&z=a+b&q=%E2%82%AC"
+    assert event["requestContext"]["http"]["path"] == "/a b/~c"
+    assert event["queryStringParameters"]["y"] == "a b" and event["queryStringParameters"]["q"] == "€"
+    for sent, raw_path in (
+        ("/d%65ep/%65r/x%2Fy", "/x%2Fy"),  # a prefix of two segments; an encoded slash below it
+        ("/deep/er", "/"),
+        ("/deep/er/", "/"),
+        ("/deep/er/%C3%A9/", "/%C3%A9/"),
+    ):
+        async with session.get(URL(server.url + sent, encoded=True)) as resp:
+            event = await resp.json()
+        assert event["rawPath"] == raw_path, sent
+        assert event["rawQueryString"] == ""
+
+
 async def test_v2_binary_body_is_base64(served):
     rt, server, session = served
     server.add_url("show_event", path_prefix="/show")
@@ -110,11 +177,55 @@ async def test_errors_are_what_aws_front_doors_answer(served):
         assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
         assert resp.headers["x-amzn-ErrorType"]
     async with session.get(server.url + "/slow?kind=slow") as resp:
-        assert resp.status == 504 and await resp.json() == {"message": "Endpoint request timed out"}
+        # the function's own timeout is a function error: 502, not API Gateway's 504
+        assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
+        assert resp.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
+        timed_out = rt.recent.get(resp.headers["x-amzn-RequestId"])
+    assert timed_out is not None and timed_out.function == "slow" and timed_out.outcome == "timeout"
     # a prefix that is mounted, but no route under it matches: API Gateway's 404
     server.add_url("respond", path_prefix="/only", route="GET /exact")
     async with session.get(server.url + "/only/other") as resp:
         assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+
+
+@pytest.mark.parametrize(("payload_format", "message"), [
+    ("2.0", "Internal Server Error"),  # Function URLs and HTTP APIs
+    ("1.0", "Internal server error"),  # REST APIs
+])
+async def test_internal_errors_are_worded_as_the_payload_formats_front_door(
+    served, payload_format, message
+):
+    rt, server, session = served
+    await rt.add_function("slow", "handlers.web:respond", timeout=0.3)
+    server.add_url("respond", path_prefix="/r", payload_format=payload_format)
+    server.add_url("slow", payload_format=payload_format)
+    for url in ("/r?kind=fail", "/r?kind=malformed", "/slow?kind=slow"):
+        async with session.get(server.url + url) as resp:
+            assert resp.status == 502 and await resp.json() == {"message": message}, url
+            assert resp.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
+            # even a failed invocation is found by the id the response carries
+            assert rt.recent.get(resp.headers["x-amzn-RequestId"]) is not None
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_one_request_id_names_the_invocation(answering, payload_format):
+    rt, server, session = answering
+    server.add_url("ids", payload_format=payload_format)
+    seen = set()
+    for _ in range(2):
+        async with session.get(server.url + "/ids/x") as resp:
+            assert resp.status == 200
+            ids = await resp.json()
+            header = resp.headers["x-amzn-RequestId"]
+        # the event's requestId, the handler's context.aws_request_id and the response's
+        # header are one id, so a request's logs can be found from any of them
+        assert ids["event"] == ids["context"] == header
+        if payload_format == "1.0":
+            assert ids["extended"] == header
+        entry = rt.recent.get(header)
+        assert entry is not None and entry.function == "ids" and header in entry.log
+        seen.add(header)
+    assert len(seen) == 2  # one id per request
 
 
 async def test_throttle_is_429(served, release_file):
@@ -159,9 +270,27 @@ async def test_v1_event_with_route_templates(served):
     assert event["resource"] == "/files/{proxy+}" and event["pathParameters"] == {"proxy": "a/b/c.txt"}
     assert event["body"] == "hello" and event["queryStringParameters"] is None
     async with session.post(server.url + "/v1/orders/17") as resp:  # the route is GET only
-        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+        assert resp.status == 403 and await resp.json() == {"message": "Missing Authentication Token"}
     async with session.get(server.url + "/v1/bare") as resp:  # 1.0 needs a statusCode
-        assert resp.status == 502 and await resp.json() == {"message": "Internal Server Error"}
+        assert resp.status == 502 and await resp.json() == {"message": "Internal server error"}
+
+
+async def test_v1_unmatched_path_is_missing_authentication_token(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/v1", payload_format="1.0", route="GET /orders/{id}")
+    for method, path in (("GET", "/v1/nothing"), ("DELETE", "/v1/orders/3"), ("GET", "/v1/orders/3/x")):
+        async with session.request(method, server.url + path) as resp:
+            # a REST API answers an unknown resource or method with this gateway response
+            assert resp.status == 403, path
+            assert await resp.json() == {"message": "Missing Authentication Token"}
+            assert resp.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert rt.stats()["functions"]["respond"]["invocations"] == 0
+    # a prefix that 2.0 routes share answers as an HTTP API: 404
+    server.add_url("respond", path_prefix="/mixed", payload_format="1.0", route="/a")
+    server.add_url("respond", path_prefix="/mixed", route="GET /b")
+    async with session.get(server.url + "/mixed/c") as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+        assert resp.headers["x-amzn-ErrorType"] == "NotFoundException"
 
 
 async def test_v1_multi_value_headers_in_the_result(served):
@@ -170,6 +299,25 @@ async def test_v1_multi_value_headers_in_the_result(served):
     async with session.get(server.url + "/m?kind=multi") as resp:
         assert resp.status == 200 and await resp.text() == "multi"
         assert resp.headers["X-One"] == "1" and resp.headers.getall("X-Many") == ["a", "b"]
+
+
+@pytest.mark.parametrize("payload_format", ["1.0", "2.0"])
+async def test_result_headers_merge_with_multi_value_headers(answering, payload_format):
+    rt, server, session = answering
+    server.add_url("answer", payload_format=payload_format)
+    result = {
+        "statusCode": 200,
+        "headers": {"X-Both": "single", "X-Same": "s", "x-case": "lower", "X-Only": "1"},
+        "multiValueHeaders": {"X-Both": ["m1", "m2"], "X-Same": ["s", "t"], "X-Case": ["upper"]},
+        "body": "merged",
+    }
+    async with session.post(server.url + "/answer", json=result) as resp:
+        assert resp.status == 200 and await resp.text() == "merged"
+        # one list per name; a pair in both lists appears once, as multiValueHeaders has it
+        assert sorted(resp.headers.getall("X-Both")) == ["m1", "m2", "single"]
+        assert resp.headers.getall("X-Same") == ["s", "t"]
+        assert sorted(resp.headers.getall("X-Case")) == ["lower", "upper"]  # names are case-blind
+        assert resp.headers.getall("X-Only") == ["1"]
 
 
 async def test_powertools_rest_resolver_works_unchanged(served):
@@ -184,6 +332,18 @@ async def test_powertools_rest_resolver_works_unchanged(served):
     }
     async with session.put(server.url + "/rest/orders/9", json={"qty": 2}) as resp:
         assert resp.status == 200 and await resp.json() == {"id": "9", "set": {"qty": 2}}
+
+
+@pytest.mark.parametrize("size", [SYNC_PAYLOAD_LIMIT + 1, 2 * SYNC_PAYLOAD_LIMIT + 1])
+async def test_a_body_too_large_is_the_urls_413(served, size):
+    """Over Lambda's 6 MB and over the server's own 12 MB body limit alike."""
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    body = b"x" * size
+    async with session.post(server.url + "/show", data=body, headers={"Content-Type": "text/plain"}) as resp:
+        assert resp.status == 413 and await resp.json() == {"message": "Request Entity Too Large"}
+        assert resp.headers["x-amzn-ErrorType"] == "RequestEntityTooLarge"
+    assert rt.stats()["functions"]["show_event"]["invocations"] == 0
 
 
 # -- Powertools apps, unchanged -----------------------------------------------------------------
@@ -281,6 +441,7 @@ async def test_add_url_on_your_own_aiohttp_app():
         await rt.deploy("handlers.api")
         app = aiohttp.web.Application()
         add_url(app, "api", path_prefix="/shop", runtime=rt)
+        add_url(app, "api", path_prefix="/rest", payload_format="1.0", route="GET /only", runtime=rt)
         runner = aiohttp.web.AppRunner(app)
         await runner.setup()
         site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
@@ -290,6 +451,9 @@ async def test_add_url_on_your_own_aiohttp_app():
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"http://127.0.0.1:{port}/shop/orders/42") as resp:
                     assert resp.status == 200 and (await resp.json())["item"] == "apple"
+                async with session.get(f"http://127.0.0.1:{port}/rest/other") as resp:
+                    assert resp.status == 403
+                    assert await resp.json() == {"message": "Missing Authentication Token"}
         finally:
             await runner.cleanup()
 
