@@ -26,6 +26,7 @@ from aiohttp import web
 from ._http_errors import AwsError
 from ._runtime import Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, ServiceError, StreamNotFound
+from .sources._streams import STREAM_NAME
 from .store._streams import seq_int, seq_str  # fnrt-internal: the sequence-number format
 
 if TYPE_CHECKING:
@@ -37,10 +38,15 @@ MAX_RECORD = 1024 * 1024  # data + partition key
 MAX_PUT_RECORDS = 500
 MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10_000
+MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
 ITERATOR_TTL = 300.0
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
+# Kinesis' pattern for ExplicitHashKey and NewStartingHashKey, ASCII digits only (``\d``
+# and ``str.isdigit`` take any script's digits, which ``int`` may then refuse).
+_HASH_KEY = re.compile(r"0|[1-9][0-9]{0,38}")
+_HASH_KEY_PATTERN = r"0|([1-9]\d{0,38})"  # as Kinesis' messages spell it
 
 
 def _bad(message: str, error_type: str = "ValidationException") -> AwsError:
@@ -59,13 +65,36 @@ def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None
     return value
 
 
-def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _int(
+    body: dict[str, Any],
+    key: str,
+    default: int,
+    low: int,
+    high: int,
+    error_type: str = "ValidationException",
+) -> int:
     value = body.get(key, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"{key} must be an integer {low}-{high}, got {value!r}")
+        raise _bad(f"{key} must be an integer {low}-{high}, got {value!r}", error_type)
     return value
+
+
+def _hash_key(value: Any, member: str) -> int:
+    """A hash key in Kinesis' text form: off the pattern is ``ValidationException`` (the
+    request's shape); past 2**128-1 the caller says what it is."""
+    if not isinstance(value, str) or not _HASH_KEY.fullmatch(value):
+        raise _bad(
+            f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
+            f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"
+        )
+    return int(value)
+
+
+def _data_size(data: str) -> int:
+    """The size of the bytes a base64 string holds, without decoding it."""
+    return len(data) // 4 * 3 - (2 if data.endswith("==") else 1 if data.endswith("=") else 0)
 
 
 def _token(payload: dict[str, Any]) -> str:
@@ -186,6 +215,12 @@ class KinesisApi:
     async def _op_CreateStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         name = _str(body, "StreamName")
         assert name is not None
+        if not STREAM_NAME.fullmatch(name):
+            raise _bad(
+                f"1 validation error detected: Value '{name}' at 'streamName' failed to satisfy "
+                "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+ and "
+                "Member must have length between 1 and 128"
+            )
         shard_count = _int(body, "ShardCount", 1, 1, 10_000)
         try:
             await self.runtime.get_stream(name)
@@ -275,10 +310,10 @@ class KinesisApi:
         stream = await self._stream(body)
         shard = _str(body, "ShardToSplit")
         new_start = _str(body, "NewStartingHashKey")
-        assert shard is not None and new_start is not None
-        if not new_start.isdigit():
-            raise _bad("NewStartingHashKey must be a decimal hash key", "InvalidArgumentException")
-        await stream.split_shard(shard, int(new_start))
+        assert shard is not None
+        # off the pattern: ValidationException; outside the shard's range: split_shard's
+        # InvalidConfig, InvalidArgumentException
+        await stream.split_shard(shard, _hash_key(new_start, "newStartingHashKey"))
         return {}
 
     async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
@@ -314,13 +349,13 @@ class KinesisApi:
             )
         hashed: int | None = None
         if explicit is not None:
-            if not isinstance(explicit, str) or not explicit.isdigit() or int(explicit) > MAX_HASH_KEY:
+            hashed = _hash_key(explicit, "explicitHashKey")
+            if hashed > MAX_HASH_KEY:
                 raise _bad(
                     f"Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, {MAX_HASH_KEY}]. "
                     f"Specified value was {explicit}",
                     "InvalidArgumentException",
                 )
-            hashed = int(explicit)
         return raw, key, hashed
 
     async def _admit(self, stream: Stream, entries: list[tuple[bytes, str, int | None]]) -> list[bool]:
@@ -419,6 +454,19 @@ class KinesisApi:
             except ValueError:
                 raise _bad(f"StartingSequenceNumber {seq} is not a sequence number of this stream",
                            "InvalidArgumentException") from None
+            # Numbers count per stream (the encoding names no shard), so what can be told
+            # without a lookup is the shard's sequence number range: below its start or
+            # past a closed shard's end, the number is of another shard.
+            numbers = shards[shard_id]["SequenceNumberRange"]
+            ending = numbers.get("EndingSequenceNumber")
+            if number < seq_int(numbers["StartingSequenceNumber"]) or (
+                ending is not None and number > seq_int(ending)
+            ):
+                raise _bad(
+                    f"Invalid StartingSequenceNumber. {seq} is not in the sequence number range of "
+                    f"{shard_id} in stream {stream.name}",
+                    "InvalidArgumentException",
+                )
             if kind == "AT_SEQUENCE_NUMBER":
                 after = seq_str(number - 1) if number > 0 else None
             else:
@@ -449,7 +497,7 @@ class KinesisApi:
     async def _op_GetRecords(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         token = _str(body, "ShardIterator")
         assert token is not None
-        limit = _int(body, "Limit", MAX_GET_RECORDS, 1, MAX_GET_RECORDS)
+        limit = _int(body, "Limit", MAX_GET_RECORDS, 1, MAX_GET_RECORDS, "InvalidArgumentException")
         state = _untoken(token, "ShardIterator")
         try:
             name, shard_id, after, issued = state["s"], state["h"], state["a"], float(state["t"])
@@ -469,16 +517,28 @@ class KinesisApi:
         if shard is None:
             raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
         read = await stream.read(shard_id, after, limit)
+        not_before = state.get("n")
+        stamp = not_before if isinstance(not_before, int | float) else None
+        # At most 10 MiB per call, and at least one record: the page ends before the
+        # record that would pass it, and the next iterator goes on after the last one
+        # returned (records an AT_TIMESTAMP iterator skips count nothing, but are passed).
+        records: list[dict[str, Any]] = []
+        size = passed = 0
+        for record in read:
+            if stamp is None or record["ApproximateArrivalTimestamp"] >= stamp:
+                weight = _data_size(record["Data"]) + len(record["PartitionKey"].encode())
+                if records and size + weight > MAX_GET_RECORDS_BYTES:
+                    break
+                size += weight
+                record["EncryptionType"] = "NONE"
+                records.append(record)
+            passed += 1
+        more = passed < len(read) or len(read) == limit
+        read = read[:passed]
         if read:
             after = read[-1]["SequenceNumber"]
-        not_before = state.get("n")
-        records = read
-        if isinstance(not_before, int | float):
-            records = [r for r in read if r["ApproximateArrivalTimestamp"] >= not_before]
-        for record in records:
-            record["EncryptionType"] = "NONE"
         out: dict[str, Any] = {"Records": records, "MillisBehindLatest": 0}
-        if len(read) == limit:  # more may follow: how far behind the newest this page is
+        if more:  # more may follow: how far behind the newest this page is
             newest_arrival = read[-1]["ApproximateArrivalTimestamp"]
             out["MillisBehindLatest"] = max(0, int((self.runtime.clock.time() - newest_arrival) * 1000))
         closed = "EndingSequenceNumber" in shard["SequenceNumberRange"]

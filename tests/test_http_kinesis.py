@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +17,7 @@ from botocore.config import Config
 
 from fnrt.http import InvokeServer
 
-from .conftest import wait_until
+from .conftest import read_jsonl, wait_until
 
 
 def kinesis_client(url: str):  # type: ignore[no-untyped-def]
@@ -136,7 +139,8 @@ async def test_bad_requests_are_kinesis_errors(served):
     rt, server, kinesis, clock = served
     await call(kinesis.create_stream, StreamName="s", ShardCount=1)
     with pytest.raises(kinesis.exceptions.InvalidArgumentException):
-        await call(kinesis.put_record, StreamName="s", Data=b"x", PartitionKey="k", ExplicitHashKey="-1")
+        await call(kinesis.put_record, StreamName="s", Data=b"x", PartitionKey="k",
+                   ExplicitHashKey=str(2**128))  # the pattern's digits, past the range
     with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
         await call(kinesis.put_record, StreamName="nope", Data=b"x", PartitionKey="k")
     async with aiohttp.ClientSession() as session:
@@ -221,3 +225,143 @@ async def test_at_timestamp_iterator(served):
     assert [r["Data"] for r in got["Records"]] == [b"new"]
     arrival = got["Records"][0]["ApproximateArrivalTimestamp"].timestamp()
     assert arrival == pytest.approx(clock.time(), abs=1)
+
+
+def error_code(exc: pytest.ExceptionInfo[Exception]) -> tuple[str, int]:
+    response = exc.value.response  # type: ignore[attr-defined]
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+async def test_stream_names_must_match_kinesis_pattern(served):
+    rt, server, kinesis, clock = served
+    for bad in ("a/b", "a b", "x" * 129, "caf\u00e9"):
+        with pytest.raises(kinesis.exceptions.ClientError) as info:
+            await call(kinesis.create_stream, StreamName=bad, ShardCount=1)
+        assert error_code(info) == ("ValidationException", 400), bad
+    assert (await call(kinesis.list_streams))["StreamNames"] == []
+    await call(kinesis.create_stream, StreamName="Orders_v2.eu-1" + "x" * 114, ShardCount=1)
+
+
+async def test_hash_keys_off_the_pattern_are_validation_errors(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    shard = "shardId-000000000000"
+    for bad in ("\u00b2", "\u0661", "-1", "01", "1e3", "1" * 40):
+        with pytest.raises(kinesis.exceptions.ClientError) as info:
+            await call(kinesis.put_record, StreamName="s", Data=b"x", PartitionKey="k", ExplicitHashKey=bad)
+        assert error_code(info) == ("ValidationException", 400), bad
+        with pytest.raises(kinesis.exceptions.ClientError) as info:
+            await call(kinesis.put_records, StreamName="s",
+                       Records=[{"Data": b"x", "PartitionKey": "k", "ExplicitHashKey": bad}])
+        assert error_code(info) == ("ValidationException", 400), bad
+        with pytest.raises(kinesis.exceptions.ClientError) as info:
+            await call(kinesis.split_shard, StreamName="s", ShardToSplit=shard, NewStartingHashKey=bad)
+        assert error_code(info) == ("ValidationException", 400), bad
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException):  # in the pattern, not the shard
+        await call(kinesis.split_shard, StreamName="s", ShardToSplit=shard, NewStartingHashKey="0")
+    assert len((await call(kinesis.list_shards, StreamName="s"))["Shards"]) == 1
+    put = await call(kinesis.put_record, StreamName="s", Data=b"x", PartitionKey="k",
+                     ExplicitHashKey=str(2**128 - 1))
+    assert put["ShardId"] == shard
+
+
+async def test_get_records_limit_outside_its_range_is_invalid_argument(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    it = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId="shardId-000000000000",
+                     ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    async with aiohttp.ClientSession() as session:  # boto3 refuses Limit=0 before sending it
+        for limit in (0, 10_001, -1):
+            async with session.post(server.url + "/", json={"ShardIterator": it, "Limit": limit}, headers={
+                "X-Amz-Target": "Kinesis_20131202.GetRecords", "Content-Type": "application/x-amz-json-1.1"
+            }) as resp:
+                assert resp.status == 400
+                assert (await resp.json(content_type=None))["__type"] == "InvalidArgumentException"
+    assert (await call(kinesis.get_records, ShardIterator=it, Limit=10_000))["Records"] == []
+
+
+async def test_get_records_returns_at_most_10_mib_per_call(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    stream = await rt.get_stream("s")
+    mib = 1024 * 1024
+    # twelve records of 1 MiB each (data and partition key), put past the write limits
+    await stream.put_records([(bytes([i]) * (mib - 1), "k") for i in range(12)])
+    it = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId="shardId-000000000000",
+                     ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    first = await call(kinesis.get_records, ShardIterator=it)
+    assert [r["Data"][0] for r in first["Records"]] == list(range(10))  # 10 MiB exactly: not past it
+    rest = await call(kinesis.get_records, ShardIterator=first["NextShardIterator"])
+    assert [r["Data"][0] for r in rest["Records"]] == [10, 11]  # on after the last returned
+    # one byte more per record: the tenth would pass 10 MiB
+    await stream.put_records([(bytes([i]) * mib, "k") for i in range(12, 23)])
+    page = await call(kinesis.get_records, ShardIterator=rest["NextShardIterator"], Limit=10)
+    assert [r["Data"][0] for r in page["Records"]] == list(range(12, 21))
+
+
+async def test_a_sequence_number_outside_the_shards_range_is_invalid_argument(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    parent = "shardId-000000000000"
+    old = (await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k"))["SequenceNumber"]
+    await call(kinesis.split_shard, StreamName="s", ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    new = await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    for kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
+        with pytest.raises(kinesis.exceptions.InvalidArgumentException):  # before the child's start
+            await call(kinesis.get_shard_iterator, StreamName="s", ShardId=new["ShardId"],
+                       ShardIteratorType=kind, StartingSequenceNumber=old)
+        with pytest.raises(kinesis.exceptions.InvalidArgumentException):  # past the parent's end
+            await call(kinesis.get_shard_iterator, StreamName="s", ShardId=parent,
+                       ShardIteratorType=kind, StartingSequenceNumber=new["SequenceNumber"])
+    at = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=parent,
+                     ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=old))["ShardIterator"]
+    assert [r["Data"] for r in (await call(kinesis.get_records, ShardIterator=at))["Records"]] == [b"old"]
+    at = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=new["ShardId"],
+                     ShardIteratorType="AT_SEQUENCE_NUMBER",
+                     StartingSequenceNumber=new["SequenceNumber"]))["ShardIterator"]
+    assert [r["Data"] for r in (await call(kinesis.get_records, ShardIterator=at))["Records"]] == [b"new"]
+
+
+@pytest.mark.parametrize("position", ["LATEST", "AT_TIMESTAMP"])
+async def test_update_event_source_mapping_keeps_its_place(served, tmp_path: Path, position: str):
+    rt, server, kinesis, clock = served
+    ledger = tmp_path / "ledger.jsonl"
+    await rt.add_function("orders", "handlers.orders:process_orders",
+                          environment={"ORDERS_LEDGER": str(ledger)})
+    lam = boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="fnrt", aws_secret_access_key="fnrt",
+                       config=Config(retries={"total_max_attempts": 1}))
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=2)
+    arn = (await call(kinesis.describe_stream_summary, StreamName="orders"))[
+        "StreamDescriptionSummary"]["StreamARN"]
+
+    async def put(i: int) -> None:
+        await call(kinesis.put_record, StreamName="orders", Data=json.dumps({"id": i}).encode(),
+                   PartitionKey=f"c{i}")
+
+    await put(0)  # before the mapping: not delivered
+    await clock.advance(10)
+    start: dict = {"StartingPosition": position}
+    if position == "AT_TIMESTAMP":
+        start["StartingPositionTimestamp"] = datetime.datetime.fromtimestamp(clock.time(), datetime.UTC)
+    uuid = (await call(lam.create_event_source_mapping, EventSourceArn=arn, FunctionName="orders",
+                       BatchSize=10, **start))["UUID"]
+    await put(1)
+    await wait_until(lambda: len(read_jsonl(ledger)) == 1, "the first order", clock=clock)
+
+    updated = await call(lam.update_event_source_mapping, UUID=uuid, BatchSize=5)
+    assert updated["ResponseMetadata"]["HTTPStatusCode"] == 202 and updated["BatchSize"] == 5
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["State"] == "Enabled"
+    await put(2)
+    await wait_until(lambda: len(read_jsonl(ledger)) == 2, "an order after the update", clock=clock)
+
+    await call(lam.update_event_source_mapping, UUID=uuid, Enabled=False)
+    await put(3)
+    await rt.wait_idle()
+    assert len(read_jsonl(ledger)) == 2
+    enabling = await call(lam.update_event_source_mapping, UUID=uuid, Enabled=True)
+    assert enabling["State"] == "Enabling"
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["State"] == "Enabled"
+    await wait_until(lambda: len(read_jsonl(ledger)) == 3, "the order put while disabled", clock=clock)
+    await rt.wait_idle()
+    assert sorted(line["id"] for line in read_jsonl(ledger)) == [1, 2, 3]

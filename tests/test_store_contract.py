@@ -500,6 +500,28 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     assert await streams.checkpoints("m-latest") == {} and await streams.leases("m-latest") == {}
 
 
+@pytest.mark.parametrize("start", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])
+async def test_create_mapping_again_with_its_own_uuid_updates_it_and_keeps_checkpoints(
+    streams: StreamStore, start: str
+) -> None:
+    # what an update of the mapping does: the same uuid, a new config
+    await streams.create_stream("s", 2, 86_400.0, T0)
+    await streams.put_records("s", [("a", "eA==", 1), ("b", "eA==", MAX_HASH_KEY)], T0)
+    timestamp = T0 + 10 if start == "AT_TIMESTAMP" else None
+    await streams.create_mapping("m", "s", "f", {"batch_size": 10}, start, timestamp, T0)
+    shard = (await streams.shards("s"))[0].shard_id
+    ((_, later),) = await streams.put_records("s", [("c", "eA==", 1)], T0 + 20)
+    assert await streams.acquire_lease("m", shard, "a", T0, LEASE)
+    assert await streams.checkpoint("m", shard, "a", later)
+    before = await streams.checkpoints("m")
+
+    row = await streams.create_mapping("m", "s", "f", {"batch_size": 5}, start, timestamp, T0 + 30)
+    assert row.uuid == "m" and row.config == {"batch_size": 5}
+    assert await streams.checkpoints("m") == before
+    found = await streams.mapping("s", "f")
+    assert found is not None and found.config == {"batch_size": 5}
+
+
 async def test_two_stores_creating_one_mapping_end_with_one(store_factory: Stores) -> None:
     one, two = await store_factory.open(), await store_factory.open()
     await one.streams.create_stream("s", 1, 86_400.0, T0)

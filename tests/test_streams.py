@@ -349,6 +349,87 @@ async def test_starting_positions(tmp_path: Path) -> None:
         assert sorted(e["id"] for e in ledger(at_time)) == [4, 5, 6, 7, 8, 9]
 
 
+@pytest.mark.parametrize("position", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])
+async def test_an_updated_mapping_goes_on_from_its_checkpoints(tmp_path: Path, position: str) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+        await clock.advance(10)
+        start: dict[str, Any] = {"starting_position": position}
+        if position == "AT_TIMESTAMP":
+            start["starting_position_timestamp"] = clock.time()
+        mapping = await rt.add_stream_mapping("orders", "orders", batch_size=10, **start)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4, 6)])
+        first = 0 if position == "TRIM_HORIZON" else 4
+        await until(lambda: len(ledger(path)) == 6 - first, clock, what="the first records")
+        await rt.wait_idle()
+        before = await mapping.checkpoints()
+
+        updated = await rt.update_stream_mapping(mapping, batch_size=5)
+        assert updated.uuid == mapping.uuid and updated.config.batch_size == 5
+        assert await updated.checkpoints() == before  # the update moved no checkpoint
+        await stream.put_records([(order(i), f"c{i}") for i in range(6, 8)])
+        await until(lambda: len(ledger(path)) == 8 - first, clock, what="records after the update")
+
+        # disabled, then enabled again: the records put meanwhile, each once
+        await rt.update_stream_mapping(mapping.uuid, enabled=False)
+        await stream.put_records([(order(i), f"c{i}") for i in range(8, 10)])
+        await clock.advance(5)
+        await rt.wait_idle()
+        assert len(ledger(path)) == 8 - first
+        enabled = await rt.update_stream_mapping(mapping.uuid, enabled=True)
+        assert enabled.config.enabled and rt.stream_mappings() == [enabled]
+        await until(lambda: len(ledger(path)) == 10 - first, clock, what="records put while disabled")
+        await rt.wait_idle()
+        assert sorted(e["id"] for e in ledger(path)) == list(range(first, 10))
+
+
+async def test_a_failed_update_leaves_the_mapping_polling_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders", starting_position="LATEST")
+        store = await rt._streams.store()
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise fnrt.StoreUnavailable("the disk is gone")
+
+        monkeypatch.setattr(store, "create_mapping", unavailable)
+        with pytest.raises(fnrt.StoreUnavailable):
+            await rt.update_stream_mapping(mapping, batch_size=5)
+        assert rt.stream_mappings() == [mapping] and mapping.config.batch_size == 100
+        await stream.put_record(order(1), "c")
+        await until(lambda: len(ledger(path)) == 1, clock, what="the mapping still polls")
+
+
+async def test_stream_names_follow_kinesis_pattern(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        for bad in ("a/b", "a b", "", "x" * 129, "caf\u00e9", "a:b"):
+            with pytest.raises(InvalidConfig):
+                await rt.create_stream(bad)
+        assert await rt.list_streams() == []
+        name = "Orders_v2.eu-west-1" + "x" * 109  # 128 characters, every allowed kind
+        assert (await rt.create_stream(name)).name == name
+
+
+async def test_hash_keys_are_ascii_decimal_numbers(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("orders", shard_count=2)
+        for bad in ("\u00b2", "\u0661", "-1", "1.5", str(2**128), True):
+            with pytest.raises(fnrt.InvalidPayload):
+                await stream.put_record(b"x", "k", explicit_hash_key=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidConfig):
+                await stream.split_shard("shardId-000000000000", bad)  # type: ignore[arg-type]
+        shard_id, _ = await stream.put_record(b"x", "k", explicit_hash_key=2**128 - 1)
+        assert shard_id == "shardId-000000000001"
+        assert len(await stream.split_shard("shardId-000000000000", str(2**126))) == 2
+
+
 # -- resharding -----------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import operator
 import os
+import re
 import socket
 import uuid
 import zlib
@@ -52,6 +53,7 @@ from .._observe import Metrics
 from .._registry import FunctionRegistry
 from .._supervise import INFRASTRUCTURE, Supervisor
 from ..errors import (
+    FnrtError,
     FunctionNotFound,
     InvalidConfig,
     InvalidPayload,
@@ -65,6 +67,11 @@ from ..store._types import MAX_HASH_KEY, hash_key, seq_int, seq_str
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
+# Kinesis' StreamName pattern (1-128 of these): the name goes into ARNs and URLs as it is.
+STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+# A hash key given as text: plain ASCII decimal (``str.isdigit`` and ``int`` also take
+# other scripts' digits and superscripts, which Kinesis' pattern ``0|([1-9]\d{0,38})`` does not).
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,38}")
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -180,7 +187,7 @@ class Stream:
         ``new_starting_hash_key``. Returns the children's ids."""
         store = await self._source.store()
         shard = await self._open_shard(store, shard_id)
-        new_start = int(new_starting_hash_key)
+        new_start = _hash_key_arg(new_starting_hash_key, "new_starting_hash_key", InvalidConfig)
         if not shard.start_hash < new_start <= shard.end_hash:
             raise InvalidConfig(
                 f"new_starting_hash_key must be inside {shard_id}'s range "
@@ -219,10 +226,25 @@ def _entry(data: bytes | str, partition_key: str, explicit_hash_key: int | None)
         raise InvalidPayload(f"record data must be at most {MAX_RECORD_BYTES} bytes, got {len(data)}")
     if not isinstance(partition_key, str) or not 1 <= len(partition_key) <= 256:
         raise InvalidPayload(f"partition_key must be a string of 1-256 characters, got {partition_key!r}")
-    hashed = hash_key(partition_key) if explicit_hash_key is None else int(explicit_hash_key)
-    if not 0 <= hashed <= MAX_HASH_KEY:
-        raise InvalidPayload(f"explicit_hash_key must be within 0..2**128-1, got {hashed}")
+    if explicit_hash_key is None:
+        hashed = hash_key(partition_key)
+    else:
+        hashed = _hash_key_arg(explicit_hash_key, "explicit_hash_key", InvalidPayload)
     return partition_key, base64.b64encode(data).decode(), hashed
+
+
+def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
+    """A hash key given as an int or as decimal text, within 0..2**128-1; else ``error``
+    (never ``int()``'s ``ValueError``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value):
+        number = int(value)
+    else:
+        raise error(f"{what} must be a whole number within 0..2**128-1, got {value!r}")
+    if not 0 <= number <= MAX_HASH_KEY:
+        raise error(f"{what} must be within 0..2**128-1, got {number}")
+    return number
 
 
 # -- the mapping ----------------------------------------------------------------------
@@ -936,6 +958,9 @@ class StreamSource:
         self._streams: dict[str, Stream] = {}
         self._retention: dict[str, float] = {}
         self.mappings: dict[str, StreamMapping] = {}
+        # One update or removal of a mapping at a time: two at once would each stop the
+        # same mapping and start their own, leaving one running that nothing can stop.
+        self._changing = asyncio.Lock()
 
     async def store(self) -> StreamStore:
         if self._store is None:
@@ -959,8 +984,10 @@ class StreamSource:
                 mapping.wake()
 
     async def create_stream(self, name: str, shard_count: int, retention_hours: float) -> Stream:
-        if not isinstance(name, str) or not name or len(name) > 128:
-            raise InvalidConfig(f"stream name must be 1-128 characters, got {name!r}")
+        if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
+            raise InvalidConfig(
+                f"stream name must be 1-128 characters of a-z, A-Z, 0-9, '_', '.' and '-', got {name!r}"
+            )
         if (
             isinstance(shard_count, bool)
             or not isinstance(shard_count, int)
@@ -1012,34 +1039,50 @@ class StreamSource:
         return mapping
 
     async def update_mapping(self, key: str, config: StreamMappingConfig) -> StreamMapping:
-        """Restart mapping ``key`` with ``config``: its pollers stop and give their leases
-        back, the durable config is replaced, and polling goes on from the checkpoints."""
-        found = self.mappings.get(key)
-        if found is None:
-            raise InvalidConfig(f"no stream mapping {key!r}")
-        await found.stop()
-        store = await self.store()
-        row = await store.create_mapping(
-            found.uuid,
-            found.stream.name,
-            found.function,
-            config.to_dict(),
-            config.starting_position,
-            config.starting_position_timestamp,
-            self.clock.time(),
-        )
-        mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
-        self.mappings[key] = mapping
-        mapping.start()
-        return mapping
+        """Restart mapping ``key`` with ``config``: the durable config is replaced, then
+        the old pollers stop and give their leases back, and new ones go on from the
+        checkpoints (an update keeps them: the starting position is a new mapping's only,
+        as in Lambda). A failed write changes nothing: the mapping polls on as it was."""
+        async with self._changing:
+            found = self.mappings.get(key)
+            if found is None:
+                raise InvalidConfig(f"no stream mapping {key!r}")
+            store = await self.store()
+            # Written before anything stops: an error here leaves the running mapping as
+            # it was, never a stopped one that the control plane still reports enabled.
+            row = await store.create_mapping(
+                found.uuid,
+                found.stream.name,
+                found.function,
+                config.to_dict(),
+                config.starting_position,
+                config.starting_position_timestamp,
+                self.clock.time(),
+            )
+            mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
+            # The swap runs to its end even if the caller is cancelled (an HTTP client that
+            # went away): never a half-stopped old mapping and no new one.
+            await asyncio.shield(self._swap(key, found, mapping))
+            return mapping
+
+    async def _swap(self, key: str, old: StreamMapping, new: StreamMapping) -> None:
+        try:
+            await old.stop()
+        except ServiceError as exc:
+            # The config is durable, so the update stands: leases not handed back expire,
+            # and the new pollers take them over then.
+            self.log.warning("leases not released on update", mapping=key, error=str(exc))
+        self.mappings[key] = new
+        new.start()
 
     async def remove_mapping(self, mapping: StreamMapping | str) -> None:
         key = mapping.uuid if isinstance(mapping, StreamMapping) else mapping
-        found = self.mappings.pop(key, None)
-        if found is None:
-            raise InvalidConfig(f"no stream mapping {key!r}")
-        await found.stop()
-        await (await self.store()).delete_mapping(found.uuid)
+        async with self._changing:
+            found = self.mappings.pop(key, None)
+            if found is None:
+                raise InvalidConfig(f"no stream mapping {key!r}")
+            await found.stop()
+            await (await self.store()).delete_mapping(found.uuid)
 
     async def aclose(self) -> None:
         for mapping in list(self.mappings.values()):

@@ -384,22 +384,32 @@ class SQLiteStreams:
         timestamp: float | None,
         now: float,
     ) -> MappingRow:
-        """Insert the mapping, or return the one for (stream, function) that exists (a
-        restarted host resumes from its checkpoints). A new mapping gets a checkpoint per
-        existing shard according to ``start`` (``TRIM_HORIZON``, ``LATEST``,
-        ``AT_TIMESTAMP``); shards created later are read from their beginning."""
+        """Insert the mapping, or update the config of the one for (stream, function)
+        that exists and return it (a restarted host resumes from its checkpoints, an
+        updated mapping keeps them). A new mapping gets a checkpoint per existing shard
+        according to ``start`` (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP``); shards
+        created later are read from their beginning."""
+        encoded = json.dumps(config)
         async with self.db.transaction() as conn:
-            # One statement decides between "new" and "exists" (UNIQUE (stream, function)):
-            # of hosts adding the same mapping at once, one inserts and all get its uuid.
+            # The insert decides between "new" and "exists" (UNIQUE (stream, function)): of
+            # hosts adding the same mapping at once, one inserts and all get its uuid. It
+            # returns a row only when it inserted: the uuid alone cannot tell, since an
+            # update passes the existing mapping's own uuid (and must keep its checkpoints).
             async with conn.execute(
                 "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, function) DO UPDATE SET "
-                "config = excluded.config RETURNING uuid",
-                (uuid, stream, function, json.dumps(config), now),
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
+                (uuid, stream, function, encoded, now),
             ) as cursor:
-                row = await cursor.fetchone()
-            assert row is not None  # an upsert with RETURNING returns its row
-            if row[0] != uuid:
+                inserted = await cursor.fetchone()
+            if inserted is None:
+                # BEGIN IMMEDIATE holds the write lock: the row found above is still there.
+                async with conn.execute(
+                    "UPDATE stream_mappings SET config = ? WHERE stream = ? AND function = ? "
+                    "RETURNING uuid",
+                    (encoded, stream, function),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                assert row is not None
                 return MappingRow(row[0], stream, function, config)
             if start == "LATEST":
                 await conn.execute(
