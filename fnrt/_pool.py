@@ -9,6 +9,7 @@ it is either in ``idle`` or held by exactly one invocation.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import attrs
@@ -17,6 +18,9 @@ from ._clock import Clock
 from ._registry import FunctionRecord
 from .errors import FnrtError, FunctionTimeout, InitError, InvalidConfig, ServiceError
 from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, SandboxFactory, SandboxTimeout
+
+#: Provisioned environments initialized at once (a pool of hundreds fills in waves).
+PROVISION_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 
 
 @attrs.define(eq=False)
@@ -187,17 +191,23 @@ class FunctionPool:
         missing = self.function.config.provisioned_concurrency - self.size
         if missing <= 0 or self.closed:
             return
+        # A few at a time, not all at once: a large count (hundreds) started together is a
+        # fork storm that starves the host and its callers; Lambda too allocates gradually.
         # asyncio's task group, like the runtime's own: cancellation is delivered once (an
         # anyio cancel scope here would keep re-delivering it to a shielded shutdown).
+        starting = asyncio.Semaphore(PROVISION_AT_ONCE)
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(missing):
-                    tg.create_task(self._provision_one())
+                    tg.create_task(self._provision_one(starting))
         except BaseExceptionGroup as group:  # the first failure, as it is (an InitError, say)
             raise first_leaf(group) from None
 
-    async def _provision_one(self) -> None:
-        env = await self.cold_start(initialization_type="provisioned-concurrency")
+    async def _provision_one(self, starting: asyncio.Semaphore) -> None:
+        async with starting:
+            if self.closed or self.size >= self.function.config.provisioned_concurrency:
+                return  # closed, or the floor was lowered meanwhile
+            env = await self.cold_start(initialization_type="provisioned-concurrency")
         self.give_back(env)
 
     def drain(self) -> list[Environment]:

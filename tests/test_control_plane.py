@@ -66,6 +66,26 @@ async def test_provisioned_concurrency_config_reaches_ready() -> None:
         assert rt.provisioned_concurrency("whoami")["RequestedProvisionedConcurrentExecutions"] == 0
 
 
+async def test_a_large_provisioned_pool_fills_in_waves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hundreds of provisioned environments started at once would be a fork storm: they
+    are initialized a few at a time, and all of them come up."""
+    monkeypatch.setattr("fnrt._pool.PROVISION_AT_ONCE", 2)
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        rt.put_provisioned_concurrency("whoami", 6)
+        most = 0
+
+        def ready() -> bool:
+            nonlocal most
+            stats = rt.stats()["functions"]["whoami"]
+            most = max(most, stats["starting"])
+            return rt.provisioned_concurrency("whoami")["Status"] == "READY"
+
+        await wait_until(ready, "the provisioned pool", 60, poll=0.001)
+        assert rt.provisioned_concurrency("whoami")["AvailableProvisionedConcurrentExecutions"] == 6
+        assert 1 <= most <= 2
+
+
 async def test_event_invoke_config_is_deleted_back_to_the_defaults() -> None:
     async with fnrt.Runtime() as rt:
         await rt.add_function("f", "handlers.echo:echo")

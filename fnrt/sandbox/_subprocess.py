@@ -174,21 +174,25 @@ class TemplateProcess:
         return fut
 
     async def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
-        if self.closed or self._ctrl is None:
+        ctrl = self._ctrl  # kept: the template may go (and _ctrl with it) while we wait
+        if self.closed or ctrl is None:
             raise TemplateGone("the template process is not running")
         data = json.dumps(message).encode()
         loop = asyncio.get_running_loop()
         while True:
             try:
-                socket.send_fds(self._ctrl, [data], fds or [])
+                socket.send_fds(ctrl, [data], fds or [])
                 return
             except (BlockingIOError, InterruptedError):
+                fileno = ctrl.fileno()
                 writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self._ctrl.fileno(), writable.set_result, None)
+                loop.add_writer(fileno, writable.set_result, None)
                 try:
                     await writable
                 finally:
-                    loop.remove_writer(self._ctrl.fileno())
+                    loop.remove_writer(fileno)
+                if self.closed:  # a burst of spawns waited on a template that went meanwhile
+                    raise TemplateGone("the template process exited") from None
             except OSError as exc:
                 raise TemplateGone(f"the template process is not running ({exc})") from None
 
