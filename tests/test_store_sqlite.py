@@ -302,6 +302,30 @@ async def test_cancelled_while_waiting_for_the_write_lock_leaves_no_transaction(
         assert await store.streams.create_stream("s", 1, 86_400.0, T0) is False
 
 
+async def test_cancelled_twice_while_beginning_still_leaves_no_transaction(tmp_path: Path) -> None:
+    """A second cancellation while the first one rolls the waiting BEGIN back (a task group
+    tearing down, a client that went away) must not leave the BEGIN open for every later
+    writer to fail on."""
+    path = tmp_path / "fnrt.sqlite3"
+    async with await SQLiteStore.open(path, busy_timeout=2.0) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            waiting = asyncio.ensure_future(store.streams.create_stream("s", 1, 86_400.0, T0))
+            await wait_until(store.db._lock.locked, "the transaction to start")
+            await asyncio.sleep(0.02)  # on the connection's thread, BEGIN waits for the lock
+            waiting.cancel()
+            await asyncio.sleep(0.02)  # now rolling back: it waits for that BEGIN to end
+            waiting.cancel()
+            other.execute("ROLLBACK")
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        finally:
+            other.close()
+        assert not store.db.conn.in_transaction
+        assert await store.streams.create_stream("s", 1, 86_400.0, T0) is True
+
+
 async def test_one_bad_write_in_a_group_commit_fails_only_its_caller(tmp_path: Path) -> None:
     async with await open_store(tmp_path) as store:
         good = [store.queue.enqueue(f"ok-{n}", "f", b"{}", T0) for n in range(20)]

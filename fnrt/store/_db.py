@@ -229,9 +229,10 @@ class Database:
                 try:
                     await asyncio.shield(begin)
                 except asyncio.CancelledError:
-                    with contextlib.suppress(Exception):
-                        await begin
-                        await self.conn.execute("ROLLBACK")
+                    # Roll back before the lock is given up, even if cancelled again while
+                    # doing so: a BEGIN left open fails every later writer ("cannot start a
+                    # transaction within a transaction").
+                    await _uncancelled(asyncio.ensure_future(self._undo_begin(begin)))
                     raise
                 try:
                     yield self.conn
@@ -240,6 +241,11 @@ class Database:
                     await self._rollback()
                     raise
                 self.commits += 1
+
+    async def _undo_begin(self, begin: asyncio.Future[Any]) -> None:
+        with contextlib.suppress(Exception):
+            await begin
+            await self.conn.execute("ROLLBACK")
 
     async def _rollback(self) -> None:
         """Roll back if a transaction is still open (SQLite ends one itself on some
@@ -448,6 +454,14 @@ class Batcher(Generic[Item, R]):
             else:
                 if not future.done():
                     future.set_result(result)
+
+
+async def _uncancelled(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task`` to finish whatever cancellations arrive meanwhile (the first one
+    is re-raised by the caller afterwards)."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 @contextlib.contextmanager
