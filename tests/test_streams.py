@@ -276,6 +276,34 @@ async def test_partial_batch_response_checkpoints_before_the_lowest_failure(tmp_
         assert rt.metrics.counter("Invocations", "orders") == 3  # 0-2 + fail, fail, 3-5
 
 
+async def test_a_partial_failure_is_a_retry_of_its_remainder(tmp_path: Path) -> None:
+    """Lambda treats a partial batch response as a failure and retries from the lowest
+    failed record "based on your retry strategy": with MaximumRetryAttempts=1 the failing
+    record runs twice in all (not once more per partial success), then its part goes to
+    on-failure."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, attr="process_orders_partial")
+        stream = await rt.create_stream("orders", shard_count=1)
+        placed = await stream.put_records([(order(i, poison=(i == 2)), "c") for i in range(5)])
+        mapping = await rt.add_stream_mapping(
+            "orders",
+            "orders",
+            batch_size=5,
+            report_batch_item_failures=True,
+            max_retry_attempts=1,
+            on_failure="dlq",
+        )
+        [failure] = await until(mapping.failure_records, clock, step=1.0, what="the failed part")
+        await rt.wait_idle()
+        assert rt.metrics.counter("Invocations", "orders") == 2  # 0-4, then 2-4 once
+        assert failure["requestContext"]["condition"] == "RetryAttemptsExhausted"
+        assert failure["requestContext"]["approximateInvokeCount"] == 2
+        info = failure["KinesisBatchInfo"]
+        assert (info["startSequenceNumber"], info["endSequenceNumber"]) == (placed[2][1], placed[4][1])
+        assert [e["id"] for e in ledger(path)] == [0, 1]
+
+
 def test_partial_batch_response_rules() -> None:
     part = [StoredRecord(seq, "k", "", 0.0) for seq in (10, 11, 12)]
     assert _failed_suffix(part, None) == []

@@ -658,13 +658,17 @@ class ShardPoller:
                 attempts = 0
             if not failed:
                 continue
-            if succeeded:
-                pending.appendleft(failed)  # progress: the rest is a new batch, not a retry
-            elif config.bisect_on_error and len(failed) > 1:
+            if succeeded and config.bisect_on_error:
+                # Lambda: with bisection on, a partial success splits the batch at the
+                # returned sequence number (a split, not a retry: splits use no attempt).
+                pending.appendleft(failed)
+            elif not succeeded and config.bisect_on_error and len(failed) > 1:
                 self.source.metrics.incr("StreamBisects", self.mapping.uuid)
                 half = len(failed) // 2
                 pending.extendleft([failed[half:], failed[:half]])
             else:
+                # A function error, or a partial success without bisection (its remainder,
+                # from the lowest failed record, is retried per the retry policy: an attempt).
                 attempts += 1
                 if 0 <= config.max_retry_attempts < attempts:
                     await self._complete(store, failed, failure=("RetryAttemptsExhausted", attempts))
