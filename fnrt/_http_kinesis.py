@@ -42,7 +42,7 @@ MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by on
 ITERATOR_TTL = 300.0
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
-_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
+_ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
 # Kinesis' pattern for ExplicitHashKey and NewStartingHashKey, ASCII digits only (``\d``
 # and ``str.isdigit`` take any script's digits, which ``int`` may then refuse).
 _HASH_KEY = re.compile(r"0|[1-9][0-9]{0,38}")
@@ -189,7 +189,10 @@ class KinesisApi:
             match = _ARN.match(arn)
             if match is None:
                 raise _bad(f"StreamARN {arn!r} is not a Kinesis stream ARN")
-            name = match.group(1)
+            region, account, name = match.groups()
+            config = self.runtime.config
+            if (region, account) != (config.region, config.account_id):  # not one of ours
+                raise AwsError(404, "ResourceNotFoundException", f"Stream {arn} not found.")
         if not isinstance(name, str) or not name:
             raise _bad("StreamName or StreamARN is required")
         return await self.runtime.get_stream(name)

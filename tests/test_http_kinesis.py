@@ -365,3 +365,17 @@ async def test_update_event_source_mapping_keeps_its_place(served, tmp_path: Pat
     await wait_until(lambda: len(read_jsonl(ledger)) == 3, "the order put while disabled", clock=clock)
     await rt.wait_idle()
     assert sorted(line["id"] for line in read_jsonl(ledger)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "arn:aws:kinesis:eu-west-1:000000000000:stream/orders",  # another region
+        "arn:aws:kinesis:us-east-1:999999999999:stream/orders",  # another account
+    ],
+)
+async def test_another_regions_or_accounts_stream_arn_is_not_found(served, arn):
+    rt, server, kinesis, clock = served
+    await rt.create_stream("orders", shard_count=1)
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.describe_stream_summary, StreamARN=arn)
