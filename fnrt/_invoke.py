@@ -55,6 +55,7 @@ __all__ = [
     "InvocationResult",
     "Invoker",
     "check_client_context",
+    "decode_or_text",
     "decode_result",
     "encode_payload",
     "encode_payload_async",
@@ -168,6 +169,15 @@ async def decode_result(raw: bytes) -> Any:
     if len(raw) >= LARGE_PAYLOAD:
         return await asyncio.to_thread(_json.loads, raw)
     return _json.loads(raw)
+
+
+async def decode_or_text(raw: bytes) -> Any:
+    """:func:`decode_result`, or the text itself when it is not JSON (for records that
+    quote a result: a result a broken sandbox sent must not fail the record's writer)."""
+    try:
+        return await decode_result(raw)
+    except (ValueError, RecursionError):
+        return raw.decode(errors="replace")
 
 
 # -- results --------------------------------------------------------------------------

@@ -61,7 +61,7 @@ from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._reload import Reloader, check_available
 from ._state import State
 from ._supervise import Supervisor
-from .errors import FnrtError, FunctionNotFound, InvalidConfig, RuntimeClosed
+from .errors import FnrtError, FunctionError, FunctionNotFound, InvalidConfig, RuntimeClosed
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
@@ -443,6 +443,7 @@ class Runtime(ControlPlane, ClusterMember):
         old = self._registry.put(entry)
         if old is not None:
             entry.async_override = old.async_override
+            entry.dead_letter, entry.dead_letter_set = old.dead_letter, old.dead_letter_set
             for env in old.pool.drain():
                 env.sandbox.kill()
         return entry
@@ -508,9 +509,18 @@ class Runtime(ControlPlane, ClusterMember):
         if invocation_type == "DryRun":
             return None
         raw = result.raw
-        if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
-            return _json.loads(raw) if raw else None
-        return await decode_result(raw)
+        try:
+            if len(raw) < LARGE_PAYLOAD:  # the common case, without a coroutine
+                return _json.loads(raw) if raw else None
+            return await decode_result(raw)
+        except (ValueError, RecursionError) as exc:
+            # Only a sandbox that broke the protocol sends a result that is not JSON: a
+            # function error of the call, never json's own exception.
+            raise FunctionError(
+                "Runtime.MarshalError",
+                f"Unable to marshal response: the result is not JSON ({exc})",
+                request_id=result.request_id,
+            ) from None
 
     async def invoke_detailed(
         self,
@@ -574,7 +584,20 @@ class Runtime(ControlPlane, ClusterMember):
         ``async_config`` given to ``@fnrt.handler`` and applies to queued events too.
         It lives with the function: removing the function removes it."""
         entry = self._registry.get(name)
-        return self._async.configure(entry.name, AsyncConfig.from_kwargs(config))
+        configured = self._async.configure(entry.name, AsyncConfig.from_kwargs(config))
+        if "dead_letter" in config and config["dead_letter"] != entry.dead_letter:
+            # said otherwise here: it replaces one set apart (set_dead_letter)
+            entry.dead_letter, entry.dead_letter_set = None, False
+        return configured
+
+    def set_dead_letter(self, name: str, dead_letter: str | None) -> AsyncConfig:
+        """Lambda's ``DeadLetterConfig`` (UpdateFunctionConfiguration): a function setting of
+        its own, not part of the event-invoke config (deleting that keeps it). ``None``
+        removes it."""
+        entry = self._registry.get(name)
+        AsyncConfig(dead_letter=dead_letter)  # validates the sink
+        entry.dead_letter, entry.dead_letter_set = dead_letter, True
+        return entry.async_config
 
     def async_config(self, name: str) -> AsyncConfig:
         """The async config in force for ``name`` (the defaults if none was set)."""

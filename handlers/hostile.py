@@ -69,6 +69,22 @@ def garbage(event: Any, context: Any) -> str:
     return "garbage sent"
 
 
+def huge_frame(event: Any, context: Any) -> str:
+    """Declare a 1 GB reply on the socket and stream it from one small buffer: a host that
+    buffered what a frame declares would hold it all."""
+    header = json.dumps({"ok": True, "id": context.aws_request_id}).encode()
+    fd = _socket_fd()
+    os.write(fd, b"FN\x01\x01" + struct.pack("!II", len(header), 1024**3) + header)
+    chunk = b"x" * (1024 * 1024)
+    try:
+        for _ in range(event.get("mb", 64)):
+            os.write(fd, chunk)
+    except OSError:  # the host hung up on us
+        pass
+    time.sleep(event.get("sleep", 5))
+    return "not reached"
+
+
 def _forged_frame(request_id: str) -> bytes:
     header = json.dumps({"ok": True, "id": request_id, "dur": 1.0, "mem": 1, "log": ""}).encode()
     body = b'"forged"'

@@ -20,3 +20,15 @@ def greeting(event, context):
 @fnrt.handler
 def not_a_number(event, context):
     return [float("nan"), float("inf"), 1.5]
+
+
+class _Sneaky(Decimal):
+    """A Decimal whose text is not a number (what went into the JSON raw was its __str__)."""
+
+    def __str__(self) -> str:
+        return '1, "injected": true}, "x": ['
+
+
+@fnrt.handler
+def sneaky_decimal(event, context):
+    return {"a": _Sneaky("1.5")}

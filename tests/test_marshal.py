@@ -60,6 +60,21 @@ async def test_results_come_back_as_lambdas_runtime_writes_them() -> None:
             assert greeting == '{"message": "こんにちは", "city": "Zürich"}'.encode()
 
 
+async def test_a_decimal_subclass_cannot_write_its_own_text_into_the_result() -> None:
+    """A Decimal goes into the JSON as its digits, raw: Decimal's own text is used, so a
+    subclass's __str__ cannot make the result something that is not JSON (which broke the
+    async source's destination record, and with it the runtime)."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("sneaky", "handlers.results:sneaky_decimal")
+        assert (await rt.invoke_detailed("sneaky", {})).raw == b'{"a": 1.5}'
+        assert await rt.invoke("sneaky", {}) == {"a": 1.5}
+        rt.configure_async("sneaky", on_success="sink:ok")
+        await rt.invoke("sneaky", {}, invocation_type="Event")
+        await rt.wait_idle()
+        [record] = await rt.destination_records("ok")
+        assert record["responsePayload"] == {"a": 1.5}
+
+
 values = st.recursive(
     st.none()
     | st.booleans()

@@ -158,6 +158,18 @@ async def test_garbage_on_the_socket_destroys_the_sandbox_and_fails_that_call(su
     await wait_until(lambda: not alive(pid), "the broken sandbox to be killed")
 
 
+async def test_a_frame_declaring_a_huge_reply_is_refused_before_it_is_buffered(subprocess_factory):
+    """The host checks what a reply declares against Lambda's limits (a 6 MB result, a
+    bounded header) before buffering it, so a sandbox cannot make it hold a gigabyte."""
+    sandbox = await bound(subprocess_factory, "huge_frame")
+    pid = sandbox.pid
+    with pytest.raises(SandboxDied) as caught:
+        await sandbox.invoke(request("req-h", {"mb": 64}), timeout=30)
+    assert caught.value.error_type == "Runtime.ExitError"
+    assert "larger than allowed" in caught.value.message
+    await wait_until(lambda: not alive(pid), "the sandbox to be killed")
+
+
 async def test_garbage_over_the_runtime_is_an_exit_error_then_a_fresh_sandbox():
     async with fnrt.Runtime() as rt:
         await rt.add_function("g", f"{MODULE}:garbage", timeout=30)

@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 from .._clock import Clock, Deadlines
+from .._lambda import SYNC_PAYLOAD_LIMIT
 from . import _protocol as _p
 from . import _wire
 from ._protocol import (
@@ -40,6 +41,11 @@ _JSON_HEADER = _wire.JSON_HEADER
 _INVOKE_REPLY = _wire.INVOKE_REPLY
 _frame = _wire.frame
 _NO_REPLY = object()
+# What a reply may declare before the host buffers it: a result is at most Lambda's 6 MB
+# (the sandbox refuses a larger one itself), a header a capped log and error. More is a
+# sandbox breaking the protocol (its own frames on its socket), not a big answer.
+REPLY_BODY_LIMIT = SYNC_PAYLOAD_LIMIT
+REPLY_HEAD_LIMIT = 16 * 1024 * 1024
 
 
 class Channel(asyncio.Protocol):
@@ -83,6 +89,10 @@ class Channel(asyncio.Protocol):
                 head_len, body_len = _parse_prefix(buf)
             except _wire.FrameError as exc:
                 self._break(f"the runtime wrote bytes that are not a reply ({exc})")
+                return
+            if body_len > REPLY_BODY_LIMIT or head_len > REPLY_HEAD_LIMIT:
+                # Not buffered: a sandbox declaring a 1 GB reply would make the host hold it.
+                self._break(f"the runtime wrote a reply larger than allowed ({head_len} + {body_len} bytes)")
                 return
             end = _PREFIX_SIZE + head_len + body_len
             if len(buf) < end:

@@ -50,7 +50,9 @@ class _Decimals:
         if isinstance(obj, decimal.Decimal):
             if obj.is_nan():
                 return math.nan
-            self.digits.append(str(obj))
+            # Decimal's own text, never a subclass's __str__: what goes into the JSON
+            # raw must be a number (a subclass could write anything there).
+            self.digits.append(decimal.Decimal.__str__(obj))
             return f"\x00{self.nonce}:{len(self.digits) - 1}\x00"
         return _not_json(obj)
 

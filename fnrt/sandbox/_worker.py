@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import _json
 from .._context import ClientContext, CognitoIdentity, Context
+from .._lambda import SYNC_PAYLOAD_LIMIT, response_too_large
 from . import _marshal, _wire
 from . import _protocol as _p
 
@@ -203,6 +204,7 @@ def _stop_capture() -> None:
 
 
 _MAX_ERROR_MESSAGE = 256 * 1024
+_MAX_ERROR_TYPE = 1024
 
 
 def _error(exc: BaseException, error_type: str | None = None, message: str | None = None) -> dict[str, Any]:
@@ -213,7 +215,10 @@ def _error(exc: BaseException, error_type: str | None = None, message: str | Non
         text = f"<unprintable {type(exc).__name__}>"
     if len(text) > _MAX_ERROR_MESSAGE:  # a reply header stays small whatever a handler raises
         text = f"{text[:_MAX_ERROR_MESSAGE]}[... {len(text) - _MAX_ERROR_MESSAGE} characters truncated]"
-    return {"errorMessage": text, "errorType": error_type or type(exc).__name__, "stackTrace": _stack(tb)}
+    kind = error_type or type(exc).__name__
+    if len(kind) > _MAX_ERROR_TYPE:  # a class named with megabytes: its head, not a stall
+        kind = f"{kind[:_MAX_ERROR_TYPE]}..."
+    return {"errorMessage": text, "errorType": kind, "stackTrace": _stack(tb)}
 
 
 def _stack(tb: types.TracebackType | None) -> list[str]:
@@ -482,13 +487,16 @@ class Worker:
             _log_error(buf, exc, error)
             return False, error, False, b""
         try:
-            return True, None, False, _marshal.to_json(result)  # as Lambda's runtime writes it
+            out = _marshal.to_json(result)  # as Lambda's runtime writes it
         except MemoryError as exc:
             return False, self._out_of_memory(exc, context, buf), True, b""
         except (TypeError, ValueError, OverflowError, RecursionError, UnicodeEncodeError) as exc:
             error = _simple_error("Runtime.MarshalError", f"Unable to marshal response: {exc}")
             _log_error(buf, exc, error)
             return False, error, False, b""
+        if len(out) > SYNC_PAYLOAD_LIMIT:  # refused here: a 200 MB result never crosses the socket
+            return False, _simple_error("Function.ResponseSizeTooLarge", response_too_large()), False, b""
+        return True, None, False, out
 
     def _out_of_memory(self, exc: BaseException, context: Any, buf: Capture) -> dict[str, Any]:
         """The handler passed its memory limit: the error to report (the sandbox then dies)."""

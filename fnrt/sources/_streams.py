@@ -699,7 +699,11 @@ class ShardPoller:
             return part
         if not self.config.report_batch_item_failures:
             return []
-        return _failed_suffix(part, await decode_result(result.raw))
+        try:
+            response = await decode_result(result.raw)
+        except (ValueError, RecursionError):  # not JSON (a broken sandbox): the batch failed
+            return part
+        return _failed_suffix(part, response)
 
     def _event(self, part: list[StoredRecord]) -> bytes:
         # The hot path of a stream (a few µs per record): the constant part of each record
