@@ -61,6 +61,7 @@ _ACCOUNT = "/2016-08-19/account-settings"
 _KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
 _UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
 _NOT_FOUND = "The resource you requested does not exist."
+_UNCHANGED = object()
 
 
 # -- request bodies and values --------------------------------------------------------
@@ -264,7 +265,7 @@ class ControlApi:
                 "The Revision Id provided does not match the latest Revision Id. Call the "
                 "GetFunction/GetAlias API to retrieve the latest Revision Id",
             )
-        async_config = None
+        dead_letter: Any = _UNCHANGED
         if "DeadLetterConfig" in body:  # Lambda's DLQ: fnrt's async dead_letter sink
             dead_letter = body["DeadLetterConfig"]
             if not isinstance(dead_letter, dict) or set(dead_letter) - {"TargetArn"}:
@@ -272,13 +273,13 @@ class ControlApi:
             target = dead_letter.get("TargetArn") or None
             if target is not None and not isinstance(target, str):
                 raise _invalid("TargetArn", target, "Member must be a string")
-            current = self.runtime.async_config(record.name)
-            if target != current.dead_letter:
-                async_config = AsyncConfig.from_kwargs({**current.to_dict(), "dead_letter": target})
+            if target != self.runtime.async_config(record.name).dead_letter:
+                AsyncConfig(dead_letter=target)  # validated before anything changes
+                dead_letter = target
         if changes:
             record = await self.runtime.update_function_configuration(record.name, **changes)
-        if async_config is not None:
-            self.runtime.configure_async(record.name, **async_config.to_dict())
+        if dead_letter is not _UNCHANGED:
+            self.runtime.set_dead_letter(record.name, dead_letter)
             if not changes:  # no new generation: LastModified moves all the same
                 self.stamps.modified(record)
         return web.json_response(self.function_configuration(record))

@@ -101,6 +101,10 @@ class FunctionEntry:
     scaling: ScalingAllowance
     #: ``configure_async()``: replaces the decorator's ``async_config``.
     async_override: AsyncConfig | None = None
+    #: The dead-letter queue set as a function setting (Lambda's UpdateFunctionConfiguration
+    #: DeadLetterConfig), apart from the event-invoke config: deleting that keeps it.
+    dead_letter: str | None = None
+    dead_letter_set: bool = False
     provisioning: bool = False
 
     @property
@@ -109,10 +113,15 @@ class FunctionEntry:
 
     @property
     def async_config(self) -> AsyncConfig:
-        """The event-invoke config in force (the defaults if none was set)."""
+        """The event-invoke config in force (the defaults if none was set), with the
+        function's dead-letter queue when one was set on its own."""
         if self.async_override is not None:
-            return self.async_override
-        return self.record.async_config or _DEFAULT_ASYNC
+            config = self.async_override
+        else:
+            config = self.record.async_config or _DEFAULT_ASYNC
+        if self.dead_letter_set and config.dead_letter != self.dead_letter:
+            return attrs.evolve(config, dead_letter=self.dead_letter)
+        return config
 
 
 class FunctionRegistry:

@@ -358,3 +358,20 @@ async def test_async_config_from_the_decorator_and_defaults():
         assert fnrt.AsyncConfig().max_event_age == 21_600
         rt.configure_async("charge", max_retry_attempts=0)
         assert rt.async_config("charge").on_failure is None  # replaced, not merged
+
+
+async def test_closing_as_events_are_taken_gives_their_leases_back(tmp_path):
+    """Closing right after an enqueue: the poller may be cancelled while its take commits,
+    or the attempt end with RuntimeClosed before it invokes. Either way the lease is given
+    back, so the next start runs the event at once, not after its lease expires."""
+    request_ids = []
+    for _ in range(3):
+        async with fnrt.Runtime(state_dir=tmp_path) as rt:
+            await rt.add_function("echo", "handlers.echo:echo", timeout=600)
+            request_ids.append(await rt.invoke("echo", {}, "Event"))
+    store = await open_store(tmp_path)
+    try:
+        states = [(await store.queue.event(rid) or {}).get("state") for rid in request_ids]
+    finally:
+        await store.close()
+    assert all(state in ("queued", "done") for state in states), states  # never left leased

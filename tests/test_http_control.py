@@ -645,3 +645,25 @@ async def test_provisioned_concurrency_must_fit_the_unreserved_pool(served) -> N
         lam.put_function_concurrency, FunctionName="whoami", ReservedConcurrentExecutions=901
     )
     assert "below its minimum value of [100]" in reserved["Message"]
+
+
+async def test_a_dead_letter_queue_is_a_function_setting_not_an_event_invoke_config(served) -> None:
+    """Lambda keeps the DLQ (UpdateFunctionConfiguration) apart from the event-invoke config:
+    setting it creates no such config, and deleting that config keeps it."""
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    dlq = "arn:aws:sqs:us-east-1:000000000000:talk-dlq"
+    await call(lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={"TargetArn": dlq})
+    missing = await error_of(lam.get_function_event_invoke_config, FunctionName="talk")
+    assert missing["Code"] == "ResourceNotFoundException"
+    assert (await call(lam.list_function_event_invoke_configs, FunctionName="talk"))[
+        "FunctionEventInvokeConfigs"
+    ] == []
+    await call(lam.put_function_event_invoke_config, FunctionName="talk", MaximumRetryAttempts=0)
+    await call(lam.delete_function_event_invoke_config, FunctionName="talk")
+    conf = await call(lam.get_function_configuration, FunctionName="talk")
+    assert conf["DeadLetterConfig"] == {"TargetArn": dlq}
+    assert rt.async_config("talk").dead_letter == dlq and rt.async_config("talk").max_retry_attempts == 2
+    cleared = await call(lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={})
+    assert "DeadLetterConfig" not in cleared and rt.async_config("talk").dead_letter is None

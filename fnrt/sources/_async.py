@@ -28,6 +28,7 @@ the record and the event counts as dropped (Lambda's AsyncEventsDropped) and is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -39,7 +40,7 @@ import attrs
 
 from .._clock import Clock
 from .._config import AsyncConfig, parse_destination
-from .._invoke import Invoker, decode_result
+from .._invoke import Invoker, decode_or_text
 from .._lambda import (
     EVENT_PAYLOAD_LIMIT,
     RESERVED_REASON,
@@ -107,6 +108,10 @@ class AsyncSource:
         # invocation that are writing their outcome (still in _in_flight: they hold a lease).
         self._busy: Counter[str] = Counter()
         self._writing: set[asyncio.Task[None]] = set()
+        # Attempts that ended because the runtime closed under them: their leases go back
+        # at aclose(), with those still in flight, so the next start runs them at once.
+        self._interrupted: list[QueuedEvent] = []
+        self._taking: asyncio.Future[list[QueuedEvent]] | None = None  # a take under way
         self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
@@ -200,6 +205,11 @@ class AsyncSource:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        taken: list[QueuedEvent] = []
+        taking, self._taking = self._taking, None
+        if taking is not None:  # the poller was cancelled while this take committed
+            with contextlib.suppress(Exception):
+                taken = await taking
         held = dict(self._in_flight)
         for task in held:
             task.cancel()
@@ -208,8 +218,10 @@ class AsyncSource:
         self._in_flight.clear()
         self._writing.clear()
         self._busy.clear()
-        if held and self._queue is not None:
-            await self._queue.release(list(held.values()))
+        unfinished = [*taken, *self._interrupted, *(e for e in held.values() if e not in self._interrupted)]
+        self._interrupted = []
+        if unfinished and self._queue is not None:
+            await self._queue.release(unfinished)
 
     # -- the poller -------------------------------------------------------------------
 
@@ -228,7 +240,15 @@ class AsyncSource:
                 continue
             if room > 0:
                 lease_until = now + entry.record.config.timeout + self.lease_margin
-                for event in await queue.take(entry.name, now, room, self.owner, lease_until):
+                # Shielded: the poller cancelled (closing) while the take commits would
+                # leave events leased to nobody until their lease expires; aclose()
+                # awaits this take and gives what it leased back.
+                self._taking = taking = asyncio.ensure_future(
+                    queue.take(entry.name, now, room, self.owner, lease_until)
+                )
+                events = await asyncio.shield(taking)
+                self._taking = None
+                for event in events:
                     self._start(event)
         await self._sleep(queue)
 
@@ -329,7 +349,8 @@ class AsyncSource:
                 finally:
                     self._invoked(task)
             except RuntimeClosed:
-                return  # closing: aclose() gives the lease back
+                self._interrupted.append(event)  # closing: aclose() gives the lease back
+                return
             except TooManyRequests as exc:
                 await self._back_off(event, config, expires, 429, None, dumps(exc.to_lambda()).encode())
                 return
@@ -525,8 +546,8 @@ class AsyncSource:
                 invokes=invokes,
                 status=status,
                 function_error=function_error,
-                request_payload=await decode_result(event.payload),
-                response_payload=await decode_result(response or b""),
+                request_payload=await decode_or_text(event.payload),
+                response_payload=await decode_or_text(response or b""),
                 now=now,
             )
         )
@@ -537,9 +558,9 @@ class AsyncSource:
         return dumps(
             dead_letter_message(
                 event.request_id,
-                await decode_result(event.payload),
+                await decode_or_text(event.payload),
                 status,
-                await decode_result(response or b""),
+                await decode_or_text(response or b""),
             )
         )
 
