@@ -173,3 +173,11 @@ def shared_memory(event: Any, context: Any) -> int:
     for offset in range(0, size, 4096):
         region[offset] = 1
     return event["mb"]
+
+
+def fan_out(event: Any, context: Any) -> int:
+    """I/O fan-out as Lambda code often does it: a pool of threads, each waiting a little."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=event.get("threads", 32)) as pool:
+        return sum(pool.map(lambda i: (time.sleep(0.05), i)[1], range(event.get("tasks", 64))))

@@ -183,6 +183,20 @@ async def test_a_plain_handler_starts_under_the_smallest_memory_size():
         assert (await rt.invoke_detailed("env", {})).error is None
 
 
+async def test_a_thread_pool_runs_in_the_smallest_memory_size():
+    """The memory limit counts reserved address space: each thread's 8 MB stack and 64 MB
+    malloc arena were reservations enough to fail a pool of 32 threads at 128 MB (and to
+    hang a thread that started without memory). Lambda runs such pools: so does fnrt, and
+    what is truly too many threads is a clean error, not a timeout."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("fan", f"{MODULE}:fan_out", memory_mb=128, timeout=20)
+        pool = await rt.invoke_detailed("fan", {"threads": 100, "tasks": 200})
+        assert pool.error is None and pool.payload == sum(range(200))
+        too_many = await rt.invoke_detailed("fan", {"threads": 1000, "tasks": 1000})
+    assert too_many.error is not None and too_many.error.error_type == "RuntimeError"
+    assert "can't start new thread" in too_many.error.error_message
+
+
 # -- another user --------------------------------------------------------------------------------
 
 
