@@ -54,7 +54,13 @@ def start_child(event: Any, context: Any) -> int:
     """Start a long-running process and leave it running; optionally overrun the timeout."""
     import subprocess
 
-    child = subprocess.Popen(["sleep", "1000"])
+    escape = event.get("escape")  # leave the sandbox's process group, as a daemon would
+    if escape == "setsid":
+        child = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    elif escape == "setpgid":
+        child = subprocess.Popen(["sleep", "1000"], process_group=0)
+    else:
+        child = subprocess.Popen(["sleep", "1000"])
     if event.get("then_sleep"):
         if event.get("pid_file"):
             with open(event["pid_file"], "w") as f:

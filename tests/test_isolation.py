@@ -119,12 +119,24 @@ async def test_each_sandbox_leads_its_own_process_group():
 # -- nothing a handler starts outlives its sandbox, the runtime or the host ---------------------
 
 
-async def test_processes_a_handler_starts_die_when_the_runtime_closes():
+@pytest.mark.parametrize("escape", [None, "setpgid", "setsid"])
+async def test_processes_a_handler_starts_die_when_the_runtime_closes(escape):
+    """Also a child that left the sandbox's process group (``setpgid``, ``setsid``): it is
+    adopted by the template when its parent dies, and killed there."""
     async with fnrt.Runtime() as rt:
         await rt.add_function("child", f"{MODULE}:start_child")
-        pid = await rt.invoke("child", {})
+        pid = await rt.invoke("child", {"escape": escape})
         assert alive(pid)
     await wait_until(lambda: not alive(pid), "the handler's child to die with the runtime")
+
+
+@pytest.mark.parametrize("escape", ["setpgid", "setsid"])
+async def test_an_escaped_child_dies_when_its_sandbox_retires(escape):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("child", f"{MODULE}:start_child")
+        pid = await rt.invoke("child", {"escape": escape})
+        await rt.remove_function("child")  # retires the warm sandbox
+        await wait_until(lambda: not alive(pid), "the retired sandbox's escaped child to die")
 
 
 async def test_processes_a_handler_starts_die_when_it_times_out(tmp_path):

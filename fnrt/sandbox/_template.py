@@ -45,6 +45,7 @@ from fnrt import _context  # noqa: F401
 from fnrt.sandbox import _worker
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -56,6 +57,40 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         libc.prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):
         pass
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants this process's children (Linux 3.4+), not init's: what a
+    handler started and moved out of its sandbox's process group (``setpgid``,
+    ``setsid``, a double fork) comes back here when its parent dies, to be killed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def adopted(parent: int, own: set[int]) -> list[int]:
+    """``parent``'s children that are not in ``own`` (its sandboxes): orphans adopted."""
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in own or int(entry) == parent:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])  # after "(comm)": state, ppid
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            found.append(int(entry))
+    return found
 
 
 def kill_group(pid: int) -> None:
@@ -160,22 +195,36 @@ def main(ctrl_fd: int) -> None:
     # TMPDIR. Bounded: only the host's death needs them, and only the last few.
     reaped_dirs: collections.deque[str] = collections.deque(maxlen=256)
     me = os.getpid()
+    subreaper = become_subreaper()
     _send(ctrl, {"op": "ready", "pid": me})
 
+    def sweep() -> None:
+        """Kill what a handler started that left its sandbox's group and lost its parent:
+        as this process's adopted children they are found, whatever group they lead."""
+        if subreaper:
+            for orphan in adopted(me, children):
+                kill_group(orphan)
+
     def reap() -> None:
-        while children:
+        reaped = False
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            reaped = True
+            if pid not in children:  # an adopted orphan, ended: nobody waits for it
+                continue
             children.discard(pid)
             gone = tmp_dirs.pop(pid, None)
             if gone is not None:
                 reaped_dirs.append(gone)
             kill_group(pid)  # what the sandbox started dies with it
             _send(ctrl, {"op": "exit", "pid": pid, "status": status})
+        if reaped:
+            sweep()  # a sandbox (or an orphan) ended: its escaped descendants are ours now
 
     running = True
     while running and not host_gone:
@@ -234,6 +283,17 @@ def main(ctrl_fd: int) -> None:
         except ChildProcessError:
             pass
     reap()
+    # Escaped descendants come back to us as their parents die: kill and reap them until
+    # none is left (bounded: each round kills a generation), so none outlives the runtime.
+    deadline = time.monotonic() + 2.0
+    while subreaper and time.monotonic() < deadline:
+        orphans = adopted(me, set())
+        if not orphans:
+            break
+        for orphan in orphans:
+            kill_group(orphan)
+        time.sleep(0.005)
+        reap()
     for tmp in [*tmp_dirs.values(), *reaped_dirs]:  # removing one twice does no harm
         shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)
