@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -70,6 +71,8 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress(f"  {module}: {', '.join(names)}")
         for spec in args.stream or []:
             name, _, shards = spec.partition(":")
+            if shards and not shards.isdecimal():
+                raise CliError(f"--stream {spec!r}: the shard count must be a number (NAME[:SHARDS])")
             stream = await rt.create_stream(name, shard_count=int(shards or 1))
             _progress(f"stream {stream.name}: {len(await stream.shards())} shard(s)")
         for spec in args.mapping or []:
@@ -138,10 +141,25 @@ def _url_spec(spec: str) -> tuple[str, str | None, str]:
 # -- the client commands --------------------------------------------------------------
 
 
+def _port(value: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: argparse's error otherwise, not a traceback."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
 def _request(
     endpoint: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     url = endpoint.rstrip("/") + path
+    try:
+        urllib.parse.urlsplit(url).port  # noqa: B018 - a malformed endpoint fails here
+    except ValueError as exc:  # a bad port, an unclosed [
+        raise CliError(f"--endpoint {endpoint!r} is not a URL: {exc}") from None
     headers = dict(headers or {})
     credentials = _client_credentials()
     if credentials is not None:  # sign as boto3 does: a server started with --auth checks it
@@ -158,6 +176,8 @@ def _request(
         reason = getattr(exc, "reason", exc)
         hint = "is 'python -m fnrt serve' running?"
         raise CliError(f"cannot reach fnrt at {endpoint}: {reason} ({hint})") from None
+    except http.client.HTTPException as exc:  # something answered, but not HTTP
+        raise CliError(f"{endpoint} did not answer as fnrt does ({type(exc).__name__})") from None
 
 
 def _client_credentials() -> tuple[str, str] | None:
@@ -176,7 +196,7 @@ def _api_error(status: int, headers: dict[str, str], body: bytes) -> CliError:
     kind = next((v for k, v in headers.items() if k.lower() == "x-amzn-errortype"), f"HTTP {status}")
     try:
         detail = json.loads(body)
-        message = detail.get("message", "")
+        message = detail.get("message") or detail.get("Message") or ""  # as the model spells it
         if detail.get("Reason"):
             message += f" ({detail['Reason']})"
     except ValueError:
@@ -235,6 +255,8 @@ async def _invoke_local(args: argparse.Namespace, payload: bytes) -> int:
         for module in args.module:
             await rt.deploy(module)
         result = await rt.invoke_detailed(args.name, payload, args.type)
+        if args.type == "Event":  # in-process: the event runs before the runtime closes
+            await rt.wait_idle()
     if args.log:
         sys.stderr.write(result.log)
     if result.status_code != 200:
@@ -397,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="host handler modules behind Lambda's Invoke API on loopback")
     serve.add_argument("modules", nargs="+", metavar="MODULE", help="handler modules, e.g. handlers.echo")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=9001)
+    serve.add_argument("--port", type=_port, default=9001)
     serve.add_argument(
         "--state",
         default=None,

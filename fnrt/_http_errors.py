@@ -142,7 +142,10 @@ def _from_http(exc: web.HTTPException) -> AwsError:
     if status == 413:
         return AwsError(413, "RequestTooLargeException", "Request body is too large")
     if status < 500:
-        return AwsError(status, "InvalidRequestContentException", exc.reason or "bad request")
+        # A handler's own words (HTTPBadRequest(text=...)) when it gave some, else the reason.
+        text = exc.text or ""
+        said = text if text and text != f"{status}: {exc.reason}" else ""
+        return AwsError(status, "InvalidRequestContentException", said or exc.reason or "bad request")
     return AwsError(status, "ServiceException", exc.reason or "internal error")
 
 
@@ -158,6 +161,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:  # a redirect or a success raised as an exception
             raise
+        said = exc.text or ""
+        if request.path.startswith("/console") and said and said != f"{exc.status}: {exc.reason}":
+            # The console's own answer (its JSON error, or a line for its pages), as it gave it.
+            return web.Response(status=exc.status, text=said, content_type=exc.content_type)
         return error_response(request, _from_http(exc))
     except RecursionError:
         return error_response(

@@ -190,6 +190,9 @@ class Runtime(ControlPlane, ClusterMember):
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
+        # module -> every handler its last deploy or reload found (a reload tells new ones,
+        # which it deploys, from ones removed on purpose, which stay removed)
+        self._discovered: dict[str, set[str]] = {}
         self._reloader: Reloader | None = None
         if reload:
             check_available()
@@ -343,6 +346,7 @@ class Runtime(ControlPlane, ClusterMember):
             )
         await self._register_all(records)
         self._deployed[module] = [r.name for r in records]
+        self._discovered[module] = {r.name for r in records}
         self._log.info("deployed", module=module, functions=[r.name for r in records])
         return [r.name for r in records]
 
@@ -376,12 +380,21 @@ class Runtime(ControlPlane, ClusterMember):
         reference keep theirs. Raises the module's init error, and then changes nothing."""
         self._check_running()
         discovered = await self._discover(module)
+        found = {r.name for r in discovered}
         deployed = set(self._deployed.get(module, ()))
+        if module in self._deployed:  # a deployed module: its new handlers are deployed too
+            deployed |= found - self._discovered.get(module, set())
         records = [r for r in discovered if r.name in deployed]
         for entry in self._registry:  # added by reference: same config, new code
             if entry.record.module == module and entry.name not in deployed:
                 records.append(attrs.evolve(entry.record, generation=self._registry.next_generation()))
         await self._register_all(records)
+        if module in self._deployed:
+            # Handlers the module no longer has: a call could only fail (HandlerNotFound).
+            for gone in sorted((deployed - found) & {entry.name for entry in self._registry}):
+                await self.remove_function(gone)
+            self._deployed[module] = sorted(deployed & found)
+            self._discovered[module] = found
         return sorted(r.name for r in records)
 
     async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:

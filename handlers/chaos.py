@@ -88,3 +88,11 @@ def unserializable(event, context):
 def total(event, context):
     """A KeyError inside an expression (Python 3.11+ marks such columns with carets)."""
     return {"total": event["order"]["amount"] * 2}
+
+
+@fnrt.handler
+def touch(event, context):
+    """Write the file the event names (a side effect a test can see)."""
+    with open(event["path"], "w") as f:
+        f.write(context.aws_request_id)
+    return event["path"]

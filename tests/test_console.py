@@ -105,8 +105,11 @@ async def test_recent_invocations_filter_by_function_and_outcome(served):
         page = await resp.text()
     recent = page.split('id="sec-recent"')[1].split("</section>")[0]
     assert failed.request_id in recent and ">echo</td>" not in recent
-    await get_json(http, "/console/api/invocations?outcome=bogus", status=400)
+    bogus = await get_json(http, "/console/api/invocations?outcome=bogus", status=400)
+    assert bogus["error"].startswith("outcome must be one of")  # the console's words, not "Bad Request"
     await get_json(http, "/console/api/invocations?limit=0", status=400)
+    async with http.get("/console/?outcome=bogus") as resp:
+        assert resp.status == 400 and "outcome must be one of" in await resp.text()
 
 
 async def test_invoke_api_rejects_bad_requests_clearly(served):

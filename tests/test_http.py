@@ -155,6 +155,7 @@ async def test_cli_invoke_list_and_stats(served):
     assert code == 1 and json.loads(out)["errorType"] == "InvalidOrder"
     code, out, err = await run_cli("invoke", "ghost", "--endpoint", server.url)
     assert code == 2 and err.startswith("error: ResourceNotFoundException") and "Traceback" not in err
+    assert "Function not found: arn:aws:lambda:" in err  # the server's message, as the model spells it
     code, out, err = await run_cli("invoke", "echo", "{bad", "--endpoint", server.url)
     assert code == 2 and "not JSON" in err
     code, out, err = await run_cli("list", "--endpoint", server.url)
@@ -168,9 +169,33 @@ async def test_cli_reports_an_unreachable_server_in_one_line():
     assert code == 2 and err.count("\n") == 1 and "cannot reach fnrt" in err
 
 
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:abc", "http://[::1"])
+async def test_cli_reports_a_malformed_endpoint_in_one_line(endpoint):
+    code, out, err = await run_cli("list", "--endpoint", endpoint)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--stream", "s:abc"], "shard count must be a number"), (["--port", "99999"], "not a port")],
+)
+async def test_serve_refuses_bad_arguments_in_one_line(args, said):
+    code, out, err = await run_cli("serve", "handlers.echo", *args)
+    assert code == 2 and said in err and "Traceback" not in err
+
+
 async def test_cli_invoke_in_process():
     code, out, err = await run_cli("invoke", "echo", '{"a": 1}', "--module", "handlers.echo")
     assert code == 0 and json.loads(out)["event"] == {"a": 1}
+
+
+async def test_cli_invoke_in_process_runs_an_event_before_it_exits(tmp_path):
+    """In process, the runtime lives as long as the command: an Event is run, not left."""
+    path = tmp_path / "touched"
+    event = json.dumps({"path": str(path)})
+    code, out, err = await run_cli("invoke", "touch", event, "--module", "handlers.chaos", "--type", "Event")
+    assert code == 0 and json.loads(out)["StatusCode"] == 202
+    assert path.read_text() == json.loads(out)["RequestId"]  # it ran before the command ended
 
 
 ITEM = '{"sku": "apple", "price": 1.10, "stock": 42, "rating": NaN}'  # Lambda's bytes for it

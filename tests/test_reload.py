@@ -92,6 +92,36 @@ async def test_changed_code_reaches_new_invocations_without_cutting_any_off(proj
         await serving(rt, 3)
 
 
+async def test_a_reload_deploys_new_handlers_and_removes_gone_ones(project) -> None:
+    """What a deployed module declares after the edit is what is served: a handler added
+    to it is deployed, one taken out of it is removed (a call could only fail), and one
+    the user removed stays removed."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    source.write_text(
+        "import fnrt\n\n@fnrt.handler\ndef first(event, context):\n    return 1\n\n"
+        "@fnrt.handler\ndef second(event, context):\n    return 2\n\n"
+        "@fnrt.handler\ndef dropped_by_user(event, context):\n    return 0\n"
+    )
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        assert sorted(await rt.deploy(name)) == ["dropped_by_user", "first", "second"]
+        await rt.remove_function("dropped_by_user")
+        source.write_text(
+            "import fnrt\n\n@fnrt.handler\ndef first(event, context):\n    return 10\n\n"
+            "@fnrt.handler\ndef added(event, context):\n    return 3\n\n"
+            "@fnrt.handler\ndef dropped_by_user(event, context):\n    return 0\n"
+        )
+        await wait_until(lambda: any("reloaded" in r for r in reports), "the reload")
+        assert await rt.invoke("added", {}) == 3
+        assert await rt.invoke("first", {}) == 10
+        assert sorted(rt.functions()) == ["added", "first"]  # second is gone, and stays so
+        with pytest.raises(fnrt.FunctionNotFound):
+            await rt.invoke("second", {})
+
+
 async def test_functions_added_by_reference_reload_with_their_config(project) -> None:
     folder, name = project
     source = folder / f"{name}.py"
