@@ -53,6 +53,35 @@ def _drop_bytecode(paths: Iterable[str]) -> None:
             pass
 
 
+def module_folder(module: str) -> str | None:
+    """The folder to watch for ``module``: the ``sys.path`` entry its top-level package or
+    file is found in (the first, as the import system looks), or ``None``."""
+    import sys
+
+    top = module.split(".")[0]
+    for entry in sys.path:
+        base = Path(entry or os.getcwd())
+        as_file = (base / Path(*module.split("."))).with_suffix(".py")
+        if (base / top).is_dir() and ((base / top / "__init__.py").is_file() or as_file.is_file()):
+            found = base / top  # a package (regular or namespace): its own folder
+        elif (base / f"{top}.py").is_file():
+            found = base
+        else:
+            continue
+        if {"site-packages", "dist-packages"} & set(found.parts):
+            return None  # installed code is not a project being edited
+        return os.fspath(found.resolve())
+    return None
+
+
+def _within(path: str, folder: str) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 class Reloader:
     """Watches ``paths`` and reloads ``runtime``'s modules when Python files change."""
 
@@ -70,6 +99,18 @@ class Reloader:
         self.debounce_ms = debounce_ms
         self._errors: dict[str, str] = {}  # module -> the import error reported for it
         self.reloads = 0
+        self._rewatch: Any = None  # set while watching: watch() restarts it with more paths
+
+    def watch_module(self, module: str) -> None:
+        """Also watch the folder ``module`` is imported from, when it is outside the
+        watched ones (a project on ``PYTHONPATH``, served from another directory). Found on
+        ``sys.path`` by file name: nothing of the module is imported in the host."""
+        folder = module_folder(module)
+        if folder is None or any(_within(folder, watched) for watched in self.paths):
+            return
+        self.paths.append(folder)
+        if self._rewatch is not None:
+            self._rewatch.set()
 
     def _say(self, message: str, **fields: Any) -> None:
         self.runtime._log.warning(message, **fields)
@@ -78,14 +119,22 @@ class Reloader:
 
     async def run(self) -> None:
         """Watch until cancelled (a supervised task of the runtime)."""
+        import anyio
         import watchfiles
 
-        async for changes in watchfiles.awatch(
-            *self.paths, watch_filter=_python_source, debounce=self.debounce_ms, step=20, rust_timeout=500
-        ):
-            changed = sorted({path for _, path in changes})
-            _drop_bytecode(changed)
-            await self.reload(changed)
+        while True:  # again with more paths when watch_module() adds one
+            self._rewatch = rewatch = anyio.Event()
+            async for changes in watchfiles.awatch(
+                *self.paths,
+                watch_filter=_python_source,
+                debounce=self.debounce_ms,
+                step=20,
+                rust_timeout=500,
+                stop_event=rewatch,
+            ):
+                changed = sorted({path for _, path in changes})
+                _drop_bytecode(changed)
+                await self.reload(changed)
 
     async def reload(self, changed: Sequence[str] = ()) -> dict[str, list[str]]:
         """Reload every module in use; returns ``{module: functions}`` that were reloaded."""

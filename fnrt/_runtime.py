@@ -347,6 +347,8 @@ class Runtime(ControlPlane, ClusterMember):
         await self._register_all(records)
         self._deployed[module] = [r.name for r in records]
         self._discovered[module] = {r.name for r in records}
+        if self._reloader is not None:
+            self._reloader.watch_module(module)
         self._log.info("deployed", module=module, functions=[r.name for r in records])
         return [r.name for r in records]
 
@@ -410,6 +412,8 @@ class Runtime(ControlPlane, ClusterMember):
         record = self._record(name, module, attr, function_config, extra)
         self._register(record)
         await self._provision_all([name])
+        if self._reloader is not None:
+            self._reloader.watch_module(module)
         return record
 
     async def remove_function(self, name: str) -> None:

@@ -122,6 +122,27 @@ async def test_a_reload_deploys_new_handlers_and_removes_gone_ones(project) -> N
             await rt.invoke("second", {})
 
 
+async def test_a_module_outside_the_watched_folders_is_watched_where_it_is_imported_from(
+    project, tmp_path
+) -> None:
+    """Served from another directory (the project on PYTHONPATH), a deployed module is still
+    watched: its folder on sys.path is added to what the reloader watches."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    write(source, 1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with fnrt.Runtime(reload=True, reload_paths=[elsewhere]) as rt:
+        await rt.deploy(name)
+        assert (await rt.invoke("version", {}))["version"] == 1
+
+        async def changed() -> bool:  # written again until the restarted watch sees it
+            write(source, 2)
+            return bool((await rt.invoke("version", {}))["version"] == 2)
+
+        await wait_until(changed, "version 2 to be served", 20, poll=0.2)
+
+
 async def test_functions_added_by_reference_reload_with_their_config(project) -> None:
     folder, name = project
     source = folder / f"{name}.py"
