@@ -44,19 +44,42 @@ async def _serve(args: argparse.Namespace) -> int:
 
     import structlog
 
-    from . import Runtime
-
     try:
-        from .http import InvokeServer
-    except ImportError as exc:  # the core install has no aiohttp: say what to install
+        from . import http  # noqa: F401 - checked first: the core install has no aiohttp
+    except ImportError as exc:  # say what to install
         raise CliError("'serve' needs aiohttp, not in the core install: pip install 'fnrt[http]'") from exc
 
     level = logging.INFO if args.verbose else logging.WARNING
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    phase = {"serving": False}
+
+    def on_signal() -> None:
+        stop.set()
+        if not phase["serving"] and main is not None:  # still starting: stop that now
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await _serve_until_stopped(args, stop, phase)
+    except asyncio.CancelledError:
+        if not stop.is_set() or main is None:
+            raise
+        main.uncancel()
+        _progress("stopped before serving (the runtime closed what it had started)")
+        return 0
+
+
+async def _serve_until_stopped(
+    args: argparse.Namespace, stop: asyncio.Event, phase: dict[str, bool]
+) -> int:
+    """Start the runtime and the server, serve until ``stop``, drain and close."""
+    from . import Runtime
+    from .http import InvokeServer
+
     if args.state and args.state_dir:
         raise CliError("give --state or --state-dir (the same thing), not both")
     async with Runtime(
@@ -97,6 +120,7 @@ async def _serve(args: argparse.Namespace) -> int:
             _progress(f"  console: {server.url}/console/")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
                       f"--endpoint {server.url}")
+            phase["serving"] = True
             await stop.wait()
             await _drain(rt, stop, args.grace)
             _progress("stopping: closing sandboxes ...")

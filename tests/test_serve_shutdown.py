@@ -133,3 +133,22 @@ def _descendants(root: int) -> set[int]:
         frontier = children - found
         found |= children
     return found
+
+
+async def test_ctrl_c_while_deploying_stops_then_not_after_the_deploy():
+    """A module whose import takes long (up to the 10 s init timeout): Ctrl-C stops the
+    deploy and the server at once; nothing is left running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fnrt", "serve", "handlers.slow_init", "--port", "0",
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await read_until(proc, "deploying handlers.slow_init")  # its import now sleeps 30 s
+        proc.send_signal(signal.SIGINT)
+        said = await read_until(proc, "stopped before serving")
+        assert "Traceback" not in said and "listening on" not in said
+        assert await asyncio.wait_for(proc.wait(), 8) == 0  # not the deploy's 10 s and more
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
