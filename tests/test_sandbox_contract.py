@@ -147,27 +147,26 @@ async def test_deploy_still_finds_handlers_through_the_typed_init():
 # -- replies matched to requests --------------------------------------------------------------
 
 
-async def test_garbage_on_the_socket_destroys_the_sandbox_and_fails_that_call(subprocess_factory):
-    sandbox = await bound(subprocess_factory, "garbage")
+@pytest.mark.parametrize(
+    ("attr", "event", "said"),
+    [
+        ("garbage", {"sleep": 5}, "not a reply"),
+        # A frame declaring a huge reply is refused before it is buffered (the host checks
+        # it against Lambda's limits), so a sandbox cannot make the host hold a gigabyte.
+        ("huge_frame", {"mb": 64}, "larger than allowed"),
+    ],
+)
+async def test_bytes_on_the_socket_that_are_no_reply_destroy_the_sandbox_and_fail_that_call(
+    subprocess_factory, attr, event, said
+):
+    sandbox = await bound(subprocess_factory, attr)
     pid = sandbox.pid
     with pytest.raises(SandboxDied) as caught:
-        await sandbox.invoke(request("req-g", {"sleep": 5}), timeout=30)
+        await sandbox.invoke(request(f"req-{attr}", event), timeout=30)
     assert caught.value.error_type == "Runtime.ExitError"
-    assert "not a reply" in caught.value.message
+    assert said in caught.value.message
     assert not sandbox.alive
     await wait_until(lambda: not alive(pid), "the broken sandbox to be killed")
-
-
-async def test_a_frame_declaring_a_huge_reply_is_refused_before_it_is_buffered(subprocess_factory):
-    """The host checks what a reply declares against Lambda's limits (a 6 MB result, a
-    bounded header) before buffering it, so a sandbox cannot make it hold a gigabyte."""
-    sandbox = await bound(subprocess_factory, "huge_frame")
-    pid = sandbox.pid
-    with pytest.raises(SandboxDied) as caught:
-        await sandbox.invoke(request("req-h", {"mb": 64}), timeout=30)
-    assert caught.value.error_type == "Runtime.ExitError"
-    assert "larger than allowed" in caught.value.message
-    await wait_until(lambda: not alive(pid), "the sandbox to be killed")
 
 
 async def test_garbage_over_the_runtime_is_an_exit_error_then_a_fresh_sandbox():
