@@ -26,6 +26,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ._http_lambda import API_PREFIXES
 from ._runtime import Runtime
 from .errors import (
     FnrtError,
@@ -550,6 +551,9 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
 
 # -- the router ---------------------------------------------------------------------------
 
+#: Paths fnrt's own routes take before any URL: Lambda's APIs and the console.
+RESERVED_PREFIXES = (*(p.rstrip("/") for p in API_PREFIXES), "/console")
+
 
 class UrlRouter:
     """The URL routes of one aiohttp application, and the handler that serves them."""
@@ -559,6 +563,11 @@ class UrlRouter:
         self.routes: list[UrlRoute] = []
 
     def add(self, route: UrlRoute) -> UrlRoute:
+        prefix = route.path_prefix
+        for own in RESERVED_PREFIXES:
+            if prefix == own or prefix.startswith(own + "/"):
+                # fnrt's own routes take those paths first: the URL would never be reached
+                raise InvalidConfig(f"path prefix {prefix} is fnrt's own ({own}): choose another")
         for existing in self.routes:
             if (existing.path_prefix, existing.route, existing.methods) == (
                 route.path_prefix,

@@ -434,6 +434,9 @@ async def test_add_url_validates_eagerly(served):
     server.add_url("respond")
     with pytest.raises(InvalidConfig, match="mounted already"):
         server.add_url("respond")
+    for own in ("/console", "/console/x", "/2015-03-31", "/2015-03-31/functions"):
+        with pytest.raises(InvalidConfig, match="fnrt's own"):  # never reached: fnrt's routes win
+            server.add_url("respond", path_prefix=own)
 
 
 async def test_add_url_on_your_own_aiohttp_app():
