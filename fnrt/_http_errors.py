@@ -133,6 +133,13 @@ def from_fnrt(exc: FnrtError) -> AwsError:
     return AwsError(500, "ServiceException", str(exc))
 
 
+def _own_text(exc: web.HTTPException) -> str:
+    """The words a handler gave its HTTP error (``HTTPBadRequest(text=...)``); "" when it
+    has aiohttp's default text ("400: Bad Request")."""
+    text = exc.text or ""
+    return "" if text == f"{exc.status}: {exc.reason}" else text
+
+
 def _from_http(exc: web.HTTPException) -> AwsError:
     status = exc.status
     if status == 404:
@@ -142,10 +149,8 @@ def _from_http(exc: web.HTTPException) -> AwsError:
     if status == 413:
         return AwsError(413, "RequestTooLargeException", "Request body is too large")
     if status < 500:
-        # A handler's own words (HTTPBadRequest(text=...)) when it gave some, else the reason.
-        text = exc.text or ""
-        said = text if text and text != f"{status}: {exc.reason}" else ""
-        return AwsError(status, "InvalidRequestContentException", said or exc.reason or "bad request")
+        message = _own_text(exc) or exc.reason or "bad request"
+        return AwsError(status, "InvalidRequestContentException", message)
     return AwsError(status, "ServiceException", exc.reason or "internal error")
 
 
@@ -161,8 +166,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:  # a redirect or a success raised as an exception
             raise
-        said = exc.text or ""
-        if request.path.startswith("/console") and said and said != f"{exc.status}: {exc.reason}":
+        said = _own_text(exc)
+        if said and request.path.startswith("/console"):
             # The console's own answer (its JSON error, or a line for its pages), as it gave it.
             return web.Response(status=exc.status, text=said, content_type=exc.content_type)
         return error_response(request, _from_http(exc))

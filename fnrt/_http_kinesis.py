@@ -28,12 +28,12 @@ from ._runtime import Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, ServiceError, StreamNotFound
 from .sources._streams import STREAM_NAME
 from .store._streams import seq_int, seq_str  # fnrt-internal: the sequence-number format
+from .store._types import HASH_KEY_TEXT, MAX_HASH_KEY
 
 if TYPE_CHECKING:
     from .sources._streams import Stream
 
 TARGET_PREFIX = "Kinesis_20131202."
-MAX_HASH_KEY = 2**128 - 1
 MAX_RECORD = 1024 * 1024  # data + partition key
 MAX_PUT_RECORDS = 500
 MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
@@ -43,9 +43,6 @@ ITERATOR_TTL = 300.0
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
-# Kinesis' pattern for ExplicitHashKey and NewStartingHashKey, ASCII digits only (``\d``
-# and ``str.isdigit`` take any script's digits, which ``int`` may then refuse).
-_HASH_KEY = re.compile(r"0|[1-9][0-9]{0,38}")
 _HASH_KEY_PATTERN = r"0|([1-9]\d{0,38})"  # as Kinesis' messages spell it
 
 
@@ -84,7 +81,7 @@ def _int(
 def _hash_key(value: Any, member: str) -> int:
     """A hash key in Kinesis' text form: off the pattern is ``ValidationException`` (the
     request's shape); past 2**128-1 the caller says what it is."""
-    if not isinstance(value, str) or not _HASH_KEY.fullmatch(value):
+    if not isinstance(value, str) or not HASH_KEY_TEXT.fullmatch(value):
         raise _bad(
             f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
             f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"

@@ -57,8 +57,10 @@ __all__ = [
     "check_client_context",
     "decode_or_text",
     "decode_result",
+    "encode_large",
     "encode_payload",
     "encode_payload_async",
+    "encode_small",
     "looks_large",
 ]
 
@@ -154,12 +156,23 @@ def looks_large(payload: Any, budget: int = 64) -> bool:
     return False
 
 
+def encode_small(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes | None:
+    """:func:`encode_payload` here, on the loop, when the payload looks small; ``None`` when
+    it looks large (then :func:`encode_large`). The warm paths use it so the common case
+    runs without a coroutine: ``encode_small(p) or await encode_large(p)``
+    (an encoded payload is never empty)."""
+    return None if looks_large(payload) else encode_payload(payload, limit)
+
+
+async def encode_large(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
+    """:func:`encode_payload` on a worker thread (a 6 MB document takes tens of
+    milliseconds to encode or validate: not on the event loop)."""
+    return await asyncio.to_thread(encode_payload, payload, limit)
+
+
 async def encode_payload_async(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
-    """:func:`encode_payload`, on a worker thread when the payload is large (a 6 MB
-    document takes tens of milliseconds to encode or validate: not on the event loop)."""
-    if looks_large(payload):
-        return await asyncio.to_thread(encode_payload, payload, limit)
-    return encode_payload(payload, limit)
+    """:func:`encode_payload`, on a worker thread when the payload is large."""
+    return encode_small(payload, limit) or await encode_large(payload, limit)
 
 
 async def decode_result(raw: bytes) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,8 +57,6 @@ def _drop_bytecode(paths: Iterable[str]) -> None:
 def module_folder(module: str) -> str | None:
     """The folder to watch for ``module``: the ``sys.path`` entry its top-level package or
     file is found in (the first, as the import system looks), or ``None``."""
-    import sys
-
     top = module.split(".")[0]
     for entry in sys.path:
         base = Path(entry or os.getcwd())
@@ -99,7 +98,7 @@ class Reloader:
         self.debounce_ms = debounce_ms
         self._errors: dict[str, str] = {}  # module -> the import error reported for it
         self.reloads = 0
-        self._rewatch: Any = None  # set while watching: watch() restarts it with more paths
+        self._rewatch: Any = None  # set while watching: watch_module() restarts it with more paths
 
     def watch_module(self, module: str) -> None:
         """Also watch the folder ``module`` is imported from, when it is outside the

@@ -42,9 +42,10 @@ from ._invoke import (
     Invoker,
     check_client_context,
     decode_result,
+    encode_large,
     encode_payload,
     encode_payload_async,
-    looks_large,
+    encode_small,
 )
 from ._lambda import (
     EVENT_PAYLOAD_LIMIT,
@@ -505,18 +506,13 @@ class Runtime(ControlPlane, ClusterMember):
         """
         if invocation_type == "RequestResponse":  # the warm path: invoke_detailed's, inline
             entry, request_id, qualifier = self._target(name, client_context, None, None)
-            if looks_large(payload):
-                body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
-            else:
-                body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
+            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             result = await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         elif invocation_type == "Event":  # the async path: invoke_detailed's, inline
             entry, request_id, _ = self._target(name, client_context, None, None)
-            if looks_large(payload):
-                body = await encode_payload_async(payload, EVENT_PAYLOAD_LIMIT)
-            else:
-                body = encode_payload(payload, EVENT_PAYLOAD_LIMIT)
+            limit = EVENT_PAYLOAD_LIMIT
+            body = encode_small(payload, limit) or await encode_large(payload, limit)
             await self._async.enqueue(entry, body, request_id)
             return request_id
         else:
@@ -556,10 +552,7 @@ class Runtime(ControlPlane, ClusterMember):
         qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         entry, request_id, qualifier = self._target(name, client_context, qualifier, request_id)
         if invocation_type == "RequestResponse":
-            if looks_large(payload):
-                body = await encode_payload_async(payload, SYNC_PAYLOAD_LIMIT)
-            else:
-                body = encode_payload(payload, SYNC_PAYLOAD_LIMIT)
+            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":

@@ -48,28 +48,26 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
+def _prctl(option: int, value: int) -> bool:
+    """Linux's ``prctl(option, value)``; False where it is not there or refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """Ask Linux to send ``sig`` to this process when its parent exits (no orphans)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):
-        pass
+    _prctl(PR_SET_PDEATHSIG, sig)
 
 
 def become_subreaper() -> bool:
     """Make orphaned descendants this process's children (Linux 3.4+), not init's: what a
     handler started and moved out of its sandbox's process group (``setpgid``,
     ``setsid``, a double fork) comes back here when its parent dies, to be killed."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0)
-    except (OSError, AttributeError):
-        return False
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def adopted(parent: int, own: set[int]) -> list[int]:

@@ -34,7 +34,7 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -218,10 +218,10 @@ class AsyncSource:
         self._in_flight.clear()
         self._writing.clear()
         self._busy.clear()
-        unfinished = [*taken, *self._interrupted, *(e for e in held.values() if e not in self._interrupted)]
+        unfinished = {e.id: e for e in (*taken, *self._interrupted, *held.values())}  # once each
         self._interrupted = []
         if unfinished and self._queue is not None:
-            await self._queue.release(unfinished)
+            await self._queue.release(list(unfinished.values()))
 
     # -- the poller -------------------------------------------------------------------
 
@@ -297,7 +297,7 @@ class AsyncSource:
         self._in_flight[task] = event
         self._busy[event.function] += 1
 
-    def _invoked(self, task: asyncio.Task[Any] | None) -> None:
+    def _invoked(self, task: asyncio.Task[None]) -> None:
         """The attempt's invocation is over: its room goes to the next event while its
         outcome is written (a group commit shared with the other attempts'). It still
         holds its lease, and counts against ``max_in_flight``, until the write is done."""
@@ -306,10 +306,10 @@ class AsyncSource:
             self._busy[self._in_flight[task].function] -= 1
             self._wake.set()
 
-    def _finished(self, task: asyncio.Task[Any] | None) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
         """The attempt is over, its outcome written or given up: its lease is no longer
         held by this poller (as far as the room goes)."""
-        event = self._in_flight.pop(task, None)  # type: ignore[arg-type]
+        event = self._in_flight.pop(task, None)
         if event is None:
             return
         if task in self._writing:
@@ -323,7 +323,8 @@ class AsyncSource:
     async def _attempt(self, event: QueuedEvent) -> None:
         """One attempt: the task's whole coroutine (no wrapper frame: every resume of
         the task passes through each frame it awaits in)."""
-        task = asyncio.current_task(self._loop)  # the loop given: no getpid call on 3.11
+        # the loop given: no getpid call on 3.11; a coroutine run as a task has its task
+        task = cast("asyncio.Task[None]", asyncio.current_task(self._loop))
         try:
             name = event.function
             config = self.config_for(name)

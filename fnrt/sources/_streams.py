@@ -62,16 +62,13 @@ from ..errors import (
     TooManyRequests,
 )
 from ..store import Shard, StoredRecord, StreamStore
-from ..store._types import MAX_HASH_KEY, hash_key, seq_int, seq_str
+from ..store._types import HASH_KEY_TEXT, MAX_HASH_KEY, hash_key, seq_int, seq_str
 
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
 # Kinesis' StreamName pattern (1-128 of these): the name goes into ARNs and URLs as it is.
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
-# A hash key given as text: plain ASCII decimal (``str.isdigit`` and ``int`` also take
-# other scripts' digits and superscripts, which Kinesis' pattern ``0|([1-9]\d{0,38})`` does not).
-_DECIMAL = re.compile(r"0|[1-9][0-9]{0,38}")
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -238,7 +235,7 @@ def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
     (never ``int()``'s ``ValueError``)."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and _DECIMAL.fullmatch(value):
+    elif isinstance(value, str) and HASH_KEY_TEXT.fullmatch(value):
         number = int(value)
     else:
         raise error(f"{what} must be a whole number within 0..2**128-1, got {value!r}")

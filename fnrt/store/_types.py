@@ -9,6 +9,7 @@ under their old names.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -64,6 +65,9 @@ class Outcome:
 # -- streams --------------------------------------------------------------------------
 
 MAX_HASH_KEY = 2**128 - 1
+#: A hash key as text, Kinesis' ``0|([1-9]\d{0,38})`` in ASCII digits only (``\d`` and
+#: ``str.isdigit`` take any script's digits, which ``int`` may then refuse).
+HASH_KEY_TEXT = re.compile(r"0|[1-9][0-9]{0,38}")
 _SEQ_PREFIX = "49"
 _SEQ_DIGITS = 54
 
@@ -152,6 +156,7 @@ class Checkpoint:
 
 __all__ = [
     "EVENT_STATES",
+    "HASH_KEY_TEXT",
     "MAX_HASH_KEY",
     "Checkpoint",
     "MappingRow",
