@@ -63,6 +63,24 @@ class Supervisor:
         self._tasks.add(task)
         return task
 
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Start a short task that its owner tracks and cancels itself (the async source's
+        attempt, one per event): outside the group, so no done callback runs per task (a
+        loop callback, and two Python calls). The coroutine must catch what it raises and
+        hand an unexpected error to :meth:`fail`, which fails the runtime as a task of the
+        group failing would."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
+        return asyncio.get_running_loop().create_task(coro, name="fnrt-attempt")
+
+    def fail(self, error: BaseException) -> None:
+        """A programming error outside the group (see :meth:`start`): it fails the runtime."""
+        if self._group is None:
+            self.log.error("background task failed", exc_info=error)
+            return
+        self._group.create_task(_reraise(error), name="failed")
+
     def loop(self, name: str, iteration: Callable[[], Awaitable[object]]) -> asyncio.Task[Any]:
         """Run ``iteration`` forever under the policy in the module's docstring."""
         return self.spawn(self._forever(name, iteration), name=name)
@@ -113,3 +131,7 @@ class Supervisor:
         except BaseExceptionGroup as failed:
             for error in failed.exceptions:
                 self.log.error("background task failed", exc_info=error)
+
+
+async def _reraise(error: BaseException) -> None:
+    raise error

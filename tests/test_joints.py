@@ -170,6 +170,27 @@ async def test_a_programming_error_in_background_work_fails_the_runtime_loudly()
     assert caught.group_contains(Boom)
 
 
+async def test_a_programming_error_in_an_async_attempt_fails_the_runtime_loudly(tmp_path: Path) -> None:
+    # Attempts run outside the task group (no done callback per event); a bug in one
+    # still ends the runtime as a failed task of the group does, and the event stays queued.
+    class Boom(Exception):
+        pass
+
+    def broken(*args: object) -> None:
+        raise Boom("a bug")
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with fnrt.Runtime(state_dir=tmp_path) as rt:
+            await rt.add_function("f", "handlers.echo:echo")
+            rt._async._deliver = broken  # type: ignore[method-assign]
+            rt.configure_async("f", on_success="sink:done")
+            await rt.invoke("f", {"a": 1}, invocation_type="Event")
+            await asyncio.sleep(30)  # cancelled by the failure: the block does not go on
+    assert caught.group_contains(Boom)
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        assert (await rt.async_queue_counts()).get("leased") == 1  # not lost: its lease expires
+
+
 async def test_an_error_of_the_block_itself_propagates_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with fnrt.Runtime() as rt:

@@ -293,7 +293,9 @@ class AsyncSource:
         # The attempt does its own bookkeeping when it ends (_finished, from its finally:
         # no done callback, one loop callback less per event). One cancelled before its
         # first step never runs it; only closing cancels attempts, and aclose() clears.
-        task = self.supervisor.spawn(self._attempt(event))
+        # Outside the supervisor's group: _in_flight tracks it, aclose() cancels it, and
+        # it hands an unexpected error to the supervisor itself.
+        task = self.supervisor.start(self._attempt(event))
         self._in_flight[task] = event
         self._busy[event.function] += 1
 
@@ -409,6 +411,8 @@ class AsyncSource:
         except INFRASTRUCTURE as exc:
             # The write-back failed (the store): the lease expires and the event runs again.
             self._log.error("async attempt not recorded", request_id=event.request_id, exc_info=exc)
+        except Exception as exc:  # a bug: loud, it fails the runtime (the lease expires)
+            self.supervisor.fail(exc)
         finally:
             self._finished(task)
 
