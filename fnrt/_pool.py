@@ -60,14 +60,18 @@ async def start_sandbox(
     bind: FunctionRecord | None,
     init_timeout: float,
     initialization_type: str = "on-demand",
+    resources: Resources | None = None,
 ) -> tuple[Sandbox, InitReply]:
     """Create a sandbox and run its init phase; on any failure the sandbox is destroyed.
 
     A sandbox for a function is created with its :class:`~fnrt.sandbox.Resources`
     (memory, environment), so its init phase runs under the function's configuration;
-    without ``bind`` (discovery) it gets a bare one. Raises
+    without ``bind`` (discovery) it gets ``resources`` (default: a bare one). Raises
     :class:`~fnrt.errors.ServiceError` when no sandbox can be had."""
-    resources = bind.resources(initialization_type) if bind is not None else Resources()
+    if bind is not None:
+        resources = bind.resources(initialization_type)
+    elif resources is None:
+        resources = Resources()
     try:
         sandbox = await factory.create(resources)
     except FnrtError:

@@ -60,6 +60,7 @@ from ._lambda import (
 from ._pool import FunctionPool, first_leaf, start_sandbox
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from ._reload import Reloader, check_available
+from ._scan import handler_hints, module_source
 from ._state import State
 from ._supervise import Supervisor
 from .errors import FnrtError, FunctionError, FunctionNotFound, InvalidConfig, RuntimeClosed
@@ -357,7 +358,8 @@ class Runtime(ControlPlane, ClusterMember):
         """The ``@fnrt.handler`` functions of ``module``, found in a sandbox thrown away
         after (raises the module's init error)."""
         factory = self._factory(self.config.sandbox)
-        sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0)
+        resources = (await self._discovery_record(module)).resources()
+        sandbox, reply = await start_sandbox(factory, module, None, init_timeout=10.0, resources=resources)
         try:
             return [
                 self._record(
@@ -367,6 +369,43 @@ class Runtime(ControlPlane, ClusterMember):
             ]
         finally:
             await sandbox.close()
+
+    async def _discovery_record(self, module: str) -> FunctionRecord:
+        """Who the discovery sandbox's init runs as: the module's first handler, as the
+        literal arguments of its decorator say (:mod:`fnrt._scan`), with every handler's
+        own variables, so the import finds Lambda's environment (``AWS_REGION``, the
+        function's name) and the variables the module reads at import."""
+        source = await asyncio.to_thread(module_source, module)
+        hints = handler_hints(source) if source is not None else []
+        attr, first = hints[0] if hints else ("handler", {})
+        environment: dict[str, str] = {}
+        for _, literals in hints:
+            own = literals.get("environment")
+            if isinstance(own, dict):
+                for key, value in own.items():
+                    if isinstance(key, str) and isinstance(value, str):
+                        environment.setdefault(key, value)
+        name = first.get("name") if isinstance(first.get("name"), str) else attr
+        try:
+            name = check_function_name(name)
+        except InvalidConfig:
+            name = "discovery"
+        try:
+            memory = first.get("memory_mb", 128)
+            config = FunctionConfig.from_kwargs({"memory_mb": memory, "environment": environment})
+        except (InvalidConfig, TypeError, ValueError):
+            config = FunctionConfig()  # the decorator itself reports what is wrong, at import
+        return FunctionRecord(
+            name=name,
+            module=module,
+            attr=attr,
+            config=config,
+            arn=function_arn(self.config.region, self.config.account_id, name),
+            sandbox_kind=self.config.sandbox,
+            region=self.config.region,
+            run_as_user=self._sandbox_user,
+            passthrough=self._passthrough,
+        )
 
     async def _register_all(self, records: list[FunctionRecord]) -> None:
         self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})

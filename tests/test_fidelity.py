@@ -67,6 +67,38 @@ async def test_the_first_call_after_deploy_is_a_cold_start_under_the_functions_c
         assert rt.metrics.counter("ColdStarts", "echo") == 1
 
 
+async def test_deploy_imports_a_module_under_its_functions_environment() -> None:
+    # Lambda sets a function's configuration before its code runs: a module that reads
+    # AWS_REGION (a boto3 client at import) or its own variables at import deploys.
+    async with fnrt.Runtime() as rt:
+        assert sorted(await rt.deploy("handlers.import_env")) == ["audit", "lookup"]
+        out = await rt.invoke("lookup", {})
+        assert out == {"region": "us-east-1", "table": "orders", "name_at_init": "lookup", "name": "lookup"}
+        assert await rt.invoke("audit", {}) == {"sink": "audit-log", "table": "orders"}
+
+
+def test_the_decorators_literal_arguments_are_read_without_running_the_module() -> None:
+    from fnrt._scan import handler_hints, module_source
+
+    source = """
+import fnrt
+from fnrt import handler
+SIZE = 512
+raise SystemExit("never run")
+@fnrt.handler(memory_mb=SIZE, environment={"A": "1"}, name="first")
+def one(event, context): ...
+@handler
+async def two(event, context): ...
+def helper(): ...
+@other(environment={"B": "2"})
+def three(event, context): ...
+"""
+    assert handler_hints(source) == [("one", {"environment": {"A": "1"}, "name": "first"}), ("two", {})]
+    assert handler_hints("def broken(:") == []
+    assert "TABLE_NAME" in (module_source("handlers.import_env") or "")
+    assert module_source("handlers.no_such_module") is None
+
+
 async def test_error_frames_are_listed_as_lambdas_python_runtime_lists_them() -> None:
     """awslambdaric formats plain (file, line, name, text) tuples: each frame is
     '  File "...", line N, in name\\n    text\\n', with no column carets on 3.11+. Its own
