@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -26,6 +27,14 @@ class CognitoIdentity:
         self.cognito_identity_id = identity_id
         self.cognito_identity_pool_id = pool_id
 
+    def __repr__(self) -> str:
+        return (
+            "CognitoIdentity(["
+            f"cognito_identity_id={self.cognito_identity_id},"
+            f"cognito_identity_pool_id={self.cognito_identity_pool_id}"
+            "])"
+        )
+
 
 class Client:
     """``context.client_context.client``: the mobile app that called (Lambda's fields)."""
@@ -47,7 +56,15 @@ class Client:
         self.app_package_name = app_package_name
 
     def __repr__(self) -> str:
-        return f"<Client installation_id={self.installation_id!r} app_title={self.app_title!r}>"
+        return (
+            "Client(["
+            f"installation_id={self.installation_id},"
+            f"app_title={self.app_title},"
+            f"app_version_name={self.app_version_name},"
+            f"app_version_code={self.app_version_code},"
+            f"app_package_name={self.app_package_name}"
+            "])"
+        )
 
 
 class ClientContext:
@@ -64,6 +81,9 @@ class ClientContext:
         self.client = client
         self.custom = custom
         self.env = env
+
+    def __repr__(self) -> str:
+        return f"ClientContext([custom={self.custom},env={self.env},client={self.client}])"
 
     @classmethod
     def from_dict(cls, data: object) -> ClientContext | None:
@@ -88,21 +108,13 @@ class Context:
     """What Lambda's Python runtime passes as ``context``.
 
     ``memory_limit_in_mb`` is a string, as in Lambda. ``get_remaining_time_in_millis()``
-    counts down to the invocation's deadline and never goes below zero.
+    counts down to the invocation's deadline and never goes below zero. As in Lambda's
+    runtime (awslambdaric's ``LambdaContext``), a handler may set attributes of its own on
+    it (no ``__slots__``), ``log(msg)`` writes to the invocation's log, and its ``repr``
+    lists its fields.
     """
 
-    __slots__ = (
-        "_deadline_ms",
-        "aws_request_id",
-        "client_context",
-        "function_name",
-        "function_version",
-        "identity",
-        "invoked_function_arn",
-        "log_group_name",
-        "log_stream_name",
-        "memory_limit_in_mb",
-    )
+    tenant_id: str | None = None  # Lambda's tenant isolation mode: not modelled
 
     def __init__(
         self,
@@ -178,5 +190,22 @@ class Context:
     def get_remaining_time_in_millis(self) -> int:
         return max(0, self._deadline_ms - int(time.time() * 1000))
 
+    def log(self, msg: object) -> None:
+        """Write ``str(msg)`` to the invocation's log, as ``print`` would (no newline added)."""
+        sys.stdout.write(str(msg))
+
     def __repr__(self) -> str:
-        return f"<Context function_name={self.function_name!r} aws_request_id={self.aws_request_id!r}>"
+        return (
+            "LambdaContext(["
+            f"aws_request_id={self.aws_request_id},"
+            f"log_group_name={self.log_group_name},"
+            f"log_stream_name={self.log_stream_name},"
+            f"function_name={self.function_name},"
+            f"memory_limit_in_mb={self.memory_limit_in_mb},"
+            f"function_version={self.function_version},"
+            f"invoked_function_arn={self.invoked_function_arn},"
+            f"client_context={self.client_context},"
+            f"identity={self.identity},"
+            f"tenant_id={self.tenant_id}"
+            "])"
+        )

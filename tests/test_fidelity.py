@@ -99,6 +99,20 @@ def three(event, context): ...
     assert module_source("handlers.no_such_module") is None
 
 
+async def test_context_takes_attributes_logs_and_lists_its_fields_as_lambdas_does() -> None:
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("ctx", "handlers.context_use:annotate", memory_mb=256)
+        result = await rt.invoke_detailed("ctx", {})
+    out = result.payload
+    assert out["mine"] == "me" and "started_by" in out["fields"]
+    assert "via context.log" in result.log
+    head = f"LambdaContext([aws_request_id={result.request_id},log_group_name=/aws/lambda/ctx,"
+    assert out["repr"].startswith(head)
+    assert "memory_limit_in_mb=256,function_version=$LATEST," in out["repr"]
+    identity = "CognitoIdentity([cognito_identity_id=None,cognito_identity_pool_id=None])"
+    assert out["repr"].endswith(f"identity={identity},tenant_id=None])")
+
+
 async def test_error_frames_are_listed_as_lambdas_python_runtime_lists_them() -> None:
     """awslambdaric formats plain (file, line, name, text) tuples: each frame is
     '  File "...", line N, in name\\n    text\\n', with no column carets on 3.11+. Its own
