@@ -33,6 +33,7 @@ from ._lambda import (
     LATEST,
     SYNC_PAYLOAD_LIMIT,
     dumps,
+    iso_timestamp,
     loads,
     response_too_large,
     timeout_message,
@@ -393,14 +394,24 @@ class Invoker:
                 reply = await sandbox.invoke(request, budget if budget > 0.001 else 0.001)
             except SandboxTimeout:
                 pool.discard(env)
-                reply = InvokeReply(request_id, False, timeout * 1000)
+                # Lambda's own line in the function's log, and the peak it last knew of.
+                at = iso_timestamp(clock.time())
+                line = f"{at} {request_id} Task timed out after {timeout:.2f} seconds\n"
+                reply = InvokeReply(request_id, False, timeout * 1000, max_memory_mb=env.peak_mb, log=line)
                 error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
             except SandboxDied as exc:
                 pool.discard(env)
                 if self.closing:
                     raise RuntimeClosed("the runtime closed during the invocation") from None
-                reply = InvokeReply(request_id, False, (clock.monotonic() - started) * 1000)
-                error = FunctionError(exc.error_type, f"RequestId: {request_id} Error: {exc.message}")
+                message = f"RequestId: {request_id} Error: {exc.message}"
+                reply = InvokeReply(
+                    request_id,
+                    False,
+                    (clock.monotonic() - started) * 1000,
+                    max_memory_mb=env.peak_mb,
+                    log=f"{message}\n{exc.error_type}\n",  # as Lambda logs a runtime that exited
+                )
+                error = FunctionError(exc.error_type, message)
             except BaseException:
                 pool.discard(env)
                 raise
@@ -410,6 +421,7 @@ class Invoker:
                 else:
                     pool.give_back(env)
                 env.invocations += 1
+                env.peak_mb = reply.max_memory_mb
                 if not reply.ok:
                     e = reply.error or {}
                     error = FunctionError(

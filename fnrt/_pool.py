@@ -34,6 +34,8 @@ class Environment:
     invocations: int = 0
     #: Seconds of the first invocation's timeout that a retried init phase used.
     budget_used: float = 0.0
+    #: The sandbox's peak memory as its last reply said: what a timeout or a crash reports.
+    peak_mb: int = 0
     created: float = attrs.field(default=attrs.Factory(lambda self: self.last_used, takes_self=True))
 
 

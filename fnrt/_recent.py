@@ -12,7 +12,6 @@ is kept as it is, and text is decoded and the log composed only when an entry is
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections import deque
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _observe
 from ._clock import Clock
+from ._lambda import iso_timestamp
 from .errors import FunctionTimeout
 
 if TYPE_CHECKING:
@@ -42,11 +42,6 @@ def _tail(text: str, limit: int) -> str:
     if len(text) * 4 <= limit:  # UTF-8 takes at most 4 bytes a character: no encoding needed
         return text
     return _observe.log_tail(text, limit)
-
-
-def _iso(ts: float) -> str:
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class InvocationEntry:
@@ -127,7 +122,7 @@ class InvocationEntry:
         return {
             "request_id": r.request_id,
             "function": r.function_name,
-            "time": _iso(self.at),
+            "time": iso_timestamp(self.at),
             "timestamp": self.at,
             "outcome": self.outcome,
             "cold_start": r.cold_start,

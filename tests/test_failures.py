@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 import pytest
 
@@ -33,6 +34,31 @@ async def test_timeout_kills_the_sandbox_and_the_next_event_gets_a_fresh_one(rel
         open(release_file, "w").close()
         out = await rt.invoke_detailed("hold", {"release": release_file})
         assert out.cold_start and out.error is None
+
+
+async def test_a_timeout_and_a_crash_are_logged_as_lambda_logs_them(release_file):
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=3)
+        open(release_file, "w").close()
+        await rt.invoke("hold", {"release": release_file})  # warm: its peak memory is known
+        call = asyncio.ensure_future(rt.invoke("hold", {}))
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1 and clock.pending_timers >= 2)
+        await clock.advance(3.1)
+        with pytest.raises(fnrt.FunctionTimeout) as timed_out:
+            await call
+        log = timed_out.value.log_tail
+        rid = timed_out.value.request_id
+        assert re.search(rf"\n\d{{4}}-\d\d-\d\dT[\d:.]+Z {rid} Task timed out after 3.00 seconds\n", log), log
+        assert re.search(r"Max Memory Used: [1-9]\d* MB", log), log  # not 0: the peak it last knew of
+        await rt.add_function("crash", "handlers.chaos:exit_now")
+        with pytest.raises(fnrt.FunctionError) as crashed:
+            await rt.invoke("crash", {"code": 3})
+        rid = crashed.value.request_id
+        assert (
+            f"RequestId: {rid} Error: Runtime exited with error: exit status 3\nRuntime.ExitError\n"
+            f"END RequestId: {rid}\n" in crashed.value.log_tail
+        )
 
 
 async def test_timed_out_sandbox_process_is_killed():
