@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import FnrtError, InvalidConfig
+from .sandbox._protocol import HOST_CWD
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -59,7 +60,7 @@ def module_folder(module: str) -> str | None:
     file is found in (the first, as the import system looks), or ``None``."""
     top = module.split(".")[0]
     for entry in sys.path:
-        base = Path(entry or os.getcwd())
+        base = Path(entry or HOST_CWD)
         as_file = (base / Path(*module.split("."))).with_suffix(".py")
         if (base / top).is_dir() and ((base / top / "__init__.py").is_file() or as_file.is_file()):
             found = base / top  # a package (regular or namespace): its own folder

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ast
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
+
+from .sandbox._protocol import HOST_CWD, import_path
 
 __all__ = ["HandlerHint", "handler_hints", "module_source"]
 
@@ -29,8 +30,8 @@ def module_source(module: str, path: Sequence[str] | None = None) -> str | None:
     import would find a plain ``.py`` file or package; None when there is none (a
     compiled module, a zip, a module that does not exist: the import reports that)."""
     parts = module.split(".")
-    for entry in sys.path if path is None else path:
-        base = os.path.join(entry or os.getcwd(), *parts)
+    for entry in import_path() if path is None else path:
+        base = os.path.join(entry or HOST_CWD, *parts)
         for candidate in (base + ".py", os.path.join(base, "__init__.py")):
             try:
                 with open(candidate, encoding="utf-8") as f:

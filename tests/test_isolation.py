@@ -75,6 +75,18 @@ async def test_a_sandbox_sees_lambdas_environment_not_the_hosts(hostile_host_env
     assert env["TZ"] == ":UTC" and out["utc_offset"] == "+0000"
 
 
+async def test_the_code_root_stays_where_the_host_started_when_the_cwd_moves(tmp_path, monkeypatch):
+    # A handler in a subinterpreter sandbox that calls os.chdir (a common Lambda idiom)
+    # moves the whole process: sandboxes created after must keep the host's code root.
+    started_in = os.getcwd()
+    monkeypatch.chdir(tmp_path)
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment")
+        env = (await rt.invoke("env", {}))["environ"]
+    assert env["LAMBDA_TASK_ROOT"] == started_in
+    assert str(tmp_path) not in env["PYTHONPATH"].split(os.pathsep)
+
+
 async def test_provisioned_environments_say_so():
     async with fnrt.Runtime() as rt:
         await rt.add_function("env", f"{MODULE}:environment", provisioned_concurrency=1)

@@ -102,6 +102,17 @@ ENFORCEMENTS = frozenset(
 #: import path) so the sandbox imports modules the way the host does.
 DEFAULT_PASSTHROUGH: tuple[str, ...] = ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHOME")
 
+#: The host's working directory when fnrt was imported: what ``''`` on ``sys.path`` and
+#: ``LAMBDA_TASK_ROOT`` mean for every sandbox. Asked once, because the working directory
+#: is the process's: a handler in a subinterpreter sandbox that calls ``os.chdir`` (a
+#: common Lambda idiom) must not move the code root of the sandboxes created after it.
+HOST_CWD = os.getcwd()
+
+
+def import_path() -> list[str]:
+    """The host's ``sys.path``, each entry absolute (``''`` is :data:`HOST_CWD`)."""
+    return [entry or HOST_CWD for entry in sys.path]
+
 #: Captured output kept per invocation (the tail; the rest streams to the host's stderr).
 DEFAULT_LOG_CAPTURE_BYTES = 64 * 1024
 
@@ -455,7 +466,7 @@ def lambda_environment(
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
         "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
-        "LAMBDA_TASK_ROOT": task_root or os.getcwd(),
+        "LAMBDA_TASK_ROOT": task_root or HOST_CWD,
         "LAMBDA_RUNTIME_DIR": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",

@@ -34,7 +34,7 @@ from typing import Any
 from .._clock import Clock, Deadlines
 from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
-from ._protocol import Resources, request_deadlines, sandbox_environment
+from ._protocol import Resources, import_path, request_deadlines, sandbox_environment
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
 DEFAULT_SPAWN_TIMEOUT = 5.0
@@ -61,7 +61,7 @@ class TemplateGone(Exception):
 
 
 def _import_path() -> str:
-    return os.pathsep.join(p or os.getcwd() for p in sys.path)
+    return os.pathsep.join(import_path())
 
 
 class TemplateProcess:
