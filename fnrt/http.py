@@ -37,7 +37,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import console
+from . import _observe, console
 from ._http_errors import AwsError, errors_middleware, lambda_error
 from ._http_guard import IDENTITY_KEY, ConnectionGuard, default_max_connections, security_middleware
 from ._http_kinesis import KinesisApi
@@ -188,6 +188,8 @@ class InvokeServer:
         self.urls = UrlRouter(runtime)
         self.kinesis = KinesisApi(runtime, write_limits=kinesis_write_limits)
         self._auto_mounted: set[str] = set()
+        #: Functions deployed after the start whose declared URL could not be mounted, and why.
+        self.refused_urls: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
 
     def add_url(self, function: str, **options: Any) -> UrlRoute:
@@ -205,21 +207,36 @@ class InvokeServer:
         found = self.urls.find(request)
         return found[0].auth_type if found else None
 
-    def _mount_declared_urls(self) -> None:
+    def _mount_declared_urls(self, *, strict: bool = False) -> None:
         """Mount the functions that ask for a URL (``@fnrt.handler(url=True)`` or
-        ``url={...}`` options); checked as functions come and go."""
+        ``url={...}`` options); checked as functions come and go.
+
+        At start (``strict``) a URL that cannot be mounted (fnrt's own paths, a prefix
+        taken) fails the start. A function deployed later with such a URL is refused its
+        URL alone, once, with a warning (the server, its console and the other URLs keep
+        serving); :attr:`refused_urls` says why."""
         functions = self.runtime.functions()
         if set(functions) == self._auto_mounted:
             return
         for name in self._auto_mounted - set(functions):
             self.urls.remove_function(name)
+            self.refused_urls.pop(name, None)
+        mounted = set(self._auto_mounted & set(functions))
         for name, record in functions.items():
-            if name in self._auto_mounted:
+            if name in mounted:
                 continue
             declared = record.extra.get("url")
-            if declared:
+            mounted.add(name)
+            if not declared:
+                continue
+            try:
                 self.add_url(name, **(declared if isinstance(declared, Mapping) else {}))
-        self._auto_mounted = set(functions)
+            except InvalidConfig as exc:
+                if strict:
+                    raise
+                self.refused_urls[name] = str(exc)
+                _observe.logger().warning("function URL refused", function=name, error=str(exc))
+        self._auto_mounted = mounted
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         """Everything the fixed routes do not take: Kinesis (routed by ``X-Amz-Target``
@@ -244,7 +261,7 @@ class InvokeServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._mount_declared_urls()
+        self._mount_declared_urls(strict=True)
         # Stopping does not wait for handlers: the CLI's grace period does that, and a
         # closing runtime ends what is left at once (their callers get an error response).
         self._runner = web.AppRunner(

@@ -439,6 +439,29 @@ async def test_add_url_validates_eagerly(served):
             server.add_url("respond", path_prefix=own)
 
 
+async def test_a_url_refused_after_the_start_leaves_every_other_route_serving(served):
+    rt, server, session = served
+    assert (await session.get(f"{server.url}/hello/")).status == 200
+    assert sorted(await rt.deploy("handlers.bad_url")) == ["fine", "grab"]  # deployed after the start
+    for _ in range(2):  # the refusal is once, not at every request
+        assert (await session.get(f"{server.url}/hello/")).status == 200
+        assert (await session.get(f"{server.url}/console/")).status == 200
+        assert (await session.get(f"{server.url}/nope")).status == 404
+    assert "fnrt's own" in server.refused_urls["grab"]
+    assert await rt.invoke("fine", {}) == "fine"
+    await rt.remove_function("grab")
+    assert (await session.get(f"{server.url}/hello/")).status == 200
+    assert "grab" not in server.refused_urls
+
+
+async def test_a_url_that_cannot_be_mounted_fails_the_start():
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.bad_url")
+        with pytest.raises(InvalidConfig, match="fnrt's own"):
+            async with InvokeServer(rt, port=0):
+                pass
+
+
 async def test_add_url_on_your_own_aiohttp_app():
     async with fnrt.Runtime() as rt:
         await rt.deploy("handlers.api")
