@@ -50,6 +50,35 @@ def _bad(message: str, error_type: str = "ValidationException") -> AwsError:
     return AwsError(400, error_type, message)
 
 
+_SHARD_FILTERS = ("AFTER_SHARD_ID", "AT_TRIM_HORIZON", "FROM_TRIM_HORIZON", "AT_LATEST", "AT_TIMESTAMP",
+                  "FROM_TIMESTAMP")
+
+
+def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict[str, Any]]:
+    """ListShards' ``ShardFilter``: ``AFTER_SHARD_ID`` (the shards after ``ShardId``),
+    ``AT_LATEST`` (the open ones), ``FROM_TRIM_HORIZON`` (every shard kept: all of fnrt's).
+    The kinds that need a shard's opening and closing times are refused: fnrt does not
+    keep them."""
+    if shard_filter is None:
+        return shards
+    kind = shard_filter.get("Type") if isinstance(shard_filter, dict) else None
+    if kind not in _SHARD_FILTERS:
+        raise _bad(
+            f"1 validation error detected: Value '{kind}' at 'shardFilter.type' failed to satisfy "
+            f"constraint: Member must satisfy enum value set: [{', '.join(_SHARD_FILTERS)}]"
+        )
+    if kind == "AFTER_SHARD_ID":
+        after = shard_filter.get("ShardId")
+        if not isinstance(after, str):
+            raise _bad("the AFTER_SHARD_ID shard filter needs a ShardId", "InvalidArgumentException")
+        return [s for s in shards if s["ShardId"] > after]
+    if kind == "AT_LATEST":
+        return [s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
+    if kind == "FROM_TRIM_HORIZON":
+        return shards
+    raise _bad(f"fnrt does not support the {kind} shard filter", "InvalidArgumentException")
+
+
 def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
     value = body.get(key)
     if value is None:
@@ -291,19 +320,22 @@ class KinesisApi:
             if body.get("StreamName") is not None:
                 raise _bad("NextToken and StreamName cannot be provided together", "InvalidArgumentException")
             state = _untoken(token, "NextToken")
+            limit = _int(body, "MaxResults", int(state.get("limit", 1000)), 1, 10_000)
+            shard_filter = state.get("filter")
             body = {"StreamName": state.get("stream"), "ExclusiveStartShardId": state.get("after")}
-            limit = int(state.get("limit", 1000))
         else:
             limit = _int(body, "MaxResults", 1000, 1, 10_000)
+            shard_filter = body.get("ShardFilter")
         stream = await self._stream(body)
-        shards = await self._shard_list(stream)
+        shards = _filter_shards(await self._shard_list(stream), shard_filter)
         start = body.get("ExclusiveStartShardId")
         if isinstance(start, str):
             shards = [s for s in shards if s["ShardId"] > start]
         out: dict[str, Any] = {"Shards": shards[:limit]}
         if len(shards) > limit:
-            out["NextToken"] = _token({"stream": stream.name, "after": shards[limit - 1]["ShardId"],
-                                       "limit": limit})
+            after = shards[limit - 1]["ShardId"]
+            state = {"stream": stream.name, "after": after, "limit": limit, "filter": shard_filter}
+            out["NextToken"] = _token(state)
         return out
 
     async def _op_SplitShard(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802

@@ -186,6 +186,28 @@ async def test_split_and_merge_then_read_the_closed_parent_to_its_end(served):
                    AdjacentShardToMerge=children[1])  # closed now
 
 
+async def test_list_shards_filters_as_kinesis_does(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=2)
+    first, second = "shardId-000000000000", "shardId-000000000001"
+    await call(kinesis.split_shard, StreamName="s", ShardToSplit=first, NewStartingHashKey=str(2**126))
+
+    async def listed(**options):
+        return [s["ShardId"] for s in (await call(kinesis.list_shards, StreamName="s", **options))["Shards"]]
+
+    everything = await listed()
+    assert len(everything) == 4 and everything[:2] == [first, second]
+    assert await listed(ShardFilter={"Type": "AT_LATEST"}) == everything[1:]  # the closed parent goes
+    assert await listed(ShardFilter={"Type": "AFTER_SHARD_ID", "ShardId": second}) == everything[2:]
+    assert await listed(ShardFilter={"Type": "FROM_TRIM_HORIZON"}) == everything
+    # the filter and a new MaxResults hold across pages
+    page = await call(kinesis.list_shards, StreamName="s", MaxResults=1, ShardFilter={"Type": "AT_LATEST"})
+    rest = await call(kinesis.list_shards, NextToken=page["NextToken"], MaxResults=5)
+    assert [s["ShardId"] for s in page["Shards"] + rest["Shards"]] == everything[1:]
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException, match="AT_TIMESTAMP"):
+        await listed(ShardFilter={"Type": "AT_TIMESTAMP", "Timestamp": 0})
+
+
 async def test_records_put_with_boto3_reach_a_mapped_function(served):
     rt, server, kinesis, clock = served
     await rt.deploy("handlers.orders")
