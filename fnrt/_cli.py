@@ -113,9 +113,10 @@ async def _serve_until_stopped(
                 _progress(f"SigV4 authentication on: {len(server.verifier.credentials)} access key(s)")
             for spec in args.url or []:
                 function, prefix, payload_format = _url_spec(spec)
-                route = server.add_url(function, path_prefix=prefix, payload_format=payload_format)
-                _progress(f"url {function}: {server.url}{route.path_prefix}/  "
-                          f"(payload format {payload_format})")
+                server.add_url(function, path_prefix=prefix, payload_format=payload_format)
+            for route in server.urls.routes:  # --url's, and those the handlers declare
+                _progress(f"url {route.function}: {server.url}{route.path_prefix}/  "
+                          f"(payload format {route.payload_format})")
             _progress(f"listening on {server.url}  (event loop: {loop_name()}; Ctrl-C to stop)")
             _progress(f"  console: {server.url}/console/")
             _progress(f"  try: python -m fnrt invoke {next(iter(rt.functions()), 'NAME')} '{{}}' "
@@ -382,7 +383,8 @@ def _print_cluster(cluster: Any) -> None:
     total = cluster.get("queue", {}).get("total", {})
     print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(total.items())) or "empty"))
     if in_flight is not None:
-        print("in flight (cluster): " + ", ".join(f"{k} {v}" for k, v in sorted(in_flight.items())))
+        running = ", ".join(f"{k} {v}" for k, v in sorted(in_flight.items()))
+        print("in flight (cluster): " + (running or "none"))
 
 
 def _streams(args: argparse.Namespace) -> int:

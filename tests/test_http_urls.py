@@ -512,10 +512,11 @@ async def stop_serve(proc: asyncio.subprocess.Process) -> None:
 
 
 async def test_cli_serve_url():
-    proc, url, lines = await start_serve("handlers.api", "handlers.rest_api", "--url", "api",
+    proc, url, lines = await start_serve("handlers.api", "handlers.rest_api", "handlers.web", "--url", "api",
                                          "--url", "rest_api=/v1@1.0")
     try:
         assert any(line.startswith("url api: ") for line in lines)
+        assert f"url hello_url: {url}/hello/  (payload format 2.0)\n" in lines  # declared by its handler
         async with aiohttp.ClientSession() as session:
             async with session.get(url + "/api/orders/42") as resp:
                 assert resp.status == 200 and (await resp.json())["qty"] == 3
