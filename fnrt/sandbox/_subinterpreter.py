@@ -21,7 +21,8 @@ What differs from a subprocess, and what fnrt does about it:
 - **No memory limit** (``"memory"`` is not in ``enforces``): interpreters share the process heap.
   ``Max Memory Used`` reports the host process's peak.
 - **No per-sandbox environment variables, no private TMPDIR, same user**: ``os.environ``
-  is process-wide and shared with the host (its secrets included), so a function's
+  is a copy of the host's as it was when the interpreter booted (its secrets included; a
+  spare boots ahead, so later changes in the host are not seen), so a function's
   ``environment`` is not applied; read configuration another way. Not for untrusted code.
 - ``os.fork()`` and ``os.exec*()`` raise ``RuntimeError`` in an isolated interpreter
   (``subprocess`` itself works on 3.13); ``os._exit()`` ends the whole host process.
@@ -36,12 +37,13 @@ import os
 import socket
 import sys
 import threading
+import traceback
 from typing import Any
 
 from .._clock import Clock, Deadlines
 from . import _wire
 from ._channel import Channel, ChannelSandbox
-from ._protocol import K_ERROR, K_FATAL, Resources, request_deadlines
+from ._protocol import K_ERROR, K_FATAL, Resources, import_path, request_deadlines
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -49,18 +51,18 @@ _BOOT = """\
 import sys
 sys.path[:] = __import__("json").loads(fnrt_path)
 from fnrt.sandbox._subinterpreter import serve
-serve(fnrt_fd)
+sys.exit(serve(fnrt_fd))
 """
 
 
 # -- the interpreter API: 3.14's public module where present, else 3.13's private one ----
 
 
-def _run_interpreter(fd: int, path: str) -> str | None:
+def _run_interpreter(fd: int, path: str) -> int | str:
     """Create an isolated interpreter, run :func:`serve` in it until it returns, destroy it.
 
-    Blocks the calling (sandbox) thread. Returns how it ended when that was not a clean
-    return (an exception that escaped the interpreter), else ``None``.
+    Blocks the calling (sandbox) thread. Returns how it ended: the exit status
+    :func:`serve` returned, or what else escaped the interpreter (fnrt could not start in it).
     """
     try:
         from concurrent import interpreters  # type: ignore[attr-defined,unused-ignore]
@@ -72,28 +74,34 @@ def _run_interpreter(fd: int, path: str) -> str | None:
             failure = _interpreters.exec(interp, _BOOT, {"fnrt_fd": fd, "fnrt_path": path})
         finally:
             _interpreters.destroy(interp)
-        return None if failure is None else str(failure.formatted)
+        return 0 if failure is None else _ended(failure)
     interp = interpreters.create()
     try:
         interp.prepare_main(fnrt_fd=fd, fnrt_path=path)
         interp.exec(_BOOT)
     except interpreters.ExecutionFailed as exc:
-        return str(exc.excinfo.formatted)
+        return _ended(exc.excinfo)
     finally:
         interp.close()
-    return None
+    return 0
 
 
-def _describe(reason: str | None) -> str:
-    """Lambda's wording for how a sandbox's interpreter ended."""
-    if reason is None:
+def _ended(excinfo: Any) -> int | str:
+    """How an interpreter ended, from the snapshot of the exception that left it: the
+    boot's ``sys.exit(status)``, else (fnrt failed to start in it) that exception."""
+    if excinfo.type.__name__ == "SystemExit" and excinfo.msg.isdigit():
+        return int(excinfo.msg)
+    return str(excinfo.formatted)
+
+
+def _describe(ended: int | str | None) -> str:
+    """Lambda's wording for how a sandbox's interpreter ended (``None``: not known yet),
+    word for word the subprocess kind's for a process's exit status (``describe_exit``)."""
+    if not ended:
         return "Runtime exited without providing a reason"
-    if reason.startswith("SystemExit"):
-        code = reason.partition(":")[2].strip() or "0"
-        if code in ("0", "None"):
-            return "Runtime exited without providing a reason"
-        return f"Runtime exited with error: exit status {code}"
-    return f"Runtime exited with error: {reason}"
+    if isinstance(ended, int):
+        return f"Runtime exited with error: exit status {ended}"
+    return f"Runtime exited with error: {ended}"
 
 
 # -- inside the interpreter ----------------------------------------------------------------
@@ -115,12 +123,25 @@ def _explain(error: dict[str, Any] | None) -> None:
         )
 
 
-def serve(fd: int) -> None:
+def _exit_status(code: object) -> int:
+    """The status a process exits with after ``sys.exit(code)``, as the OS keeps it:
+    ``None`` is 0, an int is itself (in 0-255), anything else (a message) is 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    return 1
+
+
+def serve(fd: int) -> int:
     """The sandbox's main loop, run inside its interpreter: one frame in, one frame out.
 
     The subprocess worker's :func:`~fnrt.sandbox._worker.dispatch`, except that nothing
     here may end the process: a fatal reply (out of memory) or a lost host ends only this
-    loop, and ``SystemExit`` leaves the interpreter so the host thread can report it.
+    loop. A handler that ends its environment (``sys.exit``, an uncaught ``BaseException``)
+    ends the loop with the exit status the subprocess kind's process would end with (1 for
+    an exception, its traceback on stderr), and the boot exits the interpreter with it, so
+    the host thread words it as the subprocess kind does.
     """
     from ._worker import Worker, dispatch, encode_reply
 
@@ -131,17 +152,22 @@ def serve(fd: int) -> None:
         while True:
             frame = read()
             if frame is None:
-                return
+                return 0
             answer = dispatch(worker, *frame)
             if answer is None:
-                return
+                return 0
             reply, out = answer
             _explain(reply.get(K_ERROR))
             sock.sendall(encode_reply(frame[0], reply, out))
             if reply.get(K_FATAL):
-                return
+                return 0
     except (OSError, _wire.FrameError):
-        return  # the host closed its end: quarantined, killed or retired
+        return 0  # the host closed its end: quarantined, killed or retired
+    except SystemExit as exc:
+        return _exit_status(exc.code)
+    except BaseException:
+        traceback.print_exc(file=sys.__stderr__)
+        return 1
     finally:
         worker.close()
         sock.close()
@@ -157,7 +183,7 @@ class SubinterpreterSandbox(ChannelSandbox):
         self, sandbox_id: str, channel: Channel, clock: Clock, deadlines: Deadlines | None = None
     ) -> None:
         super().__init__(sandbox_id, channel, clock, deadlines)
-        self._reason: str | None = None
+        self._ended: int | str | None = None
         #: Done when the interpreter has been destroyed (its thread has ended). After a
         #: timeout this can be much later than ``kill()``: the runtime holds the function's
         #: concurrency slot until then.
@@ -172,8 +198,8 @@ class SubinterpreterSandbox(ChannelSandbox):
         """Killed, but its handler is still running (a thread cannot be stopped)."""
         return self._dead and not self.stopped.done()
 
-    def _on_stopped(self, reason: str | None) -> None:
-        self._reason = reason
+    def _on_stopped(self, ended: int | str) -> None:
+        self._ended = ended
         if not self.stopped.done():
             self.stopped.set_result(None)
 
@@ -182,7 +208,7 @@ class SubinterpreterSandbox(ChannelSandbox):
             await asyncio.wait_for(asyncio.shield(self.stopped), 2.0)
         except TimeoutError:
             pass
-        return _describe(self._reason)
+        return _describe(self._ended)
 
     # kill(): the socket is aborted; the interpreter is destroyed as soon as the current
     # handler (if any) returns, and ``stopped`` says when. close(): EOF, serve() returns.
@@ -226,18 +252,18 @@ class SubinterpreterFactory:
             raise
         sandbox_id = f"si{os.getpid():x}{next(self._ids):04x}"
         sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock, self._deadlines)
-        path = json.dumps([p or os.getcwd() for p in sys.path])
+        path = json.dumps(import_path())
 
         def run() -> None:
-            reason: str | None
+            ended: int | str
             try:
-                reason = _run_interpreter(theirs.fileno(), path)
+                ended = _run_interpreter(theirs.fileno(), path)
             except BaseException as exc:  # creating the interpreter failed
-                reason = f"{type(exc).__name__}: {exc}"
+                ended = f"{type(exc).__name__}: {exc}"
             finally:
                 theirs.close()
             try:
-                loop.call_soon_threadsafe(sandbox._on_stopped, reason)
+                loop.call_soon_threadsafe(sandbox._on_stopped, ended)
             except RuntimeError:
                 pass  # the host's loop is closed
 
