@@ -11,6 +11,7 @@ failure of a request becomes a reply in Lambda's error shape.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import errno
 import importlib
@@ -66,6 +67,25 @@ class Capture:
         for s in items:
             self.append(s)
 
+    def append_bytes(self, data: bytes) -> None:
+        """Bytes a handler wrote to ``sys.stdout.buffer``, as the UTF-8 text a log shows: an
+        invalid byte reads as U+FFFD, and a character split across two writes is joined again
+        (its first bytes read as U+FFFD while the last write is theirs, so the log of an
+        invocation that ends mid-character still says so)."""
+        parts = self.parts
+        held = parts[-1] if parts else None
+        if isinstance(held, _Partial):  # the last write ended mid-character
+            parts.pop()
+            self.size -= len(held)
+            data = held.raw + data
+        decoder = _Utf8Decoder("replace")
+        text = decoder.decode(data)
+        if text:
+            self.append(text)
+        rest: bytes = decoder.getstate()[0]
+        if rest:
+            self.append(_Partial(rest))
+
     def _spill(self) -> None:
         text = "".join(self.parts)
         cut = len(text) - self.limit
@@ -90,6 +110,32 @@ class Capture:
         return text
 
 
+class _Partial(str):
+    """The end of a write to ``sys.stdout.buffer`` that stopped inside a character: its bytes
+    as U+FFFD, and the bytes themselves for the next write to complete (a ``str``, so a log
+    that ends here still joins)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> _Partial:
+        self = super().__new__(cls, raw.decode("utf-8", "replace"))
+        self.raw = raw
+        return self
+
+
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+_NEWLINES = (None, "", "\n", "\r", "\r\n")
+
+
+def _text(s: object) -> str:
+    """What a text stream's ``write`` takes, refused as ``TextIOWrapper`` refuses it (so a
+    handler can catch it at its call). A ``str`` subclass is taken as its plain text: its own
+    ``__len__`` or ``__str__`` cannot reach the capture."""
+    if isinstance(s, str):
+        return str.__str__(s)
+    raise TypeError(f"write() argument must be str, not {'None' if s is None else type(s).__name__}")
+
+
 class _Router(io.TextIOBase):
     """Stands in for ``sys.stdout``/``sys.stderr``: writes go to the invocation's capture.
 
@@ -97,15 +143,29 @@ class _Router(io.TextIOBase):
     at a time (``process_wide``); output while no invocation runs (a thread the handler
     left running) is dropped, never written to the host's streams. Inline, only the
     invoking thread's writes are captured and the host's own output passes through.
+
+    To a writer it is the ``TextIOWrapper`` Lambda's runtime gives a handler: ``write`` takes
+    only ``str``, ``buffer`` takes bytes into the same capture, ``reconfigure`` and the
+    stream's attributes answer as a real stream's do. The capture takes each write whole the
+    moment it is made, so buffering and encoding settings are kept and reported, never
+    applied. ``close`` is ignored: the stream belongs to the sandbox, not to one invocation.
     """
 
     process_buffer: Capture | None = None
     process_wide = False
 
-    def __init__(self, original: Any) -> None:
+    def __init__(self, original: Any, name: str, errors: str) -> None:
         self._original = original
+        self._name = name
+        self._errors = errors
+        self._encoding = "utf-8"
+        self._line_buffering = False
+        self._write_through = False
+        self._buffer = _BinaryRouter(self)
 
     def write(self, s: str) -> int:
+        if type(s) is not str:
+            s = _text(s)
         buf = _current_buffer()
         if buf is not None:
             buf.append(s)
@@ -120,6 +180,9 @@ class _Router(io.TextIOBase):
         except (OSError, ValueError, AttributeError):
             pass
 
+    def close(self) -> None:
+        pass
+
     def writable(self) -> bool:
         return True
 
@@ -129,9 +192,117 @@ class _Router(io.TextIOBase):
     def fileno(self) -> int:
         return int(self._original.fileno())
 
+    def reconfigure(
+        self,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: Any = Ellipsis,
+        line_buffering: bool | None = None,
+        write_through: bool | None = None,
+    ) -> None:
+        """``TextIOWrapper.reconfigure``: an unknown encoding or newline is refused as it
+        refuses them; the rest is kept and reported, never applied (see the class)."""
+        if errors is not None and not isinstance(errors, str):
+            raise TypeError(f"reconfigure() argument 'errors' must be str, not {type(errors).__name__}")
+        if newline is not Ellipsis and newline not in _NEWLINES:
+            raise ValueError(f"illegal newline value: {newline}")
+        if encoding is not None:
+            codecs.lookup(encoding)  # LookupError, or TypeError for what is not a str
+            self._encoding = encoding
+            self._errors = errors or "strict"
+        elif errors is not None:
+            self._errors = errors
+        if line_buffering is not None:
+            self._line_buffering = bool(line_buffering)
+        if write_through is not None:
+            self._write_through = bool(write_through)
+
+    @property
+    def buffer(self) -> _BinaryRouter:
+        return self._buffer
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def mode(self) -> str:
+        return "w"
+
+    @property
+    def closed(self) -> bool:
+        return False
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
+        return self._encoding
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return self._errors
+
+    @property
+    def line_buffering(self) -> bool:
+        return self._line_buffering
+
+    @property
+    def write_through(self) -> bool:
+        return self._write_through
+
+
+class _BinaryRouter(io.BufferedIOBase):
+    """``sys.stdout.buffer``: bytes go to the same capture as the text stream's writes,
+    decoded as UTF-8 (:meth:`Capture.append_bytes`). Inline, the host's own bytes pass
+    through to its stream."""
+
+    def __init__(self, text: _Router) -> None:
+        self._text = text
+
+    def write(self, b: Any) -> int:
+        if type(b) is not bytes:
+            try:
+                b = bytes(memoryview(b))
+            except TypeError:
+                raise TypeError(f"a bytes-like object is required, not '{type(b).__name__}'") from None
+        buf = _current_buffer()
+        if buf is not None:
+            buf.append_bytes(b)
+        elif not _Router.process_wide:
+            original = self._text._original
+            binary = getattr(original, "buffer", None)
+            if binary is not None:
+                binary.write(b)
+            else:
+                original.write(b.decode("utf-8", "replace"))
+        return len(b)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def close(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    @property
+    def name(self) -> str:
+        return self._text.name
+
+    @property
+    def mode(self) -> str:
+        return "wb"
+
+    @property
+    def closed(self) -> bool:
+        return False
 
 
 _process_request_id: list[str] = [""]  # the invocation a process-wide capture belongs to
@@ -173,8 +344,8 @@ def install_capture(process_wide: bool) -> None:
     if _installed:
         return
     _installed = True
-    sys.stdout = _Router(sys.stdout)
-    sys.stderr = _Router(sys.stderr)
+    sys.stdout = _Router(sys.stdout, "<stdout>", "strict")
+    sys.stderr = _Router(sys.stderr, "<stderr>", "backslashreplace")
     logging.getLogger().addHandler(_LambdaLogHandler())
 
 
@@ -209,8 +380,16 @@ THREAD_STACK_BYTES = 1024 * 1024
 _MAX_ERROR_TYPE = 1024
 
 
-def _error(exc: BaseException, error_type: str | None = None, message: str | None = None) -> dict[str, Any]:
-    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+def _error(
+    exc: BaseException,
+    error_type: str | None = None,
+    message: str | None = None,
+    tb: types.TracebackType | None = None,
+) -> dict[str, Any]:
+    """Lambda's error shape for ``exc``; its ``stackTrace`` lists ``tb``, by default the
+    frames past the one that caught it (the handler's own, for a handler's exception)."""
+    if tb is None and exc.__traceback__ is not None:
+        tb = exc.__traceback__.tb_next
     try:
         text = message if message is not None else str(exc)
     except Exception:  # a hostile __str__
@@ -229,6 +408,28 @@ def _stack(tb: types.TracebackType | None) -> list[str]:
     return traceback.format_list(
         [(f.filename, f.lineno, f.name, f.line) for f in traceback.extract_tb(tb)]  # type: ignore[misc]
     )
+
+
+def _awaited_frames(tb: types.TracebackType | None, awaitable: Any) -> types.TracebackType | None:
+    """The frames of what an awaited handler raised, from the handler's own on, as a sync
+    handler's are listed. The event loop re-raised it on its way out, so its traceback
+    starts in the frames that ran the loop (this module's, ``run_until_complete``, the
+    loop's task steps), which Lambda's runtime does not list: a coroutine's trace starts at
+    its own frame; any other awaitable's past this module's frames and asyncio's."""
+    code = getattr(awaitable, "cr_code", None)
+    at = tb
+    while at is not None:
+        if at.tb_frame.f_code is code:
+            return at
+        at = at.tb_next
+    while tb is not None and (
+        tb.tb_frame.f_globals is _GLOBALS or str(tb.tb_frame.f_globals.get("__name__")).startswith("asyncio.")
+    ):
+        tb = tb.tb_next
+    return tb
+
+
+_GLOBALS = globals()
 
 
 def _simple_error(error_type: str, message: str) -> dict[str, Any]:
@@ -503,14 +704,13 @@ class Worker:
             return False, error, False, b""
         try:
             result = fn(event, context)
-            if self.is_async or (type(result) not in _PLAIN and inspect.isawaitable(result)):
-                result = self._run_async(result)
         except Exception as exc:
-            if _is_out_of_memory(exc):
-                return False, self._out_of_memory(exc, context, buf), True, b""
-            error = _error(exc)
-            _log_error(buf, exc, error)
-            return False, error, False, b""
+            return self._raised(exc, None, context, buf)
+        if self.is_async or (type(result) not in _PLAIN and inspect.isawaitable(result)):
+            try:
+                result = self._run_async(result)
+            except Exception as exc:
+                return self._raised(exc, _awaited_frames(exc.__traceback__, result), context, buf)
         try:
             out = _marshal.to_json(result)  # as Lambda's runtime writes it
         except MemoryError as exc:
@@ -523,7 +723,20 @@ class Worker:
             return False, _simple_error("Function.ResponseSizeTooLarge", response_too_large()), False, b""
         return True, None, False, out
 
-    def _out_of_memory(self, exc: BaseException, context: Any, buf: Capture) -> dict[str, Any]:
+    def _raised(
+        self, exc: Exception, tb: types.TracebackType | None, context: Any, buf: Capture
+    ) -> tuple[bool, dict[str, Any] | None, bool, bytes]:
+        """``_call``'s outcome when the handler raised ``exc``; ``tb``: its frames from the
+        handler's own on (``None``: those past ``_call``'s)."""
+        if _is_out_of_memory(exc):
+            return False, self._out_of_memory(exc, context, buf, tb), True, b""
+        error = _error(exc, tb=tb)
+        _log_error(buf, exc, error)
+        return False, error, False, b""
+
+    def _out_of_memory(
+        self, exc: BaseException, context: Any, buf: Capture, tb: types.TracebackType | None = None
+    ) -> dict[str, Any]:
         """The handler passed its memory limit: the error to report (the sandbox then dies)."""
         limit = context.memory_limit_in_mb
         message = (
@@ -531,7 +744,7 @@ class Worker:
             f"out of memory (memory_mb={limit})"
         )
         buf.append(f"Memory limit of {limit} MB exceeded\n")
-        return _error(exc, "Runtime.OutOfMemory", message)
+        return _error(exc, "Runtime.OutOfMemory", message, tb)
 
     def _run_async(self, awaitable: Any) -> Any:
         if self._loop is None:
