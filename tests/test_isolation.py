@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import pwd
+import signal
 import sys
 import time
 from typing import Any
@@ -85,6 +86,55 @@ async def test_the_code_root_stays_where_the_host_started_when_the_cwd_moves(tmp
         env = (await rt.invoke("env", {}))["environ"]
     assert env["LAMBDA_TASK_ROOT"] == started_in
     assert str(tmp_path) not in env["PYTHONPATH"].split(os.pathsep)
+
+
+def _control_groups(rt: fnrt.Runtime) -> bool:
+    template = rt._factories["subprocess"]._template
+    return template is not None and template.control_groups
+
+
+async def test_memory_holds_for_all_of_an_environments_processes_together():
+    # Lambda's memory_mb is the environment's: four children of 60 MB each fit under a
+    # per-process limit of 128 MB, not together.
+    async with fnrt.Runtime() as rt:
+        kids = "handlers.environment_limits:children_memory"
+        await rt.add_function("kids", kids, memory_mb=128, timeout=30)
+        await rt.add_function("env", f"{MODULE}:environment")
+        await rt.invoke("env", {})
+        if not _control_groups(rt):
+            pytest.skip("no control groups for sandboxes here (not Linux, or not writable)")
+        codes = await rt.invoke("kids", {"children": 4, "mb": 60})
+        assert -signal.SIGKILL in codes, codes  # the kernel ended one: the environment is full
+        alone = await rt.invoke("kids", {"children": 1, "mb": 60})
+        assert alone == [0]  # one fits, in the same (warm) environment
+
+
+async def test_an_environment_runs_at_most_1024_processes_and_threads():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("threads", "handlers.environment_limits:threads", memory_mb=2048, timeout=60)
+        started = await rt.invoke("threads", {"want": 1100})
+        if not _control_groups(rt):
+            pytest.skip("no control groups for sandboxes here (not Linux, or not writable)")
+        assert 900 < started < 1024  # Lambda's quota, the handler's own thread included
+
+
+async def test_an_environments_control_groups_go_with_it():
+    from fnrt.sandbox import _cgroup
+
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment")
+        pid = (await rt.invoke("env", {}))["pid"]
+        if not _control_groups(rt):
+            pytest.skip("no control groups for sandboxes here (not Linux, or not writable)")
+        with open(f"/proc/{pid}/cgroup") as f:
+            inside = [line.rstrip().split(":", 2)[2] for line in f if "sandbox-" in line]
+        own = _cgroup._own_groups()
+        mounts = _cgroup._cgroup_mounts()
+        parents = [p for c in ("memory", "pids", "") if (p := _cgroup._base(mounts, own, c))]
+        template = rt._factories["subprocess"]._template.pid
+        dirs = [os.path.join(p, f"fnrt-{template}") for p in parents]
+        assert inside and any(os.path.isdir(d) for d in dirs)
+    assert not any(os.path.exists(d) for d in dirs)  # removed with the template
 
 
 async def test_provisioned_environments_say_so():

@@ -77,6 +77,9 @@ class TemplateProcess:
         self._reaped: set[int] = set()
         self._ready: asyncio.Future[int] | None = None
         self.closed = False
+        #: Its sandboxes each run in control groups of their own (memory and process count
+        #: for the whole environment: see ``_cgroup``), as the template found it could.
+        self.control_groups = False
 
     @property
     def pid(self) -> int | None:
@@ -90,7 +93,7 @@ class TemplateProcess:
         env = {
             k: v
             for k, v in os.environ.items()
-            if k in ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHOME")
+            if k in ("PATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHOME", "FNRT_CGROUPS")
         }
         env["PYTHONPATH"] = _import_path()  # it imports modules the way the host does
         self._ready = loop.create_future()
@@ -148,6 +151,7 @@ class TemplateProcess:
                 if callback is not None:
                     callback()
             elif op == "ready" and self._ready is not None and not self._ready.done():
+                self.control_groups = bool(message.get("cgroups"))
                 self._ready.set_result(message["pid"])
 
     def _on_lost(self) -> None:

@@ -28,6 +28,7 @@ import asyncio  # noqa: F401
 import collections
 import ctypes
 import errno
+import itertools
 import json
 import logging  # noqa: F401
 import os
@@ -42,7 +43,7 @@ import traceback
 from typing import Any
 
 from fnrt import _context  # noqa: F401
-from fnrt.sandbox import _worker
+from fnrt.sandbox import _cgroup, _worker
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -141,9 +142,10 @@ def _prepare_child(setup: dict[str, Any]) -> _worker.Worker:
     return worker
 
 
-def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any]) -> None:
+def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any], groups: list[str]) -> None:
     code = 0
     try:
+        _cgroup.enter(groups)  # first: all it starts is born in its control groups
         worker = _prepare_child(setup)
         # After setuid (a change of credentials clears the parent-death signal): when the
         # template dies, this sandbox kills its whole group.
@@ -194,7 +196,25 @@ def main(ctrl_fd: int) -> None:
     reaped_dirs: collections.deque[str] = collections.deque(maxlen=256)
     me = os.getpid()
     subreaper = become_subreaper()
-    _send(ctrl, {"op": "ready", "pid": me})
+    # A control group per sandbox where Linux allows it (memory and process count for the
+    # whole environment, and every process of it named: see _cgroup); reaped sandboxes'
+    # groups are removed once their last process is gone.
+    cgroups = _cgroup.discover(f"fnrt-{me}")
+    spawned = itertools.count(1)
+    groups: dict[int, list[str]] = {}
+    emptying: list[list[str]] = []
+    _send(ctrl, {"op": "ready", "pid": me, "cgroups": cgroups is not None})
+
+    def kill_sandbox(pid: int) -> None:
+        kill_group(pid)
+        _cgroup.kill(groups.get(pid, []))
+
+    def empty_groups() -> None:
+        """Kill what is left in reaped sandboxes' groups, and remove those now empty."""
+        for dirs in list(emptying):
+            _cgroup.kill(dirs)
+            if _cgroup.remove(dirs):
+                emptying.remove(dirs)
 
     def sweep() -> None:
         """Kill what a handler started that left its sandbox's group and lost its parent:
@@ -219,7 +239,10 @@ def main(ctrl_fd: int) -> None:
             gone = tmp_dirs.pop(pid, None)
             if gone is not None:
                 reaped_dirs.append(gone)
-            kill_group(pid)  # what the sandbox started dies with it
+            kill_sandbox(pid)  # what the sandbox started dies with it
+            dirs = groups.pop(pid, [])
+            if dirs and not _cgroup.remove(dirs):
+                emptying.append(dirs)
             _send(ctrl, {"op": "exit", "pid": pid, "status": status})
         if reaped:
             sweep()  # a sandbox (or an orphan) ended: its escaped descendants are ours now
@@ -227,9 +250,12 @@ def main(ctrl_fd: int) -> None:
     running = True
     while running and not host_gone:
         try:
-            readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [])
+            # While reaped sandboxes' groups still hold processes, look again soon.
+            readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [], 0.05 if emptying else None)
         except InterruptedError:
             continue
+        if emptying:
+            empty_groups()
         if wake_r in readable:
             try:
                 while os.read(wake_r, 512):
@@ -249,6 +275,8 @@ def main(ctrl_fd: int) -> None:
         op = message["op"]
         if op == "spawn":
             sock = socket.socket(fileno=fds[0])
+            setup = message.get("setup") or {}
+            dirs = cgroups.create(f"sandbox-{next(spawned)}", setup.get("memory_mb")) if cgroups else []
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -258,9 +286,11 @@ def main(ctrl_fd: int) -> None:
                 ctrl.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                _run_child(sock, me, message.get("setup") or {})
+                _run_child(sock, me, setup, dirs)
             sock.close()
             children.add(pid)
+            if dirs:
+                groups[pid] = dirs
             tmp = (message.get("setup") or {}).get("tmp")
             if tmp:
                 tmp_dirs[pid] = tmp
@@ -268,13 +298,13 @@ def main(ctrl_fd: int) -> None:
         elif op == "kill":
             pid = int(message["pid"])
             if pid in children:
-                kill_group(pid)
+                kill_sandbox(pid)
         elif op == "stop":
             running = False
         for fd in fds[1:] if op == "spawn" else fds:
             os.close(fd)
     for pid in list(children):
-        kill_group(pid)
+        kill_sandbox(pid)
     for pid in list(children):
         try:
             os.waitpid(pid, 0)
@@ -292,6 +322,14 @@ def main(ctrl_fd: int) -> None:
             kill_group(orphan)
         time.sleep(0.005)
         reap()
+    emptying.extend(groups.values())
+    while emptying and time.monotonic() < deadline + 1.0:
+        empty_groups()
+        if emptying:
+            time.sleep(0.01)
+            reap()
+    if cgroups is not None and not emptying:
+        _cgroup.remove(list(cgroups.parents.values()))
     for tmp in [*tmp_dirs.values(), *reaped_dirs]:  # removing one twice does no harm
         shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)
