@@ -63,7 +63,14 @@ from ._reload import Reloader, check_available
 from ._scan import handler_hints, module_source
 from ._state import State
 from ._supervise import Supervisor
-from .errors import FnrtError, FunctionError, FunctionNotFound, InvalidConfig, RuntimeClosed
+from .errors import (
+    FnrtError,
+    FunctionError,
+    FunctionNotFound,
+    InvalidConfig,
+    RuntimeClosed,
+    StoreUnavailable,
+)
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
 from .sources._streams import Stream, StreamMapping, StreamSource
@@ -274,12 +281,18 @@ class Runtime(ControlPlane, ClusterMember):
 
     async def _shutdown(self) -> None:
         """Every step runs even when one fails (a source that cannot release its leases
-        must not leave sandboxes or the database open); the first error is raised last."""
+        must not leave sandboxes or the database open); the first error is raised last.
+
+        A store that is unavailable while closing (locked, full, down) is logged, not
+        raised: what the steps write then is bookkeeping that expires by itself (leases,
+        this host's registration), and nothing the caller was told is stored depends on it."""
         errors: list[Exception] = []
 
         async def step(action: Awaitable[object]) -> None:
             try:
                 await action
+            except StoreUnavailable as exc:
+                self._log.warning("store unavailable while closing (leases expire)", error=str(exc))
             except Exception as exc:
                 errors.append(exc)
 

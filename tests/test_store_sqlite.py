@@ -6,10 +6,12 @@ errors (a size cap gives SQLite's own "database or disk is full")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -201,6 +203,117 @@ async def test_a_full_disk_is_store_unavailable_and_nothing_unstored_is_acknowle
         assert sorted(e["request_id"] for e in events) == sorted(acknowledged)
         await store.queue.enqueue("after", "f", b"{}", T0)
         assert (await store.queue.event("after")) is not None
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "folder-removed"])
+async def test_a_state_file_taken_away_while_open_acknowledges_nothing_more(tmp_path: Path, how: str) -> None:
+    # SQLite goes on writing into the unlinked file: every write acknowledged after would
+    # be gone at the next start. The path must still name the file that was opened.
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / "fnrt.sqlite3"
+    other = tmp_path / "other.sqlite3"
+    await (await open_store(other)).close()
+    async with await open_store(path) as store:
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+        if how == "deleted":
+            path.unlink()
+        elif how == "replaced":
+            os.replace(other, path)
+        else:
+            shutil.rmtree(folder)
+        with pytest.raises(StoreUnavailable, match="deleted or replaced while open") as caught:
+            await store.queue.enqueue("r-2", "f", b"{}", T0)
+        assert caught.value.path == str(path)
+        with pytest.raises(StoreUnavailable, match="deleted or replaced"):
+            await store.streams.create_stream("s", 1000, 86_400.0, T0)
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    where.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    done = subprocess.run(command, capture_output=True)
+    return done.returncode == 0
+
+
+async def test_a_full_disk_recovers_once_there_is_a_little_room_again(tmp_path: Path) -> None:
+    # A real small file system: the WAL grows into all the room there is (SQLite
+    # checkpoints it only every 4 MB), so freeing less than that used to leave the store
+    # "disk full" for good. Now the next write checkpoints it first, and it stays small.
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "4m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        path = small / "fnrt.sqlite3"
+        async with await open_store(path) as store:
+            filler = small / "filler"
+            with open(filler, "wb") as f:
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+            size = filler.stat().st_size
+            os.truncate(filler, size - 600_000)  # 600 KB: the WAL takes it all
+            n = 0
+            with pytest.raises(StoreUnavailable, match="disk full"):
+                for n in range(10_000):
+                    await store.queue.enqueue(f"a-{n}", "f", b"x" * 1000, T0)
+            os.truncate(filler, size - 1_600_000)  # a megabyte more, well under 4 MB
+            for m in range(400):
+                await store.queue.enqueue(f"b-{m}", "f", b"x" * 1000, T0)
+            assert (await store.queue.counts())["queued"] == n + 400
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+async def test_while_another_process_holds_the_lock_writes_fail_fast_after_one_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # Every write waited the whole busy timeout in turn, so a caller queued behind others
+    # waited all of theirs (55 s to close a runtime): after one write found the lock held,
+    # the next ones wait briefly.
+    path = tmp_path / "fnrt.sqlite3"
+    async with await SQLiteStore.open(path, busy_timeout=1.0) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.queue.enqueue("r-1", "f", b"{}", T0)
+            started = time.monotonic()
+            for n in range(4):
+                with pytest.raises(StoreUnavailable, match="locked"):
+                    await store.queue.enqueue(f"r-{n}", "f", b"{}", T0)
+                with pytest.raises(StoreUnavailable, match="locked"):
+                    await store.streams.acquire_lease("m", "s", "a", T0, 10)
+            assert time.monotonic() - started < 4.0  # not 8 busy timeouts of 1 s
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await store.queue.enqueue("r-9", "f", b"{}", T0)  # the lock is gone: at once again
+        assert [e["request_id"] for e in await store.queue.events()] == ["r-9"]
+
+
+async def test_a_runtime_closes_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    # Closing writes bookkeeping (leases given back, streams stopped) that expires by
+    # itself: a store locked meanwhile is logged, it does not fail the block that ran.
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        await rt.invoke("f", {}, invocation_type="Event")
+        await rt.wait_idle()
+        await rt.create_stream("s")
+        await rt.add_stream_mapping("s", "f")
+        other = sqlite3.connect(tmp_path / "fnrt.sqlite3", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+    other.close()
+
+
+async def test_a_fifo_at_the_state_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    os.mkfifo(path)
+    with pytest.raises(StoreUnavailable, match="not a regular file"):
+        await asyncio.wait_for(open_store(path), 10)
 
 
 async def test_a_read_only_store_is_store_unavailable_on_write(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ import asyncio
 import contextlib
 import errno
 import itertools
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -41,6 +43,9 @@ import aiosqlite
 from ..errors import StoreUnavailable
 
 Statement = tuple[str, Sequence[Any]]
+
+#: The WAL's checkpoint interval (pages) once the disk has been found full (SQLite's is 1,000).
+TIGHT_WAL_PAGES = 100
 T = TypeVar("T")
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -60,6 +65,7 @@ _STORE_WIDE = {
     sqlite3.SQLITE_PERM: "permission denied",
 }
 _OS_ERRORS = {
+    errno.ESTALE: "the file was deleted or replaced while open (nothing written since would last)",
     errno.ENOSPC: "disk full",
     errno.EDQUOT: "disk full (quota)",
     errno.EROFS: "read-only (read-only file system)",
@@ -91,7 +97,12 @@ def store_error(exc: BaseException, path: Path | str) -> StoreUnavailable:
     if _closed_error(exc):
         what = "closed"
     elif isinstance(code, int) and (code & 0xFF) in _STORE_WIDE:
-        what = f"{_STORE_WIDE[code & 0xFF]} ({exc})"
+        name = getattr(exc, "sqlite_errorname", "")
+        # The extended code says more than the primary one: a -shm file that cannot grow
+        # is SQLITE_IOERR_SHMSIZE ("disk I/O error"), and it means the disk is full.
+        what = "disk full" if name == "SQLITE_IOERR_SHMSIZE" else _STORE_WIDE[code & 0xFF]
+        detail = f"{exc}; {name}" if name and name != f"SQLITE_{str(exc).upper()}" else str(exc)
+        what = f"{what} ({detail})"
     elif isinstance(exc, OSError):
         what = f"{_OS_ERRORS.get(exc.errno or 0, 'not accessible')} ({exc})"
     else:
@@ -134,6 +145,15 @@ class Database:
         self.durable_level = "FULL"
         self._closed = False
         self.commits = 0  # transactions committed through this handle (stats, tests)
+        #: The file this handle has open ((st_dev, st_ino)); a writer checks that the path
+        #: still names it, so nothing is acknowledged into a deleted or replaced file.
+        self.identity: tuple[int, int] | None = None
+        self.busy_ms = 5000
+        # After a write found the file locked by another process for the whole busy timeout,
+        # the writes queued behind it wait briefly, not a busy timeout each in turn.
+        self._locked_until = 0.0
+        # After a write found the disk full: the next write checkpoints the WAL first.
+        self._full = False
 
     @classmethod
     async def open(
@@ -173,7 +193,75 @@ class Database:
                 raise
         db = cls(path, conn)
         db._synchronous = synchronous.upper()
+        db.busy_ms = int(busy_timeout * 1000)
+        if not read_only:
+            with mapped_errors(path):
+                info = await asyncio.to_thread(os.stat, path)
+            db.identity = (info.st_dev, info.st_ino)
         return db
+
+    # -- what every write checks first (on the connection's thread) ---------------------
+
+    def _before_write(self, conn: sqlite3.Connection) -> bool:
+        """Checks and settings for one write, on the connection's thread: the path still
+        names the open file (else ESTALE), the WAL checkpointed after a full disk, and
+        a short busy timeout while another process is known to hold the lock. True when
+        the busy timeout must be put back after the write."""
+        if self.identity is not None:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                info = None
+            if info is None or (info.st_dev, info.st_ino) != self.identity:
+                raise OSError(errno.ESTALE, f"{self.path} is not the file that was opened")
+        if self._full:
+            # The WAL grew into whatever space there was (it is checkpointed only every
+            # 1,000 pages, 4 MB): checkpointed and truncated, it gives that space back, so
+            # writes resume once the disk has a little room, and from now on it is kept
+            # under 400 KB, so it cannot take that room again.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute(f"PRAGMA wal_autocheckpoint={TIGHT_WAL_PAGES}")
+        if self._locked_until > time.monotonic():
+            conn.execute(f"PRAGMA busy_timeout={min(100, self.busy_ms)}")
+            return True
+        return False
+
+    def _failed(self, exc: BaseException) -> None:
+        """What a failed write teaches about the store (a full disk, another process's lock)."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary == sqlite3.SQLITE_FULL or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            self._full = True
+        elif primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            self._locked_until = time.monotonic() + self.busy_ms / 1000
+
+    def _committed(self) -> None:
+        self._full = False
+        self._locked_until = 0.0
+
+    def _guarded(
+        self, fn: Callable[[sqlite3.Connection], T], *, commits: bool = True
+    ) -> Callable[[sqlite3.Connection], T]:
+        """``fn`` as one write: :meth:`_before_write`, ``fn``, then what it teaches
+        (``commits``: ``fn`` commits, so its success says the store is well again)."""
+
+        def write(conn: sqlite3.Connection) -> T:
+            shortened = self._before_write(conn)
+            try:
+                result = fn(conn)
+            except BaseException as exc:
+                self._failed(exc)
+                raise
+            finally:
+                if shortened:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
+            if commits:
+                self._committed()
+            return result
+
+        return write
 
     @property
     def closed(self) -> bool:
@@ -225,7 +313,7 @@ class Database:
                 await self._durability(durable)
                 # The connection's thread runs BEGIN even when the caller is cancelled while
                 # it waits: then roll back, or the next caller finds a transaction left open.
-                begin = asyncio.ensure_future(self.conn.execute("BEGIN IMMEDIATE"))
+                begin = asyncio.ensure_future(self._hop(self._guarded(_begin_immediate, commits=False)))
                 try:
                     await asyncio.shield(begin)
                 except asyncio.CancelledError:
@@ -237,9 +325,11 @@ class Database:
                 try:
                     yield self.conn
                     await self.conn.execute("COMMIT")
-                except BaseException:
+                except BaseException as exc:
+                    self._failed(exc)
                     await self._rollback()
                     raise
+                self._committed()
                 self.commits += 1
 
     async def _undo_begin(self, begin: asyncio.Future[Any]) -> None:
@@ -290,7 +380,7 @@ class Database:
                     return fn(conn)
 
                 try:
-                    result = await self._hop(call)
+                    result = await self._hop(self._guarded(call))
                 except BaseException:
                     self._synchronous = "unknown"  # set again by the next write
                     raise
@@ -462,6 +552,10 @@ async def _uncancelled(task: asyncio.Future[Any]) -> None:
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
 
 
 @contextlib.contextmanager

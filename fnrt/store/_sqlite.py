@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -68,6 +69,10 @@ def _inspect(path: Path) -> bool:
     """``True`` when ``path`` exists and looks like an SQLite file, ``False`` when it does
     not exist; raises for anything else. Runs in a thread (it reads the disk)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode) and not path.is_dir():
+            # A FIFO, a device, a socket: opening one can block forever (a FIFO's open waits
+            # for a writer), and none of them can hold a store.
+            raise _refuse(path, "is not a regular file (a FIFO, a device or a socket), not a state file")
         with path.open("rb") as f:
             header = f.read(len(_HEADER))
     except FileNotFoundError:
