@@ -106,6 +106,24 @@ async def test_an_unreachable_server_is_store_unavailable() -> None:
     assert caught.value.cause is not None
 
 
+async def test_a_store_url_the_server_refuses_is_a_clear_fnrt_error(postgres_server: str) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from .pg import with_database
+
+    with pytest.raises(StoreUnavailable, match="create the database") as missing:
+        await open_postgres(with_database(postgres_server, "no_such_database"), connect_timeout=5)
+    assert missing.value.cause is not None
+    parts = urlsplit(postgres_server)
+    stranger = urlunsplit(parts._replace(netloc=f"no_such_role@{parts.hostname or ''}"))
+    with pytest.raises(StoreUnavailable, match="role"):
+        await open_postgres(stranger, connect_timeout=5)
+    bogus = f"{postgres_server}{'&' if '?' in postgres_server else '?'}sslmode=bogus"
+    for malformed in ("postgresql://[::1/db", bogus):
+        with pytest.raises(InvalidConfig, match="PostgreSQL store"):  # the URL itself
+            await open_postgres(malformed, connect_timeout=5)
+
+
 # -- the async queue ----------------------------------------------------------------------
 
 

@@ -51,7 +51,10 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 
 def _split_schema(url: str) -> tuple[str, str | None]:
     """``url`` without its ``fnrt_schema`` query parameter, and that parameter."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL", a port that is not a number, ...
+        raise InvalidConfig(f"PostgreSQL store URL does not parse: {exc}") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in query if k == "fnrt_schema"), None)
     if schema is None:

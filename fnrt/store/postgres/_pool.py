@@ -26,7 +26,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg
 import structlog
 
-from ...errors import StoreUnavailable
+from ...errors import FnrtError, InvalidConfig, StoreUnavailable
 from . import _schema
 
 P = ParamSpec("P")
@@ -47,6 +47,13 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # 40: after the retries below
 )
 RETRIES = 3
+# What to do about the errors of opening a store that are the user's to fix (a server that
+# refuses the role, a database that is not there): every one is StoreUnavailable.
+_OPEN_HINTS = {
+    "3D000": " (create the database, e.g. with createdb, or name one that exists)",
+    "28000": " (the server refuses this role: check the user name and pg_hba.conf)",
+    "28P01": " (wrong password for this role)",
+}
 
 _log = structlog.get_logger("fnrt.store.postgres")
 
@@ -172,10 +179,16 @@ class Connections:
             for pool in pools:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(pool.close())
-            if isinstance(exc, StoreUnavailable) or not isinstance(exc, UNAVAILABLE):
+            if isinstance(exc, FnrtError):
                 raise
+            if isinstance(exc, (asyncpg.exceptions.ClientConfigurationError, ValueError)):
+                # a URL that does not parse, an option asyncpg does not know
+                raise InvalidConfig(f"PostgreSQL store {name}: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(exc, (*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError)):
+                raise
+            hint = _OPEN_HINTS.get(getattr(exc, "sqlstate", None) or "", "")
             raise StoreUnavailable(
-                f"PostgreSQL store {name} unavailable (open): {type(exc).__name__}: {exc}",
+                f"PostgreSQL store {name} unavailable (open): {type(exc).__name__}: {exc}{hint}",
                 path=name,
                 cause=exc,
             ) from exc
