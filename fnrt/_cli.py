@@ -42,15 +42,13 @@ def _progress(message: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    import structlog
 
     try:
         from . import http  # noqa: F401 - checked first: the core install has no aiohttp
     except ImportError as exc:  # say what to install
         raise CliError("'serve' needs aiohttp, not in the core install: pip install 'fnrt[http]'") from exc
 
-    level = logging.INFO if args.verbose else logging.WARNING
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    _configure_logging(logging.INFO if args.verbose else logging.WARNING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -268,14 +266,31 @@ def _invoke(args: argparse.Namespace) -> int:
     return EXIT_FUNCTION_ERROR if "x-amz-function-error" in lower else 0
 
 
+def _configure_logging(level: int) -> None:
+    """structlog's console output, at ``level``, with plain tracebacks: its default renders
+    them with rich when rich is installed, locals included, and that takes seconds of the
+    event loop per traceback (a store outage logs one per retry)."""
+    import structlog
+
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+        ],
+    )
+
+
 async def _invoke_local(args: argparse.Namespace, payload: bytes) -> int:
     import logging
 
-    import structlog
-
     from . import Runtime
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    _configure_logging(logging.WARNING)
     async with Runtime(sandbox=args.sandbox) as rt:
         for module in args.module:
             await rt.deploy(module)

@@ -26,6 +26,9 @@ from .errors import RuntimeClosed, ServiceError
 
 __all__ = ["INFRASTRUCTURE", "Supervisor"]
 
+#: Seconds between two tracebacks of one loop's streak of failures (the others: one line).
+TRACEBACK_EVERY = 60.0
+
 #: Errors that mean "the world is broken right now", not "the code is wrong".
 INFRASTRUCTURE: tuple[type[BaseException], ...] = (ServiceError, OSError, sqlite3.Error)
 
@@ -87,6 +90,7 @@ class Supervisor:
 
     async def _forever(self, name: str, iteration: Callable[[], Awaitable[object]]) -> None:
         failures = 0
+        traced = 0.0  # when this streak of failures last logged a traceback
         while True:
             try:
                 await iteration()
@@ -94,9 +98,23 @@ class Supervisor:
                 failures += 1
                 self.failures += 1
                 delay = backoff(failures, *self.retry)
-                self.log.error(
-                    "background work failed; retrying", loop=name, retry_in=round(delay, 3), exc_info=exc
-                )
+                # The traceback once a streak and then once every TRACEBACK_EVERY seconds: a
+                # store that is down fails every loop every few seconds, and each traceback
+                # costs the event loop its formatting (seconds with rich's, locals included).
+                now = self.clock.monotonic()
+                if failures == 1 or now - traced >= TRACEBACK_EVERY:
+                    traced = now
+                    self.log.error(
+                        "background work failed; retrying", loop=name, retry_in=round(delay, 3), exc_info=exc
+                    )
+                else:
+                    self.log.error(
+                        "background work failed; retrying",
+                        loop=name,
+                        retry_in=round(delay, 3),
+                        failures=failures,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                 await self.clock.sleep(delay)
             else:
                 if failures:

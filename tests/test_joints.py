@@ -191,6 +191,40 @@ async def test_a_programming_error_in_an_async_attempt_fails_the_runtime_loudly(
         assert (await rt.async_queue_counts()).get("leased") == 1  # not lost: its lease expires
 
 
+async def test_a_loop_failing_for_long_logs_its_traceback_once_a_minute_not_every_retry() -> None:
+    # A store that is down fails every loop every few seconds: a traceback each time cost
+    # the event loop seconds of formatting (rich's, with locals) and buried the log.
+    from fnrt._supervise import Supervisor
+
+    clock = fnrt.FakeClock()
+    records: list[dict[str, object]] = []
+
+    class Log:
+        def error(self, event: str, **fields: object) -> None:
+            records.append(fields)
+
+        def info(self, event: str, **fields: object) -> None:
+            pass
+
+    supervisor = Supervisor(clock, Log(), retry=(1.0, 1.0))
+    await supervisor.open()
+
+    async def down() -> None:
+        raise fnrt.StoreUnavailable("the store is down")
+
+    supervisor.loop("poller", down)
+    try:
+        for _ in range(125):
+            await asyncio.sleep(0)
+            await clock.advance(1.0)
+        await asyncio.sleep(0)
+    finally:
+        await supervisor.close()
+    assert len(records) >= 120  # every retry is still logged, each in one line
+    assert [r for r in records if "exc_info" in r] == records[0:1] + [records[60], records[120]]
+    assert all(r["error"] == "StoreUnavailable: the store is down" for r in records if "exc_info" not in r)
+
+
 async def test_an_error_of_the_block_itself_propagates_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with fnrt.Runtime() as rt:
