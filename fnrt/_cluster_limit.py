@@ -110,6 +110,10 @@ class SlotService(Protocol):
 
     async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]: ...
 
+    async def reserve(
+        self, reservations: dict[str, int | None], ttl: float, *, now: float | None = None
+    ) -> dict[str, int]: ...
+
 
 def _default_host() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -238,6 +242,48 @@ class ClusterLimiter(ConcurrencyLimiter):
         self._requests: set[asyncio.Future[bool]] = set()
         self._closed = False
         self.round_trips = 0
+        # Reservations: this host's changes not yet published (name -> reserved or None),
+        # and every host's, as the cluster last said (what a new reservation must fit beside).
+        self._unpublished: dict[str, int | None] = {}
+        self.cluster_reserved: dict[str, int] = {}
+
+    # -- reservations: published to the cluster ----------------------------------------
+
+    def set_reserved(self, counter: FunctionCounter, reserved: int | None) -> None:
+        had = counter.reserved
+        super().set_reserved(counter, reserved)
+        if counter.registered and reserved != had:
+            self._unpublished[counter.name] = reserved
+
+    def unregister(self, name: str) -> None:
+        counter = self._counters.get(name)
+        if counter is not None and counter.reserved is not None:
+            self._unpublished[name] = None  # removed: its reservation goes back to the pool
+        super().unregister(name)
+
+    def _reserved_elsewhere(self, names: set[str]) -> int:
+        """What the other hosts' functions reserve (not ``names``, not this host's)."""
+        return sum(
+            reserved
+            for name, reserved in self.cluster_reserved.items()
+            if name not in names and name not in self._counters and name not in self._unpublished
+        )
+
+    async def publish(self, *, all_of_them: bool = False) -> None:
+        """Tell the cluster this host's changed reservations (``all_of_them``: every one,
+        to say they are still this host's), and learn everyone's. Changes go before this
+        host's next lease request and from the background loop, so a reservation counts on
+        every host before its function is first called; all of them at each renewal."""
+        changes = dict(self._unpublished)
+        if all_of_them:
+            for name, counter in self._counters.items():
+                if counter.reserved is not None:
+                    changes.setdefault(name, counter.reserved)
+        self.round_trips += 1
+        self.cluster_reserved = await self.slots.reserve(changes, self.ttl, now=self.clock.time())
+        for name, reserved in changes.items():
+            if name in self._unpublished and self._unpublished[name] == reserved:
+                del self._unpublished[name]
 
     # -- admission --------------------------------------------------------------------
 
@@ -328,6 +374,8 @@ class ClusterLimiter(ConcurrencyLimiter):
             now = self.clock.monotonic()
             contended = now - lease.contended_at < _CONTENDED_FOR
             extra = 0 if contended else min(lease.block, self._block_cap(counter)) - 1
+            if self._unpublished:
+                await self.publish()
             self.round_trips += 1
             granted = await self.slots.try_acquire(
                 self.host,
@@ -395,6 +443,8 @@ class ClusterLimiter(ConcurrencyLimiter):
 
     async def _maintain_once(self) -> None:
         await self.clock.sleep(self.hold)
+        if self._unpublished:
+            await self.publish()
         await self.heed_demand()
         await self.return_surplus()
         if self.clock.monotonic() >= self._renew_at:
@@ -463,6 +513,7 @@ class ClusterLimiter(ConcurrencyLimiter):
                 if name in held:
                     lease.valid_until = sent + self._valid_for
         self._cluster = await self.slots.in_use(now=self.clock.time())
+        await self.publish(all_of_them=True)  # still this host's; and learn the others'
 
     async def aclose(self) -> None:
         """Give every slot this host holds back to the cluster (calls still unwinding

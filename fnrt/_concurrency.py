@@ -119,7 +119,7 @@ class ConcurrencyLimiter:
     def check_reservations(self, wanted: dict[str, int | None]) -> None:
         """Raise :class:`InvalidConfig` unless these reservations (replacing any current
         ones for the same names) fit in the pool."""
-        total = self._reserved_total
+        total = self._reserved_total + self._reserved_elsewhere(set(wanted))
         for name, reserved in wanted.items():
             current = self._counters.get(name)
             if current is not None and current.reserved is not None:
@@ -133,6 +133,10 @@ class ConcurrencyLimiter:
                 f"(reservations would total {total}; at most {allowed} of the concurrency limit "
                 f"{self.limit} can be reserved)"
             )
+
+    def _reserved_elsewhere(self, names: set[str]) -> int:
+        """Reservations of functions this limiter does not hold (other hosts', in a cluster)."""
+        return 0
 
     def check_provisioned(self, name: str, count: int, reserved: int | None) -> None:
         """Raise :class:`InvalidConfig` unless ``count`` provisioned environments fit:

@@ -25,7 +25,7 @@ import attrs
 from . import _json, _observe, _recent
 from ._clock import Clock, SystemClock
 from ._cluster import ClusterMember
-from ._cluster_limit import ClusterLimit, cluster_limiter
+from ._cluster_limit import ClusterLimit, ClusterLimiter, cluster_limiter
 from ._concurrency import ConcurrencyLimiter, ScalingAllowance
 from ._config import (
     AsyncConfig,
@@ -248,6 +248,12 @@ class Runtime(ControlPlane, ClusterMember):
         self._running = True
         limiter = cluster_limiter(self._limiter, store, self._cluster_limit, self.clock, self._log)
         self._limiter = self._invoker.limiter = limiter
+        if isinstance(limiter, ClusterLimiter):
+            # The other hosts' reservations, before this host registers its own beside them.
+            try:
+                await limiter.publish()
+            except StoreUnavailable as exc:  # its acquires still never pass the global limit
+                self._log.warning("could not learn the cluster's reservations", error=str(exc))
         limiter.start(self._supervisor)
         self._supervisor.loop("maintenance", self._maintain_once)
         if self._reloader is not None:

@@ -41,13 +41,16 @@ async def hosts(postgres_url: str) -> AsyncIterator[Hosts]:
     stack = contextlib.AsyncExitStack()
     made: list[tuple[fnrt.Runtime, PostgresStore]] = []
 
-    async def start(n: int, limit: int, **lease: Any) -> list[tuple[fnrt.Runtime, PostgresStore]]:
+    async def start(
+        n: int, limit: int, unreserved_minimum: int | None = None, **lease: Any
+    ) -> list[tuple[fnrt.Runtime, PostgresStore]]:
         out = []
         for _ in range(n):
             store = await open_postgres(postgres_url, max_connections=2)
             stack.push_async_callback(close_quietly, store)
             options = ClusterLimit(slots=store.slots, host=f"h{len(made)}", **lease)
-            rt = await stack.enter_async_context(fnrt.Runtime(limit, cluster_limit=options))
+            floor = {} if unreserved_minimum is None else {"unreserved_minimum": unreserved_minimum}
+            rt = await stack.enter_async_context(fnrt.Runtime(limit, cluster_limit=options, **floor))
             made.append((rt, store))
             out.append((rt, store))
         return out
@@ -135,6 +138,60 @@ async def test_reserved_concurrency_holds_across_hosts(hosts: Hosts, release_fil
     open(release_file, "w").close()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert [outcome(t) for t in tasks].count("ran") == 3
+
+
+async def test_a_reservation_is_carved_out_on_every_host_before_its_first_call(
+    hosts: Hosts, release_file: str
+) -> None:
+    # The reservation used to reach the cluster with its function's first lease request:
+    # until then the other hosts gave the whole pool to the unreserved functions.
+    started = await hosts(2, 10, unreserved_minimum=1)
+    runtimes = [rt for rt, _ in started]
+    for rt in runtimes:
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=5, timeout=60)
+        await rt.add_function("other", "handlers.chaos:hold", timeout=60)
+    release = {"release": release_file}
+    shared = [asyncio.ensure_future(rt.invoke("other", release)) for rt in runtimes for _ in range(8)]
+    await settle(shared, 5, runtimes)  # 10 less the 5 reserved, though "hold" never ran yet
+    assert {outcome(t) for t in shared if t.done()} == {GLOBAL}
+    reserved = await held_calls(runtimes, 4, release_file)
+    await wait_until(
+        lambda: sum(t.done() for t in reserved) == 3
+        and sum(rt.stats()["concurrency"]["in_flight"] for rt in runtimes) == 10,
+        "the reservation's 5 running beside the shared 5",
+    )
+    open(release_file, "w").close()
+    await asyncio.gather(*shared, *reserved, return_exceptions=True)
+
+
+async def test_reservations_of_all_hosts_together_must_fit_the_limit(hosts: Hosts, release_file: str) -> None:
+    [(first, _)] = await hosts(1, 10, unreserved_minimum=1)
+    await first.add_function("hold", "handlers.chaos:hold", reserved_concurrency=6, timeout=60)
+    await wait_until(lambda: not limiter(first)._unpublished, "the reservation published")
+    [(second, _)] = await hosts(1, 10, unreserved_minimum=1)
+    with pytest.raises(InvalidConfig, match="UnreservedConcurrentExecution below its minimum"):
+        await second.add_function("mine", "handlers.chaos:hold", reserved_concurrency=6)
+    await second.add_function("mine", "handlers.chaos:hold", reserved_concurrency=3)  # 6 + 3 fit in 9
+
+
+async def test_reservations_made_at_the_same_moment_never_admit_past_the_limit(
+    hosts: Hosts, release_file: str
+) -> None:
+    # Two hosts that reserve at once each check against what they knew: both may pass.
+    # The cluster still never runs more than its limit.
+    started = await hosts(2, 10, unreserved_minimum=1)
+    (first, _), (second, _) = started
+    await asyncio.gather(
+        first.add_function("hold", "handlers.chaos:hold", reserved_concurrency=7, timeout=60),
+        second.add_function("mine", "handlers.chaos:hold", reserved_concurrency=7, timeout=60),
+    )
+    calls = [asyncio.ensure_future(first.invoke("hold", {"release": release_file})) for _ in range(8)]
+    calls += [asyncio.ensure_future(second.invoke("mine", {"release": release_file})) for _ in range(8)]
+    await wait_until(lambda: sum(t.done() for t in calls) >= 6, "the calls past the limit throttled")
+    await asyncio.sleep(0.5)
+    assert sum(rt.stats()["concurrency"]["in_flight"] for rt in (first, second)) <= 10
+    open(release_file, "w").close()
+    await asyncio.gather(*calls, return_exceptions=True)
 
 
 async def test_blocks_make_warm_invokes_local_and_surplus_goes_back(hosts: Hosts) -> None:

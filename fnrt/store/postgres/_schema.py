@@ -16,7 +16,7 @@ independent deployments (or tests) can share one database.
 
 from __future__ import annotations
 
-VERSION = 2  # 2: fnrt_hosts (cluster membership)
+VERSION = 3  # 2: fnrt_hosts (cluster membership); 3: reservations published (fnrt_slot_reserve)
 LOCK_KEY = 0x666E7274  # "fnrt": pg_advisory_xact_lock(key) around schema set-up
 CHANNEL = "fnrt_wake"  # with a schema: fnrt_wake_<schema>, so deployments do not wake each other
 DB_NOW = "extract(epoch from now())::float8"
@@ -156,6 +156,10 @@ TABLES = (
         function text PRIMARY KEY,
         reserved integer
     )""",
+    # When a live host last said this reservation is its function's (judged like leases):
+    # one no host has repeated for a while (its hosts removed the function or are gone)
+    # stops counting, so an old deployment's reservations do not hold the pool for ever.
+    "ALTER TABLE fnrt_slot_functions ADD COLUMN IF NOT EXISTS seen double precision",
     """CREATE TABLE IF NOT EXISTS fnrt_slot_leases (
         host text NOT NULL,
         function text NOT NULL,
@@ -212,6 +216,7 @@ FUNCTIONS = (
     ) RETURNS integer LANGUAGE plpgsql AS $$
     DECLARE
         t double precision;
+        fresh double precision;
         used bigint;
         room bigint;
         granted integer;
@@ -220,19 +225,25 @@ FUNCTIONS = (
         -- Read the clock after the lock: judging times then increase from one holder to
         -- the next, so a lease one acquire judged expired is never alive to a later one.
         t := COALESCE(p_now, extract(epoch from clock_timestamp())::float8);
-        INSERT INTO fnrt_slot_functions AS f (function, reserved) VALUES (p_function, p_reserved)
-            ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved
-            WHERE f.reserved IS DISTINCT FROM excluded.reserved;
+        fresh := t - GREATEST(60.0, 6 * p_ttl);
+        INSERT INTO fnrt_slot_functions AS f (function, reserved, seen) VALUES (p_function, p_reserved, t)
+            ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved, seen = t
+            WHERE f.reserved IS DISTINCT FROM excluded.reserved OR f.seen IS NULL OR f.seen < t - 1;
         IF p_reserved IS NOT NULL THEN
             SELECT COALESCE(sum(l.count), 0) INTO used FROM fnrt_slot_leases l
                 WHERE l.function = p_function AND l.expires_judge > t;
             room := p_reserved - used;
         ELSE
             SELECT COALESCE(sum(l.count), 0) INTO used FROM fnrt_slot_leases l
-                LEFT JOIN fnrt_slot_functions f ON f.function = l.function
+                LEFT JOIN fnrt_slot_functions f ON f.function = l.function AND f.seen > fresh
                 WHERE f.reserved IS NULL AND l.expires_judge > t;
-            room := p_limit - (SELECT COALESCE(sum(reserved), 0) FROM fnrt_slot_functions) - used;
+            room := p_limit - used
+                - (SELECT COALESCE(sum(reserved), 0) FROM fnrt_slot_functions WHERE seen > fresh);
         END IF;
+        -- Never past the global limit, whatever the reservations add up to (hosts that
+        -- reserved at the same moment, each within the limit on its own).
+        SELECT COALESCE(sum(l.count), 0) INTO used FROM fnrt_slot_leases l WHERE l.expires_judge > t;
+        room := LEAST(room, p_limit - used);
         granted := GREATEST(0, LEAST(p_n, room));
         IF granted > 0 THEN
             INSERT INTO fnrt_slot_leases AS l (host, function, count, expires_judge)
@@ -242,6 +253,23 @@ FUNCTIONS = (
                     expires_judge = t + p_ttl;
         END IF;
         RETURN granted;
+    END $$""",
+    # reserve: a host's reservations, published when they change (before its next acquire,
+    # or within a third of the lease time), so every host carves them out of the shared pool
+    # before their function is first called; NULL gives one back. Returns every reservation.
+    """CREATE OR REPLACE FUNCTION fnrt_slot_reserve(
+        p_functions text[], p_reserved integer[], p_ttl double precision, p_now double precision
+    ) RETURNS TABLE (reserved_by text, reservation integer) LANGUAGE plpgsql AS $$
+    DECLARE
+        t double precision;
+    BEGIN
+        PERFORM 1 FROM fnrt_slot_limit WHERE id = 1 FOR UPDATE;
+        t := COALESCE(p_now, extract(epoch from clock_timestamp())::float8);
+        INSERT INTO fnrt_slot_functions AS f (function, reserved, seen)
+            SELECT u.f, u.r, t FROM unnest(p_functions, p_reserved) AS u (f, r)
+            ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved, seen = t;
+        RETURN QUERY SELECT f.function, f.reserved FROM fnrt_slot_functions f
+            WHERE f.reserved IS NOT NULL AND f.seen > t - GREATEST(60.0, 6 * p_ttl);
     END $$""",
     # renew: under the same lock, so a lease an acquire judged expired (and gave away)
     # cannot be revived by its host's late renewal. Expired rows of every host are dropped.
