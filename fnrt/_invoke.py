@@ -50,7 +50,7 @@ from .errors import (
     ServiceError,
     TooManyRequests,
 )
-from .sandbox import InvokeReply, InvokeRequest, SandboxDied, SandboxTimeout
+from .sandbox import InvokeReply, InvokeRequest, Sandbox, SandboxDied, SandboxTimeout
 
 __all__ = [
     "InvocationResult",
@@ -295,6 +295,18 @@ class InvocationResult:
 # -- the invoker ----------------------------------------------------------------------
 
 
+async def _output_so_far(sandbox: Sandbox, request_id: str) -> str:
+    """What an invocation printed before it ended without a reply (never raises)."""
+    try:
+        return await sandbox.output_so_far(request_id)
+    except Exception:
+        return ""
+
+
+def _ended_line(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
 class Invoker:
     """Encodes nothing and knows no source: admits, runs and reports one invocation."""
 
@@ -394,22 +406,24 @@ class Invoker:
                 reply = await sandbox.invoke(request, budget if budget > 0.001 else 0.001)
             except SandboxTimeout:
                 pool.discard(env)
-                # Lambda's own line in the function's log, and the peak it last knew of.
+                # What it printed, Lambda's own line, and the peak memory last known of.
                 at = iso_timestamp(clock.time())
                 line = f"{at} {request_id} Task timed out after {timeout:.2f} seconds\n"
-                reply = InvokeReply(request_id, False, timeout * 1000, max_memory_mb=env.peak_mb, log=line)
+                log = _ended_line(await _output_so_far(sandbox, request_id)) + line
+                reply = InvokeReply(request_id, False, timeout * 1000, max_memory_mb=env.peak_mb, log=log)
                 error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
             except SandboxDied as exc:
                 pool.discard(env)
                 if self.closing:
                     raise RuntimeClosed("the runtime closed during the invocation") from None
                 message = f"RequestId: {request_id} Error: {exc.message}"
+                printed = _ended_line(await _output_so_far(sandbox, request_id))
                 reply = InvokeReply(
                     request_id,
                     False,
                     (clock.monotonic() - started) * 1000,
                     max_memory_mb=env.peak_mb,
-                    log=f"{message}\n{exc.error_type}\n",  # as Lambda logs a runtime that exited
+                    log=f"{printed}{message}\n{exc.error_type}\n",  # as Lambda logs a runtime that exited
                 )
                 error = FunctionError(exc.error_type, message)
             except BaseException:

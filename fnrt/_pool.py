@@ -18,6 +18,7 @@ from ._clock import Clock
 from ._registry import FunctionRecord
 from .errors import FnrtError, FunctionTimeout, InitError, InvalidConfig, ServiceError
 from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, SandboxFactory, SandboxTimeout
+from .sandbox._mirror import INIT_OUTPUT
 
 #: Provisioned environments initialized at once (a pool of hundreds fills in waves).
 PROVISION_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
@@ -87,11 +88,13 @@ async def start_sandbox(
     try:
         reply = await sandbox.init(InitRequest(module, binding), timeout=init_timeout)
     except SandboxTimeout:
+        printed = await _output_so_far(sandbox)
         raise InitError(
-            "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds"
+            "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
         ) from None
     except SandboxDied as exc:
-        raise InitError(exc.error_type, f"Init failed: {exc.message}") from None
+        printed = await _output_so_far(sandbox)
+        raise InitError(exc.error_type, f"Init failed: {exc.message}", log_tail=printed) from None
     except BaseException:
         sandbox.kill()
         raise
@@ -99,6 +102,14 @@ async def start_sandbox(
         sandbox.kill()
         raise init_error(dict(reply.error or {}), reply.log)
     return sandbox, reply
+
+
+async def _output_so_far(sandbox: Sandbox) -> str:
+    """What the init phase printed before it ended without a reply (its last 4 KB)."""
+    try:
+        return (await sandbox.output_so_far(INIT_OUTPUT))[-4096:]
+    except Exception:
+        return ""
 
 
 class FunctionPool:

@@ -96,3 +96,18 @@ def touch(event, context):
     with open(event["path"], "w") as f:
         f.write(context.aws_request_id)
     return event["path"]
+
+
+@fnrt.handler(timeout=1)
+def print_then_fail(event, context):
+    """Print, then end without a reply as the event says: hang (timeout), exit, or crash."""
+    print(f"before the end: {event['how']}", flush=event.get("flush", False))
+    how = event["how"]
+    if how == "none":
+        return "replied"
+    if how == "hang":
+        while True:
+            time.sleep(0.01)
+    if how == "exit":
+        os._exit(3)
+    ctypes.string_at(0)

@@ -61,6 +61,57 @@ async def test_a_timeout_and_a_crash_are_logged_as_lambda_logs_them(release_file
         )
 
 
+@pytest.mark.parametrize("how", ["hang", "exit", "crash"])
+async def test_what_a_handler_printed_before_it_ended_without_a_reply_is_in_its_log(how):
+    # The output comes with the reply; a timeout or a dead sandbox sends none, and Lambda
+    # still shows what was printed before.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("f", "handlers.chaos:print_then_fail", timeout=1)
+        await rt.invoke("f", {"how": "none"})  # a first one that replies, in this environment
+        call = asyncio.ensure_future(rt.invoke("f", {"how": how}))
+        if how == "hang":
+            await wait_until(lambda: rt.stats()["functions"]["f"]["busy"] == 1 and clock.pending_timers >= 2)
+            await clock.advance(1.1)
+        with pytest.raises(fnrt.FunctionError) as ended:
+            await call
+        rid = ended.value.request_id
+        log = ended.value.log_tail
+        assert f"START RequestId: {rid}" in log and f"before the end: {how}\n" in log, log
+        assert "before the end: none" not in log  # an earlier invocation's output is not this one's
+        assert log.index("before the end") < log.index(f"END RequestId: {rid}")
+
+
+def test_the_output_file_keeps_the_last_bytes_of_the_invocation_it_names(tmp_path):
+    from fnrt.sandbox._mirror import OutputMirror, read_file, read_output
+
+    path = str(tmp_path / "out")
+    mirror = OutputMirror(path, 16)
+    mirror.start("r-1")
+    mirror.write("0123456789")
+    assert read_output(read_file(path), "r-1") == "0123456789"
+    mirror.write("abcdefghij")  # 20 bytes in a ring of 16: the first 4 are gone
+    assert read_output(read_file(path), "r-1") == "[... 4 bytes truncated]\n456789abcdefghij"
+    mirror.start("r-2")  # prints nothing: the file still names r-1
+    assert read_output(read_file(path), "r-2") == ""
+    odd = OutputMirror(path, 15)
+    odd.start("r-3")
+    odd.write("é" * 10)  # 20 bytes in 15: the cut falls inside a character, which goes
+    assert read_output(read_file(path), "r-3") == "[... 5 bytes truncated]\n" + "é" * 7
+    assert read_output(b"", "r-3") == ""
+
+
+async def test_what_an_init_printed_before_its_sandbox_died_is_in_the_error(tmp_path, monkeypatch):
+    (tmp_path / "dies_in_init.py").write_text("import os\nprint('configuring', flush=True)\nos._exit(7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    async with fnrt.Runtime() as rt:
+        with pytest.raises(fnrt.InitError) as failed:
+            await rt.add_function("f", "dies_in_init:handler")
+            await rt.invoke("f", {})
+    assert "exit status 7" in failed.value.error_message
+    assert "configuring" in failed.value.log_tail
+
+
 async def test_timed_out_sandbox_process_is_killed():
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:

@@ -250,6 +250,10 @@ class ChannelSandbox:
 
     # -- what each kind does ----------------------------------------------------------
 
+    async def output_so_far(self, request_id: str) -> str:
+        """What invocation ``request_id`` printed before it ended without a reply."""
+        return ""
+
     async def _exit_reason(self) -> str:
         """How the sandbox ended, in Lambda's words (it closed its socket mid-request)."""
         raise NotImplementedError

@@ -54,6 +54,9 @@ class InlineSandbox:
     def alive(self) -> bool:
         return not self._dead
 
+    async def output_so_far(self, request_id: str) -> str:
+        return ""  # a timed-out inline handler's thread is abandoned with what it captured
+
     async def init(self, request: InitRequest, timeout: float | None = None) -> InitReply:
         header, _ = await self._request(request.to_wire(), b"", timeout)
         return InitReply.from_wire(header)

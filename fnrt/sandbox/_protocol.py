@@ -345,6 +345,11 @@ class Sandbox(Protocol):
         """Destroy at once (timeouts, crashes, runtime close), with everything it started."""
         ...
 
+    async def output_so_far(self, request_id: str) -> str:
+        """What invocation ``request_id`` printed before it ended without a reply (timed
+        out, or the sandbox died); ``""`` when the kind cannot tell. Asked once, at once."""
+        ...
+
     async def close(self) -> None:
         """Retire gracefully: let it finish, then free its resources."""
         ...

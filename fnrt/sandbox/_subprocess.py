@@ -34,6 +34,8 @@ from typing import Any
 from .._clock import Clock, Deadlines
 from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
+from ._mirror import FILE_NAME as MIRROR_FILE
+from ._mirror import read_file, read_output
 from ._protocol import Resources, import_path, request_deadlines, sandbox_environment
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
@@ -291,10 +293,22 @@ class SubprocessSandbox(ChannelSandbox):
         template: TemplateProcess,
         clock: Clock,
         deadlines: Deadlines | None = None,
+        tmp: str | None = None,
+        outputs: dict[str, asyncio.Future[bytes]] | None = None,
     ) -> None:
         super().__init__(sandbox_id, channel, clock, deadlines)
         self._pid = pid
         self._template = template
+        self.tmp = tmp
+        self._outputs = outputs
+
+    async def output_so_far(self, request_id: str) -> str:
+        if self.tmp is None:
+            return ""
+        # A sandbox that died has had its TMPDIR removed: the file was read first.
+        kept = self._outputs.pop(self.tmp, None) if self._outputs is not None else None
+        raw = await kept if kept is not None else await asyncio.to_thread(read_file, self.tmp + MIRROR_PATH)
+        return read_output(raw, request_id)
 
     @property
     def pid(self) -> int | None:
@@ -319,6 +333,17 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _keep_output_and_remove(path: str) -> bytes:
+    """Remove a dead sandbox's TMPDIR, first reading its output file (see ``_mirror``)."""
+    raw = read_file(path + MIRROR_PATH)
+    _remove_tree(path)
+    return raw
+
+
+MIRROR_PATH = os.sep + MIRROR_FILE
+_OUTPUTS_KEPT = 64
+
+
 class SubprocessFactory:
     """Creates subprocess sandboxes through one lazily started template process."""
 
@@ -340,7 +365,9 @@ class SubprocessFactory:
         self._starting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
         self._tmp_dirs: set[str] = set()
-        self._removals: set[asyncio.Future[None]] = set()
+        self._removals: set[asyncio.Future[Any]] = set()
+        #: Dead sandboxes' TMPDIRs being removed, by path: what their output file held.
+        self._outputs: dict[str, asyncio.Future[bytes]] = {}
 
     @property
     def template_pid(self) -> int | None:
@@ -413,7 +440,9 @@ class SubprocessFactory:
                 raise ServiceError(f"could not start a sandbox: {exc}") from None
             raise
         sandbox_id = f"{pid:x}{next(self._ids):04x}"
-        return SubprocessSandbox(sandbox_id, pid, channel, template, self._clock, self._deadlines)
+        return SubprocessSandbox(
+            sandbox_id, pid, channel, template, self._clock, self._deadlines, tmp, self._outputs
+        )
 
     async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
         loop = asyncio.get_running_loop()
@@ -421,9 +450,14 @@ class SubprocessFactory:
         def removed() -> None:
             if tmp in self._tmp_dirs:
                 self._tmp_dirs.discard(tmp)
-                removal = loop.run_in_executor(None, _remove_tree, tmp)
+                removal = loop.run_in_executor(None, _keep_output_and_remove, tmp)
                 self._removals.add(removal)
                 removal.add_done_callback(self._removals.discard)
+                # What its last invocation printed, for a caller that got no reply (a few
+                # kept: a sandbox that ended normally is never asked).
+                self._outputs[tmp] = removal
+                while len(self._outputs) > _OUTPUTS_KEPT:
+                    self._outputs.pop(next(iter(self._outputs)))
 
         for attempt in (1, 2):  # a template found dead is replaced once
             template = await self._ensure_template()

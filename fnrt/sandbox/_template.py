@@ -43,7 +43,7 @@ import traceback
 from typing import Any
 
 from fnrt import _context  # noqa: F401
-from fnrt.sandbox import _cgroup, _worker
+from fnrt.sandbox import _cgroup, _mirror, _worker
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -126,12 +126,14 @@ def _prepare_child(setup: dict[str, Any]) -> _worker.Worker:
         os.environ.clear()
         os.environ.update(env)
     tmp = setup.get("tmp")
+    log_bytes = int(setup.get("log_bytes") or 0) or 65536
     if tmp:
         os.environ["TMPDIR"] = tmp
         tempfile.tempdir = tmp
+        _worker.install_mirror(os.path.join(tmp, _mirror.FILE_NAME), log_bytes)
     if env is not None and hasattr(time, "tzset"):
         time.tzset()
-    worker = _worker.Worker(process_wide=True, log_capture_bytes=int(setup.get("log_bytes") or 0) or 65536)
+    worker = _worker.Worker(process_wide=True, log_capture_bytes=log_bytes)
     uid, gid = setup.get("uid"), setup.get("gid")
     if gid is not None:
         os.setgroups([])

@@ -34,6 +34,7 @@ from .._context import ClientContext, CognitoIdentity, Context
 from .._lambda import SYNC_PAYLOAD_LIMIT, response_too_large
 from . import _marshal, _wire
 from . import _protocol as _p
+from ._mirror import INIT_OUTPUT, OutputMirror
 
 #: Results that are never awaitable (no ``inspect.isawaitable`` for them).
 _PLAIN = frozenset((dict, list, str, int, float, bool, type(None)))
@@ -48,18 +49,23 @@ class Capture:
     """One invocation's captured output: the last ``limit`` characters are kept, what falls
     off the front streams to ``overflow`` (the host's stderr) instead of being buffered."""
 
-    __slots__ = ("dropped", "limit", "overflow", "parts", "size")
+    __slots__ = ("dropped", "limit", "mirror", "overflow", "parts", "size")
 
-    def __init__(self, limit: int, overflow: Callable[[str], Any] | None) -> None:
+    def __init__(
+        self, limit: int, overflow: Callable[[str], Any] | None, mirror: OutputMirror | None = None
+    ) -> None:
         self.parts: list[str] = []
         self.size = 0
         self.limit = limit
         self.overflow = overflow
         self.dropped = 0
+        self.mirror = mirror  # a copy the host can read if no reply comes (see _mirror)
 
     def append(self, s: str) -> None:
         self.parts.append(s)
         self.size += len(s)
+        if self.mirror is not None:
+            self.mirror.write(s)
         if self.size > 2 * self.limit:
             self._spill()
 
@@ -355,8 +361,22 @@ def _overflow_to_stderr(text: str) -> None:
         stream.write(text)
 
 
+_mirror: list[OutputMirror | None] = [None]  # the process's (a subprocess sandbox's)
+
+
+def install_mirror(path: str, capacity: int) -> None:
+    """Copy each invocation's output into ``path`` as it is written (:mod:`._mirror`)."""
+    try:
+        _mirror[0] = OutputMirror(path, capacity)
+    except (OSError, ValueError):
+        _mirror[0] = None  # no room for it: the output still comes with each reply
+
+
 def _start_capture(request_id: str, limit: int) -> Capture:
-    buf = Capture(limit, _overflow_to_stderr)
+    mirror = _mirror[0] if _Router.process_wide else None
+    if mirror is not None:
+        mirror.start(request_id or INIT_OUTPUT)
+    buf = Capture(limit, _overflow_to_stderr, mirror)
     if _Router.process_wide:
         _Router.process_buffer = buf
         _process_request_id[0] = request_id
