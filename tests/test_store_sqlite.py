@@ -100,6 +100,17 @@ async def test_an_sqlite_database_of_another_program_is_refused(tmp_path: Path) 
     await check_refused(path, "another program.*invoices")
 
 
+async def test_a_database_of_views_or_triggers_only_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE VIEW report AS SELECT 1 AS one")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreUnavailable, match=r"another program.*view report"):
+        await open_store(path)
+    assert path.read_bytes() == before
+
+
 async def test_a_table_of_the_same_name_that_is_not_fnrts_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fnrt.sqlite3"
     with sqlite3.connect(path) as conn:

@@ -110,6 +110,11 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
                 path=str(path),
             )
         return
+    # fnrt makes no views or triggers: a database with some (and no fnrt_schema) is not ours.
+    rows = conn.execute("SELECT type, name FROM sqlite_master WHERE type IN ('view', 'trigger')")
+    others = sorted(f"{kind} {name}" for kind, name in rows)
+    if others:
+        raise _refuse(path, f"is an SQLite database of another program ({', '.join(others)})")
     foreign = sorted(tables - set(_KNOWN_COLUMNS))
     if foreign:
         raise _refuse(path, f"is an SQLite database of another program (tables {', '.join(foreign)})")
