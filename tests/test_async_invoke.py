@@ -55,6 +55,39 @@ async def test_event_returns_request_id_once_the_event_is_on_disk(tmp_path):
         assert rt.metrics.summary("AsyncEventAge", "send_receipt")["count"] == 2
 
 
+async def test_an_enqueue_ends_the_pollers_backoff_once_the_store_is_back(tmp_path):
+    # The poller backs off up to 30 s while the store fails; an enqueue that is stored
+    # says the store is back: its event runs now, not when the backoff ends.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("f", "handlers.echo:echo")
+        await rt.invoke("f", {}, invocation_type="Event")
+        await rt.wait_idle()
+        queue = rt._async._queue
+        assert queue is not None
+        real_take, down = queue.take, [True]
+
+        async def take(*args, **kwargs):
+            if down[0]:
+                raise fnrt.StoreUnavailable("the store is down")
+            return await real_take(*args, **kwargs)
+
+        queue.take = take
+        first = (await rt.invoke_detailed("f", {"n": 1}, "Event")).request_id
+        while rt._supervisor.failures < 10:  # the backoff is 25.6 s now
+            failures = rt._supervisor.failures
+            await clock.advance(30)
+            await wait_until(lambda: rt._supervisor.failures > failures, "the next failed take")
+        down[0] = False
+        second = (await rt.invoke_detailed("f", {"n": 2}, "Event")).request_id
+        for rid in (first, second):  # the clock does not move
+
+            async def done(rid: str = rid) -> bool:
+                return ((await rt.async_event(rid)) or {}).get("state") == "done"
+
+            await wait_until(done, "the events to run")
+
+
 async def test_event_payload_limit_is_1_mb():
     async with fnrt.Runtime() as rt:
         await rt.deploy("handlers.payments")

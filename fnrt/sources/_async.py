@@ -186,7 +186,7 @@ class AsyncSource:
 
     def start(self) -> None:
         if self._poller is None:
-            self._poller = self.supervisor.loop("async-poller", self._poll_once)
+            self._poller = self.supervisor.loop("async-poller", self._poll_once, wake=self._wake)
 
     def wake(self) -> None:
         self._wake.set()
