@@ -77,7 +77,7 @@ async def test_an_enqueue_ends_the_pollers_backoff_once_the_store_is_back(tmp_pa
         while rt._supervisor.failures < 10:  # the backoff is 25.6 s now
             failures = rt._supervisor.failures
             await clock.advance(30)
-            await wait_until(lambda: rt._supervisor.failures > failures, "the next failed take")
+            await wait_until(lambda seen=failures: rt._supervisor.failures > seen, "the next failed take")
         down[0] = False
         second = (await rt.invoke_detailed("f", {"n": 2}, "Event")).request_id
         for rid in (first, second):  # the clock does not move
