@@ -414,17 +414,7 @@ class Runtime(ControlPlane, ClusterMember):
             config = FunctionConfig.from_kwargs({"memory_mb": memory, "environment": environment})
         except (InvalidConfig, TypeError, ValueError):
             config = FunctionConfig()  # the decorator itself reports what is wrong, at import
-        return FunctionRecord(
-            name=name,
-            module=module,
-            attr=attr,
-            config=config,
-            arn=function_arn(self.config.region, self.config.account_id, name),
-            sandbox_kind=self.config.sandbox,
-            region=self.config.region,
-            run_as_user=self._sandbox_user,
-            passthrough=self._passthrough,
-        )
+        return self._record(name, module, attr, config, {}, generation=0)
 
     async def _register_all(self, records: list[FunctionRecord]) -> None:
         self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
@@ -487,8 +477,17 @@ class Runtime(ControlPlane, ClusterMember):
             await env.sandbox.close()
 
     def _record(
-        self, name: str, module: str, attr: str, config: FunctionConfig, extra: Mapping[str, Any]
+        self,
+        name: str,
+        module: str,
+        attr: str,
+        config: FunctionConfig,
+        extra: Mapping[str, Any],
+        *,
+        generation: int | None = None,
     ) -> FunctionRecord:
+        """A function's record; the next generation unless ``generation`` is given (a
+        discovery sandbox's record, never registered)."""
         check_function_name(name)
         raw_async = extra.get("async_config")  # invalid async config fails the deploy
         return FunctionRecord(
@@ -501,7 +500,7 @@ class Runtime(ControlPlane, ClusterMember):
             region=self.config.region,
             extra=dict(extra),
             async_config=None if raw_async is None else AsyncConfig.from_kwargs(raw_async),
-            generation=self._registry.next_generation(),
+            generation=self._registry.next_generation() if generation is None else generation,
             run_as_user=self._sandbox_user,
             passthrough=self._passthrough,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from typing import Any
 
 import pytest
 
@@ -36,17 +37,24 @@ async def test_timeout_kills_the_sandbox_and_the_next_event_gets_a_fresh_one(rel
         assert out.cold_start and out.error is None
 
 
+async def past_its_timeout(
+    rt: fnrt.Runtime, clock: fnrt.FakeClock, name: str, event: dict[str, Any], seconds: float
+) -> Any:
+    """Invoke ``name`` and move the clock ``seconds`` on once the call runs (and its timers wait)."""
+    call = asyncio.ensure_future(rt.invoke(name, event))
+    await wait_until(lambda: rt.stats()["functions"][name]["busy"] == 1 and clock.pending_timers >= 2)
+    await clock.advance(seconds)
+    return await call
+
+
 async def test_a_timeout_and_a_crash_are_logged_as_lambda_logs_them(release_file):
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:
         await rt.add_function("hold", "handlers.chaos:hold", timeout=3)
         open(release_file, "w").close()
         await rt.invoke("hold", {"release": release_file})  # warm: its peak memory is known
-        call = asyncio.ensure_future(rt.invoke("hold", {}))
-        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1 and clock.pending_timers >= 2)
-        await clock.advance(3.1)
         with pytest.raises(fnrt.FunctionTimeout) as timed_out:
-            await call
+            await past_its_timeout(rt, clock, "hold", {}, 3.1)
         log = timed_out.value.log_tail
         rid = timed_out.value.request_id
         assert re.search(rf"\n\d{{4}}-\d\d-\d\dT[\d:.]+Z {rid} Task timed out after 3.00 seconds\n", log), log
@@ -69,12 +77,11 @@ async def test_what_a_handler_printed_before_it_ended_without_a_reply_is_in_its_
     async with fnrt.Runtime(clock=clock) as rt:
         await rt.add_function("f", "handlers.chaos:print_then_fail", timeout=1)
         await rt.invoke("f", {"how": "none"})  # a first one that replies, in this environment
-        call = asyncio.ensure_future(rt.invoke("f", {"how": how}))
-        if how == "hang":
-            await wait_until(lambda: rt.stats()["functions"]["f"]["busy"] == 1 and clock.pending_timers >= 2)
-            await clock.advance(1.1)
         with pytest.raises(fnrt.FunctionError) as ended:
-            await call
+            if how == "hang":
+                await past_its_timeout(rt, clock, "f", {"how": how}, 1.1)
+            else:
+                await rt.invoke("f", {"how": how})
         rid = ended.value.request_id
         log = ended.value.log_tail
         assert f"START RequestId: {rid}" in log and f"before the end: {how}\n" in log, log

@@ -21,6 +21,13 @@ SANDBOXES = ["subprocess", pytest.param("subinterpreter", marks=needs_313)]
 WITH_INLINE = [*SANDBOXES, "inline"]
 
 
+async def cold_then_warm(handler: str, kind: str) -> list[fnrt.InvocationResult]:
+    """Two invocations of ``handlers.stdio:<handler>`` in one environment of ``kind``."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("f", f"handlers.stdio:{handler}", sandbox=kind)
+        return [await rt.invoke_detailed("f", {}) for _ in range(2)]
+
+
 def frames(stack_trace: list[str]) -> list[str]:
     """The function each line of a Lambda ``stackTrace`` names."""
     return [line.split(", in ", 1)[1].split("\n", 1)[0] for line in stack_trace]
@@ -53,11 +60,7 @@ async def test_a_write_that_is_not_str_raises_at_the_call_and_the_result_stands(
 
 @pytest.mark.parametrize("kind", SANDBOXES)
 async def test_bytes_through_buffer_join_the_log_as_utf8(kind: str) -> None:
-    async with fnrt.Runtime() as rt:
-        await rt.add_function("f", "handlers.stdio:write_bytes", sandbox=kind)
-        results = [await rt.invoke_detailed("f", {}) for _ in range(2)]
-
-    for result in results:
+    for result in await cold_then_warm("write_bytes", kind):
         assert result.error is None
         assert result.payload == {"refused": "a bytes-like object is required, not 'str'", "written": 2}
         # In order with nothing lost: a character split across two writes is whole again, a
@@ -68,11 +71,7 @@ async def test_bytes_through_buffer_join_the_log_as_utf8(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", SANDBOXES)
 async def test_streams_answer_as_text_streams_and_reconfigure_is_accepted(kind: str) -> None:
-    async with fnrt.Runtime() as rt:
-        await rt.add_function("f", "handlers.stdio:describe", sandbox=kind)
-        results = [await rt.invoke_detailed("f", {}) for _ in range(2)]
-
-    for result in results:
+    for result in await cold_then_warm("describe", kind):
         assert result.error is None
         assert result.payload == {
             "names": ["<stdout>", "<stderr>"],

@@ -142,7 +142,25 @@ def _text(s: object) -> str:
     raise TypeError(f"write() argument must be str, not {'None' if s is None else type(s).__name__}")
 
 
-class _Router(io.TextIOBase):
+class _SandboxStream:
+    """What the two sandbox streams answer alike: writable, never a terminal, never closed
+    (``close`` is ignored: the stream is the sandbox's, not one invocation's)."""
+
+    def close(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+class _Router(_SandboxStream, io.TextIOBase):
     """Stands in for ``sys.stdout``/``sys.stderr``: writes go to the invocation's capture.
 
     In a subprocess or subinterpreter sandbox the whole process belongs to one invocation
@@ -186,15 +204,6 @@ class _Router(io.TextIOBase):
         except (OSError, ValueError, AttributeError):
             pass
 
-    def close(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
     def fileno(self) -> int:
         return int(self._original.fileno())
 
@@ -237,10 +246,6 @@ class _Router(io.TextIOBase):
         return "w"
 
     @property
-    def closed(self) -> bool:
-        return False
-
-    @property
     def encoding(self) -> str:  # type: ignore[override]
         return self._encoding
 
@@ -257,7 +262,7 @@ class _Router(io.TextIOBase):
         return self._write_through
 
 
-class _BinaryRouter(io.BufferedIOBase):
+class _BinaryRouter(_SandboxStream, io.BufferedIOBase):
     """``sys.stdout.buffer``: bytes go to the same capture as the text stream's writes,
     decoded as UTF-8 (:meth:`Capture.append_bytes`). Inline, the host's own bytes pass
     through to its stream."""
@@ -286,15 +291,6 @@ class _BinaryRouter(io.BufferedIOBase):
     def flush(self) -> None:
         self._text.flush()
 
-    def close(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return False
-
     def fileno(self) -> int:
         return self._text.fileno()
 
@@ -305,10 +301,6 @@ class _BinaryRouter(io.BufferedIOBase):
     @property
     def mode(self) -> str:
         return "wb"
-
-    @property
-    def closed(self) -> bool:
-        return False
 
 
 _process_request_id: list[str] = [""]  # the invocation a process-wide capture belongs to
