@@ -244,7 +244,7 @@ class ClusterLimiter(ConcurrencyLimiter):
         self.round_trips = 0
         # Reservations: this host's changes not yet published (name -> reserved or None),
         # and every host's, as the cluster last said (what a new reservation must fit beside).
-        self._unpublished: dict[str, int | None] = {}
+        self._unpublished: dict[str, int] = {}
         self.cluster_reserved: dict[str, int] = {}
 
     # -- reservations: published to the cluster ----------------------------------------
@@ -253,12 +253,16 @@ class ClusterLimiter(ConcurrencyLimiter):
         had = counter.reserved
         super().set_reserved(counter, reserved)
         if counter.registered and reserved != had:
-            self._unpublished[counter.name] = reserved
+            # A reservation taken away is never published: the row is the function's, and
+            # another host may still reserve it. This host stops repeating it, and it stops
+            # counting once no live host does (an under-admit for a minute at most).
+            if reserved is None:
+                self._unpublished.pop(counter.name, None)
+            else:
+                self._unpublished[counter.name] = reserved
 
     def unregister(self, name: str) -> None:
-        counter = self._counters.get(name)
-        if counter is not None and counter.reserved is not None:
-            self._unpublished[name] = None  # removed: its reservation goes back to the pool
+        self._unpublished.pop(name, None)
         super().unregister(name)
 
     def _reserved_elsewhere(self, names: set[str]) -> int:
@@ -269,12 +273,21 @@ class ClusterLimiter(ConcurrencyLimiter):
             if name not in names and name not in self._counters and name not in self._unpublished
         )
 
+    def _reservations_note(self, elsewhere: int) -> str:
+        if not elsewhere:
+            return ""
+        names = sorted(n for n in self.cluster_reserved if n not in self._counters)
+        return (
+            f"; {elsewhere} of them reserved by other hosts for {', '.join(names)} (a reservation "
+            "no live host repeats stops counting within a minute)"
+        )
+
     async def publish(self, *, all_of_them: bool = False) -> None:
         """Tell the cluster this host's changed reservations (``all_of_them``: every one,
         to say they are still this host's), and learn everyone's. Changes go before this
         host's next lease request and from the background loop, so a reservation counts on
         every host before its function is first called; all of them at each renewal."""
-        changes = dict(self._unpublished)
+        changes: dict[str, int | None] = dict(self._unpublished)
         if all_of_them:
             for name, counter in self._counters.items():
                 if counter.reserved is not None:

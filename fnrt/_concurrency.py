@@ -119,7 +119,8 @@ class ConcurrencyLimiter:
     def check_reservations(self, wanted: dict[str, int | None]) -> None:
         """Raise :class:`InvalidConfig` unless these reservations (replacing any current
         ones for the same names) fit in the pool."""
-        total = self._reserved_total + self._reserved_elsewhere(set(wanted))
+        elsewhere = self._reserved_elsewhere(set(wanted))
+        total = self._reserved_total + elsewhere
         for name, reserved in wanted.items():
             current = self._counters.get(name)
             if current is not None and current.reserved is not None:
@@ -131,12 +132,15 @@ class ConcurrencyLimiter:
                 "Specified ReservedConcurrentExecutions for function decreases account's "
                 f"UnreservedConcurrentExecution below its minimum value of [{self.unreserved_floor}]. "
                 f"(reservations would total {total}; at most {allowed} of the concurrency limit "
-                f"{self.limit} can be reserved)"
+                f"{self.limit} can be reserved{self._reservations_note(elsewhere)})"
             )
 
     def _reserved_elsewhere(self, names: set[str]) -> int:
         """Reservations of functions this limiter does not hold (other hosts', in a cluster)."""
         return 0
+
+    def _reservations_note(self, elsewhere: int) -> str:
+        return ""
 
     def check_provisioned(self, name: str, count: int, reserved: int | None) -> None:
         """Raise :class:`InvalidConfig` unless ``count`` provisioned environments fit:

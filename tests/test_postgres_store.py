@@ -118,8 +118,12 @@ async def test_a_store_url_the_server_refuses_is_a_clear_fnrt_error(postgres_ser
     stranger = urlunsplit(parts._replace(netloc=f"no_such_role@{parts.hostname or ''}"))
     with pytest.raises(StoreUnavailable, match="role"):
         await open_postgres(stranger, connect_timeout=5)
-    bogus = f"{postgres_server}{'&' if '?' in postgres_server else '?'}sslmode=bogus"
-    for malformed in ("postgresql://[::1/db", bogus):
+    joiner = "&" if "?" in postgres_server else "?"
+    for malformed in (
+        "postgresql://[::1/db",
+        f"{postgres_server}{joiner}sslmode=bogus",
+        f"{postgres_server}{joiner}no_such_setting=1",
+    ):
         with pytest.raises(InvalidConfig, match="PostgreSQL store"):  # the URL itself
             await open_postgres(malformed, connect_timeout=5)
 

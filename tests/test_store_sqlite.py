@@ -216,7 +216,7 @@ async def test_a_full_disk_is_store_unavailable_and_nothing_unstored_is_acknowle
         assert (await store.queue.event("after")) is not None
 
 
-@pytest.mark.parametrize("how", ["deleted", "replaced", "folder-removed"])
+@pytest.mark.parametrize("how", ["deleted", "replaced", "folder-removed", "wal-deleted"])
 async def test_a_state_file_taken_away_while_open_acknowledges_nothing_more(tmp_path: Path, how: str) -> None:
     # SQLite goes on writing into the unlinked file: every write acknowledged after would
     # be gone at the next start. The path must still name the file that was opened.
@@ -231,6 +231,8 @@ async def test_a_state_file_taken_away_while_open_acknowledges_nothing_more(tmp_
             path.unlink()
         elif how == "replaced":
             os.replace(other, path)
+        elif how == "wal-deleted":
+            Path(f"{path}-wal").unlink()
         else:
             shutil.rmtree(folder)
         with pytest.raises(StoreUnavailable, match="deleted or replaced while open") as caught:
@@ -238,6 +240,18 @@ async def test_a_state_file_taken_away_while_open_acknowledges_nothing_more(tmp_
         assert caught.value.path == str(path)
         with pytest.raises(StoreUnavailable, match="deleted or replaced"):
             await store.streams.create_stream("s", 1000, 86_400.0, T0)
+
+
+async def test_a_relative_state_path_still_names_its_file_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    async with await open_store(Path("fnrt.sqlite3")) as store:
+        await store.queue.enqueue("r-1", "f", b"{}", T0)
+        os.chdir(tmp_path / "elsewhere")  # a subinterpreter handler's os.chdir moves the process
+        await store.queue.enqueue("r-2", "f", b"{}", T0)
+        assert (await store.queue.counts()) == {"queued": 2}
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:

@@ -148,6 +148,10 @@ class Database:
         #: The file this handle has open ((st_dev, st_ino)); a writer checks that the path
         #: still names it, so nothing is acknowledged into a deleted or replaced file.
         self.identity: tuple[int, int] | None = None
+        self._wal_identity: tuple[int, int] | None = None
+        # Absolute: a relative state path must not come to name another file when the
+        # process changes its working directory.
+        self._absolute = os.path.abspath(path)
         self.busy_ms = 5000
         # After a write found the file locked by another process for the whole busy timeout,
         # the writes queued behind it wait briefly, not a busy timeout each in turn.
@@ -208,24 +212,46 @@ class Database:
         a short busy timeout while another process is known to hold the lock. True when
         the busy timeout must be put back after the write."""
         if self.identity is not None:
-            try:
-                info = os.stat(self.path)
-            except FileNotFoundError:
-                info = None
-            if info is None or (info.st_dev, info.st_ino) != self.identity:
-                raise OSError(errno.ESTALE, f"{self.path} is not the file that was opened")
+            self._check_files()
         if self._full:
             # The WAL grew into whatever space there was (it is checkpointed only every
             # 1,000 pages, 4 MB): checkpointed and truncated, it gives that space back, so
             # writes resume once the disk has a little room, and from now on it is kept
-            # under 400 KB, so it cannot take that room again.
+            # under 400 KB, so it cannot take that room again. Without waiting: a reader of
+            # another connection holding a snapshot makes TRUNCATE wait for it, so then
+            # only what it allows is checkpointed (PASSIVE), and the next write tries again.
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.execute(f"PRAGMA wal_autocheckpoint={TIGHT_WAL_PAGES}")
+                conn.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    if busy:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
         if self._locked_until > time.monotonic():
             conn.execute(f"PRAGMA busy_timeout={min(100, self.busy_ms)}")
             return True
         return False
+
+    def _check_files(self) -> None:
+        """The path still names the file this handle opened, and its write-ahead log too
+        (either one deleted or replaced: what is written goes to a file nobody will open)."""
+        try:
+            info = os.stat(self._absolute)
+        except FileNotFoundError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self.identity:
+            raise OSError(errno.ESTALE, f"{self.path} is not the file that was opened")
+        try:
+            wal = os.stat(self._absolute + "-wal")
+        except FileNotFoundError:
+            wal = None
+        seen = (wal.st_dev, wal.st_ino) if wal is not None else None
+        if self._wal_identity is None:
+            self._wal_identity = seen  # SQLite makes it at the first write
+        elif seen != self._wal_identity:
+            raise OSError(errno.ESTALE, f"{self.path}-wal is not the write-ahead log that was opened")
 
     def _failed(self, exc: BaseException) -> None:
         """What a failed write teaches about the store (a full disk, another process's lock)."""

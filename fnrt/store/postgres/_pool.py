@@ -47,6 +47,14 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # 40: after the retries below
 )
 RETRIES = 3
+# Opening errors that are the URL's: asyncpg's own, and the server's about its query options
+# (an unknown setting, one that cannot be set at connection time).
+_CONFIG_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.ClientConfigurationError,
+    ValueError,
+    OverflowError,
+)
+_CONFIG_STATES = {"42704", "55P02", "22023"}
 # What to do about the errors of opening a store that are the user's to fix (a server that
 # refuses the role, a database that is not there): every one is StoreUnavailable.
 _OPEN_HINTS = {
@@ -181,8 +189,8 @@ class Connections:
                     await asyncio.shield(pool.close())
             if isinstance(exc, FnrtError):
                 raise
-            if isinstance(exc, (asyncpg.exceptions.ClientConfigurationError, ValueError)):
-                # a URL that does not parse, an option asyncpg does not know
+            if isinstance(exc, _CONFIG_ERRORS) or getattr(exc, "sqlstate", None) in _CONFIG_STATES:
+                # a URL that does not parse, a port out of range, an option nobody knows
                 raise InvalidConfig(f"PostgreSQL store {name}: {type(exc).__name__}: {exc}") from exc
             if not isinstance(exc, (*UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError)):
                 raise

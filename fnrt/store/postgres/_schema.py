@@ -159,6 +159,7 @@ TABLES = (
     # When a live host last said this reservation is its function's (judged like leases):
     # one no host has repeated for a while (its hosts removed the function or are gone)
     # stops counting, so an old deployment's reservations do not hold the pool for ever.
+    # A row from before (NULL: a host of schema 2 still running) counts as it did then.
     "ALTER TABLE fnrt_slot_functions ADD COLUMN IF NOT EXISTS seen double precision",
     """CREATE TABLE IF NOT EXISTS fnrt_slot_leases (
         host text NOT NULL,
@@ -235,10 +236,11 @@ FUNCTIONS = (
             room := p_reserved - used;
         ELSE
             SELECT COALESCE(sum(l.count), 0) INTO used FROM fnrt_slot_leases l
-                LEFT JOIN fnrt_slot_functions f ON f.function = l.function AND f.seen > fresh
+                LEFT JOIN fnrt_slot_functions f ON f.function = l.function
+                    AND (f.seen IS NULL OR f.seen > fresh)
                 WHERE f.reserved IS NULL AND l.expires_judge > t;
-            room := p_limit - used
-                - (SELECT COALESCE(sum(reserved), 0) FROM fnrt_slot_functions WHERE seen > fresh);
+            room := p_limit - used - (SELECT COALESCE(sum(reserved), 0) FROM fnrt_slot_functions
+                WHERE seen IS NULL OR seen > fresh);
         END IF;
         -- Never past the global limit, whatever the reservations add up to (hosts that
         -- reserved at the same moment, each within the limit on its own).
@@ -269,7 +271,7 @@ FUNCTIONS = (
             SELECT u.f, u.r, t FROM unnest(p_functions, p_reserved) AS u (f, r)
             ON CONFLICT (function) DO UPDATE SET reserved = excluded.reserved, seen = t;
         RETURN QUERY SELECT f.function, f.reserved FROM fnrt_slot_functions f
-            WHERE f.reserved IS NOT NULL AND f.seen > t - GREATEST(60.0, 6 * p_ttl);
+            WHERE f.reserved IS NOT NULL AND (f.seen IS NULL OR f.seen > t - GREATEST(60.0, 6 * p_ttl));
     END $$""",
     # renew: under the same lock, so a lease an acquire judged expired (and gave away)
     # cannot be revived by its host's late renewal. Expired rows of every host are dropped.
