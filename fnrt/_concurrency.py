@@ -257,7 +257,8 @@ class ConcurrencyLimiter:
         """Give back whatever this host holds (nothing, on one host)."""
 
     def stats(self) -> dict[str, Any]:
-        unreserved = self.limit - self._reserved_total
+        # The shared pool is what no host's reservation takes (on a cluster, the others' too).
+        unreserved = self.limit - self._reserved_total - self._reserved_elsewhere(set())
         return {
             "limit": self.limit,
             "in_flight": self.in_flight(),

@@ -184,6 +184,7 @@ async def test_one_host_removing_a_function_leaves_another_hosts_reservation_of_
     await first.remove_function("hold")  # the row is the function's: the second still reserves it
     await limiter(first).publish(all_of_them=True)
     assert limiter(first).cluster_reserved == {"hold": 3}
+    assert first.stats()["concurrency"]["unreserved_pool"] == 7  # the other host's 3 set apart
     # A reservation written by a host of schema 2 (no time it was last said) still counts.
     old_host = "INSERT INTO fnrt_slot_functions (function, reserved) VALUES ('old', 4)"
     await store.slots.pg.durable.execute(old_host)
