@@ -298,9 +298,13 @@ class InvocationResult:
 async def _output_so_far(sandbox: Sandbox, request_id: str) -> str:
     """What an invocation printed before it ended without a reply (never raises)."""
     try:
-        return await sandbox.output_so_far(request_id)
-    except Exception:
+        return await asyncio.wait_for(sandbox.output_so_far(request_id), OUTPUT_WAIT)
+    except Exception:  # a file the handler made unreadable: the log says only how it ended
         return ""
+
+
+#: Seconds the host waits for what an invocation printed before it ended without a reply.
+OUTPUT_WAIT = 2.0
 
 
 def _ended_line(text: str) -> str:
@@ -370,9 +374,11 @@ class Invoker:
                     raise throttle
                 try:
                     env = await pool.cold_start(record.config.timeout)
-                except FunctionTimeout:  # the retried init phase used up the timeout
+                except FunctionTimeout as exc:  # the retried init phase used up the timeout
                     timeout = record.config.timeout
-                    timed_out = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
+                    timed_out = FunctionTimeout(
+                        "Sandbox.Timedout", timeout_message(request_id, timeout), log_tail=exc.log_tail
+                    )
                     self.metrics.incr("Timeouts", name)
                     return self._init_failed(name, request_id, timed_out, body)
                 except FunctionError as exc:

@@ -107,7 +107,7 @@ async def start_sandbox(
 async def _output_so_far(sandbox: Sandbox) -> str:
     """What the init phase printed before it ended without a reply (its last 4 KB)."""
     try:
-        return (await sandbox.output_so_far(INIT_OUTPUT))[-4096:]
+        return (await asyncio.wait_for(sandbox.output_so_far(INIT_OUTPUT), 2.0))[-4096:]
     except Exception:
         return ""
 
@@ -169,7 +169,9 @@ class FunctionPool:
                 except InitError as again:
                     if again.error_type == "Sandbox.Timedout":
                         raise FunctionTimeout(
-                            "Sandbox.Timedout", f"Task timed out after {invoke_timeout:.2f} seconds"
+                            "Sandbox.Timedout",
+                            f"Task timed out after {invoke_timeout:.2f} seconds",
+                            log_tail=again.log_tail,  # what the init printed before
                         ) from None
                     raise
                 used = self.clock.monotonic() - started

@@ -29,3 +29,18 @@ def threads(event, context):
         stop.set()
     time.sleep(0.2)
     return started
+
+
+def child_in_a_group_of_its_own(event, context):
+    """As root: make a control group below the sandbox's own, start a child in it; its pid."""
+    import os
+
+    from fnrt.sandbox import _cgroup
+
+    own = _cgroup._base(_cgroup._cgroup_mounts(), _cgroup._own_groups(), "memory")
+    below = os.path.join(own, "mine")
+    os.mkdir(below)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with open(os.path.join(below, "cgroup.procs"), "w") as f:
+        f.write(str(child.pid))
+    return child.pid

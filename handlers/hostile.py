@@ -187,3 +187,15 @@ def fan_out(event: Any, context: Any) -> int:
 
     with ThreadPoolExecutor(max_workers=event.get("threads", 32)) as pool:
         return sum(pool.map(lambda i: (time.sleep(0.05), i)[1], range(event.get("tasks", 64))))
+
+
+def trap_output_then_exit(event, context):
+    """Put a trap where the sandbox keeps its output for the host, print, and die."""
+    path = os.path.join(tempfile.gettempdir(), ".fnrt-invocation-output")
+    os.unlink(path)
+    if event["trap"] == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    print("after the trap", flush=True)
+    os._exit(3)

@@ -2,6 +2,7 @@
 
 import time
 
+print("loading the model", flush=True)
 time.sleep(30)  # far past any init timeout a test sets
 
 

@@ -108,6 +108,19 @@ def test_the_output_file_keeps_the_last_bytes_of_the_invocation_it_names(tmp_pat
     assert read_output(b"", "r-3") == ""
 
 
+@pytest.mark.parametrize("trap", ["fifo", "endless"])
+async def test_a_handler_that_booby_traps_its_output_file_only_loses_its_output(trap):
+    # The output file is in the sandbox's own TMPDIR: a FIFO there would make the host's
+    # read wait for ever, /dev/zero would never end. Neither may reach the host.
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("trap", "handlers.hostile:trap_output_then_exit")
+        await rt.add_function("fine", "handlers.echo:echo")
+        for _ in range(3):
+            with pytest.raises(fnrt.FunctionError, match="exit status 3"):
+                await asyncio.wait_for(rt.invoke("trap", {"trap": trap}), 30)
+        assert (await rt.invoke("fine", {"a": 1}))["event"] == {"a": 1}
+
+
 async def test_what_an_init_printed_before_its_sandbox_died_is_in_the_error(tmp_path, monkeypatch):
     (tmp_path / "dies_in_init.py").write_text("import os\nprint('configuring', flush=True)\nos._exit(7)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -333,6 +346,7 @@ async def test_init_timeout_is_retried_within_the_function_timeout_then_times_ou
             await call
         assert info.value.error_type == "Sandbox.Timedout"
         assert info.value.error_message.endswith("Task timed out after 3.00 seconds")
+        assert "loading the model" in info.value.log_tail  # what the init printed before
         assert rt.stats()["functions"]["slow"]["starting"] == 0
 
 

@@ -137,6 +137,25 @@ async def test_an_environments_control_groups_go_with_it():
     assert not any(os.path.exists(d) for d in dirs)  # removed with the template
 
 
+async def test_a_group_a_handler_makes_below_its_own_goes_with_the_sandbox():
+    from fnrt.sandbox import _cgroup
+
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", f"{MODULE}:environment")
+        await rt.invoke("env", {})
+        if not _control_groups(rt) or os.geteuid() != 0:
+            pytest.skip("needs control groups and a handler running as root")
+        await rt.add_function("escape", "handlers.environment_limits:child_in_a_group_of_its_own")
+        child = await rt.invoke("escape", {})
+        template = rt._factories["subprocess"]._template.pid
+        base = _cgroup._base(_cgroup._cgroup_mounts(), _cgroup._own_groups(), "memory")
+        assert base is not None
+        ours = os.path.join(base, f"fnrt-{template}")
+        assert any(os.path.isdir(os.path.join(ours, d, "mine")) for d in os.listdir(ours))
+    await wait_until(lambda: not alive(child), "the child in the handler's own group to die")
+    await wait_until(lambda: not os.path.exists(ours), "the template's groups to go, the handler's too")
+
+
 async def test_provisioned_environments_say_so():
     async with fnrt.Runtime() as rt:
         await rt.add_function("env", f"{MODULE}:environment", provisioned_concurrency=1)

@@ -77,14 +77,30 @@ def enter(groups: list[str]) -> None:
             _write(path, "cgroup.procs", str(os.getpid()))
 
 
+def _tree(path: str) -> list[str]:
+    """``path`` and the groups below it (a handler running as root can make some), deepest
+    first: the order they can be removed in."""
+    below: list[str] = []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return [path]
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            below += _tree(entry.path)
+    return [*below, path]
+
+
 def members(groups: list[str]) -> list[int]:
+    """Every process in the sandbox's groups and the groups below them."""
     found: set[int] = set()
-    for path in groups:
-        try:
-            with open(os.path.join(path, "cgroup.procs")) as f:
-                found.update(int(line) for line in f if line.strip())
-        except (OSError, ValueError):
-            continue
+    for group in groups:
+        for path in _tree(group):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    found.update(int(line) for line in f if line.strip())
+            except (OSError, ValueError):
+                continue
     return sorted(found)
 
 
@@ -96,15 +112,17 @@ def kill(groups: list[str]) -> None:
 
 
 def remove(groups: list[str]) -> bool:
-    """Remove the groups; False while a process is still in one (try again later)."""
+    """Remove the groups, with the groups below them; False while a process is still in
+    one (try again later)."""
     done = True
-    for path in reversed(groups):
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            done = False
+    for group in reversed(groups):
+        for path in _tree(group):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                done = False
     return done
 
 
@@ -165,18 +183,17 @@ def _clear_stale(base: str) -> None:
         except OSError:
             continue
         stale = os.path.join(base, entry)
-        try:
-            sandboxes = [os.path.join(stale, e) for e in os.listdir(stale) if e.startswith("sandbox-")]
-        except OSError:
-            continue
-        kill(sandboxes)
-        remove([stale, *sandboxes])
+        kill([stale])
+        remove([stale])
 
 
 def _make_parents(parents: dict[str, str]) -> bool:
     made: list[str] = []
     for path in parents.values():
         _clear_stale(os.path.dirname(path))
+        if os.path.isdir(path):  # a dead template's, whose pid this process has now
+            kill([path])
+            remove([path])
         try:
             os.mkdir(path)
         except FileExistsError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 
 __all__ = ["FILE_NAME", "INIT_OUTPUT", "OutputMirror", "read_file", "read_output"]
@@ -25,6 +26,8 @@ INIT_OUTPUT = "init"  # the id the init phase's output is written under
 _HEADER = 64
 _ID = slice(8, 56)
 _TOTAL = struct.Struct("<Q")
+#: The most the host reads of the file: the header and the largest ring a sandbox makes.
+READ_LIMIT = _HEADER + (1 << 20)
 
 
 class OutputMirror:
@@ -33,6 +36,7 @@ class OutputMirror:
     __slots__ = ("capacity", "map", "request_id", "total")
 
     def __init__(self, path: str, capacity: int) -> None:
+        capacity = min(capacity, READ_LIMIT - _HEADER)  # what the host reads
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, _HEADER + capacity)
@@ -68,13 +72,22 @@ class OutputMirror:
         _TOTAL.pack_into(self.map, 0, self.total)
 
 
-def read_file(path: str) -> bytes:
-    """The file as it is (blocking: run it in a thread); ``b""`` when it is not there."""
+def read_file(path: str, limit: int = READ_LIMIT) -> bytes:
+    """The file's first ``limit`` bytes (run it in a thread); ``b""`` when it is not there or
+    not a regular file. The sandbox owns the directory: the name may be a FIFO (an open that
+    would wait for ever), a symlink to ``/dev/zero`` or a file grown to gigabytes."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.read(fd, limit)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def read_output(raw: bytes, request_id: str) -> str:
@@ -83,7 +96,7 @@ def read_output(raw: bytes, request_id: str) -> str:
     if len(raw) <= _HEADER or raw[_ID].rstrip(b"\0") != request_id.encode("ascii", "replace")[:48]:
         return ""
     (total,) = _TOTAL.unpack_from(raw, 0)
-    ring = raw[_HEADER:]
+    ring = raw[_HEADER:]  # the ring the sandbox made (the file may have been grown since)
     cap = len(ring)
     if total <= cap:
         data = ring[:total]
