@@ -30,12 +30,14 @@ def _socket_fd() -> int:
 
 def environment(event: Any, context: Any) -> dict[str, Any]:
     tmp = tempfile.gettempdir()
+    at_start = sorted(os.listdir(tmp))
     probe = os.path.join(tmp, "probe")
     with open(probe, "w") as f:
         f.write("x")
     return {
         "environ": dict(os.environ),
         "tempdir": tmp,
+        "tmp_at_start": at_start,
         "tmp_writable": os.path.exists(probe),
         "utc_offset": time.strftime("%z", time.localtime()),
         "uid": os.getuid(),
@@ -191,7 +193,7 @@ def fan_out(event: Any, context: Any) -> int:
 
 def trap_output_then_exit(event, context):
     """Put a trap where the sandbox keeps its output for the host, print, and die."""
-    path = os.path.join(tempfile.gettempdir(), ".fnrt-invocation-output")
+    path = tempfile.gettempdir() + ".output"  # beside its TMPDIR
     os.unlink(path)
     if event["trap"] == "fifo":
         os.mkfifo(path)

@@ -168,6 +168,7 @@ async def test_each_sandbox_has_a_private_tmpdir_removed_with_it():
         await rt.add_function("env", f"{MODULE}:environment", reserved_concurrency=2)
         a, b = await asyncio.gather(rt.invoke("env", {}), rt.invoke("env", {}))
         assert a["tempdir"] == a["environ"]["TMPDIR"] and a["tmp_writable"]
+        assert a["tmp_at_start"] == b["tmp_at_start"] == []  # empty at first, as Lambda's /tmp
         assert a["pid"] != b["pid"] and a["tempdir"] != b["tempdir"]
         assert os.path.isdir(a["tempdir"])
     assert not os.path.exists(a["tempdir"]) and not os.path.exists(b["tempdir"])

@@ -3,8 +3,8 @@
 A sandbox sends its invocation's output with the reply. A handler that times out, or a
 sandbox that dies (``os._exit``, a segfault, the kernel's out-of-memory kill) sends no
 reply, and Lambda still shows what it printed before. So a subprocess sandbox also writes
-its output, as it is written, into a small file of its private ``TMPDIR`` that it maps into
-memory: a copy into a ring of the last ``capacity`` bytes, no system call per write. The
+its output, as it is written, into a small file beside its private ``TMPDIR`` that it maps
+into memory: a copy into a ring of the last ``capacity`` bytes, no system call per write. The
 host reads the file when an invocation ends without a reply, before the directory goes.
 
 Layout: ``total`` (u64, bytes written this invocation), the request id (48 bytes, NUL
@@ -19,9 +19,11 @@ import os
 import stat
 import struct
 
-__all__ = ["FILE_NAME", "INIT_OUTPUT", "OutputMirror", "read_file", "read_output"]
+__all__ = ["INIT_OUTPUT", "SUFFIX", "OutputMirror", "read_file", "read_output"]
 
-FILE_NAME = ".fnrt-invocation-output"
+#: The file is its TMPDIR's path with this added: beside the directory, not in it (a
+#: sandbox's /tmp starts empty, as Lambda's does, and a handler that cleans it keeps it).
+SUFFIX = ".output"
 INIT_OUTPUT = "init"  # the id the init phase's output is written under
 _HEADER = 64
 _ID = slice(8, 56)

@@ -20,6 +20,7 @@ killed and replaced, and the caller gets :class:`~fnrt.errors.ServiceError` sayi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -34,7 +35,7 @@ from typing import Any
 from .._clock import Clock, Deadlines
 from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
-from ._mirror import FILE_NAME as MIRROR_FILE
+from ._mirror import SUFFIX as OUTPUT_SUFFIX
 from ._mirror import read_file, read_output
 from ._protocol import Resources, import_path, request_deadlines, sandbox_environment
 
@@ -307,7 +308,7 @@ class SubprocessSandbox(ChannelSandbox):
             return ""
         # A sandbox that died has had its TMPDIR removed: the file was read first.
         kept = self._outputs.pop(self.tmp, None) if self._outputs is not None else None
-        raw = await kept if kept is not None else await asyncio.to_thread(read_file, self.tmp + MIRROR_PATH)
+        raw = await kept if kept is not None else await asyncio.to_thread(read_file, self.tmp + OUTPUT_SUFFIX)
         return read_output(raw, request_id)
 
     @property
@@ -330,17 +331,17 @@ def _resolve_user(user: str | int) -> tuple[int, int]:
 
 
 def _remove_tree(path: str) -> None:
+    """A sandbox's TMPDIR, and its output file beside it."""
     shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(path + OUTPUT_SUFFIX)
 
 
 def _keep_output_and_remove(path: str) -> bytes:
     """Remove a dead sandbox's TMPDIR, first reading its output file (see ``_mirror``)."""
-    raw = read_file(path + MIRROR_PATH)
+    raw = read_file(path + OUTPUT_SUFFIX)
     _remove_tree(path)
     return raw
-
-
-MIRROR_PATH = os.sep + MIRROR_FILE
 _OUTPUTS_KEPT = 64
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 # Pre-import what every sandbox needs, so a fork starts with it loaded.
 import asyncio  # noqa: F401
 import collections
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -130,7 +131,7 @@ def _prepare_child(setup: dict[str, Any]) -> _worker.Worker:
     if tmp:
         os.environ["TMPDIR"] = tmp
         tempfile.tempdir = tmp
-        _worker.install_mirror(os.path.join(tmp, _mirror.FILE_NAME), log_bytes)
+        _worker.install_mirror(tmp + _mirror.SUFFIX, log_bytes)
     if env is not None and hasattr(time, "tzset"):
         time.tzset()
     worker = _worker.Worker(process_wide=True, log_capture_bytes=log_bytes)
@@ -334,6 +335,8 @@ def main(ctrl_fd: int) -> None:
         _cgroup.remove(list(cgroups.parents.values()))
     for tmp in [*tmp_dirs.values(), *reaped_dirs]:  # removing one twice does no harm
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp + _mirror.SUFFIX)  # its output file, beside it
     os._exit(0)
 
 
