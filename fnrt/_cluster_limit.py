@@ -111,7 +111,7 @@ class SlotService(Protocol):
     async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]: ...
 
     async def reserve(
-        self, reservations: dict[str, int | None], ttl: float, *, now: float | None = None
+        self, reservations: dict[str, int], ttl: float, *, now: float | None = None
     ) -> dict[str, int]: ...
 
 
@@ -242,8 +242,9 @@ class ClusterLimiter(ConcurrencyLimiter):
         self._requests: set[asyncio.Future[bool]] = set()
         self._closed = False
         self.round_trips = 0
-        # Reservations: this host's changes not yet published (name -> reserved or None),
-        # and every host's, as the cluster last said (what a new reservation must fit beside).
+        # Reservations: this host's not yet published (a reservation taken away is never
+        # published, see set_reserved), and every host's as the cluster last said them
+        # (what a new reservation must fit beside).
         self._unpublished: dict[str, int] = {}
         self.cluster_reserved: dict[str, int] = {}
 
@@ -287,7 +288,7 @@ class ClusterLimiter(ConcurrencyLimiter):
         to say they are still this host's), and learn everyone's. Changes go before this
         host's next lease request and from the background loop, so a reservation counts on
         every host before its function is first called; all of them at each renewal."""
-        changes: dict[str, int | None] = dict(self._unpublished)
+        changes = dict(self._unpublished)
         if all_of_them:
             for name, counter in self._counters.items():
                 if counter.reserved is not None:

@@ -38,7 +38,7 @@ from ._lambda import (
     response_too_large,
     timeout_message,
 )
-from ._pool import Environment
+from ._pool import Environment, output_so_far
 from ._registry import FunctionEntry
 from .errors import (
     FnrtError,
@@ -50,7 +50,7 @@ from .errors import (
     ServiceError,
     TooManyRequests,
 )
-from .sandbox import InvokeReply, InvokeRequest, Sandbox, SandboxDied, SandboxTimeout
+from .sandbox import InvokeReply, InvokeRequest, SandboxDied, SandboxTimeout
 
 __all__ = [
     "InvocationResult",
@@ -295,18 +295,6 @@ class InvocationResult:
 # -- the invoker ----------------------------------------------------------------------
 
 
-async def _output_so_far(sandbox: Sandbox, request_id: str) -> str:
-    """What an invocation printed before it ended without a reply (never raises)."""
-    try:
-        return await asyncio.wait_for(sandbox.output_so_far(request_id), OUTPUT_WAIT)
-    except Exception:  # a file the handler made unreadable: the log says only how it ended
-        return ""
-
-
-#: Seconds the host waits for what an invocation printed before it ended without a reply.
-OUTPUT_WAIT = 2.0
-
-
 def _ended_line(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
 
@@ -415,7 +403,7 @@ class Invoker:
                 # What it printed, Lambda's own line, and the peak memory last known of.
                 at = iso_timestamp(clock.time())
                 line = f"{at} {request_id} Task timed out after {timeout:.2f} seconds\n"
-                log = _ended_line(await _output_so_far(sandbox, request_id)) + line
+                log = _ended_line(await output_so_far(sandbox, request_id)) + line
                 reply = InvokeReply(request_id, False, timeout * 1000, max_memory_mb=env.peak_mb, log=log)
                 error = FunctionTimeout("Sandbox.Timedout", timeout_message(request_id, timeout))
             except SandboxDied as exc:
@@ -423,7 +411,7 @@ class Invoker:
                 if self.closing:
                     raise RuntimeClosed("the runtime closed during the invocation") from None
                 message = f"RequestId: {request_id} Error: {exc.message}"
-                printed = _ended_line(await _output_so_far(sandbox, request_id))
+                printed = _ended_line(await output_so_far(sandbox, request_id))
                 reply = InvokeReply(
                     request_id,
                     False,

@@ -88,12 +88,12 @@ async def start_sandbox(
     try:
         reply = await sandbox.init(InitRequest(module, binding), timeout=init_timeout)
     except SandboxTimeout:
-        printed = await _output_so_far(sandbox)
+        printed = (await output_so_far(sandbox, INIT_OUTPUT))[-4096:]
         raise InitError(
             "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
         ) from None
     except SandboxDied as exc:
-        printed = await _output_so_far(sandbox)
+        printed = (await output_so_far(sandbox, INIT_OUTPUT))[-4096:]
         raise InitError(exc.error_type, f"Init failed: {exc.message}", log_tail=printed) from None
     except BaseException:
         sandbox.kill()
@@ -104,10 +104,15 @@ async def start_sandbox(
     return sandbox, reply
 
 
-async def _output_so_far(sandbox: Sandbox) -> str:
-    """What the init phase printed before it ended without a reply (its last 4 KB)."""
+#: Seconds the host waits for what a sandbox printed before it ended without a reply.
+OUTPUT_WAIT = 2.0
+
+
+async def output_so_far(sandbox: Sandbox, request_id: str) -> str:
+    """What an invocation (or the init phase, :data:`INIT_OUTPUT`) printed before it ended
+    without a reply; never raises (a file the handler made unreadable: ``""``)."""
     try:
-        return (await asyncio.wait_for(sandbox.output_so_far(INIT_OUTPUT), 2.0))[-4096:]
+        return await asyncio.wait_for(sandbox.output_so_far(request_id), OUTPUT_WAIT)
     except Exception:
         return ""
 

@@ -212,10 +212,7 @@ def _write(path: str, name: str, value: str, *, optional: bool = False) -> None:
     try:
         with open(os.path.join(path, name), "w") as f:
             f.write(value)
-    except FileNotFoundError:
-        if not optional:
-            raise
-    except OSError:
+    except OSError:  # optional: a file this kernel does not have (memsw, swap.max)
         if not optional:
             raise
 

@@ -101,7 +101,7 @@ def store_error(exc: BaseException, path: Path | str) -> StoreUnavailable:
         # The extended code says more than the primary one: a -shm file that cannot grow
         # is SQLITE_IOERR_SHMSIZE ("disk I/O error"), and it means the disk is full.
         what = "disk full" if name == "SQLITE_IOERR_SHMSIZE" else _STORE_WIDE[code & 0xFF]
-        detail = f"{exc}; {name}" if name and name != f"SQLITE_{str(exc).upper()}" else str(exc)
+        detail = f"{exc}; {name}" if name else str(exc)
         what = f"{what} ({detail})"
     elif isinstance(exc, OSError):
         what = f"{_OS_ERRORS.get(exc.errno or 0, 'not accessible')} ({exc})"

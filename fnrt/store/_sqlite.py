@@ -69,7 +69,8 @@ def _inspect(path: Path) -> bool:
     """``True`` when ``path`` exists and looks like an SQLite file, ``False`` when it does
     not exist; raises for anything else. Runs in a thread (it reads the disk)."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode) and not path.is_dir():
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             # A FIFO, a device, a socket: opening one can block forever (a FIFO's open waits
             # for a writer), and none of them can hold a store.
             raise _refuse(path, "is not a regular file (a FIFO, a device or a socket), not a state file")

@@ -166,12 +166,12 @@ class PgSlots:
     @_closed_is_unavailable
     @guarded
     async def reserve(
-        self, reservations: dict[str, int | None], ttl: float, *, now: float | None = None
+        self, reservations: dict[str, int], ttl: float, *, now: float | None = None
     ) -> dict[str, int]:
-        """Record these functions' reserved concurrency as ``host``'s now (``None``: none,
-        back to the shared pool), so every host's acquires carve them out before the
-        function is first called; a reservation no host has repeated for ``max(60, 6 *
-        ttl)`` seconds stops counting. Returns every reservation that counts."""
+        """Record these functions' reserved concurrency as said by a live host now, so every
+        host's acquires carve them out before the function is first called; a reservation no
+        host has repeated for ``max(60, 6 * ttl)`` seconds stops counting. Returns every
+        reservation that counts."""
         names = list(reservations)
         rows = await self.pg.durable.fetch(
             "SELECT reserved_by, reservation FROM fnrt_slot_reserve($1::text[], $2::integer[], $3, $4)",
