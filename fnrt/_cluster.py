@@ -51,8 +51,10 @@ class ClusterMember:
             await add(self._on_wake)
 
     def _on_wake(self, kind: str, name: str) -> None:
-        if kind == "*" or (kind == "event" and name in self._registry):  # ours to run
+        if kind == "*":
             self._async.wake()
+        elif kind == "event" and name in self._registry:  # ours to run
+            self._async.wake(name)
         if kind == "stream":
             self._streams.wake(name)
         elif kind == "*":

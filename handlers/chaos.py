@@ -111,3 +111,13 @@ def print_then_fail(event, context):
     if how == "exit":
         os._exit(3)
     ctypes.string_at(0)
+
+
+@fnrt.handler
+def gate(event, context):
+    """Fail when the event says so; else hold until the file it names exists."""
+    if event.get("fail"):
+        raise RuntimeError("asked to fail")
+    while not os.path.exists(event["release"]):
+        time.sleep(0.002)
+    return "released"

@@ -7,6 +7,7 @@ handlers run in real subprocess sandboxes.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 
 import pytest
@@ -408,3 +409,114 @@ async def test_closing_as_events_are_taken_gives_their_leases_back(tmp_path):
     finally:
         await store.close()
     assert all(state in ("queued", "done") for state in states), states  # never left leased
+
+
+# -- handoffs: a new event straight to an attempt, when its function has room and no backlog
+
+
+async def warm_handoffs(rt: fnrt.Runtime, name: str, payload: dict) -> None:
+    """One event through the queue: the poller's take after it finds the queue drained,
+    and from then on new events of ``name`` are handed straight to attempts."""
+    await rt.invoke(name, payload, "Event")
+    await rt.wait_idle()
+    assert name in rt._async._clear  # the path these tests are about
+
+
+async def test_a_handed_off_event_whose_caller_was_cancelled_still_runs(tmp_path):
+    # The event is stored leased to this host: if its attempt depended on the caller,
+    # a cancelled caller would leave it leased until the lease expired (timeout + 30 s;
+    # never, on this fake clock).
+    clock = fnrt.FakeClock()
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        # Another process's write lock holds the handoff's commit while its caller goes.
+        blocker = sqlite3.connect((await rt._state.store()).location, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            caller = asyncio.ensure_future(rt.invoke("gate", {"release": str(opened), "n": 2}, "Event"))
+            await wait_until(lambda: rt._async._handing == 1, "the handoff's commit under way")
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_until(lambda: rt._async.idle, "the attempt")
+        assert await rt.async_queue_counts("gate") == {"done": 2}
+
+
+async def test_closing_while_handed_off_events_commit_and_run_gives_their_leases_back(tmp_path):
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        running = await rt.invoke("gate", {"release": str(release)}, "Event")  # holds its sandbox
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 1, "the attempt")
+        held = {"release": str(release)}
+        committing = [asyncio.ensure_future(rt.invoke("gate", {**held, "n": n}, "Event")) for n in range(4)]
+        await asyncio.sleep(0)  # into their commit (or past it: either way, nothing stays leased)
+    stored = [task.result() for task in committing if not task.cancelled() and task.exception() is None]
+    release.touch()
+    store = await open_store(tmp_path)
+    try:
+        states = {rid: (await store.queue.event(rid) or {}).get("state") for rid in [running, *stored]}
+        counts = await store.queue.counts("gate")
+    finally:
+        await store.close()
+    assert all(state == "queued" for state in states.values()), states
+    assert "leased" not in counts, counts  # none left leased, told stored or not
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        for rid in states:
+            await event_state(rt, rid, "done")
+
+
+async def test_a_retry_that_falls_due_while_handoffs_feed_its_function_runs(tmp_path):
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        rt.configure_async("gate", retry_delays=[5], max_retry_attempts=1)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        holding = await rt.invoke("gate", {"release": str(release)}, "Event")  # keeps the function busy
+        failing = await rt.invoke("gate", {"fail": True}, "Event")
+        event = await event_state(rt, failing, "queued")
+        assert event["attempts"] == 1
+        for _ in range(3):  # the retry falls due; new events keep being handed off meanwhile
+            await rt.invoke("gate", {"release": str(opened)}, "Event")
+            await clock.advance(2)
+        event = await event_state(rt, failing, "failed")
+        assert event["invokes"] == 2 and event["condition"] == "RetriesExhausted"
+        assert (await rt.async_event(holding))["state"] == "leased"
+        release.touch()
+        await event_state(rt, holding, "done")
+        await rt.wait_idle()
+        assert await rt.async_queue_counts("gate") == {"done": 5, "failed": 1}
+
+
+async def test_events_that_found_no_room_are_not_overtaken_by_handoffs(tmp_path):
+    # Reserved concurrency 2: the third and later events of a burst wait in the queue.
+    # While they wait, new events go to the queue too (no handoff jumps ahead of them),
+    # and once the queue is drained handoffs resume.
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        burst = [await rt.invoke("gate", {"release": str(release), "n": n}, "Event") for n in range(6)]
+        assert "gate" not in rt._async._clear
+        late = await rt.invoke("gate", {"release": str(opened)}, "Event")
+        assert (await rt.async_event(late))["state"] == "queued"  # behind the burst
+        release.touch()
+        await rt.wait_idle()
+        events = {rid: await rt.async_event(rid) for rid in [*burst, late]}
+        assert all(e["state"] == "done" for e in events.values()), events
+        assert "gate" in rt._async._clear

@@ -19,6 +19,7 @@ import pytest
 from fnrt.errors import InvalidConfig, StoreUnavailable, StreamNotFound
 from fnrt.store import Outcome, QueuedEvent, QueueStore, Store, StreamStore
 from fnrt.store._types import MAX_HASH_KEY, hash_key
+from fnrt.testing import wait_until
 
 from .store_backends import BACKENDS, Stores, location, server_for
 
@@ -261,6 +262,63 @@ async def test_fenced_and_current_settles_in_one_group_commit(queue: QueueStore)
     assert None not in [await queue.event(f"d-{i}") for i in ids]
     assert len(await queue.events("g")) == 4
     assert await queue.counts("f") == {"done": 4}
+
+
+async def test_an_event_handed_off_is_stored_leased_and_fenced_like_a_taken_one(queue: QueueStore) -> None:
+    started: list[QueuedEvent | None] = []
+    payloads = [json.dumps({"n": n}).encode() for n in range(5)]
+    handoffs = [
+        queue.enqueue_leased(f"h-{n}", "f", p, T0, "host-a", T0 + 10, started.append)
+        for n, p in enumerate(payloads)
+    ]
+    await asyncio.gather(*handoffs)
+    # Called once each with the stored event, before its caller resumed.
+    assert len(started) == 5 and None not in started
+    handed = {e.request_id: e for e in started if e is not None}
+    assert sorted(handed) == [f"h-{n}" for n in range(5)]
+    assert len({e.id for e in handed.values()}) == 5
+    first = handed["h-0"]
+    assert json.loads(first.payload) == {"n": 0} and first.enqueued_at == T0
+    assert (first.attempts, first.invokes, first.system_retries) == (0, 0, 0)
+    info = await queue.event("h-0")
+    assert info is not None and info["state"] == "leased" and info["leases"] == first.lease == 1
+    assert await queue.take("f", T0 + 9, 10, "host-b", T0 + 9 + LEASE) == []  # held
+    assert await queue.next_due(["f"]) == T0 + 10
+
+    # Its holder settles it with the handed event, as with a taken one.
+    await queue.settle(first, done(first), T0 + 1)
+    assert (await queue.event("h-0"))["state"] == "done"  # type: ignore[index]
+
+    # Its holder died: the lease expires and another host takes it over; the old holder
+    # is fenced.
+    stale = handed["h-1"]
+    over = await queue.take("f", T0 + 10, 10, "host-b", T0 + 10 + LEASE)
+    assert sorted(e.request_id for e in over) == ["h-1", "h-2", "h-3", "h-4"]
+    assert all(e.lease == 2 for e in over)
+    await queue.settle(stale, done(stale, sink_records=[("s", json.dumps("stale"))]), T0 + 11)
+    assert (await queue.event("h-1"))["state"] == "leased"  # type: ignore[index]
+    assert await queue.sink_records("s") == []
+
+
+async def test_a_handoff_into_a_closed_store_raises_at_once_and_calls_nothing(store_factory: Stores) -> None:
+    store = await store_factory.open()
+    await store.close()
+    started: list[QueuedEvent | None] = []
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.queue.enqueue_leased("x", "f", b"{}", T0, "a", T0 + 10, started.append)
+    assert started == []
+
+
+async def test_a_handoff_whose_caller_stopped_waiting_is_still_stored_and_started(queue: QueueStore) -> None:
+    started: list[QueuedEvent | None] = []
+    waiter = asyncio.ensure_future(queue.enqueue_leased("gone", "f", b"{}", T0, "a", T0 + 10, started.append))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await wait_until(lambda: started, "the commit ends on its own, caller or no caller")
+    assert [e.request_id for e in started if e is not None] == ["gone"]
+    assert (await queue.event("gone"))["state"] == "leased"  # type: ignore[index]
 
 
 async def test_two_stores_taking_at_once_never_lease_an_event_twice(store_factory: Stores) -> None:

@@ -4,7 +4,18 @@ One poller loop per runtime. Each turn it leases the due events of every registe
 function (at most ``per_function`` in flight per function, ``max_in_flight`` in all, so
 task creation is bounded), runs each through the invoker (the same path and concurrency
 limits as sync calls), writes the outcome back to its row, and sleeps on the clock until
-the next event is due or an enqueue wakes it. The poller is a supervised loop: a store
+the next event is due or an enqueue wakes it.
+
+A new event whose function has room, and whose queue had nothing more due at the poller's
+last take, skips the queue's round trip: it is stored already leased to this poller, and
+its attempt starts in the loop turn its commit ends (a *handoff*: no take, no poller
+turn). Otherwise it is stored queued and the poller takes it. While handoffs feed a
+function, the poller takes for it only once per ``idle_poll`` (retries that fell due,
+leases of a dead host); anything put in its queue (an event that found no room, a retry,
+a destination's event, another host's enqueue) ends the handoffs until a take finds the
+queue drained again, so a backlog is never overtaken for long.
+
+The poller is a supervised loop: a store
 failure is logged and retried with backoff, and draining resumes when the store is back.
 
 What an attempt's result means, as Lambda does it:
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import uuid
@@ -112,6 +124,19 @@ class AsyncSource:
         # at aclose(), with those still in flight, so the next start runs them at once.
         self._interrupted: list[QueuedEvent] = []
         self._taking: asyncio.Future[list[QueuedEvent]] | None = None  # a take under way
+        # Handoffs (the module's docstring): functions whose last take found nothing more
+        # due; events put in each function's queue for the poller (a take that saw the
+        # count move may have missed one); when the poller last took for each; handoffs
+        # whose commit is under way (they hold their room already).
+        self._clear: set[str] = set()
+        self._queued: Counter[str] = Counter()
+        self._swept: dict[str, float] = {}
+        self._handing = 0
+        self._closing = False
+        self._handed_all: asyncio.Future[None] | None = None  # aclose() waits for handoffs
+        # The last turn left due events for want of room (a function's or max_in_flight):
+        # every attempt's end wakes the poller, not only those of functions with a backlog.
+        self._starved = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
@@ -136,11 +161,54 @@ class AsyncSource:
     # -- what callers do --------------------------------------------------------------
 
     async def enqueue(self, entry: FunctionEntry, body: bytes, request_id: str) -> None:
-        """Store one Event durably; returns once it is committed."""
+        """Store one Event durably; returns once it is committed. With room and no
+        backlog, it is handed straight to an attempt (the module's docstring)."""
         queue = self._queue or await self.queue()
-        await queue.enqueue(request_id, entry.name, body, self.clock.time())
-        self.metrics.incr("AsyncEventsReceived", entry.name)
-        self._wake.set()
+        name = entry.name
+        now = self.clock.time()
+        if name in self._clear and not self._closing and self._room(entry) > 0:
+            self._busy[name] += 1
+            self._handing += 1
+            lease_until = now + entry.record.config.timeout + self.lease_margin
+            try:
+                handed = functools.partial(self._handed, name)
+                stored = queue.enqueue_leased(request_id, name, body, now, self.owner, lease_until, handed)
+            except BaseException:  # raised at once: nothing stored, nothing will be called
+                self._handed(name, None)
+                raise
+            await stored
+        else:
+            self._put_in_queue(name)
+            await queue.enqueue(request_id, name, body, now)
+            self._put_in_queue(name)  # again: a take that ran meanwhile may have missed it
+            self._wake.set()
+        self.metrics.incr("AsyncEventsReceived", name)
+
+    def _put_in_queue(self, name: str) -> None:
+        """An event of ``name`` is (being) put in its queue for the poller to take: no
+        handoff overtakes it, and the next take of ``name`` must not call it drained."""
+        self._clear.discard(name)
+        self._queued[name] += 1
+
+    def _handed(self, name: str, event: QueuedEvent | None) -> None:
+        """A handoff's commit ended (called by the store, once): start the attempt of the
+        event stored (it holds its room already), or give the room back."""
+        self._handing -= 1
+        started = False
+        if event is not None and not self._closing:
+            try:
+                task = self.supervisor.start(self._attempt(event))
+            except RuntimeClosed:
+                pass
+            else:
+                self._in_flight[task] = event
+                started = True
+        if not started:
+            self._busy[name] -= 1
+            if event is not None:  # stored while closing: its lease goes back at aclose()
+                self._interrupted.append(event)
+        if not self._handing and self._handed_all is not None and not self._handed_all.done():
+            self._handed_all.set_result(None)
 
     def configure(self, name: str, config: AsyncConfig) -> AsyncConfig:
         """Lambda's event-invoke config for ``name``; applies to queued events too."""
@@ -169,7 +237,9 @@ class AsyncSource:
             self.metrics.incr("DestinationDeliveryFailures", source)
             self._log.warning("destination delivery failed", destination=destination, error=problem)
             return
+        self._put_in_queue(target)
         await queue.enqueue(str(uuid.uuid4()), target, body, now)
+        self._put_in_queue(target)
         self.metrics.incr("AsyncEventsReceived", target)
         self._wake.set()
 
@@ -188,7 +258,13 @@ class AsyncSource:
         if self._poller is None:
             self._poller = self.supervisor.loop("async-poller", self._poll_once, wake=self._wake)
 
-    def wake(self) -> None:
+    def wake(self, function: str | None = None) -> None:
+        """Something was put in ``function``'s queue (every function's: ``None``) by
+        another writer (a host sharing the store): take it."""
+        if function is None:
+            self._clear.clear()
+        else:
+            self._put_in_queue(function)
         self._wake.set()
 
     @property
@@ -197,11 +273,12 @@ class AsyncSource:
         event has been handled). True too when the queue was never opened."""
         if self._poller is None:
             return True
-        return self._parked and not self._wake.is_set() and not self._in_flight
+        return self._parked and not self._wake.is_set() and not self._in_flight and not self._handing
 
     async def aclose(self) -> None:
         """Stop polling; interrupt attempts in flight and give their leases back, so the
         next start runs them at once (at least once: they may have run partly)."""
+        self._closing = True  # no more handoffs; those committing now come back unstarted
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -210,6 +287,9 @@ class AsyncSource:
         if taking is not None:  # the poller was cancelled while this take committed
             with contextlib.suppress(Exception):
                 taken = await taking
+        if self._handing:
+            self._handed_all = asyncio.get_running_loop().create_future()
+            await self._handed_all
         held = dict(self._in_flight)
         for task in held:
             task.cancel()
@@ -231,9 +311,19 @@ class AsyncSource:
         self._wake.clear()
         self._loop = asyncio.get_running_loop()
         now = self.clock.time()
+        self._starved = False
         for entry in self.registry:
+            name = entry.name
+            busy = self._busy[name]
+            if busy and name in self._clear and now - self._swept.get(name, -self.idle_poll) < self.idle_poll:
+                # Handoffs feed it and its queue was drained at the last take: a take at each
+                # attempt's end would find nothing. Retries and dead hosts' leases that fell
+                # due meanwhile are taken at the next sweep (idle_poll at the latest).
+                continue
             room = self._room(entry)
-            if 0 < room < self._batch(entry) and self._busy[entry.name]:
+            if room <= 0 or (room < self._batch(entry) and busy):
+                self._starved = True
+            if 0 < room < self._batch(entry) and busy:
                 # Take in batches: a take is a write transaction, so leasing each event
                 # alone as its predecessor finishes caps throughput at one transaction
                 # per event. While attempts run, wait until a quarter of the room is free.
@@ -243,11 +333,17 @@ class AsyncSource:
                 # Shielded: the poller cancelled (closing) while the take commits would
                 # leave events leased to nobody until their lease expires; aclose()
                 # awaits this take and gives what it leased back.
+                queued = self._queued[name]
                 self._taking = taking = asyncio.ensure_future(
-                    queue.take(entry.name, now, room, self.owner, lease_until)
+                    queue.take(name, now, room, self.owner, lease_until)
                 )
                 events = await asyncio.shield(taking)
                 self._taking = None
+                self._swept[name] = now
+                if len(events) < room and self._queued[name] == queued:
+                    self._clear.add(name)  # drained: new events may be handed off
+                else:
+                    self._clear.discard(name)
                 for event in events:
                     self._start(event)
         await self._sleep(queue)
@@ -264,7 +360,11 @@ class AsyncSource:
 
     def _room(self, entry: FunctionEntry) -> int:
         return max(
-            0, min(self._cap(entry) - self._busy[entry.name], self.max_in_flight - len(self._in_flight))
+            0,
+            min(
+                self._cap(entry) - self._busy[entry.name],
+                self.max_in_flight - len(self._in_flight) - self._handing,
+            ),
         )
 
     async def _sleep(self, queue: EventQueue) -> None:
@@ -305,8 +405,10 @@ class AsyncSource:
         holds its lease, and counts against ``max_in_flight``, until the write is done."""
         if task in self._in_flight and task not in self._writing:
             self._writing.add(task)
-            self._busy[self._in_flight[task].function] -= 1
-            self._wake.set()
+            name = self._in_flight[task].function
+            self._busy[name] -= 1
+            if self._starved or name not in self._clear:  # a backlog may wait for this room
+                self._wake.set()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         """The attempt is over, its outcome written or given up: its lease is no longer
@@ -318,7 +420,8 @@ class AsyncSource:
             self._writing.discard(task)
         else:
             self._busy[event.function] -= 1
-        self._wake.set()
+        if self._starved or not self._in_flight or event.function not in self._clear:
+            self._wake.set()  # a backlog may wait; or all is done: the next due time
 
     # -- one attempt ------------------------------------------------------------------
 
@@ -507,11 +610,23 @@ class AsyncSource:
     # -- records ----------------------------------------------------------------------
 
     def _settle(self, event: QueuedEvent, outcome: Outcome, now: float) -> Awaitable[None]:
-        """The outcome's write (the store's awaitable itself: no coroutine of ours)."""
+        """The outcome's write (the store's awaitable itself, no coroutine of ours, unless
+        it puts events in a queue: a retry, a function destination's event)."""
         queue = self._queue
         if queue is None:  # attempts start only once the queue is open (the poller opens it)
             raise ServiceError("the async queue is not open")
-        return queue.settle(event, outcome, now)
+        written = queue.settle(event, outcome, now)
+        names = [name for _, name, _ in outcome.events]
+        if outcome.state == "queued":
+            names.append(event.function)
+        return self._putting(written, names) if names else written
+
+    async def _putting(self, written: Awaitable[None], names: list[str]) -> None:
+        for name in names:
+            self._put_in_queue(name)
+        await written
+        for name in names:
+            self._put_in_queue(name)
 
     def _deliver(self, outcome: Outcome, function: str, destination: str, record: str) -> Outcome:
         """Add a destination's record to the outcome's transaction: a sink row, or an

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import sqlite3
@@ -137,7 +138,7 @@ class Database:
         # Operations whose concurrent calls share a hop (close() lets them finish).
         self._batchers: list[Batcher[Any, Any]] = []
         self._writes: Batcher[_Write, Any] = Batcher(
-            self, _commit_writes, durable=lambda writes: any(write[1] for write in writes)
+            self, _commit_writes, durable=lambda writes: any(write[1] for write in writes), after=_then
         )
         self._synchronous = "FULL"
         #: What a durable commit uses: FULL (fsync: survives a power cut) or NORMAL (the
@@ -448,7 +449,20 @@ class Database:
         same caller's list wrote). A batch is committed durably when any of its callers asked for
         it.
         """
-        return self._writes.submit((statements, durable, None))
+        return self._writes.submit((statements, durable, None, None))
+
+    def insert_then(
+        self, sql: str, params: Sequence[Any], then: Callable[[int | None], None]
+    ) -> Awaitable[int]:
+        """Insert one row durably in the next group commit (as :meth:`group_write`); the
+        awaitable's result is its rowid.
+
+        ``then(rowid)`` is called once the row is committed, and ``then(None)`` once the
+        write failed, in the loop turn that learns it and before any awaiting caller
+        resumes, whether or not that caller is still waiting: what must follow a commit
+        (starting the work the row describes) does not depend on a caller that may be
+        cancelled meanwhile. ``then`` must not raise."""
+        return self._writes.submit(((), True, functools.partial(_lastrowid, sql, params), then))
 
     async def join_or_run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(connection)`` (a writer that needs its result, e.g. a take) inside the next
@@ -463,7 +477,7 @@ class Database:
         written, it runs alone as before, so an idle reader never takes the write lock
         only to join."""
         if self._writes.busy:
-            result: T = await self._writes.submit(((), False, fn))
+            result: T = await self._writes.submit(((), False, fn, None))
             return result
         return await self.run(fn, durable=False)
 
@@ -473,7 +487,10 @@ class Batcher(Generic[Item, R]):
 
     ``submit(item)`` is the future of the item's own result, done once the batch it joined ran:
     ``run(conn, items)`` on the connection's thread (:meth:`Database.run`), returning one
-    result per item, durably when ``durable(items)``. If a batch fails because of one
+    result per item, durably when ``durable(items)``. ``after(item, result)`` (when given)
+    is called for every item as its batch ends, before its future is answered, with
+    ``None`` for an item whose write failed: it runs even for a caller that stopped
+    waiting. If a batch fails because of one
     item, each item runs again alone, so the error stays its caller's; if it fails
     because the store is unusable (locked, full, read-only, ...), every caller gets that
     :class:`StoreUnavailable` at once. Nobody waits forever: a cancelled or broken batch
@@ -486,10 +503,12 @@ class Batcher(Generic[Item, R]):
         run: Callable[[sqlite3.Connection, Sequence[Item]], list[R]],
         *,
         durable: Callable[[Sequence[Item]], bool],
+        after: Callable[[Item, R | None], None] | None = None,
     ) -> None:
         self.db = db
         self._run = run
         self._durable = durable
+        self._after = after
         self._pending: list[tuple[Item, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the running batch's
@@ -535,15 +554,22 @@ class Batcher(Generic[Item, R]):
                         await self._one_by_one(batch)
                         continue
                     cause = exc.cause if isinstance(exc, StoreUnavailable) and exc.cause else exc
+                    self._ended(batch)
                     for _, future in batch:
                         if not future.done():  # an error of its own each: its own traceback
                             future.set_exception(store_error(cause, path) if mappable(cause) else exc)
+                    batch = []
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
+                after = self._after
+                for (item, future), result in zip(batch, results, strict=True):
+                    if after is not None:
+                        after(item, result)
                     if not future.done():
                         future.set_result(result)
+                batch = []
                 await asyncio.sleep(0)  # the callers just released write again: one batch
         except BaseException as exc:  # cancelled or the connection broke: nobody waits forever
+            self._ended(batch + self._pending)
             for _, future in batch + self._pending:
                 if not future.done():
                     future.set_exception(
@@ -560,14 +586,27 @@ class Batcher(Generic[Item, R]):
         finally:
             self._task = None
 
+    def _ended(self, batch: Sequence[tuple[Item, asyncio.Future[R]]]) -> None:
+        """``after`` for the items of a batch that failed (each once: a failed item is
+        dropped from the batch lists before anything else can fail)."""
+        if self._after is not None:
+            for item, _ in batch:
+                self._after(item, None)
+
     async def _one_by_one(self, batch: list[tuple[Item, asyncio.Future[R]]]) -> None:
-        for item, future in batch:
+        while batch:
+            item, future = batch[0]
             try:
                 [result] = await self._batch([item])
             except Exception as exc:
+                del batch[0]
+                self._ended([(item, future)])
                 if not future.done():
                     future.set_exception(store_error(exc, self.db.path) if mappable(exc) else exc)
             else:
+                del batch[0]
+                if self._after is not None:
+                    self._after(item, result)
                 if not future.done():
                     future.set_result(result)
 
@@ -599,18 +638,32 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-#: One caller's part of a group commit: its statements, whether it must be durable, and
-#: an operation run after every statement of the batch (:meth:`Database.join_or_run`).
-_Write = tuple[Sequence[Statement], bool, "Callable[[sqlite3.Connection], Any] | None"]
+#: One caller's part of a group commit: its statements, whether it must be durable, an
+#: operation run after every statement of the batch (:meth:`Database.join_or_run`), and
+#: what to call once the batch ended (:meth:`Database.insert_then`).
+_Write = tuple[
+    Sequence[Statement],
+    bool,
+    "Callable[[sqlite3.Connection], Any] | None",
+    "Callable[[Any], None] | None",
+]
+
+
+def _then(write: _Write, result: Any) -> None:
+    if write[3] is not None:
+        write[3](result)
+
+
+def _lastrowid(sql: str, params: Sequence[Any], conn: sqlite3.Connection) -> int | None:
+    return conn.execute(sql, params).lastrowid
 
 
 def _commit_writes(conn: sqlite3.Connection, items: Sequence[_Write]) -> list[Any]:
     """The group commit: every caller's statements in one transaction (consecutive
     statements with the same SQL as one ``executemany``), then the operations that
     joined it, each with its own result."""
-    statements = [statement for each, _, _ in items for statement in each]
+    statements = [statement for each, _, _, _ in items for statement in each]
     with immediate(conn):
         for sql, run in itertools.groupby(statements, key=lambda stmt: stmt[0]):
             conn.executemany(sql, [params for _, params in run])
-        return [None if fn is None else fn(conn) for _, _, fn in items]
-
+        return [None if fn is None else fn(conn) for _, _, fn, _ in items]

@@ -31,7 +31,7 @@ Shared rules:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -56,6 +56,29 @@ class QueueStore(Protocol):
         never lost. Concurrent enqueues may share one commit. (An ``async def`` does; a
         backend may instead return its batch's future directly, one coroutine less on
         every enqueue.)"""
+        ...
+
+    def enqueue_leased(
+        self,
+        request_id: str,
+        function: str,
+        payload: bytes,
+        now: float,
+        owner: str,
+        lease_until: float,
+        started: Callable[[QueuedEvent | None], None],
+    ) -> Awaitable[None]:
+        """Store one event as :meth:`enqueue` does (durably, maybe sharing a commit), but
+        already ``leased`` to ``owner`` until ``lease_until`` with its first lease token:
+        the poller that has room hands a new event straight to an attempt, without a take.
+
+        ``started(event)`` is called exactly once: with the stored event (as a take would
+        return it) once it is committed, or with ``None`` once the write failed. It is
+        called in the loop, before the awaiting caller resumes, and whether or not that
+        caller is still waiting, so the attempt starts even when the caller was cancelled
+        meanwhile. It must not raise. A call that raises at once (the store is closed)
+        stored nothing and never calls it. As with every lease, an event whose holder dies
+        is taken over when ``lease_until`` has passed."""
         ...
 
     async def take(

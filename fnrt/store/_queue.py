@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from ._db import Database, Statement
 from ._types import Outcome, QueuedEvent
@@ -71,6 +71,11 @@ SCHEMA = (
 
 _ENQUEUE = (
     "INSERT INTO async_events (request_id, function, payload, enqueued_at, run_at) VALUES (?, ?, ?, ?, ?)"
+)
+# An event handed straight to an attempt: stored already leased (its first lease, token 1).
+_ENQUEUE_LEASED = (
+    "INSERT INTO async_events (request_id, function, payload, enqueued_at, run_at, state, "
+    "lease_owner, lease_until, leases) VALUES (?, ?, ?, ?, ?, 'leased', ?, ?, 1)"
 )
 _SINK = "INSERT INTO destination_records (sink, record, created_at) VALUES (?, ?, ?)"
 # A settle's side effects: written only if the statement before them (the fenced UPDATE
@@ -139,6 +144,27 @@ class SQLiteQueue:
         concurrent enqueue)."""
         return self.db.group_write([(_ENQUEUE, (request_id, function, payload, now, now))])
 
+    def enqueue_leased(
+        self,
+        request_id: str,
+        function: str,
+        payload: bytes,
+        now: float,
+        owner: str,
+        lease_until: float,
+        started: Callable[[QueuedEvent | None], None],
+    ) -> Awaitable[None]:
+        """Store one event already leased to ``owner``; ``started`` gets it once committed
+        (``None`` if the write failed), in the commit's loop turn, caller or no caller."""
+
+        def then(rowid: int | None) -> None:
+            started(
+                None if rowid is None else QueuedEvent(rowid, request_id, function, payload, now, 0, 0, 0, 1)
+            )
+
+        params = (request_id, function, payload, now, now, owner, lease_until)
+        return cast("Awaitable[None]", self.db.insert_then(_ENQUEUE_LEASED, params, then))
+
     async def take(
         self, function: str, now: float, limit: int, owner: str, lease_until: float
     ) -> list[QueuedEvent]:
@@ -146,6 +172,7 @@ class SQLiteQueue:
         has come, and leased ones whose lease expired (their holder died)."""
         if limit <= 0:
             return []
+
         # A read first: an idle poller must not take the write lock (other hosts and
         # areas share the file), only one that has something to take. Then each take is
         # one autocommit statement under SQLite's write lock whose inner SELECT walks the

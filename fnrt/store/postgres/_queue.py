@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
+import attrs
 
 from ...errors import StoreUnavailable
 from .._queue import Outcome, QueuedEvent
@@ -37,6 +38,19 @@ _ENQUEUE = (
     "SELECT r, f, p, t, t FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[]) AS u (r, f, p, t) "
     "RETURNING function) "
     "SELECT fnrt_wake('event:' || d.function) FROM (SELECT DISTINCT function FROM ins) d"
+)
+
+# Events handed straight to an attempt: stored leased to $6 (token 1) until $5, judged
+# from $7 (NULL: the database's clock) plus the same time to live. The ids come back in
+# the order of the arrays (taken from the sequence first, in a CTE evaluated once).
+_ENQUEUE_LEASED = (
+    "WITH v AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('fnrt_async_events', 'id')) AS id, "
+    "r, f, p, t, u, o FROM unnest($1::text[], $2::text[], $3::bytea[], $4::float8[], $5::float8[]) "
+    "WITH ORDINALITY AS x (r, f, p, t, u, o)), "
+    "ins AS (INSERT INTO fnrt_async_events (id, request_id, function, payload, enqueued_at, run_at, "
+    "state, lease_owner, lease_until, lease_judge, leases) OVERRIDING SYSTEM VALUE "
+    f"SELECT id, r, f, p, t, t, 'leased', $6, u, {judge('$7')} + (u - t), 1 FROM v) "
+    "SELECT id FROM v ORDER BY o"
 )
 
 # $1 function, $2 now (for run_at), $3 limit, $4 owner, $5 lease_until, $6 ttl,
@@ -124,20 +138,26 @@ class GroupWriter(Generic[Item]):
     returns once ``write(batch)`` committed a batch holding ``item``. Up to ``parallel``
     batches are in flight at once, so a lone caller never waits for a timer and a burst
     becomes a few large statements. If a batch fails for a reason other than the server,
-    each of its items is written alone, so one bad item fails only its own caller."""
+    each of its items is written alone, so one bad item fails only its own caller.
+
+    ``write`` may return one result per item; ``after(item, result)`` (when given) is
+    called for every item as its batch ends, before its caller resumes and whether or
+    not it still waits, with ``None`` for an item whose write failed."""
 
     def __init__(
         self,
         pg: Connections,
         what: str,
-        write: Callable[[Sequence[Item]], Awaitable[None]],
+        write: Callable[[Sequence[Item]], Awaitable[Sequence[Any] | None]],
         *,
         parallel: int = 4,
         max_batch: int = 1000,
+        after: Callable[[Item, Any], None] | None = None,
     ) -> None:
         self.pg = pg
         self.what = what
         self._write = write
+        self._after = after
         self._parallel = max(1, parallel)
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
@@ -145,6 +165,11 @@ class GroupWriter(Generic[Item]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> None:
+        await self.join(item)
+
+    def join(self, item: Item) -> asyncio.Future[None]:
+        """Join the next batch now (raises at once when the store is closed): the future
+        of ``item``'s write."""
         self.pg.check_open(self.what)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
@@ -153,48 +178,54 @@ class GroupWriter(Generic[Item]):
             task = asyncio.ensure_future(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await future
+        return future
 
     async def aclose(self) -> None:
         """Wait for the batches callers already wait for (their failure is theirs)."""
         if self._tasks:
             await asyncio.gather(*(asyncio.shield(t) for t in list(self._tasks)), return_exceptions=True)
 
-    async def _write_mapped(self, items: Sequence[Item]) -> None:
+    async def _write_mapped(self, items: Sequence[Item]) -> Sequence[Any]:
         for attempt in range(RETRIES + 1):
             try:
-                await self._write(items)
+                results = await self._write(items)
                 self.pg.commits += 1
-                return
+                return [None] * len(items) if results is None else results
             except asyncpg.exceptions.TransactionRollbackError as exc:  # a deadlock: redo
                 if attempt == RETRIES:
                     raise self.pg.unavailable(self.what, exc) from exc
                 await asyncio.sleep(0.005 * 2**attempt)
             except UNAVAILABLE as exc:
                 raise self.pg.unavailable(self.what, exc) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _flush(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[None]]] = []
         try:
             await asyncio.sleep(0)  # let callers of this same loop turn join the batch
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
+                results: list[Any] = [None] * len(batch)
                 try:
-                    await self._write_mapped([item for item, _ in batch])
+                    results = list(await self._write_mapped([item for item, _ in batch]))
                 except StoreUnavailable as exc:
                     outcomes: list[BaseException | None] = [exc] * len(batch)
                 except Exception:
                     outcomes = []
-                    for item, _ in batch:
+                    for i, (item, _) in enumerate(batch):
                         try:
-                            await self._write_mapped([item])
+                            [results[i]] = await self._write_mapped([item])
                         except Exception as exc:
                             outcomes.append(exc)
                         else:
                             outcomes.append(None)
                 else:
                     outcomes = [None] * len(batch)
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                done, batch = batch, []
+                for (item, future), outcome, result in zip(done, outcomes, results, strict=True):
+                    if self._after is not None:
+                        self._after(item, result if outcome is None else None)
                     if future.done():
                         continue
                     if outcome is None:
@@ -203,7 +234,9 @@ class GroupWriter(Generic[Item]):
                         future.set_exception(outcome)
         except BaseException as exc:  # cancelled: nobody waits forever
             error = self.pg.unavailable(self.what, exc)
-            for _, future in self._pending:
+            for item, future in batch + self._pending:
+                if self._after is not None:
+                    self._after(item, None)
                 if not future.done():
                     future.set_exception(error)
             self._pending.clear()
@@ -213,6 +246,14 @@ class GroupWriter(Generic[Item]):
 
 
 _Settle = tuple[QueuedEvent, Outcome, float]
+#: An event handed straight to an attempt (its id 0 until stored), its owner, its lease's
+#: end, and what to call once the write ended.
+_Handoff = tuple[QueuedEvent, str, float, "Callable[[QueuedEvent | None], None]"]
+
+
+def _started(item: _Handoff, rowid: int | None) -> None:
+    event, _, _, started = item
+    started(None if rowid is None else attrs.evolve(event, id=rowid))
 
 
 class PgEventQueue:
@@ -226,6 +267,9 @@ class PgEventQueue:
         )
         self._settles: GroupWriter[_Settle] = GroupWriter(
             pg, "settle", self._settle_batch, parallel=max_parallel_commits
+        )
+        self._handoffs: GroupWriter[_Handoff] = GroupWriter(
+            pg, "enqueue", self._insert_leased, parallel=max_parallel_commits, after=_started
         )
 
     def _judge(self, now: float) -> float | None:
@@ -242,14 +286,44 @@ class PgEventQueue:
         ``event:<function>``."""
         await self._enqueues.submit((request_id, function, bytes(payload), now))
 
+    def enqueue_leased(
+        self,
+        request_id: str,
+        function: str,
+        payload: bytes,
+        now: float,
+        owner: str,
+        lease_until: float,
+        started: Callable[[QueuedEvent | None], None],
+    ) -> Awaitable[None]:
+        """Store one event already leased to ``owner`` (no wake-up: its holder runs it);
+        ``started`` gets it once committed, ``None`` if the write failed."""
+        event = QueuedEvent(0, request_id, function, bytes(payload), now, 0, 0, 0, 1)
+        return self._handoffs.join((event, owner, lease_until, started))
+
     async def aclose(self) -> None:
         """Commit what enqueue and settle callers already wait for."""
         await self._enqueues.aclose()
+        await self._handoffs.aclose()
         await self._settles.aclose()
 
     async def _insert(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
         request_ids, functions, payloads, times = (list(c) for c in zip(*rows, strict=True))
         await self.pg.durable.execute(_ENQUEUE, request_ids, functions, payloads, times)
+
+    async def _insert_leased(self, rows: Sequence[_Handoff]) -> list[int]:
+        # One owner per host: every handoff of a batch names the same.
+        records = await self.pg.durable.fetch(
+            _ENQUEUE_LEASED,
+            [e.request_id for e, _, _, _ in rows],
+            [e.function for e, _, _, _ in rows],
+            [e.payload for e, _, _, _ in rows],
+            [e.enqueued_at for e, _, _, _ in rows],
+            [until for _, _, until, _ in rows],
+            rows[0][1],
+            self._judge(rows[0][0].enqueued_at),
+        )
+        return [record["id"] for record in records]
 
     # -- take, settle, release -------------------------------------------------------------
 
