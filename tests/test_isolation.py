@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 import fnrt
 from fnrt._clock import SystemClock
-from fnrt.sandbox import Binding, InitRequest, InvokeRequest, Resources
+from fnrt.sandbox import Binding, InitRequest, InvokeRequest, Resources, _tmpdirs
 from fnrt.sandbox._subprocess import SubprocessFactory
 
 from .conftest import alive, wait_until
@@ -256,6 +257,73 @@ async def test_processes_a_handler_starts_die_when_the_host_is_killed():
         if host.returncode is None:
             host.kill()
             await host.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+async def test_tmpdirs_left_when_host_and_template_die_together_are_swept_by_the_next_host():
+    # kill -9 of both at once (a process group, the OOM killer, a container stopped): the
+    # host cannot remove its sandboxes' TMPDIRs, nor the template. The next host sweeps them.
+    host = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.isolation_host", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert host.stdout is not None
+        line = await asyncio.wait_for(host.stdout.readline(), 60)
+        child, tmp = int(line.split()[0]), line.split()[1].decode()
+        for pid in [*_children(host.pid), host.pid]:  # the template, then the host
+            os.kill(pid, signal.SIGKILL)
+        await host.wait()
+        await wait_until(lambda: not alive(child), "the sandboxes to die with their template")
+        assert os.path.isdir(tmp)  # nobody left to remove it
+        folder, name = os.path.split(tmp)
+        tag = name[len(_tmpdirs.PREFIX) :].split("-")[0]
+        lock = os.path.join(folder, f"{_tmpdirs.PREFIX}{tag}{_tmpdirs.LOCK_SUFFIX}")
+        assert os.path.exists(lock)
+        aged = time.time() - _tmpdirs.STALE_AFTER - 1  # older than a host that is just starting
+        os.utime(lock, (aged, aged))
+        async with fnrt.Runtime() as rt:
+            await rt.add_function("env", f"{MODULE}:environment")
+            mine = (await rt.invoke("env", {}))["tempdir"]
+            assert not os.path.exists(tmp) and not os.path.exists(lock)
+            assert os.path.isdir(mine)  # its own are kept
+        assert not os.path.exists(mine)
+    finally:
+        if host.returncode is None:
+            host.kill()
+            await host.wait()
+
+
+def test_a_sweep_takes_only_claims_whose_host_is_gone(tmp_path):
+    folder = str(tmp_path)
+    live = _tmpdirs.Claim(folder)  # held, as a running host holds it
+    dead = _tmpdirs.Claim(folder)
+    dead_dirs = [tempfile.mkdtemp(prefix=dead.prefix, dir=folder) for _ in range(2)]
+    open(dead_dirs[0] + ".output", "wb").close()
+    live_dir = tempfile.mkdtemp(prefix=live.prefix, dir=folder)
+    dead._fd, fd = None, dead._fd  # its host died: the kernel dropped its lock
+    assert fd is not None
+    os.close(fd)
+    young = _tmpdirs.Claim(folder)  # a host that is only starting (its lock not yet taken)
+    young._fd, fd = None, young._fd
+    assert fd is not None
+    os.close(fd)
+    later = time.time() + _tmpdirs.STALE_AFTER / 2
+    old = time.time() - _tmpdirs.STALE_AFTER
+    for claim in (live, dead):
+        os.utime(claim.path, (old, old))
+    assert _tmpdirs.sweep(folder, now=later) == [dead.tag]
+    assert sorted(os.listdir(folder)) == sorted(
+        os.path.basename(p) for p in (live.path, live_dir, young.path)
+    )
+    live.release()
+    assert not os.path.exists(live.path)
 
 
 # -- memory ------------------------------------------------------------------------------------

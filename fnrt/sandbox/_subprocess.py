@@ -38,6 +38,7 @@ from ._channel import Channel, ChannelSandbox
 from ._mirror import SUFFIX as OUTPUT_SUFFIX
 from ._mirror import read_file, read_output
 from ._protocol import Resources, import_path, request_deadlines, sandbox_environment
+from ._tmpdirs import Claim, claim
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
 DEFAULT_SPAWN_TIMEOUT = 5.0
@@ -369,6 +370,9 @@ class SubprocessFactory:
         self._removals: set[asyncio.Future[Any]] = set()
         #: Dead sandboxes' TMPDIRs being removed, by path: what their output file held.
         self._outputs: dict[str, asyncio.Future[bytes]] = {}
+        #: This host's claim on each temporary folder its sandboxes use (``_tmpdirs``).
+        self._claims: dict[str | None, Claim] = {}
+        self._claiming = asyncio.Lock()
 
     @property
     def template_pid(self) -> int | None:
@@ -420,7 +424,8 @@ class SubprocessFactory:
         ``spawn_timeout`` (plus a template start, when one is needed)."""
         resources = resources or Resources()
         try:
-            tmp = tempfile.mkdtemp(prefix="fnrt-sandbox-", dir=resources.tmp_dir)
+            held = self._claims.get(resources.tmp_dir) or await self._claim(resources.tmp_dir)
+            tmp = tempfile.mkdtemp(prefix=held.prefix, dir=held.base)
         except OSError as exc:
             raise ServiceError(f"could not start a sandbox: no temporary directory ({exc})") from None
         self._tmp_dirs.add(tmp)
@@ -444,6 +449,14 @@ class SubprocessFactory:
         return SubprocessSandbox(
             sandbox_id, pid, channel, template, self._clock, self._deadlines, tmp, self._outputs
         )
+
+    async def _claim(self, base: str | None) -> Claim:
+        """The first sandbox in a folder claims it, and sweeps what dead hosts left there."""
+        async with self._claiming:
+            held = self._claims.get(base)
+            if held is None:
+                held = self._claims[base] = await asyncio.to_thread(claim, base)
+            return held
 
     async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
         loop = asyncio.get_running_loop()
@@ -487,3 +500,6 @@ class SubprocessFactory:
             await asyncio.to_thread(_remove_tree, path)
         if self._removals:  # sandboxes that ended just before: their directories go too
             await asyncio.gather(*self._removals)
+        claims, self._claims = list(self._claims.values()), {}
+        for held in claims:
+            held.release()
