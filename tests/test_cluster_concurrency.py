@@ -100,7 +100,7 @@ async def test_the_global_limit_holds_across_three_hosts(hosts: Hosts, release_f
     started = await hosts(3, 6)
     runtimes = [rt for rt, _ in started]
     for rt in runtimes:
-        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
     tasks = await held_calls(runtimes, 4, release_file)  # 12 calls, 6 fit
     await settle(tasks, 6, runtimes)
     throttled = [outcome(t) for t in tasks if t.done()]
@@ -233,7 +233,7 @@ async def test_blocks_make_warm_invokes_local_and_surplus_goes_back(hosts: Hosts
 async def test_a_closed_host_gives_its_slots_back_at_once(hosts: Hosts, release_file: str) -> None:
     [(a, _), (b, store_b)] = await hosts(2, 2, hold=5.0, ttl=60.0)  # idle surplus kept 5 s
     for rt in (a, b):
-        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
     open(release_file, "w").close()
     await asyncio.gather(*(a.invoke("hold", {"release": release_file}) for _ in range(2)))
     assert limiter(a).stats()["cluster"]["held"] == {"hold": 2}  # idle, but still held
@@ -246,10 +246,11 @@ async def test_a_closed_host_gives_its_slots_back_at_once(hosts: Hosts, release_
 async def test_a_dead_hosts_slots_come_back_when_its_lease_expires(
     hosts: Hosts, release_file: str
 ) -> None:
-    # A short real lease (judged by the database's clock), so the test waits about a second.
-    [(a, store_a), (b, _)] = await hosts(2, 2, ttl=1.0, hold=0.05)
+    # A short real lease (judged by the database's clock), so the test waits a few seconds;
+    # long enough that b's first call comes before it expires on a loaded machine.
+    [(a, store_a), (b, _)] = await hosts(2, 2, ttl=3.0, hold=0.05)
     for rt in (a, b):
-        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
     calls = [asyncio.ensure_future(a.invoke("hold", {"release": release_file})) for _ in range(2)]
     await wait_until(lambda: a.stats()["concurrency"]["in_flight"] == 2, "host a runs 2")
     await store_a.pg.close()  # host a "dies": it can neither renew nor give back
@@ -259,7 +260,7 @@ async def test_a_dead_hosts_slots_come_back_when_its_lease_expires(
     open(release_file, "w").close()
     await asyncio.gather(*calls)
     # Once a's lease has expired, b admits into its slots.
-    for _ in range(200):
+    for _ in range(400):
         try:
             await b.invoke("hold", {"release": release_file})
             break
@@ -277,7 +278,7 @@ async def test_an_unreachable_counting_service_is_store_unavailable_never_an_adm
     hosts: Hosts, release_file: str
 ) -> None:
     [(rt, store)] = await hosts(1, 10)
-    await rt.add_function("hold", "handlers.chaos:hold")
+    await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
     open(release_file, "w").close()
     await store.pg.close()  # the database is gone for this host
     with pytest.raises(StoreUnavailable):
@@ -425,7 +426,7 @@ async def test_three_host_processes_never_run_more_than_the_global_limit(
 async def test_a_single_host_keeps_its_own_limiter(release_file: str) -> None:
     async with fnrt.Runtime(4) as rt:
         assert not isinstance(rt._limiter, ClusterLimiter)  # no counting service: no round trips
-        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
         call = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
         await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 1)
         assert await rt._limiter.cluster_in_flight() == {"hold": 1}
