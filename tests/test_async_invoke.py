@@ -366,6 +366,9 @@ async def test_concurrent_enqueues_share_commits(tmp_path):
         ({"retry_delays": [-1]}, "retry_delays must be between 0"),
         ({"on_failure": "failed-payments"}, "write 'function:<name>'"),
         ({"dead_letter": "function:audit"}, "dead_letter must be a sink"),
+        ({"dead_letter": "arn:aws:s3:::audit-dlq"}, "dead_letter must be a sink"),
+        ({"on_success": "arn:aws:s3:::audit-records"}, "S3 buckets as on-failure destinations only"),
+        ({"on_failure": "arn:aws:sns:us-east-1:000000000000:t.fifo"}, "is not valid"),
         ({"max_retries": 1}, "unknown async config max_retries"),
     ],
 )
