@@ -517,7 +517,7 @@ class Runtime(ControlPlane, ClusterMember):
         entry = FunctionEntry(record, pool, counter, scaling)
         old = self._registry.put(entry)
         if old is not None:
-            entry.async_override = old.async_override
+            entry.async_override, entry.async_deleted = old.async_override, old.async_deleted
             entry.dead_letter, entry.dead_letter_set = old.dead_letter, old.dead_letter_set
             for env in old.pool.drain():
                 env.sandbox.kill()

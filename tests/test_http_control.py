@@ -724,3 +724,36 @@ async def test_every_destination_kind_lambda_takes_is_accepted_and_receives_its_
     assert stored["requestPayload"] == {"fail": 2}
     [dead] = await rt.destination_records(dlq)
     assert dead["body"] == {"fail": 2} and dead["messageAttributes"]["ErrorMessage"] == "asked to fail"
+
+
+async def test_deleting_an_event_invoke_config_set_by_the_decorator_deletes_it(served) -> None:
+    """``@fnrt.handler(async_config=...)`` is the function's event-invoke config as the API
+    shows it; DeleteFunctionEventInvokeConfig removes it (Lambda's defaults apply, no
+    destinations) and a second delete or a get is ResourceNotFoundException."""
+    rt, server = served
+    await rt.deploy("handlers.payments")  # charge: on_failure sink:failed-payments
+    lam = client("lambda", server.url)
+    got = await call(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert got["DestinationConfig"]["OnFailure"]["Destination"].endswith(":failed-payments")
+    await call(lam.delete_function_event_invoke_config, FunctionName="charge")
+    for operation in (lam.get_function_event_invoke_config, lam.delete_function_event_invoke_config):
+        gone = await error_of(operation, FunctionName="charge")
+        assert gone["Code"] == "ResourceNotFoundException" and gone["Status"] == 404
+    listed = await call(lam.list_function_event_invoke_configs, FunctionName="charge")
+    assert listed["FunctionEventInvokeConfigs"] == []
+    config = rt.async_config("charge")
+    assert (config.on_failure, config.max_retry_attempts, config.max_event_age) == (None, 2, 21_600)
+    no_update = await error_of(
+        lam.update_function_event_invoke_config, FunctionName="charge", MaximumRetryAttempts=0
+    )
+    assert no_update["Code"] == "ResourceNotFoundException"
+
+    put = await call(lam.put_function_event_invoke_config, FunctionName="charge", MaximumRetryAttempts=1)
+    assert put["MaximumRetryAttempts"] == 1 and put["DestinationConfig"] == {"OnSuccess": {}, "OnFailure": {}}
+    await rt.deploy("handlers.payments")  # a redeploy keeps the function's config
+    kept = await call(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert kept["MaximumRetryAttempts"] == 1
+    await call(lam.delete_function_event_invoke_config, FunctionName="charge")
+    await rt.deploy("handlers.payments")  # and its deletion
+    gone = await error_of(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert gone["Code"] == "ResourceNotFoundException"

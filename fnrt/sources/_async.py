@@ -212,7 +212,8 @@ class AsyncSource:
 
     def configure(self, name: str, config: AsyncConfig) -> AsyncConfig:
         """Lambda's event-invoke config for ``name``; applies to queued events too."""
-        self.registry.get(name).async_override = config
+        entry = self.registry.get(name)
+        entry.async_override, entry.async_deleted = config, False
         return config
 
     def config_for(self, name: str) -> AsyncConfig:
