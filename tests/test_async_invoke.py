@@ -307,6 +307,9 @@ async def test_a_missing_destination_function_is_a_delivery_failure_not_a_loss()
         event = await event_state(rt, request_id, "failed")
         assert event["record"]["requestPayload"] == {"amount": 1, "card": "declined"}
         assert rt.metrics.counter("DestinationDeliveryFailures", "charge") == 1
+        for function in ("function:nobody", "arn:aws:lambda:us-east-1:000000000000:function:audit"):
+            with pytest.raises(fnrt.InvalidConfig, match="is a function, not a sink"):
+                await rt.destination_records(function)  # not a sink named "nobody"
 
 
 async def test_events_of_an_unregistered_function_wait_for_it(tmp_path):
