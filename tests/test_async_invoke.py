@@ -312,6 +312,26 @@ async def test_a_missing_destination_function_is_a_delivery_failure_not_a_loss()
                 await rt.destination_records(function)  # not a sink named "nobody"
 
 
+async def test_a_success_record_that_cannot_be_delivered_stays_on_the_event():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("echo", "handlers.echo:echo", async_config={"on_success": "function:nobody"})
+        await rt.add_function("audit", "handlers.payments:audit")
+        await rt.add_function(
+            "big", "handlers.chaos:big_result", async_config={"on_success": "function:audit"}
+        )
+        gone = await rt.invoke("echo", {"order": "A-3"}, "Event")
+        large = await rt.invoke("big", {"bytes": 1024 * 1024}, "Event")  # a record over 1 MB
+        for request_id, function in ((gone, "echo"), (large, "big")):
+            event = await event_state(rt, request_id, "done")
+            record = event["record"]
+            assert record["requestContext"]["condition"] == "Success"
+            assert record["requestContext"]["requestId"] == request_id
+            assert rt.metrics.counter("DestinationDeliveryFailures", function) == 1
+        assert (await rt.async_event(gone))["record"]["responsePayload"]["event"] == {"order": "A-3"}
+        assert len((await rt.async_event(large))["record"]["responsePayload"]) == 1024 * 1024
+        assert rt.metrics.counter("Invocations", "audit") == 0
+
+
 async def test_events_of_an_unregistered_function_wait_for_it(tmp_path):
     clock = fnrt.FakeClock()
     outbox = tmp_path / "outbox"

@@ -643,10 +643,11 @@ class AsyncSource:
             return attrs.evolve(outcome, events=[*outcome.events, (str(uuid.uuid4()), target, body)])
         else:
             problem = f"the record is {len(body)} bytes, over the {EVENT_PAYLOAD_LIMIT} byte Event limit"
-        # Not delivered: the record stays on the event's row (Runtime.async_event shows it).
+        # Not delivered: the record stays on the event's row (Runtime.async_event shows it),
+        # a success's too (a failure's is there already).
         self.metrics.incr("DestinationDeliveryFailures", function)
         self._log.warning("destination delivery failed", destination=destination, error=problem)
-        return outcome
+        return attrs.evolve(outcome, record=record)
 
     async def _record(
         self,
