@@ -217,6 +217,25 @@ async def test_throttled_events_wait_without_using_attempts_then_age_out(release
         await held
 
 
+async def test_a_burst_over_the_concurrency_limit_runs_without_throttling_itself():
+    # The poller takes no more events than the shared pool can run: the rest wait their
+    # turn in the queue. It took them all at once; all but four were throttled by their
+    # own siblings and backed off (1 s, 2 s, ...) while the capacity freed in milliseconds.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, concurrency_limit=4) as rt:
+        await rt.add_function("echo", "handlers.echo:echo")
+        await rt.add_function("noop", "handlers.echo:noop")  # shares the pool
+        ids = await asyncio.gather(
+            *(rt.invoke(name, {"n": n}, "Event") for n in range(12) for name in ("echo", "noop"))
+        )
+        await parked(rt)  # the clock never moves: no backoff may be needed
+        assert await rt.async_queue_counts() == {"done": 24}
+        assert rt.metrics.counter("Throttles", "echo") == rt.metrics.counter("Throttles", "noop") == 0
+        for request_id in ids:
+            assert (await rt.async_event(request_id))["system_retries"] == 0
+        assert max(rt.stats()["functions"][name]["peak_concurrency"] for name in ("echo", "noop")) <= 4
+
+
 async def test_reserved_concurrency_zero_sends_events_to_failure_without_retries():
     # AWS: "When you set reserved concurrency to zero for an asynchronously invoked
     # function, Lambda begins sending new events to the configured dead-letter queue or
