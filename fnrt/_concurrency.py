@@ -256,9 +256,14 @@ class ConcurrencyLimiter:
     async def aclose(self) -> None:
         """Give back whatever this host holds (nothing, on one host)."""
 
+    @property
+    def unreserved_pool(self) -> int:
+        """The shared pool's size: what no reservation takes (on a cluster, the other
+        hosts' reservations too)."""
+        return self.limit - self._reserved_total - self._reserved_elsewhere(set())
+
     def stats(self) -> dict[str, Any]:
-        # The shared pool is what no host's reservation takes (on a cluster, the others' too).
-        unreserved = self.limit - self._reserved_total - self._reserved_elsewhere(set())
+        unreserved = self.unreserved_pool
         return {
             "limit": self.limit,
             "in_flight": self.in_flight(),

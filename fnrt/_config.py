@@ -219,10 +219,35 @@ class RuntimeConfig:
 
 
 _DESTINATION = re.compile(
-    r"^(?:(function|sink):([a-zA-Z0-9_-]{1,64})"
-    r"|arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:([a-zA-Z0-9_-]{1,64})(?::\$LATEST)?"
-    r"|arn:aws[\w-]*:sqs:[\w-]+:\d{12}:([a-zA-Z0-9_-]{1,80}))$"
+    r"^(?:function:(?P<function>[a-zA-Z0-9_-]{1,64})"
+    r"|sink:(?P<sink>[a-zA-Z0-9._/-]{1,256})"
+    r"|arn:aws[\w-]*:lambda:[\w-]+:\d{12}:function:(?P<lambda>[a-zA-Z0-9_-]{1,64})(?::\$LATEST)?"
+    r"|arn:aws[\w-]*:sqs:[\w-]+:\d{12}:(?P<sqs>[a-zA-Z0-9_-]{1,80})"
+    r"|arn:aws[\w-]*:sns:[\w-]+:\d{12}:(?P<sns>[a-zA-Z0-9_-]{1,256})"
+    r"|arn:aws[\w-]*:events:[\w-]+:\d{12}:event-bus/(?P<events>[a-zA-Z0-9._/-]{1,256})"
+    r"|arn:aws[\w-]*:s3:::(?P<s3>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]))$"
 )
+
+
+def _parse(target: str) -> tuple[str, str]:
+    """``(kind, name)``: the kind is ``"function"`` or ``"sink"`` (fnrt's own forms) or
+    an ARN's service (``"lambda"``, ``"sqs"``, ``"sns"``, ``"events"``, ``"s3"``)."""
+    match = _DESTINATION.match(target) if isinstance(target, str) else None
+    if match is None:
+        raise InvalidConfig(
+            f"destination {target!r} is not valid: write 'function:<name>' for another "
+            "function or 'sink:<name>' for a durable sink (or a Lambda function, SQS queue, "
+            "SNS topic, EventBridge event bus or S3 bucket ARN)"
+        )
+    kind, name = next((kind, name) for kind, name in match.groupdict().items() if name)
+    return kind, name
+
+
+def destination_kind(target: str) -> str:
+    """What a destination string names: ``"function"`` or ``"sink"`` (fnrt's own forms),
+    or the AWS service of an ARN (``"lambda"``, ``"sqs"``, ``"sns"``, ``"events"``,
+    ``"s3"``). Raises :class:`InvalidConfig` for anything else."""
+    return _parse(target)[0]
 
 
 def parse_destination(target: str) -> tuple[str, str]:
@@ -230,25 +255,27 @@ def parse_destination(target: str) -> tuple[str, str]:
 
     A destination is another function (``"function:audit"`` or a Lambda function ARN,
     which gets the record as an Event) or a durable sink read back with
-    ``Runtime.destination_records`` (``"sink:failed-payments"``, or an SQS queue ARN).
+    ``Runtime.destination_records`` (``"sink:failed-payments"``, or the ARN of an SQS
+    queue, SNS topic, EventBridge event bus or S3 bucket: Lambda's other destination
+    kinds, each a sink named by its queue, topic, bus or bucket name).
     """
-    match = _DESTINATION.match(target) if isinstance(target, str) else None
-    if match is None:
-        raise InvalidConfig(
-            f"destination {target!r} is not valid: write 'function:<name>' for another "
-            "function or 'sink:<name>' for a durable sink (or a Lambda function / SQS queue ARN)"
-        )
-    kind, name, fn_arn, sqs_arn = match.groups()
-    if fn_arn:
-        return "function", fn_arn
-    if sqs_arn:
-        return "sink", sqs_arn
-    return kind, name
+    kind, name = _parse(target)
+    if kind in ("function", "sink"):
+        return kind, name
+    return ("function" if kind == "lambda" else "sink"), name
 
 
 def _destination(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None:
         parse_destination(value)
+
+
+def _success_destination(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and destination_kind(value) == "s3":
+        raise InvalidConfig(
+            f"on_success {value!r} is not valid: Lambda takes S3 buckets as on-failure "
+            "destinations only (use a queue, topic, event bus, function or sink for successes)"
+        )
 
 
 def _bare_sink(value: Any) -> Any:
@@ -260,8 +287,11 @@ def _bare_sink(value: Any) -> Any:
 
 
 def _sink(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and parse_destination(value)[0] != "sink":
-        raise InvalidConfig(f"dead_letter must be a sink ('sink:<name>' or an SQS queue ARN), got {value!r}")
+    # Lambda's dead-letter queue is an SQS queue or an SNS topic.
+    if value is not None and destination_kind(value) not in ("sink", "sqs", "sns"):
+        raise InvalidConfig(
+            f"dead_letter must be a sink ('sink:<name>', an SQS queue ARN or an SNS topic ARN), got {value!r}"
+        )
 
 
 def _delays(instance: object, attribute: attrs.Attribute[Any], value: tuple[float, ...]) -> None:
@@ -291,14 +321,16 @@ class AsyncConfig:
     ``max_event_age`` 60-21,600 s (default 6 h) after which a queued event is given up.
     Throttles and system errors never use a retry attempt: they are retried with backoff
     until the event's age runs out. ``on_success`` / ``on_failure`` are destinations
-    (``"function:<name>"`` or ``"sink:<name>"``) that get Lambda's invocation record;
-    ``dead_letter`` is a sink that gets the failed event itself (Lambda's DLQ).
+    (``"function:<name>"``, ``"sink:<name>"``, or a Lambda function, SQS queue, SNS topic,
+    EventBridge event bus or S3 bucket ARN, S3 on failure only) that get Lambda's invocation
+    record; ``dead_letter`` is a sink (or an SQS queue or SNS topic ARN) that gets the failed
+    event itself (Lambda's DLQ).
     """
 
     max_retry_attempts: int = attrs.field(default=2, validator=_number(0, 2, integer=True))
     retry_delays: tuple[float, ...] = attrs.field(default=(60.0, 120.0), converter=_tuple, validator=_delays)
     max_event_age: float = attrs.field(default=21_600, validator=_number(60, 21_600))
-    on_success: str | None = attrs.field(default=None, validator=_destination)
+    on_success: str | None = attrs.field(default=None, validator=[_destination, _success_destination])
     on_failure: str | None = attrs.field(default=None, validator=_destination)
     dead_letter: str | None = attrs.field(default=None, validator=_sink)
 

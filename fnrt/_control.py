@@ -141,12 +141,19 @@ class ControlPlane:
         """Whether ``name`` has an event-invoke config of its own (set by
         :meth:`configure_async` or ``@fnrt.handler(async_config=...)``), not the defaults."""
         entry = self._registry.get(name)
+        if entry.async_deleted:
+            return False
         return entry.async_override is not None or entry.record.async_config is not None
 
     def delete_async_config(self, name: str) -> None:
-        """Lambda's ``DeleteFunctionEventInvokeConfig``: back to the decorator's or the
-        defaults."""
-        self._registry.get(name).async_override = None
+        """Lambda's ``DeleteFunctionEventInvokeConfig``: the function has no event-invoke
+        config any more, the decorator's included, so Lambda's defaults apply (retries,
+        event age, no destinations). fnrt's ``retry_delays`` and the dead-letter queue,
+        which that API cannot set, stay as they were."""
+        entry = self._registry.get(name)
+        current = entry.async_override or entry.record.async_config or AsyncConfig()
+        entry.async_override = AsyncConfig(retry_delays=current.retry_delays, dead_letter=current.dead_letter)
+        entry.async_deleted = True
 
     def account_settings(self) -> dict[str, Any]:
         """Lambda's ``GetAccountSettings``: the limits and what is in use."""

@@ -9,8 +9,9 @@ The operations, with the paths, methods, shapes and error codes of Lambda's serv
 - ``Put/Get/Delete/ListProvisionedConcurrencyConfig(s)``. fnrt has no published versions,
   so the qualifier is ``$LATEST`` (which Lambda itself refuses for provisioned concurrency).
 - ``Put/Get/Update/Delete/ListFunctionEventInvokeConfig(s)``: destinations are Lambda
-  function ARNs (an ``Event`` to that function) or SQS queue ARNs (a durable sink read with
-  ``Runtime.destination_records``).
+  function ARNs (an ``Event`` to that function) or the ARNs of SQS queues, SNS topics,
+  EventBridge event buses and S3 buckets (on failure only, as in Lambda): each a durable sink
+  read with ``Runtime.destination_records``.
 - ``Create/Get/List/Update/DeleteEventSourceMapping`` for fnrt's streams, named by their
   Kinesis ARN (``arn:aws:kinesis:<region>:<account>:stream/<name>``).
 - ``GetAccountSettings``.
@@ -152,8 +153,9 @@ def _destination(config: Any, key: str) -> str | None:
         raise AwsError(
             400,
             "InvalidParameterValueException",
-            f"The destination ARN {target} is invalid: fnrt delivers to a Lambda function ARN "
-            "or an SQS queue ARN (a durable sink read with Runtime.destination_records)",
+            f"The destination ARN {target} is invalid: fnrt delivers to a Lambda function ARN, "
+            "or to an SQS queue, SNS topic, EventBridge event bus or S3 bucket ARN (a durable "
+            "sink read with Runtime.destination_records)",
         ) from None
     return target
 

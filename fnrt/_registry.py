@@ -101,6 +101,9 @@ class FunctionEntry:
     scaling: ScalingAllowance
     #: ``configure_async()``: replaces the decorator's ``async_config``.
     async_override: AsyncConfig | None = None
+    #: Lambda's DeleteFunctionEventInvokeConfig ran since: ``async_override`` holds the
+    #: defaults (with what that API cannot set), and the function has no config of its own.
+    async_deleted: bool = False
     #: The dead-letter queue set as a function setting (Lambda's UpdateFunctionConfiguration
     #: DeadLetterConfig), apart from the event-invoke config: deleting that keeps it.
     dead_letter: str | None = None

@@ -517,7 +517,7 @@ class Runtime(ControlPlane, ClusterMember):
         entry = FunctionEntry(record, pool, counter, scaling)
         old = self._registry.put(entry)
         if old is not None:
-            entry.async_override = old.async_override
+            entry.async_override, entry.async_deleted = old.async_override, old.async_deleted
             entry.dead_letter, entry.dead_letter_set = old.dead_letter, old.dead_letter_set
             for env in old.pool.drain():
                 env.sandbox.kill()
@@ -675,7 +675,11 @@ class Runtime(ControlPlane, ClusterMember):
         ``"sink:failed-payments"``), oldest first."""
         self._check_running()
         name = sink if ":" in sink else f"sink:{sink}"
-        parse_destination(name)
+        if parse_destination(name)[0] != "sink":
+            raise InvalidConfig(
+                f"{sink!r} is a function, not a sink: a function destination gets its records "
+                "as Events (see Runtime.async_event); destination_records reads sinks"
+            )
         return await self._async.destination_records(name)
 
     async def async_event(self, request_id: str) -> dict[str, Any] | None:

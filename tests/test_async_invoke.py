@@ -217,6 +217,25 @@ async def test_throttled_events_wait_without_using_attempts_then_age_out(release
         await held
 
 
+async def test_a_burst_over_the_concurrency_limit_runs_without_throttling_itself():
+    # The poller takes no more events than the shared pool can run: the rest wait their
+    # turn in the queue. It took them all at once; all but four were throttled by their
+    # own siblings and backed off (1 s, 2 s, ...) while the capacity freed in milliseconds.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, concurrency_limit=4) as rt:
+        await rt.add_function("echo", "handlers.echo:echo")
+        await rt.add_function("noop", "handlers.echo:noop")  # shares the pool
+        ids = await asyncio.gather(
+            *(rt.invoke(name, {"n": n}, "Event") for n in range(12) for name in ("echo", "noop"))
+        )
+        await parked(rt)  # the clock never moves: no backoff may be needed
+        assert await rt.async_queue_counts() == {"done": 24}
+        assert rt.metrics.counter("Throttles", "echo") == rt.metrics.counter("Throttles", "noop") == 0
+        for request_id in ids:
+            assert (await rt.async_event(request_id))["system_retries"] == 0
+        assert max(rt.stats()["functions"][name]["peak_concurrency"] for name in ("echo", "noop")) <= 4
+
+
 async def test_reserved_concurrency_zero_sends_events_to_failure_without_retries():
     # AWS: "When you set reserved concurrency to zero for an asynchronously invoked
     # function, Lambda begins sending new events to the configured dead-letter queue or
@@ -307,6 +326,29 @@ async def test_a_missing_destination_function_is_a_delivery_failure_not_a_loss()
         event = await event_state(rt, request_id, "failed")
         assert event["record"]["requestPayload"] == {"amount": 1, "card": "declined"}
         assert rt.metrics.counter("DestinationDeliveryFailures", "charge") == 1
+        for function in ("function:nobody", "arn:aws:lambda:us-east-1:000000000000:function:audit"):
+            with pytest.raises(fnrt.InvalidConfig, match="is a function, not a sink"):
+                await rt.destination_records(function)  # not a sink named "nobody"
+
+
+async def test_a_success_record_that_cannot_be_delivered_stays_on_the_event():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("echo", "handlers.echo:echo", async_config={"on_success": "function:nobody"})
+        await rt.add_function("audit", "handlers.payments:audit")
+        await rt.add_function(
+            "big", "handlers.chaos:big_result", async_config={"on_success": "function:audit"}
+        )
+        gone = await rt.invoke("echo", {"order": "A-3"}, "Event")
+        large = await rt.invoke("big", {"bytes": 1024 * 1024}, "Event")  # a record over 1 MB
+        for request_id, function in ((gone, "echo"), (large, "big")):
+            event = await event_state(rt, request_id, "done")
+            record = event["record"]
+            assert record["requestContext"]["condition"] == "Success"
+            assert record["requestContext"]["requestId"] == request_id
+            assert rt.metrics.counter("DestinationDeliveryFailures", function) == 1
+        assert (await rt.async_event(gone))["record"]["responsePayload"]["event"] == {"order": "A-3"}
+        assert len((await rt.async_event(large))["record"]["responsePayload"]) == 1024 * 1024
+        assert rt.metrics.counter("Invocations", "audit") == 0
 
 
 async def test_events_of_an_unregistered_function_wait_for_it(tmp_path):
@@ -366,6 +408,9 @@ async def test_concurrent_enqueues_share_commits(tmp_path):
         ({"retry_delays": [-1]}, "retry_delays must be between 0"),
         ({"on_failure": "failed-payments"}, "write 'function:<name>'"),
         ({"dead_letter": "function:audit"}, "dead_letter must be a sink"),
+        ({"dead_letter": "arn:aws:s3:::audit-dlq"}, "dead_letter must be a sink"),
+        ({"on_success": "arn:aws:s3:::audit-records"}, "S3 buckets as on-failure destinations only"),
+        ({"on_failure": "arn:aws:sns:us-east-1:000000000000:t.fifo"}, "is not valid"),
         ({"max_retries": 1}, "unknown async config max_retries"),
     ],
 )

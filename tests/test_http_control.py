@@ -179,12 +179,12 @@ async def test_revision_id_and_dead_letter_config(served) -> None:
     )
     assert updated["DeadLetterConfig"] == {"TargetArn": dlq} and updated["RevisionId"] != revision
     assert rt.async_config("talk").dead_letter == dlq
-    sns = await error_of(
+    bus = await error_of(  # Lambda's DLQ is an SQS queue or an SNS topic, nothing else
         lam.update_function_configuration,
         FunctionName="talk",
-        DeadLetterConfig={"TargetArn": "arn:aws:sns:us-east-1:000000000000:topic"},
+        DeadLetterConfig={"TargetArn": "arn:aws:events:us-east-1:000000000000:event-bus/default"},
     )
-    assert sns["Code"] == "InvalidParameterValueException"
+    assert bus["Code"] == "InvalidParameterValueException"
     await call(lam.put_function_event_invoke_config, FunctionName="talk", MaximumRetryAttempts=0)
     assert rt.async_config("talk").dead_letter == dlq  # not part of the event-invoke config
     await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": true}')
@@ -315,7 +315,7 @@ async def test_event_invoke_config_routes_a_failure_to_the_sqs_arn_sink(served) 
     bad = await error_of(
         lam.put_function_event_invoke_config,
         FunctionName="talk",
-        DestinationConfig={"OnFailure": {"Destination": "arn:aws:sns:us-east-1:000000000000:topic"}},
+        DestinationConfig={"OnFailure": {"Destination": "arn:aws:dynamodb:us-east-1:000000000000:table/t"}},
     )
     assert bad["Code"] == "InvalidParameterValueException"
     await call(lam.delete_function_event_invoke_config, FunctionName="talk")
@@ -667,3 +667,93 @@ async def test_a_dead_letter_queue_is_a_function_setting_not_an_event_invoke_con
     assert rt.async_config("talk").dead_letter == dlq and rt.async_config("talk").max_retry_attempts == 2
     cleared = await call(lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={})
     assert "DeadLetterConfig" not in cleared and rt.async_config("talk").dead_letter is None
+
+
+async def test_every_destination_kind_lambda_takes_is_accepted_and_receives_its_record(served) -> None:
+    """Lambda's destinations are a function, an SQS queue, an SNS topic, an EventBridge event
+    bus or an S3 bucket (on failure only); its dead-letter queue an SQS queue or SNS topic.
+    fnrt takes each ARN: the queue, topic, bus and bucket are durable sinks by their name."""
+    rt, server = served
+    await rt.add_function("talk", "handlers.chaos:talk")
+    lam = client("lambda", server.url)
+    topic = "arn:aws:sns:us-east-1:000000000000:talk-successes"
+    bus = "arn:aws:events:us-east-1:000000000000:event-bus/talk-bus"
+    bucket = "arn:aws:s3:::talk-failures.example"
+    put = await call(
+        lam.put_function_event_invoke_config,
+        FunctionName="talk",
+        MaximumRetryAttempts=0,
+        DestinationConfig={"OnSuccess": {"Destination": topic}, "OnFailure": {"Destination": bus}},
+    )
+    assert put["DestinationConfig"] == {
+        "OnSuccess": {"Destination": topic},
+        "OnFailure": {"Destination": bus},
+    }
+    await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b"{}")
+    await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": true}')
+    await rt.wait_idle()
+    [success] = await rt.destination_records(topic)
+    assert success["requestContext"]["condition"] == "Success" and success["responsePayload"] == "said it"
+    assert await rt.destination_records("talk-successes") == [success]
+    [failure] = await rt.destination_records(bus)
+    assert failure["requestContext"]["condition"] == "RetriesExhausted"
+
+    on_s3 = await call(
+        lam.update_function_event_invoke_config,
+        FunctionName="talk",
+        DestinationConfig={"OnFailure": {"Destination": bucket}},
+    )
+    assert on_s3["DestinationConfig"]["OnFailure"] == {"Destination": bucket}
+    assert on_s3["DestinationConfig"]["OnSuccess"] == {"Destination": topic}  # merged
+    s3_success = await error_of(
+        lam.update_function_event_invoke_config,
+        FunctionName="talk",
+        DestinationConfig={"OnSuccess": {"Destination": bucket}},
+    )
+    assert s3_success["Code"] == "InvalidParameterValueException" and "on-failure" in s3_success["Message"]
+    assert rt.async_config("talk").on_success == topic  # the refused change changed nothing
+
+    dlq = "arn:aws:sns:us-east-1:000000000000:talk-dlq"
+    conf = await call(
+        lam.update_function_configuration, FunctionName="talk", DeadLetterConfig={"TargetArn": dlq}
+    )
+    assert conf["DeadLetterConfig"] == {"TargetArn": dlq}
+    await call(lam.invoke, FunctionName="talk", InvocationType="Event", Payload=b'{"fail": 2}')
+    await rt.wait_idle()
+    [stored] = await rt.destination_records("talk-failures.example")
+    assert stored["requestPayload"] == {"fail": 2}
+    [dead] = await rt.destination_records(dlq)
+    assert dead["body"] == {"fail": 2} and dead["messageAttributes"]["ErrorMessage"] == "asked to fail"
+
+
+async def test_deleting_an_event_invoke_config_set_by_the_decorator_deletes_it(served) -> None:
+    """``@fnrt.handler(async_config=...)`` is the function's event-invoke config as the API
+    shows it; DeleteFunctionEventInvokeConfig removes it (Lambda's defaults apply, no
+    destinations) and a second delete or a get is ResourceNotFoundException."""
+    rt, server = served
+    await rt.deploy("handlers.payments")  # charge: on_failure sink:failed-payments
+    lam = client("lambda", server.url)
+    got = await call(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert got["DestinationConfig"]["OnFailure"]["Destination"].endswith(":failed-payments")
+    await call(lam.delete_function_event_invoke_config, FunctionName="charge")
+    for operation in (lam.get_function_event_invoke_config, lam.delete_function_event_invoke_config):
+        gone = await error_of(operation, FunctionName="charge")
+        assert gone["Code"] == "ResourceNotFoundException" and gone["Status"] == 404
+    listed = await call(lam.list_function_event_invoke_configs, FunctionName="charge")
+    assert listed["FunctionEventInvokeConfigs"] == []
+    config = rt.async_config("charge")
+    assert (config.on_failure, config.max_retry_attempts, config.max_event_age) == (None, 2, 21_600)
+    no_update = await error_of(
+        lam.update_function_event_invoke_config, FunctionName="charge", MaximumRetryAttempts=0
+    )
+    assert no_update["Code"] == "ResourceNotFoundException"
+
+    put = await call(lam.put_function_event_invoke_config, FunctionName="charge", MaximumRetryAttempts=1)
+    assert put["MaximumRetryAttempts"] == 1 and put["DestinationConfig"] == {"OnSuccess": {}, "OnFailure": {}}
+    await rt.deploy("handlers.payments")  # a redeploy keeps the function's config
+    kept = await call(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert kept["MaximumRetryAttempts"] == 1
+    await call(lam.delete_function_event_invoke_config, FunctionName="charge")
+    await rt.deploy("handlers.payments")  # and its deletion
+    gone = await error_of(lam.get_function_event_invoke_config, FunctionName="charge")
+    assert gone["Code"] == "ResourceNotFoundException"

@@ -212,7 +212,8 @@ class AsyncSource:
 
     def configure(self, name: str, config: AsyncConfig) -> AsyncConfig:
         """Lambda's event-invoke config for ``name``; applies to queued events too."""
-        self.registry.get(name).async_override = config
+        entry = self.registry.get(name)
+        entry.async_override, entry.async_deleted = config, False
         return config
 
     def config_for(self, name: str) -> AsyncConfig:
@@ -312,6 +313,7 @@ class AsyncSource:
         self._loop = asyncio.get_running_loop()
         now = self.clock.time()
         self._starved = False
+        shared = self._shared_busy()  # 0 unless the shared pool is small enough to count
         for entry in self.registry:
             name = entry.name
             busy = self._busy[name]
@@ -320,7 +322,7 @@ class AsyncSource:
                 # attempt's end would find nothing. Retries and dead hosts' leases that fell
                 # due meanwhile are taken at the next sweep (idle_poll at the latest).
                 continue
-            room = self._room(entry)
+            room = self._room(entry, shared)
             if room <= 0 or (room < self._batch(entry) and busy):
                 self._starved = True
             if 0 < room < self._batch(entry) and busy:
@@ -346,6 +348,8 @@ class AsyncSource:
                     self._clear.discard(name)
                 for event in events:
                     self._start(event)
+                if entry.counter.reserved is None:
+                    shared += len(events)
         await self._sleep(queue)
 
     def _cap(self, entry: FunctionEntry) -> int:
@@ -353,19 +357,43 @@ class AsyncSource:
         reserved = entry.counter.reserved
         if reserved is not None:
             cap = min(cap, max(reserved, 1))  # reserved 0: one at a time, straight to failure
+        else:
+            cap = min(cap, max(self.invoker.limiter.unreserved_pool, 1))
         return cap
 
     def _batch(self, entry: FunctionEntry) -> int:
         return max(1, self._cap(entry) // 4)
 
-    def _room(self, entry: FunctionEntry) -> int:
-        return max(
-            0,
-            min(
-                self._cap(entry) - self._busy[entry.name],
-                self.max_in_flight - len(self._in_flight) - self._handing,
-            ),
+    def _shared_busy(self) -> int:
+        """Attempts invoking (or being handed off) for functions without a reservation:
+        they draw on the shared pool (a removed function's still do, as the limiter
+        counts them). 0 when the pool is at least ``max_in_flight``: then it cannot bind."""
+        if self.invoker.limiter.unreserved_pool >= self.max_in_flight:
+            return 0
+        busy = 0
+        for name, count in self._busy.items():
+            entry = self.registry.lookup(name)
+            if entry is None or entry.counter.reserved is None:
+                busy += count
+        return busy
+
+    def _room(self, entry: FunctionEntry, shared: int | None = None) -> int:
+        """How many more of ``entry``'s events to start now. Never more than the pool its
+        attempts draw on can run besides this source's attempts already running from it
+        (the function's reservation, or the shared pool of all unreserved functions): an
+        event started beyond that would only be throttled by its own siblings and back
+        off for seconds to minutes while the capacity frees in milliseconds. Capacity
+        that other callers hold still throttles, with Lambda's backoff. ``shared``: the
+        :meth:`_shared_busy` count when the caller has it."""
+        room = min(
+            self._cap(entry) - self._busy[entry.name],
+            self.max_in_flight - len(self._in_flight) - self._handing,
         )
+        if entry.counter.reserved is None:
+            pool = self.invoker.limiter.unreserved_pool
+            if pool < self.max_in_flight:  # else the bound above is the tighter one
+                room = min(room, pool - (self._shared_busy() if shared is None else shared))
+        return max(0, room)
 
     async def _sleep(self, queue: EventQueue) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
@@ -377,7 +405,8 @@ class AsyncSource:
         next wake, or after ``idle_poll`` at the latest."""
         due = None
         if not self._in_flight:
-            due = await queue.next_due([e.name for e in self.registry if self._room(e) > 0])
+            shared = self._shared_busy()
+            due = await queue.next_due([e.name for e in self.registry if self._room(e, shared) > 0])
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return
@@ -642,10 +671,11 @@ class AsyncSource:
             return attrs.evolve(outcome, events=[*outcome.events, (str(uuid.uuid4()), target, body)])
         else:
             problem = f"the record is {len(body)} bytes, over the {EVENT_PAYLOAD_LIMIT} byte Event limit"
-        # Not delivered: the record stays on the event's row (Runtime.async_event shows it).
+        # Not delivered: the record stays on the event's row (Runtime.async_event shows it),
+        # a success's too (a failure's is there already).
         self.metrics.incr("DestinationDeliveryFailures", function)
         self._log.warning("destination delivery failed", destination=destination, error=problem)
-        return outcome
+        return attrs.evolve(outcome, record=record)
 
     async def _record(
         self,
