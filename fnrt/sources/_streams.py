@@ -64,6 +64,10 @@ from ..errors import (
 from ..store import Shard, StoredRecord, StreamStore
 from ..store._types import HASH_KEY_TEXT, MAX_HASH_KEY, hash_key, seq_int, seq_str
 
+# Lambda's ``LastProcessingResult`` wording.
+NO_RECORDS_PROCESSED = "No records processed"
+PROCESSING_OK = "OK"
+PROCESSING_FAILED = "PROBLEM: Function call failed"
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
@@ -273,6 +277,8 @@ class StreamMapping:
         self._wake_coordinator = _Waker(source.clock)
         self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
         self._parked = False
+        #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
+        self.last_processing_result = NO_RECORDS_PROCESSED
 
     def __repr__(self) -> str:
         return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
@@ -692,13 +698,17 @@ class ShardPoller:
         source.metrics.observe("IteratorAge", self.mapping.uuid, age_ms)
         body = self._event(part)
         result = await source.invoker.invoke(entry, body, source.invoker.request_id())
+        mapping = self.mapping
         if result.error is not None:
+            mapping.last_processing_result = PROCESSING_FAILED
             return part
+        mapping.last_processing_result = PROCESSING_OK
         if not self.config.report_batch_item_failures:
             return []
         try:
             response = await decode_result(result.raw)
         except (ValueError, RecursionError):  # not JSON (a broken sandbox): the batch failed
+            mapping.last_processing_result = PROCESSING_FAILED
             return part
         return _failed_suffix(part, response)
 
@@ -1077,6 +1087,7 @@ class StreamSource:
             # The config is durable, so the update stands: leases not handed back expire,
             # and the new pollers take them over then.
             self.log.warning("leases not released on update", mapping=key, error=str(exc))
+        new.last_processing_result = old.last_processing_result
         self.mappings[key] = new
         new.start()
 
