@@ -264,6 +264,21 @@ class KinesisApi:
         await self.runtime.create_stream(name, shard_count)
         return {}
 
+    async def _op_DeleteStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The stream, its records and its event source mappings go (fnrt has no
+        registered consumers, so ``EnforceConsumerDeletion`` changes nothing)."""
+        enforce = body.get("EnforceConsumerDeletion")
+        if enforce is not None and not isinstance(enforce, bool):
+            raise _bad(
+                f"1 validation error detected: Value '{enforce}' at 'enforceConsumerDeletion' failed to "
+                "satisfy constraint: Member must be a boolean"
+            )
+        stream = await self._stream(body)
+        await self.runtime.delete_stream(stream.name)
+        for key in [k for k in self._buckets if k[0] == stream.name]:
+            del self._buckets[key]
+        return {}
+
     async def _op_ListStreams(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         limit = _int(body, "Limit", 100, 1, 10_000)
         names = await self.runtime.list_streams()

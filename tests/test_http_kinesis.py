@@ -401,3 +401,44 @@ async def test_another_regions_or_accounts_stream_arn_is_not_found(served, arn):
     await rt.create_stream("orders", shard_count=1)
     with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
         await call(kinesis.describe_stream_summary, StreamARN=arn)
+
+
+async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Path):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    release = tmp_path / "release"
+    await rt.add_function(
+        "held", "handlers.orders:process_when_released", environment={"ORDERS_RELEASE": str(release)}
+    )
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=2)
+    await call(kinesis.create_stream, StreamName="other", ShardCount=1)
+    mapping = await rt.add_stream_mapping("orders", "held")
+    kept = await rt.add_stream_mapping("other", "held")
+    await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 1}', PartitionKey="c")
+    await wait_until(lambda: rt.stats()["functions"]["held"]["in_flight"] == 1, "a batch in flight")
+
+    # deleted while its batch runs: the mapping stops and goes with the stream
+    assert await call(kinesis.delete_stream, StreamName="orders", EnforceConsumerDeletion=True) is not None
+    assert [m.uuid for m in rt.stream_mappings()] == [kept.uuid]
+    assert await rt.list_streams() == ["other"]
+    for request in (
+        lambda: kinesis.describe_stream_summary(StreamName="orders"),
+        lambda: kinesis.put_record(StreamName="orders", Data=b"x", PartitionKey="c"),
+        lambda: kinesis.delete_stream(StreamName="orders"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await asyncio.to_thread(request)
+        assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    with pytest.raises(fnrt.StreamNotFound):
+        await rt.get_stream("orders")
+    with pytest.raises(fnrt.InvalidConfig):
+        await rt.update_stream_mapping(mapping.uuid, batch_size=5)
+
+    # the name can be used again: a new, empty stream with a new mapping
+    release.touch()
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
+    again = await rt.add_stream_mapping("orders", "held")
+    assert again.uuid != mapping.uuid and await again.checkpoints() == {}
+    await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 2}', PartitionKey="c")
+    await wait_until(again.checkpoints, "the new stream's checkpoint")

@@ -500,6 +500,40 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     assert await streams.checkpoints("m-latest") == {} and await streams.leases("m-latest") == {}
 
 
+async def test_delete_stream_takes_its_records_shards_and_mappings(streams: StreamStore) -> None:
+    await streams.create_stream("s", 2, 86_400.0, T0)
+    await streams.create_stream("other", 1, 86_400.0, T0)
+    await streams.put_records("s", [("a", "eA==", 1), ("b", "eA==", MAX_HASH_KEY)], T0)
+    ((kept_shard, kept_seq),) = await streams.put_records("other", [("c", "eA==", 1)], T0)
+    await streams.create_mapping("m", "s", "f", {}, "TRIM_HORIZON", None, T0)
+    await streams.create_mapping("n", "other", "f", {}, "TRIM_HORIZON", None, T0)
+    shard = (await streams.shards("s"))[0].shard_id
+    failure = ("sink:failed", {"shard": shard}, T0)
+    assert await streams.acquire_lease("m", shard, "a", T0, LEASE)
+    assert await streams.checkpoint("m", shard, "a", 0, failure=failure)
+    assert await streams.acquire_lease("n", kept_shard, "a", T0, LEASE)
+
+    assert await streams.delete_stream("s") == ["m"]
+    assert not await streams.stream_exists("s") and await streams.stream_names() == ["other"]
+    assert await streams.stream_info("s") is None and await streams.shards("s") == []
+    assert await streams.read("s", shard, -1, 10) == []
+    assert await streams.mapping("s", "f") is None
+    assert await streams.checkpoints("m") == {} and await streams.leases("m") == {}
+    assert await streams.failure_records(destination="sink:failed") == [failure[1]]  # a sink's
+    with pytest.raises(StreamNotFound):
+        await streams.put_records("s", [("a", "eA==", 1)], T0)
+    with pytest.raises(StreamNotFound):
+        await streams.delete_stream("s")
+    # the other stream and its mapping are untouched
+    assert [r.seq for r in await streams.read("other", kept_shard, -1, 10)] == [kept_seq]
+    assert [m.uuid for m in await streams.mappings()] == ["n"] and await streams.leases("n")
+
+    # a stream created again under the name starts empty
+    assert await streams.create_stream("s", 1, 86_400.0, T0 + 1)
+    (fresh,) = await streams.shards("s")
+    assert await streams.read("s", fresh.shard_id, -1, 10) == []
+
+
 @pytest.mark.parametrize("start", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])
 async def test_create_mapping_again_with_its_own_uuid_updates_it_and_keeps_checkpoints(
     streams: StreamStore, start: str

@@ -1028,6 +1028,37 @@ class StreamSource:
             stream = self._streams[name] = Stream(self, name)
         return stream
 
+    async def delete_stream(self, name: str) -> None:
+        """Kinesis' ``DeleteStream``: this host's mappings of the stream stop (their leases
+        handed back), then the stream, its records and its mappings go in one transaction.
+        A failed delete changes nothing: the mappings poll on as they were."""
+        async with self._changing:
+            store = await self.store()
+            if not await store.stream_exists(name):
+                raise StreamNotFound(name)
+            # Runs to its end even if the caller is cancelled: never stopped mappings of a
+            # stream that is still there.
+            await asyncio.shield(self._delete_stream(store, name))
+
+    async def _delete_stream(self, store: StreamStore, name: str) -> None:
+        doomed = [m for m in self.mappings.values() if m.stream.name == name]
+        try:
+            for mapping in doomed:
+                await mapping.stop()
+            await store.delete_stream(name)
+        except BaseException:
+            for old in doomed:  # the stream is still there: poll on from the checkpoints
+                mapping = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
+                mapping.last_processing_result = old.last_processing_result
+                self.mappings[old.uuid] = mapping
+                mapping.start()
+            raise
+        for mapping in doomed:
+            self.mappings.pop(mapping.uuid, None)
+        self._streams.pop(name, None)
+        self._retention.pop(name, None)
+        self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
+
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig
     ) -> StreamMapping:

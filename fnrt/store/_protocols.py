@@ -150,6 +150,15 @@ class StreamStore(Protocol):
 
     async def stream_exists(self, name: str) -> bool: ...
 
+    async def delete_stream(self, name: str) -> list[str]:
+        """Delete ``name`` with its shards and records, and its mappings with their
+        checkpoints and leases (Kinesis' ``DeleteStream``); the mappings' on-failure records
+        stay (they are what a destination holds). Returns the deleted mappings' uuids.
+        Raises :class:`~fnrt.errors.StreamNotFound` (and changes nothing) for an unknown
+        stream. Atomic against writers: a put is wholly before the delete or fails with
+        ``StreamNotFound``. Durable."""
+        ...
+
     async def stream_names(self) -> list[str]:
         """Every stream's name, sorted."""
         ...

@@ -186,6 +186,22 @@ class SQLiteStreams:
                 )
         return True
 
+    async def delete_stream(self, name: str) -> list[str]:
+        async with self.db.transaction() as conn:
+            async with conn.execute("DELETE FROM streams WHERE name = ? RETURNING 1", (name,)) as cursor:
+                if await cursor.fetchone() is None:
+                    raise StreamNotFound(name)
+            async with conn.execute(
+                "DELETE FROM stream_mappings WHERE stream = ? RETURNING uuid", (name,)
+            ) as cursor:
+                mappings = [row[0] for row in await cursor.fetchall()]
+            for mapping in mappings:
+                for table in ("stream_checkpoints", "stream_leases"):
+                    await conn.execute(f"DELETE FROM {table} WHERE mapping = ?", (mapping,))
+            for table in ("stream_records", "shards"):
+                await conn.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
+        return mappings
+
     async def stream_names(self) -> list[str]:
         rows = await self.db.fetchall("SELECT name FROM streams ORDER BY name", ())
         return [r[0] for r in rows]

@@ -102,6 +102,25 @@ class PgStreamStore:
         return await self.pg.relaxed.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1", name) is not None
 
     @guarded
+    async def delete_stream(self, name: str) -> list[str]:
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            # The stream's row first: a put holds it while it writes (fnrt_put_records
+            # updates next_seq), so a put is wholly before this or finds no stream.
+            found = await conn.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1 FOR UPDATE", name)
+            if found is None:
+                raise StreamNotFound(name)
+            rows = await conn.fetch("DELETE FROM fnrt_stream_mappings WHERE stream = $1 RETURNING uuid", name)
+            mappings = [str(r["uuid"]) for r in rows]
+            await conn.execute(
+                "DELETE FROM fnrt_stream_checkpoints WHERE mapping = ANY($1::text[])", mappings
+            )
+            await conn.execute("DELETE FROM fnrt_stream_leases WHERE mapping = ANY($1::text[])", mappings)
+            await conn.execute("DELETE FROM fnrt_stream_records WHERE stream = $1", name)
+            await conn.execute("DELETE FROM fnrt_shards WHERE stream = $1", name)
+            await conn.execute("DELETE FROM fnrt_streams WHERE name = $1", name)
+        return mappings
+
+    @guarded
     async def stream_names(self) -> list[str]:
         rows = await self.pg.relaxed.fetch("SELECT name FROM fnrt_streams ORDER BY name")
         return [str(r["name"]) for r in rows]
