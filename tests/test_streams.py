@@ -183,6 +183,30 @@ async def test_each_record_carries_its_own_arrival_time(tmp_path: Path) -> None:
         assert times == [put_at[0], put_at[1], put_at[1], put_at[2]]
 
 
+@pytest.mark.parametrize(
+    ("stream_name", "key", "data_bytes", "count"),
+    [
+        ("orders", "k", 150, 10_000),  # many small records: the event's own fields weigh most
+        ("o" * 128, "\U0001f600" * 256, 10, 2_500),  # long ARNs; keys JSON escapes (12 bytes a character)
+        ("orders", "k", 1024 * 1024 - 1, 6),  # 1 MB records
+    ],
+)
+async def test_a_batch_event_is_at_most_6_mb(
+    tmp_path: Path, stream_name: str, key: str, data_bytes: int, count: int
+) -> None:
+    """Lambda's 6 MB invoke payload bounds a batch, whatever its BatchSize: measured on
+    the event the handler gets, with every field of every record."""
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream(stream_name, shard_count=1)
+        await stream.put_records([(os.urandom(data_bytes), key) for _ in range(count)])
+        await rt.add_stream_mapping(stream_name, "measure", batch_size=10_000)
+        await until(lambda: sum(b["records"] for b in ledger(path)) == count, what="every record")
+        batches = ledger(path)
+        assert max(b["bytes"] for b in batches) <= 6 * 1024 * 1024, batches
+        assert len(batches) <= 2 * (sum(b["bytes"] for b in batches) // (6 * 1024 * 1024) + 1)  # full ones
+
+
 # -- ordering, blocking, retries, bisect, on-failure ----------------------------------
 
 

@@ -494,6 +494,14 @@ class ShardPoller:
             f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
+        # What a record of the event weighs beyond its data and quoted partition key: the
+        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
+        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
+        self._record_overhead = len(
+            f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":,'
+            f'"sequenceNumber":"{seq}","data":"","approximateArrivalTimestamp":{at}}},'
+            f'{self._event_head}"eventID":"{shard.shard_id}:{seq}"}},'
+        )
 
     @property
     def idle(self) -> bool:
@@ -619,7 +627,7 @@ class ShardPoller:
         self._next = 0
         self._done.clear()
         if len(lanes) == 1:
-            for batch in _batches(records, self.config.batch_size):
+            for batch in _batches(records, self.config.batch_size, self._record_overhead):
                 await self._deliver(store, batch)
             return
         async with asyncio.TaskGroup() as group:
@@ -627,7 +635,7 @@ class ShardPoller:
                 group.create_task(self._deliver_lane(store, lane_records))
 
     async def _deliver_lane(self, store: StreamStore, records: list[StoredRecord]) -> None:
-        for batch in _batches(records, self.config.batch_size):
+        for batch in _batches(records, self.config.batch_size, self._record_overhead):
             await self._deliver(store, batch)
 
     async def _deliver(self, store: StreamStore, batch: list[StoredRecord]) -> None:
@@ -885,23 +893,30 @@ def _drop(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+# ``{"Records":[`` and ``]}`` around a batch's records.
+_EVENT_ENVELOPE = len('{"Records":[]}')
 # A record's fields, read in C over a whole round.
 _seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
 
-def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
-    """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
+def _batches(records: list[StoredRecord], size: int, overhead: int) -> Iterator[list[StoredRecord]]:
+    """Cut ``records`` into batches of at most ``size`` records whose event fits Lambda's
+    6 MB payload: a record weighs its data, its partition key as JSON quotes it (a
+    character outside ASCII is 6 or 12 bytes) and ``overhead``, the rest of its event record."""
+    budget = MAX_BATCH_BYTES - _EVENT_ENVELOPE
     if len(records) <= size and (
-        sum(map(len, map(_data, records))) + sum(map(len, map(_key, records))) + 400 * len(records)
-        <= MAX_BATCH_BYTES
+        sum(map(len, map(_data, records)))
+        + sum(map(len, map(_quote, map(_key, records))))
+        + overhead * len(records)
+        <= budget
     ):
         yield records  # the common case: the round is one batch
         return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
-        weight = len(record.data) + len(record.partition_key) + 400
-        if batch and (len(batch) >= size or total + weight > MAX_BATCH_BYTES):
+        weight = len(record.data) + len(_quote(record.partition_key)) + overhead
+        if batch and (len(batch) >= size or total + weight > budget):
             yield batch
             batch, total = [], 0
         batch.append(record)
