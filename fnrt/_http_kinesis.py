@@ -40,6 +40,8 @@ MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
 ITERATOR_TTL = 300.0
+STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
+ON_DEMAND_SHARDS = 4
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
@@ -116,6 +118,20 @@ def _hash_key(value: Any, member: str) -> int:
             f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"
         )
     return int(value)
+
+
+def _stream_mode(body: dict[str, Any]) -> str:
+    """``StreamModeDetails.StreamMode`` of a ``CreateStream`` (``PROVISIONED`` by default)."""
+    details = body.get("StreamModeDetails")
+    if details is None:
+        return "PROVISIONED"
+    mode = details.get("StreamMode") if isinstance(details, dict) else None
+    if mode not in STREAM_MODES:
+        raise _bad(
+            f"1 validation error detected: Value '{mode}' at 'streamModeDetails.streamMode' failed to "
+            f"satisfy constraint: Member must satisfy enum value set: [{', '.join(STREAM_MODES)}]"
+        )
+    return str(mode)
 
 
 def _data_size(data: str) -> int:
@@ -250,7 +266,16 @@ class KinesisApi:
                 "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+ and "
                 "Member must have length between 1 and 128"
             )
-        shard_count = _int(body, "ShardCount", 1, 1, 10_000)
+        mode = _stream_mode(body)
+        if mode == "ON_DEMAND":
+            if body.get("ShardCount") is not None:
+                raise _bad(
+                    "ShardCount is not allowed for a stream in ON_DEMAND mode", "InvalidArgumentException"
+                )
+            # On-demand capacity starts at 4 MiB/s of writes: four shards' worth.
+            shard_count = ON_DEMAND_SHARDS
+        else:
+            shard_count = _int(body, "ShardCount", 1, 1, 10_000)
         try:
             await self.runtime.get_stream(name)
         except StreamNotFound:

@@ -442,3 +442,23 @@ async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Pa
     assert again.uuid != mapping.uuid and await again.checkpoints() == {}
     await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 2}', PartitionKey="c")
     await wait_until(again.checkpoints, "the new stream's checkpoint")
+
+
+async def test_create_stream_takes_its_capacity_mode(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    # on demand: no ShardCount; the capacity it starts with, four shards' worth of writes
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert len((await call(kinesis.list_shards, StreamName="auto"))["Shards"]) == 4
+    provisioned = {"StreamMode": "PROVISIONED"}
+    await call(kinesis.create_stream, StreamName="set", ShardCount=2, StreamModeDetails=provisioned)
+    assert len((await call(kinesis.list_shards, StreamName="set"))["Shards"]) == 2
+    for request, code in (
+        ({"StreamModeDetails": {"StreamMode": "SERVERLESS"}}, "ValidationException"),
+        ({"StreamModeDetails": {"StreamMode": "ON_DEMAND"}, "ShardCount": 2}, "InvalidArgumentException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.create_stream, StreamName="bad", **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    assert await rt.list_streams() == ["auto", "set"]  # nothing half made
