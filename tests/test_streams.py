@@ -207,6 +207,19 @@ async def test_a_batch_event_is_at_most_6_mb(
         assert len(batches) <= 2 * (sum(b["bytes"] for b in batches) // (6 * 1024 * 1024) + 1)  # full ones
 
 
+async def test_a_batch_of_6_mb_does_not_wait_out_the_batching_window(tmp_path: Path) -> None:
+    """Lambda invokes at the batching window's end, at BatchSize records, or when the batch
+    reaches 6 MB, whichever comes first: here the clock stands still, so only the last can."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_records([(os.urandom(1024 * 1024 - 1), "k") for _ in range(5)])
+        await rt.add_stream_mapping("orders", "measure", batch_size=10_000, max_batching_window=300)
+        await until(lambda: ledger(path), what="a full batch, with no time passed")
+        assert ledger(path)[0]["records"] == 4  # 4 x 1.33 MB of base64 fit in 6 MB, 5 do not
+
+
 # -- ordering, blocking, retries, bisect, on-failure ----------------------------------
 
 

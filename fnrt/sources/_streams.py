@@ -595,13 +595,20 @@ class ShardPoller:
         if not records:
             records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
         window = self.config.max_batching_window
-        if not records or len(records) >= self.config.batch_size or window <= 0:
+        if not records or window <= 0 or self._full(records):
             return records
         deadline = self.clock.monotonic() + window
-        while len(records) < self.config.batch_size and (left := deadline - self.clock.monotonic()) > 0:
+        while not self._full(records) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
             records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
         return records
+
+    def _full(self, records: list[StoredRecord]) -> bool:
+        """A batch is ready without waiting out the window: ``batch_size`` records, or an
+        event of 6 MB (Lambda invokes at whichever comes first)."""
+        if len(records) >= self.config.batch_size:
+            return True
+        return _event_bytes(records, self._record_overhead) > MAX_BATCH_BYTES - _EVENT_ENVELOPE
 
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
@@ -899,17 +906,21 @@ _EVENT_ENVELOPE = len('{"Records":[]}')
 _seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
 
+def _event_bytes(records: list[StoredRecord], overhead: int) -> int:
+    """The size of the records in an event (see :func:`_batches`), in C over them all."""
+    return (
+        sum(map(len, map(_data, records)))
+        + sum(map(len, map(_quote, map(_key, records))))
+        + overhead * len(records)
+    )
+
+
 def _batches(records: list[StoredRecord], size: int, overhead: int) -> Iterator[list[StoredRecord]]:
     """Cut ``records`` into batches of at most ``size`` records whose event fits Lambda's
     6 MB payload: a record weighs its data, its partition key as JSON quotes it (a
     character outside ASCII is 6 or 12 bytes) and ``overhead``, the rest of its event record."""
     budget = MAX_BATCH_BYTES - _EVENT_ENVELOPE
-    if len(records) <= size and (
-        sum(map(len, map(_data, records)))
-        + sum(map(len, map(_quote, map(_key, records))))
-        + overhead * len(records)
-        <= budget
-    ):
+    if len(records) <= size and _event_bytes(records, overhead) <= budget:
         yield records  # the common case: the round is one batch
         return
     batch: list[StoredRecord] = []
