@@ -571,6 +571,31 @@ async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
         assert sorted(e["id"] for e in ledger(path)) == list(range(24))  # nothing twice
 
 
+async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_path: Path) -> None:
+    """Host B deletes the stream that host A's mapping reads: A's pollers find their shards
+    gone and stop (their mapping went with the stream); A runs on, and closes cleanly."""
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a:
+        async with Runtime(state_dir=state) as b:
+            path = await orders_function(a, tmp_path)
+            stream = await a.create_stream("orders", shard_count=2)
+            await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+            # A's coordinator heartbeats every 10 s; its idle pollers poll every 60 s
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            await until(lambda: len(ledger(path)) == 4, what="delivered")
+            await a.wait_idle()
+            await b.delete_stream("orders")
+            assert await a.list_streams() == []
+            # the pollers look before the coordinator's next heartbeat would stop them (as a
+            # put on a third host would wake them)
+            for poller in mapping._poller_objects.values():
+                poller.waker.set()
+            await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
+            await a.wait_idle()
+            assert await a.invoke("orders", {"Records": []}) == {"processed": 0}  # A runs on
+    assert len(ledger(path)) == 4
+
+
 # -- crash safety ---------------------------------------------------------------------
 
 

@@ -615,7 +615,11 @@ class ShardPoller:
         seen closed first, then read empty, so no record can slip in between."""
         if self.shard.open:
             shards = {s.shard_id: s for s in await store.shards(self.mapping.stream.name)}
-            self.shard = shards[self.shard.shard_id]
+            shard = shards.get(self.shard.shard_id)
+            if shard is None:  # the stream was deleted (by another host), its mapping with it
+                self.log.warning("shard gone with its stream; this poller stops")
+                raise _LeaseLost(self.shard.shard_id)
+            self.shard = shard
             if self.shard.open:
                 return False
         more = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, 1)
