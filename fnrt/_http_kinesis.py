@@ -42,6 +42,7 @@ MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by on
 ITERATOR_TTL = 300.0
 STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
 ON_DEMAND_SHARDS = 4
+SHARD_LIMIT = 10_000  # open shards per account and region (Kinesis' shard quota; fnrt's own)
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
@@ -275,7 +276,7 @@ class KinesisApi:
             # On-demand capacity starts at 4 MiB/s of writes: four shards' worth.
             shard_count = ON_DEMAND_SHARDS
         else:
-            shard_count = _int(body, "ShardCount", 1, 1, 10_000)
+            shard_count = _int(body, "ShardCount", 1, 1, 2**31 - 1)
         try:
             await self.runtime.get_stream(name)
         except StreamNotFound:
@@ -286,8 +287,25 @@ class KinesisApi:
                 "ResourceInUseException",
                 f"Stream {name} under account {self.runtime.config.account_id} already exists.",
             )
+        await self._check_shard_limit(shard_count)
         await self.runtime.create_stream(name, shard_count)
         return {}
+
+    async def _check_shard_limit(self, more: int) -> None:
+        """Kinesis' account shard quota: open shards over every stream, ``SHARD_LIMIT`` here."""
+        open_shards = 0
+        for name in await self.runtime.list_streams():
+            shards = await (await self.runtime.get_stream(name)).shards()
+            open_shards += sum(1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"])
+        if open_shards + more > SHARD_LIMIT:
+            config = self.runtime.config
+            raise AwsError(
+                400,
+                "LimitExceededException",
+                f"This request would exceed the shard limit for the account {config.account_id} in "
+                f"{config.region}. Current limit of shards is {SHARD_LIMIT} ({open_shards} open). "
+                "Delete streams or merge shards first.",
+            )
 
     async def _op_DeleteStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         """The stream, its records and its event source mappings go (fnrt has no
@@ -383,9 +401,11 @@ class KinesisApi:
         shard = _str(body, "ShardToSplit")
         new_start = _str(body, "NewStartingHashKey")
         assert shard is not None
+        starting = _hash_key(new_start, "newStartingHashKey")
+        await self._check_shard_limit(1)  # two children open where one shard closes
         # off the pattern: ValidationException; outside the shard's range: split_shard's
         # InvalidConfig, InvalidArgumentException
-        await stream.split_shard(shard, _hash_key(new_start, "newStartingHashKey"))
+        await stream.split_shard(shard, starting)
         return {}
 
     async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802

@@ -462,3 +462,28 @@ async def test_create_stream_takes_its_capacity_mode(served):
             await call(kinesis.create_stream, StreamName="bad", **request)
         assert raised.value.response["Error"]["Code"] == code, request
     assert await rt.list_streams() == ["auto", "set"]  # nothing half made
+
+
+async def test_shards_past_the_account_limit_are_limit_exceeded(served, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+
+    async def error_code(fn, **kwargs):
+        with pytest.raises(ClientError) as raised:
+            await call(fn, **kwargs)
+        return raised.value.response["Error"]["Code"]
+
+    huge = await error_code(kinesis.create_stream, StreamName="huge", ShardCount=10_001)
+    assert huge == "LimitExceededException"
+    # the limit counts open shards over every stream: a split opens one more
+    monkeypatch.setattr("fnrt._http_kinesis.SHARD_LIMIT", 3)
+    await call(kinesis.create_stream, StreamName="a", ShardCount=2)
+    assert await error_code(kinesis.create_stream, StreamName="b", ShardCount=2) == "LimitExceededException"
+    split = kinesis.split_shard
+    await call(split, StreamName="a", ShardToSplit="shardId-000000000000", NewStartingHashKey="1")
+    second = {"ShardToSplit": "shardId-000000000001", "NewStartingHashKey": str(2**127 + 1)}  # in its range
+    code = await error_code(split, StreamName="a", **second)
+    assert code == "LimitExceededException"
+    assert await rt.list_streams() == ["a"]
+    assert len(await (await rt.get_stream("a")).shards()) == 4  # 3 open, 1 closed
