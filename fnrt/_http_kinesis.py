@@ -402,6 +402,7 @@ class KinesisApi:
         new_start = _str(body, "NewStartingHashKey")
         assert shard is not None
         starting = _hash_key(new_start, "newStartingHashKey")
+        await self._open_shards(stream, shard)
         await self._check_shard_limit(1)  # two children open where one shard closes
         # off the pattern: ValidationException; outside the shard's range: split_shard's
         # InvalidConfig, InvalidArgumentException
@@ -413,8 +414,29 @@ class KinesisApi:
         shard = _str(body, "ShardToMerge")
         adjacent = _str(body, "AdjacentShardToMerge")
         assert shard is not None and adjacent is not None
+        await self._open_shards(stream, shard, adjacent)
         await stream.merge_shards(shard, adjacent)
         return {}
+
+    async def _open_shards(self, stream: Stream, *shard_ids: str) -> None:
+        """Kinesis' answers for a shard to split or merge: unknown, ``ResourceNotFoundException``;
+        closed already, ``InvalidArgumentException``."""
+        shards = {s["ShardId"]: s for s in await stream.shards()}
+        account = self.runtime.config.account_id
+        for shard_id in shard_ids:
+            shard = shards.get(shard_id)
+            if shard is None:
+                raise AwsError(
+                    400,
+                    "ResourceNotFoundException",
+                    f"Shard {shard_id} in stream {stream.name} under account {account} does not exist",
+                )
+            if "EndingSequenceNumber" in shard["SequenceNumberRange"]:
+                raise _bad(
+                    f"Shard {shard_id} in stream {stream.name} under account {account} has already been "
+                    "merged or split, and thus is not eligible for merging or splitting.",
+                    "InvalidArgumentException",
+                )
 
     # -- writes -------------------------------------------------------------------------
 

@@ -181,9 +181,20 @@ async def test_split_and_merge_then_read_the_closed_parent_to_its_end(served):
                AdjacentShardToMerge=children[1])
     summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
     assert summary["OpenShardCount"] == 1
-    with pytest.raises(kinesis.exceptions.InvalidArgumentException):
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException) as closed:
         await call(kinesis.merge_shards, StreamName="s", ShardToMerge=children[0],
                    AdjacentShardToMerge=children[1])  # closed now
+    assert "has already been merged or split" in str(closed.value)
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException):
+        await call(kinesis.split_shard, StreamName="s", ShardToSplit=parent, NewStartingHashKey="1")
+    for unknown in (
+        lambda: kinesis.split_shard(StreamName="s", ShardToSplit="shardId-000000000099",
+                                    NewStartingHashKey="1"),
+        lambda: kinesis.merge_shards(StreamName="s", ShardToMerge="shardId-000000000003",
+                                     AdjacentShardToMerge="shardId-000000000099"),
+    ):
+        with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+            await asyncio.to_thread(unknown)
 
 
 async def test_list_shards_filters_as_kinesis_does(served):
