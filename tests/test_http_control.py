@@ -527,6 +527,20 @@ async def test_a_mapping_reports_its_last_processing_result(served, tmp_path: Pa
     assert listed["LastProcessingResult"] == "PROBLEM: Function call failed"
 
 
+async def test_a_stream_event_names_the_functions_role_as_its_invoke_identity(served, tmp_path: Path) -> None:
+    rt, server = served
+    archive = tmp_path / "events.jsonl"
+    env = {"ORDERS_LEDGER": str(archive)}
+    await rt.add_function("archive", "handlers.orders:archive_events", environment=env)
+    stream = await rt.create_stream("orders")
+    await rt.add_stream_mapping("orders", "archive")
+    await stream.put_record(b"{}", "a")
+    [event] = await wait_until(lambda: read_jsonl(archive), "the event")
+    lam = client("lambda", server.url)
+    role = (await call(lam.get_function_configuration, FunctionName="archive"))["Role"]
+    assert event["Records"][0]["invokeIdentityArn"] == role  # Lambda: the function's execution role
+
+
 async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> None:
     rt, server = served
     await rt.add_function("echo", "handlers.echo:echo", reserved_concurrency=100)

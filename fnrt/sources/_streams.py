@@ -46,6 +46,7 @@ from .._lambda import (
     backoff,
     dumps,
     function_arn,
+    role_arn,
     stream_arn,
     stream_failure_record,
 )
@@ -491,7 +492,7 @@ class ShardPoller:
         source = self.source
         self._event_head = (  # what every record of the event repeats
             '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
-            f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
+            f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
         # What a record of the event weighs beyond its data and quoted partition key: the
