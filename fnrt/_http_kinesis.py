@@ -39,6 +39,7 @@ MAX_PUT_RECORDS = 500
 MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
+_READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and its keys
 ITERATOR_TTL = 300.0
 STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
 ON_DEMAND_SHARDS = 4
@@ -630,7 +631,10 @@ class KinesisApi:
         shard = next((s for s in await stream.shards() if s["ShardId"] == shard_id), None)
         if shard is None:
             raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
-        read = await stream.read(shard_id, after, limit)
+        # Never more than a page's worth from the store (10,000 records of 1 MiB would be
+        # 13 GiB of base64): its cap is in base64 characters, a third over the page's bytes.
+        read = await stream.read(shard_id, after, limit, max_bytes=_READ_CAP)
+        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in read) >= _READ_CAP
         not_before = state.get("n")
         stamp = not_before if isinstance(not_before, int | float) else None
         # At most 10 MiB per call, and at least one record: the page ends before the
@@ -647,7 +651,7 @@ class KinesisApi:
                 record["EncryptionType"] = "NONE"
                 records.append(record)
             passed += 1
-        more = passed < len(read) or len(read) == limit
+        more = passed < len(read) or len(read) == limit or capped
         read = read[:passed]
         if read:
             after = read[-1]["SequenceNumber"]

@@ -404,6 +404,26 @@ async def test_two_writers_get_unique_increasing_sequence_numbers(store_factory:
         assert [r.seq for r in records] == sorted({seq for sid, seq in everything if sid == shard.shard_id})
 
 
+async def test_read_stops_at_max_bytes(streams: StreamStore) -> None:
+    await streams.create_stream("s", 1, 86_400.0, T0)
+    # data of 8, 4 and 12 base64 characters, keys of 2, 1 (one character, not one byte) and 2
+    entries = [("k0", "eHh4eA==", 1), ("é", "eA==", 1), ("k2", "eHh4eHh4eA==", 1)]
+    placed = await streams.put_records("s", entries, T0)
+    shard, seqs = placed[0][0], [seq for _, seq in placed]
+
+    async def read(max_bytes: int | None, limit: int = 10) -> list[int]:
+        return [r.seq for r in await streams.read("s", shard, -1, limit, max_bytes=max_bytes)]
+
+    assert await read(None) == seqs
+    assert await read(1) == seqs[:1]  # at least one record, however big
+    assert await read(10) == seqs[:1]  # the first reaches it: 8 + 2
+    assert await read(11) == seqs[:2]  # 10 + 5 passes it
+    assert await read(15) == seqs[:2]
+    assert await read(16) == seqs
+    assert await read(1000, limit=2) == seqs[:2]  # and never past the limit
+    assert [r.seq for r in await streams.read("s", shard, seqs[0], 10, max_bytes=5)] == seqs[1:2]
+
+
 async def test_split_and_merge(streams: StreamStore) -> None:
     await streams.create_stream("s", 2, 86_400.0, T0)
     before = await streams.put_records("s", [("a", "eA==", 5), ("b", "eA==", MAX_HASH_KEY)], T0)

@@ -220,6 +220,26 @@ async def test_a_batch_of_6_mb_does_not_wait_out_the_batching_window(tmp_path: P
         assert ledger(path)[0]["records"] == 4  # 4 x 1.33 MB of base64 fit in 6 MB, 5 do not
 
 
+async def test_a_backlog_of_big_records_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    """BatchSize 10,000 over a backlog of 1 MB records: the poller holds about a batch
+    (6 MB), never the backlog (here 27 MB of base64), in the host's memory."""
+    import tracemalloc
+
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream("orders", shard_count=1)
+        for _ in range(2):
+            await stream.put_records([(os.urandom(1024 * 1024 - 1), "k") for _ in range(10)])
+        tracemalloc.start()
+        try:
+            await rt.add_stream_mapping("orders", "measure", batch_size=10_000)
+            await until(lambda: sum(b["records"] for b in ledger(path)) == 20, what="every record")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 38 * 1024 * 1024, f"{peak / 2**20:.0f} MB held at once"
+
+
 # -- ordering, blocking, retries, bisect, on-failure ----------------------------------
 
 

@@ -144,17 +144,21 @@ class Stream:
         self._source.wake(self.name)
         return [(shard_id, seq_str(seq)) for shard_id, seq in placed]
 
-    async def read(self, shard_id: str, after_seq: str | None, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, shard_id: str, after_seq: str | None, limit: int, *, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` records of ``shard_id`` after sequence number ``after_seq``
         (``None``: from the oldest retained), oldest first, in Kinesis' ``GetRecords``
         shape (``SequenceNumber``, ``ApproximateArrivalTimestamp``, ``Data`` as base64,
-        ``PartitionKey``). A malformed ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
+        ``PartitionKey``). ``max_bytes``: stop at the record whose base64 data and
+        partition key bring the total to it (at least one record). A malformed
+        ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
         try:
             after = -1 if after_seq is None else seq_int(after_seq)
         except (TypeError, ValueError):
             raise InvalidConfig(f"not a sequence number of stream {self.name!r}: {after_seq!r}") from None
         store = await self._source.store()
-        records = await store.read(self.name, shard_id, after, limit)
+        records = await store.read(self.name, shard_id, after, limit, max_bytes=max_bytes)
         return [
             {
                 "SequenceNumber": seq_str(r.seq),
@@ -498,6 +502,8 @@ class ShardPoller:
         # What a record of the event weighs beyond its data and quoted partition key: the
         # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
         seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
+        # What one read takes at most (data and keys): a batch of 6 MB for each lane.
+        self._read_bytes = MAX_BATCH_BYTES * self.config.parallelization_factor
         self._record_overhead = len(
             f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":,'
             f'"sequenceNumber":"{seq}","data":"","approximateArrivalTimestamp":{at}}},'
@@ -552,6 +558,7 @@ class ShardPoller:
         # Up to four rounds per read ahead while rounds are small (at most 500 records,
         # or one round): a quarter of the reads' hops, and little more held in memory.
         ahead_size = max(round_size, min(4 * round_size, 500))
+        ahead_bytes = self._read_bytes * (ahead_size // round_size)
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
         try:
@@ -563,7 +570,8 @@ class ShardPoller:
                     # the invokes. It is used only when these end with the checkpoint at
                     # their last record (always, unless a round raises).
                     after = records[-1].seq
-                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, ahead_size)))
+                    reading = store.read(stream, shard_id, after, ahead_size, max_bytes=ahead_bytes)
+                    ahead = (after, asyncio.ensure_future(reading))
                     for start in range(0, len(records), round_size):
                         await self._deliver_round(store, records[start : start + round_size])
                     continue
@@ -594,15 +602,21 @@ class ShardPoller:
             if after != self._position:
                 records = []
         if not records:
-            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+            records = await self._read(store, limit)
         window = self.config.max_batching_window
         if not records or window <= 0 or self._full(records):
             return records
         deadline = self.clock.monotonic() + window
         while not self._full(records) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
-            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+            records = await self._read(store, limit)
         return records
+
+    async def _read(self, store: StreamStore, limit: int) -> list[StoredRecord]:
+        """The records after the checkpoint, as many as a round's batches can take: up to
+        ``limit``, and about 6 MB per lane (10,000 records of 1 MB are never read at once)."""
+        stream, shard_id = self.mapping.stream.name, self.shard.shard_id
+        return await store.read(stream, shard_id, self._position, limit, max_bytes=self._read_bytes)
 
     def _full(self, records: list[StoredRecord]) -> bool:
         """A batch is ready without waiting out the window: ``batch_size`` records, or an

@@ -191,8 +191,14 @@ class StreamStore(Protocol):
         before or after the whole put. Durable."""
         ...
 
-    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
-        """Up to ``limit`` records of the shard with ``seq > after``, in order."""
+    async def read(
+        self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` records of the shard with ``seq > after``, in order. With
+        ``max_bytes``, the records end with the one whose data and partition key (their
+        lengths as stored: base64 text, characters) bring the total to ``max_bytes`` or
+        more, so at least one record comes back and a reader of big records holds a
+        bounded amount, not ``limit`` of them."""
         ...
 
     async def split_shard(self, stream: str, shard: Shard, new_start: int) -> list[str]:

@@ -262,7 +262,9 @@ class SQLiteStreams:
             )
         return out
 
-    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
+    async def read(
+        self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
         params = (stream, shard_id, after, limit)
 
         def fetch(conn: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
@@ -271,7 +273,17 @@ class SQLiteStreams:
             cursor = conn.cursor()
             cursor.row_factory = None
             try:
-                return cursor.execute(_READ, params).fetchall()
+                cursor.execute(_READ, params)
+                if max_bytes is None:
+                    return cursor.fetchall()
+                rows = []
+                total = 0
+                for row in cursor:  # SQLite steps row by row: what is not taken is not read
+                    rows.append(row)
+                    total += len(row[2]) + len(row[1])
+                    if total >= max_bytes:
+                        break
+                return rows
             finally:
                 cursor.close()
 
