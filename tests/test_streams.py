@@ -492,6 +492,36 @@ async def test_a_failed_update_leaves_the_mapping_polling_as_it_was(
         await until(lambda: len(ledger(path)) == 1, clock, what="the mapping still polls")
 
 
+async def test_a_failed_stream_delete_leaves_its_mappings_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders")
+        await stream.put_record(order(1), "c")
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first order")
+        store = await rt._streams.store()
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise fnrt.StoreUnavailable("the disk is gone")
+
+        monkeypatch.setattr(store, "delete_stream", unavailable)
+        with pytest.raises(fnrt.StoreUnavailable):
+            await rt.delete_stream("orders")
+        [again] = rt.stream_mappings()
+        assert again.uuid == mapping.uuid and await rt.list_streams() == ["orders"]
+        await stream.put_record(order(2), "c")
+        await until(lambda: len(ledger(path)) == 2, clock, what="the mapping still polls")
+        assert [e["id"] for e in ledger(path)] == [1, 2]  # from its checkpoint: nothing twice
+        monkeypatch.undo()
+        await rt.delete_stream("orders")
+        assert rt.stream_mappings() == [] and await rt.list_streams() == []
+        with pytest.raises(StreamNotFound):
+            await rt.delete_stream("orders")
+
+
 async def test_stream_names_follow_kinesis_pattern(tmp_path: Path) -> None:
     async with Runtime(state_dir=tmp_path) as rt:
         for bad in ("a/b", "a b", "", "x" * 129, "caf\u00e9", "a:b"):
