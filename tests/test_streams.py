@@ -623,7 +623,8 @@ async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
 
 async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_path: Path) -> None:
     """Host B deletes the stream that host A's mapping reads: A's pollers find their shards
-    gone and stop (their mapping went with the stream); A runs on, and closes cleanly."""
+    gone and stop, and A forgets the mapping (it went with the stream); A runs on, and
+    closes cleanly."""
     state = tmp_path / "state"
     async with Runtime(state_dir=state) as a:
         async with Runtime(state_dir=state) as b:
@@ -641,6 +642,9 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
             for poller in mapping._poller_objects.values():
                 poller.waker.set()
             await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
+            await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+            with pytest.raises(StreamNotFound):
+                await a.get_stream("orders")
             await a.wait_idle()
             assert await a.invoke("orders", {"Records": []}) == {"processed": 0}  # A runs on
     assert len(ledger(path)) == 4

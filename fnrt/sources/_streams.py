@@ -282,6 +282,7 @@ class StreamMapping:
         self._wake_coordinator = _Waker(source.clock)
         self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
         self._parked = False
+        self._retiring = False  # its stream was deleted by another host: it is being forgotten
         #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
         self.last_processing_result = NO_RECORDS_PROCESSED
 
@@ -357,7 +358,13 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        for shard in await store.shards(self.stream.name):
+        shards = await store.shards(self.stream.name)
+        if not shards and not self._retiring and not await store.stream_exists(self.stream.name):
+            # Another host deleted the stream, and the mapping with it: forget it here too.
+            self._retiring = True
+            self._log.warning("stream deleted elsewhere; the mapping goes with it")
+            self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
                 continue
@@ -1175,6 +1182,20 @@ class StreamSource:
                 raise InvalidConfig(f"no stream mapping {key!r}")
             await found.stop()
             await (await self.store()).delete_mapping(found.uuid)
+
+    async def forget_mapping(self, mapping: StreamMapping) -> None:
+        """Stop and forget ``mapping`` on this host, whose stream another host deleted (the
+        store's rows went with the stream)."""
+        async with self._changing:
+            if self.mappings.get(mapping.uuid) is not mapping:
+                return  # updated or removed meanwhile
+            del self.mappings[mapping.uuid]
+            try:
+                await mapping.stop()
+            except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
+                self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
+            self._streams.pop(mapping.stream.name, None)
+            self._retention.pop(mapping.stream.name, None)
 
     async def aclose(self) -> None:
         for mapping in list(self.mappings.values()):
