@@ -434,6 +434,31 @@ async def test_starting_positions(tmp_path: Path) -> None:
         assert sorted(e["id"] for e in ledger(at_time)) == [4, 5, 6, 7, 8, 9]
 
 
+async def test_at_timestamp_in_the_future_skips_what_arrives_before_it(tmp_path: Path) -> None:
+    """AT_TIMESTAMP reads the records that arrived at or after the timestamp: with one still
+    to come, records put before it are passed over, also in a shard split off meanwhile."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_record(order(0), "c")
+        start = clock.time() + 60
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=start
+        )
+        await clock.advance(30)
+        await stream.put_records([(order(i), f"c{i}") for i in (1, 2)])
+        await stream.split_shard("shardId-000000000000", 2**127)
+        await stream.put_records([(order(i), f"c{i}") for i in (3, 4)])
+        await rt.wait_idle()
+        await clock.advance(31)  # past the timestamp
+        await stream.put_records([(order(i), f"c{i}") for i in (5, 6)])
+        await until(lambda: len(ledger(path)) >= 2, clock, what="the records after the timestamp")
+        await rt.wait_idle()
+        assert sorted(e["id"] for e in ledger(path)) == [5, 6]
+        assert all(seq is not None for seq in (await mapping.checkpoints()).values())  # passed over
+
+
 @pytest.mark.parametrize("position", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])
 async def test_an_updated_mapping_goes_on_from_its_checkpoints(tmp_path: Path, position: str) -> None:
     clock = FakeClock()

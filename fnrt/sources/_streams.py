@@ -509,6 +509,9 @@ class ShardPoller:
         # What a record of the event weighs beyond its data and quoted partition key: the
         # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
         seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
+        # AT_TIMESTAMP's timestamp: what arrived before it is not read.
+        at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
+        self._not_before = self.config.starting_position_timestamp if at_timestamp else None
         # What one read takes at most (data and keys): a batch of 6 MB for each lane.
         self._read_bytes = MAX_BATCH_BYTES * self.config.parallelization_factor
         self._record_overhead = len(
@@ -572,6 +575,14 @@ class ShardPoller:
             while True:
                 records = await self._gather(store, round_size, ahead)
                 ahead = None
+                if records and self._not_before is not None and records[0].arrival < self._not_before:
+                    # AT_TIMESTAMP: records that arrived before it are passed over, not invoked
+                    # (a timestamp still to come at creation, or a shard split off since).
+                    skipped = next((i for i, r in enumerate(records) if r.arrival >= self._not_before), None)
+                    last = records[-1 if skipped is None else skipped - 1].seq
+                    await self._checkpoint(store, last)
+                    self._position = last
+                    continue
                 if records:
                     # Read what follows while these are delivered: the read's hop overlaps
                     # the invokes. It is used only when these end with the checkpoint at
