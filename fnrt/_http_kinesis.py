@@ -39,7 +39,11 @@ MAX_PUT_RECORDS = 500
 MAX_PUT_RECORDS_BYTES = 5 * 1024 * 1024
 MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
+_READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and its keys
 ITERATOR_TTL = 300.0
+STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
+ON_DEMAND_SHARDS = 4
+SHARD_LIMIT = 10_000  # open shards per account and region (Kinesis' shard quota; fnrt's own)
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
@@ -116,6 +120,20 @@ def _hash_key(value: Any, member: str) -> int:
             f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"
         )
     return int(value)
+
+
+def _stream_mode(body: dict[str, Any]) -> str:
+    """``StreamModeDetails.StreamMode`` of a ``CreateStream`` (``PROVISIONED`` by default)."""
+    details = body.get("StreamModeDetails")
+    if details is None:
+        return "PROVISIONED"
+    mode = details.get("StreamMode") if isinstance(details, dict) else None
+    if mode not in STREAM_MODES:
+        raise _bad(
+            f"1 validation error detected: Value '{mode}' at 'streamModeDetails.streamMode' failed to "
+            f"satisfy constraint: Member must satisfy enum value set: [{', '.join(STREAM_MODES)}]"
+        )
+    return str(mode)
 
 
 def _data_size(data: str) -> int:
@@ -250,7 +268,16 @@ class KinesisApi:
                 "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+ and "
                 "Member must have length between 1 and 128"
             )
-        shard_count = _int(body, "ShardCount", 1, 1, 10_000)
+        mode = _stream_mode(body)
+        if mode == "ON_DEMAND":
+            if body.get("ShardCount") is not None:
+                raise _bad(
+                    "ShardCount is not allowed for a stream in ON_DEMAND mode", "InvalidArgumentException"
+                )
+            # On-demand capacity starts at 4 MiB/s of writes: four shards' worth.
+            shard_count = ON_DEMAND_SHARDS
+        else:
+            shard_count = _int(body, "ShardCount", 1, 1, 2**31 - 1)
         try:
             await self.runtime.get_stream(name)
         except StreamNotFound:
@@ -261,7 +288,39 @@ class KinesisApi:
                 "ResourceInUseException",
                 f"Stream {name} under account {self.runtime.config.account_id} already exists.",
             )
+        await self._check_shard_limit(shard_count)
         await self.runtime.create_stream(name, shard_count)
+        return {}
+
+    async def _check_shard_limit(self, more: int) -> None:
+        """Kinesis' account shard quota: open shards over every stream, ``SHARD_LIMIT`` here."""
+        open_shards = 0
+        for name in await self.runtime.list_streams():
+            shards = await (await self.runtime.get_stream(name)).shards()
+            open_shards += sum(1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"])
+        if open_shards + more > SHARD_LIMIT:
+            config = self.runtime.config
+            raise AwsError(
+                400,
+                "LimitExceededException",
+                f"This request would exceed the shard limit for the account {config.account_id} in "
+                f"{config.region}. Current limit of shards is {SHARD_LIMIT} ({open_shards} open). "
+                "Delete streams or merge shards first.",
+            )
+
+    async def _op_DeleteStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The stream, its records and its event source mappings go (fnrt has no
+        registered consumers, so ``EnforceConsumerDeletion`` changes nothing)."""
+        enforce = body.get("EnforceConsumerDeletion")
+        if enforce is not None and not isinstance(enforce, bool):
+            raise _bad(
+                f"1 validation error detected: Value '{enforce}' at 'enforceConsumerDeletion' failed to "
+                "satisfy constraint: Member must be a boolean"
+            )
+        stream = await self._stream(body)
+        await self.runtime.delete_stream(stream.name)
+        for key in [k for k in self._buckets if k[0] == stream.name]:
+            del self._buckets[key]
         return {}
 
     async def _op_ListStreams(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
@@ -343,9 +402,12 @@ class KinesisApi:
         shard = _str(body, "ShardToSplit")
         new_start = _str(body, "NewStartingHashKey")
         assert shard is not None
+        starting = _hash_key(new_start, "newStartingHashKey")
+        await self._open_shards(stream, shard)
+        await self._check_shard_limit(1)  # two children open where one shard closes
         # off the pattern: ValidationException; outside the shard's range: split_shard's
         # InvalidConfig, InvalidArgumentException
-        await stream.split_shard(shard, _hash_key(new_start, "newStartingHashKey"))
+        await stream.split_shard(shard, starting)
         return {}
 
     async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
@@ -353,8 +415,29 @@ class KinesisApi:
         shard = _str(body, "ShardToMerge")
         adjacent = _str(body, "AdjacentShardToMerge")
         assert shard is not None and adjacent is not None
+        await self._open_shards(stream, shard, adjacent)
         await stream.merge_shards(shard, adjacent)
         return {}
+
+    async def _open_shards(self, stream: Stream, *shard_ids: str) -> None:
+        """Kinesis' answers for a shard to split or merge: unknown, ``ResourceNotFoundException``;
+        closed already, ``InvalidArgumentException``."""
+        shards = {s["ShardId"]: s for s in await stream.shards()}
+        account = self.runtime.config.account_id
+        for shard_id in shard_ids:
+            shard = shards.get(shard_id)
+            if shard is None:
+                raise AwsError(
+                    400,
+                    "ResourceNotFoundException",
+                    f"Shard {shard_id} in stream {stream.name} under account {account} does not exist",
+                )
+            if "EndingSequenceNumber" in shard["SequenceNumberRange"]:
+                raise _bad(
+                    f"Shard {shard_id} in stream {stream.name} under account {account} has already been "
+                    "merged or split, and thus is not eligible for merging or splitting.",
+                    "InvalidArgumentException",
+                )
 
     # -- writes -------------------------------------------------------------------------
 
@@ -548,7 +631,10 @@ class KinesisApi:
         shard = next((s for s in await stream.shards() if s["ShardId"] == shard_id), None)
         if shard is None:
             raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
-        read = await stream.read(shard_id, after, limit)
+        # Never more than a page's worth from the store (10,000 records of 1 MiB would be
+        # 13 GiB of base64): its cap is in base64 characters, a third over the page's bytes.
+        read = await stream.read(shard_id, after, limit, max_bytes=_READ_CAP)
+        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in read) >= _READ_CAP
         not_before = state.get("n")
         stamp = not_before if isinstance(not_before, int | float) else None
         # At most 10 MiB per call, and at least one record: the page ends before the
@@ -565,7 +651,7 @@ class KinesisApi:
                 record["EncryptionType"] = "NONE"
                 records.append(record)
             passed += 1
-        more = passed < len(read) or len(read) == limit
+        more = passed < len(read) or len(read) == limit or capped
         read = read[:passed]
         if read:
             after = read[-1]["SequenceNumber"]

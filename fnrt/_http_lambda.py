@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ._config import RuntimeConfig, parse_destination
 from ._http_errors import AwsError
+from ._lambda import role_arn
 from ._registry import FunctionRecord
 from ._runtime import Runtime
 from .errors import FunctionNotFound
@@ -123,7 +124,7 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
         "FunctionName": record.name,
         "FunctionArn": record.arn,
         "Runtime": RUNTIME,  # the sandboxes run this interpreter (AWS_EXECUTION_ENV says so too)
-        "Role": f"arn:aws:iam::{record.arn.split(':')[4]}:role/fnrt-local",
+        "Role": role_arn(record.arn.split(":")[4]),
         "Handler": record.handler,
         "Timeout": config.timeout,
         "MemorySize": config.memory_mb,

@@ -70,6 +70,12 @@ def parse_function_ref(ref: str) -> tuple[str, str | None] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def role_arn(account_id: str) -> str:
+    """The execution role every function has: its ``Role``, and the ``invokeIdentityArn``
+    of the stream events it gets (Lambda puts the function's role there)."""
+    return f"arn:aws:iam::{account_id}:role/fnrt-local"
+
+
 def stream_arn(region: str, account_id: str, name: str) -> str:
     return f"arn:aws:kinesis:{region}:{account_id}:stream/{name}"
 

@@ -776,6 +776,13 @@ class Runtime(ControlPlane, ClusterMember):
         self._check_running()
         return await self._streams.get_stream(name)
 
+    async def delete_stream(self, name: str) -> None:
+        """Delete the stream ``name`` with every record and shard (Kinesis' ``DeleteStream``),
+        and its event source mappings with their checkpoints (their on-failure records
+        stay); raises :class:`~fnrt.errors.StreamNotFound`."""
+        self._check_running()
+        await self._streams.delete_stream(name)
+
     async def list_streams(self) -> list[str]:
         """The names of every stream in the runtime's state, sorted."""
         self._check_running()

@@ -106,3 +106,10 @@ def archive_events(event, context):
 def discard(event, context):
     """A no-op consumer (the throughput benchmark)."""
     return None
+
+
+@fnrt.handler(timeout=30)
+def measure_batches(event, context):
+    """Notes each batch's record count and its size as Lambda sends it (compact JSON)."""
+    size = len(json.dumps(event, separators=(",", ":")).encode())
+    _append([{"records": len(event["Records"]), "bytes": size}])

@@ -490,6 +490,57 @@ async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
     assert moved["Code"] == "ResourceNotFoundException"
 
 
+async def test_a_mapping_reports_its_last_processing_result(served, tmp_path: Path) -> None:
+    rt, server = served
+    ledger = tmp_path / "ledger.jsonl"
+    await rt.add_function(
+        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+    )
+    stream = await rt.create_stream("orders")
+    lam = client("lambda", server.url)
+    created = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=stream.arn,
+        FunctionName="orders",
+        StartingPosition="TRIM_HORIZON",
+        MaximumRetryAttempts=0,
+    )
+    # Lambda's wording: before any batch, and who made the last change
+    assert created["LastProcessingResult"] == "No records processed"
+    assert created["StateTransitionReason"] == "User action"
+    uuid = created["UUID"]
+
+    await stream.put_record(json.dumps({"id": 1}), "a")
+    await wait_until(lambda: len(read_jsonl(ledger)) == 1, "the order delivered")
+    await rt.wait_idle()
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["LastProcessingResult"] == "OK"
+
+    [mapping] = rt.stream_mappings()
+    await stream.put_record(json.dumps({"id": 2, "poison": True}), "a")
+    await wait_until(mapping.failure_records, "the poison order skipped")
+    got = await call(lam.get_event_source_mapping, UUID=uuid)
+    assert got["LastProcessingResult"] == "PROBLEM: Function call failed"
+    # an update keeps what the mapping last did; List says the same as Get
+    updated = await call(lam.update_event_source_mapping, UUID=uuid, BatchSize=5)
+    assert updated["LastProcessingResult"] == "PROBLEM: Function call failed"
+    [listed] = (await call(lam.list_event_source_mappings))["EventSourceMappings"]
+    assert listed["LastProcessingResult"] == "PROBLEM: Function call failed"
+
+
+async def test_a_stream_event_names_the_functions_role_as_its_invoke_identity(served, tmp_path: Path) -> None:
+    rt, server = served
+    archive = tmp_path / "events.jsonl"
+    env = {"ORDERS_LEDGER": str(archive)}
+    await rt.add_function("archive", "handlers.orders:archive_events", environment=env)
+    stream = await rt.create_stream("orders")
+    await rt.add_stream_mapping("orders", "archive")
+    await stream.put_record(b"{}", "a")
+    [event] = await wait_until(lambda: read_jsonl(archive), "the event")
+    lam = client("lambda", server.url)
+    role = (await call(lam.get_function_configuration, FunctionName="archive"))["Role"]
+    assert event["Records"][0]["invokeIdentityArn"] == role  # Lambda: the function's execution role
+
+
 async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> None:
     rt, server = served
     await rt.add_function("echo", "handlers.echo:echo", reserved_concurrency=100)

@@ -181,9 +181,20 @@ async def test_split_and_merge_then_read_the_closed_parent_to_its_end(served):
                AdjacentShardToMerge=children[1])
     summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
     assert summary["OpenShardCount"] == 1
-    with pytest.raises(kinesis.exceptions.InvalidArgumentException):
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException) as closed:
         await call(kinesis.merge_shards, StreamName="s", ShardToMerge=children[0],
                    AdjacentShardToMerge=children[1])  # closed now
+    assert "has already been merged or split" in str(closed.value)
+    with pytest.raises(kinesis.exceptions.InvalidArgumentException):
+        await call(kinesis.split_shard, StreamName="s", ShardToSplit=parent, NewStartingHashKey="1")
+    for unknown in (
+        lambda: kinesis.split_shard(StreamName="s", ShardToSplit="shardId-000000000099",
+                                    NewStartingHashKey="1"),
+        lambda: kinesis.merge_shards(StreamName="s", ShardToMerge="shardId-000000000003",
+                                     AdjacentShardToMerge="shardId-000000000099"),
+    ):
+        with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+            await asyncio.to_thread(unknown)
 
 
 async def test_list_shards_filters_as_kinesis_does(served):
@@ -401,3 +412,89 @@ async def test_another_regions_or_accounts_stream_arn_is_not_found(served, arn):
     await rt.create_stream("orders", shard_count=1)
     with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
         await call(kinesis.describe_stream_summary, StreamARN=arn)
+
+
+async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Path):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    release = tmp_path / "release"
+    await rt.add_function(
+        "held", "handlers.orders:process_when_released", environment={"ORDERS_RELEASE": str(release)}
+    )
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=2)
+    await call(kinesis.create_stream, StreamName="other", ShardCount=1)
+    mapping = await rt.add_stream_mapping("orders", "held")
+    kept = await rt.add_stream_mapping("other", "held")
+    await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 1}', PartitionKey="c")
+    await wait_until(lambda: rt.stats()["functions"]["held"]["in_flight"] == 1, "a batch in flight")
+
+    # deleted while its batch runs: the mapping stops and goes with the stream
+    assert await call(kinesis.delete_stream, StreamName="orders", EnforceConsumerDeletion=True) is not None
+    assert [m.uuid for m in rt.stream_mappings()] == [kept.uuid]
+    assert await rt.list_streams() == ["other"]
+    for request in (
+        lambda: kinesis.describe_stream_summary(StreamName="orders"),
+        lambda: kinesis.put_record(StreamName="orders", Data=b"x", PartitionKey="c"),
+        lambda: kinesis.delete_stream(StreamName="orders"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await asyncio.to_thread(request)
+        assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    with pytest.raises(fnrt.StreamNotFound):
+        await rt.get_stream("orders")
+    with pytest.raises(fnrt.InvalidConfig):
+        await rt.update_stream_mapping(mapping.uuid, batch_size=5)
+
+    # the name can be used again: a new, empty stream with a new mapping
+    release.touch()
+    await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
+    again = await rt.add_stream_mapping("orders", "held")
+    assert again.uuid != mapping.uuid and await again.checkpoints() == {}
+    await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 2}', PartitionKey="c")
+    await wait_until(again.checkpoints, "the new stream's checkpoint")
+
+
+async def test_create_stream_takes_its_capacity_mode(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    # on demand: no ShardCount; the capacity it starts with, four shards' worth of writes
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert len((await call(kinesis.list_shards, StreamName="auto"))["Shards"]) == 4
+    provisioned = {"StreamMode": "PROVISIONED"}
+    await call(kinesis.create_stream, StreamName="set", ShardCount=2, StreamModeDetails=provisioned)
+    assert len((await call(kinesis.list_shards, StreamName="set"))["Shards"]) == 2
+    for request, code in (
+        ({"StreamModeDetails": {"StreamMode": "SERVERLESS"}}, "ValidationException"),
+        ({"StreamModeDetails": {"StreamMode": "ON_DEMAND"}, "ShardCount": 2}, "InvalidArgumentException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.create_stream, StreamName="bad", **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    assert await rt.list_streams() == ["auto", "set"]  # nothing half made
+
+
+async def test_shards_past_the_account_limit_are_limit_exceeded(served, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+
+    async def error_code(fn, **kwargs):
+        with pytest.raises(ClientError) as raised:
+            await call(fn, **kwargs)
+        return raised.value.response["Error"]["Code"]
+
+    huge = await error_code(kinesis.create_stream, StreamName="huge", ShardCount=10_001)
+    assert huge == "LimitExceededException"
+    # the limit counts open shards over every stream: a split opens one more
+    monkeypatch.setattr("fnrt._http_kinesis.SHARD_LIMIT", 3)
+    await call(kinesis.create_stream, StreamName="a", ShardCount=2)
+    assert await error_code(kinesis.create_stream, StreamName="b", ShardCount=2) == "LimitExceededException"
+    split = kinesis.split_shard
+    await call(split, StreamName="a", ShardToSplit="shardId-000000000000", NewStartingHashKey="1")
+    second = {"ShardToSplit": "shardId-000000000001", "NewStartingHashKey": str(2**127 + 1)}  # in its range
+    code = await error_code(split, StreamName="a", **second)
+    assert code == "LimitExceededException"
+    assert await rt.list_streams() == ["a"]
+    assert len(await (await rt.get_stream("a")).shards()) == 4  # 3 open, 1 closed

@@ -462,6 +462,26 @@ async def test_two_writers_get_unique_increasing_sequence_numbers(store_factory:
         assert [r.seq for r in records] == sorted({seq for sid, seq in everything if sid == shard.shard_id})
 
 
+async def test_read_stops_at_max_bytes(streams: StreamStore) -> None:
+    await streams.create_stream("s", 1, 86_400.0, T0)
+    # data of 8, 4 and 12 base64 characters, keys of 2, 1 (one character, not one byte) and 2
+    entries = [("k0", "eHh4eA==", 1), ("é", "eA==", 1), ("k2", "eHh4eHh4eA==", 1)]
+    placed = await streams.put_records("s", entries, T0)
+    shard, seqs = placed[0][0], [seq for _, seq in placed]
+
+    async def read(max_bytes: int | None, limit: int = 10) -> list[int]:
+        return [r.seq for r in await streams.read("s", shard, -1, limit, max_bytes=max_bytes)]
+
+    assert await read(None) == seqs
+    assert await read(1) == seqs[:1]  # at least one record, however big
+    assert await read(10) == seqs[:1]  # the first reaches it: 8 + 2
+    assert await read(11) == seqs[:2]  # 10 + 5 passes it
+    assert await read(15) == seqs[:2]
+    assert await read(16) == seqs
+    assert await read(1000, limit=2) == seqs[:2]  # and never past the limit
+    assert [r.seq for r in await streams.read("s", shard, seqs[0], 10, max_bytes=5)] == seqs[1:2]
+
+
 async def test_split_and_merge(streams: StreamStore) -> None:
     await streams.create_stream("s", 2, 86_400.0, T0)
     before = await streams.put_records("s", [("a", "eA==", 5), ("b", "eA==", MAX_HASH_KEY)], T0)
@@ -556,6 +576,40 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     await streams.delete_mapping("m-latest")
     assert await streams.mapping("s", "g") is None
     assert await streams.checkpoints("m-latest") == {} and await streams.leases("m-latest") == {}
+
+
+async def test_delete_stream_takes_its_records_shards_and_mappings(streams: StreamStore) -> None:
+    await streams.create_stream("s", 2, 86_400.0, T0)
+    await streams.create_stream("other", 1, 86_400.0, T0)
+    await streams.put_records("s", [("a", "eA==", 1), ("b", "eA==", MAX_HASH_KEY)], T0)
+    ((kept_shard, kept_seq),) = await streams.put_records("other", [("c", "eA==", 1)], T0)
+    await streams.create_mapping("m", "s", "f", {}, "TRIM_HORIZON", None, T0)
+    await streams.create_mapping("n", "other", "f", {}, "TRIM_HORIZON", None, T0)
+    shard = (await streams.shards("s"))[0].shard_id
+    failure = ("sink:failed", {"shard": shard}, T0)
+    assert await streams.acquire_lease("m", shard, "a", T0, LEASE)
+    assert await streams.checkpoint("m", shard, "a", 0, failure=failure)
+    assert await streams.acquire_lease("n", kept_shard, "a", T0, LEASE)
+
+    assert await streams.delete_stream("s") == ["m"]
+    assert not await streams.stream_exists("s") and await streams.stream_names() == ["other"]
+    assert await streams.stream_info("s") is None and await streams.shards("s") == []
+    assert await streams.read("s", shard, -1, 10) == []
+    assert await streams.mapping("s", "f") is None
+    assert await streams.checkpoints("m") == {} and await streams.leases("m") == {}
+    assert await streams.failure_records(destination="sink:failed") == [failure[1]]  # a sink's
+    with pytest.raises(StreamNotFound):
+        await streams.put_records("s", [("a", "eA==", 1)], T0)
+    with pytest.raises(StreamNotFound):
+        await streams.delete_stream("s")
+    # the other stream and its mapping are untouched
+    assert [r.seq for r in await streams.read("other", kept_shard, -1, 10)] == [kept_seq]
+    assert [m.uuid for m in await streams.mappings()] == ["n"] and await streams.leases("n")
+
+    # a stream created again under the name starts empty
+    assert await streams.create_stream("s", 1, 86_400.0, T0 + 1)
+    (fresh,) = await streams.shards("s")
+    assert await streams.read("s", fresh.shard_id, -1, 10) == []
 
 
 @pytest.mark.parametrize("start", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])

@@ -183,6 +183,63 @@ async def test_each_record_carries_its_own_arrival_time(tmp_path: Path) -> None:
         assert times == [put_at[0], put_at[1], put_at[1], put_at[2]]
 
 
+@pytest.mark.parametrize(
+    ("stream_name", "key", "data_bytes", "count"),
+    [
+        ("orders", "k", 150, 10_000),  # many small records: the event's own fields weigh most
+        ("o" * 128, "\U0001f600" * 256, 10, 2_500),  # long ARNs; keys JSON escapes (12 bytes a character)
+        ("orders", "k", 1024 * 1024 - 1, 6),  # 1 MB records
+    ],
+)
+async def test_a_batch_event_is_at_most_6_mb(
+    tmp_path: Path, stream_name: str, key: str, data_bytes: int, count: int
+) -> None:
+    """Lambda's 6 MB invoke payload bounds a batch, whatever its BatchSize: measured on
+    the event the handler gets, with every field of every record."""
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream(stream_name, shard_count=1)
+        await stream.put_records([(os.urandom(data_bytes), key) for _ in range(count)])
+        await rt.add_stream_mapping(stream_name, "measure", batch_size=10_000)
+        await until(lambda: sum(b["records"] for b in ledger(path)) == count, what="every record")
+        batches = ledger(path)
+        assert max(b["bytes"] for b in batches) <= 6 * 1024 * 1024, batches
+        assert len(batches) <= 2 * (sum(b["bytes"] for b in batches) // (6 * 1024 * 1024) + 1)  # full ones
+
+
+async def test_a_batch_of_6_mb_does_not_wait_out_the_batching_window(tmp_path: Path) -> None:
+    """Lambda invokes at the batching window's end, at BatchSize records, or when the batch
+    reaches 6 MB, whichever comes first: here the clock stands still, so only the last can."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_records([(os.urandom(1024 * 1024 - 1), "k") for _ in range(5)])
+        await rt.add_stream_mapping("orders", "measure", batch_size=10_000, max_batching_window=300)
+        await until(lambda: ledger(path), what="a full batch, with no time passed")
+        assert ledger(path)[0]["records"] == 4  # 4 x 1.33 MB of base64 fit in 6 MB, 5 do not
+
+
+async def test_a_backlog_of_big_records_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    """BatchSize 10,000 over a backlog of 1 MB records: the poller holds about a batch
+    (6 MB), never the backlog (here 27 MB of base64), in the host's memory."""
+    import tracemalloc
+
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path, "measure", "measure_batches")
+        stream = await rt.create_stream("orders", shard_count=1)
+        for _ in range(2):
+            await stream.put_records([(os.urandom(1024 * 1024 - 1), "k") for _ in range(10)])
+        tracemalloc.start()
+        try:
+            await rt.add_stream_mapping("orders", "measure", batch_size=10_000)
+            await until(lambda: sum(b["records"] for b in ledger(path)) == 20, what="every record")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 38 * 1024 * 1024, f"{peak / 2**20:.0f} MB held at once"
+
+
 # -- ordering, blocking, retries, bisect, on-failure ----------------------------------
 
 
@@ -377,6 +434,31 @@ async def test_starting_positions(tmp_path: Path) -> None:
         assert sorted(e["id"] for e in ledger(at_time)) == [4, 5, 6, 7, 8, 9]
 
 
+async def test_at_timestamp_in_the_future_skips_what_arrives_before_it(tmp_path: Path) -> None:
+    """AT_TIMESTAMP reads the records that arrived at or after the timestamp: with one still
+    to come, records put before it are passed over, also in a shard split off meanwhile."""
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_record(order(0), "c")
+        start = clock.time() + 60
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=start
+        )
+        await clock.advance(30)
+        await stream.put_records([(order(i), f"c{i}") for i in (1, 2)])
+        await stream.split_shard("shardId-000000000000", 2**127)
+        await stream.put_records([(order(i), f"c{i}") for i in (3, 4)])
+        await rt.wait_idle()
+        await clock.advance(31)  # past the timestamp
+        await stream.put_records([(order(i), f"c{i}") for i in (5, 6)])
+        await until(lambda: len(ledger(path)) >= 2, clock, what="the records after the timestamp")
+        await rt.wait_idle()
+        assert sorted(e["id"] for e in ledger(path)) == [5, 6]
+        assert all(seq is not None for seq in (await mapping.checkpoints()).values())  # passed over
+
+
 @pytest.mark.parametrize("position", ["LATEST", "AT_TIMESTAMP", "TRIM_HORIZON"])
 async def test_an_updated_mapping_goes_on_from_its_checkpoints(tmp_path: Path, position: str) -> None:
     clock = FakeClock()
@@ -433,6 +515,36 @@ async def test_a_failed_update_leaves_the_mapping_polling_as_it_was(
         assert rt.stream_mappings() == [mapping] and mapping.config.batch_size == 100
         await stream.put_record(order(1), "c")
         await until(lambda: len(ledger(path)) == 1, clock, what="the mapping still polls")
+
+
+async def test_a_failed_stream_delete_leaves_its_mappings_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders")
+        await stream.put_record(order(1), "c")
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first order")
+        store = await rt._streams.store()
+
+        async def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise fnrt.StoreUnavailable("the disk is gone")
+
+        monkeypatch.setattr(store, "delete_stream", unavailable)
+        with pytest.raises(fnrt.StoreUnavailable):
+            await rt.delete_stream("orders")
+        [again] = rt.stream_mappings()
+        assert again.uuid == mapping.uuid and await rt.list_streams() == ["orders"]
+        await stream.put_record(order(2), "c")
+        await until(lambda: len(ledger(path)) == 2, clock, what="the mapping still polls")
+        assert [e["id"] for e in ledger(path)] == [1, 2]  # from its checkpoint: nothing twice
+        monkeypatch.undo()
+        await rt.delete_stream("orders")
+        assert rt.stream_mappings() == [] and await rt.list_streams() == []
+        with pytest.raises(StreamNotFound):
+            await rt.delete_stream("orders")
 
 
 async def test_stream_names_follow_kinesis_pattern(tmp_path: Path) -> None:
@@ -532,6 +644,35 @@ async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
         await stream_a.put_records([(order(i), f"c{i}") for i in range(16, 24)])
         await until(lambda: {e["id"] for e in ledger(path)} == set(range(24)), both, step=0.02, what="both")
         assert sorted(e["id"] for e in ledger(path)) == list(range(24))  # nothing twice
+
+
+async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_path: Path) -> None:
+    """Host B deletes the stream that host A's mapping reads: A's pollers find their shards
+    gone and stop, and A forgets the mapping (it went with the stream); A runs on, and
+    closes cleanly."""
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a:
+        async with Runtime(state_dir=state) as b:
+            path = await orders_function(a, tmp_path)
+            stream = await a.create_stream("orders", shard_count=2)
+            await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+            # A's coordinator heartbeats every 10 s; its idle pollers poll every 60 s
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            await until(lambda: len(ledger(path)) == 4, what="delivered")
+            await a.wait_idle()
+            await b.delete_stream("orders")
+            assert await a.list_streams() == []
+            # the pollers look before the coordinator's next heartbeat would stop them (as a
+            # put on a third host would wake them)
+            for poller in mapping._poller_objects.values():
+                poller.waker.set()
+            await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
+            await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+            with pytest.raises(StreamNotFound):
+                await a.get_stream("orders")
+            await a.wait_idle()
+            assert await a.invoke("orders", {"Records": []}) == {"processed": 0}  # A runs on
+    assert len(ledger(path)) == 4
 
 
 # -- crash safety ---------------------------------------------------------------------

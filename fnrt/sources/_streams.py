@@ -46,6 +46,7 @@ from .._lambda import (
     backoff,
     dumps,
     function_arn,
+    role_arn,
     stream_arn,
     stream_failure_record,
 )
@@ -64,6 +65,10 @@ from ..errors import (
 from ..store import Shard, StoredRecord, StreamStore
 from ..store._types import HASH_KEY_TEXT, MAX_HASH_KEY, hash_key, seq_int, seq_str
 
+# Lambda's ``LastProcessingResult`` wording.
+NO_RECORDS_PROCESSED = "No records processed"
+PROCESSING_OK = "OK"
+PROCESSING_FAILED = "PROBLEM: Function call failed"
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
@@ -139,17 +144,21 @@ class Stream:
         self._source.wake(self.name)
         return [(shard_id, seq_str(seq)) for shard_id, seq in placed]
 
-    async def read(self, shard_id: str, after_seq: str | None, limit: int) -> list[dict[str, Any]]:
+    async def read(
+        self, shard_id: str, after_seq: str | None, limit: int, *, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` records of ``shard_id`` after sequence number ``after_seq``
         (``None``: from the oldest retained), oldest first, in Kinesis' ``GetRecords``
         shape (``SequenceNumber``, ``ApproximateArrivalTimestamp``, ``Data`` as base64,
-        ``PartitionKey``). A malformed ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
+        ``PartitionKey``). ``max_bytes``: stop at the record whose base64 data and
+        partition key bring the total to it (at least one record). A malformed
+        ``after_seq`` is :class:`~fnrt.errors.InvalidConfig`."""
         try:
             after = -1 if after_seq is None else seq_int(after_seq)
         except (TypeError, ValueError):
             raise InvalidConfig(f"not a sequence number of stream {self.name!r}: {after_seq!r}") from None
         store = await self._source.store()
-        records = await store.read(self.name, shard_id, after, limit)
+        records = await store.read(self.name, shard_id, after, limit, max_bytes=max_bytes)
         return [
             {
                 "SequenceNumber": seq_str(r.seq),
@@ -273,6 +282,9 @@ class StreamMapping:
         self._wake_coordinator = _Waker(source.clock)
         self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
         self._parked = False
+        self._retiring = False  # its stream was deleted by another host: it is being forgotten
+        #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
+        self.last_processing_result = NO_RECORDS_PROCESSED
 
     def __repr__(self) -> str:
         return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
@@ -346,7 +358,13 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        for shard in await store.shards(self.stream.name):
+        shards = await store.shards(self.stream.name)
+        if not shards and not self._retiring and not await store.stream_exists(self.stream.name):
+            # Another host deleted the stream, and the mapping with it: forget it here too.
+            self._retiring = True
+            self._log.warning("stream deleted elsewhere; the mapping goes with it")
+            self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
                 continue
@@ -485,8 +503,21 @@ class ShardPoller:
         source = self.source
         self._event_head = (  # what every record of the event repeats
             '"eventSource":"aws:kinesis","eventVersion":"1.0","eventName":"aws:kinesis:record",'
-            f'"invokeIdentityArn":"arn:aws:iam::{source.account_id}:role/fnrt",'
+            f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
+        )
+        # What a record of the event weighs beyond its data and quoted partition key: the
+        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
+        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
+        # AT_TIMESTAMP's timestamp: what arrived before it is not read.
+        at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
+        self._not_before = self.config.starting_position_timestamp if at_timestamp else None
+        # What one read takes at most (data and keys): a batch of 6 MB for each lane.
+        self._read_bytes = MAX_BATCH_BYTES * self.config.parallelization_factor
+        self._record_overhead = len(
+            f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":,'
+            f'"sequenceNumber":"{seq}","data":"","approximateArrivalTimestamp":{at}}},'
+            f'{self._event_head}"eventID":"{shard.shard_id}:{seq}"}},'
         )
 
     @property
@@ -537,18 +568,28 @@ class ShardPoller:
         # Up to four rounds per read ahead while rounds are small (at most 500 records,
         # or one round): a quarter of the reads' hops, and little more held in memory.
         ahead_size = max(round_size, min(4 * round_size, 500))
+        ahead_bytes = self._read_bytes * (ahead_size // round_size)
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
         try:
             while True:
                 records = await self._gather(store, round_size, ahead)
                 ahead = None
+                if records and self._not_before is not None and records[0].arrival < self._not_before:
+                    # AT_TIMESTAMP: records that arrived before it are passed over, not invoked
+                    # (a timestamp still to come at creation, or a shard split off since).
+                    skipped = next((i for i, r in enumerate(records) if r.arrival >= self._not_before), None)
+                    last = records[-1 if skipped is None else skipped - 1].seq
+                    await self._checkpoint(store, last)
+                    self._position = last
+                    continue
                 if records:
                     # Read what follows while these are delivered: the read's hop overlaps
                     # the invokes. It is used only when these end with the checkpoint at
                     # their last record (always, unless a round raises).
                     after = records[-1].seq
-                    ahead = (after, asyncio.ensure_future(store.read(stream, shard_id, after, ahead_size)))
+                    reading = store.read(stream, shard_id, after, ahead_size, max_bytes=ahead_bytes)
+                    ahead = (after, asyncio.ensure_future(reading))
                     for start in range(0, len(records), round_size):
                         await self._deliver_round(store, records[start : start + round_size])
                     continue
@@ -579,22 +620,39 @@ class ShardPoller:
             if after != self._position:
                 records = []
         if not records:
-            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+            records = await self._read(store, limit)
         window = self.config.max_batching_window
-        if not records or len(records) >= self.config.batch_size or window <= 0:
+        if not records or window <= 0 or self._full(records):
             return records
         deadline = self.clock.monotonic() + window
-        while len(records) < self.config.batch_size and (left := deadline - self.clock.monotonic()) > 0:
+        while not self._full(records) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
-            records = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, limit)
+            records = await self._read(store, limit)
         return records
+
+    async def _read(self, store: StreamStore, limit: int) -> list[StoredRecord]:
+        """The records after the checkpoint, as many as a round's batches can take: up to
+        ``limit``, and about 6 MB per lane (10,000 records of 1 MB are never read at once)."""
+        stream, shard_id = self.mapping.stream.name, self.shard.shard_id
+        return await store.read(stream, shard_id, self._position, limit, max_bytes=self._read_bytes)
+
+    def _full(self, records: list[StoredRecord]) -> bool:
+        """A batch is ready without waiting out the window: ``batch_size`` records, or an
+        event of 6 MB (Lambda invokes at whichever comes first)."""
+        if len(records) >= self.config.batch_size:
+            return True
+        return _event_bytes(records, self._record_overhead) > MAX_BATCH_BYTES - _EVENT_ENVELOPE
 
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
         seen closed first, then read empty, so no record can slip in between."""
         if self.shard.open:
             shards = {s.shard_id: s for s in await store.shards(self.mapping.stream.name)}
-            self.shard = shards[self.shard.shard_id]
+            shard = shards.get(self.shard.shard_id)
+            if shard is None:  # the stream was deleted (by another host), its mapping with it
+                self.log.warning("shard gone with its stream; this poller stops")
+                raise _LeaseLost(self.shard.shard_id)
+            self.shard = shard
             if self.shard.open:
                 return False
         more = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, 1)
@@ -613,7 +671,7 @@ class ShardPoller:
         self._next = 0
         self._done.clear()
         if len(lanes) == 1:
-            for batch in _batches(records, self.config.batch_size):
+            for batch in _batches(records, self.config.batch_size, self._record_overhead):
                 await self._deliver(store, batch)
             return
         async with asyncio.TaskGroup() as group:
@@ -621,7 +679,7 @@ class ShardPoller:
                 group.create_task(self._deliver_lane(store, lane_records))
 
     async def _deliver_lane(self, store: StreamStore, records: list[StoredRecord]) -> None:
-        for batch in _batches(records, self.config.batch_size):
+        for batch in _batches(records, self.config.batch_size, self._record_overhead):
             await self._deliver(store, batch)
 
     async def _deliver(self, store: StreamStore, batch: list[StoredRecord]) -> None:
@@ -692,13 +750,17 @@ class ShardPoller:
         source.metrics.observe("IteratorAge", self.mapping.uuid, age_ms)
         body = self._event(part)
         result = await source.invoker.invoke(entry, body, source.invoker.request_id())
+        mapping = self.mapping
         if result.error is not None:
+            mapping.last_processing_result = PROCESSING_FAILED
             return part
+        mapping.last_processing_result = PROCESSING_OK
         if not self.config.report_batch_item_failures:
             return []
         try:
             response = await decode_result(result.raw)
         except (ValueError, RecursionError):  # not JSON (a broken sandbox): the batch failed
+            mapping.last_processing_result = PROCESSING_FAILED
             return part
         return _failed_suffix(part, response)
 
@@ -875,23 +937,34 @@ def _drop(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+# ``{"Records":[`` and ``]}`` around a batch's records.
+_EVENT_ENVELOPE = len('{"Records":[]}')
 # A record's fields, read in C over a whole round.
 _seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
 
-def _batches(records: list[StoredRecord], size: int) -> Iterator[list[StoredRecord]]:
-    """Cut ``records`` into batches of at most ``size`` records and about 6 MB."""
-    if len(records) <= size and (
-        sum(map(len, map(_data, records))) + sum(map(len, map(_key, records))) + 400 * len(records)
-        <= MAX_BATCH_BYTES
-    ):
+def _event_bytes(records: list[StoredRecord], overhead: int) -> int:
+    """The size of the records in an event (see :func:`_batches`), in C over them all."""
+    return (
+        sum(map(len, map(_data, records)))
+        + sum(map(len, map(_quote, map(_key, records))))
+        + overhead * len(records)
+    )
+
+
+def _batches(records: list[StoredRecord], size: int, overhead: int) -> Iterator[list[StoredRecord]]:
+    """Cut ``records`` into batches of at most ``size`` records whose event fits Lambda's
+    6 MB payload: a record weighs its data, its partition key as JSON quotes it (a
+    character outside ASCII is 6 or 12 bytes) and ``overhead``, the rest of its event record."""
+    budget = MAX_BATCH_BYTES - _EVENT_ENVELOPE
+    if len(records) <= size and _event_bytes(records, overhead) <= budget:
         yield records  # the common case: the round is one batch
         return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
-        weight = len(record.data) + len(record.partition_key) + 400
-        if batch and (len(batch) >= size or total + weight > MAX_BATCH_BYTES):
+        weight = len(record.data) + len(_quote(record.partition_key)) + overhead
+        if batch and (len(batch) >= size or total + weight > budget):
             yield batch
             batch, total = [], 0
         batch.append(record)
@@ -1018,6 +1091,37 @@ class StreamSource:
             stream = self._streams[name] = Stream(self, name)
         return stream
 
+    async def delete_stream(self, name: str) -> None:
+        """Kinesis' ``DeleteStream``: this host's mappings of the stream stop (their leases
+        handed back), then the stream, its records and its mappings go in one transaction.
+        A failed delete changes nothing: the mappings poll on as they were."""
+        async with self._changing:
+            store = await self.store()
+            if not await store.stream_exists(name):
+                raise StreamNotFound(name)
+            # Runs to its end even if the caller is cancelled: never stopped mappings of a
+            # stream that is still there.
+            await asyncio.shield(self._delete_stream(store, name))
+
+    async def _delete_stream(self, store: StreamStore, name: str) -> None:
+        doomed = [m for m in self.mappings.values() if m.stream.name == name]
+        try:
+            for mapping in doomed:
+                await mapping.stop()
+            await store.delete_stream(name)
+        except BaseException:
+            for old in doomed:  # the stream is still there: poll on from the checkpoints
+                mapping = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
+                mapping.last_processing_result = old.last_processing_result
+                self.mappings[old.uuid] = mapping
+                mapping.start()
+            raise
+        for mapping in doomed:
+            self.mappings.pop(mapping.uuid, None)
+        self._streams.pop(name, None)
+        self._retention.pop(name, None)
+        self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
+
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig
     ) -> StreamMapping:
@@ -1077,6 +1181,7 @@ class StreamSource:
             # The config is durable, so the update stands: leases not handed back expire,
             # and the new pollers take them over then.
             self.log.warning("leases not released on update", mapping=key, error=str(exc))
+        new.last_processing_result = old.last_processing_result
         self.mappings[key] = new
         new.start()
 
@@ -1088,6 +1193,20 @@ class StreamSource:
                 raise InvalidConfig(f"no stream mapping {key!r}")
             await found.stop()
             await (await self.store()).delete_mapping(found.uuid)
+
+    async def forget_mapping(self, mapping: StreamMapping) -> None:
+        """Stop and forget ``mapping`` on this host, whose stream another host deleted (the
+        store's rows went with the stream)."""
+        async with self._changing:
+            if self.mappings.get(mapping.uuid) is not mapping:
+                return  # updated or removed meanwhile
+            del self.mappings[mapping.uuid]
+            try:
+                await mapping.stop()
+            except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
+                self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
+            self._streams.pop(mapping.stream.name, None)
+            self._retention.pop(mapping.stream.name, None)
 
     async def aclose(self) -> None:
         for mapping in list(self.mappings.values()):

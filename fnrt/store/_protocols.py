@@ -173,6 +173,15 @@ class StreamStore(Protocol):
 
     async def stream_exists(self, name: str) -> bool: ...
 
+    async def delete_stream(self, name: str) -> list[str]:
+        """Delete ``name`` with its shards and records, and its mappings with their
+        checkpoints and leases (Kinesis' ``DeleteStream``); the mappings' on-failure records
+        stay (they are what a destination holds). Returns the deleted mappings' uuids.
+        Raises :class:`~fnrt.errors.StreamNotFound` (and changes nothing) for an unknown
+        stream. Atomic against writers: a put is wholly before the delete or fails with
+        ``StreamNotFound``. Durable."""
+        ...
+
     async def stream_names(self) -> list[str]:
         """Every stream's name, sorted."""
         ...
@@ -205,8 +214,14 @@ class StreamStore(Protocol):
         before or after the whole put. Durable."""
         ...
 
-    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
-        """Up to ``limit`` records of the shard with ``seq > after``, in order."""
+    async def read(
+        self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` records of the shard with ``seq > after``, in order. With
+        ``max_bytes``, the records end with the one whose data and partition key (their
+        lengths as stored: base64 text, characters) bring the total to ``max_bytes`` or
+        more, so at least one record comes back and a reader of big records holds a
+        bounded amount, not ``limit`` of them."""
         ...
 
     async def split_shard(self, stream: str, shard: Shard, new_start: int) -> list[str]:

@@ -186,6 +186,22 @@ class SQLiteStreams:
                 )
         return True
 
+    async def delete_stream(self, name: str) -> list[str]:
+        async with self.db.transaction() as conn:
+            async with conn.execute("DELETE FROM streams WHERE name = ? RETURNING 1", (name,)) as cursor:
+                if await cursor.fetchone() is None:
+                    raise StreamNotFound(name)
+            async with conn.execute(
+                "DELETE FROM stream_mappings WHERE stream = ? RETURNING uuid", (name,)
+            ) as cursor:
+                mappings = [row[0] for row in await cursor.fetchall()]
+            for mapping in mappings:
+                for table in ("stream_checkpoints", "stream_leases"):
+                    await conn.execute(f"DELETE FROM {table} WHERE mapping = ?", (mapping,))
+            for table in ("stream_records", "shards"):
+                await conn.execute(f"DELETE FROM {table} WHERE stream = ?", (name,))
+        return mappings
+
     async def stream_names(self) -> list[str]:
         rows = await self.db.fetchall("SELECT name FROM streams ORDER BY name", ())
         return [r[0] for r in rows]
@@ -246,7 +262,9 @@ class SQLiteStreams:
             )
         return out
 
-    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
+    async def read(
+        self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
         params = (stream, shard_id, after, limit)
 
         def fetch(conn: sqlite3.Connection) -> list[tuple[int, str, str, float]]:
@@ -255,7 +273,17 @@ class SQLiteStreams:
             cursor = conn.cursor()
             cursor.row_factory = None
             try:
-                return cursor.execute(_READ, params).fetchall()
+                cursor.execute(_READ, params)
+                if max_bytes is None:
+                    return cursor.fetchall()
+                rows = []
+                total = 0
+                for row in cursor:  # SQLite steps row by row: what is not taken is not read
+                    rows.append(row)
+                    total += len(row[2]) + len(row[1])
+                    if total >= max_bytes:
+                        break
+                return rows
             finally:
                 cursor.close()
 

@@ -102,6 +102,25 @@ class PgStreamStore:
         return await self.pg.relaxed.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1", name) is not None
 
     @guarded
+    async def delete_stream(self, name: str) -> list[str]:
+        async with self.pg.durable.acquire() as conn, conn.transaction():
+            # The stream's row first: a put holds it while it writes (fnrt_put_records
+            # updates next_seq), so a put is wholly before this or finds no stream.
+            found = await conn.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1 FOR UPDATE", name)
+            if found is None:
+                raise StreamNotFound(name)
+            rows = await conn.fetch("DELETE FROM fnrt_stream_mappings WHERE stream = $1 RETURNING uuid", name)
+            mappings = [str(r["uuid"]) for r in rows]
+            await conn.execute(
+                "DELETE FROM fnrt_stream_checkpoints WHERE mapping = ANY($1::text[])", mappings
+            )
+            await conn.execute("DELETE FROM fnrt_stream_leases WHERE mapping = ANY($1::text[])", mappings)
+            await conn.execute("DELETE FROM fnrt_stream_records WHERE stream = $1", name)
+            await conn.execute("DELETE FROM fnrt_shards WHERE stream = $1", name)
+            await conn.execute("DELETE FROM fnrt_streams WHERE name = $1", name)
+        return mappings
+
+    @guarded
     async def stream_names(self) -> list[str]:
         rows = await self.pg.relaxed.fetch("SELECT name FROM fnrt_streams ORDER BY name")
         return [str(r["name"]) for r in rows]
@@ -154,15 +173,32 @@ class PgStreamStore:
         return [(r["shard_id"], r["seq"]) for r in rows]
 
     @guarded
-    async def read(self, stream: str, shard_id: str, after: int, limit: int) -> list[StoredRecord]:
-        rows = await self.pg.relaxed.fetch(
-            "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
-            "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-            stream,
-            shard_id,
-            after,
-            limit,
-        )
+    async def read(
+        self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> list[StoredRecord]:
+        if max_bytes is None:
+            rows = await self.pg.relaxed.fetch(
+                "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
+                "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                stream,
+                shard_id,
+                after,
+                limit,
+            )
+        else:  # the running total is taken in the database: what is left out is not sent
+            rows = await self.pg.relaxed.fetch(
+                "SELECT seq, partition_key, data, arrival FROM (SELECT *, "
+                "sum(length(data) + length(partition_key)) OVER (ORDER BY seq) "
+                "- length(data) - length(partition_key) AS before FROM ("
+                "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
+                "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4) l) r "
+                "WHERE before < $5 ORDER BY seq",
+                stream,
+                shard_id,
+                after,
+                limit,
+                max_bytes,
+            )
         return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def _close_shards(
