@@ -43,6 +43,10 @@ _TEXT_TYPES = re.compile(
 )
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _PARAM = re.compile(r"^\{([A-Za-z_][\w-]*)(\+?)\}$")
+# What HTTP/1.1 lets a response carry (RFC 9110 5.1, 5.5): a header name is a token; a value
+# holds no control character but the tab. Anything else would split or break the response.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # How each front door words its 500/502: REST APIs (1.0) and HTTP APIs / Function URLs (2.0)
 # differ in one letter's case, and clients that match the body see it.
 _INTERNAL_ERROR: dict[PayloadFormat, str] = {"1.0": "Internal server error", "2.0": "Internal Server Error"}
@@ -483,12 +487,22 @@ def internal_error(status: int, payload_format: PayloadFormat, request_id: str |
     return gateway_error(status, _INTERNAL_ERROR[payload_format], "InternalServerErrorException", request_id)
 
 
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise MalformedResult(f"header name {name!r} is not an HTTP token")
+    return name
+
+
 def _header_text(value: Any) -> str:
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise MalformedResult(f"header value {value!r} is not a string")
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    else:
+        raise MalformedResult(f"header value {value!r} is not a string")
+    if _HEADER_VALUE_BAD.search(text):
+        raise MalformedResult(f"header value {text!r} holds a control character")
+    return text
 
 
 def build_response(route: UrlRoute, raw: bytes) -> web.Response:
@@ -505,7 +519,8 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
     status = result["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+    # a 1xx is never a final response: a client would wait for the real one forever
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise MalformedResult(f"statusCode {status!r} is not an HTTP status")
     headers: CIMultiDict[str] = CIMultiDict()
     given = result.get("headers") or {}
@@ -516,18 +531,18 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
         if not isinstance(values, list):
             raise MalformedResult("multiValueHeaders values must be lists")
         for value in values:
-            headers.add(str(key), _header_text(value))
+            headers.add(_header_name(key), _header_text(value))
     # API Gateway merges the two into one list per name; a pair given in both appears once,
     # as multiValueHeaders has it
     for key, value in given.items():
         text = _header_text(value)
-        if text not in headers.getall(str(key), ()):
-            headers.add(str(key), text)
+        if text not in headers.getall(_header_name(key), ()):
+            headers.add(key, text)
     cookies = result.get("cookies") or []
     if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
         raise MalformedResult("cookies must be a list of strings")
     for cookie in cookies:
-        headers.add("Set-Cookie", cookie)
+        headers.add("Set-Cookie", _header_text(cookie))
     body = result.get("body")
     if body is None:
         data = b""

@@ -293,6 +293,45 @@ async def test_v1_unmatched_path_is_missing_authentication_token(served):
         assert resp.headers["x-amzn-ErrorType"] == "NotFoundException"
 
 
+BAD_HEADERED_RESULTS = [
+    {"statusCode": 200, "headers": {"X-A": "a\r\nX-Injected: 1"}, "body": "x"},  # response splitting
+    {"statusCode": 200, "headers": {"X-A": "a\nb"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A": "a\x00b"}, "body": "x"},
+    {"statusCode": 200, "multiValueHeaders": {"X-A": ["ok", "b\rc"]}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A\r\nX-B": "a"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X A": "a"}, "body": "x"},  # not an HTTP token
+    {"statusCode": 200, "headers": {"": "a"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A:": "a"}, "body": "x"},
+    {"statusCode": 200, "multiValueHeaders": {"X B": ["a"]}, "body": "x"},
+    {"statusCode": 200, "headers": {"Set-Cookie": "a=1\r\nX-Injected: 1"}, "body": "x"},
+    {"statusCode": 100, "body": "x"},  # no final response: the client would wait forever
+    {"statusCode": 199, "body": "x"},
+]
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_a_result_with_headers_http_cannot_carry_is_a_502(answering, payload_format):
+    """A handler's bad header is its error (502), never a dropped connection, a malformed
+    or split response, nor a hang; the server goes on serving."""
+    rt, server, session = answering
+    server.add_url("answer", payload_format=payload_format)
+    message = {"2.0": "Internal Server Error", "1.0": "Internal server error"}[payload_format]
+    results = BAD_HEADERED_RESULTS
+    if payload_format == "2.0":
+        results = [*results, {"statusCode": 200, "cookies": ["a=1\r\nX-Injected: 1"], "body": "x"}]
+    for result in results:
+        async with asyncio.timeout(10):
+            async with session.post(server.url + "/answer", json=result) as resp:
+                assert resp.status == 502, result
+                assert await resp.json() == {"message": message}
+                assert "X-Injected" not in resp.headers and "X-B" not in resp.headers
+                assert rt.recent.get(resp.headers["x-amzn-RequestId"]) is not None
+    ok = {"statusCode": 200, "headers": {"X-A": "tab\tis fine", "X-Num": 7}, "body": "fine"}
+    async with session.post(server.url + "/answer", json=ok) as resp:
+        assert resp.status == 200 and await resp.text() == "fine"
+        assert resp.headers["X-A"] == "tab\tis fine" and resp.headers["X-Num"] == "7"
+
+
 async def test_v1_multi_value_headers_in_the_result(served):
     rt, server, session = served
     server.add_url("respond", path_prefix="/m", payload_format="1.0")
