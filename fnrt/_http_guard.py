@@ -2,7 +2,8 @@
 
 - :class:`ConnectionGuard` wraps the server's protocol factory: at most
   ``max_connections`` are open; a connection must deliver its first request's headers
-  within ``header_timeout`` seconds; and when the limit is reached, the oldest connection
+  within ``header_timeout`` seconds and each request's body within ``body_timeout`` seconds
+  of its head (else it is answered 408 and closed); and when the limit is reached, the oldest connection
   that has not delivered a request yet (a slow-header client) makes room for the new one,
   so slow-header floods cannot lock everyone else out. A client that stops reading a
   response for ``send_timeout`` seconds is cut off, so unread responses do not pile up in
@@ -26,7 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ._clock import Clock, TimerHandle
-from ._http_errors import AwsError, Handler
+from ._http_errors import AwsError, BodyTimeout, Handler
 from ._http_sigv4 import Verifier
 
 _BUSY_BODY = (
@@ -131,10 +132,12 @@ class ConnectionGuard:
         header_timeout: float,
         clock: Clock,
         send_timeout: float = 30.0,
+        body_timeout: float = 30.0,
     ) -> None:
         self.factory = factory
         self.clock = clock
         self.send_timeout = send_timeout
+        self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.open: set[_Guarded] = set()
@@ -142,6 +145,7 @@ class ConnectionGuard:
         self.by_transport: dict[asyncio.BaseTransport, _Guarded] = {}
         self.refused = 0
         self.evicted = 0
+        self.timed_out = 0  # requests whose body did not arrive in time
 
     def __call__(self) -> _Guarded:
         return _Guarded(self, self.factory())
@@ -173,12 +177,29 @@ class ConnectionGuard:
         if conn is not None:
             conn.head_received()
 
+    def watch_body(self, request: web.Request) -> TimerHandle | None:
+        """A deadline for the rest of ``request``'s body (``None`` when it has all
+        arrived): a client that sends its head, then trickles or withholds the body, would
+        otherwise hold its connection, and the handler reading it, for ever."""
+        payload = request.content
+        if not request.body_exists or payload.is_eof():
+            return None
+        seconds = self.body_timeout
+
+        def expire() -> None:
+            if not payload.is_eof():
+                self.timed_out += 1
+                payload.set_exception(BodyTimeout(seconds))
+
+        return self.clock.call_later(seconds, expire)
+
     def stats(self) -> dict[str, int]:
         return {
             "open": len(self.open),
             "pending": len(self.pending),
             "refused": self.refused,
             "evicted": self.evicted,
+            "body_timeouts": self.timed_out,
             "limit": self.max_connections,
         }
 
@@ -248,8 +269,17 @@ def security_middleware(
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
         connections = guard()
-        if connections is not None:
-            connections.head_received(request)
+        if connections is None:
+            return await secured(request, handler)
+        connections.head_received(request)
+        deadline = connections.watch_body(request)
+        try:
+            return await secured(request, handler)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    async def secured(request: web.Request, handler: Handler) -> web.StreamResponse:
         if verifier is None and not local_host(request, bound_host):
             # without credentials fnrt serves loopback only; a page that rebinds its own
             # domain to 127.0.0.1 sends that domain as the Host

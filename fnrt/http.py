@@ -17,7 +17,8 @@ plane, and functions behind URLs.
 - Every error is AWS's JSON error shape with ``x-amzn-ErrorType``.
 - Security: SigV4 verified when ``auth`` credentials are given (required to bind beyond
   loopback); unsigned cross-origin browser requests refused; connections bounded
-  (``max_connections``, ``header_timeout``, ``keepalive_timeout``, ``send_timeout``).
+  (``max_connections``, ``header_timeout``, ``body_timeout``, ``keepalive_timeout``,
+  ``send_timeout``).
 
 Needs the ``http`` extra (aiohttp), kept out of the core: ``pip install 'fnrt[http]'``.
 """
@@ -140,6 +141,7 @@ class InvokeServer:
         header_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
         send_timeout: float = 30.0,
+        body_timeout: float = 30.0,
         kinesis_write_limits: bool = True,
     ) -> None:
         self.runtime = runtime
@@ -162,6 +164,7 @@ class InvokeServer:
             ("header_timeout", header_timeout),
             ("keepalive_timeout", keepalive_timeout),
             ("send_timeout", send_timeout),
+            ("body_timeout", body_timeout),
         )
         for label, value in timeouts:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -171,6 +174,7 @@ class InvokeServer:
         self.header_timeout = float(header_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
         self.send_timeout = float(send_timeout)
+        self.body_timeout = float(body_timeout)
         self.connections: ConnectionGuard | None = None
         self._server: asyncio.Server | None = None
         security = security_middleware(
@@ -274,6 +278,7 @@ class InvokeServer:
             max_connections=self.max_connections,
             header_timeout=self.header_timeout,
             send_timeout=self.send_timeout,
+            body_timeout=self.body_timeout,
             clock=self.runtime.clock,
         )
         loop = asyncio.get_running_loop()

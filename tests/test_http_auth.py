@@ -197,6 +197,45 @@ async def test_slow_header_flood_does_not_lock_out_a_real_client():
                 writer.close()
 
 
+async def test_a_withheld_body_is_a_408_and_frees_its_connection():
+    """Heads sent in time, bodies never finished: each request is answered 408 at the body
+    timeout (the fake clock) and its connection closed, so the slots come back."""
+    from .conftest import wait_until
+
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, max_connections=3, body_timeout=30) as server:
+            server.add_url("echo")
+            held = []
+            for path in ("/echo/x", "/2015-03-31/functions/echo/invocations", "/"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                extra = "X-Amz-Target: Kinesis_20131202.ListStreams\r\n" if path == "/" else ""
+                head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: 100\r\n\r\n"
+                writer.write(head.encode() + b"{")  # 1 byte of 100
+                held.append((reader, writer))
+            guard = server.connections
+            await wait_until(lambda: guard.stats()["open"] == 3 and guard.stats()["pending"] == 0)
+            await clock.advance(29)
+            await asyncio.sleep(0.05)
+            assert guard.stats()["body_timeouts"] == 0
+            await clock.advance(1)
+            for reader, writer in held:
+                answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408 "), answer
+                assert b"RequestTimeoutException" in head and b"did not arrive" in body
+                writer.close()
+            await wait_until(lambda: guard.stats()["open"] == 0)
+            assert guard.stats()["body_timeouts"] == 3
+            assert rt.stats()["functions"]["echo"]["invocations"] == 0
+            async with aiohttp.ClientSession() as session:
+                async with session.post(server.url + "/echo/y", data=b"late but whole") as resp:
+                    assert resp.status == 200 and (await resp.json())["event"]["body"]
+        with pytest.raises(InvalidConfig, match="body_timeout"):
+            InvokeServer(rt, body_timeout=0)
+
+
 async def test_cli_serve_refuses_open_wildcard_bind_and_signs_with_fnrt_auth():
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fnrt", "serve", "handlers.echo", "--host", "0.0.0.0", "--port", "0",
