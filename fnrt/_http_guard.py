@@ -25,10 +25,12 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
 
 from ._clock import Clock, TimerHandle
-from ._http_errors import AwsError, BodyTimeout, Handler
+from ._http_errors import AwsError, BodyTimeout, Handler, lambda_error
 from ._http_sigv4 import Verifier
+from ._observe import logger
 
 _BUSY_BODY = (
     b'{"Type":"Service","message":"fnrt is at its connection limit; retry shortly '
@@ -52,6 +54,45 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 4096
     return max(64, min(4096, soft // 4))
+
+
+def _parse_error_text(message: str | None, status: int) -> str:
+    """aiohttp's parser words an error over several lines, quoting the bytes with a caret
+    under them: its first line, without the quoted bytes, says what was wrong."""
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    first = first.split(": b'")[0].split(": b\"")[0].rstrip(": ")[:200]
+    return first or ("bad request" if status < 500 else "internal error")
+
+
+class _AwsAnswers(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse (a bad request line,
+    method or header, a header too long, too many headers, bad framing) with Lambda's JSON
+    error, as every other answer is, instead of text with a caret under the raw bytes; and
+    logging it as one structured event, not a traceback per bad request.
+
+    Its layout is its base's (no slots of its own), so :class:`ConnectionGuard` gives the
+    handler aiohttp built this class: aiohttp's construction and arguments stay its own."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # the response began: nothing can follow it
+            raise ConnectionError("a response was already being sent")
+        text = _parse_error_text(message, status)
+        logger().debug("malformed http request", status=status, error=text, peer=request.remote)
+        if status < 500:
+            error = f"malformed HTTP request: {text}"
+            response = lambda_error(status, "InvalidRequestContentException", error)
+        else:
+            response = lambda_error(status, "ServiceException", text)
+        response.force_close()
+        return response
 
 
 class _Guarded(asyncio.Protocol):
@@ -148,7 +189,10 @@ class ConnectionGuard:
         self.timed_out = 0  # requests whose body did not arrive in time
 
     def __call__(self) -> _Guarded:
-        return _Guarded(self, self.factory())
+        inner = self.factory()
+        if type(inner) is RequestHandler:
+            inner.__class__ = _AwsAnswers
+        return _Guarded(self, inner)
 
     def admit(self, conn: _Guarded) -> bool:
         if len(self.open) >= self.max_connections:
