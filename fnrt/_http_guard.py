@@ -348,12 +348,9 @@ def security_middleware(
                 raise AwsError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
             return await handler(request)
         body = await request.read()
+        target = request.rel_url  # the path and query as sent, whatever the target's form
         access_key = verifier.verify(
-            request.method,
-            request.raw_path.partition("?")[0],
-            request.raw_path.partition("?")[2],
-            headers_of(request),
-            body,
+            request.method, target.raw_path, target.raw_query_string, headers_of(request), body
         )
         request[IDENTITY_KEY] = identity(access_key, account_id)
         return await handler(request)

@@ -336,7 +336,10 @@ def event_v2(
     cookies = [
         c.strip() for value in request.headers.getall("Cookie", []) for c in value.split(";") if c.strip()
     ]
-    raw_path, _, raw_query = request.raw_path.partition("?")
+    # as sent (yarl's query_string is decoded), and the path part alone: an absolute-form
+    # target ("GET http://host/path") names the host first, and a fragment is no part of it
+    url = request.rel_url
+    raw_path, raw_query = url.raw_path, url.raw_query_string
     body, is_b64 = _body(request, raw)
     host = _host(request)
     time_text, epoch = _time_fields(now)
@@ -364,7 +367,7 @@ def event_v2(
         "version": "2.0",
         "routeKey": route.route_key,
         "rawPath": _raw_below(raw_path, route.path_prefix),
-        "rawQueryString": raw_query,  # as sent: yarl's query_string is decoded
+        "rawQueryString": raw_query,
     }
     if cookies:
         event["cookies"] = cookies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import sys
 import uuid
 
@@ -133,6 +134,28 @@ async def test_v2_raw_path_and_query_string_are_as_sent(served):
             event = await resp.json()
         assert event["rawPath"] == raw_path, sent
         assert event["rawQueryString"] == ""
+
+
+async def test_v2_raw_path_is_the_path_alone_whatever_form_the_target_takes(served):
+    """An absolute-form target (as proxies send) and a fragment: the event's rawPath and
+    rawQueryString are still the path and the query as sent, and nothing else."""
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    targets = (
+        (f"http://127.0.0.1:{server.port}/show/a%2Fb?q=%7E", "/a%2Fb", "q=%7E", "/a/b"),
+        ("/show/a%20b?x=%41+b#frag", "/a%20b", "x=%41+b", "/a b"),
+        ("/show/c#frag", "/c", "", "/c"),
+    )
+    for target, raw_path, raw_query, path in targets:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        event = json.loads(body)
+        assert event["rawPath"] == raw_path and event["rawQueryString"] == raw_query, target
+        assert event["requestContext"]["http"]["path"] == path
 
 
 async def test_v2_binary_body_is_base64(served):
