@@ -508,6 +508,14 @@ def _header_text(value: Any) -> str:
     return text
 
 
+def _flag(value: Any) -> bool:
+    """A boolean of the result, as API Gateway reads one: ``true``, or the string
+    ``"true"`` in any case; a string like ``"false"`` is not true because it is not empty."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
+
+
 def build_response(route: UrlRoute, raw: bytes) -> web.Response:
     """The HTTP response for the handler's result (``raw`` is its JSON)."""
     try:
@@ -553,7 +561,7 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
         if route.payload_format == "1.0":
             raise MalformedResult("body must be a string")
         data = json.dumps(body).encode()
-    elif result.get("isBase64Encoded"):
+    elif _flag(result.get("isBase64Encoded")):
         try:
             data = base64.b64decode(body, validate=True)
         except (ValueError, binascii.Error):

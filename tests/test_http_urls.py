@@ -355,6 +355,17 @@ async def test_a_result_with_headers_http_cannot_carry_is_a_502(answering, paylo
         assert resp.headers["X-A"] == "tab\tis fine" and resp.headers["X-Num"] == "7"
 
 
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_is_base64_encoded_given_as_a_string_is_read_as_its_words(answering, payload_format):
+    rt, server, session = answering
+    server.add_url("answer", payload_format=payload_format)
+    for flag, body in ((True, b"hi"), ("true", b"hi"), ("TRUE", b"hi"), (False, b"aGk="),
+                       ("false", b"aGk="), ("False", b"aGk="), (None, b"aGk=")):
+        result = {"statusCode": 200, "body": "aGk=", "isBase64Encoded": flag}
+        async with session.post(server.url + "/answer", json=result) as resp:
+            assert resp.status == 200 and await resp.read() == body, flag
+
+
 async def test_v1_multi_value_headers_in_the_result(served):
     rt, server, session = served
     server.add_url("respond", path_prefix="/m", payload_format="1.0")
