@@ -288,6 +288,21 @@ def _body(request: web.Request, raw: bytes) -> tuple[str | None, bool]:
     return base64.b64encode(raw).decode(), True
 
 
+def _text(value: str) -> str:
+    """A header value as text a handler can encode: aiohttp keeps bytes that are not UTF-8
+    as lone surrogates, which no UTF-8 writer (a print, a log, a JSON dump) accepts; they
+    become U+FFFD, as in the query string."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def _header_values(request: web.Request, key: str) -> list[str]:
+    return [_text(v) for v in request.headers.getall(key, [])]
+
+
 def _time_fields(now: float) -> tuple[str, int]:
     moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
     return moment.strftime("%d/%b/%Y:%H:%M:%S +0000"), int(now * 1000)
@@ -328,13 +343,13 @@ def event_v2(
         lower = key.lower()
         if lower == "cookie" or lower in headers:
             continue
-        headers[lower] = ",".join(request.headers.getall(key))
+        headers[lower] = ",".join(_header_values(request, key))
     query: dict[str, str] = {}
     for key in request.query:
         if key not in query:
             query[key] = ",".join(request.query.getall(key))
     cookies = [
-        c.strip() for value in request.headers.getall("Cookie", []) for c in value.split(";") if c.strip()
+        c.strip() for value in _header_values(request, "Cookie") for c in value.split(";") if c.strip()
     ]
     # as sent (yarl's query_string is decoded), and the path part alone: an absolute-form
     # target ("GET http://host/path") names the host first, and a fragment is no part of it
@@ -353,7 +368,7 @@ def event_v2(
             "path": rel_path,
             "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
             "sourceIp": _source_ip(request),
-            "userAgent": request.headers.get("User-Agent", ""),
+            "userAgent": _text(request.headers.get("User-Agent", "")),
         },
         "requestId": request_id,
         "routeKey": route.route_key,
@@ -400,8 +415,8 @@ def event_v1(
     for key in request.headers:
         if key in multi_headers:
             continue
-        values = request.headers.getall(key)
-        multi_headers[key] = list(values)
+        values = _header_values(request, key)
+        multi_headers[key] = values
         headers[key] = values[-1]
     query: dict[str, str] = {}
     multi_query: dict[str, list[str]] = {}
@@ -419,7 +434,7 @@ def event_v1(
     stage_path = rel_path if route.stage == "$default" else f"/{route.stage}{rel_path}"
     identity_block: dict[str, Any] = {
         "sourceIp": _source_ip(request),
-        "userAgent": request.headers.get("User-Agent", ""),
+        "userAgent": _text(request.headers.get("User-Agent", "")),
         "accountId": None,
         "accessKey": None,
         "caller": None,
@@ -505,7 +520,16 @@ def _header_text(value: Any) -> str:
         raise MalformedResult(f"header value {value!r} is not a string")
     if _HEADER_VALUE_BAD.search(text):
         raise MalformedResult(f"header value {text!r} holds a control character")
+    _utf8(text, "a header value")
     return text
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (JSON's ``"\\ud800"``) has none."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise MalformedResult(f"{what} is not valid Unicode (a lone surrogate)") from None
 
 
 def _flag(value: Any) -> bool:
@@ -567,7 +591,7 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
         except (ValueError, binascii.Error):
             raise MalformedResult("body is not valid base64") from None
     else:
-        data = body.encode()
+        data = _utf8(body, "body")
     for framing in ("Content-Length", "Transfer-Encoding", "Connection"):  # the server frames it
         headers.popall(framing, None)
     if "Content-Type" not in headers:

@@ -158,6 +158,27 @@ async def test_v2_raw_path_is_the_path_alone_whatever_form_the_target_takes(serv
         assert event["requestContext"]["http"]["path"] == path
 
 
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_header_bytes_that_are_not_utf8_reach_the_handler_as_text(answering, payload_format):
+    """Latin-1 bytes in a header (a cookie, a user agent): the handler gets U+FFFD where
+    they were, text it can print, log and encode, not lone surrogates that fail there."""
+    rt, server, session = answering
+    await rt.add_function("printer", "handlers.web:print_headers")
+    server.add_url("printer", payload_format=payload_format)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"GET /printer/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"X-Name: Jos\xe9\r\nUser-Agent: caf\xe9/1\r\nCookie: n=Ren\xe9e\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    seen = json.loads(body)
+    assert seen["x-name"] == "Jos\ufffd" and seen["user-agent"] == "caf\ufffd/1"
+    assert seen["cookie"] == "n=Ren\ufffde"
+
+
 async def test_v2_binary_body_is_base64(served):
     rt, server, session = served
     server.add_url("show_event", path_prefix="/show")
@@ -327,15 +348,17 @@ BAD_HEADERED_RESULTS = [
     {"statusCode": 200, "headers": {"X-A:": "a"}, "body": "x"},
     {"statusCode": 200, "multiValueHeaders": {"X B": ["a"]}, "body": "x"},
     {"statusCode": 200, "headers": {"Set-Cookie": "a=1\r\nX-Injected: 1"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A": "\ud800"}, "body": "x"},  # a lone surrogate: no UTF-8
+    {"statusCode": 200, "body": "lone \udce9 surrogate"},
     {"statusCode": 100, "body": "x"},  # no final response: the client would wait forever
     {"statusCode": 199, "body": "x"},
 ]
 
 
 @pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
-async def test_a_result_with_headers_http_cannot_carry_is_a_502(answering, payload_format):
-    """A handler's bad header is its error (502), never a dropped connection, a malformed
-    or split response, nor a hang; the server goes on serving."""
+async def test_a_result_http_cannot_carry_is_a_502(answering, payload_format):
+    """A handler's bad header or body is its error (502), never a dropped connection, a
+    500, a malformed or split response, nor a hang; the server goes on serving."""
     rt, server, session = answering
     server.add_url("answer", payload_format=payload_format)
     message = {"2.0": "Internal Server Error", "1.0": "Internal server error"}[payload_format]
