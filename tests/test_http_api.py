@@ -144,6 +144,24 @@ async def test_a_bad_client_context_is_400_and_runs_nothing(served, header):
     assert rt.stats()["functions"]["echo"]["invocations"] == 0
 
 
+@pytest.mark.parametrize("header", [b"\xff\xfe", b"eyJhIjogMX0=\xe9", "é".encode()])
+async def test_a_client_context_that_is_not_ascii_is_400(served, header):
+    """Bytes no base64 holds (not UTF-8 at all, or UTF-8 beyond ASCII): 400, not a 500."""
+    rt, server, client, session = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Connection: close\r\nX-Amz-Client-Context: " + header + b"\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"x-amzn-ErrorType: InvalidRequestContentException" in head
+    assert "Base64" in json.loads(body)["message"]
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
 async def test_a_good_client_context_reaches_the_handler(served):
     rt, server, client, session = served
     ctx = _b64(json.dumps({"custom": {"tenant": "t-1"}}).encode())

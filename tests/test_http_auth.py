@@ -171,6 +171,28 @@ async def test_binding_beyond_loopback_requires_credentials(tmp_path):
             InvokeServer(rt, auth_file=str(tmp_path / "missing"))
 
 
+async def test_a_signed_request_with_header_bytes_that_are_not_utf8_is_judged_not_crashed(secured):
+    """The signature is checked over the bytes as sent; a mismatch is AWS's 403, never a
+    500 from failing to encode them."""
+    rt, server = secured
+    url = server.url + "/2015-03-31/functions/echo/invocations"
+    signed = botocore_signed("POST", url, b"{}", headers={"X-Foo": "placeholder"})
+    head = b"".join(
+        f"{k}: {v}\r\n".encode() for k, v in signed.items() if k.lower() not in ("x-foo", "content-length")
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: "
+        + f"127.0.0.1:{server.port}".encode() + b"\r\nConnection: close\r\n" + head
+        + b"X-Foo: caf\xe9 \xff\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert b"x-amzn-ErrorType: InvalidSignatureException" in answer
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
 async def test_slow_header_flood_does_not_lock_out_a_real_client():
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:
