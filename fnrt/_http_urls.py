@@ -97,6 +97,10 @@ class Cors:
         max_age = args.get("max_age", 0)
         if isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= 86400:
             raise InvalidConfig(f"cors MaxAge must be 0-86400 seconds, got {max_age!r}")
+        credentials = args.get("allow_credentials")
+        credentials = False if credentials is None else credentials
+        if not isinstance(credentials, bool):  # bool("false") would allow them
+            raise InvalidConfig(f"cors AllowCredentials must be true or false, got {credentials!r}")
         methods = tuple(m.upper() for m in _strings(args.get("allow_methods"), "AllowMethods"))
         bad = [m for m in methods if m != "*" and m not in _METHODS]
         if bad:
@@ -107,7 +111,7 @@ class Cors:
             allow_headers=tuple(h.lower() for h in _strings(args.get("allow_headers"), "AllowHeaders")),
             expose_headers=_strings(args.get("expose_headers"), "ExposeHeaders"),
             max_age=max_age,
-            allow_credentials=bool(args.get("allow_credentials", False)),
+            allow_credentials=credentials,
         )
 
     def origin_allowed(self, origin: str) -> bool:
@@ -692,7 +696,15 @@ class UrlRouter:
             for key in list(response.headers):
                 if key.lower().startswith("access-control-"):
                     del response.headers[key]
-            response.headers.update(route.cors.response_headers(origin))
+            added = route.cors.response_headers(origin)
+            vary = added.pop("Vary", None)
+            response.headers.update(added)
+            if vary is not None:  # the function's own Vary (Accept-Encoding, ...) stays
+                own = response.headers.getall("Vary", [])
+                varied = [name.strip() for value in own for name in value.split(",") if name.strip()]
+                if vary.lower() not in (name.lower() for name in varied):
+                    varied.append(vary)
+                response.headers["Vary"] = ", ".join(varied)
         return response
 
     async def _invoke(

@@ -510,6 +510,25 @@ async def test_cors_preflight_and_responses(served):
         assert "Access-Control-Allow-Origin" not in resp.headers
 
 
+async def test_cors_keeps_the_functions_vary_and_takes_only_a_boolean_for_credentials(answering):
+    rt, server, session = answering
+    server.add_url("answer", cors={"AllowOrigins": ["https://app.example"], "AllowMethods": ["POST"]})
+    result = {"statusCode": 200, "headers": {"Vary": "Accept-Encoding"}, "body": "x"}
+    async with session.post(
+        server.url + "/answer", json=result, headers={"Origin": "https://app.example"}
+    ) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert resp.headers.getall("Vary") == ["Accept-Encoding, Origin"]  # a cache keys on both
+    result["headers"] = {"Vary": "origin"}
+    async with session.post(
+        server.url + "/answer", json=result, headers={"Origin": "https://app.example"}
+    ) as resp:
+        assert resp.headers.getall("Vary") == ["origin"]
+    for bad in ("false", "true", 1):
+        with pytest.raises(InvalidConfig, match="AllowCredentials"):
+            server.add_url("answer", path_prefix="/c", cors={"AllowOrigins": ["*"], "AllowCredentials": bad})
+
+
 # -- the embedding API ---------------------------------------------------------------------------
 
 
