@@ -191,6 +191,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             request, AwsError(400, "InvalidRequestContentException", "the request is nested too deeply")
         )
     except Exception as exc:
+        gone = request.transport is None or request.transport.is_closing()
+        if isinstance(exc, ConnectionResetError) and gone:
+            # the client hung up mid-request (while sending its body): no one to answer,
+            # and nothing of fnrt's went wrong, so no error and traceback for each of them
+            _log.debug("http client went away", path=request.path, error=repr(exc))
+            return error_response(request, AwsError(400, "InvalidRequestContentException", str(exc)))
         _log.exception("http handler failed", path=request.path, error=repr(exc))
         return error_response(
             request,

@@ -258,6 +258,34 @@ async def test_a_withheld_body_is_a_408_and_frees_its_connection():
             InvokeServer(rt, body_timeout=0)
 
 
+async def test_a_client_that_leaves_mid_body_is_no_error_of_fnrts():
+    """Clients that hang up halfway through their body: nothing runs, no error (with a
+    traceback) is logged for each, and the server goes on serving."""
+    from structlog.testing import capture_logs
+
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0) as server:
+            server.add_url("echo")
+            with capture_logs() as logs:
+                for path in ("/echo/x", "/2015-03-31/functions/echo/invocations"):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+                    writer.write(head.encode() + b"{")
+                    await writer.drain()
+                    await wait_until(lambda: server.connections.stats()["pending"] == 0)
+                    writer.close()
+                    await wait_until(lambda: server.connections.stats()["open"] == 0)
+                await asyncio.sleep(0.1)
+            assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+            assert rt.stats()["functions"]["echo"]["invocations"] == 0
+            async with aiohttp.ClientSession() as session:
+                async with session.post(server.url + "/echo/y", data=b"whole") as resp:
+                    assert resp.status == 200
+
+
 async def test_cli_serve_refuses_open_wildcard_bind_and_signs_with_fnrt_auth():
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fnrt", "serve", "handlers.echo", "--host", "0.0.0.0", "--port", "0",
