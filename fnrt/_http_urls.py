@@ -432,9 +432,13 @@ def event_v1(
     body, is_b64 = _body(request, raw)
     host = _host(request)
     time_text, epoch = _time_fields(now)
-    resource = "/{proxy+}" if route.route == "$default" else route.route
-    if route.route == "$default":
-        params = {"proxy": rel_path.lstrip("/")}
+    if route.route in ("$default", "/{proxy+}") and rel_path == "/":
+        # the root is not the proxy's: API Gateway serves it with the ``ANY /`` resource
+        resource, params = "/", {}
+    elif route.route == "$default":
+        resource, params = "/{proxy+}", {"proxy": rel_path.lstrip("/")}
+    else:
+        resource = route.route
     stage_path = rel_path if route.stage == "$default" else f"/{route.stage}{rel_path}"
     identity_block: dict[str, Any] = {
         "sourceIp": _source_ip(request),

@@ -319,6 +319,20 @@ async def test_v1_event_with_route_templates(served):
         assert resp.status == 502 and await resp.json() == {"message": "Internal server error"}
 
 
+@pytest.mark.parametrize("route", [None, "$default", "/{proxy+}"])
+async def test_v1_the_root_is_the_root_resource_not_the_proxy(served, route):
+    rt, server, session = served
+    server.add_url("wrap_event", path_prefix="/v1", payload_format="1.0", route=route)
+    for path in ("/v1", "/v1/"):
+        async with session.get(server.url + path) as resp:
+            event = await resp.json()
+        assert event["resource"] == "/" and event["requestContext"]["resourcePath"] == "/"
+        assert event["path"] == "/" and event["pathParameters"] is None
+    async with session.get(server.url + "/v1/a/b") as resp:
+        event = await resp.json()
+    assert event["resource"] == "/{proxy+}" and event["pathParameters"] == {"proxy": "a/b"}
+
+
 async def test_v1_unmatched_path_is_missing_authentication_token(served):
     rt, server, session = served
     server.add_url("respond", path_prefix="/v1", payload_format="1.0", route="GET /orders/{id}")
