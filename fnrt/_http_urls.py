@@ -173,6 +173,7 @@ class UrlRoute:
     auth_type: AuthType
     cors: Cors | None
     stage: str
+    stage_variables: tuple[tuple[str, str], ...]  # the stage's, for API Gateway events
     _pattern: re.Pattern[str] | None = attrs.field(eq=False, repr=False)
     _params: tuple[str, ...] = attrs.field(eq=False, repr=False)
 
@@ -217,6 +218,7 @@ def make_route(
     auth_type: str,
     cors: Cors | Mapping[str, Any] | None,
     stage: str | None,
+    stage_variables: Mapping[str, str] | None = None,
 ) -> UrlRoute:
     if payload_format not in ("1.0", "2.0"):
         raise InvalidConfig(f"payload_format must be '1.0' or '2.0', got {payload_format!r}")
@@ -241,9 +243,31 @@ def make_route(
         auth_type=auth_type,  # type: ignore[arg-type]
         cors=Cors.build(cors),
         stage=stage or "$default",
+        stage_variables=_stage_variables(stage_variables),
         pattern=pattern,
         params=params,
     )
+
+
+_STAGE_VARIABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
+_STAGE_VARIABLE_VALUE = re.compile(r"[A-Za-z0-9\-._~:/?#&=,]{1,2048}\Z")
+
+
+def _stage_variables(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """API Gateway's rules for stage variables: names of letters, digits and ``_``; values
+    of letters, digits and ``-._~:/?#&=,``, up to 2,048 characters."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise InvalidConfig(f"stage_variables must be a mapping of names to strings, got {value!r}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not _STAGE_VARIABLE_NAME.match(name):
+            raise InvalidConfig(f"stage variable name {name!r} must be letters, digits and '_' (at most 64)")
+        if not isinstance(text, str) or not _STAGE_VARIABLE_VALUE.match(text):
+            raise InvalidConfig(
+                f"stage variable {name} value {text!r} must be 1-2048 of letters, digits and -._~:/?#&=,"
+            )
+    return tuple(value.items())
 
 
 def _compile(route: str) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
@@ -395,6 +419,8 @@ def event_v2(
         event["queryStringParameters"] = query
     if params:
         event["pathParameters"] = params
+    if route.stage_variables:
+        event["stageVariables"] = dict(route.stage_variables)
     event["requestContext"] = context
     if body is not None:
         event["body"] = body
@@ -468,7 +494,7 @@ def event_v1(
         "queryStringParameters": query or None,
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": params or None,
-        "stageVariables": None,
+        "stageVariables": dict(route.stage_variables) or None,
         "requestContext": {
             "accountId": identity["accountId"] if identity else "000000000000",
             "apiId": route.url_id[:10],

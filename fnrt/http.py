@@ -62,6 +62,7 @@ def add_url(
     cors: Cors | Mapping[str, Any] | None = None,
     auth_type: str = "NONE",
     stage: str | None = None,
+    stage_variables: Mapping[str, str] | None = None,
     runtime: Runtime | None = None,
 ) -> UrlRoute:
     """Serve ``function`` behind a URL: each request is an HTTP event, its result the response.
@@ -78,6 +79,9 @@ def add_url(
     signatures, verified against ``InvokeServer(auth=...)`` (a server without credentials
     checks only that the request is signed, as its APIs accept any SDK's dummy keys) and
     the caller shows in ``requestContext.authorizer.iam``; ``"NONE"`` is open, as in AWS.
+    ``stage`` and ``stage_variables`` (``{"env": "dev"}``) are an API Gateway stage's: its
+    name in ``requestContext.stage`` (and a 1.0 event's ``requestContext.path``), its
+    variables in ``stageVariables``.
 
     ``server_or_app`` is an :class:`InvokeServer` (at any time) or your own
     ``aiohttp.web.Application`` (before it starts; pass ``runtime=``).
@@ -105,6 +109,7 @@ def add_url(
         auth_type=auth_type,
         cors=cors,
         stage=stage,
+        stage_variables=stage_variables,
     )
     return router.add(spec)
 

@@ -333,6 +333,24 @@ async def test_v1_the_root_is_the_root_resource_not_the_proxy(served, route):
     assert event["resource"] == "/{proxy+}" and event["pathParameters"] == {"proxy": "a/b"}
 
 
+@pytest.mark.parametrize("payload_format", ["1.0", "2.0"])
+async def test_stage_variables_reach_the_event(served, payload_format):
+    rt, server, session = served
+    variables = {"env": "dev", "table_Name": "orders-v2", "url": "https://x.example/a?b=c&d=e,f"}
+    server.add_url("wrap_event", path_prefix="/s", payload_format=payload_format, stage="prod",
+                   stage_variables=variables)
+    server.add_url("wrap_event", path_prefix="/plain", payload_format=payload_format)
+    async with session.get(server.url + "/s/x") as resp:
+        event = await resp.json()
+    assert event["stageVariables"] == variables and event["requestContext"]["stage"] == "prod"
+    async with session.get(server.url + "/plain/x") as resp:
+        event = await resp.json()
+    assert event.get("stageVariables") is None
+    for bad in ({"bad-name": "v"}, {"ok": "no spaces"}, {"ok": ""}, {"ok": "x" * 2049}, {"ok": 5}, ["env"]):
+        with pytest.raises(InvalidConfig, match="stage"):
+            server.add_url("wrap_event", path_prefix="/bad", stage_variables=bad)
+
+
 async def test_v1_unmatched_path_is_missing_authentication_token(served):
     rt, server, session = served
     server.add_url("respond", path_prefix="/v1", payload_format="1.0", route="GET /orders/{id}")
