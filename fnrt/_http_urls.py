@@ -690,7 +690,10 @@ class UrlRouter:
             params = route.match(rel)
             if params is None:
                 continue
-            if route.methods and request.method not in route.methods and not preflight:
+            # a preflight is the URL's CORS to answer, whatever methods the route takes; without
+            # CORS it is a plain OPTIONS request, for a route that takes OPTIONS
+            answered = preflight and route.cors is not None
+            if route.methods and request.method not in route.methods and not answered:
                 continue
             return route, rel, params
         return False

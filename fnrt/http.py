@@ -214,6 +214,8 @@ class InvokeServer:
             return None
         self._mount_declared_urls()
         found = self.urls.find(request)
+        if found is False:  # under a URL, no route: its 404 (403 for REST) answers, nothing runs
+            return "NONE"
         return found[0].auth_type if found else None
 
     def _mount_declared_urls(self, *, strict: bool = False) -> None:

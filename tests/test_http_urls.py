@@ -542,6 +542,22 @@ async def test_cors_preflight_and_responses(served):
         assert "Access-Control-Allow-Origin" not in resp.headers
 
 
+async def test_a_preflight_without_cors_does_not_run_a_route_of_other_methods(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/g", route="GET /only")
+    server.add_url("respond", path_prefix="/c", route="GET /only", cors={"AllowOrigins": ["*"],
+                                                                        "AllowMethods": ["GET"]})
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    async with session.options(server.url + "/g/only", headers=pre) as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+    async with session.options(server.url + "/c/only", headers=pre) as resp:
+        assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+    # a page's request for a path no route takes: the URL's 404, not fnrt's API guard's 403
+    async with session.get(server.url + "/g/other", headers={"Origin": "https://app.example"}) as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+    assert rt.stats()["functions"]["respond"]["invocations"] == 0
+
+
 async def test_cors_keeps_the_functions_vary_and_takes_only_a_boolean_for_credentials(answering):
     rt, server, session = answering
     server.add_url("answer", cors={"AllowOrigins": ["https://app.example"], "AllowMethods": ["POST"]})
