@@ -3,9 +3,11 @@
 - :class:`ConnectionGuard` wraps the server's protocol factory: at most
   ``max_connections`` are open; a connection must deliver its first request's headers
   within ``header_timeout`` seconds and each request's body within ``body_timeout`` seconds
-  of its head (else it is answered 408 and closed); and when the limit is reached, the oldest connection
-  that has not delivered a request yet (a slow-header client) makes room for the new one,
-  so slow-header floods cannot lock everyone else out. A client that stops reading a
+  of its head (else it is answered 408 and closed); and when the limit is reached, the
+  oldest connection that has not delivered a request yet (a slow-header client), else the
+  one idle longest between keep-alive requests, makes room for the new one, so neither
+  slow-header floods nor idle keep-alive connections lock everyone else out (only
+  connections serving a request count for good). A client that stops reading a
   response for ``send_timeout`` seconds is cut off, so unread responses do not pile up in
   memory (each connection holds at most one: aiohttp waits for the socket to drain
   before it reads the next pipelined request). Idle keep-alive connections are closed by
@@ -105,6 +107,7 @@ class _Guarded(asyncio.Protocol):
         self.timer: TimerHandle | None = None
         self.stalled: TimerHandle | None = None  # the client stopped reading our response
         self.live = False
+        self.serving = 0  # requests of this connection in the handlers now
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, though not always an asyncio.Transport subclass (uvloop's
@@ -129,6 +132,19 @@ class _Guarded(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.guard.pending.pop(self, None)
+        self.guard.idle.pop(self, None)
+        self.serving += 1
+
+    def request_done(self) -> None:
+        self.serving -= 1
+        if self.serving == 0 and self.live and self in self.guard.open:
+            self.guard.idle[self] = None  # newest last: the one idle longest goes first
+
+    def evictable(self) -> bool:
+        """Nothing of a response is left to send (aiohttp writes it in the same step as the
+        handler returns, so an empty write buffer means it was all handed to the kernel)."""
+        transport = self.transport
+        return self.stalled is None and (transport is None or transport.get_write_buffer_size() == 0)
 
     def data_received(self, data: bytes) -> None:
         if self.live:
@@ -183,6 +199,7 @@ class ConnectionGuard:
         self.header_timeout = header_timeout
         self.open: set[_Guarded] = set()
         self.pending: OrderedDict[_Guarded, None] = OrderedDict()  # no request head yet, oldest first
+        self.idle: OrderedDict[_Guarded, None] = OrderedDict()  # between requests, idle longest first
         self.by_transport: dict[asyncio.BaseTransport, _Guarded] = {}
         self.refused = 0
         self.evicted = 0
@@ -196,14 +213,16 @@ class ConnectionGuard:
 
     def admit(self, conn: _Guarded) -> bool:
         if len(self.open) >= self.max_connections:
-            if not self.pending:
+            victim = next(iter(self.pending), None)  # no request head yet, oldest first
+            if victim is None:  # else idle between keep-alive requests, idle longest first
+                victim = next((c for c in self.idle if c.evictable()), None)
+            if victim is None:
                 self.refused += 1
                 return False
-            oldest, _ = self.pending.popitem(last=False)
             self.evicted += 1
-            if oldest.transport is not None:
-                oldest.transport.abort()
-            self.release(oldest)
+            if victim.transport is not None:
+                victim.transport.abort()
+            self.release(victim)
         self.open.add(conn)
         self.pending[conn] = None
         assert conn.transport is not None
@@ -213,13 +232,17 @@ class ConnectionGuard:
     def release(self, conn: _Guarded) -> None:
         self.open.discard(conn)
         self.pending.pop(conn, None)
+        self.idle.pop(conn, None)
         if conn.transport is not None:
             self.by_transport.pop(conn.transport, None)
 
-    def head_received(self, request: web.Request) -> None:
+    def head_received(self, request: web.Request) -> Callable[[], None] | None:
+        """The connection of ``request`` serves it now; the callable says it is done."""
         conn = self.by_transport.get(request.transport) if request.transport is not None else None
-        if conn is not None:
-            conn.head_received()
+        if conn is None:
+            return None
+        conn.head_received()
+        return conn.request_done
 
     def watch_body(self, request: web.Request) -> TimerHandle | None:
         """A deadline for the rest of ``request``'s body (``None`` when it has all
@@ -241,6 +264,7 @@ class ConnectionGuard:
         return {
             "open": len(self.open),
             "pending": len(self.pending),
+            "idle": len(self.idle),
             "refused": self.refused,
             "evicted": self.evicted,
             "body_timeouts": self.timed_out,
@@ -315,13 +339,15 @@ def security_middleware(
         connections = guard()
         if connections is None:
             return await secured(request, handler)
-        connections.head_received(request)
+        done = connections.head_received(request)
         deadline = connections.watch_body(request)
         try:
             return await secured(request, handler)
         finally:
             if deadline is not None:
                 deadline.cancel()
+            if done is not None:
+                done()
 
     async def secured(request: web.Request, handler: Handler) -> web.StreamResponse:
         if verifier is None and not local_host(request, bound_host):

@@ -379,6 +379,44 @@ async def test_a_client_that_stops_reading_is_cut_off():
             sock.close()
 
 
+async def test_idle_keep_alive_connections_make_room_for_new_ones():
+    """Clients that make one request and then sit on their keep-alive connections: at the
+    limit, the one idle longest is closed for a newcomer instead of turning it away."""
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, max_connections=2) as server:
+            request = (b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Length: 2\r\n\r\n{}")
+            sitting = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)  # answered; the connection stays open, idle
+                sitting.append((reader, writer))
+            guard = server.connections
+            await wait_until(lambda: guard.stats()["idle"] == 2)
+            sessions = [aiohttp.ClientSession() for _ in range(3)]
+            try:
+                for number, session in enumerate(sessions):  # newcomers that keep theirs open too
+                    async with session.post(server.url + "/2015-03-31/functions/echo/invocations",
+                                            data=b'{"n": 1}') as resp:
+                        assert resp.status == 200, number
+                    if number == 0:  # the one idle longest went first
+                        assert await asyncio.wait_for(sitting[0][0].read(), 10) == b""
+                stats = guard.stats()
+                assert stats["refused"] == 0 and stats["evicted"] == 3 and stats["open"] == 2
+                for reader, writer in sitting:
+                    assert await asyncio.wait_for(reader.read(), 10) == b""
+                    writer.close()
+            finally:
+                for session in sessions:
+                    await session.close()
+
+
 async def test_when_every_connection_serves_a_request_new_ones_get_a_503(release_file):
     from .conftest import wait_until
 
