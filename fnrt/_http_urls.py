@@ -639,6 +639,16 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
 RESERVED_PREFIXES = (*(p.rstrip("/") for p in API_PREFIXES), "/console")
 
 
+def is_preflight(request: web.Request) -> bool:
+    """A browser's CORS preflight: ``OPTIONS`` asking, for an origin, whether a method may
+    be sent. Browsers never sign one nor send credentials with it."""
+    return (
+        request.method == "OPTIONS"
+        and bool(request.headers.get("Origin"))
+        and "Access-Control-Request-Method" in request.headers
+    )
+
+
 class UrlRouter:
     """The URL routes of one aiohttp application, and the handler that serves them."""
 
@@ -684,7 +694,7 @@ class UrlRouter:
         candidates = self.prefix_of(request.path)
         if not candidates:
             return None
-        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        preflight = is_preflight(request)
         for route in candidates:
             rel = request.path[len(route.path_prefix) :] or "/"
             params = route.match(rel)
@@ -717,13 +727,13 @@ class UrlRouter:
     ) -> web.Response:
         route, rel, params = found
         origin = request.headers.get("Origin")
-        if route.cors is not None and request.method == "OPTIONS" and origin:
-            asked = request.headers.get("Access-Control-Request-Method")
-            if asked is not None:  # a preflight: answered by the URL, never the function
-                headers = route.cors.preflight(
-                    origin, asked, request.headers.get("Access-Control-Request-Headers", "")
-                )
-                return web.Response(status=200, headers=headers)
+        if route.cors is not None and origin and is_preflight(request):
+            # answered by the URL, never the function
+            asked = request.headers["Access-Control-Request-Method"]
+            headers = route.cors.preflight(
+                origin, asked, request.headers.get("Access-Control-Request-Headers", "")
+            )
+            return web.Response(status=200, headers=headers)
         response = await self._invoke(request, route, rel, params, identity)
         if route.cors is not None and origin:
             for key in list(response.headers):
@@ -788,5 +798,6 @@ __all__ = [
     "event_v2",
     "gateway_error",
     "internal_error",
+    "is_preflight",
     "make_route",
 ]

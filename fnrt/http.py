@@ -44,7 +44,7 @@ from ._http_guard import IDENTITY_KEY, ConnectionGuard, default_max_connections,
 from ._http_kinesis import KinesisApi
 from ._http_lambda import API, API_PREFIXES, LambdaApi, function_configuration
 from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
-from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
+from ._http_urls import Cors, UrlRoute, UrlRouter, is_preflight, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, StreamNotFound
 
@@ -216,6 +216,8 @@ class InvokeServer:
         found = self.urls.find(request)
         if found is False:  # under a URL, no route: its 404 (403 for REST) answers, nothing runs
             return "NONE"
+        if found and found[0].cors is not None and is_preflight(request):
+            return "NONE"  # the URL's CORS answers preflights (never signed), nothing runs
         return found[0].auth_type if found else None
 
     def _mount_declared_urls(self, *, strict: bool = False) -> None:

@@ -193,6 +193,28 @@ async def test_a_signed_request_with_header_bytes_that_are_not_utf8_is_judged_no
     assert rt.stats()["functions"]["echo"]["invocations"] == 0
 
 
+async def test_a_preflight_to_an_iam_url_with_cors_is_answered_unsigned(secured):
+    """Browsers never sign a CORS preflight: the URL's CORS answers it (nothing runs);
+    the request it clears must still be signed."""
+    rt, server = secured
+    server.add_url("echo", auth_type="AWS_IAM",
+                   cors={"AllowOrigins": ["https://app.example"], "AllowMethods": ["POST"],
+                         "AllowHeaders": ["authorization", "x-amz-date", "content-type"]})
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,x-amz-date,content-type"}
+    async with aiohttp.ClientSession() as session:
+        async with session.options(server.url + "/echo/x", headers=pre) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+        origin = {"Origin": "https://app.example"}
+        async with session.options(server.url + "/echo/x", headers=origin) as resp:
+            assert resp.status == 403  # a plain OPTIONS is a request like any other
+        async with session.post(server.url + "/echo/x", data=b"{}", headers=origin) as resp:
+            assert resp.status == 403
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
 async def test_slow_header_flood_does_not_lock_out_a_real_client():
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:
