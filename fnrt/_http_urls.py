@@ -735,10 +735,14 @@ class UrlRouter:
             )
             return web.Response(status=200, headers=headers)
         response = await self._invoke(request, route, rel, params, identity)
-        if route.cors is not None and origin:
-            for key in list(response.headers):
-                if key.lower().startswith("access-control-"):
-                    del response.headers[key]
+        if route.cors is None:
+            return response
+        # with CORS configured, the URL's CORS headers are the only ones (the function's are
+        # ignored, with an Origin or without)
+        for key in list(response.headers):
+            if key.lower().startswith("access-control-"):
+                del response.headers[key]
+        if origin:
             added = route.cors.response_headers(origin)
             vary = added.pop("Vary", None)
             response.headers.update(added)

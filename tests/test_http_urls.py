@@ -540,6 +540,8 @@ async def test_cors_preflight_and_responses(served):
         assert resp.headers["Access-Control-Expose-Headers"] == "x-request"
     async with session.get(server.url + "/c", headers={"Origin": "https://evil.example"}) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
+    async with session.get(server.url + "/c") as resp:  # no Origin: still none of the function's
+        assert resp.status == 203 and "Access-Control-Allow-Origin" not in resp.headers
 
 
 async def test_a_preflight_without_cors_does_not_run_a_route_of_other_methods(served):
