@@ -20,7 +20,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__fnrt__"
 # Config keys that are not FunctionConfig fields but are read by a source, each with the
 # validator that checks it where it is written. Anything else is a typo and rejected.
-_URL_OPTIONS = {"path_prefix", "payload_format", "route", "methods", "cors", "auth_type", "stage"}
+_URL_OPTIONS = {
+    "path_prefix",
+    "payload_format",
+    "route",
+    "methods",
+    "cors",
+    "auth_type",
+    "stage",
+    "stage_variables",
+}
 
 
 def _check_url(value: Any) -> object:

@@ -52,6 +52,17 @@ class AwsError(Exception):
         self.extra = extra
 
 
+class BodyTimeout(TimeoutError):
+    """A request's body did not arrive within the server's ``body_timeout``.
+
+    Set on the request's payload, so a handler waiting for the body is woken with it (and
+    answered 408); a ``TimeoutError``, so aiohttp's lingering close takes it quietly."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} s of its head")
+        self.seconds = seconds
+
+
 # The exceptions whose model spells the message member ``Message`` (Lambda's service model:
 # most say ``message``); boto3 exposes the member under the model's name in ``e.response``.
 _CAPITAL_MESSAGE = frozenset(
@@ -171,11 +182,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             # The console's own answer (its JSON error, or a line for its pages), as it gave it.
             return web.Response(status=exc.status, text=said, content_type=exc.content_type)
         return error_response(request, _from_http(exc))
+    except BodyTimeout as exc:  # the client withheld the rest of its body
+        response = error_response(request, AwsError(408, "RequestTimeoutException", str(exc)))
+        response.force_close()  # the rest of the body may still trickle in: hear no more of it
+        return response
     except RecursionError:
         return error_response(
             request, AwsError(400, "InvalidRequestContentException", "the request is nested too deeply")
         )
     except Exception as exc:
+        gone = request.transport is None or request.transport.is_closing()
+        if isinstance(exc, ConnectionResetError) and gone:
+            # the client hung up mid-request (while sending its body): no one to answer,
+            # and nothing of fnrt's went wrong, so no error and traceback for each of them
+            _log.debug("http client went away", path=request.path, error=repr(exc))
+            return error_response(request, AwsError(400, "InvalidRequestContentException", str(exc)))
         _log.exception("http handler failed", path=request.path, error=repr(exc))
         return error_response(
             request,
@@ -183,4 +204,4 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
 
 
-__all__ = ["AwsError", "errors_middleware", "from_fnrt", "json11_error", "lambda_error"]
+__all__ = ["AwsError", "BodyTimeout", "errors_middleware", "from_fnrt", "json11_error", "lambda_error"]

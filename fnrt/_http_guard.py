@@ -2,9 +2,12 @@
 
 - :class:`ConnectionGuard` wraps the server's protocol factory: at most
   ``max_connections`` are open; a connection must deliver its first request's headers
-  within ``header_timeout`` seconds; and when the limit is reached, the oldest connection
-  that has not delivered a request yet (a slow-header client) makes room for the new one,
-  so slow-header floods cannot lock everyone else out. A client that stops reading a
+  within ``header_timeout`` seconds and each request's body within ``body_timeout`` seconds
+  of its head (else it is answered 408 and closed); and when the limit is reached, the
+  oldest connection that has not delivered a request yet (a slow-header client), else the
+  one idle longest between keep-alive requests, makes room for the new one, so neither
+  slow-header floods nor idle keep-alive connections lock everyone else out (only
+  connections serving a request count for good). A client that stops reading a
   response for ``send_timeout`` seconds is cut off, so unread responses do not pile up in
   memory (each connection holds at most one: aiohttp waits for the socket to drain
   before it reads the next pipelined request). Idle keep-alive connections are closed by
@@ -24,10 +27,12 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
 
 from ._clock import Clock, TimerHandle
-from ._http_errors import AwsError, Handler
+from ._http_errors import AwsError, BodyTimeout, Handler, lambda_error
 from ._http_sigv4 import Verifier
+from ._observe import logger
 
 _BUSY_BODY = (
     b'{"Type":"Service","message":"fnrt is at its connection limit; retry shortly '
@@ -53,6 +58,45 @@ def default_max_connections() -> int:
     return max(64, min(4096, soft // 4))
 
 
+def _parse_error_text(message: str | None, status: int) -> str:
+    """aiohttp's parser words an error over several lines, quoting the bytes with a caret
+    under them: its first line, without the quoted bytes, says what was wrong."""
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    first = first.split(": b'")[0].split(": b\"")[0].rstrip(": ")[:200]
+    return first or ("bad request" if status < 500 else "internal error")
+
+
+class _AwsAnswers(RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse (a bad request line,
+    method or header, a header too long, too many headers, bad framing) with Lambda's JSON
+    error, as every other answer is, instead of text with a caret under the raw bytes; and
+    logging it as one structured event, not a traceback per bad request.
+
+    Its layout is its base's (no slots of its own), so :class:`ConnectionGuard` gives the
+    handler aiohttp built this class: aiohttp's construction and arguments stay its own."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # the response began: nothing can follow it
+            raise ConnectionError("a response was already being sent")
+        text = _parse_error_text(message, status)
+        logger().debug("malformed http request", status=status, error=text, peer=request.remote)
+        if status < 500:
+            error = f"malformed HTTP request: {text}"
+            response = lambda_error(status, "InvalidRequestContentException", error)
+        else:
+            response = lambda_error(status, "ServiceException", text)
+        response.force_close()
+        return response
+
+
 class _Guarded(asyncio.Protocol):
     """Delegates to aiohttp's protocol; counts the connection and times its first head."""
 
@@ -63,6 +107,7 @@ class _Guarded(asyncio.Protocol):
         self.timer: TimerHandle | None = None
         self.stalled: TimerHandle | None = None  # the client stopped reading our response
         self.live = False
+        self.serving = 0  # requests of this connection in the handlers now
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, though not always an asyncio.Transport subclass (uvloop's
@@ -87,6 +132,19 @@ class _Guarded(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.guard.pending.pop(self, None)
+        self.guard.idle.pop(self, None)
+        self.serving += 1
+
+    def request_done(self) -> None:
+        self.serving -= 1
+        if self.serving == 0 and self.live and self in self.guard.open:
+            self.guard.idle[self] = None  # newest last: the one idle longest goes first
+
+    def evictable(self) -> bool:
+        """Nothing of a response is left to send (aiohttp writes it in the same step as the
+        handler returns, so an empty write buffer means it was all handed to the kernel)."""
+        transport = self.transport
+        return self.stalled is None and (transport is None or transport.get_write_buffer_size() == 0)
 
     def data_received(self, data: bytes) -> None:
         if self.live:
@@ -131,31 +189,40 @@ class ConnectionGuard:
         header_timeout: float,
         clock: Clock,
         send_timeout: float = 30.0,
+        body_timeout: float = 30.0,
     ) -> None:
         self.factory = factory
         self.clock = clock
         self.send_timeout = send_timeout
+        self.body_timeout = body_timeout
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.open: set[_Guarded] = set()
         self.pending: OrderedDict[_Guarded, None] = OrderedDict()  # no request head yet, oldest first
+        self.idle: OrderedDict[_Guarded, None] = OrderedDict()  # between requests, idle longest first
         self.by_transport: dict[asyncio.BaseTransport, _Guarded] = {}
         self.refused = 0
         self.evicted = 0
+        self.timed_out = 0  # requests whose body did not arrive in time
 
     def __call__(self) -> _Guarded:
-        return _Guarded(self, self.factory())
+        inner = self.factory()
+        if type(inner) is RequestHandler:
+            inner.__class__ = _AwsAnswers
+        return _Guarded(self, inner)
 
     def admit(self, conn: _Guarded) -> bool:
         if len(self.open) >= self.max_connections:
-            if not self.pending:
+            victim = next(iter(self.pending), None)  # no request head yet, oldest first
+            if victim is None:  # else idle between keep-alive requests, idle longest first
+                victim = next((c for c in self.idle if c.evictable()), None)
+            if victim is None:
                 self.refused += 1
                 return False
-            oldest, _ = self.pending.popitem(last=False)
             self.evicted += 1
-            if oldest.transport is not None:
-                oldest.transport.abort()
-            self.release(oldest)
+            if victim.transport is not None:
+                victim.transport.abort()
+            self.release(victim)
         self.open.add(conn)
         self.pending[conn] = None
         assert conn.transport is not None
@@ -165,20 +232,42 @@ class ConnectionGuard:
     def release(self, conn: _Guarded) -> None:
         self.open.discard(conn)
         self.pending.pop(conn, None)
+        self.idle.pop(conn, None)
         if conn.transport is not None:
             self.by_transport.pop(conn.transport, None)
 
-    def head_received(self, request: web.Request) -> None:
+    def head_received(self, request: web.Request) -> Callable[[], None] | None:
+        """The connection of ``request`` serves it now; the callable says it is done."""
         conn = self.by_transport.get(request.transport) if request.transport is not None else None
-        if conn is not None:
-            conn.head_received()
+        if conn is None:
+            return None
+        conn.head_received()
+        return conn.request_done
+
+    def watch_body(self, request: web.Request) -> TimerHandle | None:
+        """A deadline for the rest of ``request``'s body (``None`` when it has all
+        arrived): a client that sends its head, then trickles or withholds the body, would
+        otherwise hold its connection, and the handler reading it, for ever."""
+        payload = request.content
+        if not request.body_exists or payload.is_eof():
+            return None
+        seconds = self.body_timeout
+
+        def expire() -> None:
+            if not payload.is_eof():
+                self.timed_out += 1
+                payload.set_exception(BodyTimeout(seconds))
+
+        return self.clock.call_later(seconds, expire)
 
     def stats(self) -> dict[str, int]:
         return {
             "open": len(self.open),
             "pending": len(self.pending),
+            "idle": len(self.idle),
             "refused": self.refused,
             "evicted": self.evicted,
+            "body_timeouts": self.timed_out,
             "limit": self.max_connections,
         }
 
@@ -248,8 +337,19 @@ def security_middleware(
     @web.middleware
     async def security(request: web.Request, handler: Handler) -> web.StreamResponse:
         connections = guard()
-        if connections is not None:
-            connections.head_received(request)
+        if connections is None:
+            return await secured(request, handler)
+        done = connections.head_received(request)
+        deadline = connections.watch_body(request)
+        try:
+            return await secured(request, handler)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            if done is not None:
+                done()
+
+    async def secured(request: web.Request, handler: Handler) -> web.StreamResponse:
         if verifier is None and not local_host(request, bound_host):
             # without credentials fnrt serves loopback only; a page that rebinds its own
             # domain to 127.0.0.1 sends that domain as the Host
@@ -274,12 +374,9 @@ def security_middleware(
                 raise AwsError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
             return await handler(request)
         body = await request.read()
+        target = request.rel_url  # the path and query as sent, whatever the target's form
         access_key = verifier.verify(
-            request.method,
-            request.raw_path.partition("?")[0],
-            request.raw_path.partition("?")[2],
-            headers_of(request),
-            body,
+            request.method, target.raw_path, target.raw_query_string, headers_of(request), body
         )
         request[IDENTITY_KEY] = identity(access_key, account_id)
         return await handler(request)

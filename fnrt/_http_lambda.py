@@ -210,14 +210,16 @@ def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[Fun
 
 def parse_client_context(value: str) -> dict[str, Any]:
     """``X-Amz-Client-Context``: base64 of a JSON object, at most 3,583 bytes."""
-    if len(value.encode()) > CLIENT_CONTEXT_LIMIT:
+    size = len(value.encode("utf-8", "surrogateescape"))  # the header's bytes, as sent
+    if size > CLIENT_CONTEXT_LIMIT:
         raise AwsError(
             400,
             "InvalidRequestContentException",
-            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes of base64, "
-            f"got {len(value.encode())}",
+            f"Client context must be at most {CLIENT_CONTEXT_LIMIT} bytes of base64, got {size}",
         )
     try:
+        if not value.isascii():  # base64 is ASCII; bytes that are not UTF-8 are not it either
+            raise ValueError(value)
         decoded = json.loads(base64.b64decode(value, validate=True))
     except (ValueError, binascii.Error, RecursionError):
         decoded = None

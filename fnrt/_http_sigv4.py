@@ -91,21 +91,27 @@ def canonical_request(
     )
 
 
+def _bytes(text: str) -> bytes:
+    """Text back to the bytes the client sent and signed: aiohttp keeps header bytes that
+    are not UTF-8 as lone surrogates, which ``surrogateescape`` turns back into them."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+    return hmac.new(key, _bytes(msg), hashlib.sha256).digest()
 
 
 def signature(secret: str, amz_date: str, scope: list[str], creq: str) -> str:
     """Sign ``creq`` for ``scope`` (date, region, service, ``aws4_request``)."""
     date, region, service, terminator = scope
     string_to_sign = "\n".join(
-        [ALGORITHM, amz_date, "/".join(scope), hashlib.sha256(creq.encode()).hexdigest()]
+        [ALGORITHM, amz_date, "/".join(scope), hashlib.sha256(_bytes(creq)).hexdigest()]
     )
     key = _hmac(f"AWS4{secret}".encode(), date)
     key = _hmac(key, region)
     key = _hmac(key, service)
     key = _hmac(key, terminator)
-    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, _bytes(string_to_sign), hashlib.sha256).hexdigest()
 
 
 def _incomplete(message: str) -> AwsError:

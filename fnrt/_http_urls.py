@@ -43,6 +43,10 @@ _TEXT_TYPES = re.compile(
 )
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _PARAM = re.compile(r"^\{([A-Za-z_][\w-]*)(\+?)\}$")
+# What HTTP/1.1 lets a response carry (RFC 9110 5.1, 5.5): a header name is a token; a value
+# holds no control character but the tab. Anything else would split or break the response.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # How each front door words its 500/502: REST APIs (1.0) and HTTP APIs / Function URLs (2.0)
 # differ in one letter's case, and clients that match the body see it.
 _INTERNAL_ERROR: dict[PayloadFormat, str] = {"1.0": "Internal server error", "2.0": "Internal Server Error"}
@@ -93,6 +97,10 @@ class Cors:
         max_age = args.get("max_age", 0)
         if isinstance(max_age, bool) or not isinstance(max_age, int) or not 0 <= max_age <= 86400:
             raise InvalidConfig(f"cors MaxAge must be 0-86400 seconds, got {max_age!r}")
+        credentials = args.get("allow_credentials")
+        credentials = False if credentials is None else credentials
+        if not isinstance(credentials, bool):  # bool("false") would allow them
+            raise InvalidConfig(f"cors AllowCredentials must be true or false, got {credentials!r}")
         methods = tuple(m.upper() for m in _strings(args.get("allow_methods"), "AllowMethods"))
         bad = [m for m in methods if m != "*" and m not in _METHODS]
         if bad:
@@ -103,7 +111,7 @@ class Cors:
             allow_headers=tuple(h.lower() for h in _strings(args.get("allow_headers"), "AllowHeaders")),
             expose_headers=_strings(args.get("expose_headers"), "ExposeHeaders"),
             max_age=max_age,
-            allow_credentials=bool(args.get("allow_credentials", False)),
+            allow_credentials=credentials,
         )
 
     def origin_allowed(self, origin: str) -> bool:
@@ -165,6 +173,7 @@ class UrlRoute:
     auth_type: AuthType
     cors: Cors | None
     stage: str
+    stage_variables: tuple[tuple[str, str], ...]  # the stage's, for API Gateway events
     _pattern: re.Pattern[str] | None = attrs.field(eq=False, repr=False)
     _params: tuple[str, ...] = attrs.field(eq=False, repr=False)
 
@@ -209,6 +218,7 @@ def make_route(
     auth_type: str,
     cors: Cors | Mapping[str, Any] | None,
     stage: str | None,
+    stage_variables: Mapping[str, str] | None = None,
 ) -> UrlRoute:
     if payload_format not in ("1.0", "2.0"):
         raise InvalidConfig(f"payload_format must be '1.0' or '2.0', got {payload_format!r}")
@@ -233,9 +243,31 @@ def make_route(
         auth_type=auth_type,  # type: ignore[arg-type]
         cors=Cors.build(cors),
         stage=stage or "$default",
+        stage_variables=_stage_variables(stage_variables),
         pattern=pattern,
         params=params,
     )
+
+
+_STAGE_VARIABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
+_STAGE_VARIABLE_VALUE = re.compile(r"[A-Za-z0-9\-._~:/?#&=,]{1,2048}\Z")
+
+
+def _stage_variables(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """API Gateway's rules for stage variables: names of letters, digits and ``_``; values
+    of letters, digits and ``-._~:/?#&=,``, up to 2,048 characters."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise InvalidConfig(f"stage_variables must be a mapping of names to strings, got {value!r}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not _STAGE_VARIABLE_NAME.match(name):
+            raise InvalidConfig(f"stage variable name {name!r} must be letters, digits and '_' (at most 64)")
+        if not isinstance(text, str) or not _STAGE_VARIABLE_VALUE.match(text):
+            raise InvalidConfig(
+                f"stage variable {name} value {text!r} must be 1-2048 of letters, digits and -._~:/?#&=,"
+            )
+    return tuple(value.items())
 
 
 def _compile(route: str) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
@@ -284,6 +316,21 @@ def _body(request: web.Request, raw: bytes) -> tuple[str | None, bool]:
     return base64.b64encode(raw).decode(), True
 
 
+def _text(value: str) -> str:
+    """A header value as text a handler can encode: aiohttp keeps bytes that are not UTF-8
+    as lone surrogates, which no UTF-8 writer (a print, a log, a JSON dump) accepts; they
+    become U+FFFD, as in the query string."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def _header_values(request: web.Request, key: str) -> list[str]:
+    return [_text(v) for v in request.headers.getall(key, [])]
+
+
 def _time_fields(now: float) -> tuple[str, int]:
     moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
     return moment.strftime("%d/%b/%Y:%H:%M:%S +0000"), int(now * 1000)
@@ -324,15 +371,18 @@ def event_v2(
         lower = key.lower()
         if lower == "cookie" or lower in headers:
             continue
-        headers[lower] = ",".join(request.headers.getall(key))
+        headers[lower] = ",".join(_header_values(request, key))
     query: dict[str, str] = {}
     for key in request.query:
         if key not in query:
             query[key] = ",".join(request.query.getall(key))
     cookies = [
-        c.strip() for value in request.headers.getall("Cookie", []) for c in value.split(";") if c.strip()
+        c.strip() for value in _header_values(request, "Cookie") for c in value.split(";") if c.strip()
     ]
-    raw_path, _, raw_query = request.raw_path.partition("?")
+    # as sent (yarl's query_string is decoded), and the path part alone: an absolute-form
+    # target ("GET http://host/path") names the host first, and a fragment is no part of it
+    url = request.rel_url
+    raw_path, raw_query = url.raw_path, url.raw_query_string
     body, is_b64 = _body(request, raw)
     host = _host(request)
     time_text, epoch = _time_fields(now)
@@ -346,7 +396,7 @@ def event_v2(
             "path": rel_path,
             "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
             "sourceIp": _source_ip(request),
-            "userAgent": request.headers.get("User-Agent", ""),
+            "userAgent": _text(request.headers.get("User-Agent", "")),
         },
         "requestId": request_id,
         "routeKey": route.route_key,
@@ -360,7 +410,7 @@ def event_v2(
         "version": "2.0",
         "routeKey": route.route_key,
         "rawPath": _raw_below(raw_path, route.path_prefix),
-        "rawQueryString": raw_query,  # as sent: yarl's query_string is decoded
+        "rawQueryString": raw_query,
     }
     if cookies:
         event["cookies"] = cookies
@@ -369,6 +419,8 @@ def event_v2(
         event["queryStringParameters"] = query
     if params:
         event["pathParameters"] = params
+    if route.stage_variables:
+        event["stageVariables"] = dict(route.stage_variables)
     event["requestContext"] = context
     if body is not None:
         event["body"] = body
@@ -393,8 +445,8 @@ def event_v1(
     for key in request.headers:
         if key in multi_headers:
             continue
-        values = request.headers.getall(key)
-        multi_headers[key] = list(values)
+        values = _header_values(request, key)
+        multi_headers[key] = values
         headers[key] = values[-1]
     query: dict[str, str] = {}
     multi_query: dict[str, list[str]] = {}
@@ -406,13 +458,17 @@ def event_v1(
     body, is_b64 = _body(request, raw)
     host = _host(request)
     time_text, epoch = _time_fields(now)
-    resource = "/{proxy+}" if route.route == "$default" else route.route
-    if route.route == "$default":
-        params = {"proxy": rel_path.lstrip("/")}
+    if route.route in ("$default", "/{proxy+}") and rel_path == "/":
+        # the root is not the proxy's: API Gateway serves it with the ``ANY /`` resource
+        resource, params = "/", {}
+    elif route.route == "$default":
+        resource, params = "/{proxy+}", {"proxy": rel_path.lstrip("/")}
+    else:
+        resource = route.route
     stage_path = rel_path if route.stage == "$default" else f"/{route.stage}{rel_path}"
     identity_block: dict[str, Any] = {
         "sourceIp": _source_ip(request),
-        "userAgent": request.headers.get("User-Agent", ""),
+        "userAgent": _text(request.headers.get("User-Agent", "")),
         "accountId": None,
         "accessKey": None,
         "caller": None,
@@ -438,7 +494,7 @@ def event_v1(
         "queryStringParameters": query or None,
         "multiValueQueryStringParameters": multi_query or None,
         "pathParameters": params or None,
-        "stageVariables": None,
+        "stageVariables": dict(route.stage_variables) or None,
         "requestContext": {
             "accountId": identity["accountId"] if identity else "000000000000",
             "apiId": route.url_id[:10],
@@ -483,12 +539,39 @@ def internal_error(status: int, payload_format: PayloadFormat, request_id: str |
     return gateway_error(status, _INTERNAL_ERROR[payload_format], "InternalServerErrorException", request_id)
 
 
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise MalformedResult(f"header name {name!r} is not an HTTP token")
+    return name
+
+
 def _header_text(value: Any) -> str:
     if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise MalformedResult(f"header value {value!r} is not a string")
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    else:
+        raise MalformedResult(f"header value {value!r} is not a string")
+    if _HEADER_VALUE_BAD.search(text):
+        raise MalformedResult(f"header value {text!r} holds a control character")
+    _utf8(text, "a header value")
+    return text
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (JSON's ``"\\ud800"``) has none."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise MalformedResult(f"{what} is not valid Unicode (a lone surrogate)") from None
+
+
+def _flag(value: Any) -> bool:
+    """A boolean of the result, as API Gateway reads one: ``true``, or the string
+    ``"true"`` in any case; a string like ``"false"`` is not true because it is not empty."""
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True
 
 
 def build_response(route: UrlRoute, raw: bytes) -> web.Response:
@@ -505,7 +588,8 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
     status = result["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+    # a 1xx is never a final response: a client would wait for the real one forever
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
         raise MalformedResult(f"statusCode {status!r} is not an HTTP status")
     headers: CIMultiDict[str] = CIMultiDict()
     given = result.get("headers") or {}
@@ -516,18 +600,18 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
         if not isinstance(values, list):
             raise MalformedResult("multiValueHeaders values must be lists")
         for value in values:
-            headers.add(str(key), _header_text(value))
+            headers.add(_header_name(key), _header_text(value))
     # API Gateway merges the two into one list per name; a pair given in both appears once,
     # as multiValueHeaders has it
     for key, value in given.items():
         text = _header_text(value)
-        if text not in headers.getall(str(key), ()):
-            headers.add(str(key), text)
+        if text not in headers.getall(_header_name(key), ()):
+            headers.add(key, text)
     cookies = result.get("cookies") or []
     if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
         raise MalformedResult("cookies must be a list of strings")
     for cookie in cookies:
-        headers.add("Set-Cookie", cookie)
+        headers.add("Set-Cookie", _header_text(cookie))
     body = result.get("body")
     if body is None:
         data = b""
@@ -535,13 +619,13 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
         if route.payload_format == "1.0":
             raise MalformedResult("body must be a string")
         data = json.dumps(body).encode()
-    elif result.get("isBase64Encoded"):
+    elif _flag(result.get("isBase64Encoded")):
         try:
             data = base64.b64decode(body, validate=True)
         except (ValueError, binascii.Error):
             raise MalformedResult("body is not valid base64") from None
     else:
-        data = body.encode()
+        data = _utf8(body, "body")
     for framing in ("Content-Length", "Transfer-Encoding", "Connection"):  # the server frames it
         headers.popall(framing, None)
     if "Content-Type" not in headers:
@@ -553,6 +637,16 @@ def build_response(route: UrlRoute, raw: bytes) -> web.Response:
 
 #: Paths fnrt's own routes take before any URL: Lambda's APIs and the console.
 RESERVED_PREFIXES = (*(p.rstrip("/") for p in API_PREFIXES), "/console")
+
+
+def is_preflight(request: web.Request) -> bool:
+    """A browser's CORS preflight: ``OPTIONS`` asking, for an origin, whether a method may
+    be sent. Browsers never sign one nor send credentials with it."""
+    return (
+        request.method == "OPTIONS"
+        and bool(request.headers.get("Origin"))
+        and "Access-Control-Request-Method" in request.headers
+    )
 
 
 class UrlRouter:
@@ -600,13 +694,16 @@ class UrlRouter:
         candidates = self.prefix_of(request.path)
         if not candidates:
             return None
-        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        preflight = is_preflight(request)
         for route in candidates:
             rel = request.path[len(route.path_prefix) :] or "/"
             params = route.match(rel)
             if params is None:
                 continue
-            if route.methods and request.method not in route.methods and not preflight:
+            # a preflight is the URL's CORS to answer, whatever methods the route takes; without
+            # CORS it is a plain OPTIONS request, for a route that takes OPTIONS
+            answered = preflight and route.cors is not None
+            if route.methods and request.method not in route.methods and not answered:
                 continue
             return route, rel, params
         return False
@@ -630,19 +727,31 @@ class UrlRouter:
     ) -> web.Response:
         route, rel, params = found
         origin = request.headers.get("Origin")
-        if route.cors is not None and request.method == "OPTIONS" and origin:
-            asked = request.headers.get("Access-Control-Request-Method")
-            if asked is not None:  # a preflight: answered by the URL, never the function
-                headers = route.cors.preflight(
-                    origin, asked, request.headers.get("Access-Control-Request-Headers", "")
-                )
-                return web.Response(status=200, headers=headers)
+        if route.cors is not None and origin and is_preflight(request):
+            # answered by the URL, never the function
+            asked = request.headers["Access-Control-Request-Method"]
+            headers = route.cors.preflight(
+                origin, asked, request.headers.get("Access-Control-Request-Headers", "")
+            )
+            return web.Response(status=200, headers=headers)
         response = await self._invoke(request, route, rel, params, identity)
-        if route.cors is not None and origin:
-            for key in list(response.headers):
-                if key.lower().startswith("access-control-"):
-                    del response.headers[key]
-            response.headers.update(route.cors.response_headers(origin))
+        if route.cors is None:
+            return response
+        # with CORS configured, the URL's CORS headers are the only ones (the function's are
+        # ignored, with an Origin or without)
+        for key in list(response.headers):
+            if key.lower().startswith("access-control-"):
+                del response.headers[key]
+        if origin:
+            added = route.cors.response_headers(origin)
+            vary = added.pop("Vary", None)
+            response.headers.update(added)
+            if vary is not None:  # the function's own Vary (Accept-Encoding, ...) stays
+                own = response.headers.getall("Vary", [])
+                varied = [name.strip() for value in own for name in value.split(",") if name.strip()]
+                if vary.lower() not in (name.lower() for name in varied):
+                    varied.append(vary)
+                response.headers["Vary"] = ", ".join(varied)
         return response
 
     async def _invoke(
@@ -693,5 +802,6 @@ __all__ = [
     "event_v2",
     "gateway_error",
     "internal_error",
+    "is_preflight",
     "make_route",
 ]

@@ -17,7 +17,8 @@ plane, and functions behind URLs.
 - Every error is AWS's JSON error shape with ``x-amzn-ErrorType``.
 - Security: SigV4 verified when ``auth`` credentials are given (required to bind beyond
   loopback); unsigned cross-origin browser requests refused; connections bounded
-  (``max_connections``, ``header_timeout``, ``keepalive_timeout``, ``send_timeout``).
+  (``max_connections``, ``header_timeout``, ``body_timeout``, ``keepalive_timeout``,
+  ``send_timeout``).
 
 Needs the ``http`` extra (aiohttp), kept out of the core: ``pip install 'fnrt[http]'``.
 """
@@ -43,7 +44,7 @@ from ._http_guard import IDENTITY_KEY, ConnectionGuard, default_max_connections,
 from ._http_kinesis import KinesisApi
 from ._http_lambda import API, API_PREFIXES, LambdaApi, function_configuration
 from ._http_sigv4 import Verifier, load_credentials_file, parse_credentials
-from ._http_urls import Cors, UrlRoute, UrlRouter, make_route
+from ._http_urls import Cors, UrlRoute, UrlRouter, is_preflight, make_route
 from ._runtime import SYNC_PAYLOAD_LIMIT, Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, StreamNotFound
 
@@ -61,6 +62,7 @@ def add_url(
     cors: Cors | Mapping[str, Any] | None = None,
     auth_type: str = "NONE",
     stage: str | None = None,
+    stage_variables: Mapping[str, str] | None = None,
     runtime: Runtime | None = None,
 ) -> UrlRoute:
     """Serve ``function`` behind a URL: each request is an HTTP event, its result the response.
@@ -77,6 +79,9 @@ def add_url(
     signatures, verified against ``InvokeServer(auth=...)`` (a server without credentials
     checks only that the request is signed, as its APIs accept any SDK's dummy keys) and
     the caller shows in ``requestContext.authorizer.iam``; ``"NONE"`` is open, as in AWS.
+    ``stage`` and ``stage_variables`` (``{"env": "dev"}``) are an API Gateway stage's: its
+    name in ``requestContext.stage`` (and a 1.0 event's ``requestContext.path``), its
+    variables in ``stageVariables``.
 
     ``server_or_app`` is an :class:`InvokeServer` (at any time) or your own
     ``aiohttp.web.Application`` (before it starts; pass ``runtime=``).
@@ -104,6 +109,7 @@ def add_url(
         auth_type=auth_type,
         cors=cors,
         stage=stage,
+        stage_variables=stage_variables,
     )
     return router.add(spec)
 
@@ -140,6 +146,7 @@ class InvokeServer:
         header_timeout: float = 10.0,
         keepalive_timeout: float = 15.0,
         send_timeout: float = 30.0,
+        body_timeout: float = 30.0,
         kinesis_write_limits: bool = True,
     ) -> None:
         self.runtime = runtime
@@ -162,6 +169,7 @@ class InvokeServer:
             ("header_timeout", header_timeout),
             ("keepalive_timeout", keepalive_timeout),
             ("send_timeout", send_timeout),
+            ("body_timeout", body_timeout),
         )
         for label, value in timeouts:
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -171,6 +179,7 @@ class InvokeServer:
         self.header_timeout = float(header_timeout)
         self.keepalive_timeout = float(keepalive_timeout)
         self.send_timeout = float(send_timeout)
+        self.body_timeout = float(body_timeout)
         self.connections: ConnectionGuard | None = None
         self._server: asyncio.Server | None = None
         security = security_middleware(
@@ -205,6 +214,10 @@ class InvokeServer:
             return None
         self._mount_declared_urls()
         found = self.urls.find(request)
+        if found is False:  # under a URL, no route: its 404 (403 for REST) answers, nothing runs
+            return "NONE"
+        if found and found[0].cors is not None and is_preflight(request):
+            return "NONE"  # the URL's CORS answers preflights (never signed), nothing runs
         return found[0].auth_type if found else None
 
     def _mount_declared_urls(self, *, strict: bool = False) -> None:
@@ -274,6 +287,7 @@ class InvokeServer:
             max_connections=self.max_connections,
             header_timeout=self.header_timeout,
             send_timeout=self.send_timeout,
+            body_timeout=self.body_timeout,
             clock=self.runtime.clock,
         )
         loop = asyncio.get_running_loop()

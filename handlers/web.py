@@ -59,3 +59,17 @@ def wrap_event(event, context):
 def hello_url(event, context):
     """Declares its own function URL: served at /hello by ``python -m fnrt serve``."""
     return {"statusCode": 200, "body": f"hello from {event['rawPath']}"}
+
+
+@fnrt.handler
+def print_headers(event, context):
+    """Print the request's headers (UTF-8 out, as any log is) and answer them, lower-cased,
+    with the user agent and cookies of either payload format."""
+    headers = {k.lower(): v for k, v in event["headers"].items()}
+    if "cookies" in event:
+        headers["cookie"] = ";".join(event["cookies"])
+    agent = event["requestContext"].get("http", event["requestContext"].get("identity", {}))["userAgent"]
+    headers["user-agent"] = agent
+    text = json.dumps(headers, ensure_ascii=False)
+    print(text)
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": text}

@@ -144,6 +144,24 @@ async def test_a_bad_client_context_is_400_and_runs_nothing(served, header):
     assert rt.stats()["functions"]["echo"]["invocations"] == 0
 
 
+@pytest.mark.parametrize("header", [b"\xff\xfe", b"eyJhIjogMX0=\xe9", "é".encode()])
+async def test_a_client_context_that_is_not_ascii_is_400(served, header):
+    """Bytes no base64 holds (not UTF-8 at all, or UTF-8 beyond ASCII): 400, not a 500."""
+    rt, server, client, session = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Connection: close\r\nX-Amz-Client-Context: " + header + b"\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"x-amzn-ErrorType: InvalidRequestContentException" in head
+    assert "Base64" in json.loads(body)["message"]
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
 async def test_a_good_client_context_reaches_the_handler(served):
     rt, server, client, session = served
     ctx = _b64(json.dumps({"custom": {"tenant": "t-1"}}).encode())
@@ -311,5 +329,42 @@ async def test_a_storm_of_bad_requests_leaves_no_sandbox_behind(served):
     stats = rt.stats()["functions"]["echo"]
     assert stats["in_flight"] == 0 and stats["invocations"] == 0
     assert stats["warm"] + stats["busy"] <= 1
+    resp = await call(client.invoke, FunctionName="echo", Payload=b"{}")
+    assert resp["StatusCode"] == 200
+
+
+MALFORMED_REQUESTS = [
+    b"GARBAGE\r\n\r\n",  # no request line
+    b"FOO /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # no such method
+    b"GET /2015-03-31/functions HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n",
+    b"GET /2015-03-31/functions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /2015-03-31/functions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + b"".join(b"X-%d: v\r\n" % i for i in range(300)) + b"\r\n",  # a header flood
+    b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # smuggling framing
+    b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Length: ten\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+]
+
+
+async def test_a_request_the_server_cannot_parse_is_answered_in_aws_shape(served):
+    """aiohttp's parser refuses these before any route runs; the answer is still Lambda's
+    JSON error (not text quoting the raw bytes), the connection is closed, and the server
+    goes on serving."""
+    rt, server, client, session = served
+    for raw in MALFORMED_REQUESTS:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 10)  # read to the close
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400", raw[:60]
+        assert b"x-amzn-ErrorType: InvalidRequestContentException" in head
+        assert b"Content-Type: application/json" in head
+        message = json.loads(body)["message"]
+        assert message.startswith("malformed HTTP request: ") and "^" not in message
+        assert "aaaaaaaa" not in message and len(message) < 250
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
     resp = await call(client.invoke, FunctionName="echo", Payload=b"{}")
     assert resp["StatusCode"] == 200

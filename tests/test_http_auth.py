@@ -171,6 +171,50 @@ async def test_binding_beyond_loopback_requires_credentials(tmp_path):
             InvokeServer(rt, auth_file=str(tmp_path / "missing"))
 
 
+async def test_a_signed_request_with_header_bytes_that_are_not_utf8_is_judged_not_crashed(secured):
+    """The signature is checked over the bytes as sent; a mismatch is AWS's 403, never a
+    500 from failing to encode them."""
+    rt, server = secured
+    url = server.url + "/2015-03-31/functions/echo/invocations"
+    signed = botocore_signed("POST", url, b"{}", headers={"X-Foo": "placeholder"})
+    head = b"".join(
+        f"{k}: {v}\r\n".encode() for k, v in signed.items() if k.lower() not in ("x-foo", "content-length")
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: "
+        + f"127.0.0.1:{server.port}".encode() + b"\r\nConnection: close\r\n" + head
+        + b"X-Foo: caf\xe9 \xff\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert b"x-amzn-ErrorType: InvalidSignatureException" in answer
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
+async def test_a_preflight_to_an_iam_url_with_cors_is_answered_unsigned(secured):
+    """Browsers never sign a CORS preflight: the URL's CORS answers it (nothing runs);
+    the request it clears must still be signed."""
+    rt, server = secured
+    server.add_url("echo", auth_type="AWS_IAM",
+                   cors={"AllowOrigins": ["https://app.example"], "AllowMethods": ["POST"],
+                         "AllowHeaders": ["authorization", "x-amz-date", "content-type"]})
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,x-amz-date,content-type"}
+    async with aiohttp.ClientSession() as session:
+        async with session.options(server.url + "/echo/x", headers=pre) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+            assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+        origin = {"Origin": "https://app.example"}
+        async with session.options(server.url + "/echo/x", headers=origin) as resp:
+            assert resp.status == 403  # a plain OPTIONS is a request like any other
+        async with session.post(server.url + "/echo/x", data=b"{}", headers=origin) as resp:
+            assert resp.status == 403
+    assert rt.stats()["functions"]["echo"]["invocations"] == 0
+
+
 async def test_slow_header_flood_does_not_lock_out_a_real_client():
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock) as rt:
@@ -195,6 +239,73 @@ async def test_slow_header_flood_does_not_lock_out_a_real_client():
             assert await asyncio.wait_for(reader.read(), 10) == b""
             for _, writer in writers:
                 writer.close()
+
+
+async def test_a_withheld_body_is_a_408_and_frees_its_connection():
+    """Heads sent in time, bodies never finished: each request is answered 408 at the body
+    timeout (the fake clock) and its connection closed, so the slots come back."""
+    from .conftest import wait_until
+
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, max_connections=3, body_timeout=30) as server:
+            server.add_url("echo")
+            held = []
+            for path in ("/echo/x", "/2015-03-31/functions/echo/invocations", "/"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                extra = "X-Amz-Target: Kinesis_20131202.ListStreams\r\n" if path == "/" else ""
+                head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: 100\r\n\r\n"
+                writer.write(head.encode() + b"{")  # 1 byte of 100
+                held.append((reader, writer))
+            guard = server.connections
+            await wait_until(lambda: guard.stats()["open"] == 3 and guard.stats()["pending"] == 0)
+            await clock.advance(29)
+            await asyncio.sleep(0.05)
+            assert guard.stats()["body_timeouts"] == 0
+            await clock.advance(1)
+            for reader, writer in held:
+                answer = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
+                head, _, body = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408 "), answer
+                assert b"RequestTimeoutException" in head and b"did not arrive" in body
+                writer.close()
+            await wait_until(lambda: guard.stats()["open"] == 0)
+            assert guard.stats()["body_timeouts"] == 3
+            assert rt.stats()["functions"]["echo"]["invocations"] == 0
+            async with aiohttp.ClientSession() as session:
+                async with session.post(server.url + "/echo/y", data=b"late but whole") as resp:
+                    assert resp.status == 200 and (await resp.json())["event"]["body"]
+        with pytest.raises(InvalidConfig, match="body_timeout"):
+            InvokeServer(rt, body_timeout=0)
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error_of_fnrts():
+    """Clients that hang up halfway through their body: nothing runs, no error (with a
+    traceback) is logged for each, and the server goes on serving."""
+    from structlog.testing import capture_logs
+
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0) as server:
+            server.add_url("echo")
+            with capture_logs() as logs:
+                for path in ("/echo/x", "/2015-03-31/functions/echo/invocations"):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+                    writer.write(head.encode() + b"{")
+                    await writer.drain()
+                    await wait_until(lambda: server.connections.stats()["pending"] == 0)
+                    writer.close()
+                    await wait_until(lambda: server.connections.stats()["open"] == 0)
+                await asyncio.sleep(0.1)
+            assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+            assert rt.stats()["functions"]["echo"]["invocations"] == 0
+            async with aiohttp.ClientSession() as session:
+                async with session.post(server.url + "/echo/y", data=b"whole") as resp:
+                    assert resp.status == 200
 
 
 async def test_cli_serve_refuses_open_wildcard_bind_and_signs_with_fnrt_auth():
@@ -288,6 +399,44 @@ async def test_a_client_that_stops_reading_is_cut_off():
             await clock.advance(30)
             await wait_until(lambda: guard.stats()["open"] == 0, "the stalled connection to close")
             sock.close()
+
+
+async def test_idle_keep_alive_connections_make_room_for_new_ones():
+    """Clients that make one request and then sit on their keep-alive connections: at the
+    limit, the one idle longest is closed for a newcomer instead of turning it away."""
+    from .conftest import wait_until
+
+    async with fnrt.Runtime() as rt:
+        await rt.deploy("handlers.echo")
+        async with InvokeServer(rt, port=0, max_connections=2) as server:
+            request = (b"POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Length: 2\r\n\r\n{}")
+            sitting = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(request)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)  # answered; the connection stays open, idle
+                sitting.append((reader, writer))
+            guard = server.connections
+            await wait_until(lambda: guard.stats()["idle"] == 2)
+            sessions = [aiohttp.ClientSession() for _ in range(3)]
+            try:
+                for number, session in enumerate(sessions):  # newcomers that keep theirs open too
+                    async with session.post(server.url + "/2015-03-31/functions/echo/invocations",
+                                            data=b'{"n": 1}') as resp:
+                        assert resp.status == 200, number
+                    if number == 0:  # the one idle longest went first
+                        assert await asyncio.wait_for(sitting[0][0].read(), 10) == b""
+                stats = guard.stats()
+                assert stats["refused"] == 0 and stats["evicted"] == 3 and stats["open"] == 2
+                for reader, writer in sitting:
+                    assert await asyncio.wait_for(reader.read(), 10) == b""
+                    writer.close()
+            finally:
+                for session in sessions:
+                    await session.close()
 
 
 async def test_when_every_connection_serves_a_request_new_ones_get_a_503(release_file):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import sys
 import uuid
 
@@ -133,6 +134,49 @@ async def test_v2_raw_path_and_query_string_are_as_sent(served):
             event = await resp.json()
         assert event["rawPath"] == raw_path, sent
         assert event["rawQueryString"] == ""
+
+
+async def test_v2_raw_path_is_the_path_alone_whatever_form_the_target_takes(served):
+    """An absolute-form target (as proxies send) and a fragment: the event's rawPath and
+    rawQueryString are still the path and the query as sent, and nothing else."""
+    rt, server, session = served
+    server.add_url("show_event", path_prefix="/show")
+    targets = (
+        (f"http://127.0.0.1:{server.port}/show/a%2Fb?q=%7E", "/a%2Fb", "q=%7E", "/a/b"),
+        ("/show/a%20b?x=%41+b#frag", "/a%20b", "x=%41+b", "/a b"),
+        ("/show/c#frag", "/c", "", "/c"),
+    )
+    for target, raw_path, raw_query, path in targets:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        event = json.loads(body)
+        assert event["rawPath"] == raw_path and event["rawQueryString"] == raw_query, target
+        assert event["requestContext"]["http"]["path"] == path
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_header_bytes_that_are_not_utf8_reach_the_handler_as_text(answering, payload_format):
+    """Latin-1 bytes in a header (a cookie, a user agent): the handler gets U+FFFD where
+    they were, text it can print, log and encode, not lone surrogates that fail there."""
+    rt, server, session = answering
+    await rt.add_function("printer", "handlers.web:print_headers")
+    server.add_url("printer", payload_format=payload_format)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"GET /printer/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"X-Name: Jos\xe9\r\nUser-Agent: caf\xe9/1\r\nCookie: n=Ren\xe9e\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    seen = json.loads(body)
+    assert seen["x-name"] == "Jos\ufffd" and seen["user-agent"] == "caf\ufffd/1"
+    assert seen["cookie"] == "n=Ren\ufffde"
 
 
 async def test_v2_binary_body_is_base64(served):
@@ -275,6 +319,38 @@ async def test_v1_event_with_route_templates(served):
         assert resp.status == 502 and await resp.json() == {"message": "Internal server error"}
 
 
+@pytest.mark.parametrize("route", [None, "$default", "/{proxy+}"])
+async def test_v1_the_root_is_the_root_resource_not_the_proxy(served, route):
+    rt, server, session = served
+    server.add_url("wrap_event", path_prefix="/v1", payload_format="1.0", route=route)
+    for path in ("/v1", "/v1/"):
+        async with session.get(server.url + path) as resp:
+            event = await resp.json()
+        assert event["resource"] == "/" and event["requestContext"]["resourcePath"] == "/"
+        assert event["path"] == "/" and event["pathParameters"] is None
+    async with session.get(server.url + "/v1/a/b") as resp:
+        event = await resp.json()
+    assert event["resource"] == "/{proxy+}" and event["pathParameters"] == {"proxy": "a/b"}
+
+
+@pytest.mark.parametrize("payload_format", ["1.0", "2.0"])
+async def test_stage_variables_reach_the_event(served, payload_format):
+    rt, server, session = served
+    variables = {"env": "dev", "table_Name": "orders-v2", "url": "https://x.example/a?b=c&d=e,f"}
+    server.add_url("wrap_event", path_prefix="/s", payload_format=payload_format, stage="prod",
+                   stage_variables=variables)
+    server.add_url("wrap_event", path_prefix="/plain", payload_format=payload_format)
+    async with session.get(server.url + "/s/x") as resp:
+        event = await resp.json()
+    assert event["stageVariables"] == variables and event["requestContext"]["stage"] == "prod"
+    async with session.get(server.url + "/plain/x") as resp:
+        event = await resp.json()
+    assert event.get("stageVariables") is None
+    for bad in ({"bad-name": "v"}, {"ok": "no spaces"}, {"ok": ""}, {"ok": "x" * 2049}, {"ok": 5}, ["env"]):
+        with pytest.raises(InvalidConfig, match="stage"):
+            server.add_url("wrap_event", path_prefix="/bad", stage_variables=bad)
+
+
 async def test_v1_unmatched_path_is_missing_authentication_token(served):
     rt, server, session = served
     server.add_url("respond", path_prefix="/v1", payload_format="1.0", route="GET /orders/{id}")
@@ -291,6 +367,58 @@ async def test_v1_unmatched_path_is_missing_authentication_token(served):
     async with session.get(server.url + "/mixed/c") as resp:
         assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
         assert resp.headers["x-amzn-ErrorType"] == "NotFoundException"
+
+
+BAD_HEADERED_RESULTS = [
+    {"statusCode": 200, "headers": {"X-A": "a\r\nX-Injected: 1"}, "body": "x"},  # response splitting
+    {"statusCode": 200, "headers": {"X-A": "a\nb"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A": "a\x00b"}, "body": "x"},
+    {"statusCode": 200, "multiValueHeaders": {"X-A": ["ok", "b\rc"]}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A\r\nX-B": "a"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X A": "a"}, "body": "x"},  # not an HTTP token
+    {"statusCode": 200, "headers": {"": "a"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A:": "a"}, "body": "x"},
+    {"statusCode": 200, "multiValueHeaders": {"X B": ["a"]}, "body": "x"},
+    {"statusCode": 200, "headers": {"Set-Cookie": "a=1\r\nX-Injected: 1"}, "body": "x"},
+    {"statusCode": 200, "headers": {"X-A": "\ud800"}, "body": "x"},  # a lone surrogate: no UTF-8
+    {"statusCode": 200, "body": "lone \udce9 surrogate"},
+    {"statusCode": 100, "body": "x"},  # no final response: the client would wait forever
+    {"statusCode": 199, "body": "x"},
+]
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_a_result_http_cannot_carry_is_a_502(answering, payload_format):
+    """A handler's bad header or body is its error (502), never a dropped connection, a
+    500, a malformed or split response, nor a hang; the server goes on serving."""
+    rt, server, session = answering
+    server.add_url("answer", payload_format=payload_format)
+    message = {"2.0": "Internal Server Error", "1.0": "Internal server error"}[payload_format]
+    results = BAD_HEADERED_RESULTS
+    if payload_format == "2.0":
+        results = [*results, {"statusCode": 200, "cookies": ["a=1\r\nX-Injected: 1"], "body": "x"}]
+    for result in results:
+        async with asyncio.timeout(10):
+            async with session.post(server.url + "/answer", json=result) as resp:
+                assert resp.status == 502, result
+                assert await resp.json() == {"message": message}
+                assert "X-Injected" not in resp.headers and "X-B" not in resp.headers
+                assert rt.recent.get(resp.headers["x-amzn-RequestId"]) is not None
+    ok = {"statusCode": 200, "headers": {"X-A": "tab\tis fine", "X-Num": 7}, "body": "fine"}
+    async with session.post(server.url + "/answer", json=ok) as resp:
+        assert resp.status == 200 and await resp.text() == "fine"
+        assert resp.headers["X-A"] == "tab\tis fine" and resp.headers["X-Num"] == "7"
+
+
+@pytest.mark.parametrize("payload_format", ["2.0", "1.0"])
+async def test_is_base64_encoded_given_as_a_string_is_read_as_its_words(answering, payload_format):
+    rt, server, session = answering
+    server.add_url("answer", payload_format=payload_format)
+    for flag, body in ((True, b"hi"), ("true", b"hi"), ("TRUE", b"hi"), (False, b"aGk="),
+                       ("false", b"aGk="), ("False", b"aGk="), (None, b"aGk=")):
+        result = {"statusCode": 200, "body": "aGk=", "isBase64Encoded": flag}
+        async with session.post(server.url + "/answer", json=result) as resp:
+            assert resp.status == 200 and await resp.read() == body, flag
 
 
 async def test_v1_multi_value_headers_in_the_result(served):
@@ -412,6 +540,43 @@ async def test_cors_preflight_and_responses(served):
         assert resp.headers["Access-Control-Expose-Headers"] == "x-request"
     async with session.get(server.url + "/c", headers={"Origin": "https://evil.example"}) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
+    async with session.get(server.url + "/c") as resp:  # no Origin: still none of the function's
+        assert resp.status == 203 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_preflight_without_cors_does_not_run_a_route_of_other_methods(served):
+    rt, server, session = served
+    server.add_url("respond", path_prefix="/g", route="GET /only")
+    server.add_url("respond", path_prefix="/c", route="GET /only", cors={"AllowOrigins": ["*"],
+                                                                        "AllowMethods": ["GET"]})
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    async with session.options(server.url + "/g/only", headers=pre) as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+    async with session.options(server.url + "/c/only", headers=pre) as resp:
+        assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+    # a page's request for a path no route takes: the URL's 404, not fnrt's API guard's 403
+    async with session.get(server.url + "/g/other", headers={"Origin": "https://app.example"}) as resp:
+        assert resp.status == 404 and await resp.json() == {"message": "Not Found"}
+    assert rt.stats()["functions"]["respond"]["invocations"] == 0
+
+
+async def test_cors_keeps_the_functions_vary_and_takes_only_a_boolean_for_credentials(answering):
+    rt, server, session = answering
+    server.add_url("answer", cors={"AllowOrigins": ["https://app.example"], "AllowMethods": ["POST"]})
+    result = {"statusCode": 200, "headers": {"Vary": "Accept-Encoding"}, "body": "x"}
+    async with session.post(
+        server.url + "/answer", json=result, headers={"Origin": "https://app.example"}
+    ) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert resp.headers.getall("Vary") == ["Accept-Encoding, Origin"]  # a cache keys on both
+    result["headers"] = {"Vary": "origin"}
+    async with session.post(
+        server.url + "/answer", json=result, headers={"Origin": "https://app.example"}
+    ) as resp:
+        assert resp.headers.getall("Vary") == ["origin"]
+    for bad in ("false", "true", 1):
+        with pytest.raises(InvalidConfig, match="AllowCredentials"):
+            server.add_url("answer", path_prefix="/c", cors={"AllowOrigins": ["*"], "AllowCredentials": bad})
 
 
 # -- the embedding API ---------------------------------------------------------------------------
