@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
@@ -208,7 +209,9 @@ class ConnectionGuard:
     def __call__(self) -> _Guarded:
         inner = self.factory()
         if type(inner) is RequestHandler:
-            inner.__class__ = _AwsAnswers
+            # An aiohttp whose handler's layout changed keeps its own answers (TypeError).
+            with contextlib.suppress(TypeError):
+                inner.__class__ = _AwsAnswers
         return _Guarded(self, inner)
 
     def admit(self, conn: _Guarded) -> bool:
