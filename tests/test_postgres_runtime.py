@@ -419,3 +419,74 @@ async def test_a_database_that_goes_away_is_store_unavailable_and_work_resumes(
             assert sorted(e["order"] for e in read_jsonl(outbox)) == ["after", "before", "queued"]
     finally:
         await proxy.cut()
+
+
+async def test_connections_killed_under_work_are_store_unavailable_and_work_goes_on(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """An operator (or a failover) kills fnrt's connections with pg_terminate_backend while
+    streams and the async queue are busy. asyncpg then reports some of the broken
+    connections in its own words (InterfaceError, InternalClientError "cannot switch to
+    state ..."): those are the store being unavailable too, never a programming error that
+    takes the runtime down. Every record and every event is delivered, each key in order."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    ledger, outbox = tmp_path / "ledger.jsonl", tmp_path / "outbox.jsonl"
+    admin = await asyncpg.connect(postgres_url.split("&fnrt_schema=")[0].split("?fnrt_schema=")[0])
+    stop = asyncio.Event()
+    killed = 0
+
+    async def kill_fnrt_connections() -> None:
+        nonlocal killed
+        while not stop.is_set():
+            rows = await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fnrt' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            killed += len(rows)
+            await asyncio.sleep(0.2)
+
+    put, sent = 0, 0
+    try:
+        async with Runtime(store=postgres_url) as rt:
+            rt._async.lease_margin = 0.5  # an attempt whose write-back was cut runs again soon
+            await rt.add_function(
+                "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+            )
+            await rt.deploy("handlers.payments")
+            stream = await rt.create_stream("orders", shard_count=2)
+            await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=2, poll_interval=0.05)
+            killer = asyncio.ensure_future(kill_fnrt_connections())
+            loop = asyncio.get_running_loop()
+            until_time = loop.time() + 1.5
+            while loop.time() < until_time:
+                with contextlib.suppress(StoreUnavailable):  # refused, so not acknowledged
+                    await stream.put_records([(order(put + i), f"c{(put + i) % 3}") for i in range(5)])
+                    put += 5
+                with contextlib.suppress(StoreUnavailable):
+                    await rt.invoke("send_receipt", {"order": sent, "outbox": str(outbox)}, "Event")
+                    sent += 1
+                await asyncio.sleep(0.01)
+            stop.set()
+            await killer
+            assert killed > 0 and put > 0 and sent > 0
+            await wait_until(
+                lambda: (
+                    {e["id"] for e in read_jsonl(ledger)} >= set(range(put))
+                    and {e["order"] for e in read_jsonl(outbox)} >= set(range(sent))
+                ),
+                "every record and event after the kills",
+                20,
+            )
+    finally:
+        stop.set()
+        await admin.close()
+    entries = read_jsonl(ledger)
+    for key in {e["key"] for e in entries}:
+        firsts: list[int] = []
+        for e in entries:
+            if e["key"] == key and e["id"] not in firsts:
+                firsts.append(e["id"])
+        assert firsts == sorted(firsts)  # per key, first deliveries in order

@@ -47,6 +47,21 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TransactionRollbackError,  # 40: after the retries below
 )
 RETRIES = 3
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be used right now: one of
+    :data:`UNAVAILABLE`, or the driver's own report of a connection that broke under it
+    (the server killed it with ``pg_terminate_backend``, or restarted, in mid-query:
+    asyncpg may then say ``InterfaceError`` "connection is closed" / "another operation is
+    in progress", or ``InternalClientError`` "cannot switch to state ..."; and a pool
+    closed under a caller). ``DataError`` (an argument asyncpg cannot encode) is a
+    programming error, not an outage."""
+    if isinstance(exc, UNAVAILABLE) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
+
+
 # Opening errors that are the URL's: asyncpg's own, and the server's about its query options
 # (an unknown setting, one that cannot be set at connection time).
 _CONFIG_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,8 +108,10 @@ def guarded(
                 raise pg.unavailable(method.__name__, exc) from exc
             except StoreUnavailable:
                 raise
-            except UNAVAILABLE as exc:
-                raise pg.unavailable(method.__name__, exc) from exc
+            except Exception as exc:
+                if connection_lost(exc):
+                    raise pg.unavailable(method.__name__, exc) from exc
+                raise
         raise AssertionError("unreachable")
 
     return run
@@ -294,7 +311,9 @@ class Connections:
                 self._listen_conn = conn
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.channel, self._on_notify)
-            except UNAVAILABLE:
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
                 await self._close_listen_conn()
                 if first:
                     raise
