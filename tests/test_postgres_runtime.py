@@ -284,6 +284,32 @@ async def test_shards_spread_over_the_hosts_and_move_when_one_stops(
             await rt.aclose()
 
 
+async def test_a_dead_hosts_shards_move_within_the_lease_even_if_its_clock_ran_ahead(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A host whose wall clock runs ten minutes ahead dies holding both shards (1 s
+    leases, judged by the database's clock). The survivor takes them over after about
+    the lease time, as the database judges, not ten minutes later by the dead host's
+    clock; ``cluster_stats`` shows the leases as the database sees them too."""
+    shards = ["shardId-000000000000", "shardId-000000000001"]
+    async with Runtime(store=postgres_url) as rt, await open_store(postgres_url) as dead:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        row = await dead.streams.create_mapping(
+            "m-1", "orders", "orders", {}, "TRIM_HORIZON", None, time.time()
+        )
+        ahead = time.time() + 600  # the dead host's clock
+        for shard in shards:
+            assert await dead.streams.acquire_lease(row.uuid, shard, "dead-host/1", ahead, 1.0)
+        (view,) = (await rt.cluster_stats())["streams"].values()
+        assert all(s["expires_in"] < 5 for s in view["shards"].values())  # not 600 s
+        await stream.put_records([(order(i), f"c{i}") for i in range(10)])
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=1, poll_interval=0.05)
+        assert mapping.uuid == row.uuid
+        await until(lambda: mapping.shards_owned == shards, limit=10)
+        await until(lambda: {e["id"] for e in read_jsonl(path)} == set(range(10)), limit=10)
+
+
 def test_fnrt_stats_prints_the_cluster() -> None:
     import contextlib
     import io

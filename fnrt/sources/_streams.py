@@ -371,7 +371,9 @@ class StreamMapping:
             parents = [checkpoints.get(p) for p in shard.parents]
             if all(p is not None and p.finished for p in parents):
                 ready.append(shard)  # a child shard waits until its parents are read to the end
-        leases = await store.leases(self.uuid) if ready else {}
+        # Expiries in our clock's frame as the store judges them (a holder's clock may be
+        # skewed: a dead host whose clock ran ahead must not look alive for that long).
+        leases = await store.leases(self.uuid, now=clock.time()) if ready else {}
         now = clock.time()
         alive = {owner: 0 for owner, expires in leases.values() if expires > now}
         alive[self.owner] = 0
