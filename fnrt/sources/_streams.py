@@ -87,6 +87,11 @@ class _Waker:
         self._clock = clock
         self._event = asyncio.Event()
 
+    @property
+    def event(self) -> asyncio.Event:
+        """The event itself (a supervised loop's backoff waits on it: :meth:`Supervisor.loop`)."""
+        return self._event
+
     def set(self) -> None:
         self._event.set()
 
@@ -337,7 +342,13 @@ class StreamMapping:
     def start(self) -> None:
         if not self.config.enabled:  # kept with its checkpoints, not polled
             return
-        self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
+        # A wake-up ends a backoff too: a put that went through, a poller that ended, the
+        # PostgreSQL listener back ("*") all say the store works again; without it the
+        # mapping would wait out a backoff of up to 30 s after the store came back (its
+        # leases lapsed meanwhile, so nothing is delivered until the next turn).
+        self._coordinator = self._source.supervisor.loop(
+            f"stream-mapping:{self.uuid}", self._coordinate_once, wake=self._wake_coordinator.event
+        )
 
     async def _coordinate_once(self) -> None:
         """One turn: heartbeat what we hold, take the shards that are ready up to our fair
