@@ -284,6 +284,49 @@ async def test_shards_spread_over_the_hosts_and_move_when_one_stops(
             await rt.aclose()
 
 
+async def test_a_lock_timeout_while_another_session_holds_a_table_is_store_unavailable(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The database runs with a ``lock_timeout`` (a DBA's setting, here in the URL) and
+    another session holds a table fnrt uses. A statement that times out waiting is the
+    store being unavailable, as a held SQLite lock is: an Event invoke fails with
+    StoreUnavailable (not asyncpg's LockNotAvailableError), the background loops retry
+    instead of the runtime dying, and everything goes on once the lock is gone."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    schema = postgres_url.rsplit("fnrt_schema=", 1)[1]
+    url = f"{postgres_url}&options=-c%20lock_timeout%3D100"
+    ledger, outbox = tmp_path / "ledger.jsonl", tmp_path / "outbox.jsonl"
+    async with Runtime(store=url) as rt:
+        await rt.add_function(
+            "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+        )
+        await rt.deploy("handlers.payments")
+        stream = await rt.create_stream("orders", shard_count=2)
+        await rt.add_stream_mapping("orders", "orders", lease_seconds=2, poll_interval=0.05)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+        await wait_until(lambda: len(read_jsonl(ledger)) >= 4, "the first records")
+        admin = await asyncpg.connect(postgres_url.rsplit("fnrt_schema=", 1)[0].rstrip("?&"))
+        try:
+            async with admin.transaction():
+                await admin.execute(
+                    f'LOCK TABLE "{schema}".fnrt_async_events, "{schema}".fnrt_stream_leases, '
+                    f'"{schema}".fnrt_stream_checkpoints IN ACCESS EXCLUSIVE MODE'
+                )
+                with pytest.raises(StoreUnavailable, match="lock timeout"):
+                    await rt.invoke("send_receipt", {"order": "refused", "outbox": str(outbox)}, "Event")
+                failures = rt.stats()["background_failures"]
+                await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+        finally:
+            await admin.close()
+        await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+        await stream.put_records([(order(i), f"c{i}") for i in range(4, 8)])
+        await wait_until(lambda: [e["order"] for e in read_jsonl(outbox)] == ["after"], "the event after")
+        await wait_until(lambda: {e["id"] for e in read_jsonl(ledger)} == set(range(8)), "every record")
+
+
 async def test_a_dead_hosts_shards_move_within_the_lease_even_if_its_clock_ran_ahead(
     postgres_url: str, tmp_path: Path
 ) -> None:

@@ -45,6 +45,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresSystemError,  # 58: I/O error
     asyncpg.exceptions.InvalidTransactionStateError,  # 25: read-only (a standby), idle timeout
     asyncpg.exceptions.TransactionRollbackError,  # 40: after the retries below
+    # 55P03: lock_timeout (a DBA's setting) ran out while another session held a lock on
+    # a table fnrt uses: like a held SQLite lock, the store cannot be used right now.
+    asyncpg.exceptions.LockNotAvailableError,
 )
 RETRIES = 3
 
