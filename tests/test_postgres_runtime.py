@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,63 @@ async def test_a_lock_timeout_while_another_session_holds_a_table_is_store_unava
         await stream.put_records([(order(i), f"c{i}") for i in range(4, 8)])
         await wait_until(lambda: [e["order"] for e in read_jsonl(outbox)] == ["after"], "the event after")
         await wait_until(lambda: {e["id"] for e in read_jsonl(ledger)} == set(range(8)), "every record")
+
+
+async def test_a_role_refused_on_reconnect_is_store_unavailable_until_it_may_log_in_again(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The DBA disables fnrt's role (or rotates its password) and its connections are cut:
+    the pool's new connections are refused. That is the store being unavailable, with the
+    hint an open gives, not a programming error that takes the runtime down; once the
+    role may log in again, Event invokes go through and run."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    if "//postgres@" not in postgres_url:
+        pytest.skip("needs the session's own throwaway server (trust authentication)")
+    role = f"fnrt_r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url.rsplit("fnrt_schema=", 1)[0].rstrip("?&"))
+    await admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    outbox = tmp_path / "outbox.jsonl"
+    try:
+        async with Runtime(store=postgres_url.replace("//postgres@", f"//{role}@")) as rt:
+            await rt.deploy("handlers.payments")
+            await rt.invoke("send_receipt", {"order": "before", "outbox": str(outbox)}, "Event")
+            await wait_until(lambda: len(read_jsonl(outbox)) == 1, "the first event")
+            await admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            await admin.execute(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+            )
+
+            async def refused() -> bool:
+                try:
+                    await rt.invoke("send_receipt", {"order": "refused", "outbox": str(outbox)}, "Event")
+                except StoreUnavailable as exc:  # a connection cut under it, then the refusal
+                    return "not permitted to log in" in str(exc) and "pg_hba.conf" in str(exc)
+                raise AssertionError("an Event was acknowledged while the role may not log in")
+
+            await until(refused)
+            failures = rt.stats()["background_failures"]
+            await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+            await admin.execute(f"ALTER ROLE {role} LOGIN")
+
+            async def sent_after() -> bool:
+                with contextlib.suppress(StoreUnavailable):
+                    await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+                    return True
+                return False
+
+            await until(sent_after)
+            await wait_until(lambda: len(read_jsonl(outbox)) == 2, "the event after")
+            assert [e["order"] for e in read_jsonl(outbox)] == ["before", "after"]
+    finally:
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        await admin.execute(f"DROP OWNED BY {role} CASCADE")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
 
 
 async def test_a_dead_hosts_shards_move_within_the_lease_even_if_its_clock_ran_ahead(

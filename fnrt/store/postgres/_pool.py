@@ -48,6 +48,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     # 55P03: lock_timeout (a DBA's setting) ran out while another session held a lock on
     # a table fnrt uses: like a held SQLite lock, the store cannot be used right now.
     asyncpg.exceptions.LockNotAvailableError,
+    # 28, 3D000: a connection the pool opens again is refused (the role was disabled or its
+    # password rotated, pg_hba.conf changed, the database renamed): what StoreUnavailable
+    # says at open, with the same hints; the runtime waits for it to be fixed.
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
 )
 RETRIES = 3
 
@@ -157,8 +162,9 @@ class Connections:
             raise StoreUnavailable(f"PostgreSQL store {self.name} is closed ({what})", path=self.name)
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        hint = _OPEN_HINTS.get(getattr(exc, "sqlstate", None) or "", "")
         return StoreUnavailable(
-            f"PostgreSQL store {self.name} unavailable ({what}): {type(exc).__name__}: {exc}",
+            f"PostgreSQL store {self.name} unavailable ({what}): {type(exc).__name__}: {exc}{hint}",
             path=self.name,
             cause=exc,
         )
