@@ -102,7 +102,7 @@ class ClusterMember:
             queue["functions"][name] = await store.queue.counts(name)
         streams: dict[str, Any] = {}
         for row in await store.streams.mappings():
-            leases = await store.streams.leases(row.uuid)
+            leases = await store.streams.leases(row.uuid, now=now)
             per_host: dict[str, int] = {}
             shards: dict[str, Any] = {}
             for shard_id, (owner, expires) in sorted(leases.items()):

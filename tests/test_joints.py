@@ -98,6 +98,38 @@ async def test_a_stream_mapping_recovers_from_a_store_failure(tmp_path: Path) ->
         assert checkpoint == lines[-1]["seq"]
 
 
+async def test_a_stream_mapping_resumes_once_the_store_is_back_not_after_its_backoff(tmp_path: Path) -> None:
+    """The store was unusable long enough for the coordinator's backoff to grow to
+    seconds (and the leases it could not heartbeat to lapse). Once a put goes through,
+    the store is back: the mapping goes on at once, as the async poller does, not after
+    the rest of a backoff that grows to 30 s."""
+    clock = fnrt.FakeClock()
+    ledger = tmp_path / "ledger.jsonl"
+    async with await store_failing_fast(tmp_path) as store, fnrt.Runtime(store=store, clock=clock) as rt:
+        await rt.add_function(
+            "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+        )
+        stream = await rt.create_stream("orders")
+        await stream.put_record(json.dumps({"id": 0}), "k")
+        await rt.add_stream_mapping("orders", "orders", lease_seconds=2, poll_interval=0.5)
+        await wait_until(lambda: ledger.exists(), "the first record", clock=clock, step=0.1)
+        with write_locked(tmp_path / "fnrt.sqlite3"):
+            # Each failed turn doubles the coordinator's backoff: 0.05 s, 0.1 s, ... 12.8 s
+            # after 25.55 s of failures; the next turn is due 12.8 s after the last.
+            for _ in range(60):
+                await clock.advance(0.5)
+                await asyncio.sleep(0.005)
+            assert rt.stats()["background_failures"] >= 9
+        await stream.put_record(json.dumps({"id": 1}), "k")  # the store is back
+        # well within the backoff the coordinator is in, and past the lease's 2 s
+        for _ in range(40):
+            await clock.advance(0.1)
+            await asyncio.sleep(0.01)
+            if {e["id"] for e in map(json.loads, ledger.read_text().splitlines())} == {0, 1}:
+                break
+        assert {e["id"] for e in map(json.loads, ledger.read_text().splitlines())} == {0, 1}
+
+
 async def test_remove_then_add_in_flight_keeps_the_counts_exact(release_file: str) -> None:
     async with fnrt.Runtime(concurrency_limit=2, unreserved_minimum=0) as rt:
         await rt.add_function("f", "handlers.chaos:hold")

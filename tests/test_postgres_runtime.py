@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,132 @@ async def test_shards_spread_over_the_hosts_and_move_when_one_stops(
             await rt.aclose()
 
 
+async def test_a_lock_timeout_while_another_session_holds_a_table_is_store_unavailable(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The database runs with a ``lock_timeout`` (a DBA's setting, here in the URL) and
+    another session holds a table fnrt uses. A statement that times out waiting is the
+    store being unavailable, as a held SQLite lock is: an Event invoke fails with
+    StoreUnavailable (not asyncpg's LockNotAvailableError), the background loops retry
+    instead of the runtime dying, and everything goes on once the lock is gone."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    schema = postgres_url.rsplit("fnrt_schema=", 1)[1]
+    url = f"{postgres_url}&options=-c%20lock_timeout%3D100"
+    ledger, outbox = tmp_path / "ledger.jsonl", tmp_path / "outbox.jsonl"
+    async with Runtime(store=url) as rt:
+        await rt.add_function(
+            "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+        )
+        await rt.deploy("handlers.payments")
+        stream = await rt.create_stream("orders", shard_count=2)
+        await rt.add_stream_mapping("orders", "orders", lease_seconds=2, poll_interval=0.05)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+        await wait_until(lambda: len(read_jsonl(ledger)) >= 4, "the first records")
+        admin = await asyncpg.connect(postgres_url.rsplit("fnrt_schema=", 1)[0].rstrip("?&"))
+        try:
+            async with admin.transaction():
+                await admin.execute(
+                    f'LOCK TABLE "{schema}".fnrt_async_events, "{schema}".fnrt_stream_leases, '
+                    f'"{schema}".fnrt_stream_checkpoints IN ACCESS EXCLUSIVE MODE'
+                )
+                with pytest.raises(StoreUnavailable, match="lock timeout"):
+                    await rt.invoke("send_receipt", {"order": "refused", "outbox": str(outbox)}, "Event")
+                failures = rt.stats()["background_failures"]
+                await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+        finally:
+            await admin.close()
+        await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+        await stream.put_records([(order(i), f"c{i}") for i in range(4, 8)])
+        await wait_until(lambda: [e["order"] for e in read_jsonl(outbox)] == ["after"], "the event after")
+        await wait_until(lambda: {e["id"] for e in read_jsonl(ledger)} == set(range(8)), "every record")
+
+
+async def test_a_role_refused_on_reconnect_is_store_unavailable_until_it_may_log_in_again(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The DBA disables fnrt's role (or rotates its password) and its connections are cut:
+    the pool's new connections are refused. That is the store being unavailable, with the
+    hint an open gives, not a programming error that takes the runtime down; once the
+    role may log in again, Event invokes go through and run."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    if "//postgres@" not in postgres_url:
+        pytest.skip("needs the session's own throwaway server (trust authentication)")
+    role = f"fnrt_r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url.rsplit("fnrt_schema=", 1)[0].rstrip("?&"))
+    await admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    outbox = tmp_path / "outbox.jsonl"
+    try:
+        async with Runtime(store=postgres_url.replace("//postgres@", f"//{role}@")) as rt:
+            await rt.deploy("handlers.payments")
+            await rt.invoke("send_receipt", {"order": "before", "outbox": str(outbox)}, "Event")
+            await wait_until(lambda: len(read_jsonl(outbox)) == 1, "the first event")
+            await admin.execute(f"ALTER ROLE {role} NOLOGIN")
+            await admin.execute(
+                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+            )
+
+            async def refused() -> bool:
+                try:
+                    await rt.invoke("send_receipt", {"order": "refused", "outbox": str(outbox)}, "Event")
+                except StoreUnavailable as exc:  # a connection cut under it, then the refusal
+                    return "not permitted to log in" in str(exc) and "pg_hba.conf" in str(exc)
+                raise AssertionError("an Event was acknowledged while the role may not log in")
+
+            await until(refused)
+            failures = rt.stats()["background_failures"]
+            await until(lambda: rt.stats()["background_failures"] > failures)  # loops retry
+            await admin.execute(f"ALTER ROLE {role} LOGIN")
+
+            async def sent_after() -> bool:
+                with contextlib.suppress(StoreUnavailable):
+                    await rt.invoke("send_receipt", {"order": "after", "outbox": str(outbox)}, "Event")
+                    return True
+                return False
+
+            await until(sent_after)
+            await wait_until(lambda: len(read_jsonl(outbox)) == 2, "the event after")
+            assert [e["order"] for e in read_jsonl(outbox)] == ["before", "after"]
+    finally:
+        await admin.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        await admin.execute(f"DROP OWNED BY {role} CASCADE")
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
+
+
+async def test_a_dead_hosts_shards_move_within_the_lease_even_if_its_clock_ran_ahead(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A host whose wall clock runs ten minutes ahead dies holding both shards (1 s
+    leases, judged by the database's clock). The survivor takes them over after about
+    the lease time, as the database judges, not ten minutes later by the dead host's
+    clock; ``cluster_stats`` shows the leases as the database sees them too."""
+    shards = ["shardId-000000000000", "shardId-000000000001"]
+    async with Runtime(store=postgres_url) as rt, await open_store(postgres_url) as dead:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        row = await dead.streams.create_mapping(
+            "m-1", "orders", "orders", {}, "TRIM_HORIZON", None, time.time()
+        )
+        ahead = time.time() + 600  # the dead host's clock
+        for shard in shards:
+            assert await dead.streams.acquire_lease(row.uuid, shard, "dead-host/1", ahead, 1.0)
+        (view,) = (await rt.cluster_stats())["streams"].values()
+        assert all(s["expires_in"] < 5 for s in view["shards"].values())  # not 600 s
+        await stream.put_records([(order(i), f"c{i}") for i in range(10)])
+        mapping = await rt.add_stream_mapping("orders", "orders", lease_seconds=1, poll_interval=0.05)
+        assert mapping.uuid == row.uuid
+        await until(lambda: mapping.shards_owned == shards, limit=10)
+        await until(lambda: {e["id"] for e in read_jsonl(path)} == set(range(10)), limit=10)
+
+
 def test_fnrt_stats_prints_the_cluster() -> None:
     import contextlib
     import io
@@ -419,3 +546,74 @@ async def test_a_database_that_goes_away_is_store_unavailable_and_work_resumes(
             assert sorted(e["order"] for e in read_jsonl(outbox)) == ["after", "before", "queued"]
     finally:
         await proxy.cut()
+
+
+async def test_connections_killed_under_work_are_store_unavailable_and_work_goes_on(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """An operator (or a failover) kills fnrt's connections with pg_terminate_backend while
+    streams and the async queue are busy. asyncpg then reports some of the broken
+    connections in its own words (InterfaceError, InternalClientError "cannot switch to
+    state ..."): those are the store being unavailable too, never a programming error that
+    takes the runtime down. Every record and every event is delivered, each key in order."""
+    import asyncpg
+
+    from fnrt.errors import StoreUnavailable
+
+    ledger, outbox = tmp_path / "ledger.jsonl", tmp_path / "outbox.jsonl"
+    admin = await asyncpg.connect(postgres_url.split("&fnrt_schema=")[0].split("?fnrt_schema=")[0])
+    stop = asyncio.Event()
+    killed = 0
+
+    async def kill_fnrt_connections() -> None:
+        nonlocal killed
+        while not stop.is_set():
+            rows = await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fnrt' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            killed += len(rows)
+            await asyncio.sleep(0.2)
+
+    put, sent = 0, 0
+    try:
+        async with Runtime(store=postgres_url) as rt:
+            rt._async.lease_margin = 0.5  # an attempt whose write-back was cut runs again soon
+            await rt.add_function(
+                "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+            )
+            await rt.deploy("handlers.payments")
+            stream = await rt.create_stream("orders", shard_count=2)
+            await rt.add_stream_mapping("orders", "orders", batch_size=5, lease_seconds=2, poll_interval=0.05)
+            killer = asyncio.ensure_future(kill_fnrt_connections())
+            loop = asyncio.get_running_loop()
+            until_time = loop.time() + 1.5
+            while loop.time() < until_time:
+                with contextlib.suppress(StoreUnavailable):  # refused, so not acknowledged
+                    await stream.put_records([(order(put + i), f"c{(put + i) % 3}") for i in range(5)])
+                    put += 5
+                with contextlib.suppress(StoreUnavailable):
+                    await rt.invoke("send_receipt", {"order": sent, "outbox": str(outbox)}, "Event")
+                    sent += 1
+                await asyncio.sleep(0.01)
+            stop.set()
+            await killer
+            assert killed > 0 and put > 0 and sent > 0
+            await wait_until(
+                lambda: (
+                    {e["id"] for e in read_jsonl(ledger)} >= set(range(put))
+                    and {e["order"] for e in read_jsonl(outbox)} >= set(range(sent))
+                ),
+                "every record and event after the kills",
+                20,
+            )
+    finally:
+        stop.set()
+        await admin.close()
+    entries = read_jsonl(ledger)
+    for key in {e["key"] for e in entries}:
+        firsts: list[int] = []
+        for e in entries:
+            if e["key"] == key and e["id"] not in firsts:
+                firsts.append(e["id"])
+        assert firsts == sorted(firsts)  # per key, first deliveries in order

@@ -481,6 +481,9 @@ async def test_a_shard_lease_is_judged_by_the_database_clock(hosts: Opener) -> N
     # b's clock is far ahead: by its own clock the lease expired long ago; not by the server's.
     assert not await b.streams.acquire_lease(m, "shardId-000000000000", "b", 1e12, 30.0)
     assert (await a.streams.leases(m))["shardId-000000000000"] == ("a", 3600.0)  # the holder's frame
+    # in b's frame, as the server judges: b's now plus the hour the lease has left
+    owner, expires = (await b.streams.leases(m, now=1e12))["shardId-000000000000"]
+    assert owner == "a" and 1e12 + 3500 < expires <= 1e12 + 3600
     assert await a.streams.heartbeat(m, "a", ["shardId-000000000000"], 0.0, -1.0) == {"shardId-000000000000"}
     assert await b.streams.acquire_lease(m, "shardId-000000000000", "b", 0.0, 30.0)
 

@@ -87,6 +87,11 @@ class _Waker:
         self._clock = clock
         self._event = asyncio.Event()
 
+    @property
+    def event(self) -> asyncio.Event:
+        """The event itself (a supervised loop's backoff waits on it: :meth:`Supervisor.loop`)."""
+        return self._event
+
     def set(self) -> None:
         self._event.set()
 
@@ -337,7 +342,13 @@ class StreamMapping:
     def start(self) -> None:
         if not self.config.enabled:  # kept with its checkpoints, not polled
             return
-        self._coordinator = self._source.supervisor.loop(f"stream-mapping:{self.uuid}", self._coordinate_once)
+        # A wake-up ends a backoff too: a put that went through, a poller that ended, the
+        # PostgreSQL listener back ("*") all say the store works again; without it the
+        # mapping would wait out a backoff of up to 30 s after the store came back (its
+        # leases lapsed meanwhile, so nothing is delivered until the next turn).
+        self._coordinator = self._source.supervisor.loop(
+            f"stream-mapping:{self.uuid}", self._coordinate_once, wake=self._wake_coordinator.event
+        )
 
     async def _coordinate_once(self) -> None:
         """One turn: heartbeat what we hold, take the shards that are ready up to our fair
@@ -371,7 +382,9 @@ class StreamMapping:
             parents = [checkpoints.get(p) for p in shard.parents]
             if all(p is not None and p.finished for p in parents):
                 ready.append(shard)  # a child shard waits until its parents are read to the end
-        leases = await store.leases(self.uuid) if ready else {}
+        # Expiries in our clock's frame as the store judges them (a holder's clock may be
+        # skewed: a dead host whose clock ran ahead must not look alive for that long).
+        leases = await store.leases(self.uuid, now=clock.time()) if ready else {}
         now = clock.time()
         alive = {owner: 0 for owner, expires in leases.values() if expires > now}
         alive[self.owner] = 0

@@ -317,8 +317,13 @@ class StreamStore(Protocol):
         ``info``, ``started_at``, ``seen_at``, ``expires_at``. Read only."""
         ...
 
-    async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
-        """``shard_id -> (owner, expires_at)`` for the mapping's leases."""
+    async def leases(self, mapping: str, now: float | None = None) -> dict[str, tuple[str, float]]:
+        """``shard_id -> (owner, expires_at)`` for the mapping's leases. Without ``now``,
+        ``expires_at`` is what the holder wrote (its own clock). With ``now`` (the caller's
+        clock), it is in the caller's frame as the store judges expiry: ``now`` plus the
+        time the lease has left by the judging clock, so a host compares it with its own
+        ``now`` and sees a lease expire when the store does, whatever the holder's clock
+        said (a holder whose clock ran ahead must not keep a dead lease looking alive)."""
         ...
 
     async def checkpoint(

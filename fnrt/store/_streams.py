@@ -550,7 +550,10 @@ class SQLiteStreams:
             for r in rows
         ]
 
-    async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
+    async def leases(self, mapping: str, now: float | None = None) -> dict[str, tuple[str, float]]:
+        """``shard_id -> (owner, expires_at)``. ``now`` changes nothing here: the hosts of
+        one SQLite file share one machine's clock, so the expiry as written is already in
+        every caller's frame."""
         rows = await self.db.fetchall(
             "SELECT shard_id, owner, expires_at FROM stream_leases WHERE mapping = ?", (mapping,)
         )

@@ -45,8 +45,31 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresSystemError,  # 58: I/O error
     asyncpg.exceptions.InvalidTransactionStateError,  # 25: read-only (a standby), idle timeout
     asyncpg.exceptions.TransactionRollbackError,  # 40: after the retries below
+    # 55P03: lock_timeout (a DBA's setting) ran out while another session held a lock on
+    # a table fnrt uses: like a held SQLite lock, the store cannot be used right now.
+    asyncpg.exceptions.LockNotAvailableError,
+    # 28, 3D000: a connection the pool opens again is refused (the role was disabled or its
+    # password rotated, pg_hba.conf changed, the database renamed): what StoreUnavailable
+    # says at open, with the same hints; the runtime waits for it to be fixed.
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    asyncpg.exceptions.InvalidCatalogNameError,
 )
 RETRIES = 3
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be used right now: one of
+    :data:`UNAVAILABLE`, or the driver's own report of a connection that broke under it
+    (the server killed it with ``pg_terminate_backend``, or restarted, in mid-query:
+    asyncpg may then say ``InterfaceError`` "connection is closed" / "another operation is
+    in progress", or ``InternalClientError`` "cannot switch to state ..."; and a pool
+    closed under a caller). ``DataError`` (an argument asyncpg cannot encode) is a
+    programming error, not an outage."""
+    if isinstance(exc, UNAVAILABLE) or isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, asyncpg.DataError)
+
+
 # Opening errors that are the URL's: asyncpg's own, and the server's about its query options
 # (an unknown setting, one that cannot be set at connection time).
 _CONFIG_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,8 +116,10 @@ def guarded(
                 raise pg.unavailable(method.__name__, exc) from exc
             except StoreUnavailable:
                 raise
-            except UNAVAILABLE as exc:
-                raise pg.unavailable(method.__name__, exc) from exc
+            except Exception as exc:
+                if connection_lost(exc):
+                    raise pg.unavailable(method.__name__, exc) from exc
+                raise
         raise AssertionError("unreachable")
 
     return run
@@ -137,8 +162,9 @@ class Connections:
             raise StoreUnavailable(f"PostgreSQL store {self.name} is closed ({what})", path=self.name)
 
     def unavailable(self, what: str, exc: BaseException) -> StoreUnavailable:
+        hint = _OPEN_HINTS.get(getattr(exc, "sqlstate", None) or "", "")
         return StoreUnavailable(
-            f"PostgreSQL store {self.name} unavailable ({what}): {type(exc).__name__}: {exc}",
+            f"PostgreSQL store {self.name} unavailable ({what}): {type(exc).__name__}: {exc}{hint}",
             path=self.name,
             cause=exc,
         )
@@ -294,7 +320,9 @@ class Connections:
                 self._listen_conn = conn
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.channel, self._on_notify)
-            except UNAVAILABLE:
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
                 await self._close_listen_conn()
                 if first:
                     raise

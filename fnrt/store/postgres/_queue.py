@@ -25,7 +25,7 @@ import attrs
 
 from ...errors import StoreUnavailable
 from .._queue import Outcome, QueuedEvent
-from ._pool import RETRIES, UNAVAILABLE, Connections, guarded
+from ._pool import RETRIES, Connections, connection_lost, guarded
 from ._schema import judge
 
 _COLUMNS = (
@@ -195,8 +195,10 @@ class GroupWriter(Generic[Item]):
                 if attempt == RETRIES:
                     raise self.pg.unavailable(self.what, exc) from exc
                 await asyncio.sleep(0.005 * 2**attempt)
-            except UNAVAILABLE as exc:
-                raise self.pg.unavailable(self.what, exc) from exc
+            except Exception as exc:
+                if connection_lost(exc):
+                    raise self.pg.unavailable(self.what, exc) from exc
+                raise
         raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _flush(self) -> None:

@@ -26,39 +26,13 @@ call passes none, this host's ``time.time()``.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
-
-import asyncpg
 
 from ._pool import Connections, guarded
 from ._schema import judge
 
 #: The suffix of a host's "refused lately" marker rows (see PgSlots.want).
 WANTS = "#wants"
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _closed_is_unavailable(
-    method: Callable[Concatenate[PgSlots, P], Awaitable[T]],
-) -> Callable[Concatenate[PgSlots, P], Coroutine[Any, Any, T]]:
-    """A closed pool (this host's store was closed under a caller), or a connection the
-    server killed under a query (asyncpg may then say InternalClientError), is the store being
-    unavailable too, not a programming error: admission must fail cleanly, and the
-    renewal loop retry, never crash the runtime."""
-
-    @functools.wraps(method)
-    async def run(self: PgSlots, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(self, *args, **kwargs)
-        except (asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
-            raise self.pg.unavailable(method.__name__, exc) from exc
-
-    return run
 
 
 class PgSlots:
@@ -71,7 +45,6 @@ class PgSlots:
             return None
         return time.time() if now is None else now
 
-    @_closed_is_unavailable
     @guarded
     async def try_acquire(
         self,
@@ -103,7 +76,6 @@ class PgSlots:
         )
         return int(granted)
 
-    @_closed_is_unavailable
     @guarded
     async def release(self, host: str, function: str, n: int) -> None:
         """Give ``n`` of ``host``'s slots of ``function`` back (never below zero)."""
@@ -118,7 +90,6 @@ class PgSlots:
             n,
         )
 
-    @_closed_is_unavailable
     @guarded
     async def renew(self, host: str, ttl: float, *, now: float | None = None) -> dict[str, int]:
         """Extend every unexpired lease of ``host`` to ``ttl`` seconds from now; returns
@@ -130,7 +101,6 @@ class PgSlots:
         )
         return {r[0]: int(r[1]) for r in rows}
 
-    @_closed_is_unavailable
     @guarded
     async def want(self, host: str, function: str, seconds: float, *, now: float | None = None) -> None:
         """Say that ``host`` was refused slots of ``function``: for ``seconds``, hosts that
@@ -147,7 +117,6 @@ class PgSlots:
             self._judge(now),
         )
 
-    @_closed_is_unavailable
     @guarded
     async def wanted(self, host: str, functions: list[str], *, now: float | None = None) -> set[str]:
         """Which of ``functions`` another host was refused slots of lately (:meth:`want`)."""
@@ -163,7 +132,6 @@ class PgSlots:
         )
         return {r[0] for r in rows}
 
-    @_closed_is_unavailable
     @guarded
     async def reserve(
         self, reservations: dict[str, int], ttl: float, *, now: float | None = None
@@ -182,14 +150,12 @@ class PgSlots:
         )
         return {r[0]: int(r[1]) for r in rows}
 
-    @_closed_is_unavailable
     @guarded
     async def forget(self, function: str) -> None:
         """Drop ``function``'s reservation (it was removed everywhere): its reserved
         concurrency goes back to the shared pool."""
         await self.pg.durable.execute("DELETE FROM fnrt_slot_functions WHERE function = $1", function)
 
-    @_closed_is_unavailable
     @guarded
     async def in_use(self, *, now: float | None = None) -> dict[str, dict[str, int]]:
         """Unexpired slots by function, then host: ``{function: {host: count}}`` (for

@@ -499,11 +499,23 @@ class PgStreamStore:
         return [{**dict(r), "info": json.loads(r["info"])} for r in rows]
 
     @guarded
-    async def leases(self, mapping: str) -> dict[str, tuple[str, float]]:
-        """Shard -> ``(owner, expires_at)``, the expiry in the holder's clock frame."""
-        rows = await self.pg.relaxed.fetch(
-            "SELECT shard_id, owner, expires_at FROM fnrt_stream_leases WHERE mapping = $1", mapping
-        )
+    async def leases(self, mapping: str, now: float | None = None) -> dict[str, tuple[str, float]]:
+        """Shard -> ``(owner, expires_at)``: the expiry in the holder's clock frame, or with
+        ``now`` in the caller's, as judged: ``now`` plus what the lease has left by the
+        judging clock (the database's in db-clock mode; else the callers' ``now``, which is
+        the expiry as written)."""
+        if now is None:
+            rows = await self.pg.relaxed.fetch(
+                "SELECT shard_id, owner, expires_at FROM fnrt_stream_leases WHERE mapping = $1", mapping
+            )
+        else:
+            rows = await self.pg.relaxed.fetch(
+                f"SELECT shard_id, owner, $2::float8 + (expires_judge - {judge('$3')}) "
+                "FROM fnrt_stream_leases WHERE mapping = $1",
+                mapping,
+                now,
+                self._judge(now),
+            )
         return {r[0]: (r[1], r[2]) for r in rows}
 
     @guarded
