@@ -96,10 +96,17 @@ async def _serve_until_stopped(
                 raise CliError(f"--stream {spec!r}: the shard count must be a number (NAME[:SHARDS])")
             stream = await rt.create_stream(name, shard_count=int(shards or 1))
             _progress(f"stream {stream.name}: {len(await stream.shards())} shard(s)")
+        # The mappings stored before (a restart; or another host's, on a shared store) of the
+        # functions deployed here go on from their checkpoints, as Lambda's outlive a restart.
+        for mapping in await rt.resume_stream_mappings():
+            _progress(f"mapping {mapping.stream.name} -> {mapping.function} ({mapping.uuid}, resumed)")
+        resumed = {(m.stream.name, m.function) for m in rt.stream_mappings()}
         for spec in args.mapping or []:
             stream_name, sep, function = spec.partition("=")
             if not sep:
                 raise CliError(f"--mapping takes STREAM=FUNCTION, got {spec!r}")
+            if (stream_name, function) in resumed:
+                continue
             mapping = await rt.add_stream_mapping(stream_name, function)
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")
         async with InvokeServer(

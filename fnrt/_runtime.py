@@ -70,6 +70,7 @@ from .errors import (
     InvalidConfig,
     RuntimeClosed,
     StoreUnavailable,
+    StreamNotFound,
 )
 from .sandbox import SandboxFactory, make_factory
 from .sources._async import AsyncSource
@@ -795,6 +796,26 @@ class Runtime(ControlPlane, ClusterMember):
         self._check_running()
         mapping_config = StreamMappingConfig.from_kwargs(config)
         return await self._streams.add_mapping(stream, function, mapping_config)
+
+    async def resume_stream_mappings(self) -> list[StreamMapping]:
+        """Start the stored event source mappings whose function is registered here and that
+        this runtime does not run yet, from their durable checkpoints: those created before a
+        restart (through the API, the CLI or the control plane, as Lambda's outlive one), and
+        on a shared store those another host created. ``fnrt serve`` calls it once its
+        modules are deployed. A stored mapping whose stream is gone, or whose config this
+        version refuses, is skipped with a warning. Returns the mappings started."""
+        self._check_running()
+        store = await self._state.store()
+        running = {(m.stream.name, m.function) for m in self._streams.mappings.values()}
+        started = []
+        for row in await store.streams.mappings():
+            if (row.stream, row.function) in running or row.function not in self._registry:
+                continue
+            try:
+                started.append(await self.add_stream_mapping(row.stream, row.function, **row.config))
+            except (StreamNotFound, InvalidConfig) as exc:
+                self._log.warning("stored stream mapping not resumed", mapping=row.uuid, error=str(exc))
+        return started
 
     async def update_stream_mapping(self, mapping: StreamMapping | str, **config: Any) -> StreamMapping:
         """Change a mapping's settings (Lambda's ``UpdateEventSourceMapping``); polling goes

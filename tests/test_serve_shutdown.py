@@ -152,3 +152,50 @@ async def test_ctrl_c_while_deploying_stops_then_not_after_the_deploy():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _call(
+    url: str, path: str, body: dict | None = None, *, method: str = "GET", target: str | None = None
+) -> dict:
+    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target} if target else {}
+    request = urllib.request.Request(
+        url + path, data=None if body is None else json.dumps(body).encode(), method=method, headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read() or b"{}")
+
+
+async def test_a_mapping_created_over_the_control_plane_outlives_a_restart(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    arn = "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+    proc, url = await start_server("--state-dir", state, "--stream", "orders:1")
+    try:
+        created = await asyncio.to_thread(
+            _call,
+            url,
+            "/2015-03-31/event-source-mappings/",
+            {"FunctionName": "whoami", "EventSourceArn": arn, "StartingPosition": "TRIM_HORIZON"},
+            method="POST",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    proc, url = await start_server("--state-dir", state, "--stream", "orders:1")
+    try:
+        mappings = f"/2015-03-31/event-source-mappings/?EventSourceArn={arn}"
+        listed = await asyncio.to_thread(_call, url, mappings)
+        assert [m["UUID"] for m in listed["EventSourceMappings"]] == [created["UUID"]]
+        put = {"StreamName": "orders", "PartitionKey": "k", "Data": "eyJpZCI6IDF9"}
+        await asyncio.to_thread(_call, url, "/", put, method="POST", target="Kinesis_20131202.PutRecord")
+        path = f"/2015-03-31/event-source-mappings/{created['UUID']}"
+        for _ in range(300):  # the record reaches the function through the resumed mapping
+            mapping = await asyncio.to_thread(_call, url, path)
+            if mapping["LastProcessingResult"] == "OK":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the resumed mapping never ran: {mapping}")
+        assert mapping["State"] == "Enabled"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()

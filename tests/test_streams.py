@@ -749,3 +749,30 @@ async def test_remove_mapping_stops_and_forgets_it(tmp_path: Path) -> None:
         await asyncio.sleep(0.1)
         assert ledger(path) == [] and rt.stream_mappings() == []
         assert os.path.exists(tmp_path / "fnrt.sqlite3")
+
+
+async def test_stored_mappings_are_resumed_from_their_checkpoints_after_a_restart(tmp_path: Path) -> None:
+    # Lambda's mappings outlive a restart: one created before (here, or by the control
+    # plane, or by another host on a shared store) goes on from its checkpoints once its
+    # function is deployed again and resume_stream_mappings() runs (fnrt serve does).
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        created = await rt.add_stream_mapping("orders", "orders", batch_size=7)
+        await stream.put_records([(order(i), f"c{i}") for i in range(4)])
+        await until(lambda: len(ledger(path)) == 4, clock, what="the first records")
+        await rt.wait_idle()
+        assert await rt.resume_stream_mappings() == []  # it runs already
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.create_stream("ignored")  # a mapping's stream is not all there is
+        assert await rt.resume_stream_mappings() == []  # its function is not deployed yet
+        await orders_function(rt, tmp_path)
+        [resumed] = await rt.resume_stream_mappings()
+        assert resumed.uuid == created.uuid and resumed.config.batch_size == 7
+        assert rt.stream_mappings() == [resumed]
+        stream = await rt.get_stream("orders")
+        await stream.put_records([(order(i), f"c{i}") for i in range(4, 6)])
+        await until(lambda: len(ledger(path)) == 6, clock, what="records after the restart")
+        await rt.wait_idle()
+        assert sorted(e["id"] for e in ledger(path)) == list(range(6))  # none again
