@@ -341,6 +341,8 @@ class Invoker:
     ) -> InvocationResult:
         """Run one invocation of ``entry``'s function with the JSON ``body``.
         ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
+        if self.closing:  # admitted before the close began (it awaited on the way here)
+            raise RuntimeClosed("the runtime closed before the invocation could start")
         record = entry.record
         name = record.name
         try:

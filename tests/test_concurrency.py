@@ -9,7 +9,7 @@ import pytest
 
 import fnrt
 
-from .conftest import alive, wait_until
+from .conftest import alive, descendants, wait_until
 
 
 def busy(rt: fnrt.Runtime, name: str) -> int:
@@ -155,3 +155,26 @@ async def test_no_process_survives_when_the_host_is_cancelled():
         await runner
     assert not alive(seen["template"]) and not alive(seen["sandbox"])
     assert os.getpid()  # and the test process is of course still here
+
+
+@pytest.mark.parametrize("moment", ["template starting", "init running"])
+async def test_closing_during_cold_starts_answers_every_caller_and_leaves_no_process(moment):
+    """``aclose()`` while cold starts are under way: each caller gets ``RuntimeClosed`` at
+    once (not an init error of its function, not a result after the close), and no
+    template process or sandbox is left behind, also one that was still starting."""
+    before = descendants()
+    rt = fnrt.Runtime()
+    await rt.start()
+    try:
+        await rt.add_function("slow", "handlers.slow_init:handler", timeout=60, init_timeout=60)
+        calls = [asyncio.ensure_future(rt.invoke("slow", {})) for _ in range(3)]
+        # The first cold start waits for the template process to come up.
+        await wait_until(lambda: rt.stats()["functions"]["slow"]["starting"] == 3, "three cold starts")
+        if moment == "init running":
+            await wait_until(lambda: len(descendants() - before) >= 4, "three sandboxes in their init")
+    finally:
+        await rt.aclose()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert [type(r) for r in results] == [fnrt.RuntimeClosed] * 3, results
+    assert descendants() - before == set()
+    assert rt.metrics.counter("Errors", "slow") == 0  # no init failure of the function counted

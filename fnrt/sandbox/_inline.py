@@ -26,6 +26,7 @@ from ._protocol import (
     Resources,
     SandboxDied,
     SandboxTimeout,
+    factory_closed,
     request_deadlines,
 )
 from ._worker import Worker, dispatch
@@ -124,9 +125,13 @@ class InlineFactory:
         self._deadlines = request_deadlines(clock)
         self._ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fnrt-inline")
+        self.closed = False
 
     async def create(self, resources: Resources | None = None) -> InlineSandbox:
+        if self.closed:
+            raise factory_closed(self.kind)
         return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor, self._deadlines)
 
     async def aclose(self) -> None:
+        self.closed = True
         self._executor.shutdown(wait=False)

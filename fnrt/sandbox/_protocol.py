@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import attrs
 
 from .._clock import Clock, Deadlines
+from ..errors import RuntimeClosed
 
 # -- the wire vocabulary: op names and header keys, spelled once ------------------------
 
@@ -359,13 +360,24 @@ class SandboxFactory(Protocol):
     kind: str
     #: What this kind guarantees, a subset of :data:`ENFORCEMENTS`.
     enforces: frozenset[str]
+    #: Set by :meth:`aclose`; from then on nothing new starts.
+    closed: bool
 
     async def create(self, resources: Resources) -> Sandbox:
         """A new sandbox, not yet initialized. Raises :class:`fnrt.errors.ServiceError`
-        (within the factory's spawn timeout) when it cannot be created."""
+        (within the factory's spawn timeout) when it cannot be created, and
+        :class:`fnrt.errors.RuntimeClosed` once :meth:`aclose` has begun (also for a
+        create that was under way then: its sandbox is destroyed, never handed out)."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Destroy every sandbox this factory made, and anything it was starting."""
+        ...
+
+
+def factory_closed(kind: str) -> RuntimeClosed:
+    """What a factory raises from :meth:`SandboxFactory.create` once it is closed."""
+    return RuntimeClosed(f"the runtime closed while a {kind} sandbox was starting")
 
 
 # -- the registry of kinds ----------------------------------------------------------------
