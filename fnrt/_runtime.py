@@ -198,6 +198,9 @@ class Runtime(ControlPlane, ClusterMember):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
+        #: The event loop the runtime was started on: its sandboxes' sockets and timers
+        #: belong to it, so it is used from that loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
@@ -246,6 +249,7 @@ class Runtime(ControlPlane, ClusterMember):
             store = await self._state.store()
         await self._supervisor.open()
         self._running = True
+        self._loop = asyncio.get_running_loop()
         limiter = cluster_limiter(self._limiter, store, self._cluster_limit, self.clock, self._log)
         self._limiter = self._invoker.limiter = limiter
         if isinstance(limiter, ClusterLimiter):
@@ -270,6 +274,7 @@ class Runtime(ControlPlane, ClusterMember):
     async def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if not self._running:
             return
+        self._check_loop()
         self._running = False
         shutdown = asyncio.ensure_future(self._shutdown())
         cancelled = False
@@ -326,6 +331,17 @@ class Runtime(ControlPlane, ClusterMember):
     def _check_running(self) -> None:
         if not self._running:
             raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
+        self._check_loop()
+
+    def _check_loop(self) -> None:
+        """Refuse a call from another event loop or thread: the runtime's sandboxes, timers
+        and futures belong to the loop it started on (awaiting them elsewhere fails, and a
+        sandbox made there would die with that loop)."""
+        if asyncio._get_running_loop() is not self._loop:
+            raise RuntimeClosed(
+                "this runtime runs on another event loop: call it from the loop that started it "
+                "(from another thread: asyncio.run_coroutine_threadsafe(coro, loop))"
+            )
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until nothing is left to do without new input or the clock moving: every
@@ -468,6 +484,7 @@ class Runtime(ControlPlane, ClusterMember):
     async def remove_function(self, name: str) -> None:
         """Unregister ``name``: idle sandboxes close now, busy ones when their call ends.
         Its concurrency, pool and event-invoke config go with it."""
+        self._check_running()
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
         for names in self._deployed.values():

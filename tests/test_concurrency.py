@@ -178,3 +178,31 @@ async def test_closing_during_cold_starts_answers_every_caller_and_leaves_no_pro
     assert [type(r) for r in results] == [fnrt.RuntimeClosed] * 3, results
     assert descendants() - before == set()
     assert rt.metrics.counter("Errors", "slow") == 0  # no init failure of the function counted
+
+
+async def test_a_runtime_called_from_another_event_loop_refuses_and_stays_whole():
+    """A runtime's sandboxes and futures belong to the loop that started it. A call from
+    another thread's loop is a clear ``RuntimeClosed``; it neither breaks a warm sandbox
+    nor leaves one behind bound to that loop (which made the close itself fail)."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        pid = (await rt.invoke("whoami", {}))["pid"]
+
+        async def elsewhere() -> list[BaseException]:
+            errors: list[BaseException] = []
+            for call in (
+                lambda: rt.invoke("whoami", {}),
+                lambda: rt.add_function("other", "handlers.chaos:whoami"),
+                lambda: rt.remove_function("whoami"),
+            ):
+                try:
+                    await asyncio.wait_for(call(), 10)
+                except BaseException as exc:
+                    errors.append(exc)
+            return errors
+
+        errors = await asyncio.to_thread(asyncio.run, elsewhere())
+        assert [type(e) for e in errors] == [fnrt.RuntimeClosed] * 3, errors
+        assert "another event loop" in str(errors[0])
+        assert (await rt.invoke("whoami", {}))["pid"] == pid  # the warm sandbox still serves
+        assert set(rt.functions()) == {"whoami"}
