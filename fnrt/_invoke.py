@@ -412,6 +412,8 @@ class Invoker:
                 pool.discard(env)
                 if self.closing:
                     raise RuntimeClosed("the runtime closed during the invocation") from None
+                if exc.service:  # the machinery failed under the call, not the function
+                    raise ServiceError(f"fnrt lost the invocation's sandbox: {exc.message}") from None
                 message = f"RequestId: {request_id} Error: {exc.message}"
                 printed = _ended_line(await output_so_far(sandbox, request_id))
                 reply = InvokeReply(

@@ -92,6 +92,8 @@ async def start_sandbox(
         if factory.closed:  # killed by the runtime's close, not by its init
             sandbox.kill()
             raise factory_closed(factory.kind) from None
+        if isinstance(exc, SandboxDied) and exc.service:
+            raise ServiceError(f"the sandbox for {module!r} died in its init phase: {exc.message}") from None
         printed = (await output_so_far(sandbox, INIT_OUTPUT))[-4096:]
         if isinstance(exc, SandboxTimeout):
             raise InitError(

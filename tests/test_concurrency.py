@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import pytest
 
@@ -206,3 +207,29 @@ async def test_a_runtime_called_from_another_event_loop_refuses_and_stays_whole(
         assert "another event loop" in str(errors[0])
         assert (await rt.invoke("whoami", {}))["pid"] == pid  # the warm sandbox still serves
         assert set(rt.functions()) == {"whoami"}
+
+
+async def test_calls_in_flight_when_the_template_is_killed_are_service_errors_and_the_runtime_carries_on(
+    release_file,
+):
+    """The template process killed (-9) under load takes its sandboxes with it: fnrt's
+    machinery failed, not the functions. Every call in flight gets ``ServiceError`` at once
+    (not a function's ``Runtime.ExitError``, which would use an async retry attempt), no
+    slot is lost, and the next calls get a new template."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=30)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(4)]
+        await wait_until(lambda: busy(rt, "hold") == 4, "four calls running")
+        template = rt._factories["subprocess"].template_pid
+        os.kill(template, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert loop.time() - started < 1.5  # no wait for exit statuses nobody can report
+        assert [type(r) for r in results] == [fnrt.ServiceError] * 4, results
+        assert "template process exited" in str(results[0])
+        assert rt.metrics.counter("Errors", "hold") == 0
+        assert rt.stats()["concurrency"]["in_flight"] == 0
+        open(release_file, "w").close()
+        assert (await rt.invoke("hold", {"release": release_file}))["pid"]
+        assert rt._factories["subprocess"].template_pid not in (None, template)

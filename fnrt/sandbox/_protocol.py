@@ -285,12 +285,15 @@ class InvokeReply:
 class SandboxDied(Exception):
     """The sandbox ended (or was destroyed) during a request: crash, signal, ``os._exit``,
     a reply for another request, garbage on its socket. ``message`` is Lambda's wording,
-    ``error_type`` its type (``Runtime.ExitError``). Private: callers see a function error."""
+    ``error_type`` its type (``Runtime.ExitError``). Private: callers see a function error,
+    or, when ``service`` (the sandbox died because fnrt's machinery did: its template
+    process went), :class:`fnrt.errors.ServiceError`."""
 
-    def __init__(self, message: str, error_type: str = "Runtime.ExitError") -> None:
+    def __init__(self, message: str, error_type: str = "Runtime.ExitError", *, service: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type
+        self.service = service
 
 
 class SandboxTimeout(Exception):

@@ -37,7 +37,7 @@ from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
 from ._mirror import SUFFIX as OUTPUT_SUFFIX
 from ._mirror import read_file, read_output
-from ._protocol import Resources, factory_closed, import_path, request_deadlines, sandbox_environment
+from ._protocol import Resources, SandboxDied, factory_closed, import_path, request_deadlines, sandbox_environment
 from ._tmpdirs import Claim, claim
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
@@ -327,6 +327,15 @@ class SubprocessSandbox(ChannelSandbox):
 
     async def _exit_reason(self) -> str:
         return describe_exit(await self._template.exit_status(self._pid))
+
+    async def _death(self) -> SandboxDied:
+        template = self._template
+        status = await template.exit_status(self._pid)
+        if status is None and template.closed:
+            # Its template went (killed, crashed): the sandbox died with it, by its
+            # parent-death signal. fnrt's machinery failed, not the function.
+            return SandboxDied(f"the sandbox's template process exited (pid {template.pid})", service=True)
+        return SandboxDied(describe_exit(status))
 
     def _destroy(self) -> None:
         self._template.kill(self._pid)
