@@ -233,3 +233,21 @@ async def test_calls_in_flight_when_the_template_is_killed_are_service_errors_an
         open(release_file, "w").close()
         assert (await rt.invoke("hold", {"release": release_file}))["pid"]
         assert rt._factories["subprocess"].template_pid not in (None, template)
+
+
+async def test_closing_answers_a_call_in_flight_on_an_inline_sandbox_at_once(release_file):
+    """An inline handler's thread cannot be stopped, but its caller must not wait for it:
+    ``aclose()`` answers the call with ``RuntimeClosed`` at once (the thread is abandoned,
+    as a timed-out inline handler's is)."""
+    rt = fnrt.Runtime(sandbox="inline")
+    await rt.start()
+    try:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=60)
+        call = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+        await wait_until(lambda: busy(rt, "hold") == 1, "the call to run")
+        await rt.aclose()
+        with pytest.raises(fnrt.RuntimeClosed):
+            await asyncio.wait_for(call, 5)
+    finally:
+        open(release_file, "w").close()  # the abandoned thread ends
+        await rt.aclose()

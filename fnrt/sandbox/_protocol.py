@@ -380,7 +380,7 @@ class SandboxFactory(Protocol):
 
 def factory_closed(kind: str) -> RuntimeClosed:
     """What a factory raises from :meth:`SandboxFactory.create` once it is closed."""
-    return RuntimeClosed(f"the runtime closed while a {kind} sandbox was starting")
+    return RuntimeClosed(f"the runtime closed while a sandbox was starting ({kind})")
 
 
 # -- the registry of kinds ----------------------------------------------------------------
