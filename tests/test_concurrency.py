@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -251,3 +252,27 @@ async def test_closing_answers_a_call_in_flight_on_an_inline_sandbox_at_once(rel
     finally:
         open(release_file, "w").close()  # the abandoned thread ends
         await rt.aclose()
+
+
+async def test_a_caller_cancelled_during_the_first_cold_start_leaves_no_error_behind():
+    """Cancelling the call that is starting the template process stops that start; the
+    next call starts another. Nothing is left for asyncio to report as an exception
+    never retrieved (it went to the host's stderr)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with fnrt.Runtime() as rt:
+            await rt.add_function("whoami", "handlers.chaos:whoami")
+            call = asyncio.ensure_future(rt.invoke("whoami", {}))
+            await wait_until(lambda: rt.stats()["functions"]["whoami"]["starting"] == 1, "the cold start")
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert (await rt.invoke("whoami", {}))["pid"]
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []

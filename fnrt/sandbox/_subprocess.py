@@ -171,6 +171,7 @@ class TemplateProcess:
         for fut in [*self._spawning.values(), *([self._ready] if self._ready else [])]:
             if not fut.done():
                 fut.set_exception(lost)
+                fut.exception()  # retrieved: its waiter may be gone (cancelled), not an error to log
         self._spawning.clear()
         self.closed = True
         if self._lost is not None and not self._lost.done():
