@@ -580,13 +580,19 @@ class Runtime(ControlPlane, ClusterMember):
         """
         if invocation_type == "RequestResponse":  # the warm path: invoke_detailed's, inline
             entry, request_id, qualifier = self._target(name, client_context, None, None)
-            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
+            body = encode_small(payload)
+            if body is None:  # 6 MB: their default
+                body = await encode_large(payload)
+                entry = self._current(entry)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             result = await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         elif invocation_type == "Event":  # the async path: invoke_detailed's, inline
             entry, request_id, _ = self._target(name, client_context, None, None)
             limit = EVENT_PAYLOAD_LIMIT
-            body = encode_small(payload, limit) or await encode_large(payload, limit)
+            body = encode_small(payload, limit)
+            if body is None:
+                body = await encode_large(payload, limit)
+                entry = self._current(entry)
             await self._async.enqueue(entry, body, request_id)
             return request_id
         else:
@@ -626,7 +632,10 @@ class Runtime(ControlPlane, ClusterMember):
         qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         entry, request_id, qualifier = self._target(name, client_context, qualifier, request_id)
         if invocation_type == "RequestResponse":
-            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
+            body = encode_small(payload)
+            if body is None:  # 6 MB: their default
+                body = await encode_large(payload)
+                entry = self._current(entry)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":
@@ -634,11 +643,17 @@ class Runtime(ControlPlane, ClusterMember):
             return InvocationResult(request_id, entry.name, 204)
         if invocation_type == "Event":
             body = await encode_payload_async(payload, EVENT_PAYLOAD_LIMIT)
-            await self._async.enqueue(entry, body, request_id)
+            await self._async.enqueue(self._current(entry), body, request_id)
             return InvocationResult(request_id, entry.name, 202)
         raise InvalidConfig(
             f"invocation_type must be RequestResponse, Event or DryRun; got {invocation_type!r}"
         )
+
+    def _current(self, entry: FunctionEntry) -> FunctionEntry:
+        """``entry``, or what replaced it while the call awaited (a new generation: the
+        call runs on it); :class:`~fnrt.errors.FunctionNotFound` if it was removed."""
+        self._check_running()
+        return entry if entry.counter.registered else self._registry.get(entry.name)
 
     def _target(
         self,

@@ -276,3 +276,22 @@ async def test_a_caller_cancelled_during_the_first_cold_start_leaves_no_error_be
     finally:
         loop.set_exception_handler(previous)
     assert [c.get("message") for c in reported] == []
+
+
+@pytest.mark.parametrize("then", ["removed", "updated"])
+async def test_a_function_removed_or_updated_while_a_large_payload_is_encoded(then):
+    """A payload over 256 KB is encoded off the loop; the function can go or change
+    meanwhile. Removed: the caller gets ``FunctionNotFound`` (not a throttle with the
+    global pool's reason). Updated: the call runs on the new configuration."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("ctx", "handlers.chaos:context_info", memory_mb=256)
+        call = asyncio.ensure_future(rt.invoke("ctx", {"blob": "x" * 300_000}))
+        await asyncio.sleep(0)  # the call is encoding its payload on a worker thread
+        if then == "removed":
+            await rt.remove_function("ctx")
+            with pytest.raises(fnrt.FunctionNotFound):
+                await call
+        else:
+            await rt.update_function_configuration("ctx", memory_mb=512)
+            assert (await call)["memory_limit_in_mb"] == "512"
+        assert rt.stats()["concurrency"]["throttles"] == 0
