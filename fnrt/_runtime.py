@@ -201,6 +201,7 @@ class Runtime(ControlPlane, ClusterMember):
         #: The event loop the runtime was started on: its sandboxes' sockets and timers
         #: belong to it, so it is used from that loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: asyncio.Future[None] | None = None  # done once a close has ended
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
@@ -267,28 +268,38 @@ class Runtime(ControlPlane, ClusterMember):
             self._supervisor.loop("host-heartbeat", self._heartbeat_once)
 
     async def aclose(self) -> None:
-        """Stop everything. Safe to call twice; runs to the end even when the caller is
-        cancelled (the cancellation is re-raised afterwards)."""
+        """Stop everything. Safe to call twice, also from two tasks at once (each returns
+        once everything is stopped); runs to the end even when the caller is cancelled
+        (the cancellation is re-raised afterwards)."""
         await self._close(None, None)
 
     async def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if not self._running:
+            closed = self._closed
+            if closed is not None and not closed.done():
+                # Another task is closing it: return once it is closed (what that close
+                # raises is its caller's to see).
+                await asyncio.shield(closed)
             return
         self._check_loop()
         self._running = False
-        shutdown = asyncio.ensure_future(self._shutdown())
-        cancelled = False
-        while not shutdown.done():
-            try:
-                await asyncio.shield(shutdown)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled and exc is None:
-            exc_type, exc = asyncio.CancelledError, asyncio.CancelledError()
-        await self._supervisor.close(exc_type, exc)  # raises what a background task failed with
-        shutdown.result()
-        if cancelled:
-            raise asyncio.CancelledError
+        self._closed = closed = asyncio.get_running_loop().create_future()
+        try:
+            shutdown = asyncio.ensure_future(self._shutdown())
+            cancelled = False
+            while not shutdown.done():
+                try:
+                    await asyncio.shield(shutdown)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled and exc is None:
+                exc_type, exc = asyncio.CancelledError, asyncio.CancelledError()
+            await self._supervisor.close(exc_type, exc)  # raises what a background task failed with
+            shutdown.result()
+            if cancelled:
+                raise asyncio.CancelledError
+        finally:
+            closed.set_result(None)
 
     async def _shutdown(self) -> None:
         """Every step runs even when one fails (a source that cannot release its leases

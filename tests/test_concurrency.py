@@ -295,3 +295,21 @@ async def test_a_function_removed_or_updated_while_a_large_payload_is_encoded(th
             await rt.update_function_configuration("ctx", memory_mb=512)
             assert (await call)["memory_limit_in_mb"] == "512"
         assert rt.stats()["concurrency"]["throttles"] == 0
+
+
+async def test_aclose_from_two_tasks_at_once_returns_only_when_everything_is_stopped(release_file):
+    """A second ``aclose()`` while the first is still closing (a signal handler and the
+    ``async with`` exit, say) waits for it: no process is left when either returns."""
+    before = descendants()
+    rt = fnrt.Runtime()
+    await rt.start()
+    await rt.add_function("hold", "handlers.chaos:hold")
+    call = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+    await wait_until(lambda: busy(rt, "hold") == 1, "the call to run")
+    first = asyncio.ensure_future(rt.aclose())
+    await asyncio.sleep(0)  # the first close has begun
+    await rt.aclose()
+    assert descendants() - before == set()
+    await first
+    with pytest.raises(fnrt.RuntimeClosed):
+        await call
