@@ -235,9 +235,12 @@ class SubinterpreterFactory:
         self._spare: SubinterpreterSandbox | None = None
         self.closed = False
 
-    async def create(self, resources: Resources | None = None) -> SubinterpreterSandbox:
+    def _refuse_if_closed(self) -> None:
         if self.closed:
             raise factory_closed(self.kind)
+
+    async def create(self, resources: Resources | None = None) -> SubinterpreterSandbox:
+        self._refuse_if_closed()
         sandbox, self._spare = self._spare, None
         if sandbox is None or not sandbox.alive:
             sandbox = await self._boot()

@@ -37,7 +37,14 @@ from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
 from ._mirror import SUFFIX as OUTPUT_SUFFIX
 from ._mirror import read_file, read_output
-from ._protocol import Resources, SandboxDied, factory_closed, import_path, request_deadlines, sandbox_environment
+from ._protocol import (
+    Resources,
+    SandboxDied,
+    factory_closed,
+    import_path,
+    request_deadlines,
+    sandbox_environment,
+)
 from ._tmpdirs import Claim, claim
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
@@ -256,11 +263,9 @@ class TemplateProcess:
         """How ``pid`` ended, as the template reported it; ``None`` when it does not say
         within ``timeout``, or cannot any more (the template is gone)."""
         fut = self._exit_future(pid)
-        lost = self._lost
         if not fut.done() and not self.closed:
-            await asyncio.wait(
-                [fut] if lost is None else [fut, lost], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            waiting: list[asyncio.Future[Any]] = [fut] if self._lost is None else [fut, self._lost]
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         return fut.result() if fut.done() else None
 
     def kill_template(self) -> None:
@@ -401,14 +406,17 @@ class SubprocessFactory:
         """The template process's pid (``None`` before the first sandbox)."""
         return self._template.pid if self._template is not None and not self._template.closed else None
 
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise factory_closed(self.kind)
+
     async def _ensure_template(self) -> TemplateProcess:
         if self._template is not None and not self._template.closed:
             return self._template
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
-            if self.closed:
-                raise factory_closed(self.kind)
+            self._refuse_if_closed()  # closed while this call waited for the lock
             if self._template is None or self._template.closed:
                 template = self._pending = TemplateProcess()
                 try:
@@ -455,8 +463,7 @@ class SubprocessFactory:
     async def create(self, resources: Resources | None = None) -> SubprocessSandbox:
         """Fork a sandbox. Raises :class:`ServiceError` when no sandbox can be had within
         ``spawn_timeout`` (plus a template start, when one is needed)."""
-        if self.closed:
-            raise factory_closed(self.kind)
+        self._refuse_if_closed()
         resources = resources or Resources()
         try:
             held = self._claims.get(resources.tmp_dir) or await self._claim(resources.tmp_dir)
