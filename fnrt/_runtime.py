@@ -539,7 +539,10 @@ class Runtime(ControlPlane, ClusterMember):
         config carries over (in Lambda it is the function's, not the code's)."""
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
         pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
-        scaling = ScalingAllowance(
+        current = self._registry.lookup(record.name)
+        # The scaling rate is the function's, whatever its generation: an update or a
+        # redeploy in a burst does not grant another 1,000 environments at once.
+        scaling = current.scaling if current is not None else ScalingAllowance(
             self.config.scaling_limit, self.config.scaling_window, self.clock.monotonic()
         )
         entry = FunctionEntry(record, pool, counter, scaling)
