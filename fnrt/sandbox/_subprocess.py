@@ -499,7 +499,11 @@ class SubprocessFactory:
         async with self._claiming:
             held = self._claims.get(base)
             if held is None:
-                held = self._claims[base] = await asyncio.to_thread(claim, base)
+                held = await asyncio.to_thread(claim, base)
+                if self.closed:  # aclose() released the claims meanwhile: this one goes too
+                    held.release()
+                    raise factory_closed(self.kind)
+                self._claims[base] = held
             return held
 
     async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
