@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -341,6 +342,8 @@ class Invoker:
     ) -> InvocationResult:
         """Run one invocation of ``entry``'s function with the JSON ``body``.
         ``invoked_arn``: the (qualified) ARN the caller used, for the context."""
+        if self.closing:  # admitted before the close began (it awaited on the way here)
+            raise RuntimeClosed("the runtime closed before the invocation could start")
         record = entry.record
         name = record.name
         try:
@@ -391,7 +394,10 @@ class Invoker:
             try:
                 request = InvokeRequest(
                     request_id,
-                    int((clock.time() + budget) * 1000),
+                    # On the wall clock the sandbox reads (get_remaining_time_in_millis is
+                    # deadline - time.time()), whatever clock the runtime runs on: with a
+                    # FakeClock the handler sees its timeout count down, not a fake date.
+                    int((time.time() + budget) * 1000),
                     body,
                     None if client_context is None else dict(client_context),
                     None,
@@ -410,6 +416,8 @@ class Invoker:
                 pool.discard(env)
                 if self.closing:
                     raise RuntimeClosed("the runtime closed during the invocation") from None
+                if exc.service:  # the machinery failed under the call, not the function
+                    raise ServiceError(f"fnrt lost the invocation's sandbox: {exc.message}") from None
                 message = f"RequestId: {request_id} Error: {exc.message}"
                 printed = _ended_line(await output_so_far(sandbox, request_id))
                 reply = InvokeReply(

@@ -19,6 +19,7 @@ from ._registry import FunctionRecord
 from .errors import FnrtError, FunctionTimeout, InitError, InvalidConfig, ServiceError
 from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, SandboxFactory, SandboxTimeout
 from .sandbox._mirror import INIT_OUTPUT
+from .sandbox._protocol import factory_closed
 
 #: Provisioned environments initialized at once (a pool of hundreds fills in waves).
 PROVISION_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
@@ -87,13 +88,17 @@ async def start_sandbox(
     binding = attrs.evolve(bind.bind_info(sandbox.id), environment={}) if bind is not None else None
     try:
         reply = await sandbox.init(InitRequest(module, binding), timeout=init_timeout)
-    except SandboxTimeout:
+    except (SandboxTimeout, SandboxDied) as exc:
+        if factory.closed:  # killed by the runtime's close, not by its init
+            sandbox.kill()
+            raise factory_closed(factory.kind) from None
+        if isinstance(exc, SandboxDied) and exc.service:
+            raise ServiceError(f"the sandbox for {module!r} died in its init phase: {exc.message}") from None
         printed = (await output_so_far(sandbox, INIT_OUTPUT))[-4096:]
-        raise InitError(
-            "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
-        ) from None
-    except SandboxDied as exc:
-        printed = (await output_so_far(sandbox, INIT_OUTPUT))[-4096:]
+        if isinstance(exc, SandboxTimeout):
+            raise InitError(
+                "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
+            ) from None
         raise InitError(exc.error_type, f"Init failed: {exc.message}", log_tail=printed) from None
     except BaseException:
         sandbox.kill()

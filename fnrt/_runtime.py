@@ -199,6 +199,10 @@ class Runtime(ControlPlane, ClusterMember):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
+        #: The event loop the runtime was started on: its sandboxes' sockets and timers
+        #: belong to it, so it is used from that loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: asyncio.Future[None] | None = None  # done once a close has ended
         self._deployed: dict[str, list[str]] = {}  # module -> functions deploy() found in it
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
@@ -247,6 +251,7 @@ class Runtime(ControlPlane, ClusterMember):
             store = await self._state.store()
         await self._supervisor.open()
         self._running = True
+        self._loop = asyncio.get_running_loop()
         limiter = cluster_limiter(self._limiter, store, self._cluster_limit, self.clock, self._log)
         self._limiter = self._invoker.limiter = limiter
         if isinstance(limiter, ClusterLimiter):
@@ -264,27 +269,38 @@ class Runtime(ControlPlane, ClusterMember):
             self._supervisor.loop("host-heartbeat", self._heartbeat_once)
 
     async def aclose(self) -> None:
-        """Stop everything. Safe to call twice; runs to the end even when the caller is
-        cancelled (the cancellation is re-raised afterwards)."""
+        """Stop everything. Safe to call twice, also from two tasks at once (each returns
+        once everything is stopped); runs to the end even when the caller is cancelled
+        (the cancellation is re-raised afterwards)."""
         await self._close(None, None)
 
     async def _close(self, exc_type: type[BaseException] | None, exc: BaseException | None) -> None:
         if not self._running:
+            closed = self._closed
+            if closed is not None and not closed.done():
+                # Another task is closing it: return once it is closed (what that close
+                # raises is its caller's to see).
+                await asyncio.shield(closed)
             return
+        self._check_loop()
         self._running = False
-        shutdown = asyncio.ensure_future(self._shutdown())
-        cancelled = False
-        while not shutdown.done():
-            try:
-                await asyncio.shield(shutdown)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled and exc is None:
-            exc_type, exc = asyncio.CancelledError, asyncio.CancelledError()
-        await self._supervisor.close(exc_type, exc)  # raises what a background task failed with
-        shutdown.result()
-        if cancelled:
-            raise asyncio.CancelledError
+        self._closed = closed = asyncio.get_running_loop().create_future()
+        try:
+            shutdown = asyncio.ensure_future(self._shutdown())
+            cancelled = False
+            while not shutdown.done():
+                try:
+                    await asyncio.shield(shutdown)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled and exc is None:
+                exc_type, exc = asyncio.CancelledError, asyncio.CancelledError()
+            await self._supervisor.close(exc_type, exc)  # raises what a background task failed with
+            shutdown.result()
+            if cancelled:
+                raise asyncio.CancelledError
+        finally:
+            closed.set_result(None)
 
     async def _shutdown(self) -> None:
         """Every step runs even when one fails (a source that cannot release its leases
@@ -327,6 +343,17 @@ class Runtime(ControlPlane, ClusterMember):
     def _check_running(self) -> None:
         if not self._running:
             raise RuntimeClosed("the runtime is not running: use 'async with Runtime() as rt:'")
+        self._check_loop()
+
+    def _check_loop(self) -> None:
+        """Refuse a call from another event loop or thread: the runtime's sandboxes, timers
+        and futures belong to the loop it started on (awaiting them elsewhere fails, and a
+        sandbox made there would die with that loop)."""
+        if asyncio._get_running_loop() is not self._loop:
+            raise RuntimeClosed(
+                "this runtime runs on another event loop: call it from the loop that started it "
+                "(from another thread: asyncio.run_coroutine_threadsafe(coro, loop))"
+            )
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until nothing is left to do without new input or the clock moving: every
@@ -469,6 +496,7 @@ class Runtime(ControlPlane, ClusterMember):
     async def remove_function(self, name: str) -> None:
         """Unregister ``name``: idle sandboxes close now, busy ones when their call ends.
         Its concurrency, pool and event-invoke config go with it."""
+        self._check_running()
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
         for names in self._deployed.values():
@@ -512,7 +540,10 @@ class Runtime(ControlPlane, ClusterMember):
         config carries over (in Lambda it is the function's, not the code's)."""
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
         pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
-        scaling = ScalingAllowance(
+        current = self._registry.lookup(record.name)
+        # The scaling rate is the function's, whatever its generation: an update or a
+        # redeploy in a burst does not grant another 1,000 environments at once.
+        scaling = current.scaling if current is not None else ScalingAllowance(
             self.config.scaling_limit, self.config.scaling_window, self.clock.monotonic()
         )
         entry = FunctionEntry(record, pool, counter, scaling)
@@ -564,13 +595,19 @@ class Runtime(ControlPlane, ClusterMember):
         """
         if invocation_type == "RequestResponse":  # the warm path: invoke_detailed's, inline
             entry, request_id, qualifier = self._target(name, client_context, None, None)
-            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
+            body = encode_small(payload)
+            if body is None:  # 6 MB: their default
+                body = await encode_large(payload)
+                entry = self._current(entry)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             result = await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         elif invocation_type == "Event":  # the async path: invoke_detailed's, inline
             entry, request_id, _ = self._target(name, client_context, None, None)
             limit = EVENT_PAYLOAD_LIMIT
-            body = encode_small(payload, limit) or await encode_large(payload, limit)
+            body = encode_small(payload, limit)
+            if body is None:
+                body = await encode_large(payload, limit)
+                entry = self._current(entry)
             await self._async.enqueue(entry, body, request_id)
             return request_id
         else:
@@ -610,7 +647,10 @@ class Runtime(ControlPlane, ClusterMember):
         qualifier is :class:`~fnrt.errors.FunctionNotFound`."""
         entry, request_id, qualifier = self._target(name, client_context, qualifier, request_id)
         if invocation_type == "RequestResponse":
-            body = encode_small(payload) or await encode_large(payload)  # 6 MB: their default
+            body = encode_small(payload)
+            if body is None:  # 6 MB: their default
+                body = await encode_large(payload)
+                entry = self._current(entry)
             invoked_arn = f"{entry.record.arn}:{qualifier}" if qualifier else None
             return await self._invoker.invoke(entry, body, request_id, client_context, invoked_arn)
         if invocation_type == "DryRun":
@@ -618,11 +658,17 @@ class Runtime(ControlPlane, ClusterMember):
             return InvocationResult(request_id, entry.name, 204)
         if invocation_type == "Event":
             body = await encode_payload_async(payload, EVENT_PAYLOAD_LIMIT)
-            await self._async.enqueue(entry, body, request_id)
+            await self._async.enqueue(self._current(entry), body, request_id)
             return InvocationResult(request_id, entry.name, 202)
         raise InvalidConfig(
             f"invocation_type must be RequestResponse, Event or DryRun; got {invocation_type!r}"
         )
+
+    def _current(self, entry: FunctionEntry) -> FunctionEntry:
+        """``entry``, or what replaced it while the call awaited (a new generation: the
+        call runs on it); :class:`~fnrt.errors.FunctionNotFound` if it was removed."""
+        self._check_running()
+        return entry if entry.counter.registered else self._registry.get(entry.name)
 
     def _target(
         self,

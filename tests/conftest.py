@@ -9,7 +9,7 @@ import pytest
 
 from fnrt.testing import wait_until
 
-__all__ = ["alive", "read_jsonl", "wait_until"]
+__all__ = ["alive", "descendants", "read_jsonl", "wait_until"]
 
 
 def alive(pid: int) -> bool:
@@ -19,6 +19,26 @@ def alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def descendants(root: int | None = None) -> set[int]:
+    """The live processes below ``root`` (this test process), children's children too."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {os.getpid() if root is None else root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 @pytest.fixture

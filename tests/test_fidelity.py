@@ -54,6 +54,19 @@ async def test_scaling_rate_throttles_new_environments_not_warm_calls(release_fi
         assert rt.stats()["functions"]["hold"]["cold_starts"] == 3
 
 
+async def test_the_scaling_rate_is_the_functions_across_configuration_updates() -> None:
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, scaling_limit=1, scaling_window=10) as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami")
+        await rt.invoke("whoami", {})  # the one new environment of this window
+        await rt.update_function_configuration("whoami", timeout=5)  # a new generation
+        with pytest.raises(fnrt.TooManyRequests) as throttled:
+            await rt.invoke("whoami", {})  # needs a new environment: not another allowance
+        assert throttled.value.reason == "FunctionInvocationRateLimitExceeded"
+        await clock.advance(10)
+        assert (await rt.invoke_detailed("whoami", {})).cold_start
+
+
 # deploy(): every environment that serves events is initialized with the function's
 # configuration; the first call after deploy is a cold start with an Init Duration.
 async def test_the_first_call_after_deploy_is_a_cold_start_under_the_functions_config() -> None:

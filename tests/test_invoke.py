@@ -110,6 +110,15 @@ async def test_context_has_lambdas_attributes():
         assert c["env_name"] == "ctx" and c["env_custom"] == "hi"
 
 
+async def test_remaining_time_counts_down_from_the_timeout_on_a_fake_clock_too():
+    """The handler reads the time it has left on its own (wall) clock, so the deadline it
+    gets is on that clock: a runtime on a FakeClock must not hand it the fake clock's date
+    (the handler saw weeks left, or none)."""
+    async with fnrt.Runtime(clock=fnrt.FakeClock(wall_start=1_900_000_000.0)) as rt:
+        await rt.add_function("ctx", "handlers.chaos:context_info", timeout=7)
+        assert 5000 < (await rt.invoke("ctx", {}))["remaining_ms"] <= 7000
+
+
 async def test_function_name_may_be_an_arn():
     async with fnrt.Runtime() as rt:
         await rt.deploy("handlers.echo")

@@ -138,6 +138,30 @@ async def test_init_and_invoke_are_typed_and_replies_name_their_request(kind: st
         await factory.aclose()
 
 
+@pytest.mark.parametrize("kind", KINDS_HERE)
+async def test_a_closed_factory_starts_nothing_and_kills_what_it_made(kind: str, release_file: str):
+    """After ``aclose()`` a factory refuses to create (``RuntimeClosed``), so a cold start
+    racing the runtime's close cannot leave a sandbox (or a template process) behind;
+    a request in flight on one of its sandboxes fails at once."""
+    factory = make_factory(kind, SystemClock())
+    try:
+        sandbox = await factory.create(Resources())
+        assert (await sandbox.init(InitRequest("handlers.chaos", binding("hold")), timeout=30)).ok
+        call = asyncio.ensure_future(sandbox.invoke(request("req-1", {"release": release_file}), timeout=60))
+        await asyncio.sleep(0.2)
+        closing = asyncio.ensure_future(factory.aclose())
+        with pytest.raises(SandboxDied):
+            await asyncio.wait_for(call, 10)
+        assert factory.closed
+        open(release_file, "w").close()  # a thread that cannot be stopped returns: the close ends
+        await closing
+        with pytest.raises(fnrt.RuntimeClosed):
+            await factory.create(Resources())
+    finally:
+        open(release_file, "w").close()
+        await factory.aclose()
+
+
 async def test_deploy_still_finds_handlers_through_the_typed_init():
     async with fnrt.Runtime() as rt:
         names = await rt.deploy("handlers.echo")

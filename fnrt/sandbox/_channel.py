@@ -220,7 +220,7 @@ class ChannelSandbox:
         if isinstance(exc, ConnectionResetError):
             self._dead = True
             self._destroy()  # the process may be gone, not what it started
-            raise SandboxDied(await self._exit_reason()) from None
+            raise await self._death() from None
         # Timed out, died, broke the protocol, or cancelled mid-request: its state is
         # unknown, so it cannot be reused.
         self.kill()
@@ -253,6 +253,10 @@ class ChannelSandbox:
     async def output_so_far(self, request_id: str) -> str:
         """What invocation ``request_id`` printed before it ended without a reply."""
         return ""
+
+    async def _death(self) -> SandboxDied:
+        """What a request fails with when the sandbox closed its socket mid-request."""
+        return SandboxDied(await self._exit_reason())
 
     async def _exit_reason(self) -> str:
         """How the sandbox ended, in Lambda's words (it closed its socket mid-request)."""

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 import itertools
+import weakref
 from typing import Any
 
 from .._clock import Clock, Deadlines
@@ -26,6 +27,7 @@ from ._protocol import (
     Resources,
     SandboxDied,
     SandboxTimeout,
+    factory_closed,
     request_deadlines,
 )
 from ._worker import Worker, dispatch
@@ -49,6 +51,9 @@ class InlineSandbox:
         self._executor = executor
         self._worker = Worker(process_wide=False, apply_environment=False, enforce_memory=False)
         self._dead = False
+        #: The reply the request in flight waits for: a kill fails it at once (the thread
+        #: running the handler cannot be stopped; it is abandoned).
+        self._waiting: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
 
     @property
     def alive(self) -> bool:
@@ -92,6 +97,7 @@ class InlineSandbox:
 
         work.add_done_callback(finished)
         deadline = None if timeout is None else self._deadlines.add(fut, timeout)
+        self._waiting = fut
         try:
             reply = await fut
         except SandboxTimeout:
@@ -101,6 +107,7 @@ class InlineSandbox:
             self._dead = True
             raise
         finally:
+            self._waiting = None
             if deadline is not None:
                 Deadlines.discard(deadline)
         if reply[0].get(_p.K_FATAL):
@@ -109,6 +116,9 @@ class InlineSandbox:
 
     def kill(self) -> None:
         self._dead = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(SandboxDied("Runtime exited with error: signal: killed"))
         self._worker.close()
 
     async def close(self) -> None:
@@ -124,9 +134,19 @@ class InlineFactory:
         self._deadlines = request_deadlines(clock)
         self._ids = itertools.count(1)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="fnrt-inline")
+        self._sandboxes: weakref.WeakSet[InlineSandbox] = weakref.WeakSet()
+        self.closed = False
 
     async def create(self, resources: Resources | None = None) -> InlineSandbox:
-        return InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor, self._deadlines)
+        if self.closed:
+            raise factory_closed(self.kind)
+        sandbox = InlineSandbox(f"inline-{next(self._ids):04x}", self._clock, self._executor, self._deadlines)
+        self._sandboxes.add(sandbox)
+        return sandbox
 
     async def aclose(self) -> None:
+        """Kill every sandbox (a call in flight fails at once; its thread is abandoned)."""
+        self.closed = True
+        for sandbox in list(self._sandboxes):
+            sandbox.kill()
         self._executor.shutdown(wait=False)

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 import attrs
 
 from .._clock import Clock, Deadlines
+from ..errors import RuntimeClosed
 
 # -- the wire vocabulary: op names and header keys, spelled once ------------------------
 
@@ -284,12 +285,15 @@ class InvokeReply:
 class SandboxDied(Exception):
     """The sandbox ended (or was destroyed) during a request: crash, signal, ``os._exit``,
     a reply for another request, garbage on its socket. ``message`` is Lambda's wording,
-    ``error_type`` its type (``Runtime.ExitError``). Private: callers see a function error."""
+    ``error_type`` its type (``Runtime.ExitError``). Private: callers see a function error,
+    or, when ``service`` (the sandbox died because fnrt's machinery did: its template
+    process went), :class:`fnrt.errors.ServiceError`."""
 
-    def __init__(self, message: str, error_type: str = "Runtime.ExitError") -> None:
+    def __init__(self, message: str, error_type: str = "Runtime.ExitError", *, service: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.error_type = error_type
+        self.service = service
 
 
 class SandboxTimeout(Exception):
@@ -359,13 +363,24 @@ class SandboxFactory(Protocol):
     kind: str
     #: What this kind guarantees, a subset of :data:`ENFORCEMENTS`.
     enforces: frozenset[str]
+    #: Set by :meth:`aclose`; from then on nothing new starts.
+    closed: bool
 
     async def create(self, resources: Resources) -> Sandbox:
         """A new sandbox, not yet initialized. Raises :class:`fnrt.errors.ServiceError`
-        (within the factory's spawn timeout) when it cannot be created."""
+        (within the factory's spawn timeout) when it cannot be created, and
+        :class:`fnrt.errors.RuntimeClosed` once :meth:`aclose` has begun (also for a
+        create that was under way then: its sandbox is destroyed, never handed out)."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Destroy every sandbox this factory made, and anything it was starting."""
+        ...
+
+
+def factory_closed(kind: str) -> RuntimeClosed:
+    """What a factory raises from :meth:`SandboxFactory.create` once it is closed."""
+    return RuntimeClosed(f"the runtime closed while a sandbox was starting ({kind})")
 
 
 # -- the registry of kinds ----------------------------------------------------------------

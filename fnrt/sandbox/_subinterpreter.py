@@ -43,7 +43,7 @@ from typing import Any
 from .._clock import Clock, Deadlines
 from . import _wire
 from ._channel import Channel, ChannelSandbox
-from ._protocol import K_ERROR, K_FATAL, Resources, import_path, request_deadlines
+from ._protocol import K_ERROR, K_FATAL, Resources, factory_closed, import_path, request_deadlines
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -233,12 +233,23 @@ class SubinterpreterFactory:
         self._ids = itertools.count(1)
         self._sandboxes: set[SubinterpreterSandbox] = set()
         self._spare: SubinterpreterSandbox | None = None
+        self.closed = False
+
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise factory_closed(self.kind)
 
     async def create(self, resources: Resources | None = None) -> SubinterpreterSandbox:
+        self._refuse_if_closed()
         sandbox, self._spare = self._spare, None
         if sandbox is None or not sandbox.alive:
             sandbox = await self._boot()
-        self._spare = await self._boot()
+        spare = await self._boot()
+        if self.closed:  # aclose() ran meanwhile: neither may outlive the factory
+            spare.kill()
+            sandbox.kill()
+            raise factory_closed(self.kind)
+        self._spare = spare
         return sandbox
 
     async def _boot(self) -> SubinterpreterSandbox:
@@ -275,6 +286,7 @@ class SubinterpreterFactory:
 
     async def aclose(self) -> None:
         """Stop every sandbox; wait a little for quarantined handlers, then leave them."""
+        self.closed = True
         self._spare = None
         sandboxes = list(self._sandboxes)
         for sandbox in sandboxes:

@@ -37,7 +37,14 @@ from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
 from ._mirror import SUFFIX as OUTPUT_SUFFIX
 from ._mirror import read_file, read_output
-from ._protocol import Resources, import_path, request_deadlines, sandbox_environment
+from ._protocol import (
+    Resources,
+    SandboxDied,
+    factory_closed,
+    import_path,
+    request_deadlines,
+    sandbox_environment,
+)
 from ._tmpdirs import Claim, claim
 
 #: Seconds a spawn may take before the template counts as wedged (and is replaced).
@@ -80,6 +87,8 @@ class TemplateProcess:
         self._on_exit: dict[int, Any] = {}
         self._reaped: set[int] = set()
         self._ready: asyncio.Future[int] | None = None
+        #: Done once the template is gone: no exit status will be reported after that.
+        self._lost: asyncio.Future[None] | None = None
         self.closed = False
         #: Its sandboxes each run in control groups of their own (memory and process count
         #: for the whole environment: see ``_cgroup``), as the template found it could.
@@ -101,6 +110,7 @@ class TemplateProcess:
         }
         env["PYTHONPATH"] = _import_path()  # it imports modules the way the host does
         self._ready = loop.create_future()
+        self._lost = loop.create_future()
         self._ctrl = parent
         loop.add_reader(parent.fileno(), self._on_readable)
         try:
@@ -168,8 +178,11 @@ class TemplateProcess:
         for fut in [*self._spawning.values(), *([self._ready] if self._ready else [])]:
             if not fut.done():
                 fut.set_exception(lost)
+                fut.exception()  # retrieved: its waiter may be gone (cancelled), not an error to log
         self._spawning.clear()
         self.closed = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         # Its sandboxes die with it (their parent-death signal): nobody will report them.
         for callback in self._on_exit.values():
             callback()
@@ -247,11 +260,13 @@ class TemplateProcess:
                 pass
 
     async def exit_status(self, pid: int, timeout: float = 2.0) -> int | None:
+        """How ``pid`` ended, as the template reported it; ``None`` when it does not say
+        within ``timeout``, or cannot any more (the template is gone)."""
         fut = self._exit_future(pid)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except (TimeoutError, TemplateGone):
-            return None
+        if not fut.done() and not self.closed:
+            waiting: list[asyncio.Future[Any]] = [fut] if self._lost is None else [fut, self._lost]
+            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return fut.result() if fut.done() else None
 
     def kill_template(self) -> None:
         """SIGKILL the template (wedged or stopped); its sandboxes die with it."""
@@ -319,6 +334,15 @@ class SubprocessSandbox(ChannelSandbox):
     async def _exit_reason(self) -> str:
         return describe_exit(await self._template.exit_status(self._pid))
 
+    async def _death(self) -> SandboxDied:
+        template = self._template
+        status = await template.exit_status(self._pid)
+        if status is None and template.closed:
+            # Its template went (killed, crashed): the sandbox died with it, by its
+            # parent-death signal. fnrt's machinery failed, not the function.
+            return SandboxDied(f"the sandbox's template process exited (pid {template.pid})", service=True)
+        return SandboxDied(describe_exit(status))
+
     def _destroy(self) -> None:
         self._template.kill(self._pid)
 
@@ -365,6 +389,9 @@ class SubprocessFactory:
         self.start_timeout = start_timeout
         self._template: TemplateProcess | None = None
         self._starting: asyncio.Lock | None = None
+        #: A template being started (``aclose`` kills it: it must not outlive the factory).
+        self._pending: TemplateProcess | None = None
+        self.closed = False
         self._ids = itertools.count(1)
         self._tmp_dirs: set[str] = set()
         self._removals: set[asyncio.Future[Any]] = set()
@@ -379,25 +406,39 @@ class SubprocessFactory:
         """The template process's pid (``None`` before the first sandbox)."""
         return self._template.pid if self._template is not None and not self._template.closed else None
 
+    def _refuse_if_closed(self) -> None:
+        if self.closed:
+            raise factory_closed(self.kind)
+
     async def _ensure_template(self) -> TemplateProcess:
         if self._template is not None and not self._template.closed:
             return self._template
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
+            self._refuse_if_closed()  # closed while this call waited for the lock
             if self._template is None or self._template.closed:
-                template = TemplateProcess()
+                template = self._pending = TemplateProcess()
                 try:
                     await template.start(self.start_timeout)
                 except TimeoutError:
+                    if self.closed:  # aclose() stopped it while it started
+                        raise factory_closed(self.kind) from None
                     raise ServiceError(
                         f"could not start a sandbox: the template process did not start within "
                         f"{self.start_timeout:.1f} s"
                     ) from None
                 except (OSError, TemplateGone) as exc:
+                    if self.closed:
+                        raise factory_closed(self.kind) from None
                     raise ServiceError(
                         f"could not start a sandbox: the template process failed ({exc})"
                     ) from None
+                finally:
+                    self._pending = None
+                if self.closed:  # closed just as it came up: it goes with the factory
+                    await template.aclose()
+                    raise factory_closed(self.kind)
                 self._template = template
         return self._template
 
@@ -422,6 +463,7 @@ class SubprocessFactory:
     async def create(self, resources: Resources | None = None) -> SubprocessSandbox:
         """Fork a sandbox. Raises :class:`ServiceError` when no sandbox can be had within
         ``spawn_timeout`` (plus a template start, when one is needed)."""
+        self._refuse_if_closed()
         resources = resources or Resources()
         try:
             held = self._claims.get(resources.tmp_dir) or await self._claim(resources.tmp_dir)
@@ -438,6 +480,8 @@ class SubprocessFactory:
             raise
         loop = asyncio.get_running_loop()
         try:
+            if self.closed:  # aclose() ran while it was forked: never hand it out
+                raise factory_closed(self.kind)
             _, channel = await loop.create_unix_connection(Channel, sock=sock)
         except BaseException as exc:
             template.kill(pid)
@@ -455,7 +499,11 @@ class SubprocessFactory:
         async with self._claiming:
             held = self._claims.get(base)
             if held is None:
-                held = self._claims[base] = await asyncio.to_thread(claim, base)
+                held = await asyncio.to_thread(claim, base)
+                if self.closed:  # aclose() released the claims meanwhile: this one goes too
+                    held.release()
+                    raise factory_closed(self.kind)
+                self._claims[base] = held
             return held
 
     async def _spawn(self, setup: dict[str, Any], tmp: str) -> tuple[TemplateProcess, int, socket.socket]:
@@ -487,11 +535,22 @@ class SubprocessFactory:
                 ) from None
             except TemplateGone as exc:
                 await template.aclose()
+                if self.closed:  # it went because the factory closed: start no other
+                    raise factory_closed(self.kind) from None
                 if attempt == 2:
                     raise ServiceError(f"could not start a sandbox: {exc}") from None
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        self.closed = True
+        pending = self._pending
+        if pending is not None:  # a template still starting: its start fails at once ...
+            pending.kill_template()
+            await pending.aclose()
+            if self._starting is not None:  # ... and is reaped before this returns
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._starting.acquire(), DEFAULT_SPAWN_TIMEOUT)
+                    self._starting.release()
         if self._template is not None:
             await self._template.aclose()
             self._template = None
