@@ -776,3 +776,26 @@ async def test_stored_mappings_are_resumed_from_their_checkpoints_after_a_restar
         await until(lambda: len(ledger(path)) == 6, clock, what="records after the restart")
         await rt.wait_idle()
         assert sorted(e["id"] for e in ledger(path)) == list(range(6))  # none again
+
+
+async def test_a_batch_refused_because_the_runtime_is_closing_ends_its_poller_quietly(tmp_path: Path) -> None:
+    # The close refuses calls that reach the invoker after it began (or a sandbox is killed
+    # under one): RuntimeClosed. A shard poller meeting it stops without moving the
+    # checkpoint; it used to fail the runtime, whose close then raised it.
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        await rt.add_stream_mapping("orders", "orders", batch_size=10)
+        invoke, calls = rt._invoker.invoke, [0]
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return await invoke(*args, **kwargs)
+
+        rt._invoker.invoke = counted  # type: ignore[method-assign]
+        rt._invoker.closing = True  # as the close sets it
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: calls[0] >= 2, what="the batch refused, and tried again by a new poller")
+        assert ledger(path) == []
+        rt._invoker.closing = False
+        await until(lambda: len(ledger(path)) == 3, what="the records, none skipped")

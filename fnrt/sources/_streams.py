@@ -58,6 +58,7 @@ from ..errors import (
     FunctionNotFound,
     InvalidConfig,
     InvalidPayload,
+    RuntimeClosed,
     ServiceError,
     StreamNotFound,
     TooManyRequests,
@@ -557,6 +558,10 @@ class ShardPoller:
         from the durable checkpoint on its next turn (while the lease holds)."""
         try:
             await self._run()
+        except* RuntimeClosed:
+            # The runtime is closing under the batch (a sandbox killed, a call refused): the
+            # checkpoint stays where it is and the close gives the lease back.
+            self.log.info("shard poller stopped: the runtime is closing")
         except* INFRASTRUCTURE as group:
             for exc in group.exceptions:
                 self.log.error("shard poller failed; restarting from the checkpoint", exc_info=exc)
