@@ -5,6 +5,7 @@ runtime or the host), its memory (shared mappings too) and, as root, its user.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -12,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -240,23 +242,30 @@ async def test_processes_a_handler_starts_die_when_its_sandbox_retires():
         await wait_until(lambda: not alive(pid), "the retired sandbox's child to die")
 
 
-async def test_processes_a_handler_starts_die_when_the_host_is_killed():
+@contextlib.asynccontextmanager
+async def isolation_host() -> AsyncIterator[tuple[asyncio.subprocess.Process, int, str]]:
+    """``tests.isolation_host`` started: the process, its handler's child pid and another
+    sandbox's TMPDIR; killed at the end if the test did not."""
     host = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.isolation_host", stdout=asyncio.subprocess.PIPE
     )
     try:
         assert host.stdout is not None
         line = await asyncio.wait_for(host.stdout.readline(), 60)
-        pid, tmp = int(line.split()[0]), line.split()[1].decode()
+        yield host, int(line.split()[0]), line.split()[1].decode()
+    finally:
+        if host.returncode is None:
+            host.kill()
+            await host.wait()
+
+
+async def test_processes_a_handler_starts_die_when_the_host_is_killed():
+    async with isolation_host() as (host, pid, tmp):
         assert alive(pid) and os.path.isdir(tmp)
         host.kill()
         await host.wait()
         await wait_until(lambda: not alive(pid), "the child of a killed host's sandbox to die")
         await wait_until(lambda: not os.path.exists(tmp), "the killed host's sandbox TMPDIR to go")
-    finally:
-        if host.returncode is None:
-            host.kill()
-            await host.wait()
 
 
 def _children(pid: int) -> list[int]:
@@ -270,13 +279,7 @@ def _children(pid: int) -> list[int]:
 async def test_tmpdirs_left_when_host_and_template_die_together_are_swept_by_the_next_host():
     # kill -9 of both at once (a process group, the OOM killer, a container stopped): the
     # host cannot remove its sandboxes' TMPDIRs, nor the template. The next host sweeps them.
-    host = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.isolation_host", stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert host.stdout is not None
-        line = await asyncio.wait_for(host.stdout.readline(), 60)
-        child, tmp = int(line.split()[0]), line.split()[1].decode()
+    async with isolation_host() as (host, child, tmp):
         for pid in [*_children(host.pid), host.pid]:  # the template, then the host
             os.kill(pid, signal.SIGKILL)
         await host.wait()
@@ -294,10 +297,6 @@ async def test_tmpdirs_left_when_host_and_template_die_together_are_swept_by_the
             assert not os.path.exists(tmp) and not os.path.exists(lock)
             assert os.path.isdir(mine)  # its own are kept
         assert not os.path.exists(mine)
-    finally:
-        if host.returncode is None:
-            host.kill()
-            await host.wait()
 
 
 def test_a_sweep_takes_only_claims_whose_host_is_gone(tmp_path):
