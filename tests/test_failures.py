@@ -38,11 +38,22 @@ async def test_timeout_kills_the_sandbox_and_the_next_event_gets_a_fresh_one(rel
 
 
 async def past_its_timeout(
-    rt: fnrt.Runtime, clock: fnrt.FakeClock, name: str, event: dict[str, Any], seconds: float
+    rt: fnrt.Runtime,
+    clock: fnrt.FakeClock,
+    name: str,
+    event: dict[str, Any],
+    seconds: float,
+    printed: str | None = None,
 ) -> Any:
-    """Invoke ``name`` and move the clock ``seconds`` on once the call runs (and its timers wait)."""
+    """Invoke ``name`` and move the clock ``seconds`` on once the call runs (and its timers
+    wait), and once its sandbox has ``printed`` that, when given."""
     call = asyncio.ensure_future(rt.invoke(name, event))
     await wait_until(lambda: rt.stats()["functions"][name]["busy"] == 1 and clock.pending_timers >= 2)
+    if printed is not None:  # in the sandbox's output file (see fnrt.sandbox._mirror)
+        from fnrt.sandbox._mirror import SUFFIX, read_file
+
+        busy = [e.sandbox for e in rt._registry.get(name).pool.active]
+        await wait_until(lambda: any(printed.encode() in read_file(sb.tmp + SUFFIX) for sb in busy))
     await clock.advance(seconds)
     return await call
 
@@ -79,7 +90,7 @@ async def test_what_a_handler_printed_before_it_ended_without_a_reply_is_in_its_
         await rt.invoke("f", {"how": "none"})  # a first one that replies, in this environment
         with pytest.raises(fnrt.FunctionError) as ended:
             if how == "hang":
-                await past_its_timeout(rt, clock, "f", {"how": how}, 1.1)
+                await past_its_timeout(rt, clock, "f", {"how": how}, 1.1, printed="before the end: hang")
             else:
                 await rt.invoke("f", {"how": how})
         rid = ended.value.request_id
@@ -341,6 +352,11 @@ async def test_init_timeout_is_retried_within_the_function_timeout_then_times_ou
         await asyncio.sleep(0.05)
         assert not call.done()  # ... and is retried
         await wait_until(lambda: rt.stats()["functions"]["slow"]["starting"] == 1)
+        # ... and prints again (its output file, see fnrt.sandbox._mirror) before it runs out
+        from fnrt.sandbox._mirror import SUFFIX, read_file
+
+        live = rt._factory("subprocess")._tmp_dirs
+        await wait_until(lambda: any(b"loading the model" in read_file(t + SUFFIX) for t in live))
         await clock.advance(3)  # the retry runs out of the function's 3 s too
         with pytest.raises(fnrt.FunctionTimeout) as info:
             await call
