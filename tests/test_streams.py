@@ -799,3 +799,28 @@ async def test_a_batch_refused_because_the_runtime_is_closing_ends_its_poller_qu
         assert ledger(path) == []
         rt._invoker.closing = False
         await until(lambda: len(ledger(path)) == 3, what="the records, none skipped")
+
+
+async def test_two_adds_of_one_mapping_at_once_start_it_once(tmp_path: Path) -> None:
+    # A resume beside a user's add (or two control-plane calls) of one (stream, function):
+    # both found none and both started, under one uuid; the second replaced the first in
+    # the runtime's list, so removing the mapping left the first polling and delivering.
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        results = await asyncio.gather(
+            rt.add_stream_mapping("orders", "orders"),
+            rt.add_stream_mapping("orders", "orders"),
+            return_exceptions=True,
+        )
+        [mapping] = [r for r in results if not isinstance(r, BaseException)]
+        [refused] = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(refused, InvalidConfig) and "exists already" in str(refused)
+        assert rt.stream_mappings() == [mapping]
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: len(ledger(path)) == 3, what="delivered")
+        await rt.remove_stream_mapping(mapping)
+        pollers = [t for t in asyncio.all_tasks() if mapping.uuid in t.get_name()]
+        await until(lambda: all(t.done() for t in pollers), what="every poller of the mapping ended")
+        await rt.wait_idle()
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]

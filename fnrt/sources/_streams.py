@@ -1143,27 +1143,31 @@ class StreamSource:
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig
     ) -> StreamMapping:
-        stream = await self.get_stream(stream_name)
-        name = self.registry.get(function).name
-        for mapping in self.mappings.values():
-            if mapping.stream.name == stream.name and mapping.function == name:
-                raise InvalidConfig(
-                    f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
-                )
-        store = await self.store()
-        row = await store.create_mapping(
-            str(uuid.uuid4()),
-            stream.name,
-            name,
-            config.to_dict(),
-            config.starting_position,
-            config.starting_position_timestamp,
-            self.clock.time(),
-        )
-        mapping = StreamMapping(self, row.uuid, stream, name, config)
-        self.mappings[row.uuid] = mapping
-        mapping.start()
-        return mapping
+        # Under the lock of every change: two adds of one (stream, function) at once (a
+        # resume beside a user's add) both found none, and both started, under one uuid;
+        # the one left out of ``mappings`` was never stopped, not even by its removal.
+        async with self._changing:
+            stream = await self.get_stream(stream_name)
+            name = self.registry.get(function).name
+            for mapping in self.mappings.values():
+                if mapping.stream.name == stream.name and mapping.function == name:
+                    raise InvalidConfig(
+                        f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
+                    )
+            store = await self.store()
+            row = await store.create_mapping(
+                str(uuid.uuid4()),
+                stream.name,
+                name,
+                config.to_dict(),
+                config.starting_position,
+                config.starting_position_timestamp,
+                self.clock.time(),
+            )
+            mapping = StreamMapping(self, row.uuid, stream, name, config)
+            self.mappings[row.uuid] = mapping
+            mapping.start()
+            return mapping
 
     async def update_mapping(self, key: str, config: StreamMappingConfig) -> StreamMapping:
         """Restart mapping ``key`` with ``config``: the durable config is replaced, then
