@@ -1100,11 +1100,16 @@ class StreamSource:
         return await (await self.store()).stream_names()
 
     async def get_stream(self, name: str) -> Stream:
+        store = await self.store()
+        # Asked each time, not taken from the cache: on a shared store another host may
+        # have deleted the stream (Describe answered it with no shards, and CreateStream
+        # refused to make it again: "already exists").
+        if not await store.stream_exists(name):
+            self._streams.pop(name, None)
+            self._retention.pop(name, None)
+            raise StreamNotFound(name)
         stream = self._streams.get(name)
         if stream is None:
-            store = await self.store()
-            if not await store.stream_exists(name):
-                raise StreamNotFound(name)
             self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
