@@ -824,3 +824,24 @@ async def test_two_adds_of_one_mapping_at_once_start_it_once(tmp_path: Path) -> 
         await until(lambda: all(t.done() for t in pollers), what="every poller of the mapping ended")
         await rt.wait_idle()
     assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_a_mapping_removed_by_another_host_stops_here_without_delivering_again(tmp_path: Path) -> None:
+    # Both hosts run the mapping (B resumed it); B removes it, and its checkpoints and leases
+    # go. A took the shard again and read it from the beginning (no checkpoint): every record
+    # a second time, and A kept the mapping for good.
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a, Runtime(state_dir=state) as b:
+        path = await orders_function(a, tmp_path)
+        await orders_function(b, tmp_path)
+        stream = await a.create_stream("orders")
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await a.add_stream_mapping("orders", "orders", lease_seconds=3, poll_interval=60)
+        [theirs] = await b.resume_stream_mappings()
+        await until(lambda: len(ledger(path)) == 3, what="delivered")
+        await b.remove_stream_mapping(theirs)
+        await stream.put_records([(order(3), "k")])  # wakes A's mapping
+        await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+        await a.wait_idle()
+        assert (await a.get_stream("orders")).name == "orders"  # the stream stays
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]

@@ -371,11 +371,15 @@ class StreamMapping:
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
         shards = await store.shards(self.stream.name)
-        if not shards and not self._retiring and not await store.stream_exists(self.stream.name):
-            # Another host deleted the stream, and the mapping with it: forget it here too.
+        if not self._retiring and await self._removed(store):
+            # Another host removed the mapping, or deleted its stream (and the mapping with
+            # it): its checkpoints are gone, so a shard taken now would be read again from
+            # its beginning. Forget it here too.
             self._retiring = True
-            self._log.warning("stream deleted elsewhere; the mapping goes with it")
+            self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        if self._retiring:
+            shards = []  # nothing more is taken (the store refuses the leases anyway)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -422,6 +426,11 @@ class StreamMapping:
             await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
+
+    async def _removed(self, store: StreamStore) -> bool:
+        """The mapping's row is gone from the store (or is another mapping's now)."""
+        row = await store.mapping(self.stream.name, self.function)
+        return row is None or row.uuid != self.uuid
 
     async def _steal_one(
         self,
@@ -1222,8 +1231,8 @@ class StreamSource:
             await (await self.store()).delete_mapping(found.uuid)
 
     async def forget_mapping(self, mapping: StreamMapping) -> None:
-        """Stop and forget ``mapping`` on this host, whose stream another host deleted (the
-        store's rows went with the stream)."""
+        """Stop and forget ``mapping`` on this host, which another host removed, or whose
+        stream another host deleted (the store's rows went with it)."""
         async with self._changing:
             if self.mappings.get(mapping.uuid) is not mapping:
                 return  # updated or removed meanwhile
