@@ -845,3 +845,26 @@ async def test_a_mapping_removed_by_another_host_stops_here_without_delivering_a
         await a.wait_idle()
         assert (await a.get_stream("orders")).name == "orders"  # the stream stays
     assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_an_update_cannot_move_the_starting_position(tmp_path: Path) -> None:
+    # The starting position is a new mapping's only (Lambda's UpdateEventSourceMapping has
+    # none). An update to AT_TIMESTAMP with a timestamp to come was accepted: the new
+    # pollers passed over, and checkpointed past, every record put before it.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        mapping = await rt.add_stream_mapping("orders", "orders", starting_position="TRIM_HORIZON")
+        for change in (
+            {"starting_position": "AT_TIMESTAMP", "starting_position_timestamp": clock.time() + 600},
+            {"starting_position": "LATEST"},
+        ):
+            with pytest.raises(InvalidConfig, match="starting position"):
+                await rt.update_stream_mapping(mapping, **change)
+        same = await rt.update_stream_mapping(mapping, starting_position="TRIM_HORIZON", batch_size=5)
+        assert same.config.batch_size == 5 and same.config.starting_position == "TRIM_HORIZON"
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: len(ledger(path)) == 3, clock, what="every record")
+        await rt.wait_idle()
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]

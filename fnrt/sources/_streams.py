@@ -1192,6 +1192,18 @@ class StreamSource:
             found = self.mappings.get(key)
             if found is None:
                 raise InvalidConfig(f"no stream mapping {key!r}")
+            was, wanted = found.config, config
+            if (was.starting_position, was.starting_position_timestamp) != (
+                wanted.starting_position,
+                wanted.starting_position_timestamp,
+            ):
+                # The pollers pass over what arrived before an AT_TIMESTAMP's timestamp: a
+                # new one would move the checkpoints past records never delivered.
+                raise InvalidConfig(
+                    "the starting position is a new mapping's only (UpdateEventSourceMapping "
+                    f"has none): mapping {key!r} starts at {was.starting_position}; remove it "
+                    "and add it again to start elsewhere"
+                )
             store = await self.store()
             # Written before anything stops: an error here leaves the running mapping as
             # it was, never a stopped one that the control plane still reports enabled.
