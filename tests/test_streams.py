@@ -868,3 +868,34 @@ async def test_an_update_cannot_move_the_starting_position(tmp_path: Path) -> No
         await until(lambda: len(ledger(path)) == 3, clock, what="every record")
         await rt.wait_idle()
     assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_adding_a_stored_mapping_again_resumes_it_from_its_checkpoints(tmp_path: Path) -> None:
+    # A host that adds its mapping at each start "from now" (AT_TIMESTAMP, the time of the
+    # start) resumes the stored one from its checkpoints: what arrived while it was down is
+    # delivered. The new timestamp replaced the stored one, and the pollers passed over,
+    # and checkpointed past, every record put before the restart.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=clock.time()
+        )
+        await stream.put_records([(order(0), "k")])
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first record")
+        await rt.wait_idle()
+    await clock.advance(60)
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        stream = await rt.get_stream("orders")
+        await stream.put_records([(order(1), "k")])  # while no mapping runs
+        await clock.advance(60)
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=clock.time()
+        )
+        await stream.put_records([(order(2), "k")])
+        await until(lambda: len(ledger(path)) == 3, clock, what="the records since the restart")
+        await rt.wait_idle()
+        assert mapping.config.starting_position_timestamp < clock.time() - 60  # the stored one
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]

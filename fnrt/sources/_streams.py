@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+import attrs
+
 from .._clock import Clock
 from .._config import StreamMappingConfig
 from .._invoke import Invoker, decode_result
@@ -957,6 +959,19 @@ class ShardPoller:
         )
 
 
+def _keep_start(config: StreamMappingConfig, stored: dict[str, Any]) -> StreamMappingConfig:
+    """``config`` with the starting position of the stored mapping's config ``stored``."""
+    try:
+        kept = StreamMappingConfig.from_kwargs(stored)
+    except InvalidConfig:  # written by another version: the given one stands
+        return config
+    return attrs.evolve(
+        config,
+        starting_position=kept.starting_position,
+        starting_position_timestamp=kept.starting_position_timestamp,
+    )
+
+
 def _drop(task: asyncio.Task[Any]) -> None:
     """Cancel a read ahead nobody will use, and retrieve its outcome (no warning for an
     error nobody needs)."""
@@ -1169,6 +1184,13 @@ class StreamSource:
                         f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
                     )
             store = await self.store()
+            stored = await store.mapping(stream.name, name)
+            if stored is not None:
+                # The stored mapping goes on from its checkpoints (a restart; another host's):
+                # its starting position stays, as an update's does. A new one (a host that
+                # adds its mapping "from now" at each start) would pass over, and checkpoint
+                # past, what arrived while it was down.
+                config = _keep_start(config, stored.config)
             row = await store.create_mapping(
                 str(uuid.uuid4()),
                 stream.name,
