@@ -18,10 +18,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._loop import LOOPS, loop_name, run
 from .sandbox import KINDS
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:9001"
 EXIT_FUNCTION_ERROR = 1
@@ -71,6 +74,17 @@ async def _serve(args: argparse.Namespace) -> int:
         return 0
 
 
+def _function_name(rt: Runtime, ref: str) -> str:
+    """The name of the function ``ref`` names (a name, partial or full ARN); ``ref`` itself
+    when none is registered (adding the mapping then says so)."""
+    from .errors import FunctionNotFound
+
+    try:
+        return rt.get_function(ref).name
+    except FunctionNotFound:
+        return ref
+
+
 async def _serve_until_stopped(
     args: argparse.Namespace, stop: asyncio.Event, phase: dict[str, bool]
 ) -> int:
@@ -105,7 +119,9 @@ async def _serve_until_stopped(
             stream_name, sep, function = spec.partition("=")
             if not sep:
                 raise CliError(f"--mapping takes STREAM=FUNCTION, got {spec!r}")
-            if (stream_name, function) in resumed:
+            # the mapping resumed under the function's name, whatever the spec calls it (an
+            # ARN, a partial ARN): the same mapping, not a second one
+            if (stream_name, _function_name(rt, function)) in resumed:
                 continue
             mapping = await rt.add_stream_mapping(stream_name, function)
             _progress(f"mapping {stream_name} -> {function} ({mapping.uuid})")

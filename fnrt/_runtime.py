@@ -838,7 +838,8 @@ class Runtime(ControlPlane, ClusterMember):
     async def add_stream_mapping(self, stream: str, function: str, **config: Any) -> StreamMapping:
         """Start an event source mapping from ``stream`` to ``function`` with
         :class:`~fnrt.StreamMappingConfig` settings. The same pair added again after a
-        restart resumes from its durable checkpoints."""
+        restart resumes from its durable checkpoints (its other settings are the new ones;
+        its starting position stays the stored one's, a new mapping's only)."""
         self._check_running()
         mapping_config = StreamMappingConfig.from_kwargs(config)
         return await self._streams.add_mapping(stream, function, mapping_config)

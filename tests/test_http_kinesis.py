@@ -498,3 +498,26 @@ async def test_shards_past_the_account_limit_are_limit_exceeded(served, monkeypa
     assert code == "LimitExceededException"
     assert await rt.list_streams() == ["a"]
     assert len(await (await rt.get_stream("a")).shards()) == 4  # 3 open, 1 closed
+
+
+async def test_a_stream_another_host_deleted_is_gone_here_too(tmp_path: Path):
+    # Two hosts on one store: B deletes the stream that A's HTTP face had answered for. A
+    # kept it in its cache: Describe answered a stream without shards, and CreateStream
+    # refused to make it again ("already exists").
+    from botocore.exceptions import ClientError
+
+    state = tmp_path / "state"
+    async with fnrt.Runtime(state_dir=state) as a, fnrt.Runtime(state_dir=state) as b:
+        async with InvokeServer(a, port=0) as server:
+            kinesis = kinesis_client(server.url)
+            await call(kinesis.create_stream, StreamName="orders", ShardCount=2)
+            await call(kinesis.put_record, StreamName="orders", Data=b"x", PartitionKey="c")
+            await b.delete_stream("orders")
+            with pytest.raises(ClientError) as raised:
+                await call(kinesis.describe_stream_summary, StreamName="orders")
+            assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+            with pytest.raises(fnrt.StreamNotFound):
+                await a.get_stream("orders")
+            await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
+            summary = await call(kinesis.describe_stream_summary, StreamName="orders")
+            assert summary["StreamDescriptionSummary"]["OpenShardCount"] == 1

@@ -199,3 +199,19 @@ async def test_a_mapping_created_over_the_control_plane_outlives_a_restart(tmp_p
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
+
+
+async def test_a_mapping_given_by_function_arn_starts_again_after_a_restart(tmp_path: Path) -> None:
+    # The restart resumes the stored mapping under the function's name; the --mapping given
+    # by ARN (or partial ARN) is the same one, not a second: serve starts, it did not
+    # ("a mapping from 'orders' to 'whoami' exists already").
+    state = str(tmp_path / "state")
+    function_arn = "arn:aws:lambda:us-east-1:000000000000:function:whoami"
+    for spec in ("orders=whoami", f"orders={function_arn}", "orders=000000000000:function:whoami"):
+        proc, url = await start_server("--state-dir", state, "--stream", "orders:1", "--mapping", spec)
+        try:
+            listed = await asyncio.to_thread(_call, url, "/2015-03-31/event-source-mappings/")
+            assert [m["FunctionArn"] for m in listed["EventSourceMappings"]] == [function_arn]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()

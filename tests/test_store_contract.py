@@ -644,8 +644,26 @@ async def test_two_stores_creating_one_mapping_end_with_one(store_factory: Store
     assert rows[0].uuid == rows[1].uuid
 
 
+async def mapped(streams: StreamStore, uuid: str) -> str:
+    """A mapping ``uuid`` (of a stream of its own): a lease is of a mapping that exists."""
+    await streams.create_stream(f"leased-{uuid}", 1, 86_400.0, T0)
+    return (await streams.create_mapping(uuid, f"leased-{uuid}", "f", {}, "TRIM_HORIZON", None, T0)).uuid
+
+
+async def test_a_lease_is_not_taken_for_a_mapping_removed_meanwhile(streams: StreamStore) -> None:
+    # Another host removed the mapping (its leases and checkpoints went with it) just as this
+    # host's coordinator took a lease: the lease was taken, and its poller read the shard
+    # again from the beginning (no checkpoint), delivering every record a second time.
+    m, s = await mapped(streams, "m"), "shardId-000000000000"
+    assert await streams.acquire_lease(m, s, "a", T0, 10)
+    await streams.delete_mapping(m)
+    assert not await streams.acquire_lease(m, s, "a", T0 + 1, 10)
+    assert not await streams.acquire_lease("never-made", s, "a", T0 + 1, 10)
+    assert await streams.leases(m) == {} and await streams.checkpoints(m) == {}
+
+
 async def test_shard_leases(streams: StreamStore) -> None:
-    m, s = "m", "shardId-000000000000"
+    m, s = await mapped(streams, "m"), "shardId-000000000000"
     assert await streams.acquire_lease(m, s, "a", T0, 10)
     assert await streams.acquire_lease(m, s, "a", T0 + 1, 10)  # ours: renewed
     assert not await streams.acquire_lease(m, s, "b", T0 + 5, 10)  # alive: not taken
@@ -665,6 +683,7 @@ async def test_shard_leases(streams: StreamStore) -> None:
 
 async def test_two_stores_acquiring_a_free_lease_one_wins(store_factory: Stores) -> None:
     one, two = await store_factory.open(), await store_factory.open()
+    await mapped(one.streams, "m")
     for round_ in range(10):
         shard = f"shardId-{round_:012d}"
         won = await asyncio.gather(
@@ -686,7 +705,7 @@ async def test_two_stores_acquiring_a_free_lease_one_wins(store_factory: Stores)
 
 
 async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamStore) -> None:
-    m, s = "m", "shardId-000000000000"
+    m, s = await mapped(streams, "m"), "shardId-000000000000"
     failure = ("sink:failed", {"shard": s, "seq": 4}, T0)
     assert not await streams.checkpoint(m, s, "a", 3)  # no lease
     assert not await streams.checkpoint(m, s, "a", 4, failure=failure)
@@ -714,7 +733,7 @@ async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamSt
 async def test_concurrent_checkpoints_each_get_their_own_answer(streams: StreamStore) -> None:
     """Pollers of several shards checkpoint at once (a store may write them together):
     each call is judged by its own lease, and a call without one writes nothing."""
-    m = "m-many"
+    m = await mapped(streams, "m-many")
     shards = [f"shardId-{i:012d}" for i in range(6)]
     for shard in shards[:4]:
         assert await streams.acquire_lease(m, shard, "a", T0, 10)
@@ -730,7 +749,7 @@ async def test_concurrent_checkpoints_each_get_their_own_answer(streams: StreamS
 
 async def test_a_live_lease_is_stolen_only_from_its_holder(store_factory: Stores) -> None:
     one, two = await store_factory.open(), await store_factory.open()
-    m, s = "m", "shardId-000000000000"
+    m, s = await mapped(one.streams, "m"), "shardId-000000000000"
     assert await one.streams.acquire_lease(m, s, "a", T0, 10)
     assert not await two.streams.steal_lease(m, s, "b", "c", T0 + 1, 10)  # c does not hold it
     assert not await two.streams.steal_lease(m, "shardId-000000000009", "b", "a", T0 + 1, 10)  # no lease

@@ -799,3 +799,103 @@ async def test_a_batch_refused_because_the_runtime_is_closing_ends_its_poller_qu
         assert ledger(path) == []
         rt._invoker.closing = False
         await until(lambda: len(ledger(path)) == 3, what="the records, none skipped")
+
+
+async def test_two_adds_of_one_mapping_at_once_start_it_once(tmp_path: Path) -> None:
+    # A resume beside a user's add (or two control-plane calls) of one (stream, function):
+    # both found none and both started, under one uuid; the second replaced the first in
+    # the runtime's list, so removing the mapping left the first polling and delivering.
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        results = await asyncio.gather(
+            rt.add_stream_mapping("orders", "orders"),
+            rt.add_stream_mapping("orders", "orders"),
+            return_exceptions=True,
+        )
+        [mapping] = [r for r in results if not isinstance(r, BaseException)]
+        [refused] = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(refused, InvalidConfig) and "exists already" in str(refused)
+        assert rt.stream_mappings() == [mapping]
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: len(ledger(path)) == 3, what="delivered")
+        await rt.remove_stream_mapping(mapping)
+        pollers = [t for t in asyncio.all_tasks() if mapping.uuid in t.get_name()]
+        await until(lambda: all(t.done() for t in pollers), what="every poller of the mapping ended")
+        await rt.wait_idle()
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_a_mapping_removed_by_another_host_stops_here_without_delivering_again(tmp_path: Path) -> None:
+    # Both hosts run the mapping (B resumed it); B removes it, and its checkpoints and leases
+    # go. A took the shard again and read it from the beginning (no checkpoint): every record
+    # a second time, and A kept the mapping for good.
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a, Runtime(state_dir=state) as b:
+        path = await orders_function(a, tmp_path)
+        await orders_function(b, tmp_path)
+        stream = await a.create_stream("orders")
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await a.add_stream_mapping("orders", "orders", lease_seconds=3, poll_interval=60)
+        [theirs] = await b.resume_stream_mappings()
+        await until(lambda: len(ledger(path)) == 3, what="delivered")
+        await b.remove_stream_mapping(theirs)
+        await stream.put_records([(order(3), "k")])  # wakes A's mapping
+        await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+        await a.wait_idle()
+        assert (await a.get_stream("orders")).name == "orders"  # the stream stays
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_an_update_cannot_move_the_starting_position(tmp_path: Path) -> None:
+    # The starting position is a new mapping's only (Lambda's UpdateEventSourceMapping has
+    # none). An update to AT_TIMESTAMP with a timestamp to come was accepted: the new
+    # pollers passed over, and checkpointed past, every record put before it.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        mapping = await rt.add_stream_mapping("orders", "orders", starting_position="TRIM_HORIZON")
+        for change in (
+            {"starting_position": "AT_TIMESTAMP", "starting_position_timestamp": clock.time() + 600},
+            {"starting_position": "LATEST"},
+        ):
+            with pytest.raises(InvalidConfig, match="starting position"):
+                await rt.update_stream_mapping(mapping, **change)
+        same = await rt.update_stream_mapping(mapping, starting_position="TRIM_HORIZON", batch_size=5)
+        assert same.config.batch_size == 5 and same.config.starting_position == "TRIM_HORIZON"
+        await stream.put_records([(order(i), "k") for i in range(3)])
+        await until(lambda: len(ledger(path)) == 3, clock, what="every record")
+        await rt.wait_idle()
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+async def test_adding_a_stored_mapping_again_resumes_it_from_its_checkpoints(tmp_path: Path) -> None:
+    # A host that adds its mapping at each start "from now" (AT_TIMESTAMP, the time of the
+    # start) resumes the stored one from its checkpoints: what arrived while it was down is
+    # delivered. The new timestamp replaced the stored one, and the pollers passed over,
+    # and checkpointed past, every record put before the restart.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders")
+        await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=clock.time()
+        )
+        await stream.put_records([(order(0), "k")])
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first record")
+        await rt.wait_idle()
+    await clock.advance(60)
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        stream = await rt.get_stream("orders")
+        await stream.put_records([(order(1), "k")])  # while no mapping runs
+        await clock.advance(60)
+        mapping = await rt.add_stream_mapping(
+            "orders", "orders", starting_position="AT_TIMESTAMP", starting_position_timestamp=clock.time()
+        )
+        await stream.put_records([(order(2), "k")])
+        await until(lambda: len(ledger(path)) == 3, clock, what="the records since the restart")
+        await rt.wait_idle()
+        assert mapping.config.starting_position_timestamp < clock.time() - 60  # the stored one
+    assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]

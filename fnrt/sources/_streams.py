@@ -37,6 +37,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+import attrs
+
 from .._clock import Clock
 from .._config import StreamMappingConfig
 from .._invoke import Invoker, decode_result
@@ -371,11 +373,15 @@ class StreamMapping:
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
         shards = await store.shards(self.stream.name)
-        if not shards and not self._retiring and not await store.stream_exists(self.stream.name):
-            # Another host deleted the stream, and the mapping with it: forget it here too.
+        if not self._retiring and await self._removed(store):
+            # Another host removed the mapping, or deleted its stream (and the mapping with
+            # it): its checkpoints are gone, so a shard taken now would be read again from
+            # its beginning. Forget it here too.
             self._retiring = True
-            self._log.warning("stream deleted elsewhere; the mapping goes with it")
+            self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        if self._retiring:
+            shards = []  # nothing more is taken (the store refuses the leases anyway)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -422,6 +428,11 @@ class StreamMapping:
             await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
+
+    async def _removed(self, store: StreamStore) -> bool:
+        """The mapping's row is gone from the store (or is another mapping's now)."""
+        row = await store.mapping(self.stream.name, self.function)
+        return row is None or row.uuid != self.uuid
 
     async def _steal_one(
         self,
@@ -948,6 +959,19 @@ class ShardPoller:
         )
 
 
+def _keep_start(config: StreamMappingConfig, stored: dict[str, Any]) -> StreamMappingConfig:
+    """``config`` with the starting position of the stored mapping's config ``stored``."""
+    try:
+        kept = StreamMappingConfig.from_kwargs(stored)
+    except InvalidConfig:  # written by another version: the given one stands
+        return config
+    return attrs.evolve(
+        config,
+        starting_position=kept.starting_position,
+        starting_position_timestamp=kept.starting_position_timestamp,
+    )
+
+
 def _drop(task: asyncio.Task[Any]) -> None:
     """Cancel a read ahead nobody will use, and retrieve its outcome (no warning for an
     error nobody needs)."""
@@ -1100,11 +1124,16 @@ class StreamSource:
         return await (await self.store()).stream_names()
 
     async def get_stream(self, name: str) -> Stream:
+        store = await self.store()
+        # Asked each time, not taken from the cache: on a shared store another host may
+        # have deleted the stream (Describe answered it with no shards, and CreateStream
+        # refused to make it again: "already exists").
+        if not await store.stream_exists(name):
+            self._streams.pop(name, None)
+            self._retention.pop(name, None)
+            raise StreamNotFound(name)
         stream = self._streams.get(name)
         if stream is None:
-            store = await self.store()
-            if not await store.stream_exists(name):
-                raise StreamNotFound(name)
             self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
@@ -1143,27 +1172,38 @@ class StreamSource:
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig
     ) -> StreamMapping:
-        stream = await self.get_stream(stream_name)
-        name = self.registry.get(function).name
-        for mapping in self.mappings.values():
-            if mapping.stream.name == stream.name and mapping.function == name:
-                raise InvalidConfig(
-                    f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
-                )
-        store = await self.store()
-        row = await store.create_mapping(
-            str(uuid.uuid4()),
-            stream.name,
-            name,
-            config.to_dict(),
-            config.starting_position,
-            config.starting_position_timestamp,
-            self.clock.time(),
-        )
-        mapping = StreamMapping(self, row.uuid, stream, name, config)
-        self.mappings[row.uuid] = mapping
-        mapping.start()
-        return mapping
+        # Under the lock of every change: two adds of one (stream, function) at once (a
+        # resume beside a user's add) both found none, and both started, under one uuid;
+        # the one left out of ``mappings`` was never stopped, not even by its removal.
+        async with self._changing:
+            stream = await self.get_stream(stream_name)
+            name = self.registry.get(function).name
+            for mapping in self.mappings.values():
+                if mapping.stream.name == stream.name and mapping.function == name:
+                    raise InvalidConfig(
+                        f"a mapping from {stream.name!r} to {name!r} exists already: {mapping.uuid}"
+                    )
+            store = await self.store()
+            stored = await store.mapping(stream.name, name)
+            if stored is not None:
+                # The stored mapping goes on from its checkpoints (a restart; another host's):
+                # its starting position stays, as an update's does. A new one (a host that
+                # adds its mapping "from now" at each start) would pass over, and checkpoint
+                # past, what arrived while it was down.
+                config = _keep_start(config, stored.config)
+            row = await store.create_mapping(
+                str(uuid.uuid4()),
+                stream.name,
+                name,
+                config.to_dict(),
+                config.starting_position,
+                config.starting_position_timestamp,
+                self.clock.time(),
+            )
+            mapping = StreamMapping(self, row.uuid, stream, name, config)
+            self.mappings[row.uuid] = mapping
+            mapping.start()
+            return mapping
 
     async def update_mapping(self, key: str, config: StreamMappingConfig) -> StreamMapping:
         """Restart mapping ``key`` with ``config``: the durable config is replaced, then
@@ -1174,6 +1214,18 @@ class StreamSource:
             found = self.mappings.get(key)
             if found is None:
                 raise InvalidConfig(f"no stream mapping {key!r}")
+            was, wanted = found.config, config
+            if (was.starting_position, was.starting_position_timestamp) != (
+                wanted.starting_position,
+                wanted.starting_position_timestamp,
+            ):
+                # The pollers pass over what arrived before an AT_TIMESTAMP's timestamp: a
+                # new one would move the checkpoints past records never delivered.
+                raise InvalidConfig(
+                    "the starting position is a new mapping's only (UpdateEventSourceMapping "
+                    f"has none): mapping {key!r} starts at {was.starting_position}; remove it "
+                    "and add it again to start elsewhere"
+                )
             store = await self.store()
             # Written before anything stops: an error here leaves the running mapping as
             # it was, never a stopped one that the control plane still reports enabled.
@@ -1213,8 +1265,8 @@ class StreamSource:
             await (await self.store()).delete_mapping(found.uuid)
 
     async def forget_mapping(self, mapping: StreamMapping) -> None:
-        """Stop and forget ``mapping`` on this host, whose stream another host deleted (the
-        store's rows went with the stream)."""
+        """Stop and forget ``mapping`` on this host, which another host removed, or whose
+        stream another host deleted (the store's rows went with it)."""
         async with self._changing:
             if self.mappings.get(mapping.uuid) is not mapping:
                 return  # updated or removed meanwhile

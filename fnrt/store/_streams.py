@@ -473,13 +473,16 @@ class SQLiteStreams:
 
     async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
         """Take the shard's lease if it is free, expired, or ours already: one upsert
-        whose ``WHERE`` judges ownership and expiry as it writes."""
+        whose ``WHERE`` judges ownership and expiry as it writes, and only while the
+        mapping is there (another host may have removed it: its leases and checkpoints went
+        with it, and a lease taken then would read the shard again from its beginning)."""
         rows = await self.db.write_returning(
-            "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO stream_leases (mapping, shard_id, owner, expires_at) SELECT ?, ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM stream_mappings WHERE uuid = ?) "
             "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
             "expires_at = excluded.expires_at WHERE owner = excluded.owner OR expires_at < ? "
             "RETURNING 1",
-            (mapping, shard_id, owner, now + ttl, now),
+            (mapping, shard_id, owner, now + ttl, mapping, now),
             durable=False,
         )
         return bool(rows)

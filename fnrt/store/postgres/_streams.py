@@ -380,9 +380,11 @@ class PgStreamStore:
     @guarded
     async def delete_mapping(self, uuid: str) -> None:
         async with self.pg.durable.acquire() as conn, conn.transaction():
+            # The mapping's row first: a lease being taken holds it (acquire_lease), so it
+            # is wholly before this, or finds no mapping and takes nothing.
+            await conn.execute("DELETE FROM fnrt_stream_mappings WHERE uuid = $1", uuid)
             await conn.execute("DELETE FROM fnrt_stream_checkpoints WHERE mapping = $1", uuid)
             await conn.execute("DELETE FROM fnrt_stream_leases WHERE mapping = $1", uuid)
-            await conn.execute("DELETE FROM fnrt_stream_mappings WHERE uuid = $1", uuid)
 
     # -- checkpoints and leases -------------------------------------------------------
 
@@ -396,10 +398,13 @@ class PgStreamStore:
     @guarded
     async def acquire_lease(self, mapping: str, shard_id: str, owner: str, now: float, ttl: float) -> bool:
         """Take the shard's lease if it is free, expired (judged by the database's clock
-        in db-clock mode), or ours already. Atomic: of hosts racing for it one wins."""
+        in db-clock mode), or ours already. Atomic: of hosts racing for it one wins. Only
+        while the mapping is there, its row share-locked (a removal deletes that row first,
+        so a lease is never taken after its leases and checkpoints went)."""
         value = await self.pg.relaxed.fetchval(
             "INSERT INTO fnrt_stream_leases AS l (mapping, shard_id, owner, expires_at, expires_judge) "
-            f"VALUES ($1, $2, $3, $4::float8 + $5::float8, {judge('$6')} + $5::float8) "
+            f"SELECT $1, $2, $3, $4::float8 + $5::float8, {judge('$6')} + $5::float8 "
+            "WHERE EXISTS (SELECT 1 FROM fnrt_stream_mappings WHERE uuid = $1 FOR KEY SHARE) "
             "ON CONFLICT (mapping, shard_id) DO UPDATE SET owner = excluded.owner, "
             "expires_at = excluded.expires_at, expires_judge = excluded.expires_judge, "
             "token = l.token + (l.owner <> excluded.owner)::int "
