@@ -7,6 +7,7 @@ handlers run in real subprocess sandboxes.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 
@@ -565,3 +566,42 @@ async def test_events_that_found_no_room_are_not_overtaken_by_handoffs(tmp_path)
         events = {rid: await rt.async_event(rid) for rid in [*burst, late]}
         assert all(e["state"] == "done" for e in events.values()), events
         assert "gate" in rt._async._clear
+
+
+async def test_events_handed_off_while_a_take_commits_do_not_crowd_out_what_it_takes(tmp_path):
+    # Reserved concurrency 2; another host put two events in the queue (no wake-up here),
+    # and the poller's sweep takes them while two new events are handed off. The handoffs
+    # found the room the take was filling: four attempts for two slots, two throttled.
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        other = await open_store(tmp_path)
+        try:
+            held = json.dumps({"release": str(release)}).encode()
+            for n in range(2):
+                await other.queue.enqueue(f"other-{n}", "gate", held, clock.time())
+        finally:
+            await other.close()
+        blocker = sqlite3.connect((await rt._state.store()).location, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the take waits for the lock: it is under way
+        try:
+            await clock.advance(1)  # the sweep
+            await wait_until(lambda: rt._async._taking is not None, "the take under way")
+            new = [rt.invoke("gate", {"release": str(release), "n": n}, "Event") for n in range(2)]
+            callers = [asyncio.ensure_future(call) for call in new]
+            await asyncio.sleep(0)  # each to its store write (it judged the room before)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        ids = await asyncio.gather(*callers)
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 2, "the two taken")
+        release.touch()
+        await rt.wait_idle()
+        assert rt.metrics.counter("Throttles", "gate") == 0
+        assert await rt.async_queue_counts("gate") == {"done": 5}
+        for request_id in ["other-0", "other-1", *ids]:
+            assert (await rt.async_event(request_id))["system_retries"] == 0

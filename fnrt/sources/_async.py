@@ -127,7 +127,8 @@ class AsyncSource:
         # Handoffs (the module's docstring): functions whose last take found nothing more
         # due; events put in each function's queue for the poller (a take that saw the
         # count move may have missed one); when the poller last took for each; handoffs
-        # whose commit is under way (they hold their room already).
+        # whose commit is under way (they hold their room already), with the room of a
+        # take under way.
         self._clear: set[str] = set()
         self._queued: Counter[str] = Counter()
         self._swept: dict[str, float] = {}
@@ -339,7 +340,16 @@ class AsyncSource:
                 self._taking = taking = asyncio.ensure_future(
                     queue.take(name, now, room, self.owner, lease_until)
                 )
-                events = await asyncio.shield(taking)
+                # The take's room is spoken for until it returns: a handoff committed
+                # meanwhile (of this function, or one sharing its pool) would otherwise
+                # start beside all it takes, and be throttled by its siblings.
+                self._busy[name] += room
+                self._handing += room
+                try:
+                    events = await asyncio.shield(taking)
+                finally:
+                    self._busy[name] -= room
+                    self._handing -= room
                 self._taking = None
                 self._swept[name] = now
                 if len(events) < room and self._queued[name] == queued:
