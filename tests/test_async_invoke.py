@@ -605,3 +605,39 @@ async def test_events_handed_off_while_a_take_commits_do_not_crowd_out_what_it_t
         assert await rt.async_queue_counts("gate") == {"done": 5}
         for request_id in ["other-0", "other-1", *ids]:
             assert (await rt.async_event(request_id))["system_retries"] == 0
+
+
+async def test_a_retry_due_while_handoffs_feed_its_function_runs_within_idle_poll(tmp_path):
+    # While handoffs feed a function, the poller takes for it once per idle_poll (1 s).
+    # A turn for another function in between (here at 4.9 s) skipped it and slept a whole
+    # idle_poll again: the retry due at 4.5 s waited until 5.9 s, not 5 s.
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+
+    async def poller_parked() -> None:
+        await wait_until(lambda: rt._async._parked and not rt._async._wake.is_set(), "the poller parked")
+
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("echo", "handlers.echo:echo")
+        rt.configure_async("gate", retry_delays=[4.5], max_retry_attempts=1)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        holding = await rt.invoke("gate", {"release": str(release)}, "Event")  # keeps it busy
+        failing = await rt.invoke("gate", {"fail": True}, "Event")
+        await event_state(rt, failing, "queued")
+        await wait_until(lambda: "gate" in rt._async._clear, "the queue drained again")
+        await poller_parked()
+        for _ in range(4):  # the sweeps at 1..4 s: nothing due yet
+            await clock.advance(1)
+            await poller_parked()
+        await clock.advance(0.9)
+        rt._async.wake("echo")  # a turn at 4.9 s (another host's event for echo)
+        await wait_until(lambda: rt._async._swept["echo"] == clock.time(), "the turn")
+        await poller_parked()
+        await clock.advance(0.1)  # 5 s: the sweep is due
+        event = await event_state(rt, failing, "failed")
+        assert event["invokes"] == 2
+        release.touch()
+        await event_state(rt, holding, "done")

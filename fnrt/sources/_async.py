@@ -315,13 +315,16 @@ class AsyncSource:
         now = self.clock.time()
         self._starved = False
         shared = self._shared_busy()  # 0 unless the shared pool is small enough to count
+        sweep: float | None = None  # the next sweep of a function skipped here
         for entry in self.registry:
             name = entry.name
             busy = self._busy[name]
-            if busy and name in self._clear and now - self._swept.get(name, -self.idle_poll) < self.idle_poll:
+            if busy and name in self._clear and now < (due := self._swept[name] + self.idle_poll):
                 # Handoffs feed it and its queue was drained at the last take: a take at each
                 # attempt's end would find nothing. Retries and dead hosts' leases that fell
-                # due meanwhile are taken at the next sweep (idle_poll at the latest).
+                # due meanwhile are taken at the next sweep, ``due`` (idle_poll at the
+                # latest; _sleep wakes for it: a later turn must not push it back).
+                sweep = due if sweep is None else min(sweep, due)
                 continue
             room = self._room(entry, shared)
             if room <= 0 or (room < self._batch(entry) and busy):
@@ -360,7 +363,7 @@ class AsyncSource:
                     self._start(event)
                 if entry.counter.reserved is None:
                     shared += len(events)
-        await self._sleep(queue)
+        await self._sleep(queue, sweep)
 
     def _cap(self, entry: FunctionEntry) -> int:
         cap = self.per_function
@@ -405,9 +408,11 @@ class AsyncSource:
                 room = min(room, pool - (self._shared_busy() if shared is None else shared))
         return max(0, room)
 
-    async def _sleep(self, queue: EventQueue) -> None:
+    async def _sleep(self, queue: EventQueue, sweep: float | None = None) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
-        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys).
+        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys), or
+        the ``sweep`` of a function this turn skipped is due (a later turn must not push
+        it back by another ``idle_poll``).
 
         While attempts run, each one's end wakes us, so the next due time is asked for once
         they are over (not a read hop per turn under load, in the store's queue beside the
@@ -417,6 +422,8 @@ class AsyncSource:
         if not self._in_flight:
             shared = self._shared_busy()
             due = await queue.next_due([e.name for e in self.registry if self._room(e, shared) > 0])
+        if sweep is not None:
+            due = sweep if due is None else min(due, sweep)
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return
