@@ -641,3 +641,23 @@ async def test_a_retry_due_while_handoffs_feed_its_function_runs_within_idle_pol
         assert event["invokes"] == 2
         release.touch()
         await event_state(rt, holding, "done")
+
+
+async def test_a_destination_event_runs_at_once_while_handoffs_feed_its_source(tmp_path):
+    # The success record goes to another function's queue in the outcome's commit; the
+    # attempt's end woke the poller only for its own function's backlog, so the record's
+    # event waited for the next idle_poll (never, on a clock that does not move).
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("audit", "handlers.payments:audit")
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        holding = await rt.invoke("gate", {"release": str(release)}, "Event")  # keeps it busy
+        rt.configure_async("gate", on_success="function:audit")
+        await rt.invoke("gate", {"release": str(opened)}, "Event")
+        await wait_until(lambda: rt.metrics.counter("Invocations", "audit") == 1, "the record's event")
+        release.touch()
+        await event_state(rt, holding, "done")

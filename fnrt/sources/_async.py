@@ -673,6 +673,9 @@ class AsyncSource:
         await written
         for name in names:
             self._put_in_queue(name)
+        # Their functions' queues have an event now: take it (the attempt's end wakes the
+        # poller only for a backlog of its own function, and a destination's is another's).
+        self._wake.set()
 
     def _deliver(self, outcome: Outcome, function: str, destination: str, record: str) -> Outcome:
         """Add a destination's record to the outcome's transaction: a sink row, or an
