@@ -237,6 +237,29 @@ async def test_a_burst_over_the_concurrency_limit_runs_without_throttling_itself
         assert max(rt.stats()["functions"][name]["peak_concurrency"] for name in ("echo", "noop")) <= 4
 
 
+async def test_an_event_of_a_function_without_a_pool_is_throttled_until_it_ages_out(tmp_path):
+    # Every slot reserved (unreserved_minimum=0): an unreserved function's events are
+    # throttled and back off until they are too old, then go to the failure destination.
+    # The poller, which takes no more than the shared pool can run, never took them.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(
+        state_dir=tmp_path, clock=clock, concurrency_limit=2, unreserved_minimum=0
+    ) as rt:
+        await rt.add_function("hog", "handlers.echo:noop", reserved_concurrency=2)
+        await rt.add_function(
+            "echo", "handlers.echo:echo", async_config={"max_event_age": 60, "on_failure": "sink:lost"}
+        )
+        request_id = await rt.invoke("echo", {"n": 1}, "Event")
+        for _ in range(8):
+            await rt.wait_idle()
+            await clock.advance(10)
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "EventAgeExceeded" and event["invokes"] == 0
+        assert event["record"]["responsePayload"]["Reason"] == "ConcurrentInvocationLimitExceeded"
+        assert rt.metrics.counter("Throttles", "echo") >= 1
+        assert len(await rt.destination_records("sink:lost")) == 1
+
+
 async def test_reserved_concurrency_zero_sends_events_to_failure_without_retries():
     # AWS: "When you set reserved concurrency to zero for an asynchronously invoked
     # function, Lambda begins sending new events to the configured dead-letter queue or

@@ -405,7 +405,11 @@ class AsyncSource:
         if entry.counter.reserved is None:
             pool = self.invoker.limiter.unreserved_pool
             if pool < self.max_in_flight:  # else the bound above is the tighter one
-                room = min(room, pool - (self._shared_busy() if shared is None else shared))
+                # An empty pool (every slot reserved) still lets one attempt through, as
+                # _cap does: it is throttled and backs off until the event ages out to its
+                # failure destination, as Lambda does; it was never taken, queued for good.
+                busy = self._shared_busy() if shared is None else shared
+                room = min(room, max(pool, 1) - busy)
         return max(0, room)
 
     async def _sleep(self, queue: EventQueue, sweep: float | None = None) -> None:
