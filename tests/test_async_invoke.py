@@ -684,3 +684,34 @@ async def test_a_destination_event_runs_at_once_while_handoffs_feed_its_source(t
         await wait_until(lambda: rt.metrics.counter("Invocations", "audit") == 1, "the record's event")
         release.touch()
         await event_state(rt, holding, "done")
+
+
+async def test_a_backlog_waiting_for_shared_room_is_not_overtaken_by_another_functions_handoffs(tmp_path):
+    # A pool of 8 shared by f and g. g's backlog waits for room (a quarter of its 8: two
+    # slots) while f's attempts hold the rest; an f event handed off into a slot that frees
+    # took the room g waited for, and a flood of them kept g's backlog waiting.
+    release = tmp_path / "release"
+    one = tmp_path / "one"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, concurrency_limit=8) as rt:
+        await rt.add_function("f", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("g", "handlers.chaos:gate", timeout=600)
+        await warm_handoffs(rt, "f", {"release": str(opened)})
+        await warm_handoffs(rt, "g", {"release": str(opened)})
+        await rt.invoke("g", {"release": str(release)}, "Event")
+        for n in range(6):
+            await rt.invoke("f", {"release": str(release), "n": n}, "Event")
+        await rt.invoke("f", {"release": str(one)}, "Event")
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 8, "the pool full")
+        backlog = [await rt.invoke("g", {"release": str(opened), "n": n}, "Event") for n in range(2)]
+        one.touch()  # a slot frees: g's backlog waits for a second
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 7, "a slot free")
+        await wait_until(lambda: rt._async._parked and not rt._async._wake.is_set(), "the poller's turn")
+        late = await rt.invoke("f", {"release": str(opened)}, "Event")
+        assert (await rt.async_event(late))["state"] == "queued"  # behind g's backlog
+        release.touch()
+        await rt.wait_idle()
+        assert await rt.async_queue_counts() == {"done": 13}
+        for request_id in [*backlog, late]:
+            assert (await rt.async_event(request_id))["system_retries"] == 0

@@ -138,6 +138,9 @@ class AsyncSource:
         # The last turn left due events for want of room (a function's or max_in_flight):
         # every attempt's end wakes the poller, not only those of functions with a backlog.
         self._starved = False
+        # The last turn left a backlog (a function not known drained) waiting for room that
+        # others share (max_in_flight, the shared pool): no handoff may take that room.
+        self._crowded = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
@@ -167,7 +170,7 @@ class AsyncSource:
         queue = self._queue or await self.queue()
         name = entry.name
         now = self.clock.time()
-        if name in self._clear and not self._closing and self._room(entry) > 0:
+        if name in self._clear and not self._closing and not self._crowded and self._room(entry) > 0:
             self._busy[name] += 1
             self._handing += 1
             lease_until = now + entry.record.config.timeout + self.lease_margin
@@ -314,6 +317,7 @@ class AsyncSource:
         self._loop = asyncio.get_running_loop()
         now = self.clock.time()
         self._starved = False
+        crowded = False
         shared = self._shared_busy()  # 0 unless the shared pool is small enough to count
         sweep: float | None = None  # the next sweep of a function skipped here
         for entry in self.registry:
@@ -329,6 +333,10 @@ class AsyncSource:
             room = self._room(entry, shared)
             if room <= 0 or (room < self._batch(entry) and busy):
                 self._starved = True
+                if name not in self._clear and room < self._cap(entry) - busy:
+                    # Its backlog waits for room that other functions' attempts hold: their
+                    # new events go to their queues behind it, not straight into that room.
+                    crowded = self._crowded = True
             if 0 < room < self._batch(entry) and busy:
                 # Take in batches: a take is a write transaction, so leasing each event
                 # alone as its predecessor finishes caps throughput at one transaction
@@ -363,6 +371,7 @@ class AsyncSource:
                     self._start(event)
                 if entry.counter.reserved is None:
                     shared += len(events)
+        self._crowded = crowded
         await self._sleep(queue, sweep)
 
     def _cap(self, entry: FunctionEntry) -> int:
