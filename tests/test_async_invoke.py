@@ -715,3 +715,29 @@ async def test_a_backlog_waiting_for_shared_room_is_not_overtaken_by_another_fun
         assert await rt.async_queue_counts() == {"done": 13}
         for request_id in [*backlog, late]:
             assert (await rt.async_event(request_id))["system_retries"] == 0
+
+
+async def test_events_put_in_the_queue_while_a_function_was_removed_go_before_new_ones(tmp_path):
+    # Its queue was drained before it was removed; meanwhile another host put an event in
+    # it. Added again, its first new event was handed straight to the only slot, ahead of
+    # the one that waited.
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await rt.remove_function("gate")
+        other = await open_store(tmp_path)
+        try:
+            await other.queue.enqueue("waited", "gate", json.dumps({"release": str(release)}).encode(), rt.clock.time())
+        finally:
+            await other.close()
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
+        new = await rt.invoke("gate", {"release": str(release), "n": 2}, "Event")
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 1, "an attempt")
+        assert (await rt.async_event("waited"))["state"] == "leased"
+        assert (await rt.async_event(new))["state"] == "queued"
+        release.touch()
+        await rt.wait_idle()
+        assert await rt.async_queue_counts("gate") == {"done": 3}
