@@ -730,7 +730,8 @@ async def test_events_put_in_the_queue_while_a_function_was_removed_go_before_ne
         await rt.remove_function("gate")
         other = await open_store(tmp_path)
         try:
-            await other.queue.enqueue("waited", "gate", json.dumps({"release": str(release)}).encode(), rt.clock.time())
+            held = json.dumps({"release": str(release)}).encode()
+            await other.queue.enqueue("waited", "gate", held, rt.clock.time())
         finally:
             await other.close()
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
