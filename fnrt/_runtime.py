@@ -499,6 +499,9 @@ class Runtime(ControlPlane, ClusterMember):
         self._check_running()
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
+        # Its queue fills while it is away (retries fall due, other hosts' events): added
+        # again, it takes them before any new event is handed off.
+        self._async.wake(entry.name)
         for names in self._deployed.values():
             if entry.name in names:
                 names.remove(entry.name)

@@ -7,6 +7,7 @@ handlers run in real subprocess sandboxes.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import uuid
 
@@ -234,6 +235,29 @@ async def test_a_burst_over_the_concurrency_limit_runs_without_throttling_itself
         for request_id in ids:
             assert (await rt.async_event(request_id))["system_retries"] == 0
         assert max(rt.stats()["functions"][name]["peak_concurrency"] for name in ("echo", "noop")) <= 4
+
+
+async def test_an_event_of_a_function_without_a_pool_is_throttled_until_it_ages_out(tmp_path):
+    # Every slot reserved (unreserved_minimum=0): an unreserved function's events are
+    # throttled and back off until they are too old, then go to the failure destination.
+    # The poller, which takes no more than the shared pool can run, never took them.
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(
+        state_dir=tmp_path, clock=clock, concurrency_limit=2, unreserved_minimum=0
+    ) as rt:
+        await rt.add_function("hog", "handlers.echo:noop", reserved_concurrency=2)
+        await rt.add_function(
+            "echo", "handlers.echo:echo", async_config={"max_event_age": 60, "on_failure": "sink:lost"}
+        )
+        request_id = await rt.invoke("echo", {"n": 1}, "Event")
+        for _ in range(8):
+            await rt.wait_idle()
+            await clock.advance(10)
+        event = await event_state(rt, request_id, "failed")
+        assert event["condition"] == "EventAgeExceeded" and event["invokes"] == 0
+        assert event["record"]["responsePayload"]["Reason"] == "ConcurrentInvocationLimitExceeded"
+        assert rt.metrics.counter("Throttles", "echo") >= 1
+        assert len(await rt.destination_records("sink:lost")) == 1
 
 
 async def test_reserved_concurrency_zero_sends_events_to_failure_without_retries():
@@ -565,3 +589,156 @@ async def test_events_that_found_no_room_are_not_overtaken_by_handoffs(tmp_path)
         events = {rid: await rt.async_event(rid) for rid in [*burst, late]}
         assert all(e["state"] == "done" for e in events.values()), events
         assert "gate" in rt._async._clear
+
+
+async def test_events_handed_off_while_a_take_commits_do_not_crowd_out_what_it_takes(tmp_path):
+    # Reserved concurrency 2; another host put two events in the queue (no wake-up here),
+    # and the poller's sweep takes them while two new events are handed off. The handoffs
+    # found the room the take was filling: four attempts for two slots, two throttled.
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        other = await open_store(tmp_path)
+        try:
+            held = json.dumps({"release": str(release)}).encode()
+            for n in range(2):
+                await other.queue.enqueue(f"other-{n}", "gate", held, clock.time())
+        finally:
+            await other.close()
+        blocker = sqlite3.connect((await rt._state.store()).location, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the take waits for the lock: it is under way
+        try:
+            await clock.advance(1)  # the sweep
+            await wait_until(lambda: rt._async._taking is not None, "the take under way")
+            new = [rt.invoke("gate", {"release": str(release), "n": n}, "Event") for n in range(2)]
+            callers = [asyncio.ensure_future(call) for call in new]
+            await asyncio.sleep(0)  # each to its store write (it judged the room before)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        ids = await asyncio.gather(*callers)
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 2, "the two taken")
+        release.touch()
+        await rt.wait_idle()
+        assert rt.metrics.counter("Throttles", "gate") == 0
+        assert await rt.async_queue_counts("gate") == {"done": 5}
+        for request_id in ["other-0", "other-1", *ids]:
+            assert (await rt.async_event(request_id))["system_retries"] == 0
+
+
+async def test_a_retry_due_while_handoffs_feed_its_function_runs_within_idle_poll(tmp_path):
+    # While handoffs feed a function, the poller takes for it once per idle_poll (1 s).
+    # A turn for another function in between (here at 4.9 s) skipped it and slept a whole
+    # idle_poll again: the retry due at 4.5 s waited until 5.9 s, not 5 s.
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+
+    async def poller_parked() -> None:
+        await wait_until(lambda: rt._async._parked and not rt._async._wake.is_set(), "the poller parked")
+
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("echo", "handlers.echo:echo")
+        rt.configure_async("gate", retry_delays=[4.5], max_retry_attempts=1)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        holding = await rt.invoke("gate", {"release": str(release)}, "Event")  # keeps it busy
+        failing = await rt.invoke("gate", {"fail": True}, "Event")
+        await event_state(rt, failing, "queued")
+        await wait_until(lambda: "gate" in rt._async._clear, "the queue drained again")
+        await poller_parked()
+        for _ in range(4):  # the sweeps at 1..4 s: nothing due yet
+            await clock.advance(1)
+            await poller_parked()
+        await clock.advance(0.9)
+        rt._async.wake("echo")  # a turn at 4.9 s (another host's event for echo)
+        await wait_until(lambda: rt._async._swept["echo"] == clock.time(), "the turn")
+        await poller_parked()
+        await clock.advance(0.1)  # 5 s: the sweep is due
+        event = await event_state(rt, failing, "failed")
+        assert event["invokes"] == 2
+        release.touch()
+        await event_state(rt, holding, "done")
+
+
+async def test_a_destination_event_runs_at_once_while_handoffs_feed_its_source(tmp_path):
+    # The success record goes to another function's queue in the outcome's commit; the
+    # attempt's end woke the poller only for its own function's backlog, so the record's
+    # event waited for the next idle_poll (never, on a clock that does not move).
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("audit", "handlers.payments:audit")
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        holding = await rt.invoke("gate", {"release": str(release)}, "Event")  # keeps it busy
+        rt.configure_async("gate", on_success="function:audit")
+        await rt.invoke("gate", {"release": str(opened)}, "Event")
+        await wait_until(lambda: rt.metrics.counter("Invocations", "audit") == 1, "the record's event")
+        release.touch()
+        await event_state(rt, holding, "done")
+
+
+async def test_a_backlog_waiting_for_shared_room_is_not_overtaken_by_another_functions_handoffs(tmp_path):
+    # A pool of 8 shared by f and g. g's backlog waits for room (a quarter of its 8: two
+    # slots) while f's attempts hold the rest; an f event handed off into a slot that frees
+    # took the room g waited for, and a flood of them kept g's backlog waiting.
+    release = tmp_path / "release"
+    one = tmp_path / "one"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path, concurrency_limit=8) as rt:
+        await rt.add_function("f", "handlers.chaos:gate", timeout=600)
+        await rt.add_function("g", "handlers.chaos:gate", timeout=600)
+        await warm_handoffs(rt, "f", {"release": str(opened)})
+        await warm_handoffs(rt, "g", {"release": str(opened)})
+        await rt.invoke("g", {"release": str(release)}, "Event")
+        for n in range(6):
+            await rt.invoke("f", {"release": str(release), "n": n}, "Event")
+        await rt.invoke("f", {"release": str(one)}, "Event")
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 8, "the pool full")
+        backlog = [await rt.invoke("g", {"release": str(opened), "n": n}, "Event") for n in range(2)]
+        one.touch()  # a slot frees: g's backlog waits for a second
+        await wait_until(lambda: rt.stats()["concurrency"]["in_flight"] == 7, "a slot free")
+        await wait_until(lambda: rt._async._parked and not rt._async._wake.is_set(), "the poller's turn")
+        late = await rt.invoke("f", {"release": str(opened)}, "Event")
+        assert (await rt.async_event(late))["state"] == "queued"  # behind g's backlog
+        release.touch()
+        await rt.wait_idle()
+        assert await rt.async_queue_counts() == {"done": 13}
+        for request_id in [*backlog, late]:
+            assert (await rt.async_event(request_id))["system_retries"] == 0
+
+
+async def test_events_put_in_the_queue_while_a_function_was_removed_go_before_new_ones(tmp_path):
+    # Its queue was drained before it was removed; meanwhile another host put an event in
+    # it. Added again, its first new event was handed straight to the only slot, ahead of
+    # the one that waited.
+    release = tmp_path / "release"
+    opened = tmp_path / "open"
+    opened.touch()
+    async with fnrt.Runtime(state_dir=tmp_path) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
+        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await rt.remove_function("gate")
+        other = await open_store(tmp_path)
+        try:
+            held = json.dumps({"release": str(release)}).encode()
+            await other.queue.enqueue("waited", "gate", held, rt.clock.time())
+        finally:
+            await other.close()
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
+        new = await rt.invoke("gate", {"release": str(release), "n": 2}, "Event")
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 1, "an attempt")
+        assert (await rt.async_event("waited"))["state"] == "leased"
+        assert (await rt.async_event(new))["state"] == "queued"
+        release.touch()
+        await rt.wait_idle()
+        assert await rt.async_queue_counts("gate") == {"done": 3}

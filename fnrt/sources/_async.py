@@ -127,7 +127,8 @@ class AsyncSource:
         # Handoffs (the module's docstring): functions whose last take found nothing more
         # due; events put in each function's queue for the poller (a take that saw the
         # count move may have missed one); when the poller last took for each; handoffs
-        # whose commit is under way (they hold their room already).
+        # whose commit is under way (they hold their room already), with the room of a
+        # take under way.
         self._clear: set[str] = set()
         self._queued: Counter[str] = Counter()
         self._swept: dict[str, float] = {}
@@ -137,6 +138,9 @@ class AsyncSource:
         # The last turn left due events for want of room (a function's or max_in_flight):
         # every attempt's end wakes the poller, not only those of functions with a backlog.
         self._starved = False
+        # The last turn left a backlog (a function not known drained) waiting for room that
+        # others share (max_in_flight, the shared pool): no handoff may take that room.
+        self._crowded = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
@@ -166,7 +170,7 @@ class AsyncSource:
         queue = self._queue or await self.queue()
         name = entry.name
         now = self.clock.time()
-        if name in self._clear and not self._closing and self._room(entry) > 0:
+        if name in self._clear and not self._closing and not self._crowded and self._room(entry) > 0:
             self._busy[name] += 1
             self._handing += 1
             lease_until = now + entry.record.config.timeout + self.lease_margin
@@ -313,18 +317,26 @@ class AsyncSource:
         self._loop = asyncio.get_running_loop()
         now = self.clock.time()
         self._starved = False
+        crowded = False
         shared = self._shared_busy()  # 0 unless the shared pool is small enough to count
+        sweep: float | None = None  # the next sweep of a function skipped here
         for entry in self.registry:
             name = entry.name
             busy = self._busy[name]
-            if busy and name in self._clear and now - self._swept.get(name, -self.idle_poll) < self.idle_poll:
+            if busy and name in self._clear and now < (due := self._swept[name] + self.idle_poll):
                 # Handoffs feed it and its queue was drained at the last take: a take at each
                 # attempt's end would find nothing. Retries and dead hosts' leases that fell
-                # due meanwhile are taken at the next sweep (idle_poll at the latest).
+                # due meanwhile are taken at the next sweep, ``due`` (idle_poll at the
+                # latest; _sleep wakes for it: a later turn must not push it back).
+                sweep = due if sweep is None else min(sweep, due)
                 continue
             room = self._room(entry, shared)
             if room <= 0 or (room < self._batch(entry) and busy):
                 self._starved = True
+                if name not in self._clear and room < self._cap(entry) - busy:
+                    # Its backlog waits for room that other functions' attempts hold: their
+                    # new events go to their queues behind it, not straight into that room.
+                    crowded = self._crowded = True
             if 0 < room < self._batch(entry) and busy:
                 # Take in batches: a take is a write transaction, so leasing each event
                 # alone as its predecessor finishes caps throughput at one transaction
@@ -339,7 +351,16 @@ class AsyncSource:
                 self._taking = taking = asyncio.ensure_future(
                     queue.take(name, now, room, self.owner, lease_until)
                 )
-                events = await asyncio.shield(taking)
+                # The take's room is spoken for until it returns: a handoff committed
+                # meanwhile (of this function, or one sharing its pool) would otherwise
+                # start beside all it takes, and be throttled by its siblings.
+                self._busy[name] += room
+                self._handing += room
+                try:
+                    events = await asyncio.shield(taking)
+                finally:
+                    self._busy[name] -= room
+                    self._handing -= room
                 self._taking = None
                 self._swept[name] = now
                 if len(events) < room and self._queued[name] == queued:
@@ -350,7 +371,8 @@ class AsyncSource:
                     self._start(event)
                 if entry.counter.reserved is None:
                     shared += len(events)
-        await self._sleep(queue)
+        self._crowded = crowded
+        await self._sleep(queue, sweep)
 
     def _cap(self, entry: FunctionEntry) -> int:
         cap = self.per_function
@@ -392,12 +414,18 @@ class AsyncSource:
         if entry.counter.reserved is None:
             pool = self.invoker.limiter.unreserved_pool
             if pool < self.max_in_flight:  # else the bound above is the tighter one
-                room = min(room, pool - (self._shared_busy() if shared is None else shared))
+                # An empty pool (every slot reserved) still lets one attempt through, as
+                # _cap does: it is throttled and backs off until the event ages out to its
+                # failure destination, as Lambda does; it was never taken, queued for good.
+                busy = self._shared_busy() if shared is None else shared
+                room = min(room, max(pool, 1) - busy)
         return max(0, room)
 
-    async def _sleep(self, queue: EventQueue) -> None:
+    async def _sleep(self, queue: EventQueue, sweep: float | None = None) -> None:
         """Until the next event is due (a retry delay, a backoff, a lease expiring), an
-        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys).
+        enqueue or a finished attempt wakes us, or ``idle_poll`` passes (new deploys), or
+        the ``sweep`` of a function this turn skipped is due (a later turn must not push
+        it back by another ``idle_poll``).
 
         While attempts run, each one's end wakes us, so the next due time is asked for once
         they are over (not a read hop per turn under load, in the store's queue beside the
@@ -407,6 +435,8 @@ class AsyncSource:
         if not self._in_flight:
             shared = self._shared_busy()
             due = await queue.next_due([e.name for e in self.registry if self._room(e, shared) > 0])
+        if sweep is not None:
+            due = sweep if due is None else min(due, sweep)
         delay = self.idle_poll if due is None else min(self.idle_poll, due - self.clock.time())
         if delay <= 0 or self._wake.is_set():
             return
@@ -656,6 +686,9 @@ class AsyncSource:
         await written
         for name in names:
             self._put_in_queue(name)
+        # Their functions' queues have an event now: take it (the attempt's end wakes the
+        # poller only for a backlog of its own function, and a destination's is another's).
+        self._wake.set()
 
     def _deliver(self, outcome: Outcome, function: str, destination: str, record: str) -> Outcome:
         """Add a destination's record to the outcome's transaction: a sink row, or an
