@@ -127,8 +127,7 @@ class AsyncSource:
         # Handoffs (the module's docstring): functions whose last take found nothing more
         # due; events put in each function's queue for the poller (a take that saw the
         # count move may have missed one); when the poller last took for each; handoffs
-        # whose commit is under way (they hold their room already), with the room of a
-        # take under way.
+        # whose commit is under way (they hold their room already).
         self._clear: set[str] = set()
         self._queued: Counter[str] = Counter()
         self._swept: dict[str, float] = {}
@@ -351,26 +350,32 @@ class AsyncSource:
                 self._taking = taking = asyncio.ensure_future(
                     queue.take(name, now, room, self.owner, lease_until)
                 )
-                # The take's room is spoken for until it returns: a handoff committed
-                # meanwhile (of this function, or one sharing its pool) would otherwise
-                # start beside all it takes, and be throttled by its siblings.
-                self._busy[name] += room
-                self._handing += room
-                try:
-                    events = await asyncio.shield(taking)
-                finally:
-                    self._busy[name] -= room
-                    self._handing -= room
+                events = await asyncio.shield(taking)
                 self._taking = None
                 self._swept[name] = now
                 if len(events) < room and self._queued[name] == queued:
                     self._clear.add(name)  # drained: new events may be handed off
                 else:
                     self._clear.discard(name)
-                for event in events:
+                # Handoffs committed while the take did (of this function, or of one sharing
+                # its pool) may have used some of its room: what no longer fits goes back to
+                # the queue, due at once, rather than start beside them and be throttled by
+                # its siblings. (Holding the room through the take instead sent every enqueue
+                # made meanwhile to the queue, and under steady load the handoffs never came
+                # back.)
+                fits = min(len(events), self._room(entry))
+                for event in events[:fits]:
                     self._start(event)
                 if entry.counter.reserved is None:
-                    shared += len(events)
+                    shared += fits
+                back = events[fits:]
+                if back:
+                    self._clear.discard(name)
+                    try:
+                        await asyncio.shield(queue.release(back))
+                    except asyncio.CancelledError:  # closing: aclose() gives them back
+                        self._interrupted.extend(back)
+                        raise
         self._crowded = crowded
         await self._sleep(queue, sweep)
 
