@@ -483,6 +483,14 @@ async def test_closing_as_events_are_taken_gives_their_leases_back(tmp_path):
 # -- handoffs: a new event straight to an attempt, when its function has room and no backlog
 
 
+def gates(tmp_path):
+    """For ``handlers.chaos:gate``: a release file not there yet (it holds until the test
+    makes it) and one that is (it returns at once)."""
+    opened = tmp_path / "open"
+    opened.touch()
+    return tmp_path / "release", opened
+
+
 async def warm_handoffs(rt: fnrt.Runtime, name: str, payload: dict) -> None:
     """One event through the queue: the poller's take after it finds the queue drained,
     and from then on new events of ``name`` are handed straight to attempts."""
@@ -518,9 +526,7 @@ async def test_a_handed_off_event_whose_caller_was_cancelled_still_runs(tmp_path
 
 
 async def test_closing_while_handed_off_events_commit_and_run_gives_their_leases_back(tmp_path):
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
         await warm_handoffs(rt, "gate", {"release": str(opened)})
@@ -547,9 +553,7 @@ async def test_closing_while_handed_off_events_commit_and_run_gives_their_leases
 
 async def test_a_retry_that_falls_due_while_handoffs_feed_its_function_runs(tmp_path):
     clock = fnrt.FakeClock()
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
         rt.configure_async("gate", retry_delays=[5], max_retry_attempts=1)
@@ -574,9 +578,7 @@ async def test_events_that_found_no_room_are_not_overtaken_by_handoffs(tmp_path)
     # Reserved concurrency 2: the third and later events of a burst wait in the queue.
     # While they wait, new events go to the queue too (no handoff jumps ahead of them),
     # and once the queue is drained handoffs resume.
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
         await warm_handoffs(rt, "gate", {"release": str(opened)})
@@ -596,9 +598,7 @@ async def test_events_handed_off_while_a_take_commits_do_not_crowd_out_what_it_t
     # and the poller's sweep takes them while two new events are handed off. The handoffs
     # found the room the take was filling: four attempts for two slots, two throttled.
     clock = fnrt.FakeClock()
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
         await warm_handoffs(rt, "gate", {"release": str(opened)})
@@ -635,9 +635,7 @@ async def test_a_retry_due_while_handoffs_feed_its_function_runs_within_idle_pol
     # A turn for another function in between (here at 4.9 s) skipped it and slept a whole
     # idle_poll again: the retry due at 4.5 s waited until 5.9 s, not 5 s.
     clock = fnrt.FakeClock()
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
 
     async def poller_parked() -> None:
         await wait_until(lambda: rt._async._parked and not rt._async._wake.is_set(), "the poller parked")
@@ -671,9 +669,7 @@ async def test_a_destination_event_runs_at_once_while_handoffs_feed_its_source(t
     # attempt's end woke the poller only for its own function's backlog, so the record's
     # event waited for the next idle_poll (never, on a clock that does not move).
     clock = fnrt.FakeClock()
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
         await rt.add_function("audit", "handlers.payments:audit")
@@ -721,9 +717,7 @@ async def test_events_put_in_the_queue_while_a_function_was_removed_go_before_ne
     # Its queue was drained before it was removed; meanwhile another host put an event in
     # it. Added again, its first new event was handed straight to the only slot, ahead of
     # the one that waited.
-    release = tmp_path / "release"
-    opened = tmp_path / "open"
-    opened.touch()
+    release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
         await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
         await warm_handoffs(rt, "gate", {"release": str(opened)})
