@@ -16,8 +16,8 @@ def alive(pid: int) -> bool:
     """True while a process with this pid exists (and is not a zombie)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or before the read
         return False
 
 
