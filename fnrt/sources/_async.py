@@ -197,16 +197,13 @@ class AsyncSource:
         """A handoff's commit ended (called by the store, once): start the attempt of the
         event stored (it holds its room already), or give the room back."""
         self._handing -= 1
-        started = False
+        task = None
         if event is not None and not self._closing:
-            try:
+            with contextlib.suppress(RuntimeClosed):
                 task = self.supervisor.start(self._attempt(event))
-            except RuntimeClosed:
-                pass
-            else:
-                self._in_flight[task] = event
-                started = True
-        if not started:
+        if task is not None and event is not None:
+            self._in_flight[task] = event
+        else:
             self._busy[name] -= 1
             if event is not None:  # stored while closing: its lease goes back at aclose()
                 self._interrupted.append(event)
@@ -241,11 +238,8 @@ class AsyncSource:
             self.metrics.incr("DestinationDeliveryFailures", source)
             self._log.warning("destination delivery failed", destination=destination, error=problem)
             return
-        self._put_in_queue(target)
-        await queue.enqueue(str(uuid.uuid4()), target, body, now)
-        self._put_in_queue(target)
+        await self._putting(queue.enqueue(str(uuid.uuid4()), target, body, now), [target])
         self.metrics.incr("AsyncEventsReceived", target)
-        self._wake.set()
 
     async def destination_records(self, sink: str) -> list[Any]:
         return await (await self.queue()).sink_records(parse_destination(sink)[1])
@@ -331,51 +325,50 @@ class AsyncSource:
                 continue
             room = self._room(entry, shared)
             if room <= 0 or (room < self._batch(entry) and busy):
+                # No room; or take in batches: a take is a write transaction, so leasing
+                # each event alone as its predecessor finishes caps throughput at one
+                # transaction per event. While attempts run, wait until a quarter of the
+                # room is free.
                 self._starved = True
                 if name not in self._clear and room < self._cap(entry) - busy:
                     # Its backlog waits for room that other functions' attempts hold: their
                     # new events go to their queues behind it, not straight into that room.
                     crowded = self._crowded = True
-            if 0 < room < self._batch(entry) and busy:
-                # Take in batches: a take is a write transaction, so leasing each event
-                # alone as its predecessor finishes caps throughput at one transaction
-                # per event. While attempts run, wait until a quarter of the room is free.
                 continue
-            if room > 0:
-                lease_until = now + entry.record.config.timeout + self.lease_margin
-                # Shielded: the poller cancelled (closing) while the take commits would
-                # leave events leased to nobody until their lease expires; aclose()
-                # awaits this take and gives what it leased back.
-                queued = self._queued[name]
-                self._taking = taking = asyncio.ensure_future(
-                    queue.take(name, now, room, self.owner, lease_until)
-                )
-                events = await asyncio.shield(taking)
-                self._taking = None
-                self._swept[name] = now
-                if len(events) < room and self._queued[name] == queued:
-                    self._clear.add(name)  # drained: new events may be handed off
-                else:
-                    self._clear.discard(name)
-                # Handoffs committed while the take did (of this function, or of one sharing
-                # its pool) may have used some of its room: what no longer fits goes back to
-                # the queue, due at once, rather than start beside them and be throttled by
-                # its siblings. (Holding the room through the take instead sent every enqueue
-                # made meanwhile to the queue, and under steady load the handoffs never came
-                # back.)
-                fits = min(len(events), self._room(entry))
-                for event in events[:fits]:
-                    self._start(event)
-                if entry.counter.reserved is None:
-                    shared += fits
-                back = events[fits:]
-                if back:
-                    self._clear.discard(name)
-                    try:
-                        await asyncio.shield(queue.release(back))
-                    except asyncio.CancelledError:  # closing: aclose() gives them back
-                        self._interrupted.extend(back)
-                        raise
+            lease_until = now + entry.record.config.timeout + self.lease_margin
+            # Shielded: the poller cancelled (closing) while the take commits would
+            # leave events leased to nobody until their lease expires; aclose()
+            # awaits this take and gives what it leased back.
+            queued = self._queued[name]
+            self._taking = taking = asyncio.ensure_future(
+                queue.take(name, now, room, self.owner, lease_until)
+            )
+            events = await asyncio.shield(taking)
+            self._taking = None
+            self._swept[name] = now
+            if len(events) < room and self._queued[name] == queued:
+                self._clear.add(name)  # drained: new events may be handed off
+            else:
+                self._clear.discard(name)
+            # Handoffs committed while the take did (of this function, or of one sharing
+            # its pool) may have used some of its room: what no longer fits goes back to
+            # the queue, due at once, rather than start beside them and be throttled by
+            # its siblings. (Holding the room through the take instead sent every enqueue
+            # made meanwhile to the queue, and under steady load the handoffs never came
+            # back.)
+            fits = min(len(events), self._room(entry))
+            for event in events[:fits]:
+                self._start(event)
+            if entry.counter.reserved is None:
+                shared += fits
+            back = events[fits:]
+            if back:
+                self._clear.discard(name)
+                try:
+                    await asyncio.shield(queue.release(back))
+                except asyncio.CancelledError:  # closing: aclose() gives them back
+                    self._interrupted.extend(back)
+                    raise
         self._crowded = crowded
         await self._sleep(queue, sweep)
 
