@@ -491,6 +491,12 @@ def gates(tmp_path):
     return tmp_path / "release", opened
 
 
+async def add_gate(rt: fnrt.Runtime, opened, **config) -> None:
+    """``handlers.chaos:gate`` as ``gate`` (600 s timeout), its handoffs warmed up."""
+    await rt.add_function("gate", "handlers.chaos:gate", timeout=600, **config)
+    await warm_handoffs(rt, "gate", {"release": str(opened)})
+
+
 async def warm_handoffs(rt: fnrt.Runtime, name: str, payload: dict) -> None:
     """One event through the queue: the poller's take after it finds the queue drained,
     and from then on new events of ``name`` are handed straight to attempts."""
@@ -507,8 +513,7 @@ async def test_a_handed_off_event_whose_caller_was_cancelled_still_runs(tmp_path
     opened = tmp_path / "open"
     opened.touch()
     async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
-        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
-        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await add_gate(rt, opened)
         # Another process's write lock holds the handoff's commit while its caller goes.
         blocker = sqlite3.connect((await rt._state.store()).location, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
@@ -528,8 +533,7 @@ async def test_a_handed_off_event_whose_caller_was_cancelled_still_runs(tmp_path
 async def test_closing_while_handed_off_events_commit_and_run_gives_their_leases_back(tmp_path):
     release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
-        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
-        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await add_gate(rt, opened)
         running = await rt.invoke("gate", {"release": str(release)}, "Event")  # holds its sandbox
         await wait_until(lambda: rt.stats()["functions"]["gate"]["busy"] == 1, "the attempt")
         held = {"release": str(release)}
@@ -580,8 +584,7 @@ async def test_events_that_found_no_room_are_not_overtaken_by_handoffs(tmp_path)
     # and once the queue is drained handoffs resume.
     release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
-        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
-        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await add_gate(rt, opened, reserved_concurrency=2)
         burst = [await rt.invoke("gate", {"release": str(release), "n": n}, "Event") for n in range(6)]
         assert "gate" not in rt._async._clear
         late = await rt.invoke("gate", {"release": str(opened)}, "Event")
@@ -600,8 +603,7 @@ async def test_events_handed_off_while_a_take_commits_do_not_crowd_out_what_it_t
     clock = fnrt.FakeClock()
     release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path, clock=clock) as rt:
-        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=2)
-        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await add_gate(rt, opened, reserved_concurrency=2)
         other = await open_store(tmp_path)
         try:
             held = json.dumps({"release": str(release)}).encode()
@@ -719,8 +721,7 @@ async def test_events_put_in_the_queue_while_a_function_was_removed_go_before_ne
     # the one that waited.
     release, opened = gates(tmp_path)
     async with fnrt.Runtime(state_dir=tmp_path) as rt:
-        await rt.add_function("gate", "handlers.chaos:gate", timeout=600, reserved_concurrency=1)
-        await warm_handoffs(rt, "gate", {"release": str(opened)})
+        await add_gate(rt, opened, reserved_concurrency=1)
         await rt.remove_function("gate")
         other = await open_store(tmp_path)
         try:
