@@ -1129,14 +1129,18 @@ class StreamSource:
         # have deleted the stream (Describe answered it with no shards, and CreateStream
         # refused to make it again: "already exists").
         if not await store.stream_exists(name):
-            self._streams.pop(name, None)
-            self._retention.pop(name, None)
+            self._forget_stream(name)
             raise StreamNotFound(name)
         stream = self._streams.get(name)
         if stream is None:
             self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
+
+    def _forget_stream(self, name: str) -> None:
+        """Drop what this host caches of stream ``name`` (gone from the store)."""
+        self._streams.pop(name, None)
+        self._retention.pop(name, None)
 
     async def delete_stream(self, name: str) -> None:
         """Kinesis' ``DeleteStream``: this host's mappings of the stream stop (their leases
@@ -1158,15 +1162,12 @@ class StreamSource:
             await store.delete_stream(name)
         except BaseException:
             for old in doomed:  # the stream is still there: poll on from the checkpoints
-                mapping = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
-                mapping.last_processing_result = old.last_processing_result
-                self.mappings[old.uuid] = mapping
-                mapping.start()
+                again = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
+                self._replace(old.uuid, old, again)
             raise
         for mapping in doomed:
             self.mappings.pop(mapping.uuid, None)
-        self._streams.pop(name, None)
-        self._retention.pop(name, None)
+        self._forget_stream(name)
         self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
 
     async def add_mapping(
@@ -1251,6 +1252,10 @@ class StreamSource:
             # The config is durable, so the update stands: leases not handed back expire,
             # and the new pollers take them over then.
             self.log.warning("leases not released on update", mapping=key, error=str(exc))
+        self._replace(key, old, new)
+
+    def _replace(self, key: str, old: StreamMapping, new: StreamMapping) -> None:
+        """Start ``new`` as mapping ``key`` in the place of the stopped ``old``, with its last result."""
         new.last_processing_result = old.last_processing_result
         self.mappings[key] = new
         new.start()
@@ -1275,8 +1280,7 @@ class StreamSource:
                 await mapping.stop()
             except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
                 self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
-            self._streams.pop(mapping.stream.name, None)
-            self._retention.pop(mapping.stream.name, None)
+            self._forget_stream(mapping.stream.name)
 
     async def aclose(self) -> None:
         for mapping in list(self.mappings.values()):
