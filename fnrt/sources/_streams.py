@@ -531,14 +531,14 @@ class ShardPoller:
             f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
-        # What a record of the event weighs beyond its data and quoted partition key: the
-        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
-        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
         # AT_TIMESTAMP's timestamp: what arrived before it is not read.
         at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
         self._not_before = self.config.starting_position_timestamp if at_timestamp else None
         # What one read takes at most (data and keys): a batch of 6 MB for each lane.
         self._read_bytes = MAX_BATCH_BYTES * self.config.parallelization_factor
+        # What a record of the event weighs beyond its data and quoted partition key: the
+        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
+        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
         self._record_overhead = len(
             f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":,'
             f'"sequenceNumber":"{seq}","data":"","approximateArrivalTimestamp":{at}}},'
@@ -670,7 +670,7 @@ class ShardPoller:
         event of 6 MB (Lambda invokes at whichever comes first)."""
         if len(records) >= self.config.batch_size:
             return True
-        return _event_bytes(records, self._record_overhead) > MAX_BATCH_BYTES - _EVENT_ENVELOPE
+        return _event_bytes(records, self._record_overhead) > _RECORDS_BUDGET
 
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
@@ -981,6 +981,7 @@ def _drop(task: asyncio.Task[Any]) -> None:
 
 # ``{"Records":[`` and ``]}`` around a batch's records.
 _EVENT_ENVELOPE = len('{"Records":[]}')
+_RECORDS_BUDGET = MAX_BATCH_BYTES - _EVENT_ENVELOPE  # what a batch's records may weigh
 # A record's fields, read in C over a whole round.
 _seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
@@ -998,15 +999,14 @@ def _batches(records: list[StoredRecord], size: int, overhead: int) -> Iterator[
     """Cut ``records`` into batches of at most ``size`` records whose event fits Lambda's
     6 MB payload: a record weighs its data, its partition key as JSON quotes it (a
     character outside ASCII is 6 or 12 bytes) and ``overhead``, the rest of its event record."""
-    budget = MAX_BATCH_BYTES - _EVENT_ENVELOPE
-    if len(records) <= size and _event_bytes(records, overhead) <= budget:
+    if len(records) <= size and _event_bytes(records, overhead) <= _RECORDS_BUDGET:
         yield records  # the common case: the round is one batch
         return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
         weight = len(record.data) + len(_quote(record.partition_key)) + overhead
-        if batch and (len(batch) >= size or total + weight > budget):
+        if batch and (len(batch) >= size or total + weight > _RECORDS_BUDGET):
             yield batch
             batch, total = [], 0
         batch.append(record)
