@@ -372,7 +372,6 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        shards = await store.shards(self.stream.name)
         if not self._retiring and await self._removed(store):
             # Another host removed the mapping, or deleted its stream (and the mapping with
             # it): its checkpoints are gone, so a shard taken now would be read again from
@@ -380,8 +379,8 @@ class StreamMapping:
             self._retiring = True
             self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
-        if self._retiring:
-            shards = []  # nothing more is taken (the store refuses the leases anyway)
+        # Retiring, nothing more is taken (the store refuses the leases anyway).
+        shards = [] if self._retiring else await store.shards(self.stream.name)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
