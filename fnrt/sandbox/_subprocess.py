@@ -52,6 +52,7 @@ DEFAULT_SPAWN_TIMEOUT = 5.0
 #: Seconds a new template may take to start (it imports the worker).
 DEFAULT_START_TIMEOUT = 20.0
 _KEEP_EXIT_STATUS = 10.0  # seconds an exit status waits for someone to ask for it
+_OUTPUTS_KEPT = 64  # dead sandboxes whose last output is kept for a caller to ask
 
 
 def describe_exit(status: int | None) -> str:
@@ -367,7 +368,6 @@ def _keep_output_and_remove(path: str) -> bytes:
     raw = read_file(path + OUTPUT_SUFFIX)
     _remove_tree(path)
     return raw
-_OUTPUTS_KEPT = 64
 
 
 class SubprocessFactory:
