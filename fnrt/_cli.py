@@ -45,7 +45,6 @@ def _progress(message: str) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     import logging
 
-
     try:
         from . import http  # noqa: F401 - checked first: the core install has no aiohttp
     except ImportError as exc:  # say what to install

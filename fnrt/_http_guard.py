@@ -62,7 +62,8 @@ def default_max_connections() -> int:
 def _parse_error_text(message: str | None, status: int) -> str:
     """aiohttp's parser words an error over several lines, quoting the bytes with a caret
     under them: its first line, without the quoted bytes, says what was wrong."""
-    first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    lines = (message or "").strip().splitlines()
+    first = lines[0] if lines else ""
     first = first.split(": b'")[0].split(": b\"")[0].rstrip(": ")[:200]
     return first or ("bad request" if status < 500 else "internal error")
 

@@ -77,7 +77,7 @@ def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict
             raise _bad("the AFTER_SHARD_ID shard filter needs a ShardId", "InvalidArgumentException")
         return [s for s in shards if s["ShardId"] > after]
     if kind == "AT_LATEST":
-        return [s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]]
+        return [s for s in shards if not _closed(s)]
     if kind == "FROM_TRIM_HORIZON":
         return shards
     raise _bad(f"fnrt does not support the {kind} shard filter", "InvalidArgumentException")
@@ -134,6 +134,11 @@ def _stream_mode(body: dict[str, Any]) -> str:
             f"satisfy constraint: Member must satisfy enum value set: [{', '.join(STREAM_MODES)}]"
         )
     return str(mode)
+
+
+def _closed(shard: dict[str, Any]) -> bool:
+    """A shard of ``Stream.shards()`` is closed: its range has an end."""
+    return "EndingSequenceNumber" in shard["SequenceNumberRange"]
 
 
 def _data_size(data: str) -> int:
@@ -297,7 +302,7 @@ class KinesisApi:
         open_shards = 0
         for name in await self.runtime.list_streams():
             shards = await (await self.runtime.get_stream(name)).shards()
-            open_shards += sum(1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"])
+            open_shards += sum(1 for s in shards if not _closed(s))
         if open_shards + more > SHARD_LIMIT:
             config = self.runtime.config
             raise AwsError(
@@ -367,9 +372,7 @@ class KinesisApi:
         stream = await self._stream(body)
         summary = await self._description(stream)
         shards = await self._shard_list(stream)
-        summary["OpenShardCount"] = sum(
-            1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]
-        )
+        summary["OpenShardCount"] = sum(1 for s in shards if not _closed(s))
         summary["ConsumerCount"] = 0
         return {"StreamDescriptionSummary": summary}
 
@@ -432,7 +435,7 @@ class KinesisApi:
                     "ResourceNotFoundException",
                     f"Shard {shard_id} in stream {stream.name} under account {account} does not exist",
                 )
-            if "EndingSequenceNumber" in shard["SequenceNumberRange"]:
+            if _closed(shard):
                 raise _bad(
                     f"Shard {shard_id} in stream {stream.name} under account {account} has already been "
                     "merged or split, and thus is not eligible for merging or splitting.",
@@ -480,7 +483,7 @@ class KinesisApi:
         ranges = [
             (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]), s["ShardId"])
             for s in await stream.shards()
-            if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+            if not _closed(s)
         ]
         now = self.runtime.clock.monotonic()
         out = []
@@ -659,7 +662,7 @@ class KinesisApi:
         if more:  # more may follow: how far behind the newest this page is
             newest_arrival = read[-1]["ApproximateArrivalTimestamp"]
             out["MillisBehindLatest"] = max(0, int((self.runtime.clock.time() - newest_arrival) * 1000))
-        closed = "EndingSequenceNumber" in shard["SequenceNumberRange"]
+        closed = _closed(shard)
         if closed and not read:  # a closed shard read to its end: no next iterator, and its children
             out["ChildShards"] = [
                 {

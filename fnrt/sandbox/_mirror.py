@@ -14,12 +14,14 @@ the host never takes an earlier invocation's output for this one's.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import shutil
 import stat
 import struct
 
-__all__ = ["INIT_OUTPUT", "SUFFIX", "OutputMirror", "read_file", "read_output"]
+__all__ = ["INIT_OUTPUT", "SUFFIX", "OutputMirror", "read_file", "read_output", "remove_with_output"]
 
 #: The file is its TMPDIR's path with this added: beside the directory, not in it (a
 #: sandbox's /tmp starts empty, as Lambda's does, and a handler that cleans it keeps it).
@@ -109,3 +111,10 @@ def read_output(raw: bytes, request_id: str) -> str:
     if total > cap:
         return f"[... {total - cap} bytes truncated]\n{text.lstrip(chr(0xFFFD))}"
     return text
+
+
+def remove_with_output(tmp: str) -> None:
+    """Remove a sandbox's TMPDIR ``tmp``, and its output file beside it."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp + SUFFIX)

@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import sys
@@ -36,7 +35,7 @@ from .._clock import Clock, Deadlines
 from ..errors import InvalidConfig, ServiceError
 from ._channel import Channel, ChannelSandbox
 from ._mirror import SUFFIX as OUTPUT_SUFFIX
-from ._mirror import read_file, read_output
+from ._mirror import read_file, read_output, remove_with_output
 from ._protocol import (
     Resources,
     SandboxDied,
@@ -52,6 +51,7 @@ DEFAULT_SPAWN_TIMEOUT = 5.0
 #: Seconds a new template may take to start (it imports the worker).
 DEFAULT_START_TIMEOUT = 20.0
 _KEEP_EXIT_STATUS = 10.0  # seconds an exit status waits for someone to ask for it
+_OUTPUTS_KEPT = 64  # dead sandboxes whose last output is kept for a caller to ask
 
 
 def describe_exit(status: int | None) -> str:
@@ -355,19 +355,11 @@ def _resolve_user(user: str | int) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _remove_tree(path: str) -> None:
-    """A sandbox's TMPDIR, and its output file beside it."""
-    shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.unlink(path + OUTPUT_SUFFIX)
-
-
 def _keep_output_and_remove(path: str) -> bytes:
     """Remove a dead sandbox's TMPDIR, first reading its output file (see ``_mirror``)."""
     raw = read_file(path + OUTPUT_SUFFIX)
-    _remove_tree(path)
+    remove_with_output(path)
     return raw
-_OUTPUTS_KEPT = 64
 
 
 class SubprocessFactory:
@@ -476,7 +468,7 @@ class SubprocessFactory:
             template, pid, sock = await self._spawn(setup, tmp)
         except BaseException:
             self._tmp_dirs.discard(tmp)
-            _remove_tree(tmp)
+            remove_with_output(tmp)
             raise
         loop = asyncio.get_running_loop()
         try:
@@ -556,7 +548,7 @@ class SubprocessFactory:
             self._template = None
         dirs, self._tmp_dirs = list(self._tmp_dirs), set()
         for path in dirs:
-            await asyncio.to_thread(_remove_tree, path)
+            await asyncio.to_thread(remove_with_output, path)
         if self._removals:  # sandboxes that ended just before: their directories go too
             await asyncio.gather(*self._removals)
         claims, self._claims = list(self._claims.values()), {}

@@ -26,7 +26,6 @@ from __future__ import annotations
 # Pre-import what every sandbox needs, so a fork starts with it loaded.
 import asyncio  # noqa: F401
 import collections
-import contextlib
 import ctypes
 import errno
 import itertools
@@ -34,7 +33,6 @@ import json
 import logging  # noqa: F401
 import os
 import select
-import shutil
 import signal
 import socket
 import sys
@@ -334,9 +332,7 @@ def main(ctrl_fd: int) -> None:
     if cgroups is not None and not emptying:
         _cgroup.remove(list(cgroups.parents.values()))
     for tmp in [*tmp_dirs.values(), *reaped_dirs]:  # removing one twice does no harm
-        shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp + _mirror.SUFFIX)  # its output file, beside it
+        _mirror.remove_with_output(tmp)
     os._exit(0)
 
 

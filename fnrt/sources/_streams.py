@@ -372,7 +372,6 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        shards = await store.shards(self.stream.name)
         if not self._retiring and await self._removed(store):
             # Another host removed the mapping, or deleted its stream (and the mapping with
             # it): its checkpoints are gone, so a shard taken now would be read again from
@@ -380,8 +379,8 @@ class StreamMapping:
             self._retiring = True
             self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
-        if self._retiring:
-            shards = []  # nothing more is taken (the store refuses the leases anyway)
+        # Retiring, nothing more is taken (the store refuses the leases anyway).
+        shards = [] if self._retiring else await store.shards(self.stream.name)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -531,14 +530,14 @@ class ShardPoller:
             f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
-        # What a record of the event weighs beyond its data and quoted partition key: the
-        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
-        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
         # AT_TIMESTAMP's timestamp: what arrived before it is not read.
         at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
         self._not_before = self.config.starting_position_timestamp if at_timestamp else None
         # What one read takes at most (data and keys): a batch of 6 MB for each lane.
         self._read_bytes = MAX_BATCH_BYTES * self.config.parallelization_factor
+        # What a record of the event weighs beyond its data and quoted partition key: the
+        # record of ``_event`` with both empty, the longest sequence numbers and arrival time.
+        seq, at = "9" * len(seq_str(0)), "-1.2345678901234567e+308"
         self._record_overhead = len(
             f'{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":,'
             f'"sequenceNumber":"{seq}","data":"","approximateArrivalTimestamp":{at}}},'
@@ -670,7 +669,7 @@ class ShardPoller:
         event of 6 MB (Lambda invokes at whichever comes first)."""
         if len(records) >= self.config.batch_size:
             return True
-        return _event_bytes(records, self._record_overhead) > MAX_BATCH_BYTES - _EVENT_ENVELOPE
+        return _event_bytes(records, self._record_overhead) > _RECORDS_BUDGET
 
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
@@ -981,6 +980,7 @@ def _drop(task: asyncio.Task[Any]) -> None:
 
 # ``{"Records":[`` and ``]}`` around a batch's records.
 _EVENT_ENVELOPE = len('{"Records":[]}')
+_RECORDS_BUDGET = MAX_BATCH_BYTES - _EVENT_ENVELOPE  # what a batch's records may weigh
 # A record's fields, read in C over a whole round.
 _seq, _key, _data = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
@@ -998,15 +998,14 @@ def _batches(records: list[StoredRecord], size: int, overhead: int) -> Iterator[
     """Cut ``records`` into batches of at most ``size`` records whose event fits Lambda's
     6 MB payload: a record weighs its data, its partition key as JSON quotes it (a
     character outside ASCII is 6 or 12 bytes) and ``overhead``, the rest of its event record."""
-    budget = MAX_BATCH_BYTES - _EVENT_ENVELOPE
-    if len(records) <= size and _event_bytes(records, overhead) <= budget:
+    if len(records) <= size and _event_bytes(records, overhead) <= _RECORDS_BUDGET:
         yield records  # the common case: the round is one batch
         return
     batch: list[StoredRecord] = []
     total = 0
     for record in records:
         weight = len(record.data) + len(_quote(record.partition_key)) + overhead
-        if batch and (len(batch) >= size or total + weight > budget):
+        if batch and (len(batch) >= size or total + weight > _RECORDS_BUDGET):
             yield batch
             batch, total = [], 0
         batch.append(record)
@@ -1129,14 +1128,18 @@ class StreamSource:
         # have deleted the stream (Describe answered it with no shards, and CreateStream
         # refused to make it again: "already exists").
         if not await store.stream_exists(name):
-            self._streams.pop(name, None)
-            self._retention.pop(name, None)
+            self._forget_stream(name)
             raise StreamNotFound(name)
         stream = self._streams.get(name)
         if stream is None:
             self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
+
+    def _forget_stream(self, name: str) -> None:
+        """Drop what this host caches of stream ``name`` (gone from the store)."""
+        self._streams.pop(name, None)
+        self._retention.pop(name, None)
 
     async def delete_stream(self, name: str) -> None:
         """Kinesis' ``DeleteStream``: this host's mappings of the stream stop (their leases
@@ -1158,15 +1161,12 @@ class StreamSource:
             await store.delete_stream(name)
         except BaseException:
             for old in doomed:  # the stream is still there: poll on from the checkpoints
-                mapping = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
-                mapping.last_processing_result = old.last_processing_result
-                self.mappings[old.uuid] = mapping
-                mapping.start()
+                again = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
+                self._replace(old.uuid, old, again)
             raise
         for mapping in doomed:
             self.mappings.pop(mapping.uuid, None)
-        self._streams.pop(name, None)
-        self._retention.pop(name, None)
+        self._forget_stream(name)
         self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
 
     async def add_mapping(
@@ -1251,6 +1251,10 @@ class StreamSource:
             # The config is durable, so the update stands: leases not handed back expire,
             # and the new pollers take them over then.
             self.log.warning("leases not released on update", mapping=key, error=str(exc))
+        self._replace(key, old, new)
+
+    def _replace(self, key: str, old: StreamMapping, new: StreamMapping) -> None:
+        """Start ``new`` as mapping ``key`` in the place of the stopped ``old``, with its last result."""
         new.last_processing_result = old.last_processing_result
         self.mappings[key] = new
         new.start()
@@ -1275,8 +1279,7 @@ class StreamSource:
                 await mapping.stop()
             except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
                 self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
-            self._streams.pop(mapping.stream.name, None)
-            self._retention.pop(mapping.stream.name, None)
+            self._forget_stream(mapping.stream.name)
 
     async def aclose(self) -> None:
         for mapping in list(self.mappings.values()):

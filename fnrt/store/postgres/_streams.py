@@ -52,6 +52,19 @@ _CHECKPOINT = (
     "SELECT count(*) FROM c"
 )
 
+# A shard's records after $3, at most $4 of them, oldest first.
+_READ = (
+    "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
+    "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+)
+# The same, up to the record whose data and partition key bring the total to $5.
+_READ_CAPPED = (
+    "SELECT seq, partition_key, data, arrival FROM (SELECT *, "
+    "sum(length(data) + length(partition_key)) OVER (ORDER BY seq) "
+    f"- length(data) - length(partition_key) AS before FROM ({_READ}) l) r "
+    "WHERE before < $5 ORDER BY seq"
+)
+
 
 class PgStreamStore:
     """The stream sources' store on PostgreSQL. Records, streams and shards are written
@@ -177,28 +190,9 @@ class PgStreamStore:
         self, stream: str, shard_id: str, after: int, limit: int, *, max_bytes: int | None = None
     ) -> list[StoredRecord]:
         if max_bytes is None:
-            rows = await self.pg.relaxed.fetch(
-                "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
-                "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-                stream,
-                shard_id,
-                after,
-                limit,
-            )
+            rows = await self.pg.relaxed.fetch(_READ, stream, shard_id, after, limit)
         else:  # the running total is taken in the database: what is left out is not sent
-            rows = await self.pg.relaxed.fetch(
-                "SELECT seq, partition_key, data, arrival FROM (SELECT *, "
-                "sum(length(data) + length(partition_key)) OVER (ORDER BY seq) "
-                "- length(data) - length(partition_key) AS before FROM ("
-                "SELECT seq, partition_key, data, arrival FROM fnrt_stream_records "
-                "WHERE stream = $1 AND shard_id = $2 AND seq > $3 ORDER BY seq LIMIT $4) l) r "
-                "WHERE before < $5 ORDER BY seq",
-                stream,
-                shard_id,
-                after,
-                limit,
-                max_bytes,
-            )
+            rows = await self.pg.relaxed.fetch(_READ_CAPPED, stream, shard_id, after, limit, max_bytes)
         return [StoredRecord(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def _close_shards(
