@@ -41,6 +41,7 @@ import attrs
 
 from .._clock import Clock
 from .._config import StreamMappingConfig
+from .._filters import RecordFilter, kinesis_fields
 from .._invoke import Invoker, decode_result
 from .._lambda import (
     MAX_BATCH_BYTES,
@@ -530,6 +531,8 @@ class ShardPoller:
             f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
+        # FilterCriteria: None (no filters) keeps the matcher off the per-record path.
+        self._filter = RecordFilter(self.config.filters) if self.config.filters else None
         # AT_TIMESTAMP's timestamp: what arrived before it is not read.
         at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
         self._not_before = self.config.starting_position_timestamp if at_timestamp else None
@@ -650,10 +653,10 @@ class ShardPoller:
         if not records:
             records = await self._read(store, limit)
         window = self.config.max_batching_window
-        if not records or window <= 0 or self._full(records):
+        if not records or window <= 0 or self._full(records, limit):
             return records
         deadline = self.clock.monotonic() + window
-        while not self._full(records) and (left := deadline - self.clock.monotonic()) > 0:
+        while not self._full(records, limit) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
             records = await self._read(store, limit)
         return records
@@ -664,12 +667,31 @@ class ShardPoller:
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         return await store.read(stream, shard_id, self._position, limit, max_bytes=self._read_bytes)
 
-    def _full(self, records: list[StoredRecord]) -> bool:
+    def _full(self, records: list[StoredRecord], limit: int) -> bool:
         """A batch is ready without waiting out the window: ``batch_size`` records, or an
-        event of 6 MB (Lambda invokes at whichever comes first)."""
+        event of 6 MB (Lambda invokes at whichever comes first). With filters only the
+        records that pass count (Lambda filters each record as it adds it to the batch),
+        and a read of ``limit`` records is as much as a round takes anyway."""
+        if self._filter is not None:
+            if len(records) >= limit:
+                return True
+            records = self._matching(records)
         if len(records) >= self.config.batch_size:
             return True
         return _event_bytes(records, self._record_overhead) > _RECORDS_BUDGET
+
+    def _matching(self, records: list[StoredRecord]) -> list[StoredRecord]:
+        """The records that pass the mapping's filters (it has some)."""
+        match = self._filter
+        assert match is not None
+        with_data = match.uses_data
+        return [
+            r
+            for r in records
+            if match.matches(
+                kinesis_fields(r.partition_key, seq_str(r.seq), r.data, r.arrival, with_data=with_data)
+            )
+        ]
 
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
@@ -687,7 +709,21 @@ class ShardPoller:
         return not more
 
     async def _deliver_round(self, store: StreamStore, records: list[StoredRecord]) -> None:
-        """Deliver a round: one lane per partition-key group, each lane in order."""
+        """Deliver a round: one lane per partition-key group, each lane in order. With
+        filters, only the records that pass are delivered, and once they are done the
+        checkpoint moves to the round's last record (what no filter matched is done too)."""
+        if self._filter is None:
+            await self._deliver_records(store, records)
+            return
+        last = records[-1].seq
+        kept = self._matching(records)
+        if kept:
+            await self._deliver_records(store, kept)
+        if self._position < last:
+            self._checkpoint_soon(store, last)
+            self._position = last
+
+    async def _deliver_records(self, store: StreamStore, records: list[StoredRecord]) -> None:
         factor = self.config.parallelization_factor
         lanes: dict[int, list[StoredRecord]] = {}
         if factor > 1:
@@ -958,6 +994,14 @@ class ShardPoller:
         )
 
 
+def _stored_config(config: StreamMappingConfig) -> dict[str, Any]:
+    """The settings stored as the mapping's config: all but its filters, which have a column
+    of their own (an older fnrt reads the config and would refuse a key it does not know)."""
+    settings = config.to_dict()
+    del settings["filters"]
+    return settings
+
+
 def _keep_start(config: StreamMappingConfig, stored: dict[str, Any]) -> StreamMappingConfig:
     """``config`` with the starting position of the stored mapping's config ``stored``."""
     try:
@@ -1195,10 +1239,11 @@ class StreamSource:
                 str(uuid.uuid4()),
                 stream.name,
                 name,
-                config.to_dict(),
+                _stored_config(config),
                 config.starting_position,
                 config.starting_position_timestamp,
                 self.clock.time(),
+                filters=config.filters,
             )
             mapping = StreamMapping(self, row.uuid, stream, name, config)
             self.mappings[row.uuid] = mapping
@@ -1233,10 +1278,11 @@ class StreamSource:
                 found.uuid,
                 found.stream.name,
                 found.function,
-                config.to_dict(),
+                _stored_config(config),
                 config.starting_position,
                 config.starting_position_timestamp,
                 self.clock.time(),
+                filters=config.filters,
             )
             mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
             # The swap runs to its end even if the caller is cancelled (an HTTP client that
