@@ -922,7 +922,7 @@ async def test_filters_send_only_matching_records_and_checkpoint_past_the_rest(t
         records.append((order(9, type="sell"), "vip"))  # the last record passes no filter
         placed = await stream.put_records(records)
         vip = {"partitionKey": ["vip"], "data": {"id": [3]}}
-        mapping = await rt.add_stream_mapping("orders", "orders", batch_size=20, filters=[BUYS, vip])
+        mapping = await rt.add_stream_mapping("orders", "orders", batch_size=3, filters=[BUYS, vip])
         assert mapping.config.filters == (json.dumps(BUYS), json.dumps(vip))
         await until(lambda: len(ledger(path)) == 3, clock, what="the buy orders")
 
@@ -932,7 +932,8 @@ async def test_filters_send_only_matching_records_and_checkpoint_past_the_rest(t
         await until(checkpointed, clock, what="the checkpoint at the last (filtered out) record")
         await rt.wait_idle()
         assert [e["id"] for e in ledger(path)] == [0, 3, 6]  # in order, nothing else
-        assert rt.metrics.counter("Invocations", "orders") == 1  # one batch of the three
+        # one batch of the three: a batch is of records that pass (not a batch read, then filtered)
+        assert rt.metrics.counter("Invocations", "orders") == 1
         assert await mapping.failure_records() == []
 
 
@@ -1039,3 +1040,21 @@ async def test_filters_are_changed_by_an_update_and_kept_over_a_restart(tmp_path
         await orders_function(rt, tmp_path)
         [again] = await rt.resume_stream_mappings()
         assert again.config.filters == ()  # the removal was stored too
+
+
+async def test_a_batching_window_counts_only_the_records_that_pass(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await rt.add_stream_mapping("orders", "orders", batch_size=2, max_batching_window=60, filters=[BUYS])
+        await stream.put_records([(order(i, type="buy" if i == 0 else "sell"), "c") for i in range(4)])
+        await clock.advance(1)
+        await rt.wait_idle()
+        # four records read, one passes: the batch of two is not full, so it waits the window
+        assert rt.metrics.counter("Invocations", "orders") == 0
+        await stream.put_records([(order(4, type="buy"), "c")])
+        await until(lambda: ledger(path), what="the full batch (the clock stands still)")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 4]
+        assert rt.metrics.counter("Invocations", "orders") == 1

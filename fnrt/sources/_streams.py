@@ -595,16 +595,20 @@ class ShardPoller:
 
     async def _poll(self, store: StreamStore) -> None:
         config = self.config
-        round_size = config.batch_size * config.parallelization_factor
-        # Up to four rounds per read ahead while rounds are small (at most 500 records,
-        # or one round): a quarter of the reads' hops, and little more held in memory.
-        ahead_size = max(round_size, min(4 * round_size, 500))
-        ahead_bytes = self._read_bytes * (ahead_size // round_size)
+        round_size = read_size = config.batch_size * config.parallelization_factor
+        if self._filter is not None:
+            # Filters pass over some of what is read: read more at once (up to GetRecords'
+            # 10,000 records, and the bytes of a round) so the batches can still fill.
+            read_size = max(round_size, min(10 * round_size, 10_000))
+        # Up to four reads per read ahead while reads are small (at most 500 records,
+        # or one read): a quarter of the reads' hops, and little more held in memory.
+        ahead_size = max(read_size, min(4 * read_size, 500))
+        ahead_bytes = self._read_bytes * (ahead_size // read_size)
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
         try:
             while True:
-                records = await self._gather(store, round_size, ahead)
+                records = await self._gather(store, read_size, ahead)
                 ahead = None
                 if records and self._not_before is not None and records[0].arrival < self._not_before:
                     # AT_TIMESTAMP: records that arrived before it are passed over, not invoked
@@ -621,6 +625,9 @@ class ShardPoller:
                     after = records[-1].seq
                     reading = store.read(stream, shard_id, after, ahead_size, max_bytes=ahead_bytes)
                     ahead = (after, asyncio.ensure_future(reading))
+                    if self._filter is not None:
+                        await self._deliver_filtered(store, records, round_size)
+                        continue
                     for start in range(0, len(records), round_size):
                         await self._deliver_round(store, records[start : start + round_size])
                     continue
@@ -708,22 +715,21 @@ class ShardPoller:
         more = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, 1)
         return not more
 
-    async def _deliver_round(self, store: StreamStore, records: list[StoredRecord]) -> None:
-        """Deliver a round: one lane per partition-key group, each lane in order. With
-        filters, only the records that pass are delivered, and once they are done the
-        checkpoint moves to the round's last record (what no filter matched is done too)."""
-        if self._filter is None:
-            await self._deliver_records(store, records)
-            return
-        last = records[-1].seq
+    async def _deliver_filtered(self, store: StreamStore, records: list[StoredRecord], size: int) -> None:
+        """Deliver what passes the filters in rounds of ``size`` (batches are of records
+        that pass, as Lambda fills them); once those are done, the checkpoint moves to the
+        last record read (what no filter matched is done too, and a read of only those
+        invokes nothing)."""
         kept = self._matching(records)
-        if kept:
-            await self._deliver_records(store, kept)
+        for start in range(0, len(kept), size):
+            await self._deliver_round(store, kept[start : start + size])
+        last = records[-1].seq
         if self._position < last:
             self._checkpoint_soon(store, last)
             self._position = last
 
-    async def _deliver_records(self, store: StreamStore, records: list[StoredRecord]) -> None:
+    async def _deliver_round(self, store: StreamStore, records: list[StoredRecord]) -> None:
+        """Deliver a round: one lane per partition-key group, each lane in order."""
         factor = self.config.parallelization_factor
         lanes: dict[int, list[StoredRecord]] = {}
         if factor > 1:
