@@ -16,7 +16,7 @@ and ``3.0e2`` are not equal to each other (``numeric`` compares values).
 
 For a Kinesis record the pattern sees the record's ``kinesis`` fields at its top level
 (``partitionKey``, ``sequenceNumber``, ``approximateArrivalTimestamp``,
-``kinesisSchemaVersion``) and ``data`` decoded as JSON. A pattern on ``data`` must be an
+``kinesisSchemaVersion``), its ``eventID``, and ``data`` decoded as JSON. A pattern on ``data`` must be an
 object, and it matches no record whose data is not valid JSON (Lambda drops those).
 """
 
@@ -374,10 +374,13 @@ def decode_data(data: str) -> Any:
 
 
 def kinesis_fields(
-    partition_key: str, sequence_number: str, data: str, arrival: float, *, with_data: bool
+    shard_id: str, partition_key: str, sequence_number: str, data: str, arrival: float, *, with_data: bool
 ) -> dict[str, Any]:
-    """What a pattern sees of a Kinesis record: its ``kinesis`` fields (``data`` decoded)."""
+    """What a pattern sees of a Kinesis record: its ``kinesis`` fields (``data`` decoded) and
+    its ``eventID``. The fields every record of the source shares (``eventSource``,
+    ``eventSourceARN``, ``awsRegion``, ...) are not there to filter on, as in Lambda."""
     fields = {
+        "eventID": f"{shard_id}:{sequence_number}",
         "kinesisSchemaVersion": "1.0",
         "partitionKey": partition_key,
         "sequenceNumber": sequence_number,

@@ -21,7 +21,8 @@ def record(
     data: Any = None, *, raw: bytes | None = None, key: str = "user-1", seq: str = "0042"
 ) -> dict[str, Any]:
     payload = raw if raw is not None else json.dumps(data).encode()
-    return kinesis_fields(key, seq, base64.b64encode(payload).decode(), 1700000000.5, with_data=True)
+    data = base64.b64encode(payload).decode()
+    return kinesis_fields("shardId-000000000003", key, seq, data, 1700000000.5, with_data=True)
 
 
 def passes(pattern: Any, rec: dict[str, Any]) -> bool:
@@ -150,6 +151,8 @@ def test_metadata_keys_of_a_kinesis_record() -> None:
     assert not passes({"partitionKey": ["user-2"]}, record({}))
     assert passes({"sequenceNumber": [{"prefix": "00"}]}, record({}))
     assert passes({"kinesisSchemaVersion": ["1.0"]}, record({}))
+    assert passes({"eventID": ["shardId-000000000003:0042"]}, record({}))
+    assert not passes({"eventSource": ["aws:kinesis"]}, record({}))  # not a field to filter on
     assert passes({"approximateArrivalTimestamp": [{"numeric": [">", 1700000000]}]}, record({}))
     both = {"partitionKey": ["user-1"], "data": {"Location": ["Los Angeles"]}}
     assert passes(both, record({"Location": "Los Angeles"}))

@@ -691,12 +691,14 @@ class ShardPoller:
         """The records that pass the mapping's filters (it has some)."""
         match = self._filter
         assert match is not None
-        with_data = match.uses_data
+        with_data, shard_id = match.uses_data, self.shard.shard_id
         return [
             r
             for r in records
             if match.matches(
-                kinesis_fields(r.partition_key, seq_str(r.seq), r.data, r.arrival, with_data=with_data)
+                kinesis_fields(
+                    shard_id, r.partition_key, seq_str(r.seq), r.data, r.arrival, with_data=with_data
+                )
             )
         ]
 
