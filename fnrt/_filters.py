@@ -35,6 +35,9 @@ from .errors import InvalidConfig
 
 MAX_FILTERS = 5  # Lambda's default quota of filters per event source mapping
 MAX_PATTERN_LENGTH = 4096  # the API's limit on a Pattern
+# How deep a pattern's objects may nest: matching recurses that deep, so a pattern of
+# 4,096 characters nested all the way down would not fit Python's stack when a record comes.
+MAX_DEPTH = 64
 _MISSING: Any = object()
 Rule = Callable[[Any], bool]  # one rule of a list, on one leaf value
 Test = Callable[[Any], bool]  # a pattern object, on an event object
@@ -236,15 +239,24 @@ def _rule(item: Any) -> Rule | bool:
 
 def _leaves(value: Any) -> list[Any]:
     """The leaf values a rule list is matched against: one for a scalar, each scalar of an
-    array (arrays match when any element does), none for a missing key or an object."""
+    array (arrays match when any element does), none for a missing key or an object.
+    Iterative: a record's data may nest arrays as deep as JSON allows."""
     if value is _MISSING or isinstance(value, dict):
         return []
-    if isinstance(value, list):
-        out: list[Any] = []
-        for item in value:
-            out.extend(_leaves(item))
-        return out
-    return [value]
+    if not isinstance(value, list):
+        return [value]
+    out: list[Any] = []
+    pending = [iter(value)]
+    while pending:
+        for item in pending[-1]:
+            if isinstance(item, list):
+                pending.append(iter(item))
+                break
+            if not isinstance(item, dict):
+                out.append(item)
+        else:
+            pending.pop()
+    return out
 
 
 def _field_rules(key: str, items: list[Any]) -> Test:
@@ -286,17 +298,20 @@ def _any_of(branches: list[Test]) -> Test:
     return lambda obj: any(branch(obj) for branch in branches)
 
 
-def _compile(pattern: Any, where: str = "the pattern") -> Test:
+def _compile(pattern: Any, where: str = "the pattern", depth: int = 0) -> Test:
     if not isinstance(pattern, dict):
         raise _invalid(f"{where} must be a JSON object, got {pattern!r}")
+    if depth >= MAX_DEPTH:
+        raise _invalid(f"a pattern nests objects at most {MAX_DEPTH} deep")
     tests: list[Test] = []
     for key, rule in pattern.items():
         if key == "$or":
             if not isinstance(rule, list) or len(rule) < 2:
                 raise _invalid("$or takes a list of at least two patterns")
-            tests.append(_any_of([_compile(branch, "each pattern of $or") for branch in rule]))
+            branches = [_compile(branch, "each pattern of $or", depth + 1) for branch in rule]
+            tests.append(_any_of(branches))
         elif isinstance(rule, dict):
-            tests.append(_field_object(key, _compile(rule, f"the pattern of {key!r}")))
+            tests.append(_field_object(key, _compile(rule, f"the pattern of {key!r}", depth + 1)))
         elif isinstance(rule, list):
             tests.append(_field_rules(key, rule))
         else:

@@ -167,6 +167,18 @@ def test_data_that_is_not_json_matches_no_pattern_on_data() -> None:
     assert passes({"partitionKey": ["user-1"]}, text)  # metadata still filters
 
 
+def test_deeply_nested_data_is_matched_without_running_out_of_stack() -> None:
+    deep: Any = "x"
+    for _ in range(800):
+        deep = [deep]
+    assert passes(on_data(["x"]), record({"field": deep}))
+    assert not passes(on_data(["y"]), record({"field": deep}))
+    nested = {"field": ["x"]}
+    for _ in range(60):
+        nested = {"n": nested}
+    assert passes({"data": nested}, record(json.loads(json.dumps(nested).replace('["x"]', '"x"'))))
+
+
 def test_a_record_passes_when_any_filter_matches() -> None:
     filters = RecordFilter([json.dumps(on_data(["a"])), json.dumps({"partitionKey": ["vip"]})])
     assert filters.matches(record({"field": "a"}, key="x"))
@@ -198,6 +210,7 @@ def test_a_record_passes_when_any_filter_matches() -> None:
         '{"data": ["plain"]}',  # a pattern on data must be JSON (an object)
         '{"a": [1e999999]}',
         "{" * 5000,  # over the API's 4096 characters
+        '{"a":' * 600 + '["x"]' + "}" * 600,  # nested deeper than matching may recurse
     ],
 )
 def test_an_invalid_pattern_is_refused_when_the_mapping_is_configured(pattern: str) -> None:
