@@ -186,11 +186,12 @@ def _numeric(argument: Any) -> Rule:
         else:
             raise _invalid(f"numeric operator must be one of =, <, <=, >, >=, got {op!r}")
     if len(kinds) == 2:
-        if kinds != ["lower", "upper"]:
+        if sorted(kinds) != ["lower", "upper"]:
             raise _invalid(
-                f"a numeric range is a lower bound (> or >=) then an upper one (< or <=), got {argument!r}"
+                f"a numeric range is a lower bound (> or >=) and an upper one (< or <=), got {argument!r}"
             )
-        if comparisons[0][1] > comparisons[1][1]:
+        low, high = comparisons if kinds[0] == "lower" else comparisons[::-1]
+        if low[1] > high[1]:
             raise _invalid(f"a numeric range's lower bound is above its upper bound: {argument!r}")
     pairs = tuple(comparisons)
     return lambda v: isinstance(v, Number) and all(compare(v.value, bound) for compare, bound in pairs)
@@ -306,8 +307,8 @@ def _compile(pattern: Any, where: str = "the pattern", depth: int = 0) -> Test:
     tests: list[Test] = []
     for key, rule in pattern.items():
         if key == "$or":
-            if not isinstance(rule, list) or len(rule) < 2:
-                raise _invalid("$or takes a list of at least two patterns")
+            if not isinstance(rule, list) or not rule:
+                raise _invalid("$or takes a list of patterns")
             branches = [_compile(branch, "each pattern of $or", depth + 1) for branch in rule]
             tests.append(_any_of(branches))
         elif isinstance(rule, dict):

@@ -100,6 +100,8 @@ def test_numeric_equals_and_ranges() -> None:
     seen = [passes(between, record({"field": n})) for n in (10, 10.5, 20, 20.01)]
     assert seen == [False, True, True, False]
     assert passes(on_data([{"numeric": [">=", 0]}]), record({"field": 0}))
+    upper_first = on_data([{"numeric": ["<=", 20, ">", 10]}])
+    assert passes(upper_first, record({"field": 15})) and not passes(upper_first, record({"field": 25}))
     assert not passes(on_data([{"numeric": ["<", 0]}]), record({"field": 0}))
 
 
@@ -200,13 +202,16 @@ def test_a_record_passes_when_any_filter_matches() -> None:
         '{"field": [{"prefix": 1}]}',
         '{"field": [{"exists": "yes"}]}',
         '{"field": [{"numeric": [">", "ten"]}]}',
-        '{"field": [{"numeric": ["<", 1, ">", 0]}]}',
+        '{"field": [{"numeric": [">", 1, ">", 0]}]}',
         '{"field": [{"numeric": [">", 10, "<", 5]}]}',
+        '{"field": [{"numeric": ["<", 5, ">", 10]}]}',
+        '{"field": [{"numeric": ["=", 5, "<", 10]}]}',
         '{"field": [{"numeric": ["!=", 1]}]}',
         '{"field": [{"anything-but": []}]}',
         '{"field": [{"anything-but": ["a", 1]}]}',
         '{"field": [{"cidr": "10.0.0.0/99"}]}',
-        '{"$or": [{"a": ["x"]}]}',
+        '{"$or": []}',
+        '{"$or": [{"a": ["x"]}, ["y"]]}',
         '{"data": ["plain"]}',  # a pattern on data must be JSON (an object)
         '{"a": [1e999999]}',
         "{" * 5000,  # over the API's 4096 characters
