@@ -27,7 +27,6 @@ import binascii
 import ipaddress
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -135,9 +134,33 @@ def _string_operator(operator: str, argument: Any) -> Rule:
         text = _string(argument, operator)
         if "**" in text:
             raise _invalid(f"wildcard may not have consecutive '*': {text!r}")
-        regex = re.compile(".*".join(re.escape(part) for part in text.split("*")), re.DOTALL)
-        return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
+        return _wildcard(text.split("*"))
     raise _invalid(f"unknown operator {operator!r}")
+
+
+def _wildcard(parts: list[str]) -> Rule:
+    """``*`` matches any run of characters: the first part is a prefix, the last a suffix,
+    and each one between is found leftmost after the one before (linear in the value; a
+    regular expression of many ``.*`` backtracks for ever on a long value)."""
+    head, tail, middle = parts[0], parts[-1], parts[1:-1]
+    least = sum(map(len, parts))
+    if len(parts) == 1:
+        return lambda v: isinstance(v, str) and v == head
+
+    def rule(value: Any) -> bool:
+        if not isinstance(value, str) or len(value) < least:
+            return False
+        if not value.startswith(head) or not value.endswith(tail):
+            return False
+        position, end = len(head), len(value) - len(tail)
+        for part in middle:
+            found = value.find(part, position, end)
+            if found < 0:
+                return False
+            position = found + len(part)
+        return True
+
+    return rule
 
 
 def _anything_but(argument: Any) -> Rule:

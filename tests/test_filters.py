@@ -120,6 +120,11 @@ def test_cidr_and_wildcard() -> None:
     assert not passes(on_data([{"cidr": "10.0.0.0/24"}]), record({"field": "not an ip"}))
     assert passes(on_data([{"wildcard": "img/*.png"}]), record({"field": "img/cat.png"}))
     assert not passes(on_data([{"wildcard": "img/*.png"}]), record({"field": "doc/cat.png"}))
+    assert passes(on_data([{"wildcard": "a*b*a"}]), record({"field": "aba"}))
+    assert not passes(on_data([{"wildcard": "ab*ba"}]), record({"field": "aba"}))  # no overlap
+    assert passes(on_data([{"wildcard": "*"}]), record({"field": ""}))
+    # many stars against a long value that almost matches: answered at once, no backtracking
+    assert not passes(on_data([{"wildcard": "*a" * 40 + "*b"}]), record({"field": "a" * 100_000}))
 
 
 def test_keys_of_one_object_must_all_match_and_or_takes_either() -> None:
