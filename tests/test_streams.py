@@ -1058,3 +1058,17 @@ async def test_a_batching_window_counts_only_the_records_that_pass(tmp_path: Pat
         await rt.wait_idle()
         assert [e["id"] for e in ledger(path)] == [0, 4]
         assert rt.metrics.counter("Invocations", "orders") == 1
+
+
+async def test_filters_on_large_records_decode_them_off_the_event_loop(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        pad = "x" * 150_000  # four of these are over what is decoded on the loop
+        await stream.put_records([(order(i, type=kind(i), pad=pad), "c") for i in range(4)])
+        await rt.add_stream_mapping("orders", "orders", batch_size=4, filters=[BUYS])
+        await until(lambda: len(ledger(path)) == 2, clock, what="the large buys")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 2]
+        assert rt.metrics.counter("Invocations", "orders") == 1

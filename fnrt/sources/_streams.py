@@ -44,6 +44,7 @@ from .._config import StreamMappingConfig
 from .._filters import RecordFilter, kinesis_fields
 from .._invoke import Invoker, decode_result
 from .._lambda import (
+    LARGE_PAYLOAD,
     MAX_BATCH_BYTES,
     MAX_RECORD_BYTES,
     backoff,
@@ -660,10 +661,10 @@ class ShardPoller:
         if not records:
             records = await self._read(store, limit)
         window = self.config.max_batching_window
-        if not records or window <= 0 or self._full(records, limit):
+        if not records or window <= 0 or await self._ready(records, limit):
             return records
         deadline = self.clock.monotonic() + window
-        while not self._full(records, limit) and (left := deadline - self.clock.monotonic()) > 0:
+        while not await self._ready(records, limit) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
             records = await self._read(store, limit)
         return records
@@ -674,23 +675,30 @@ class ShardPoller:
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         return await store.read(stream, shard_id, self._position, limit, max_bytes=self._read_bytes)
 
-    def _full(self, records: list[StoredRecord], limit: int) -> bool:
+    def _full(self, records: list[StoredRecord]) -> bool:
         """A batch is ready without waiting out the window: ``batch_size`` records, or an
-        event of 6 MB (Lambda invokes at whichever comes first). With filters only the
-        records that pass count (Lambda filters each record as it adds it to the batch),
-        and a read of ``limit`` records is as much as a round takes anyway."""
-        if self._filter is not None:
-            if len(records) >= limit:
-                return True
-            records = self._matching(records)
+        event of 6 MB (Lambda invokes at whichever comes first)."""
         if len(records) >= self.config.batch_size:
             return True
         return _event_bytes(records, self._record_overhead) > _RECORDS_BUDGET
 
-    def _matching(self, records: list[StoredRecord]) -> list[StoredRecord]:
-        """The records that pass the mapping's filters (it has some)."""
+    async def _ready(self, records: list[StoredRecord], limit: int) -> bool:
+        """:meth:`_full`; with filters, of the records that pass (Lambda filters each record
+        as it adds it to the batch), or a read of ``limit`` (as much as is read at once)."""
+        if self._filter is None:
+            return self._full(records)
+        return len(records) >= limit or self._full(await self._matching(records))
+
+    async def _matching(self, records: list[StoredRecord]) -> list[StoredRecord]:
+        """The records that pass the mapping's filters (it has some): on a worker thread
+        when their data is decoded and large (JSON of megabytes takes milliseconds)."""
         match = self._filter
         assert match is not None
+        if match.uses_data and sum(map(len, map(_data, records))) >= LARGE_PAYLOAD:
+            return await asyncio.to_thread(self._match, match, records)
+        return self._match(match, records)
+
+    def _match(self, match: RecordFilter, records: list[StoredRecord]) -> list[StoredRecord]:
         with_data, shard_id = match.uses_data, self.shard.shard_id
         return [
             r
@@ -722,7 +730,7 @@ class ShardPoller:
         that pass, as Lambda fills them); once those are done, the checkpoint moves to the
         last record read (what no filter matched is done too, and a read of only those
         invokes nothing)."""
-        kept = self._matching(records)
+        kept = await self._matching(records)
         for start in range(0, len(kept), size):
             await self._deliver_round(store, kept[start : start + size])
         last = records[-1].seq
