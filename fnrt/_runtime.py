@@ -862,7 +862,9 @@ class Runtime(ControlPlane, ClusterMember):
             if (row.stream, row.function) in running or row.function not in self._registry:
                 continue
             try:
-                started.append(await self.add_stream_mapping(row.stream, row.function, **row.config))
+                started.append(
+                    await self.add_stream_mapping(row.stream, row.function, **row.config, filters=row.filters)
+                )
             except (StreamNotFound, InvalidConfig) as exc:
                 self._log.warning("stored stream mapping not resumed", mapping=row.uuid, error=str(exc))
         return started

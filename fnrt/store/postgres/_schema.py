@@ -170,6 +170,12 @@ TABLES = (
     )""",
 )
 
+# Columns added since a table was first made, each nullable (NULL: what a row written by an
+# older fnrt means), so a store of the same VERSION gains them without a version bump and an
+# older fnrt still opens it: added when missing at every set-up (under the advisory lock).
+# fnrt_stream_mappings.filters: the mapping's FilterCriteria patterns as a JSON list.
+COLUMNS = (("fnrt_stream_mappings", "filters", "text"),)
+
 FUNCTIONS = (
     # The one place that names the notification channel (fixed when the schema is made).
     """CREATE OR REPLACE FUNCTION fnrt_wake(p_payload text) RETURNS integer LANGUAGE plpgsql AS $$
