@@ -58,10 +58,14 @@ _PROVISIONED = "/2019-09-30/functions/{name}/provisioned-concurrency"
 _EVENT_INVOKE = "/2019-09-25/functions/{name}/event-invoke-config"
 _MAPPINGS = "/2015-03-31/event-source-mappings"
 _ACCOUNT = "/2016-08-19/account-settings"
+_TAGS = "/2017-03-31/tags/{arn}"
 
 _KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
 _UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
 _NOT_FOUND = "The resource you requested does not exist."
+_TAG_LIMIT = 50  # tags per function, Lambda's quota
+# Lambda's TagKey and TagValue: letters, spaces, digits and _.:/=+-@
+_TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*\Z")
 _UNCHANGED = object()
 
 
@@ -207,6 +211,8 @@ class ControlApi:
 
     def register(self, app: web.Application) -> None:
         add = app.router.add_route
+        add("DELETE", _FUNCTIONS, self.delete_function)
+        add("GET", _FUNCTIONS + "/policy", self.get_policy)
         add("PUT", _FUNCTIONS + "/configuration", self.update_function_configuration)
         add("PUT", _CONCURRENCY_PUT, self.put_function_concurrency)
         add("DELETE", _CONCURRENCY_PUT, self.delete_function_concurrency)
@@ -227,11 +233,114 @@ class ControlApi:
         add("DELETE", _MAPPINGS + "/{uuid}", self.delete_event_source_mapping)
         for path in (_ACCOUNT, _ACCOUNT + "/"):
             add("GET", path, self.get_account_settings)
+        add("POST", _TAGS, self.tag_resource)
+        add("DELETE", _TAGS, self.untag_resource)
+        add("GET", _TAGS, self.list_tags)
 
     def _function(self, request: web.Request) -> FunctionRecord:
         """The function the path names (a name or ARN; a qualifier in it must be ``$LATEST``)."""
         record, _ = resolve(self.runtime, request.match_info["name"], None)
         return record
+
+    # -- functions ----------------------------------------------------------------------
+
+    async def delete_function(self, request: web.Request) -> web.Response:
+        """``DeleteFunction``: the function goes (its concurrency, pool, event-invoke config
+        and tags with it); its event source mappings stay, as in Lambda. With a version's
+        ``Qualifier`` only that version would go: fnrt publishes none, so there is nothing
+        to delete (Lambda answers 204 for a version that does not exist too)."""
+        record, qualifier = resolve(
+            self.runtime, request.match_info["name"], request.query.get("Qualifier"), any_qualifier=True
+        )
+        if qualifier == LATEST:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                "$LATEST version cannot be deleted without deleting the function.",
+            )
+        if qualifier is None:
+            await self.runtime.remove_function(record.name)
+            self.stamps.forget_function(record.name)
+        return web.Response(status=204)
+
+    async def get_policy(self, request: web.Request) -> web.Response:
+        """``GetPolicy``: fnrt functions have no resource-based policy (it serves no
+        ``AddPermission``), so it is Lambda's answer for a function without one."""
+        resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
+        raise AwsError(404, "ResourceNotFoundException", _NOT_FOUND)
+
+    # -- tags ---------------------------------------------------------------------------
+
+    def _tagged(self, request: web.Request) -> FunctionRecord:
+        """The function a tag request's ``Resource`` ARN names (unqualified: Lambda tags
+        functions, not their versions or aliases)."""
+        arn = request.match_info["arn"]
+        if not arn.startswith("arn:") or ":function:" not in arn:
+            raise AwsError(
+                400,
+                "ValidationException",
+                f"1 validation error detected: Value '{arn}' at 'resource' failed to satisfy "
+                "constraint: Member must satisfy regular expression pattern: "
+                "arn:(aws[a-zA-Z-]*):lambda:[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\\d{1}:\\d{12}:"
+                "function:[a-zA-Z0-9-_]+(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
+            )
+        record, qualifier = resolve(self.runtime, arn, None, any_qualifier=True)
+        if qualifier is not None:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"Tags are not supported on a function's versions or aliases: {arn}",
+            )
+        return record
+
+    async def tag_resource(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        body = await _body(request)
+        if "Tags" not in body:
+            raise AwsError(400, "InvalidParameterValueException", "Tags is required")
+        tags = body["Tags"]
+        if not isinstance(tags, dict):
+            raise _invalid("Tags", tags, "Member must be a map of strings to strings")
+        for key, value in tags.items():
+            if not 1 <= len(key) <= 128 or not _TAG_TEXT.match(key):
+                raise _invalid(
+                    "Tags", key, "Map keys must have length 1-128 and satisfy regular expression "
+                    "pattern: ([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)"
+                )
+            if key.lower().startswith("aws:"):
+                raise AwsError(
+                    400,
+                    "InvalidParameterValueException",
+                    f"Tag keys that start with aws: are reserved for AWS use: {key}",
+                )
+            if not isinstance(value, str) or len(value) > 256 or not _TAG_TEXT.match(value):
+                raise _invalid(
+                    "Tags", value, "Map values must be strings of length 0-256 that satisfy regular "
+                    "expression pattern: ([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)"
+                )
+        merged = {**self.stamps.tags.get(record.name, {}), **tags}
+        if len(merged) > _TAG_LIMIT:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"A function can have at most {_TAG_LIMIT} tags; this request would give it {len(merged)}",
+            )
+        self.stamps.tags[record.name] = merged
+        return web.Response(status=204)
+
+    async def untag_resource(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        keys = request.query.getall("tagKeys", [])
+        if not keys:
+            raise AwsError(400, "InvalidParameterValueException", "TagKeys is required")
+        tags = self.stamps.tags.get(record.name, {})
+        for key in keys:
+            tags.pop(key, None)
+        return web.Response(status=204)
+
+    async def list_tags(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        return web.json_response({"Tags": dict(self.stamps.tags.get(record.name, {}))})
 
     # -- function configuration ---------------------------------------------------------
 

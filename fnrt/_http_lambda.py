@@ -47,6 +47,7 @@ _QUALIFIER = re.compile(r"[a-zA-Z0-9$_-]{1,128}\Z")
 API_PREFIXES = (
     "/2015-03-31/",
     "/2016-08-19/",
+    "/2017-03-31/",
     "/2017-10-31/",
     "/2019-09-25/",
     "/2019-09-30/",
@@ -72,6 +73,8 @@ class Stamps:
         self.runtime = runtime
         self._at: dict[tuple[str, str], float] = {}
         self._functions: dict[str, tuple[int, float]] = {}
+        #: Each function's tags (``TagResource``), by function name.
+        self.tags: dict[str, dict[str, str]] = {}
 
     def touch(self, kind: str, key: str) -> float:
         now = self._at[(kind, key)] = self.runtime.clock.time()
@@ -83,6 +86,14 @@ class Stamps:
 
     def forget(self, kind: str, key: str) -> None:
         self._at.pop((kind, key), None)
+
+    def forget_function(self, name: str) -> None:
+        """A deleted function's times and tags: a function added again under its name
+        starts afresh, as a new function does in Lambda."""
+        self._functions.pop(name, None)
+        self.tags.pop(name, None)
+        for key in [key for key in self._at if key[1] == name]:
+            del self._at[key]
 
     def modified(self, record: FunctionRecord) -> None:
         """The function changed without a new generation (its dead-letter queue)."""
@@ -166,11 +177,14 @@ def _not_found(runtime: Runtime, name: str, qualifier: str | None = None) -> Aws
     return AwsError(404, "ResourceNotFoundException", f"Function not found: {arn}")
 
 
-def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[FunctionRecord, str | None]:
+def resolve(
+    runtime: Runtime, raw_name: str, qualifier: str | None, *, any_qualifier: bool = False
+) -> tuple[FunctionRecord, str | None]:
     """The function a ``FunctionName`` (+ ``Qualifier``) names, and the qualifier used.
 
     Only ``$LATEST`` exists in fnrt (no published versions or aliases): any other
-    qualifier is ``ResourceNotFoundException``, as in Lambda for an unknown alias."""
+    qualifier is ``ResourceNotFoundException``, as in Lambda for an unknown alias, unless
+    ``any_qualifier`` (the caller judges the qualifier itself)."""
     match = _NAME.match(raw_name)
     if match is None:
         raise AwsError(
@@ -203,7 +217,7 @@ def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[Fun
         record = runtime.get_function(name)
     except FunctionNotFound:
         raise _not_found(runtime, name) from None
-    if qualifier is not None and qualifier != LATEST:
+    if qualifier is not None and qualifier != LATEST and not any_qualifier:
         raise _not_found(runtime, name, qualifier)
     return record, qualifier
 
@@ -320,6 +334,9 @@ class LambdaApi:
         }
         if record.config.reserved_concurrency is not None:
             body["Concurrency"] = {"ReservedConcurrentExecutions": record.config.reserved_concurrency}
+        tags = self.stamps.tags.get(record.name)
+        if tags:
+            body["Tags"] = dict(tags)
         return web.json_response(body)
 
     async def get_function_configuration(self, request: web.Request) -> web.Response:

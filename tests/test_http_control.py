@@ -808,3 +808,86 @@ async def test_deleting_an_event_invoke_config_set_by_the_decorator_deletes_it(s
     await rt.deploy("handlers.payments")  # and its deletion
     gone = await error_of(lam.get_function_event_invoke_config, FunctionName="charge")
     assert gone["Code"] == "ResourceNotFoundException"
+
+
+async def test_delete_function_removes_the_function_and_refuses_its_latest_version(served) -> None:
+    """DeleteFunction: a version's qualifier deletes only that version (none exist: 204,
+    nothing changes), ``$LATEST`` is refused, no qualifier deletes the function: it is
+    gone from every call, and its name can be used again from scratch."""
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo", reserved_concurrency=100)
+    lam = client("lambda", server.url)
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    await call(lam.tag_resource, Resource=arn, Tags={"team": "talks"})
+
+    latest = await error_of(lam.delete_function, FunctionName="echo", Qualifier="$LATEST")
+    assert (latest["Status"], latest["Code"]) == (400, "InvalidParameterValueException")
+    assert "$LATEST" in latest["Message"]
+    mismatch = await error_of(lam.delete_function, FunctionName="echo:1", Qualifier="2")
+    assert mismatch["Code"] == "InvalidParameterValueException"
+    version = await call(lam.delete_function, FunctionName="echo", Qualifier="7")
+    assert version["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert (await call(lam.get_function, FunctionName="echo"))["Configuration"]["FunctionName"] == "echo"
+
+    deleted = await call(lam.delete_function, FunctionName=arn)
+    assert deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert "echo" not in rt.functions()
+    for operation, kwargs in (
+        (lam.get_function, {"FunctionName": "echo"}),
+        (lam.invoke, {"FunctionName": "echo", "Payload": b"{}"}),
+        (lam.delete_function, {"FunctionName": "echo"}),
+        (lam.list_tags, {"Resource": arn}),
+    ):
+        gone = await error_of(operation, **kwargs)
+        assert (gone["Status"], gone["Code"]) == (404, "ResourceNotFoundException"), operation
+    assert (await call(lam.list_functions))["Functions"] == []
+    # its reservation went with it: the whole pool is unreserved again
+    settings = await call(lam.get_account_settings)
+    assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == 1000
+
+    await rt.add_function("echo", "handlers.echo:echo")  # a new function under the old name
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {}
+    again = json.loads((await call(lam.invoke, FunctionName="echo", Payload=b'{"n": 1}'))["Payload"].read())
+    assert again["event"] == {"n": 1}
+
+
+async def test_tags_are_set_listed_shown_by_get_function_and_removed(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {}
+    assert "Tags" not in await call(lam.get_function, FunctionName="echo")
+
+    tagged = await call(lam.tag_resource, Resource=arn, Tags={"team": "talks", "env": "dev"})
+    assert tagged["ResponseMetadata"]["HTTPStatusCode"] == 204
+    await call(lam.tag_resource, Resource=arn, Tags={"env": "prod"})  # merges, overwrites
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks", "env": "prod"}
+    assert (await call(lam.get_function, FunctionName="echo"))["Tags"] == {"team": "talks", "env": "prod"}
+    untagged = await call(lam.untag_resource, Resource=arn, TagKeys=["env", "never-set"])
+    assert untagged["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks"}
+
+    refusals = [
+        ({"Resource": arn + ":1", "Tags": {"a": "b"}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {"aws:owner": "me"}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {f"k{i}": "v" for i in range(50)}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {"bad#key": "v"}}, 400, "ValidationException"),
+        ({"Resource": arn + "-other", "Tags": {"a": "b"}}, 404, "ResourceNotFoundException"),
+    ]
+    for kwargs, status, code in refusals:
+        refused = await error_of(lam.tag_resource, **kwargs)
+        assert (refused["Status"], refused["Code"]) == (status, code), kwargs
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks"}  # nothing half-applied
+    not_arn = await error_of(lam.list_tags, Resource="echo")
+    assert (not_arn["Status"], not_arn["Code"]) == (400, "ValidationException")
+
+
+async def test_get_policy_of_a_function_without_one_is_resource_not_found(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    none = await error_of(lam.get_policy, FunctionName="echo")
+    assert (none["Status"], none["Code"]) == (404, "ResourceNotFoundException")
+    unknown = await error_of(lam.get_policy, FunctionName="nosuch")
+    assert unknown["Code"] == "ResourceNotFoundException" and "nosuch" in unknown["Message"]
