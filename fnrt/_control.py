@@ -54,12 +54,15 @@ class ControlPlane:
 
     async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
         """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
-        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        ``environment``, ``description``, ``init_timeout``, ``sandbox`` (and ``code_root``:
+        ``UpdateFunctionCode``). New invocations
         get environments initialized with the new configuration; environments of the old
         one finish what they run and retire."""
         self._check_running()
         entry = self._registry.get(name)
-        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        allowed = {
+            "timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox", "code_root"
+        }
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidConfig(
@@ -67,6 +70,8 @@ class ControlPlane:
                 "(concurrency has its own calls)"
             )
         config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        if config.code_root is not None and (config.sandbox or self.config.sandbox) == "inline":
+            raise InvalidConfig("code_root needs a subprocess or subinterpreter sandbox, not inline")
         record = attrs.evolve(
             entry.record,
             config=config,

@@ -75,6 +75,11 @@ class Stamps:
         self._functions: dict[str, tuple[int, float]] = {}
         #: Each function's tags (``TagResource``), by function name.
         self.tags: dict[str, dict[str, str]] = {}
+        #: What ``CreateFunction``/``UpdateFunctionCode`` were given, by function name: the
+        #: role, and the deployment package (where it was unpacked, its ``CodeSha256`` and
+        #: ``CodeSize``).
+        self.roles: dict[str, str] = {}
+        self.code: dict[str, tuple[str, str, int]] = {}
 
     def touch(self, kind: str, key: str) -> float:
         now = self._at[(kind, key)] = self.runtime.clock.time()
@@ -92,6 +97,8 @@ class Stamps:
         starts afresh, as a new function does in Lambda."""
         self._functions.pop(name, None)
         self.tags.pop(name, None)
+        self.roles.pop(name, None)
+        self.code.pop(name, None)
         for key in [key for key in self._at if key[1] == name]:
             del self._at[key]
 
@@ -152,6 +159,10 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
     dead_letter = None
     if stamps is not None:
         out["LastModified"] = stamps.function(record)
+        out["Role"] = stamps.roles.get(record.name, out["Role"])
+        code = stamps.code.get(record.name)
+        if code is not None and code[0] == config.code_root:  # still the package it was given
+            out["CodeSha256"], out["CodeSize"] = code[1], code[2]
         dead_letter = stamps.runtime.async_config(record.name).dead_letter
         if dead_letter:
             out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}

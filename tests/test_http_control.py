@@ -891,3 +891,149 @@ async def test_get_policy_of_a_function_without_one_is_resource_not_found(served
     assert (none["Status"], none["Code"]) == (404, "ResourceNotFoundException")
     unknown = await error_of(lam.get_policy, FunctionName="nosuch")
     assert unknown["Code"] == "ResourceNotFoundException" and "nosuch" in unknown["Message"]
+
+
+ROLE = "arn:aws:iam::000000000000:role/lambda-role"
+
+
+def zip_package(files: dict[str, str]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def package(version: int) -> bytes:
+    """A deployment package whose handler imports a module of its own."""
+    return zip_package(
+        {
+            "lambda_function.py": (
+                "import os\nimport helper\n\n"
+                "def lambda_handler(event, context):\n"
+                "    return {'version': helper.VERSION, 'event': event,\n"
+                "            'root': os.environ['LAMBDA_TASK_ROOT'], 'file': helper.__file__}\n"
+            ),
+            "helper.py": f"VERSION = {version}\n",
+        }
+    )
+
+
+async def test_create_function_runs_its_zip_and_update_function_code_replaces_it(served) -> None:
+    import base64
+    import hashlib
+
+    rt, server = served
+    lam = client("lambda", server.url)
+    first = package(1)
+    created = await call(
+        lam.create_function,
+        FunctionName="zipped",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": first},
+        Timeout=5,
+        MemorySize=256,
+        Environment={"Variables": {"STAGE": "dev"}},
+        Description="from a zip",
+        Tags={"team": "talks"},
+        DeadLetterConfig={"TargetArn": SINK_ARN},
+    )
+    assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert created["DeadLetterConfig"] == {"TargetArn": SINK_ARN}
+    assert rt.async_config("zipped").dead_letter == SINK_ARN
+    assert created["FunctionName"] == "zipped" and created["Role"] == ROLE
+    assert created["Handler"] == "lambda_function.lambda_handler"
+    assert (created["Timeout"], created["MemorySize"], created["Description"]) == (5, 256, "from a zip")
+    assert created["Environment"] == {"Variables": {"STAGE": "dev"}}
+    assert created["CodeSha256"] == base64.b64encode(hashlib.sha256(first).digest()).decode()
+    assert created["CodeSize"] == len(first) and created["State"] == "Active"
+    assert (await call(lam.list_tags, Resource=created["FunctionArn"]))["Tags"] == {"team": "talks"}
+
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b'{"n": 1}'))["Payload"].read())
+    assert out["version"] == 1 and out["event"] == {"n": 1}
+    assert out["file"] == os.path.join(out["root"], "helper.py")  # the package's module, from its root
+
+    again = await error_of(
+        lam.create_function,
+        FunctionName="zipped",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": first},
+    )
+    assert (again["Status"], again["Code"]) == (409, "ResourceConflictException")
+
+    second = package(2)
+    dry = await call(lam.update_function_code, FunctionName="zipped", ZipFile=second, DryRun=True)
+    assert dry["CodeSha256"] == base64.b64encode(hashlib.sha256(second).digest()).decode()
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b"{}"))["Payload"].read())
+    assert out["version"] == 1  # a dry run changes nothing
+
+    stale = await error_of(lam.update_function_code, FunctionName="zipped", ZipFile=second, RevisionId="x")
+    assert (stale["Status"], stale["Code"]) == (412, "PreconditionFailedException")
+    updated = await call(
+        lam.update_function_code, FunctionName="zipped", ZipFile=second, RevisionId=created["RevisionId"]
+    )
+    assert updated["CodeSha256"] == dry["CodeSha256"] and updated["RevisionId"] != created["RevisionId"]
+    assert (updated["Timeout"], updated["Environment"]) == (5, {"Variables": {"STAGE": "dev"}})
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b"{}"))["Payload"].read())
+    assert out["version"] == 2  # new environments import the new package
+    got = await call(lam.get_function, FunctionName="zipped")
+    assert got["Configuration"]["CodeSha256"] == updated["CodeSha256"]
+
+    # a deployed module's function can take a package too: its handler then comes from it
+    await rt.add_function("echo", "handlers.echo:noop")
+    replaced = {"handlers/__init__.py": "", "handlers/echo.py": "def noop(e, c):\n    return 'zip'\n"}
+    await call(lam.update_function_code, FunctionName="echo", ZipFile=zip_package(replaced))
+    assert json.loads((await call(lam.invoke, FunctionName="echo"))["Payload"].read()) == "zip"
+
+
+async def test_create_function_refuses_what_it_cannot_run_and_registers_nothing(served) -> None:
+    rt, server = served
+    lam = client("lambda", server.url)
+    good = package(1)
+    base = {
+        "FunctionName": "refused",
+        "Runtime": "python3.12",
+        "Role": ROLE,
+        "Handler": "lambda_function.lambda_handler",
+        "Code": {"ZipFile": good},
+    }
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"Code": {"S3Bucket": "my-bucket", "S3Key": "code.zip"}}, 400, "InvalidParameterValueException"),
+        ({"Code": {"ImageUri": "000000000000.dkr.ecr.us-east-1.amazonaws.com/f:1"}}, 400,
+         "InvalidParameterValueException"),
+        ({"Code": {"ZipFile": b"not a zip file"}}, 400, "InvalidParameterValueException"),
+        ({"Code": {"ZipFile": zip_package({"../out.py": ""})}}, 400, "InvalidParameterValueException"),
+        ({"Runtime": "nodejs20.x"}, 400, "InvalidParameterValueException"),
+        ({"Publish": True}, 400, "InvalidParameterValueException"),
+        ({"Layers": ["arn:aws:lambda:us-east-1:000000000000:layer:deps:1"]}, 400,
+         "InvalidParameterValueException"),
+        ({"VpcConfig": {"SubnetIds": ["subnet-1"]}}, 400, "InvalidParameterValueException"),
+        ({"Role": "not-a-role"}, 400, "ValidationException"),
+        ({"Timeout": 901}, 400, "ValidationException"),
+        ({"MemorySize": 10_241}, 400, "ValidationException"),
+        ({"Environment": {"Variables": {"AWS_REGION": "eu-west-1"}}}, 400, "InvalidParameterValueException"),
+        ({"Handler": "no_dot_here"}, 400, "InvalidParameterValueException"),
+        ({"Tags": {"aws:owner": "me"}}, 400, "InvalidParameterValueException"),
+    ]
+    for change, status, code in cases:
+        refused = await error_of(lam.create_function, **{**base, **change})
+        assert (refused["Status"], refused["Code"]) == (status, code), change
+    no_handler = {k: v for k, v in base.items() if k != "Handler"}
+    refused = await error_of(lam.create_function, **no_handler)
+    assert refused["Code"] == "InvalidParameterValueException" and "Handler" in refused["Message"]
+    assert rt.functions() == {}
+    assert (await call(lam.list_functions))["Functions"] == []
+
+    await call(lam.create_function, **base)
+    for change in ({"S3Bucket": "my-bucket", "S3Key": "code.zip"}, {"ZipFile": b"not a zip file"}):
+        refused = await error_of(lam.update_function_code, FunctionName="refused", **change)
+        assert refused["Code"] == "InvalidParameterValueException", change
+    out = json.loads((await call(lam.invoke, FunctionName="refused"))["Payload"].read())
+    assert out["version"] == 1  # the refused updates left the code as it was
