@@ -45,6 +45,7 @@ from ._http_errors import AwsError
 from ._http_lambda import (
     ARCHITECTURE,
     Stamps,
+    decode_marker,
     destination_arn,
     function_configuration,
     lambda_time,
@@ -362,10 +363,7 @@ def _page(request: web.Request, keys: list[str], default: int, limit: int) -> tu
     start = 0
     marker = request.query.get("Marker")
     if marker:
-        try:
-            after = base64.urlsafe_b64decode(marker.encode()).decode()
-        except (ValueError, binascii.Error):
-            raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+        after = decode_marker(marker)
         start = sum(1 for k in keys if k < after)
     return start, max_items
 

@@ -31,6 +31,9 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TYPES = ("None", "Tail")
 CLIENT_CONTEXT_LIMIT = 3583  # bytes of base64, Lambda's documented limit
 LIST_DEFAULT, LIST_MAX = 50, 10_000
+#: "ListFunctions returns a maximum of 50 items in each response, even if you set the
+#: number higher" (Lambda's API reference): the paginator follows NextMarker for the rest.
+LIST_PAGE_MAX = 50
 LATEST = "$LATEST"
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 ARCHITECTURE = "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "x86_64"
@@ -233,6 +236,15 @@ def resolve(
     return record, qualifier
 
 
+def decode_marker(marker: str) -> str:
+    """A ``Marker`` fnrt handed out as ``NextMarker`` (URL-safe base64 of a key); anything
+    else is refused, not read as the start of the list."""
+    try:
+        return base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, binascii.Error):
+        raise AwsError(400, "InvalidParameterValueException", f"Marker is not valid: {marker!r}") from None
+
+
 def parse_client_context(value: str) -> dict[str, Any]:
     """``X-Amz-Client-Context``: base64 of a JSON object, at most 3,583 bytes."""
     size = len(value.encode("utf-8", "surrogateescape"))  # the header's bytes, as sent
@@ -324,12 +336,10 @@ class LambdaApi:
         records = sorted(self.runtime.functions().values(), key=lambda r: r.name)
         marker = request.query.get("Marker")
         if marker:
-            try:
-                start_name = base64.urlsafe_b64decode(marker.encode()).decode()
-            except (ValueError, binascii.Error):
-                raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+            start_name = decode_marker(marker)
             records = [r for r in records if r.name >= start_name]
-        page, rest = records[:max_items], records[max_items:]
+        page_size = min(max_items, LIST_PAGE_MAX)
+        page, rest = records[:page_size], records[page_size:]
         body: dict[str, Any] = {
             "Functions": [{**function_configuration(r, self.stamps), "Fnrt": _fnrt_extras(r)} for r in page]
         }
@@ -360,6 +370,7 @@ __all__ = [
     "API_PREFIXES",
     "LambdaApi",
     "Stamps",
+    "decode_marker",
     "destination_arn",
     "function_configuration",
     "lambda_time",
