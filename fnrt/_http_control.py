@@ -71,7 +71,17 @@ _ACCOUNT = "/2016-08-19/account-settings"
 _TAGS = "/2017-03-31/tags/{arn}"
 
 _KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
-_UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
+_UPDATABLE = (
+    "Timeout",
+    "MemorySize",
+    "Environment",
+    "Description",
+    "DeadLetterConfig",
+    "RevisionId",
+    "Handler",
+    "Runtime",
+    "Role",
+)
 _NOT_FOUND = "The resource you requested does not exist."
 _TAG_LIMIT = 50  # tags per function, Lambda's quota
 _UNZIPPED_LIMIT = 262_144_000  # bytes, Lambda's CodeSizeUnzipped
@@ -253,6 +263,29 @@ def _tags(tags: Any) -> dict[str, str]:
             f"A function can have at most {_TAG_LIMIT} tags, got {len(tags)}",
         )
     return dict(tags)
+
+
+def _role(body: Mapping[str, Any]) -> str:
+    role = body["Role"]
+    if not isinstance(role, str) or not _ROLE.match(role):
+        raise _invalid(
+            "Role",
+            role,
+            "Member must satisfy regular expression pattern: "
+            "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+",
+        )
+    return role
+
+
+def _python(body: Mapping[str, Any]) -> None:
+    """``Runtime``: a Python 3 runtime (the sandboxes run the host's interpreter)."""
+    runtime = body["Runtime"]
+    if not isinstance(runtime, str) or not re.fullmatch(r"python3\.\d+", runtime):
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"fnrt runs Python functions only (runtime python3.x), not {runtime!r}",
+        )
 
 
 def _created_name(runtime: Runtime, raw: Any) -> str:
@@ -459,22 +492,11 @@ class ControlApi:
             if key not in body:
                 raise AwsError(400, "InvalidParameterValueException", f"{key} is required")
         name = _created_name(rt, body["FunctionName"])
-        role = body["Role"]
-        if not isinstance(role, str) or not _ROLE.match(role):
-            raise _invalid(
-                "Role", role, "Member must satisfy regular expression pattern: "
-                "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
-            )
+        role = _role(body)
         _create_defaults(body)
-        runtime = body.get("Runtime")
-        if runtime is None:
+        if body.get("Runtime") is None:
             raise AwsError(400, "InvalidParameterValueException", _ZIP_MANDATORY)
-        if not isinstance(runtime, str) or not re.fullmatch(r"python3\.\d+", runtime):
-            raise AwsError(
-                400,
-                "InvalidParameterValueException",
-                f"fnrt runs Python functions only (runtime python3.x), not {runtime!r}",
-            )
+        _python(body)
         handler = body.get("Handler")
         if not isinstance(handler, str) or not handler:
             raise AwsError(400, "InvalidParameterValueException", _ZIP_MANDATORY)
@@ -654,16 +676,27 @@ class ControlApi:
         if unknown:
             raise _unsupported(unknown, "UpdateFunctionConfiguration", _UPDATABLE)
         changes = self._settings(body)
+        role = _role(body) if "Role" in body else None
+        if "Runtime" in body:
+            _python(body)  # the sandboxes run the host's Python 3, whichever is named
+        if "Handler" in body:
+            handler = body["Handler"]
+            if not isinstance(handler, str) or not handler:
+                raise _invalid("Handler", handler, "Member must have length greater than or equal to 1")
+            if handler != record.handler:
+                changes["handler"] = handler
         dead_letter_now = self.runtime.async_config(record.name).dead_letter
         if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now):
             raise _stale_revision()
         dead_letter = self._dead_letter(body, dead_letter_now)
         if changes:
             record = await self.runtime.update_function_configuration(record.name, **changes)
+        if role is not None:
+            self.stamps.roles[record.name] = role
         if dead_letter is not _UNCHANGED:
             self.runtime.set_dead_letter(record.name, dead_letter)
-            if not changes:  # no new generation: LastModified moves all the same
-                self.stamps.modified(record)
+        if not changes and (dead_letter is not _UNCHANGED or role is not None):
+            self.stamps.modified(record)  # no new generation: LastModified moves all the same
         return web.json_response(self.function_configuration(record))
 
     # -- reserved concurrency -----------------------------------------------------------

@@ -150,8 +150,8 @@ async def test_update_function_configuration_errors_are_lambdas(served) -> None:
         Environment={"Variables": {"BIG": "x" * 5000}},
     )
     assert huge["Code"] == "InvalidParameterValueException" and "4KB" in huge["Message"]
-    handler = await error_of(lam.update_function_configuration, FunctionName="ctx", Handler="other.fn")
-    assert handler["Code"] == "InvalidParameterValueException" and "Handler" in handler["Message"]
+    vpc = await error_of(lam.update_function_configuration, FunctionName="ctx", VpcConfig={"SubnetIds": []})
+    assert vpc["Code"] == "InvalidParameterValueException" and "VpcConfig" in vpc["Message"]
     missing = await error_of(lam.update_function_configuration, FunctionName="nope", Timeout=5)
     assert missing["Code"] == "ResourceNotFoundException" and missing["Status"] == 404
     # nothing was lost or half applied
@@ -1037,3 +1037,30 @@ async def test_create_function_refuses_what_it_cannot_run_and_registers_nothing(
         assert refused["Code"] == "InvalidParameterValueException", change
     out = json.loads((await call(lam.invoke, FunctionName="refused"))["Payload"].read())
     assert out["version"] == 1  # the refused updates left the code as it was
+
+
+async def test_update_function_configuration_changes_the_handler_and_role(served) -> None:
+    rt, server = served
+    await rt.add_function("fn", "handlers.echo:noop", timeout=5)
+    lam = client("lambda", server.url)
+    assert json.loads((await call(lam.invoke, FunctionName="fn"))["Payload"].read()) is None
+    updated = await call(
+        lam.update_function_configuration,
+        FunctionName="fn",
+        Handler="handlers.chaos.whoami",
+        Runtime="python3.13",
+        Role=ROLE,
+    )
+    assert updated["Handler"] == "handlers.chaos.whoami" and updated["Role"] == ROLE
+    assert updated["Timeout"] == 5  # the rest of the configuration stays
+    out = json.loads((await call(lam.invoke, FunctionName="fn"))["Payload"].read())
+    assert out is not None  # the next environment runs the new handler
+    assert (await call(lam.get_function_configuration, FunctionName="fn"))["Role"] == ROLE
+    for change, code in (
+        ({"Runtime": "nodejs20.x"}, "InvalidParameterValueException"),
+        ({"Handler": "nodot"}, "InvalidParameterValueException"),
+        ({"Role": "admin"}, "ValidationException"),
+    ):
+        refused = await error_of(lam.update_function_configuration, FunctionName="fn", **change)
+        assert (refused["Status"], refused["Code"]) == (400, code), change
+    assert rt.get_function("fn").handler == "handlers.chaos.whoami"
