@@ -744,6 +744,7 @@ class ControlApi:
     async def get_provisioned_concurrency(self, request: web.Request) -> web.Response:
         record = self._function(request)
         if request.query.get("List") == "ALL":  # ListProvisionedConcurrencyConfigs
+            _page(request, [], 50, 50)  # validates MaxItems/Marker; one config at most
             configs = []
             if record.config.provisioned_concurrency:
                 configs.append({"FunctionArn": f"{record.arn}:{LATEST}", **self._provisioned(record)})
@@ -1078,7 +1079,15 @@ class ControlApi:
     # -- account ------------------------------------------------------------------------
 
     async def get_account_settings(self, request: web.Request) -> web.Response:
-        return web.json_response(self.runtime.account_settings())
+        settings = self.runtime.account_settings()
+        functions = self.runtime.functions()
+        # the packages CreateFunction/UpdateFunctionCode were given, for the functions using them
+        settings["AccountUsage"]["TotalCodeSize"] = sum(
+            size
+            for name, (root, _, size) in self.stamps.code.items()
+            if name in functions and functions[name].config.code_root == root
+        )
+        return web.json_response(settings)
 
 
 def _timestamp(value: Any) -> float:

@@ -251,6 +251,8 @@ async def test_provisioned_concurrency_config_reaches_ready(served) -> None:
     listed = await call(lam.list_provisioned_concurrency_configs, FunctionName="whoami")
     [config] = listed["ProvisionedConcurrencyConfigs"]
     assert config["FunctionArn"].endswith(":function:whoami:$LATEST") and config["Status"] == "READY"
+    too_many = await error_of(lam.list_provisioned_concurrency_configs, FunctionName="whoami", MaxItems=51)
+    assert (too_many["Status"], too_many["Code"]) == (400, "InvalidParameterValueException")
 
     alias = await error_of(
         lam.put_provisioned_concurrency_config,
@@ -985,6 +987,8 @@ async def test_create_function_runs_its_zip_and_update_function_code_replaces_it
     assert out["version"] == 2  # new environments import the new package
     got = await call(lam.get_function, FunctionName="zipped")
     assert got["Configuration"]["CodeSha256"] == updated["CodeSha256"]
+    settings = await call(lam.get_account_settings)
+    assert settings["AccountUsage"]["TotalCodeSize"] == len(second)
 
     # a deployed module's function can take a package too: its handler then comes from it
     await rt.add_function("echo", "handlers.echo:noop")
