@@ -3,8 +3,15 @@
 The operations, with the paths, methods, shapes and error codes of Lambda's service model
 (``botocore/data/lambda/2015-03-31/service-2.json``):
 
+- ``CreateFunction`` and ``UpdateFunctionCode`` from a .zip package (``ZipFile``; S3 and
+  container images are refused): it is unpacked and put first on the sandboxes' import
+  path (``code_root``, Lambda's ``LAMBDA_TASK_ROOT``). ``DeleteFunction`` (a version's
+  ``Qualifier`` deletes nothing: fnrt publishes none; ``$LATEST`` is refused).
 - ``UpdateFunctionConfiguration`` (``Timeout``, ``MemorySize``, ``Environment``,
-  ``Description``): new execution environments get the new configuration.
+  ``Description``, ``Handler``, ``Role``, ``DeadLetterConfig``): new execution
+  environments get the new configuration.
+- ``TagResource``, ``UntagResource``, ``ListTags`` (function ARNs); ``GetPolicy`` (no
+  function has a resource policy: ``ResourceNotFoundException``).
 - ``Put/Get/DeleteFunctionConcurrency``.
 - ``Put/Get/Delete/ListProvisionedConcurrencyConfig(s)``. fnrt has no published versions,
   so the qualifier is ``$LATEST`` (which Lambda itself refuses for provisioned concurrency).
