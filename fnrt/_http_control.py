@@ -429,6 +429,12 @@ class ControlApi:
         for path in (_CREATE, _CREATE + "/"):
             add("POST", path, self.create_function)
         add("PUT", _FUNCTIONS + "/code", self.update_function_code)
+        add("POST", _FUNCTIONS + "/versions", self.publish_version)
+        add("GET", _FUNCTIONS + "/versions", self.list_versions_by_function)
+        add("POST", _FUNCTIONS + "/aliases", self.create_alias)
+        add("GET", _FUNCTIONS + "/aliases", self.list_aliases)
+        for method in ("GET", "PUT", "DELETE"):
+            add(method, _FUNCTIONS + "/aliases/{alias}", self.no_such_alias)
         add("DELETE", _FUNCTIONS, self.delete_function)
         add("GET", _FUNCTIONS + "/policy", self.get_policy)
         add("PUT", _FUNCTIONS + "/configuration", self.update_function_configuration)
@@ -580,6 +586,50 @@ class ControlApi:
         ``AddPermission``), so it is Lambda's answer for a function without one."""
         resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
         raise AwsError(404, "ResourceNotFoundException", _NOT_FOUND)
+
+    # -- versions and aliases: fnrt runs $LATEST only --------------------------------------
+
+    async def publish_version(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"fnrt does not publish versions of {record.name}: every invocation runs $LATEST "
+            "(its configuration changes take effect on the next execution environment)",
+        )
+
+    async def list_versions_by_function(self, request: web.Request) -> web.Response:
+        """The one version fnrt has, ``$LATEST``, as Lambda lists it (a qualified ARN)."""
+        record = self._function(request)
+        _page(request, [], 50, 10_000)  # validates MaxItems/Marker
+        latest = {**self.function_configuration(record), "FunctionArn": f"{record.arn}:{LATEST}"}
+        return web.json_response({"Versions": [latest]})
+
+    async def create_alias(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        body = await _body(request)
+        for key in ("Name", "FunctionVersion"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise AwsError(400, "InvalidParameterValueException", f"{key} is required")
+        version = body["FunctionVersion"]
+        if version != LATEST:  # no published version exists
+            raise AwsError(404, "ResourceNotFoundException", f"Function not found: {record.arn}:{version}")
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            "fnrt does not serve aliases: invoke the function unqualified (or with $LATEST)",
+        )
+
+    async def list_aliases(self, request: web.Request) -> web.Response:
+        self._function(request)
+        _page(request, [], 50, 10_000)
+        return web.json_response({"Aliases": []})
+
+    async def no_such_alias(self, request: web.Request) -> web.Response:
+        """``GetAlias``/``UpdateAlias``/``DeleteAlias``: fnrt has no aliases."""
+        record = self._function(request)
+        alias = request.match_info["alias"]
+        raise AwsError(404, "ResourceNotFoundException", f"Alias not found: {record.arn}:{alias}")
 
     # -- tags ---------------------------------------------------------------------------
 

@@ -1068,3 +1068,37 @@ async def test_update_function_configuration_changes_the_handler_and_role(served
         refused = await error_of(lam.update_function_configuration, FunctionName="fn", **change)
         assert (refused["Status"], refused["Code"]) == (400, code), change
     assert rt.get_function("fn").handler == "handlers.chaos.whoami"
+
+
+async def test_versions_and_aliases_show_latest_alone_and_refuse_by_name(served) -> None:
+    """fnrt runs $LATEST only: listing versions shows it, listing aliases shows none, and
+    publishing a version or creating an alias says why it cannot, instead of an unknown
+    operation."""
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    [latest] = (await call(lam.list_versions_by_function, FunctionName="echo"))["Versions"]
+    assert latest["Version"] == "$LATEST" and latest["FunctionArn"].endswith(":function:echo:$LATEST")
+    paginator = lam.get_paginator("list_versions_by_function")
+    pages = await asyncio.to_thread(lambda: list(paginator.paginate(FunctionName="echo")))
+    assert [[v["Version"] for v in page["Versions"]] for page in pages] == [["$LATEST"]]
+    assert (await call(lam.list_aliases, FunctionName="echo"))["Aliases"] == []
+
+    published = await error_of(lam.publish_version, FunctionName="echo")
+    assert (published["Status"], published["Code"]) == (400, "InvalidParameterValueException")
+    assert "$LATEST" in published["Message"]
+    to_latest = await error_of(lam.create_alias, FunctionName="echo", Name="live", FunctionVersion="$LATEST")
+    assert (to_latest["Status"], to_latest["Code"]) == (400, "InvalidParameterValueException")
+    to_version = await error_of(lam.create_alias, FunctionName="echo", Name="live", FunctionVersion="1")
+    assert (to_version["Status"], to_version["Code"]) == (404, "ResourceNotFoundException")
+    for operation, kwargs in (
+        (lam.get_alias, {}),
+        (lam.update_alias, {"FunctionVersion": "$LATEST"}),
+        (lam.delete_alias, {}),
+    ):
+        missing = await error_of(operation, FunctionName="echo", Name="live", **kwargs)
+        assert (missing["Status"], missing["Code"]) == (404, "ResourceNotFoundException"), operation
+        assert missing["Message"].endswith(":function:echo:live")
+    for operation in (lam.list_versions_by_function, lam.list_aliases, lam.publish_version):
+        unknown = await error_of(operation, FunctionName="ghost")
+        assert unknown["Code"] == "ResourceNotFoundException", operation
