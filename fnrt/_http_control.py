@@ -548,7 +548,8 @@ class ControlApi:
         _create_defaults({k: body[k] for k in ("Architectures", "Publish") if k in body})
         zipped = self._package(body, "UpdateFunctionCode")
         dead_letter_now = self.runtime.async_config(record.name).dead_letter
-        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now):
+        role_now = self.stamps.roles.get(record.name)
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now, role_now):
             raise _stale_revision()
         dry_run = body.get("DryRun", False)
         if not isinstance(dry_run, bool):
@@ -743,7 +744,8 @@ class ControlApi:
             if handler != record.handler:
                 changes["handler"] = handler
         dead_letter_now = self.runtime.async_config(record.name).dead_letter
-        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now):
+        role_now = self.stamps.roles.get(record.name)
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now, role_now):
             raise _stale_revision()
         dead_letter = self._dead_letter(body, dead_letter_now)
         if changes:

@@ -120,10 +120,13 @@ class Stamps:
 _REVISIONS = uuid.UUID("6f1c2a3e-5b4d-4e8f-9a7b-0c1d2e3f4a5b")
 
 
-def revision_id(record: FunctionRecord, dead_letter: str | None = None) -> str:
+def revision_id(record: FunctionRecord, dead_letter: str | None = None, role: str | None = None) -> str:
     """``RevisionId``: changes whenever the function's configuration does, its dead-letter
-    queue (kept with the async config) included."""
-    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}#{dead_letter}"))
+    queue (kept with the async config) and a role set over the API included."""
+    key = f"{record.name}#{record.generation}#{record.config!r}#{dead_letter}"
+    if role is not None:
+        key += f"#{role}"
+    return str(uuid.uuid5(_REVISIONS, key))
 
 
 def destination_arn(config: RuntimeConfig, target: str) -> str:
@@ -159,17 +162,18 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
     }
     if config.environment:  # Lambda leaves Environment out when there are no variables
         out["Environment"] = {"Variables": dict(config.environment)}
-    dead_letter = None
+    dead_letter = role = None
     if stamps is not None:
         out["LastModified"] = stamps.function(record)
-        out["Role"] = stamps.roles.get(record.name, out["Role"])
+        role = stamps.roles.get(record.name)
+        out["Role"] = role or out["Role"]
         code = stamps.code.get(record.name)
         if code is not None and code[0] == config.code_root:  # still the package it was given
             out["CodeSha256"], out["CodeSize"] = code[1], code[2]
         dead_letter = stamps.runtime.async_config(record.name).dead_letter
         if dead_letter:
             out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
-    out["RevisionId"] = revision_id(record, dead_letter)
+    out["RevisionId"] = revision_id(record, dead_letter, role)
     return out
 
 

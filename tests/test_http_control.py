@@ -1068,6 +1068,12 @@ async def test_update_function_configuration_changes_the_handler_and_role(served
         refused = await error_of(lam.update_function_configuration, FunctionName="fn", **change)
         assert (refused["Status"], refused["Code"]) == (400, code), change
     assert rt.get_function("fn").handler == "handlers.chaos.whoami"
+    before = (await call(lam.get_function_configuration, FunctionName="fn"))["RevisionId"]
+    other = "arn:aws:iam::000000000000:role/other"
+    moved = await call(lam.update_function_configuration, FunctionName="fn", Role=other, RevisionId=before)
+    assert moved["Role"] == other and moved["RevisionId"] != before  # a role change is a new revision
+    stale = await error_of(lam.update_function_configuration, FunctionName="fn", Timeout=9, RevisionId=before)
+    assert (stale["Status"], stale["Code"]) == (412, "PreconditionFailedException")
 
 
 async def test_versions_and_aliases_show_latest_alone_and_refuse_by_name(served) -> None:
