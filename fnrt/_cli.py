@@ -338,7 +338,12 @@ def _get_json(endpoint: str, path: str) -> Any:
 
 
 def _list(args: argparse.Namespace) -> int:
-    functions = _get_json(args.endpoint, "/2015-03-31/functions/")["Functions"]
+    page = _get_json(args.endpoint, "/2015-03-31/functions/")
+    functions = page["Functions"]
+    while page.get("NextMarker"):  # ListFunctions answers 50 a page, as Lambda does
+        marker = urllib.parse.quote(page["NextMarker"], safe="")
+        page = _get_json(args.endpoint, f"/2015-03-31/functions/?Marker={marker}")
+        functions += page["Functions"]
     if args.json:
         print(json.dumps(functions, indent=2))
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -114,6 +115,13 @@ def _sandbox(instance: object, attribute: attrs.Attribute[Any], value: str | Non
         raise InvalidConfig(reason)
 
 
+def _code_root(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not os.path.isabs(value) or not os.path.isdir(value):
+        raise InvalidConfig(f"code_root must be the absolute path of a directory, got {value!r}")
+
+
 C = TypeVar("C")
 
 
@@ -148,7 +156,9 @@ class FunctionConfig:
     second for tests); ``memory_mb`` sets the sandbox's memory limit (128-10,240);
     ``reserved_concurrency`` both caps the function and reserves that much of the global
     pool (0 throttles every call); ``provisioned_concurrency`` sandboxes are kept
-    initialized ahead of traffic.
+    initialized ahead of traffic. ``code_root`` is a directory put first on the sandbox's
+    import path, Lambda's ``LAMBDA_TASK_ROOT``: where a deployment package was unpacked
+    (``CreateFunction``'s ``ZipFile``), so that its modules are the function's own.
     """
 
     timeout: float = attrs.field(default=3, validator=_number(0.001, 900))
@@ -164,6 +174,7 @@ class FunctionConfig:
     #: What Lambda's execution role gives: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``
     #: and ``AWS_SESSION_TOKEN`` in the sandbox's environment (never the host's own).
     credentials: Mapping[str, str] | None = attrs.field(default=None, repr=False, validator=_credentials)
+    code_root: str | None = attrs.field(default=None, validator=_code_root)
 
     def __attrs_post_init__(self) -> None:
         if self.reserved_concurrency is not None and self.provisioned_concurrency > self.reserved_concurrency:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._config import AsyncConfig, FunctionConfig, RuntimeConfig
+from ._handler import parse_reference
 from ._registry import FunctionEntry, FunctionRecord, FunctionRegistry
 from .errors import InvalidConfig
 
@@ -54,28 +55,45 @@ class ControlPlane:
 
     async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
         """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
-        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        ``environment``, ``description``, ``init_timeout``, ``sandbox``, ``handler``
+        (Lambda's ``Handler``: ``"module.function"`` or ``"module:function"``) and
+        ``code_root`` (``UpdateFunctionCode``). New invocations
         get environments initialized with the new configuration; environments of the old
         one finish what they run and retire."""
         self._check_running()
         entry = self._registry.get(name)
-        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        allowed = {
+            "timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox", "code_root",
+            "handler",
+        }
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidConfig(
                 f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
                 "(concurrency has its own calls)"
             )
+        current = entry.record
+        module, attr, code = current.module, current.attr, []
+        if "handler" in changes:
+            changes = dict(changes)
+            module, attr = parse_reference(changes.pop("handler"))
+            code = ["handler"]
         config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        if config.code_root is not None and (config.sandbox or self.config.sandbox) == "inline":
+            raise InvalidConfig("code_root needs a subprocess or subinterpreter sandbox, not inline")
         record = attrs.evolve(
             entry.record,
             config=config,
             sandbox_kind=config.sandbox or self.config.sandbox,
             generation=self._registry.next_generation(),
+            module=module,
+            attr=attr,
         )
         self._register(record)
         await self._provision_all([record.name])
-        self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
+        self._log.info(
+            "function configuration updated", function=record.name, changed=sorted([*changes, *code])
+        )
         return record
 
     def put_function_concurrency(self, name: str, reserved: int) -> FunctionRecord:

@@ -3,8 +3,15 @@
 The operations, with the paths, methods, shapes and error codes of Lambda's service model
 (``botocore/data/lambda/2015-03-31/service-2.json``):
 
+- ``CreateFunction`` and ``UpdateFunctionCode`` from a .zip package (``ZipFile``; S3 and
+  container images are refused): it is unpacked and put first on the sandboxes' import
+  path (``code_root``, Lambda's ``LAMBDA_TASK_ROOT``). ``DeleteFunction`` (a version's
+  ``Qualifier`` deletes nothing: fnrt publishes none; ``$LATEST`` is refused).
 - ``UpdateFunctionConfiguration`` (``Timeout``, ``MemorySize``, ``Environment``,
-  ``Description``): new execution environments get the new configuration.
+  ``Description``, ``Handler``, ``Role``, ``DeadLetterConfig``): new execution
+  environments get the new configuration.
+- ``TagResource``, ``UntagResource``, ``ListTags`` (function ARNs); ``GetPolicy`` (no
+  function has a resource policy: ``ResourceNotFoundException``).
 - ``Put/Get/DeleteFunctionConcurrency``.
 - ``Put/Get/Delete/ListProvisionedConcurrencyConfig(s)``. fnrt has no published versions,
   so the qualifier is ``$LATEST`` (which Lambda itself refuses for provisioned concurrency).
@@ -23,11 +30,18 @@ setting fnrt cannot honour is refused by name rather than ignored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
+import hashlib
+import io
 import json
+import os
 import re
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +50,9 @@ from aiohttp import web
 from ._config import AsyncConfig, parse_destination
 from ._http_errors import AwsError
 from ._http_lambda import (
+    ARCHITECTURE,
     Stamps,
+    decode_marker,
     destination_arn,
     function_configuration,
     lambda_time,
@@ -51,6 +67,7 @@ from .sources._streams import StreamMapping
 
 __all__ = ["ControlApi"]
 
+_CREATE = "/2015-03-31/functions"
 _FUNCTIONS = "/2015-03-31/functions/{name}"
 _CONCURRENCY_PUT = "/2017-10-31/functions/{name}/concurrency"
 _CONCURRENCY_GET = "/2019-09-30/functions/{name}/concurrency"
@@ -58,10 +75,51 @@ _PROVISIONED = "/2019-09-30/functions/{name}/provisioned-concurrency"
 _EVENT_INVOKE = "/2019-09-25/functions/{name}/event-invoke-config"
 _MAPPINGS = "/2015-03-31/event-source-mappings"
 _ACCOUNT = "/2016-08-19/account-settings"
+_TAGS = "/2017-03-31/tags/{arn}"
 
 _KINESIS_ARN = re.compile(r"^arn:aws[\w-]*:kinesis:[\w-]+:\d{12}:stream/([\w.-]+)$")
-_UPDATABLE = ("Timeout", "MemorySize", "Environment", "Description", "DeadLetterConfig", "RevisionId")
+_UPDATABLE = (
+    "Timeout",
+    "MemorySize",
+    "Environment",
+    "Description",
+    "DeadLetterConfig",
+    "RevisionId",
+    "Handler",
+    "Runtime",
+    "Role",
+)
 _NOT_FOUND = "The resource you requested does not exist."
+_TAG_LIMIT = 50  # tags per function, Lambda's quota
+_UNZIPPED_LIMIT = 262_144_000  # bytes, Lambda's CodeSizeUnzipped
+_LARGE_BODY = 256 * 1024
+_ROLE = re.compile(r"arn:(aws[a-zA-Z-]*)?:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+\Z")
+_PLAIN_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}\Z")
+#: CreateFunction's members fnrt honours; the rest are refused by name, or accepted only
+#: with the value fnrt runs with (see ``_create_defaults``).
+_CREATABLE = (
+    "FunctionName",
+    "Role",
+    "Runtime",
+    "Handler",
+    "Code",
+    "Description",
+    "Timeout",
+    "MemorySize",
+    "Environment",
+    "DeadLetterConfig",
+    "Tags",
+    "Publish",
+    "PackageType",
+    "Architectures",
+    "EphemeralStorage",
+    "TracingConfig",
+    "Layers",
+)
+_CODE_SOURCES = ("S3Bucket", "S3Key", "S3ObjectVersion", "ImageUri")
+_ZIP_MANDATORY = "Runtime and Handler are mandatory parameters for functions created with Zip packages."
+# Lambda's TagKey and TagValue: letters, spaces, digits and _.:/=+-@
+_TAG_TEXT = re.compile(r"[\w\s.:/=+\-@]*\Z")
 _UNCHANGED = object()
 
 
@@ -73,7 +131,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        # a deployment package makes a body of megabytes: parsed off the event loop
+        body = json.loads(raw) if len(raw) < _LARGE_BODY else await asyncio.to_thread(json.loads, raw)
     except (ValueError, RecursionError) as exc:
         raise AwsError(
             400, "InvalidRequestContentException", f"Could not parse request body into json: {exc}"
@@ -170,6 +229,168 @@ def _qualifier(request: web.Request, record: FunctionRecord, *, required: bool) 
         raise AwsError(404, "ResourceNotFoundException", f"Function not found: {record.arn}:{qualifier}")
 
 
+def _stale_revision() -> AwsError:
+    return AwsError(
+        412,
+        "PreconditionFailedException",
+        "The Revision Id provided does not match the latest Revision Id. Call the "
+        "GetFunction/GetAlias API to retrieve the latest Revision Id",
+    )
+
+
+def _tags(tags: Any) -> dict[str, str]:
+    """``Tags``, validated as Lambda's ``TagKey``/``TagValue`` and its reserved prefix."""
+    if not isinstance(tags, dict):
+        raise _invalid("Tags", tags, "Member must be a map of strings to strings")
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or not _TAG_TEXT.match(key):
+            raise _invalid(
+                "Tags",
+                key,
+                "Map keys must have length 1-128 and satisfy regular expression pattern: "
+                "([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)",
+            )
+        if key.lower().startswith("aws:"):
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"Tag keys that start with aws: are reserved for AWS use: {key}",
+            )
+        if not isinstance(value, str) or len(value) > 256 or not _TAG_TEXT.match(value):
+            raise _invalid(
+                "Tags",
+                value,
+                "Map values must be strings of length 0-256 that satisfy regular expression "
+                "pattern: ([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)",
+            )
+    if len(tags) > _TAG_LIMIT:
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"A function can have at most {_TAG_LIMIT} tags, got {len(tags)}",
+        )
+    return dict(tags)
+
+
+def _role(body: Mapping[str, Any]) -> str:
+    role = body["Role"]
+    if not isinstance(role, str) or not _ROLE.match(role):
+        raise _invalid(
+            "Role",
+            role,
+            "Member must satisfy regular expression pattern: "
+            "arn:(aws[a-zA-Z-]*)?:iam::\\d{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+",
+        )
+    return role
+
+
+def _python(body: Mapping[str, Any]) -> None:
+    """``Runtime``: a Python 3 runtime (the sandboxes run the host's interpreter)."""
+    runtime = body["Runtime"]
+    if not isinstance(runtime, str) or not re.fullmatch(r"python3\.\d+", runtime):
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"fnrt runs Python functions only (runtime python3.x), not {runtime!r}",
+        )
+
+
+def _created_name(runtime: Runtime, raw: Any) -> str:
+    """The name ``CreateFunction`` is given: a name, or an unqualified ARN of this
+    runtime's region and account."""
+    if not isinstance(raw, str):
+        raise _invalid("FunctionName", raw, "Member must be a string")
+    name = raw
+    if ":" in raw:
+        prefix = f"arn:aws:lambda:{runtime.config.region}:{runtime.config.account_id}:function:"
+        partial = f"{runtime.config.account_id}:function:"
+        for head in (prefix, partial):
+            if raw.startswith(head):
+                name = raw[len(head) :]
+                break
+    if not _PLAIN_NAME.match(name):
+        raise _invalid(
+            "FunctionName",
+            raw,
+            "Member must satisfy regular expression pattern: "
+            "(arn:(aws[a-zA-Z-]*)?:lambda:)?([a-z]{2}(-gov)?-[a-z]+-\\d{1}:)?(\\d{12}:)?"
+            "(function:)?([a-zA-Z0-9-_]+)",
+        )
+    return name
+
+
+def _create_defaults(body: Mapping[str, Any]) -> None:
+    """Settings fnrt accepts only with the value it runs with: anything else is refused
+    by name rather than ignored."""
+    checks: tuple[tuple[str, Any, str], ...] = (
+        ("Publish", False, "fnrt publishes no versions: leave Publish out or false"),
+        ("PackageType", "Zip", "fnrt runs .zip packages only (PackageType Zip)"),
+        ("Architectures", [ARCHITECTURE], f"fnrt runs on this host's architecture: [{ARCHITECTURE}]"),
+        ("EphemeralStorage", {"Size": 512}, "fnrt's /tmp is the host's: EphemeralStorage Size 512"),
+        ("TracingConfig", {"Mode": "PassThrough"}, "fnrt does no X-Ray tracing: Mode PassThrough"),
+        ("Layers", [], "fnrt does not support Layers: put the code in the package"),
+    )
+    for key, value, why in checks:
+        if key in body and body[key] != value:
+            raise AwsError(400, "InvalidParameterValueException", f"Unsupported {key} {body[key]!r}: {why}")
+
+
+def _unpack_package(zipped: str, parent: str, name: str) -> tuple[str, str, int]:
+    """Decode, hash and unpack a ``ZipFile`` under ``parent`` (in a worker thread): the
+    directory, ``CodeSha256`` and ``CodeSize``."""
+    try:
+        data = base64.b64decode(zipped, validate=True)
+    except (ValueError, binascii.Error):
+        raise _invalid("ZipFile", "...", "Member must be base64-encoded") from None
+    sha = hashlib.sha256(data).digest()
+    target = os.path.join(parent, f"{name}-{sha.hex()[:16]}")
+    _unzip(data, target)
+    return target, base64.b64encode(sha).decode(), len(data)
+
+
+def _unzip(data: bytes, target: str) -> None:
+    """Unpack a .zip deployment package into ``target`` (made here; kept if it exists,
+    as the same package unpacked before). A package that is not a zip, whose members
+    climb out of it, or that unpacks to more than Lambda's 250 MB is refused."""
+    if os.path.isdir(target):
+        return
+    unreadable = AwsError(
+        400,
+        "InvalidParameterValueException",
+        "Could not unzip uploaded file. Please check your file, then try to upload again.",
+    )
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise unreadable from None
+    with archive:
+        members = archive.infolist()
+        if sum(member.file_size for member in members) > _UNZIPPED_LIMIT:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"Unzipped size must be smaller than {_UNZIPPED_LIMIT} bytes",
+            )
+        for member in members:
+            parts = member.filename.replace("\\", "/").split("/")
+            if member.filename.startswith("/") or ".." in parts:
+                raise unreadable
+        staging = tempfile.mkdtemp(prefix=".unpack-", dir=os.path.dirname(target))
+        try:
+            archive.extractall(staging)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            _remove_tree(staging)
+            raise unreadable from None
+    try:
+        os.rename(staging, target)
+    except OSError:  # unpacked meanwhile by another request for the same package
+        _remove_tree(staging)
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _page(request: web.Request, keys: list[str], default: int, limit: int) -> tuple[int, int]:
     """``Marker``/``MaxItems``: the slice of ``keys`` (sorted) to answer."""
     raw = request.query.get("MaxItems", str(default))
@@ -182,10 +403,7 @@ def _page(request: web.Request, keys: list[str], default: int, limit: int) -> tu
     start = 0
     marker = request.query.get("Marker")
     if marker:
-        try:
-            after = base64.urlsafe_b64decode(marker.encode()).decode()
-        except (ValueError, binascii.Error):
-            raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+        after = decode_marker(marker)
         start = sum(1 for k in keys if k < after)
     return start, max_items
 
@@ -204,9 +422,21 @@ class ControlApi:
     def __init__(self, runtime: Runtime, stamps: Stamps | None = None) -> None:
         self.runtime = runtime
         self.stamps = stamps or Stamps(runtime)
+        self._packages: tempfile.TemporaryDirectory[str] | None = None
 
     def register(self, app: web.Application) -> None:
         add = app.router.add_route
+        for path in (_CREATE, _CREATE + "/"):
+            add("POST", path, self.create_function)
+        add("PUT", _FUNCTIONS + "/code", self.update_function_code)
+        add("POST", _FUNCTIONS + "/versions", self.publish_version)
+        add("GET", _FUNCTIONS + "/versions", self.list_versions_by_function)
+        add("POST", _FUNCTIONS + "/aliases", self.create_alias)
+        add("GET", _FUNCTIONS + "/aliases", self.list_aliases)
+        for method in ("GET", "PUT", "DELETE"):
+            add(method, _FUNCTIONS + "/aliases/{alias}", self.no_such_alias)
+        add("DELETE", _FUNCTIONS, self.delete_function)
+        add("GET", _FUNCTIONS + "/policy", self.get_policy)
         add("PUT", _FUNCTIONS + "/configuration", self.update_function_configuration)
         add("PUT", _CONCURRENCY_PUT, self.put_function_concurrency)
         add("DELETE", _CONCURRENCY_PUT, self.delete_function_concurrency)
@@ -227,23 +457,243 @@ class ControlApi:
         add("DELETE", _MAPPINGS + "/{uuid}", self.delete_event_source_mapping)
         for path in (_ACCOUNT, _ACCOUNT + "/"):
             add("GET", path, self.get_account_settings)
+        add("POST", _TAGS, self.tag_resource)
+        add("DELETE", _TAGS, self.untag_resource)
+        add("GET", _TAGS, self.list_tags)
 
     def _function(self, request: web.Request) -> FunctionRecord:
         """The function the path names (a name or ARN; a qualifier in it must be ``$LATEST``)."""
         record, _ = resolve(self.runtime, request.match_info["name"], None)
         return record
 
+    # -- functions ----------------------------------------------------------------------
+
+    async def _unpack(self, name: str, zipped: Any) -> tuple[str, str, int]:
+        """``ZipFile`` (base64, as the SDKs send the blob) unpacked into a directory of its
+        own, off the event loop: the directory, ``CodeSha256`` and ``CodeSize``."""
+        if not isinstance(zipped, str):
+            raise _invalid("ZipFile", type(zipped).__name__, "Member must be a blob")
+        if self._packages is None:
+            self._packages = tempfile.TemporaryDirectory(prefix="fnrt-code-")
+        return await asyncio.to_thread(_unpack_package, zipped, self._packages.name, name)
+
+    def _package(self, body: Mapping[str, Any], what: str) -> Any:
+        """The ``ZipFile`` a request carries; the other code sources are refused by name."""
+        sources = sorted(key for key in _CODE_SOURCES if body.get(key))
+        if sources:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"fnrt does not support {', '.join(sources)} in {what}: it takes the deployment "
+                "package as ZipFile (it reads no S3 bucket and runs no container image)",
+            )
+        if not body.get("ZipFile"):
+            raise AwsError(
+                400, "InvalidParameterValueException", f"{what} needs the ZipFile of a .zip package"
+            )
+        return body["ZipFile"]
+
+    async def create_function(self, request: web.Request) -> web.Response:
+        """``CreateFunction`` from a .zip deployment package: it is unpacked and its
+        directory goes first on the sandboxes' import path (``LAMBDA_TASK_ROOT``)."""
+        rt = self.runtime
+        body = await _body(request)
+        unknown = sorted(set(body) - set(_CREATABLE))
+        if unknown:
+            raise _unsupported(unknown, "CreateFunction", _CREATABLE)
+        for key in ("FunctionName", "Role", "Code"):
+            if key not in body:
+                raise AwsError(400, "InvalidParameterValueException", f"{key} is required")
+        name = _created_name(rt, body["FunctionName"])
+        role = _role(body)
+        _create_defaults(body)
+        if body.get("Runtime") is None:
+            raise AwsError(400, "InvalidParameterValueException", _ZIP_MANDATORY)
+        _python(body)
+        handler = body.get("Handler")
+        if not isinstance(handler, str) or not handler:
+            raise AwsError(400, "InvalidParameterValueException", _ZIP_MANDATORY)
+        code = body["Code"]
+        if not isinstance(code, dict):
+            raise _invalid("Code", code, "Member must be a structure")
+        zipped = self._package(code, "Code")
+        config: dict[str, Any] = self._settings(body)
+        tags = _tags(body.get("Tags") or {})
+        dead_letter = self._dead_letter(body)
+        if name in rt.functions():
+            raise AwsError(409, "ResourceConflictException", f"Function already exist: {name}")
+        root, sha, size = await self._unpack(name, zipped)
+        if name in rt.functions():  # created by another request while this one unpacked
+            raise AwsError(409, "ResourceConflictException", f"Function already exist: {name}")
+        record = await rt.add_function(name, handler, code_root=root, **config)
+        if dead_letter is not _UNCHANGED:
+            rt.set_dead_letter(name, dead_letter)
+        self.stamps.forget_function(name)
+        self.stamps.roles[name] = role
+        self.stamps.code[name] = (root, sha, size)
+        if tags:
+            self.stamps.tags[name] = tags
+        return web.json_response(self.function_configuration(record), status=201)
+
+    async def update_function_code(self, request: web.Request) -> web.Response:
+        """``UpdateFunctionCode``: new environments import the new package; the ones running
+        the old code finish what they run and retire."""
+        record = self._function(request)
+        body = await _body(request)
+        known: tuple[str, ...] = ("ZipFile", *_CODE_SOURCES, "Architectures", "Publish", "DryRun")
+        known += ("RevisionId", "FunctionName")
+        unknown = sorted(set(body) - set(known))
+        if unknown:
+            raise _unsupported(unknown, "UpdateFunctionCode", known)
+        _create_defaults({k: body[k] for k in ("Architectures", "Publish") if k in body})
+        zipped = self._package(body, "UpdateFunctionCode")
+        dead_letter_now = self.runtime.async_config(record.name).dead_letter
+        role_now = self.stamps.roles.get(record.name)
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now, role_now):
+            raise _stale_revision()
+        dry_run = body.get("DryRun", False)
+        if not isinstance(dry_run, bool):
+            raise _invalid("DryRun", dry_run, "Member must be a boolean")
+        root, sha, size = await self._unpack(record.name, zipped)
+        if not dry_run:
+            record = await self.runtime.update_function_configuration(record.name, code_root=root)
+            self.stamps.code[record.name] = (root, sha, size)
+        shape = self.function_configuration(record)
+        if dry_run:
+            shape["CodeSha256"], shape["CodeSize"] = sha, size
+        return web.json_response(shape)
+
+    async def delete_function(self, request: web.Request) -> web.Response:
+        """``DeleteFunction``: the function goes (its concurrency, pool, event-invoke config
+        and tags with it); its event source mappings stay, as in Lambda. With a version's
+        ``Qualifier`` only that version would go: fnrt publishes none, so there is nothing
+        to delete (Lambda answers 204 for a version that does not exist too)."""
+        record, qualifier = resolve(
+            self.runtime, request.match_info["name"], request.query.get("Qualifier"), any_qualifier=True
+        )
+        if qualifier == LATEST:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                "$LATEST version cannot be deleted without deleting the function.",
+            )
+        if qualifier is None:
+            await self.runtime.remove_function(record.name)
+            self.stamps.forget_function(record.name)
+        return web.Response(status=204)
+
+    async def get_policy(self, request: web.Request) -> web.Response:
+        """``GetPolicy``: fnrt functions have no resource-based policy (it serves no
+        ``AddPermission``), so it is Lambda's answer for a function without one."""
+        resolve(self.runtime, request.match_info["name"], request.query.get("Qualifier"))
+        raise AwsError(404, "ResourceNotFoundException", _NOT_FOUND)
+
+    # -- versions and aliases: fnrt runs $LATEST only --------------------------------------
+
+    async def publish_version(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            f"fnrt does not publish versions of {record.name}: every invocation runs $LATEST "
+            "(its configuration changes take effect on the next execution environment)",
+        )
+
+    async def list_versions_by_function(self, request: web.Request) -> web.Response:
+        """The one version fnrt has, ``$LATEST``, as Lambda lists it (a qualified ARN)."""
+        record = self._function(request)
+        _page(request, [], 50, 10_000)  # validates MaxItems/Marker
+        latest = {**self.function_configuration(record), "FunctionArn": f"{record.arn}:{LATEST}"}
+        return web.json_response({"Versions": [latest]})
+
+    async def create_alias(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        body = await _body(request)
+        for key in ("Name", "FunctionVersion"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise AwsError(400, "InvalidParameterValueException", f"{key} is required")
+        version = body["FunctionVersion"]
+        if version != LATEST:  # no published version exists
+            raise AwsError(404, "ResourceNotFoundException", f"Function not found: {record.arn}:{version}")
+        raise AwsError(
+            400,
+            "InvalidParameterValueException",
+            "fnrt does not serve aliases: invoke the function unqualified (or with $LATEST)",
+        )
+
+    async def list_aliases(self, request: web.Request) -> web.Response:
+        self._function(request)
+        _page(request, [], 50, 10_000)
+        return web.json_response({"Aliases": []})
+
+    async def no_such_alias(self, request: web.Request) -> web.Response:
+        """``GetAlias``/``UpdateAlias``/``DeleteAlias``: fnrt has no aliases."""
+        record = self._function(request)
+        alias = request.match_info["alias"]
+        raise AwsError(404, "ResourceNotFoundException", f"Alias not found: {record.arn}:{alias}")
+
+    # -- tags ---------------------------------------------------------------------------
+
+    def _tagged(self, request: web.Request) -> FunctionRecord:
+        """The function a tag request's ``Resource`` ARN names (unqualified: Lambda tags
+        functions, not their versions or aliases)."""
+        arn = request.match_info["arn"]
+        if not arn.startswith("arn:") or ":function:" not in arn:
+            raise AwsError(
+                400,
+                "ValidationException",
+                f"1 validation error detected: Value '{arn}' at 'resource' failed to satisfy "
+                "constraint: Member must satisfy regular expression pattern: "
+                "arn:(aws[a-zA-Z-]*):lambda:[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\\d{1}:\\d{12}:"
+                "function:[a-zA-Z0-9-_]+(:(\\$LATEST|[a-zA-Z0-9-_]+))?",
+            )
+        record, qualifier = resolve(self.runtime, arn, None, any_qualifier=True)
+        if qualifier is not None:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"Tags are not supported on a function's versions or aliases: {arn}",
+            )
+        return record
+
+    async def tag_resource(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        body = await _body(request)
+        if "Tags" not in body:
+            raise AwsError(400, "InvalidParameterValueException", "Tags is required")
+        tags = _tags(body["Tags"])
+        merged = {**self.stamps.tags.get(record.name, {}), **tags}
+        if len(merged) > _TAG_LIMIT:
+            raise AwsError(
+                400,
+                "InvalidParameterValueException",
+                f"A function can have at most {_TAG_LIMIT} tags; this request would give it {len(merged)}",
+            )
+        self.stamps.tags[record.name] = merged
+        return web.Response(status=204)
+
+    async def untag_resource(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        keys = request.query.getall("tagKeys", [])
+        if not keys:
+            raise AwsError(400, "InvalidParameterValueException", "TagKeys is required")
+        tags = self.stamps.tags.get(record.name, {})
+        for key in keys:
+            tags.pop(key, None)
+        return web.Response(status=204)
+
+    async def list_tags(self, request: web.Request) -> web.Response:
+        record = self._tagged(request)
+        return web.json_response({"Tags": dict(self.stamps.tags.get(record.name, {}))})
+
     # -- function configuration ---------------------------------------------------------
 
     def function_configuration(self, record: FunctionRecord) -> dict[str, Any]:
         return function_configuration(record, self.stamps)
 
-    async def update_function_configuration(self, request: web.Request) -> web.Response:
-        record = self._function(request)
-        body = await _body(request)
-        unknown = sorted(set(body) - set(_UPDATABLE) - {"FunctionName"})
-        if unknown:
-            raise _unsupported(unknown, "UpdateFunctionConfiguration", _UPDATABLE)
+    def _settings(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """fnrt's function settings for a request's ``Timeout``, ``MemorySize``,
+        ``Description`` and ``Environment``, validated as Lambda validates them."""
         changes: dict[str, Any] = {}
         if "Timeout" in body:
             changes["timeout"] = _integer(body, "Timeout", 1, 900)
@@ -259,31 +709,53 @@ class ControlApi:
             if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
                 raise _invalid("Variables", variables, "Member must be a map of strings to strings")
             changes["environment"] = variables
+        return changes
+
+    def _dead_letter(self, body: Mapping[str, Any], current: str | None = None) -> Any:
+        """``DeadLetterConfig``'s target (fnrt's async ``dead_letter`` sink), validated;
+        ``_UNCHANGED`` when the request leaves it as it is."""
+        if "DeadLetterConfig" not in body:  # Lambda's DLQ: fnrt's async dead_letter sink
+            return _UNCHANGED
+        dead_letter = body["DeadLetterConfig"]
+        if not isinstance(dead_letter, dict) or set(dead_letter) - {"TargetArn"}:
+            raise _invalid("DeadLetterConfig", dead_letter, 'Member must be {"TargetArn": "..."}')
+        target = dead_letter.get("TargetArn") or None
+        if target is not None and not isinstance(target, str):
+            raise _invalid("TargetArn", target, "Member must be a string")
+        if target == current:
+            return _UNCHANGED
+        AsyncConfig(dead_letter=target)  # validated before anything changes
+        return target
+
+    async def update_function_configuration(self, request: web.Request) -> web.Response:
+        record = self._function(request)
+        body = await _body(request)
+        unknown = sorted(set(body) - set(_UPDATABLE) - {"FunctionName"})
+        if unknown:
+            raise _unsupported(unknown, "UpdateFunctionConfiguration", _UPDATABLE)
+        changes = self._settings(body)
+        role = _role(body) if "Role" in body else None
+        if "Runtime" in body:
+            _python(body)  # the sandboxes run the host's Python 3, whichever is named
+        if "Handler" in body:
+            handler = body["Handler"]
+            if not isinstance(handler, str) or not handler:
+                raise _invalid("Handler", handler, "Member must have length greater than or equal to 1")
+            if handler != record.handler:
+                changes["handler"] = handler
         dead_letter_now = self.runtime.async_config(record.name).dead_letter
-        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now):
-            raise AwsError(
-                412,
-                "PreconditionFailedException",
-                "The Revision Id provided does not match the latest Revision Id. Call the "
-                "GetFunction/GetAlias API to retrieve the latest Revision Id",
-            )
-        dead_letter: Any = _UNCHANGED
-        if "DeadLetterConfig" in body:  # Lambda's DLQ: fnrt's async dead_letter sink
-            dead_letter = body["DeadLetterConfig"]
-            if not isinstance(dead_letter, dict) or set(dead_letter) - {"TargetArn"}:
-                raise _invalid("DeadLetterConfig", dead_letter, 'Member must be {"TargetArn": "..."}')
-            target = dead_letter.get("TargetArn") or None
-            if target is not None and not isinstance(target, str):
-                raise _invalid("TargetArn", target, "Member must be a string")
-            if target != self.runtime.async_config(record.name).dead_letter:
-                AsyncConfig(dead_letter=target)  # validated before anything changes
-                dead_letter = target
+        role_now = self.stamps.roles.get(record.name)
+        if "RevisionId" in body and body["RevisionId"] != revision_id(record, dead_letter_now, role_now):
+            raise _stale_revision()
+        dead_letter = self._dead_letter(body, dead_letter_now)
         if changes:
             record = await self.runtime.update_function_configuration(record.name, **changes)
+        if role is not None:
+            self.stamps.roles[record.name] = role
         if dead_letter is not _UNCHANGED:
             self.runtime.set_dead_letter(record.name, dead_letter)
-            if not changes:  # no new generation: LastModified moves all the same
-                self.stamps.modified(record)
+        if not changes and (dead_letter is not _UNCHANGED or role is not None):
+            self.stamps.modified(record)  # no new generation: LastModified moves all the same
         return web.json_response(self.function_configuration(record))
 
     # -- reserved concurrency -----------------------------------------------------------
@@ -331,6 +803,7 @@ class ControlApi:
     async def get_provisioned_concurrency(self, request: web.Request) -> web.Response:
         record = self._function(request)
         if request.query.get("List") == "ALL":  # ListProvisionedConcurrencyConfigs
+            _page(request, [], 50, 50)  # validates MaxItems/Marker; one config at most
             configs = []
             if record.config.provisioned_concurrency:
                 configs.append({"FunctionArn": f"{record.arn}:{LATEST}", **self._provisioned(record)})
@@ -666,7 +1139,15 @@ class ControlApi:
     # -- account ------------------------------------------------------------------------
 
     async def get_account_settings(self, request: web.Request) -> web.Response:
-        return web.json_response(self.runtime.account_settings())
+        settings = self.runtime.account_settings()
+        functions = self.runtime.functions()
+        # the packages CreateFunction/UpdateFunctionCode were given, for the functions using them
+        settings["AccountUsage"]["TotalCodeSize"] = sum(
+            size
+            for name, (root, _, size) in self.stamps.code.items()
+            if name in functions and functions[name].config.code_root == root
+        )
+        return web.json_response(settings)
 
 
 def _filter_patterns(criteria: Any) -> list[str]:

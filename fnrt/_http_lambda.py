@@ -31,6 +31,9 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TYPES = ("None", "Tail")
 CLIENT_CONTEXT_LIMIT = 3583  # bytes of base64, Lambda's documented limit
 LIST_DEFAULT, LIST_MAX = 50, 10_000
+#: "ListFunctions returns a maximum of 50 items in each response, even if you set the
+#: number higher" (Lambda's API reference): the paginator follows NextMarker for the rest.
+LIST_PAGE_MAX = 50
 LATEST = "$LATEST"
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 ARCHITECTURE = "arm64" if platform.machine().lower() in ("arm64", "aarch64") else "x86_64"
@@ -47,6 +50,7 @@ _QUALIFIER = re.compile(r"[a-zA-Z0-9$_-]{1,128}\Z")
 API_PREFIXES = (
     "/2015-03-31/",
     "/2016-08-19/",
+    "/2017-03-31/",
     "/2017-10-31/",
     "/2019-09-25/",
     "/2019-09-30/",
@@ -72,6 +76,13 @@ class Stamps:
         self.runtime = runtime
         self._at: dict[tuple[str, str], float] = {}
         self._functions: dict[str, tuple[int, float]] = {}
+        #: Each function's tags (``TagResource``), by function name.
+        self.tags: dict[str, dict[str, str]] = {}
+        #: What ``CreateFunction``/``UpdateFunctionCode`` were given, by function name: the
+        #: role, and the deployment package (where it was unpacked, its ``CodeSha256`` and
+        #: ``CodeSize``).
+        self.roles: dict[str, str] = {}
+        self.code: dict[str, tuple[str, str, int]] = {}
 
     def touch(self, kind: str, key: str) -> float:
         now = self._at[(kind, key)] = self.runtime.clock.time()
@@ -83,6 +94,16 @@ class Stamps:
 
     def forget(self, kind: str, key: str) -> None:
         self._at.pop((kind, key), None)
+
+    def forget_function(self, name: str) -> None:
+        """A deleted function's times and tags: a function added again under its name
+        starts afresh, as a new function does in Lambda."""
+        self._functions.pop(name, None)
+        self.tags.pop(name, None)
+        self.roles.pop(name, None)
+        self.code.pop(name, None)
+        for key in [key for key in self._at if key[1] == name]:
+            del self._at[key]
 
     def modified(self, record: FunctionRecord) -> None:
         """The function changed without a new generation (its dead-letter queue)."""
@@ -99,10 +120,13 @@ class Stamps:
 _REVISIONS = uuid.UUID("6f1c2a3e-5b4d-4e8f-9a7b-0c1d2e3f4a5b")
 
 
-def revision_id(record: FunctionRecord, dead_letter: str | None = None) -> str:
+def revision_id(record: FunctionRecord, dead_letter: str | None = None, role: str | None = None) -> str:
     """``RevisionId``: changes whenever the function's configuration does, its dead-letter
-    queue (kept with the async config) included."""
-    return str(uuid.uuid5(_REVISIONS, f"{record.name}#{record.generation}#{record.config!r}#{dead_letter}"))
+    queue (kept with the async config) and a role set over the API included."""
+    key = f"{record.name}#{record.generation}#{record.config!r}#{dead_letter}"
+    if role is not None:
+        key += f"#{role}"
+    return str(uuid.uuid5(_REVISIONS, key))
 
 
 def destination_arn(config: RuntimeConfig, target: str) -> str:
@@ -138,13 +162,18 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
     }
     if config.environment:  # Lambda leaves Environment out when there are no variables
         out["Environment"] = {"Variables": dict(config.environment)}
-    dead_letter = None
+    dead_letter = role = None
     if stamps is not None:
         out["LastModified"] = stamps.function(record)
+        role = stamps.roles.get(record.name)
+        out["Role"] = role or out["Role"]
+        code = stamps.code.get(record.name)
+        if code is not None and code[0] == config.code_root:  # still the package it was given
+            out["CodeSha256"], out["CodeSize"] = code[1], code[2]
         dead_letter = stamps.runtime.async_config(record.name).dead_letter
         if dead_letter:
             out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
-    out["RevisionId"] = revision_id(record, dead_letter)
+    out["RevisionId"] = revision_id(record, dead_letter, role)
     return out
 
 
@@ -166,11 +195,14 @@ def _not_found(runtime: Runtime, name: str, qualifier: str | None = None) -> Aws
     return AwsError(404, "ResourceNotFoundException", f"Function not found: {arn}")
 
 
-def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[FunctionRecord, str | None]:
+def resolve(
+    runtime: Runtime, raw_name: str, qualifier: str | None, *, any_qualifier: bool = False
+) -> tuple[FunctionRecord, str | None]:
     """The function a ``FunctionName`` (+ ``Qualifier``) names, and the qualifier used.
 
     Only ``$LATEST`` exists in fnrt (no published versions or aliases): any other
-    qualifier is ``ResourceNotFoundException``, as in Lambda for an unknown alias."""
+    qualifier is ``ResourceNotFoundException``, as in Lambda for an unknown alias, unless
+    ``any_qualifier`` (the caller judges the qualifier itself)."""
     match = _NAME.match(raw_name)
     if match is None:
         raise AwsError(
@@ -203,9 +235,18 @@ def resolve(runtime: Runtime, raw_name: str, qualifier: str | None) -> tuple[Fun
         record = runtime.get_function(name)
     except FunctionNotFound:
         raise _not_found(runtime, name) from None
-    if qualifier is not None and qualifier != LATEST:
+    if qualifier is not None and qualifier != LATEST and not any_qualifier:
         raise _not_found(runtime, name, qualifier)
     return record, qualifier
+
+
+def decode_marker(marker: str) -> str:
+    """A ``Marker`` fnrt handed out as ``NextMarker`` (URL-safe base64 of a key); anything
+    else is refused, not read as the start of the list."""
+    try:
+        return base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, binascii.Error):
+        raise AwsError(400, "InvalidParameterValueException", f"Marker is not valid: {marker!r}") from None
 
 
 def parse_client_context(value: str) -> dict[str, Any]:
@@ -299,12 +340,10 @@ class LambdaApi:
         records = sorted(self.runtime.functions().values(), key=lambda r: r.name)
         marker = request.query.get("Marker")
         if marker:
-            try:
-                start_name = base64.urlsafe_b64decode(marker.encode()).decode()
-            except (ValueError, binascii.Error):
-                raise AwsError(400, "InvalidParameterValueException", "Marker is not valid") from None
+            start_name = decode_marker(marker)
             records = [r for r in records if r.name >= start_name]
-        page, rest = records[:max_items], records[max_items:]
+        page_size = min(max_items, LIST_PAGE_MAX)
+        page, rest = records[:page_size], records[page_size:]
         body: dict[str, Any] = {
             "Functions": [{**function_configuration(r, self.stamps), "Fnrt": _fnrt_extras(r)} for r in page]
         }
@@ -320,6 +359,9 @@ class LambdaApi:
         }
         if record.config.reserved_concurrency is not None:
             body["Concurrency"] = {"ReservedConcurrentExecutions": record.config.reserved_concurrency}
+        tags = self.stamps.tags.get(record.name)
+        if tags:
+            body["Tags"] = dict(tags)
         return web.json_response(body)
 
     async def get_function_configuration(self, request: web.Request) -> web.Response:
@@ -332,6 +374,7 @@ __all__ = [
     "API_PREFIXES",
     "LambdaApi",
     "Stamps",
+    "decode_marker",
     "destination_arn",
     "function_configuration",
     "lambda_time",

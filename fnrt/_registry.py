@@ -65,6 +65,7 @@ class FunctionRecord:
             handler=self.handler,
             log_stream=log_stream,
             initialization_type=initialization_type,
+            task_root=self.config.code_root,
             user=self.config.environment,
         )
 
@@ -87,6 +88,7 @@ class FunctionRecord:
             memory_mb=self.config.memory_mb,
             log_stream=stream,
             environment=self.environment(stream),
+            code_root=self.config.code_root,
         )
 
 

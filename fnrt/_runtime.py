@@ -489,7 +489,7 @@ class Runtime(ControlPlane, ClusterMember):
         record = self._record(name, module, attr, function_config, extra)
         self._register(record)
         await self._provision_all([name])
-        if self._reloader is not None:
+        if self._reloader is not None and function_config.code_root is None:  # not a package's
             self._reloader.watch_module(module)
         return record
 
@@ -522,6 +522,10 @@ class Runtime(ControlPlane, ClusterMember):
         discovery sandbox's record, never registered)."""
         check_function_name(name)
         raw_async = extra.get("async_config")  # invalid async config fails the deploy
+        if config.code_root is not None and (config.sandbox or self.config.sandbox) == "inline":
+            # an inline handler imports into the host itself: another function's package
+            # (the same module names) would be served from the host's module cache
+            raise InvalidConfig("code_root needs a subprocess or subinterpreter sandbox, not inline")
         return FunctionRecord(
             name=name,
             module=module,

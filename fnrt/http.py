@@ -7,7 +7,8 @@ plane, and functions behind URLs.
 
 - Lambda (REST-JSON, ``/2015-03-31/functions``): ``Invoke`` (qualifier ``$LATEST``, client
   context checks), ``ListFunctions`` (``MaxItems``/``Marker``), ``GetFunction``,
-  ``GetFunctionConfiguration``, and the control plane (``UpdateFunctionConfiguration``,
+  ``GetFunctionConfiguration``, and the control plane (``CreateFunction`` from a .zip,
+  ``UpdateFunctionCode``, ``DeleteFunction``, tags, ``UpdateFunctionConfiguration``,
   function and provisioned concurrency, event-invoke configs, event source mappings for
   streams, ``GetAccountSettings``: see ``fnrt._http_control``); ``GET /fnrt/stats`` and
   ``/fnrt/streams`` for the CLI.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,52 @@ async def test_a_stream_mapping_is_updated_and_goes_on_from_its_checkpoint(tmp_p
         assert ids == list(range(6))  # nothing redone, nothing skipped
         with pytest.raises(fnrt.InvalidConfig):
             await rt.update_stream_mapping(mapping.uuid, batch_size=0)
+
+
+def _package_dir(root: Path, version: int) -> str:
+    """A function's unpacked package: a handler module importing a helper of its own."""
+    root.mkdir()
+    (root / "lambda_function.py").write_text(
+        "import helper\n\ndef lambda_handler(event, context):\n"
+        "    return {'version': helper.VERSION, 'file': helper.__file__}\n"
+    )
+    (root / "helper.py").write_text(f"VERSION = {version}\n")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "subprocess",
+        pytest.param(
+            "subinterpreter",
+            marks=pytest.mark.skipif(sys.version_info < (3, 13), reason="subinterpreters need Python 3.13+"),
+        ),
+    ],
+)
+async def test_code_root_serves_each_function_its_own_package(kind: str, tmp_path: Path) -> None:
+    """Two functions whose packages have the same module names each import their own;
+    an update to a new root reaches the next environment."""
+    one, two, three = (_package_dir(tmp_path / f"v{n}", n) for n in (1, 2, 3))
+    async with fnrt.Runtime(sandbox=kind) as rt:
+        await rt.add_function("a", "lambda_function.lambda_handler", code_root=one)
+        await rt.add_function("b", "lambda_function.lambda_handler", code_root=two)
+        assert (await rt.invoke("a", {}))["version"] == 1
+        assert (await rt.invoke("b", {}))["file"] == str(Path(two) / "helper.py")
+        await rt.update_function_configuration("a", code_root=three)
+        assert (await rt.invoke("a", {}))["version"] == 3
+        assert (await rt.invoke("b", {}))["version"] == 2
+
+
+async def test_code_root_must_be_a_directory_and_is_refused_inline(tmp_path: Path) -> None:
+    for bad in ("relative/path", str(tmp_path / "missing")):
+        with pytest.raises(fnrt.InvalidConfig, match="code_root"):
+            fnrt.FunctionConfig(code_root=bad)
+    root = _package_dir(tmp_path / "pkg", 1)
+    async with fnrt.Runtime(sandbox="inline") as rt:
+        with pytest.raises(fnrt.InvalidConfig, match="not inline"):
+            await rt.add_function("a", "lambda_function.lambda_handler", code_root=root)
+        await rt.add_function("b", "handlers.echo:noop")
+        with pytest.raises(fnrt.InvalidConfig, match="not inline"):
+            await rt.update_function_configuration("b", code_root=root)
+        assert rt.functions().keys() == {"b"}

@@ -232,3 +232,13 @@ async def test_cli_streams_put_and_describe(served):
     code, out, err = await run_cli("stats", "--endpoint", server.url, "--json")
     stats = json.loads(out)
     assert "orders->discard" in stats["streams"] and "async" in stats
+
+
+async def test_cli_list_shows_every_function_past_the_first_page(served):
+    """ListFunctions answers 50 a page: ``fnrt list`` follows NextMarker for the rest."""
+    rt, server, client = served
+    for i in range(52):
+        await rt.add_function(f"many{i:02d}", "handlers.echo:noop")
+    code, out, err = await run_cli("list", "--endpoint", server.url, "--json")
+    assert code == 0, err
+    assert sorted(f["FunctionName"] for f in json.loads(out)) == sorted(rt.functions())

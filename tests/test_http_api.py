@@ -368,3 +368,27 @@ async def test_a_request_the_server_cannot_parse_is_answered_in_aws_shape(served
     assert rt.stats()["functions"]["echo"]["invocations"] == 0
     resp = await call(client.invoke, FunctionName="echo", Payload=b"{}")
     assert resp["StatusCode"] == 200
+
+
+async def test_list_functions_answers_at_most_50_a_page_and_refuses_a_marker_it_never_gave(served):
+    """Lambda's reference: "ListFunctions returns a maximum of 50 items in each response,
+    even if you set the number higher"; the rest follow NextMarker."""
+    rt, server, client, session = served
+    for i in range(55):
+        await rt.add_function(f"f{i:02d}", "handlers.echo:noop")
+    expected = sorted(rt.functions())
+    assert len(expected) > 50
+    first = await call(client.list_functions, MaxItems=1000)
+    assert [f["FunctionName"] for f in first["Functions"]] == expected[:50]
+    rest = await call(client.list_functions, MaxItems=1000, Marker=first["NextMarker"])
+    assert [f["FunctionName"] for f in rest["Functions"]] == expected[50:]
+    assert "NextMarker" not in rest
+
+    def everything() -> list[str]:
+        pages = client.get_paginator("list_functions").paginate()
+        return [f["FunctionName"] for page in pages for f in page["Functions"]]
+
+    assert await asyncio.to_thread(everything) == expected
+    for marker in ("%%%", "not base64!", "Zm9"):
+        async with session.get(server.url + "/2015-03-31/functions/", params={"Marker": marker}) as resp:
+            assert_aws_error(resp, await resp.json(), 400, "InvalidParameterValueException")

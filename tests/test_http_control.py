@@ -150,8 +150,8 @@ async def test_update_function_configuration_errors_are_lambdas(served) -> None:
         Environment={"Variables": {"BIG": "x" * 5000}},
     )
     assert huge["Code"] == "InvalidParameterValueException" and "4KB" in huge["Message"]
-    handler = await error_of(lam.update_function_configuration, FunctionName="ctx", Handler="other.fn")
-    assert handler["Code"] == "InvalidParameterValueException" and "Handler" in handler["Message"]
+    vpc = await error_of(lam.update_function_configuration, FunctionName="ctx", VpcConfig={"SubnetIds": []})
+    assert vpc["Code"] == "InvalidParameterValueException" and "VpcConfig" in vpc["Message"]
     missing = await error_of(lam.update_function_configuration, FunctionName="nope", Timeout=5)
     assert missing["Code"] == "ResourceNotFoundException" and missing["Status"] == 404
     # nothing was lost or half applied
@@ -251,6 +251,8 @@ async def test_provisioned_concurrency_config_reaches_ready(served) -> None:
     listed = await call(lam.list_provisioned_concurrency_configs, FunctionName="whoami")
     [config] = listed["ProvisionedConcurrencyConfigs"]
     assert config["FunctionArn"].endswith(":function:whoami:$LATEST") and config["Status"] == "READY"
+    too_many = await error_of(lam.list_provisioned_concurrency_configs, FunctionName="whoami", MaxItems=51)
+    assert (too_many["Status"], too_many["Code"]) == (400, "InvalidParameterValueException")
 
     alias = await error_of(
         lam.put_provisioned_concurrency_config,
@@ -864,3 +866,301 @@ async def test_deleting_an_event_invoke_config_set_by_the_decorator_deletes_it(s
     await rt.deploy("handlers.payments")  # and its deletion
     gone = await error_of(lam.get_function_event_invoke_config, FunctionName="charge")
     assert gone["Code"] == "ResourceNotFoundException"
+
+
+async def test_delete_function_removes_the_function_and_refuses_its_latest_version(served) -> None:
+    """DeleteFunction: a version's qualifier deletes only that version (none exist: 204,
+    nothing changes), ``$LATEST`` is refused, no qualifier deletes the function: it is
+    gone from every call, and its name can be used again from scratch."""
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo", reserved_concurrency=100)
+    lam = client("lambda", server.url)
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    await call(lam.tag_resource, Resource=arn, Tags={"team": "talks"})
+
+    latest = await error_of(lam.delete_function, FunctionName="echo", Qualifier="$LATEST")
+    assert (latest["Status"], latest["Code"]) == (400, "InvalidParameterValueException")
+    assert "$LATEST" in latest["Message"]
+    mismatch = await error_of(lam.delete_function, FunctionName="echo:1", Qualifier="2")
+    assert mismatch["Code"] == "InvalidParameterValueException"
+    version = await call(lam.delete_function, FunctionName="echo", Qualifier="7")
+    assert version["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert (await call(lam.get_function, FunctionName="echo"))["Configuration"]["FunctionName"] == "echo"
+
+    deleted = await call(lam.delete_function, FunctionName=arn)
+    assert deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert "echo" not in rt.functions()
+    for operation, kwargs in (
+        (lam.get_function, {"FunctionName": "echo"}),
+        (lam.invoke, {"FunctionName": "echo", "Payload": b"{}"}),
+        (lam.delete_function, {"FunctionName": "echo"}),
+        (lam.list_tags, {"Resource": arn}),
+    ):
+        gone = await error_of(operation, **kwargs)
+        assert (gone["Status"], gone["Code"]) == (404, "ResourceNotFoundException"), operation
+    assert (await call(lam.list_functions))["Functions"] == []
+    # its reservation went with it: the whole pool is unreserved again
+    settings = await call(lam.get_account_settings)
+    assert settings["AccountLimit"]["UnreservedConcurrentExecutions"] == 1000
+
+    await rt.add_function("echo", "handlers.echo:echo")  # a new function under the old name
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {}
+    again = json.loads((await call(lam.invoke, FunctionName="echo", Payload=b'{"n": 1}'))["Payload"].read())
+    assert again["event"] == {"n": 1}
+
+
+async def test_tags_are_set_listed_shown_by_get_function_and_removed(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {}
+    assert "Tags" not in await call(lam.get_function, FunctionName="echo")
+
+    tagged = await call(lam.tag_resource, Resource=arn, Tags={"team": "talks", "env": "dev"})
+    assert tagged["ResponseMetadata"]["HTTPStatusCode"] == 204
+    await call(lam.tag_resource, Resource=arn, Tags={"env": "prod"})  # merges, overwrites
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks", "env": "prod"}
+    assert (await call(lam.get_function, FunctionName="echo"))["Tags"] == {"team": "talks", "env": "prod"}
+    untagged = await call(lam.untag_resource, Resource=arn, TagKeys=["env", "never-set"])
+    assert untagged["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks"}
+
+    refusals = [
+        ({"Resource": arn + ":1", "Tags": {"a": "b"}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {"aws:owner": "me"}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {f"k{i}": "v" for i in range(50)}}, 400, "InvalidParameterValueException"),
+        ({"Resource": arn, "Tags": {"bad#key": "v"}}, 400, "ValidationException"),
+        ({"Resource": arn + "-other", "Tags": {"a": "b"}}, 404, "ResourceNotFoundException"),
+    ]
+    for kwargs, status, code in refusals:
+        refused = await error_of(lam.tag_resource, **kwargs)
+        assert (refused["Status"], refused["Code"]) == (status, code), kwargs
+    assert (await call(lam.list_tags, Resource=arn))["Tags"] == {"team": "talks"}  # nothing half-applied
+    not_arn = await error_of(lam.list_tags, Resource="echo")
+    assert (not_arn["Status"], not_arn["Code"]) == (400, "ValidationException")
+
+
+async def test_get_policy_of_a_function_without_one_is_resource_not_found(served) -> None:
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    none = await error_of(lam.get_policy, FunctionName="echo")
+    assert (none["Status"], none["Code"]) == (404, "ResourceNotFoundException")
+    unknown = await error_of(lam.get_policy, FunctionName="nosuch")
+    assert unknown["Code"] == "ResourceNotFoundException" and "nosuch" in unknown["Message"]
+
+
+ROLE = "arn:aws:iam::000000000000:role/lambda-role"
+
+
+def zip_package(files: dict[str, str]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def package(version: int) -> bytes:
+    """A deployment package whose handler imports a module of its own."""
+    return zip_package(
+        {
+            "lambda_function.py": (
+                "import os\nimport helper\n\n"
+                "def lambda_handler(event, context):\n"
+                "    return {'version': helper.VERSION, 'event': event,\n"
+                "            'root': os.environ['LAMBDA_TASK_ROOT'], 'file': helper.__file__}\n"
+            ),
+            "helper.py": f"VERSION = {version}\n",
+        }
+    )
+
+
+async def test_create_function_runs_its_zip_and_update_function_code_replaces_it(served) -> None:
+    import base64
+    import hashlib
+
+    rt, server = served
+    lam = client("lambda", server.url)
+    first = package(1)
+    created = await call(
+        lam.create_function,
+        FunctionName="zipped",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": first},
+        Timeout=5,
+        MemorySize=256,
+        Environment={"Variables": {"STAGE": "dev"}},
+        Description="from a zip",
+        Tags={"team": "talks"},
+        DeadLetterConfig={"TargetArn": SINK_ARN},
+    )
+    assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert created["DeadLetterConfig"] == {"TargetArn": SINK_ARN}
+    assert rt.async_config("zipped").dead_letter == SINK_ARN
+    assert created["FunctionName"] == "zipped" and created["Role"] == ROLE
+    assert created["Handler"] == "lambda_function.lambda_handler"
+    assert (created["Timeout"], created["MemorySize"], created["Description"]) == (5, 256, "from a zip")
+    assert created["Environment"] == {"Variables": {"STAGE": "dev"}}
+    assert created["CodeSha256"] == base64.b64encode(hashlib.sha256(first).digest()).decode()
+    assert created["CodeSize"] == len(first) and created["State"] == "Active"
+    assert (await call(lam.list_tags, Resource=created["FunctionArn"]))["Tags"] == {"team": "talks"}
+
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b'{"n": 1}'))["Payload"].read())
+    assert out["version"] == 1 and out["event"] == {"n": 1}
+    assert out["file"] == os.path.join(out["root"], "helper.py")  # the package's module, from its root
+
+    again = await error_of(
+        lam.create_function,
+        FunctionName="zipped",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": first},
+    )
+    assert (again["Status"], again["Code"]) == (409, "ResourceConflictException")
+
+    second = package(2)
+    dry = await call(lam.update_function_code, FunctionName="zipped", ZipFile=second, DryRun=True)
+    assert dry["CodeSha256"] == base64.b64encode(hashlib.sha256(second).digest()).decode()
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b"{}"))["Payload"].read())
+    assert out["version"] == 1  # a dry run changes nothing
+
+    stale = await error_of(lam.update_function_code, FunctionName="zipped", ZipFile=second, RevisionId="x")
+    assert (stale["Status"], stale["Code"]) == (412, "PreconditionFailedException")
+    updated = await call(
+        lam.update_function_code, FunctionName="zipped", ZipFile=second, RevisionId=created["RevisionId"]
+    )
+    assert updated["CodeSha256"] == dry["CodeSha256"] and updated["RevisionId"] != created["RevisionId"]
+    assert (updated["Timeout"], updated["Environment"]) == (5, {"Variables": {"STAGE": "dev"}})
+    out = json.loads((await call(lam.invoke, FunctionName="zipped", Payload=b"{}"))["Payload"].read())
+    assert out["version"] == 2  # new environments import the new package
+    got = await call(lam.get_function, FunctionName="zipped")
+    assert got["Configuration"]["CodeSha256"] == updated["CodeSha256"]
+    settings = await call(lam.get_account_settings)
+    assert settings["AccountUsage"]["TotalCodeSize"] == len(second)
+
+    # a deployed module's function can take a package too: its handler then comes from it
+    await rt.add_function("echo", "handlers.echo:noop")
+    replaced = {"handlers/__init__.py": "", "handlers/echo.py": "def noop(e, c):\n    return 'zip'\n"}
+    await call(lam.update_function_code, FunctionName="echo", ZipFile=zip_package(replaced))
+    assert json.loads((await call(lam.invoke, FunctionName="echo"))["Payload"].read()) == "zip"
+
+
+async def test_create_function_refuses_what_it_cannot_run_and_registers_nothing(served) -> None:
+    rt, server = served
+    lam = client("lambda", server.url)
+    good = package(1)
+    base = {
+        "FunctionName": "refused",
+        "Runtime": "python3.12",
+        "Role": ROLE,
+        "Handler": "lambda_function.lambda_handler",
+        "Code": {"ZipFile": good},
+    }
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"Code": {"S3Bucket": "my-bucket", "S3Key": "code.zip"}}, 400, "InvalidParameterValueException"),
+        ({"Code": {"ImageUri": "000000000000.dkr.ecr.us-east-1.amazonaws.com/f:1"}}, 400,
+         "InvalidParameterValueException"),
+        ({"Code": {"ZipFile": b"not a zip file"}}, 400, "InvalidParameterValueException"),
+        ({"Code": {"ZipFile": zip_package({"../out.py": ""})}}, 400, "InvalidParameterValueException"),
+        ({"Runtime": "nodejs20.x"}, 400, "InvalidParameterValueException"),
+        ({"Publish": True}, 400, "InvalidParameterValueException"),
+        ({"Layers": ["arn:aws:lambda:us-east-1:000000000000:layer:deps:1"]}, 400,
+         "InvalidParameterValueException"),
+        ({"VpcConfig": {"SubnetIds": ["subnet-1"]}}, 400, "InvalidParameterValueException"),
+        ({"Role": "not-a-role"}, 400, "ValidationException"),
+        ({"Timeout": 901}, 400, "ValidationException"),
+        ({"MemorySize": 10_241}, 400, "ValidationException"),
+        ({"Environment": {"Variables": {"AWS_REGION": "eu-west-1"}}}, 400, "InvalidParameterValueException"),
+        ({"Handler": "no_dot_here"}, 400, "InvalidParameterValueException"),
+        ({"Tags": {"aws:owner": "me"}}, 400, "InvalidParameterValueException"),
+    ]
+    for change, status, code in cases:
+        refused = await error_of(lam.create_function, **{**base, **change})
+        assert (refused["Status"], refused["Code"]) == (status, code), change
+    no_handler = {k: v for k, v in base.items() if k != "Handler"}
+    refused = await error_of(lam.create_function, **no_handler)
+    assert refused["Code"] == "InvalidParameterValueException" and "Handler" in refused["Message"]
+    assert rt.functions() == {}
+    assert (await call(lam.list_functions))["Functions"] == []
+
+    await call(lam.create_function, **base)
+    for change in ({"S3Bucket": "my-bucket", "S3Key": "code.zip"}, {"ZipFile": b"not a zip file"}):
+        refused = await error_of(lam.update_function_code, FunctionName="refused", **change)
+        assert refused["Code"] == "InvalidParameterValueException", change
+    out = json.loads((await call(lam.invoke, FunctionName="refused"))["Payload"].read())
+    assert out["version"] == 1  # the refused updates left the code as it was
+
+
+async def test_update_function_configuration_changes_the_handler_and_role(served) -> None:
+    rt, server = served
+    await rt.add_function("fn", "handlers.echo:noop", timeout=5)
+    lam = client("lambda", server.url)
+    assert json.loads((await call(lam.invoke, FunctionName="fn"))["Payload"].read()) is None
+    updated = await call(
+        lam.update_function_configuration,
+        FunctionName="fn",
+        Handler="handlers.chaos.whoami",
+        Runtime="python3.13",
+        Role=ROLE,
+    )
+    assert updated["Handler"] == "handlers.chaos.whoami" and updated["Role"] == ROLE
+    assert updated["Timeout"] == 5  # the rest of the configuration stays
+    out = json.loads((await call(lam.invoke, FunctionName="fn"))["Payload"].read())
+    assert out is not None  # the next environment runs the new handler
+    assert (await call(lam.get_function_configuration, FunctionName="fn"))["Role"] == ROLE
+    for change, code in (
+        ({"Runtime": "nodejs20.x"}, "InvalidParameterValueException"),
+        ({"Handler": "nodot"}, "InvalidParameterValueException"),
+        ({"Role": "admin"}, "ValidationException"),
+    ):
+        refused = await error_of(lam.update_function_configuration, FunctionName="fn", **change)
+        assert (refused["Status"], refused["Code"]) == (400, code), change
+    assert rt.get_function("fn").handler == "handlers.chaos.whoami"
+    before = (await call(lam.get_function_configuration, FunctionName="fn"))["RevisionId"]
+    other = "arn:aws:iam::000000000000:role/other"
+    moved = await call(lam.update_function_configuration, FunctionName="fn", Role=other, RevisionId=before)
+    assert moved["Role"] == other and moved["RevisionId"] != before  # a role change is a new revision
+    stale = await error_of(lam.update_function_configuration, FunctionName="fn", Timeout=9, RevisionId=before)
+    assert (stale["Status"], stale["Code"]) == (412, "PreconditionFailedException")
+
+
+async def test_versions_and_aliases_show_latest_alone_and_refuse_by_name(served) -> None:
+    """fnrt runs $LATEST only: listing versions shows it, listing aliases shows none, and
+    publishing a version or creating an alias says why it cannot, instead of an unknown
+    operation."""
+    rt, server = served
+    await rt.add_function("echo", "handlers.echo:echo")
+    lam = client("lambda", server.url)
+    [latest] = (await call(lam.list_versions_by_function, FunctionName="echo"))["Versions"]
+    assert latest["Version"] == "$LATEST" and latest["FunctionArn"].endswith(":function:echo:$LATEST")
+    paginator = lam.get_paginator("list_versions_by_function")
+    pages = await asyncio.to_thread(lambda: list(paginator.paginate(FunctionName="echo")))
+    assert [[v["Version"] for v in page["Versions"]] for page in pages] == [["$LATEST"]]
+    assert (await call(lam.list_aliases, FunctionName="echo"))["Aliases"] == []
+
+    published = await error_of(lam.publish_version, FunctionName="echo")
+    assert (published["Status"], published["Code"]) == (400, "InvalidParameterValueException")
+    assert "$LATEST" in published["Message"]
+    to_latest = await error_of(lam.create_alias, FunctionName="echo", Name="live", FunctionVersion="$LATEST")
+    assert (to_latest["Status"], to_latest["Code"]) == (400, "InvalidParameterValueException")
+    to_version = await error_of(lam.create_alias, FunctionName="echo", Name="live", FunctionVersion="1")
+    assert (to_version["Status"], to_version["Code"]) == (404, "ResourceNotFoundException")
+    for operation, kwargs in (
+        (lam.get_alias, {}),
+        (lam.update_alias, {"FunctionVersion": "$LATEST"}),
+        (lam.delete_alias, {}),
+    ):
+        missing = await error_of(operation, FunctionName="echo", Name="live", **kwargs)
+        assert (missing["Status"], missing["Code"]) == (404, "ResourceNotFoundException"), operation
+        assert missing["Message"].endswith(":function:echo:live")
+    for operation in (lam.list_versions_by_function, lam.list_aliases, lam.publish_version):
+        unknown = await error_of(operation, FunctionName="ghost")
+        assert unknown["Code"] == "ResourceNotFoundException", operation

@@ -156,6 +156,9 @@ class Binding:
     #: Applied at bind, over what the sandbox was created with (a sandbox created before
     #: its function was known, like deploy's discovery sandbox).
     environment: Mapping[str, str] = attrs.field(factory=dict, converter=_str_mapping)
+    #: A directory put first on ``sys.path`` before the module is imported (the
+    #: function's unpacked deployment package).
+    code_root: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -165,6 +168,7 @@ class Binding:
             "memory_mb": self.memory_mb,
             "log_stream": self.log_stream,
             "environment": dict(self.environment),
+            "code_root": self.code_root,
         }
 
 

@@ -570,6 +570,9 @@ class Worker:
             if self.apply_environment:
                 os.environ.update(bind.get("environment") or {})
             self.limit_memory(bind.get("memory_mb"))
+            code_root = bind.get("code_root")
+            if code_root and (not sys.path or sys.path[0] != code_root):
+                sys.path.insert(0, code_root)  # the package's modules before the host's
         buf = _start_capture("", self.log_capture_bytes)
         started = time.perf_counter()
         try:
