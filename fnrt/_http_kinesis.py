@@ -26,7 +26,7 @@ from aiohttp import web
 from ._http_errors import AwsError
 from ._runtime import Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, ServiceError, StreamNotFound
-from .sources._streams import STREAM_NAME
+from .sources._streams import STREAM_MODES, STREAM_NAME
 from .store._streams import seq_int, seq_str  # fnrt-internal: the sequence-number format
 from .store._types import HASH_KEY_TEXT, MAX_HASH_KEY
 
@@ -41,8 +41,9 @@ MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
 _READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and its keys
 ITERATOR_TTL = 300.0
-STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
 ON_DEMAND_SHARDS = 4
+MIN_RETENTION_HOURS, MAX_RETENTION_HOURS = 24, 8760
+MAX_TAGS = 50  # per stream, and per AddTagsToStream, RemoveTagsFromStream or ListTagsForStream
 SHARD_LIMIT = 10_000  # open shards per account and region (Kinesis' shard quota; fnrt's own)
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
@@ -120,6 +121,22 @@ def _hash_key(value: Any, member: str) -> int:
             f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"
         )
     return int(value)
+
+
+def _tags(value: Any, member: str) -> dict[str, str]:
+    """A ``Tags`` map: keys of 1-128 characters, values of 0-256."""
+    if not isinstance(value, dict) or not value:
+        raise _bad(
+            f"1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must "
+            "be a map of at least 1 entry"
+        )
+    for key, tag in value.items():
+        if not 1 <= len(key) <= 128 or not isinstance(tag, str) or len(tag) > 256:
+            raise _bad(
+                f"1 validation error detected: Value at '{member}' failed to satisfy constraint: each "
+                "key must have length between 1 and 128 and each value a string of at most 256",
+            )
+    return dict(value)
 
 
 def _stream_mode(body: dict[str, Any]) -> str:
@@ -255,7 +272,7 @@ class KinesisApi:
             "StreamName": stream.name,
             "StreamARN": stream.arn,
             "StreamStatus": "ACTIVE",
-            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "StreamModeDetails": {"StreamMode": info["mode"]},
             "RetentionPeriodHours": int(info["retention_hours"]),
             "StreamCreationTimestamp": info["created_at"],
             "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
@@ -293,9 +310,113 @@ class KinesisApi:
                 "ResourceInUseException",
                 f"Stream {name} under account {self.runtime.config.account_id} already exists.",
             )
+        tags = _tags(body.get("Tags"), "tags") if body.get("Tags") is not None else {}
         await self._check_shard_limit(shard_count)
-        await self.runtime.create_stream(name, shard_count)
+        stream = await self.runtime.create_stream(name, shard_count, mode=mode)
+        if tags:
+            await stream.update(tags=tags)
         return {}
+
+    async def _op_UpdateStreamMode(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The stream's capacity mode: reported by the describes; the shards stay as they
+        are (as Kinesis', whose capacity changes beneath them)."""
+        arn = _str(body, "StreamARN")
+        if body.get("StreamModeDetails") is None:
+            raise _bad("1 validation error detected: Value null at 'streamModeDetails' failed to satisfy "
+                       "constraint: Member must not be null")
+        mode = _stream_mode(body)
+        stream = await self._stream({"StreamARN": arn})
+        await stream.update(mode=mode)
+        return {}
+
+    async def _op_IncreaseStreamRetentionPeriod(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return await self._retention(body, increase=True)
+
+    async def _op_DecreaseStreamRetentionPeriod(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return await self._retention(body, increase=False)
+
+    async def _retention(self, body: dict[str, Any], *, increase: bool) -> dict[str, Any]:
+        """Kinesis' retention changes: 24-8760 hours, up only by Increase and down only by
+        Decrease (the same value is accepted by both); records older than a shortened
+        retention go at the next trim."""
+        stream = await self._stream(body)
+        value = body.get("RetentionPeriodHours")
+        if value is None:
+            raise _bad("1 validation error detected: Value null at 'retentionPeriodHours' failed to "
+                       "satisfy constraint: Member must not be null")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(f"RetentionPeriodHours must be an integer, got {value!r}")
+        if not MIN_RETENTION_HOURS <= value <= MAX_RETENTION_HOURS:
+            raise _bad(
+                f"Minimum allowed retention period is {MIN_RETENTION_HOURS} hours. Maximum allowed "
+                f"retention period is {MAX_RETENTION_HOURS} hours. Requested retention period "
+                f"({value} hours) is out of range.",
+                "InvalidArgumentException",
+            )
+        current = int((await stream.info())["retention_hours"])
+        if increase and value < current:
+            raise _bad(
+                f"Requested retention period ({value} hours) for stream {stream.name} can not be shorter "
+                f"than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
+                "InvalidArgumentException",
+            )
+        if not increase and value > current:
+            raise _bad(
+                f"Requested retention period ({value} hours) for stream {stream.name} can not be longer "
+                f"than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
+                "InvalidArgumentException",
+            )
+        await stream.update(retention_hours=value)
+        return {}
+
+    # -- tags ---------------------------------------------------------------------------
+
+    async def _op_AddTagsToStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        if body.get("Tags") is None:
+            raise _bad("1 validation error detected: Value null at 'tags' failed to satisfy constraint: "
+                       "Member must not be null")
+        added = _tags(body["Tags"], "tags")
+        if len(added) > MAX_TAGS:
+            raise _bad(
+                f"1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must "
+                f"have length less than or equal to {MAX_TAGS}"
+            )
+        tags = {**(await stream.info())["tags"], **added}
+        if len(tags) > MAX_TAGS:
+            raise _bad(
+                f"Failed to add tags to stream {stream.name} under account {self.runtime.config.account_id} "
+                f"because a given stream cannot have more than {MAX_TAGS} tags associated with it.",
+                "InvalidArgumentException",
+            )
+        await stream.update(tags=tags)
+        return {}
+
+    async def _op_RemoveTagsFromStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        keys = body.get("TagKeys")
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_TAGS or not all(
+            isinstance(k, str) and 1 <= len(k) <= 128 for k in keys
+        ):
+            raise _bad(
+                "1 validation error detected: Value at 'tagKeys' failed to satisfy constraint: Member must "
+                f"have length between 1 and {MAX_TAGS}, each key 1-128 characters"
+            )
+        tags = (await stream.info())["tags"]
+        await stream.update(tags={k: v for k, v in tags.items() if k not in keys})
+        return {}
+
+    async def _op_ListTagsForStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        limit = _int(body, "Limit", MAX_TAGS, 1, MAX_TAGS)
+        start = _str(body, "ExclusiveStartTagKey", required=False)
+        keys = sorted((await stream.info())["tags"].items())
+        if start is not None:
+            keys = [(k, v) for k, v in keys if k > start]
+        return {
+            "Tags": [{"Key": k, "Value": v} for k, v in keys[:limit]],
+            "HasMoreTags": len(keys) > limit,
+        }
 
     async def _check_shard_limit(self, more: int) -> None:
         """Kinesis' account shard quota: open shards over every stream, ``SHARD_LIMIT`` here."""
@@ -347,7 +468,7 @@ class KinesisApi:
                     "StreamName": name,
                     "StreamARN": stream.arn,
                     "StreamStatus": "ACTIVE",
-                    "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                    "StreamModeDetails": {"StreamMode": info["mode"]},
                     "StreamCreationTimestamp": info["created_at"],
                 }
             )

@@ -815,11 +815,14 @@ class Runtime(ControlPlane, ClusterMember):
 
     # -- streams ----------------------------------------------------------------------
 
-    async def create_stream(self, name: str, shard_count: int = 1, *, retention_hours: float = 24) -> Stream:
+    async def create_stream(
+        self, name: str, shard_count: int = 1, *, retention_hours: float = 24, mode: str = "PROVISIONED"
+    ) -> Stream:
         """Create a sharded stream in the runtime's state (or open it, if it exists: a
-        restarted host gets its stream back with every record and shard)."""
+        restarted host gets its stream back with every record and shard). ``mode`` is
+        Kinesis' capacity mode (``PROVISIONED`` or ``ON_DEMAND``), kept and reported."""
         self._check_running()
-        return await self._streams.create_stream(name, shard_count, retention_hours)
+        return await self._streams.create_stream(name, shard_count, retention_hours, mode)
 
     async def get_stream(self, name: str) -> Stream:
         """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""

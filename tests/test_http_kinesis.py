@@ -521,3 +521,106 @@ async def test_a_stream_another_host_deleted_is_gone_here_too(tmp_path: Path):
             await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
             summary = await call(kinesis.describe_stream_summary, StreamName="orders")
             assert summary["StreamDescriptionSummary"]["OpenShardCount"] == 1
+
+
+async def test_the_capacity_mode_is_kept_reported_and_updated(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    await call(kinesis.create_stream, StreamName="set", ShardCount=1)
+
+    async def modes() -> list[tuple[str, str, str]]:
+        out = []
+        for name in ("auto", "set"):
+            described = (await call(kinesis.describe_stream, StreamName=name))["StreamDescription"]
+            summary = await call(kinesis.describe_stream_summary, StreamName=name)
+            mode = summary["StreamDescriptionSummary"]["StreamModeDetails"]["StreamMode"]
+            out.append((described["StreamModeDetails"]["StreamMode"], mode))
+        listed = (await call(kinesis.list_streams))["StreamSummaries"]
+        return [(*m, s["StreamModeDetails"]["StreamMode"]) for m, s in zip(out, listed, strict=True)]
+
+    assert await modes() == [("ON_DEMAND",) * 3, ("PROVISIONED",) * 3]
+    arn = (await call(kinesis.describe_stream_summary, StreamName="auto"))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    await call(kinesis.update_stream_mode, StreamARN=arn, StreamModeDetails={"StreamMode": "PROVISIONED"})
+    set_arn = arn.replace("/auto", "/set")
+    await call(kinesis.update_stream_mode, StreamARN=set_arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert await modes() == [("PROVISIONED",) * 3, ("ON_DEMAND",) * 3]
+    assert len((await call(kinesis.list_shards, StreamName="auto"))["Shards"]) == 4  # shards stay
+    from botocore.exceptions import ClientError
+
+    for request, code in (
+        ({"StreamARN": arn, "StreamModeDetails": {"StreamMode": "SERVERLESS"}}, "ValidationException"),
+        ({"StreamARN": arn.replace("/auto", "/ghost"), "StreamModeDetails": {"StreamMode": "ON_DEMAND"}},
+         "ResourceNotFoundException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.update_stream_mode, **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    assert (await (await rt.get_stream("auto")).info())["mode"] == "PROVISIONED"
+
+
+async def test_retention_is_increased_and_decreased_and_records_past_it_go(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+
+    async def hours() -> int:
+        summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+        return int(summary["RetentionPeriodHours"])
+
+    await call(kinesis.increase_stream_retention_period, StreamName="s", RetentionPeriodHours=72)
+    assert await hours() == 72
+    for fn, value in (
+        (kinesis.increase_stream_retention_period, 48),  # not an increase
+        (kinesis.decrease_stream_retention_period, 100),  # not a decrease
+        (kinesis.decrease_stream_retention_period, 23),  # under the minimum
+        (kinesis.increase_stream_retention_period, 8761),  # over the maximum
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(fn, StreamName="s", RetentionPeriodHours=value)
+        assert raised.value.response["Error"]["Code"] == "InvalidArgumentException", (fn, value)
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.increase_stream_retention_period, StreamName="ghost", RetentionPeriodHours=48)
+    assert await hours() == 72
+
+    # a record older than the retention goes at the next trim; under it, it stays
+    await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k")
+    await clock.advance(50 * 3600)
+    await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    shard = (await call(kinesis.list_shards, StreamName="s"))["Shards"][0]["ShardId"]
+
+    async def trimmed_then_read() -> list[bytes]:
+        await (await rt._state.store()).streams.trim_expired(clock.time())  # the maintenance's trim
+        iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=shard,
+                               ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+        return [r["Data"] for r in (await call(kinesis.get_records, ShardIterator=iterator))["Records"]]
+
+    assert await trimmed_then_read() == [b"old", b"new"]  # 50 h < 72 h
+    await call(kinesis.decrease_stream_retention_period, StreamName="s", RetentionPeriodHours=24)
+    assert await hours() == 24
+    assert await trimmed_then_read() == [b"new"]
+
+
+async def test_stream_tags_are_added_listed_and_removed(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1, Tags={"team": "a"})
+    await call(kinesis.add_tags_to_stream, StreamName="s", Tags={"env": "prod", "team": "b", "empty": ""})
+    listed = await call(kinesis.list_tags_for_stream, StreamName="s")
+    assert listed["Tags"] == [{"Key": "empty", "Value": ""}, {"Key": "env", "Value": "prod"},
+                              {"Key": "team", "Value": "b"}]
+    assert listed["HasMoreTags"] is False
+    page = await call(kinesis.list_tags_for_stream, StreamName="s", Limit=1, ExclusiveStartTagKey="empty")
+    assert page["Tags"] == [{"Key": "env", "Value": "prod"}] and page["HasMoreTags"] is True
+    await call(kinesis.remove_tags_from_stream, StreamName="s", TagKeys=["env", "absent"])
+    listed = await call(kinesis.list_tags_for_stream, StreamName="s")
+    assert [t["Key"] for t in listed["Tags"]] == ["empty", "team"]
+    with pytest.raises(ClientError) as raised:  # 50 tags a stream at most
+        await call(kinesis.add_tags_to_stream, StreamName="s", Tags={f"k{i}": "v" for i in range(49)})
+    assert raised.value.response["Error"]["Code"] == "InvalidArgumentException"
+    assert len((await call(kinesis.list_tags_for_stream, StreamName="s"))["Tags"]) == 2  # nothing added
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.list_tags_for_stream, StreamName="ghost")

@@ -419,6 +419,25 @@ async def test_create_stream_once_with_shards_covering_the_key_space(streams: St
     assert await streams.shards("t") == []
 
 
+async def test_a_streams_mode_retention_and_tags_are_kept_and_updated(streams: StreamStore) -> None:
+    assert await streams.create_stream("auto", 4, 86_400.0, T0, mode="ON_DEMAND")
+    assert await streams.create_stream("set", 1, 86_400.0, T0)
+    auto, plain = await streams.stream_info("auto"), await streams.stream_info("set")
+    assert auto is not None and (auto["mode"], auto["tags"]) == ("ON_DEMAND", {})
+    assert plain is not None and plain["mode"] == "PROVISIONED"
+    assert await streams.update_stream("auto", mode="PROVISIONED", retention=7_200.0, tags={"k": "v"})
+    auto = await streams.stream_info("auto")
+    assert auto is not None
+    assert (auto["mode"], auto["retention"], auto["tags"]) == ("PROVISIONED", 7_200.0, {"k": "v"})
+    assert await streams.stream_retention("auto") == 7_200.0
+    assert await streams.update_stream("auto", tags={})  # what is not given stays
+    auto = await streams.stream_info("auto")
+    assert auto is not None
+    assert (auto["mode"], auto["retention"], auto["tags"]) == ("PROVISIONED", 7_200.0, {})
+    assert await streams.update_stream("ghost", mode="ON_DEMAND") is False
+    assert await streams.stream_names() == ["auto", "set"]
+
+
 async def test_put_records_places_by_hash_key_with_increasing_numbers(streams: StreamStore) -> None:
     await streams.create_stream("s", 2, 86_400.0, T0)
     keys = [f"k{n}" for n in range(40)]

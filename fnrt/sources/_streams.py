@@ -77,6 +77,8 @@ THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is
 Deliver = Callable[[str, str, str], Awaitable[None]]
 # Kinesis' StreamName pattern (1-128 of these): the name goes into ARNs and URLs as it is.
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+#: Kinesis' capacity modes (``StreamModeDetails.StreamMode``).
+STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -178,8 +180,9 @@ class Stream:
         ]
 
     async def info(self) -> dict[str, Any]:
-        """``created_at`` (epoch s), ``retention_hours``, and ``last_sequence_number``
-        (the stream's newest record, ``None`` before the first)."""
+        """``created_at`` (epoch s), ``retention_hours``, ``last_sequence_number`` (the
+        stream's newest record, ``None`` before the first), ``mode`` (Kinesis' capacity
+        mode, ``PROVISIONED`` or ``ON_DEMAND``) and ``tags``."""
         store = await self._source.store()
         info = await store.stream_info(self.name)
         if info is None:
@@ -189,7 +192,29 @@ class Stream:
             "created_at": info["created_at"],
             "retention_hours": info["retention"] / 3600,
             "last_sequence_number": seq_str(last) if last >= 0 else None,
+            "mode": info["mode"],
+            "tags": dict(info["tags"]),
         }
+
+    async def update(
+        self,
+        *,
+        mode: str | None = None,
+        retention_hours: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Change the stream's capacity ``mode``, its retention (24-8760 hours: records
+        older than it go at the next trim) or its ``tags`` (the whole set)."""
+        if mode is not None and mode not in STREAM_MODES:
+            raise InvalidConfig(f"mode must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
+        retention = None
+        if retention_hours is not None:
+            retention = _retention_seconds(retention_hours)
+        store = await self._source.store()
+        if not await store.update_stream(self.name, mode=mode, retention=retention, tags=tags):
+            raise StreamNotFound(self.name)
+        if retention is not None:
+            self._source._retention[self.name] = retention
 
     async def shards(self) -> list[dict[str, Any]]:
         """Kinesis' ``ListShards``: every shard with its hash-key and sequence ranges."""
@@ -245,6 +270,13 @@ def _entry(data: bytes | str, partition_key: str, explicit_hash_key: int | None)
     else:
         hashed = _hash_key_arg(explicit_hash_key, "explicit_hash_key", InvalidPayload)
     return partition_key, base64.b64encode(data).decode(), hashed
+
+
+def _retention_seconds(hours: object) -> float:
+    """A retention period in hours (Kinesis' 24-8760) as seconds; else InvalidConfig."""
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 24 <= hours <= 8760:
+        raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {hours!r}")
+    return float(hours) * 3600
 
 
 def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
@@ -1102,7 +1134,9 @@ class StreamSource:
             if stream == "*" or mapping.stream.name == stream:
                 mapping.wake()
 
-    async def create_stream(self, name: str, shard_count: int, retention_hours: float) -> Stream:
+    async def create_stream(
+        self, name: str, shard_count: int, retention_hours: float, mode: str = "PROVISIONED"
+    ) -> Stream:
         if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
             raise InvalidConfig(
                 f"stream name must be 1-128 characters of a-z, A-Z, 0-9, '_', '.' and '-', got {name!r}"
@@ -1113,10 +1147,11 @@ class StreamSource:
             or not 1 <= shard_count <= 10_000
         ):
             raise InvalidConfig(f"shard_count must be a whole number 1-10,000, got {shard_count!r}")
-        if not 24 <= retention_hours <= 8760:
-            raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {retention_hours!r}")
+        retention = _retention_seconds(retention_hours)
+        if mode not in STREAM_MODES:
+            raise InvalidConfig(f"mode must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
         store = await self.store()
-        await store.create_stream(name, shard_count, retention_hours * 3600, self.clock.time())
+        await store.create_stream(name, shard_count, retention, self.clock.time(), mode=mode)
         return await self.get_stream(name)
 
     async def stream_names(self) -> list[str]:

@@ -81,6 +81,10 @@ TABLES = (
         retention double precision NOT NULL,
         created_at double precision NOT NULL
     )""",
+    # Added since, nullable, so an older fnrt still uses the table (NULL: what a stream of
+    # an older fnrt has): Kinesis' capacity mode (NULL: PROVISIONED), tags as a JSON object.
+    "ALTER TABLE fnrt_streams ADD COLUMN IF NOT EXISTS mode text",
+    "ALTER TABLE fnrt_streams ADD COLUMN IF NOT EXISTS tags text",
     """CREATE TABLE IF NOT EXISTS fnrt_shards (
         stream text NOT NULL REFERENCES fnrt_streams (name),
         shard_id text NOT NULL,
