@@ -435,8 +435,9 @@ class KinesisApi:
             )
 
     async def _op_DeleteStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        """The stream, its records and its event source mappings go (fnrt has no
-        registered consumers, so ``EnforceConsumerDeletion`` changes nothing)."""
+        """The stream and its records go; its event source mappings stay, disabled, as
+        Lambda's do (fnrt has no registered consumers, so ``EnforceConsumerDeletion``
+        changes nothing)."""
         enforce = body.get("EnforceConsumerDeletion")
         if enforce is not None and not isinstance(enforce, bool):
             raise _bad(

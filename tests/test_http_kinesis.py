@@ -414,10 +414,15 @@ async def test_another_regions_or_accounts_stream_arn_is_not_found(served, arn):
         await call(kinesis.describe_stream_summary, StreamARN=arn)
 
 
-async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Path):
+async def test_delete_stream_takes_its_records_and_keeps_its_mappings_disabled(served, tmp_path: Path):
+    # Lambda keeps a mapping whose stream is deleted: listed, disabled by Lambda, its last
+    # result saying the stream is gone. fnrt deleted the mappings with the stream.
     from botocore.exceptions import ClientError
 
     rt, server, kinesis, clock = served
+    lam = boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="fnrt", aws_secret_access_key="fnrt",
+                       config=Config(retries={"total_max_attempts": 1}))
     release = tmp_path / "release"
     await rt.add_function(
         "held", "handlers.orders:process_when_released", environment={"ORDERS_RELEASE": str(release)}
@@ -429,10 +434,17 @@ async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Pa
     await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 1}', PartitionKey="c")
     await wait_until(lambda: rt.stats()["functions"]["held"]["in_flight"] == 1, "a batch in flight")
 
-    # deleted while its batch runs: the mapping stops and goes with the stream
+    # deleted while its batch runs: the mapping stops polling, and stays
     assert await call(kinesis.delete_stream, StreamName="orders", EnforceConsumerDeletion=True) is not None
-    assert [m.uuid for m in rt.stream_mappings()] == [kept.uuid]
+    assert sorted(m.uuid for m in rt.stream_mappings()) == sorted([mapping.uuid, kept.uuid])
     assert await rt.list_streams() == ["other"]
+    shape = await call(lam.get_event_source_mapping, UUID=mapping.uuid)
+    assert (shape["State"], shape["StateTransitionReason"]) == ("Disabled", "Lambda initiated")
+    assert shape["LastProcessingResult"] == "PROBLEM: Stream not found"
+    assert shape["EventSourceArn"].endswith(":stream/orders")
+    listed = (await call(lam.list_event_source_mappings, FunctionName="held"))["EventSourceMappings"]
+    assert sorted(m["UUID"] for m in listed) == sorted([mapping.uuid, kept.uuid])
+    assert (await call(lam.get_event_source_mapping, UUID=kept.uuid))["State"] == "Enabled"
     for request in (
         lambda: kinesis.describe_stream_summary(StreamName="orders"),
         lambda: kinesis.put_record(StreamName="orders", Data=b"x", PartitionKey="c"),
@@ -443,12 +455,21 @@ async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Pa
         assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
     with pytest.raises(fnrt.StreamNotFound):
         await rt.get_stream("orders")
-    with pytest.raises(fnrt.InvalidConfig):
-        await rt.update_stream_mapping(mapping.uuid, batch_size=5)
-
-    # the name can be used again: a new, empty stream with a new mapping
     release.touch()
+    await rt.wait_idle()  # nothing polls the gone stream, and nothing failed
+    assert rt.stats()["background_failures"] == 0
+
+    # the name can be used again: the old mapping holds the (stream, function) pair until
+    # it is deleted, as Lambda's does; then a new one reads the new, empty stream
     await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
+    arn = (await call(kinesis.describe_stream_summary, StreamName="orders"))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    with pytest.raises(lam.exceptions.ResourceConflictException):
+        await call(lam.create_event_source_mapping, EventSourceArn=arn, FunctionName="held",
+                   StartingPosition="TRIM_HORIZON")
+    deleted = await call(lam.delete_event_source_mapping, UUID=mapping.uuid)
+    assert deleted["State"] == "Deleting"
     again = await rt.add_stream_mapping("orders", "held")
     assert again.uuid != mapping.uuid and await again.checkpoints() == {}
     await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 2}', PartitionKey="c")

@@ -542,7 +542,9 @@ async def test_a_failed_stream_delete_leaves_its_mappings_polling(
         assert [e["id"] for e in ledger(path)] == [1, 2]  # from its checkpoint: nothing twice
         monkeypatch.undo()
         await rt.delete_stream("orders")
-        assert rt.stream_mappings() == [] and await rt.list_streams() == []
+        assert await rt.list_streams() == []
+        [kept] = rt.stream_mappings()  # as Lambda keeps it: disabled, polling nothing
+        assert kept.uuid == mapping.uuid and kept.stream_deleted and not kept.config.enabled
         with pytest.raises(StreamNotFound):
             await rt.delete_stream("orders")
 
@@ -648,8 +650,8 @@ async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
 
 async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_path: Path) -> None:
     """Host B deletes the stream that host A's mapping reads: A's pollers find their shards
-    gone and stop, and A forgets the mapping (it went with the stream); A runs on, and
-    closes cleanly."""
+    gone and stop, and A's mapping stays, polling nothing, saying its stream is gone (as
+    Lambda's does); A runs on, and closes cleanly."""
     state = tmp_path / "state"
     async with Runtime(state_dir=state) as a:
         async with Runtime(state_dir=state) as b:
@@ -667,7 +669,9 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
             for poller in mapping._poller_objects.values():
                 poller.waker.set()
             await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
-            await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+            mapping.wake()
+            await until(lambda: mapping.stream_deleted, what="A's mapping sees its stream gone")
+            assert a.stream_mappings() == [mapping] and mapping.last_processing_result.startswith("PROBLEM")
             with pytest.raises(StreamNotFound):
                 await a.get_stream("orders")
             await a.wait_idle()
@@ -776,6 +780,43 @@ async def test_stored_mappings_are_resumed_from_their_checkpoints_after_a_restar
         await until(lambda: len(ledger(path)) == 6, clock, what="records after the restart")
         await rt.wait_idle()
         assert sorted(e["id"] for e in ledger(path)) == list(range(6))  # none again
+
+
+async def test_a_mapping_whose_stream_was_deleted_outlives_a_restart_disabled(tmp_path: Path) -> None:
+    # Lambda keeps the mapping of a deleted stream; so does the store, and a restarted host
+    # lists it again, disabled and polling nothing, until it is enabled or removed. It used
+    # to go with the stream.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        created = await rt.add_stream_mapping("orders", "orders", batch_size=7)
+        await stream.put_record(order(0), "c")
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first record")
+        await rt.delete_stream("orders")
+        [kept] = rt.stream_mappings()
+        assert kept.uuid == created.uuid and kept.stream_deleted and not kept.config.enabled
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        assert await rt.resume_stream_mappings() == []  # nothing started
+        [kept] = rt.stream_mappings()
+        assert (kept.uuid, kept.config.batch_size, kept.config.enabled) == (created.uuid, 7, False)
+        assert kept.stream_deleted and kept.last_processing_result == "PROBLEM: Stream not found"
+        # enabled while its stream is gone: it polls nothing, and fails nothing
+        enabled = await rt.update_stream_mapping(kept.uuid, enabled=True)
+        await clock.advance(30)
+        await rt.wait_idle()
+        assert enabled.stream_deleted and rt.stats()["background_failures"] == 0
+        # a stream made again under the name: the enabled mapping reads it from its start
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_record(order(1), "c")
+        await until(lambda: len(ledger(path)) == 2, clock, what="a record of the new stream")
+        assert not enabled.stream_deleted
+        await rt.remove_stream_mapping(enabled)
+        assert rt.stream_mappings() == []
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        assert await rt.resume_stream_mappings() == [] and rt.stream_mappings() == []
 
 
 async def test_a_batch_refused_because_the_runtime_is_closing_ends_its_poller_quietly(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ from ..store._types import HASH_KEY_TEXT, MAX_HASH_KEY, hash_key, seq_int, seq_s
 NO_RECORDS_PROCESSED = "No records processed"
 PROCESSING_OK = "OK"
 PROCESSING_FAILED = "PROBLEM: Function call failed"
+STREAM_NOT_FOUND = "PROBLEM: Stream not found"  # its stream was deleted
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
@@ -325,6 +326,8 @@ class StreamMapping:
         self._retiring = False  # its stream was deleted by another host: it is being forgotten
         #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
         self.last_processing_result = NO_RECORDS_PROCESSED
+        #: Its stream was deleted: the mapping stays (as Lambda's does), disabled, polling nothing.
+        self.stream_deleted = False
 
     def __repr__(self) -> str:
         return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
@@ -405,14 +408,20 @@ class StreamMapping:
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
         if not self._retiring and await self._removed(store):
-            # Another host removed the mapping, or deleted its stream (and the mapping with
-            # it): its checkpoints are gone, so a shard taken now would be read again from
-            # its beginning. Forget it here too.
+            # Another host removed the mapping: its checkpoints are gone, so a shard taken
+            # now would be read again from its beginning. Forget it here too.
             self._retiring = True
-            self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
+            self._log.warning("mapping removed elsewhere; it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
         # Retiring, nothing more is taken (the store refuses the leases anyway).
         shards = [] if self._retiring else await store.shards(self.stream.name)
+        if not shards and not self._retiring:  # a stream has a shard always: it was deleted
+            if not self.stream_deleted:
+                self._log.warning("the mapping's stream was deleted; it polls nothing")
+                self._stream_gone()
+        elif self.stream_deleted:  # made again under its name: read from its beginning
+            self.stream_deleted = False
+            self.last_processing_result = NO_RECORDS_PROCESSED
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -498,6 +507,15 @@ class StreamMapping:
         checks before each invoke, so a host that stalled past its lease stops at once
         instead of re-delivering what the new owner already did."""
         return self._source.clock.time() < self._lease_until.get(shard_id, 0.0)
+
+    def _stream_gone(self) -> None:
+        """The stream was deleted (here or by another host): stop the shard pollers (their
+        shards and checkpoints are gone) and say so as Lambda does."""
+        self.stream_deleted = True
+        self.last_processing_result = STREAM_NOT_FOUND
+        for shard_id in list(self._pollers):
+            self._stop_poller(shard_id)
+        self._stolen.clear()
 
     def _start_poller(self, shard: Shard) -> None:
         poller = ShardPoller(self, shard)
@@ -1199,10 +1217,26 @@ class StreamSource:
                 again = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
                 self._replace(old.uuid, old, again)
             raise
-        for mapping in doomed:
-            self.mappings.pop(mapping.uuid, None)
+        for old in doomed:  # kept, disabled, as Lambda keeps them (the store's rows too)
+            self.mappings[old.uuid] = self._orphan(old.uuid, old.stream, old.function, old.config)
         self._forget_stream(name)
         self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
+
+    def _orphan(
+        self, uuid_: str, stream: Stream, function: str, config: StreamMappingConfig
+    ) -> StreamMapping:
+        """The mapping of a deleted stream: listed, disabled, not polled."""
+        mapping = StreamMapping(self, uuid_, stream, function, attrs.evolve(config, enabled=False))
+        mapping._stream_gone()
+        return mapping
+
+    async def add_orphan(
+        self, uuid_: str, stream_name: str, function: str, config: StreamMappingConfig
+    ) -> None:
+        """Take back a stored mapping whose stream was deleted (a restart): listed, disabled."""
+        async with self._changing:
+            if uuid_ not in self.mappings:
+                self.mappings[uuid_] = self._orphan(uuid_, Stream(self, stream_name), function, config)
 
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig

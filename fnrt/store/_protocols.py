@@ -177,9 +177,11 @@ class StreamStore(Protocol):
     async def stream_exists(self, name: str) -> bool: ...
 
     async def delete_stream(self, name: str) -> list[str]:
-        """Delete ``name`` with its shards and records, and its mappings with their
-        checkpoints and leases (Kinesis' ``DeleteStream``); the mappings' on-failure records
-        stay (they are what a destination holds). Returns the deleted mappings' uuids.
+        """Delete ``name`` with its shards and records (Kinesis' ``DeleteStream``); its
+        mappings stay, disabled (their config's ``enabled`` set false), without their
+        checkpoints and leases (Lambda keeps a mapping whose stream is gone); their
+        on-failure records stay (they are what a destination holds). Returns the
+        mappings' uuids.
         Raises :class:`~fnrt.errors.StreamNotFound` (and changes nothing) for an unknown
         stream. Atomic against writers: a put is wholly before the delete or fails with
         ``StreamNotFound``. Durable."""

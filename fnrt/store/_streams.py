@@ -213,8 +213,12 @@ class SQLiteStreams:
             async with conn.execute("DELETE FROM streams WHERE name = ? RETURNING 1", (name,)) as cursor:
                 if await cursor.fetchone() is None:
                     raise StreamNotFound(name)
+            # The mappings stay, disabled (Lambda keeps a mapping whose stream is gone);
+            # their checkpoints and leases name shards that are gone.
             async with conn.execute(
-                "DELETE FROM stream_mappings WHERE stream = ? RETURNING uuid", (name,)
+                "UPDATE stream_mappings SET config = json_set(config, '$.enabled', json('false')) "
+                "WHERE stream = ? RETURNING uuid",
+                (name,),
             ) as cursor:
                 mappings = [row[0] for row in await cursor.fetchall()]
             for mapping in mappings:

@@ -125,7 +125,14 @@ class PgStreamStore:
             found = await conn.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1 FOR UPDATE", name)
             if found is None:
                 raise StreamNotFound(name)
-            rows = await conn.fetch("DELETE FROM fnrt_stream_mappings WHERE stream = $1 RETURNING uuid", name)
+            # The mappings stay, disabled (Lambda keeps a mapping whose stream is gone);
+            # their checkpoints and leases name shards that are gone.
+            rows = await conn.fetch(
+                "UPDATE fnrt_stream_mappings "
+                "SET config = jsonb_set(config::jsonb, '{enabled}', 'false')::text "
+                "WHERE stream = $1 RETURNING uuid",
+                name,
+            )
             mappings = [str(r["uuid"]) for r in rows]
             await conn.execute(
                 "DELETE FROM fnrt_stream_checkpoints WHERE mapping = ANY($1::text[])", mappings
