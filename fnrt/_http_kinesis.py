@@ -14,6 +14,7 @@ clock); over the limit a ``PutRecords`` entry fails with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -206,6 +207,7 @@ class KinesisApi:
         self.runtime = runtime
         self.write_limits = write_limits
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._updating: dict[str, asyncio.Lock] = {}  # UpdateShardCount under way, per stream
 
     async def handle(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
@@ -528,6 +530,7 @@ class KinesisApi:
         new_start = _str(body, "NewStartingHashKey")
         assert shard is not None
         starting = _hash_key(new_start, "newStartingHashKey")
+        await self._provisioned(stream, "SplitShard")
         await self._open_shards(stream, shard)
         await self._check_shard_limit(1)  # two children open where one shard closes
         # off the pattern: ValidationException; outside the shard's range: split_shard's
@@ -535,11 +538,72 @@ class KinesisApi:
         await stream.split_shard(shard, starting)
         return {}
 
+    async def _op_UpdateShardCount(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """``UNIFORM_SCALING`` to ``TargetShardCount`` open shards, within Kinesis' limits (at
+        most double, at least half the open shards); done when it answers (Kinesis' is
+        asynchronous: the stream is ``UPDATING`` meanwhile, and a second update is refused)."""
+        stream = await self._stream(body)
+        target = body.get("TargetShardCount")
+        if target is None:
+            raise _bad("1 validation error detected: Value null at 'targetShardCount' failed to satisfy "
+                       "constraint: Member must not be null")
+        target = _int(body, "TargetShardCount", 1, 1, 2**31 - 1)
+        scaling = body.get("ScalingType")
+        if scaling != "UNIFORM_SCALING":
+            raise _bad(
+                f"1 validation error detected: Value '{scaling}' at 'scalingType' failed to satisfy "
+                "constraint: Member must satisfy enum value set: [UNIFORM_SCALING]"
+            )
+        await self._provisioned(stream, "UpdateShardCount")
+        lock = self._updating.setdefault(stream.name, asyncio.Lock())
+        if lock.locked():
+            raise AwsError(
+                400,
+                "ResourceInUseException",
+                f"Stream {stream.name} under account {self.runtime.config.account_id} not ACTIVE, "
+                "instead in state UPDATING",
+            )
+        async with lock:
+            current = sum(1 for s in await stream.shards() if not _closed(s))
+            if target > SHARD_LIMIT:
+                raise AwsError(
+                    400,
+                    "LimitExceededException",
+                    f"Target shard count or number of open shards cannot be greater than {SHARD_LIMIT}. "
+                    f"Current open shard count: {current}, Target shard count: {target}",
+                )
+            for wrong, message in (
+                (target > current * 2, "scale up over double"),
+                (target * 2 < current, "scale down below half"),
+            ):
+                if wrong:
+                    raise AwsError(
+                        400,
+                        "LimitExceededException",
+                        f"UpdateShardCount cannot {message} your current open shard count. Current open "
+                        f"shard count: {current}, Target shard count: {target}",
+                    )
+            await self._check_shard_limit(max(0, target - current))
+            await stream.update_shard_count(target)
+        return {
+            "StreamName": stream.name,
+            "StreamARN": stream.arn,
+            "CurrentShardCount": current,
+            "TargetShardCount": target,
+        }
+
+    async def _provisioned(self, stream: Stream, operation: str) -> None:
+        """Resharding is the provisioned mode's: an on-demand stream's capacity is Kinesis'."""
+        if (await stream.info())["mode"] != "PROVISIONED":
+            raise _bad(f"{operation} is not supported for a stream in ON_DEMAND capacity mode "
+                       f"(stream {stream.name}); update the stream mode to PROVISIONED first")
+
     async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         stream = await self._stream(body)
         shard = _str(body, "ShardToMerge")
         adjacent = _str(body, "AdjacentShardToMerge")
         assert shard is not None and adjacent is not None
+        await self._provisioned(stream, "MergeShards")
         await self._open_shards(stream, shard, adjacent)
         await stream.merge_shards(shard, adjacent)
         return {}

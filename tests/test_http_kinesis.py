@@ -645,3 +645,64 @@ async def test_stream_tags_are_added_listed_and_removed(served):
     assert len((await call(kinesis.list_tags_for_stream, StreamName="s"))["Tags"]) == 2  # nothing added
     with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
         await call(kinesis.list_tags_for_stream, StreamName="ghost")
+
+
+@pytest.mark.parametrize(("start", "target"), [(1, 2), (2, 4), (3, 5), (4, 2), (5, 3), (3, 3)])
+async def test_update_shard_count_makes_uniform_shards_from_the_open_ones(served, start, target):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=start)
+    keys = [f"k{i}" for i in range(40)]
+    await call(kinesis.put_records, StreamName="s",
+               Records=[{"Data": key.encode(), "PartitionKey": key} for key in keys])
+    answer = await call(kinesis.update_shard_count, StreamName="s", TargetShardCount=target,
+                        ScalingType="UNIFORM_SCALING")
+    assert (answer["CurrentShardCount"], answer["TargetShardCount"]) == (start, target)
+    assert answer["StreamARN"].endswith(":stream/s")
+    shards = (await call(kinesis.list_shards, StreamName="s"))["Shards"]
+    open_ranges = [
+        (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+        for s in shards
+        if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+    ]
+    step = 2**128 // target  # as a stream created with the target count
+    assert sorted(open_ranges) == [
+        (i * step, 2**128 - 1 if i == target - 1 else (i + 1) * step - 1) for i in range(target)
+    ]
+    summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+    assert summary["OpenShardCount"] == target
+    # every record is still there, each in the shard (open or closed) its key was put to
+    seen = []
+    for shard in shards:
+        iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=shard["ShardId"],
+                               ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+        records = (await call(kinesis.get_records, ShardIterator=iterator))["Records"]
+        seen += [r["Data"].decode() for r in records]
+    assert sorted(seen) == sorted(keys)
+
+
+async def test_update_shard_count_keeps_kinesis_limits(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=2)
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    for request, code in (
+        ({"StreamName": "s", "TargetShardCount": 5, "ScalingType": "UNIFORM_SCALING"},
+         "LimitExceededException"),
+        ({"StreamName": "s", "TargetShardCount": 4, "ScalingType": "OTHER"}, "ValidationException"),
+        ({"StreamName": "ghost", "TargetShardCount": 2, "ScalingType": "UNIFORM_SCALING"},
+         "ResourceNotFoundException"),
+        ({"StreamName": "auto", "TargetShardCount": 5, "ScalingType": "UNIFORM_SCALING"},
+         "ValidationException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.update_shard_count, **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    with pytest.raises(ClientError) as raised:  # resharding is the provisioned mode's
+        await call(kinesis.split_shard, StreamName="auto", ShardToSplit="shardId-000000000000",
+                   NewStartingHashKey="1")
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+    assert len((await call(kinesis.list_shards, StreamName="s"))["Shards"]) == 2  # nothing changed
+    await call(kinesis.update_shard_count, StreamName="s", TargetShardCount=1, ScalingType="UNIFORM_SCALING")
+    summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+    assert summary["OpenShardCount"] == 1

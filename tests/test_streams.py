@@ -602,6 +602,32 @@ async def test_child_shards_are_read_only_after_their_parents(tmp_path: Path) ->
             await stream.split_shard("shardId-000000000000", 5)  # closed
 
 
+async def test_update_shard_count_keeps_each_keys_records_in_order_for_a_mapping(tmp_path: Path) -> None:
+    # Resharding 2 -> 3 -> 2 while a mapping reads: every order of a customer is delivered
+    # once, in the order it was put, across the splits and merges that made the new shards.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        await rt.add_stream_mapping("orders", "orders", batch_size=4)
+        customers = [f"c{i}" for i in range(6)]
+        n = 0
+        for target in (3, 2):
+            await stream.put_records([(order(n + i), c) for i, c in enumerate(customers * 2)])
+            n += 2 * len(customers)
+            await stream.update_shard_count(target)
+            shards = await stream.shards()
+            assert sum(1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]) == target
+        await stream.put_records([(order(n + i), c) for i, c in enumerate(customers)])
+        n += len(customers)
+        await until(lambda: len(ledger(path)) == n, clock, what="every record")
+        delivered = ledger(path)
+        assert sorted(e["id"] for e in delivered) == list(range(n))
+        for customer in customers:
+            ids = [e["id"] for e in delivered if e["key"] == customer]
+            assert ids == sorted(ids), customer
+
+
 # -- leases ---------------------------------------------------------------------------
 
 

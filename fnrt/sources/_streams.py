@@ -248,6 +248,31 @@ class Stream:
         self._source.wake(self.name)
         return child
 
+    async def update_shard_count(self, target: int) -> None:
+        """Kinesis' ``UpdateShardCount`` with ``UNIFORM_SCALING``: the open shards become
+        ``target`` shards of equal hash-key ranges (as a new stream's), by splits at the new
+        boundaries and then merges within each new range, so every record keeps its
+        lineage (a mapping reads children after their parents, in order)."""
+        if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 10_000:
+            raise InvalidConfig(f"the target shard count must be a whole number 1-10,000, got {target!r}")
+        step = (MAX_HASH_KEY + 1) // target
+        bounds = [index * step for index in range(target)]  # the new ranges' starts
+        store = await self._source.store()
+        for start in bounds[1:]:
+            shards = await store.shards(self.name)
+            for shard in [s for s in shards if s.open and s.start_hash < start <= s.end_hash]:  # one at most
+                await self.split_shard(shard.shard_id, start)
+        for index, start in enumerate(bounds):
+            end = bounds[index + 1] - 1 if index + 1 < target else MAX_HASH_KEY
+            parts = sorted(
+                (s for s in await store.shards(self.name) if s.open and start <= s.start_hash <= end),
+                key=lambda s: s.start_hash,
+            )
+            merged = parts[0].shard_id if parts else None
+            for part in parts[1:]:
+                assert merged is not None
+                merged = await self.merge_shards(merged, part.shard_id)
+
     async def _open_shard(self, store: StreamStore, shard_id: str) -> Shard:
         for shard in await store.shards(self.name):
             if shard.shard_id == shard_id:
