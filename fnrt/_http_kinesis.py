@@ -42,6 +42,7 @@ MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
 _READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and its keys
 ITERATOR_TTL = 300.0
+NEXT_TOKEN_TTL = 300.0  # ListShards' NextToken
 ON_DEMAND_SHARDS = 4
 MIN_RETENTION_HOURS, MAX_RETENTION_HOURS = 24, 8760
 MAX_TAGS = 50  # per stream, and per AddTagsToStream, RemoveTagsFromStream or ListTagsForStream
@@ -453,7 +454,7 @@ class KinesisApi:
         return {}
 
     async def _op_ListStreams(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        limit = _int(body, "Limit", 100, 1, 10_000)
+        limit = min(_int(body, "Limit", 100, 1, 10_000), 100)  # past 100, 100 (as Kinesis)
         names = await self.runtime.list_streams()
         start = body.get("ExclusiveStartStreamName")
         token = body.get("NextToken")
@@ -482,7 +483,7 @@ class KinesisApi:
 
     async def _op_DescribeStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         stream = await self._stream(body)
-        limit = _int(body, "Limit", 100, 1, 10_000)
+        limit = min(_int(body, "Limit", 100, 1, 10_000), 100)  # past 100, 100 (as Kinesis)
         shards = await self._shard_list(stream)
         start = body.get("ExclusiveStartShardId")
         if isinstance(start, str):
@@ -501,17 +502,32 @@ class KinesisApi:
         return {"StreamDescriptionSummary": summary}
 
     async def _op_ListShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """Past 1,000 ``MaxResults``, 1,000; a ``NextToken`` names its stream, its place and
+        its filter, and expires after 300 seconds (``ExpiredNextTokenException``), as Kinesis'."""
         token = body.get("NextToken")
         if isinstance(token, str):
-            if body.get("StreamName") is not None:
-                raise _bad("NextToken and StreamName cannot be provided together", "InvalidArgumentException")
+            for member in ("StreamName", "StreamARN", "ExclusiveStartShardId", "StreamCreationTimestamp"):
+                if body.get(member) is not None:
+                    raise _bad(
+                        f"NextToken and {member} cannot be provided together.", "InvalidArgumentException"
+                    )
             state = _untoken(token, "NextToken")
+            issued = state.get("t")
+            if isinstance(issued, int | float) and self.runtime.clock.time() - issued > NEXT_TOKEN_TTL:
+                raise AwsError(
+                    400,
+                    "ExpiredNextTokenException",
+                    f"The timestamp of the last ListShard call was {issued} while right now it is "
+                    f"{self.runtime.clock.time()}; NextToken is only valid for {int(NEXT_TOKEN_TTL)} "
+                    "seconds.",
+                )
             limit = _int(body, "MaxResults", int(state.get("limit", 1000)), 1, 10_000)
             shard_filter = state.get("filter")
             body = {"StreamName": state.get("stream"), "ExclusiveStartShardId": state.get("after")}
         else:
             limit = _int(body, "MaxResults", 1000, 1, 10_000)
             shard_filter = body.get("ShardFilter")
+        limit = min(limit, 1000)  # past 1,000, 1,000 (as Kinesis)
         stream = await self._stream(body)
         shards = _filter_shards(await self._shard_list(stream), shard_filter)
         start = body.get("ExclusiveStartShardId")
@@ -520,7 +536,13 @@ class KinesisApi:
         out: dict[str, Any] = {"Shards": shards[:limit]}
         if len(shards) > limit:
             after = shards[limit - 1]["ShardId"]
-            state = {"stream": stream.name, "after": after, "limit": limit, "filter": shard_filter}
+            state = {
+                "stream": stream.name,
+                "after": after,
+                "limit": limit,
+                "filter": shard_filter,
+                "t": self.runtime.clock.time(),
+            }
             out["NextToken"] = _token(state)
         return out
 
@@ -822,8 +844,11 @@ class KinesisApi:
             raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
         # Never more than a page's worth from the store (10,000 records of 1 MiB would be
         # 13 GiB of base64): its cap is in base64 characters, a third over the page's bytes.
-        read = await stream.read(shard_id, after, limit, max_bytes=_READ_CAP)
-        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in read) >= _READ_CAP
+        # One record past the limit: whether more follow this page (MillisBehindLatest is 0
+        # for a page that reaches the newest record, however full it is).
+        fetched = await stream.read(shard_id, after, limit + 1, max_bytes=_READ_CAP)
+        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in fetched) >= _READ_CAP
+        read = fetched[:limit]
         not_before = state.get("n")
         stamp = not_before if isinstance(not_before, int | float) else None
         # At most 10 MiB per call, and at least one record: the page ends before the
@@ -840,7 +865,7 @@ class KinesisApi:
                 record["EncryptionType"] = "NONE"
                 records.append(record)
             passed += 1
-        more = passed < len(read) or len(read) == limit or capped
+        more = passed < len(fetched) or capped
         read = read[:passed]
         if read:
             after = read[-1]["SequenceNumber"]

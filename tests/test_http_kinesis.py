@@ -706,3 +706,43 @@ async def test_update_shard_count_keeps_kinesis_limits(served):
     await call(kinesis.update_shard_count, StreamName="s", TargetShardCount=1, ScalingType="UNIFORM_SCALING")
     summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
     assert summary["OpenShardCount"] == 1
+
+
+async def test_millis_behind_latest_is_zero_once_a_page_reaches_the_newest_record(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    await call(kinesis.put_records, StreamName="s", Records=[{"Data": b"x", "PartitionKey": "k"}] * 5)
+    await clock.advance(10)
+    iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId="shardId-000000000000",
+                           ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    first = await call(kinesis.get_records, ShardIterator=iterator, Limit=2)
+    assert len(first["Records"]) == 2 and first["MillisBehindLatest"] == 10_000  # behind
+    # exactly the rest: a full page (Limit records) that is caught up
+    rest = await call(kinesis.get_records, ShardIterator=first["NextShardIterator"], Limit=3)
+    assert len(rest["Records"]) == 3 and rest["MillisBehindLatest"] == 0
+    empty = await call(kinesis.get_records, ShardIterator=rest["NextShardIterator"], Limit=3)
+    assert empty["Records"] == [] and empty["MillisBehindLatest"] == 0
+
+
+async def test_list_shards_pages_as_kinesis_does(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="wide", ShardCount=1001)
+    # past 1,000 MaxResults (and 100 for DescribeStream's Limit), at most that many
+    page = await call(kinesis.list_shards, StreamName="wide", MaxResults=5000)
+    assert len(page["Shards"]) == 1000 and page["NextToken"]
+    described = (await call(kinesis.describe_stream, StreamName="wide", Limit=500))["StreamDescription"]
+    assert len(described["Shards"]) == 100 and described["HasMoreShards"] is True
+    arn = described["StreamARN"]
+    for member in ({"StreamARN": arn}, {"ExclusiveStartShardId": "shardId-000000000000"}):
+        with pytest.raises(ClientError) as raised:  # the token names the stream and the place
+            await call(kinesis.list_shards, NextToken=page["NextToken"], **member)
+        assert raised.value.response["Error"]["Code"] == "InvalidArgumentException", member
+    rest = await call(kinesis.list_shards, NextToken=page["NextToken"])
+    assert [s["ShardId"] for s in rest["Shards"]] == ["shardId-000000001000"] and "NextToken" not in rest
+    # a token is good for 300 seconds
+    await clock.advance(301)
+    with pytest.raises(ClientError) as raised:
+        await call(kinesis.list_shards, NextToken=page["NextToken"])
+    assert raised.value.response["Error"]["Code"] == "ExpiredNextTokenException"
