@@ -44,6 +44,7 @@ _READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and i
 ITERATOR_TTL = 300.0
 NEXT_TOKEN_TTL = 300.0  # ListShards' NextToken
 ON_DEMAND_SHARDS = 4
+ON_DEMAND_STREAM_LIMIT = 50  # Kinesis' default quota of on-demand streams per account
 MIN_RETENTION_HOURS, MAX_RETENTION_HOURS = 24, 8760
 MAX_TAGS = 50  # per stream, and per AddTagsToStream, RemoveTagsFromStream or ListTagsForStream
 SHARD_LIMIT = 10_000  # open shards per account and region (Kinesis' shard quota; fnrt's own)
@@ -51,6 +52,7 @@ SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
 _HASH_KEY_PATTERN = r"0|([1-9]\d{0,38})"  # as Kinesis' messages spell it
+_SEQUENCE_PATTERN = re.compile(r"0|[1-9][0-9]{0,128}")  # a SequenceNumber's shape
 
 
 def _bad(message: str, error_type: str = "ValidationException") -> AwsError:
@@ -421,6 +423,30 @@ class KinesisApi:
             "HasMoreTags": len(keys) > limit,
         }
 
+    async def _op_DescribeLimits(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The account's shard quota (fnrt's ``SHARD_LIMIT``) and what the streams use of it."""
+        open_shards = on_demand = 0
+        for name in await self.runtime.list_streams():
+            try:
+                stream = await self.runtime.get_stream(name)
+                shards, info = await stream.shards(), await stream.info()
+            except StreamNotFound:  # deleted meanwhile (by another host)
+                continue
+            open_shards += sum(1 for s in shards if not _closed(s))
+            on_demand += info["mode"] == "ON_DEMAND"
+        return {
+            "ShardLimit": SHARD_LIMIT,
+            "OpenShardCount": open_shards,
+            "OnDemandStreamCount": on_demand,
+            "OnDemandStreamCountLimit": ON_DEMAND_STREAM_LIMIT,
+        }
+
+    async def _op_ListStreamConsumers(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """fnrt has no enhanced fan-out consumers: a stream's list is empty."""
+        await self._stream({"StreamARN": _str(body, "StreamARN")})
+        _int(body, "MaxResults", 100, 1, 10_000)
+        return {"Consumers": []}
+
     async def _check_shard_limit(self, more: int) -> None:
         """Kinesis' account shard quota: open shards over every stream, ``SHARD_LIMIT`` here."""
         open_shards = 0
@@ -708,7 +734,15 @@ class KinesisApi:
         return f"Rate exceeded for stream {stream.name} under account {self.runtime.config.account_id}."
 
     async def _op_PutRecord(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """``SequenceNumberForOrdering`` is checked and needs nothing more: a stream's numbers
+        increase with every put, so a key's records are strictly ordered already."""
         stream = await self._stream(body)
+        ordering = body.get("SequenceNumberForOrdering")
+        if ordering is not None and not (isinstance(ordering, str) and _SEQUENCE_PATTERN.fullmatch(ordering)):
+            raise _bad(
+                f"1 validation error detected: Value '{ordering}' at 'sequenceNumberForOrdering' failed to "
+                "satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})"
+            )
         entry = self._entry(body)
         [admitted] = await self._admit(stream, [entry])
         if not admitted:

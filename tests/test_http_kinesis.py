@@ -746,3 +746,28 @@ async def test_list_shards_pages_as_kinesis_does(served):
     with pytest.raises(ClientError) as raised:
         await call(kinesis.list_shards, NextToken=page["NextToken"])
     assert raised.value.response["Error"]["Code"] == "ExpiredNextTokenException"
+
+
+async def test_describe_limits_list_stream_consumers_and_sequence_number_for_ordering(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="set", ShardCount=3)
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    limits = await call(kinesis.describe_limits)
+    assert (limits["OpenShardCount"], limits["OnDemandStreamCount"]) == (7, 1)
+    assert limits["ShardLimit"] >= 7 and limits["OnDemandStreamCountLimit"] >= 1
+    summary = await call(kinesis.describe_stream_summary, StreamName="set")
+    arn = summary["StreamDescriptionSummary"]["StreamARN"]
+    assert (await call(kinesis.list_stream_consumers, StreamARN=arn))["Consumers"] == []
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.list_stream_consumers, StreamARN=arn.replace("/set", "/ghost"))
+    # a key's records are strictly ordered: what SequenceNumberForOrdering asks for
+    first = await call(kinesis.put_record, StreamName="set", Data=b"1", PartitionKey="k")
+    second = await call(kinesis.put_record, StreamName="set", Data=b"2", PartitionKey="k",
+                        SequenceNumberForOrdering=first["SequenceNumber"])
+    assert int(second["SequenceNumber"]) > int(first["SequenceNumber"])
+    with pytest.raises(ClientError) as raised:
+        await call(kinesis.put_record, StreamName="set", Data=b"3", PartitionKey="k",
+                   SequenceNumberForOrdering="not-a-number")
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
