@@ -317,6 +317,25 @@ async def test_records_older_than_max_record_age_go_to_on_failure(tmp_path: Path
         assert [e["id"] for e in ledger(path)] == [2]
 
 
+async def test_a_retention_another_host_increased_is_the_one_a_mapping_keeps_to(tmp_path: Path) -> None:
+    # Host B increases the stream's retention to 48 hours; host A had read it as 24. A
+    # record 30 hours old is within the stream's retention: A's mapping (max_record_age -1,
+    # "until the record expires") delivers it. A kept its own first reading and skipped it
+    # to on-failure as RecordAgeExceeded.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as a:
+        path = await orders_function(a, tmp_path)
+        stream = await a.create_stream("orders", shard_count=1)
+        await stream.put_record(order(0), "c")
+        # what host B's IncreaseStreamRetentionPeriod writes (a second host, without the
+        # cost of its heartbeats over 30 fake hours)
+        assert await (await a._state.store()).streams.update_stream("orders", retention=48 * 3600.0)
+        await clock.advance(30 * 3600)
+        mapping = await a.add_stream_mapping("orders", "orders", on_failure="dlq")
+        await until(lambda: ledger(path), clock, what="the 30-hour-old record")
+        assert [e["id"] for e in ledger(path)] == [0] and await mapping.failure_records() == []
+
+
 async def test_partial_batch_response_checkpoints_before_the_lowest_failure(tmp_path: Path) -> None:
     clock = FakeClock()
     async with Runtime(state_dir=tmp_path, clock=clock) as rt:

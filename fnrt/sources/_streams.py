@@ -447,6 +447,10 @@ class StreamMapping:
         elif self.stream_deleted:  # made again under its name: read from its beginning
             self.stream_deleted = False
             self.last_processing_result = NO_RECORDS_PROCESSED
+        if shards:
+            # The retention another host may have changed (Increase/DecreaseStreamRetentionPeriod):
+            # what MaximumRecordAgeInSeconds -1 means for this turn's batches.
+            self._source._retention[self.stream.name] = await store.stream_retention(self.stream.name)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -1205,12 +1209,13 @@ class StreamSource:
         # Asked each time, not taken from the cache: on a shared store another host may
         # have deleted the stream (Describe answered it with no shards, and CreateStream
         # refused to make it again: "already exists").
-        if not await store.stream_exists(name):
+        retention = await store.stream_retention(name)  # 0.0: no such stream (one query for both)
+        if not retention:
             self._forget_stream(name)
             raise StreamNotFound(name)
+        self._retention[name] = retention  # as it is now: another host may have changed it
         stream = self._streams.get(name)
         if stream is None:
-            self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
 
