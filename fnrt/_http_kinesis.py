@@ -827,6 +827,12 @@ class KinesisApi:
                     f"{shard_id} in stream {stream.name}",
                     "InvalidArgumentException",
                 )
+            if not await self._of_shard(stream, str(shard_id), number):
+                raise _bad(
+                    f"Invalid StartingSequenceNumber. {seq} is not a sequence number of a record of "
+                    f"{shard_id} in stream {stream.name}",
+                    "InvalidArgumentException",
+                )
             if kind == "AT_SEQUENCE_NUMBER":
                 after = seq_str(number - 1) if number > 0 else None
             else:
@@ -847,6 +853,21 @@ class KinesisApi:
                 "AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
             )
         return {"ShardIterator": self._iterator(stream.name, shard_id or "", after, not_before)}
+
+    async def _of_shard(self, stream: Stream, shard_id: str, number: int) -> bool:
+        """Whether ``number`` may be a record of ``shard_id``. Every number the stream gave
+        out is one record's, in one shard, and a shard is trimmed oldest first: a number
+        past the newest given out is nobody's, and one this shard does not hold, above its
+        oldest record, is another shard's. Below that it may have been trimmed: allowed
+        (the iterator starts at the trim horizon)."""
+        last = (await stream.info())["last_sequence_number"]
+        if last is None or number > seq_int(last):
+            return False
+        here = await stream.read(shard_id, seq_str(number - 1) if number > 0 else None, 1)
+        if here and seq_int(here[0]["SequenceNumber"]) == number:
+            return True
+        oldest = await stream.read(shard_id, None, 1)
+        return not oldest or seq_int(oldest[0]["SequenceNumber"]) > number
 
     def _iterator(self, stream: str, shard: str, after: str | None, not_before: float | None) -> str:
         state: dict[str, Any] = {"s": stream, "h": shard, "a": after, "t": self.runtime.clock.time()}

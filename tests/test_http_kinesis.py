@@ -771,3 +771,29 @@ async def test_describe_limits_list_stream_consumers_and_sequence_number_for_ord
         await call(kinesis.put_record, StreamName="set", Data=b"3", PartitionKey="k",
                    SequenceNumberForOrdering="not-a-number")
     assert raised.value.response["Error"]["Code"] == "ValidationException"
+
+
+async def test_a_sequence_number_of_another_shard_or_not_yet_given_is_invalid_argument(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=2)
+    low = {"Data": b"a", "PartitionKey": "k", "ExplicitHashKey": "1"}  # shard 0
+    high = {"Data": b"b", "PartitionKey": "k", "ExplicitHashKey": str(2**128 - 1)}  # shard 1
+    placed = (await call(kinesis.put_records, StreamName="s", Records=[low, high, low, high]))["Records"]
+    assert [p["ShardId"][-1] for p in placed] == ["0", "1", "0", "1"]
+    numbers = [p["SequenceNumber"] for p in placed]
+
+    async def code(shard: str, number: str) -> str | None:
+        try:
+            await call(kinesis.get_shard_iterator, StreamName="s", ShardId=f"shardId-00000000000{shard}",
+                       ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=number)
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return None
+
+    assert await code("0", numbers[2]) is None and await code("1", numbers[3]) is None  # their own
+    assert await code("0", numbers[3]) == "InvalidArgumentException"  # shard 1's
+    assert await code("1", numbers[2]) == "InvalidArgumentException"  # shard 0's
+    not_yet = str(int(numbers[3]) + 1)
+    assert await code("0", not_yet) == "InvalidArgumentException"  # given to no record yet
