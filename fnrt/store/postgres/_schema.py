@@ -81,10 +81,6 @@ TABLES = (
         retention double precision NOT NULL,
         created_at double precision NOT NULL
     )""",
-    # Added since, nullable, so an older fnrt still uses the table (NULL: what a stream of
-    # an older fnrt has): Kinesis' capacity mode (NULL: PROVISIONED), tags as a JSON object.
-    "ALTER TABLE fnrt_streams ADD COLUMN IF NOT EXISTS mode text",
-    "ALTER TABLE fnrt_streams ADD COLUMN IF NOT EXISTS tags text",
     """CREATE TABLE IF NOT EXISTS fnrt_shards (
         stream text NOT NULL REFERENCES fnrt_streams (name),
         shard_id text NOT NULL,
@@ -172,6 +168,15 @@ TABLES = (
         expires_judge double precision NOT NULL,
         PRIMARY KEY (host, function)
     )""",
+)
+
+# Columns added within a schema version, nullable, so an older fnrt of the same version
+# still uses the tables (it names the columns it writes; NULL is what its rows have): a
+# database that lacks one gets it when a host opens it (``Connections.setup_schema``).
+# fnrt_streams: Kinesis' capacity mode (NULL: PROVISIONED), tags as a JSON object.
+ADDED_COLUMNS = (
+    ("fnrt_streams", "mode", "text"),
+    ("fnrt_streams", "tags", "text"),
 )
 
 FUNCTIONS = (
