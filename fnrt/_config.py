@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._filters import normalize as normalize_filters
 from .errors import InvalidConfig
 from .sandbox._protocol import KINDS
 
@@ -384,7 +385,10 @@ class StreamMappingConfig:
     (the stream's retention) or 60-604,800 s; ``on_failure`` names the destination that
     receives Lambda's record of what was skipped; ``report_batch_item_failures`` lets the
     handler return ``{"batchItemFailures": [{"itemIdentifier": seq}]}``; ``enabled=False``
-    keeps the mapping and its checkpoints but stops polling (Lambda's ``Enabled``).
+    keeps the mapping and its checkpoints but stops polling (Lambda's ``Enabled``);
+    ``filters`` are up to 5 event filtering patterns (Lambda's ``FilterCriteria``, each JSON
+    text or a dict): only records that match one of them are sent to the function, the others
+    are passed over (the checkpoint moves past them).
 
     fnrt's own: ``lease_seconds`` is how long a shard's lease lasts without a heartbeat
     before another poller may take it over; ``poll_interval`` is how often an idle shard is
@@ -404,6 +408,7 @@ class StreamMappingConfig:
     on_failure: str | None = attrs.field(default=None, converter=_bare_sink, validator=_destination)
     report_batch_item_failures: bool = attrs.field(default=False, validator=_bool)
     enabled: bool = attrs.field(default=True, validator=_bool)
+    filters: tuple[str, ...] = attrs.field(default=(), converter=normalize_filters)
     lease_seconds: float = attrs.field(default=10.0, validator=_number(0.01, 3600))
     poll_interval: float = attrs.field(default=1.0, validator=_number(0.001, 300))
 

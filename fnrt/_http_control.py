@@ -491,6 +491,8 @@ class ControlApi:
             out["StartingPositionTimestamp"] = config.starting_position_timestamp
         if config.on_failure:
             out["DestinationConfig"]["OnFailure"]["Destination"] = self._destination_arn(config.on_failure)
+        if config.filters:
+            out["FilterCriteria"] = {"Filters": [{"Pattern": pattern} for pattern in config.filters]}
         return out
 
     _MAPPING_FIELDS: tuple[str, ...] = (
@@ -559,9 +561,8 @@ class ControlApi:
             changes["on_failure"] = _destination(destinations, "OnFailure")
         if body.get("TumblingWindowInSeconds") not in (None, 0):
             raise _unsupported(["TumblingWindowInSeconds"], "event source mappings", ("0",))
-        criteria = body.get("FilterCriteria")
-        if criteria not in (None, {}) and not (isinstance(criteria, dict) and not criteria.get("Filters")):
-            raise _unsupported(["FilterCriteria"], "event source mappings", ("no filters",))
+        if "FilterCriteria" in body:
+            changes["filters"] = _filter_patterns(body["FilterCriteria"])
         if "StartingPosition" in body:
             position = body["StartingPosition"]
             if position not in ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"):
@@ -667,6 +668,33 @@ class ControlApi:
 
     async def get_account_settings(self, request: web.Request) -> web.Response:
         return web.json_response(self.runtime.account_settings())
+
+
+def _filter_patterns(criteria: Any) -> list[str]:
+    """``FilterCriteria`` (``{"Filters": [{"Pattern": "<json>"}, ...]}``) as the mapping's
+    patterns; ``null``, ``{}`` or an empty ``Filters`` list is none (an update removes them).
+    The patterns themselves are checked by the mapping's config (InvalidParameterValue)."""
+    if criteria is None:
+        return []
+    if not isinstance(criteria, dict):
+        raise _invalid("FilterCriteria", criteria, "Member must be a structure")
+    unknown = sorted(set(criteria) - {"Filters"})
+    if unknown:
+        raise _invalid("FilterCriteria", criteria, f"Unknown member {unknown[0]!r} (it takes Filters)")
+    filters = criteria.get("Filters")
+    if filters is None:
+        return []
+    if not isinstance(filters, list):
+        raise _invalid("FilterCriteria.Filters", filters, "Member must be a list")
+    patterns = []
+    for item in filters:
+        if not isinstance(item, dict) or set(item) - {"Pattern"}:
+            raise _invalid("FilterCriteria.Filters", item, 'Member must be a structure {"Pattern": string}')
+        pattern = item.get("Pattern")
+        if not isinstance(pattern, str):
+            raise AwsError(400, "InvalidParameterValueException", "Invalid filter pattern definition.")
+        patterns.append(pattern)
+    return patterns
 
 
 def _timestamp(value: Any) -> float:

@@ -867,10 +867,12 @@ class Runtime(ControlPlane, ClusterMember):
             if (row.stream, row.function) in running or row.function not in self._registry:
                 continue
             try:
-                started.append(await self.add_stream_mapping(row.stream, row.function, **row.config))
+                started.append(
+                    await self.add_stream_mapping(row.stream, row.function, **row.config, filters=row.filters)
+                )
             except StreamNotFound:  # its stream was deleted: listed, disabled, as Lambda keeps it
                 try:
-                    config = StreamMappingConfig.from_kwargs(row.config)
+                    config = StreamMappingConfig.from_kwargs({**row.config, "filters": row.filters})
                 except InvalidConfig as exc:
                     self._log.warning("stored stream mapping not resumed", mapping=row.uuid, error=str(exc))
                     continue

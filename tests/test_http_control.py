@@ -458,10 +458,10 @@ async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
                 "EventSourceArn": arn,
                 "FunctionName": "orders",
                 "StartingPosition": "LATEST",
-                "FilterCriteria": {"Filters": [{"Pattern": "{}"}]},
+                "FilterCriteria": {"Filters": [{"Pattern": '{"data": ["not an object"]}'}]},
             },
             "InvalidParameterValueException",
-            "FilterCriteria",
+            "Invalid filter pattern definition",
         ),
     ]
     for request, code, words in cases:
@@ -488,6 +488,62 @@ async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
     assert (mapping.config.max_batching_window, mapping.config.max_record_age) == (2, 3600)
     moved = await error_of(lam.update_event_source_mapping, UUID=at["UUID"], FunctionName="other")
     assert moved["Code"] == "ResourceNotFoundException"
+
+
+async def test_filter_criteria_over_the_api_filter_what_the_function_gets(served, tmp_path: Path) -> None:
+    rt, server = served
+    ledger = tmp_path / "ledger.jsonl"
+    await rt.add_function(
+        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+    )
+    stream = await rt.create_stream("orders")
+    lam, kinesis = client("lambda", server.url), client("kinesis", server.url)
+    buys = json.dumps({"data": {"type": ["buy"], "qty": [{"numeric": [">", 0]}]}})
+    vip = json.dumps({"partitionKey": [{"prefix": "vip-"}]})
+    criteria = {"Filters": [{"Pattern": buys}, {"Pattern": vip}]}
+    created = await call(
+        lam.create_event_source_mapping,
+        EventSourceArn=stream.arn,
+        FunctionName="orders",
+        StartingPosition="TRIM_HORIZON",
+        FilterCriteria=criteria,
+    )
+    uuid = created["UUID"]
+    assert created["FilterCriteria"] == criteria
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["FilterCriteria"] == criteria
+    [listed] = (await call(lam.list_event_source_mappings, FunctionName="orders"))["EventSourceMappings"]
+    assert listed["FilterCriteria"] == criteria
+
+    orders = [
+        ({"id": 1, "type": "buy", "qty": 2}, "a"),
+        ({"id": 2, "type": "sell", "qty": 2}, "a"),
+        ({"id": 3, "type": "buy", "qty": 0}, "a"),
+        ({"id": 4, "type": "sell", "qty": 5}, "vip-7"),
+    ]
+    entries = [{"Data": json.dumps(o).encode(), "PartitionKey": k} for o, k in orders]
+    entries.insert(2, {"Data": b"\xffnot json", "PartitionKey": "a"})  # would fail the batch
+    await call(kinesis.put_records, StreamName="orders", Records=entries)
+    await wait_until(lambda: len(read_jsonl(ledger)) == 2, "the orders that pass a filter")
+    await rt.wait_idle()
+    assert [e["id"] for e in read_jsonl(ledger)] == [1, 4]
+
+    # Lambda's way to remove them: an empty FilterCriteria
+    updated = await call(lam.update_event_source_mapping, UUID=uuid, FilterCriteria={})
+    assert "FilterCriteria" not in updated
+    assert "FilterCriteria" not in await call(lam.get_event_source_mapping, UUID=uuid)
+    await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 5, "type": "sell"}', PartitionKey="a")
+    await wait_until(lambda: len(read_jsonl(ledger)) == 3, "a sell, now that nothing filters")
+
+    again = await call(
+        lam.update_event_source_mapping, UUID=uuid, FilterCriteria={"Filters": [{"Pattern": vip}]}
+    )
+    assert again["FilterCriteria"] == {"Filters": [{"Pattern": vip}]}
+    too_many = {"Filters": [{"Pattern": json.dumps({"partitionKey": [str(n)]})} for n in range(6)]}
+    for bad in (too_many, {"Filters": [{"Pattern": "{not json"}]}, {"Filters": [{}]}):
+        error = await error_of(lam.update_event_source_mapping, UUID=uuid, FilterCriteria=bad)
+        assert (error["Code"], error["Status"]) == ("InvalidParameterValueException", 400), bad
+    # a refused update changed nothing
+    assert (await call(lam.get_event_source_mapping, UUID=uuid))["FilterCriteria"] == again["FilterCriteria"]
 
 
 async def test_a_mapping_reports_its_last_processing_result(served, tmp_path: Path) -> None:

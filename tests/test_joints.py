@@ -67,6 +67,32 @@ async def test_the_async_queue_keeps_draining_after_the_store_recovers(tmp_path:
         assert (await rt.async_event(later))["state"] == "done"
 
 
+async def test_an_outcome_the_store_refused_is_written_when_it_is_back_not_run_again(tmp_path: Path) -> None:
+    """The event ran; its outcome's write hit the lock. The write is retried until the
+    store takes it, so the event is done after one invocation, not run again once its
+    lease (timeout + 30 s: never, on this clock) expires."""
+    clock = fnrt.FakeClock()
+    release = tmp_path / "release"
+    async with await store_failing_fast(tmp_path) as store, fnrt.Runtime(store=store, clock=clock) as rt:
+        await rt.add_function("gate", "handlers.chaos:gate", timeout=600)
+        request_id = await rt.invoke("gate", {"release": str(release)}, "Event")
+        await wait_until(lambda: rt.stats()["functions"]["gate"]["in_flight"] == 1, "the attempt to start")
+        with write_locked(tmp_path / "fnrt.sqlite3"):
+            release.touch()
+            await wait_until(lambda: rt.stats()["functions"]["gate"]["invocations"] == 1, "the invocation")
+            for _ in range(5):  # the write and its retries fail while the lock is held
+                await clock.advance(1)
+                await asyncio.sleep(0.05)
+        for _ in range(40):
+            await clock.advance(1)
+            await asyncio.sleep(0.01)
+            event = await rt.async_event(request_id)
+            if event["state"] == "done":
+                break
+        assert event["state"] == "done" and event["invokes"] == 1
+        await rt.wait_idle()
+
+
 async def test_a_stream_mapping_recovers_from_a_store_failure(tmp_path: Path) -> None:
     clock = fnrt.FakeClock()
     ledger, attempts = tmp_path / "ledger.jsonl", tmp_path / "attempts"

@@ -97,6 +97,24 @@ async def test_deployments_in_separate_schemas_share_nothing(hosts: Opener, post
         await open_postgres(postgres_url, schema="Robert'); DROP TABLE x")
 
 
+async def test_a_schema_from_before_mapping_filters_gains_the_column(hosts: Opener) -> None:
+    # A database of the same schema version made before mappings had filters: the next
+    # host to start adds the column (no version bump: older hosts still open it).
+    first = await one(hosts)
+    await first.streams.create_stream("s", 1, 86_400.0, 0.0)
+    await first.streams.create_mapping("m", "s", "f", {"batch_size": 7}, "TRIM_HORIZON", None, 0.0)
+    await first.pg.durable.execute("ALTER TABLE fnrt_stream_mappings DROP COLUMN filters")
+    version = await first.pg.durable.fetchval("SELECT max(version) FROM fnrt_schema")
+    second = await one(hosts)
+    [row] = await second.streams.mappings()
+    assert (row.uuid, row.config, row.filters) == ("m", {"batch_size": 7}, ())
+    pattern = '{"data": {"type": ["buy"]}}'
+    await second.streams.create_mapping("m", "s", "f", {}, "TRIM_HORIZON", None, 0.0, filters=[pattern])
+    found = await first.streams.mapping("s", "f")
+    assert found is not None and found.filters == (pattern,)
+    assert await second.pg.durable.fetchval("SELECT max(version) FROM fnrt_schema") == version
+
+
 async def test_an_unreachable_server_is_store_unavailable() -> None:
     with tempfile.TemporaryDirectory() as nowhere:
         url = f"postgresql://fnrt:secret@/fnrt?host={nowhere}"

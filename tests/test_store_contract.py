@@ -657,6 +657,26 @@ async def test_create_mapping_again_with_its_own_uuid_updates_it_and_keeps_check
     assert found is not None and found.config == {"batch_size": 5}
 
 
+async def test_a_mappings_filters_are_stored_replaced_and_cleared(store_factory: Stores) -> None:
+    one = await store_factory.open()
+    await one.streams.create_stream("s", 1, 86_400.0, T0)
+    patterns = ('{"data": {"type": ["buy"]}}', '{"partitionKey": [{"prefix": "vip-"}]}')
+    start = ("TRIM_HORIZON", None, T0)
+    row = await one.streams.create_mapping("m", "s", "f", {"batch_size": 10}, *start, filters=patterns)
+    assert row.filters == patterns and row.config == {"batch_size": 10}
+    plain = await one.streams.create_mapping("n", "s", "g", {}, *start)
+    assert plain.filters == ()
+    two = await store_factory.open()  # another host sees them, as given and in order
+    assert [(m.uuid, m.filters) for m in await two.streams.mappings()] == [("m", patterns), ("n", ())]
+    updated = await two.streams.create_mapping("m", "s", "f", {}, *start, filters=patterns[1:])
+    assert updated.filters == patterns[1:]
+    found = await one.streams.mapping("s", "f")
+    assert found is not None and found.filters == patterns[1:]
+    await one.streams.create_mapping("m", "s", "f", {}, *start)  # removed
+    found = await two.streams.mapping("s", "f")
+    assert found is not None and found.filters == ()
+
+
 async def test_two_stores_creating_one_mapping_end_with_one(store_factory: Stores) -> None:
     one, two = await store_factory.open(), await store_factory.open()
     await one.streams.create_stream("s", 1, 86_400.0, T0)

@@ -538,3 +538,39 @@ async def test_an_idle_take_does_not_wait_for_the_write_lock(tmp_path: Path) -> 
         finally:
             other.execute("ROLLBACK")
             other.close()
+
+
+async def test_a_store_of_an_older_fnrt_gains_the_mapping_filters_column(tmp_path: Path) -> None:
+    # A version-1 file written before mappings had filters: it opens, its mapping reads back
+    # with none, and filters can be stored; the schema version stays, so that older fnrt
+    # still opens the file.
+    path = tmp_path / "fnrt.sqlite3"
+    with sqlite3.connect(path) as conn:
+        for statement in _queue.SCHEMA + _streams.SCHEMA:
+            conn.execute(statement)
+        conn.execute(
+            "CREATE TABLE fnrt_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, "
+            "created_at REAL NOT NULL, opened_at REAL NOT NULL)"
+        )
+        conn.execute("INSERT INTO fnrt_schema VALUES (1, 1, ?, ?)", (T0, T0))
+        conn.execute(
+            "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
+            "VALUES ('old', 's', 'f', '{\"batch_size\": 7}', ?)",
+            (T0,),
+        )
+    conn.close()
+    async with await open_store(path) as store:
+        [row] = await store.streams.mappings()
+        assert (row.uuid, row.config, row.filters) == ("old", {"batch_size": 7}, ())
+        await store.streams.create_stream("s", 1, 86_400.0, T0)
+        pattern = '{"data": {"type": ["buy"]}}'
+        await store.streams.create_mapping("new", "s", "f", {}, "TRIM_HORIZON", None, T0, filters=[pattern])
+        found = await store.streams.mapping("s", "f")
+        assert found is not None and found.uuid == "old" and found.filters == (pattern,)
+    async with await open_store(path) as store:  # opening again adds nothing twice
+        assert [m.filters for m in await store.streams.mappings()] == [(pattern,)]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM fnrt_schema").fetchone() == (SCHEMA_VERSION,) == (1,)
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(stream_mappings)")]
+    conn.close()
+    assert columns.count("filters") == 1

@@ -985,3 +985,176 @@ async def test_adding_a_stored_mapping_again_resumes_it_from_its_checkpoints(tmp
         await rt.wait_idle()
         assert mapping.config.starting_position_timestamp < clock.time() - 60  # the stored one
     assert sorted(e["id"] for e in ledger(path)) == [0, 1, 2]
+
+
+# -- event filtering (FilterCriteria) --------------------------------------------------
+
+BUYS = {"data": {"type": ["buy"]}}
+
+
+def kind(i: int) -> str:
+    return "buy" if i % 2 == 0 else "sell"
+
+
+async def test_filters_send_only_matching_records_and_checkpoint_past_the_rest(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        records: list[tuple[str | bytes, str]] = [
+            (order(i, type="buy" if i % 3 == 0 else "sell"), "c") for i in range(9)
+        ]
+        records.insert(4, (b"\x00not json: the handler would fail on it", "c"))
+        records.append((order(9, type="sell"), "vip"))  # the last record passes no filter
+        placed = await stream.put_records(records)
+        vip = {"partitionKey": ["vip"], "data": {"id": [3]}}
+        mapping = await rt.add_stream_mapping("orders", "orders", batch_size=3, filters=[BUYS, vip])
+        assert mapping.config.filters == (json.dumps(BUYS), json.dumps(vip))
+        await until(lambda: len(ledger(path)) == 3, clock, what="the buy orders")
+
+        async def checkpointed() -> bool:
+            return (await mapping.checkpoints()).get(placed[0][0]) == placed[-1][1]
+
+        await until(checkpointed, clock, what="the checkpoint at the last (filtered out) record")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 3, 6]  # in order, nothing else
+        # one batch of the three: a batch is of records that pass (not a batch read, then filtered)
+        assert rt.metrics.counter("Invocations", "orders") == 1
+        assert await mapping.failure_records() == []
+
+
+async def test_a_round_of_only_filtered_out_records_invokes_nothing_and_still_checkpoints(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders", batch_size=2, filters=[BUYS])
+        placed = await stream.put_records([(order(i, type="sell"), "c") for i in range(5)])
+
+        async def checkpointed() -> bool:
+            return (await mapping.checkpoints()).get(placed[0][0]) == placed[-1][1]
+
+        await until(checkpointed, clock, what="the checkpoint past the filtered-out records")
+        await rt.wait_idle()
+        assert rt.metrics.counter("Invocations", "orders") == 0 and ledger(path) == []
+        await stream.put_records([(order(5, type="buy"), "c")])
+        await until(lambda: ledger(path), clock, what="the next buy")
+        assert [e["id"] for e in ledger(path)] == [5]
+
+
+async def test_bisect_works_on_the_filtered_batch(tmp_path: Path) -> None:
+    async with Runtime(state_dir=tmp_path) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        # the sells are poison too, but never delivered: only the buy with id 6 fails
+        records = [(order(i, type=kind(i), poison=i % 2 == 1 or i == 6), "c") for i in range(12)]
+        placed = await stream.put_records(records)
+        mapping = await rt.add_stream_mapping(
+            "orders",
+            "orders",
+            batch_size=12,
+            bisect_on_error=True,
+            max_retry_attempts=0,
+            on_failure="dlq",
+            filters=[BUYS],
+        )
+        [failure] = await until(mapping.failure_records, what="the poison buy")
+        info = failure["KinesisBatchInfo"]
+        assert info["batchSize"] == 1
+        assert info["startSequenceNumber"] == info["endSequenceNumber"] == placed[6][1]
+        await until(lambda: len(ledger(path)) == 5, what="the other buys")
+        assert [e["id"] for e in ledger(path)] == [0, 2, 4, 8, 10]
+
+        async def checkpointed() -> bool:
+            return (await mapping.checkpoints()).get(placed[0][0]) == placed[-1][1]
+
+        await until(checkpointed, what="the checkpoint past the last (filtered out) sell")
+
+
+async def test_a_partial_batch_response_works_on_the_filtered_batch(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path, attr="process_orders_partial")
+        stream = await rt.create_stream("orders", shard_count=1)
+        records = [(order(i, type=kind(i), fail_times=1 if i == 4 else 0), "c") for i in range(8)]
+        await stream.put_records(records)
+        mapping = await rt.add_stream_mapping(
+            "orders",
+            "orders",
+            batch_size=8,
+            report_batch_item_failures=True,
+            max_retry_attempts=3,
+            filters=[BUYS],
+        )
+        await until(lambda: len(ledger(path)) == 4, clock, what="the buys")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 2, 4, 6]  # each once, in order
+        assert rt.metrics.counter("Invocations", "orders") == 2  # 0, 2 + fail at 4; then 4, 6
+        assert await mapping.failure_records() == []
+
+
+async def test_filters_are_changed_by_an_update_and_kept_over_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        mapping = await rt.add_stream_mapping("orders", "orders", filters=[BUYS])
+        await stream.put_records([(order(0, type="sell"), "c"), (order(1, type="buy"), "c")])
+        await until(lambda: len(ledger(path)) == 1, clock, what="the buy")
+        await rt.wait_idle()
+        updated = await rt.update_stream_mapping(mapping, batch_size=5)  # filters stay
+        assert updated.config.filters == (json.dumps(BUYS),)
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        [resumed] = await rt.resume_stream_mappings()
+        assert resumed.config.filters == (json.dumps(BUYS),) and resumed.config.batch_size == 5
+        stream = await rt.get_stream("orders")
+        await stream.put_records([(order(2, type="sell"), "c"), (order(3, type="buy"), "c")])
+        await until(lambda: len(ledger(path)) == 2, clock, what="the buy after the restart")
+        await rt.wait_idle()
+        unfiltered = await rt.update_stream_mapping(resumed, filters=[])  # removed
+        assert unfiltered.config.filters == ()
+        await stream.put_records([(order(4, type="sell"), "c")])
+        await until(lambda: len(ledger(path)) == 3, clock, what="a sell, now that nothing filters")
+        assert [e["id"] for e in ledger(path)] == [1, 3, 4]
+        with pytest.raises(InvalidConfig, match="filter pattern"):
+            await rt.update_stream_mapping(unfiltered, filters=['{"data": ["x"]}'])
+        assert rt.stream_mappings()[0].config.filters == ()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        [again] = await rt.resume_stream_mappings()
+        assert again.config.filters == ()  # the removal was stored too
+
+
+async def test_a_batching_window_counts_only_the_records_that_pass(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        await rt.add_stream_mapping("orders", "orders", batch_size=2, max_batching_window=60, filters=[BUYS])
+        await stream.put_records([(order(i, type="buy" if i == 0 else "sell"), "c") for i in range(4)])
+        await clock.advance(1)
+        await rt.wait_idle()
+        # four records read, one passes: the batch of two is not full, so it waits the window
+        assert rt.metrics.counter("Invocations", "orders") == 0
+        await stream.put_records([(order(4, type="buy"), "c")])
+        await until(lambda: ledger(path), what="the full batch (the clock stands still)")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 4]
+        assert rt.metrics.counter("Invocations", "orders") == 1
+
+
+async def test_filters_on_large_records_decode_them_off_the_event_loop(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        pad = "x" * 150_000  # four of these are over what is decoded on the loop
+        await stream.put_records([(order(i, type=kind(i), pad=pad), "c") for i in range(4)])
+        await rt.add_stream_mapping("orders", "orders", batch_size=4, filters=[BUYS])
+        await until(lambda: len(ledger(path)) == 2, clock, what="the large buys")
+        await rt.wait_idle()
+        assert [e["id"] for e in ledger(path)] == [0, 2]
+        assert rt.metrics.counter("Invocations", "orders") == 1

@@ -2,7 +2,9 @@
 
 Whatever happens, per partition key the records that succeeded reach the handler in
 order and at most once (no crash here, so no duplicate is allowed), and every record
-either succeeded or is accounted for in an on-failure record: nothing is lost.
+either succeeded or is accounted for in an on-failure record: nothing is lost. With
+random filters (FilterCriteria), the same holds for the records that pass, no other
+record reaches the handler, and the checkpoints still reach each shard's last record.
 
 Uses ``Runtime(sandbox="inline")`` for speed: the handler runs in a host thread, which is
 enough to exercise the poller; the subprocess path is covered in ``test_streams.py``.
@@ -34,7 +36,8 @@ record_kind = st.sampled_from(["ok"] * 6 + ["flaky1", "flaky2", "poison"])
 def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     count = draw(st.integers(1, 24))
     return {
-        "records": [(draw(st.integers(0, 3)), draw(record_kind)) for _ in range(count)],
+        "records": [(draw(st.integers(0, 3)), draw(record_kind), draw(st.booleans())) for _ in range(count)],
+        "filter": draw(st.sampled_from([None, "data", "key"])),
         "shard_count": draw(st.integers(1, 3)),
         "config": {
             "batch_size": draw(st.integers(1, 6)),
@@ -51,6 +54,18 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+FILTERS: dict[str | None, list[str]] = {
+    None: [],
+    "data": [json.dumps({"data": {"tag": [True]}})],
+    "key": [json.dumps({"partitionKey": ["customer-0"]}), json.dumps({"partitionKey": ["customer-1"]})],
+}
+
+
+def passes(kind: str | None, record: tuple[int, str, bool]) -> bool:
+    key, _, tag = record
+    return kind is None or (kind == "data" and tag) or (kind == "key" and key in (0, 1))
+
+
 async def run_scenario(scenario: dict[str, Any], tmp: Path) -> None:
     ledger, attempts = tmp / "ledger.jsonl", tmp / "attempts"
     attempts.mkdir()
@@ -62,15 +77,17 @@ async def run_scenario(scenario: dict[str, Any], tmp: Path) -> None:
         await rt.add_function("orders", f"handlers.orders:{attr}", timeout=600)
         stream = await rt.create_stream("orders", shard_count=scenario["shard_count"])
         items = []
-        for i, (key, kind) in enumerate(scenario["records"]):
-            fields: dict[str, Any] = {"id": i}
+        for i, (key, kind, tag) in enumerate(scenario["records"]):
+            fields: dict[str, Any] = {"id": i, "tag": tag}
             if kind == "poison":
                 fields["poison"] = True
             elif kind.startswith("flaky"):
                 fields["fail_times"] = int(kind[-1])
             items.append((json.dumps(fields), f"customer-{key}"))
         placed = await stream.put_records(items)
-        mapping = await rt.add_stream_mapping("orders", "orders", **config)
+        filters = FILTERS[scenario["filter"]]
+        passing = [i for i, r in enumerate(scenario["records"]) if passes(scenario["filter"], r)]
+        mapping = await rt.add_stream_mapping("orders", "orders", **config, filters=filters)
 
         def read() -> list[dict[str, Any]]:
             return read_jsonl(ledger)
@@ -79,7 +96,7 @@ async def run_scenario(scenario: dict[str, Any], tmp: Path) -> None:
         while True:
             failures = await mapping.failure_records()
             skipped = sum(f["KinesisBatchInfo"]["batchSize"] for f in failures)
-            if skipped + len(read()) >= len(items) or time.monotonic() > deadline:
+            if skipped + len(read()) >= len(passing) or time.monotonic() > deadline:
                 break
             # Move fake time (retry backoff, batching windows) only while no handler runs:
             # a fake timeout firing on a real, still-running handler would redeliver its
@@ -89,15 +106,31 @@ async def run_scenario(scenario: dict[str, Any], tmp: Path) -> None:
                 await clock.advance(2.0)
             await asyncio.sleep(0.002)
 
+        ends: dict[str, str] = {}
+        for shard_id, seq in placed:
+            ends[shard_id] = max(ends.get(shard_id, seq), seq)
+
+        async def at_ends() -> bool:
+            checkpoints = await mapping.checkpoints()
+            return all(checkpoints.get(shard_id) == seq for shard_id, seq in ends.items())
+
+        while not await at_ends():
+            assert time.monotonic() < deadline + 10, "the checkpoints did not reach the last records"
+            await clock.advance(2.0)
+            await asyncio.sleep(0.002)
+
     done = read()
-    assert skipped + len(done) == len(items), (skipped, len(done), len(items))
+    assert skipped + len(done) == len(passing), (skipped, len(done), len(passing))
     ids = [e["id"] for e in done]
     assert len(ids) == len(set(ids)), "a record succeeded twice"
     for key in {k for _, k in items}:
         seqs = [e["seq"] for e in done if e["key"] == key]
         assert seqs == sorted(seqs), f"out of order for {key}"
     done_ids = set(ids)
-    for i, (_, kind) in enumerate(scenario["records"]):
+    assert done_ids <= set(passing), "a record no filter matches reached the handler"
+    for i, (_, kind, _) in enumerate(scenario["records"]):
+        if i not in passing:
+            continue
         if kind == "poison":
             assert i not in done_ids
         if i not in done_ids:  # skipped: inside an on-failure range of its shard

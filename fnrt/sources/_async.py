@@ -58,6 +58,7 @@ from .._lambda import (
     RESERVED_REASON,
     THROTTLE_MESSAGE,
     async_record,
+    backoff,
     dead_letter_message,
     dumps,
     function_arn,
@@ -70,6 +71,11 @@ from ..store import Outcome, QueuedEvent
 from ..store import QueueStore as EventQueue
 
 __all__ = ["AsyncInvoker", "AsyncSource"]
+
+#: The first and the longest delay between two writes of an outcome the store refused.
+WRITE_BACK_RETRY = (0.05, 5.0)
+#: Lambda's response to an event of a function whose reserved concurrency is 0.
+_REFUSED = dumps(TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE).to_lambda()).encode()
 
 
 class AsyncSource:
@@ -484,97 +490,131 @@ class AsyncSource:
 
     async def _attempt(self, event: QueuedEvent) -> None:
         """One attempt: the task's whole coroutine (no wrapper frame: every resume of
-        the task passes through each frame it awaits in)."""
+        the task passes through each frame it awaits in). Each way it can go makes an
+        outcome, written back in one place."""
         # the loop given: no getpid call on 3.11; a coroutine run as a task has its task
         task = cast("asyncio.Task[None]", asyncio.current_task(self._loop))
         try:
             name = event.function
             config = self.config_for(name)
-            now = self.clock.time()
-            age = now - event.enqueued_at
+            age = self.clock.time() - event.enqueued_at
             expires = event.enqueued_at + config.max_event_age
+            outcome: Outcome
             if age >= config.max_event_age:
-                await self._fail(event, config, "EventAgeExceeded", event.invokes, event.attempts)
-                return
-            try:
-                entry = self.registry.get(name)
-                if entry.counter.reserved == 0:
-                    # Lambda: with reserved concurrency 0, new events go to the dead-letter
-                    # queue or on-failure destination without any retries.
-                    refused = dumps(TooManyRequests(RESERVED_REASON, THROTTLE_MESSAGE).to_lambda()).encode()
-                    await self._fail(
-                        event, config, "RetriesExhausted", event.invokes, event.attempts, 429, None, refused
-                    )
-                    return
-                self.metrics.observe("AsyncEventAge", name, age * 1000)
+                outcome = await self._failure(
+                    event, config, "EventAgeExceeded", event.invokes, event.attempts
+                )
+            else:
                 try:
-                    result = await self.invoker.invoke(entry, event.payload, event.request_id)
-                finally:
-                    self._invoked(task)
-            except RuntimeClosed:
-                self._interrupted.append(event)  # closing: aclose() gives the lease back
-                return
-            except TooManyRequests as exc:
-                await self._back_off(event, config, expires, 429, None, dumps(exc.to_lambda()).encode())
-                return
-            except (ServiceError, FunctionNotFound) as exc:
-                body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-                await self._back_off(event, config, expires, 500, None, dumps(body).encode())
-                return
-            invokes = event.invokes + 1
-            if result.error is None:
-                now = self.clock.time()
-                outcome = Outcome(
-                    "done",
-                    attempts=event.attempts,
-                    invokes=invokes,
-                    system_retries=event.system_retries,
-                    status=200,
-                    condition="Success",
-                )
-                if config.on_success is not None:
-                    raw = result.raw or b"null"
-                    record = await self._record(event, "Success", invokes, 200, None, raw, now)
-                    outcome = self._deliver(outcome, name, config.on_success, record)
-                await self._settle(event, outcome, now)
-                return
-            attempts = event.attempts + 1
-            response = dumps(result.error.to_lambda()).encode()
-            if attempts > config.max_retry_attempts:
-                await self._fail(
-                    event, config, "RetriesExhausted", invokes, attempts, 200, "Unhandled", response
-                )
-                return
-            run_at = min(self.clock.time() + config.retry_delay(attempts), expires)
-            self._log.info(
-                "async retry scheduled",
-                function=name,
-                request_id=event.request_id,
-                attempt=attempts,
-                error_type=result.error.error_type,
-                run_at=run_at,
-            )
-            await self._settle(
-                event,
-                Outcome(
-                    "queued",
-                    run_at=run_at,
-                    attempts=attempts,
-                    invokes=invokes,
-                    system_retries=event.system_retries,
-                    status=200,
-                    function_error="Unhandled",
-                    response=response,
-                ),
-                self.clock.time(),
-            )
+                    entry = self.registry.get(name)
+                    refused = entry.counter.reserved == 0
+                    if not refused:
+                        self.metrics.observe("AsyncEventAge", name, age * 1000)
+                        try:
+                            result = await self.invoker.invoke(entry, event.payload, event.request_id)
+                        finally:
+                            self._invoked(task)
+                except RuntimeClosed:
+                    self._interrupted.append(event)  # closing: aclose() gives the lease back
+                    return
+                except TooManyRequests as exc:
+                    throttled = dumps(exc.to_lambda()).encode()
+                    outcome = await self._back_off(event, config, expires, 429, None, throttled)
+                except (ServiceError, FunctionNotFound) as exc:
+                    body = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+                    outcome = await self._back_off(event, config, expires, 500, None, dumps(body).encode())
+                else:
+                    if refused:
+                        # Lambda: with reserved concurrency 0, new events go to the dead-letter
+                        # queue or on-failure destination without any retries.
+                        attempts = event.attempts
+                        outcome = await self._failure(
+                            event, config, "RetriesExhausted", event.invokes, attempts, 429, None, _REFUSED
+                        )
+                    elif result.error is None and config.on_success is None:  # the common case
+                        outcome = _succeeded(event)
+                    else:
+                        outcome = await self._outcome(event, config, expires, result)
+            try:
+                await self._settle(event, outcome, self.clock.time())
+            except INFRASTRUCTURE as exc:
+                await self._write_back(event, outcome, exc)
         except INFRASTRUCTURE as exc:
-            # The write-back failed (the store): the lease expires and the event runs again.
+            # No outcome to write (its record could not be made): the lease expires, and the
+            # event runs again.
             self._log.error("async attempt not recorded", request_id=event.request_id, exc_info=exc)
         except Exception as exc:  # a bug: loud, it fails the runtime (the lease expires)
             self.supervisor.fail(exc)
         finally:
             self._finished(task)
+
+    async def _outcome(self, event: QueuedEvent, config: AsyncConfig, expires: float, result: Any) -> Outcome:
+        """What an invocation that reached the function leaves: done (and its Success
+        record), a retry after the function's error, or failed with its attempts used."""
+        name = event.function
+        invokes = event.invokes + 1
+        if result.error is None:
+            outcome = _succeeded(event)
+            if config.on_success is not None:
+                raw = result.raw or b"null"
+                record = await self._record(event, "Success", invokes, 200, None, raw, self.clock.time())
+                outcome = self._deliver(outcome, name, config.on_success, record)
+            return outcome
+        attempts = event.attempts + 1
+        response = dumps(result.error.to_lambda()).encode()
+        if attempts > config.max_retry_attempts:
+            return await self._failure(
+                event, config, "RetriesExhausted", invokes, attempts, 200, "Unhandled", response
+            )
+        run_at = min(self.clock.time() + config.retry_delay(attempts), expires)
+        self._log.info(
+            "async retry scheduled",
+            function=name,
+            request_id=event.request_id,
+            attempt=attempts,
+            error_type=result.error.error_type,
+            run_at=run_at,
+        )
+        return Outcome(
+            "queued",
+            run_at=run_at,
+            attempts=attempts,
+            invokes=invokes,
+            system_retries=event.system_retries,
+            status=200,
+            function_error="Unhandled",
+            response=response,
+        )
+
+    async def _write_back(self, event: QueuedEvent, outcome: Outcome, exc: BaseException) -> None:
+        """The outcome's write failed (the store is down, locked or full): write it again,
+        with backoff, until it is written or the runtime closes, so that an attempt that
+        ran is not run again when the store comes back. The attempt keeps its lease, and
+        its place in ``max_in_flight``, meanwhile; the write is fenced by the lease (one
+        made after another poller took the event over writes nothing). Closing gives the
+        lease back: the event then runs again (at least once)."""
+        self._log.warning(
+            "async outcome not written; writing it again until the store is back",
+            request_id=event.request_id,
+            error=str(exc),
+        )
+        failures = 0
+        try:
+            while True:
+                failures += 1
+                await self.clock.sleep(backoff(failures, *WRITE_BACK_RETRY))
+                try:
+                    await self._settle(event, outcome, self.clock.time())
+                except INFRASTRUCTURE:
+                    continue
+                self._log.info("async outcome written", request_id=event.request_id, retries=failures)
+                return
+        except asyncio.CancelledError:
+            # Closing: the records the outcome carried are not delivered (the event runs again).
+            name = event.function
+            if outcome.sink_records or outcome.events:
+                self.metrics.incr("DestinationDeliveryFailures", name)
+            raise
 
     async def _back_off(
         self,
@@ -584,33 +624,28 @@ class AsyncSource:
         status: int,
         function_error: str | None,
         response: bytes,
-    ) -> None:
+    ) -> Outcome:
         """Throttled or a system error: queue again after a growing delay, no attempt used."""
         retries = event.system_retries + 1
         low, high = self.backoff
         delay = min(high, low * 2 ** min(retries - 1, 30))
         now = self.clock.time()
         if now >= expires:
-            await self._fail(
+            return await self._failure(
                 event, config, "EventAgeExceeded", event.invokes, event.attempts, status, None, response
             )
-            return
-        await self._settle(
-            event,
-            Outcome(
-                "queued",
-                run_at=min(now + delay, expires),
-                attempts=event.attempts,
-                invokes=event.invokes,
-                system_retries=retries,
-                status=status,
-                function_error=function_error,
-                response=response,
-            ),
-            now,
+        return Outcome(
+            "queued",
+            run_at=min(now + delay, expires),
+            attempts=event.attempts,
+            invokes=event.invokes,
+            system_retries=retries,
+            status=status,
+            function_error=function_error,
+            response=response,
         )
 
-    async def _fail(
+    async def _failure(
         self,
         event: QueuedEvent,
         config: AsyncConfig,
@@ -620,9 +655,9 @@ class AsyncSource:
         status: int | None = None,
         function_error: str | None = None,
         response: bytes | None = None,
-    ) -> None:
-        """The event is given up: its record goes to ``on_failure`` and the dead-letter
-        sink in the transaction that marks the row ``failed``."""
+    ) -> Outcome:
+        """The event is given up: the outcome that marks it ``failed``, with its record for
+        ``on_failure`` and the dead-letter sink in the same transaction."""
         name = event.function
         now = self.clock.time()
         if status is None:  # given up at take time: report the last attempt's response
@@ -655,14 +690,7 @@ class AsyncSource:
             on_failure=config.on_failure,
             dead_letter=config.dead_letter,
         )
-        try:
-            await self._settle(event, outcome, now)
-        except Exception:
-            if config.dead_letter is not None:
-                self.metrics.incr("DeadLetterErrors", name)
-            if config.on_failure is not None:
-                self.metrics.incr("DestinationDeliveryFailures", name)
-            raise
+        return outcome
 
     # -- records ----------------------------------------------------------------------
 
@@ -744,6 +772,18 @@ class AsyncSource:
                 await decode_or_text(response or b""),
             )
         )
+
+
+def _succeeded(event: QueuedEvent) -> Outcome:
+    """The outcome of an attempt whose invocation succeeded."""
+    return Outcome(
+        "done",
+        attempts=event.attempts,
+        invokes=event.invokes + 1,
+        system_retries=event.system_retries,
+        status=200,
+        condition="Success",
+    )
 
 
 #: The name this class had before 0.2 (it is the whole source now, not only the poller).

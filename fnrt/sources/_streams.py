@@ -41,8 +41,10 @@ import attrs
 
 from .._clock import Clock
 from .._config import StreamMappingConfig
+from .._filters import RecordFilter, kinesis_fields
 from .._invoke import Invoker, decode_result
 from .._lambda import (
+    LARGE_PAYLOAD,
     MAX_BATCH_BYTES,
     MAX_RECORD_BYTES,
     backoff,
@@ -609,6 +611,8 @@ class ShardPoller:
             f'"invokeIdentityArn":{dumps(role_arn(source.account_id))},'
             f'"awsRegion":{dumps(source.region)},"eventSourceARN":{dumps(mapping.stream.arn)},'
         )
+        # FilterCriteria: None (no filters) keeps the matcher off the per-record path.
+        self._filter = RecordFilter(self.config.filters) if self.config.filters else None
         # AT_TIMESTAMP's timestamp: what arrived before it is not read.
         at_timestamp = self.config.starting_position == "AT_TIMESTAMP"
         self._not_before = self.config.starting_position_timestamp if at_timestamp else None
@@ -671,16 +675,20 @@ class ShardPoller:
 
     async def _poll(self, store: StreamStore) -> None:
         config = self.config
-        round_size = config.batch_size * config.parallelization_factor
-        # Up to four rounds per read ahead while rounds are small (at most 500 records,
-        # or one round): a quarter of the reads' hops, and little more held in memory.
-        ahead_size = max(round_size, min(4 * round_size, 500))
-        ahead_bytes = self._read_bytes * (ahead_size // round_size)
+        round_size = read_size = config.batch_size * config.parallelization_factor
+        if self._filter is not None:
+            # Filters pass over some of what is read: read more at once (up to GetRecords'
+            # 10,000 records, and the bytes of a round) so the batches can still fill.
+            read_size = max(round_size, min(10 * round_size, 10_000))
+        # Up to four reads per read ahead while reads are small (at most 500 records,
+        # or one read): a quarter of the reads' hops, and little more held in memory.
+        ahead_size = max(read_size, min(4 * read_size, 500))
+        ahead_bytes = self._read_bytes * (ahead_size // read_size)
         stream, shard_id = self.mapping.stream.name, self.shard.shard_id
         ahead: tuple[int, asyncio.Task[list[StoredRecord]]] | None = None
         try:
             while True:
-                records = await self._gather(store, round_size, ahead)
+                records = await self._gather(store, read_size, ahead)
                 ahead = None
                 if records and self._not_before is not None and records[0].arrival < self._not_before:
                     # AT_TIMESTAMP: records that arrived before it are passed over, not invoked
@@ -697,6 +705,9 @@ class ShardPoller:
                     after = records[-1].seq
                     reading = store.read(stream, shard_id, after, ahead_size, max_bytes=ahead_bytes)
                     ahead = (after, asyncio.ensure_future(reading))
+                    if self._filter is not None:
+                        await self._deliver_filtered(store, records, round_size)
+                        continue
                     for start in range(0, len(records), round_size):
                         await self._deliver_round(store, records[start : start + round_size])
                     continue
@@ -729,10 +740,10 @@ class ShardPoller:
         if not records:
             records = await self._read(store, limit)
         window = self.config.max_batching_window
-        if not records or window <= 0 or self._full(records):
+        if not records or window <= 0 or await self._ready(records, limit):
             return records
         deadline = self.clock.monotonic() + window
-        while not self._full(records) and (left := deadline - self.clock.monotonic()) > 0:
+        while not await self._ready(records, limit) and (left := deadline - self.clock.monotonic()) > 0:
             await self._park(self.waker.wait(left))
             records = await self._read(store, limit)
         return records
@@ -750,6 +761,34 @@ class ShardPoller:
             return True
         return _event_bytes(records, self._record_overhead) > _RECORDS_BUDGET
 
+    async def _ready(self, records: list[StoredRecord], limit: int) -> bool:
+        """:meth:`_full`; with filters, of the records that pass (Lambda filters each record
+        as it adds it to the batch), or a read of ``limit`` (as much as is read at once)."""
+        if self._filter is None:
+            return self._full(records)
+        return len(records) >= limit or self._full(await self._matching(records))
+
+    async def _matching(self, records: list[StoredRecord]) -> list[StoredRecord]:
+        """The records that pass the mapping's filters (it has some): on a worker thread
+        when their data is decoded and large (JSON of megabytes takes milliseconds)."""
+        match = self._filter
+        assert match is not None
+        if match.uses_data and sum(map(len, map(_data, records))) >= LARGE_PAYLOAD:
+            return await asyncio.to_thread(self._match, match, records)
+        return self._match(match, records)
+
+    def _match(self, match: RecordFilter, records: list[StoredRecord]) -> list[StoredRecord]:
+        with_data, shard_id = match.uses_data, self.shard.shard_id
+        return [
+            r
+            for r in records
+            if match.matches(
+                kinesis_fields(
+                    shard_id, r.partition_key, seq_str(r.seq), r.data, r.arrival, with_data=with_data
+                )
+            )
+        ]
+
     async def _read_to_end(self, store: StreamStore) -> bool:
         """Whether the shard is closed and every record in it was read: the shard is
         seen closed first, then read empty, so no record can slip in between."""
@@ -764,6 +803,19 @@ class ShardPoller:
                 return False
         more = await store.read(self.mapping.stream.name, self.shard.shard_id, self._position, 1)
         return not more
+
+    async def _deliver_filtered(self, store: StreamStore, records: list[StoredRecord], size: int) -> None:
+        """Deliver what passes the filters in rounds of ``size`` (batches are of records
+        that pass, as Lambda fills them); once those are done, the checkpoint moves to the
+        last record read (what no filter matched is done too, and a read of only those
+        invokes nothing)."""
+        kept = await self._matching(records)
+        for start in range(0, len(kept), size):
+            await self._deliver_round(store, kept[start : start + size])
+        last = records[-1].seq
+        if self._position < last:
+            self._checkpoint_soon(store, last)
+            self._position = last
 
     async def _deliver_round(self, store: StreamStore, records: list[StoredRecord]) -> None:
         """Deliver a round: one lane per partition-key group, each lane in order."""
@@ -1037,6 +1089,14 @@ class ShardPoller:
         )
 
 
+def _stored_config(config: StreamMappingConfig) -> dict[str, Any]:
+    """The settings stored as the mapping's config: all but its filters, which have a column
+    of their own (an older fnrt reads the config and would refuse a key it does not know)."""
+    settings = config.to_dict()
+    del settings["filters"]
+    return settings
+
+
 def _keep_start(config: StreamMappingConfig, stored: dict[str, Any]) -> StreamMappingConfig:
     """``config`` with the starting position of the stored mapping's config ``stored``."""
     try:
@@ -1294,10 +1354,11 @@ class StreamSource:
                 str(uuid.uuid4()),
                 stream.name,
                 name,
-                config.to_dict(),
+                _stored_config(config),
                 config.starting_position,
                 config.starting_position_timestamp,
                 self.clock.time(),
+                filters=config.filters,
             )
             mapping = StreamMapping(self, row.uuid, stream, name, config)
             self.mappings[row.uuid] = mapping
@@ -1332,10 +1393,11 @@ class StreamSource:
                 found.uuid,
                 found.stream.name,
                 found.function,
-                config.to_dict(),
+                _stored_config(config),
                 config.starting_position,
                 config.starting_position_timestamp,
                 self.clock.time(),
+                filters=config.filters,
             )
             mapping = StreamMapping(self, row.uuid, found.stream, found.function, config)
             # The swap runs to its end even if the caller is cancelled (an HTTP client that

@@ -280,9 +280,12 @@ class StreamStore(Protocol):
         start: str,
         timestamp: float | None,
         now: float,
+        *,
+        filters: Sequence[str] = (),
     ) -> MappingRow:
-        """Insert the mapping, or update the config of the one for (stream, function) that
-        exists and return it (a restarted host resumes from its checkpoints). A new
+        """Insert the mapping, or update the config and ``filters`` (its FilterCriteria
+        patterns, kept as given) of the one for (stream, function) that exists and
+        return it (a restarted host resumes from its checkpoints). A new
         mapping gets a checkpoint per existing shard according to ``start``
         (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP`` with ``timestamp``); shards created
         later are read from their beginning. Atomic against other writers: hosts adding

@@ -147,7 +147,7 @@ def _prepare(file: Path, path: Path, *, read_only: bool, busy_timeout: float) ->
                 for statement in SCHEMA:
                     conn.execute(statement)
                 # Migrations from older versions go here, in order (version 1 is the first).
-                _streams.migrate(conn)  # nullable columns added since (no new version)
+                _streams.add_columns(conn)
                 now = time.time()
                 conn.execute(  # this write proves the file writable before anything starts
                     "INSERT INTO fnrt_schema (id, version, created_at, opened_at) VALUES (1, ?, ?, ?) "

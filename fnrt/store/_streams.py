@@ -107,21 +107,33 @@ SCHEMA = (
 )
 
 
-# Columns added after schema version 1, each nullable (NULL: the value a stream of an
-# older fnrt has): a store from before gets them when it opens (:func:`migrate`), and
-# an older fnrt still opens the file (it names the columns it writes and ignores these).
-# ``mode``: Kinesis' capacity mode (NULL: PROVISIONED); ``tags``: a JSON object.
-ADDED_COLUMNS = {"streams": (("mode", "TEXT"), ("tags", "TEXT"))}
+# Columns added since a table was first made, each nullable (NULL: what a row written by an
+# older fnrt means), so an older fnrt still opens the file and ignores them.
+# stream_mappings.filters: the mapping's FilterCriteria patterns as a JSON list (NULL: none).
+# streams.mode: Kinesis' capacity mode (NULL: PROVISIONED); streams.tags: a JSON object.
+COLUMNS = (
+    ("stream_mappings", "filters", "TEXT"),
+    ("streams", "mode", "TEXT"),
+    ("streams", "tags", "TEXT"),
+)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Add :data:`ADDED_COLUMNS` a store made before them lacks (idempotent; in the
-    caller's transaction)."""
-    for table, columns in ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+def add_columns(conn: sqlite3.Connection) -> None:
+    """Add the :data:`COLUMNS` a database made by an older fnrt lacks (in the open's
+    write transaction: idempotent, and one host at a time)."""
+    for table, column, kind in COLUMNS:
+        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _filters_column(filters: Sequence[str]) -> str | None:
+    return json.dumps(list(filters)) if filters else None
+
+
+def _mapping_row(row: Any) -> MappingRow:
+    raw = row["filters"] if "filters" in row.keys() else None
+    filters = tuple(json.loads(raw)) if raw else ()
+    return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]), filters)
 
 
 def _hash_text(value: int) -> str:
@@ -179,7 +191,7 @@ class SQLiteStreams:
     @classmethod
     async def open(cls, db: Database) -> SQLiteStreams:
         await db.ensure_schema("streams", SCHEMA)
-        await db.run(migrate, durable=True)
+        await db.run(add_columns, durable=True)
         return cls(db)
 
     # -- streams and shards -----------------------------------------------------------
@@ -445,7 +457,7 @@ class SQLiteStreams:
 
     async def mappings(self) -> list[MappingRow]:
         rows = await self.db.fetchall("SELECT * FROM stream_mappings ORDER BY stream, function")
-        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
+        return [_mapping_row(r) for r in rows]
 
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
         row = await self.db.fetchone(
@@ -453,7 +465,7 @@ class SQLiteStreams:
         )
         if row is None:
             return None
-        return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]))
+        return _mapping_row(row)
 
     async def create_mapping(
         self,
@@ -464,34 +476,38 @@ class SQLiteStreams:
         start: str,
         timestamp: float | None,
         now: float,
+        *,
+        filters: Sequence[str] = (),
     ) -> MappingRow:
-        """Insert the mapping, or update the config of the one for (stream, function)
-        that exists and return it (a restarted host resumes from its checkpoints, an
-        updated mapping keeps them). A new mapping gets a checkpoint per existing shard
-        according to ``start`` (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP``); shards
-        created later are read from their beginning."""
+        """Insert the mapping, or update the config (and ``filters``) of the one for
+        (stream, function) that exists and return it (a restarted host resumes from its
+        checkpoints, an updated mapping keeps them). A new mapping gets a checkpoint per
+        existing shard according to ``start`` (``TRIM_HORIZON``, ``LATEST``,
+        ``AT_TIMESTAMP``); shards created later are read from their beginning."""
         encoded = json.dumps(config)
+        filters = tuple(filters)
+        kept = _filters_column(filters)
         async with self.db.transaction() as conn:
             # The insert decides between "new" and "exists" (UNIQUE (stream, function)): of
             # hosts adding the same mapping at once, one inserts and all get its uuid. It
             # returns a row only when it inserted: the uuid alone cannot tell, since an
             # update passes the existing mapping's own uuid (and must keep its checkpoints).
             async with conn.execute(
-                "INSERT INTO stream_mappings (uuid, stream, function, config, created_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
-                (uuid, stream, function, encoded, now),
+                "INSERT INTO stream_mappings (uuid, stream, function, config, created_at, filters) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
+                (uuid, stream, function, encoded, now, kept),
             ) as cursor:
                 inserted = await cursor.fetchone()
             if inserted is None:
                 # BEGIN IMMEDIATE holds the write lock: the row found above is still there.
                 async with conn.execute(
-                    "UPDATE stream_mappings SET config = ? WHERE stream = ? AND function = ? "
+                    "UPDATE stream_mappings SET config = ?, filters = ? WHERE stream = ? AND function = ? "
                     "RETURNING uuid",
-                    (encoded, stream, function),
+                    (encoded, kept, stream, function),
                 ) as cursor:
                     row = await cursor.fetchone()
                 assert row is not None
-                return MappingRow(row[0], stream, function, config)
+                return MappingRow(row[0], stream, function, config, filters)
             if start == "LATEST":
                 await conn.execute(
                     "INSERT INTO stream_checkpoints (mapping, shard_id, seq, finished) "
@@ -508,7 +524,7 @@ class SQLiteStreams:
                     "FROM shards s WHERE s.stream = ?",
                     (uuid, timestamp, stream),
                 )
-        return MappingRow(uuid, stream, function, config)
+        return MappingRow(uuid, stream, function, config, filters)
 
     async def delete_mapping(self, uuid: str) -> None:
         async with self.db.transaction() as conn:

@@ -146,6 +146,7 @@ class MappingRow:
     stream: str
     function: str
     config: dict[str, Any]
+    filters: tuple[str, ...] = ()  # its FilterCriteria patterns (JSON text each)
 
 
 @attrs.frozen

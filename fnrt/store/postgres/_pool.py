@@ -248,15 +248,14 @@ class Connections:
                 for statement in (*_schema.TABLES[1:], *_schema.FUNCTIONS):
                     await conn.execute(statement.replace("@CHANNEL@", self.channel))
                 await conn.execute("INSERT INTO fnrt_schema (version) VALUES ($1)", _schema.VERSION)
-            # Only when missing: ALTER TABLE locks the table even when the column is there.
-            for table, column, kind in _schema.ADDED_COLUMNS:
-                present = await conn.fetchval(
+            for table, column, kind in _schema.COLUMNS:
+                # Looked up first: ALTER TABLE locks the table even when the column is there.
+                if not await conn.fetchval(
                     "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
                     "AND table_name = $1 AND column_name = $2",
                     table,
                     column,
-                )
-                if present is None:
+                ):
                     await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
     async def close(self) -> None:

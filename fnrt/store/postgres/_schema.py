@@ -170,11 +170,13 @@ TABLES = (
     )""",
 )
 
-# Columns added within a schema version, nullable, so an older fnrt of the same version
-# still uses the tables (it names the columns it writes; NULL is what its rows have): a
-# database that lacks one gets it when a host opens it (``Connections.setup_schema``).
-# fnrt_streams: Kinesis' capacity mode (NULL: PROVISIONED), tags as a JSON object.
-ADDED_COLUMNS = (
+# Columns added since a table was first made, each nullable (NULL: what a row written by an
+# older fnrt means), so a store of the same VERSION gains them without a version bump and an
+# older fnrt still opens it: added when missing at every set-up (under the advisory lock).
+# fnrt_stream_mappings.filters: the mapping's FilterCriteria patterns as a JSON list.
+# fnrt_streams.mode: Kinesis' capacity mode (NULL: PROVISIONED); .tags: a JSON object.
+COLUMNS = (
+    ("fnrt_stream_mappings", "filters", "text"),
     ("fnrt_streams", "mode", "text"),
     ("fnrt_streams", "tags", "text"),
 )

@@ -66,6 +66,11 @@ _READ_CAPPED = (
 )
 
 
+def _mapping_row(row: Any) -> MappingRow:
+    filters = tuple(json.loads(row["filters"])) if row["filters"] else ()
+    return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]), filters)
+
+
 class PgStreamStore:
     """The stream sources' store on PostgreSQL. Records, streams and shards are written
     durably; leases and checkpoints with ``synchronous_commit=off`` (see ``_pool``)."""
@@ -332,21 +337,22 @@ class PgStreamStore:
     @guarded
     async def mappings(self) -> list[MappingRow]:
         rows = await self.pg.relaxed.fetch(
-            "SELECT uuid, stream, function, config FROM fnrt_stream_mappings ORDER BY stream, function"
+            "SELECT uuid, stream, function, config, filters FROM fnrt_stream_mappings "
+            "ORDER BY stream, function"
         )
-        return [MappingRow(r["uuid"], r["stream"], r["function"], json.loads(r["config"])) for r in rows]
+        return [_mapping_row(r) for r in rows]
 
     @guarded
     async def mapping(self, stream: str, function: str) -> MappingRow | None:
         row = await self.pg.relaxed.fetchrow(
-            "SELECT uuid, stream, function, config FROM fnrt_stream_mappings "
+            "SELECT uuid, stream, function, config, filters FROM fnrt_stream_mappings "
             "WHERE stream = $1 AND function = $2",
             stream,
             function,
         )
         if row is None:
             return None
-        return MappingRow(row["uuid"], row["stream"], row["function"], json.loads(row["config"]))
+        return _mapping_row(row)
 
     @guarded
     async def create_mapping(
@@ -358,31 +364,37 @@ class PgStreamStore:
         start: str,
         timestamp: float | None,
         now: float,
+        *,
+        filters: Sequence[str] = (),
     ) -> MappingRow:
         """Insert the mapping, or return the one for (stream, function) that exists (with
-        ``config`` written to it). Of hosts creating it at once one wins and the others
-        get its row. A new mapping gets a checkpoint per existing shard according to
-        ``start`` (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP``)."""
+        ``config`` and ``filters`` written to it). Of hosts creating it at once one wins
+        and the others get its row. A new mapping gets a checkpoint per existing shard
+        according to ``start`` (``TRIM_HORIZON``, ``LATEST``, ``AT_TIMESTAMP``)."""
         encoded = json.dumps(config)
+        filters = tuple(filters)
+        kept = json.dumps(list(filters)) if filters else None
         async with self.pg.durable.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
-                "INSERT INTO fnrt_stream_mappings (uuid, stream, function, config, created_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
+                "INSERT INTO fnrt_stream_mappings (uuid, stream, function, config, created_at, filters) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (stream, function) DO NOTHING RETURNING uuid",
                 uuid,
                 stream,
                 function,
                 encoded,
                 now,
+                kept,
             )
             if inserted is None:
                 existing = await conn.fetchval(
-                    "UPDATE fnrt_stream_mappings SET config = $3 WHERE stream = $1 AND function = $2 "
-                    "RETURNING uuid",
+                    "UPDATE fnrt_stream_mappings SET config = $3, filters = $4 "
+                    "WHERE stream = $1 AND function = $2 RETURNING uuid",
                     stream,
                     function,
                     encoded,
+                    kept,
                 )
-                return MappingRow(existing, stream, function, config)
+                return MappingRow(existing, stream, function, config, filters)
             if start == "LATEST":
                 await conn.execute(
                     "INSERT INTO fnrt_stream_checkpoints (mapping, shard_id, seq, finished) "
@@ -402,7 +414,7 @@ class PgStreamStore:
                     stream,
                     timestamp,
                 )
-        return MappingRow(uuid, stream, function, config)
+        return MappingRow(uuid, stream, function, config, filters)
 
     @guarded
     async def delete_mapping(self, uuid: str) -> None:
