@@ -63,11 +63,14 @@ _SHARD_FILTERS = ("AFTER_SHARD_ID", "AT_TRIM_HORIZON", "FROM_TRIM_HORIZON", "AT_
                   "FROM_TIMESTAMP")
 
 
-def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict[str, Any]]:
+def _filter_shards(
+    shards: list[dict[str, Any]], shard_filter: Any, horizon: int | None = None
+) -> list[dict[str, Any]]:
     """ListShards' ``ShardFilter``: ``AFTER_SHARD_ID`` (the shards after ``ShardId``),
-    ``AT_LATEST`` (the open ones), ``FROM_TRIM_HORIZON`` (every shard kept: all of fnrt's).
-    The kinds that need a shard's opening and closing times are refused: fnrt does not
-    keep them."""
+    ``AT_LATEST`` (the open ones), ``FROM_TRIM_HORIZON`` (every shard kept: all of fnrt's),
+    ``AT_TRIM_HORIZON`` (those open at the trim horizon: the stream's oldest record kept,
+    ``horizon``, is inside their sequence number range). The kinds that need a shard's
+    opening and closing times are refused: fnrt does not keep them."""
     if shard_filter is None:
         return shards
     kind = shard_filter.get("Type") if isinstance(shard_filter, dict) else None
@@ -85,7 +88,19 @@ def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict
         return [s for s in shards if not _closed(s)]
     if kind == "FROM_TRIM_HORIZON":
         return shards
+    if kind == "AT_TRIM_HORIZON":
+        if horizon is None:  # no record kept: the trim horizon is now
+            return [s for s in shards if not _closed(s)]
+        return [s for s in shards if _open_at(s, horizon)]
     raise _bad(f"fnrt does not support the {kind} shard filter", "InvalidArgumentException")
+
+
+def _open_at(shard: dict[str, Any], number: int) -> bool:
+    """The shard was open when the stream gave out sequence number ``number``."""
+    numbers = shard["SequenceNumberRange"]
+    ending = numbers.get("EndingSequenceNumber")
+    started = seq_int(numbers["StartingSequenceNumber"]) <= number
+    return started and (ending is None or number <= seq_int(ending))
 
 
 def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -555,7 +570,12 @@ class KinesisApi:
             shard_filter = body.get("ShardFilter")
         limit = min(limit, 1000)  # past 1,000, 1,000 (as Kinesis)
         stream = await self._stream(body)
-        shards = _filter_shards(await self._shard_list(stream), shard_filter)
+        shards = await self._shard_list(stream)
+        horizon = None
+        if isinstance(shard_filter, dict) and shard_filter.get("Type") == "AT_TRIM_HORIZON":
+            oldest = [r for s in shards for r in await stream.read(s["ShardId"], None, 1)]
+            horizon = min((seq_int(r["SequenceNumber"]) for r in oldest), default=None)
+        shards = _filter_shards(shards, shard_filter, horizon)
         start = body.get("ExclusiveStartShardId")
         if isinstance(start, str):
             shards = [s for s in shards if s["ShardId"] > start]

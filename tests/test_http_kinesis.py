@@ -797,3 +797,23 @@ async def test_a_sequence_number_of_another_shard_or_not_yet_given_is_invalid_ar
     assert await code("1", numbers[2]) == "InvalidArgumentException"  # shard 0's
     not_yet = str(int(numbers[3]) + 1)
     assert await code("0", not_yet) == "InvalidArgumentException"  # given to no record yet
+
+
+async def test_list_shards_at_trim_horizon_lists_the_shards_open_at_the_oldest_record_kept(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    parent = "shardId-000000000000"
+
+    async def at_trim_horizon() -> list[str]:
+        shards = await call(kinesis.list_shards, StreamName="s", ShardFilter={"Type": "AT_TRIM_HORIZON"})
+        return [s["ShardId"] for s in shards["Shards"]]
+
+    assert await at_trim_horizon() == [parent]  # no record yet: the open shards
+    await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k")
+    await call(kinesis.split_shard, StreamName="s", ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    await clock.advance(2 * 3600)
+    await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    assert await at_trim_horizon() == [parent]  # the oldest record kept is the parent's
+    await clock.advance(23 * 3600)  # the parent's record is past the 24 hours, the child's is not
+    await (await rt._state.store()).streams.trim_expired(clock.time())
+    assert await at_trim_horizon() == ["shardId-000000000001", "shardId-000000000002"]
