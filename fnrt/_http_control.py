@@ -945,9 +945,10 @@ class ControlApi:
             "EventSourceArn": mapping.stream.arn,
             "FunctionArn": config_region.function_arn(mapping.function),
             "LastModified": self.stamps.get("mapping", mapping.uuid),
-            "State": state or ("Enabled" if config.enabled else "Disabled"),
+            "State": state or ("Enabled" if config.enabled and not mapping.stream_deleted else "Disabled"),
             "LastProcessingResult": mapping.last_processing_result,
-            "StateTransitionReason": "User action",
+            # a mapping whose stream was deleted: Lambda disabled it
+            "StateTransitionReason": "Lambda initiated" if mapping.stream_deleted else "User action",
             "DestinationConfig": {"OnFailure": {}},
             "MaximumRecordAgeInSeconds": config.max_record_age,
             "BisectBatchOnFunctionError": config.bisect_on_error,

@@ -14,6 +14,7 @@ clock); over the limit a ``PutRecords`` entry fails with
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,7 +27,7 @@ from aiohttp import web
 from ._http_errors import AwsError
 from ._runtime import Runtime
 from .errors import FnrtError, InvalidConfig, InvalidPayload, ServiceError, StreamNotFound
-from .sources._streams import STREAM_NAME
+from .sources._streams import STREAM_MODES, STREAM_NAME
 from .store._streams import seq_int, seq_str  # fnrt-internal: the sequence-number format
 from .store._types import HASH_KEY_TEXT, MAX_HASH_KEY
 
@@ -41,13 +42,17 @@ MAX_GET_RECORDS = 10_000
 MAX_GET_RECORDS_BYTES = 10 * 1024 * 1024  # data + partition keys returned by one GetRecords
 _READ_CAP = MAX_GET_RECORDS_BYTES * 4 // 3 + 4 * 1024  # base64 of a page, and its keys
 ITERATOR_TTL = 300.0
-STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
+NEXT_TOKEN_TTL = 300.0  # ListShards' NextToken
 ON_DEMAND_SHARDS = 4
+ON_DEMAND_STREAM_LIMIT = 50  # Kinesis' default quota of on-demand streams per account
+MIN_RETENTION_HOURS, MAX_RETENTION_HOURS = 24, 8760
+MAX_TAGS = 50  # per stream, and per AddTagsToStream, RemoveTagsFromStream or ListTagsForStream
 SHARD_LIMIT = 10_000  # open shards per account and region (Kinesis' shard quota; fnrt's own)
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1024 * 1024
 _ARN = re.compile(r"arn:aws[\w-]*:kinesis:([\w-]+):(\d{12}):stream/([\w.-]+)\Z")
 _HASH_KEY_PATTERN = r"0|([1-9]\d{0,38})"  # as Kinesis' messages spell it
+_SEQUENCE_PATTERN = re.compile(r"0|[1-9][0-9]{0,128}")  # a SequenceNumber's shape
 
 
 def _bad(message: str, error_type: str = "ValidationException") -> AwsError:
@@ -58,11 +63,14 @@ _SHARD_FILTERS = ("AFTER_SHARD_ID", "AT_TRIM_HORIZON", "FROM_TRIM_HORIZON", "AT_
                   "FROM_TIMESTAMP")
 
 
-def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict[str, Any]]:
+def _filter_shards(
+    shards: list[dict[str, Any]], shard_filter: Any, horizon: int | None = None
+) -> list[dict[str, Any]]:
     """ListShards' ``ShardFilter``: ``AFTER_SHARD_ID`` (the shards after ``ShardId``),
-    ``AT_LATEST`` (the open ones), ``FROM_TRIM_HORIZON`` (every shard kept: all of fnrt's).
-    The kinds that need a shard's opening and closing times are refused: fnrt does not
-    keep them."""
+    ``AT_LATEST`` (the open ones), ``FROM_TRIM_HORIZON`` (every shard kept: all of fnrt's),
+    ``AT_TRIM_HORIZON`` (those open at the trim horizon: the stream's oldest record kept,
+    ``horizon``, is inside their sequence number range). The kinds that need a shard's
+    opening and closing times are refused: fnrt does not keep them."""
     if shard_filter is None:
         return shards
     kind = shard_filter.get("Type") if isinstance(shard_filter, dict) else None
@@ -80,7 +88,19 @@ def _filter_shards(shards: list[dict[str, Any]], shard_filter: Any) -> list[dict
         return [s for s in shards if not _closed(s)]
     if kind == "FROM_TRIM_HORIZON":
         return shards
+    if kind == "AT_TRIM_HORIZON":
+        if horizon is None:  # no record kept: the trim horizon is now
+            return [s for s in shards if not _closed(s)]
+        return [s for s in shards if _open_at(s, horizon)]
     raise _bad(f"fnrt does not support the {kind} shard filter", "InvalidArgumentException")
+
+
+def _open_at(shard: dict[str, Any], number: int) -> bool:
+    """The shard was open when the stream gave out sequence number ``number``."""
+    numbers = shard["SequenceNumberRange"]
+    ending = numbers.get("EndingSequenceNumber")
+    started = seq_int(numbers["StartingSequenceNumber"]) <= number
+    return started and (ending is None or number <= seq_int(ending))
 
 
 def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -120,6 +140,22 @@ def _hash_key(value: Any, member: str) -> int:
             f"constraint: Member must satisfy regular expression pattern: {_HASH_KEY_PATTERN}"
         )
     return int(value)
+
+
+def _tags(value: Any, member: str) -> dict[str, str]:
+    """A ``Tags`` map: keys of 1-128 characters, values of 0-256."""
+    if not isinstance(value, dict) or not value:
+        raise _bad(
+            f"1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must "
+            "be a map of at least 1 entry"
+        )
+    for key, tag in value.items():
+        if not 1 <= len(key) <= 128 or not isinstance(tag, str) or len(tag) > 256:
+            raise _bad(
+                f"1 validation error detected: Value at '{member}' failed to satisfy constraint: each "
+                "key must have length between 1 and 128 and each value a string of at most 256",
+            )
+    return dict(value)
 
 
 def _stream_mode(body: dict[str, Any]) -> str:
@@ -189,6 +225,7 @@ class KinesisApi:
         self.runtime = runtime
         self.write_limits = write_limits
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._updating: dict[str, asyncio.Lock] = {}  # UpdateShardCount under way, per stream
 
     async def handle(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
@@ -255,7 +292,7 @@ class KinesisApi:
             "StreamName": stream.name,
             "StreamARN": stream.arn,
             "StreamStatus": "ACTIVE",
-            "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+            "StreamModeDetails": {"StreamMode": info["mode"]},
             "RetentionPeriodHours": int(info["retention_hours"]),
             "StreamCreationTimestamp": info["created_at"],
             "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
@@ -293,9 +330,137 @@ class KinesisApi:
                 "ResourceInUseException",
                 f"Stream {name} under account {self.runtime.config.account_id} already exists.",
             )
+        tags = _tags(body.get("Tags"), "tags") if body.get("Tags") is not None else {}
         await self._check_shard_limit(shard_count)
-        await self.runtime.create_stream(name, shard_count)
+        stream = await self.runtime.create_stream(name, shard_count, mode=mode)
+        if tags:
+            await stream.update(tags=tags)
         return {}
+
+    async def _op_UpdateStreamMode(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The stream's capacity mode: reported by the describes; the shards stay as they
+        are (as Kinesis', whose capacity changes beneath them)."""
+        arn = _str(body, "StreamARN")
+        if body.get("StreamModeDetails") is None:
+            raise _bad("1 validation error detected: Value null at 'streamModeDetails' failed to satisfy "
+                       "constraint: Member must not be null")
+        mode = _stream_mode(body)
+        stream = await self._stream({"StreamARN": arn})
+        await stream.update(mode=mode)
+        return {}
+
+    async def _op_IncreaseStreamRetentionPeriod(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return await self._retention(body, increase=True)
+
+    async def _op_DecreaseStreamRetentionPeriod(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        return await self._retention(body, increase=False)
+
+    async def _retention(self, body: dict[str, Any], *, increase: bool) -> dict[str, Any]:
+        """Kinesis' retention changes: 24-8760 hours, up only by Increase and down only by
+        Decrease (the same value is accepted by both); records older than a shortened
+        retention go at the next trim."""
+        stream = await self._stream(body)
+        value = body.get("RetentionPeriodHours")
+        if value is None:
+            raise _bad("1 validation error detected: Value null at 'retentionPeriodHours' failed to "
+                       "satisfy constraint: Member must not be null")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(f"RetentionPeriodHours must be an integer, got {value!r}")
+        if not MIN_RETENTION_HOURS <= value <= MAX_RETENTION_HOURS:
+            raise _bad(
+                f"Minimum allowed retention period is {MIN_RETENTION_HOURS} hours. Maximum allowed "
+                f"retention period is {MAX_RETENTION_HOURS} hours. Requested retention period "
+                f"({value} hours) is out of range.",
+                "InvalidArgumentException",
+            )
+        current = int((await stream.info())["retention_hours"])
+        if increase and value < current:
+            raise _bad(
+                f"Requested retention period ({value} hours) for stream {stream.name} can not be shorter "
+                f"than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
+                "InvalidArgumentException",
+            )
+        if not increase and value > current:
+            raise _bad(
+                f"Requested retention period ({value} hours) for stream {stream.name} can not be longer "
+                f"than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
+                "InvalidArgumentException",
+            )
+        await stream.update(retention_hours=value)
+        return {}
+
+    # -- tags ---------------------------------------------------------------------------
+
+    async def _op_AddTagsToStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        if body.get("Tags") is None:
+            raise _bad("1 validation error detected: Value null at 'tags' failed to satisfy constraint: "
+                       "Member must not be null")
+        added = _tags(body["Tags"], "tags")
+        if len(added) > MAX_TAGS:
+            raise _bad(
+                f"1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must "
+                f"have length less than or equal to {MAX_TAGS}"
+            )
+        tags = {**(await stream.info())["tags"], **added}
+        if len(tags) > MAX_TAGS:
+            raise _bad(
+                f"Failed to add tags to stream {stream.name} under account {self.runtime.config.account_id} "
+                f"because a given stream cannot have more than {MAX_TAGS} tags associated with it.",
+                "InvalidArgumentException",
+            )
+        await stream.update(tags=tags)
+        return {}
+
+    async def _op_RemoveTagsFromStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        keys = body.get("TagKeys")
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_TAGS or not all(
+            isinstance(k, str) and 1 <= len(k) <= 128 for k in keys
+        ):
+            raise _bad(
+                "1 validation error detected: Value at 'tagKeys' failed to satisfy constraint: Member must "
+                f"have length between 1 and {MAX_TAGS}, each key 1-128 characters"
+            )
+        tags = (await stream.info())["tags"]
+        await stream.update(tags={k: v for k, v in tags.items() if k not in keys})
+        return {}
+
+    async def _op_ListTagsForStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        stream = await self._stream(body)
+        limit = _int(body, "Limit", MAX_TAGS, 1, MAX_TAGS)
+        start = _str(body, "ExclusiveStartTagKey", required=False)
+        keys = sorted((await stream.info())["tags"].items())
+        if start is not None:
+            keys = [(k, v) for k, v in keys if k > start]
+        return {
+            "Tags": [{"Key": k, "Value": v} for k, v in keys[:limit]],
+            "HasMoreTags": len(keys) > limit,
+        }
+
+    async def _op_DescribeLimits(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """The account's shard quota (fnrt's ``SHARD_LIMIT``) and what the streams use of it."""
+        open_shards = on_demand = 0
+        for name in await self.runtime.list_streams():
+            try:
+                stream = await self.runtime.get_stream(name)
+                shards, info = await stream.shards(), await stream.info()
+            except StreamNotFound:  # deleted meanwhile (by another host)
+                continue
+            open_shards += sum(1 for s in shards if not _closed(s))
+            on_demand += info["mode"] == "ON_DEMAND"
+        return {
+            "ShardLimit": SHARD_LIMIT,
+            "OpenShardCount": open_shards,
+            "OnDemandStreamCount": on_demand,
+            "OnDemandStreamCountLimit": ON_DEMAND_STREAM_LIMIT,
+        }
+
+    async def _op_ListStreamConsumers(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """fnrt has no enhanced fan-out consumers: a stream's list is empty."""
+        await self._stream({"StreamARN": _str(body, "StreamARN")})
+        _int(body, "MaxResults", 100, 1, 10_000)
+        return {"Consumers": []}
 
     async def _check_shard_limit(self, more: int) -> None:
         """Kinesis' account shard quota: open shards over every stream, ``SHARD_LIMIT`` here."""
@@ -314,8 +479,9 @@ class KinesisApi:
             )
 
     async def _op_DeleteStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        """The stream, its records and its event source mappings go (fnrt has no
-        registered consumers, so ``EnforceConsumerDeletion`` changes nothing)."""
+        """The stream and its records go; its event source mappings stay, disabled, as
+        Lambda's do (fnrt has no registered consumers, so ``EnforceConsumerDeletion``
+        changes nothing)."""
         enforce = body.get("EnforceConsumerDeletion")
         if enforce is not None and not isinstance(enforce, bool):
             raise _bad(
@@ -329,7 +495,7 @@ class KinesisApi:
         return {}
 
     async def _op_ListStreams(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
-        limit = _int(body, "Limit", 100, 1, 10_000)
+        limit = min(_int(body, "Limit", 100, 1, 10_000), 100)  # past 100, 100 (as Kinesis)
         names = await self.runtime.list_streams()
         start = body.get("ExclusiveStartStreamName")
         token = body.get("NextToken")
@@ -347,7 +513,7 @@ class KinesisApi:
                     "StreamName": name,
                     "StreamARN": stream.arn,
                     "StreamStatus": "ACTIVE",
-                    "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                    "StreamModeDetails": {"StreamMode": info["mode"]},
                     "StreamCreationTimestamp": info["created_at"],
                 }
             )
@@ -358,7 +524,7 @@ class KinesisApi:
 
     async def _op_DescribeStream(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         stream = await self._stream(body)
-        limit = _int(body, "Limit", 100, 1, 10_000)
+        limit = min(_int(body, "Limit", 100, 1, 10_000), 100)  # past 100, 100 (as Kinesis)
         shards = await self._shard_list(stream)
         start = body.get("ExclusiveStartShardId")
         if isinstance(start, str):
@@ -377,26 +543,52 @@ class KinesisApi:
         return {"StreamDescriptionSummary": summary}
 
     async def _op_ListShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """Past 1,000 ``MaxResults``, 1,000; a ``NextToken`` names its stream, its place and
+        its filter, and expires after 300 seconds (``ExpiredNextTokenException``), as Kinesis'."""
         token = body.get("NextToken")
         if isinstance(token, str):
-            if body.get("StreamName") is not None:
-                raise _bad("NextToken and StreamName cannot be provided together", "InvalidArgumentException")
+            for member in ("StreamName", "StreamARN", "ExclusiveStartShardId", "StreamCreationTimestamp"):
+                if body.get(member) is not None:
+                    raise _bad(
+                        f"NextToken and {member} cannot be provided together.", "InvalidArgumentException"
+                    )
             state = _untoken(token, "NextToken")
+            issued = state.get("t")
+            if isinstance(issued, int | float) and self.runtime.clock.time() - issued > NEXT_TOKEN_TTL:
+                raise AwsError(
+                    400,
+                    "ExpiredNextTokenException",
+                    f"The timestamp of the last ListShard call was {issued} while right now it is "
+                    f"{self.runtime.clock.time()}; NextToken is only valid for {int(NEXT_TOKEN_TTL)} "
+                    "seconds.",
+                )
             limit = _int(body, "MaxResults", int(state.get("limit", 1000)), 1, 10_000)
             shard_filter = state.get("filter")
             body = {"StreamName": state.get("stream"), "ExclusiveStartShardId": state.get("after")}
         else:
             limit = _int(body, "MaxResults", 1000, 1, 10_000)
             shard_filter = body.get("ShardFilter")
+        limit = min(limit, 1000)  # past 1,000, 1,000 (as Kinesis)
         stream = await self._stream(body)
-        shards = _filter_shards(await self._shard_list(stream), shard_filter)
+        shards = await self._shard_list(stream)
+        horizon = None
+        if isinstance(shard_filter, dict) and shard_filter.get("Type") == "AT_TRIM_HORIZON":
+            oldest = [r for s in shards for r in await stream.read(s["ShardId"], None, 1)]
+            horizon = min((seq_int(r["SequenceNumber"]) for r in oldest), default=None)
+        shards = _filter_shards(shards, shard_filter, horizon)
         start = body.get("ExclusiveStartShardId")
         if isinstance(start, str):
             shards = [s for s in shards if s["ShardId"] > start]
         out: dict[str, Any] = {"Shards": shards[:limit]}
         if len(shards) > limit:
             after = shards[limit - 1]["ShardId"]
-            state = {"stream": stream.name, "after": after, "limit": limit, "filter": shard_filter}
+            state = {
+                "stream": stream.name,
+                "after": after,
+                "limit": limit,
+                "filter": shard_filter,
+                "t": self.runtime.clock.time(),
+            }
             out["NextToken"] = _token(state)
         return out
 
@@ -406,6 +598,7 @@ class KinesisApi:
         new_start = _str(body, "NewStartingHashKey")
         assert shard is not None
         starting = _hash_key(new_start, "newStartingHashKey")
+        await self._provisioned(stream, "SplitShard")
         await self._open_shards(stream, shard)
         await self._check_shard_limit(1)  # two children open where one shard closes
         # off the pattern: ValidationException; outside the shard's range: split_shard's
@@ -413,11 +606,72 @@ class KinesisApi:
         await stream.split_shard(shard, starting)
         return {}
 
+    async def _op_UpdateShardCount(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """``UNIFORM_SCALING`` to ``TargetShardCount`` open shards, within Kinesis' limits (at
+        most double, at least half the open shards); done when it answers (Kinesis' is
+        asynchronous: the stream is ``UPDATING`` meanwhile, and a second update is refused)."""
+        stream = await self._stream(body)
+        target = body.get("TargetShardCount")
+        if target is None:
+            raise _bad("1 validation error detected: Value null at 'targetShardCount' failed to satisfy "
+                       "constraint: Member must not be null")
+        target = _int(body, "TargetShardCount", 1, 1, 2**31 - 1)
+        scaling = body.get("ScalingType")
+        if scaling != "UNIFORM_SCALING":
+            raise _bad(
+                f"1 validation error detected: Value '{scaling}' at 'scalingType' failed to satisfy "
+                "constraint: Member must satisfy enum value set: [UNIFORM_SCALING]"
+            )
+        await self._provisioned(stream, "UpdateShardCount")
+        lock = self._updating.setdefault(stream.name, asyncio.Lock())
+        if lock.locked():
+            raise AwsError(
+                400,
+                "ResourceInUseException",
+                f"Stream {stream.name} under account {self.runtime.config.account_id} not ACTIVE, "
+                "instead in state UPDATING",
+            )
+        async with lock:
+            current = sum(1 for s in await stream.shards() if not _closed(s))
+            if target > SHARD_LIMIT:
+                raise AwsError(
+                    400,
+                    "LimitExceededException",
+                    f"Target shard count or number of open shards cannot be greater than {SHARD_LIMIT}. "
+                    f"Current open shard count: {current}, Target shard count: {target}",
+                )
+            for wrong, message in (
+                (target > current * 2, "scale up over double"),
+                (target * 2 < current, "scale down below half"),
+            ):
+                if wrong:
+                    raise AwsError(
+                        400,
+                        "LimitExceededException",
+                        f"UpdateShardCount cannot {message} your current open shard count. Current open "
+                        f"shard count: {current}, Target shard count: {target}",
+                    )
+            await self._check_shard_limit(max(0, target - current))
+            await stream.update_shard_count(target)
+        return {
+            "StreamName": stream.name,
+            "StreamARN": stream.arn,
+            "CurrentShardCount": current,
+            "TargetShardCount": target,
+        }
+
+    async def _provisioned(self, stream: Stream, operation: str) -> None:
+        """Resharding is the provisioned mode's: an on-demand stream's capacity is Kinesis'."""
+        if (await stream.info())["mode"] != "PROVISIONED":
+            raise _bad(f"{operation} is not supported for a stream in ON_DEMAND capacity mode "
+                       f"(stream {stream.name}); update the stream mode to PROVISIONED first")
+
     async def _op_MergeShards(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         stream = await self._stream(body)
         shard = _str(body, "ShardToMerge")
         adjacent = _str(body, "AdjacentShardToMerge")
         assert shard is not None and adjacent is not None
+        await self._provisioned(stream, "MergeShards")
         await self._open_shards(stream, shard, adjacent)
         await stream.merge_shards(shard, adjacent)
         return {}
@@ -500,7 +754,15 @@ class KinesisApi:
         return f"Rate exceeded for stream {stream.name} under account {self.runtime.config.account_id}."
 
     async def _op_PutRecord(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        """``SequenceNumberForOrdering`` is checked and needs nothing more: a stream's numbers
+        increase with every put, so a key's records are strictly ordered already."""
         stream = await self._stream(body)
+        ordering = body.get("SequenceNumberForOrdering")
+        if ordering is not None and not (isinstance(ordering, str) and _SEQUENCE_PATTERN.fullmatch(ordering)):
+            raise _bad(
+                f"1 validation error detected: Value '{ordering}' at 'sequenceNumberForOrdering' failed to "
+                "satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})"
+            )
         entry = self._entry(body)
         [admitted] = await self._admit(stream, [entry])
         if not admitted:
@@ -585,6 +847,12 @@ class KinesisApi:
                     f"{shard_id} in stream {stream.name}",
                     "InvalidArgumentException",
                 )
+            if not await self._of_shard(stream, str(shard_id), number):
+                raise _bad(
+                    f"Invalid StartingSequenceNumber. {seq} is not a sequence number of a record of "
+                    f"{shard_id} in stream {stream.name}",
+                    "InvalidArgumentException",
+                )
             if kind == "AT_SEQUENCE_NUMBER":
                 after = seq_str(number - 1) if number > 0 else None
             else:
@@ -605,6 +873,21 @@ class KinesisApi:
                 "AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
             )
         return {"ShardIterator": self._iterator(stream.name, shard_id or "", after, not_before)}
+
+    async def _of_shard(self, stream: Stream, shard_id: str, number: int) -> bool:
+        """Whether ``number`` may be a record of ``shard_id``. Every number the stream gave
+        out is one record's, in one shard, and a shard is trimmed oldest first: a number
+        past the newest given out is nobody's, and one this shard does not hold, above its
+        oldest record, is another shard's. Below that it may have been trimmed: allowed
+        (the iterator starts at the trim horizon)."""
+        last = (await stream.info())["last_sequence_number"]
+        if last is None or number > seq_int(last):
+            return False
+        here = await stream.read(shard_id, seq_str(number - 1) if number > 0 else None, 1)
+        if here and seq_int(here[0]["SequenceNumber"]) == number:
+            return True
+        oldest = await stream.read(shard_id, None, 1)
+        return not oldest or seq_int(oldest[0]["SequenceNumber"]) > number
 
     def _iterator(self, stream: str, shard: str, after: str | None, not_before: float | None) -> str:
         state: dict[str, Any] = {"s": stream, "h": shard, "a": after, "t": self.runtime.clock.time()}
@@ -636,8 +919,11 @@ class KinesisApi:
             raise AwsError(400, "ResourceNotFoundException", f"Shard {shard_id} does not exist")
         # Never more than a page's worth from the store (10,000 records of 1 MiB would be
         # 13 GiB of base64): its cap is in base64 characters, a third over the page's bytes.
-        read = await stream.read(shard_id, after, limit, max_bytes=_READ_CAP)
-        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in read) >= _READ_CAP
+        # One record past the limit: whether more follow this page (MillisBehindLatest is 0
+        # for a page that reaches the newest record, however full it is).
+        fetched = await stream.read(shard_id, after, limit + 1, max_bytes=_READ_CAP)
+        capped = sum(len(r["Data"]) + len(r["PartitionKey"]) for r in fetched) >= _READ_CAP
+        read = fetched[:limit]
         not_before = state.get("n")
         stamp = not_before if isinstance(not_before, int | float) else None
         # At most 10 MiB per call, and at least one record: the page ends before the
@@ -654,7 +940,7 @@ class KinesisApi:
                 record["EncryptionType"] = "NONE"
                 records.append(record)
             passed += 1
-        more = passed < len(read) or len(read) == limit or capped
+        more = passed < len(fetched) or capped
         read = read[:passed]
         if read:
             after = read[-1]["SequenceNumber"]

@@ -819,11 +819,14 @@ class Runtime(ControlPlane, ClusterMember):
 
     # -- streams ----------------------------------------------------------------------
 
-    async def create_stream(self, name: str, shard_count: int = 1, *, retention_hours: float = 24) -> Stream:
+    async def create_stream(
+        self, name: str, shard_count: int = 1, *, retention_hours: float = 24, mode: str = "PROVISIONED"
+    ) -> Stream:
         """Create a sharded stream in the runtime's state (or open it, if it exists: a
-        restarted host gets its stream back with every record and shard)."""
+        restarted host gets its stream back with every record and shard). ``mode`` is
+        Kinesis' capacity mode (``PROVISIONED`` or ``ON_DEMAND``), kept and reported."""
         self._check_running()
-        return await self._streams.create_stream(name, shard_count, retention_hours)
+        return await self._streams.create_stream(name, shard_count, retention_hours, mode)
 
     async def get_stream(self, name: str) -> Stream:
         """The stream ``name``; raises :class:`~fnrt.errors.StreamNotFound`."""
@@ -831,9 +834,10 @@ class Runtime(ControlPlane, ClusterMember):
         return await self._streams.get_stream(name)
 
     async def delete_stream(self, name: str) -> None:
-        """Delete the stream ``name`` with every record and shard (Kinesis' ``DeleteStream``),
-        and its event source mappings with their checkpoints (their on-failure records
-        stay); raises :class:`~fnrt.errors.StreamNotFound`."""
+        """Delete the stream ``name`` with every record and shard (Kinesis' ``DeleteStream``).
+        Its event source mappings stay, as Lambda's do: disabled, polling nothing, without
+        their checkpoints (their on-failure records stay); remove them with
+        :meth:`remove_stream_mapping`. Raises :class:`~fnrt.errors.StreamNotFound`."""
         self._check_running()
         await self._streams.delete_stream(name)
 
@@ -856,8 +860,9 @@ class Runtime(ControlPlane, ClusterMember):
         this runtime does not run yet, from their durable checkpoints: those created before a
         restart (through the API, the CLI or the control plane, as Lambda's outlive one), and
         on a shared store those another host created. ``fnrt serve`` calls it once its
-        modules are deployed. A stored mapping whose stream is gone, or whose config this
-        version refuses, is skipped with a warning. Returns the mappings started."""
+        modules are deployed. A stored mapping whose stream was deleted is taken back
+        disabled, not started (as Lambda keeps it); one whose config this version refuses is
+        skipped with a warning. Returns the mappings started."""
         self._check_running()
         store = await self._state.store()
         running = {(m.stream.name, m.function) for m in self._streams.mappings.values()}
@@ -869,7 +874,14 @@ class Runtime(ControlPlane, ClusterMember):
                 started.append(
                     await self.add_stream_mapping(row.stream, row.function, **row.config, filters=row.filters)
                 )
-            except (StreamNotFound, InvalidConfig) as exc:
+            except StreamNotFound:  # its stream was deleted: listed, disabled, as Lambda keeps it
+                try:
+                    config = StreamMappingConfig.from_kwargs({**row.config, "filters": row.filters})
+                except InvalidConfig as exc:
+                    self._log.warning("stored stream mapping not resumed", mapping=row.uuid, error=str(exc))
+                    continue
+                await self._streams.add_orphan(row.uuid, row.stream, row.function, config)
+            except InvalidConfig as exc:
                 self._log.warning("stored stream mapping not resumed", mapping=row.uuid, error=str(exc))
         return started
 

@@ -414,10 +414,15 @@ async def test_another_regions_or_accounts_stream_arn_is_not_found(served, arn):
         await call(kinesis.describe_stream_summary, StreamARN=arn)
 
 
-async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Path):
+async def test_delete_stream_takes_its_records_and_keeps_its_mappings_disabled(served, tmp_path: Path):
+    # Lambda keeps a mapping whose stream is deleted: listed, disabled by Lambda, its last
+    # result saying the stream is gone. fnrt deleted the mappings with the stream.
     from botocore.exceptions import ClientError
 
     rt, server, kinesis, clock = served
+    lam = boto3.client("lambda", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="fnrt", aws_secret_access_key="fnrt",
+                       config=Config(retries={"total_max_attempts": 1}))
     release = tmp_path / "release"
     await rt.add_function(
         "held", "handlers.orders:process_when_released", environment={"ORDERS_RELEASE": str(release)}
@@ -429,10 +434,17 @@ async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Pa
     await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 1}', PartitionKey="c")
     await wait_until(lambda: rt.stats()["functions"]["held"]["in_flight"] == 1, "a batch in flight")
 
-    # deleted while its batch runs: the mapping stops and goes with the stream
+    # deleted while its batch runs: the mapping stops polling, and stays
     assert await call(kinesis.delete_stream, StreamName="orders", EnforceConsumerDeletion=True) is not None
-    assert [m.uuid for m in rt.stream_mappings()] == [kept.uuid]
+    assert sorted(m.uuid for m in rt.stream_mappings()) == sorted([mapping.uuid, kept.uuid])
     assert await rt.list_streams() == ["other"]
+    shape = await call(lam.get_event_source_mapping, UUID=mapping.uuid)
+    assert (shape["State"], shape["StateTransitionReason"]) == ("Disabled", "Lambda initiated")
+    assert shape["LastProcessingResult"] == "PROBLEM: Stream not found"
+    assert shape["EventSourceArn"].endswith(":stream/orders")
+    listed = (await call(lam.list_event_source_mappings, FunctionName="held"))["EventSourceMappings"]
+    assert sorted(m["UUID"] for m in listed) == sorted([mapping.uuid, kept.uuid])
+    assert (await call(lam.get_event_source_mapping, UUID=kept.uuid))["State"] == "Enabled"
     for request in (
         lambda: kinesis.describe_stream_summary(StreamName="orders"),
         lambda: kinesis.put_record(StreamName="orders", Data=b"x", PartitionKey="c"),
@@ -443,12 +455,21 @@ async def test_delete_stream_takes_its_records_and_mappings(served, tmp_path: Pa
         assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
     with pytest.raises(fnrt.StreamNotFound):
         await rt.get_stream("orders")
-    with pytest.raises(fnrt.InvalidConfig):
-        await rt.update_stream_mapping(mapping.uuid, batch_size=5)
-
-    # the name can be used again: a new, empty stream with a new mapping
     release.touch()
+    await rt.wait_idle()  # nothing polls the gone stream, and nothing failed
+    assert rt.stats()["background_failures"] == 0
+
+    # the name can be used again: the old mapping holds the (stream, function) pair until
+    # it is deleted, as Lambda's does; then a new one reads the new, empty stream
     await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
+    arn = (await call(kinesis.describe_stream_summary, StreamName="orders"))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    with pytest.raises(lam.exceptions.ResourceConflictException):
+        await call(lam.create_event_source_mapping, EventSourceArn=arn, FunctionName="held",
+                   StartingPosition="TRIM_HORIZON")
+    deleted = await call(lam.delete_event_source_mapping, UUID=mapping.uuid)
+    assert deleted["State"] == "Deleting"
     again = await rt.add_stream_mapping("orders", "held")
     assert again.uuid != mapping.uuid and await again.checkpoints() == {}
     await call(kinesis.put_record, StreamName="orders", Data=b'{"id": 2}', PartitionKey="c")
@@ -521,3 +542,278 @@ async def test_a_stream_another_host_deleted_is_gone_here_too(tmp_path: Path):
             await call(kinesis.create_stream, StreamName="orders", ShardCount=1)
             summary = await call(kinesis.describe_stream_summary, StreamName="orders")
             assert summary["StreamDescriptionSummary"]["OpenShardCount"] == 1
+
+
+async def test_the_capacity_mode_is_kept_reported_and_updated(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    await call(kinesis.create_stream, StreamName="set", ShardCount=1)
+
+    async def modes() -> list[tuple[str, str, str]]:
+        out = []
+        for name in ("auto", "set"):
+            described = (await call(kinesis.describe_stream, StreamName=name))["StreamDescription"]
+            summary = await call(kinesis.describe_stream_summary, StreamName=name)
+            mode = summary["StreamDescriptionSummary"]["StreamModeDetails"]["StreamMode"]
+            out.append((described["StreamModeDetails"]["StreamMode"], mode))
+        listed = (await call(kinesis.list_streams))["StreamSummaries"]
+        return [(*m, s["StreamModeDetails"]["StreamMode"]) for m, s in zip(out, listed, strict=True)]
+
+    assert await modes() == [("ON_DEMAND",) * 3, ("PROVISIONED",) * 3]
+    arn = (await call(kinesis.describe_stream_summary, StreamName="auto"))["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    await call(kinesis.update_stream_mode, StreamARN=arn, StreamModeDetails={"StreamMode": "PROVISIONED"})
+    set_arn = arn.replace("/auto", "/set")
+    await call(kinesis.update_stream_mode, StreamARN=set_arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert await modes() == [("PROVISIONED",) * 3, ("ON_DEMAND",) * 3]
+    assert len((await call(kinesis.list_shards, StreamName="auto"))["Shards"]) == 4  # shards stay
+    from botocore.exceptions import ClientError
+
+    for request, code in (
+        ({"StreamARN": arn, "StreamModeDetails": {"StreamMode": "SERVERLESS"}}, "ValidationException"),
+        ({"StreamARN": arn.replace("/auto", "/ghost"), "StreamModeDetails": {"StreamMode": "ON_DEMAND"}},
+         "ResourceNotFoundException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.update_stream_mode, **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    assert (await (await rt.get_stream("auto")).info())["mode"] == "PROVISIONED"
+
+
+async def test_retention_is_increased_and_decreased_and_records_past_it_go(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+
+    async def hours() -> int:
+        summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+        return int(summary["RetentionPeriodHours"])
+
+    await call(kinesis.increase_stream_retention_period, StreamName="s", RetentionPeriodHours=72)
+    assert await hours() == 72
+    for fn, value in (
+        (kinesis.increase_stream_retention_period, 48),  # not an increase
+        (kinesis.decrease_stream_retention_period, 100),  # not a decrease
+        (kinesis.decrease_stream_retention_period, 23),  # under the minimum
+        (kinesis.increase_stream_retention_period, 8761),  # over the maximum
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(fn, StreamName="s", RetentionPeriodHours=value)
+        assert raised.value.response["Error"]["Code"] == "InvalidArgumentException", (fn, value)
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.increase_stream_retention_period, StreamName="ghost", RetentionPeriodHours=48)
+    assert await hours() == 72
+
+    # a record older than the retention goes at the next trim; under it, it stays
+    await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k")
+    await clock.advance(50 * 3600)
+    await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    shard = (await call(kinesis.list_shards, StreamName="s"))["Shards"][0]["ShardId"]
+
+    async def trimmed_then_read() -> list[bytes]:
+        await (await rt._state.store()).streams.trim_expired(clock.time())  # the maintenance's trim
+        iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=shard,
+                               ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+        return [r["Data"] for r in (await call(kinesis.get_records, ShardIterator=iterator))["Records"]]
+
+    assert await trimmed_then_read() == [b"old", b"new"]  # 50 h < 72 h
+    await call(kinesis.decrease_stream_retention_period, StreamName="s", RetentionPeriodHours=24)
+    assert await hours() == 24
+    assert await trimmed_then_read() == [b"new"]
+
+
+async def test_stream_tags_are_added_listed_and_removed(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1, Tags={"team": "a"})
+    await call(kinesis.add_tags_to_stream, StreamName="s", Tags={"env": "prod", "team": "b", "empty": ""})
+    listed = await call(kinesis.list_tags_for_stream, StreamName="s")
+    assert listed["Tags"] == [{"Key": "empty", "Value": ""}, {"Key": "env", "Value": "prod"},
+                              {"Key": "team", "Value": "b"}]
+    assert listed["HasMoreTags"] is False
+    page = await call(kinesis.list_tags_for_stream, StreamName="s", Limit=1, ExclusiveStartTagKey="empty")
+    assert page["Tags"] == [{"Key": "env", "Value": "prod"}] and page["HasMoreTags"] is True
+    await call(kinesis.remove_tags_from_stream, StreamName="s", TagKeys=["env", "absent"])
+    listed = await call(kinesis.list_tags_for_stream, StreamName="s")
+    assert [t["Key"] for t in listed["Tags"]] == ["empty", "team"]
+    with pytest.raises(ClientError) as raised:  # 50 tags a stream at most
+        await call(kinesis.add_tags_to_stream, StreamName="s", Tags={f"k{i}": "v" for i in range(49)})
+    assert raised.value.response["Error"]["Code"] == "InvalidArgumentException"
+    assert len((await call(kinesis.list_tags_for_stream, StreamName="s"))["Tags"]) == 2  # nothing added
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.list_tags_for_stream, StreamName="ghost")
+
+
+@pytest.mark.parametrize(("start", "target"), [(1, 2), (2, 4), (3, 5), (4, 2), (5, 3), (3, 3)])
+async def test_update_shard_count_makes_uniform_shards_from_the_open_ones(served, start, target):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=start)
+    keys = [f"k{i}" for i in range(40)]
+    await call(kinesis.put_records, StreamName="s",
+               Records=[{"Data": key.encode(), "PartitionKey": key} for key in keys])
+    answer = await call(kinesis.update_shard_count, StreamName="s", TargetShardCount=target,
+                        ScalingType="UNIFORM_SCALING")
+    assert (answer["CurrentShardCount"], answer["TargetShardCount"]) == (start, target)
+    assert answer["StreamARN"].endswith(":stream/s")
+    shards = (await call(kinesis.list_shards, StreamName="s"))["Shards"]
+    open_ranges = [
+        (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+        for s in shards
+        if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+    ]
+    step = 2**128 // target  # as a stream created with the target count
+    assert sorted(open_ranges) == [
+        (i * step, 2**128 - 1 if i == target - 1 else (i + 1) * step - 1) for i in range(target)
+    ]
+    summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+    assert summary["OpenShardCount"] == target
+    # every record is still there, each in the shard (open or closed) its key was put to
+    seen = []
+    for shard in shards:
+        iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId=shard["ShardId"],
+                               ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+        records = (await call(kinesis.get_records, ShardIterator=iterator))["Records"]
+        seen += [r["Data"].decode() for r in records]
+    assert sorted(seen) == sorted(keys)
+
+
+async def test_update_shard_count_keeps_kinesis_limits(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=2)
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    for request, code in (
+        ({"StreamName": "s", "TargetShardCount": 5, "ScalingType": "UNIFORM_SCALING"},
+         "LimitExceededException"),
+        ({"StreamName": "s", "TargetShardCount": 4, "ScalingType": "OTHER"}, "ValidationException"),
+        ({"StreamName": "ghost", "TargetShardCount": 2, "ScalingType": "UNIFORM_SCALING"},
+         "ResourceNotFoundException"),
+        ({"StreamName": "auto", "TargetShardCount": 5, "ScalingType": "UNIFORM_SCALING"},
+         "ValidationException"),
+    ):
+        with pytest.raises(ClientError) as raised:
+            await call(kinesis.update_shard_count, **request)
+        assert raised.value.response["Error"]["Code"] == code, request
+    with pytest.raises(ClientError) as raised:  # resharding is the provisioned mode's
+        await call(kinesis.split_shard, StreamName="auto", ShardToSplit="shardId-000000000000",
+                   NewStartingHashKey="1")
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+    assert len((await call(kinesis.list_shards, StreamName="s"))["Shards"]) == 2  # nothing changed
+    await call(kinesis.update_shard_count, StreamName="s", TargetShardCount=1, ScalingType="UNIFORM_SCALING")
+    summary = (await call(kinesis.describe_stream_summary, StreamName="s"))["StreamDescriptionSummary"]
+    assert summary["OpenShardCount"] == 1
+
+
+async def test_millis_behind_latest_is_zero_once_a_page_reaches_the_newest_record(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    await call(kinesis.put_records, StreamName="s", Records=[{"Data": b"x", "PartitionKey": "k"}] * 5)
+    await clock.advance(10)
+    iterator = (await call(kinesis.get_shard_iterator, StreamName="s", ShardId="shardId-000000000000",
+                           ShardIteratorType="TRIM_HORIZON"))["ShardIterator"]
+    first = await call(kinesis.get_records, ShardIterator=iterator, Limit=2)
+    assert len(first["Records"]) == 2 and first["MillisBehindLatest"] == 10_000  # behind
+    # exactly the rest: a full page (Limit records) that is caught up
+    rest = await call(kinesis.get_records, ShardIterator=first["NextShardIterator"], Limit=3)
+    assert len(rest["Records"]) == 3 and rest["MillisBehindLatest"] == 0
+    empty = await call(kinesis.get_records, ShardIterator=rest["NextShardIterator"], Limit=3)
+    assert empty["Records"] == [] and empty["MillisBehindLatest"] == 0
+
+
+async def test_list_shards_pages_as_kinesis_does(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="wide", ShardCount=1001)
+    # past 1,000 MaxResults (and 100 for DescribeStream's Limit), at most that many
+    page = await call(kinesis.list_shards, StreamName="wide", MaxResults=5000)
+    assert len(page["Shards"]) == 1000 and page["NextToken"]
+    described = (await call(kinesis.describe_stream, StreamName="wide", Limit=500))["StreamDescription"]
+    assert len(described["Shards"]) == 100 and described["HasMoreShards"] is True
+    arn = described["StreamARN"]
+    for member in ({"StreamARN": arn}, {"ExclusiveStartShardId": "shardId-000000000000"}):
+        with pytest.raises(ClientError) as raised:  # the token names the stream and the place
+            await call(kinesis.list_shards, NextToken=page["NextToken"], **member)
+        assert raised.value.response["Error"]["Code"] == "InvalidArgumentException", member
+    rest = await call(kinesis.list_shards, NextToken=page["NextToken"])
+    assert [s["ShardId"] for s in rest["Shards"]] == ["shardId-000000001000"] and "NextToken" not in rest
+    # a token is good for 300 seconds
+    await clock.advance(301)
+    with pytest.raises(ClientError) as raised:
+        await call(kinesis.list_shards, NextToken=page["NextToken"])
+    assert raised.value.response["Error"]["Code"] == "ExpiredNextTokenException"
+
+
+async def test_describe_limits_list_stream_consumers_and_sequence_number_for_ordering(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="set", ShardCount=3)
+    await call(kinesis.create_stream, StreamName="auto", StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    limits = await call(kinesis.describe_limits)
+    assert (limits["OpenShardCount"], limits["OnDemandStreamCount"]) == (7, 1)
+    assert limits["ShardLimit"] >= 7 and limits["OnDemandStreamCountLimit"] >= 1
+    summary = await call(kinesis.describe_stream_summary, StreamName="set")
+    arn = summary["StreamDescriptionSummary"]["StreamARN"]
+    assert (await call(kinesis.list_stream_consumers, StreamARN=arn))["Consumers"] == []
+    with pytest.raises(kinesis.exceptions.ResourceNotFoundException):
+        await call(kinesis.list_stream_consumers, StreamARN=arn.replace("/set", "/ghost"))
+    # a key's records are strictly ordered: what SequenceNumberForOrdering asks for
+    first = await call(kinesis.put_record, StreamName="set", Data=b"1", PartitionKey="k")
+    second = await call(kinesis.put_record, StreamName="set", Data=b"2", PartitionKey="k",
+                        SequenceNumberForOrdering=first["SequenceNumber"])
+    assert int(second["SequenceNumber"]) > int(first["SequenceNumber"])
+    with pytest.raises(ClientError) as raised:
+        await call(kinesis.put_record, StreamName="set", Data=b"3", PartitionKey="k",
+                   SequenceNumberForOrdering="not-a-number")
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+
+
+async def test_a_sequence_number_of_another_shard_or_not_yet_given_is_invalid_argument(served):
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=2)
+    low = {"Data": b"a", "PartitionKey": "k", "ExplicitHashKey": "1"}  # shard 0
+    high = {"Data": b"b", "PartitionKey": "k", "ExplicitHashKey": str(2**128 - 1)}  # shard 1
+    placed = (await call(kinesis.put_records, StreamName="s", Records=[low, high, low, high]))["Records"]
+    assert [p["ShardId"][-1] for p in placed] == ["0", "1", "0", "1"]
+    numbers = [p["SequenceNumber"] for p in placed]
+
+    async def code(shard: str, number: str) -> str | None:
+        try:
+            await call(kinesis.get_shard_iterator, StreamName="s", ShardId=f"shardId-00000000000{shard}",
+                       ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=number)
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return None
+
+    assert await code("0", numbers[2]) is None and await code("1", numbers[3]) is None  # their own
+    assert await code("0", numbers[3]) == "InvalidArgumentException"  # shard 1's
+    assert await code("1", numbers[2]) == "InvalidArgumentException"  # shard 0's
+    not_yet = str(int(numbers[3]) + 1)
+    assert await code("0", not_yet) == "InvalidArgumentException"  # given to no record yet
+
+
+async def test_list_shards_at_trim_horizon_lists_the_shards_open_at_the_oldest_record_kept(served):
+    rt, server, kinesis, clock = served
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1)
+    parent = "shardId-000000000000"
+
+    async def at_trim_horizon() -> list[str]:
+        shards = await call(kinesis.list_shards, StreamName="s", ShardFilter={"Type": "AT_TRIM_HORIZON"})
+        return [s["ShardId"] for s in shards["Shards"]]
+
+    assert await at_trim_horizon() == [parent]  # no record yet: the open shards
+    await call(kinesis.put_record, StreamName="s", Data=b"old", PartitionKey="k")
+    await call(kinesis.split_shard, StreamName="s", ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    await clock.advance(2 * 3600)
+    await call(kinesis.put_record, StreamName="s", Data=b"new", PartitionKey="k")
+    assert await at_trim_horizon() == [parent]  # the oldest record kept is the parent's
+    await clock.advance(23 * 3600)  # the parent's record is past the 24 hours, the child's is not
+    await (await rt._state.store()).streams.trim_expired(clock.time())
+    assert await at_trim_horizon() == ["shardId-000000000001", "shardId-000000000002"]

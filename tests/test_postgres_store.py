@@ -759,3 +759,27 @@ async def test_every_method_is_store_unavailable_while_the_server_is_unreachable
             break
     assert (await store.queue.counts())["queued"] >= 2
     await proxy.cut()
+
+
+async def test_a_database_from_before_the_stream_mode_gets_its_columns_and_keeps_its_streams(
+    hosts: Opener, postgres_url: str
+) -> None:
+    store = await one(hosts)
+    assert await store.streams.create_stream("old", 1, 86_400.0, 0.0)
+    # as an fnrt of the same schema version before the columns left it
+    await store.pg.durable.execute("ALTER TABLE fnrt_streams DROP COLUMN mode, DROP COLUMN tags")
+    [again] = await hosts(1)
+    old = await again.streams.stream_info("old")
+    assert old is not None and (old["mode"], old["tags"]) == ("PROVISIONED", {})
+    assert await again.streams.create_stream("new", 1, 86_400.0, 0.0, mode="ON_DEMAND")
+    assert await again.streams.update_stream("old", tags={"team": "a"})
+    new, old = await again.streams.stream_info("new"), await again.streams.stream_info("old")
+    assert new is not None and new["mode"] == "ON_DEMAND"
+    assert old is not None and old["tags"] == {"team": "a"}
+    # an older fnrt's own insert (naming the columns it knows) still works
+    await again.pg.durable.execute(
+        "INSERT INTO fnrt_streams (name, next_seq, next_shard, retention, created_at) "
+        "VALUES ('older', 0, 1, 1, 1)"
+    )
+    older = await again.streams.stream_info("older")
+    assert older is not None and older["mode"] == "PROVISIONED"

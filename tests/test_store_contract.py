@@ -419,6 +419,25 @@ async def test_create_stream_once_with_shards_covering_the_key_space(streams: St
     assert await streams.shards("t") == []
 
 
+async def test_a_streams_mode_retention_and_tags_are_kept_and_updated(streams: StreamStore) -> None:
+    assert await streams.create_stream("auto", 4, 86_400.0, T0, mode="ON_DEMAND")
+    assert await streams.create_stream("set", 1, 86_400.0, T0)
+    auto, plain = await streams.stream_info("auto"), await streams.stream_info("set")
+    assert auto is not None and (auto["mode"], auto["tags"]) == ("ON_DEMAND", {})
+    assert plain is not None and plain["mode"] == "PROVISIONED"
+    assert await streams.update_stream("auto", mode="PROVISIONED", retention=7_200.0, tags={"k": "v"})
+    auto = await streams.stream_info("auto")
+    assert auto is not None
+    assert (auto["mode"], auto["retention"], auto["tags"]) == ("PROVISIONED", 7_200.0, {"k": "v"})
+    assert await streams.stream_retention("auto") == 7_200.0
+    assert await streams.update_stream("auto", tags={})  # what is not given stays
+    auto = await streams.stream_info("auto")
+    assert auto is not None
+    assert (auto["mode"], auto["retention"], auto["tags"]) == ("PROVISIONED", 7_200.0, {})
+    assert await streams.update_stream("ghost", mode="ON_DEMAND") is False
+    assert await streams.stream_names() == ["auto", "set"]
+
+
 async def test_put_records_places_by_hash_key_with_increasing_numbers(streams: StreamStore) -> None:
     await streams.create_stream("s", 2, 86_400.0, T0)
     keys = [f"k{n}" for n in range(40)]
@@ -578,12 +597,14 @@ async def test_create_mapping_positions_and_resumes(streams: StreamStore) -> Non
     assert await streams.checkpoints("m-latest") == {} and await streams.leases("m-latest") == {}
 
 
-async def test_delete_stream_takes_its_records_shards_and_mappings(streams: StreamStore) -> None:
+async def test_delete_stream_takes_its_records_and_shards_and_disables_its_mappings(
+    streams: StreamStore,
+) -> None:
     await streams.create_stream("s", 2, 86_400.0, T0)
     await streams.create_stream("other", 1, 86_400.0, T0)
     await streams.put_records("s", [("a", "eA==", 1), ("b", "eA==", MAX_HASH_KEY)], T0)
     ((kept_shard, kept_seq),) = await streams.put_records("other", [("c", "eA==", 1)], T0)
-    await streams.create_mapping("m", "s", "f", {}, "TRIM_HORIZON", None, T0)
+    await streams.create_mapping("m", "s", "f", {"batch_size": 7}, "TRIM_HORIZON", None, T0)
     await streams.create_mapping("n", "other", "f", {}, "TRIM_HORIZON", None, T0)
     shard = (await streams.shards("s"))[0].shard_id
     failure = ("sink:failed", {"shard": shard}, T0)
@@ -595,7 +616,8 @@ async def test_delete_stream_takes_its_records_shards_and_mappings(streams: Stre
     assert not await streams.stream_exists("s") and await streams.stream_names() == ["other"]
     assert await streams.stream_info("s") is None and await streams.shards("s") == []
     assert await streams.read("s", shard, -1, 10) == []
-    assert await streams.mapping("s", "f") is None
+    kept = await streams.mapping("s", "f")  # as Lambda keeps it: disabled
+    assert kept is not None and kept.uuid == "m" and kept.config == {"batch_size": 7, "enabled": False}
     assert await streams.checkpoints("m") == {} and await streams.leases("m") == {}
     assert await streams.failure_records(destination="sink:failed") == [failure[1]]  # a sink's
     with pytest.raises(StreamNotFound):
@@ -604,7 +626,8 @@ async def test_delete_stream_takes_its_records_shards_and_mappings(streams: Stre
         await streams.delete_stream("s")
     # the other stream and its mapping are untouched
     assert [r.seq for r in await streams.read("other", kept_shard, -1, 10)] == [kept_seq]
-    assert [m.uuid for m in await streams.mappings()] == ["n"] and await streams.leases("n")
+    assert [m.uuid for m in await streams.mappings()] == ["n", "m"] and await streams.leases("n")
+    assert [m.config for m in await streams.mappings()] == [{}, {"batch_size": 7, "enabled": False}]
 
     # a stream created again under the name starts empty
     assert await streams.create_stream("s", 1, 86_400.0, T0 + 1)

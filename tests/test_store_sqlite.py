@@ -150,6 +150,47 @@ async def test_a_store_from_before_the_schema_version_is_adopted(tmp_path: Path)
     assert {"async_events_request", "async_events_finished"} <= indexes
 
 
+_STREAMS_V1 = """CREATE TABLE streams (
+    name TEXT PRIMARY KEY, next_seq INTEGER NOT NULL, next_shard INTEGER NOT NULL,
+    retention REAL NOT NULL, created_at REAL NOT NULL
+)"""  # the streams table before its mode and tags columns
+
+
+async def test_a_store_from_before_the_stream_mode_gets_the_column_and_keeps_its_streams(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "fnrt.sqlite3"
+    async with await open_store(path) as store:
+        await store.streams.create_stream("old", 1, 86_400.0, T0)
+    with sqlite3.connect(path) as conn:  # as the fnrt before the columns left it
+        conn.execute("ALTER TABLE streams RENAME TO streams_now")
+        conn.execute(_STREAMS_V1)
+        conn.execute(
+            "INSERT INTO streams SELECT name, next_seq, next_shard, retention, created_at FROM streams_now"
+        )
+        conn.execute("DROP TABLE streams_now")
+    conn.close()
+    async with await open_store(path, read_only=True) as store:  # inspection writes nothing
+        info = await store.streams.stream_info("old")
+        assert info is not None and info["mode"] == "PROVISIONED" and info["tags"] == {}
+    async with await open_store(path) as store:
+        assert await store.streams.create_stream("new", 1, 86_400.0, T0, mode="ON_DEMAND")
+        assert await store.streams.update_stream("old", tags={"team": "a"})
+        old, new = await store.streams.stream_info("old"), await store.streams.stream_info("new")
+        assert old is not None and (old["mode"], old["tags"]) == ("PROVISIONED", {"team": "a"})
+        assert new is not None and new["mode"] == "ON_DEMAND"
+    with sqlite3.connect(path) as conn:  # an older fnrt's own statements still work on it
+        assert conn.execute("SELECT version FROM fnrt_schema").fetchone() == (SCHEMA_VERSION,)
+        conn.execute(
+            "INSERT INTO streams (name, next_seq, next_shard, retention, created_at) "
+            "VALUES ('older', 0, 1, 1, 1)"
+        )
+    conn.close()
+    async with await open_store(path) as store:
+        older = await store.streams.stream_info("older")
+        assert older is not None and older["mode"] == "PROVISIONED"
+
+
 async def test_a_state_dir_that_cannot_be_created_is_store_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

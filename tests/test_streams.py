@@ -317,6 +317,25 @@ async def test_records_older_than_max_record_age_go_to_on_failure(tmp_path: Path
         assert [e["id"] for e in ledger(path)] == [2]
 
 
+async def test_a_retention_another_host_increased_is_the_one_a_mapping_keeps_to(tmp_path: Path) -> None:
+    # Host B increases the stream's retention to 48 hours; host A had read it as 24. A
+    # record 30 hours old is within the stream's retention: A's mapping (max_record_age -1,
+    # "until the record expires") delivers it. A kept its own first reading and skipped it
+    # to on-failure as RecordAgeExceeded.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as a:
+        path = await orders_function(a, tmp_path)
+        stream = await a.create_stream("orders", shard_count=1)
+        await stream.put_record(order(0), "c")
+        # what host B's IncreaseStreamRetentionPeriod writes (a second host, without the
+        # cost of its heartbeats over 30 fake hours)
+        assert await (await a._state.store()).streams.update_stream("orders", retention=48 * 3600.0)
+        await clock.advance(30 * 3600)
+        mapping = await a.add_stream_mapping("orders", "orders", on_failure="dlq")
+        await until(lambda: ledger(path), clock, what="the 30-hour-old record")
+        assert [e["id"] for e in ledger(path)] == [0] and await mapping.failure_records() == []
+
+
 async def test_partial_batch_response_checkpoints_before_the_lowest_failure(tmp_path: Path) -> None:
     clock = FakeClock()
     async with Runtime(state_dir=tmp_path, clock=clock) as rt:
@@ -542,7 +561,9 @@ async def test_a_failed_stream_delete_leaves_its_mappings_polling(
         assert [e["id"] for e in ledger(path)] == [1, 2]  # from its checkpoint: nothing twice
         monkeypatch.undo()
         await rt.delete_stream("orders")
-        assert rt.stream_mappings() == [] and await rt.list_streams() == []
+        assert await rt.list_streams() == []
+        [kept] = rt.stream_mappings()  # as Lambda keeps it: disabled, polling nothing
+        assert kept.uuid == mapping.uuid and kept.stream_deleted and not kept.config.enabled
         with pytest.raises(StreamNotFound):
             await rt.delete_stream("orders")
 
@@ -600,6 +621,32 @@ async def test_child_shards_are_read_only_after_their_parents(tmp_path: Path) ->
             await stream.split_shard("shardId-000000000000", 5)  # closed
 
 
+async def test_update_shard_count_keeps_each_keys_records_in_order_for_a_mapping(tmp_path: Path) -> None:
+    # Resharding 2 -> 3 -> 2 while a mapping reads: every order of a customer is delivered
+    # once, in the order it was put, across the splits and merges that made the new shards.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=2)
+        await rt.add_stream_mapping("orders", "orders", batch_size=4)
+        customers = [f"c{i}" for i in range(6)]
+        n = 0
+        for target in (3, 2):
+            await stream.put_records([(order(n + i), c) for i, c in enumerate(customers * 2)])
+            n += 2 * len(customers)
+            await stream.update_shard_count(target)
+            shards = await stream.shards()
+            assert sum(1 for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]) == target
+        await stream.put_records([(order(n + i), c) for i, c in enumerate(customers)])
+        n += len(customers)
+        await until(lambda: len(ledger(path)) == n, clock, what="every record")
+        delivered = ledger(path)
+        assert sorted(e["id"] for e in delivered) == list(range(n))
+        for customer in customers:
+            ids = [e["id"] for e in delivered if e["key"] == customer]
+            assert ids == sorted(ids), customer
+
+
 # -- leases ---------------------------------------------------------------------------
 
 
@@ -648,8 +695,8 @@ async def test_a_lease_not_heartbeated_is_taken_over(tmp_path: Path) -> None:
 
 async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_path: Path) -> None:
     """Host B deletes the stream that host A's mapping reads: A's pollers find their shards
-    gone and stop, and A forgets the mapping (it went with the stream); A runs on, and
-    closes cleanly."""
+    gone and stop, and A's mapping stays, polling nothing, saying its stream is gone (as
+    Lambda's does); A runs on, and closes cleanly."""
     state = tmp_path / "state"
     async with Runtime(state_dir=state) as a:
         async with Runtime(state_dir=state) as b:
@@ -667,7 +714,9 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
             for poller in mapping._poller_objects.values():
                 poller.waker.set()
             await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
-            await until(lambda: a.stream_mappings() == [], what="A forgets the mapping")
+            mapping.wake()
+            await until(lambda: mapping.stream_deleted, what="A's mapping sees its stream gone")
+            assert a.stream_mappings() == [mapping] and mapping.last_processing_result.startswith("PROBLEM")
             with pytest.raises(StreamNotFound):
                 await a.get_stream("orders")
             await a.wait_idle()
@@ -776,6 +825,43 @@ async def test_stored_mappings_are_resumed_from_their_checkpoints_after_a_restar
         await until(lambda: len(ledger(path)) == 6, clock, what="records after the restart")
         await rt.wait_idle()
         assert sorted(e["id"] for e in ledger(path)) == list(range(6))  # none again
+
+
+async def test_a_mapping_whose_stream_was_deleted_outlives_a_restart_disabled(tmp_path: Path) -> None:
+    # Lambda keeps the mapping of a deleted stream; so does the store, and a restarted host
+    # lists it again, disabled and polling nothing, until it is enabled or removed. It used
+    # to go with the stream.
+    clock = FakeClock()
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        path = await orders_function(rt, tmp_path)
+        stream = await rt.create_stream("orders", shard_count=1)
+        created = await rt.add_stream_mapping("orders", "orders", batch_size=7)
+        await stream.put_record(order(0), "c")
+        await until(lambda: len(ledger(path)) == 1, clock, what="the first record")
+        await rt.delete_stream("orders")
+        [kept] = rt.stream_mappings()
+        assert kept.uuid == created.uuid and kept.stream_deleted and not kept.config.enabled
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        assert await rt.resume_stream_mappings() == []  # nothing started
+        [kept] = rt.stream_mappings()
+        assert (kept.uuid, kept.config.batch_size, kept.config.enabled) == (created.uuid, 7, False)
+        assert kept.stream_deleted and kept.last_processing_result == "PROBLEM: Stream not found"
+        # enabled while its stream is gone: it polls nothing, and fails nothing
+        enabled = await rt.update_stream_mapping(kept.uuid, enabled=True)
+        await clock.advance(30)
+        await rt.wait_idle()
+        assert enabled.stream_deleted and rt.stats()["background_failures"] == 0
+        # a stream made again under the name: the enabled mapping reads it from its start
+        stream = await rt.create_stream("orders", shard_count=1)
+        await stream.put_record(order(1), "c")
+        await until(lambda: len(ledger(path)) == 2, clock, what="a record of the new stream")
+        assert not enabled.stream_deleted
+        await rt.remove_stream_mapping(enabled)
+        assert rt.stream_mappings() == []
+    async with Runtime(state_dir=tmp_path, clock=clock) as rt:
+        await orders_function(rt, tmp_path)
+        assert await rt.resume_stream_mappings() == [] and rt.stream_mappings() == []
 
 
 async def test_a_batch_refused_because_the_runtime_is_closing_ends_its_poller_quietly(tmp_path: Path) -> None:

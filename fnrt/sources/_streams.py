@@ -74,11 +74,14 @@ from ..store._types import HASH_KEY_TEXT, MAX_HASH_KEY, hash_key, seq_int, seq_s
 NO_RECORDS_PROCESSED = "No records processed"
 PROCESSING_OK = "OK"
 PROCESSING_FAILED = "PROBLEM: Function call failed"
+STREAM_NOT_FOUND = "PROBLEM: Stream not found"  # its stream was deleted
 RETRY_BACKOFF = (1.0, 30.0)  # first and longest delay before retrying a failed batch
 THROTTLE_BACKOFF = (0.5, 60.0)  # the same for a throttled invoke (no attempt is used)
 Deliver = Callable[[str, str, str], Awaitable[None]]
 # Kinesis' StreamName pattern (1-128 of these): the name goes into ARNs and URLs as it is.
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+#: Kinesis' capacity modes (``StreamModeDetails.StreamMode``).
+STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -180,8 +183,9 @@ class Stream:
         ]
 
     async def info(self) -> dict[str, Any]:
-        """``created_at`` (epoch s), ``retention_hours``, and ``last_sequence_number``
-        (the stream's newest record, ``None`` before the first)."""
+        """``created_at`` (epoch s), ``retention_hours``, ``last_sequence_number`` (the
+        stream's newest record, ``None`` before the first), ``mode`` (Kinesis' capacity
+        mode, ``PROVISIONED`` or ``ON_DEMAND``) and ``tags``."""
         store = await self._source.store()
         info = await store.stream_info(self.name)
         if info is None:
@@ -191,7 +195,29 @@ class Stream:
             "created_at": info["created_at"],
             "retention_hours": info["retention"] / 3600,
             "last_sequence_number": seq_str(last) if last >= 0 else None,
+            "mode": info["mode"],
+            "tags": dict(info["tags"]),
         }
+
+    async def update(
+        self,
+        *,
+        mode: str | None = None,
+        retention_hours: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        """Change the stream's capacity ``mode``, its retention (24-8760 hours: records
+        older than it go at the next trim) or its ``tags`` (the whole set)."""
+        if mode is not None and mode not in STREAM_MODES:
+            raise InvalidConfig(f"mode must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
+        retention = None
+        if retention_hours is not None:
+            retention = _retention_seconds(retention_hours)
+        store = await self._source.store()
+        if not await store.update_stream(self.name, mode=mode, retention=retention, tags=tags):
+            raise StreamNotFound(self.name)
+        if retention is not None:
+            self._source._retention[self.name] = retention
 
     async def shards(self) -> list[dict[str, Any]]:
         """Kinesis' ``ListShards``: every shard with its hash-key and sequence ranges."""
@@ -224,6 +250,31 @@ class Stream:
         self._source.wake(self.name)
         return child
 
+    async def update_shard_count(self, target: int) -> None:
+        """Kinesis' ``UpdateShardCount`` with ``UNIFORM_SCALING``: the open shards become
+        ``target`` shards of equal hash-key ranges (as a new stream's), by splits at the new
+        boundaries and then merges within each new range, so every record keeps its
+        lineage (a mapping reads children after their parents, in order)."""
+        if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 10_000:
+            raise InvalidConfig(f"the target shard count must be a whole number 1-10,000, got {target!r}")
+        step = (MAX_HASH_KEY + 1) // target
+        bounds = [index * step for index in range(target)]  # the new ranges' starts
+        store = await self._source.store()
+        for start in bounds[1:]:
+            shards = await store.shards(self.name)
+            for shard in [s for s in shards if s.open and s.start_hash < start <= s.end_hash]:  # one at most
+                await self.split_shard(shard.shard_id, start)
+        for index, start in enumerate(bounds):
+            end = bounds[index + 1] - 1 if index + 1 < target else MAX_HASH_KEY
+            parts = sorted(
+                (s for s in await store.shards(self.name) if s.open and start <= s.start_hash <= end),
+                key=lambda s: s.start_hash,
+            )
+            merged = parts[0].shard_id if parts else None
+            for part in parts[1:]:
+                assert merged is not None
+                merged = await self.merge_shards(merged, part.shard_id)
+
     async def _open_shard(self, store: StreamStore, shard_id: str) -> Shard:
         for shard in await store.shards(self.name):
             if shard.shard_id == shard_id:
@@ -247,6 +298,13 @@ def _entry(data: bytes | str, partition_key: str, explicit_hash_key: int | None)
     else:
         hashed = _hash_key_arg(explicit_hash_key, "explicit_hash_key", InvalidPayload)
     return partition_key, base64.b64encode(data).decode(), hashed
+
+
+def _retention_seconds(hours: object) -> float:
+    """A retention period in hours (Kinesis' 24-8760) as seconds; else InvalidConfig."""
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not 24 <= hours <= 8760:
+        raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {hours!r}")
+    return float(hours) * 3600
 
 
 def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
@@ -295,6 +353,8 @@ class StreamMapping:
         self._retiring = False  # its stream was deleted by another host: it is being forgotten
         #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
         self.last_processing_result = NO_RECORDS_PROCESSED
+        #: Its stream was deleted: the mapping stays (as Lambda's does), disabled, polling nothing.
+        self.stream_deleted = False
 
     def __repr__(self) -> str:
         return f"<StreamMapping {self.uuid} {self.stream.name} -> {self.function}>"
@@ -375,14 +435,24 @@ class StreamMapping:
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
         if not self._retiring and await self._removed(store):
-            # Another host removed the mapping, or deleted its stream (and the mapping with
-            # it): its checkpoints are gone, so a shard taken now would be read again from
-            # its beginning. Forget it here too.
+            # Another host removed the mapping: its checkpoints are gone, so a shard taken
+            # now would be read again from its beginning. Forget it here too.
             self._retiring = True
-            self._log.warning("mapping removed elsewhere (or its stream deleted); it goes here too")
+            self._log.warning("mapping removed elsewhere; it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
         # Retiring, nothing more is taken (the store refuses the leases anyway).
         shards = [] if self._retiring else await store.shards(self.stream.name)
+        if not shards and not self._retiring:  # a stream has a shard always: it was deleted
+            if not self.stream_deleted:
+                self._log.warning("the mapping's stream was deleted; it polls nothing")
+                self._stream_gone()
+        elif self.stream_deleted:  # made again under its name: read from its beginning
+            self.stream_deleted = False
+            self.last_processing_result = NO_RECORDS_PROCESSED
+        if shards:
+            # The retention another host may have changed (Increase/DecreaseStreamRetentionPeriod):
+            # what MaximumRecordAgeInSeconds -1 means for this turn's batches.
+            self._source._retention[self.stream.name] = await store.stream_retention(self.stream.name)
         for shard in shards:
             done = checkpoints.get(shard.shard_id)
             if done and done.finished:
@@ -468,6 +538,15 @@ class StreamMapping:
         checks before each invoke, so a host that stalled past its lease stops at once
         instead of re-delivering what the new owner already did."""
         return self._source.clock.time() < self._lease_until.get(shard_id, 0.0)
+
+    def _stream_gone(self) -> None:
+        """The stream was deleted (here or by another host): stop the shard pollers (their
+        shards and checkpoints are gone) and say so as Lambda does."""
+        self.stream_deleted = True
+        self.last_processing_result = STREAM_NOT_FOUND
+        for shard_id in list(self._pollers):
+            self._stop_poller(shard_id)
+        self._stolen.clear()
 
     def _start_poller(self, shard: Shard) -> None:
         poller = ShardPoller(self, shard)
@@ -1162,7 +1241,9 @@ class StreamSource:
             if stream == "*" or mapping.stream.name == stream:
                 mapping.wake()
 
-    async def create_stream(self, name: str, shard_count: int, retention_hours: float) -> Stream:
+    async def create_stream(
+        self, name: str, shard_count: int, retention_hours: float, mode: str = "PROVISIONED"
+    ) -> Stream:
         if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
             raise InvalidConfig(
                 f"stream name must be 1-128 characters of a-z, A-Z, 0-9, '_', '.' and '-', got {name!r}"
@@ -1173,10 +1254,11 @@ class StreamSource:
             or not 1 <= shard_count <= 10_000
         ):
             raise InvalidConfig(f"shard_count must be a whole number 1-10,000, got {shard_count!r}")
-        if not 24 <= retention_hours <= 8760:
-            raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {retention_hours!r}")
+        retention = _retention_seconds(retention_hours)
+        if mode not in STREAM_MODES:
+            raise InvalidConfig(f"mode must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
         store = await self.store()
-        await store.create_stream(name, shard_count, retention_hours * 3600, self.clock.time())
+        await store.create_stream(name, shard_count, retention, self.clock.time(), mode=mode)
         return await self.get_stream(name)
 
     async def stream_names(self) -> list[str]:
@@ -1187,12 +1269,13 @@ class StreamSource:
         # Asked each time, not taken from the cache: on a shared store another host may
         # have deleted the stream (Describe answered it with no shards, and CreateStream
         # refused to make it again: "already exists").
-        if not await store.stream_exists(name):
+        retention = await store.stream_retention(name)  # 0.0: no such stream (one query for both)
+        if not retention:
             self._forget_stream(name)
             raise StreamNotFound(name)
+        self._retention[name] = retention  # as it is now: another host may have changed it
         stream = self._streams.get(name)
         if stream is None:
-            self._retention[name] = await store.stream_retention(name)
             stream = self._streams[name] = Stream(self, name)
         return stream
 
@@ -1224,10 +1307,26 @@ class StreamSource:
                 again = StreamMapping(self, old.uuid, old.stream, old.function, old.config)
                 self._replace(old.uuid, old, again)
             raise
-        for mapping in doomed:
-            self.mappings.pop(mapping.uuid, None)
+        for old in doomed:  # kept, disabled, as Lambda keeps them (the store's rows too)
+            self.mappings[old.uuid] = self._orphan(old.uuid, old.stream, old.function, old.config)
         self._forget_stream(name)
         self.log.info("stream deleted", stream=name, mappings=[m.uuid for m in doomed])
+
+    def _orphan(
+        self, uuid_: str, stream: Stream, function: str, config: StreamMappingConfig
+    ) -> StreamMapping:
+        """The mapping of a deleted stream: listed, disabled, not polled."""
+        mapping = StreamMapping(self, uuid_, stream, function, attrs.evolve(config, enabled=False))
+        mapping._stream_gone()
+        return mapping
+
+    async def add_orphan(
+        self, uuid_: str, stream_name: str, function: str, config: StreamMappingConfig
+    ) -> None:
+        """Take back a stored mapping whose stream was deleted (a restart): listed, disabled."""
+        async with self._changing:
+            if uuid_ not in self.mappings:
+                self.mappings[uuid_] = self._orphan(uuid_, Stream(self, stream_name), function, config)
 
     async def add_mapping(
         self, stream_name: str, function: str, config: StreamMappingConfig

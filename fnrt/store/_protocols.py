@@ -164,19 +164,24 @@ class StreamStore(Protocol):
     every host coordinate through these rows only.
     """
 
-    async def create_stream(self, name: str, shard_count: int, retention: float, now: float) -> bool:
-        """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly
-        and ``retention`` seconds of retention. ``False`` (and nothing changed) when the
-        stream exists. Atomic against other writers: of two hosts creating the same
-        stream, one creates it and the other gets ``False``. Durable."""
+    async def create_stream(
+        self, name: str, shard_count: int, retention: float, now: float, *, mode: str | None = None
+    ) -> bool:
+        """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly,
+        ``retention`` seconds of retention and capacity ``mode`` (Kinesis' ``StreamMode``;
+        ``None``: ``PROVISIONED``). ``False`` (and nothing changed) when the stream exists.
+        Atomic against other writers: of two hosts creating the same stream, one creates
+        it and the other gets ``False``. Durable."""
         ...
 
     async def stream_exists(self, name: str) -> bool: ...
 
     async def delete_stream(self, name: str) -> list[str]:
-        """Delete ``name`` with its shards and records, and its mappings with their
-        checkpoints and leases (Kinesis' ``DeleteStream``); the mappings' on-failure records
-        stay (they are what a destination holds). Returns the deleted mappings' uuids.
+        """Delete ``name`` with its shards and records (Kinesis' ``DeleteStream``); its
+        mappings stay, disabled (their config's ``enabled`` set false), without their
+        checkpoints and leases (Lambda keeps a mapping whose stream is gone); their
+        on-failure records stay (they are what a destination holds). Returns the
+        mappings' uuids.
         Raises :class:`~fnrt.errors.StreamNotFound` (and changes nothing) for an unknown
         stream. Atomic against writers: a put is wholly before the delete or fails with
         ``StreamNotFound``. Durable."""
@@ -186,9 +191,22 @@ class StreamStore(Protocol):
         """Every stream's name, sorted."""
         ...
 
-    async def stream_info(self, name: str) -> dict[str, float] | None:
-        """``created_at``, ``retention`` (s) and ``last_seq`` (-1 before the first record),
-        or ``None`` for an unknown stream."""
+    async def stream_info(self, name: str) -> dict[str, Any] | None:
+        """``created_at``, ``retention`` (s), ``last_seq`` (-1 before the first record),
+        ``mode`` (``PROVISIONED`` or ``ON_DEMAND``) and ``tags`` (a dict), or ``None`` for
+        an unknown stream."""
+        ...
+
+    async def update_stream(
+        self,
+        name: str,
+        *,
+        mode: str | None = None,
+        retention: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> bool:
+        """Set the given ones of the stream's ``mode``, ``retention`` (s) and ``tags`` (the
+        whole set); ``False`` (nothing changed) for an unknown stream. Durable."""
         ...
 
     async def stream_retention(self, name: str) -> float:

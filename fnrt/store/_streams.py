@@ -43,7 +43,9 @@ SCHEMA = (
         next_seq INTEGER NOT NULL,
         next_shard INTEGER NOT NULL,
         retention REAL NOT NULL,
-        created_at REAL NOT NULL
+        created_at REAL NOT NULL,
+        mode TEXT,
+        tags TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS shards (
         stream TEXT NOT NULL,
@@ -108,7 +110,12 @@ SCHEMA = (
 # Columns added since a table was first made, each nullable (NULL: what a row written by an
 # older fnrt means), so an older fnrt still opens the file and ignores them.
 # stream_mappings.filters: the mapping's FilterCriteria patterns as a JSON list (NULL: none).
-COLUMNS = (("stream_mappings", "filters", "TEXT"),)
+# streams.mode: Kinesis' capacity mode (NULL: PROVISIONED); streams.tags: a JSON object.
+COLUMNS = (
+    ("stream_mappings", "filters", "TEXT"),
+    ("streams", "mode", "TEXT"),
+    ("streams", "tags", "TEXT"),
+)
 
 
 def add_columns(conn: sqlite3.Connection) -> None:
@@ -184,18 +191,21 @@ class SQLiteStreams:
     @classmethod
     async def open(cls, db: Database) -> SQLiteStreams:
         await db.ensure_schema("streams", SCHEMA)
+        await db.run(add_columns, durable=True)
         return cls(db)
 
     # -- streams and shards -----------------------------------------------------------
 
-    async def create_stream(self, name: str, shard_count: int, retention: float, now: float) -> bool:
+    async def create_stream(
+        self, name: str, shard_count: int, retention: float, now: float, *, mode: str | None = None
+    ) -> bool:
         """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly.
         Returns ``False`` (and changes nothing) when the stream exists already."""
         async with self.db.transaction() as conn:
             cursor = await conn.execute(
-                "INSERT OR IGNORE INTO streams (name, next_seq, next_shard, retention, created_at) "
-                "VALUES (?, 0, ?, ?, ?)",
-                (name, shard_count, retention, now),
+                "INSERT OR IGNORE INTO streams (name, next_seq, next_shard, retention, created_at, mode) "
+                "VALUES (?, 0, ?, ?, ?, ?)",
+                (name, shard_count, retention, now, mode),
             )
             if cursor.rowcount == 0:
                 return False
@@ -215,8 +225,12 @@ class SQLiteStreams:
             async with conn.execute("DELETE FROM streams WHERE name = ? RETURNING 1", (name,)) as cursor:
                 if await cursor.fetchone() is None:
                     raise StreamNotFound(name)
+            # The mappings stay, disabled (Lambda keeps a mapping whose stream is gone);
+            # their checkpoints and leases name shards that are gone.
             async with conn.execute(
-                "DELETE FROM stream_mappings WHERE stream = ? RETURNING uuid", (name,)
+                "UPDATE stream_mappings SET config = json_set(config, '$.enabled', json('false')) "
+                "WHERE stream = ? RETURNING uuid",
+                (name,),
             ) as cursor:
                 mappings = [row[0] for row in await cursor.fetchall()]
             for mapping in mappings:
@@ -230,14 +244,41 @@ class SQLiteStreams:
         rows = await self.db.fetchall("SELECT name FROM streams ORDER BY name", ())
         return [r[0] for r in rows]
 
-    async def stream_info(self, name: str) -> dict[str, float] | None:
-        """``created_at``, ``retention`` (s) and ``last_seq`` (-1 before the first record)."""
-        row = await self.db.fetchone(
-            "SELECT created_at, retention, next_seq FROM streams WHERE name = ?", (name,)
-        )
+    async def stream_info(self, name: str) -> dict[str, Any] | None:
+        """``created_at``, ``retention`` (s), ``last_seq`` (-1 before the first record),
+        ``mode`` and ``tags``."""
+        # SELECT *: a store opened read-only may be from before the added columns.
+        row = await self.db.fetchone("SELECT * FROM streams WHERE name = ?", (name,))
         if row is None:
             return None
-        return {"created_at": row[0], "retention": row[1], "last_seq": row[2] - 1}
+        keys = row.keys()
+        return {
+            "created_at": row["created_at"],
+            "retention": row["retention"],
+            "last_seq": row["next_seq"] - 1,
+            "mode": (row["mode"] if "mode" in keys else None) or "PROVISIONED",
+            "tags": json.loads(row["tags"]) if "tags" in keys and row["tags"] else {},
+        }
+
+    async def update_stream(
+        self,
+        name: str,
+        *,
+        mode: str | None = None,
+        retention: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> bool:
+        """Set the stream's ``mode``, ``retention`` (s) and ``tags`` (the whole set), those
+        given; ``False`` for an unknown stream."""
+        changes = {"mode": mode, "retention": retention, "tags": None if tags is None else json.dumps(tags)}
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return await self.stream_exists(name)
+        sets = ", ".join(f"{column} = ?" for column in given)
+        rows = await self.db.write_returning(
+            f"UPDATE streams SET {sets} WHERE name = ? RETURNING 1", (*given.values(), name)
+        )
+        return bool(rows)
 
     async def stream_exists(self, name: str) -> bool:
         return await self.db.fetchone("SELECT 1 FROM streams WHERE name = ?", (name,)) is not None

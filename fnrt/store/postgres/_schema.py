@@ -174,7 +174,12 @@ TABLES = (
 # older fnrt means), so a store of the same VERSION gains them without a version bump and an
 # older fnrt still opens it: added when missing at every set-up (under the advisory lock).
 # fnrt_stream_mappings.filters: the mapping's FilterCriteria patterns as a JSON list.
-COLUMNS = (("fnrt_stream_mappings", "filters", "text"),)
+# fnrt_streams.mode: Kinesis' capacity mode (NULL: PROVISIONED); .tags: a JSON object.
+COLUMNS = (
+    ("fnrt_stream_mappings", "filters", "text"),
+    ("fnrt_streams", "mode", "text"),
+    ("fnrt_streams", "tags", "text"),
+)
 
 FUNCTIONS = (
     # The one place that names the notification channel (fixed when the schema is made).

@@ -85,17 +85,20 @@ class PgStreamStore:
     # -- streams and shards -----------------------------------------------------------
 
     @guarded
-    async def create_stream(self, name: str, shard_count: int, retention: float, now: float) -> bool:
+    async def create_stream(
+        self, name: str, shard_count: int, retention: float, now: float, *, mode: str | None = None
+    ) -> bool:
         """Create ``name`` with ``shard_count`` shards splitting the hash-key space evenly.
         ``False`` (nothing changed) when it exists already, whoever created it."""
         async with self.pg.durable.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
-                "INSERT INTO fnrt_streams (name, next_seq, next_shard, retention, created_at) "
-                "VALUES ($1, 0, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING 1",
+                "INSERT INTO fnrt_streams (name, next_seq, next_shard, retention, created_at, mode) "
+                "VALUES ($1, 0, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING 1",
                 name,
                 shard_count,
                 retention,
                 now,
+                mode,
             )
             if created is None:
                 return False
@@ -127,7 +130,14 @@ class PgStreamStore:
             found = await conn.fetchval("SELECT 1 FROM fnrt_streams WHERE name = $1 FOR UPDATE", name)
             if found is None:
                 raise StreamNotFound(name)
-            rows = await conn.fetch("DELETE FROM fnrt_stream_mappings WHERE stream = $1 RETURNING uuid", name)
+            # The mappings stay, disabled (Lambda keeps a mapping whose stream is gone);
+            # their checkpoints and leases name shards that are gone.
+            rows = await conn.fetch(
+                "UPDATE fnrt_stream_mappings "
+                "SET config = jsonb_set(config::jsonb, '{enabled}', 'false')::text "
+                "WHERE stream = $1 RETURNING uuid",
+                name,
+            )
             mappings = [str(r["uuid"]) for r in rows]
             await conn.execute(
                 "DELETE FROM fnrt_stream_checkpoints WHERE mapping = ANY($1::text[])", mappings
@@ -144,9 +154,9 @@ class PgStreamStore:
         return [str(r["name"]) for r in rows]
 
     @guarded
-    async def stream_info(self, name: str) -> dict[str, float] | None:
+    async def stream_info(self, name: str) -> dict[str, Any] | None:
         row = await self.pg.relaxed.fetchrow(
-            "SELECT created_at, retention, next_seq FROM fnrt_streams WHERE name = $1", name
+            "SELECT created_at, retention, next_seq, mode, tags FROM fnrt_streams WHERE name = $1", name
         )
         if row is None:
             return None
@@ -154,7 +164,30 @@ class PgStreamStore:
             "created_at": float(row["created_at"]),
             "retention": float(row["retention"]),
             "last_seq": int(row["next_seq"]) - 1,
+            "mode": row["mode"] or "PROVISIONED",
+            "tags": json.loads(row["tags"]) if row["tags"] else {},
         }
+
+    @guarded
+    async def update_stream(
+        self,
+        name: str,
+        *,
+        mode: str | None = None,
+        retention: float | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> bool:
+        """Set the stream's ``mode``, ``retention`` (s) and ``tags`` (the whole set), those
+        given; ``False`` for an unknown stream."""
+        found = await self.pg.durable.fetchval(
+            "UPDATE fnrt_streams SET mode = COALESCE($2, mode), retention = COALESCE($3, retention), "
+            "tags = COALESCE($4, tags) WHERE name = $1 RETURNING 1",
+            name,
+            mode,
+            retention,
+            None if tags is None else json.dumps(tags),
+        )
+        return found is not None
 
     @guarded
     async def stream_retention(self, name: str) -> float:
