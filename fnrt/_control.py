@@ -54,19 +54,28 @@ class ControlPlane:
 
     async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
         """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
-        ``environment``, ``description``, ``init_timeout``, ``sandbox``. New invocations
+        ``environment``, ``description``, ``init_timeout``, ``sandbox``, and the logging
+        controls (``log_format``, ``application_log_level``, ``system_log_level``,
+        ``log_group``). New invocations
         get environments initialized with the new configuration; environments of the old
         one finish what they run and retire."""
         self._check_running()
         entry = self._registry.get(name)
-        allowed = {"timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox"}
+        allowed = {
+            "timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox",
+            "log_format", "application_log_level", "system_log_level", "log_group",
+        }  # fmt: skip
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidConfig(
                 f"cannot update {', '.join(unknown)} here; updatable: {', '.join(sorted(allowed))} "
                 "(concurrency has its own calls)"
             )
-        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        current = entry.record.config.to_dict()
+        if changes.get("log_format", "JSON") != "JSON":  # back to Text: the levels go with JSON
+            for key in ("application_log_level", "system_log_level"):
+                changes.setdefault(key, None)
+        config = FunctionConfig.from_kwargs({**current, **changes})
         record = attrs.evolve(
             entry.record,
             config=config,

@@ -208,6 +208,8 @@ class InvocationResult:
     __slots__ = (
         "_init_log",
         "_log",
+        "_logged_at",
+        "_system_level",
         "cold_start",
         "duration_ms",
         "error",
@@ -238,6 +240,8 @@ class InvocationResult:
         init_duration_ms: float | None = None,
         max_memory_mb: int = 0,
         memory_size_mb: int = 128,
+        system_level: str | None = None,
+        logged_at: float = 0.0,
     ) -> None:
         self.request_id = request_id
         self.function_name = function_name
@@ -253,6 +257,9 @@ class InvocationResult:
         self.executed_version = LATEST
         self._init_log = init_log
         self._log = log
+        #: The function's log format is JSON: its system log level, and when it ended.
+        self._system_level = system_level
+        self._logged_at = logged_at
 
     @property
     def payload(self) -> Any:
@@ -274,7 +281,25 @@ class InvocationResult:
 
     @property
     def log(self) -> str:
-        """The invocation's log as Lambda writes it: START, output, END, REPORT."""
+        """The invocation's log as Lambda writes it: START, output, END, REPORT (in the JSON
+        log format, the platform's JSON objects: :func:`fnrt._observe.platform_log`)."""
+        if self._log is None and self._system_level is not None:
+            error = self.error
+            self._log = _observe.platform_log(
+                self._system_level,
+                self.request_id,
+                self.output,
+                at=self._logged_at,
+                duration_ms=self.duration_ms,
+                memory_mb=self.memory_size_mb,
+                max_memory_mb=self.max_memory_mb,
+                init_ms=self.init_duration_ms,
+                init_log=self._init_log,
+                function_name=self.function_name,
+                error_type=None if error is None else error.error_type,
+                timed_out=isinstance(error, FunctionTimeout),
+                produced_bytes=len(self.raw),
+            )
         if self._log is None:
             rid = self.request_id
             self._log = (
@@ -463,6 +488,9 @@ class Invoker:
                 max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
                 memory_size_mb=memory,
             )
+            if config.log_format == "JSON":
+                result._system_level = config.system_level
+                result._logged_at = clock.time()
             if error is not None:
                 error.request_id = request_id
                 error.log_tail = _observe.log_tail(result.log)

@@ -66,6 +66,9 @@ class FunctionRecord:
             log_stream=log_stream,
             initialization_type=initialization_type,
             user=self.config.environment,
+            log_format=self.config.log_format,
+            log_level=self.config.log_level,
+            log_group=self.config.log_group,
         )
 
     def resources(self, initialization_type: str = "on-demand") -> Resources:
@@ -80,13 +83,18 @@ class FunctionRecord:
 
     def bind_info(self, sandbox_id: str) -> Binding:
         stream = f"{datetime.date.today():%Y/%m/%d}/[{LATEST}]{sandbox_id}"
+        environment = self.environment(stream)
         return Binding(
             attr=self.attr,
             function_name=self.name,
             arn=self.arn,
             memory_mb=self.config.memory_mb,
             log_stream=stream,
-            environment=self.environment(stream),
+            environment=environment,
+            # as the runtime reads them: the function's own variables may set them too
+            log_format=environment.get("AWS_LAMBDA_LOG_FORMAT", "Text"),
+            log_level=environment.get("AWS_LAMBDA_LOG_LEVEL", ""),
+            log_group=environment.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
         )
 
 

@@ -49,11 +49,15 @@ class Capture:
     """One invocation's captured output: the last ``limit`` characters are kept, what falls
     off the front streams to ``overflow`` (the host's stderr) instead of being buffered."""
 
-    __slots__ = ("dropped", "limit", "mirror", "overflow", "parts", "size")
+    __slots__ = ("dropped", "json", "level", "limit", "mirror", "overflow", "parts", "size")
 
     def __init__(
         self, limit: int, overflow: Callable[[str], Any] | None, mirror: OutputMirror | None = None
     ) -> None:
+        #: The function's log format is JSON; ``level``: records below it are dropped
+        #: (inline only: the other kinds set their root logger's level).
+        self.json = False
+        self.level = logging.NOTSET
         self.parts: list[str] = []
         self.size = 0
         self.limit = limit
@@ -306,16 +310,70 @@ class _BinaryRouter(_SandboxStream, io.BufferedIOBase):
 _process_request_id: list[str] = [""]  # the invocation a process-wide capture belongs to
 
 
+#: ``LogRecord`` attributes that are not a record's "extra" fields (Lambda's runtime's list,
+#: and what formatting or asyncio add to a record).
+_RECORD_FIELDS = frozenset(
+    {
+        "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+        "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+        "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+        "message", "asctime", "aws_request_id", "tenant_id", "_frame_type",
+    }
+)  # fmt: skip
+_json_line = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def _iso_ms(created: float) -> str:
+    """``2024-05-01T12:00:00.123Z``: the timestamp of Lambda's JSON log records."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created * 1000) % 1000:03d}Z"
+
+
+def _json_record(record: logging.LogRecord, request_id: str) -> str:
+    """One ``logging`` record as Lambda's Python runtime writes it in JSON format: one object
+    a line, its level rounded down to a standard one, the exception's type, message and
+    frames when it carries one, then the record's extra fields; no ``null`` values."""
+    level = min(50, max(0, record.levelno)) // 10 * 10
+    exc = record.exc_info
+    out: dict[str, Any] = {
+        "timestamp": _iso_ms(record.created),
+        "level": logging.getLevelName(level),
+        "message": record.getMessage(),
+        "logger": record.name,
+    }
+    if exc and exc[0] is not None:
+        out["stackTrace"] = traceback.format_tb(exc[2])
+        out["errorType"] = exc[0].__name__
+        out["errorMessage"] = str(exc[1])
+    out["requestId"] = request_id
+    if exc:
+        out["location"] = f"{record.pathname}:{record.funcName}:{record.lineno}"
+    for key, value in record.__dict__.items():
+        if key not in _RECORD_FIELDS and key not in out and value is not None:
+            out[key] = value
+    return _json_line(out) + "\n"
+
+
+def log_level_number(log_level: str) -> int | None:
+    """``AWS_LAMBDA_LOG_LEVEL`` as a ``logging`` level (``TRACE`` is ``DEBUG``), or ``None``."""
+    name = str(log_level).upper()
+    level = logging.getLevelName({"TRACE": "DEBUG"}.get(name, name)) if name else None
+    return level if isinstance(level, int) else None
+
+
 class _LambdaLogHandler(logging.Handler):
-    """Lambda's Python log format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``."""
+    """Lambda's Python log format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``, or with the
+    JSON log format one JSON object a line (:func:`_json_record`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         buf = _current_buffer()
-        if buf is None:
+        if buf is None or record.levelno < buf.level:
             return
         try:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             rid = getattr(_local, "request_id", None) or _process_request_id[0]
+            if buf.json:
+                buf.append(_json_record(record, rid))
+                return
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             buf.append(
                 f"[{record.levelname}]\t{stamp}.{int(record.msecs):03d}Z\t{rid}\t{record.getMessage()}\n"
             )
@@ -364,11 +422,13 @@ def install_mirror(path: str, capacity: int) -> None:
         _mirror[0] = None  # no room for it: the output still comes with each reply
 
 
-def _start_capture(request_id: str, limit: int) -> Capture:
+def _start_capture(request_id: str, limit: int, log_json: bool = False, log_level: int = 0) -> Capture:
     mirror = _mirror[0] if _Router.process_wide else None
     if mirror is not None:
         mirror.start(request_id or INIT_OUTPUT)
     buf = Capture(limit, _overflow_to_stderr, mirror)
+    buf.json = log_json
+    buf.level = log_level
     if _Router.process_wide:
         _Router.process_buffer = buf
         _process_request_id[0] = request_id
@@ -449,6 +509,11 @@ def _simple_error(error_type: str, message: str) -> dict[str, Any]:
 
 
 def _log_error(buf: Capture, exc: BaseException, error: dict[str, Any]) -> None:
+    if buf.json:  # as Lambda's runtime logs an error in JSON format: one object
+        rid = getattr(_local, "request_id", None) or _process_request_id[0]
+        line = {"timestamp": _iso_ms(time.time()), "level": "ERROR", **error, "requestId": rid}
+        buf.append(_json_line(line) + "\n")
+        return
     buf.append(f"[ERROR] {error['errorType']}: {error['errorMessage']}\n")
     buf.append("Traceback (most recent call last):\n")
     buf.extend(error["stackTrace"])
@@ -547,7 +612,23 @@ class Worker:
         self.enforce_memory = enforce_memory
         self.memory_limited = False
         self.log_capture_bytes = log_capture_bytes
+        self.log_json = False
+        self.log_level = logging.NOTSET
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def configure_logging(self, bind: dict[str, Any]) -> None:
+        """Set up ``logging`` as Lambda's Python runtime does from ``AWS_LAMBDA_LOG_FORMAT``
+        and ``AWS_LAMBDA_LOG_LEVEL``: JSON records or text lines, and the root logger's level.
+        Inline, the host's root logger is left alone: the level only drops the records of
+        this sandbox's invocations below it."""
+        self.log_json = str(bind.get("log_format") or "").upper() == "JSON"
+        level = log_level_number(bind.get("log_level") or "")
+        if level is None:
+            return
+        if _Router.process_wide:
+            logging.getLogger().setLevel(level)
+        else:
+            self.log_level = level
 
     def limit_memory(self, memory_mb: int | None) -> None:
         if memory_mb and self.enforce_memory and not self.memory_limited:
@@ -569,8 +650,9 @@ class Worker:
         if bind:
             if self.apply_environment:
                 os.environ.update(bind.get("environment") or {})
+            self.configure_logging(bind)
             self.limit_memory(bind.get("memory_mb"))
-        buf = _start_capture("", self.log_capture_bytes)
+        buf = _start_capture("", self.log_capture_bytes, self.log_json, self.log_level)
         started = time.perf_counter()
         try:
             self.module = importlib.import_module(module_name)
@@ -648,9 +730,12 @@ class Worker:
         self.fn = target
         self.is_async = inspect.iscoroutinefunction(target)
         self.function = bind
-        self._constants = Context.constants(
-            bind["function_name"], bind["memory_mb"], bind.get("log_stream", "")
-        )
+        constants = Context.constants(bind["function_name"], bind["memory_mb"], bind.get("log_stream", ""))
+        group = bind.get("log_group")
+        if group:  # the function's own log group (LoggingConfig.LogGroup)
+            constants = (*constants[:3], group, constants[4])
+        self._constants = constants
+        self.configure_logging(bind)
         if self.apply_environment:
             os.environ.update(bind.get("environment") or {})
             if bind.get("log_stream"):
@@ -695,7 +780,7 @@ class Worker:
             None if identity is None else CognitoIdentity.from_dict(identity),
             None if client_context is None else ClientContext.from_dict(client_context),
         )
-        buf = _start_capture(rid, self.log_capture_bytes)
+        buf = _start_capture(rid, self.log_capture_bytes, self.log_json, self.log_level)
         started = _perf_counter()
         try:
             ok, error, fatal, out = self._call(self.fn, body, context, buf)
