@@ -519,6 +519,24 @@ def _log_error(buf: Capture, exc: BaseException, error: dict[str, Any]) -> None:
     buf.extend(error["stackTrace"])
 
 
+def _log_exit(buf: Capture, exc: BaseException) -> None:
+    """What Python writes to stderr as ``exc`` ends the interpreter (the message of a
+    ``sys.exit("...")``, the traceback of anything else), into the invocation's log: in
+    Lambda it is the last thing the function's log shows before the runtime exited."""
+    try:
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            if code is not None and not isinstance(code, int):
+                buf.append(f"{code}\n")
+        else:  # from the handler's frames on, as for a handler's exception
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_globals is _GLOBALS:
+                tb = tb.tb_next
+            buf.append("".join(traceback.format_exception(type(exc), exc, tb)))
+    except Exception:  # a hostile __str__: the exit itself still happens
+        pass
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     """``MemoryError``, or an ``mmap``/``ftruncate`` refused by the address-space limit."""
     return isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
@@ -679,6 +697,9 @@ class Worker:
             if type(exc).__name__ == "InvalidConfig":  # fnrt's own decorator refused its arguments
                 return self._init_failed(exc, buf, _error(exc, "InvalidConfig", str(exc)))
             return self._init_failed(exc, buf, _error(exc))
+        except BaseException as exc:  # the init phase ended its sandbox (sys.exit, ...)
+            _log_exit(buf, exc)
+            raise
         finally:
             _stop_capture()
         init_ms = (time.perf_counter() - started) * 1000
@@ -784,6 +805,9 @@ class Worker:
         started = _perf_counter()
         try:
             ok, error, fatal, out = self._call(self.fn, body, context, buf)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the sandbox ends
+            _log_exit(buf, exc)
+            raise
         finally:
             _stop_capture()
         return rid, ok, fatal, (_perf_counter() - started) * 1000, _max_rss_mb(), buf.text(), error, out
