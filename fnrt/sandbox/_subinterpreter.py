@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import socket
-import sys
 import tempfile
 import threading
 import traceback
@@ -159,7 +158,7 @@ def serve(fd: int, output: str = "") -> int:
     an exception, its traceback on stderr), and the boot exits the interpreter with it, so
     the host thread words it as the subprocess kind does.
     """
-    from ._worker import Worker, dispatch, encode_reply, install_mirror
+    from ._worker import Worker, dispatch, encode_reply, host_stderr, install_mirror
 
     if output:  # what each invocation prints, where the host reads it if no reply comes
         install_mirror(output, DEFAULT_LOG_CAPTURE_BYTES)
@@ -184,7 +183,7 @@ def serve(fd: int, output: str = "") -> int:
     except SystemExit as exc:
         return _exit_status(exc.code)
     except BaseException:
-        traceback.print_exc(file=sys.__stderr__)
+        traceback.print_exc(file=host_stderr())
         return 1
     finally:
         worker.close()

@@ -400,13 +400,28 @@ def install_capture(process_wide: bool) -> None:
     if _installed:
         return
     _installed = True
+    _host_stderr[0] = sys.__stderr__
     sys.stdout = _Router(sys.stdout, "<stdout>", "strict")
     sys.stderr = _Router(sys.stderr, "<stderr>", "backslashreplace")
+    if process_wide:
+        # The sandbox's own streams, as Lambda's are its log: a handler that "restores"
+        # ``sys.stdout = sys.__stdout__`` still prints into its invocation's log.
+        setattr(sys, "__stdout__", sys.stdout)  # noqa: B010 (typeshed calls them final)
+        setattr(sys, "__stderr__", sys.stderr)  # noqa: B010
     logging.getLogger().addHandler(_LambdaLogHandler())
 
 
+_host_stderr: list[Any] = [sys.__stderr__]
+
+
+def host_stderr() -> Any:
+    """The process's real stderr (``sys.__stderr__`` before the capture took it): where
+    fnrt's own failures and the output that overflows a capture go."""
+    return _host_stderr[0]
+
+
 def _overflow_to_stderr(text: str) -> None:
-    stream = sys.__stderr__
+    stream = _host_stderr[0]
     if stream is not None:
         stream.write(text)
 
