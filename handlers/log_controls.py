@@ -27,3 +27,22 @@ def logs(event, context):
 def fails(event, context):
     logging.getLogger().error("about to fail")
     raise ValueError("bad order")
+
+
+def own_format(event, context):
+    """Formats the runtime's handler its own way, and adds a handler of its own: both read
+    the request id Lambda's runtime puts on every record (``%(aws_request_id)s``)."""
+    import sys
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter("%(levelname)s|%(aws_request_id)s|%(message)s"))
+    mine = logging.StreamHandler(sys.stdout)
+    mine.setFormatter(logging.Formatter("mine %(aws_request_id)s %(message)s"))
+    root.addHandler(mine)
+    try:
+        logging.getLogger("app").info("formatted", stack_info=False)
+    finally:
+        root.removeHandler(mine)
+    return context.aws_request_id

@@ -242,3 +242,16 @@ async def test_logging_config_over_the_lambda_api() -> None:
         got = await call(lam.get_function_configuration, FunctionName="orders")
         assert got["LoggingConfig"]["LogFormat"] == "JSON"
         assert got["LoggingConfig"]["ApplicationLogLevel"] == "DEBUG"
+
+
+@pytest.mark.parametrize("log_format", ["Text", "JSON"])
+async def test_a_formatter_of_the_handlers_own_formats_its_records(log_format: str) -> None:
+    # A common Lambda idiom: set a formatter on the root logger's handler, or add a handler,
+    # with ``%(aws_request_id)s`` in the format (Lambda's runtime puts it on every record).
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("own", "handlers.log_controls:own_format", log_format=log_format)
+        result = await rt.invoke_detailed("own", {})
+    rid = result.payload
+    assert result.error is None and rid == result.request_id
+    assert f"\nINFO|{rid}|formatted\n" in result.log
+    assert f"\nmine {rid} formatted\n" in result.log

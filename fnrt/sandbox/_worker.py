@@ -360,25 +360,52 @@ def log_level_number(log_level: str) -> int | None:
     return level if isinstance(level, int) else None
 
 
+class _TextFormatter(logging.Formatter):
+    """Lambda's Python runtime's text format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``."""
+
+    def __init__(self) -> None:
+        line = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n"
+        super().__init__(line, "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime
+
+
+class _JsonFormatter(logging.Formatter):
+    """Lambda's Python runtime's JSON format (:func:`_json_record`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _json_record(record, getattr(record, "aws_request_id", ""))
+
+
+_TEXT = _TextFormatter()
+_JSON = _JsonFormatter()
+
+
+class _RequestIdFilter(logging.Filter):
+    """Puts the invocation's request id on each record as ``aws_request_id``, as Lambda's
+    runtime does: a handler's own formats (``%(aws_request_id)s``) and handlers read it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = getattr(_local, "request_id", None) or _process_request_id[0]
+        return True
+
+
 class _LambdaLogHandler(logging.Handler):
-    """Lambda's Python log format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``, or with the
-    JSON log format one JSON object a line (:func:`_json_record`)."""
+    """The root logger's handler, as Lambda's runtime installs it: the invocation's records
+    in its log format (text, or JSON with the JSON log format) unless the handler's code
+    sets a formatter of its own on it (``setFormatter``), which then formats them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(_RequestIdFilter())
 
     def emit(self, record: logging.LogRecord) -> None:
         buf = _current_buffer()
         if buf is None or record.levelno < buf.level:
             return
         try:
-            rid = getattr(_local, "request_id", None) or _process_request_id[0]
-            if buf.json:
-                buf.append(_json_record(record, rid))
-                return
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            buf.append(
-                f"[{record.levelname}]\t{stamp}.{int(record.msecs):03d}Z\t{rid}\t{record.getMessage()}\n"
-            )
-            if record.exc_info:
-                buf.append("".join(traceback.format_exception(*record.exc_info)))
+            formatter = self.formatter or (_JSON if buf.json else _TEXT)
+            text = formatter.format(record)
+            buf.append(text if text.endswith("\n") else text + "\n")
         except Exception:
             self.handleError(record)
 
