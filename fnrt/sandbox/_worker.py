@@ -712,6 +712,8 @@ class Worker:
                 os.environ.update(bind.get("environment") or {})
             self.configure_logging(bind)
             self.limit_memory(bind.get("memory_mb"))
+        if self.apply_environment:
+            _import_from(os.environ.get("PYTHONPATH", ""))
         buf = _start_capture("", self.log_capture_bytes, self.log_json, self.log_level)
         started = time.perf_counter()
         try:
@@ -918,6 +920,15 @@ class Worker:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+def _import_from(pythonpath: str) -> None:
+    """Put the entries of the function's ``PYTHONPATH`` that are not on ``sys.path`` yet
+    where Python puts them at start-up (after the code root, before the standard library
+    and site-packages): in Lambda a function extends its import path with this variable,
+    and a forked sandbox started with the host's path."""
+    entries = [entry for entry in pythonpath.split(os.pathsep) if entry and entry not in sys.path]
+    sys.path[1:1] = list(dict.fromkeys(entries))
 
 
 def _jsonable(value: Any) -> Any:
