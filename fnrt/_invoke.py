@@ -206,6 +206,7 @@ class InvocationResult:
     """
 
     __slots__ = (
+        "_application_level",
         "_init_log",
         "_log",
         "_logged_at",
@@ -260,6 +261,7 @@ class InvocationResult:
         #: The function's log format is JSON: its system log level, and when it ended.
         self._system_level = system_level
         self._logged_at = logged_at
+        self._application_level: str | None = None
 
     @property
     def payload(self) -> Any:
@@ -299,6 +301,7 @@ class InvocationResult:
                 error_type=None if error is None else error.error_type,
                 timed_out=isinstance(error, FunctionTimeout),
                 produced_bytes=len(self.raw),
+                application_level=self._application_level,
             )
         if self._log is None:
             rid = self.request_id
@@ -490,6 +493,7 @@ class Invoker:
             )
             if config.log_format == "JSON":
                 result._system_level = config.system_level
+                result._application_level = config.log_level
                 result._logged_at = clock.time()
             if error is not None:
                 error.request_id = request_id

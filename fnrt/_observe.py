@@ -49,6 +49,33 @@ def report_line(
 
 
 _SYSTEM_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30}
+#: The levels Lambda reads in a JSON log line's ``level`` (any case; the rest count as INFO).
+_LINE_LEVELS = {
+    "TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "FATAL": 50, "CRITICAL": 50,
+}  # fmt: skip
+
+
+def filter_application_log(text: str, level: str | None) -> str:
+    """``text`` without the JSON lines below the application log ``level``, as Lambda's
+    log-level filtering drops them: a line that is a JSON object is at its ``"level"``
+    (INFO when that is missing or not a level); other lines are kept."""
+    threshold = _LINE_LEVELS.get(str(level).upper(), 0) if level else 0
+    if threshold <= _LINE_LEVELS["TRACE"] or "{" not in text:
+        return text
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                named = record.get("level")
+                at = _LINE_LEVELS.get(named.upper(), 20) if isinstance(named, str) else 20
+                if at < threshold:
+                    continue
+        kept.append(line)
+    return "".join(kept)
 
 
 def _platform(event: str, record: dict[str, Any], at: float) -> str:
@@ -72,12 +99,16 @@ def platform_log(
     error_type: str | None = None,
     timed_out: bool = False,
     produced_bytes: int = 0,
+    application_level: str | None = None,
 ) -> str:
     """An invocation's log in Lambda's JSON log format: the platform's lines are
     ``platform.initStart`` (cold starts), ``platform.start``, ``platform.runtimeDone`` and
     ``platform.report`` objects, kept by the system log level (``DEBUG`` all of them,
     ``INFO`` all but ``runtimeDone``, ``WARN`` only the report of a failed invocation);
-    the function's own output comes between them as it was written."""
+    the function's own output comes between them as it was written, less its JSON lines
+    below the ``application_level`` (:func:`filter_application_log`)."""
+    output = filter_application_log(output, application_level)
+    init_log = filter_application_log(init_log, application_level)
     keep = _SYSTEM_LEVELS.get(system_level, 20)
     status = "timeout" if timed_out else ("error" if error_type else "success")
     failed: dict[str, Any] = {} if error_type is None else {"errorType": error_type}

@@ -46,3 +46,13 @@ def own_format(event, context):
     finally:
         root.removeHandler(mine)
     return context.aws_request_id
+
+
+def prints_levels(event, context):
+    """Prints JSON lines with a ``level`` of their own, as code without Lambda's logging
+    module does (Lambda filters them too), and a line of plain text."""
+    print('{"level": "debug", "msg": "printed debug"}')
+    print('{"level": "error", "msg": "printed error"}')
+    print('{"msg": "printed without a level"}')
+    print("plain text")
+    return "printed"

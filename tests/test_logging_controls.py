@@ -255,3 +255,20 @@ async def test_a_formatter_of_the_handlers_own_formats_its_records(log_format: s
     assert result.error is None and rid == result.request_id
     assert f"\nINFO|{rid}|formatted\n" in result.log
     assert f"\nmine {rid} formatted\n" in result.log
+
+
+async def test_printed_json_lines_are_filtered_by_their_own_level() -> None:
+    # Lambda's log-level filtering reads the "level" of any JSON object a function writes
+    # (INFO when it has none); plain text is never dropped.
+    async with fnrt.Runtime() as rt:
+        for name, level in (("info", "INFO"), ("errors", "ERROR"), ("trace", "TRACE")):
+            await rt.add_function(
+                name, "handlers.log_controls:prints_levels", log_format="JSON", application_log_level=level
+            )
+        logs = {name: (await rt.invoke_detailed(name, {})).log for name in ("info", "errors", "trace")}
+    printed = {name: [r["msg"] for r in records(log) if "msg" in r] for name, log in logs.items()}
+    assert printed["info"] == ["printed error", "printed without a level"]
+    assert printed["errors"] == ["printed error"]
+    assert printed["trace"] == ["printed debug", "printed error", "printed without a level"]
+    assert all("\nplain text\n" in log for log in logs.values())
+    assert all(platform(log)[-1] == "platform.report" for log in logs.values())
