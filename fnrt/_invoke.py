@@ -241,8 +241,6 @@ class InvocationResult:
         init_duration_ms: float | None = None,
         max_memory_mb: int = 0,
         memory_size_mb: int = 128,
-        system_level: str | None = None,
-        logged_at: float = 0.0,
     ) -> None:
         self.request_id = request_id
         self.function_name = function_name
@@ -258,10 +256,17 @@ class InvocationResult:
         self.executed_version = LATEST
         self._init_log = init_log
         self._log = log
-        #: The function's log format is JSON: its system log level, and when it ended.
-        self._system_level = system_level
-        self._logged_at = logged_at
+        #: Set when the function's log format is JSON (:meth:`in_json_format`).
+        self._system_level: str | None = None
         self._application_level: str | None = None
+        self._logged_at = 0.0
+
+    def in_json_format(self, system_level: str | None, application_level: str | None, at: float) -> None:
+        """Write the log in Lambda's JSON log format, with these levels; ``at``: when the
+        invocation ended (the platform lines' time)."""
+        self._system_level = system_level
+        self._application_level = application_level
+        self._logged_at = at
 
     @property
     def payload(self) -> Any:
@@ -492,9 +497,7 @@ class Invoker:
                 memory_size_mb=memory,
             )
             if config.log_format == "JSON":
-                result._system_level = config.system_level
-                result._application_level = config.log_level
-                result._logged_at = clock.time()
+                result.in_json_format(config.system_level, config.log_level, clock.time())
             if error is not None:
                 error.request_id = request_id
                 error.log_tail = _observe.log_tail(result.log)
