@@ -122,6 +122,30 @@ def _code_root(instance: object, attribute: attrs.Attribute[Any], value: str | N
         raise InvalidConfig(f"code_root must be the absolute path of a directory, got {value!r}")
 
 
+#: Lambda's advanced logging controls (``LoggingConfig``).
+LOG_FORMATS = ("Text", "JSON")
+APPLICATION_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+SYSTEM_LOG_LEVELS = ("DEBUG", "INFO", "WARN")
+_LOG_GROUP = re.compile(r"^[\.\-_/#A-Za-z0-9]{1,512}$")
+
+
+def _one_of(choices: tuple[str, ...], *, optional: bool = False) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if value not in choices:
+            raise InvalidConfig(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _log_group(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not _LOG_GROUP.match(value)):
+        raise InvalidConfig(
+            f"log_group {value!r} is not valid: 1-512 letters, digits and the characters . - _ / #"
+        )
+
+
 C = TypeVar("C")
 
 
@@ -175,8 +199,27 @@ class FunctionConfig:
     #: and ``AWS_SESSION_TOKEN`` in the sandbox's environment (never the host's own).
     credentials: Mapping[str, str] | None = attrs.field(default=None, repr=False, validator=_credentials)
     code_root: str | None = attrs.field(default=None, validator=_code_root)
+    #: Lambda's advanced logging controls: ``"JSON"`` writes the ``logging`` module's records
+    #: and the platform's lines as JSON objects; the levels (JSON only, default ``INFO``
+    #: each) filter the application's records and the platform's lines.
+    log_format: str = attrs.field(default="Text", validator=_one_of(LOG_FORMATS))
+    application_log_level: str | None = attrs.field(
+        default=None, validator=_one_of(APPLICATION_LOG_LEVELS, optional=True)
+    )
+    system_log_level: str | None = attrs.field(
+        default=None, validator=_one_of(SYSTEM_LOG_LEVELS, optional=True)
+    )
+    #: Where the function's logs go (Lambda's default: ``/aws/lambda/<name>``).
+    log_group: str | None = attrs.field(default=None, validator=_log_group)
 
     def __attrs_post_init__(self) -> None:
+        if self.log_format != "JSON" and (
+            self.application_log_level is not None or self.system_log_level is not None
+        ):
+            raise InvalidConfig(
+                'LogLevel is not supported when LogFormat is set to "Text". Remove LogLevel from '
+                'your request or change the LogFormat to "JSON" and try again.'
+            )
         if self.reserved_concurrency is not None and self.provisioned_concurrency > self.reserved_concurrency:
             raise InvalidConfig(
                 f"provisioned_concurrency ({self.provisioned_concurrency}) cannot exceed "
@@ -190,6 +233,20 @@ class FunctionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+    @property
+    def log_level(self) -> str | None:
+        """The application log level in force (JSON: ``INFO`` unless set), else ``None``."""
+        if self.log_format != "JSON":
+            return None
+        return self.application_log_level or "INFO"
+
+    @property
+    def system_level(self) -> str | None:
+        """The system log level in force (JSON: ``INFO`` unless set), else ``None``."""
+        if self.log_format != "JSON":
+            return None
+        return self.system_log_level or "INFO"
 
 
 @attrs.frozen(kw_only=True)

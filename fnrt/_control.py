@@ -56,16 +56,17 @@ class ControlPlane:
     async def update_function_configuration(self, name: str, **changes: Any) -> FunctionRecord:
         """Lambda's ``UpdateFunctionConfiguration``: ``timeout``, ``memory_mb``,
         ``environment``, ``description``, ``init_timeout``, ``sandbox``, ``handler``
-        (Lambda's ``Handler``: ``"module.function"`` or ``"module:function"``) and
-        ``code_root`` (``UpdateFunctionCode``). New invocations
+        (Lambda's ``Handler``: ``"module.function"`` or ``"module:function"``),
+        ``code_root`` (``UpdateFunctionCode``) and the logging controls (``log_format``,
+        ``application_log_level``, ``system_log_level``, ``log_group``). New invocations
         get environments initialized with the new configuration; environments of the old
         one finish what they run and retire."""
         self._check_running()
         entry = self._registry.get(name)
         allowed = {
             "timeout", "memory_mb", "environment", "description", "init_timeout", "sandbox", "code_root",
-            "handler",
-        }
+            "handler", "log_format", "application_log_level", "system_log_level", "log_group",
+        }  # fmt: skip
         unknown = sorted(set(changes) - allowed)
         if unknown:
             raise InvalidConfig(
@@ -78,7 +79,11 @@ class ControlPlane:
             changes = dict(changes)
             module, attr = parse_reference(changes.pop("handler"))
             code = ["handler"]
-        config = FunctionConfig.from_kwargs({**entry.record.config.to_dict(), **changes})
+        if changes.get("log_format", "JSON") != "JSON":  # back to Text: the levels go with JSON
+            changes = dict(changes)
+            for key in ("application_log_level", "system_log_level"):
+                changes.setdefault(key, None)
+        config = FunctionConfig.from_kwargs({**current.config.to_dict(), **changes})
         if config.code_root is not None and (config.sandbox or self.config.sandbox) == "inline":
             raise InvalidConfig("code_root needs a subprocess or subinterpreter sandbox, not inline")
         record = attrs.evolve(

@@ -47,7 +47,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ._config import AsyncConfig, parse_destination
+from ._config import (
+    APPLICATION_LOG_LEVELS,
+    LOG_FORMATS,
+    SYSTEM_LOG_LEVELS,
+    AsyncConfig,
+    parse_destination,
+)
 from ._http_errors import AwsError
 from ._http_lambda import (
     ARCHITECTURE,
@@ -84,11 +90,20 @@ _UPDATABLE = (
     "Environment",
     "Description",
     "DeadLetterConfig",
+    "LoggingConfig",
     "RevisionId",
     "Handler",
     "Runtime",
     "Role",
 )
+#: ``LoggingConfig``'s members: the API's name, fnrt's setting, the values Lambda takes.
+_LOGGING = (
+    ("LogFormat", "log_format", LOG_FORMATS),
+    ("ApplicationLogLevel", "application_log_level", APPLICATION_LOG_LEVELS),
+    ("SystemLogLevel", "system_log_level", SYSTEM_LOG_LEVELS),
+    ("LogGroup", "log_group", None),
+)
+_LOG_GROUP = re.compile(r"^[\.\-_/#A-Za-z0-9]+$")
 _NOT_FOUND = "The resource you requested does not exist."
 _TAG_LIMIT = 50  # tags per function, Lambda's quota
 _UNZIPPED_LIMIT = 262_144_000  # bytes, Lambda's CodeSizeUnzipped
@@ -108,6 +123,7 @@ _CREATABLE = (
     "MemorySize",
     "Environment",
     "DeadLetterConfig",
+    "LoggingConfig",
     "Tags",
     "Publish",
     "PackageType",
@@ -182,6 +198,32 @@ def _string(body: Mapping[str, Any], key: str, limit: int) -> str:
     if len(value) > limit:
         raise _invalid(key, value, f"Member must have length less than or equal to {limit}")
     return value
+
+
+def _logging_config(value: Any) -> dict[str, Any]:
+    """``LoggingConfig`` as fnrt's settings, each value checked as Lambda's model checks it."""
+    if not isinstance(value, dict):
+        raise _invalid("LoggingConfig", value, "Member must be an object")
+    known = [name for name, _, _ in _LOGGING]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise _unsupported(unknown, "LoggingConfig", tuple(known))
+    changes: dict[str, Any] = {}
+    for name, setting, choices in _LOGGING:
+        if name not in value:
+            continue
+        member = value[name]
+        if not isinstance(member, str):
+            raise _invalid(name, member, "Member must be a string")
+        if choices is not None and member not in choices:
+            raise _invalid(name, member, f"Member must satisfy enum value set: [{', '.join(choices)}]")
+        if choices is None and not 1 <= len(member) <= 512:
+            raise _invalid(name, member, "Member must have length between 1 and 512")
+        if choices is None and not _LOG_GROUP.match(member):
+            pattern = "Member must satisfy regular expression pattern: [\\.\\-_/#A-Za-z0-9]+"
+            raise _invalid(name, member, pattern)
+        changes[setting] = member
+    return changes
 
 
 def _unsupported(names: list[str], what: str, supported: tuple[str, ...]) -> AwsError:
@@ -709,6 +751,8 @@ class ControlApi:
             if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
                 raise _invalid("Variables", variables, "Member must be a map of strings to strings")
             changes["environment"] = variables
+        if "LoggingConfig" in body:
+            changes.update(_logging_config(body["LoggingConfig"]))
         return changes
 
     def _dead_letter(self, body: Mapping[str, Any], current: str | None = None) -> Any:

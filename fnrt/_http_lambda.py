@@ -157,6 +157,7 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
         "PackageType": "Zip",
         "Architectures": [ARCHITECTURE],
         "EphemeralStorage": {"Size": 512},
+        "LoggingConfig": _logging_config(config, record.name),
         "State": "Active",
         "LastUpdateStatus": "Successful",
     }
@@ -174,6 +175,16 @@ def function_configuration(record: FunctionRecord, stamps: Stamps | None = None)
         if dead_letter:
             out["DeadLetterConfig"] = {"TargetArn": destination_arn(stamps.runtime.config, dead_letter)}
     out["RevisionId"] = revision_id(record, dead_letter, role)
+    return out
+
+
+def _logging_config(config: Any, name: str) -> dict[str, Any]:
+    """Lambda's ``LoggingConfig`` of a function (its levels only with the JSON format)."""
+    out: dict[str, Any] = {"LogFormat": config.log_format}
+    if config.log_format == "JSON":
+        out["ApplicationLogLevel"] = config.log_level
+        out["SystemLogLevel"] = config.system_level
+    out["LogGroup"] = config.log_group or f"/aws/lambda/{name}"
     return out
 
 

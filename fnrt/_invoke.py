@@ -206,8 +206,11 @@ class InvocationResult:
     """
 
     __slots__ = (
+        "_application_level",
         "_init_log",
         "_log",
+        "_logged_at",
+        "_system_level",
         "cold_start",
         "duration_ms",
         "error",
@@ -253,6 +256,17 @@ class InvocationResult:
         self.executed_version = LATEST
         self._init_log = init_log
         self._log = log
+        #: Set when the function's log format is JSON (:meth:`in_json_format`).
+        self._system_level: str | None = None
+        self._application_level: str | None = None
+        self._logged_at = 0.0
+
+    def in_json_format(self, system_level: str | None, application_level: str | None, at: float) -> None:
+        """Write the log in Lambda's JSON log format, with these levels; ``at``: when the
+        invocation ended (the platform lines' time)."""
+        self._system_level = system_level
+        self._application_level = application_level
+        self._logged_at = at
 
     @property
     def payload(self) -> Any:
@@ -274,7 +288,26 @@ class InvocationResult:
 
     @property
     def log(self) -> str:
-        """The invocation's log as Lambda writes it: START, output, END, REPORT."""
+        """The invocation's log as Lambda writes it: START, output, END, REPORT (in the JSON
+        log format, the platform's JSON objects: :func:`fnrt._observe.platform_log`)."""
+        if self._log is None and self._system_level is not None:
+            error = self.error
+            self._log = _observe.platform_log(
+                self._system_level,
+                self.request_id,
+                self.output,
+                at=self._logged_at,
+                duration_ms=self.duration_ms,
+                memory_mb=self.memory_size_mb,
+                max_memory_mb=self.max_memory_mb,
+                init_ms=self.init_duration_ms,
+                init_log=self._init_log,
+                function_name=self.function_name,
+                error_type=None if error is None else error.error_type,
+                timed_out=isinstance(error, FunctionTimeout),
+                produced_bytes=len(self.raw),
+                application_level=self._application_level,
+            )
         if self._log is None:
             rid = self.request_id
             self._log = (
@@ -463,6 +496,8 @@ class Invoker:
                 max_memory_mb=memory if reply.fatal else reply.max_memory_mb,
                 memory_size_mb=memory,
             )
+            if config.log_format == "JSON":
+                result.in_json_format(config.system_level, config.log_level, clock.time())
             if error is not None:
                 error.request_id = request_id
                 error.log_tail = _observe.log_tail(result.log)

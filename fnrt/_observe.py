@@ -7,13 +7,16 @@ cold/warm. Configure structlog as usual; at a level above INFO they cost almost 
 from __future__ import annotations
 
 import base64
+import json
 import math
+import time
 from collections import defaultdict, deque
 from typing import Any
 
 import structlog
 
 LOG_TAIL_BYTES = 4096
+LATEST = "$LATEST"
 
 
 def logger() -> Any:
@@ -43,6 +46,109 @@ def report_line(
     if init_ms is not None:
         line += f"\tInit Duration: {init_ms:.2f} ms"
     return line
+
+
+_SYSTEM_LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30}
+#: The levels Lambda reads in a JSON log line's ``level`` (any case; the rest count as INFO).
+_LINE_LEVELS = {
+    "TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "FATAL": 50, "CRITICAL": 50,
+}  # fmt: skip
+
+
+def filter_application_log(text: str, level: str | None) -> str:
+    """``text`` without the JSON lines below the application log ``level``, as Lambda's
+    log-level filtering drops them: a line that is a JSON object is at its ``"level"``
+    (INFO when that is missing or not a level); other lines are kept."""
+    threshold = _LINE_LEVELS.get(str(level).upper(), 0) if level else 0
+    if threshold <= _LINE_LEVELS["TRACE"] or "{" not in text:
+        return text
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                named = record.get("level")
+                at = _LINE_LEVELS.get(named.upper(), 20) if isinstance(named, str) else 20
+                if at < threshold:
+                    continue
+        kept.append(line)
+    return "".join(kept)
+
+
+def _platform(event: str, record: dict[str, Any], at: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))
+    line = {"time": f"{stamp}.{int(at * 1000) % 1000:03d}Z", "type": event, "record": record}
+    return json.dumps(line, separators=(",", ":"))
+
+
+def platform_log(
+    system_level: str,
+    request_id: str,
+    output: str,
+    *,
+    at: float,
+    duration_ms: float,
+    memory_mb: int,
+    max_memory_mb: int,
+    init_ms: float | None,
+    init_log: str = "",
+    function_name: str = "",
+    error_type: str | None = None,
+    timed_out: bool = False,
+    produced_bytes: int = 0,
+    application_level: str | None = None,
+) -> str:
+    """An invocation's log in Lambda's JSON log format: the platform's lines are
+    ``platform.initStart`` (cold starts), ``platform.start``, ``platform.runtimeDone`` and
+    ``platform.report`` objects, kept by the system log level (``DEBUG`` all of them,
+    ``INFO`` all but ``runtimeDone``, ``WARN`` only the report of a failed invocation);
+    the function's own output comes between them as it was written, less its JSON lines
+    below the ``application_level`` (:func:`filter_application_log`)."""
+    output = filter_application_log(output, application_level)
+    init_log = filter_application_log(init_log, application_level)
+    keep = _SYSTEM_LEVELS.get(system_level, 20)
+    status = "timeout" if timed_out else ("error" if error_type else "success")
+    failed: dict[str, Any] = {} if error_type is None else {"errorType": error_type}
+    metrics: dict[str, Any] = {
+        "durationMs": round(duration_ms, 3),
+        "billedDurationMs": billed_ms(duration_ms),
+        "memorySizeMB": memory_mb,
+        "maxMemoryUsedMB": max_memory_mb,
+    }
+    if init_ms is not None:
+        metrics["initDurationMs"] = round(init_ms, 3)
+    started = at - duration_ms / 1000  # each line stamped when it happened
+    parts: list[str] = []
+    if init_ms is not None and keep <= 20:
+        init = {
+            "initializationType": "on-demand",
+            "phase": "init",
+            "functionName": function_name,
+            "functionVersion": LATEST,
+        }
+        parts.append(_platform("platform.initStart", init, started - init_ms / 1000) + "\n")
+    parts.append(init_log)
+    if keep <= 20:
+        start = {"requestId": request_id, "version": LATEST}
+        parts.append(_platform("platform.start", start, started) + "\n")
+    parts.append(output)
+    if output and not output.endswith("\n"):
+        parts.append("\n")
+    if keep <= 10:
+        done = {
+            "requestId": request_id,
+            "status": status,
+            **failed,
+            "metrics": {"durationMs": round(duration_ms, 3), "producedBytes": produced_bytes},
+        }
+        parts.append(_platform("platform.runtimeDone", done, at) + "\n")
+    if keep <= 20 or status != "success":
+        report = {"requestId": request_id, "metrics": metrics, "status": status, **failed}
+        parts.append(_platform("platform.report", report, at) + "\n")
+    return "".join(parts)
 
 
 def log_tail(log: str, limit: int = LOG_TAIL_BYTES) -> str:

@@ -67,6 +67,9 @@ class FunctionRecord:
             initialization_type=initialization_type,
             task_root=self.config.code_root,
             user=self.config.environment,
+            log_format=self.config.log_format,
+            log_level=self.config.log_level,
+            log_group=self.config.log_group,
         )
 
     def resources(self, initialization_type: str = "on-demand") -> Resources:
@@ -81,14 +84,19 @@ class FunctionRecord:
 
     def bind_info(self, sandbox_id: str) -> Binding:
         stream = f"{datetime.date.today():%Y/%m/%d}/[{LATEST}]{sandbox_id}"
+        environment = self.environment(stream)
         return Binding(
             attr=self.attr,
             function_name=self.name,
             arn=self.arn,
             memory_mb=self.config.memory_mb,
             log_stream=stream,
-            environment=self.environment(stream),
+            environment=environment,
             code_root=self.config.code_root,
+            # as the runtime reads them: the function's own variables may set them too
+            log_format=environment.get("AWS_LAMBDA_LOG_FORMAT", "Text"),
+            log_level=environment.get("AWS_LAMBDA_LOG_LEVEL", ""),
+            log_group=environment.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
         )
 
 

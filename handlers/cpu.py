@@ -23,6 +23,7 @@ def spin(event, context):
 def spin_until(event, context):
     """Busy-loop until the file ``event["release"]`` exists: a handler stuck in a CPU loop."""
     path = event["release"]
+    print(f"spinning until {path}")
     open(f"{path}.started", "w").close()
     steps = 0
     while not os.path.exists(path):

@@ -105,3 +105,17 @@ def returns_awaitable(event, context):
 def returns_coroutine(event, context):
     """A sync handler whose result is a coroutine of another function."""
     return fail_after_await(event, context)
+
+
+def restore_stdout(event, context):
+    """Redirects its output, then "restores" the streams Python started with, and prints."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        print("swallowed")
+    sys.stdout = sys.__stdout__
+    sys.stderr = sys.__stderr__
+    print("to stdout again")
+    print("to stderr again", file=sys.stderr)
+    return "restored"

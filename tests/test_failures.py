@@ -398,3 +398,26 @@ async def test_provisioned_init_is_bounded_by_the_init_timeout():
         await clock.advance(2)
         with pytest.raises(fnrt.InitError, match=r"Init phase timed out after 2\.00 seconds"):
             await adding
+
+
+async def test_a_warm_sandbox_whose_template_is_gone_is_not_handed_out() -> None:
+    # A handler can kill the template process it was forked from (it is its parent); every
+    # sandbox of that template dies with it, by its parent-death signal. Once the runtime
+    # knows the template is gone, none of them may take an event: here one that is frozen
+    # (SIGSTOP: the signal waits) would otherwise hold the call until its timeout.
+    import os
+    import signal
+
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("whoami", "handlers.chaos:whoami", timeout=3)
+        first = await rt.invoke("whoami", {})
+        template = rt._factories["subprocess"]._template
+        os.kill(first["pid"], signal.SIGSTOP)
+        try:
+            os.kill(template.pid, signal.SIGKILL)
+            await wait_until(lambda: template.closed, "the runtime to see the template go")
+            again = await asyncio.wait_for(rt.invoke_detailed("whoami", {}), 10)
+        finally:
+            os.kill(first["pid"], signal.SIGKILL)
+    assert again.error is None and again.cold_start and again.payload["pid"] != first["pid"]

@@ -1164,3 +1164,32 @@ async def test_versions_and_aliases_show_latest_alone_and_refuse_by_name(served)
     for operation in (lam.list_versions_by_function, lam.list_aliases, lam.publish_version):
         unknown = await error_of(operation, FunctionName="ghost")
         assert unknown["Code"] == "ResourceNotFoundException", operation
+
+
+async def test_create_function_takes_a_logging_config(served) -> None:
+    rt, server = served
+    lam = client("lambda", server.url)
+    created = await call(
+        lam.create_function,
+        FunctionName="logged",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": package(1)},
+        LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG", "LogGroup": "/team/logged"},
+    )
+    assert created["LoggingConfig"]["LogFormat"] == "JSON"
+    assert created["LoggingConfig"]["ApplicationLogLevel"] == "DEBUG"
+    assert created["LoggingConfig"]["LogGroup"] == "/team/logged"
+    assert rt.functions()["logged"].config.log_format == "JSON"
+    bad = await error_of(
+        lam.create_function,
+        FunctionName="badly",
+        Runtime="python3.12",
+        Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": package(1)},
+        LoggingConfig={"LogFormat": "XML"},
+    )
+    assert (bad["Status"], bad["Code"]) == (400, "ValidationException")
+    assert "badly" not in rt.functions()

@@ -91,6 +91,19 @@ async def test_the_code_root_stays_where_the_host_started_when_the_cwd_moves(tmp
     assert str(tmp_path) not in env["PYTHONPATH"].split(os.pathsep)
 
 
+async def test_a_functions_pythonpath_extends_its_import_path(tmp_path):
+    # PYTHONPATH is one of Lambda's unreserved variables: a function points it at a folder of
+    # vendored libraries (or a layer's path) and imports from there, at init too.
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "fnrt_vendored_lib.py").write_text('VALUE = "vendored"\n')
+    variables = {"PYTHONPATH": str(vendor), "VENDORED_MODULE": "fnrt_vendored_lib"}
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("vendored", "handlers.vendored:handler", environment=variables)
+        out = await rt.invoke("vendored", {})
+    assert out == {"value": "vendored", "pythonpath": str(vendor)}
+
+
 def _control_groups(rt: fnrt.Runtime) -> bool:
     template = rt._factories["subprocess"]._template
     return template is not None and template.control_groups

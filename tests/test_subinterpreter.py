@@ -154,6 +154,24 @@ async def test_a_timeout_answers_at_once_and_holds_the_slot_until_the_handler_re
 
 
 @needs_313
+async def test_what_a_handler_printed_before_a_timeout_is_in_its_log(release_file):
+    """No reply comes from a timed-out handler, and Lambda still shows what it printed: the
+    interpreter copies its output into a file the host reads, as a subprocess sandbox does."""
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("stuck", "handlers.cpu:spin_until", sandbox="subinterpreter", timeout=2)
+        call = asyncio.ensure_future(rt.invoke_detailed("stuck", {"release": release_file}))
+        await wait_until(lambda: os.path.exists(started(release_file)), "the handler to start spinning")
+        await clock.advance(2)
+        out = await asyncio.wait_for(call, 5)
+        open(release_file, "w").close()
+    assert out.error is not None and out.error.error_type == "Sandbox.Timedout"
+    printed = f"spinning until {release_file}\n"
+    assert printed in out.log and out.log.index(printed) < out.log.index("Task timed out after 2.00 seconds")
+    assert printed in out.error.log_tail
+
+
+@needs_313
 async def test_idle_sandboxes_retire_and_their_interpreters_end():
     clock = fnrt.FakeClock()
     async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:

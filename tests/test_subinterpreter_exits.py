@@ -92,3 +92,21 @@ async def test_ending_the_environment_in_init_is_an_exit_error_each_time_it_is_t
         await rt.add_function("fine", "handlers.exits:handler", sandbox=kind)
         out = await rt.invoke_detailed("fine", None)
     assert out.error is None and out.cold_start
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_what_python_prints_as_the_environment_ends_is_in_the_log(kind: str) -> None:
+    """``sys.exit("message")`` prints its message and an uncaught ``BaseException`` its
+    traceback as the runtime exits: Lambda's log shows them before the exit error."""
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("exits", "handlers.exits:handler", sandbox=kind)
+        message = await rt.invoke_detailed("exits", {"exit": "closing down: disk gone"})
+        interrupted = await rt.invoke_detailed("exits", {"raise": "Shutdown", "message": "stop now"})
+        quiet = await rt.invoke_detailed("exits", {"exit": 3})
+    line = f"RequestId: {message.request_id} Error: {worded(1)}\n"
+    assert f"closing down: disk gone\n{line}" in message.log
+    trace = interrupted.log
+    assert "Traceback (most recent call last):" in trace and "handlers.exits.Shutdown: stop now\n" in trace
+    assert 'exits.py", line' in trace and "fnrt/sandbox" not in trace  # the handler's frames, not fnrt's
+    assert trace.index("Shutdown: stop now") < trace.index(f"RequestId: {interrupted.request_id} Error:")
+    assert "Traceback" not in quiet.log and f"Error: {worded(3)}" in quiet.log

@@ -116,3 +116,12 @@ async def test_an_awaited_handlers_trace_starts_at_its_own_frame(
             assert frames(err.stack_trace) == expected
             assert all("handlers/stdio.py" in line for line in err.stack_trace)
             assert f"Traceback (most recent call last):\n{''.join(err.stack_trace)}END" in err.log_tail
+
+
+@pytest.mark.parametrize("kind", SANDBOXES)
+async def test_restoring_the_streams_python_started_with_keeps_printing_into_the_log(kind: str) -> None:
+    # sys.__stdout__ is Lambda's log as much as sys.stdout is: the old idiom that puts it
+    # back after a redirection must not send the output around the invocation's log.
+    for result in await cold_then_warm("restore_stdout", kind):
+        assert result.error is None and result.payload == "restored"
+        assert "to stdout again\nto stderr again\n" in result.log and "swallowed" not in result.log

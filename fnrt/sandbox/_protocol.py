@@ -159,6 +159,12 @@ class Binding:
     #: A directory put first on ``sys.path`` before the module is imported (the
     #: function's unpacked deployment package).
     code_root: str | None = None
+    #: How Lambda's Python runtime sets up ``logging`` (``AWS_LAMBDA_LOG_FORMAT``,
+    #: ``AWS_LAMBDA_LOG_LEVEL``) and the context's log group: given apart from the
+    #: environment, which a subinterpreter cannot apply and a created sandbox already has.
+    log_format: str = "Text"
+    log_level: str = ""
+    log_group: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -169,6 +175,9 @@ class Binding:
             "log_stream": self.log_stream,
             "environment": dict(self.environment),
             "code_root": self.code_root,
+            "log_format": self.log_format,
+            "log_level": self.log_level,
+            "log_group": self.log_group,
         }
 
 
@@ -469,6 +478,9 @@ def lambda_environment(
     initialization_type: str = "on-demand",
     task_root: str | None = None,
     user: Mapping[str, str] | None = None,
+    log_format: str = "Text",
+    log_level: str | None = None,
+    log_group: str | None = None,
 ) -> dict[str, str]:
     """Lambda's "defined runtime environment variables" for one function, then its own.
 
@@ -477,6 +489,8 @@ def lambda_environment(
     server listens there (fnrt's sandboxes speak their own protocol). ``PATH``,
     ``LD_LIBRARY_PATH`` and ``PYTHONPATH`` come from the host (see :data:`DEFAULT_PASSTHROUGH`),
     ``_X_AMZN_TRACE_ID`` is not set, and credentials only through ``Resources.credentials``.
+    ``AWS_LAMBDA_LOG_FORMAT`` is the function's log format and, with JSON,
+    ``AWS_LAMBDA_LOG_LEVEL`` its application log level (what Lambda's runtime reads).
     """
     env = {
         "_HANDLER": handler,
@@ -487,7 +501,8 @@ def lambda_environment(
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb),
         "AWS_LAMBDA_FUNCTION_VERSION": version,
         "AWS_LAMBDA_INITIALIZATION_TYPE": initialization_type,
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
+        "AWS_LAMBDA_LOG_FORMAT": log_format,
+        "AWS_LAMBDA_LOG_GROUP_NAME": log_group or f"/aws/lambda/{function_name}",
         "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
         "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
         "LAMBDA_TASK_ROOT": task_root or HOST_CWD,
@@ -495,6 +510,8 @@ def lambda_environment(
         "LANG": "en_US.UTF-8",
         "TZ": ":UTC",
     }
+    if log_level:
+        env["AWS_LAMBDA_LOG_LEVEL"] = log_level
     env.update(user or {})
     return env
 

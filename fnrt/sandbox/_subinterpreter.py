@@ -24,6 +24,9 @@ What differs from a subprocess, and what fnrt does about it:
   is a copy of the host's as it was when the interpreter booted (its secrets included; a
   spare boots ahead, so later changes in the host are not seen), so a function's
   ``environment`` is not applied; read configuration another way. Not for untrusted code.
+- **Output without a reply.** As a subprocess sandbox does, each interpreter copies what
+  an invocation prints into a small file (``_mirror``), so what a handler printed before a
+  timeout, or before it ended its interpreter, is in the invocation's log.
 - ``os.fork()`` and ``os.exec*()`` raise ``RuntimeError`` in an isolated interpreter
   (``subprocess`` itself works on 3.13); ``os._exit()`` ends the whole host process.
 """
@@ -31,11 +34,12 @@ What differs from a subprocess, and what fnrt does about it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import socket
-import sys
+import tempfile
 import threading
 import traceback
 from typing import Any
@@ -43,7 +47,17 @@ from typing import Any
 from .._clock import Clock, Deadlines
 from . import _wire
 from ._channel import Channel, ChannelSandbox
-from ._protocol import K_ERROR, K_FATAL, Resources, factory_closed, import_path, request_deadlines
+from ._mirror import SUFFIX as OUTPUT_SUFFIX
+from ._mirror import read_file, read_output
+from ._protocol import (
+    DEFAULT_LOG_CAPTURE_BYTES,
+    K_ERROR,
+    K_FATAL,
+    Resources,
+    factory_closed,
+    import_path,
+    request_deadlines,
+)
 
 SUBPROCESS_HINT = 'use sandbox="subprocess" for this function'
 _CLOSE_GRACE = 5.0  # seconds runtime close waits for quarantined handlers to return
@@ -51,14 +65,14 @@ _BOOT = """\
 import sys
 sys.path[:] = __import__("json").loads(fnrt_path)
 from fnrt.sandbox._subinterpreter import serve
-sys.exit(serve(fnrt_fd))
+sys.exit(serve(fnrt_fd, fnrt_output))
 """
 
 
 # -- the interpreter API: 3.14's public module where present, else 3.13's private one ----
 
 
-def _run_interpreter(fd: int, path: str) -> int | str:
+def _run_interpreter(fd: int, path: str, output: str = "") -> int | str:
     """Create an isolated interpreter, run :func:`serve` in it until it returns, destroy it.
 
     Blocks the calling (sandbox) thread. Returns how it ended: the exit status
@@ -71,13 +85,14 @@ def _run_interpreter(fd: int, path: str) -> int | str:
 
         interp = _interpreters.create(_interpreters.new_config("isolated"))
         try:
-            failure = _interpreters.exec(interp, _BOOT, {"fnrt_fd": fd, "fnrt_path": path})
+            shared = {"fnrt_fd": fd, "fnrt_path": path, "fnrt_output": output}
+            failure = _interpreters.exec(interp, _BOOT, shared)
         finally:
             _interpreters.destroy(interp)
         return 0 if failure is None else _ended(failure)
     interp = interpreters.create()
     try:
-        interp.prepare_main(fnrt_fd=fd, fnrt_path=path)
+        interp.prepare_main(fnrt_fd=fd, fnrt_path=path, fnrt_output=output)
         interp.exec(_BOOT)
     except interpreters.ExecutionFailed as exc:
         return _ended(exc.excinfo)
@@ -133,7 +148,7 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def serve(fd: int) -> int:
+def serve(fd: int, output: str = "") -> int:
     """The sandbox's main loop, run inside its interpreter: one frame in, one frame out.
 
     The subprocess worker's :func:`~fnrt.sandbox._worker.dispatch`, except that nothing
@@ -143,8 +158,10 @@ def serve(fd: int) -> int:
     an exception, its traceback on stderr), and the boot exits the interpreter with it, so
     the host thread words it as the subprocess kind does.
     """
-    from ._worker import Worker, dispatch, encode_reply
+    from ._worker import Worker, dispatch, encode_reply, host_stderr, install_mirror
 
+    if output:  # what each invocation prints, where the host reads it if no reply comes
+        install_mirror(output, DEFAULT_LOG_CAPTURE_BYTES)
     sock = socket.socket(fileno=os.dup(fd))
     worker = Worker(process_wide=True, apply_environment=False, enforce_memory=False)
     try:
@@ -166,7 +183,7 @@ def serve(fd: int) -> int:
     except SystemExit as exc:
         return _exit_status(exc.code)
     except BaseException:
-        traceback.print_exc(file=sys.__stderr__)
+        traceback.print_exc(file=host_stderr())
         return 1
     finally:
         worker.close()
@@ -180,10 +197,19 @@ class SubinterpreterSandbox(ChannelSandbox):
     kind = "subinterpreter"
 
     def __init__(
-        self, sandbox_id: str, channel: Channel, clock: Clock, deadlines: Deadlines | None = None
+        self,
+        sandbox_id: str,
+        channel: Channel,
+        clock: Clock,
+        deadlines: Deadlines | None = None,
+        output: str | None = None,
     ) -> None:
         super().__init__(sandbox_id, channel, clock, deadlines)
         self._ended: int | str | None = None
+        #: The file its interpreter copies each invocation's output into (see ``_mirror``),
+        #: and what it held when the interpreter ended (the file is gone then).
+        self._output = output
+        self._last_output: bytes | None = None
         #: Done when the interpreter has been destroyed (its thread has ended). After a
         #: timeout this can be much later than ``kill()``: the runtime holds the function's
         #: concurrency slot until then.
@@ -198,10 +224,28 @@ class SubinterpreterSandbox(ChannelSandbox):
         """Killed, but its handler is still running (a thread cannot be stopped)."""
         return self._dead and not self.stopped.done()
 
-    def _on_stopped(self, ended: int | str) -> None:
+    def _on_stopped(self, ended: int | str, output: bytes = b"") -> None:
         self._ended = ended
+        self._last_output = output
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+    async def output_so_far(self, request_id: str) -> str:
+        """What ``request_id`` printed before it timed out (the handler may still be
+        running: its interpreter's output file) or ended its interpreter (what the file
+        held when the interpreter was destroyed)."""
+        if self._output is None:
+            return ""
+        raw = self._last_output
+        if raw is None:
+            raw = await asyncio.to_thread(read_file, self._output)
+        if not raw and self._last_output is None:  # removed as its interpreter ended: a moment
+            try:
+                await asyncio.wait_for(asyncio.shield(self.stopped), 2.0)
+            except TimeoutError:
+                pass
+            raw = self._last_output or b""
+        return read_output(raw, request_id)
 
     async def _exit_reason(self) -> str:
         try:  # the interpreter ended; its thread says how in a moment
@@ -212,6 +256,17 @@ class SubinterpreterSandbox(ChannelSandbox):
 
     # kill(): the socket is aborted; the interpreter is destroyed as soon as the current
     # handler (if any) returns, and ``stopped`` says when. close(): EOF, serve() returns.
+
+
+def _output_file(sandbox_id: str) -> str | None:
+    """A new file for a sandbox's output mirror, or ``None`` when none can be made (then
+    what it printed before a timeout is not kept, as before)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"fnrt-{sandbox_id}-", suffix=OUTPUT_SUFFIX)
+    except OSError:
+        return None
+    os.close(fd)
+    return path
 
 
 class SubinterpreterFactory:
@@ -262,19 +317,25 @@ class SubinterpreterFactory:
             theirs.close()
             raise
         sandbox_id = f"si{os.getpid():x}{next(self._ids):04x}"
-        sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock, self._deadlines)
+        output = _output_file(sandbox_id)
+        sandbox = SubinterpreterSandbox(sandbox_id, channel, self._clock, self._deadlines, output)
         path = json.dumps(import_path())
 
         def run() -> None:
             ended: int | str
+            kept = b""
             try:
-                ended = _run_interpreter(theirs.fileno(), path)
+                ended = _run_interpreter(theirs.fileno(), path, output or "")
             except BaseException as exc:  # creating the interpreter failed
                 ended = f"{type(exc).__name__}: {exc}"
             finally:
                 theirs.close()
+                if output is not None:
+                    kept = read_file(output)
+                    with contextlib.suppress(OSError):
+                        os.unlink(output)
             try:
-                loop.call_soon_threadsafe(sandbox._on_stopped, ended)
+                loop.call_soon_threadsafe(sandbox._on_stopped, ended, kept)
             except RuntimeError:
                 pass  # the host's loop is closed
 

@@ -328,6 +328,12 @@ class SubprocessSandbox(ChannelSandbox):
         return read_output(raw, request_id)
 
     @property
+    def alive(self) -> bool:
+        # A sandbox dies with its template (its parent-death signal): once the template is
+        # known gone, a warm one is not handed out for an event it could never run.
+        return super().alive and not self._template.closed
+
+    @property
     def pid(self) -> int | None:
         return self._pid
 

@@ -158,7 +158,7 @@ def _run_child(sock: socket.socket, parent: int, setup: dict[str, Any], groups: 
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
-        traceback.print_exc(file=sys.__stderr__)
+        traceback.print_exc(file=_worker.host_stderr())
         code = 1
     finally:
         try:

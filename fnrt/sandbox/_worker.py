@@ -49,11 +49,15 @@ class Capture:
     """One invocation's captured output: the last ``limit`` characters are kept, what falls
     off the front streams to ``overflow`` (the host's stderr) instead of being buffered."""
 
-    __slots__ = ("dropped", "limit", "mirror", "overflow", "parts", "size")
+    __slots__ = ("dropped", "json", "level", "limit", "mirror", "overflow", "parts", "size")
 
     def __init__(
         self, limit: int, overflow: Callable[[str], Any] | None, mirror: OutputMirror | None = None
     ) -> None:
+        #: The function's log format is JSON; ``level``: records below it are dropped
+        #: (inline only: the other kinds set their root logger's level).
+        self.json = False
+        self.level = logging.NOTSET
         self.parts: list[str] = []
         self.size = 0
         self.limit = limit
@@ -306,21 +310,102 @@ class _BinaryRouter(_SandboxStream, io.BufferedIOBase):
 _process_request_id: list[str] = [""]  # the invocation a process-wide capture belongs to
 
 
+#: ``LogRecord`` attributes that are not a record's "extra" fields (Lambda's runtime's list,
+#: and what formatting or asyncio add to a record).
+_RECORD_FIELDS = frozenset(
+    {
+        "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+        "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+        "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+        "message", "asctime", "aws_request_id", "tenant_id", "_frame_type",
+    }
+)  # fmt: skip
+_json_line = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def _iso_ms(created: float) -> str:
+    """``2024-05-01T12:00:00.123Z``: the timestamp of Lambda's JSON log records."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{int(created * 1000) % 1000:03d}Z"
+
+
+def _json_record(record: logging.LogRecord, request_id: str) -> str:
+    """One ``logging`` record as Lambda's Python runtime writes it in JSON format: one object
+    a line, its level rounded down to a standard one, the exception's type, message and
+    frames when it carries one, then the record's extra fields; no ``null`` values."""
+    level = min(50, max(0, record.levelno)) // 10 * 10
+    exc = record.exc_info
+    out: dict[str, Any] = {
+        "timestamp": _iso_ms(record.created),
+        "level": logging.getLevelName(level),
+        "message": record.getMessage(),
+        "logger": record.name,
+    }
+    if exc and exc[0] is not None:
+        out["stackTrace"] = traceback.format_tb(exc[2])
+        out["errorType"] = exc[0].__name__
+        out["errorMessage"] = str(exc[1])
+    out["requestId"] = request_id
+    if exc:
+        out["location"] = f"{record.pathname}:{record.funcName}:{record.lineno}"
+    for key, value in record.__dict__.items():
+        if key not in _RECORD_FIELDS and key not in out and value is not None:
+            out[key] = value
+    return _json_line(out) + "\n"
+
+
+def log_level_number(log_level: str) -> int | None:
+    """``AWS_LAMBDA_LOG_LEVEL`` as a ``logging`` level (``TRACE`` is ``DEBUG``), or ``None``."""
+    name = str(log_level).upper()
+    level = logging.getLevelName({"TRACE": "DEBUG"}.get(name, name)) if name else None
+    return level if isinstance(level, int) else None
+
+
+class _TextFormatter(logging.Formatter):
+    """Lambda's Python runtime's text format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``."""
+
+    def __init__(self) -> None:
+        line = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n"
+        super().__init__(line, "%Y-%m-%dT%H:%M:%S")
+        self.converter = time.gmtime
+
+
+class _JsonFormatter(logging.Formatter):
+    """Lambda's Python runtime's JSON format (:func:`_json_record`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _json_record(record, getattr(record, "aws_request_id", ""))
+
+
+_TEXT = _TextFormatter()
+_JSON = _JsonFormatter()
+
+
+class _RequestIdFilter(logging.Filter):
+    """Puts the invocation's request id on each record as ``aws_request_id``, as Lambda's
+    runtime does: a handler's own formats (``%(aws_request_id)s``) and handlers read it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = getattr(_local, "request_id", None) or _process_request_id[0]
+        return True
+
+
 class _LambdaLogHandler(logging.Handler):
-    """Lambda's Python log format: ``[LEVEL]\\ttimestamp\\trequest-id\\tmessage``."""
+    """The root logger's handler, as Lambda's runtime installs it: the invocation's records
+    in its log format (text, or JSON with the JSON log format) unless the handler's code
+    sets a formatter of its own on it (``setFormatter``), which then formats them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(_RequestIdFilter())
 
     def emit(self, record: logging.LogRecord) -> None:
         buf = _current_buffer()
-        if buf is None:
+        if buf is None or record.levelno < buf.level:
             return
         try:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            rid = getattr(_local, "request_id", None) or _process_request_id[0]
-            buf.append(
-                f"[{record.levelname}]\t{stamp}.{int(record.msecs):03d}Z\t{rid}\t{record.getMessage()}\n"
-            )
-            if record.exc_info:
-                buf.append("".join(traceback.format_exception(*record.exc_info)))
+            formatter = self.formatter or (_JSON if buf.json else _TEXT)
+            text = formatter.format(record)
+            buf.append(text if text.endswith("\n") else text + "\n")
         except Exception:
             self.handleError(record)
 
@@ -342,13 +427,28 @@ def install_capture(process_wide: bool) -> None:
     if _installed:
         return
     _installed = True
+    _host_stderr[0] = sys.__stderr__
     sys.stdout = _Router(sys.stdout, "<stdout>", "strict")
     sys.stderr = _Router(sys.stderr, "<stderr>", "backslashreplace")
+    if process_wide:
+        # The sandbox's own streams, as Lambda's are its log: a handler that "restores"
+        # ``sys.stdout = sys.__stdout__`` still prints into its invocation's log.
+        setattr(sys, "__stdout__", sys.stdout)  # noqa: B010 (typeshed calls them final)
+        setattr(sys, "__stderr__", sys.stderr)  # noqa: B010
     logging.getLogger().addHandler(_LambdaLogHandler())
 
 
+_host_stderr: list[Any] = [sys.__stderr__]
+
+
+def host_stderr() -> Any:
+    """The process's real stderr (``sys.__stderr__`` before the capture took it): where
+    fnrt's own failures and the output that overflows a capture go."""
+    return _host_stderr[0]
+
+
 def _overflow_to_stderr(text: str) -> None:
-    stream = sys.__stderr__
+    stream = _host_stderr[0]
     if stream is not None:
         stream.write(text)
 
@@ -364,11 +464,13 @@ def install_mirror(path: str, capacity: int) -> None:
         _mirror[0] = None  # no room for it: the output still comes with each reply
 
 
-def _start_capture(request_id: str, limit: int) -> Capture:
+def _start_capture(request_id: str, limit: int, log_json: bool = False, log_level: int = 0) -> Capture:
     mirror = _mirror[0] if _Router.process_wide else None
     if mirror is not None:
         mirror.start(request_id or INIT_OUTPUT)
     buf = Capture(limit, _overflow_to_stderr, mirror)
+    buf.json = log_json
+    buf.level = log_level
     if _Router.process_wide:
         _Router.process_buffer = buf
         _process_request_id[0] = request_id
@@ -449,9 +551,32 @@ def _simple_error(error_type: str, message: str) -> dict[str, Any]:
 
 
 def _log_error(buf: Capture, exc: BaseException, error: dict[str, Any]) -> None:
+    if buf.json:  # as Lambda's runtime logs an error in JSON format: one object
+        rid = getattr(_local, "request_id", None) or _process_request_id[0]
+        line = {"timestamp": _iso_ms(time.time()), "level": "ERROR", **error, "requestId": rid}
+        buf.append(_json_line(line) + "\n")
+        return
     buf.append(f"[ERROR] {error['errorType']}: {error['errorMessage']}\n")
     buf.append("Traceback (most recent call last):\n")
     buf.extend(error["stackTrace"])
+
+
+def _log_exit(buf: Capture, exc: BaseException) -> None:
+    """What Python writes to stderr as ``exc`` ends the interpreter (the message of a
+    ``sys.exit("...")``, the traceback of anything else), into the invocation's log: in
+    Lambda it is the last thing the function's log shows before the runtime exited."""
+    try:
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            if code is not None and not isinstance(code, int):
+                buf.append(f"{code}\n")
+        else:  # from the handler's frames on, as for a handler's exception
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_frame.f_globals is _GLOBALS:
+                tb = tb.tb_next
+            buf.append("".join(traceback.format_exception(type(exc), exc, tb)))
+    except Exception:  # a hostile __str__: the exit itself still happens
+        pass
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -547,7 +672,23 @@ class Worker:
         self.enforce_memory = enforce_memory
         self.memory_limited = False
         self.log_capture_bytes = log_capture_bytes
+        self.log_json = False
+        self.log_level = logging.NOTSET
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def configure_logging(self, bind: dict[str, Any]) -> None:
+        """Set up ``logging`` as Lambda's Python runtime does from ``AWS_LAMBDA_LOG_FORMAT``
+        and ``AWS_LAMBDA_LOG_LEVEL``: JSON records or text lines, and the root logger's level.
+        Inline, the host's root logger is left alone: the level only drops the records of
+        this sandbox's invocations below it."""
+        self.log_json = str(bind.get("log_format") or "").upper() == "JSON"
+        level = log_level_number(bind.get("log_level") or "")
+        if level is None:
+            return
+        if _Router.process_wide:
+            logging.getLogger().setLevel(level)
+        else:
+            self.log_level = level
 
     def limit_memory(self, memory_mb: int | None) -> None:
         if memory_mb and self.enforce_memory and not self.memory_limited:
@@ -569,11 +710,14 @@ class Worker:
         if bind:
             if self.apply_environment:
                 os.environ.update(bind.get("environment") or {})
+            self.configure_logging(bind)
             self.limit_memory(bind.get("memory_mb"))
             code_root = bind.get("code_root")
             if code_root and (not sys.path or sys.path[0] != code_root):
                 sys.path.insert(0, code_root)  # the package's modules before the host's
-        buf = _start_capture("", self.log_capture_bytes)
+        if self.apply_environment:
+            _import_from(os.environ.get("PYTHONPATH", ""))  # after the code root
+        buf = _start_capture("", self.log_capture_bytes, self.log_json, self.log_level)
         started = time.perf_counter()
         try:
             self.module = importlib.import_module(module_name)
@@ -600,6 +744,9 @@ class Worker:
             if type(exc).__name__ == "InvalidConfig":  # fnrt's own decorator refused its arguments
                 return self._init_failed(exc, buf, _error(exc, "InvalidConfig", str(exc)))
             return self._init_failed(exc, buf, _error(exc))
+        except BaseException as exc:  # the init phase ended its sandbox (sys.exit, ...)
+            _log_exit(buf, exc)
+            raise
         finally:
             _stop_capture()
         init_ms = (time.perf_counter() - started) * 1000
@@ -651,9 +798,12 @@ class Worker:
         self.fn = target
         self.is_async = inspect.iscoroutinefunction(target)
         self.function = bind
-        self._constants = Context.constants(
-            bind["function_name"], bind["memory_mb"], bind.get("log_stream", "")
-        )
+        constants = Context.constants(bind["function_name"], bind["memory_mb"], bind.get("log_stream", ""))
+        group = bind.get("log_group")
+        if group:  # the function's own log group (LoggingConfig.LogGroup)
+            constants = (*constants[:3], group, constants[4])
+        self._constants = constants
+        self.configure_logging(bind)
         if self.apply_environment:
             os.environ.update(bind.get("environment") or {})
             if bind.get("log_stream"):
@@ -698,10 +848,13 @@ class Worker:
             None if identity is None else CognitoIdentity.from_dict(identity),
             None if client_context is None else ClientContext.from_dict(client_context),
         )
-        buf = _start_capture(rid, self.log_capture_bytes)
+        buf = _start_capture(rid, self.log_capture_bytes, self.log_json, self.log_level)
         started = _perf_counter()
         try:
             ok, error, fatal, out = self._call(self.fn, body, context, buf)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the sandbox ends
+            _log_exit(buf, exc)
+            raise
         finally:
             _stop_capture()
         return rid, ok, fatal, (_perf_counter() - started) * 1000, _max_rss_mb(), buf.text(), error, out
@@ -770,6 +923,15 @@ class Worker:
         if self._loop is not None:
             self._loop.close()
             self._loop = None
+
+
+def _import_from(pythonpath: str) -> None:
+    """Put the entries of the function's ``PYTHONPATH`` that are not on ``sys.path`` yet
+    where Python puts them at start-up (after the code root, before the standard library
+    and site-packages): in Lambda a function extends its import path with this variable,
+    and a forked sandbox started with the host's path."""
+    entries = [entry for entry in pythonpath.split(os.pathsep) if entry and entry not in sys.path]
+    sys.path[1:1] = list(dict.fromkeys(entries))
 
 
 def _jsonable(value: Any) -> Any:
