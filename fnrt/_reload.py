@@ -6,7 +6,10 @@ every module that functions run from is checked in a fresh discovery sandbox:
 
 - it imports: its functions are registered again (a new generation). New invocations get
   environments initialized from the new code; warm environments of the old code finish
-  the event they run and retire. Event-invoke config and concurrency settings stay.
+  the event they run and retire. Event-invoke config and what was set at run time
+  (concurrency, a configuration update) stay; a decorator's edited arguments apply.
+  A function added by reference is checked under its own configuration (its
+  environment, its handler's name).
 - it fails to import (a syntax error half-way through an edit): the old version keeps
   serving and the error is reported once, until the module changes again.
 

@@ -207,6 +207,10 @@ class Runtime(ControlPlane, ClusterMember):
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
         self._discovered: dict[str, set[str]] = {}
+        # function -> the config its decorator declared at the last deploy or reload: a
+        # reload takes from the new decorator only what changed in it, so settings changed
+        # at run time (concurrency, update_function_configuration) stay
+        self._declared: dict[str, FunctionConfig] = {}
         self._reloader: Reloader | None = None
         if reload:
             check_available()
@@ -396,6 +400,7 @@ class Runtime(ControlPlane, ClusterMember):
         await self._register_all(records)
         self._deployed[module] = [r.name for r in records]
         self._discovered[module] = {r.name for r in records}
+        self._declared.update({r.name: r.config for r in records})
         if self._reloader is not None:
             self._reloader.watch_module(module)
         self._log.info("deployed", module=module, functions=[r.name for r in records])
@@ -455,26 +460,54 @@ class Runtime(ControlPlane, ClusterMember):
 
     async def _reload_module(self, module: str) -> list[str]:
         """Register ``module``'s functions again from its current source (hot reload).
-        Deployed functions take their config from the decorators again; functions added by
-        reference keep theirs. Raises the module's init error, and then changes nothing."""
+        Deployed functions take from their decorators what changed there, and keep what
+        was changed at run time; functions added by reference keep their config, and each
+        is checked in an init phase under it (its environment, its handler). Raises the
+        module's init error, and then changes nothing."""
         self._check_running()
-        discovered = await self._discover(module)
-        found = {r.name for r in discovered}
         deployed = set(self._deployed.get(module, ()))
+        records: list[FunctionRecord] = []
+        declared: dict[str, FunctionConfig] = {}
         if module in self._deployed:  # a deployed module: its new handlers are deployed too
-            deployed |= found - self._discovered.get(module, set())
-        records = [r for r in discovered if r.name in deployed]
-        for entry in self._registry:  # added by reference: same config, new code
+            discovered = await self._discover(module)
+            declared = {r.name: r.config for r in discovered}
+            deployed |= declared.keys() - self._discovered.get(module, set())
+            records = [self._redeclared(r) for r in discovered if r.name in deployed]
+        for entry in list(self._registry):  # added by reference: same config, new code
             if entry.record.module == module and entry.name not in deployed:
-                records.append(attrs.evolve(entry.record, generation=self._registry.next_generation()))
+                record = attrs.evolve(entry.record, generation=self._registry.next_generation())
+                await self._check_init(record)
+                records.append(record)
         await self._register_all(records)
         if module in self._deployed:
+            found = set(declared)
             # Handlers the module no longer has: a call could only fail (HandlerNotFound).
             for gone in sorted((deployed - found) & {entry.name for entry in self._registry}):
                 await self.remove_function(gone)
             self._deployed[module] = sorted(deployed & found)
             self._discovered[module] = found
+            self._declared.update({name: declared[name] for name in deployed & found})
         return sorted(r.name for r in records)
+
+    def _redeclared(self, declared: FunctionRecord) -> FunctionRecord:
+        """``declared`` (a reloaded decorator's record) with the settings changed at run
+        time since the last deploy or reload kept, unless the decorator changed them too."""
+        entry = self._registry.lookup(declared.name)
+        before = self._declared.get(declared.name)
+        if entry is None or before is None:
+            return declared
+        now, old, new = entry.record.config.to_dict(), before.to_dict(), declared.config.to_dict()
+        config = FunctionConfig.from_kwargs({k: now[k] if new[k] == old[k] else new[k] for k in new})
+        return attrs.evolve(declared, config=config, sandbox_kind=config.sandbox or self.config.sandbox)
+
+    async def _check_init(self, record: FunctionRecord) -> None:
+        """Run ``record``'s init phase under its own configuration in a sandbox thrown
+        away after: raises its init error (the module fails to import with the
+        function's environment, or no longer has the handler)."""
+        sandbox, _ = await start_sandbox(
+            self._factory(record.sandbox_kind), record.module, record, record.config.init_timeout
+        )
+        await sandbox.close()
 
     async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:
         """Register ``handler`` (``"module:function"``) as function ``name`` with ``config``.

@@ -167,3 +167,60 @@ def test_reload_without_watchfiles_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "watchfiles" else real(n, *a))
     with pytest.raises(fnrt.InvalidConfig, match=r"pip install 'fnrt\[reload\]'"):
         fnrt.Runtime(reload=True)
+
+
+async def test_a_function_added_by_reference_reloads_under_its_own_environment(project) -> None:
+    """A module that reads its function's variables at import (a table name, a boto3
+    client's region) reloads: the new code is checked under the function's own
+    configuration, not a bare discovery environment. A handler taken out of the module
+    leaves the old version serving, and says so."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    template = (
+        "import os\nTABLE = os.environ['TABLE']\n\ndef {attr}(event, context):\n    return [{v}, TABLE]\n"
+    )
+    source.write_text(template.format(attr="handler", v=1))
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.add_function("table", f"{name}:handler", environment={"TABLE": "orders"})
+        assert await rt.invoke("table", {}) == [1, "orders"]
+
+        source.write_text(template.format(attr="handler", v=2))
+        await wait_until(lambda: bool(reports), "the reload")
+        assert reports == [f"reloaded {name} (table) after {name}.py changed"]
+        assert await rt.invoke("table", {}) == [2, "orders"]
+
+        source.write_text(template.format(attr="renamed", v=3))
+        await wait_until(lambda: len(reports) == 2, "the failed reload reported")
+        assert "failed" in reports[1] and "Runtime.HandlerNotFound" in reports[1]
+        assert await rt.invoke("table", {}) == [2, "orders"]  # the old version serves
+
+
+async def test_settings_changed_at_run_time_survive_a_reload(project) -> None:
+    """A reload takes from the decorator what was edited in it; what was set at run time
+    (reserved concurrency, provisioned concurrency, a configuration update) stays, as a
+    code update in Lambda leaves a function's configuration alone."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    template = (
+        "import fnrt\n\n@fnrt.handler(timeout=3, memory_mb={memory})\n"
+        "def settings(event, context):\n    return {memory}\n"
+    )
+    source.write_text(template.format(memory=128))
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(name)
+        rt.put_function_concurrency("settings", 5)
+        await rt.update_function_configuration("settings", timeout=7, environment={"STAGE": "dev"})
+
+        source.write_text(template.format(memory=256))
+        await wait_until(lambda: bool(reports), "the reload")
+        assert await rt.invoke("settings", {}) == 256
+        config = rt.get_function("settings").config
+        assert config.memory_mb == 256  # edited in the decorator
+        assert (config.timeout, config.environment, config.reserved_concurrency) == (7, {"STAGE": "dev"}, 5)
+        assert rt.stats()["concurrency"]["reserved_total"] == 5
