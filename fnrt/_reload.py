@@ -45,9 +45,20 @@ def check_available() -> None:
         raise InvalidConfig("reload=True needs watchfiles: pip install 'fnrt[reload]'")
 
 
-def _python_source(change: object, path: str) -> bool:
-    parts = Path(path).parts
-    return path.endswith(".py") and not any(p in _SKIP_DIRS or p.startswith(".") for p in parts[:-1])
+def _python_source(path: str, roots: Sequence[str]) -> bool:
+    """A Python file of the project: not in a folder that holds no project code (a
+    virtualenv, caches, hidden folders) below the watched root it is under. The folders
+    above the root do not count: a project checked out under ``~/.worktrees/`` is watched."""
+    if not path.endswith(".py"):
+        return False
+    full = os.path.abspath(path)
+    inside = [root for root in map(os.path.abspath, roots) if _within_path(full, root)]
+    parts = Path(os.path.relpath(full, max(inside, key=len))).parts if inside else Path(full).parts
+    return not any(p in _SKIP_DIRS or p.startswith(".") for p in parts)
+
+
+def _within_path(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _drop_bytecode(paths: Iterable[str]) -> None:
@@ -129,7 +140,7 @@ class Reloader:
             self._rewatch = rewatch = anyio.Event()
             async for changes in watchfiles.awatch(
                 *self.paths,
-                watch_filter=_python_source,
+                watch_filter=lambda _, path: _python_source(path, self.paths),
                 debounce=self.debounce_ms,
                 step=20,
                 rust_timeout=500,

@@ -224,3 +224,26 @@ async def test_settings_changed_at_run_time_survive_a_reload(project) -> None:
         assert config.memory_mb == 256  # edited in the decorator
         assert (config.timeout, config.environment, config.reserved_concurrency) == (7, {"STAGE": "dev"}, 5)
         assert rt.stats()["concurrency"]["reserved_total"] == 5
+
+
+async def test_a_project_under_a_hidden_folder_is_watched(tmp_path) -> None:
+    """Hidden folders and virtualenvs are skipped inside the watched project, not above
+    it: a checkout under ``~/.worktrees/`` (or any dot-folder) reloads like any other."""
+    folder = tmp_path / ".worktrees" / "project"
+    folder.mkdir(parents=True)
+    name = f"hot_{uuid.uuid4().hex[:8]}"
+    source = folder / f"{name}.py"
+    write(source, 1)
+    sys.path.insert(0, str(folder))
+    try:
+        async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+            reports: list[str] = []
+            assert rt._reloader is not None
+            rt._reloader.report = reports.append
+            await rt.deploy(name)
+            assert (await rt.invoke("version", {}))["version"] == 1
+            write(source, 2)
+            await wait_until(lambda: bool(reports), "the reload", 10)
+            assert (await rt.invoke("version", {}))["version"] == 2
+    finally:
+        sys.path.remove(str(folder))
