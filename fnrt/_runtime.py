@@ -753,9 +753,17 @@ class Runtime(ControlPlane, ClusterMember):
         """The async config in force for ``name`` (the defaults if none was set)."""
         return self._async.config_for(name)
 
-    async def destination_records(self, sink: str) -> list[Any]:
+    async def destination_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         """The records delivered to a durable sink (``"failed-payments"`` or
-        ``"sink:failed-payments"``), oldest first."""
+        ``"sink:failed-payments"``), oldest first; with ``newest``, only that many of the
+        last ones (:meth:`destination_count` tells how many there are)."""
+        return await self._async.destination_records(self._sink_name(sink), newest)
+
+    async def destination_count(self, sink: str) -> int:
+        """How many records a durable sink holds, without reading them."""
+        return await self._async.destination_count(self._sink_name(sink))
+
+    def _sink_name(self, sink: str) -> str:
         self._check_running()
         name = sink if ":" in sink else f"sink:{sink}"
         if parse_destination(name)[0] != "sink":
@@ -763,7 +771,7 @@ class Runtime(ControlPlane, ClusterMember):
                 f"{sink!r} is a function, not a sink: a function destination gets its records "
                 "as Events (see Runtime.async_event); destination_records reads sinks"
             )
-        return await self._async.destination_records(name)
+        return name
 
     async def async_event(self, request_id: str) -> dict[str, Any] | None:
         """Where an Event invocation is: its ``state`` (``queued``, ``leased``, ``done``,

@@ -361,7 +361,7 @@ class InvokeServer:
                     "BatchSize": m.config.batch_size,
                     "Checkpoints": await m.checkpoints(),
                     "IteratorAgeMs": m.iterator_age(),
-                    "OnFailureRecords": len(await m.failure_records()),
+                    "OnFailureRecords": await m.failure_count(),
                 }
             )
         body = {

@@ -204,6 +204,24 @@ async def test_queued_events_and_sink_records_show_in_queues(served, release_fil
     await held
 
 
+async def test_a_sink_shows_its_count_and_newest_records_first(served):
+    """The console reads a sink's count and its newest records (a sink fills up during a
+    load test, with records of up to 1 MB each, and the console reads it every second)."""
+    rt, server, http = served
+    rt.configure_async("echo", on_success="sink:echoed")
+    for n in range(25):
+        await rt.invoke("echo", {"n": n}, invocation_type="Event")
+    await rt.wait_idle()
+    assert await rt.destination_count("echoed") == 25
+    (sink,) = (await get_json(http, "/console/api/queues"))["sinks"]
+    assert sink["sink"] == "echoed" and sink["count"] == 25
+    every = await rt.destination_records("echoed")  # in the order they were delivered
+    assert len(every) == 25 and sink["records"] == every[-20:][::-1]
+    assert await rt.destination_records("echoed", newest=2) == every[-2:]
+    async with http.get("/console/") as resp:
+        assert "Sink echoed: 25 record(s)" in await resp.text()
+
+
 async def test_streams_show_shards_checkpoints_and_iterator_age(served):
     rt, server, http = served
     stream = await rt.create_stream("orders", shard_count=2)

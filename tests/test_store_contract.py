@@ -206,6 +206,22 @@ async def test_sink_records_keep_their_order(queue: QueueStore) -> None:
     assert await queue.sink_records("nothing") == []
 
 
+async def test_the_newest_sink_records_and_the_count_are_read_alone(queue: QueueStore) -> None:
+    """A sink can hold many large records: the console reads the count and the newest few
+    each second, never the whole sink."""
+    for n in range(10):
+        await queue.append_sink("s", json.dumps(n), T0)
+    await queue.append_sink("other", json.dumps("x"), T0)
+    assert await queue.sink_records("s", newest=3) == [7, 8, 9]  # still oldest first
+    assert await queue.sink_records("s", newest=50) == list(range(10))
+    assert await queue.sink_records("s", newest=0) == []
+    assert (await queue.sink_count("s"), await queue.sink_count("other"), await queue.sink_count("none")) == (
+        10,
+        1,
+        0,
+    )
+
+
 async def test_release_makes_events_due_at_once(queue: QueueStore) -> None:
     ids = await enqueue(queue, n=3)
     taken = await queue.take("f", T0, 3, "a", T0 + LEASE)
@@ -725,6 +741,9 @@ async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamSt
     assert not await streams.checkpoint(m, s, "a", 9)
     assert (await streams.checkpoints(m))[s].seq == 7
     assert await streams.failure_records(mapping=m) == [failure[1]]  # no stale record
+    assert await streams.failure_count(mapping=m) == 1 and await streams.failure_count(mapping="none") == 0
+    assert await streams.failure_records(mapping=m, newest=1) == [failure[1]]
+    assert await streams.failure_records(mapping=m, newest=0) == []
     assert await streams.checkpoint(m, s, "b", 12, finished=True)
     checkpoint = (await streams.checkpoints(m))[s]
     assert checkpoint.seq == 12 and checkpoint.finished

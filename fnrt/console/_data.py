@@ -122,7 +122,10 @@ async def queues(rt: Runtime) -> dict[str, Any]:
     functions = []
     sinks: dict[str, None] = {}
     for name in sorted(rt.functions()):
-        config = rt.async_config(name)
+        try:
+            config = rt.async_config(name)
+        except FunctionNotFound:  # removed since the list of functions was read (a reload)
+            continue
         age = rt.metrics.summary("AsyncEventAge", name)
         counts = await rt.async_queue_counts(name)
         for sink in _sinks([config.on_success, config.on_failure, config.dead_letter]):
@@ -151,10 +154,11 @@ async def queues(rt: Runtime) -> dict[str, Any]:
         )
     out_sinks = []
     for sink in sinks:
-        records = await rt.destination_records(sink)
-        out_sinks.append(
-            {"sink": sink, "count": len(records), "records": records[-SINK_RECORDS_SHOWN:][::-1]}
-        )
+        # The newest few only: a sink can hold many records of up to an Event's 1 MB, and
+        # the console reads them every second.
+        records = await rt.destination_records(sink, newest=SINK_RECORDS_SHOWN)
+        count = await rt.destination_count(sink)
+        out_sinks.append({"sink": sink, "count": count, "records": records[::-1]})
     return {"open": True, "functions": functions, "sinks": out_sinks}
 
 
@@ -177,7 +181,7 @@ async def streams(rt: Runtime) -> dict[str, Any]:
         rows = []
         for m in by_stream[name]:
             age = m.iterator_age()
-            failures = await m.failure_records()
+            failures = await m.failure_records(newest=FAILURE_RECORDS_SHOWN)
             rows.append(
                 {
                     "uuid": m.uuid,
@@ -192,8 +196,8 @@ async def streams(rt: Runtime) -> dict[str, Any]:
                     },
                     "records_skipped": int(rt.metrics.counter("StreamRecordsSkipped", m.uuid)),
                     "bisects": int(rt.metrics.counter("StreamBisects", m.uuid)),
-                    "failure_count": len(failures),
-                    "failure_records": failures[-FAILURE_RECORDS_SHOWN:][::-1],
+                    "failure_count": await m.failure_count(),
+                    "failure_records": failures[::-1],
                 }
             )
         out.append({"name": name, "arn": stream.arn, "shards": shards, "mappings": rows})

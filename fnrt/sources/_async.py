@@ -241,8 +241,11 @@ class AsyncSource:
         await self._putting(queue.enqueue(str(uuid.uuid4()), target, body, now), [target])
         self.metrics.incr("AsyncEventsReceived", target)
 
-    async def destination_records(self, sink: str) -> list[Any]:
-        return await (await self.queue()).sink_records(parse_destination(sink)[1])
+    async def destination_records(self, sink: str, newest: int | None = None) -> list[Any]:
+        return await (await self.queue()).sink_records(parse_destination(sink)[1], newest=newest)
+
+    async def destination_count(self, sink: str) -> int:
+        return await (await self.queue()).sink_count(parse_destination(sink)[1])
 
     async def event(self, request_id: str) -> dict[str, Any] | None:
         return await (await self.queue()).event(request_id)

@@ -142,8 +142,13 @@ class QueueStore(Protocol):
     async def append_sink(self, sink: str, record: str, now: float) -> None:
         """Append a JSON ``record`` to the durable sink ``sink``; durable."""
 
-    async def sink_records(self, sink: str) -> list[Any]:
-        """The records of ``sink``, parsed, in the order they were appended."""
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
+        """The records of ``sink``, parsed, in the order they were appended; with
+        ``newest``, only that many of the last ones (a sink can hold many large records)."""
+        ...
+
+    async def sink_count(self, sink: str) -> int:
+        """How many records ``sink`` holds, without reading them."""
         ...
 
     async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
@@ -347,9 +352,14 @@ class StreamStore(Protocol):
         ...
 
     async def failure_records(
-        self, *, mapping: str | None = None, destination: str | None = None
+        self, *, mapping: str | None = None, destination: str | None = None, newest: int | None = None
     ) -> list[dict[str, Any]]:
-        """On-failure records of one mapping, or sent to one destination, oldest first."""
+        """On-failure records of one mapping, or sent to one destination, oldest first;
+        with ``newest``, only that many of the last ones."""
+        ...
+
+    async def failure_count(self, *, mapping: str) -> int:
+        """How many on-failure records ``mapping`` wrote, without reading them."""
         ...
 
 

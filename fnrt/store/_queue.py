@@ -293,11 +293,17 @@ class SQLiteQueue:
     async def append_sink(self, sink: str, record: str, now: float) -> None:
         await self.db.group_write([(_SINK, (sink, record, now))])
 
-    async def sink_records(self, sink: str) -> list[Any]:
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         rows = await self.db.fetchall(
-            "SELECT record FROM destination_records WHERE sink = ? ORDER BY id", (sink,)
+            "SELECT record FROM (SELECT id, record FROM destination_records WHERE sink = ? "
+            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (sink, -1 if newest is None else max(newest, 0)),
         )
         return [json.loads(row[0]) for row in rows]
+
+    async def sink_count(self, sink: str) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM destination_records WHERE sink = ?", (sink,))
+        return int(row[0]) if row is not None else 0
 
     async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
         """Delete up to ``limit`` done/failed events finished before ``before``."""

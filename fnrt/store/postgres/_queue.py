@@ -467,8 +467,18 @@ class PgEventQueue:
         )
 
     @guarded
-    async def sink_records(self, sink: str) -> list[Any]:
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         rows = await self.pg.relaxed.fetch(
-            "SELECT record FROM fnrt_destination_records WHERE sink = $1 ORDER BY id", sink
+            "SELECT record FROM (SELECT id, record FROM fnrt_destination_records WHERE sink = $1 "
+            "ORDER BY id DESC LIMIT $2) AS newest ORDER BY id",
+            sink,
+            None if newest is None else max(newest, 0),
         )
         return [json.loads(r[0]) for r in rows]
+
+    @guarded
+    async def sink_count(self, sink: str) -> int:
+        value = await self.pg.relaxed.fetchval(
+            "SELECT count(*) FROM fnrt_destination_records WHERE sink = $1", sink
+        )
+        return int(value or 0)
