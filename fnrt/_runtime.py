@@ -784,10 +784,14 @@ class Runtime(ControlPlane, ClusterMember):
         """Whether the async queue's store is open (asking for counts would open it)."""
         return self._async.opened
 
-    async def async_queue_counts(self, name: str | None = None) -> dict[str, int]:
-        """Event counts by state, for one function or all."""
+    async def async_queue_counts(
+        self, name: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Event counts by state, for one function or all; ``states`` counts only those
+        (``("queued", "leased")``: the queue's depth, cheap for one function however many
+        finished events are retained)."""
         self._check_running()
-        return await self._async.counts(name)
+        return await self._async.counts(name, states)
 
     async def _open_async_queue(self) -> None:
         try:

@@ -204,6 +204,40 @@ async def test_queued_events_and_sink_records_show_in_queues(served, release_fil
     await held
 
 
+async def test_the_queue_depth_is_live_and_finished_events_are_recounted_every_30_s(served, release_file):
+    """Each tick counts the queued and leased events (few, indexed); the done and failed
+    ones (a day's, retained) are counted every 30 s, so a console left open does not hold
+    the store from the Event invokes."""
+    rt, server, http = served
+    console = server.app[CONSOLE]
+    clock = fnrt.FakeClock()
+    console.finished.clock = clock.monotonic
+
+    def row(state, function):
+        return next(f for f in state["queues"]["functions"] if f["function"] == function)
+
+    await rt.invoke("echo", {}, invocation_type="Event")
+    await rt.wait_idle()
+    assert row(await console.state(), "echo")["done"] == 1
+    held = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+    await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "hold in flight")
+    await rt.invoke("hold", {"release": release_file}, invocation_type="Event")  # waits: reserved 1
+    second = await rt.invoke("echo", {}, invocation_type="Event")
+
+    async def second_done() -> bool:
+        return (await rt.async_event(second) or {}).get("state") == "done"
+
+    await wait_until(second_done, "the second echo done")
+    state = await console.state()
+    assert row(state, "hold")["queued"] + row(state, "hold")["leased"] == 1  # live
+    assert row(state, "echo")["done"] == 1  # counted again in 30 s
+    await clock.advance(30)
+    assert row(await console.state(), "echo")["done"] == 2
+    assert (await get_json(http, "/console/api/queues"))["functions"][0]["done"] == 2  # the API: now
+    open(release_file, "w").close()
+    await held
+
+
 async def test_a_sink_shows_its_count_and_newest_records_first(served):
     """The console reads a sink's count and its newest records (a sink fills up during a
     load test, with records of up to 1 MB each, and the console reads it every second)."""

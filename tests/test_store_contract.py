@@ -122,6 +122,23 @@ async def test_enqueue_take_settle_done(queue: QueueStore) -> None:
     assert await queue.take("f", T0 + 100, 10, "host-a", T0 + 200) == []
 
 
+async def test_counts_of_some_states_only(queue: QueueStore) -> None:
+    """The queue's depth (queued, leased) is counted without the finished events, which
+    are every event of the retention period."""
+    (finished,) = await enqueue(queue, "f", 1)
+    [event] = await queue.take("f", T0, 10, "a", T0 + LEASE)
+    await queue.settle(event, done(event), T0 + 1)
+    await enqueue(queue, "f", 3)
+    await queue.take("f", T0, 1, "a", T0 + LEASE)
+    await enqueue(queue, "g", 1)
+    live = ("queued", "leased")
+    assert await queue.counts("f") == {"queued": 2, "leased": 1, "done": 1}
+    assert await queue.counts("f", states=live) == {"queued": 2, "leased": 1}
+    assert await queue.counts("f", states=("done", "failed")) == {"done": 1}
+    assert await queue.counts(states=live) == {"queued": 3, "leased": 1}
+    assert await queue.counts("f", states=()) == {}
+
+
 async def test_take_is_oldest_first_limited_and_per_function(queue: QueueStore) -> None:
     first = await enqueue(queue, "f", 3, now=T0)
     later = await enqueue(queue, "f", 2, now=T0 + 5)

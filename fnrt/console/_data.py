@@ -8,10 +8,13 @@ mappings may create the runtime's stream source object, which opens nothing).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._lambda import GLOBAL_REASON, RATE_REASON, RESERVED_RATE_REASON, RESERVED_REASON
@@ -115,8 +118,36 @@ def _sinks(names: list[str | None]) -> list[str]:
     return [n.split(":", 1)[1] for n in names if n and n.startswith("sink:")]
 
 
-async def queues(rt: Runtime) -> dict[str, Any]:
-    """Async queue depth per function, event age, the async config and its sinks' records."""
+LIVE_STATES = ("queued", "leased")
+FINISHED_STATES = ("done", "failed")
+FINISHED_EVERY = 30.0  # seconds between two counts of the finished events
+
+
+class FinishedCounts:
+    """``done`` and ``failed`` events per function, counted again every
+    :data:`FINISHED_EVERY` seconds: they are every event of the retention period (a day's,
+    maybe millions), and counting them each second would hold the store's connection
+    from the Event invokes and the pollers. The queue's depth (``queued``, ``leased``:
+    few, and indexed) is counted each time."""
+
+    def __init__(self, every: float = FINISHED_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._counts: dict[str, dict[str, int]] = {}
+        self._at = -math.inf
+
+    async def get(self, rt: Runtime, name: str) -> dict[str, int]:
+        now = self.clock()
+        if now - self._at >= self.every:
+            self._counts, self._at = {}, now
+        if name not in self._counts:
+            self._counts[name] = await rt.async_queue_counts(name, states=FINISHED_STATES)
+        return self._counts[name]
+
+
+async def queues(rt: Runtime, finished: FinishedCounts | None = None) -> dict[str, Any]:
+    """Async queue depth per function, event age, the async config and its sinks' records;
+    the finished events' counts from ``finished`` (counted now without it)."""
     if not async_open(rt):
         return {"open": False, "functions": [], "sinks": []}
     functions = []
@@ -127,7 +158,11 @@ async def queues(rt: Runtime) -> dict[str, Any]:
         except FunctionNotFound:  # removed since the list of functions was read (a reload)
             continue
         age = rt.metrics.summary("AsyncEventAge", name)
-        counts = await rt.async_queue_counts(name)
+        if finished is None:
+            counts = await rt.async_queue_counts(name)
+        else:
+            live = await rt.async_queue_counts(name, states=LIVE_STATES)
+            counts = {**(await finished.get(rt, name)), **live}
         for sink in _sinks([config.on_success, config.on_failure, config.dead_letter]):
             sinks[sink] = None
         functions.append(

@@ -45,7 +45,7 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import attrs
@@ -250,8 +250,8 @@ class AsyncSource:
     async def event(self, request_id: str) -> dict[str, Any] | None:
         return await (await self.queue()).event(request_id)
 
-    async def counts(self, name: str | None = None) -> dict[str, int]:
-        return await (await self.queue()).counts(name)
+    async def counts(self, name: str | None = None, states: Sequence[str] | None = None) -> dict[str, int]:
+        return await (await self.queue()).counts(name, states=states)
 
     # -- lifecycle --------------------------------------------------------------------
 

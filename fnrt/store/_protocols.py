@@ -134,9 +134,13 @@ class QueueStore(Protocol):
         function's and one state's. For inspection and tests."""
         ...
 
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``); states with
-        no event are left out."""
+        no event are left out. ``states`` counts only those: a function's ``queued`` and
+        ``leased`` events are few and indexed, while ``done`` and ``failed`` are every
+        event of the retention period (a day's)."""
         ...
 
     async def append_sink(self, sink: str, record: str, now: float) -> None:

@@ -282,9 +282,15 @@ class SQLiteQueue:
         )
         return [_event(row) for row in rows]
 
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``)."""
-        where, params = ("WHERE function = ?", (function,)) if function else ("", ())
+        clauses, params = (["function = ?"], [function]) if function else ([], [])
+        if states is not None:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params += list(states)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.db.fetchall(
             f"SELECT state, COUNT(*) FROM async_events {where} GROUP BY state", params
         )

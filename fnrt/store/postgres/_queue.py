@@ -433,12 +433,15 @@ class PgEventQueue:
         return [_shaped(r) for r in rows]
 
     @guarded
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``), cluster-wide."""
         rows = await self.pg.relaxed.fetch(
-            "SELECT state, count(*) FROM fnrt_async_events WHERE $1::text IS NULL OR function = $1 "
-            "GROUP BY state",
+            "SELECT state, count(*) FROM fnrt_async_events WHERE ($1::text IS NULL OR function = $1) "
+            "AND ($2::text[] IS NULL OR state = ANY($2::text[])) GROUP BY state",
             function,
+            None if states is None else list(states),
         )
         return {str(r[0]): int(r[1]) for r in rows}
 
