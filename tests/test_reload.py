@@ -247,3 +247,29 @@ async def test_a_project_under_a_hidden_folder_is_watched(tmp_path) -> None:
             assert (await rt.invoke("version", {}))["version"] == 2
     finally:
         sys.path.remove(str(folder))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="subinterpreters need Python 3.13+")
+async def test_a_helper_module_change_reloads_subinterpreter_sandboxes(project) -> None:
+    """A change to a module the handler imports (a helper in its package) reaches new
+    invocations; in subinterpreter sandboxes too, whose interpreters share the host
+    process (a fresh interpreter imports the new source)."""
+    folder, name = project
+    package = folder / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("VALUE = 1\n")
+    (package / "app.py").write_text(
+        "import fnrt\nfrom . import helper\n\n"
+        "@fnrt.handler\ndef app(event, context):\n    return helper.VALUE\n"
+    )
+    async with fnrt.Runtime(reload=True, reload_paths=[folder], sandbox="subinterpreter") as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(f"{name}.app")
+        assert await rt.invoke("app", {}) == 1
+        (package / "helper.py").write_text("VALUE = 22\n")
+        await wait_until(lambda: bool(reports), "the reload")
+        assert reports == [f"reloaded {name}.app (app) after helper.py changed"]
+        assert await rt.invoke("app", {}) == 22
