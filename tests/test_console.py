@@ -180,6 +180,20 @@ async def test_throttles_are_counted_per_reason_and_in_the_series(served, releas
     assert [p["t"] for p in series["points"]][-3:] == [1000.0, 1001.0, 1002.0]
 
 
+async def test_the_first_calls_of_a_function_added_later_are_in_the_series(served):
+    """A function deployed while the console runs: its first calls, made before the next
+    point, are in the charts (not taken as what came before the console)."""
+    rt, server, http = served
+    console = server.app[CONSOLE]
+    console.series.sample(rt, 2000.0)
+    await rt.add_function("late", "handlers.echo:echo")
+    await rt.invoke("late", {})
+    await rt.invoke("late", {})
+    console.series.sample(rt, 2001.0)
+    points = (await get_json(http, "/console/api/series"))["points"]
+    assert sum(p["functions"].get("late", {}).get("invocations", 0) for p in points) == 2
+
+
 async def test_a_console_left_open_does_not_open_the_async_queue(served):
     rt, server, http = served
     queues = await get_json(http, "/console/api/queues")
