@@ -88,6 +88,10 @@ def module_folder(module: str) -> str | None:
     return None
 
 
+def _missing(paths: Iterable[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
 def _within(path: str, folder: str) -> bool:
     try:
         Path(path).resolve().relative_to(Path(folder).resolve())
@@ -109,6 +113,9 @@ class Reloader:
     ) -> None:
         self.runtime = runtime
         self.paths = [os.fspath(p) for p in paths]
+        missing = _missing(self.paths)
+        if missing:
+            raise InvalidConfig(f"reload_paths: {', '.join(map(repr, missing))} does not exist")
         self.report = report
         self.debounce_ms = debounce_ms
         self._errors: dict[str, str] = {}  # module -> the import error reported for it
@@ -138,17 +145,27 @@ class Reloader:
 
         while True:  # again with more paths when watch_module() adds one
             self._rewatch = rewatch = anyio.Event()
-            async for changes in watchfiles.awatch(
-                *self.paths,
-                watch_filter=lambda _, path: _python_source(path, self.paths),
-                debounce=self.debounce_ms,
-                step=20,
-                rust_timeout=500,
-                stop_event=rewatch,
-            ):
-                changed = sorted({path for _, path in changes})
-                _drop_bytecode(changed)
-                await self.reload(changed)
+            if not self.paths:  # every folder watched is gone: until one is added
+                await rewatch.wait()
+                continue
+            try:
+                async for changes in watchfiles.awatch(
+                    *self.paths,
+                    watch_filter=lambda _, path: _python_source(path, self.paths),
+                    debounce=self.debounce_ms,
+                    step=20,
+                    rust_timeout=500,
+                    stop_event=rewatch,
+                ):
+                    changed = sorted({path for _, path in changes})
+                    _drop_bytecode(changed)
+                    await self.reload(changed)
+            except FileNotFoundError:  # a watched folder was removed: watch the others
+                gone = _missing(self.paths)
+                if not gone:
+                    raise
+                self.paths = [p for p in self.paths if p not in gone]
+                self._say(f"no longer watching {', '.join(gone)}: removed")
 
     async def reload(self, changed: Sequence[str] = ()) -> dict[str, list[str]]:
         """Reload every module in use; returns ``{module: functions}`` that were reloaded."""

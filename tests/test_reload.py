@@ -273,3 +273,33 @@ async def test_a_helper_module_change_reloads_subinterpreter_sandboxes(project) 
         await wait_until(lambda: bool(reports), "the reload")
         assert reports == [f"reloaded {name}.app (app) after helper.py changed"]
         assert await rt.invoke("app", {}) == 22
+
+
+def test_a_reload_path_that_does_not_exist_is_invalid_config(tmp_path) -> None:
+    with pytest.raises(fnrt.InvalidConfig, match="does not exist"):
+        fnrt.Runtime(reload=True, reload_paths=[tmp_path / "no-such-folder"])
+
+
+async def test_a_watched_folder_removed_while_serving_leaves_the_others_watched(project, tmp_path) -> None:
+    """A folder the reloader watches is deleted, then the watch restarts (a module from
+    another folder is deployed): the runtime goes on, watching what is left."""
+    folder, name = project
+    doomed = tmp_path / "doomed"
+    doomed.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source = folder / f"{name}.py"
+    write(source, 1)
+    async with fnrt.Runtime(reload=True, reload_paths=[elsewhere, doomed]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        doomed.rmdir()
+        await rt.deploy(name)  # its folder is watched too: the watch restarts
+        await wait_until(lambda: any("no longer watching" in r for r in reports), "the folder dropped")
+
+        async def changed() -> bool:  # written again until the restarted watch sees it
+            write(source, 2)
+            return bool((await rt.invoke("version", {}))["version"] == 2)
+
+        await wait_until(changed, "version 2 to be served", 20, poll=0.2)
