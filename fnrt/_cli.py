@@ -197,6 +197,17 @@ def _port(value: str) -> int:
     return port
 
 
+def _seconds(value: str) -> float:
+    """A duration in seconds, 0 or more (``inf``: no limit): argparse's error otherwise."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds >= 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds (0 or more)")
+    return seconds
+
+
 def _request(
     endpoint: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
@@ -529,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="on Ctrl-C/SIGTERM, let invocations in flight finish for this long (a second signal stops now)",

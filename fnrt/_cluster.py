@@ -4,6 +4,7 @@ point; nothing here talks to another host directly."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock
@@ -87,19 +88,21 @@ class ClusterMember:
         (``cluster_stats()`` then reads the cluster from it without opening anything)."""
         return self._durable and self._state.opened is not None
 
-    async def cluster_stats(self) -> dict[str, Any]:
+    async def cluster_stats(self, *, queue_states: Sequence[str] | None = None) -> dict[str, Any]:
         """The cluster as the store sees it (any host gives the same answer): the live
-        ``hosts`` (id, info, last heartbeat), the async ``queue`` depth by state (all
-        functions, and per function this host knows), each stream mapping's shard leases
-        per host (``streams``), and ``in_flight`` per function cluster-wide (slots leased
-        from the counting service; on a store without one, this host's calls)."""
+        ``hosts`` (id, info, last heartbeat), the async ``queue`` events by state (all
+        functions, and per function this host knows; ``queue_states`` counts only those,
+        ``("queued", "leased")`` for the depth without the day of finished events), each
+        stream mapping's shard leases per host (``streams``), and ``in_flight`` per
+        function cluster-wide (slots leased from the counting service; on a store without
+        one, this host's calls)."""
         self._check_running()
         store = await self._state.store()
         now = self.clock.time()
         hosts = [{**h, "seen_ago": round(now - h["seen_at"], 3)} for h in await store.streams.live_hosts(now)]
-        queue: dict[str, Any] = {"total": await store.queue.counts(), "functions": {}}
+        queue: dict[str, Any] = {"total": await store.queue.counts(states=queue_states), "functions": {}}
         for name in sorted(self.functions()):
-            queue["functions"][name] = await store.queue.counts(name)
+            queue["functions"][name] = await store.queue.counts(name, states=queue_states)
         streams: dict[str, Any] = {}
         for row in await store.streams.mappings():
             leases = await store.streams.leases(row.uuid, now=now)

@@ -6,7 +6,10 @@ every module that functions run from is checked in a fresh discovery sandbox:
 
 - it imports: its functions are registered again (a new generation). New invocations get
   environments initialized from the new code; warm environments of the old code finish
-  the event they run and retire. Event-invoke config and concurrency settings stay.
+  the event they run and retire. Event-invoke config and what was set at run time
+  (concurrency, a configuration update) stay; a decorator's edited arguments apply.
+  A function added by reference is checked under its own configuration (its
+  environment, its handler's name).
 - it fails to import (a syntax error half-way through an edit): the old version keeps
   serving and the error is reported once, until the module changes again.
 
@@ -42,9 +45,20 @@ def check_available() -> None:
         raise InvalidConfig("reload=True needs watchfiles: pip install 'fnrt[reload]'")
 
 
-def _python_source(change: object, path: str) -> bool:
-    parts = Path(path).parts
-    return path.endswith(".py") and not any(p in _SKIP_DIRS or p.startswith(".") for p in parts[:-1])
+def _python_source(path: str, roots: Sequence[str]) -> bool:
+    """A Python file of the project: not in a folder that holds no project code (a
+    virtualenv, caches, hidden folders) below the watched root it is under. The folders
+    above the root do not count: a project checked out under ``~/.worktrees/`` is watched."""
+    if not path.endswith(".py"):
+        return False
+    full = os.path.abspath(path)
+    inside = [root for root in map(os.path.abspath, roots) if _within_path(full, root)]
+    parts = Path(os.path.relpath(full, max(inside, key=len))).parts if inside else Path(full).parts
+    return not any(p in _SKIP_DIRS or p.startswith(".") for p in parts)
+
+
+def _within_path(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _drop_bytecode(paths: Iterable[str]) -> None:
@@ -74,6 +88,10 @@ def module_folder(module: str) -> str | None:
     return None
 
 
+def _missing(paths: Iterable[str]) -> list[str]:
+    return [p for p in paths if not os.path.exists(p)]
+
+
 def _within(path: str, folder: str) -> bool:
     try:
         Path(path).resolve().relative_to(Path(folder).resolve())
@@ -95,6 +113,9 @@ class Reloader:
     ) -> None:
         self.runtime = runtime
         self.paths = [os.fspath(p) for p in paths]
+        missing = _missing(self.paths)
+        if missing:
+            raise InvalidConfig(f"reload_paths: {', '.join(map(repr, missing))} does not exist")
         self.report = report
         self.debounce_ms = debounce_ms
         self._errors: dict[str, str] = {}  # module -> the import error reported for it
@@ -124,17 +145,27 @@ class Reloader:
 
         while True:  # again with more paths when watch_module() adds one
             self._rewatch = rewatch = anyio.Event()
-            async for changes in watchfiles.awatch(
-                *self.paths,
-                watch_filter=_python_source,
-                debounce=self.debounce_ms,
-                step=20,
-                rust_timeout=500,
-                stop_event=rewatch,
-            ):
-                changed = sorted({path for _, path in changes})
-                _drop_bytecode(changed)
-                await self.reload(changed)
+            if not self.paths:  # every folder watched is gone: until one is added
+                await rewatch.wait()
+                continue
+            try:
+                async for changes in watchfiles.awatch(
+                    *self.paths,
+                    watch_filter=lambda _, path: _python_source(path, self.paths),
+                    debounce=self.debounce_ms,
+                    step=20,
+                    rust_timeout=500,
+                    stop_event=rewatch,
+                ):
+                    changed = sorted({path for _, path in changes})
+                    _drop_bytecode(changed)
+                    await self.reload(changed)
+            except FileNotFoundError:  # a watched folder was removed: watch the others
+                gone = _missing(self.paths)
+                if not gone:
+                    raise
+                self.paths = [p for p in self.paths if p not in gone]
+                self._say(f"no longer watching {', '.join(gone)}: removed")
 
     async def reload(self, changed: Sequence[str] = ()) -> dict[str, list[str]]:
         """Reload every module in use; returns ``{module: functions}`` that were reloaded."""

@@ -207,6 +207,10 @@ class Runtime(ControlPlane, ClusterMember):
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
         self._discovered: dict[str, set[str]] = {}
+        # function -> the config its decorator declared at the last deploy or reload: a
+        # reload takes from the new decorator only what changed in it, so settings changed
+        # at run time (concurrency, update_function_configuration) stay
+        self._declared: dict[str, FunctionConfig] = {}
         self._reloader: Reloader | None = None
         if reload:
             check_available()
@@ -396,6 +400,7 @@ class Runtime(ControlPlane, ClusterMember):
         await self._register_all(records)
         self._deployed[module] = [r.name for r in records]
         self._discovered[module] = {r.name for r in records}
+        self._declared.update({r.name: r.config for r in records})
         if self._reloader is not None:
             self._reloader.watch_module(module)
         self._log.info("deployed", module=module, functions=[r.name for r in records])
@@ -455,26 +460,54 @@ class Runtime(ControlPlane, ClusterMember):
 
     async def _reload_module(self, module: str) -> list[str]:
         """Register ``module``'s functions again from its current source (hot reload).
-        Deployed functions take their config from the decorators again; functions added by
-        reference keep theirs. Raises the module's init error, and then changes nothing."""
+        Deployed functions take from their decorators what changed there, and keep what
+        was changed at run time; functions added by reference keep their config, and each
+        is checked in an init phase under it (its environment, its handler). Raises the
+        module's init error, and then changes nothing."""
         self._check_running()
-        discovered = await self._discover(module)
-        found = {r.name for r in discovered}
         deployed = set(self._deployed.get(module, ()))
+        records: list[FunctionRecord] = []
+        declared: dict[str, FunctionConfig] = {}
         if module in self._deployed:  # a deployed module: its new handlers are deployed too
-            deployed |= found - self._discovered.get(module, set())
-        records = [r for r in discovered if r.name in deployed]
-        for entry in self._registry:  # added by reference: same config, new code
+            discovered = await self._discover(module)
+            declared = {r.name: r.config for r in discovered}
+            deployed |= declared.keys() - self._discovered.get(module, set())
+            records = [self._redeclared(r) for r in discovered if r.name in deployed]
+        for entry in list(self._registry):  # added by reference: same config, new code
             if entry.record.module == module and entry.name not in deployed:
-                records.append(attrs.evolve(entry.record, generation=self._registry.next_generation()))
+                record = attrs.evolve(entry.record, generation=self._registry.next_generation())
+                await self._check_init(record)
+                records.append(record)
         await self._register_all(records)
         if module in self._deployed:
+            found = set(declared)
             # Handlers the module no longer has: a call could only fail (HandlerNotFound).
             for gone in sorted((deployed - found) & {entry.name for entry in self._registry}):
                 await self.remove_function(gone)
             self._deployed[module] = sorted(deployed & found)
             self._discovered[module] = found
+            self._declared.update({name: declared[name] for name in deployed & found})
         return sorted(r.name for r in records)
+
+    def _redeclared(self, declared: FunctionRecord) -> FunctionRecord:
+        """``declared`` (a reloaded decorator's record) with the settings changed at run
+        time since the last deploy or reload kept, unless the decorator changed them too."""
+        entry = self._registry.lookup(declared.name)
+        before = self._declared.get(declared.name)
+        if entry is None or before is None:
+            return declared
+        now, old, new = entry.record.config.to_dict(), before.to_dict(), declared.config.to_dict()
+        config = FunctionConfig.from_kwargs({k: now[k] if new[k] == old[k] else new[k] for k in new})
+        return attrs.evolve(declared, config=config, sandbox_kind=config.sandbox or self.config.sandbox)
+
+    async def _check_init(self, record: FunctionRecord) -> None:
+        """Run ``record``'s init phase under its own configuration in a sandbox thrown
+        away after: raises its init error (the module fails to import with the
+        function's environment, or no longer has the handler)."""
+        sandbox, _ = await start_sandbox(
+            self._factory(record.sandbox_kind), record.module, record, record.config.init_timeout
+        )
+        await sandbox.close()
 
     async def add_function(self, name: str, handler: str, **config: Any) -> FunctionRecord:
         """Register ``handler`` (``"module:function"``) as function ``name`` with ``config``.
@@ -724,9 +757,17 @@ class Runtime(ControlPlane, ClusterMember):
         """The async config in force for ``name`` (the defaults if none was set)."""
         return self._async.config_for(name)
 
-    async def destination_records(self, sink: str) -> list[Any]:
+    async def destination_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         """The records delivered to a durable sink (``"failed-payments"`` or
-        ``"sink:failed-payments"``), oldest first."""
+        ``"sink:failed-payments"``), oldest first; with ``newest``, only that many of the
+        last ones (:meth:`destination_count` tells how many there are)."""
+        return await self._async.destination_records(self._sink_name(sink), newest)
+
+    async def destination_count(self, sink: str) -> int:
+        """How many records a durable sink holds, without reading them."""
+        return await self._async.destination_count(self._sink_name(sink))
+
+    def _sink_name(self, sink: str) -> str:
         self._check_running()
         name = sink if ":" in sink else f"sink:{sink}"
         if parse_destination(name)[0] != "sink":
@@ -734,7 +775,7 @@ class Runtime(ControlPlane, ClusterMember):
                 f"{sink!r} is a function, not a sink: a function destination gets its records "
                 "as Events (see Runtime.async_event); destination_records reads sinks"
             )
-        return await self._async.destination_records(name)
+        return name
 
     async def async_event(self, request_id: str) -> dict[str, Any] | None:
         """Where an Event invocation is: its ``state`` (``queued``, ``leased``, ``done``,
@@ -747,10 +788,14 @@ class Runtime(ControlPlane, ClusterMember):
         """Whether the async queue's store is open (asking for counts would open it)."""
         return self._async.opened
 
-    async def async_queue_counts(self, name: str | None = None) -> dict[str, int]:
-        """Event counts by state, for one function or all."""
+    async def async_queue_counts(
+        self, name: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """Event counts by state, for one function or all; ``states`` counts only those
+        (``("queued", "leased")``: the queue's depth, cheap for one function however many
+        finished events are retained)."""
         self._check_running()
-        return await self._async.counts(name)
+        return await self._async.counts(name, states)
 
     async def _open_async_queue(self) -> None:
         try:

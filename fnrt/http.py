@@ -339,10 +339,11 @@ class InvokeServer:
             for m in rt.stream_mappings()
         }
         stats["metrics"] = rt.metrics.snapshot()
-        try:  # the hosts sharing this host's store (one, unless it is shared)
-            stats["cluster"] = await rt.cluster_stats()
-        except FnrtError as exc:
-            stats["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if rt.shares_store:  # the hosts sharing this host's store; a temporary one has none
+            try:
+                stats["cluster"] = await rt.cluster_stats()
+            except FnrtError as exc:
+                stats["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
         return web.json_response(stats, dumps=lambda o: json.dumps(o, default=str))
 
     async def _describe_stream(self, request: web.Request) -> web.Response:
@@ -362,7 +363,7 @@ class InvokeServer:
                     "BatchSize": m.config.batch_size,
                     "Checkpoints": await m.checkpoints(),
                     "IteratorAgeMs": m.iterator_age(),
-                    "OnFailureRecords": len(await m.failure_records()),
+                    "OnFailureRecords": await m.failure_count(),
                 }
             )
         body = {

@@ -180,6 +180,20 @@ async def test_throttles_are_counted_per_reason_and_in_the_series(served, releas
     assert [p["t"] for p in series["points"]][-3:] == [1000.0, 1001.0, 1002.0]
 
 
+async def test_the_first_calls_of_a_function_added_later_are_in_the_series(served):
+    """A function deployed while the console runs: its first calls, made before the next
+    point, are in the charts (not taken as what came before the console)."""
+    rt, server, http = served
+    console = server.app[CONSOLE]
+    console.series.sample(rt, 2000.0)
+    await rt.add_function("late", "handlers.echo:echo")
+    await rt.invoke("late", {})
+    await rt.invoke("late", {})
+    console.series.sample(rt, 2001.0)
+    points = (await get_json(http, "/console/api/series"))["points"]
+    assert sum(p["functions"].get("late", {}).get("invocations", 0) for p in points) == 2
+
+
 async def test_a_console_left_open_does_not_open_the_async_queue(served):
     rt, server, http = served
     queues = await get_json(http, "/console/api/queues")
@@ -202,6 +216,58 @@ async def test_queued_events_and_sink_records_show_in_queues(served, release_fil
     assert [s["sink"] for s in queues["sinks"]] == ["failed-payments"]  # from charge's async_config
     open(release_file, "w").close()
     await held
+
+
+async def test_the_queue_depth_is_live_and_finished_events_are_recounted_every_30_s(served, release_file):
+    """Each tick counts the queued and leased events (few, indexed); the done and failed
+    ones (a day's, retained) are counted every 30 s, so a console left open does not hold
+    the store from the Event invokes."""
+    rt, server, http = served
+    console = server.app[CONSOLE]
+    clock = fnrt.FakeClock()
+    console.finished.clock = clock.monotonic
+
+    def row(state, function):
+        return next(f for f in state["queues"]["functions"] if f["function"] == function)
+
+    await rt.invoke("echo", {}, invocation_type="Event")
+    await rt.wait_idle()
+    assert row(await console.state(), "echo")["done"] == 1
+    held = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+    await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "hold in flight")
+    await rt.invoke("hold", {"release": release_file}, invocation_type="Event")  # waits: reserved 1
+    second = await rt.invoke("echo", {}, invocation_type="Event")
+
+    async def second_done() -> bool:
+        return (await rt.async_event(second) or {}).get("state") == "done"
+
+    await wait_until(second_done, "the second echo done")
+    state = await console.state()
+    assert row(state, "hold")["queued"] + row(state, "hold")["leased"] == 1  # live
+    assert row(state, "echo")["done"] == 1  # counted again in 30 s
+    await clock.advance(30)
+    assert row(await console.state(), "echo")["done"] == 2
+    assert (await get_json(http, "/console/api/queues"))["functions"][0]["done"] == 2  # the API: now
+    open(release_file, "w").close()
+    await held
+
+
+async def test_a_sink_shows_its_count_and_newest_records_first(served):
+    """The console reads a sink's count and its newest records (a sink fills up during a
+    load test, with records of up to 1 MB each, and the console reads it every second)."""
+    rt, server, http = served
+    rt.configure_async("echo", on_success="sink:echoed")
+    for n in range(25):
+        await rt.invoke("echo", {"n": n}, invocation_type="Event")
+    await rt.wait_idle()
+    assert await rt.destination_count("echoed") == 25
+    (sink,) = (await get_json(http, "/console/api/queues"))["sinks"]
+    assert sink["sink"] == "echoed" and sink["count"] == 25
+    every = await rt.destination_records("echoed")  # in the order they were delivered
+    assert len(every) == 25 and sink["records"] == every[-20:][::-1]
+    assert await rt.destination_records("echoed", newest=2) == every[-2:]
+    async with http.get("/console/") as resp:
+        assert "Sink echoed: 25 record(s)" in await resp.text()
 
 
 async def test_streams_show_shards_checkpoints_and_iterator_age(served):

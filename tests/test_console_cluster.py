@@ -12,6 +12,7 @@ aiohttp = pytest.importorskip("aiohttp")
 pytest.importorskip("asyncpg", reason="pip install 'fnrt[postgres]'")
 
 from fnrt.http import InvokeServer
+from fnrt.testing import wait_until
 
 pytest_plugins = ["tests.pg"]
 
@@ -48,3 +49,29 @@ async def test_a_host_alone_says_so() -> None:
     async with fnrt.Runtime() as rt, InvokeServer(rt, port=0) as server:
         async with aiohttp.ClientSession(server.url) as http, http.get("/console/api/cluster") as resp:
             assert (await resp.json()) == {"shared": False}
+
+
+async def test_the_cluster_view_counts_the_queue_depth_only(tmp_path, release_file) -> None:
+    """The console reads the cluster each second: it counts the queued and leased events,
+    not the day of finished ones (``cluster_stats()`` itself still counts every state)."""
+    async with fnrt.Runtime(state_dir=tmp_path) as rt, InvokeServer(rt, port=0) as server:
+        await rt.add_function("echo", "handlers.echo:echo")
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=1)
+        done = await rt.invoke("echo", {}, invocation_type="Event")
+
+        async def finished() -> bool:
+            return (await rt.async_event(done) or {}).get("state") == "done"
+
+        await wait_until(finished, "the first event done")
+        held = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["in_flight"] == 1, "hold in flight")
+        await rt.invoke("hold", {"release": release_file}, invocation_type="Event")  # waits
+        async with aiohttp.ClientSession(server.url) as http, http.get("/console/api/cluster") as resp:
+            data = await resp.json()
+        assert data["shared"] is True
+        assert sum(data["queue"]["total"].values()) == 1 and "done" not in data["queue"]["total"]
+        assert data["queue"]["functions"]["hold"] == data["queue"]["total"]
+        assert data["queue"]["functions"]["echo"] == {}
+        assert (await rt.cluster_stats())["queue"]["functions"]["echo"] == {"done": 1}
+        open(release_file, "w").close()
+        await held

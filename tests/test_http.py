@@ -162,6 +162,21 @@ async def test_cli_invoke_list_and_stats(served):
     assert code == 0 and "handlers.shop.validate" in out
     code, out, err = await run_cli("stats", "--endpoint", server.url, "--json")
     assert code == 0 and json.loads(out)["functions"]["echo"]["invocations"] >= 1
+    code, out, err = await run_cli("stats", "--endpoint", server.url)
+    assert code == 0 and "echo" in out
+    assert "cluster:" not in out  # a temporary store: no hosts to list, not "0 host(s) alive"
+
+
+async def test_cli_stats_lists_this_host_on_a_durable_store(tmp_path):
+    async with fnrt.Runtime(state_dir=tmp_path) as rt, InvokeServer(rt, port=0) as server:
+        await rt.add_function("echo", "handlers.echo:echo")
+        await rt.invoke("echo", {}, invocation_type="Event")
+
+        async def listed() -> bool:
+            code, out, err = await run_cli("stats", "--endpoint", server.url)
+            return code == 0 and "cluster: 1 host(s) alive on sqlite" in out and rt.host_id in out
+
+        await wait_until(listed, "this host listed", poll=0.2)
 
 
 async def test_cli_reports_an_unreachable_server_in_one_line():

@@ -167,3 +167,139 @@ def test_reload_without_watchfiles_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "watchfiles" else real(n, *a))
     with pytest.raises(fnrt.InvalidConfig, match=r"pip install 'fnrt\[reload\]'"):
         fnrt.Runtime(reload=True)
+
+
+async def test_a_function_added_by_reference_reloads_under_its_own_environment(project) -> None:
+    """A module that reads its function's variables at import (a table name, a boto3
+    client's region) reloads: the new code is checked under the function's own
+    configuration, not a bare discovery environment. A handler taken out of the module
+    leaves the old version serving, and says so."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    template = (
+        "import os\nTABLE = os.environ['TABLE']\n\ndef {attr}(event, context):\n    return [{v}, TABLE]\n"
+    )
+    source.write_text(template.format(attr="handler", v=1))
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.add_function("table", f"{name}:handler", environment={"TABLE": "orders"})
+        assert await rt.invoke("table", {}) == [1, "orders"]
+
+        source.write_text(template.format(attr="handler", v=2))
+        await wait_until(lambda: bool(reports), "the reload")
+        assert reports == [f"reloaded {name} (table) after {name}.py changed"]
+        assert await rt.invoke("table", {}) == [2, "orders"]
+
+        source.write_text(template.format(attr="renamed", v=3))
+        await wait_until(lambda: len(reports) == 2, "the failed reload reported")
+        assert "failed" in reports[1] and "Runtime.HandlerNotFound" in reports[1]
+        assert await rt.invoke("table", {}) == [2, "orders"]  # the old version serves
+
+
+async def test_settings_changed_at_run_time_survive_a_reload(project) -> None:
+    """A reload takes from the decorator what was edited in it; what was set at run time
+    (reserved concurrency, provisioned concurrency, a configuration update) stays, as a
+    code update in Lambda leaves a function's configuration alone."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    template = (
+        "import fnrt\n\n@fnrt.handler(timeout=3, memory_mb={memory})\n"
+        "def settings(event, context):\n    return {memory}\n"
+    )
+    source.write_text(template.format(memory=128))
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(name)
+        rt.put_function_concurrency("settings", 5)
+        await rt.update_function_configuration("settings", timeout=7, environment={"STAGE": "dev"})
+
+        source.write_text(template.format(memory=256))
+        await wait_until(lambda: bool(reports), "the reload")
+        assert await rt.invoke("settings", {}) == 256
+        config = rt.get_function("settings").config
+        assert config.memory_mb == 256  # edited in the decorator
+        assert (config.timeout, config.environment, config.reserved_concurrency) == (7, {"STAGE": "dev"}, 5)
+        assert rt.stats()["concurrency"]["reserved_total"] == 5
+
+
+async def test_a_project_under_a_hidden_folder_is_watched(tmp_path) -> None:
+    """Hidden folders and virtualenvs are skipped inside the watched project, not above
+    it: a checkout under ``~/.worktrees/`` (or any dot-folder) reloads like any other."""
+    folder = tmp_path / ".worktrees" / "project"
+    folder.mkdir(parents=True)
+    name = f"hot_{uuid.uuid4().hex[:8]}"
+    source = folder / f"{name}.py"
+    write(source, 1)
+    sys.path.insert(0, str(folder))
+    try:
+        async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+            reports: list[str] = []
+            assert rt._reloader is not None
+            rt._reloader.report = reports.append
+            await rt.deploy(name)
+            assert (await rt.invoke("version", {}))["version"] == 1
+            write(source, 2)
+            await wait_until(lambda: bool(reports), "the reload", 10)
+            assert (await rt.invoke("version", {}))["version"] == 2
+    finally:
+        sys.path.remove(str(folder))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="subinterpreters need Python 3.13+")
+async def test_a_helper_module_change_reloads_subinterpreter_sandboxes(project) -> None:
+    """A change to a module the handler imports (a helper in its package) reaches new
+    invocations; in subinterpreter sandboxes too, whose interpreters share the host
+    process (a fresh interpreter imports the new source)."""
+    folder, name = project
+    package = folder / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("VALUE = 1\n")
+    (package / "app.py").write_text(
+        "import fnrt\nfrom . import helper\n\n"
+        "@fnrt.handler\ndef app(event, context):\n    return helper.VALUE\n"
+    )
+    async with fnrt.Runtime(reload=True, reload_paths=[folder], sandbox="subinterpreter") as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(f"{name}.app")
+        assert await rt.invoke("app", {}) == 1
+        (package / "helper.py").write_text("VALUE = 22\n")
+        await wait_until(lambda: bool(reports), "the reload")
+        assert reports == [f"reloaded {name}.app (app) after helper.py changed"]
+        assert await rt.invoke("app", {}) == 22
+
+
+def test_a_reload_path_that_does_not_exist_is_invalid_config(tmp_path) -> None:
+    with pytest.raises(fnrt.InvalidConfig, match="does not exist"):
+        fnrt.Runtime(reload=True, reload_paths=[tmp_path / "no-such-folder"])
+
+
+async def test_a_watched_folder_removed_while_serving_leaves_the_others_watched(project, tmp_path) -> None:
+    """A folder the reloader watches is deleted, then the watch restarts (a module from
+    another folder is deployed): the runtime goes on, watching what is left."""
+    folder, name = project
+    doomed = tmp_path / "doomed"
+    doomed.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    source = folder / f"{name}.py"
+    write(source, 1)
+    async with fnrt.Runtime(reload=True, reload_paths=[elsewhere, doomed]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        doomed.rmdir()
+        await rt.deploy(name)  # its folder is watched too: the watch restarts
+        await wait_until(lambda: any("no longer watching" in r for r in reports), "the folder dropped")
+
+        async def changed() -> bool:  # written again until the restarted watch sees it
+            write(source, 2)
+            return bool((await rt.invoke("version", {}))["version"] == 2)
+
+        await wait_until(changed, "version 2 to be served", 20, poll=0.2)

@@ -215,3 +215,14 @@ async def test_a_mapping_given_by_function_arn_starts_again_after_a_restart(tmp_
         finally:
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
+
+
+@pytest.mark.parametrize("grace", ["-1", "nan", "soon"])
+def test_a_grace_period_that_is_not_a_duration_is_refused_in_one_line(grace, capsys) -> None:
+    from fnrt._cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "handlers.echo", "--grace", grace])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --grace: {grace}" in err.replace("'", "") and "not a number of seconds" in err

@@ -122,6 +122,23 @@ async def test_enqueue_take_settle_done(queue: QueueStore) -> None:
     assert await queue.take("f", T0 + 100, 10, "host-a", T0 + 200) == []
 
 
+async def test_counts_of_some_states_only(queue: QueueStore) -> None:
+    """The queue's depth (queued, leased) is counted without the finished events, which
+    are every event of the retention period."""
+    (finished,) = await enqueue(queue, "f", 1)
+    [event] = await queue.take("f", T0, 10, "a", T0 + LEASE)
+    await queue.settle(event, done(event), T0 + 1)
+    await enqueue(queue, "f", 3)
+    await queue.take("f", T0, 1, "a", T0 + LEASE)
+    await enqueue(queue, "g", 1)
+    live = ("queued", "leased")
+    assert await queue.counts("f") == {"queued": 2, "leased": 1, "done": 1}
+    assert await queue.counts("f", states=live) == {"queued": 2, "leased": 1}
+    assert await queue.counts("f", states=("done", "failed")) == {"done": 1}
+    assert await queue.counts(states=live) == {"queued": 3, "leased": 1}
+    assert await queue.counts("f", states=()) == {}
+
+
 async def test_take_is_oldest_first_limited_and_per_function(queue: QueueStore) -> None:
     first = await enqueue(queue, "f", 3, now=T0)
     later = await enqueue(queue, "f", 2, now=T0 + 5)
@@ -204,6 +221,22 @@ async def test_sink_records_keep_their_order(queue: QueueStore) -> None:
     assert sorted(await queue.sink_records("s")) == list(range(10))
     assert (await queue.sink_records("s"))[5:] == list(range(5, 10))
     assert await queue.sink_records("nothing") == []
+
+
+async def test_the_newest_sink_records_and_the_count_are_read_alone(queue: QueueStore) -> None:
+    """A sink can hold many large records: the console reads the count and the newest few
+    each second, never the whole sink."""
+    for n in range(10):
+        await queue.append_sink("s", json.dumps(n), T0)
+    await queue.append_sink("other", json.dumps("x"), T0)
+    assert await queue.sink_records("s", newest=3) == [7, 8, 9]  # still oldest first
+    assert await queue.sink_records("s", newest=50) == list(range(10))
+    assert await queue.sink_records("s", newest=0) == []
+    assert (await queue.sink_count("s"), await queue.sink_count("other"), await queue.sink_count("none")) == (
+        10,
+        1,
+        0,
+    )
 
 
 async def test_release_makes_events_due_at_once(queue: QueueStore) -> None:
@@ -768,6 +801,9 @@ async def test_checkpoint_needs_the_lease_and_never_moves_back(streams: StreamSt
     assert not await streams.checkpoint(m, s, "a", 9)
     assert (await streams.checkpoints(m))[s].seq == 7
     assert await streams.failure_records(mapping=m) == [failure[1]]  # no stale record
+    assert await streams.failure_count(mapping=m) == 1 and await streams.failure_count(mapping="none") == 0
+    assert await streams.failure_records(mapping=m, newest=1) == [failure[1]]
+    assert await streams.failure_records(mapping=m, newest=0) == []
     assert await streams.checkpoint(m, s, "b", 12, finished=True)
     checkpoint = (await streams.checkpoints(m))[s]
     assert checkpoint.seq == 12 and checkpoint.finished

@@ -120,6 +120,7 @@ class Console:
         self.now = now
         self.started = now()
         self.series = Series()
+        self.finished = _data.FinishedCounts()
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._log = _observe.logger().bind(component="console")
@@ -171,7 +172,7 @@ class Console:
         overview = _data.overview(rt, self.started)
         cluster = await _data.cluster(rt)
         try:
-            queues = await _data.queues(rt)
+            queues = await _data.queues(rt, self.finished)
             streams = await _data.streams(rt)
         except FnrtError as exc:  # e.g. the state store is unavailable: say so, keep serving
             self._log.warning("console could not read the state", error=str(exc))

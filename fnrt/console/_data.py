@@ -8,10 +8,13 @@ mappings may create the runtime's stream source object, which opens nothing).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._lambda import GLOBAL_REASON, RATE_REASON, RESERVED_RATE_REASON, RESERVED_REASON
@@ -115,16 +118,51 @@ def _sinks(names: list[str | None]) -> list[str]:
     return [n.split(":", 1)[1] for n in names if n and n.startswith("sink:")]
 
 
-async def queues(rt: Runtime) -> dict[str, Any]:
-    """Async queue depth per function, event age, the async config and its sinks' records."""
+LIVE_STATES = ("queued", "leased")
+FINISHED_STATES = ("done", "failed")
+FINISHED_EVERY = 30.0  # seconds between two counts of the finished events
+
+
+class FinishedCounts:
+    """``done`` and ``failed`` events per function, counted again every
+    :data:`FINISHED_EVERY` seconds: they are every event of the retention period (a day's,
+    maybe millions), and counting them each second would hold the store's connection
+    from the Event invokes and the pollers. The queue's depth (``queued``, ``leased``:
+    few, and indexed) is counted each time."""
+
+    def __init__(self, every: float = FINISHED_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._counts: dict[str, dict[str, int]] = {}
+        self._at = -math.inf
+
+    async def get(self, rt: Runtime, name: str) -> dict[str, int]:
+        now = self.clock()
+        if now - self._at >= self.every:
+            self._counts, self._at = {}, now
+        if name not in self._counts:
+            self._counts[name] = await rt.async_queue_counts(name, states=FINISHED_STATES)
+        return self._counts[name]
+
+
+async def queues(rt: Runtime, finished: FinishedCounts | None = None) -> dict[str, Any]:
+    """Async queue depth per function, event age, the async config and its sinks' records;
+    the finished events' counts from ``finished`` (counted now without it)."""
     if not async_open(rt):
         return {"open": False, "functions": [], "sinks": []}
     functions = []
     sinks: dict[str, None] = {}
     for name in sorted(rt.functions()):
-        config = rt.async_config(name)
+        try:
+            config = rt.async_config(name)
+        except FunctionNotFound:  # removed since the list of functions was read (a reload)
+            continue
         age = rt.metrics.summary("AsyncEventAge", name)
-        counts = await rt.async_queue_counts(name)
+        if finished is None:
+            counts = await rt.async_queue_counts(name)
+        else:
+            live = await rt.async_queue_counts(name, states=LIVE_STATES)
+            counts = {**(await finished.get(rt, name)), **live}
         for sink in _sinks([config.on_success, config.on_failure, config.dead_letter]):
             sinks[sink] = None
         functions.append(
@@ -151,10 +189,11 @@ async def queues(rt: Runtime) -> dict[str, Any]:
         )
     out_sinks = []
     for sink in sinks:
-        records = await rt.destination_records(sink)
-        out_sinks.append(
-            {"sink": sink, "count": len(records), "records": records[-SINK_RECORDS_SHOWN:][::-1]}
-        )
+        # The newest few only: a sink can hold many records of up to an Event's 1 MB, and
+        # the console reads them every second.
+        records = await rt.destination_records(sink, newest=SINK_RECORDS_SHOWN)
+        count = await rt.destination_count(sink)
+        out_sinks.append({"sink": sink, "count": count, "records": records[::-1]})
     return {"open": True, "functions": functions, "sinks": out_sinks}
 
 
@@ -177,7 +216,7 @@ async def streams(rt: Runtime) -> dict[str, Any]:
         rows = []
         for m in by_stream[name]:
             age = m.iterator_age()
-            failures = await m.failure_records()
+            failures = await m.failure_records(newest=FAILURE_RECORDS_SHOWN)
             rows.append(
                 {
                     "uuid": m.uuid,
@@ -192,8 +231,8 @@ async def streams(rt: Runtime) -> dict[str, Any]:
                     },
                     "records_skipped": int(rt.metrics.counter("StreamRecordsSkipped", m.uuid)),
                     "bisects": int(rt.metrics.counter("StreamBisects", m.uuid)),
-                    "failure_count": len(failures),
-                    "failure_records": failures[-FAILURE_RECORDS_SHOWN:][::-1],
+                    "failure_count": await m.failure_count(),
+                    "failure_records": failures[::-1],
                 }
             )
         out.append({"name": name, "arn": stream.arn, "shards": shards, "mappings": rows})
@@ -206,7 +245,8 @@ async def cluster(rt: Runtime) -> dict[str, Any]:
     if not rt.shares_store:
         return {"shared": False}
     try:
-        stats = await rt.cluster_stats()
+        # the queue's depth: the finished events are a day's, too many to count each second
+        stats = await rt.cluster_stats(queue_states=LIVE_STATES)
     except FnrtError as exc:  # the store is unavailable: say so, keep serving
         return {"shared": True, "error": str(exc)}
     return {"shared": True, **stats}

@@ -474,5 +474,5 @@ def cluster(data: dict[str, Any]) -> str:
             "Shard leases per host", ["Stream", "Function", "Host", "Shards"], leases, "No shard is leased."
         )
         + _table("In flight, cluster-wide", ["Function", "Calls"], running, "Nothing runs.")
-        + f"<p>Async queue, all hosts: {_e(queue)}</p>"
+        + f"<p>Async queue depth, all hosts: {_e(queue)}</p>"
     )

@@ -39,7 +39,10 @@ class Series:
         self._ages: dict[str, tuple[float, float]] = {}  # mapping -> (count, sum) seen
 
     def _delta(self, key: tuple[str, str], value: float) -> float:
-        previous = self._last.get(key)
+        """What happened since the previous point. A counter first seen at the first point
+        is the baseline (what came before the console); one first seen later (a function
+        added since) started at zero: its first calls belong to this point."""
+        previous = self._last.get(key, None if not self.points else 0.0)
         self._last[key] = value
         return value - previous if previous is not None else 0.0
 

@@ -45,7 +45,7 @@ import os
 import socket
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import attrs
@@ -247,14 +247,17 @@ class AsyncSource:
         await self._putting(queue.enqueue(str(uuid.uuid4()), target, body, now), [target])
         self.metrics.incr("AsyncEventsReceived", target)
 
-    async def destination_records(self, sink: str) -> list[Any]:
-        return await (await self.queue()).sink_records(parse_destination(sink)[1])
+    async def destination_records(self, sink: str, newest: int | None = None) -> list[Any]:
+        return await (await self.queue()).sink_records(parse_destination(sink)[1], newest=newest)
+
+    async def destination_count(self, sink: str) -> int:
+        return await (await self.queue()).sink_count(parse_destination(sink)[1])
 
     async def event(self, request_id: str) -> dict[str, Any] | None:
         return await (await self.queue()).event(request_id)
 
-    async def counts(self, name: str | None = None) -> dict[str, int]:
-        return await (await self.queue()).counts(name)
+    async def counts(self, name: str | None = None, states: Sequence[str] | None = None) -> dict[str, int]:
+        return await (await self.queue()).counts(name, states=states)
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -368,10 +368,16 @@ class StreamMapping:
         the batch was read."""
         return self._source.metrics.summary("IteratorAge", self.uuid)
 
-    async def failure_records(self) -> list[dict[str, Any]]:
-        """The on-failure records this mapping wrote (Lambda's record, no record data)."""
+    async def failure_records(self, *, newest: int | None = None) -> list[dict[str, Any]]:
+        """The on-failure records this mapping wrote (Lambda's record, no record data),
+        oldest first; with ``newest``, only that many of the last ones."""
         store = await self._source.store()
-        return await store.failure_records(mapping=self.uuid)
+        return await store.failure_records(mapping=self.uuid, newest=newest)
+
+    async def failure_count(self) -> int:
+        """How many on-failure records this mapping wrote."""
+        store = await self._source.store()
+        return await store.failure_count(mapping=self.uuid)
 
     async def checkpoints(self) -> dict[str, str | None]:
         """The durable checkpoint per shard: the last sequence number done (``None``: none yet)."""

@@ -134,16 +134,25 @@ class QueueStore(Protocol):
         function's and one state's. For inspection and tests."""
         ...
 
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``); states with
-        no event are left out."""
+        no event are left out. ``states`` counts only those: a function's ``queued`` and
+        ``leased`` events are few and indexed, while ``done`` and ``failed`` are every
+        event of the retention period (a day's)."""
         ...
 
     async def append_sink(self, sink: str, record: str, now: float) -> None:
         """Append a JSON ``record`` to the durable sink ``sink``; durable."""
 
-    async def sink_records(self, sink: str) -> list[Any]:
-        """The records of ``sink``, parsed, in the order they were appended."""
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
+        """The records of ``sink``, parsed, in the order they were appended; with
+        ``newest``, only that many of the last ones (a sink can hold many large records)."""
+        ...
+
+    async def sink_count(self, sink: str) -> int:
+        """How many records ``sink`` holds, without reading them."""
         ...
 
     async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
@@ -368,9 +377,14 @@ class StreamStore(Protocol):
         ...
 
     async def failure_records(
-        self, *, mapping: str | None = None, destination: str | None = None
+        self, *, mapping: str | None = None, destination: str | None = None, newest: int | None = None
     ) -> list[dict[str, Any]]:
-        """On-failure records of one mapping, or sent to one destination, oldest first."""
+        """On-failure records of one mapping, or sent to one destination, oldest first;
+        with ``newest``, only that many of the last ones."""
+        ...
+
+    async def failure_count(self, *, mapping: str) -> int:
+        """How many on-failure records ``mapping`` wrote, without reading them."""
         ...
 
 

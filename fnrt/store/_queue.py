@@ -282,9 +282,15 @@ class SQLiteQueue:
         )
         return [_event(row) for row in rows]
 
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``)."""
-        where, params = ("WHERE function = ?", (function,)) if function else ("", ())
+        clauses, params = (["function = ?"], [function]) if function else ([], [])
+        if states is not None:
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params += list(states)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.db.fetchall(
             f"SELECT state, COUNT(*) FROM async_events {where} GROUP BY state", params
         )
@@ -293,11 +299,17 @@ class SQLiteQueue:
     async def append_sink(self, sink: str, record: str, now: float) -> None:
         await self.db.group_write([(_SINK, (sink, record, now))])
 
-    async def sink_records(self, sink: str) -> list[Any]:
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         rows = await self.db.fetchall(
-            "SELECT record FROM destination_records WHERE sink = ? ORDER BY id", (sink,)
+            "SELECT record FROM (SELECT id, record FROM destination_records WHERE sink = ? "
+            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (sink, -1 if newest is None else max(newest, 0)),
         )
         return [json.loads(row[0]) for row in rows]
+
+    async def sink_count(self, sink: str) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM destination_records WHERE sink = ?", (sink,))
+        return int(row[0]) if row is not None else 0
 
     async def purge_finished(self, before: float, *, limit: int = 10_000) -> int:
         """Delete up to ``limit`` done/failed events finished before ``before``."""

@@ -660,17 +660,19 @@ class SQLiteStreams:
         return True
 
     async def failure_records(
-        self, *, mapping: str | None = None, destination: str | None = None
+        self, *, mapping: str | None = None, destination: str | None = None, newest: int | None = None
     ) -> list[dict[str, Any]]:
-        if mapping is not None:
-            rows = await self.db.fetchall(
-                "SELECT record FROM stream_failures WHERE mapping = ? ORDER BY id", (mapping,)
-            )
-        else:
-            rows = await self.db.fetchall(
-                "SELECT record FROM stream_failures WHERE destination = ? ORDER BY id", (destination,)
-            )
+        column, value = ("mapping", mapping) if mapping is not None else ("destination", destination)
+        rows = await self.db.fetchall(
+            f"SELECT record FROM (SELECT id, record FROM stream_failures WHERE {column} = ? "
+            "ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (value, -1 if newest is None else max(newest, 0)),
+        )
         return [json.loads(r[0]) for r in rows]
+
+    async def failure_count(self, *, mapping: str) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM stream_failures WHERE mapping = ?", (mapping,))
+        return int(row[0]) if row is not None else 0
 
 
 def _checkpoint_batch(conn: sqlite3.Connection, items: Sequence[tuple[Any, ...]]) -> list[bool]:

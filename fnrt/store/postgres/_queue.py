@@ -433,12 +433,15 @@ class PgEventQueue:
         return [_shaped(r) for r in rows]
 
     @guarded
-    async def counts(self, function: str | None = None) -> dict[str, int]:
+    async def counts(
+        self, function: str | None = None, *, states: Sequence[str] | None = None
+    ) -> dict[str, int]:
         """Events by state (``queued``, ``leased``, ``done``, ``failed``), cluster-wide."""
         rows = await self.pg.relaxed.fetch(
-            "SELECT state, count(*) FROM fnrt_async_events WHERE $1::text IS NULL OR function = $1 "
-            "GROUP BY state",
+            "SELECT state, count(*) FROM fnrt_async_events WHERE ($1::text IS NULL OR function = $1) "
+            "AND ($2::text[] IS NULL OR state = ANY($2::text[])) GROUP BY state",
             function,
+            None if states is None else list(states),
         )
         return {str(r[0]): int(r[1]) for r in rows}
 
@@ -467,8 +470,18 @@ class PgEventQueue:
         )
 
     @guarded
-    async def sink_records(self, sink: str) -> list[Any]:
+    async def sink_records(self, sink: str, *, newest: int | None = None) -> list[Any]:
         rows = await self.pg.relaxed.fetch(
-            "SELECT record FROM fnrt_destination_records WHERE sink = $1 ORDER BY id", sink
+            "SELECT record FROM (SELECT id, record FROM fnrt_destination_records WHERE sink = $1 "
+            "ORDER BY id DESC LIMIT $2) AS newest ORDER BY id",
+            sink,
+            None if newest is None else max(newest, 0),
         )
         return [json.loads(r[0]) for r in rows]
+
+    @guarded
+    async def sink_count(self, sink: str) -> int:
+        value = await self.pg.relaxed.fetchval(
+            "SELECT count(*) FROM fnrt_destination_records WHERE sink = $1", sink
+        )
+        return int(value or 0)

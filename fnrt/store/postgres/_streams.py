@@ -592,14 +592,20 @@ class PgStreamStore:
 
     @guarded
     async def failure_records(
-        self, *, mapping: str | None = None, destination: str | None = None
+        self, *, mapping: str | None = None, destination: str | None = None, newest: int | None = None
     ) -> list[dict[str, Any]]:
-        if mapping is not None:
-            rows = await self.pg.relaxed.fetch(
-                "SELECT record FROM fnrt_stream_failures WHERE mapping = $1 ORDER BY id", mapping
-            )
-        else:
-            rows = await self.pg.relaxed.fetch(
-                "SELECT record FROM fnrt_stream_failures WHERE destination = $1 ORDER BY id", destination
-            )
+        column, value = ("mapping", mapping) if mapping is not None else ("destination", destination)
+        rows = await self.pg.relaxed.fetch(
+            f"SELECT record FROM (SELECT id, record FROM fnrt_stream_failures WHERE {column} = $1 "
+            "ORDER BY id DESC LIMIT $2) AS newest ORDER BY id",
+            value,
+            None if newest is None else max(newest, 0),
+        )
         return [json.loads(r[0]) for r in rows]
+
+    @guarded
+    async def failure_count(self, *, mapping: str) -> int:
+        value = await self.pg.relaxed.fetchval(
+            "SELECT count(*) FROM fnrt_stream_failures WHERE mapping = $1", mapping
+        )
+        return int(value or 0)
