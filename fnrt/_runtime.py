@@ -199,6 +199,7 @@ class Runtime(ControlPlane, ClusterMember):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
+        self._entered = False  # inside its ``async with`` block
         #: The event loop the runtime was started on: its sandboxes' sockets and timers
         #: belong to it, so it is used from that loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -233,13 +234,26 @@ class Runtime(ControlPlane, ClusterMember):
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
+        # Entered once: the block that entered it owns its close. A nested ``async with``
+        # on the same runtime would close it under the outer block at its own exit (and
+        # leave the outer block with a closed runtime), so it is refused; the outer block
+        # goes on untouched.
+        if self._entered:
+            raise RuntimeClosed(
+                "this runtime is already entered by an 'async with': enter it once, "
+                "and pass it (not a second 'async with') to the code that uses it"
+            )
         await self.start()
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._close(exc_type, exc)
+        try:
+            await self._close(exc_type, exc)
+        finally:
+            self._entered = False
 
     async def start(self) -> None:
         if self._running:
