@@ -36,8 +36,9 @@ class ControlPlane:
     if TYPE_CHECKING:
 
         def _check_running(self) -> None: ...
-        def _register(self, record: FunctionRecord) -> FunctionEntry: ...
-        async def _provision_all(self, names: list[str]) -> None: ...
+        async def _install(
+            self, records: list[FunctionRecord], replacing: FunctionEntry | None = None
+        ) -> None: ...
         async def _replenish(self, entry: FunctionEntry) -> None: ...
         def async_config(self, name: str) -> AsyncConfig: ...
 
@@ -73,8 +74,7 @@ class ControlPlane:
             sandbox_kind=config.sandbox or self.config.sandbox,
             generation=self._registry.next_generation(),
         )
-        self._register(record)
-        await self._provision_all([record.name])
+        await self._install([record], replacing=entry)
         self._log.info("function configuration updated", function=record.name, changed=sorted(changes))
         return record
 

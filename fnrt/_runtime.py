@@ -459,10 +459,7 @@ class Runtime(ControlPlane, ClusterMember):
         return self._record(name, module, attr, config, {}, generation=0)
 
     async def _register_all(self, records: list[FunctionRecord]) -> None:
-        self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
-        for record in records:
-            self._register(record)
-        await self._provision_all([r.name for r in records])
+        await self._install(records)
 
     def _modules_in_use(self) -> list[str]:
         return sorted({entry.record.module for entry in self._registry})
@@ -501,8 +498,7 @@ class Runtime(ControlPlane, ClusterMember):
         module, attr = parse_reference(handler)
         function_config, extra = split_config(config)
         record = self._record(name, module, attr, function_config, extra)
-        self._register(record)
-        await self._provision_all([name])
+        await self._install([record])
         if self._reloader is not None:
             self._reloader.watch_module(module)
         return record
@@ -551,12 +547,14 @@ class Runtime(ControlPlane, ClusterMember):
             passthrough=self._passthrough,
         )
 
-    def _register(self, record: FunctionRecord) -> FunctionEntry:
-        """Register a new generation of ``record.name``. What it replaces stops taking
+    def _register(self, record: FunctionRecord, pool: FunctionPool | None = None) -> FunctionEntry:
+        """Register a new generation of ``record.name`` (with ``pool``, its provisioned
+        environments already initialized, or an empty one). What it replaces stops taking
         events: idle sandboxes go now, busy ones when their call ends; its event-invoke
         config carries over (in Lambda it is the function's, not the code's)."""
         counter = self._limiter.register(record.name, record.config.reserved_concurrency)
-        pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
+        if pool is None:
+            pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
         current = self._registry.lookup(record.name)
         # The scaling rate is the function's, whatever its generation: an update or a
         # redeploy in a burst does not grant another 1,000 environments at once.
@@ -572,15 +570,35 @@ class Runtime(ControlPlane, ClusterMember):
                 env.sandbox.kill()
         return entry
 
-    async def _provision_all(self, names: list[str]) -> None:
-        """Initialize the provisioned environments of ``names``; the first failure (an
-        :class:`~fnrt.errors.InitError`, say) is raised as it is, not in a group."""
+    async def _install(self, records: list[FunctionRecord], replacing: FunctionEntry | None = None) -> None:
+        """Register ``records`` all or none: their reservations are checked, then their
+        provisioned environments initialized, and only then are they registered (what
+        they replace serves until that moment). A failure (an
+        :class:`~fnrt.errors.InitError` of a provisioned environment, say) is raised as it
+        is, not in a group, and registers nothing: the sandboxes made for it are
+        destroyed and the functions stay as they were. ``replacing``: the generation an
+        update starts from; removed meanwhile, the update is :class:`FunctionNotFound`."""
+        reservations = {r.name: r.config.reserved_concurrency for r in records}
+        self._limiter.check_reservations(reservations)
+        pools = [FunctionPool(r, self._factory(r.sandbox_kind), self.clock) for r in records]
         try:
-            async with asyncio.TaskGroup() as tg:
-                for name in names:
-                    tg.create_task(self._registry.get(name).pool.provision())
-        except BaseExceptionGroup as group:
-            raise first_leaf(group) from None
+            if any(r.config.provisioned_concurrency for r in records):
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for pool in pools:
+                            tg.create_task(pool.provision())
+                except BaseExceptionGroup as group:
+                    raise first_leaf(group) from None
+                self._check_running()  # closed meanwhile: nothing to register in
+                if replacing is not None and self._registry.lookup(replacing.name) is None:
+                    raise FunctionNotFound(replacing.name)
+                self._limiter.check_reservations(reservations)  # others registered meanwhile
+        except BaseException:
+            for pool in pools:
+                pool.kill_all()
+            raise
+        for record, pool in zip(records, pools, strict=True):
+            self._register(record, pool)
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""
