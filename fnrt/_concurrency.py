@@ -101,6 +101,7 @@ class Slot:
             return
         counter = self._counter
         counter.in_flight -= 1
+        limiter.running -= 1
         if counter.reserved is None:
             limiter._unreserved_in_flight -= 1
 
@@ -112,6 +113,9 @@ class ConcurrencyLimiter:
         self._counters: dict[str, FunctionCounter] = {}
         self._reserved_total = 0
         self._unreserved_in_flight = 0
+        #: Calls in flight, every function's (a removed one's too): Lambda's account-wide
+        #: ConcurrentExecutions, kept as a count so reading it on the hot path is O(1).
+        self.running = 0
         self.throttles = 0
 
     # -- configuration ----------------------------------------------------------------
@@ -207,6 +211,7 @@ class ConcurrencyLimiter:
         else:
             self._unreserved_in_flight += 1
         counter.in_flight += 1
+        self.running += 1
         if counter.in_flight > counter.peak:
             counter.peak = counter.in_flight
         return Slot(self, counter)
@@ -255,6 +260,11 @@ class ConcurrencyLimiter:
 
     async def aclose(self) -> None:
         """Give back whatever this host holds (nothing, on one host)."""
+
+    @property
+    def unreserved_in_flight(self) -> int:
+        """Calls in flight drawing on the shared pool (Lambda's UnreservedConcurrentExecutions)."""
+        return self._unreserved_in_flight
 
     @property
     def unreserved_pool(self) -> int:

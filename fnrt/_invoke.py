@@ -353,6 +353,16 @@ class Invoker:
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise
+        # Lambda's ConcurrentExecutions (per function and account-wide) and
+        # UnreservedConcurrentExecutions, sampled as each call is admitted: their summaries'
+        # max is the peak, as CloudWatch's Maximum statistic is.
+        metrics = self.metrics
+        counter = entry.counter
+        limiter = self.limiter
+        metrics.observe("ConcurrentExecutions", name, counter.in_flight)
+        metrics.observe("ConcurrentExecutions", "", limiter.running)
+        if counter.reserved is None:
+            metrics.observe("UnreservedConcurrentExecutions", "", limiter.unreserved_in_flight)
         pool = entry.pool
         env: Environment | None = None
         try:
@@ -376,6 +386,8 @@ class Invoker:
                     return self._init_failed(name, request_id, exc, body)
             # -- the invocation proper (inline: one coroutine less on the warm path) --
             config = record.config
+            if env.provisioned or config.provisioned_concurrency:
+                self._provisioned(entry, env)
             timeout = config.timeout
             if env.budget_used:  # the first invocation after a retried init phase
                 budget = timeout - env.budget_used
@@ -482,6 +494,21 @@ class Invoker:
                 slot.release()
             else:
                 self._release(slot, env)
+
+    def _provisioned(self, entry: FunctionEntry, env: Environment) -> None:
+        """Lambda's provisioned concurrency metrics, for a function that has some: an
+        invocation on a provisioned environment, or one that spilled over to on-demand."""
+        name = entry.name
+        metrics = self.metrics
+        if not env.provisioned:
+            metrics.incr("ProvisionedConcurrencySpilloverInvocations", name)
+            return
+        metrics.incr("ProvisionedConcurrencyInvocations", name)
+        busy = entry.pool.provisioned_busy
+        metrics.observe("ProvisionedConcurrentExecutions", name, busy)
+        allocated = entry.record.config.provisioned_concurrency
+        if allocated:
+            metrics.observe("ProvisionedConcurrencyUtilization", name, min(1.0, busy / allocated))
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
         self.metrics.incr("Throttles", name)

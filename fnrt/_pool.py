@@ -38,6 +38,8 @@ class Environment:
     budget_used: float = 0.0
     #: The sandbox's peak memory as its last reply said: what a timeout or a crash reports.
     peak_mb: int = 0
+    #: Initialized as provisioned concurrency (Lambda's provisioned environments).
+    provisioned: bool = False
     created: float = attrs.field(default=attrs.Factory(lambda self: self.last_used, takes_self=True))
 
 
@@ -190,6 +192,7 @@ class FunctionPool:
         self.cold_starts += 1
         env = Environment(sandbox, self.clock.monotonic(), reply.init_ms, reply.log)
         env.budget_used = used
+        env.provisioned = initialization_type == "provisioned-concurrency"
         self.active.add(env)
         return env
 
@@ -250,6 +253,11 @@ class FunctionPool:
         :class:`~fnrt.errors.RuntimeClosed`)."""
         for env in [*self.drain(), *self.active]:
             env.sandbox.kill()
+
+    @property
+    def provisioned_busy(self) -> int:
+        """Provisioned environments serving an invocation (ProvisionedConcurrentExecutions)."""
+        return sum(1 for env in self.active if env.provisioned)
 
     def sandboxes(self) -> list[dict[str, Any]]:
         """Each live sandbox, busy ones first: its age and idle time (s), invocations served."""

@@ -168,6 +168,7 @@ class Runtime(ControlPlane, ClusterMember):
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
+        self.metrics.add_gauges(self._gauges)
         self._log = _observe.logger().bind()
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
         self._cluster_limit = cluster_limit
@@ -827,6 +828,27 @@ class Runtime(ControlPlane, ClusterMember):
             entry.provisioning = False
 
     # -- statistics -------------------------------------------------------------------
+
+    def _gauges(self) -> dict[str, dict[str, float]]:
+        """Lambda's concurrency metrics as they are now (``rt.metrics.gauge(...)``):
+        ConcurrentExecutions per function and account-wide (``""``, a removed function's
+        calls still running included), UnreservedConcurrentExecutions, ClaimedAccountConcurrency
+        (reservations plus the shared pool's calls) and, per function with provisioned
+        concurrency, ProvisionedConcurrentExecutions."""
+        limiter = self._limiter
+        concurrent: dict[str, float] = {"": limiter.running}
+        provisioned: dict[str, float] = {}
+        for entry in self._registry:
+            concurrent[entry.name] = entry.counter.in_flight
+            if entry.record.config.provisioned_concurrency:
+                provisioned[entry.name] = entry.pool.provisioned_busy
+        unreserved = limiter.unreserved_in_flight
+        return {
+            "ConcurrentExecutions": concurrent,
+            "UnreservedConcurrentExecutions": {"": unreserved},
+            "ClaimedAccountConcurrency": {"": limiter.limit - limiter.unreserved_pool + unreserved},
+            "ProvisionedConcurrentExecutions": provisioned,
+        }
 
     def stats(self) -> dict[str, Any]:
         """Live concurrency, sandboxes and counters, per function and overall."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import fnrt
 
-from .conftest import alive
+from .conftest import alive, wait_until
 
 
 async def test_a_nested_async_with_is_refused_and_the_outer_runtime_keeps_running():
@@ -55,3 +57,40 @@ async def test_an_update_whose_provisioned_init_fails_changes_nothing():
             await rt.update_function_configuration("env", environment={})
         assert rt.get_function("env") == before
         assert rt.provisioned_concurrency("env")["Status"] == "READY"
+
+
+def concurrent(rt: fnrt.Runtime, name: str = "") -> float:
+    return rt.metrics.gauge("ConcurrentExecutions", name)
+
+
+async def test_concurrent_executions_are_metrics_live_and_as_a_peak(release_file):
+    async with fnrt.Runtime(concurrency_limit=10, unreserved_minimum=1) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold")
+        await rt.add_function("vip", "handlers.chaos:hold", reserved_concurrency=2)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(3)]
+        calls.append(asyncio.ensure_future(rt.invoke("vip", {"release": release_file})))
+        await wait_until(lambda: concurrent(rt) == 4, "four calls in flight")
+        assert concurrent(rt, "hold") == 3 and concurrent(rt, "vip") == 1
+        assert rt.metrics.gauge("UnreservedConcurrentExecutions") == 3  # vip's is its own
+        assert rt.metrics.gauge("ClaimedAccountConcurrency") == 2 + 3  # reserved + shared in use
+        assert rt.metrics.snapshot()["gauges"]["ConcurrentExecutions"]["hold"] == 3
+        open(release_file, "w").close()
+        await asyncio.gather(*calls)
+        assert concurrent(rt) == 0 and concurrent(rt, "hold") == 0
+        assert rt.metrics.summary("ConcurrentExecutions", "hold")["max"] == 3
+        assert rt.metrics.summary("ConcurrentExecutions", "")["max"] == 4
+        assert rt.metrics.summary("UnreservedConcurrentExecutions", "")["max"] == 3
+        assert rt.metrics.summary("ConcurrentExecutions", "hold")["count"] == 3  # one per admitted call
+
+
+async def test_provisioned_invocations_and_spillover_are_counted(release_file):
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", provisioned_concurrency=1)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: concurrent(rt, "hold") == 2 and rt.stats()["functions"]["hold"]["busy"] == 2)
+        assert rt.metrics.gauge("ProvisionedConcurrentExecutions", "hold") == 1
+        open(release_file, "w").close()
+        await asyncio.gather(*calls)
+        assert rt.metrics.counter("ProvisionedConcurrencyInvocations", "hold") == 1
+        assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "hold") == 1
+        assert rt.metrics.summary("ProvisionedConcurrencyUtilization", "hold")["max"] == 1.0
