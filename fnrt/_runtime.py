@@ -505,19 +505,27 @@ class Runtime(ControlPlane, ClusterMember):
         return record
 
     async def remove_function(self, name: str) -> None:
-        """Unregister ``name``: idle sandboxes close now, busy ones when their call ends.
-        Its concurrency, pool and event-invoke config go with it."""
+        """Delete ``name`` (Lambda's ``DeleteFunction``): idle sandboxes close now, busy
+        ones when their call ends. Its concurrency, pool and event-invoke config go with
+        it, and so do its queued async events: they are dropped (``failed`` with condition
+        ``FunctionDeleted``, counted in AsyncEventsDropped), as a deleted function's queue
+        is. Replacing a function (a redeploy, an update) keeps its events, and so does a
+        host that has not registered a function yet (their events wait for it)."""
         self._check_running()
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
-        # Its queue fills while it is away (retries fall due, other hosts' events): added
-        # again, it takes them before any new event is handed off.
-        self._async.wake(entry.name)
         for names in self._deployed.values():
             if entry.name in names:
                 names.remove(entry.name)
         for env in entry.pool.drain():
             await env.sandbox.close()
+        if self._durable or self._async.opened:  # else no event of it was ever stored
+            try:
+                await self._async.discard(entry.name)
+            except StoreUnavailable as exc:  # removed all the same; its events stay queued
+                self._log.warning(
+                    "queued events of a deleted function not dropped", function=entry.name, error=str(exc)
+                )
 
     def _record(
         self,

@@ -94,3 +94,46 @@ async def test_provisioned_invocations_and_spillover_are_counted(release_file):
         assert rt.metrics.counter("ProvisionedConcurrencyInvocations", "hold") == 1
         assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "hold") == 1
         assert rt.metrics.summary("ProvisionedConcurrencyUtilization", "hold")["max"] == 1.0
+
+
+async def test_a_deleted_functions_queued_events_are_dropped_and_a_replaced_ones_kept(tmp_path):
+    clock = fnrt.FakeClock()
+    outbox = tmp_path / "outbox"
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("mail", "handlers.payments:send_receipt", async_config={"retry_delays": [60]})
+        dropped = await rt.invoke("mail", {"order": "A-1"}, "Event")  # no outbox: KeyError
+        kept = await rt.invoke("mail", {"order": "A-2"}, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(dropped))["state"] == "queued"  # a retry in 60 s
+        # Replaced (an update, a redeploy): its events stay queued for the new generation.
+        await rt.update_function_configuration("mail", timeout=5)
+        await rt.add_function("mail", "handlers.payments:send_receipt", async_config={"retry_delays": [60]})
+        assert await rt.async_queue_counts("mail") == {"queued": 2}
+        await rt.remove_function("mail")  # Lambda's DeleteFunction
+        for request_id in (dropped, kept):
+            event = await rt.async_event(request_id)
+            assert event["state"] == "failed" and event["condition"] == "FunctionDeleted"
+        assert rt.metrics.counter("AsyncEventsDropped", "mail") == 2
+        # A new function of that name does not run the deleted one's events.
+        await rt.add_function("mail", "handlers.payments:send_receipt")
+        await clock.advance(120)
+        await rt.wait_idle()
+        assert rt.metrics.counter("Invocations", "mail") == 2  # the two first attempts only
+        new = await rt.invoke("mail", {"order": "A-3", "outbox": str(outbox)}, "Event")
+        await rt.wait_idle()
+        assert (await rt.async_event(new))["state"] == "done"
+
+
+async def test_an_attempt_running_when_its_function_is_deleted_is_not_queued_again():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=5, async_config={"retry_delays": [1]})
+        request_id = await rt.invoke("hold", {}, "Event")  # never released: it times out
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1, "the attempt")
+        await rt.remove_function("hold")
+        await clock.advance(6)
+        await wait_until(lambda: rt.metrics.counter("Timeouts", "hold") == 1, "the timeout")
+        await rt.wait_idle()
+        event = await rt.async_event(request_id)
+        assert event["state"] == "failed" and event["condition"] == "FunctionDeleted"
+        assert rt.metrics.counter("AsyncEventsDropped", "hold") == 1
