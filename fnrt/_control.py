@@ -126,12 +126,14 @@ class ControlPlane:
         and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
         entry = self._registry.get(name)
         requested = entry.record.config.provisioned_concurrency
-        stats = entry.pool.stats()
-        allocated = min(requested, stats["warm"] + stats["busy"])
+        pool = entry.pool
+        # Provisioned environments only: on-demand ones (spill-over) never count.
+        allocated = min(requested, pool.provisioned_size - pool.provisioning)
+        available = min(requested, sum(1 for env in pool.idle if env.provisioned))
         return {
             "RequestedProvisionedConcurrentExecutions": requested,
             "AllocatedProvisionedConcurrentExecutions": allocated,
-            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
+            "AvailableProvisionedConcurrentExecutions": available,
             "Status": "READY"
             if allocated >= requested
             else ("IN_PROGRESS" if entry.provisioning else "FAILED"),

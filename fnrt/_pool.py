@@ -132,6 +132,7 @@ class FunctionPool:
         self.idle: list[Environment] = []
         self.active: set[Environment] = set()  # each serving one invocation
         self.starting = 0
+        self.provisioning = 0  # provisioned environments being initialized
         self.closed = False
         self.cold_starts = 0
 
@@ -143,8 +144,27 @@ class FunctionPool:
     def size(self) -> int:
         return len(self.idle) + len(self.active) + self.starting
 
+    @property
+    def provisioned_size(self) -> int:
+        """Provisioned environments alive or being initialized: what the floor counts
+        (an on-demand environment never stands in for one)."""
+        return (
+            sum(1 for env in self.idle if env.provisioned)
+            + sum(1 for env in self.active if env.provisioned)
+            + self.provisioning
+        )
+
     def take_warm(self) -> Environment | None:
         idle = self.idle
+        if idle and not idle[-1].provisioned and self.function.config.provisioned_concurrency:
+            # Provisioned environments serve first, as in Lambda: an on-demand one only
+            # takes what spills over (and then retires when idle).
+            for i in range(len(idle) - 1, -1, -1):
+                env = idle[i]
+                if env.provisioned and env.sandbox.alive:
+                    del idle[i]
+                    self.active.add(env)
+                    return env
         while idle:
             env = idle.pop()
             if env.sandbox.alive:
@@ -210,17 +230,27 @@ class FunctionPool:
 
     def retire_idle(self, ttl: float) -> list[Environment]:
         """Take the sandboxes idle for longer than ``ttl`` off the pool (oldest first),
-        keeping the provisioned floor."""
+        keeping the provisioned floor: on-demand environments retire, provisioned ones
+        only beyond the floor (it was lowered)."""
         now = self.clock.monotonic()
-        keep = self.function.config.provisioned_concurrency
-        retired = []
-        while self.idle and self.size > keep and now - self.idle[0].last_used >= ttl:
-            retired.append(self.idle.pop(0))
+        idle = self.idle
+        if not idle or now - idle[0].last_used < ttl:
+            return []
+        beyond = self.provisioned_size - self.function.config.provisioned_concurrency
+        retired, kept = [], []
+        for env in idle:
+            if now - env.last_used < ttl or (env.provisioned and beyond <= 0):
+                kept.append(env)
+                continue
+            if env.provisioned:
+                beyond -= 1
+            retired.append(env)
+        idle[:] = kept
         return retired
 
     async def provision(self) -> None:
         """Start sandboxes until the provisioned floor is met."""
-        missing = self.function.config.provisioned_concurrency - self.size
+        missing = self.function.config.provisioned_concurrency - self.provisioned_size
         if missing <= 0 or self.closed:
             return
         # A few at a time, not all at once: a large count (hundreds) started together is a
@@ -237,9 +267,13 @@ class FunctionPool:
 
     async def _provision_one(self, starting: asyncio.Semaphore) -> None:
         async with starting:
-            if self.closed or self.size >= self.function.config.provisioned_concurrency:
+            if self.closed or self.provisioned_size >= self.function.config.provisioned_concurrency:
                 return  # closed, or the floor was lowered meanwhile
-            env = await self.cold_start(initialization_type="provisioned-concurrency")
+            self.provisioning += 1
+            try:
+                env = await self.cold_start(initialization_type="provisioned-concurrency")
+            finally:
+                self.provisioning -= 1
         self.give_back(env)
 
     def drain(self) -> list[Environment]:

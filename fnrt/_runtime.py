@@ -810,7 +810,7 @@ class Runtime(ControlPlane, ClusterMember):
             for env in pool.retire_idle(ttl):
                 self._log.debug("sandbox retired", function=entry.name, sandbox_id=env.sandbox.id)
                 await env.sandbox.close()
-            if pool.size < entry.record.config.provisioned_concurrency and not entry.provisioning:
+            if pool.provisioned_size < entry.record.config.provisioned_concurrency and not entry.provisioning:
                 entry.provisioning = True
                 self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
 

@@ -137,3 +137,36 @@ async def test_an_attempt_running_when_its_function_is_deleted_is_not_queued_aga
         event = await rt.async_event(request_id)
         assert event["state"] == "failed" and event["condition"] == "FunctionDeleted"
         assert rt.metrics.counter("AsyncEventsDropped", "hold") == 1
+
+
+def init_type(result: dict) -> str:
+    return result["environ"]["AWS_LAMBDA_INITIALIZATION_TYPE"]
+
+
+async def test_provisioned_environments_serve_first_and_spill_over_retires(release_file):
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", provisioned_concurrency=1)
+        (provisioned,) = [s["pid"] for s in rt.sandboxes("hold")]
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 2, "a spill-over")
+        open(release_file, "w").close()
+        spilled = {out["pid"] for out in await asyncio.gather(*calls)} - {provisioned}
+        # The on-demand environment was used last, yet the provisioned one serves.
+        for _ in range(3):
+            assert (await rt.invoke("hold", {"release": release_file}))["pid"] == provisioned
+        assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "hold") == 1
+        await clock.advance(120)  # idle past the TTL: the spill-over goes, the floor stays
+        await wait_until(lambda: [s["pid"] for s in rt.sandboxes("hold")] == [provisioned], "retirement")
+        await wait_until(lambda: not any(alive(pid) for pid in spilled), "the spill-over to exit")
+
+
+async def test_provisioned_concurrency_set_on_warm_on_demand_environments_initializes_its_own():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("env", "handlers.hostile:environment")
+        assert init_type(await rt.invoke("env", {})) == "on-demand"
+        rt.put_provisioned_concurrency("env", 1)
+        await wait_until(lambda: rt.provisioned_concurrency("env")["Status"] == "READY", "provisioning")
+        assert len(rt.sandboxes("env")) == 2  # the on-demand one does not stand in for it
+        assert init_type(await rt.invoke("env", {})) == "provisioned-concurrency"
+        assert rt.provisioned_concurrency("env")["AvailableProvisionedConcurrentExecutions"] == 1
