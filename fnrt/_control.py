@@ -83,6 +83,10 @@ class ControlPlane:
         concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
         self._check_running()
         entry = self._registry.get(name)
+        if reserved is None:  # None is "unreserved" in a config; this call sets a number
+            raise InvalidConfig(
+                "reserved concurrency must be a number from 0; delete_function_concurrency() unreserves"
+            )
         FunctionConfig(reserved_concurrency=reserved)  # validates the value
         if entry.record.config.provisioned_concurrency > reserved:
             raise InvalidConfig(

@@ -91,6 +91,8 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
         body = dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from None
+    except Exception as exc:  # the payload's own code failed (a mapping whose items() raises)
+        raise InvalidPayload(f"payload is not JSON: {type(exc).__name__}: {exc}") from exc
     if len(body) > limit:
         raise PayloadTooLarge(len(body), limit)
     return body

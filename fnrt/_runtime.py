@@ -89,6 +89,7 @@ __all__ = [
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the store
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}\Z").match
 
 
 class Runtime(ControlPlane, ClusterMember):
@@ -724,6 +725,11 @@ class Runtime(ControlPlane, ClusterMember):
         """What an invoke names, checked: the function, the request id, the qualifier."""
         self._check_running()
         entry = self._registry.get(name)
+        if request_id is not None and not (isinstance(request_id, str) and _REQUEST_ID(request_id)):
+            # It goes into the sandbox's wire frame and every log line: printable, bounded.
+            raise InvalidConfig(
+                f"request_id must be 1-256 printable ASCII characters without spaces, got {request_id!r:.80}"
+            )
         if client_context is not None:
             check_client_context(client_context)
         if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
@@ -765,6 +771,8 @@ class Runtime(ControlPlane, ClusterMember):
         """The records delivered to a durable sink (``"failed-payments"`` or
         ``"sink:failed-payments"``), oldest first."""
         self._check_running()
+        if not isinstance(sink, str):
+            raise InvalidConfig(f"sink must be a sink's name like 'failed-payments', got {sink!r}")
         name = sink if ":" in sink else f"sink:{sink}"
         if parse_destination(name)[0] != "sink":
             raise InvalidConfig(

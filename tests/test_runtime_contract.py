@@ -170,3 +170,39 @@ async def test_provisioned_concurrency_set_on_warm_on_demand_environments_initia
         assert len(rt.sandboxes("env")) == 2  # the on-demand one does not stand in for it
         assert init_type(await rt.invoke("env", {})) == "provisioned-concurrency"
         assert rt.provisioned_concurrency("env")["AvailableProvisionedConcurrentExecutions"] == 1
+
+
+class _Exploding(dict):  # a payload whose own code fails while it is encoded
+    def items(self):
+        raise RuntimeError("boom")
+
+
+BAD_CALLS = [
+    (lambda rt: rt.invoke_detailed("echo", {}, request_id=5), fnrt.InvalidConfig),
+    (lambda rt: rt.invoke_detailed("echo", {}, request_id="x" * 70_000), fnrt.InvalidConfig),
+    (lambda rt: rt.invoke_detailed("echo", {}, request_id="a\nb"), fnrt.InvalidConfig),
+    (lambda rt: rt.invoke_detailed("echo", {}, "Event", request_id=""), fnrt.InvalidConfig),
+    (lambda rt: rt.invoke("echo", _Exploding(a=1)), fnrt.InvalidPayload),
+    (lambda rt: rt.invoke("echo", _Exploding(a=1), "Event"), fnrt.InvalidPayload),
+    (lambda rt: rt.destination_records(None), fnrt.InvalidConfig),
+]
+
+
+async def test_bad_arguments_are_typed_errors_and_the_sandbox_lives_on():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("echo", "handlers.echo:echo")
+        pid = (await rt.invoke("echo", {}))["pid"]
+        for call, error in BAD_CALLS:
+            with pytest.raises(error):
+                await call(rt)
+            assert (await rt.invoke("echo", {"ok": 1}))["pid"] == pid  # the same warm sandbox
+        assert rt.metrics.counter("Errors", "echo") == 0
+        assert await rt.async_queue_counts() == {}  # no bad Event was stored
+
+
+async def test_put_function_concurrency_needs_a_number():
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("echo", "handlers.echo:echo", provisioned_concurrency=0)
+        with pytest.raises(fnrt.InvalidConfig, match="delete_function_concurrency"):
+            rt.put_function_concurrency("echo", None)
+        assert rt.get_function("echo").config.reserved_concurrency is None
