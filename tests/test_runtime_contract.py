@@ -206,3 +206,18 @@ async def test_put_function_concurrency_needs_a_number():
         with pytest.raises(fnrt.InvalidConfig, match="delete_function_concurrency"):
             rt.put_function_concurrency("echo", None)
         assert rt.get_function("echo").config.reserved_concurrency is None
+
+
+async def test_a_burst_of_cold_starts_of_many_functions_is_served_not_taken_for_a_wedged_template():
+    async with fnrt.Runtime() as rt:
+        await asyncio.gather(*[rt.add_function(f"f{i}", "handlers.echo:echo") for i in range(60)])
+        assert len(rt.functions()) == 60
+        factory = rt._factory("subprocess")
+        await rt.invoke("f0", {})  # the template is up
+        # A spawn answered in well under this; the template forks the burst one by one.
+        factory.spawn_timeout = 0.3
+        template = factory.template_pid
+        results = await asyncio.gather(*[rt.invoke(f"f{i}", {"i": i}) for i in range(60)])
+        assert [r["event"]["i"] for r in results] == list(range(60))
+        assert factory.template_pid == template  # never replaced (with every sandbox)
+        assert rt.metrics.gauge("ConcurrentExecutions") == 0
