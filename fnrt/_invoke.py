@@ -355,26 +355,26 @@ class Invoker:
         except TooManyRequests as exc:
             self._throttled(name, exc)
             raise
-        # Lambda's ConcurrentExecutions (per function and account-wide) and
-        # UnreservedConcurrentExecutions, sampled as each call is admitted: their summaries'
-        # max is the peak, as CloudWatch's Maximum statistic is.
-        metrics = self.metrics
-        counter = entry.counter
-        limiter = self.limiter
-        metrics.observe("ConcurrentExecutions", name, counter.in_flight)
-        metrics.observe("ConcurrentExecutions", "", limiter.running)
-        if counter.reserved is None:
-            metrics.observe("UnreservedConcurrentExecutions", "", limiter.unreserved_in_flight)
         pool = entry.pool
         env: Environment | None = None
         try:
             env = pool.take_warm()
             cold = env is None
+            if cold and not entry.scaling.take(self.clock.monotonic()):
+                throttle = self.limiter.scaling_throttle(entry.counter)
+                self._throttled(name, throttle)
+                raise throttle
+            # Lambda's ConcurrentExecutions (per function and account-wide) and
+            # UnreservedConcurrentExecutions, sampled as each call starts: their summaries'
+            # max is the peak, as CloudWatch's Maximum statistic is.
+            metrics = self.metrics
+            counter = entry.counter
+            limiter = self.limiter
+            metrics.observe("ConcurrentExecutions", name, counter.in_flight)
+            metrics.observe("ConcurrentExecutions", "", limiter.running)
+            if counter.reserved is None:
+                metrics.observe("UnreservedConcurrentExecutions", "", limiter.unreserved_in_flight)
             if env is None:
-                if not entry.scaling.take(self.clock.monotonic()):
-                    throttle = self.limiter.scaling_throttle(entry.counter)
-                    self._throttled(name, throttle)
-                    raise throttle
                 try:
                     env = await pool.cold_start(record.config.timeout)
                 except FunctionTimeout as exc:  # the retried init phase used up the timeout

@@ -221,3 +221,18 @@ async def test_a_burst_of_cold_starts_of_many_functions_is_served_not_taken_for_
         assert [r["event"]["i"] for r in results] == list(range(60))
         assert factory.template_pid == template  # never replaced (with every sandbox)
         assert rt.metrics.gauge("ConcurrentExecutions") == 0
+
+
+async def test_a_cold_start_over_the_scaling_rate_is_a_throttle_not_a_concurrent_execution(release_file):
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, scaling_limit=1, scaling_window=10) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold")
+        first = asyncio.ensure_future(rt.invoke("hold", {"release": release_file}))
+        await wait_until(lambda: concurrent(rt, "hold") == 1, "the first call")
+        with pytest.raises(fnrt.TooManyRequests) as info:
+            await rt.invoke("hold", {"release": release_file})
+        assert info.value.reason == "FunctionInvocationRateLimitExceeded"
+        open(release_file, "w").close()
+        await first
+        assert rt.metrics.summary("ConcurrentExecutions", "hold")["max"] == 1
+        assert rt.metrics.counter("Throttles", "hold") == 1
