@@ -6,11 +6,12 @@ on the shared pool; every other function shares what the reservations leave
 the pool (Lambda keeps 100 of 1,000). Decisions are synchronous and O(1): a throttle costs
 a dictionary lookup, never a wait.
 
-A taken slot is a :class:`Slot` object that belongs to one function *generation* (its
-:class:`FunctionCounter`). It releases exactly once, to the counter it came from: a
-function removed and added again while a call is in flight gets a fresh counter, and the
-old call's release can never free the new generation's slot. The calls of a removed
-function keep counting against the shared pool until they end.
+A taken slot is a :class:`Slot` object that belongs to one function's
+:class:`FunctionCounter`. It releases exactly once, to the counter it came from. A function
+updated or redeployed keeps its counter (the calls its old generation still runs count
+against its reservation); one removed and added again while a call is in flight gets a
+fresh counter, and the old call's release can never free the new function's slot. The
+calls of a removed function keep counting against the shared pool until they end.
 
 This limiter counts one host. :class:`fnrt._cluster_limit.ClusterLimiter` extends it so the
 same limits hold across hosts sharing a counting service (PostgreSQL): its
@@ -49,7 +50,7 @@ __all__ = [
 
 @attrs.define(eq=False)
 class FunctionCounter:
-    """One function generation's concurrency: its reservation and what it has in flight."""
+    """One function's concurrency (across its updates): its reservation and what it has in flight."""
 
     name: str
     reserved: int | None = None

@@ -562,10 +562,19 @@ class Runtime(ControlPlane, ClusterMember):
         environments already initialized, or an empty one). What it replaces stops taking
         events: idle sandboxes go now, busy ones when their call ends; its event-invoke
         config carries over (in Lambda it is the function's, not the code's)."""
-        counter = self._limiter.register(record.name, record.config.reserved_concurrency)
+        current = self._registry.lookup(record.name)
+        reserved = record.config.reserved_concurrency
+        if current is not None:
+            # The same function in a new generation (an update, a redeploy): the calls the
+            # old one still runs count against the function's reservation and release into
+            # it, so an update never lets it run more than its reserved concurrency.
+            counter = current.counter
+            self._limiter.check_reservations({record.name: reserved})
+            self._limiter.set_reserved(counter, reserved)
+        else:
+            counter = self._limiter.register(record.name, reserved)
         if pool is None:
             pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
-        current = self._registry.lookup(record.name)
         # The scaling rate is the function's, whatever its generation: an update or a
         # redeploy in a burst does not grant another 1,000 environments at once.
         scaling = current.scaling if current is not None else ScalingAllowance(
@@ -713,7 +722,7 @@ class Runtime(ControlPlane, ClusterMember):
         """``entry``, or what replaced it while the call awaited (a new generation: the
         call runs on it); :class:`~fnrt.errors.FunctionNotFound` if it was removed."""
         self._check_running()
-        return entry if entry.counter.registered else self._registry.get(entry.name)
+        return entry if self._registry.lookup(entry.name) is entry else self._registry.get(entry.name)
 
     def _target(
         self,

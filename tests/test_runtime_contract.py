@@ -236,3 +236,24 @@ async def test_a_cold_start_over_the_scaling_rate_is_a_throttle_not_a_concurrent
         await first
         assert rt.metrics.summary("ConcurrentExecutions", "hold")["max"] == 1
         assert rt.metrics.counter("Throttles", "hold") == 1
+
+
+async def test_an_update_while_calls_run_never_lets_a_function_pass_its_reserved_concurrency(release_file):
+    async with fnrt.Runtime(concurrency_limit=10, unreserved_minimum=1) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=2)
+        calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 2, "two calls")
+        await rt.update_function_configuration("hold", environment={"NEW": "1"})
+        # The old generation's two calls still run: they are the function's two.
+        with pytest.raises(fnrt.TooManyRequests) as info:
+            await rt.invoke("hold", {"release": release_file})
+        assert info.value.reason == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        assert rt.stats()["concurrency"]["unreserved_available"] == 8  # the shared pool untouched
+        await rt.add_function("hold", "handlers.chaos:hold", reserved_concurrency=2)  # a redeploy: the same
+        with pytest.raises(fnrt.TooManyRequests):
+            await rt.invoke("hold", {"release": release_file})
+        open(release_file, "w").close()
+        await asyncio.gather(*calls)
+        assert rt.stats()["functions"]["hold"]["in_flight"] == 0
+        assert rt.metrics.gauge("ConcurrentExecutions") == 0
+        await asyncio.gather(*[rt.invoke("hold", {"release": release_file}) for _ in range(2)])
