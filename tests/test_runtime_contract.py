@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -257,3 +258,14 @@ async def test_an_update_while_calls_run_never_lets_a_function_pass_its_reserved
         assert rt.stats()["functions"]["hold"]["in_flight"] == 0
         assert rt.metrics.gauge("ConcurrentExecutions") == 0
         await asyncio.gather(*[rt.invoke("hold", {"release": release_file}) for _ in range(2)])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="subinterpreters need Python 3.13+")
+async def test_a_burst_of_subinterpreter_cold_starts_boots_one_spare_not_one_each():
+    async with fnrt.Runtime(sandbox="subinterpreter") as rt:
+        await asyncio.gather(*[rt.add_function(f"f{i}", "handlers.echo:echo", timeout=60) for i in range(4)])
+        await asyncio.gather(*[rt.invoke(f"f{i}", {"i": i}) for i in range(4)])
+        factory = rt._factories["subinterpreter"]
+        alive = [s for s in factory._sandboxes if s.alive]
+        # one per function, and the one spare: no booted interpreter left to nobody
+        assert len(alive) == 4 + 1
