@@ -166,7 +166,13 @@ class Runtime(ControlPlane, ClusterMember):
         )
         if state_dir is not None and store is not None:
             raise InvalidConfig("give state_dir (a folder for the SQLite file) or store, not both")
+        if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
+            raise InvalidConfig(f"state_dir must be a folder's path, got {state_dir!r}")
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        if clock is not None and not all(
+            callable(getattr(clock, method, None)) for method in ("monotonic", "time", "sleep", "call_later")
+        ):
+            raise InvalidConfig(f"clock must be a Clock (monotonic, time, sleep, call_later), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
         self.metrics.add_gauges(self._gauges)

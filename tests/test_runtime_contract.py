@@ -269,3 +269,27 @@ async def test_a_burst_of_subinterpreter_cold_starts_boots_one_spare_not_one_eac
         alive = [s for s in factory._sandboxes if s.alive]
         # one per function, and the one spare: no booted interpreter left to nobody
         assert len(alive) == 4 + 1
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"region": 5},
+        {"region": "not a region"},
+        {"account_id": "x"},
+        {"account_id": 123456789012},
+        {"state_dir": 5},
+        {"clock": object()},
+    ],
+)
+def test_bad_runtime_settings_are_invalid_config_where_the_runtime_is_made(settings):
+    with pytest.raises(fnrt.InvalidConfig):
+        fnrt.Runtime(**settings)
+
+
+async def test_a_runtime_in_another_region_and_account_is_invoked_by_its_arns():
+    async with fnrt.Runtime(region="eu-west-2", account_id="210987654321") as rt:
+        record = await rt.add_function("echo", "handlers.echo:echo")
+        assert record.arn == "arn:aws:lambda:eu-west-2:210987654321:function:echo"
+        assert (await rt.invoke(record.arn, {"a": 1}))["event"] == {"a": 1}
+        assert (await rt.invoke("210987654321:function:echo", {"a": 2}))["event"] == {"a": 2}
