@@ -864,20 +864,26 @@ class Runtime(ControlPlane, ClusterMember):
         """Lambda's concurrency metrics as they are now (``rt.metrics.gauge(...)``):
         ConcurrentExecutions per function and account-wide (``""``, a removed function's
         calls still running included), UnreservedConcurrentExecutions, ClaimedAccountConcurrency
-        (reservations plus the shared pool's calls) and, per function with provisioned
-        concurrency, ProvisionedConcurrentExecutions."""
+        (reservations, the shared pool's calls and the idle provisioned environments of
+        functions without a reservation) and, per function with provisioned concurrency,
+        ProvisionedConcurrentExecutions."""
         limiter = self._limiter
         concurrent: dict[str, float] = {"": limiter.running}
         provisioned: dict[str, float] = {}
+        idle_provisioned = 0  # of functions without a reservation: claimed, though not running
         for entry in self._registry:
             concurrent[entry.name] = entry.counter.in_flight
             if entry.record.config.provisioned_concurrency:
-                provisioned[entry.name] = entry.pool.provisioned_busy
+                pool = entry.pool
+                provisioned[entry.name] = pool.provisioned_busy
+                if entry.counter.reserved is None:
+                    idle_provisioned += sum(1 for env in pool.idle if env.provisioned)
         unreserved = limiter.unreserved_in_flight
+        reserved = limiter.limit - limiter.unreserved_pool
         return {
             "ConcurrentExecutions": concurrent,
             "UnreservedConcurrentExecutions": {"": unreserved},
-            "ClaimedAccountConcurrency": {"": limiter.limit - limiter.unreserved_pool + unreserved},
+            "ClaimedAccountConcurrency": {"": reserved + unreserved + idle_provisioned},
             "ProvisionedConcurrentExecutions": provisioned,
         }
 

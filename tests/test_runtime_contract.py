@@ -90,11 +90,13 @@ async def test_provisioned_invocations_and_spillover_are_counted(release_file):
         calls = [asyncio.ensure_future(rt.invoke("hold", {"release": release_file})) for _ in range(2)]
         await wait_until(lambda: concurrent(rt, "hold") == 2 and rt.stats()["functions"]["hold"]["busy"] == 2)
         assert rt.metrics.gauge("ProvisionedConcurrentExecutions", "hold") == 1
+        assert rt.metrics.gauge("ClaimedAccountConcurrency") == 2  # both calls; no reservation
         open(release_file, "w").close()
         await asyncio.gather(*calls)
         assert rt.metrics.counter("ProvisionedConcurrencyInvocations", "hold") == 1
         assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "hold") == 1
         assert rt.metrics.summary("ProvisionedConcurrencyUtilization", "hold")["max"] == 1.0
+        assert rt.metrics.gauge("ClaimedAccountConcurrency") == 1  # the idle provisioned one
 
 
 async def test_a_deleted_functions_queued_events_are_dropped_and_a_replaced_ones_kept(tmp_path):
