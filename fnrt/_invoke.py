@@ -388,7 +388,7 @@ class Invoker:
                     return self._init_failed(name, request_id, exc, body)
             # -- the invocation proper (inline: one coroutine less on the warm path) --
             config = record.config
-            if env.provisioned or config.provisioned_concurrency:
+            if config.provisioned_concurrency:
                 self._provisioned(entry, env)
             timeout = config.timeout
             if env.budget_used:  # the first invocation after a retried init phase

@@ -295,3 +295,16 @@ async def test_a_runtime_in_another_region_and_account_is_invoked_by_its_arns():
         assert record.arn == "arn:aws:lambda:eu-west-2:210987654321:function:echo"
         assert (await rt.invoke(record.arn, {"a": 1}))["event"] == {"a": 1}
         assert (await rt.invoke("210987654321:function:echo", {"a": 2}))["event"] == {"a": 2}
+
+
+async def test_after_provisioned_concurrency_is_deleted_its_environments_serve_as_on_demand_ones():
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock, idle_ttl=60) as rt:
+        await rt.add_function("w", "handlers.chaos:whoami", provisioned_concurrency=1)
+        await rt.invoke("w", {})
+        rt.delete_provisioned_concurrency("w")
+        await rt.invoke("w", {})
+        assert rt.metrics.counter("ProvisionedConcurrencyInvocations", "w") == 1
+        assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "w") == 0
+        await clock.advance(120)  # no floor any more: it retires as idle ones do
+        await wait_until(lambda: rt.sandboxes("w") == [], "retirement")
