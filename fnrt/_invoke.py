@@ -39,12 +39,13 @@ from ._lambda import (
     response_too_large,
     timeout_message,
 )
-from ._pool import Environment, output_so_far
+from ._pool import INIT_FAILED, Environment, output_so_far
 from ._registry import FunctionEntry
 from .errors import (
     FnrtError,
     FunctionError,
     FunctionTimeout,
+    InitError,
     InvalidPayload,
     PayloadTooLarge,
     RuntimeClosed,
@@ -518,6 +519,12 @@ class Invoker:
             observer(name, exc.reason)
 
     def _init_failed(self, name: str, request_id: str, exc: FunctionError, body: bytes) -> InvocationResult:
+        if exc.error_message.startswith(INIT_FAILED):
+            # The environment ended in its init phase (an exit, a signal): as Lambda answers
+            # the invocation that started it, "RequestId: <id> Error: Runtime exited ...".
+            ended = exc.error_message[len(INIT_FAILED) :]
+            message = f"RequestId: {request_id} Error: {ended}"
+            exc = InitError(exc.error_type, message, exc.stack_trace, log_tail=exc.log_tail)
         self.metrics.incr("Invocations", name)
         self.metrics.incr("Errors", name)
         self.metrics.incr("ColdStarts", name)

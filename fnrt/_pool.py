@@ -21,6 +21,9 @@ from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, Sa
 from .sandbox._mirror import INIT_OUTPUT
 from .sandbox._protocol import factory_closed
 
+#: How an environment that ended in its init phase is reported where no request is known
+#: (a deploy, provisioned concurrency); an invocation says Lambda's ``RequestId: ... Error:``.
+INIT_FAILED = "Init failed: "
 #: Provisioned environments initialized at once (a pool of hundreds fills in waves).
 PROVISION_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 
@@ -101,7 +104,7 @@ async def start_sandbox(
             raise InitError(
                 "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
             ) from None
-        raise InitError(exc.error_type, f"Init failed: {exc.message}", log_tail=printed) from None
+        raise InitError(exc.error_type, f"{INIT_FAILED}{exc.message}", log_tail=printed) from None
     except BaseException:
         sandbox.kill()
         raise
@@ -320,4 +323,4 @@ class FunctionPool:
         }
 
 
-__all__ = ["Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]
+__all__ = ["INIT_FAILED", "Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]

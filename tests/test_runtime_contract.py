@@ -308,3 +308,23 @@ async def test_after_provisioned_concurrency_is_deleted_its_environments_serve_a
         assert rt.metrics.counter("ProvisionedConcurrencySpilloverInvocations", "w") == 0
         await clock.advance(120)  # no floor any more: it retires as idle ones do
         await wait_until(lambda: rt.sandboxes("w") == [], "retirement")
+
+
+async def test_an_environment_that_exits_in_its_init_phase_answers_in_lambdas_words():
+    how = {"FNRT_EXITS_AT_INIT": '{"exit": 2}'}
+    async with fnrt.Runtime() as rt:
+        await rt.add_function("exits", "handlers.exits:handler", environment=how)
+        for _ in range(2):  # the init phase runs again at the next invocation
+            out = await rt.invoke_detailed("exits", None)
+            assert out.cold_start and out.error is not None
+            exited = "Runtime exited with error: exit status 2"
+            assert out.error.to_lambda() == {
+                "errorMessage": f"RequestId: {out.request_id} Error: {exited}",
+                "errorType": "Runtime.ExitError",
+                "requestId": out.request_id,
+                "stackTrace": [],
+            }
+        with pytest.raises(fnrt.InitError, match="Init failed: Runtime exited with error: exit status 2"):
+            await rt.add_function(
+                "provisioned", "handlers.exits:handler", environment=how, provisioned_concurrency=1
+            )
