@@ -328,3 +328,19 @@ async def test_an_environment_that_exits_in_its_init_phase_answers_in_lambdas_wo
             await rt.add_function(
                 "provisioned", "handlers.exits:handler", environment=how, provisioned_concurrency=1
             )
+
+
+async def test_an_arn_of_another_region_or_account_names_no_function_here():
+    async with fnrt.Runtime(region="eu-west-1", account_id="123456789012") as rt:
+        await rt.add_function("echo", "handlers.echo:echo")
+        for ref in (
+            "arn:aws:lambda:us-east-1:123456789012:function:echo",
+            "arn:aws:lambda:eu-west-1:999999999999:function:echo",
+            "arn:aws-cn:lambda:eu-west-1:123456789012:function:echo",
+            "999999999999:function:echo",
+        ):
+            with pytest.raises(fnrt.FunctionNotFound):
+                await rt.invoke(ref, {})
+        here = "arn:aws:lambda:eu-west-1:123456789012:function:echo"
+        for ref in (f"{here}:$LATEST", "123456789012:function:echo"):
+            assert (await rt.invoke(ref, {"ref": ref}))["event"] == {"ref": ref}
