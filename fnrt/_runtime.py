@@ -208,6 +208,7 @@ class Runtime(ControlPlane, ClusterMember):
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
         self._entered = False  # inside its ``async with`` block
+        self._installing = 0  # registrations initializing their provisioned environments
         #: The event loop the runtime was started on: its sandboxes' sockets and timers
         #: belong to it, so it is used from that loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -393,6 +394,7 @@ class Runtime(ControlPlane, ClusterMember):
         return (
             self._async.idle
             and self._streams.idle
+            and not self._installing
             and not any(e.provisioning or e.pool.starting for e in self._registry)
         )
 
@@ -606,6 +608,7 @@ class Runtime(ControlPlane, ClusterMember):
         reservations = {r.name: r.config.reserved_concurrency for r in records}
         self._limiter.check_reservations(reservations)
         pools = [FunctionPool(r, self._factory(r.sandbox_kind), self.clock) for r in records]
+        self._installing += 1  # not idle while it provisions (wait_idle)
         try:
             if any(r.config.provisioned_concurrency for r in records):
                 try:
@@ -622,6 +625,8 @@ class Runtime(ControlPlane, ClusterMember):
             for pool in pools:
                 pool.kill_all()
             raise
+        finally:
+            self._installing -= 1
         for record, pool in zip(records, pools, strict=True):
             self._register(record, pool)
 

@@ -344,3 +344,14 @@ async def test_an_arn_of_another_region_or_account_names_no_function_here():
         here = "arn:aws:lambda:eu-west-1:123456789012:function:echo"
         for ref in (f"{here}:$LATEST", "123456789012:function:echo"):
             assert (await rt.invoke(ref, {"ref": ref}))["event"] == {"ref": ref}
+
+
+async def test_wait_idle_waits_for_a_registration_still_initializing_its_provisioned_environments():
+    async with fnrt.Runtime() as rt:
+        adding = asyncio.ensure_future(
+            rt.add_function("w", "handlers.chaos:whoami", provisioned_concurrency=2)
+        )
+        await asyncio.sleep(0)
+        await rt.wait_idle()
+        assert adding.done()
+        assert rt.provisioned_concurrency("w")["Status"] == "READY"
