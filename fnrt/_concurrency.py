@@ -6,11 +6,12 @@ on the shared pool; every other function shares what the reservations leave
 the pool (Lambda keeps 100 of 1,000). Decisions are synchronous and O(1): a throttle costs
 a dictionary lookup, never a wait.
 
-A taken slot is a :class:`Slot` object that belongs to one function *generation* (its
-:class:`FunctionCounter`). It releases exactly once, to the counter it came from: a
-function removed and added again while a call is in flight gets a fresh counter, and the
-old call's release can never free the new generation's slot. The calls of a removed
-function keep counting against the shared pool until they end.
+A taken slot is a :class:`Slot` object that belongs to one function's
+:class:`FunctionCounter`. It releases exactly once, to the counter it came from. A function
+updated or redeployed keeps its counter (the calls its old generation still runs count
+against its reservation); one removed and added again while a call is in flight gets a
+fresh counter, and the old call's release can never free the new function's slot. The
+calls of a removed function keep counting against the shared pool until they end.
 
 This limiter counts one host. :class:`fnrt._cluster_limit.ClusterLimiter` extends it so the
 same limits hold across hosts sharing a counting service (PostgreSQL): its
@@ -49,7 +50,7 @@ __all__ = [
 
 @attrs.define(eq=False)
 class FunctionCounter:
-    """One function generation's concurrency: its reservation and what it has in flight."""
+    """One function's concurrency (across its updates): its reservation and what it has in flight."""
 
     name: str
     reserved: int | None = None
@@ -101,6 +102,7 @@ class Slot:
             return
         counter = self._counter
         counter.in_flight -= 1
+        limiter.running -= 1
         if counter.reserved is None:
             limiter._unreserved_in_flight -= 1
 
@@ -112,6 +114,9 @@ class ConcurrencyLimiter:
         self._counters: dict[str, FunctionCounter] = {}
         self._reserved_total = 0
         self._unreserved_in_flight = 0
+        #: Calls in flight, every function's (a removed one's too): Lambda's account-wide
+        #: ConcurrentExecutions, kept as a count so reading it on the hot path is O(1).
+        self.running = 0
         self.throttles = 0
 
     # -- configuration ----------------------------------------------------------------
@@ -207,6 +212,7 @@ class ConcurrencyLimiter:
         else:
             self._unreserved_in_flight += 1
         counter.in_flight += 1
+        self.running += 1
         if counter.in_flight > counter.peak:
             counter.peak = counter.in_flight
         return Slot(self, counter)
@@ -255,6 +261,11 @@ class ConcurrencyLimiter:
 
     async def aclose(self) -> None:
         """Give back whatever this host holds (nothing, on one host)."""
+
+    @property
+    def unreserved_in_flight(self) -> int:
+        """Calls in flight drawing on the shared pool (Lambda's UnreservedConcurrentExecutions)."""
+        return self._unreserved_in_flight
 
     @property
     def unreserved_pool(self) -> int:

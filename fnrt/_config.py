@@ -25,6 +25,17 @@ _ENV_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]*$")
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
+def _pattern(pattern: str, example: str) -> Any:
+    """A string of this form (it goes into ARNs, which fnrt parses back)."""
+    matches = re.compile(pattern).fullmatch
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, str) or not matches(value):
+            raise InvalidConfig(f"{attribute.name} must look like {example!r}, got {value!r}")
+
+    return check
+
+
 def _number(low: float, high: float, *, integer: bool = False, optional: bool = False) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
@@ -265,8 +276,10 @@ class RuntimeConfig:
     )
     idle_ttl: float = attrs.field(default=300.0, validator=_number(0.001, 7 * 86_400))
     sandbox: str = attrs.field(default="subprocess", validator=_sandbox)
-    region: str = attrs.field(default="us-east-1", validator=attrs.validators.instance_of(str))
-    account_id: str = attrs.field(default="000000000000", validator=attrs.validators.instance_of(str))
+    region: str = attrs.field(
+        default="us-east-1", validator=_pattern(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", "us-east-1")
+    )
+    account_id: str = attrs.field(default="000000000000", validator=_pattern(r"\d{12}", "123456789012"))
     scaling_limit: int = attrs.field(default=1000, validator=_number(1, 1_000_000, integer=True))
     scaling_window: float = attrs.field(default=10.0, validator=_number(0.001, 86_400))
 

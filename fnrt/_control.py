@@ -37,8 +37,9 @@ class ControlPlane:
     if TYPE_CHECKING:
 
         def _check_running(self) -> None: ...
-        def _register(self, record: FunctionRecord) -> FunctionEntry: ...
-        async def _provision_all(self, names: list[str]) -> None: ...
+        async def _install(
+            self, records: list[FunctionRecord], replacing: FunctionEntry | None = None
+        ) -> None: ...
         async def _replenish(self, entry: FunctionEntry) -> None: ...
         def async_config(self, name: str) -> AsyncConfig: ...
 
@@ -94,8 +95,7 @@ class ControlPlane:
             module=module,
             attr=attr,
         )
-        self._register(record)
-        await self._provision_all([record.name])
+        await self._install([record], replacing=entry)
         self._log.info(
             "function configuration updated", function=record.name, changed=sorted([*changes, *code])
         )
@@ -106,6 +106,10 @@ class ControlPlane:
         concurrency for ``name`` (0 throttles every call). Calls in flight are kept."""
         self._check_running()
         entry = self._registry.get(name)
+        if reserved is None:  # None is "unreserved" in a config; this call sets a number
+            raise InvalidConfig(
+                "reserved concurrency must be a number from 0; delete_function_concurrency() unreserves"
+            )
         FunctionConfig(reserved_concurrency=reserved)  # validates the value
         if entry.record.config.provisioned_concurrency > reserved:
             raise InvalidConfig(
@@ -149,12 +153,14 @@ class ControlPlane:
         and the status (``IN_PROGRESS``, ``READY``, ``FAILED``)."""
         entry = self._registry.get(name)
         requested = entry.record.config.provisioned_concurrency
-        stats = entry.pool.stats()
-        allocated = min(requested, stats["warm"] + stats["busy"])
+        pool = entry.pool
+        # Provisioned environments only: on-demand ones (spill-over) never count.
+        allocated = min(requested, pool.provisioned_size - pool.provisioning)
+        available = min(requested, sum(1 for env in pool.idle if env.provisioned))
         return {
             "RequestedProvisionedConcurrentExecutions": requested,
             "AllocatedProvisionedConcurrentExecutions": allocated,
-            "AvailableProvisionedConcurrentExecutions": min(requested, stats["warm"]),
+            "AvailableProvisionedConcurrentExecutions": available,
             "Status": "READY"
             if allocated >= requested
             else ("IN_PROGRESS" if entry.provisioning else "FAILED"),

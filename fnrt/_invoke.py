@@ -39,12 +39,13 @@ from ._lambda import (
     response_too_large,
     timeout_message,
 )
-from ._pool import Environment, output_so_far
+from ._pool import INIT_FAILED, Environment, output_so_far
 from ._registry import FunctionEntry
 from .errors import (
     FnrtError,
     FunctionError,
     FunctionTimeout,
+    InitError,
     InvalidPayload,
     PayloadTooLarge,
     RuntimeClosed,
@@ -91,6 +92,8 @@ def encode_payload(payload: Any, limit: int = SYNC_PAYLOAD_LIMIT) -> bytes:
         body = dumps(payload).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayload(f"payload is not JSON: {exc}") from None
+    except Exception as exc:  # the payload's own code failed (a mapping whose items() raises)
+        raise InvalidPayload(f"payload is not JSON: {type(exc).__name__}: {exc}") from exc
     if len(body) > limit:
         raise PayloadTooLarge(len(body), limit)
     return body
@@ -391,11 +394,21 @@ class Invoker:
         try:
             env = pool.take_warm()
             cold = env is None
+            if cold and not entry.scaling.take(self.clock.monotonic()):
+                throttle = self.limiter.scaling_throttle(entry.counter)
+                self._throttled(name, throttle)
+                raise throttle
+            # Lambda's ConcurrentExecutions (per function and account-wide) and
+            # UnreservedConcurrentExecutions, sampled as each call starts: their summaries'
+            # max is the peak, as CloudWatch's Maximum statistic is.
+            metrics = self.metrics
+            counter = entry.counter
+            limiter = self.limiter
+            metrics.observe("ConcurrentExecutions", name, counter.in_flight)
+            metrics.observe("ConcurrentExecutions", "", limiter.running)
+            if counter.reserved is None:
+                metrics.observe("UnreservedConcurrentExecutions", "", limiter.unreserved_in_flight)
             if env is None:
-                if not entry.scaling.take(self.clock.monotonic()):
-                    throttle = self.limiter.scaling_throttle(entry.counter)
-                    self._throttled(name, throttle)
-                    raise throttle
                 try:
                     env = await pool.cold_start(record.config.timeout)
                 except FunctionTimeout as exc:  # the retried init phase used up the timeout
@@ -409,6 +422,8 @@ class Invoker:
                     return self._init_failed(name, request_id, exc, body)
             # -- the invocation proper (inline: one coroutine less on the warm path) --
             config = record.config
+            if config.provisioned_concurrency:
+                self._provisioned(entry, env)
             timeout = config.timeout
             if env.budget_used:  # the first invocation after a retried init phase
                 budget = timeout - env.budget_used
@@ -518,12 +533,33 @@ class Invoker:
             else:
                 self._release(slot, env)
 
+    def _provisioned(self, entry: FunctionEntry, env: Environment) -> None:
+        """Lambda's provisioned concurrency metrics, for a function that has some: an
+        invocation on a provisioned environment, or one that spilled over to on-demand."""
+        name = entry.name
+        metrics = self.metrics
+        if not env.provisioned:
+            metrics.incr("ProvisionedConcurrencySpilloverInvocations", name)
+            return
+        metrics.incr("ProvisionedConcurrencyInvocations", name)
+        busy = entry.pool.provisioned_busy
+        metrics.observe("ProvisionedConcurrentExecutions", name, busy)
+        allocated = entry.record.config.provisioned_concurrency
+        if allocated:
+            metrics.observe("ProvisionedConcurrencyUtilization", name, min(1.0, busy / allocated))
+
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
         self.metrics.incr("Throttles", name)
         for observer in self.throttle_observers:
             observer(name, exc.reason)
 
     def _init_failed(self, name: str, request_id: str, exc: FunctionError, body: bytes) -> InvocationResult:
+        if exc.error_message.startswith(INIT_FAILED):
+            # The environment ended in its init phase (an exit, a signal): as Lambda answers
+            # the invocation that started it, "RequestId: <id> Error: Runtime exited ...".
+            ended = exc.error_message[len(INIT_FAILED) :]
+            message = f"RequestId: {request_id} Error: {ended}"
+            exc = InitError(exc.error_type, message, exc.stack_trace, log_tail=exc.log_tail)
         self.metrics.incr("Invocations", name)
         self.metrics.incr("Errors", name)
         self.metrics.incr("ColdStarts", name)

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -209,12 +210,31 @@ class Metrics:
     """CloudWatch-style metrics by name and dimension (usually the function name).
 
     Counters: Invocations, Errors, Throttles, ColdStarts, ... Summaries: Duration,
-    InitDuration, ... Gauges are read live from the runtime by ``Runtime.stats()``.
+    InitDuration, ConcurrentExecutions (sampled as each call is admitted: ``max`` is the
+    peak), ... Gauges are read live from their sources: ConcurrentExecutions,
+    UnreservedConcurrentExecutions, ... An account-wide value has the dimension ``""``.
     """
 
     def __init__(self) -> None:
         self._counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._summaries: dict[str, dict[str, _Summary]] = defaultdict(dict)
+        self._gauge_sources: list[Callable[[], Mapping[str, Mapping[str, float]]]] = []
+
+    def add_gauges(self, source: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
+        """Read ``source()`` (``{metric: {dimension: value}}``) for every gauge read."""
+        self._gauge_sources.append(source)
+
+    def gauges(self) -> dict[str, dict[str, float]]:
+        """Every gauge's value now, by metric and dimension."""
+        merged: dict[str, dict[str, float]] = {}
+        for source in self._gauge_sources:
+            for metric, values in source().items():
+                merged.setdefault(metric, {}).update(values)
+        return merged
+
+    def gauge(self, metric: str, dimension: str = "") -> float:
+        """A gauge's value now (``dimension`` ``""``: the account-wide one); 0 if none."""
+        return self.gauges().get(metric, {}).get(dimension, 0)
 
     def incr(self, metric: str, dimension: str, value: float = 1) -> None:
         self._counters[metric][dimension] += value
@@ -240,4 +260,5 @@ class Metrics:
         return {
             "counters": {m: dict(d) for m, d in self._counters.items()},
             "summaries": {m: {k: s.snapshot() for k, s in d.items()} for m, d in self._summaries.items()},
+            "gauges": self.gauges(),
         }

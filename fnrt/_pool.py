@@ -21,6 +21,9 @@ from .sandbox import InitReply, InitRequest, Resources, Sandbox, SandboxDied, Sa
 from .sandbox._mirror import INIT_OUTPUT
 from .sandbox._protocol import factory_closed
 
+#: How an environment that ended in its init phase is reported where no request is known
+#: (a deploy, provisioned concurrency); an invocation says Lambda's ``RequestId: ... Error:``.
+INIT_FAILED = "Init failed: "
 #: Provisioned environments initialized at once (a pool of hundreds fills in waves).
 PROVISION_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 
@@ -38,6 +41,8 @@ class Environment:
     budget_used: float = 0.0
     #: The sandbox's peak memory as its last reply said: what a timeout or a crash reports.
     peak_mb: int = 0
+    #: Initialized as provisioned concurrency (Lambda's provisioned environments).
+    provisioned: bool = False
     created: float = attrs.field(default=attrs.Factory(lambda self: self.last_used, takes_self=True))
 
 
@@ -99,7 +104,7 @@ async def start_sandbox(
             raise InitError(
                 "Sandbox.Timedout", f"Init phase timed out after {init_timeout:.2f} seconds", log_tail=printed
             ) from None
-        raise InitError(exc.error_type, f"Init failed: {exc.message}", log_tail=printed) from None
+        raise InitError(exc.error_type, f"{INIT_FAILED}{exc.message}", log_tail=printed) from None
     except BaseException:
         sandbox.kill()
         raise
@@ -130,6 +135,7 @@ class FunctionPool:
         self.idle: list[Environment] = []
         self.active: set[Environment] = set()  # each serving one invocation
         self.starting = 0
+        self.provisioning = 0  # provisioned environments being initialized
         self.closed = False
         self.cold_starts = 0
 
@@ -141,8 +147,27 @@ class FunctionPool:
     def size(self) -> int:
         return len(self.idle) + len(self.active) + self.starting
 
+    @property
+    def provisioned_size(self) -> int:
+        """Provisioned environments alive or being initialized: what the floor counts
+        (an on-demand environment never stands in for one)."""
+        return (
+            sum(1 for env in self.idle if env.provisioned)
+            + sum(1 for env in self.active if env.provisioned)
+            + self.provisioning
+        )
+
     def take_warm(self) -> Environment | None:
         idle = self.idle
+        if idle and not idle[-1].provisioned and self.function.config.provisioned_concurrency:
+            # Provisioned environments serve first, as in Lambda: an on-demand one only
+            # takes what spills over (and then retires when idle).
+            for i in range(len(idle) - 1, -1, -1):
+                env = idle[i]
+                if env.provisioned and env.sandbox.alive:
+                    del idle[i]
+                    self.active.add(env)
+                    return env
         while idle:
             env = idle.pop()
             if env.sandbox.alive:
@@ -190,6 +215,7 @@ class FunctionPool:
         self.cold_starts += 1
         env = Environment(sandbox, self.clock.monotonic(), reply.init_ms, reply.log)
         env.budget_used = used
+        env.provisioned = initialization_type == "provisioned-concurrency"
         self.active.add(env)
         return env
 
@@ -207,17 +233,27 @@ class FunctionPool:
 
     def retire_idle(self, ttl: float) -> list[Environment]:
         """Take the sandboxes idle for longer than ``ttl`` off the pool (oldest first),
-        keeping the provisioned floor."""
+        keeping the provisioned floor: on-demand environments retire, provisioned ones
+        only beyond the floor (it was lowered)."""
         now = self.clock.monotonic()
-        keep = self.function.config.provisioned_concurrency
-        retired = []
-        while self.idle and self.size > keep and now - self.idle[0].last_used >= ttl:
-            retired.append(self.idle.pop(0))
+        idle = self.idle
+        if not idle or now - idle[0].last_used < ttl:
+            return []
+        beyond = self.provisioned_size - self.function.config.provisioned_concurrency
+        retired, kept = [], []
+        for env in idle:
+            if now - env.last_used < ttl or (env.provisioned and beyond <= 0):
+                kept.append(env)
+                continue
+            if env.provisioned:
+                beyond -= 1
+            retired.append(env)
+        idle[:] = kept
         return retired
 
     async def provision(self) -> None:
         """Start sandboxes until the provisioned floor is met."""
-        missing = self.function.config.provisioned_concurrency - self.size
+        missing = self.function.config.provisioned_concurrency - self.provisioned_size
         if missing <= 0 or self.closed:
             return
         # A few at a time, not all at once: a large count (hundreds) started together is a
@@ -234,9 +270,13 @@ class FunctionPool:
 
     async def _provision_one(self, starting: asyncio.Semaphore) -> None:
         async with starting:
-            if self.closed or self.size >= self.function.config.provisioned_concurrency:
+            if self.closed or self.provisioned_size >= self.function.config.provisioned_concurrency:
                 return  # closed, or the floor was lowered meanwhile
-            env = await self.cold_start(initialization_type="provisioned-concurrency")
+            self.provisioning += 1
+            try:
+                env = await self.cold_start(initialization_type="provisioned-concurrency")
+            finally:
+                self.provisioning -= 1
         self.give_back(env)
 
     def drain(self) -> list[Environment]:
@@ -250,6 +290,11 @@ class FunctionPool:
         :class:`~fnrt.errors.RuntimeClosed`)."""
         for env in [*self.drain(), *self.active]:
             env.sandbox.kill()
+
+    @property
+    def provisioned_busy(self) -> int:
+        """Provisioned environments serving an invocation (ProvisionedConcurrentExecutions)."""
+        return sum(1 for env in self.active if env.provisioned)
 
     def sandboxes(self) -> list[dict[str, Any]]:
         """Each live sandbox, busy ones first: its age and idle time (s), invocations served."""
@@ -278,4 +323,4 @@ class FunctionPool:
         }
 
 
-__all__ = ["Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]
+__all__ = ["INIT_FAILED", "Environment", "FunctionPool", "FunctionRecord", "init_error", "start_sandbox"]

@@ -137,6 +137,17 @@ class FunctionEntry:
         return config
 
 
+def _same_account(arn: str, ref: str) -> bool:
+    """Whether an ARN (or partial ARN) ``ref`` names this region's and account's function
+    ``arn`` (a function of the same name elsewhere is another function)."""
+    if ref.startswith("arn:"):
+        return ref == arn or ref.startswith(f"{arn}:")
+    head, _, rest = ref.partition(":")
+    if rest.startswith("function:") and len(head) == 12 and head.isdigit():  # 123456789012:function:name
+        return head == arn.split(":")[4]
+    return True
+
+
 class FunctionRegistry:
     """Functions by name; looked up by name, partial ARN or full ARN."""
 
@@ -169,7 +180,7 @@ class FunctionRegistry:
             return entry
         parsed = parse_function_ref(ref)
         entry = self._entries.get(parsed[0]) if parsed else None
-        if entry is None:
+        if entry is None or not _same_account(entry.record.arn, ref):
             raise FunctionNotFound(str(ref))
         return entry
 

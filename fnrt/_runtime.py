@@ -89,6 +89,7 @@ __all__ = [
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 RETENTION_INTERVAL = 60.0  # seconds between garbage-collection passes of the store
 _MODULE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,256}\Z").match
 
 
 class Runtime(ControlPlane, ClusterMember):
@@ -165,9 +166,16 @@ class Runtime(ControlPlane, ClusterMember):
         )
         if state_dir is not None and store is not None:
             raise InvalidConfig("give state_dir (a folder for the SQLite file) or store, not both")
+        if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
+            raise InvalidConfig(f"state_dir must be a folder's path, got {state_dir!r}")
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        if clock is not None and not all(
+            callable(getattr(clock, method, None)) for method in ("monotonic", "time", "sleep", "call_later")
+        ):
+            raise InvalidConfig(f"clock must be a Clock (monotonic, time, sleep, call_later), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
         self.metrics = _observe.Metrics()
+        self.metrics.add_gauges(self._gauges)
         self._log = _observe.logger().bind()
         self._limiter = ConcurrencyLimiter(concurrency_limit, self.config.unreserved_floor)
         self._cluster_limit = cluster_limit
@@ -199,6 +207,8 @@ class Runtime(ControlPlane, ClusterMember):
             raise InvalidConfig(f"durability must be 'fsync' or 'process', got {durability!r}")
         self._state = State(spec, durability=durability, on_open=self._store_opened)
         self._running = False
+        self._entered = False  # inside its ``async with`` block
+        self._installing = 0  # registrations initializing their provisioned environments
         #: The event loop the runtime was started on: its sandboxes' sockets and timers
         #: belong to it, so it is used from that loop only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,13 +247,26 @@ class Runtime(ControlPlane, ClusterMember):
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
+        # Entered once: the block that entered it owns its close. A nested ``async with``
+        # on the same runtime would close it under the outer block at its own exit (and
+        # leave the outer block with a closed runtime), so it is refused; the outer block
+        # goes on untouched.
+        if self._entered:
+            raise RuntimeClosed(
+                "this runtime is already entered by an 'async with': enter it once, "
+                "and pass it (not a second 'async with') to the code that uses it"
+            )
         await self.start()
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._close(exc_type, exc)
+        try:
+            await self._close(exc_type, exc)
+        finally:
+            self._entered = False
 
     async def start(self) -> None:
         if self._running:
@@ -375,6 +398,7 @@ class Runtime(ControlPlane, ClusterMember):
         return (
             self._async.idle
             and self._streams.idle
+            and not self._installing
             and not any(e.provisioning or e.pool.starting for e in self._registry)
         )
 
@@ -450,10 +474,7 @@ class Runtime(ControlPlane, ClusterMember):
         return self._record(name, module, attr, config, {}, generation=0)
 
     async def _register_all(self, records: list[FunctionRecord]) -> None:
-        self._limiter.check_reservations({r.name: r.config.reserved_concurrency for r in records})
-        for record in records:
-            self._register(record)
-        await self._provision_all([r.name for r in records])
+        await self._install(records)
 
     def _modules_in_use(self) -> list[str]:
         return sorted({entry.record.module for entry in self._registry})
@@ -520,26 +541,33 @@ class Runtime(ControlPlane, ClusterMember):
         module, attr = parse_reference(handler)
         function_config, extra = split_config(config)
         record = self._record(name, module, attr, function_config, extra)
-        self._register(record)
-        await self._provision_all([name])
+        await self._install([record])
         if self._reloader is not None and function_config.code_root is None:  # not a package's
             self._reloader.watch_module(module)
         return record
 
     async def remove_function(self, name: str) -> None:
-        """Unregister ``name``: idle sandboxes close now, busy ones when their call ends.
-        Its concurrency, pool and event-invoke config go with it."""
+        """Delete ``name`` (Lambda's ``DeleteFunction``): idle sandboxes close now, busy
+        ones when their call ends. Its concurrency, pool and event-invoke config go with
+        it, and so do its queued async events: they are dropped (``failed`` with condition
+        ``FunctionDeleted``, counted in AsyncEventsDropped), as a deleted function's queue
+        is. Replacing a function (a redeploy, an update) keeps its events, and so does a
+        host that has not registered a function yet (their events wait for it)."""
         self._check_running()
         entry = self._registry.pop(name)
         self._limiter.unregister(entry.name)
-        # Its queue fills while it is away (retries fall due, other hosts' events): added
-        # again, it takes them before any new event is handed off.
-        self._async.wake(entry.name)
         for names in self._deployed.values():
             if entry.name in names:
                 names.remove(entry.name)
         for env in entry.pool.drain():
             await env.sandbox.close()
+        if self._durable or self._async.opened:  # else no event of it was ever stored
+            try:
+                await self._async.discard(entry.name)
+            except StoreUnavailable as exc:  # removed all the same; its events stay queued
+                self._log.warning(
+                    "queued events of a deleted function not dropped", function=entry.name, error=str(exc)
+                )
 
     def _record(
         self,
@@ -574,13 +602,24 @@ class Runtime(ControlPlane, ClusterMember):
             passthrough=self._passthrough,
         )
 
-    def _register(self, record: FunctionRecord) -> FunctionEntry:
-        """Register a new generation of ``record.name``. What it replaces stops taking
+    def _register(self, record: FunctionRecord, pool: FunctionPool | None = None) -> FunctionEntry:
+        """Register a new generation of ``record.name`` (with ``pool``, its provisioned
+        environments already initialized, or an empty one). What it replaces stops taking
         events: idle sandboxes go now, busy ones when their call ends; its event-invoke
         config carries over (in Lambda it is the function's, not the code's)."""
-        counter = self._limiter.register(record.name, record.config.reserved_concurrency)
-        pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
         current = self._registry.lookup(record.name)
+        reserved = record.config.reserved_concurrency
+        if current is not None:
+            # The same function in a new generation (an update, a redeploy): the calls the
+            # old one still runs count against the function's reservation and release into
+            # it, so an update never lets it run more than its reserved concurrency.
+            counter = current.counter
+            self._limiter.check_reservations({record.name: reserved})
+            self._limiter.set_reserved(counter, reserved)
+        else:
+            counter = self._limiter.register(record.name, reserved)
+        if pool is None:
+            pool = FunctionPool(record, self._factory(record.sandbox_kind), self.clock)
         # The scaling rate is the function's, whatever its generation: an update or a
         # redeploy in a burst does not grant another 1,000 environments at once.
         scaling = current.scaling if current is not None else ScalingAllowance(
@@ -595,15 +634,38 @@ class Runtime(ControlPlane, ClusterMember):
                 env.sandbox.kill()
         return entry
 
-    async def _provision_all(self, names: list[str]) -> None:
-        """Initialize the provisioned environments of ``names``; the first failure (an
-        :class:`~fnrt.errors.InitError`, say) is raised as it is, not in a group."""
+    async def _install(self, records: list[FunctionRecord], replacing: FunctionEntry | None = None) -> None:
+        """Register ``records`` all or none: their reservations are checked, then their
+        provisioned environments initialized, and only then are they registered (what
+        they replace serves until that moment). A failure (an
+        :class:`~fnrt.errors.InitError` of a provisioned environment, say) is raised as it
+        is, not in a group, and registers nothing: the sandboxes made for it are
+        destroyed and the functions stay as they were. ``replacing``: the generation an
+        update starts from; removed meanwhile, the update is :class:`FunctionNotFound`."""
+        reservations = {r.name: r.config.reserved_concurrency for r in records}
+        self._limiter.check_reservations(reservations)
+        pools = [FunctionPool(r, self._factory(r.sandbox_kind), self.clock) for r in records]
+        self._installing += 1  # not idle while it provisions (wait_idle)
         try:
-            async with asyncio.TaskGroup() as tg:
-                for name in names:
-                    tg.create_task(self._registry.get(name).pool.provision())
-        except BaseExceptionGroup as group:
-            raise first_leaf(group) from None
+            if any(r.config.provisioned_concurrency for r in records):
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for pool in pools:
+                            tg.create_task(pool.provision())
+                except BaseExceptionGroup as group:
+                    raise first_leaf(group) from None
+                self._check_running()  # closed meanwhile: nothing to register in
+                if replacing is not None and self._registry.lookup(replacing.name) is None:
+                    raise FunctionNotFound(replacing.name)
+                self._limiter.check_reservations(reservations)  # others registered meanwhile
+        except BaseException:
+            for pool in pools:
+                pool.kill_all()
+            raise
+        finally:
+            self._installing -= 1
+        for record, pool in zip(records, pools, strict=True):
+            self._register(record, pool)
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""
@@ -708,7 +770,7 @@ class Runtime(ControlPlane, ClusterMember):
         """``entry``, or what replaced it while the call awaited (a new generation: the
         call runs on it); :class:`~fnrt.errors.FunctionNotFound` if it was removed."""
         self._check_running()
-        return entry if entry.counter.registered else self._registry.get(entry.name)
+        return entry if self._registry.lookup(entry.name) is entry else self._registry.get(entry.name)
 
     def _target(
         self,
@@ -720,6 +782,11 @@ class Runtime(ControlPlane, ClusterMember):
         """What an invoke names, checked: the function, the request id, the qualifier."""
         self._check_running()
         entry = self._registry.get(name)
+        if request_id is not None and not (isinstance(request_id, str) and _REQUEST_ID(request_id)):
+            # It goes into the sandbox's wire frame and every log line: printable, bounded.
+            raise InvalidConfig(
+                f"request_id must be 1-256 printable ASCII characters without spaces, got {request_id!r:.80}"
+            )
         if client_context is not None:
             check_client_context(client_context)
         if qualifier is None and ":" in name:  # a qualified ARN names its qualifier
@@ -769,6 +836,8 @@ class Runtime(ControlPlane, ClusterMember):
 
     def _sink_name(self, sink: str) -> str:
         self._check_running()
+        if not isinstance(sink, str):
+            raise InvalidConfig(f"sink must be a sink's name like 'failed-payments', got {sink!r}")
         name = sink if ":" in sink else f"sink:{sink}"
         if parse_destination(name)[0] != "sink":
             raise InvalidConfig(
@@ -818,7 +887,7 @@ class Runtime(ControlPlane, ClusterMember):
             for env in pool.retire_idle(ttl):
                 self._log.debug("sandbox retired", function=entry.name, sandbox_id=env.sandbox.id)
                 await env.sandbox.close()
-            if pool.size < entry.record.config.provisioned_concurrency and not entry.provisioning:
+            if pool.provisioned_size < entry.record.config.provisioned_concurrency and not entry.provisioning:
                 entry.provisioning = True
                 self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
 
@@ -844,6 +913,33 @@ class Runtime(ControlPlane, ClusterMember):
             entry.provisioning = False
 
     # -- statistics -------------------------------------------------------------------
+
+    def _gauges(self) -> dict[str, dict[str, float]]:
+        """Lambda's concurrency metrics as they are now (``rt.metrics.gauge(...)``):
+        ConcurrentExecutions per function and account-wide (``""``, a removed function's
+        calls still running included), UnreservedConcurrentExecutions, ClaimedAccountConcurrency
+        (reservations, the shared pool's calls and the idle provisioned environments of
+        functions without a reservation) and, per function with provisioned concurrency,
+        ProvisionedConcurrentExecutions."""
+        limiter = self._limiter
+        concurrent: dict[str, float] = {"": limiter.running}
+        provisioned: dict[str, float] = {}
+        idle_provisioned = 0  # of functions without a reservation: claimed, though not running
+        for entry in self._registry:
+            concurrent[entry.name] = entry.counter.in_flight
+            if entry.record.config.provisioned_concurrency:
+                pool = entry.pool
+                provisioned[entry.name] = pool.provisioned_busy
+                if entry.counter.reserved is None:
+                    idle_provisioned += sum(1 for env in pool.idle if env.provisioned)
+        unreserved = limiter.unreserved_in_flight
+        reserved = limiter.limit - limiter.unreserved_pool
+        return {
+            "ConcurrentExecutions": concurrent,
+            "UnreservedConcurrentExecutions": {"": unreserved},
+            "ClaimedAccountConcurrency": {"": reserved + unreserved + idle_provisioned},
+            "ProvisionedConcurrentExecutions": provisioned,
+        }
 
     def stats(self) -> dict[str, Any]:
         """Live concurrency, sandboxes and counters, per function and overall."""

@@ -435,6 +435,25 @@ async def test_purge_finished_deletes_only_old_finished_events(queue: QueueStore
     assert await queue.counts() == {"queued": 2, "leased": 1}
 
 
+async def test_discard_fails_a_functions_queued_events_only(queue: QueueStore) -> None:
+    ids = await enqueue(queue, n=3)
+    other = await enqueue(queue, "g")
+    running = (await queue.take("f", T0, 1, "a", T0 + LEASE))[0]  # an attempt holds it
+    retry = (await queue.take("f", T0, 1, "a", T0 + LEASE))[0]
+    await queue.settle(retry, Outcome(state="queued", run_at=T0 + 3600), T0 + 1)  # due later
+    discarded = await queue.discard("f", "FunctionDeleted", T0 + 2)
+    assert sorted(discarded) == sorted([ids[1], ids[2]])
+    assert running.request_id == ids[0]
+    for request_id in discarded:
+        event = await queue.event(request_id)
+        assert event is not None and event["state"] == "failed" and event["condition"] == "FunctionDeleted"
+    assert await queue.counts("f") == {"failed": 2, "leased": 1}
+    assert await queue.counts("g") == {"queued": 1}
+    assert [e.request_id for e in await queue.take("g", T0, 5, "a", T0 + LEASE)] == other
+    assert await queue.discard("f", "FunctionDeleted", T0 + 3) == []
+    assert await queue.purge_finished(T0 + 10) == 2  # finished when discarded: collected in time
+
+
 # -- streams: streams, shards, records ------------------------------------------------
 
 

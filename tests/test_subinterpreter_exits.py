@@ -85,7 +85,7 @@ async def test_ending_the_environment_in_init_is_an_exit_error_each_time_it_is_t
                 assert out.error is not None and out.cold_start, how
                 assert (out.error.error_type, out.error.error_message) == (
                     "Runtime.ExitError",
-                    f"Init failed: {worded(status)}",
+                    f"RequestId: {out.request_id} Error: {worded(status)}",
                 ), how
     monkeypatch.delenv("FNRT_EXITS_AT_INIT")
     async with fnrt.Runtime() as rt:

@@ -288,6 +288,7 @@ class SubinterpreterFactory:
         self._ids = itertools.count(1)
         self._sandboxes: set[SubinterpreterSandbox] = set()
         self._spare: SubinterpreterSandbox | None = None
+        self._booting_spare = False
         self.closed = False
 
     def _refuse_if_closed(self) -> None:
@@ -299,12 +300,20 @@ class SubinterpreterFactory:
         sandbox, self._spare = self._spare, None
         if sandbox is None or not sandbox.alive:
             sandbox = await self._boot()
-        spare = await self._boot()
+        spare = None
+        if not self._booting_spare:  # one spare at a time: a burst of creates boots one, not one each
+            self._booting_spare = True
+            try:
+                spare = await self._boot()
+            finally:
+                self._booting_spare = False
         if self.closed:  # aclose() ran meanwhile: neither may outlive the factory
-            spare.kill()
+            if spare is not None:
+                spare.kill()
             sandbox.kill()
             raise factory_closed(self.kind)
-        self._spare = spare
+        if spare is not None:  # only the create booting it sets the spare: none is orphaned
+            self._spare = spare
         return sandbox
 
     async def _boot(self) -> SubinterpreterSandbox:

@@ -50,6 +50,11 @@ from ._tmpdirs import Claim, claim
 DEFAULT_SPAWN_TIMEOUT = 5.0
 #: Seconds a new template may take to start (it imports the worker).
 DEFAULT_START_TIMEOUT = 20.0
+#: Spawn requests the template has at once. It forks one after the other, so more would only
+#: wait in its socket, and a burst of hundreds of cold starts would then count against each
+#: request's ``spawn_timeout`` the time the template spent forking the others: a busy
+#: template taken for a wedged one, killed with every sandbox it had.
+SPAWNS_AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 _KEEP_EXIT_STATUS = 10.0  # seconds an exit status waits for someone to ask for it
 _OUTPUTS_KEPT = 64  # dead sandboxes whose last output is kept for a caller to ask
 
@@ -400,6 +405,7 @@ class SubprocessFactory:
         #: This host's claim on each temporary folder its sandboxes use (``_tmpdirs``).
         self._claims: dict[str | None, Claim] = {}
         self._claiming = asyncio.Lock()
+        self._spawns = asyncio.Semaphore(SPAWNS_AT_ONCE)  # requests the template has
 
     @property
     def template_pid(self) -> int | None:
@@ -524,7 +530,13 @@ class SubprocessFactory:
         for attempt in (1, 2):  # a template found dead is replaced once
             template = await self._ensure_template()
             try:
-                pid, sock = await asyncio.wait_for(template.spawn(setup, removed), self.spawn_timeout)
+                # The timeout runs from when the template has the request: a wait for
+                # one of SPAWNS_AT_ONCE is the host's queue, not the template's silence.
+                async with self._spawns:
+                    self._refuse_if_closed()
+                    if template.closed:  # replaced while this waited: ask the new one
+                        template = await self._ensure_template()
+                    pid, sock = await asyncio.wait_for(template.spawn(setup, removed), self.spawn_timeout)
                 return template, pid, sock
             except TimeoutError:
                 template.kill_template()

@@ -70,7 +70,10 @@ from ..errors import FunctionNotFound, RuntimeClosed, ServiceError, TooManyReque
 from ..store import Outcome, QueuedEvent
 from ..store import QueueStore as EventQueue
 
-__all__ = ["AsyncInvoker", "AsyncSource"]
+__all__ = ["DELETED", "AsyncInvoker", "AsyncSource"]
+
+#: The condition of an event dropped because its function was deleted.
+DELETED = "FunctionDeleted"
 
 #: The first and the longest delay between two writes of an outcome the store refused.
 WRITE_BACK_RETRY = (0.05, 5.0)
@@ -149,6 +152,9 @@ class AsyncSource:
         self._loop: asyncio.AbstractEventLoop | None = None  # the poller's (set each turn)
         self._poller: asyncio.Task[None] | None = None
         self._parked = False
+        # Functions deleted (remove_function) and not registered again: an attempt of theirs
+        # still running when they went is dropped when it ends, never queued again.
+        self._deleted: set[str] = set()
 
     # -- the store --------------------------------------------------------------------
 
@@ -246,6 +252,26 @@ class AsyncSource:
             return
         await self._putting(queue.enqueue(str(uuid.uuid4()), target, body, now), [target])
         self.metrics.incr("AsyncEventsReceived", target)
+
+    async def discard(self, name: str) -> None:
+        """``name`` was deleted (Lambda's DeleteFunction): its queued events can never run,
+        so they are dropped now (``failed`` with condition ``FunctionDeleted``, counted in
+        AsyncEventsDropped), and so is any attempt of it still running when it ends with a
+        retry or a backoff. Its event-invoke config and destinations went with it. A
+        function that is only replaced (a redeploy, an update) is not deleted: its events
+        stay queued for the new generation; so do those of a function never registered
+        here (a restarted host that has not deployed it yet, another host's)."""
+        self._deleted.add(name)
+        # Events put in its queue meanwhile (another host's): added again, it takes them
+        # before any new event is handed off.
+        self._put_in_queue(name)
+        queue = self._queue or await self.queue()
+        dropped = await queue.discard(name, DELETED, self.clock.time())
+        if dropped:
+            self.metrics.incr("AsyncEventsDropped", name, len(dropped))
+            self._log.warning(
+                "async events dropped: their function was deleted", function=name, events=len(dropped)
+            )
 
     async def destination_records(self, sink: str, newest: int | None = None) -> list[Any]:
         return await (await self.queue()).sink_records(parse_destination(sink)[1], newest=newest)
@@ -703,6 +729,17 @@ class AsyncSource:
         queue = self._queue
         if queue is None:  # attempts start only once the queue is open (the poller opens it)
             raise ServiceError("the async queue is not open")
+        if outcome.state == "queued" and event.function in self._deleted:
+            if event.function in self.registry:  # added again since: its events run
+                self._deleted.discard(event.function)
+            else:  # an attempt that ran as its function was deleted: never queued again
+                self.metrics.incr("AsyncEventsDropped", event.function)
+                self._log.warning(
+                    "async event dropped: its function was deleted",
+                    function=event.function,
+                    request_id=event.request_id,
+                )
+                outcome = attrs.evolve(outcome, state="failed", run_at=None, condition=DELETED)
         written = queue.settle(event, outcome, now)
         names = [name for _, name, _ in outcome.events]
         if outcome.state == "queued":

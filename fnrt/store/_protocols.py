@@ -120,6 +120,13 @@ class QueueStore(Protocol):
         again at once. Fenced like :meth:`settle`: an event whose lease token moved on is
         left alone. Not durable."""
 
+    async def discard(self, function: str, condition: str, now: float) -> list[str]:
+        """Mark every ``queued`` event of ``function`` ``failed`` with ``condition``,
+        finished at ``now`` (its function was deleted: what waits for it can never run);
+        returns their request ids. ``leased`` events (attempts running) are left to their
+        holders. Durable."""
+        ...
+
     async def event(self, request_id: str) -> dict[str, Any] | None:
         """The latest event with ``request_id`` (``Runtime.async_event``): ``request_id``,
         ``function``, ``state``, ``enqueued_at``, ``run_at``, ``attempts``, ``invokes``,

@@ -256,6 +256,15 @@ class SQLiteQueue:
             durable=False,
         )
 
+    async def discard(self, function: str, condition: str, now: float) -> list[str]:
+        """Every queued event of a deleted function, ``failed`` with ``condition``."""
+        rows = await self.db.write_returning(
+            "UPDATE async_events SET state = 'failed', condition = ?, finished_at = ? "
+            "WHERE function = ? AND state = 'queued' RETURNING request_id",
+            (condition, now, function),
+        )
+        return [str(row[0]) for row in rows]
+
     async def event(self, request_id: str) -> dict[str, Any] | None:
         """The latest row for ``request_id``, for users and tests (``Runtime.async_event``)."""
         row = await self.db.fetchone(

@@ -410,6 +410,18 @@ class PgEventQueue:
     # -- reads and clean-up -----------------------------------------------------------------
 
     @guarded
+    async def discard(self, function: str, condition: str, now: float) -> list[str]:
+        """Every queued event of a deleted function, ``failed`` with ``condition``."""
+        rows = await self.pg.durable.fetch(
+            "UPDATE fnrt_async_events SET state = 'failed', condition = $2, finished_at = $3 "
+            "WHERE function = $1 AND state = 'queued' RETURNING request_id",
+            function,
+            condition,
+            now,
+        )
+        return [str(row[0]) for row in rows]
+
+    @guarded
     async def event(self, request_id: str) -> dict[str, Any] | None:
         """The latest row for ``request_id`` (``Runtime.async_event``)."""
         row = await self.pg.relaxed.fetchrow(
