@@ -39,6 +39,19 @@ async def store_failing_fast(path: Path) -> Store:
     return await open_store(path / "fnrt.sqlite3", busy_timeout=0.02)
 
 
+async def done_on_the_clock(rt: fnrt.Runtime, clock: fnrt.FakeClock, request_id: str) -> dict[str, Any]:
+    """The event once it is done, the clock moved a second at a time (40 s at most: the
+    backoffs of a store that was locked, each retry given a moment of real time to run)."""
+    event = None
+    for _ in range(40):
+        await clock.advance(1)
+        await asyncio.sleep(0.01)
+        event = await rt.async_event(request_id)
+        if event is not None and event["state"] == "done":
+            return event
+    raise AssertionError(f"event {request_id} not done 40 s later: {event}")
+
+
 async def test_the_async_queue_keeps_draining_after_the_store_recovers(tmp_path: Path) -> None:
     clock = fnrt.FakeClock()
     ledger = str(tmp_path / "ledger")
@@ -54,13 +67,7 @@ async def test_the_async_queue_keeps_draining_after_the_store_recovers(tmp_path:
             await clock.advance(60)  # the retry is due, but the poller cannot take it
             await wait_until(lambda: rt.stats()["background_failures"] >= 1, "the poller to hit the lock")
         # The poller was not lost: its backoff passes and the event runs.
-        for _ in range(40):
-            await clock.advance(1)
-            await asyncio.sleep(0.01)
-            event = await rt.async_event(request_id)
-            if event["state"] == "done":
-                break
-        assert event["state"] == "done" and event["invokes"] == 2
+        assert (await done_on_the_clock(rt, clock, request_id))["invokes"] == 2
         # ... and later events flow as usual.
         later = await rt.invoke("charge", {"order": "J-2", "amount": 1}, "Event")
         await rt.wait_idle()
@@ -83,13 +90,7 @@ async def test_an_outcome_the_store_refused_is_written_when_it_is_back_not_run_a
             for _ in range(5):  # the write and its retries fail while the lock is held
                 await clock.advance(1)
                 await asyncio.sleep(0.05)
-        for _ in range(40):
-            await clock.advance(1)
-            await asyncio.sleep(0.01)
-            event = await rt.async_event(request_id)
-            if event["state"] == "done":
-                break
-        assert event["state"] == "done" and event["invokes"] == 1
+        assert (await done_on_the_clock(rt, clock, request_id))["invokes"] == 1
         await rt.wait_idle()
 
 
