@@ -395,3 +395,30 @@ async def test_finished_events_and_expired_records_are_garbage_collected(tmp_pat
             return await stream.read(shard, None, 10) == []
 
         await advance_until(records_gone)
+
+
+async def test_a_deleted_functions_attempt_whose_write_is_retried_is_dropped_once(tmp_path: Path) -> None:
+    """The attempt ran as its function was deleted; its outcome (a retry, turned into a
+    drop) hit the lock and was written again until the store was back. It is dropped once:
+    AsyncEventsDropped counts the event, not each write that was tried."""
+    clock = fnrt.FakeClock()
+    async with await store_failing_fast(tmp_path) as store, fnrt.Runtime(store=store, clock=clock) as rt:
+        await rt.add_function("hold", "handlers.chaos:hold", timeout=5, async_config={"retry_delays": [1]})
+        request_id = await rt.invoke("hold", {}, "Event")  # never released: it times out
+        await wait_until(lambda: rt.stats()["functions"]["hold"]["busy"] == 1, "the attempt")
+        await rt.remove_function("hold")
+        with write_locked(tmp_path / "fnrt.sqlite3"):
+            await clock.advance(6)
+            await wait_until(lambda: rt.metrics.counter("Timeouts", "hold") == 1, "the timeout")
+            for _ in range(5):  # the write and its retries fail while the lock is held
+                await clock.advance(1)
+                await asyncio.sleep(0.05)
+        for _ in range(40):
+            await clock.advance(1)
+            await asyncio.sleep(0.01)
+            event = await rt.async_event(request_id)
+            if event is not None and event["state"] != "leased":
+                break
+        assert event is not None and event["state"] == "failed" and event["condition"] == "FunctionDeleted"
+        await rt.wait_idle()
+        assert rt.metrics.counter("AsyncEventsDropped", "hold") == 1

@@ -564,6 +564,8 @@ class AsyncSource:
                         outcome = _succeeded(event)
                     else:
                         outcome = await self._outcome(event, config, expires, result)
+            if outcome.state == "queued" and event.function in self._deleted:
+                outcome = self._unless_deleted(event, outcome)
             try:
                 await self._settle(event, outcome, self.clock.time())
             except INFRASTRUCTURE as exc:
@@ -632,6 +634,9 @@ class AsyncSource:
             while True:
                 failures += 1
                 await self.clock.sleep(backoff(failures, *WRITE_BACK_RETRY))
+                if outcome.state == "queued" and event.function in self._deleted:
+                    # deleted before or while the write was retried: dropped, counted once
+                    outcome = self._unless_deleted(event, outcome)
                 try:
                     await self._settle(event, outcome, self.clock.time())
                 except INFRASTRUCTURE:
@@ -729,22 +734,27 @@ class AsyncSource:
         queue = self._queue
         if queue is None:  # attempts start only once the queue is open (the poller opens it)
             raise ServiceError("the async queue is not open")
-        if outcome.state == "queued" and event.function in self._deleted:
-            if event.function in self.registry:  # added again since: its events run
-                self._deleted.discard(event.function)
-            else:  # an attempt that ran as its function was deleted: never queued again
-                self.metrics.incr("AsyncEventsDropped", event.function)
-                self._log.warning(
-                    "async event dropped: its function was deleted",
-                    function=event.function,
-                    request_id=event.request_id,
-                )
-                outcome = attrs.evolve(outcome, state="failed", run_at=None, condition=DELETED)
         written = queue.settle(event, outcome, now)
         names = [name for _, name, _ in outcome.events]
         if outcome.state == "queued":
             names.append(event.function)
         return self._putting(written, names) if names else written
+
+    def _unless_deleted(self, event: QueuedEvent, outcome: Outcome) -> Outcome:
+        """``outcome`` (one that queues ``event`` again), or its drop if the event's
+        function was deleted while the attempt ran: counted here, once, so a write of it
+        retried (:meth:`_write_back`) passes the drop itself, not the retry again."""
+        if event.function in self.registry:  # added again since: its events run
+            self._deleted.discard(event.function)
+            return outcome
+        # an attempt that ran as its function was deleted: never queued again
+        self.metrics.incr("AsyncEventsDropped", event.function)
+        self._log.warning(
+            "async event dropped: its function was deleted",
+            function=event.function,
+            request_id=event.request_id,
+        )
+        return attrs.evolve(outcome, state="failed", run_at=None, condition=DELETED)
 
     async def _putting(self, written: Awaitable[None], names: list[str]) -> None:
         for name in names:
