@@ -217,10 +217,11 @@ class Runtime(ControlPlane, ClusterMember):
         # module -> every handler its last deploy or reload found (a reload tells new ones,
         # which it deploys, from ones removed on purpose, which stay removed)
         self._discovered: dict[str, set[str]] = {}
-        # function -> the config its decorator declared at the last deploy or reload: a
-        # reload takes from the new decorator only what changed in it, so settings changed
-        # at run time (concurrency, update_function_configuration) stay
-        self._declared: dict[str, FunctionConfig] = {}
+        # function -> what its decorator declared (its handler, its config) at the last
+        # deploy or reload: a reload takes from the new decorator only what changed in it,
+        # so settings changed at run time (concurrency, update_function_configuration, a
+        # new handler) stay
+        self._declared: dict[str, FunctionRecord] = {}
         self._reloader: Reloader | None = None
         if reload:
             check_available()
@@ -424,7 +425,7 @@ class Runtime(ControlPlane, ClusterMember):
         await self._register_all(records)
         self._deployed[module] = [r.name for r in records]
         self._discovered[module] = {r.name for r in records}
-        self._declared.update({r.name: r.config for r in records})
+        self._declared.update({r.name: r for r in records})
         if self._reloader is not None:
             self._reloader.watch_module(module)
         self._log.info("deployed", module=module, functions=[r.name for r in records])
@@ -488,10 +489,10 @@ class Runtime(ControlPlane, ClusterMember):
         self._check_running()
         deployed = set(self._deployed.get(module, ()))
         records: list[FunctionRecord] = []
-        declared: dict[str, FunctionConfig] = {}
+        declared: dict[str, FunctionRecord] = {}
         if module in self._deployed:  # a deployed module: its new handlers are deployed too
             discovered = await self._discover(module)
-            declared = {r.name: r.config for r in discovered}
+            declared = {r.name: r for r in discovered}
             deployed |= declared.keys() - self._discovered.get(module, set())
             records = [self._redeclared(r) for r in discovered if r.name in deployed]
         for entry in list(self._registry):  # added by reference: same config, new code
@@ -517,9 +518,15 @@ class Runtime(ControlPlane, ClusterMember):
         before = self._declared.get(declared.name)
         if entry is None or before is None:
             return declared
-        now, old, new = entry.record.config.to_dict(), before.to_dict(), declared.config.to_dict()
+        current = entry.record
+        now, old, new = current.config.to_dict(), before.config.to_dict(), declared.config.to_dict()
         config = FunctionConfig.from_kwargs({k: now[k] if new[k] == old[k] else new[k] for k in new})
-        return attrs.evolve(declared, config=config, sandbox_kind=config.sandbox or self.config.sandbox)
+        module, attr = declared.module, declared.attr
+        if (module, attr) == (before.module, before.attr):  # the handler set at run time stays
+            module, attr = current.module, current.attr
+        return attrs.evolve(
+            declared, config=config, sandbox_kind=config.sandbox or self.config.sandbox, module=module, attr=attr
+        )
 
     async def _check_init(self, record: FunctionRecord) -> None:
         """Run ``record``'s init phase under its own configuration in a sandbox thrown

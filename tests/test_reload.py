@@ -303,3 +303,30 @@ async def test_a_watched_folder_removed_while_serving_leaves_the_others_watched(
             return bool((await rt.invoke("version", {}))["version"] == 2)
 
         await wait_until(changed, "version 2 to be served", 20, poll=0.2)
+
+
+async def test_a_handler_changed_at_run_time_survives_a_reload(project) -> None:
+    """UpdateFunctionConfiguration's Handler is a run-time setting too: a reload of the
+    module the function was deployed from does not point it back at its decorator's
+    handler."""
+    folder, name = project
+    source = folder / f"{name}.py"
+    template = (
+        "import fnrt\n\n@fnrt.handler\ndef first(event, context):\n    return ['first', {v}]\n\n"
+        "@fnrt.handler\ndef second(event, context):\n    return ['second', {v}]\n"
+    )
+    source.write_text(template.format(v=1))
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.deploy(name)
+        await rt.update_function_configuration("first", handler=f"{name}.second", timeout=7)
+        assert await rt.invoke("first", {}) == ["second", 1]
+
+        source.write_text(template.format(v=2))
+        await wait_until(lambda: bool(reports), "the reload")
+        assert await rt.invoke("first", {}) == ["second", 2]
+        assert await rt.invoke("second", {}) == ["second", 2]
+        record = rt.get_function("first")
+        assert (record.attr, record.config.timeout) == ("second", 7)
