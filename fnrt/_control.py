@@ -96,6 +96,7 @@ class ControlPlane:
             attr=attr,
         )
         await self._install([record], replacing=entry)
+        record = self._registry.get(record.name).record  # with the concurrency set meanwhile
         self._log.info(
             "function configuration updated", function=record.name, changed=sorted([*changes, *code])
         )

@@ -662,8 +662,12 @@ class Runtime(ControlPlane, ClusterMember):
                 except BaseExceptionGroup as group:
                     raise first_leaf(group) from None
                 self._check_running()  # closed meanwhile: nothing to register in
-                if replacing is not None and self._registry.lookup(replacing.name) is None:
-                    raise FunctionNotFound(replacing.name)
+                if replacing is not None:
+                    current = self._registry.lookup(replacing.name)
+                    if current is None:
+                        raise FunctionNotFound(replacing.name)
+                    records = self._live_concurrency(records, pools, current)
+                    reservations = {r.name: r.config.reserved_concurrency for r in records}
                 self._limiter.check_reservations(reservations)  # others registered meanwhile
         except BaseException:
             for pool in pools:
@@ -672,7 +676,29 @@ class Runtime(ControlPlane, ClusterMember):
         finally:
             self._installing -= 1
         for record, pool in zip(records, pools, strict=True):
-            self._register(record, pool)
+            entry = self._register(record, pool)
+            if pool.provisioned_size < record.config.provisioned_concurrency:  # raised meanwhile
+                entry.provisioning = True
+                self._supervisor.spawn(self._replenish(entry), name=f"provision:{entry.name}")
+
+    @staticmethod
+    def _live_concurrency(
+        records: list[FunctionRecord], pools: list[FunctionPool], current: FunctionEntry
+    ) -> list[FunctionRecord]:
+        """``records`` with ``current``'s reserved and provisioned concurrency: an update
+        does not change them (they have their own calls), so what those calls set while
+        the update provisioned stays (the pool tops up a raised floor)."""
+        live = current.record.config
+        wanted = (live.reserved_concurrency, live.provisioned_concurrency)
+        out = []
+        for record, pool in zip(records, pools, strict=True):
+            config = record.config
+            if record.name == current.name and (config.reserved_concurrency, config.provisioned_concurrency) != wanted:
+                config = attrs.evolve(config, reserved_concurrency=wanted[0], provisioned_concurrency=wanted[1])
+                record = attrs.evolve(record, config=config)
+                pool.function = record
+            out.append(record)
+        return out
 
     def get_function(self, name: str) -> FunctionRecord:
         """Look a function up by name, partial ARN or full ARN."""

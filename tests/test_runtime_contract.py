@@ -355,3 +355,30 @@ async def test_wait_idle_waits_for_a_registration_still_initializing_its_provisi
         await rt.wait_idle()
         assert adding.done()
         assert rt.provisioned_concurrency("w")["Status"] == "READY"
+
+
+async def test_concurrency_set_while_an_update_provisions_is_kept(tmp_path):
+    """An update's provisioned environments initialize before it takes over; reserved and
+    provisioned concurrency set meanwhile (their own calls) are the function's, and stay
+    when the update registers."""
+    gate, new_gate = tmp_path / "gate", tmp_path / "new-gate"
+    gate.touch()
+    async with fnrt.Runtime() as rt:
+        await rt.add_function(
+            "g", "handlers.gated_init:handler", provisioned_concurrency=1, environment={"INIT_GATE": str(gate)}
+        )
+        update = asyncio.ensure_future(
+            rt.update_function_configuration("g", environment={"INIT_GATE": str(new_gate)})
+        )
+        await wait_until(lambda: rt._installing == 1, "the update to provision")
+        rt.put_function_concurrency("g", 5)
+        rt.put_provisioned_concurrency("g", 2)
+        new_gate.touch()
+        record = await update
+        assert record.config.environment == {"INIT_GATE": str(new_gate)}
+        assert (record.config.reserved_concurrency, record.config.provisioned_concurrency) == (5, 2)
+        assert rt.get_function("g") == record
+        assert rt.stats()["concurrency"]["reserved_total"] == 5
+        assert rt.provisioned_concurrency("g")["RequestedProvisionedConcurrentExecutions"] == 2
+        await rt.wait_idle()  # the raised floor is met now, not at the next maintenance pass
+        assert rt.provisioned_concurrency("g")["AllocatedProvisionedConcurrentExecutions"] == 2
