@@ -478,7 +478,9 @@ class Runtime(ControlPlane, ClusterMember):
         await self._install(records)
 
     def _modules_in_use(self) -> list[str]:
-        return sorted({entry.record.module for entry in self._registry})
+        """The modules a reload checks: a package's functions (``code_root``) run code no
+        edit in the project changes (UpdateFunctionCode does), so theirs are not."""
+        return sorted({e.record.module for e in self._registry if e.record.config.code_root is None})
 
     async def _reload_module(self, module: str) -> list[str]:
         """Register ``module``'s functions again from its current source (hot reload).
@@ -496,7 +498,8 @@ class Runtime(ControlPlane, ClusterMember):
             deployed |= declared.keys() - self._discovered.get(module, set())
             records = [self._redeclared(r) for r in discovered if r.name in deployed]
         for entry in list(self._registry):  # added by reference: same config, new code
-            if entry.record.module == module and entry.name not in deployed:
+            ours = entry.record.module == module and entry.record.config.code_root is None
+            if ours and entry.name not in deployed:
                 record = attrs.evolve(entry.record, generation=self._registry.next_generation())
                 await self._check_init(record)
                 records.append(record)
@@ -524,9 +527,8 @@ class Runtime(ControlPlane, ClusterMember):
         module, attr = declared.module, declared.attr
         if (module, attr) == (before.module, before.attr):  # the handler set at run time stays
             module, attr = current.module, current.attr
-        return attrs.evolve(
-            declared, config=config, sandbox_kind=config.sandbox or self.config.sandbox, module=module, attr=attr
-        )
+        kind = config.sandbox or self.config.sandbox
+        return attrs.evolve(declared, config=config, sandbox_kind=kind, module=module, attr=attr)
 
     async def _check_init(self, record: FunctionRecord) -> None:
         """Run ``record``'s init phase under its own configuration in a sandbox thrown
@@ -693,8 +695,11 @@ class Runtime(ControlPlane, ClusterMember):
         out = []
         for record, pool in zip(records, pools, strict=True):
             config = record.config
-            if record.name == current.name and (config.reserved_concurrency, config.provisioned_concurrency) != wanted:
-                config = attrs.evolve(config, reserved_concurrency=wanted[0], provisioned_concurrency=wanted[1])
+            have = (config.reserved_concurrency, config.provisioned_concurrency)
+            if record.name == current.name and have != wanted:
+                config = attrs.evolve(
+                    config, reserved_concurrency=wanted[0], provisioned_concurrency=wanted[1]
+                )
                 record = attrs.evolve(record, config=config)
                 pool.function = record
             out.append(record)

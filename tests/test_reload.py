@@ -330,3 +330,31 @@ async def test_a_handler_changed_at_run_time_survives_a_reload(project) -> None:
         assert await rt.invoke("second", {}) == ["second", 2]
         record = rt.get_function("first")
         assert (record.attr, record.config.timeout) == ("second", 7)
+
+
+async def test_a_deployment_packages_function_is_not_reloaded_by_a_project_change(project, tmp_path) -> None:
+    """A function created from a package (``code_root``, CreateFunction's ZipFile) runs the
+    package's code, which no edit in the project changes: a reload leaves its warm
+    environments serving, it is not reloaded (only UpdateFunctionCode changes it)."""
+    folder, name = project
+    write(folder / f"{name}.py", 1)
+    package = tmp_path / "package"
+    package.mkdir()
+    module = f"app_{uuid.uuid4().hex[:8]}"
+    source = "import os\n\ndef handler(event, context):\n    return os.getpid()\n"
+    (package / f"{module}.py").write_text(source)
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        reports: list[str] = []
+        assert rt._reloader is not None
+        rt._reloader.report = reports.append
+        await rt.add_function("pkg", f"{module}:handler", code_root=str(package), log_format="JSON")
+        await rt.deploy(name)
+        pid = await rt.invoke("pkg", {})
+        generation = rt.get_function("pkg").generation
+
+        write(folder / f"{name}.py", 2)
+        await wait_until(lambda: bool(reports), "the reload")
+        assert reports == [f"reloaded {name} (version) after {name}.py changed"]
+        assert await rt.invoke("version", {}) == {"version": 2}
+        assert rt.get_function("pkg").generation == generation
+        assert await rt.invoke("pkg", {}) == pid  # the same warm environment

@@ -364,9 +364,8 @@ async def test_concurrency_set_while_an_update_provisions_is_kept(tmp_path):
     gate, new_gate = tmp_path / "gate", tmp_path / "new-gate"
     gate.touch()
     async with fnrt.Runtime() as rt:
-        await rt.add_function(
-            "g", "handlers.gated_init:handler", provisioned_concurrency=1, environment={"INIT_GATE": str(gate)}
-        )
+        env = {"INIT_GATE": str(gate)}
+        await rt.add_function("g", "handlers.gated_init:handler", provisioned_concurrency=1, environment=env)
         update = asyncio.ensure_future(
             rt.update_function_configuration("g", environment={"INIT_GATE": str(new_gate)})
         )
