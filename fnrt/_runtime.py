@@ -489,11 +489,13 @@ class Runtime(ControlPlane, ClusterMember):
         is checked in an init phase under it (its environment, its handler). Raises the
         module's init error, and then changes nothing."""
         self._check_running()
-        deployed = set(self._deployed.get(module, ()))
+        registered = {entry.name for entry in self._registry}
         records: list[FunctionRecord] = []
         declared: dict[str, FunctionRecord] = {}
-        if module in self._deployed:  # a deployed module: its new handlers are deployed too
-            discovered = await self._discover(module)
+        discovered = await self._discover(module) if module in self._deployed else None
+        # Read after the discovery: a function deleted meanwhile is no longer in it.
+        deployed = set(self._deployed.get(module, ()))
+        if discovered is not None:  # a deployed module: its new handlers are deployed too
             declared = {r.name: r for r in discovered}
             deployed |= declared.keys() - self._discovered.get(module, set())
             records = [self._redeclared(r) for r in discovered if r.name in deployed]
@@ -502,7 +504,10 @@ class Runtime(ControlPlane, ClusterMember):
             if ours and entry.name not in deployed:
                 record = attrs.evolve(entry.record, generation=self._registry.next_generation())
                 await self._check_init(record)
-                records.append(record)
+                if self._registry.lookup(entry.name) is entry:  # not deleted or updated meanwhile
+                    records.append(record)
+        # A function deleted while the reload checked the code stays deleted.
+        records = [r for r in records if r.name not in registered or r.name in self._registry]
         await self._register_all(records)
         if module in self._deployed:
             found = set(declared)

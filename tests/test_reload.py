@@ -358,3 +358,47 @@ async def test_a_deployment_packages_function_is_not_reloaded_by_a_project_chang
         assert await rt.invoke("version", {}) == {"version": 2}
         assert rt.get_function("pkg").generation == generation
         assert await rt.invoke("pkg", {}) == pid  # the same warm environment
+
+
+async def test_a_function_deleted_while_a_reload_checks_it_stays_deleted(tmp_path) -> None:
+    """The reload checks a function's new code in an init phase (slow here: its init waits
+    for a file); the function is deleted meanwhile. The reload does not bring it back."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    async with fnrt.Runtime(reload=True, reload_paths=[tmp_path]) as rt:
+        assert rt._reloader is not None
+        rt._reloader.report = lambda message: None
+        await rt.add_function("g", "handlers.gated_init:handler", environment={"INIT_GATE": str(gate)})
+        gate.unlink()
+        reload = asyncio.ensure_future(rt._reloader.reload())
+        await asyncio.sleep(0)  # the reload is in the function's init phase now
+        await rt.remove_function("g")
+        gate.touch()
+        await reload
+        assert "g" not in rt.functions()
+        with pytest.raises(fnrt.FunctionNotFound):
+            await rt.invoke("g", {})
+
+
+async def test_a_deployed_function_deleted_while_a_reload_discovers_stays_deleted(project, tmp_path) -> None:
+    """As above, for a deployed function: deleted while the reload imports its module
+    (slow: the import waits for a file), it is not registered again."""
+    folder, name = project
+    gate = tmp_path / "gate"
+    gate.touch()
+    (folder / f"{name}.py").write_text(
+        "import os, time\nimport fnrt\n\n"
+        "while not os.path.exists(os.environ['GATE']):\n    time.sleep(0.002)\n\n"
+        f"@fnrt.handler(environment={{'GATE': {str(gate)!r}}})\ndef gated(event, context):\n    return 1\n"
+    )
+    async with fnrt.Runtime(reload=True, reload_paths=[folder]) as rt:
+        assert rt._reloader is not None
+        rt._reloader.report = lambda message: None
+        await rt.deploy(name)
+        gate.unlink()
+        reload = asyncio.ensure_future(rt._reloader.reload())
+        await asyncio.sleep(0)  # the reload is discovering the module's handlers now
+        await rt.remove_function("gated")
+        gate.touch()
+        await reload
+        assert "gated" not in rt.functions()
