@@ -54,6 +54,7 @@ from ._config import (
     AsyncConfig,
     parse_destination,
 )
+from ._handler import parse_reference
 from ._http_errors import AwsError
 from ._http_lambda import (
     ARCHITECTURE,
@@ -465,6 +466,9 @@ class ControlApi:
         self.runtime = runtime
         self.stamps = stamps or Stamps(runtime)
         self._packages: tempfile.TemporaryDirectory[str] | None = None
+        #: Per function name: one code request at a time from unpacking to registering, so
+        #: one that removes a package it leaves unused never removes another's.
+        self._code_locks: dict[str, asyncio.Lock] = {}
 
     def register(self, app: web.Application) -> None:
         add = app.router.add_route
@@ -519,6 +523,15 @@ class ControlApi:
             self._packages = tempfile.TemporaryDirectory(prefix="fnrt-code-")
         return await asyncio.to_thread(_unpack_package, zipped, self._packages.name, name)
 
+    def _code_lock(self, name: str) -> asyncio.Lock:
+        return self._code_locks.setdefault(name, asyncio.Lock())
+
+    async def _drop_unused(self, root: str) -> None:
+        """Remove the unpacked package ``root`` unless a function runs it (off the loop):
+        each can be 250 MB, and nothing else would remove it before the server closes."""
+        if not any(r.config.code_root == root for r in self.runtime.functions().values()):
+            await asyncio.to_thread(_remove_tree, root)
+
     def _package(self, body: Mapping[str, Any], what: str) -> Any:
         """The ``ZipFile`` a request carries; the other code sources are refused by name."""
         sources = sorted(key for key in _CODE_SOURCES if body.get(key))
@@ -564,10 +577,15 @@ class ControlApi:
         dead_letter = self._dead_letter(body)
         if name in rt.functions():
             raise AwsError(409, "ResourceConflictException", f"Function already exist: {name}")
-        root, sha, size = await self._unpack(name, zipped)
-        if name in rt.functions():  # created by another request while this one unpacked
-            raise AwsError(409, "ResourceConflictException", f"Function already exist: {name}")
-        record = await rt.add_function(name, handler, code_root=root, **config)
+        parse_reference(handler)  # a handler Lambda refuses, before the package is unpacked
+        async with self._code_lock(name):
+            root, sha, size = await self._unpack(name, zipped)
+            try:
+                if name in rt.functions():  # created by another request while this one unpacked
+                    raise AwsError(409, "ResourceConflictException", f"Function already exist: {name}")
+                record = await rt.add_function(name, handler, code_root=root, **config)
+            finally:
+                await self._drop_unused(root)  # the package of a request that failed
         if dead_letter is not _UNCHANGED:
             rt.set_dead_letter(name, dead_letter)
         self.stamps.forget_function(name)
@@ -596,10 +614,14 @@ class ControlApi:
         dry_run = body.get("DryRun", False)
         if not isinstance(dry_run, bool):
             raise _invalid("DryRun", dry_run, "Member must be a boolean")
-        root, sha, size = await self._unpack(record.name, zipped)
-        if not dry_run:
-            record = await self.runtime.update_function_configuration(record.name, code_root=root)
-            self.stamps.code[record.name] = (root, sha, size)
+        async with self._code_lock(record.name):
+            root, sha, size = await self._unpack(record.name, zipped)
+            try:
+                if not dry_run:
+                    record = await self.runtime.update_function_configuration(record.name, code_root=root)
+                    self.stamps.code[record.name] = (root, sha, size)
+            finally:
+                await self._drop_unused(root)  # a dry run's package, or an update's that failed
         shape = self.function_configuration(record)
         if dry_run:
             shape["CodeSha256"], shape["CodeSize"] = sha, size

@@ -1193,3 +1193,30 @@ async def test_create_function_takes_a_logging_config(served) -> None:
     )
     assert (bad["Status"], bad["Code"]) == (400, "ValidationException")
     assert "badly" not in rt.functions()
+
+
+async def test_a_package_no_function_runs_is_not_left_unpacked(served, tmp_path: Path, monkeypatch) -> None:
+    """A package unpacked for a request that then fails (a bad Handler, an environment
+    Lambda refuses) or for a DryRun is removed: only the packages functions run stay on
+    disk (each can be 250 MB unpacked)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the server unpacks them
+    rt, server = served
+    lam = client("lambda", server.url)
+    base = {"FunctionName": "kept", "Runtime": "python3.12", "Role": ROLE, "Code": {"ZipFile": package(1)}}
+
+    def unpacked() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob("fnrt-code-*/*"))
+
+    for change in ({"Handler": "no_dot_here"}, {"Environment": {"Variables": {"AWS_REGION": "eu-west-1"}}}):
+        request = {**base, "Handler": "lambda_function.lambda_handler", **change}
+        refused = await error_of(lam.create_function, **request)
+        assert refused["Code"] == "InvalidParameterValueException", change
+    assert unpacked() == []
+    await call(lam.create_function, **base, Handler="lambda_function.lambda_handler")
+    (running,) = unpacked()
+    await call(lam.update_function_code, FunctionName="kept", ZipFile=package(2), DryRun=True)
+    assert unpacked() == [running]
+    out = json.loads((await call(lam.invoke, FunctionName="kept"))["Payload"].read())
+    assert out["version"] == 1
