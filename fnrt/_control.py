@@ -157,7 +157,7 @@ class ControlPlane:
         pool = entry.pool
         # Provisioned environments only: on-demand ones (spill-over) never count.
         allocated = min(requested, pool.provisioned_size - pool.provisioning)
-        available = min(requested, sum(1 for env in pool.idle if env.provisioned))
+        available = min(requested, sum(1 for env in pool.idle if env.provisioned and env.sandbox.alive))
         return {
             "RequestedProvisionedConcurrentExecutions": requested,
             "AllocatedProvisionedConcurrentExecutions": allocated,

@@ -152,7 +152,7 @@ class FunctionPool:
         """Provisioned environments alive or being initialized: what the floor counts
         (an on-demand environment never stands in for one)."""
         return (
-            sum(1 for env in self.idle if env.provisioned)
+            sum(1 for env in self.idle if env.provisioned and env.sandbox.alive)  # not one that died idle
             + sum(1 for env in self.active if env.provisioned)
             + self.provisioning
         )
@@ -237,8 +237,11 @@ class FunctionPool:
         only beyond the floor (it was lowered)."""
         now = self.clock.monotonic()
         idle = self.idle
+        dead = [env for env in idle if not env.sandbox.alive]
+        if dead:  # died idle (killed, its template gone): off the pool, so the floor refills
+            idle[:] = [env for env in idle if env.sandbox.alive]
         if not idle or now - idle[0].last_used < ttl:
-            return []
+            return dead
         beyond = self.provisioned_size - self.function.config.provisioned_concurrency
         retired, kept = [], []
         for env in idle:
@@ -249,7 +252,7 @@ class FunctionPool:
                 beyond -= 1
             retired.append(env)
         idle[:] = kept
-        return retired
+        return dead + retired
 
     async def provision(self) -> None:
         """Start sandboxes until the provisioned floor is met."""

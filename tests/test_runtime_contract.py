@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 
 import pytest
@@ -381,3 +383,20 @@ async def test_concurrency_set_while_an_update_provisions_is_kept(tmp_path):
         assert rt.provisioned_concurrency("g")["RequestedProvisionedConcurrentExecutions"] == 2
         await rt.wait_idle()  # the raised floor is met now, not at the next maintenance pass
         assert rt.provisioned_concurrency("g")["AllocatedProvisionedConcurrentExecutions"] == 2
+
+
+async def test_a_provisioned_environment_that_died_idle_is_replaced():
+    """A provisioned environment killed while idle (a hostile neighbour, the OOM killer)
+    no longer counts as allocated: the next maintenance pass initializes a new one, and
+    the next invocation is served by it, not cold-started on demand."""
+    clock = fnrt.FakeClock()
+    async with fnrt.Runtime(clock=clock) as rt:
+        await rt.add_function("env", "handlers.hostile:environment", provisioned_concurrency=1)
+        (pid,) = [s["pid"] for s in rt.sandboxes("env")]
+        os.kill(pid, signal.SIGKILL)
+        available = "AvailableProvisionedConcurrentExecutions"
+        await wait_until(lambda: rt.provisioned_concurrency("env")[available] == 0, "the death to be seen")
+        await clock.advance(5)  # a maintenance pass
+        await wait_until(lambda: rt.provisioned_concurrency("env")[available] == 1, "a new one")
+        assert [s["pid"] for s in rt.sandboxes("env")] != [pid]
+        assert init_type(await rt.invoke("env", {})) == "provisioned-concurrency"
