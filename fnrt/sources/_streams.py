@@ -452,6 +452,13 @@ class StreamMapping:
             if not self.stream_deleted:
                 self._log.warning("the mapping's stream was deleted; it polls nothing")
                 self._stream_gone()
+                if self.config.enabled and await self._disabled_in_store(store):
+                    # Another host's DeleteStream disabled the stored mapping: disabled here
+                    # too, as that host's is (else this one would read a stream made again
+                    # under the name, which the store and every other host call disabled).
+                    self._source.supervisor.spawn(
+                        self._source.keep_disabled(self), name=f"disable:{self.uuid}"
+                    )
         elif self.stream_deleted:  # made again under its name: read from its beginning
             self.stream_deleted = False
             self.last_processing_result = NO_RECORDS_PROCESSED
@@ -505,6 +512,11 @@ class StreamMapping:
             await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
+
+    async def _disabled_in_store(self, store: StreamStore) -> bool:
+        """The stored mapping (this one's row) says it is disabled."""
+        row = await store.mapping(self.stream.name, self.function)
+        return row is not None and row.uuid == self.uuid and row.config.get("enabled") is False
 
     async def _removed(self, store: StreamStore) -> bool:
         """The mapping's row is gone from the store (or is another mapping's now)."""
@@ -1325,6 +1337,20 @@ class StreamSource:
         mapping = StreamMapping(self, uuid_, stream, function, attrs.evolve(config, enabled=False))
         mapping._stream_gone()
         return mapping
+
+    async def keep_disabled(self, mapping: StreamMapping) -> None:
+        """``mapping``, whose stream another host deleted (disabling the stored mapping),
+        kept here as there: listed, disabled, not polled."""
+        async with self._changing:
+            if self.mappings.get(mapping.uuid) is not mapping:
+                return  # updated or removed meanwhile
+            kept = self._orphan(mapping.uuid, mapping.stream, mapping.function, mapping.config)
+            self.mappings[mapping.uuid] = kept
+            try:
+                await mapping.stop()
+            except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
+                self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
+            self._forget_stream(mapping.stream.name)
 
     async def add_orphan(
         self, uuid_: str, stream_name: str, function: str, config: StreamMappingConfig
