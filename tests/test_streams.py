@@ -647,6 +647,40 @@ async def test_update_shard_count_keeps_each_keys_records_in_order_for_a_mapping
             assert ids == sorted(ids), customer
 
 
+async def test_update_shard_count_of_many_shards_lists_them_once(tmp_path: Path) -> None:
+    # It listed every shard of the stream again for each split and merge (and twice more
+    # in each one's checks): 250 -> 500 shards took 40 s, past boto3's read timeout at
+    # a few hundred more. One listing now, then one write per split and merge.
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("wide", shard_count=48)
+        await stream.put_records([(f"r{i}", f"k{i}") for i in range(96)])
+        store = (await rt._state.store()).streams
+        listings = 0
+        listed = store.shards
+
+        async def counted(name: str) -> Any:
+            nonlocal listings
+            listings += 1
+            return await listed(name)
+
+        store.shards = counted  # type: ignore[method-assign]
+        for target in (96, 50, 25):
+            listings = 0
+            await stream.update_shard_count(target)
+            assert listings <= 2, (target, listings)
+            shards = await stream.shards()
+            opened = sorted(
+                (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+                for s in shards
+                if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+            )
+            step = 2**128 // target  # as a stream created with the target count
+            ends = [(i + 1) * step - 1 for i in range(target - 1)] + [2**128 - 1]
+            assert opened == [(i * step, end) for i, end in enumerate(ends)]
+        kept = [r for s in shards for r in await stream.read(s["ShardId"], None, 1000)]
+        assert sorted(r["PartitionKey"] for r in kept) == sorted(f"k{i}" for i in range(96))
+
+
 # -- leases ---------------------------------------------------------------------------
 
 
