@@ -749,11 +749,11 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
                 poller.waker.set()
             await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
             mapping.wake()
-            await until(lambda: mapping.stream_deleted, what="A's mapping sees its stream gone")
             # kept, disabled, as B's DeleteStream left the stored mapping
-            await until(lambda: not a.stream_mappings()[0].config.enabled, what="A's mapping disabled")
+            await until(lambda: a.stream_mappings()[0].stream_deleted, what="A sees its stream gone")
             [kept] = a.stream_mappings()
-            assert kept.uuid == mapping.uuid and kept.last_processing_result.startswith("PROBLEM")
+            assert kept.uuid == mapping.uuid and not kept.config.enabled
+            assert kept.last_processing_result.startswith("PROBLEM")
             with pytest.raises(StreamNotFound):
                 await a.get_stream("orders")
             await a.wait_idle()
@@ -761,11 +761,11 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
     assert len(ledger(path)) == 4
 
 
-async def test_a_mapping_another_host_saw_its_stream_deleted_stays_disabled_when_it_is_made_again(
+async def test_a_mapping_whose_stream_another_host_deleted_and_made_again_stays_disabled(
     tmp_path: Path,
 ) -> None:
     # B's DeleteStream disables the stored mapping (its own copy too); A's copy stayed
-    # enabled, and read the stream made again under the name from its start, while the
+    # enabled, and read the stream B made again under the name from its start, while the
     # store, B, and A after a restart all called the mapping disabled.
     state = tmp_path / "state"
     async with Runtime(state_dir=state) as a:
@@ -776,21 +776,46 @@ async def test_a_mapping_another_host_saw_its_stream_deleted_stays_disabled_when
             mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
             await until(lambda: len(ledger(path)) == 1, what="delivered")
             await b.delete_stream("orders")
+            again = await b.create_stream("orders", shard_count=1)  # before A's next turn
+            await again.put_record(order(1), "c")
             mapping.wake()
             await until(lambda: not a.stream_mappings()[0].config.enabled, what="A's mapping disabled")
-            again = await b.create_stream("orders", shard_count=1)
-            await again.put_record(order(1), "c")
             for _ in range(3):  # turns that would take the new stream's shard
                 for m in a.stream_mappings():
                     m.wake()
                 await a.wait_idle()
             [kept] = a.stream_mappings()
-            assert kept.uuid == mapping.uuid and kept.stream_deleted and kept.shards_owned == []
+            assert kept.uuid == mapping.uuid and kept.shards_owned == []
             assert len(ledger(path)) == 1  # the new stream's record is not read
             # enabled by the user, it reads the new stream from its start
-            enabled = await a.update_stream_mapping(kept.uuid, enabled=True)
+            await a.update_stream_mapping(kept.uuid, enabled=True)
             await until(lambda: len(ledger(path)) == 2, what="read once enabled")
-            assert not enabled.stream_deleted
+
+
+async def test_a_mapping_another_host_disabled_stops_polling_here(tmp_path: Path) -> None:
+    # UpdateEventSourceMapping(Enabled=false) on host B: host A, which ran the mapping
+    # too, went on invoking the function for every new record.
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a:
+        async with Runtime(state_dir=state) as b:
+            path = await orders_function(a, tmp_path)
+            await orders_function(b, tmp_path)
+            stream = await a.create_stream("orders", shard_count=1)
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            [theirs] = await b.resume_stream_mappings()
+            await b.update_stream_mapping(theirs.uuid, enabled=False)
+            mapping.wake()
+            await until(lambda: not a.stream_mappings()[0].config.enabled, what="A's mapping disabled")
+            await stream.put_record(order(0), "c")
+            for _ in range(3):
+                for m in a.stream_mappings():
+                    m.wake()
+                await a.wait_idle()
+            [kept] = a.stream_mappings()
+            assert kept.uuid == mapping.uuid and not kept.stream_deleted and kept.shards_owned == []
+            assert ledger(path) == []
+            await a.update_stream_mapping(kept.uuid, enabled=True)  # and back on: it reads from there
+            await until(lambda: len(ledger(path)) == 1, what="read once enabled")
 
 
 # -- crash safety ---------------------------------------------------------------------

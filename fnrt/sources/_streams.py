@@ -458,25 +458,27 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        if not self._retiring and await self._removed(store):
+        row = None if self._retiring else await store.mapping(self.stream.name, self.function)
+        if not self._retiring and (row is None or row.uuid != self.uuid):
             # Another host removed the mapping: its checkpoints are gone, so a shard taken
             # now would be read again from its beginning. Forget it here too.
             self._retiring = True
             self._log.warning("mapping removed elsewhere; it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        elif row is not None and self.config.enabled and row.config.get("enabled") is False:
+            # Disabled in the store by another host (its DeleteStream, which also took the
+            # checkpoints, or its UpdateEventSourceMapping): disabled here too, before a
+            # shard is taken (a stream made again under the name would be read from its
+            # beginning by a mapping that the store and the other hosts call disabled).
+            self._retiring = True
+            self._log.warning("mapping disabled elsewhere; disabled here too")
+            self._source.supervisor.spawn(self._source.keep_disabled(self), name=f"disable:{self.uuid}")
         # Retiring, nothing more is taken (the store refuses the leases anyway).
         shards = [] if self._retiring else await store.shards(self.stream.name)
         if not shards and not self._retiring:  # a stream has a shard always: it was deleted
             if not self.stream_deleted:
                 self._log.warning("the mapping's stream was deleted; it polls nothing")
                 self._stream_gone()
-                if self.config.enabled and await self._disabled_in_store(store):
-                    # Another host's DeleteStream disabled the stored mapping: disabled here
-                    # too, as that host's is (else this one would read a stream made again
-                    # under the name, which the store and every other host call disabled).
-                    self._source.supervisor.spawn(
-                        self._source.keep_disabled(self), name=f"disable:{self.uuid}"
-                    )
         elif self.stream_deleted:  # made again under its name: read from its beginning
             self.stream_deleted = False
             self.last_processing_result = NO_RECORDS_PROCESSED
@@ -530,16 +532,6 @@ class StreamMapping:
             await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
-
-    async def _disabled_in_store(self, store: StreamStore) -> bool:
-        """The stored mapping (this one's row) says it is disabled."""
-        row = await store.mapping(self.stream.name, self.function)
-        return row is not None and row.uuid == self.uuid and row.config.get("enabled") is False
-
-    async def _removed(self, store: StreamStore) -> bool:
-        """The mapping's row is gone from the store (or is another mapping's now)."""
-        row = await store.mapping(self.stream.name, self.function)
-        return row is None or row.uuid != self.uuid
 
     async def _steal_one(
         self,
@@ -1357,18 +1349,27 @@ class StreamSource:
         return mapping
 
     async def keep_disabled(self, mapping: StreamMapping) -> None:
-        """``mapping``, whose stream another host deleted (disabling the stored mapping),
-        kept here as there: listed, disabled, not polled."""
+        """``mapping``, which another host disabled in the store (its DeleteStream, or an
+        update), kept here as there: listed, disabled, not polled."""
         async with self._changing:
             if self.mappings.get(mapping.uuid) is not mapping:
                 return  # updated or removed meanwhile
-            kept = self._orphan(mapping.uuid, mapping.stream, mapping.function, mapping.config)
+            config = attrs.evolve(mapping.config, enabled=False)
+            try:
+                gone = not await (await self.store()).stream_exists(mapping.stream.name)
+            except INFRASTRUCTURE:  # the store is down: disabled all the same
+                gone = False
+            if gone:
+                kept = self._orphan(mapping.uuid, mapping.stream, mapping.function, config)
+                self._forget_stream(mapping.stream.name)
+            else:
+                kept = StreamMapping(self, mapping.uuid, mapping.stream, mapping.function, config)
+                kept.last_processing_result = mapping.last_processing_result
             self.mappings[mapping.uuid] = kept
             try:
                 await mapping.stop()
-            except INFRASTRUCTURE as exc:  # its lease rows went with the stream anyway
+            except INFRASTRUCTURE as exc:  # a lease not given back expires
                 self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
-            self._forget_stream(mapping.stream.name)
 
     async def add_orphan(
         self, uuid_: str, stream_name: str, function: str, config: StreamMappingConfig
