@@ -647,6 +647,19 @@ async def test_update_shard_count_keeps_each_keys_records_in_order_for_a_mapping
             assert ids == sorted(ids), customer
 
 
+async def test_stream_tags_of_the_wrong_shape_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    # Stored as given, tags that were not a dict of strings made every later info() (and
+    # so DescribeStream and ListStreams over HTTP) fail with ValueError.
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("tagged", shard_count=1)
+        await stream.update(tags={"team": "a"})
+        for bad in ("team", ["team"], {"team": 1}, {1: "a"}, {"": "a"}, {"k": "v" * 257},
+                    {f"k{i}": "v" for i in range(51)}):
+            with pytest.raises(InvalidConfig):
+                await stream.update(tags=bad)  # type: ignore[arg-type]
+        assert (await stream.info())["tags"] == {"team": "a"}
+
+
 async def test_update_shard_count_of_many_shards_lists_them_once(tmp_path: Path) -> None:
     # It listed every shard of the stream again for each split and merge (and twice more
     # in each one's checks): 250 -> 500 shards took 40 s, past boto3's read timeout at

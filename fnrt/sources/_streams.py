@@ -83,6 +83,7 @@ Deliver = Callable[[str, str, str], Awaitable[None]]
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 #: Kinesis' capacity modes (``StreamModeDetails.StreamMode``).
 STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
+MAX_STREAM_TAGS = 50  # Kinesis' quota of tags per stream
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -214,6 +215,8 @@ class Stream:
         retention = None
         if retention_hours is not None:
             retention = _retention_seconds(retention_hours)
+        if tags is not None:
+            tags = _tags_arg(tags)
         store = await self._source.store()
         if not await store.update_stream(self.name, mode=mode, retention=retention, tags=tags):
             raise StreamNotFound(self.name)
@@ -323,6 +326,24 @@ def _retention_seconds(hours: object) -> float:
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not 24 <= hours <= 8760:
         raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {hours!r}")
     return float(hours) * 3600
+
+
+def _tags_arg(tags: object) -> dict[str, str]:
+    """A stream's tags (Kinesis': at most 50, keys of 1-128 characters, values of at most
+    256), checked before they are stored: a wrong set stored made every describe fail."""
+    if (
+        not isinstance(tags, dict)
+        or len(tags) > MAX_STREAM_TAGS
+        or not all(
+            isinstance(k, str) and 1 <= len(k) <= 128 and isinstance(v, str) and len(v) <= 256
+            for k, v in tags.items()
+        )
+    ):
+        raise InvalidConfig(
+            f"tags must be a dict of at most {MAX_STREAM_TAGS} string keys (1-128 characters) "
+            f"and string values (at most 256 characters), got {tags!r:.200}"
+        )
+    return dict(tags)
 
 
 def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
