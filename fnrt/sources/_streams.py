@@ -389,7 +389,7 @@ class StreamMapping:
         self._wake_coordinator = _Waker(source.clock)
         self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
         self._parked = False
-        self._retiring = False  # its stream was deleted by another host: it is being forgotten
+        self._retiring = False  # removed (or disabled) by another host: forgotten (or replaced) here
         #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
         self.last_processing_result = NO_RECORDS_PROCESSED
         #: Its stream was deleted: the mapping stays (as Lambda's does), disabled, polling nothing.
