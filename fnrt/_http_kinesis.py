@@ -331,6 +331,11 @@ class KinesisApi:
                 f"Stream {name} under account {self.runtime.config.account_id} already exists.",
             )
         tags = _tags(body.get("Tags"), "tags") if body.get("Tags") is not None else {}
+        if len(tags) > MAX_TAGS:  # refused before the stream is made, not after
+            raise _bad(
+                f"1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must "
+                f"have length less than or equal to {MAX_TAGS}"
+            )
         await self._check_shard_limit(shard_count)
         stream = await self.runtime.create_stream(name, shard_count, mode=mode)
         if tags:

@@ -624,6 +624,21 @@ async def test_retention_is_increased_and_decreased_and_records_past_it_go(serve
     assert await trimmed_then_read() == [b"new"]
 
 
+async def test_create_stream_with_too_many_tags_makes_no_stream(served):
+    # The tags were checked after the stream was made: CreateStream failed, and the stream
+    # was there all the same (its retry: ResourceInUseException).
+    from botocore.exceptions import ClientError
+
+    rt, server, kinesis, clock = served
+    too_many = {f"k{i}": "v" for i in range(51)}
+    with pytest.raises(ClientError) as raised:
+        await call(kinesis.create_stream, StreamName="s", ShardCount=1, Tags=too_many)
+    assert raised.value.response["Error"]["Code"] == "ValidationException"
+    assert (await call(kinesis.list_streams))["StreamNames"] == []
+    await call(kinesis.create_stream, StreamName="s", ShardCount=1, Tags={f"k{i}": "v" for i in range(50)})
+    assert len((await call(kinesis.list_tags_for_stream, StreamName="s"))["Tags"]) == 50
+
+
 async def test_stream_tags_are_added_listed_and_removed(served):
     from botocore.exceptions import ClientError
 

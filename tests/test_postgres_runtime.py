@@ -618,3 +618,28 @@ async def test_connections_killed_under_work_are_store_unavailable_and_work_goes
             if e["key"] == key and e["id"] not in firsts:
                 firsts.append(e["id"])
         assert firsts == sorted(firsts)  # per key, first deliveries in order
+
+
+async def test_a_mapping_whose_stream_another_host_deleted_stays_disabled_here(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """B deletes the stream A's mapping reads and makes it again under the name: the store
+    keeps the mapping disabled, and so does A (it read the new stream from its start)."""
+    async with Runtime(store=postgres_url) as a, Runtime(store=postgres_url) as b:
+        path = await orders_function(a, tmp_path)
+        stream = await a.create_stream("orders", shard_count=1)
+        await stream.put_records([(order(0), "k")])
+        mapping = await a.add_stream_mapping("orders", "orders", poll_interval=300, lease_seconds=900)
+        await until(lambda: len(read_jsonl(path)) == 1)
+        await b.delete_stream("orders")
+        again = await b.create_stream("orders", shard_count=1)
+        await again.put_records([(order(1), "k")])
+        mapping.wake()
+        await until(lambda: not a.stream_mappings()[0].config.enabled)
+        for _ in range(3):
+            for m in a.stream_mappings():
+                m.wake()
+            await a.wait_idle()
+        [kept] = a.stream_mappings()
+        assert kept.uuid == mapping.uuid and kept.shards_owned == []
+        assert len(read_jsonl(path)) == 1

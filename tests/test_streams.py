@@ -647,6 +647,53 @@ async def test_update_shard_count_keeps_each_keys_records_in_order_for_a_mapping
             assert ids == sorted(ids), customer
 
 
+async def test_stream_tags_of_the_wrong_shape_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    # Stored as given, tags that were not a dict of strings made every later info() (and
+    # so DescribeStream and ListStreams over HTTP) fail with ValueError.
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("tagged", shard_count=1)
+        await stream.update(tags={"team": "a"})
+        for bad in ("team", ["team"], {"team": 1}, {1: "a"}, {"": "a"}, {"k": "v" * 257},
+                    {f"k{i}": "v" for i in range(51)}):
+            with pytest.raises(InvalidConfig):
+                await stream.update(tags=bad)  # type: ignore[arg-type]
+        assert (await stream.info())["tags"] == {"team": "a"}
+
+
+async def test_update_shard_count_of_many_shards_lists_them_once(tmp_path: Path) -> None:
+    # It listed every shard of the stream again for each split and merge (and twice more
+    # in each one's checks): 250 -> 500 shards took 40 s, past boto3's read timeout at
+    # a few hundred more. One listing now, then one write per split and merge.
+    async with Runtime(state_dir=tmp_path) as rt:
+        stream = await rt.create_stream("wide", shard_count=48)
+        await stream.put_records([(f"r{i}", f"k{i}") for i in range(96)])
+        store = (await rt._state.store()).streams
+        listings = 0
+        listed = store.shards
+
+        async def counted(name: str) -> Any:
+            nonlocal listings
+            listings += 1
+            return await listed(name)
+
+        store.shards = counted  # type: ignore[method-assign]
+        for target in (96, 50, 25):
+            listings = 0
+            await stream.update_shard_count(target)
+            assert listings <= 2, (target, listings)
+            shards = await stream.shards()
+            opened = sorted(
+                (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
+                for s in shards
+                if "EndingSequenceNumber" not in s["SequenceNumberRange"]
+            )
+            step = 2**128 // target  # as a stream created with the target count
+            ends = [(i + 1) * step - 1 for i in range(target - 1)] + [2**128 - 1]
+            assert opened == [(i * step, end) for i, end in enumerate(ends)]
+        kept = [r for s in shards for r in await stream.read(s["ShardId"], None, 1000)]
+        assert sorted(r["PartitionKey"] for r in kept) == sorted(f"k{i}" for i in range(96))
+
+
 # -- leases ---------------------------------------------------------------------------
 
 
@@ -715,13 +762,73 @@ async def test_a_stream_deleted_by_another_host_stops_this_hosts_pollers(tmp_pat
                 poller.waker.set()
             await until(lambda: not mapping.shards_owned, what="A's pollers stopped")
             mapping.wake()
-            await until(lambda: mapping.stream_deleted, what="A's mapping sees its stream gone")
-            assert a.stream_mappings() == [mapping] and mapping.last_processing_result.startswith("PROBLEM")
+            # kept, disabled, as B's DeleteStream left the stored mapping
+            await until(lambda: a.stream_mappings()[0].stream_deleted, what="A sees its stream gone")
+            [kept] = a.stream_mappings()
+            assert kept.uuid == mapping.uuid and not kept.config.enabled
+            assert kept.last_processing_result.startswith("PROBLEM")
             with pytest.raises(StreamNotFound):
                 await a.get_stream("orders")
             await a.wait_idle()
             assert await a.invoke("orders", {"Records": []}) == {"processed": 0}  # A runs on
     assert len(ledger(path)) == 4
+
+
+async def test_a_mapping_whose_stream_another_host_deleted_and_made_again_stays_disabled(
+    tmp_path: Path,
+) -> None:
+    # B's DeleteStream disables the stored mapping (its own copy too); A's copy stayed
+    # enabled, and read the stream B made again under the name from its start, while the
+    # store, B, and A after a restart all called the mapping disabled.
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a:
+        async with Runtime(state_dir=state) as b:
+            path = await orders_function(a, tmp_path)
+            stream = await a.create_stream("orders", shard_count=1)
+            await stream.put_record(order(0), "c")
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            await until(lambda: len(ledger(path)) == 1, what="delivered")
+            await b.delete_stream("orders")
+            again = await b.create_stream("orders", shard_count=1)  # before A's next turn
+            await again.put_record(order(1), "c")
+            mapping.wake()
+            await until(lambda: not a.stream_mappings()[0].config.enabled, what="A's mapping disabled")
+            for _ in range(3):  # turns that would take the new stream's shard
+                for m in a.stream_mappings():
+                    m.wake()
+                await a.wait_idle()
+            [kept] = a.stream_mappings()
+            assert kept.uuid == mapping.uuid and kept.shards_owned == []
+            assert len(ledger(path)) == 1  # the new stream's record is not read
+            # enabled by the user, it reads the new stream from its start
+            await a.update_stream_mapping(kept.uuid, enabled=True)
+            await until(lambda: len(ledger(path)) == 2, what="read once enabled")
+
+
+async def test_a_mapping_another_host_disabled_stops_polling_here(tmp_path: Path) -> None:
+    # UpdateEventSourceMapping(Enabled=false) on host B: host A, which ran the mapping
+    # too, went on invoking the function for every new record.
+    state = tmp_path / "state"
+    async with Runtime(state_dir=state) as a:
+        async with Runtime(state_dir=state) as b:
+            path = await orders_function(a, tmp_path)
+            await orders_function(b, tmp_path)
+            stream = await a.create_stream("orders", shard_count=1)
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            [theirs] = await b.resume_stream_mappings()
+            await b.update_stream_mapping(theirs.uuid, enabled=False)
+            mapping.wake()
+            await until(lambda: not a.stream_mappings()[0].config.enabled, what="A's mapping disabled")
+            await stream.put_record(order(0), "c")
+            for _ in range(3):
+                for m in a.stream_mappings():
+                    m.wake()
+                await a.wait_idle()
+            [kept] = a.stream_mappings()
+            assert kept.uuid == mapping.uuid and not kept.stream_deleted and kept.shards_owned == []
+            assert ledger(path) == []
+            await a.update_stream_mapping(kept.uuid, enabled=True)  # and back on: it reads from there
+            await until(lambda: len(ledger(path)) == 1, what="read once enabled")
 
 
 # -- crash safety ---------------------------------------------------------------------

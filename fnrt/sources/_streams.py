@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import operator
 import os
@@ -82,6 +83,7 @@ Deliver = Callable[[str, str, str], Awaitable[None]]
 STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 #: Kinesis' capacity modes (``StreamModeDetails.StreamMode``).
 STREAM_MODES = ("PROVISIONED", "ON_DEMAND")
+MAX_STREAM_TAGS = 50  # Kinesis' quota of tags per stream
 
 
 def _backoff(attempt: int, limits: tuple[float, float]) -> float:
@@ -213,6 +215,8 @@ class Stream:
         retention = None
         if retention_hours is not None:
             retention = _retention_seconds(retention_hours)
+        if tags is not None:
+            tags = _tags_arg(tags)
         store = await self._source.store()
         if not await store.update_stream(self.name, mode=mode, retention=retention, tags=tags):
             raise StreamNotFound(self.name)
@@ -260,20 +264,32 @@ class Stream:
         step = (MAX_HASH_KEY + 1) // target
         bounds = [index * step for index in range(target)]  # the new ranges' starts
         store = await self._source.store()
-        for start in bounds[1:]:
-            shards = await store.shards(self.name)
-            for shard in [s for s in shards if s.open and s.start_hash < start <= s.end_hash]:  # one at most
-                await self.split_shard(shard.shard_id, start)
-        for index, start in enumerate(bounds):
-            end = bounds[index + 1] - 1 if index + 1 < target else MAX_HASH_KEY
-            parts = sorted(
-                (s for s in await store.shards(self.name) if s.open and start <= s.start_hash <= end),
-                key=lambda s: s.start_hash,
-            )
-            merged = parts[0].shard_id if parts else None
-            for part in parts[1:]:
-                assert merged is not None
-                merged = await self.merge_shards(merged, part.shard_id)
+        # One listing, then one write per split and merge: the children's ranges are known
+        # (a listing per step made 250 -> 500 shards take 40 s). The store refuses to close
+        # a shard another writer closed meanwhile (InvalidConfig), as SplitShard's does.
+        opened = sorted((s for s in await store.shards(self.name) if s.open), key=lambda s: s.start_hash)
+        try:
+            pieces: list[Shard] = []
+            for shard in opened:
+                for start in bounds[bisect.bisect_right(bounds, shard.start_hash) :]:
+                    if start > shard.end_hash:
+                        break
+                    left, right = await store.split_shard(self.name, shard, start)
+                    pieces.append(_child(left, shard.start_hash, start - 1, shard))
+                    shard = _child(right, start, shard.end_hash, shard)
+                pieces.append(shard)
+            # Then the pieces of each new range (adjacent, in hash-key order) merge into one.
+            merged: Shard | None = None
+            for piece in pieces:
+                if merged is None or bisect.bisect_right(bounds, piece.start_hash) != bisect.bisect_right(
+                    bounds, merged.start_hash
+                ):
+                    merged = piece
+                    continue
+                child = await store.merge_shards(self.name, merged, piece)
+                merged = _child(child, merged.start_hash, piece.end_hash, merged)
+        finally:
+            self._source.wake(self.name)
 
     async def _open_shard(self, store: StreamStore, shard_id: str) -> Shard:
         for shard in await store.shards(self.name):
@@ -282,6 +298,11 @@ class Stream:
                     raise InvalidConfig(f"{shard_id} is closed; only open shards can be split or merged")
                 return shard
         raise InvalidConfig(f"stream {self.name!r} has no shard {shard_id!r}")
+
+
+def _child(shard_id: str, start_hash: int, end_hash: int, parent: Shard) -> Shard:
+    """An open shard just made from ``parent`` (what a split or merge needs of it)."""
+    return Shard(shard_id, start_hash, end_hash, parent.shard_id, None, parent.start_seq, None)
 
 
 def _entry(data: bytes | str, partition_key: str, explicit_hash_key: int | None) -> tuple[str, str, int]:
@@ -305,6 +326,24 @@ def _retention_seconds(hours: object) -> float:
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not 24 <= hours <= 8760:
         raise InvalidConfig(f"retention_hours must be between 24 and 8760, got {hours!r}")
     return float(hours) * 3600
+
+
+def _tags_arg(tags: object) -> dict[str, str]:
+    """A stream's tags (Kinesis': at most 50, keys of 1-128 characters, values of at most
+    256), checked before they are stored: a wrong set stored made every describe fail."""
+    if (
+        not isinstance(tags, dict)
+        or len(tags) > MAX_STREAM_TAGS
+        or not all(
+            isinstance(k, str) and 1 <= len(k) <= 128 and isinstance(v, str) and len(v) <= 256
+            for k, v in tags.items()
+        )
+    ):
+        raise InvalidConfig(
+            f"tags must be a dict of at most {MAX_STREAM_TAGS} string keys (1-128 characters) "
+            f"and string values (at most 256 characters), got {tags!r:.200}"
+        )
+    return dict(tags)
 
 
 def _hash_key_arg(value: object, what: str, error: type[FnrtError]) -> int:
@@ -350,7 +389,7 @@ class StreamMapping:
         self._wake_coordinator = _Waker(source.clock)
         self._log = source.log.bind(mapping=uuid_, stream=stream.name, function=function)
         self._parked = False
-        self._retiring = False  # its stream was deleted by another host: it is being forgotten
+        self._retiring = False  # removed (or disabled) by another host: forgotten (or replaced) here
         #: Lambda's ``LastProcessingResult``: how the mapping's last invoke ended.
         self.last_processing_result = NO_RECORDS_PROCESSED
         #: Its stream was deleted: the mapping stays (as Lambda's does), disabled, polling nothing.
@@ -440,12 +479,21 @@ class StreamMapping:
             del self._stolen[shard_id]
         checkpoints = await store.checkpoints(self.uuid)
         ready: list[Shard] = []
-        if not self._retiring and await self._removed(store):
+        row = None if self._retiring else await store.mapping(self.stream.name, self.function)
+        if not self._retiring and (row is None or row.uuid != self.uuid):
             # Another host removed the mapping: its checkpoints are gone, so a shard taken
             # now would be read again from its beginning. Forget it here too.
             self._retiring = True
             self._log.warning("mapping removed elsewhere; it goes here too")
             self._source.supervisor.spawn(self._source.forget_mapping(self), name=f"retire:{self.uuid}")
+        elif row is not None and self.config.enabled and row.config.get("enabled") is False:
+            # Disabled in the store by another host (its DeleteStream, which also took the
+            # checkpoints, or its UpdateEventSourceMapping): disabled here too, before a
+            # shard is taken (a stream made again under the name would be read from its
+            # beginning by a mapping that the store and the other hosts call disabled).
+            self._retiring = True
+            self._log.warning("mapping disabled elsewhere; disabled here too")
+            self._source.supervisor.spawn(self._source.keep_disabled(self), name=f"disable:{self.uuid}")
         # Retiring, nothing more is taken (the store refuses the leases anyway).
         shards = [] if self._retiring else await store.shards(self.stream.name)
         if not shards and not self._retiring:  # a stream has a shard always: it was deleted
@@ -505,11 +553,6 @@ class StreamMapping:
             await self._wake_coordinator.wait(interval)
         finally:
             self._parked = False
-
-    async def _removed(self, store: StreamStore) -> bool:
-        """The mapping's row is gone from the store (or is another mapping's now)."""
-        row = await store.mapping(self.stream.name, self.function)
-        return row is None or row.uuid != self.uuid
 
     async def _steal_one(
         self,
@@ -1325,6 +1368,29 @@ class StreamSource:
         mapping = StreamMapping(self, uuid_, stream, function, attrs.evolve(config, enabled=False))
         mapping._stream_gone()
         return mapping
+
+    async def keep_disabled(self, mapping: StreamMapping) -> None:
+        """``mapping``, which another host disabled in the store (its DeleteStream, or an
+        update), kept here as there: listed, disabled, not polled."""
+        async with self._changing:
+            if self.mappings.get(mapping.uuid) is not mapping:
+                return  # updated or removed meanwhile
+            config = attrs.evolve(mapping.config, enabled=False)
+            try:
+                gone = not await (await self.store()).stream_exists(mapping.stream.name)
+            except INFRASTRUCTURE:  # the store is down: disabled all the same
+                gone = False
+            if gone:
+                kept = self._orphan(mapping.uuid, mapping.stream, mapping.function, config)
+                self._forget_stream(mapping.stream.name)
+            else:
+                kept = StreamMapping(self, mapping.uuid, mapping.stream, mapping.function, config)
+                kept.last_processing_result = mapping.last_processing_result
+            self.mappings[mapping.uuid] = kept
+            try:
+                await mapping.stop()
+            except INFRASTRUCTURE as exc:  # a lease not given back expires
+                self.log.warning("mapping stopped, leases not released", mapping=mapping.uuid, error=str(exc))
 
     async def add_orphan(
         self, uuid_: str, stream_name: str, function: str, config: StreamMappingConfig
