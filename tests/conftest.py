@@ -72,3 +72,44 @@ def no_database_thread_left() -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("an aiosqlite connection was left open (its thread is alive)")
         time.sleep(0.01)
+
+
+#: Seconds after which a test still running has its asyncio tasks' stacks printed: before
+#: pytest-timeout's limit (240 s), which shows the threads but not which await never ends.
+TASKS_DUMPED_AFTER = float(os.environ.get("FNRT_TEST_TASKS_DUMPED_AFTER", "200"))
+
+
+@pytest.fixture(autouse=True)
+def dump_tasks_of_a_stuck_test() -> Any:
+    """A test that hangs (an await that nothing will ever finish, so the loop sleeps
+    with no timer) gets the stack of every task on its running loop printed to stderr,
+    for the failure report to name the await."""
+    import asyncio
+    import gc
+    import sys
+    import threading
+
+    def dump() -> None:
+        def on_loop(loop: asyncio.AbstractEventLoop) -> None:
+            print(f"\n--- asyncio tasks still pending after {TASKS_DUMPED_AFTER:.0f} s ---", file=sys.stderr)
+            for task in asyncio.all_tasks(loop):
+                print(f"{task!r}", file=sys.stderr)
+                awaited: Any = task.get_coro()
+                while awaited is not None:  # the chain of awaits, down to what it waits on
+                    frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                    if frame is not None:
+                        code = frame.f_code
+                        print(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}", file=sys.stderr)
+                    else:
+                        print(f"  waits on {awaited!r}", file=sys.stderr)
+                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+
+        loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+        for loop in loops:
+            loop.call_soon_threadsafe(on_loop, loop)
+
+    timer = threading.Timer(TASKS_DUMPED_AFTER, dump)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()

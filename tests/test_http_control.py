@@ -42,6 +42,16 @@ def client(service: str, url: str) -> Any:
 async def call(fn: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, **kwargs)
 
+async def orders_stream(rt: fnrt.Runtime, tmp_path: Path) -> tuple[Path, Any]:
+    """``handlers.orders:process_orders`` as ``orders``, writing its ledger in ``tmp_path``,
+    and a stream ``orders`` for it: the setup of the mapping tests."""
+    ledger = tmp_path / "ledger.jsonl"
+    await rt.add_function(
+        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
+    )
+    return ledger, await rt.create_stream("orders")
+
+
 
 async def error_of(fn: Any, **kwargs: Any) -> dict[str, Any]:
     """The AWS error a call ends in: code, message, status and the body's extra members."""
@@ -494,11 +504,7 @@ async def test_event_source_mapping_errors_name_what_to_fix(served) -> None:
 
 async def test_filter_criteria_over_the_api_filter_what_the_function_gets(served, tmp_path: Path) -> None:
     rt, server = served
-    ledger = tmp_path / "ledger.jsonl"
-    await rt.add_function(
-        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
-    )
-    stream = await rt.create_stream("orders")
+    ledger, stream = await orders_stream(rt, tmp_path)
     lam, kinesis = client("lambda", server.url), client("kinesis", server.url)
     buys = json.dumps({"data": {"type": ["buy"], "qty": [{"numeric": [">", 0]}]}})
     vip = json.dumps({"partitionKey": [{"prefix": "vip-"}]})
@@ -550,11 +556,7 @@ async def test_filter_criteria_over_the_api_filter_what_the_function_gets(served
 
 async def test_a_mapping_reports_its_last_processing_result(served, tmp_path: Path) -> None:
     rt, server = served
-    ledger = tmp_path / "ledger.jsonl"
-    await rt.add_function(
-        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
-    )
-    stream = await rt.create_stream("orders")
+    ledger, stream = await orders_stream(rt, tmp_path)
     lam = client("lambda", server.url)
     created = await call(
         lam.create_event_source_mapping,
@@ -638,12 +640,8 @@ async def test_account_settings_and_aws_shaped_errors_on_every_path(served) -> N
 async def test_the_aws_cli_configures_a_running_runtime(served, tmp_path: Path) -> None:
     pytest.importorskip("awscli")
     rt, server = served
-    ledger = tmp_path / "ledger.jsonl"
     await rt.add_function("ctx", "handlers.chaos:context_info")
-    await rt.add_function(
-        "orders", "handlers.orders:process_orders", environment={"ORDERS_LEDGER": str(ledger)}
-    )
-    stream = await rt.create_stream("orders")
+    ledger, stream = await orders_stream(rt, tmp_path)
     url = server.url
 
     updated = await aws_cli(
