@@ -401,13 +401,14 @@ class Invoker:
             # Lambda's ConcurrentExecutions (per function and account-wide) and
             # UnreservedConcurrentExecutions, sampled as each call starts: their summaries'
             # max is the peak, as CloudWatch's Maximum statistic is.
-            metrics = self.metrics
             counter = entry.counter
             limiter = self.limiter
-            metrics.observe("ConcurrentExecutions", name, counter.in_flight)
-            metrics.observe("ConcurrentExecutions", "", limiter.running)
-            if counter.reserved is None:
-                metrics.observe("UnreservedConcurrentExecutions", "", limiter.unreserved_in_flight)
+            self.metrics.admitted(
+                name,
+                counter.in_flight,
+                limiter.running,
+                limiter.unreserved_in_flight if counter.reserved is None else None,
+            )
             if env is None:
                 try:
                     env = await pool.cold_start(record.config.timeout)
@@ -423,7 +424,7 @@ class Invoker:
             # -- the invocation proper (inline: one coroutine less on the warm path) --
             config = record.config
             if config.provisioned_concurrency:
-                self._provisioned(entry, env)
+                self._provisioned(name, entry, env)
             timeout = config.timeout
             if env.budget_used:  # the first invocation after a retried init phase
                 budget = timeout - env.budget_used
@@ -533,20 +534,14 @@ class Invoker:
             else:
                 self._release(slot, env)
 
-    def _provisioned(self, entry: FunctionEntry, env: Environment) -> None:
+    def _provisioned(self, name: str, entry: FunctionEntry, env: Environment) -> None:
         """Lambda's provisioned concurrency metrics, for a function that has some: an
         invocation on a provisioned environment, or one that spilled over to on-demand."""
-        name = entry.name
-        metrics = self.metrics
         if not env.provisioned:
-            metrics.incr("ProvisionedConcurrencySpilloverInvocations", name)
+            self.metrics.incr("ProvisionedConcurrencySpilloverInvocations", name)
             return
-        metrics.incr("ProvisionedConcurrencyInvocations", name)
-        busy = entry.pool.provisioned_busy
-        metrics.observe("ProvisionedConcurrentExecutions", name, busy)
         allocated = entry.record.config.provisioned_concurrency
-        if allocated:
-            metrics.observe("ProvisionedConcurrencyUtilization", name, min(1.0, busy / allocated))
+        self.metrics.provisioned(name, entry.pool.provisioned_busy, allocated)
 
     def _throttled(self, name: str, exc: TooManyRequests) -> None:
         self.metrics.incr("Throttles", name)

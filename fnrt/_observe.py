@@ -219,6 +219,9 @@ class Metrics:
         self._counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._summaries: dict[str, dict[str, _Summary]] = defaultdict(dict)
         self._gauge_sources: list[Callable[[], Mapping[str, Mapping[str, float]]]] = []
+        # The summaries an admitted call samples, by function (found once, not per call).
+        self._admitted: dict[str, tuple[_Summary, _Summary, _Summary]] = {}
+        self._provisioned: dict[str, tuple[_Summary, _Summary]] = {}
 
     def add_gauges(self, source: Callable[[], Mapping[str, Mapping[str, float]]]) -> None:
         """Read ``source()`` (``{metric: {dimension: value}}``) for every gauge read."""
@@ -245,6 +248,60 @@ class Metrics:
         if summary is None:
             summary = by_dim[dimension] = _Summary()
         summary.add(value)
+
+    def _summary(self, metric: str, dimension: str) -> _Summary:
+        by_dim = self._summaries[metric]
+        summary = by_dim.get(dimension)
+        if summary is None:
+            summary = by_dim[dimension] = _Summary()
+        return summary
+
+    def admitted(self, name: str, in_flight: int, running: int, unreserved: int | None) -> None:
+        """A call of ``name`` was admitted: Lambda's ConcurrentExecutions (the function's,
+        ``in_flight``, and the account's, ``running``) and, for a function without a
+        reservation, UnreservedConcurrentExecutions, sampled (their ``max`` is the peak,
+        as CloudWatch's Maximum). One call on the warm path for the three."""
+        samples = self._admitted.get(name)
+        if samples is None:
+            samples = self._admitted[name] = (
+                self._summary("ConcurrentExecutions", name),
+                self._summary("ConcurrentExecutions", ""),
+                self._summary("UnreservedConcurrentExecutions", ""),
+            )
+        # _Summary.add spelled out: the warm path runs this for every call.
+        function, account, shared = samples
+        function.count += 1
+        function.total += in_flight
+        function.recent.append(in_flight)
+        if in_flight > function.maximum:
+            function.maximum = in_flight
+        if in_flight < function.minimum:
+            function.minimum = in_flight
+        account.count += 1
+        account.total += running
+        account.recent.append(running)
+        if running > account.maximum:
+            account.maximum = running
+        if running < account.minimum:
+            account.minimum = running
+        if unreserved is not None:
+            shared.add(unreserved)
+
+    def provisioned(self, name: str, busy: int, allocated: int) -> None:
+        """A call of ``name`` ran on a provisioned environment, ``busy`` of its ``allocated``
+        serving: ProvisionedConcurrencyInvocations, ProvisionedConcurrentExecutions and
+        ProvisionedConcurrencyUtilization (sampled as ConcurrentExecutions is)."""
+        self._counters["ProvisionedConcurrencyInvocations"][name] += 1
+        samples = self._provisioned.get(name)
+        if samples is None:
+            samples = self._provisioned[name] = (
+                self._summary("ProvisionedConcurrentExecutions", name),
+                self._summary("ProvisionedConcurrencyUtilization", name),
+            )
+        executions, utilization = samples
+        executions.add(busy)
+        if allocated:
+            utilization.add(min(1.0, busy / allocated))
 
     def counter(self, metric: str, dimension: str | None = None) -> float:
         values = self._counters.get(metric, {})

@@ -297,7 +297,7 @@ class FunctionPool:
     @property
     def provisioned_busy(self) -> int:
         """Provisioned environments serving an invocation (ProvisionedConcurrentExecutions)."""
-        return sum(1 for env in self.active if env.provisioned)
+        return [env.provisioned for env in self.active].count(True)
 
     def sandboxes(self) -> list[dict[str, Any]]:
         """Each live sandbox, busy ones first: its age and idle time (s), invocations served."""
