@@ -814,7 +814,9 @@ async def test_a_mapping_another_host_disabled_stops_polling_here(tmp_path: Path
             path = await orders_function(a, tmp_path)
             await orders_function(b, tmp_path)
             stream = await a.create_stream("orders", shard_count=1)
-            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=30)
+            # A short lease: B's coordinator may have taken the shard before it was disabled,
+            # and then A takes it over once that lease expires.
+            mapping = await a.add_stream_mapping("orders", "orders", poll_interval=60, lease_seconds=3)
             [theirs] = await b.resume_stream_mappings()
             await b.update_stream_mapping(theirs.uuid, enabled=False)
             mapping.wake()
@@ -828,7 +830,7 @@ async def test_a_mapping_another_host_disabled_stops_polling_here(tmp_path: Path
             assert kept.uuid == mapping.uuid and not kept.stream_deleted and kept.shards_owned == []
             assert ledger(path) == []
             await a.update_stream_mapping(kept.uuid, enabled=True)  # and back on: it reads from there
-            await until(lambda: len(ledger(path)) == 1, what="read once enabled")
+            await until(lambda: len(ledger(path)) == 1, what="read once enabled", limit=30)
 
 
 # -- crash safety ---------------------------------------------------------------------
