@@ -268,22 +268,9 @@ class Metrics:
                 self._summary("ConcurrentExecutions", ""),
                 self._summary("UnreservedConcurrentExecutions", ""),
             )
-        # _Summary.add spelled out: the warm path runs this for every call.
         function, account, shared = samples
-        function.count += 1
-        function.total += in_flight
-        function.recent.append(in_flight)
-        if in_flight > function.maximum:
-            function.maximum = in_flight
-        if in_flight < function.minimum:
-            function.minimum = in_flight
-        account.count += 1
-        account.total += running
-        account.recent.append(running)
-        if running > account.maximum:
-            account.maximum = running
-        if running < account.minimum:
-            account.minimum = running
+        function.add(in_flight)
+        account.add(running)
         if unreserved is not None:
             shared.add(unreserved)
 
