@@ -963,6 +963,10 @@ def zip_package(files: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
+#: What every CreateFunction of a test package names besides its function and code.
+ZIPPED: dict[str, Any] = {"Runtime": "python3.12", "Role": ROLE, "Handler": "lambda_function.lambda_handler"}
+
+
 def package(version: int) -> bytes:
     """A deployment package whose handler imports a module of its own."""
     return zip_package(
@@ -988,9 +992,7 @@ async def test_create_function_runs_its_zip_and_update_function_code_replaces_it
     created = await call(
         lam.create_function,
         FunctionName="zipped",
-        Runtime="python3.12",
-        Role=ROLE,
-        Handler="lambda_function.lambda_handler",
+        **ZIPPED,
         Code={"ZipFile": first},
         Timeout=5,
         MemorySize=256,
@@ -1017,9 +1019,7 @@ async def test_create_function_runs_its_zip_and_update_function_code_replaces_it
     again = await error_of(
         lam.create_function,
         FunctionName="zipped",
-        Runtime="python3.12",
-        Role=ROLE,
-        Handler="lambda_function.lambda_handler",
+        **ZIPPED,
         Code={"ZipFile": first},
     )
     assert (again["Status"], again["Code"]) == (409, "ResourceConflictException")
@@ -1170,9 +1170,7 @@ async def test_create_function_takes_a_logging_config(served) -> None:
     created = await call(
         lam.create_function,
         FunctionName="logged",
-        Runtime="python3.12",
-        Role=ROLE,
-        Handler="lambda_function.lambda_handler",
+        **ZIPPED,
         Code={"ZipFile": package(1)},
         LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": "DEBUG", "LogGroup": "/team/logged"},
     )
@@ -1183,9 +1181,7 @@ async def test_create_function_takes_a_logging_config(served) -> None:
     bad = await error_of(
         lam.create_function,
         FunctionName="badly",
-        Runtime="python3.12",
-        Role=ROLE,
-        Handler="lambda_function.lambda_handler",
+        **ZIPPED,
         Code={"ZipFile": package(1)},
         LoggingConfig={"LogFormat": "XML"},
     )
